@@ -1,0 +1,7 @@
+namespace Weft.Tests;
+
+public class SmokeTests
+{
+    [Fact]
+    public void Builds() => Assert.True(true);
+}
