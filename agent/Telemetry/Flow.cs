@@ -1,0 +1,106 @@
+using System.Net;
+using System.Text.Json;
+
+namespace Weft.Telemetry;
+
+public enum FlowDirection
+{
+    Outbound,
+    Inbound,
+}
+
+/// <summary>
+/// One proxied connection as the agent saw it. Byte counters are written by the relay while the
+/// connection is open, so a reader sees a long transfer grow.
+/// </summary>
+public sealed class Flow
+{
+    private static long s_nextId;
+    private long _bytesSent;
+    private long _bytesReceived;
+
+    public Flow(FlowDirection direction, IPEndPoint source, IPEndPoint originalDestination)
+    {
+        Id = Interlocked.Increment(ref s_nextId);
+        Direction = direction;
+        Source = source;
+        OriginalDestination = originalDestination;
+        Start = DateTimeOffset.UtcNow;
+    }
+
+    public long Id { get; }
+
+    public FlowDirection Direction { get; }
+
+    /// <summary>Client address as the agent saw it.</summary>
+    public IPEndPoint Source { get; }
+
+    /// <summary>Where the client meant to go (the address it connected to before capture).</summary>
+    public IPEndPoint OriginalDestination { get; }
+
+    /// <summary>Where the agent sent it: the original destination or a service endpoint.</summary>
+    public IPEndPoint? Destination { get; set; }
+
+    public string? SourceWorkload { get; set; }
+
+    public string? DestinationWorkload { get; set; }
+
+    public string? DestinationService { get; set; }
+
+    public DateTimeOffset Start { get; }
+
+    public DateTimeOffset? End { get; private set; }
+
+    public TimeSpan? ConnectTime { get; set; }
+
+    /// <summary>Istio-style response flags: "-" when all went well.</summary>
+    public string ResponseFlags { get; set; } = "-";
+
+    public string? Error { get; set; }
+
+    /// <summary>Bytes from the client towards the destination.</summary>
+    public long BytesSent => Volatile.Read(ref _bytesSent);
+
+    /// <summary>Bytes from the destination back to the client.</summary>
+    public long BytesReceived => Volatile.Read(ref _bytesReceived);
+
+    public void AddSent(int count) => Interlocked.Add(ref _bytesSent, count);
+
+    public void AddReceived(int count) => Interlocked.Add(ref _bytesReceived, count);
+
+    public void Finish() => End = DateTimeOffset.UtcNow;
+
+    public void WriteJson(Utf8JsonWriter w)
+    {
+        w.WriteStartObject();
+        w.WriteNumber("id", Id);
+        w.WriteString("direction", Direction == FlowDirection.Outbound ? "outbound" : "inbound");
+        w.WriteString("source", Source.ToString());
+        w.WriteString("source_workload", SourceWorkload);
+        w.WriteString("original_destination", OriginalDestination.ToString());
+        w.WriteString("destination", Destination?.ToString());
+        w.WriteString("destination_service", DestinationService);
+        w.WriteString("destination_workload", DestinationWorkload);
+        w.WriteString("start", Start);
+        if (End is { } end)
+        {
+            w.WriteString("end", end);
+            w.WriteNumber("duration_ms", Math.Round((end - Start).TotalMilliseconds, 3));
+        }
+
+        if (ConnectTime is { } connect)
+        {
+            w.WriteNumber("connect_ms", Math.Round(connect.TotalMilliseconds, 3));
+        }
+
+        w.WriteNumber("bytes_sent", BytesSent);
+        w.WriteNumber("bytes_received", BytesReceived);
+        w.WriteString("response_flags", ResponseFlags);
+        if (Error is not null)
+        {
+            w.WriteString("error", Error);
+        }
+
+        w.WriteEndObject();
+    }
+}
