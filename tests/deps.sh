@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what Weft needs on a fresh Debian or Ubuntu machine (run as root) and prepares the kernel
+# side: bpffs mounted, cgroup v2 present. Sourced by agent/demo.sh and tests/run.sh; safe to re-run.
+set -euo pipefail
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_cmd clang || need+=(clang)
+have_cmd llc || need+=(llvm)
+have_cmd ip || need+=(iproute2)
+have_cmd bpftool || need+=(bpftool)
+have_cmd tcpdump || need+=(tcpdump)
+have_cmd iperf3 || need+=(iperf3)
+have_cmd sockperf || need+=(sockperf)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+ldconfig -p | grep -q 'libbpf.so.1 ' || need+=(libbpf1)
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import h2' 2>/dev/null || need+=(python3-h2)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "weft: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! have_cmd dotnet; then
+  echo "weft: the .NET 10 SDK is required (dotnet on PATH)" >&2
+  exit 1
+fi
+
+# bpffs is not always mounted at boot; the agent pins its programs and maps there.
+if ! grep -qs ' /sys/fs/bpf bpf ' /proc/self/mountinfo; then
+  mount -t bpf bpf /sys/fs/bpf
+fi
+
+if ! grep -qs ' - cgroup2 ' /proc/self/mountinfo; then
+  echo "weft: no cgroup v2 hierarchy is mounted; the capture programs attach to a cgroup v2" >&2
+  exit 1
+fi
