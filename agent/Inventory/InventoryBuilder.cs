@@ -1,5 +1,6 @@
 using System.Collections.Frozen;
 using System.Collections.Immutable;
+using System.Diagnostics.CodeAnalysis;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
@@ -132,7 +133,7 @@ public static class InventoryBuilder
             var addresses = ImmutableArray.CreateBuilder<IPAddress>();
             foreach (var text in ipTexts)
             {
-                if (!IPAddress.TryParse(text, out var address) || !IsHostAddress(address))
+                if (!TryParseAddress(text, out var address))
                 {
                     Warn($"{what} skipped: pod IP '{text}' is not an IPv4 or IPv6 address");
                     return;
@@ -209,7 +210,7 @@ public static class InventoryBuilder
                     continue;
                 }
 
-                if (!IPAddress.TryParse(text, out var address) || !IsHostAddress(address))
+                if (!TryParseAddress(text, out var address))
                 {
                     Warn($"{what} skipped: cluster IP '{text}' is not an IPv4 or IPv6 address");
                     return;
@@ -332,7 +333,7 @@ public static class InventoryBuilder
                     : null;
                 foreach (var text in endpoint.Addresses ?? [])
                 {
-                    if (!IPAddress.TryParse(text, out var address) || !IsHostAddress(address) || address.AddressFamily != family)
+                    if (!TryParseAddress(text, out var address) || address.AddressFamily != family)
                     {
                         Warn($"{what}: endpoint address '{text}' is not an {slice.AddressType} address and is ignored");
                         continue;
@@ -437,9 +438,28 @@ public static class InventoryBuilder
 
     private static bool IsPort(int port) => port is > 0 and <= 65535;
 
-    private static bool IsHostAddress(IPAddress address) =>
-        address.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6
-        && !address.Equals(IPAddress.Any) && !address.Equals(IPAddress.IPv6Any);
+    /// <summary>
+    /// Parses an address the way Kubernetes validates one. IPAddress.TryParse alone accepts legacy IPv4 forms
+    /// ("10.1" is 10.0.0.1, "010.0.0.1" is octal) that would silently route somewhere unintended.
+    /// </summary>
+    private static bool TryParseAddress(string? text, [NotNullWhen(true)] out IPAddress? address)
+    {
+        if (!IPAddress.TryParse(text, out address)
+            || address.Equals(IPAddress.Any) || address.Equals(IPAddress.IPv6Any)
+            || (address.AddressFamily == AddressFamily.InterNetworkV6 && address.ScopeId != 0))
+        {
+            address = null;
+            return false;
+        }
+
+        if (address.AddressFamily == AddressFamily.InterNetwork && address.ToString() != text)
+        {
+            address = null;
+            return false;
+        }
+
+        return address.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6;
+    }
 
     private static string Describe(IKubernetesObject obj)
     {

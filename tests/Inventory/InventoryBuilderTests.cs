@@ -148,6 +148,19 @@ public class InventoryBuilderTests
         Assert.Contains(snapshot.Warnings, w => w.Contains("Service demo/broken") && w.Contains("10.96.0.999"));
     }
 
+    [Theory]
+    [InlineData("10.1")]         // IPAddress.Parse reads this as 10.0.0.1
+    [InlineData("010.0.0.1")]    // and this as octal
+    [InlineData("10.0.0.256")]
+    [InlineData("0.0.0.0")]
+    public void PodWithAnAddressKubernetesWouldReject_IsSkipped(string ip)
+    {
+        var snapshot = Build(Namespaces + Pod("demo", "odd", ip));
+
+        Assert.Empty(snapshot.Workloads);
+        Assert.Contains(snapshot.Warnings, w => w.Contains("Pod demo/odd") && w.Contains(ip));
+    }
+
     [Fact]
     public void PodReusingAnotherPodsIp_IsSkipped_SoLookupsStayUnambiguous()
     {
