@@ -74,8 +74,6 @@ public sealed class InventorySnapshot
         return _indexes.TargetsByVip.TryGetValue(vip, out target);
     }
 
-    internal IEnumerable<ServiceTarget> ServiceTargets => _indexes.TargetsByVip.Values;
-
     internal static InventorySnapshot Create(
         ImmutableArray<MeshNamespace> namespaces,
         ImmutableArray<Workload> workloads,

@@ -16,7 +16,10 @@ public sealed class InventoryStore
     /// <summary>The latest published snapshot; <see cref="InventorySnapshot.Empty"/> (version 0) before the first.</summary>
     public InventorySnapshot Current => Volatile.Read(ref _current);
 
-    /// <summary>Raised after each publish, on the publishing thread. Handlers should be quick.</summary>
+    /// <summary>
+    /// Raised after each publish, on the publishing thread; handlers should be quick. With two sources publishing
+    /// at once the events may arrive out of order: a handler that cares reads <see cref="Current"/>.
+    /// </summary>
     public event Action<InventorySnapshot>? Changed;
 
     /// <summary>Stamps the snapshot with the next version and the current time and makes it current.</summary>

@@ -166,8 +166,8 @@ internal static partial class InventoryYaml
                 $"object without {(apiVersion is null || apiVersion.Value.Length == 0 ? "apiVersion" : "kind")}: every document needs apiVersion and kind");
         }
 
-        var key2 = $"{apiVersion.Value}/{kind.Value}";
-        if (!KnownKinds.Contains(key2) && extraKinds?.ContainsKey(key2) != true)
+        var typeKey = $"{apiVersion.Value}/{kind.Value}";
+        if (!KnownKinds.Contains(typeKey) && extraKinds?.ContainsKey(typeKey) != true)
         {
             throw new InventoryLoadException(path, Line(kind.Start), Column(kind.Start),
                 $"unknown kind '{kind.Value}' in apiVersion '{apiVersion.Value}': KubernetesClient has no type for it");
