@@ -1,0 +1,313 @@
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Weft.Inventory;
+
+/// <summary>Tuning for <see cref="FileInventorySource"/>; the defaults suit an agent.</summary>
+public sealed record FileInventorySourceOptions
+{
+    /// <summary>Quiet time after the last change event before reloading, so a save that writes in pieces is read once, whole.</summary>
+    public TimeSpan Debounce { get; init; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>How often to compare the file's size and modification time, for changes the watcher misses.</summary>
+    public TimeSpan PollInterval { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>Extra "apiVersion/kind" to type mappings (custom resources) on top of KubernetesClient's models.</summary>
+    public IDictionary<string, Type>? ExtraKinds { get; init; }
+}
+
+/// <summary>
+/// The standalone inventory: a YAML file of Kubernetes objects, read through <see cref="InventoryBuilder"/>
+/// and published to an <see cref="InventoryStore"/>, then reloaded whenever it changes.
+/// <code>
+///   FileSystemWatcher (dir) ─┐                      ┌─ same bytes as last attempt ─► nothing
+///                            ├─► debounce ─► read ─►┼─ bad YAML ─► keep snapshot, log once, LastError
+///   poll size+mtime ─────────┘                      └─ good ─► Build ─► store.Publish (version + 1)
+/// </code>
+/// Editors that save by writing a new file and renaming it over the old one, and Kubernetes ConfigMap
+/// volumes that swap a "..data" symlink, are both seen: the watcher covers the whole directory.
+/// </summary>
+public sealed class FileInventorySource : IDisposable
+{
+    private readonly InventoryStore _store;
+    private readonly FileInventorySourceOptions _options;
+    private readonly string _directory;
+    private readonly string _fileName;
+    private readonly object _reloadGate = new();
+    private readonly Timer _debounce;
+    private readonly Timer _poll;
+    private FileSystemWatcher? _watcher;
+    private FileStamp _lastStamp = FileStamp.Missing;
+    private string? _lastAttempt;
+    private HashSet<string> _lastWarnings = [];
+    private InventoryLoadError? _lastError;
+    private bool _disposed;
+
+    private FileInventorySource(string path, InventoryStore store, FileInventorySourceOptions options)
+    {
+        Path = System.IO.Path.GetFullPath(path);
+        _store = store;
+        _options = options;
+        _directory = System.IO.Path.GetDirectoryName(Path)!;
+        _fileName = System.IO.Path.GetFileName(Path);
+        _debounce = new Timer(_ => ReloadInBackground(), null, Timeout.Infinite, Timeout.Infinite);
+        _poll = new Timer(_ => PollForChange(), null, Timeout.Infinite, Timeout.Infinite);
+    }
+
+    /// <summary>Full path of the inventory file.</summary>
+    public string Path { get; }
+
+    /// <summary>Why the most recent reload failed, or null when the file as it is now was loaded.</summary>
+    public InventoryLoadError? LastError => Volatile.Read(ref _lastError);
+
+    /// <summary>
+    /// Loads the file, publishes the first snapshot and starts watching. A file that cannot be loaded throws
+    /// <see cref="InventoryLoadException"/> (message "path:line:column: problem") and nothing keeps running.
+    /// </summary>
+    public static FileInventorySource Start(string path, InventoryStore store, FileInventorySourceOptions? options = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        ArgumentNullException.ThrowIfNull(store);
+        var source = new FileInventorySource(path, store, options ?? new FileInventorySourceOptions());
+        try
+        {
+            lock (source._reloadGate)
+            {
+                if (source.TryLoad(firstLoad: true) is { } failure)
+                {
+                    throw failure;
+                }
+            }
+
+            source.StartWatching();
+            return source;
+        }
+        catch
+        {
+            source.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Reads the file now (also what the watcher and the poll end up calling). True when the file is valid:
+    /// either a new snapshot was published or the content is what was loaded last.
+    /// </summary>
+    public bool Reload()
+    {
+        lock (_reloadGate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            return TryLoad(firstLoad: false) is null && LastError is null;
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_reloadGate)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+        }
+
+        _watcher?.Dispose();
+        _debounce.Dispose();
+        _poll.Dispose();
+    }
+
+    /// <summary>One load attempt; returns the failure instead of throwing. Caller holds the gate.</summary>
+    private InventoryLoadException? TryLoad(bool firstLoad)
+    {
+        var stamp = FileStamp.Of(Path);
+        byte[] bytes;
+        try
+        {
+            bytes = File.ReadAllBytes(Path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            Volatile.Write(ref _lastStamp, stamp);
+
+            // Remembered like content, so the same failure is logged once and any readable content afterwards is news.
+            var unreadable = $"unreadable: {ex.Message}";
+            if (unreadable == _lastAttempt)
+            {
+                return null;
+            }
+
+            _lastAttempt = unreadable;
+            return Fail(new InventoryLoadException(Path, null, null, $"cannot read the inventory file: {ex.Message}", ex), firstLoad);
+        }
+
+        Volatile.Write(ref _lastStamp, stamp);
+
+        // Change events come in bursts and the poll may see the same save again: identical bytes are not news.
+        var attempt = Convert.ToHexString(SHA256.HashData(bytes));
+        if (attempt == _lastAttempt)
+        {
+            return null;
+        }
+
+        _lastAttempt = attempt;
+        var hasBom = bytes.AsSpan().StartsWith(Encoding.UTF8.Preamble);
+        var content = Encoding.UTF8.GetString(bytes.AsSpan(hasBom ? Encoding.UTF8.Preamble.Length : 0));
+
+        InventorySnapshot built;
+        try
+        {
+            built = InventoryBuilder.Build(InventoryYaml.Load(content, Path, _options.ExtraKinds));
+        }
+        catch (InventoryLoadException ex)
+        {
+            return Fail(ex, firstLoad);
+        }
+        catch (Exception ex)
+        {
+            // A builder bug must not leave the source half-updated or silent: report it like a bad file.
+            return Fail(new InventoryLoadException(Path, null, null, $"building the inventory failed: {ex.Message}", ex), firstLoad);
+        }
+
+        // Rebuilding repeats the same warnings; only new ones are worth a line in the log.
+        var warnings = built.Warnings.ToHashSet(StringComparer.Ordinal);
+        foreach (var warning in built.Warnings)
+        {
+            if (!_lastWarnings.Contains(warning))
+            {
+                Log.Warn("inventory", $"{Path}: {warning}");
+            }
+        }
+
+        _lastWarnings = warnings;
+        var published = _store.Publish(built);
+        var recovered = Interlocked.Exchange(ref _lastError, null) is not null;
+        Log.Info("inventory", $"{(recovered ? "reloaded valid" : firstLoad ? "loaded" : "reloaded")} {Path}: version {published.Version}, "
+            + $"{published.Workloads.Length} workloads, {published.Services.Length} services"
+            + (built.Warnings.IsEmpty ? "" : $", {built.Warnings.Length} objects skipped or partly ignored"));
+        return null;
+    }
+
+    private InventoryLoadException Fail(InventoryLoadException failure, bool firstLoad)
+    {
+        Volatile.Write(ref _lastError, new InventoryLoadError(failure.Message, DateTimeOffset.UtcNow, failure.Path, failure.Line, failure.Column));
+        if (!firstLoad)
+        {
+            // The first failure is the caller's to report; later ones only the log and LastError can tell.
+            Log.Error("inventory", $"{failure.Message} (keeping inventory version {_store.Current.Version})");
+        }
+
+        return failure;
+    }
+
+    private void StartWatching()
+    {
+        try
+        {
+            var watcher = new FileSystemWatcher(_directory)
+            {
+                IncludeSubdirectories = false,
+                NotifyFilter = NotifyFilters.FileName | NotifyFilters.DirectoryName | NotifyFilters.LastWrite
+                    | NotifyFilters.Size | NotifyFilters.CreationTime,
+            };
+            watcher.Changed += OnDirectoryEvent;
+            watcher.Created += OnDirectoryEvent;
+            watcher.Deleted += OnDirectoryEvent;
+            watcher.Renamed += OnDirectoryEvent;
+            watcher.Error += (_, e) => Log.Warn("inventory",
+                $"watching {_directory} failed ({e.GetException().Message}); changes to {_fileName} are still found every {_options.PollInterval.TotalSeconds:0.#}s");
+            watcher.EnableRaisingEvents = true;
+            _watcher = watcher;
+        }
+        catch (Exception ex) when (ex is IOException or ArgumentException or PlatformNotSupportedException)
+        {
+            // Out of inotify watches, for example: polling alone still finds every change, only later.
+            Log.Warn("inventory", $"cannot watch {_directory} ({ex.Message}); checking {_fileName} every {_options.PollInterval.TotalSeconds:0.#}s instead");
+        }
+
+        _poll.Change(_options.PollInterval, _options.PollInterval);
+
+        // A save between the first load and the watcher's start would otherwise wait for the poll.
+        if (FileStamp.Of(Path) != _lastStamp)
+        {
+            ScheduleReload();
+        }
+    }
+
+    private void OnDirectoryEvent(object sender, FileSystemEventArgs e)
+    {
+        // Our file by name (written in place, created, or renamed over), or a ConfigMap volume's "..data" swap.
+        if (IsRelevant(e.Name) || (e is RenamedEventArgs renamed && IsRelevant(renamed.OldName)))
+        {
+            ScheduleReload();
+        }
+    }
+
+    private bool IsRelevant(string? name) =>
+        name is not null && (name == _fileName || name.StartsWith("..", StringComparison.Ordinal));
+
+    private void ScheduleReload()
+    {
+        try
+        {
+            _debounce.Change(_options.Debounce, Timeout.InfiniteTimeSpan);
+        }
+        catch (ObjectDisposedException)
+        {
+            // Disposed while an event was in flight.
+        }
+    }
+
+    private void PollForChange()
+    {
+        if (FileStamp.Of(Path) != Volatile.Read(ref _lastStamp))
+        {
+            ScheduleReload();
+        }
+    }
+
+    private void ReloadInBackground()
+    {
+        try
+        {
+            lock (_reloadGate)
+            {
+                if (!_disposed)
+                {
+                    TryLoad(firstLoad: false);
+                }
+            }
+        }
+        catch (Exception ex)
+        {
+            // A timer thread must never take the agent down; the last good snapshot stays in place.
+            Log.Error("inventory", $"reloading {Path} failed unexpectedly: {ex}");
+        }
+    }
+
+    /// <summary>A reference type so the poll thread reads it whole. What the poll compares: existence, size and modification time of the file a symlink finally points to.</summary>
+    private sealed record FileStamp(bool Exists, long Length, long LastWriteTicks)
+    {
+        public static readonly FileStamp Missing = new(false, 0, 0);
+
+        public static FileStamp Of(string path)
+        {
+            try
+            {
+                var info = new FileInfo(path);
+                if (info.LinkTarget is not null && info.ResolveLinkTarget(returnFinalTarget: true) is FileInfo target)
+                {
+                    info = target;
+                }
+
+                return info.Exists ? new FileStamp(true, info.Length, info.LastWriteTimeUtc.Ticks) : Missing;
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                return Missing;
+            }
+        }
+    }
+}
