@@ -230,6 +230,13 @@ public sealed class BpfCapture : IDisposable
         return true;
     }
 
+    /// <summary>Whether the netns cookie is in the pinned `enrolled` map (for tests and diagnostics).</summary>
+    internal unsafe bool IsEnrolled(ulong netnsCookie)
+    {
+        WeftPod value;
+        return Libbpf.MapLookup(enrolledFd, &netnsCookie, &value) == 0;
+    }
+
     /// <summary>Detaches every pinned link under <paramref name="pinRoot"/> and removes every pin.</summary>
     public static void Uninstall(string pinRoot)
     {
@@ -368,8 +375,7 @@ public sealed class BpfCapture : IDisposable
             Libbpf.LinkDestroy(link); // not pinned: closing it detaches it again
             throw new CaptureException($"pinning link {path} failed ({Mounts.Describe(-rc)}); is another agent using the same pin root?", -rc);
         }
-        Libbpf.LinkDisconnect(link);
-        Libbpf.LinkDestroy(link);
+        Libbpf.LinkDestroy(link); // closes our fd only: the pin keeps the link attached
     }
 
     /// <summary>Swaps <paramref name="program"/> into a pinned link; false when there is no usable link there.</summary>
@@ -396,7 +402,6 @@ public sealed class BpfCapture : IDisposable
         }
         finally
         {
-            Libbpf.LinkDisconnect(link);
             Libbpf.LinkDestroy(link);
         }
     }
@@ -408,7 +413,6 @@ public sealed class BpfCapture : IDisposable
         {
             // fails harmlessly (ENOLINK) when what it was attached to is already gone
             Libbpf.LinkDetach(link);
-            Libbpf.LinkDisconnect(link);
             Libbpf.LinkDestroy(link);
         }
         File.Delete(path);

@@ -63,6 +63,11 @@ internal static unsafe partial class Libbpf
     [LibraryImport(Library, EntryPoint = "bpf_link__detach")]
     internal static partial int LinkDetach(nint link);
 
+    /// <summary>
+    /// Not used on purpose: for fd-based links (cgroup, netns) libbpf's detach only closes the fd,
+    /// so disconnect-then-destroy would leak the fd and with it a reference to the kernel link.
+    /// A pinned link survives bpf_link__destroy; only bpf_link__detach ends it.
+    /// </summary>
     [LibraryImport(Library, EntryPoint = "bpf_link__disconnect")]
     internal static partial void LinkDisconnect(nint link);
 
