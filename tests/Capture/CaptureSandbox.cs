@@ -1,0 +1,220 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Weft.Capture;
+
+namespace Weft.Tests.Capture;
+
+/// <summary>
+/// What a capture test needs from the machine, all named weft…&lt;runid&gt; and all removed on
+/// Dispose, also after a failure: a cgroup of the test's own under the cgroup2 mount, network
+/// namespaces, a pin root on bpffs, and the client processes it started (stopped by pid).
+/// Nothing is added to the machine's own network namespace.
+/// </summary>
+internal sealed class CaptureSandbox : IDisposable
+{
+    private readonly List<string> namespaces = [];
+    private readonly List<Process> processes = [];
+
+    public CaptureSandbox()
+    {
+        Privileged.Require();
+        RunId = Guid.NewGuid().ToString("N")[..8];
+        var cgroup2 = File.ReadLines("/proc/self/mountinfo")
+            .Select(l => l.Split(' '))
+            .Where(f => Array.IndexOf(f, "-") is var dash && dash > 0 && f[dash + 1] == "cgroup2")
+            .Select(f => f[4])
+            .FirstOrDefault() ?? throw new InvalidOperationException("no cgroup2 mount in /proc/self/mountinfo");
+        CgroupPath = Path.Combine(cgroup2, "weft-" + RunId);
+        Directory.CreateDirectory(CgroupPath);
+        PinRoot = "/sys/fs/bpf/weft-test-" + RunId;
+    }
+
+    public string RunId { get; }
+
+    public string CgroupPath { get; }
+
+    public string PinRoot { get; }
+
+    public CaptureOptions Options => new(PinRoot, CgroupPath);
+
+    /// <summary>
+    /// A netns with loopback up and <paramref name="addresses"/> on one end of a veth pair whose both
+    /// ends stay inside it (this kernel has no dummy driver); returns its path.
+    /// </summary>
+    public string AddNamespace(string suffix, params string[] addresses)
+    {
+        var name = $"weftcap{RunId}{suffix}";
+        Ip($"netns add {name}");
+        namespaces.Add(name);
+        Ip($"-n {name} link set lo up");
+        if (addresses.Length > 0)
+        {
+            Ip($"-n {name} link add eth0 type veth peer name eth1");
+            foreach (var a in addresses)
+            {
+                Ip($"-n {name} addr add {a} dev eth0");
+            }
+            Ip($"-n {name} link set eth1 up");
+            Ip($"-n {name} link set eth0 up");
+        }
+        return "/var/run/netns/" + name;
+    }
+
+    /// <summary>Two namespaces joined by a veth pair (created inside them, never in the root netns).</summary>
+    public (string Left, string Right) AddLinkedNamespaces(string leftAddress, string rightAddress)
+    {
+        var left = $"weftcap{RunId}l";
+        var right = $"weftcap{RunId}r";
+        foreach (var n in new[] { left, right })
+        {
+            Ip($"netns add {n}");
+            namespaces.Add(n);
+            Ip($"-n {n} link set lo up");
+        }
+        Ip($"-n {left} link add eth0 type veth peer name eth0 netns {right}");
+        Ip($"-n {left} addr add {leftAddress} dev eth0");
+        Ip($"-n {right} addr add {rightAddress} dev eth0");
+        Ip($"-n {left} link set eth0 up");
+        Ip($"-n {right} link set eth0 up");
+        return ("/var/run/netns/" + left, "/var/run/netns/" + right);
+    }
+
+    /// <summary>A listening TCP socket made inside the namespace.</summary>
+    public static Socket Listen(string netnsPath, IPEndPoint endPoint) =>
+        NetNamespace.Run(netnsPath, () =>
+        {
+            var s = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            s.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            s.Bind(endPoint);
+            s.Listen(16);
+            return s;
+        });
+
+    /// <summary>
+    /// Runs a Python TCP client inside the namespace and inside the test cgroup from its first
+    /// instruction; it prints "connected &lt;local port&gt;" or "refused"/"error …", then waits for
+    /// the server to close. Returns the process (output read with <see cref="ReadLineAsync"/>).
+    /// </summary>
+    public Process StartClient(string netnsPath, string host, int port, uint mark = 0)
+    {
+        var script = string.Join("\n",
+            "import socket, sys",
+            $"s = socket.socket(socket.AF_INET6 if ':' in '{host}' else socket.AF_INET)",
+            $"if {mark}: s.setsockopt(socket.SOL_SOCKET, 36, {mark})",
+            "s.settimeout(5)",
+            "try:",
+            $"    s.connect(('{host}', {port}))",
+            "except ConnectionRefusedError:",
+            "    print('refused', flush=True); sys.exit(0)",
+            "except Exception as e:",
+            "    print('error', type(e).__name__, flush=True); sys.exit(0)",
+            "print('connected', s.getsockname()[1], flush=True)",
+            "s.recv(16)");
+        var ns = Path.GetFileName(netnsPath);
+        var psi = new ProcessStartInfo("/bin/sh")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        psi.ArgumentList.Add("-c");
+        psi.ArgumentList.Add($"echo $$ > {CgroupPath}/cgroup.procs && exec ip netns exec {ns} /usr/bin/python3 -c \"$0\"");
+        psi.ArgumentList.Add(script);
+        var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start client");
+        processes.Add(p);
+        return p;
+    }
+
+    public static async Task<string> ReadLineAsync(Process p)
+    {
+        var line = await p.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(10));
+        if (line is null)
+        {
+            var err = await p.StandardError.ReadToEndAsync();
+            throw new InvalidOperationException("client printed nothing: " + err);
+        }
+        return line;
+    }
+
+    public static async Task<Socket> AcceptAsync(Socket listener) =>
+        await listener.AcceptAsync().WaitAsync(TimeSpan.FromSeconds(10));
+
+    public void Dispose()
+    {
+        var errors = new List<Exception>();
+        void Try(Action a)
+        {
+            try
+            {
+                a();
+            }
+            catch (Exception e)
+            {
+                errors.Add(e);
+            }
+        }
+
+        foreach (var p in processes)
+        {
+            Try(() =>
+            {
+                if (!p.HasExited)
+                {
+                    p.Kill(); // by pid, only what this sandbox started
+                    p.WaitForExit(5000);
+                }
+                p.Dispose();
+            });
+        }
+        Try(() => BpfCapture.Uninstall(PinRoot));
+        foreach (var n in namespaces)
+        {
+            Try(() => NetNamespace.Release("/var/run/netns/" + n));
+            Try(() => Ip($"netns del {n}"));
+        }
+        Try(() =>
+        {
+            if (Directory.Exists(CgroupPath))
+            {
+                Directory.Delete(CgroupPath);
+            }
+        });
+        if (errors.Count > 0)
+        {
+            throw new AggregateException("sandbox cleanup failed", errors);
+        }
+    }
+
+    public static void Ip(string arguments)
+    {
+        var psi = new ProcessStartInfo("ip")
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+        };
+        foreach (var a in arguments.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        if (p.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"ip {arguments}: {err}");
+        }
+    }
+}
+
+/// <summary>Capture tests need root: they load eBPF, create namespaces and cgroups.</summary>
+internal static class Privileged
+{
+    public static void Require()
+    {
+        if (!Environment.IsPrivilegedProcess)
+        {
+            throw new InvalidOperationException("capture tests need root (eBPF, network namespaces, cgroups); run them as root");
+        }
+    }
+}

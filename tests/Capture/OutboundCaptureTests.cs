@@ -1,0 +1,125 @@
+using System.Net;
+using System.Net.Sockets;
+using Weft.Capture;
+
+namespace Weft.Tests.Capture;
+
+/// <summary>
+/// connect4 + sockops on a real kernel: a client in an enrolled netns and in the test's cgroup is
+/// steered to the agent's 127.0.0.1:15001 listener, and the agent learns where it wanted to go.
+/// </summary>
+public sealed class OutboundCaptureTests
+{
+    private const string PodIp = "10.99.0.2";
+    private const string Neighbour = "10.99.0.3"; // a local address in the netns that is not the pod's
+
+    private static readonly PodCapture Pod = new(IPAddress.Parse(PodIp), null, FailOpen: false);
+
+    [Fact]
+    public async Task Outbound_ConnectFromEnrolledPod_ReachesAgentListenerWithOriginalDestination()
+    {
+        using var sandbox = new CaptureSandbox();
+        var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Loopback, 15001));
+        var cookie = NetNamespace.GetCookie(pod);
+        Assert.Equal(cookie, NetNamespace.GetCookie(agent));
+        capture.EnrollPod(cookie, Pod);
+
+        var client = sandbox.StartClient(pod, "10.1.2.3", 80);
+        using var accepted = await CaptureSandbox.AcceptAsync(agent);
+        var line = await CaptureSandbox.ReadLineAsync(client);
+
+        var clientPort = (ushort)((IPEndPoint)accepted.RemoteEndPoint!).Port;
+        Assert.Equal($"connected {clientPort}", line);
+        Assert.True(capture.TryTakeOriginalDestination(cookie, clientPort, AddressFamily.InterNetwork, out var original));
+        Assert.Equal(new IPEndPoint(IPAddress.Parse("10.1.2.3"), 80), original);
+        Assert.False(capture.TryTakeOriginalDestination(cookie, clientPort, AddressFamily.InterNetwork, out _));
+    }
+
+    [Fact]
+    public async Task Outbound_SocketWithAgentMark_IsNotRedirected()
+    {
+        using var sandbox = new CaptureSandbox();
+        var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Loopback, 15001));
+        using var app = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(Neighbour), 80));
+        capture.EnrollPod(NetNamespace.GetCookie(pod), Pod);
+
+        var marked = sandbox.StartClient(pod, Neighbour, 80, mark: sandbox.Options.SocketMark);
+        using var direct = await CaptureSandbox.AcceptAsync(app);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(marked));
+
+        // the same connect without the mark is captured, so the mark is what made the difference
+        var unmarked = sandbox.StartClient(pod, Neighbour, 80);
+        using var captured = await CaptureSandbox.AcceptAsync(agent);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(unmarked));
+    }
+
+    [Fact]
+    public async Task Outbound_ConnectFromNamespaceNotEnrolled_IsNotRedirected()
+    {
+        using var sandbox = new CaptureSandbox();
+        var enrolled = sandbox.AddNamespace("p", PodIp + "/24");
+        var other = sandbox.AddNamespace("o", PodIp + "/24", Neighbour + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        capture.EnrollPod(NetNamespace.GetCookie(enrolled), Pod);
+        using var agent = CaptureSandbox.Listen(other, new IPEndPoint(IPAddress.Loopback, 15001));
+        using var app = CaptureSandbox.Listen(other, new IPEndPoint(IPAddress.Parse(Neighbour), 80));
+
+        var client = sandbox.StartClient(other, Neighbour, 80);
+        using var direct = await CaptureSandbox.AcceptAsync(app);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(client));
+        Assert.False(agent.Poll(0, SelectMode.SelectRead)); // nothing queued at the agent
+    }
+
+    [Fact]
+    public async Task Outbound_EnrolledPodWithoutAgentListener_IsRefused()
+    {
+        using var sandbox = new CaptureSandbox();
+        var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        using var app = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(Neighbour), 80));
+        capture.EnrollPod(NetNamespace.GetCookie(pod), Pod);
+
+        var client = sandbox.StartClient(pod, Neighbour, 80);
+        Assert.Equal("refused", await CaptureSandbox.ReadLineAsync(client));
+        Assert.False(app.Poll(0, SelectMode.SelectRead)); // fail closed: nothing leaked to the app
+    }
+
+    [Fact]
+    public async Task Outbound_FailOpenPodWithoutAgent_ReachesDestinationDirectly()
+    {
+        using var sandbox = new CaptureSandbox();
+        var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        using var app = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(Neighbour), 80));
+        capture.EnrollPod(NetNamespace.GetCookie(pod), Pod with { FailOpen = true });
+
+        var client = sandbox.StartClient(pod, Neighbour, 80);
+        using var direct = await CaptureSandbox.AcceptAsync(app);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(client));
+    }
+
+    [Fact]
+    public async Task Outbound_ConnectToPodsOwnAddressOrAgentPort_IsNotRedirected()
+    {
+        using var sandbox = new CaptureSandbox();
+        var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Loopback, 15001));
+        using var self = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(PodIp), 80));
+        using var hbone = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(Neighbour), 15008));
+        capture.EnrollPod(NetNamespace.GetCookie(pod), Pod);
+
+        var toSelf = sandbox.StartClient(pod, PodIp, 80);
+        using var a = await CaptureSandbox.AcceptAsync(self);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(toSelf));
+
+        var toAgentPort = sandbox.StartClient(pod, Neighbour, 15008);
+        using var b = await CaptureSandbox.AcceptAsync(hbone);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(toAgentPort));
+        Assert.False(agent.Poll(0, SelectMode.SelectRead));
+    }
+}
