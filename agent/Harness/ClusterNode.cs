@@ -1,0 +1,74 @@
+using System.Net;
+
+namespace Weft.Harness;
+
+/// <summary>
+/// A node: a network namespace joined to the underlay bridge, forwarding for its pods, with a cgroup
+/// whose subtree holds the node's agent ("agent") and its pods ("pods/NS-POD"). Capture attaches here.
+/// </summary>
+public sealed class ClusterNode
+{
+    private readonly NetnsCluster cluster;
+    private readonly List<ClusterPod> pods = [];
+
+    internal ClusterNode(NetnsCluster cluster, int index, string name, string netnsName, string cgroupPath)
+    {
+        this.cluster = cluster;
+        Index = index;
+        Name = name;
+        NetnsName = netnsName;
+        CgroupPath = cgroupPath;
+        Address = IPAddress.Parse($"172.31.0.{index}");
+        PodGateway = IPAddress.Parse($"10.244.{index}.1");
+    }
+
+    public string Name { get; }
+
+    /// <summary>1-based position in the cluster; the node's underlay address and pod CIDR derive from it.</summary>
+    public int Index { get; }
+
+    public string NetnsName { get; }
+
+    public string NetnsPath => NetnsCluster.NetnsDirectory + "/" + NetnsName;
+
+    /// <summary>The node's address on the underlay bridge (172.31.0.INDEX/24); other nodes route this node's pod CIDR via it.</summary>
+    public IPAddress Address { get; }
+
+    public string PodCidr => $"10.244.{Index}.0/24";
+
+    /// <summary>The node-side address every pod uses as its default gateway.</summary>
+    public IPAddress PodGateway { get; }
+
+    /// <summary>The node's cgroup: eBPF attached here sees every pod and agent process of the node.</summary>
+    public string CgroupPath { get; }
+
+    /// <summary>Where processes started with <see cref="StartProcess(string, string[])"/> run (a child of <see cref="CgroupPath"/>).</summary>
+    public string AgentCgroupPath => Path.Join(CgroupPath, "agent");
+
+    public IReadOnlyList<ClusterPod> Pods
+    {
+        get
+        {
+            lock (pods)
+            {
+                return pods.ToArray();
+            }
+        }
+    }
+
+    /// <summary>Starts a process in the node's netns and the node's agent cgroup (e.g. the Weft agent).</summary>
+    public ManagedProcess StartProcess(string file, params string[] args) => StartProcess(file, args, null);
+
+    public ManagedProcess StartProcess(string file, IEnumerable<string> args, IReadOnlyDictionary<string, string>? environment) =>
+        cluster.Start(AgentCgroupPath, NetnsPath, $"{file} on {Name}", file, args, environment);
+
+    public override string ToString() => $"{Name} ({Address}, pods {PodCidr})";
+
+    internal void Add(ClusterPod pod)
+    {
+        lock (pods)
+        {
+            pods.Add(pod);
+        }
+    }
+}

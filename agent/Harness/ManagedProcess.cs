@@ -1,0 +1,251 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+
+namespace Weft.Harness;
+
+/// <summary>
+/// A process the harness started inside a node or pod. Its stdout and stderr are captured line by
+/// line as they arrive (tests read JSON lines while it runs). Signals go to its pid only, never by name.
+/// </summary>
+public sealed class ManagedProcess : IAsyncDisposable
+{
+    private readonly Process process;
+    private readonly object gate = new();
+    private readonly List<string> stdout = [];
+    private readonly List<string> stderr = [];
+    private bool stdoutClosed;
+    private TaskCompletionSource changed = NewSignal();
+    private int disposed;
+    private int? exitCodeAfterDispose;
+
+    internal ManagedProcess(ProcessStartInfo info, string description)
+    {
+        Description = description;
+        info.RedirectStandardOutput = true;
+        info.RedirectStandardError = true;
+        info.RedirectStandardInput = true;
+        info.UseShellExecute = false;
+        process = new Process { StartInfo = info, EnableRaisingEvents = true };
+        process.OutputDataReceived += (_, e) => Append(stdout, e.Data, isStdout: true);
+        process.ErrorDataReceived += (_, e) => Append(stderr, e.Data, isStdout: false);
+        if (!process.Start())
+        {
+            throw new HarnessException($"could not start {description}");
+        }
+
+        Pid = process.Id;
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+    }
+
+    public int Pid { get; }
+
+    /// <summary>What was started and where, for messages.</summary>
+    public string Description { get; }
+
+    public bool HasExited => Volatile.Read(ref disposed) == 1 || process.HasExited;
+
+    /// <summary>The exit code once exited (128 + signal number when a signal ended it).</summary>
+    public int? ExitCode => Volatile.Read(ref disposed) == 1 ? exitCodeAfterDispose : process.HasExited ? process.ExitCode : null;
+
+    /// <summary>The process's stdin, e.g. to feed a peer interactively.</summary>
+    public StreamWriter StandardInput => process.StandardInput;
+
+    public IReadOnlyList<string> StdoutLines
+    {
+        get
+        {
+            lock (gate)
+            {
+                return stdout.ToArray();
+            }
+        }
+    }
+
+    public IReadOnlyList<string> StderrLines
+    {
+        get
+        {
+            lock (gate)
+            {
+                return stderr.ToArray();
+            }
+        }
+    }
+
+    public string Stdout => string.Join('\n', StdoutLines);
+
+    public string Stderr => string.Join('\n', StderrLines);
+
+    /// <summary>Every stdout line from the first, then each new one as it arrives, until stdout closes.</summary>
+    public async IAsyncEnumerable<string> ReadStdoutLinesAsync([EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var index = 0;
+        while (true)
+        {
+            string? line = null;
+            Task wait;
+            lock (gate)
+            {
+                if (index < stdout.Count)
+                {
+                    line = stdout[index++];
+                    wait = Task.CompletedTask;
+                }
+                else if (stdoutClosed)
+                {
+                    yield break;
+                }
+                else
+                {
+                    wait = changed.Task;
+                }
+            }
+
+            if (line != null)
+            {
+                yield return line;
+            }
+            else
+            {
+                await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>Waits for the first stdout line (already printed or future) that matches.</summary>
+    public async Task<string> WaitForStdoutLineAsync(Func<string, bool> match, TimeSpan timeout)
+    {
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            await foreach (var line in ReadStdoutLinesAsync(cts.Token).ConfigureAwait(false))
+            {
+                if (match(line))
+                {
+                    return line;
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cts.IsCancellationRequested)
+        {
+            throw new TimeoutException($"{Description}: no matching stdout line within {timeout.TotalSeconds:0.#} s; stdout: {Tail(StdoutLines)}; stderr: {Tail(StderrLines)}");
+        }
+
+        throw new HarnessException($"{Description} closed stdout (exit code {ExitCode?.ToString() ?? "none yet"}) without a matching line; stdout: {Tail(StdoutLines)}; stderr: {Tail(StderrLines)}");
+    }
+
+    /// <summary>Waits for the exit and for all output to be captured; returns the exit code.</summary>
+    public async Task<int> WaitForExitAsync(TimeSpan timeout)
+    {
+        if (Volatile.Read(ref disposed) == 1)
+        {
+            return exitCodeAfterDispose ?? throw new HarnessException($"{Description} (pid {Pid}) was released before it exited");
+        }
+
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            await process.WaitForExitAsync(cts.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cts.IsCancellationRequested)
+        {
+            throw new TimeoutException($"{Description} (pid {Pid}) still running after {timeout.TotalSeconds:0.#} s; stderr: {Tail(StderrLines)}");
+        }
+
+        return process.ExitCode;
+    }
+
+    /// <summary>SIGTERM to this pid (no-op once exited).</summary>
+    public void Stop() => Signal(Tmds.Linux.LibC.SIGTERM);
+
+    /// <summary>SIGKILL to this pid (no-op once exited).</summary>
+    public void Kill() => Signal(Tmds.Linux.LibC.SIGKILL);
+
+    /// <summary>SIGKILL, wait for the exit, release; the captured output stays readable.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Volatile.Read(ref disposed) == 1)
+        {
+            return;
+        }
+
+        Kill();
+        try
+        {
+            await WaitForExitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // the cluster's cgroup kill and removal will report it
+        }
+
+        Release();
+    }
+
+    /// <summary>For the cluster's teardown, which may run on a ProcessExit handler and so must not await.</summary>
+    internal void KillAndWait(TimeSpan timeout)
+    {
+        if (Volatile.Read(ref disposed) == 1)
+        {
+            return;
+        }
+
+        Kill();
+        process.WaitForExit(timeout);
+        Release();
+    }
+
+    private void Release()
+    {
+        lock (gate)
+        {
+            if (disposed == 1)
+            {
+                return;
+            }
+
+            exitCodeAfterDispose = process.HasExited ? process.ExitCode : null;
+            Volatile.Write(ref disposed, 1);
+        }
+
+        process.Dispose();
+    }
+
+    public override string ToString() => $"{Description} (pid {Pid})";
+
+    private void Signal(int signal)
+    {
+        // HasExited reaps nothing new; the runtime reaps our child, so until it reports the exit the pid is still ours
+        if (!HasExited)
+        {
+            _ = Tmds.Linux.LibC.kill(Pid, signal);
+        }
+    }
+
+    private void Append(List<string> lines, string? line, bool isStdout)
+    {
+        TaskCompletionSource toSignal;
+        lock (gate)
+        {
+            if (line == null)
+            {
+                stdoutClosed |= isStdout;
+            }
+            else
+            {
+                lines.Add(line);
+            }
+
+            toSignal = changed;
+            changed = NewSignal();
+        }
+
+        toSignal.TrySetResult();
+    }
+
+    private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    private static string Tail(IReadOnlyList<string> lines) =>
+        lines.Count == 0 ? "(empty)" : string.Join(" | ", lines.Skip(Math.Max(0, lines.Count - 10)));
+}

@@ -1,0 +1,447 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+
+namespace Weft.Harness;
+
+/// <summary>
+/// A Kubernetes-like cluster built from network namespaces on one machine, for tests and `weft demo`.
+/// <code>
+///  netns weftRUN-underlay:      br0 ── n1 ─┬─ n2 ─ ...
+///                                          │      │ veth pairs
+///  netns weftRUN-node1:  eth0 172.31.0.1/24   eth0 172.31.0.2/24  (weftRUN-node2)
+///      ip_forward=1, 10.244.2.0/24 via 172.31.0.2
+///      pod2 10.244.1.1/32 ── eth0 10.244.1.2/32 (netns weftRUN-node1-NS-POD, default via 10.244.1.1)
+/// </code>
+/// Nothing is added to the machine's own network namespace: every configuring command runs with
+/// <c>ip -n NETNS</c>. Cgroups live under CGROUP2/weft-RUN. Everything a run creates is removed on
+/// dispose, also when <see cref="CreateAsync"/> fails half-way, on Ctrl-C and on process exit; runs
+/// whose process died are removed by <see cref="CleanupStale"/>.
+/// </summary>
+public sealed partial class NetnsCluster : IAsyncDisposable
+{
+    internal const string NetnsDirectory = "/var/run/netns";
+    private const string Component = "harness";
+
+    // cgroup first (so the process is counted by the node's eBPF from its first connect),
+    // then only the netns: nsenter, unlike `ip netns exec`, keeps the mount namespace, so
+    // /sys/fs/bpf and the cgroup2 mount stay visible to agents started this way.
+    private const string StartScript = """
+        cg=$1; ns=$2; shift 2
+        echo $$ > "$cg/cgroup.procs" || { echo "weft harness: cannot enter cgroup $cg" >&2; exit 125; }
+        exec nsenter --net="$ns" -- "$@"
+        """;
+
+    private readonly object gate = new();
+    private readonly ClusterSpec spec;
+    private readonly RunRecord record;
+    private readonly List<ClusterNode> nodes = [];
+    private readonly List<string> createdNetns = [];
+    private readonly List<ManagedProcess> processes = [];
+    private readonly Dictionary<ClusterNode, int> nextHostIndex = [];
+    private bool tornDown;
+    private EventHandler? onProcessExit;
+    private ConsoleCancelEventHandler? onCancelKey;
+
+    private NetnsCluster(ClusterSpec spec, string runId, string cgroupMount)
+    {
+        this.spec = spec;
+        RunId = runId;
+        CgroupRoot = Path.Join(cgroupMount, "weft-" + runId);
+        record = RunRecord.ForCurrentProcess(runId, CgroupRoot);
+    }
+
+    /// <summary>Six random lowercase hex characters; every name of this run carries it.</summary>
+    public string RunId { get; }
+
+    /// <summary>"weft" + RunId: the start of every network namespace name of this run.</summary>
+    public string NetnsPrefix => "weft" + RunId;
+
+    public string UnderlayNetnsName => NetnsPrefix + "-underlay";
+
+    /// <summary>The run's own cgroup v2 directory (CGROUP2_MOUNT/weft-RUNID).</summary>
+    public string CgroupRoot { get; }
+
+    public IReadOnlyList<ClusterNode> Nodes
+    {
+        get
+        {
+            lock (gate)
+            {
+                return nodes.ToArray();
+            }
+        }
+    }
+
+    public IEnumerable<ClusterPod> Pods => Nodes.SelectMany(n => n.Pods);
+
+    /// <summary>Every process started in this cluster (all are killed on dispose).</summary>
+    public IReadOnlyList<ManagedProcess> Processes
+    {
+        get
+        {
+            lock (gate)
+            {
+                return processes.ToArray();
+            }
+        }
+    }
+
+    public ClusterNode Node(string name) =>
+        Nodes.FirstOrDefault(n => n.Name == name) ?? throw new ArgumentException($"no node '{name}' in cluster {RunId}");
+
+    public ClusterPod Pod(string ns, string name) =>
+        Pods.FirstOrDefault(p => p.Namespace == ns && p.Name == name) ?? throw new ArgumentException($"no pod {ns}/{name} in cluster {RunId}");
+
+    public static async Task<NetnsCluster> CreateAsync(ClusterSpec spec)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        if (spec.Nodes.Count is 0 or > 254)
+        {
+            throw new ArgumentException("a cluster needs 1 to 254 nodes");
+        }
+
+        foreach (var node in spec.Nodes)
+        {
+            ClusterNames.Validate("node", node.Name);
+            foreach (var pod in node.Pods)
+            {
+                ClusterNames.Validate("namespace", pod.Namespace);
+                ClusterNames.Validate("pod", pod.Name);
+            }
+        }
+
+        var cluster = new NetnsCluster(spec, RandomNumberGenerator.GetHexString(6, lowercase: true), Cgroup2.FindMount());
+        try
+        {
+            await Task.Run(cluster.Build).ConfigureAwait(false);
+            return cluster;
+        }
+        catch (Exception e)
+        {
+            var cleanup = await Task.Run(cluster.Teardown).ConfigureAwait(false);
+            var left = cleanup.Count == 0 ? "everything it made was removed" : "cleanup failed: " + string.Join("; ", cleanup);
+            throw new HarnessException($"creating cluster {cluster.RunId} failed ({left}): {e.Message}", e) { RunId = cluster.RunId };
+        }
+    }
+
+    /// <summary>Adds a pod to a node: netns, veth to the node, address, routes, cgroup. Works after creation too.</summary>
+    public ClusterPod AddPod(ClusterNode node, PodSpec pod)
+    {
+        ArgumentNullException.ThrowIfNull(node);
+        ArgumentNullException.ThrowIfNull(pod);
+        ClusterNames.Validate("namespace", pod.Namespace);
+        ClusterNames.Validate("pod", pod.Name);
+        int hostIndex;
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(tornDown, this);
+            if (node.Pods.Any(p => p.Namespace == pod.Namespace && p.Name == pod.Name))
+            {
+                throw new ArgumentException($"pod {pod.Namespace}/{pod.Name} already exists on {node.Name}");
+            }
+
+            hostIndex = nextHostIndex.GetValueOrDefault(node, 2);
+            if (hostIndex > 254)
+            {
+                throw new HarnessException($"node {node.Name} has no free address in {node.PodCidr}");
+            }
+
+            nextHostIndex[node] = hostIndex + 1;
+        }
+
+        Step($"pod:{node.Name}/{pod.Namespace}/{pod.Name}");
+        var created = new ClusterPod(
+            this,
+            node,
+            pod,
+            hostIndex,
+            $"{NetnsPrefix}-{node.Name}-{pod.Namespace}-{pod.Name}",
+            Path.Join(node.CgroupPath, "pods", $"{pod.Namespace}-{pod.Name}"));
+        var ns = created.NetnsName;
+        AddNetns(ns);
+        HostCommand.Ip("-n", node.NetnsName, "link", "add", created.NodeInterface, "type", "veth", "peer", "name", "eth0", "netns", ns);
+        HostCommand.Ip("-n", node.NetnsName, "addr", "add", $"{node.PodGateway}/32", "dev", created.NodeInterface);
+        HostCommand.Ip("-n", node.NetnsName, "link", "set", created.NodeInterface, "up");
+        HostCommand.Ip("-n", node.NetnsName, "route", "add", $"{created.Address}/32", "dev", created.NodeInterface, "scope", "link", "src", node.PodGateway.ToString());
+
+        // a /32 with an on-link gateway: pods on the same node also talk through the node, as with ptp CNIs
+        HostCommand.Ip("-n", ns, "addr", "add", $"{created.Address}/32", "dev", "eth0");
+        HostCommand.Ip("-n", ns, "link", "set", "eth0", "up");
+        HostCommand.Ip("-n", ns, "route", "add", $"{node.PodGateway}/32", "dev", "eth0", "scope", "link");
+        HostCommand.Ip("-n", ns, "route", "add", "default", "via", node.PodGateway.ToString(), "dev", "eth0", "src", created.Address.ToString());
+        Directory.CreateDirectory(created.CgroupPath);
+        node.Add(created);
+        Log.Debug(Component, $"pod {created}");
+        return created;
+    }
+
+    public ClusterPod AddPod(ClusterNode node, string ns, string name) => AddPod(node, new PodSpec(ns, name));
+
+    /// <summary>The standalone inventory for this cluster (see CONTRACT.md): namespaces, pods and the given services.</summary>
+    public string InventoryYaml(params ServiceSpec[] services) => InventoryYaml(new InventoryOptions { Services = services });
+
+    public string InventoryYaml(InventoryOptions options) => ClusterInventory.Write(Pods, options);
+
+    /// <summary>
+    /// Removes what runs of dead processes left: kills the processes in their cgroups, deletes their
+    /// network namespaces and cgroups. Runs whose owner is alive are left alone. Returns the run ids removed.
+    /// </summary>
+    public static IReadOnlyList<string> CleanupStale()
+    {
+        var removed = new List<string>();
+        foreach (var stale in RunRecord.ReadAll().Where(r => !r.OwnerIsAlive()))
+        {
+            var errors = RemoveRun(stale, []);
+            if (errors.Count == 0)
+            {
+                removed.Add(stale.RunId);
+            }
+            else
+            {
+                Log.Warn(Component, $"stale run {stale.RunId} not fully removed: {string.Join("; ", errors)}");
+            }
+        }
+
+        return removed;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        var errors = await Task.Run(Teardown).ConfigureAwait(false);
+        if (errors.Count > 0)
+        {
+            throw new HarnessException($"cluster {RunId} teardown left something behind: {string.Join("; ", errors)}");
+        }
+    }
+
+    internal ManagedProcess Start(string cgroup, string netnsPath, string description, string file, IEnumerable<string> args, IReadOnlyDictionary<string, string>? environment)
+    {
+        var info = new ProcessStartInfo("/bin/sh");
+        foreach (var arg in new[] { "-c", StartScript, "weft-start", cgroup, netnsPath, file }.Concat(args))
+        {
+            info.ArgumentList.Add(arg);
+        }
+
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
+        {
+            info.Environment[key] = value;
+        }
+
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(tornDown, this);
+            var process = new ManagedProcess(info, description);
+            processes.Add(process);
+            Log.Debug(Component, $"started {process}");
+            return process;
+        }
+    }
+
+    private void Build()
+    {
+        // the record comes first: whatever happens next, CleanupStale can find it
+        record.Write();
+        RegisterExitHandlers();
+        Step("cgroup");
+        Directory.CreateDirectory(CgroupRoot);
+
+        Step("underlay");
+        AddNetns(UnderlayNetnsName);
+        HostCommand.Ip("-n", UnderlayNetnsName, "link", "add", "br0", "type", "bridge");
+        HostCommand.Ip("-n", UnderlayNetnsName, "link", "set", "br0", "up");
+
+        for (var i = 0; i < spec.Nodes.Count; i++)
+        {
+            AddNode(i + 1, spec.Nodes[i].Name);
+        }
+
+        Step("routes");
+        foreach (var node in nodes)
+        {
+            foreach (var other in nodes.Where(o => o != node))
+            {
+                HostCommand.Ip("-n", node.NetnsName, "route", "add", other.PodCidr, "via", other.Address.ToString(), "dev", "eth0");
+            }
+        }
+
+        for (var i = 0; i < spec.Nodes.Count; i++)
+        {
+            foreach (var pod in spec.Nodes[i].Pods)
+            {
+                AddPod(nodes[i], pod);
+            }
+        }
+
+        Log.Info(Component, $"cluster {RunId}: {nodes.Count} nodes, {Pods.Count()} pods, cgroup {CgroupRoot}");
+    }
+
+    private void AddNode(int index, string name)
+    {
+        Step($"node:{name}");
+        var node = new ClusterNode(this, index, name, $"{NetnsPrefix}-{name}", Path.Join(CgroupRoot, name));
+        lock (gate)
+        {
+            if (nodes.Any(n => n.Name == name))
+            {
+                throw new ArgumentException($"node name '{name}' is used twice");
+            }
+
+            nodes.Add(node);
+        }
+
+        AddNetns(node.NetnsName);
+        var port = $"n{index}";
+        HostCommand.Ip("-n", UnderlayNetnsName, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", node.NetnsName);
+        HostCommand.Ip("-n", UnderlayNetnsName, "link", "set", port, "master", "br0");
+        HostCommand.Ip("-n", UnderlayNetnsName, "link", "set", port, "up");
+        HostCommand.Ip("-n", node.NetnsName, "addr", "add", $"{node.Address}/24", "dev", "eth0");
+        HostCommand.Ip("-n", node.NetnsName, "link", "set", "eth0", "up");
+
+        // inside the node's netns only: forward for its pods; no reverse path filter, pods answer via the node
+        HostCommand.Ip("netns", "exec", node.NetnsName, "sysctl", "-qw",
+            "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0");
+        Directory.CreateDirectory(node.AgentCgroupPath);
+        Directory.CreateDirectory(Path.Join(node.CgroupPath, "pods"));
+        Log.Debug(Component, $"node {node}");
+    }
+
+    private void AddNetns(string name)
+    {
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(tornDown, this);
+            createdNetns.Add(name);
+        }
+
+        HostCommand.Ip("netns", "add", name);
+        HostCommand.Ip("-n", name, "link", "set", "lo", "up");
+    }
+
+    private void Step(string name)
+    {
+        if (spec.FailAtStep == name)
+        {
+            throw new HarnessException($"injected failure at step '{name}'");
+        }
+    }
+
+    private void RegisterExitHandlers()
+    {
+        if (!spec.TeardownOnExit)
+        {
+            return;
+        }
+
+        onProcessExit = (_, _) => TeardownQuietly();
+        onCancelKey = (_, _) => TeardownQuietly();
+        AppDomain.CurrentDomain.ProcessExit += onProcessExit;
+        Console.CancelKeyPress += onCancelKey;
+    }
+
+    private void TeardownQuietly()
+    {
+        foreach (var error in Teardown())
+        {
+            Log.Warn(Component, $"cluster {RunId} teardown: {error}");
+        }
+    }
+
+    private List<string> Teardown()
+    {
+        ManagedProcess[] started;
+        lock (gate)
+        {
+            if (tornDown)
+            {
+                return [];
+            }
+
+            tornDown = true;
+            started = processes.ToArray();
+        }
+
+        if (onProcessExit != null)
+        {
+            AppDomain.CurrentDomain.ProcessExit -= onProcessExit;
+        }
+
+        if (onCancelKey != null)
+        {
+            Console.CancelKeyPress -= onCancelKey;
+        }
+
+        var errors = new List<string>();
+        foreach (var process in started)
+        {
+            try
+            {
+                process.KillAndWait(TimeSpan.FromSeconds(5));
+                if (process.ExitCode == null)
+                {
+                    errors.Add($"{process} did not exit after SIGKILL");
+                }
+            }
+            catch (Exception e)
+            {
+                errors.Add($"{process}: {e.Message}");
+            }
+        }
+
+        errors.AddRange(RemoveRun(record, createdNetns));
+        Log.Debug(Component, $"cluster {RunId} torn down");
+        return errors;
+    }
+
+    /// <summary>Kills what is left in the run's cgroups, deletes its namespaces, cgroups and record; returns what failed.</summary>
+    private static List<string> RemoveRun(RunRecord run, IEnumerable<string> knownNetns)
+    {
+        var errors = new List<string>();
+        if (!RunIdPattern().IsMatch(run.RunId) || Path.GetFileName(run.CgroupRoot) != "weft-" + run.RunId)
+        {
+            // a record we did not write: touch nothing it names
+            errors.Add($"run record {run.RunId} names cgroup '{run.CgroupRoot}', not a harness run's; left alone");
+            return errors;
+        }
+
+        void Try(string what, Action action)
+        {
+            try
+            {
+                action();
+            }
+            catch (Exception e)
+            {
+                errors.Add($"{what}: {e.Message}");
+            }
+        }
+
+        // children of our processes inherit the run's cgroups: this reaches them and nothing else
+        Try("kill processes in " + run.CgroupRoot, () => Cgroup2.KillAll(run.CgroupRoot));
+
+        var prefix = "weft" + run.RunId + "-";
+        var netns = knownNetns
+            .Concat(Directory.Exists(NetnsDirectory) ? Directory.EnumerateFiles(NetnsDirectory).Select(Path.GetFileName).OfType<string>() : [])
+            .Where(n => n.StartsWith(prefix, StringComparison.Ordinal))
+            .Distinct()
+            .Reverse()
+            .ToList();
+        foreach (var name in netns)
+        {
+            if (File.Exists(Path.Join(NetnsDirectory, name)))
+            {
+                Try("delete netns " + name, () => HostCommand.Ip("netns", "delete", name));
+            }
+        }
+
+        Try("remove cgroup " + run.CgroupRoot, () => Cgroup2.RemoveTree(run.CgroupRoot, TimeSpan.FromSeconds(10)));
+        if (errors.Count == 0)
+        {
+            Try("remove run record", run.Delete);
+        }
+
+        return errors;
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex("^[0-9a-f]{6}$")]
+    private static partial System.Text.RegularExpressions.Regex RunIdPattern();
+}
