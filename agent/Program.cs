@@ -1,1 +1,46 @@
-return 0;
+using Weft;
+using Weft.Capture;
+using Weft.Cli;
+
+const string usage = $"""
+    weft: a sidecarless service mesh node agent.
+
+    {AgentCommand.Usage}
+      weft app serve|send|rr ...
+          Test workload used by the demo, the tests and the benchmark.
+    """;
+
+if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+{
+    Console.WriteLine(usage);
+    return args.Length == 0 ? 2 : 0;
+}
+
+try
+{
+    var rest = args.Skip(1);
+    return args[0] switch
+    {
+        "agent" => await AgentCommand.RunAgentAsync(new CommandLine(rest)),
+        "uninstall" => AgentCommand.Uninstall(new CommandLine(rest)),
+        "app" => await Weft.Harness.PeerApp.RunAsync(args[1..]),
+        _ => throw new UsageException($"unknown command '{args[0]}'"),
+    };
+}
+catch (UsageException e)
+{
+    Console.Error.WriteLine($"weft: {e.Message}");
+    Console.Error.WriteLine(usage);
+    return 2;
+}
+catch (CaptureException e)
+{
+    // The kernel said no: one line naming the cause and the fix, no stack trace.
+    Log.Error("capture", e.Message);
+    return 1;
+}
+catch (Weft.Inventory.InventoryLoadException e)
+{
+    Log.Error("inventory", e.Message);
+    return 1;
+}

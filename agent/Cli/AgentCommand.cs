@@ -1,0 +1,68 @@
+using System.Runtime.InteropServices;
+using Weft.Capture;
+using Weft.Node;
+using Weft.Proxy;
+
+namespace Weft.Cli;
+
+/// <summary><c>weft agent</c>: run the node agent until SIGTERM or Ctrl-C; <c>weft uninstall</c>.</summary>
+internal static class AgentCommand
+{
+    public const string Usage = """
+        weft agent --inventory FILE [--node NAME] [--cgroup DIR] [--bpffs DIR] [--admin ADDR|off]
+                   [--drain-seconds N] [--idle-timeout-seconds N] [--max-connections-per-pod N] [--no-access-log]
+          Runs the node agent: captures enrolled pods' TCP traffic with eBPF and proxies it.
+          --node defaults to $NODE_NAME, then the host name; --cgroup to the cgroup v2 root;
+          --bpffs to /sys/fs/bpf/weft; --admin to 127.0.0.1:15000.
+        weft uninstall [--bpffs DIR]
+          Detaches every Weft eBPF program and removes every pin. Enrolled pods then talk directly.
+        """;
+
+    public static async Task<int> RunAgentAsync(CommandLine cl)
+    {
+        var admin = cl.Get("admin");
+        var proxyDefaults = new ProxyOptions();
+        var options = new AgentOptions
+        {
+            InventoryPath = cl.Require("inventory"),
+            NodeName = cl.Get("node") ?? Environment.GetEnvironmentVariable("NODE_NAME") ?? Environment.MachineName,
+            CgroupPath = cl.Get("cgroup"),
+            PinRoot = cl.Get("bpffs") ?? "/sys/fs/bpf/weft",
+            AdminAddress = admin == "off" ? null : admin ?? "127.0.0.1:15000",
+            DrainGrace = TimeSpan.FromSeconds(cl.Int("drain-seconds", 20)),
+            AccessLog = !cl.Flag("no-access-log"),
+            Proxy = proxyDefaults with
+            {
+                IdleTimeout = TimeSpan.FromSeconds(cl.Int("idle-timeout-seconds", (int)proxyDefaults.IdleTimeout.TotalSeconds)),
+                MaxConnectionsPerPod = cl.Int("max-connections-per-pod", proxyDefaults.MaxConnectionsPerPod),
+            },
+        };
+        cl.RejectUnknown();
+
+        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
+        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
+
+        await using var agent = new NodeAgent(options);
+        await agent.StartAsync();
+        Log.Info("agent", "ready");
+        await stop.Task;
+        Log.Info("agent", $"stopping: draining up to {options.DrainGrace.TotalSeconds:0}s; eBPF programs stay attached");
+        return 0;
+
+        void Stop(PosixSignalContext context)
+        {
+            context.Cancel = true;
+            stop.TrySetResult();
+        }
+    }
+
+    public static int Uninstall(CommandLine cl)
+    {
+        var pins = cl.Get("bpffs") ?? "/sys/fs/bpf/weft";
+        cl.RejectUnknown();
+        BpfCapture.Uninstall(pins);
+        Log.Info("uninstall", $"removed Weft's eBPF programs, links and pins under {pins}");
+        return 0;
+    }
+}

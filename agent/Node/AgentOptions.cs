@@ -1,0 +1,27 @@
+using Weft.Proxy;
+
+namespace Weft.Node;
+
+/// <summary>Everything the node agent is told at start.</summary>
+public sealed record AgentOptions
+{
+    public required string NodeName { get; init; }
+
+    /// <summary>Standalone inventory file (Kubernetes objects as YAML), hot-reloaded.</summary>
+    public required string InventoryPath { get; init; }
+
+    /// <summary>cgroup v2 directory whose processes are captured; null means the cgroup2 mount's root.</summary>
+    public string? CgroupPath { get; init; }
+
+    public string PinRoot { get; init; } = "/sys/fs/bpf/weft";
+
+    /// <summary>Admin API (flows, config dump) address; null turns it off.</summary>
+    public string? AdminAddress { get; init; } = "127.0.0.1:15000";
+
+    public TimeSpan DrainGrace { get; init; } = TimeSpan.FromSeconds(20);
+
+    /// <summary>Write a JSON access-log line per finished connection to stdout.</summary>
+    public bool AccessLog { get; init; } = true;
+
+    public ProxyOptions Proxy { get; init; } = new();
+}

@@ -1,0 +1,212 @@
+using Weft.Admin;
+using Weft.Capture;
+using Weft.Inventory;
+using Weft.Proxy;
+using Weft.Telemetry;
+
+namespace Weft.Node;
+
+/// <summary>
+/// One node's agent: keeps the BPF capture and the in-pod listeners in step with the inventory.
+/// <code>
+///   inventory file ──(hot reload)──► snapshot ──reconcile──► per local enrolled pod:
+///        listeners in its netns (15001, 15006) → sk_lookup link → enrolled map entry
+/// </code>
+/// Stopping never detaches the BPF programs: enrolled pods keep failing closed until a new agent
+/// adopts the pins, or an explicit uninstall removes them.
+/// </summary>
+public sealed class NodeAgent : IAsyncDisposable
+{
+    private readonly AgentOptions _options;
+    private readonly Dictionary<string, PodProxy> _pods = new();
+    private readonly SemaphoreSlim _reconcileGate = new(1, 1);
+    private BpfCapture? _capture;
+    private InventoryStore? _store;
+    private FileInventorySource? _source;
+    private ConnectionTracker? _tracker;
+    private AdminServer? _admin;
+
+    public NodeAgent(AgentOptions options)
+    {
+        _options = options;
+        Flows = new FlowTable(accessLog: options.AccessLog ? Console.Out : null);
+    }
+
+    public FlowTable Flows { get; }
+
+    public InventoryStore Inventory => _store ?? throw new InvalidOperationException("agent not started");
+
+    public IReadOnlyCollection<string> EnrolledPods
+    {
+        get
+        {
+            lock (_pods)
+            {
+                return _pods.Keys.ToList();
+            }
+        }
+    }
+
+    public async Task StartAsync()
+    {
+        var cgroup = _options.CgroupPath ?? Weft.Harness.Cgroup2.FindMount();
+        _capture = BpfCapture.Open(new CaptureOptions(_options.PinRoot, cgroup, _options.Proxy.OutboundPort,
+            _options.Proxy.InboundPort, _options.Proxy.SocketMark));
+        _tracker = new ConnectionTracker(Flows, _options.Proxy.IdleTimeout);
+        _store = new InventoryStore();
+        _source = FileInventorySource.Start(_options.InventoryPath, _store);
+        _store.Changed += OnInventoryChanged;
+        await ReconcileAsync().ConfigureAwait(false);
+        if (_options.AdminAddress is not null)
+        {
+            _admin = new AdminServer(_options.AdminAddress, this);
+            _admin.Start();
+        }
+
+        Log.Info("agent", $"node {_options.NodeName}: capturing cgroup {cgroup}, pins in {_options.PinRoot}, {EnrolledPods.Count} pod(s) enrolled");
+    }
+
+    private void OnInventoryChanged(InventorySnapshot snapshot) => _ = ReconcileAsync();
+
+    private async Task ReconcileAsync()
+    {
+        await _reconcileGate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            Reconcile(_store!.Current);
+        }
+        catch (Exception e)
+        {
+            Log.Error("agent", $"reconcile failed: {e.Message}");
+        }
+        finally
+        {
+            _reconcileGate.Release();
+        }
+    }
+
+    private void Reconcile(InventorySnapshot snapshot)
+    {
+        var desired = new Dictionary<string, Workload>();
+        foreach (var workload in snapshot.GetLocalEnrolledWorkloads(_options.NodeName))
+        {
+            if (workload.NetnsPath is null)
+            {
+                Log.Warn("agent", $"{Key(workload)}: enrolled but no network namespace known; not captured");
+                continue;
+            }
+
+            desired[PodIdentity(workload)] = workload;
+        }
+
+        List<KeyValuePair<string, PodProxy>> gone;
+        lock (_pods)
+        {
+            gone = _pods.Where(p => !desired.ContainsKey(p.Key)).ToList();
+        }
+
+        foreach (var (key, proxy) in gone)
+        {
+            var pod = proxy.Pod;
+            try
+            {
+                _capture!.UnenrollPod(pod.NetnsCookie, new PodCapture(pod.Ipv4, pod.Ipv6, pod.FailOpen));
+            }
+            catch (Exception e)
+            {
+                Log.Warn("agent", $"{pod.Key}: unenroll: {e.Message}");
+            }
+
+            lock (_pods)
+            {
+                _pods.Remove(key);
+            }
+
+            _ = proxy.DisposeAsync().AsTask();
+            Log.Info("agent", $"{pod.Key}: unenrolled");
+        }
+
+        foreach (var (key, workload) in desired)
+        {
+            lock (_pods)
+            {
+                if (_pods.ContainsKey(key))
+                {
+                    continue;
+                }
+            }
+
+            try
+            {
+                Enroll(key, workload);
+            }
+            catch (Exception e)
+            {
+                // One pod that cannot be enrolled (its netns vanished, say) must not stop the others.
+                Log.Error("agent", $"{Key(workload)}: cannot enroll: {e.Message}");
+            }
+        }
+    }
+
+    private void Enroll(string key, Workload workload)
+    {
+        var ipv4 = workload.Ipv4;
+        var ipv6 = workload.Ipv6;
+        var cookie = NetNamespace.GetCookie(workload.NetnsPath!);
+        var pod = new LocalPod(Key(workload), workload.NetnsPath!, cookie, ipv4, ipv6, workload.FailOpen);
+        var proxy = PodProxy.Start(pod, _capture!, _store!, _tracker!, _options.Proxy);
+        try
+        {
+            var capture = new PodCapture(ipv4, ipv6, workload.FailOpen);
+            _capture!.AttachInbound(pod.NetnsPath, capture, proxy.InboundListener);
+            _capture.EnrollPod(cookie, capture);
+        }
+        catch
+        {
+            _ = proxy.DisposeAsync().AsTask();
+            throw;
+        }
+
+        lock (_pods)
+        {
+            _pods[key] = proxy;
+        }
+
+        Log.Info("agent", $"{pod.Key}: enrolled (netns {pod.NetnsPath}, ip {ipv4}{(ipv6 is null ? "" : " " + ipv6)})");
+    }
+
+    // A pod whose address or namespace changes is a new pod to the data path.
+    private static string PodIdentity(Workload w) => $"{Key(w)}|{w.NetnsPath}|{string.Join(',', w.Addresses)}|{w.FailOpen}";
+
+    private static string Key(Workload w) => $"{w.Namespace}/{w.Name}";
+
+    /// <summary>Stops accepting, lets open connections finish within the grace period, keeps the pins.</summary>
+    public async Task StopAsync()
+    {
+        _admin?.Dispose();
+        _source?.Dispose();
+        List<PodProxy> pods;
+        lock (_pods)
+        {
+            pods = _pods.Values.ToList();
+            _pods.Clear();
+        }
+
+        foreach (var pod in pods)
+        {
+            await pod.DisposeAsync().ConfigureAwait(false);
+        }
+
+        if (_tracker is not null)
+        {
+            await _tracker.DrainAsync(_options.DrainGrace).ConfigureAwait(false);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync().ConfigureAwait(false);
+        _tracker?.Dispose();
+        _capture?.Dispose();
+    }
+}

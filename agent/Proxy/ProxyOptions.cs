@@ -1,0 +1,22 @@
+namespace Weft.Proxy;
+
+/// <summary>Limits and timeouts of the node proxy; defaults suit a production node.</summary>
+public sealed record ProxyOptions
+{
+    public ushort OutboundPort { get; init; } = 15001;
+
+    public ushort InboundPort { get; init; } = 15006;
+
+    /// <summary>SO_MARK on every socket the agent opens inside a pod, so capture skips it.</summary>
+    public uint SocketMark { get; init; } = 0x7765_6674;
+
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>A connection with no byte either way for this long is reset.</summary>
+    public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromHours(1);
+
+    /// <summary>Open connections per pod and direction; more are refused with a reset.</summary>
+    public int MaxConnectionsPerPod { get; init; } = 65_536;
+
+    public int ListenBacklog { get; init; } = 4096;
+}

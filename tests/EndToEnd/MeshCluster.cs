@@ -1,0 +1,148 @@
+using System.Text.Json;
+using Weft.Cli;
+using Weft.Harness;
+
+namespace Weft.Tests.EndToEnd;
+
+/// <summary>
+/// A netns cluster with a real <c>weft agent</c> process per node, each capturing its node's cgroup
+/// with its own pins. Everything is torn down on dispose: agents, pins, namespaces, cgroups.
+/// </summary>
+internal sealed class MeshCluster : IAsyncDisposable
+{
+    private readonly Dictionary<string, ManagedProcess> _agents = new();
+    private readonly string _dir;
+
+    private MeshCluster(NetnsCluster cluster)
+    {
+        Cluster = cluster;
+        _dir = Directory.CreateTempSubdirectory("weft-e2e-").FullName;
+        InventoryPath = Path.Combine(_dir, "inventory.yaml");
+    }
+
+    public NetnsCluster Cluster { get; }
+
+    public string InventoryPath { get; }
+
+    public ManagedProcess Agent(string node) => _agents[node];
+
+    public string PinRoot(ClusterNode node) => $"/sys/fs/bpf/weft-{Cluster.RunId}-{node.Name}";
+
+    /// <summary>Builds the cluster, writes the inventory and starts one agent per node.</summary>
+    public static async Task<MeshCluster> StartAsync(ClusterSpec spec, Func<NetnsCluster, string> inventory)
+    {
+        var cluster = await NetnsCluster.CreateAsync(spec);
+        var mesh = new MeshCluster(cluster);
+        try
+        {
+            mesh.WriteInventory(inventory(cluster));
+            foreach (var node in cluster.Nodes)
+            {
+                await mesh.StartAgentAsync(node);
+            }
+
+            return mesh;
+        }
+        catch
+        {
+            await mesh.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>Replaces the inventory file atomically (rename), as a config management tool would.</summary>
+    public void WriteInventory(string yaml)
+    {
+        var temp = InventoryPath + ".tmp";
+        File.WriteAllText(temp, yaml);
+        File.Move(temp, InventoryPath, overwrite: true);
+    }
+
+    public async Task<ManagedProcess> StartAgentAsync(ClusterNode node)
+    {
+        var (file, args) = SelfExecutable.Command(
+            "agent", "--node", node.Name, "--inventory", InventoryPath, "--cgroup", node.CgroupPath,
+            "--bpffs", PinRoot(node), "--admin", "off", "--drain-seconds", "2");
+        var agent = node.StartProcess(file, args);
+        _agents[node.Name] = agent;
+        await WaitForStderrAsync(agent, line => line.Contains("agent: ready", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
+        return agent;
+    }
+
+    public static async Task WaitForStderrAsync(ManagedProcess process, Func<string, bool> match, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (DateTime.UtcNow < deadline)
+        {
+            if (process.StderrLines.Any(match))
+            {
+                return;
+            }
+
+            if (process.HasExited)
+            {
+                throw new InvalidOperationException($"{process} exited with {process.ExitCode}:\n{process.Stderr}");
+            }
+
+            await Task.Delay(50);
+        }
+
+        throw new TimeoutException($"{process}: expected line not seen in {timeout}:\n{process.Stderr}");
+    }
+
+    /// <summary>The access-log records an agent has written so far (one JSON object per finished connection).</summary>
+    public static List<JsonElement> Flows(ManagedProcess agent) =>
+        agent.StdoutLines.Where(l => l.StartsWith('{')).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+
+    /// <summary>Runs the peer app in a pod to completion and returns its per-connection JSON lines.</summary>
+    public static async Task<PeerRun> RunPeerAsync(ClusterPod pod, TimeSpan timeout, params string[] args)
+    {
+        var (file, full) = SelfExecutable.Command(["app", .. args]);
+        await using var process = pod.StartProcess(file, full);
+        var exit = await process.WaitForExitAsync(timeout);
+        var lines = process.StdoutLines.Where(l => l.StartsWith('{')).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        return new PeerRun(exit, lines.Where(l => !l.TryGetProperty("summary", out _)).ToList(), process.Stderr);
+    }
+
+    public static ManagedProcess StartServer(ClusterPod pod, params string[] args)
+    {
+        var (file, full) = SelfExecutable.Command(["app", "serve", .. args]);
+        return pod.StartProcess(file, full);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var agent in _agents.Values)
+        {
+            agent.Stop();
+        }
+
+        foreach (var agent in _agents.Values)
+        {
+            try
+            {
+                await agent.WaitForExitAsync(TimeSpan.FromSeconds(10));
+            }
+            catch (TimeoutException)
+            {
+                agent.Kill();
+            }
+        }
+
+        foreach (var node in Cluster.Nodes)
+        {
+            if (Directory.Exists(PinRoot(node)))
+            {
+                Weft.Capture.BpfCapture.Uninstall(PinRoot(node));
+            }
+        }
+
+        await Cluster.DisposeAsync();
+        Directory.Delete(_dir, recursive: true);
+    }
+}
+
+internal sealed record PeerRun(int ExitCode, List<JsonElement> Connections, string Stderr)
+{
+    public override string ToString() => $"exit {ExitCode}, {Connections.Count} connection(s)\n{string.Join('\n', Connections.Select(c => c.ToString()))}\n{Stderr}";
+}
