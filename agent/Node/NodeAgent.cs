@@ -73,7 +73,9 @@ public sealed class NodeAgent : IAsyncDisposable
         await _reconcileGate.WaitAsync().ConfigureAwait(false);
         try
         {
-            Reconcile(_store!.Current);
+            var snapshot = _store!.Current;
+            Reconcile(snapshot);
+            Log.Info("agent", $"inventory version {snapshot.Version} applied: {EnrolledPods.Count} local pod(s) enrolled");
         }
         catch (Exception e)
         {
