@@ -6,6 +6,7 @@ const string usage = $"""
     weft: a sidecarless service mesh node agent.
 
     {AgentCommand.Usage}
+    {DemoCommand.Usage}
       weft app serve|send|rr ...
           Test workload used by the demo, the tests and the benchmark.
     """;
@@ -23,6 +24,7 @@ try
     {
         "agent" => await AgentCommand.RunAgentAsync(new CommandLine(rest)),
         "uninstall" => AgentCommand.Uninstall(new CommandLine(rest)),
+        "demo" => await DemoCommand.RunAsync(new CommandLine(rest)),
         "app" => await Weft.Harness.PeerApp.RunAsync(args[1..]),
         _ => throw new UsageException($"unknown command '{args[0]}'"),
     };

@@ -1,14 +1,13 @@
 using System.Text.Json;
 using Weft.Cli;
-using Weft.Harness;
 
-namespace Weft.Tests.EndToEnd;
+namespace Weft.Harness;
 
 /// <summary>
 /// A netns cluster with a real <c>weft agent</c> process per node, each capturing its node's cgroup
 /// with its own pins. Everything is torn down on dispose: agents, pins, namespaces, cgroups.
 /// </summary>
-internal sealed class MeshCluster : IAsyncDisposable
+public sealed class MeshCluster : IAsyncDisposable
 {
     private readonly Dictionary<string, ManagedProcess> _agents = new();
     private readonly string _dir;
@@ -29,7 +28,7 @@ internal sealed class MeshCluster : IAsyncDisposable
     public string PinRoot(ClusterNode node) => $"/sys/fs/bpf/weft-{Cluster.RunId}-{node.Name}";
 
     /// <summary>Builds the cluster, writes the inventory and starts one agent per node.</summary>
-    public static async Task<MeshCluster> StartAsync(ClusterSpec spec, Func<NetnsCluster, string> inventory)
+    public static async Task<MeshCluster> StartAsync(ClusterSpec spec, Func<NetnsCluster, string> inventory, params string[] agentArgs)
     {
         var cluster = await NetnsCluster.CreateAsync(spec);
         var mesh = new MeshCluster(cluster);
@@ -38,7 +37,7 @@ internal sealed class MeshCluster : IAsyncDisposable
             mesh.WriteInventory(inventory(cluster));
             foreach (var node in cluster.Nodes)
             {
-                await mesh.StartAgentAsync(node);
+                await mesh.StartAgentAsync(node, agentArgs);
             }
 
             return mesh;
@@ -58,11 +57,13 @@ internal sealed class MeshCluster : IAsyncDisposable
         File.Move(temp, InventoryPath, overwrite: true);
     }
 
-    public async Task<ManagedProcess> StartAgentAsync(ClusterNode node)
+    /// <summary>Starts <c>weft agent</c> in the node's netns and waits until it says it is ready.</summary>
+    public async Task<ManagedProcess> StartAgentAsync(ClusterNode node, params string[] extraArgs)
     {
+        string[] defaults = extraArgs.Contains("--admin") ? [] : ["--admin", "off"];
         var (file, args) = SelfExecutable.Command(
-            "agent", "--node", node.Name, "--inventory", InventoryPath, "--cgroup", node.CgroupPath,
-            "--bpffs", PinRoot(node), "--admin", "off", "--drain-seconds", "2");
+            ["agent", "--node", node.Name, "--inventory", InventoryPath, "--cgroup", node.CgroupPath,
+            "--bpffs", PinRoot(node), "--drain-seconds", "2", .. defaults, .. extraArgs]);
         var agent = node.StartProcess(file, args);
         _agents[node.Name] = agent;
         await WaitForStderrAsync(agent, line => line.Contains("agent: ready", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
@@ -142,7 +143,7 @@ internal sealed class MeshCluster : IAsyncDisposable
     }
 }
 
-internal sealed record PeerRun(int ExitCode, List<JsonElement> Connections, string Stderr)
+public sealed record PeerRun(int ExitCode, List<JsonElement> Connections, string Stderr)
 {
     public override string ToString() => $"exit {ExitCode}, {Connections.Count} connection(s)\n{string.Join('\n', Connections.Select(c => c.ToString()))}\n{Stderr}";
 }
