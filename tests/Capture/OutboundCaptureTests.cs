@@ -103,6 +103,25 @@ public sealed class OutboundCaptureTests
     }
 
     [Fact]
+    public async Task Outbound_FailOpenPodWhileAgentServesIt_IsCaptured()
+    {
+        using var sandbox = new CaptureSandbox();
+        var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Loopback, 15001));
+        using var inbound = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Any, 15006));
+        using var app = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(Neighbour), 80));
+        var failOpen = Pod with { FailOpen = true };
+        capture.EnrollPod(NetNamespace.GetCookie(pod), failOpen);
+        capture.AttachInbound(pod, failOpen, inbound); // the agent-alive marker
+
+        var client = sandbox.StartClient(pod, Neighbour, 80);
+        using var captured = await CaptureSandbox.AcceptAsync(agent);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(client));
+        Assert.False(app.Poll(0, SelectMode.SelectRead));
+    }
+
+    [Fact]
     public async Task Outbound_ConnectToPodsOwnAddressOrAgentPort_IsNotRedirected()
     {
         using var sandbox = new CaptureSandbox();
