@@ -103,6 +103,25 @@ public sealed class OutboundCaptureTests
     }
 
     [Fact]
+    public async Task Outbound_FailOpenPodWhileAgentServesIt_IsCaptured()
+    {
+        using var sandbox = new CaptureSandbox();
+        var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Loopback, 15001));
+        using var inbound = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Any, 15006));
+        using var app = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(Neighbour), 80));
+        var failOpen = Pod with { FailOpen = true };
+        capture.EnrollPod(NetNamespace.GetCookie(pod), failOpen);
+        capture.AttachInbound(pod, failOpen, inbound); // the agent-alive marker
+
+        var client = sandbox.StartClient(pod, Neighbour, 80);
+        using var captured = await CaptureSandbox.AcceptAsync(agent);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(client));
+        Assert.False(app.Poll(0, SelectMode.SelectRead));
+    }
+
+    [Fact]
     public async Task Outbound_ConnectToPodsOwnAddressOrAgentPort_IsNotRedirected()
     {
         using var sandbox = new CaptureSandbox();
@@ -121,5 +140,93 @@ public sealed class OutboundCaptureTests
         using var b = await CaptureSandbox.AcceptAsync(hbone);
         Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(toAgentPort));
         Assert.False(agent.Poll(0, SelectMode.SelectRead));
+    }
+}
+
+/// <summary>connect6: IPv6 destinations go to [::1]:15001, v4-mapped ones to the IPv4 listener.</summary>
+public sealed class OutboundCaptureIpv6Tests
+{
+    private static readonly PodCapture Pod = new(IPAddress.Parse("10.99.0.2"), IPAddress.Parse("fd00:99::2"), FailOpen: false);
+
+    [Theory]
+    [InlineData("fd00:1::3", "::1", AddressFamily.InterNetworkV6)]
+    [InlineData("::ffff:10.1.2.3", "127.0.0.1", AddressFamily.InterNetwork)]
+    public async Task Outbound_Ipv6Connect_ReachesAgentListenerWithOriginalDestination(string destination, string agentAddress, AddressFamily seenAs)
+    {
+        using var sandbox = new CaptureSandbox();
+        var pod = sandbox.AddNamespace("p", "10.99.0.2/24");
+        CaptureSandbox.Ip($"-n {Path.GetFileName(pod)} addr add fd00:99::2/64 dev eth0 nodad");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(agentAddress), 15001));
+        var cookie = NetNamespace.GetCookie(pod);
+        capture.EnrollPod(cookie, Pod);
+
+        var client = sandbox.StartClient(pod, destination, 80);
+        using var accepted = await CaptureSandbox.AcceptAsync(agent);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(client));
+
+        var clientPort = (ushort)((IPEndPoint)accepted.RemoteEndPoint!).Port;
+        Assert.True(capture.TryTakeOriginalDestination(cookie, clientPort, seenAs, out var original));
+        var expected = IPAddress.Parse(destination);
+        Assert.Equal(new IPEndPoint(expected.IsIPv4MappedToIPv6 ? expected.MapToIPv4() : expected, 80), original);
+    }
+}
+
+/// <summary>What the operator reads when the machine is not ready for capture.</summary>
+public sealed class CaptureRefusalTests
+{
+    [Fact]
+    public void Open_CgroupPathNotCgroupV2_ThrowsNamingCauseAndFix()
+    {
+        using var sandbox = new CaptureSandbox();
+        var error = Assert.Throws<CaptureException>(() => BpfCapture.Open(sandbox.Options with { CgroupPath = "/tmp" }));
+        Assert.Contains("not cgroup v2", error.Message);
+        Assert.Contains("use a directory under", error.Message);
+    }
+
+    [Fact]
+    public void Load_ProgramTheVerifierRejects_ThrowsWithTailOfVerifierLog()
+    {
+        using var sandbox = new CaptureSandbox();
+        var dir = Directory.CreateTempSubdirectory("weft-verifier-");
+        try
+        {
+            // reads past the end of the sk_lookup context: the verifier must refuse it
+            var source = Path.Combine(dir.FullName, "bad.bpf.c");
+            File.WriteAllText(source, string.Join("\n",
+                "#include <linux/bpf.h>",
+                "#include <bpf/bpf_helpers.h>",
+                "SEC(\"sk_lookup\")",
+                "int bad(struct bpf_sk_lookup *ctx) { return *(volatile __u32 *)((char *)ctx + 4096) ? SK_PASS : SK_DROP; }",
+                "char LICENSE[] SEC(\"license\") = \"GPL\";",
+                ""));
+            var obj = Path.Combine(dir.FullName, "bad.bpf.o");
+            using (var clang = System.Diagnostics.Process.Start("clang", ["-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", source, "-o", obj]))
+            {
+                clang.WaitForExit();
+                Assert.Equal(0, clang.ExitCode);
+            }
+            Weft.Capture.Internal.LibbpfLog.Install();
+
+            var error = Assert.Throws<CaptureException>(() =>
+                Weft.Capture.Internal.BpfObject.Load("bad.bpf.o", File.ReadAllBytes(obj), sandbox.PinRoot).Dispose());
+
+            Assert.Contains("verifier rejected", error.Message);
+            Assert.Contains("invalid bpf_context access", error.Message); // from the kernel's own log
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Open_PinRootNotOnBpffs_ThrowsNamingCauseAndFix()
+    {
+        using var sandbox = new CaptureSandbox();
+        var error = Assert.Throws<CaptureException>(() => BpfCapture.Open(sandbox.Options with { PinRoot = "/tmp/weft-" + sandbox.RunId }));
+        Assert.Contains("not on a bpf filesystem", error.Message);
+        Assert.Contains("mount -t bpf bpf", error.Message);
+        Assert.False(Directory.Exists("/tmp/weft-" + sandbox.RunId));
     }
 }

@@ -25,10 +25,17 @@ internal sealed unsafe class BpfObject : IDisposable
     {
         using var stream = typeof(BpfObject).Assembly.GetManifestResourceStream(resourceName)
             ?? throw new CaptureException($"the agent was built without {resourceName}; rebuild it with clang installed (the BPF build step compiles bpf/*.bpf.c)");
-        var length = checked((nuint)stream.Length);
+        var bytes = new byte[stream.Length];
+        stream.ReadExactly(bytes);
+        return Load(resourceName, bytes, mapPinDirectory);
+    }
+
+    public static BpfObject Load(string resourceName, ReadOnlySpan<byte> elf, string mapPinDirectory)
+    {
+        var length = (nuint)elf.Length;
         // libbpf keeps pointing into the image until the object is closed
         var image = NativeMemory.Alloc(length);
-        stream.ReadExactly(new Span<byte>(image, checked((int)length)));
+        elf.CopyTo(new Span<byte>(image, elf.Length));
 
         using var log = LibbpfLog.Collect();
         var obj = Libbpf.ObjectOpenMem(image, length, null);
