@@ -125,6 +125,9 @@ public sealed class NodeAgent : IAsyncDisposable
             }
 
             _ = proxy.DisposeAsync().AsTask();
+
+            // The netns thread holds the namespace open; a deleted pod's namespace must be let go.
+            NetNamespace.Release(pod.NetnsPath);
             Log.Info("agent", $"{pod.Key}: unenrolled");
         }
 
