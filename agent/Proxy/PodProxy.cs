@@ -143,7 +143,7 @@ internal sealed class PodProxy : IAsyncDisposable
         {
             // Nothing recorded this connection: it was not captured, so it has no destination to go to.
             Log.Warn("proxy", $"{_pod.Key}: no original destination for client port {remote.Port}");
-            Reset(client);
+            RelayPumps.Reset(client);
             return;
         }
 
@@ -230,7 +230,7 @@ internal sealed class PodProxy : IAsyncDisposable
             // learns of the failure as a reset.
             flow.ResponseFlags = "UF";
             flow.Error = $"connect {destination}: {e.SocketErrorCode}";
-            Reset(client);
+            RelayPumps.Reset(client);
         }
         finally
         {
@@ -243,22 +243,9 @@ internal sealed class PodProxy : IAsyncDisposable
 
     private void Refuse(Socket client, Flow flow)
     {
-        Reset(client);
+        RelayPumps.Reset(client);
         _tracker.Flows.Opened(flow);
         _tracker.Flows.Closed(flow);
-    }
-
-    private static void Reset(Socket socket)
-    {
-        try
-        {
-            socket.LingerState = new LingerOption(true, 0);
-        }
-        catch (SocketException)
-        {
-        }
-
-        socket.Dispose();
     }
 
     private static IPAddress Unmap(IPAddress address) => address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;

@@ -4,19 +4,20 @@ using System.Net.Sockets;
 namespace Weft.Proxy;
 
 /// <summary>
-/// Copies bytes both ways between two connected sockets until both directions have ended.
+/// Copies bytes both ways between a client socket and its upstream until both directions end.
 /// <code>
-///   a ──receive──► pipe a→b ──send──► b      (one pipe per direction, pooled segments)
-///   a ◄──send───── pipe b→a ◄─receive─ b
+///   client ──receive──► pipe ──send──► upstream socket      (SocketRelay: one Pipe per direction)
+///   client ◄──send───── pipe ◄─receive─ upstream socket
+///
+///   client ──receive──► stream.Output ─► tunnel            (StreamRelay: the tunnel stream's own pipes)
+///   client ◄──send───── stream.Input  ◄─ tunnel
 /// </code>
-/// A FIN on one side becomes a shutdown(SHUT_WR) on the other once the pipe drains (half-close is
-/// carried across); a reset on one side becomes a reset on the other. Idle sockets hold no buffer:
-/// each receive first waits with a zero-byte read, so 10,000 idle connections cost no pooled memory.
+/// A FIN on one side becomes a shutdown(SHUT_WR) (or END_STREAM) on the other once the pipe drains:
+/// half-close is carried across. A reset on one side becomes a reset on the other. Idle sockets hold
+/// no buffer: each receive first waits with a zero-byte read.
 /// </summary>
 internal sealed class SocketRelay
 {
-    private const int SegmentSize = 16 * 1024;
-
     // Backpressure: a direction stops reading once this much waits to be sent.
     private static readonly PipeOptions Options = new(
         pool: null,
@@ -24,13 +25,12 @@ internal sealed class SocketRelay
         writerScheduler: PipeScheduler.Inline,
         pauseWriterThreshold: 256 * 1024,
         resumeWriterThreshold: 128 * 1024,
-        minimumSegmentSize: SegmentSize,
+        minimumSegmentSize: RelayPumps.SegmentSize,
         useSynchronizationContext: false);
 
     private readonly Socket _a;
     private readonly Socket _b;
     private readonly IRelayObserver _observer;
-    private int _resetSent;
 
     public SocketRelay(Socket a, Socket b, IRelayObserver observer)
     {
@@ -40,28 +40,35 @@ internal sealed class SocketRelay
     }
 
     /// <summary>Runs until both directions finish; never throws for peer behaviour.</summary>
-    public async Task RunAsync()
+    public Task RunAsync()
     {
         var aToB = new Pipe(Options);
         var bToA = new Pipe(Options);
-        var tasks = new[]
-        {
-            ReceiveAsync(_a, _b, aToB.Writer, fromA: true),
-            SendAsync(aToB.Reader, _b),
-            ReceiveAsync(_b, _a, bToA.Writer, fromA: false),
-            SendAsync(bToA.Reader, _a),
-        };
-        await Task.WhenAll(tasks).ConfigureAwait(false);
+        return Task.WhenAll(
+            RelayPumps.SocketToPipeAsync(_a, aToB.Writer, _observer, fromA: true, onReset: () => RelayPumps.Reset(_b)),
+            RelayPumps.PipeToSocketAsync(aToB.Reader, _b, onFailure: () => RelayPumps.Reset(_a)),
+            RelayPumps.SocketToPipeAsync(_b, bToA.Writer, _observer, fromA: false, onReset: () => RelayPumps.Reset(_a)),
+            RelayPumps.PipeToSocketAsync(bToA.Reader, _a, onFailure: () => RelayPumps.Reset(_b)));
     }
 
     /// <summary>Ends both sides at once with a reset (idle timeout, agent shutdown, policy).</summary>
     public void Abort()
     {
-        Reset(_a);
-        Reset(_b);
+        RelayPumps.Reset(_a);
+        RelayPumps.Reset(_b);
     }
+}
 
-    private async Task ReceiveAsync(Socket source, Socket peer, PipeWriter writer, bool fromA)
+/// <summary>The two halves every relay is made of: socket → pipe and pipe → socket.</summary>
+internal static class RelayPumps
+{
+    public const int SegmentSize = 16 * 1024;
+
+    /// <summary>
+    /// Receives from <paramref name="source"/> into <paramref name="writer"/> until end of stream
+    /// (completes the writer: the other side sees a half-close) or a reset (calls <paramref name="onReset"/>).
+    /// </summary>
+    public static async Task SocketToPipeAsync(Socket source, PipeWriter writer, IRelayObserver observer, bool fromA, Action onReset)
     {
         Exception? error = null;
         try
@@ -78,24 +85,29 @@ internal sealed class SocketRelay
                 }
 
                 writer.Advance(read);
-                _observer.OnBytes(fromA, read);
+                observer.OnBytes(fromA, read);
                 var flush = await writer.FlushAsync().ConfigureAwait(false);
-                if (flush.IsCompleted)
+                if (flush.IsCompleted || flush.IsCanceled)
                 {
                     break;
                 }
             }
         }
-        catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.OperationAborted
-                                            or SocketError.ConnectionAborted or SocketError.Shutdown or SocketError.TimedOut)
+        catch (SocketException e)
         {
-            // The source reset or we aborted: the peer must see a reset too, not a clean end of stream.
+            // The source reset or we aborted: the other side must see a reset too, not a clean end.
             error = e;
-            Reset(peer);
+            onReset();
         }
         catch (ObjectDisposedException e)
         {
             error = e;
+        }
+        catch (InvalidOperationException e)
+        {
+            // The writer's far side went away (a tunnel stream reset while we were writing).
+            error = e;
+            onReset();
         }
         finally
         {
@@ -103,7 +115,11 @@ internal sealed class SocketRelay
         }
     }
 
-    private async Task SendAsync(PipeReader reader, Socket destination)
+    /// <summary>
+    /// Sends what <paramref name="reader"/> yields to <paramref name="destination"/>; a clean end becomes
+    /// shutdown(SHUT_WR), a failed reader or a failed send calls <paramref name="onFailure"/>.
+    /// </summary>
+    public static async Task PipeToSocketAsync(PipeReader reader, Socket destination, Action onFailure)
     {
         var clean = false;
         try
@@ -119,24 +135,26 @@ internal sealed class SocketRelay
                 }
 
                 reader.AdvanceTo(buffer.End);
-                if (result.IsCompleted)
+                if (result.IsCompleted || result.IsCanceled)
                 {
-                    clean = true;
+                    clean = result.IsCompleted;
                     break;
                 }
             }
         }
         catch (SocketException)
         {
-            // The destination went away: stop reading its source so the other side learns of it.
+            // The destination went away: reset it and tell the source side.
             Reset(destination);
+            onFailure();
         }
         catch (ObjectDisposedException)
         {
         }
         catch (Exception)
         {
-            // The receiver completed the pipe with an error (a reset): the reset was already sent.
+            // The writing side completed with an error (it saw a reset): pass the reset on.
+            Reset(destination);
         }
         finally
         {
@@ -158,23 +176,22 @@ internal sealed class SocketRelay
         }
     }
 
-    private void Reset(Socket socket)
+    /// <summary>Closes with SO_LINGER 0, so the peer sees RST rather than FIN.</summary>
+    public static void Reset(Socket socket)
     {
-        Interlocked.Exchange(ref _resetSent, 1);
         try
         {
             socket.LingerState = new LingerOption(true, 0);
-            socket.Close();
-        }
-        catch (ObjectDisposedException)
-        {
         }
         catch (SocketException)
         {
         }
-    }
+        catch (ObjectDisposedException)
+        {
+        }
 
-    public bool WasReset => Volatile.Read(ref _resetSent) == 1;
+        socket.Dispose();
+    }
 }
 
 /// <summary>Told of every chunk that crosses a relay, from the receiving loop (no allocation).</summary>
