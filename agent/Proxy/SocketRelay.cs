@@ -119,7 +119,10 @@ internal static class RelayPumps
     /// Sends what <paramref name="reader"/> yields to <paramref name="destination"/>; a clean end becomes
     /// shutdown(SHUT_WR), a failed reader or a failed send calls <paramref name="onFailure"/>.
     /// </summary>
-    public static async Task PipeToSocketAsync(PipeReader reader, Socket destination, Action onFailure)
+    /// <paramref name="observer"/>, when given, is told of the bytes as they are sent (a tunnel stream's
+    /// side has no receive loop of ours to count them).
+    public static async Task PipeToSocketAsync(PipeReader reader, Socket destination, Action onFailure,
+        IRelayObserver? observer = null, bool fromA = false)
     {
         var clean = false;
         try
@@ -132,6 +135,11 @@ internal static class RelayPumps
                 {
                     // On a stream socket SendAsync completes only when every byte is queued.
                     await destination.SendAsync(segment, SocketFlags.None).ConfigureAwait(false);
+                }
+
+                if (observer is not null && !buffer.IsEmpty)
+                {
+                    observer.OnBytes(fromA, (int)buffer.Length);
                 }
 
                 reader.AdvanceTo(buffer.End);

@@ -26,61 +26,13 @@ internal sealed class StreamRelay
         _socketIsA = socketIsA;
     }
 
-    public Task RunAsync()
-    {
-        var inbound = new CountingObserver(_observer, !_socketIsA);
-        return Task.WhenAll(
-            RelayPumps.SocketToPipeAsync(_socket, _stream.Output, _observer, fromA: _socketIsA, onReset: _resetStream),
-            CountAndSendAsync(inbound));
-    }
-
-    private Task CountAndSendAsync(CountingObserver counter) =>
-        RelayPumps.PipeToSocketAsync(new CountingReader(_stream.Input, counter), _socket, onFailure: _resetStream);
+    public Task RunAsync() => Task.WhenAll(
+        RelayPumps.SocketToPipeAsync(_socket, _stream.Output, _observer, fromA: _socketIsA, onReset: _resetStream),
+        RelayPumps.PipeToSocketAsync(_stream.Input, _socket, onFailure: _resetStream, _observer, fromA: !_socketIsA));
 
     public void Abort()
     {
         _resetStream();
         RelayPumps.Reset(_socket);
-    }
-
-    private sealed class CountingObserver(IRelayObserver inner, bool fromA)
-    {
-        public void Count(long bytes) => inner.OnBytes(fromA, (int)bytes);
-    }
-
-    /// <summary>Counts what the tunnel delivers as it is consumed, so byte counters grow while open.</summary>
-    private sealed class CountingReader(PipeReader inner, CountingObserver counter) : PipeReader
-    {
-        private System.Buffers.ReadOnlySequence<byte> _last;
-
-        public override void AdvanceTo(SequencePosition consumed) => AdvanceTo(consumed, consumed);
-
-        public override void AdvanceTo(SequencePosition consumed, SequencePosition examined)
-        {
-            counter.Count(_last.Slice(0, consumed).Length);
-            inner.AdvanceTo(consumed, examined);
-        }
-
-        public override void CancelPendingRead() => inner.CancelPendingRead();
-
-        public override void Complete(Exception? exception = null) => inner.Complete(exception);
-
-        public override async ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
-        {
-            var result = await inner.ReadAsync(cancellationToken).ConfigureAwait(false);
-            _last = result.Buffer;
-            return result;
-        }
-
-        public override bool TryRead(out ReadResult result)
-        {
-            var ok = inner.TryRead(out result);
-            if (ok)
-            {
-                _last = result.Buffer;
-            }
-
-            return ok;
-        }
     }
 }
