@@ -62,6 +62,13 @@ public sealed class ClusterNode
     public ManagedProcess StartProcess(string file, IEnumerable<string> args, IReadOnlyDictionary<string, string>? environment) =>
         cluster.Start(AgentCgroupPath, NetnsPath, $"{file} on {Name}", file, args, environment);
 
+    /// <summary>Starts this build of `weft` here, e.g. <c>StartWeft("app", "serve", "--port", "8080")</c>.</summary>
+    public ManagedProcess StartWeft(params string[] args)
+    {
+        var (file, arguments) = WeftExecutable.Command(args);
+        return cluster.Start(AgentCgroupPath, NetnsPath, $"weft {string.Join(' ', args.Take(2))} on {Name}", file, arguments, null);
+    }
+
     public override string ToString() => $"{Name} ({Address}, pods {PodCidr})";
 
     internal void Add(ClusterPod pod)

@@ -54,5 +54,12 @@ public sealed class ClusterPod
     public ManagedProcess StartProcess(string file, IEnumerable<string> args, IReadOnlyDictionary<string, string>? environment) =>
         cluster.Start(CgroupPath, NetnsPath, $"{file} in {Namespace}/{Name}", file, args, environment);
 
+    /// <summary>Starts this build of `weft` here, e.g. <c>StartWeft("app", "serve", "--port", "8080")</c>.</summary>
+    public ManagedProcess StartWeft(params string[] args)
+    {
+        var (file, arguments) = WeftExecutable.Command(args);
+        return cluster.Start(CgroupPath, NetnsPath, $"weft {string.Join(' ', args.Take(2))} in {Namespace}/{Name}", file, arguments, null);
+    }
+
     public override string ToString() => $"{Namespace}/{Name} ({Address} on {Node.Name})";
 }

@@ -10,8 +10,11 @@ public sealed record ClusterSpec(IReadOnlyList<NodeSpec> Nodes)
     {
     }
 
-    /// <summary>Tear the cluster down on Ctrl-C and process exit (so `weft demo` leaves nothing behind).</summary>
+    /// <summary>Tear the cluster down on SIGINT (Ctrl-C), SIGTERM, SIGHUP and process exit (so `weft demo` leaves nothing behind).</summary>
     public bool TeardownOnExit { get; init; } = true;
+
+    /// <summary>On dispose, processes get SIGTERM and this long to exit before SIGKILL.</summary>
+    public TimeSpan StopGracePeriod { get; init; } = TimeSpan.FromSeconds(2);
 
     /// <summary>Test hook: throw when the build reaches this step (e.g. "node:node2", "pod:node2/demo/b1", "routes").</summary>
     internal string? FailAtStep { get; init; }

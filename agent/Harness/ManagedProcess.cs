@@ -183,6 +183,15 @@ public sealed class ManagedProcess : IAsyncDisposable
         Release();
     }
 
+    /// <summary>Synchronous wait, for the cluster's teardown (it may run in a signal or ProcessExit handler).</summary>
+    internal void WaitForExit(TimeSpan timeout)
+    {
+        if (Volatile.Read(ref disposed) == 0 && timeout > TimeSpan.Zero)
+        {
+            process.WaitForExit(timeout);
+        }
+    }
+
     /// <summary>For the cluster's teardown, which may run on a ProcessExit handler and so must not await.</summary>
     internal void KillAndWait(TimeSpan timeout)
     {

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 
 namespace Weft.Harness;
@@ -14,7 +15,7 @@ namespace Weft.Harness;
 /// </code>
 /// Nothing is added to the machine's own network namespace: every configuring command runs with
 /// <c>ip -n NETNS</c>. Cgroups live under CGROUP2/weft-RUN. Everything a run creates is removed on
-/// dispose, also when <see cref="CreateAsync"/> fails half-way, on Ctrl-C and on process exit; runs
+/// dispose, also when <see cref="CreateAsync"/> fails half-way, on SIGINT (Ctrl-C), SIGTERM, SIGHUP and process exit; runs
 /// whose process died are removed by <see cref="CleanupStale"/>.
 /// </summary>
 public sealed partial class NetnsCluster : IAsyncDisposable
@@ -38,9 +39,10 @@ public sealed partial class NetnsCluster : IAsyncDisposable
     private readonly List<string> createdNetns = [];
     private readonly List<ManagedProcess> processes = [];
     private readonly Dictionary<ClusterNode, int> nextHostIndex = [];
+    private readonly Lazy<List<string>> teardown;
     private bool tornDown;
     private EventHandler? onProcessExit;
-    private ConsoleCancelEventHandler? onCancelKey;
+    private PosixSignalRegistration[] onSignals = [];
 
     private NetnsCluster(ClusterSpec spec, string runId, string cgroupMount)
     {
@@ -48,6 +50,10 @@ public sealed partial class NetnsCluster : IAsyncDisposable
         RunId = runId;
         CgroupRoot = Path.Join(cgroupMount, "weft-" + runId);
         record = RunRecord.ForCurrentProcess(runId, CgroupRoot);
+
+        // a second caller (dispose racing a signal handler) waits for the first to finish, so the
+        // process cannot exit half-way through removing things
+        teardown = new(TeardownOnce, LazyThreadSafetyMode.ExecutionAndPublication);
     }
 
     /// <summary>Six random lowercase hex characters; every name of this run carries it.</summary>
@@ -332,10 +338,12 @@ public sealed partial class NetnsCluster : IAsyncDisposable
             return;
         }
 
+        // ProcessExit alone is not enough: on SIGTERM the runtime terminates without raising it.
+        // The signal handlers leave context.Cancel false, so the signal's usual exit still follows.
         onProcessExit = (_, _) => TeardownQuietly();
-        onCancelKey = (_, _) => TeardownQuietly();
         AppDomain.CurrentDomain.ProcessExit += onProcessExit;
-        Console.CancelKeyPress += onCancelKey;
+        onSignals = [.. new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM, PosixSignal.SIGHUP }
+            .Select(signal => PosixSignalRegistration.Create(signal, _ => TeardownQuietly()))];
     }
 
     private void TeardownQuietly()
@@ -346,16 +354,13 @@ public sealed partial class NetnsCluster : IAsyncDisposable
         }
     }
 
-    private List<string> Teardown()
+    private List<string> Teardown() => teardown.Value;
+
+    private List<string> TeardownOnce()
     {
         ManagedProcess[] started;
         lock (gate)
         {
-            if (tornDown)
-            {
-                return [];
-            }
-
             tornDown = true;
             started = processes.ToArray();
         }
@@ -365,16 +370,24 @@ public sealed partial class NetnsCluster : IAsyncDisposable
             AppDomain.CurrentDomain.ProcessExit -= onProcessExit;
         }
 
-        if (onCancelKey != null)
+        foreach (var registration in onSignals)
         {
-            Console.CancelKeyPress -= onCancelKey;
+            registration.Dispose();
         }
 
+        // SIGTERM first, so agents can drain and keep their pins as on a real node; SIGKILL after the grace period
+        foreach (var process in started)
+        {
+            process.Stop();
+        }
+
+        var graceEnds = DateTime.UtcNow + spec.StopGracePeriod;
         var errors = new List<string>();
         foreach (var process in started)
         {
             try
             {
+                process.WaitForExit(graceEnds - DateTime.UtcNow);
                 process.KillAndWait(TimeSpan.FromSeconds(5));
                 if (process.ExitCode == null)
                 {

@@ -29,6 +29,34 @@ public sealed class ClusterTeardownTests
         Assert.True(sleeper.HasExited);
     }
 
+    [Fact]
+    public async Task Dispose_GivesSigtermFirst_ThenKillsWhatIgnoresIt()
+    {
+        var cluster = await NetnsCluster.CreateAsync(TwoByTwo with { StopGracePeriod = TimeSpan.FromMilliseconds(300) });
+        var polite = cluster.Pod("demo", "a1").StartProcess("/bin/sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo ready; while :; do sleep 0.05; done");
+        var stubborn = cluster.Pod("demo", "a2").StartProcess("/bin/sh", "-c", "trap '' TERM; echo ready; exec sleep 600");
+        await polite.WaitForStdoutLineAsync(l => l == "ready", Timeout);
+        await stubborn.WaitForStdoutLineAsync(l => l == "ready", Timeout);
+
+        await cluster.DisposeAsync();
+
+        Assert.Contains("got TERM", polite.StdoutLines);
+        Assert.Equal(0, polite.ExitCode);
+        Assert.Equal(137, stubborn.ExitCode);
+        AssertNothingLeft(cluster.RunId);
+    }
+
+    [Fact]
+    public async Task Dispose_CalledTwiceAtOnce_BothReturnOnlyWhenEverythingIsGone()
+    {
+        var cluster = await NetnsCluster.CreateAsync(TwoByTwo);
+        cluster.Pod("demo", "b1").StartProcess("sleep", "600");
+
+        await Task.WhenAll(cluster.DisposeAsync().AsTask(), cluster.DisposeAsync().AsTask());
+
+        AssertNothingLeft(cluster.RunId);
+    }
+
     [Theory]
     [InlineData("underlay")]
     [InlineData("node:node2")]
