@@ -1,4 +1,4 @@
-using System.Text;
+using Weft.Capture;
 
 namespace Weft.Harness;
 
@@ -8,27 +8,17 @@ namespace Weft.Harness;
 /// </summary>
 public static class Cgroup2
 {
-    /// <summary>The cgroup2 mount point from /proc/self/mountinfo (hybrid hosts mount it at /sys/fs/cgroup/unified).</summary>
+    /// <summary>The cgroup2 mount point (see <see cref="CgroupMount.FindV2"/>).</summary>
     public static string FindMount()
     {
-        foreach (var line in File.ReadLines("/proc/self/mountinfo"))
+        try
         {
-            // "36 35 0:30 / /sys/fs/cgroup rw,... shared:9 - cgroup2 cgroup2 rw": the fs type follows " - ".
-            var separator = line.IndexOf(" - ", StringComparison.Ordinal);
-            if (separator < 0)
-            {
-                continue;
-            }
-
-            var after = line[(separator + 3)..].Split(' ');
-            var before = line[..separator].Split(' ');
-            if (after.Length > 0 && after[0] == "cgroup2" && before.Length > 4)
-            {
-                return UnescapeMountPath(before[4]);
-            }
+            return CgroupMount.FindV2();
         }
-
-        throw new HarnessException("no cgroup2 file system is mounted (looked in /proc/self/mountinfo); mount one with 'mount -t cgroup2 none /sys/fs/cgroup'");
+        catch (CaptureException e)
+        {
+            throw new HarnessException(e.Message, e);
+        }
     }
 
     /// <summary>The cgroup v2 directory a process is in, read from /proc/PID/cgroup (the "0::" line), or null when it is gone.</summary>
@@ -147,30 +137,5 @@ public static class Cgroup2
                 }
             }
         }
-    }
-
-    private static string UnescapeMountPath(string field)
-    {
-        // mountinfo escapes space, tab, newline and backslash as \ooo
-        if (!field.Contains('\\'))
-        {
-            return field;
-        }
-
-        var sb = new StringBuilder();
-        for (var i = 0; i < field.Length; i++)
-        {
-            if (field[i] == '\\' && i + 3 < field.Length)
-            {
-                sb.Append((char)Convert.ToInt32(field.Substring(i + 1, 3), 8));
-                i += 3;
-            }
-            else
-            {
-                sb.Append(field[i]);
-            }
-        }
-
-        return sb.ToString();
     }
 }

@@ -1,5 +1,4 @@
 using System.Text.Json;
-using Weft.Cli;
 
 namespace Weft.Harness;
 
@@ -61,10 +60,9 @@ public sealed class MeshCluster : IAsyncDisposable
     public async Task<ManagedProcess> StartAgentAsync(ClusterNode node, params string[] extraArgs)
     {
         string[] defaults = extraArgs.Contains("--admin") ? [] : ["--admin", "off"];
-        var (file, args) = SelfExecutable.Command(
+        var agent = node.StartWeft(
             ["agent", "--node", node.Name, "--inventory", InventoryPath, "--cgroup", node.CgroupPath,
             "--bpffs", PinRoot(node), "--drain-seconds", "2", .. defaults, .. extraArgs]);
-        var agent = node.StartProcess(file, args);
         _agents[node.Name] = agent;
         await WaitForStderrAsync(agent, line => line.Contains("agent: ready", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
         return agent;
@@ -98,8 +96,7 @@ public sealed class MeshCluster : IAsyncDisposable
     /// <summary>Runs the peer app in a pod to completion and returns its per-connection JSON lines.</summary>
     public static async Task<PeerRun> RunPeerAsync(ClusterPod pod, TimeSpan timeout, params string[] args)
     {
-        var (file, full) = SelfExecutable.Command(["app", .. args]);
-        await using var process = pod.StartProcess(file, full);
+        await using var process = pod.StartWeft(["app", .. args]);
         var exit = await process.WaitForExitAsync(timeout);
         var lines = process.StdoutLines.Where(l => l.StartsWith('{')).Select(l => JsonDocument.Parse(l).RootElement).ToList();
         return new PeerRun(exit, lines.Where(l => !l.TryGetProperty("summary", out _)).ToList(), process.Stderr);
@@ -107,8 +104,7 @@ public sealed class MeshCluster : IAsyncDisposable
 
     public static ManagedProcess StartServer(ClusterPod pod, params string[] args)
     {
-        var (file, full) = SelfExecutable.Command(["app", "serve", .. args]);
-        return pod.StartProcess(file, full);
+        return pod.StartWeft(["app", "serve", .. args]);
     }
 
     public async ValueTask DisposeAsync()

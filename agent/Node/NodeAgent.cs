@@ -49,7 +49,7 @@ public sealed class NodeAgent : IAsyncDisposable
 
     public async Task StartAsync()
     {
-        var cgroup = _options.CgroupPath ?? Weft.Harness.Cgroup2.FindMount();
+        var cgroup = _options.CgroupPath ?? CgroupMount.FindV2();
         _capture = BpfCapture.Open(new CaptureOptions(_options.PinRoot, cgroup, _options.Proxy.OutboundPort,
             _options.Proxy.InboundPort, _options.Proxy.SocketMark));
         _tracker = new ConnectionTracker(Flows, _options.Proxy.IdleTimeout);

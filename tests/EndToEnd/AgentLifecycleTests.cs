@@ -69,8 +69,7 @@ public class AgentLifecycleTests
         agent.Stop();
         await agent.WaitForExitAsync(TimeSpan.FromSeconds(15));
 
-        var (file, args) = Weft.Cli.SelfExecutable.Command("uninstall", "--bpffs", mesh.PinRoot(node1));
-        await using (var uninstall = node1.StartProcess(file, args))
+        await using (var uninstall = node1.StartWeft("uninstall", "--bpffs", mesh.PinRoot(node1)))
         {
             Assert.Equal(0, await uninstall.WaitForExitAsync(Long));
         }

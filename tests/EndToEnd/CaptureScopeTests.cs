@@ -63,8 +63,7 @@ public class CaptureScopeTests
         var fromPod = await MeshCluster.RunPeerAsync(stranger, Long, "send", "--to", $"{target.Address}:8080", "--bytes", "1000", "--expect-reply-bytes", "5");
         Assert.True(fromPod.ExitCode == 0, fromPod.ToString());
 
-        var (file, args) = Weft.Cli.SelfExecutable.Command("app", "send", "--to", $"{target.Address}:8080", "--bytes", "1000", "--expect-reply-bytes", "5");
-        await using var fromNode = mesh.Cluster.Node("node1").StartProcess(file, args);
+        await using var fromNode = mesh.Cluster.Node("node1").StartWeft("app", "send", "--to", $"{target.Address}:8080", "--bytes", "1000", "--expect-reply-bytes", "5");
         Assert.Equal(0, await fromNode.WaitForExitAsync(Long));
 
         // The server saw the stranger's own address: the connection went directly, not through an agent.

@@ -6,10 +6,9 @@ namespace Weft.Tests.Harness;
 /// <summary>`weft app` as a real process in pods, across nodes, with no agent in between.</summary>
 public sealed class PeerAppInClusterTests
 {
-    private const string NeedsWiring = "needs `weft app` wired to PeerApp.RunAsync in agent/Program.cs (done on main); remove this Skip after the merge";
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
-    [Fact(Skip = NeedsWiring)]
+    [Fact]
     public async Task Send_AcrossNodes_HashesAgreeOnBothSides()
     {
         await using var cluster = await NetnsCluster.CreateAsync(new ClusterSpec(
@@ -30,7 +29,7 @@ public sealed class PeerAppInClusterTests
         Assert.Equal(b1.Address + ":8080", served.GetProperty("local").GetString());
     }
 
-    [Fact(Skip = NeedsWiring)]
+    [Fact]
     public async Task AThousandConnections_HeldOpenAtOnce_AcrossNodes_AllSucceed()
     {
         await using var cluster = await NetnsCluster.CreateAsync(new ClusterSpec(
@@ -48,7 +47,7 @@ public sealed class PeerAppInClusterTests
         Assert.Equal(1000, summary.GetProperty("ok").GetInt64());
     }
 
-    [Fact(Skip = NeedsWiring)]
+    [Fact]
     public async Task Serve_OnSigterm_ExitsCleanly()
     {
         await using var cluster = await NetnsCluster.CreateAsync(new ClusterSpec(new NodeSpec("node1", new PodSpec("demo", "a1"))));
