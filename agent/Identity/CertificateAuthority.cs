@@ -198,33 +198,45 @@ public sealed class CertificateAuthority
         {
             throw new IdentityException($"{keyName} is encrypted; give the agent an unencrypted key (mounted from a Secret)");
         }
-        try
+        if (certificate.GetECDsaPublicKey() is { } ecPublic)
         {
-            if (certificate.GetECDsaPublicKey() is { } ecPublic)
-            {
-                ecPublic.Dispose();
-                using var key = ECDsa.Create();
-                key.ImportFromPem(keyPem);
-                return certificate.CopyWithPrivateKey(key);
-            }
-            if (certificate.GetRSAPublicKey() is { } rsaPublic)
-            {
-                rsaPublic.Dispose();
-                using var key = RSA.Create();
-                key.ImportFromPem(keyPem);
-                return certificate.CopyWithPrivateKey(key);
-            }
+            ecPublic.Dispose();
+            using var key = ECDsa.Create();
+            Import(key, "ECDSA");
+            return Attach(() => certificate.CopyWithPrivateKey(key));
         }
-        catch (ArgumentException e)
+        if (certificate.GetRSAPublicKey() is { } rsaPublic)
         {
-            // ImportFromPem says "no supported key" for the wrong algorithm; CopyWithPrivateKey says the key does not match.
-            throw new IdentityException($"{keyName} does not belong to {certificateName} ({certificate.Subject}): {e.Message}", e);
-        }
-        catch (CryptographicException e)
-        {
-            throw new IdentityException($"{keyName} is not a usable private key for {certificateName}: {e.Message}", e);
+            rsaPublic.Dispose();
+            using var key = RSA.Create();
+            Import(key, "RSA");
+            return Attach(() => certificate.CopyWithPrivateKey(key));
         }
         throw new IdentityException($"{certificateName} has a {certificate.PublicKey.Oid.FriendlyName ?? certificate.PublicKey.Oid.Value} key; only ECDSA and RSA CAs are supported");
+
+        void Import(AsymmetricAlgorithm key, string algorithm)
+        {
+            try
+            {
+                key.ImportFromPem(keyPem);
+            }
+            catch (Exception e) when (e is ArgumentException or CryptographicException)
+            {
+                throw new IdentityException($"{keyName} is not an {algorithm} private key, but {certificateName} ({certificate.Subject}) has an {algorithm} public key: {e.Message}", e);
+            }
+        }
+
+        X509Certificate2 Attach(Func<X509Certificate2> copy)
+        {
+            try
+            {
+                return copy();
+            }
+            catch (Exception e) when (e is ArgumentException or CryptographicException)
+            {
+                throw new IdentityException($"{keyName} does not belong to {certificateName} ({certificate.Subject}): {e.Message}", e);
+            }
+        }
     }
 
     private static void CheckChainsToBundle(X509Certificate2 signer, X509Certificate2Collection intermediates, X509Certificate2Collection roots, string name, DateTime now)

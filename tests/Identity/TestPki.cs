@@ -49,31 +49,18 @@ internal sealed class TestCa
 
     /// <summary>A leaf signed by this CA, shaped as the caller says (for forged or broken SVIDs).</summary>
     public X509Certificate2 Leaf(IEnumerable<string> uris, bool ca = false, DateTimeOffset? notBefore = null, DateTimeOffset? notAfter = null,
-        X509KeyUsageFlags usage = X509KeyUsageFlags.DigitalSignature, bool twoSanExtensions = false)
+        X509KeyUsageFlags usage = X509KeyUsageFlags.DigitalSignature)
     {
         var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest(new X500DistinguishedName(""), key, HashAlgorithmName.SHA256);
         request.CertificateExtensions.Add(new X509BasicConstraintsExtension(ca, false, 0, true));
         request.CertificateExtensions.Add(new X509KeyUsageExtension(usage, true));
-        var list = uris.ToList();
-        if (twoSanExtensions)
+        var san = new SubjectAlternativeNameBuilder();
+        foreach (var uri in uris)
         {
-            foreach (var uri in list)
-            {
-                var one = new SubjectAlternativeNameBuilder();
-                one.AddUri(new Uri(uri));
-                request.CertificateExtensions.Add(one.Build(true));
-            }
+            san.AddUri(new Uri(uri));
         }
-        else
-        {
-            var san = new SubjectAlternativeNameBuilder();
-            foreach (var uri in list)
-            {
-                san.AddUri(new Uri(uri));
-            }
-            request.CertificateExtensions.Add(san.Build(true));
-        }
+        request.CertificateExtensions.Add(san.Build(true));
         var now = DateTimeOffset.UtcNow;
         using var signed = request.Create(Certificate, notBefore ?? now.AddMinutes(-5), notAfter ?? now.AddHours(1), RandomNumberGenerator.GetBytes(12));
         return signed.CopyWithPrivateKey(key);
