@@ -1,0 +1,193 @@
+using System.Security.Cryptography.X509Certificates;
+
+namespace Weft.Identity;
+
+/// <summary>The outcome of checking a peer: its identity, or why it was refused.</summary>
+public readonly record struct SpiffeVerification(SpiffeId? Id, string? Reason)
+{
+    public bool Verified => Id is not null;
+
+    public static SpiffeVerification Refused(string reason) => new(null, reason);
+}
+
+/// <summary>
+/// Checks a peer's X.509-SVID the way the SPIFFE X.509-SVID spec asks:
+/// <code>
+///   leaf + presented intermediates --X509Chain(custom roots = trust bundle, no revocation, now)--> a root
+///   then: exactly one URI SAN, a SPIFFE ID, trust domain ours (or allowed), cA=false, no keyCertSign/cRLSign
+/// </code>
+/// Immutable; the identity manager swaps in a new one when the trust bundle changes.
+/// </summary>
+public sealed class SpiffeVerifier
+{
+    private const string UriSanOid = "2.5.29.17";
+
+    private readonly HashSet<string> trustDomains;
+    private readonly TimeProvider time;
+
+    public SpiffeVerifier(string trustDomain, X509Certificate2Collection trustBundle, IEnumerable<string>? otherTrustDomains = null, TimeProvider? time = null)
+    {
+        if (SpiffeId.ValidateTrustDomain(trustDomain) is { } error)
+        {
+            throw new ArgumentException(error, nameof(trustDomain));
+        }
+        TrustDomain = trustDomain;
+        TrustBundle = trustBundle;
+        trustDomains = new HashSet<string>(otherTrustDomains ?? [], StringComparer.Ordinal) { trustDomain };
+        this.time = time ?? TimeProvider.System;
+    }
+
+    public string TrustDomain { get; }
+
+    public X509Certificate2Collection TrustBundle { get; }
+
+    /// <summary>Our trust domain and any others whose identities we accept (their roots must be in the bundle).</summary>
+    public IReadOnlySet<string> TrustDomains => trustDomains;
+
+    public SpiffeVerification Verify(X509Certificate2? leaf, IEnumerable<X509Certificate2>? presentedIntermediates = null)
+    {
+        if (leaf is null)
+        {
+            return SpiffeVerification.Refused("no certificate presented");
+        }
+        var now = time.GetUtcNow();
+        if (CheckChain(leaf, presentedIntermediates, now) is { } chainError)
+        {
+            return SpiffeVerification.Refused(chainError);
+        }
+
+        List<string> uris;
+        try
+        {
+            uris = UriSans(leaf);
+        }
+        catch (Exception e) when (e is System.Formats.Asn1.AsnContentException or System.Security.Cryptography.CryptographicException)
+        {
+            return SpiffeVerification.Refused($"malformed subject alternative name: {e.Message}");
+        }
+        if (uris.Count != 1)
+        {
+            return SpiffeVerification.Refused(uris.Count == 0 ? "no URI SAN (not an X.509-SVID)" : $"{uris.Count} URI SANs (an X.509-SVID has exactly one)");
+        }
+        if (!SpiffeId.TryParse(uris[0], out var id, out var parseError))
+        {
+            return SpiffeVerification.Refused($"URI SAN '{uris[0]}' is not a SPIFFE ID: {parseError}");
+        }
+        if (!trustDomains.Contains(id.TrustDomain))
+        {
+            return SpiffeVerification.Refused($"trust domain {id.TrustDomain} is not {string.Join(" or ", trustDomains.Order(StringComparer.Ordinal))}");
+        }
+        var constraints = leaf.Extensions.OfType<X509BasicConstraintsExtension>().FirstOrDefault();
+        if (constraints is { CertificateAuthority: true })
+        {
+            return SpiffeVerification.Refused("cA=true: a CA certificate is not an X.509-SVID leaf");
+        }
+        var usage = leaf.Extensions.OfType<X509KeyUsageExtension>().FirstOrDefault();
+        if (usage is not null)
+        {
+            if ((usage.KeyUsages & (X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign)) != 0)
+            {
+                return SpiffeVerification.Refused("leaf key usage has keyCertSign or cRLSign: a leaf must not be a CA");
+            }
+            if (!usage.KeyUsages.HasFlag(X509KeyUsageFlags.DigitalSignature))
+            {
+                return SpiffeVerification.Refused("leaf key usage lacks digitalSignature");
+            }
+        }
+        return new SpiffeVerification(id, null);
+    }
+
+    private string? CheckChain(X509Certificate2 leaf, IEnumerable<X509Certificate2>? intermediates, DateTimeOffset now)
+    {
+        var leafNotBefore = leaf.NotBefore.ToUniversalTime();
+        var leafNotAfter = leaf.NotAfter.ToUniversalTime();
+        if (now.UtcDateTime > leafNotAfter)
+        {
+            return $"certificate expired at {leafNotAfter:u}";
+        }
+        if (now.UtcDateTime < leafNotBefore)
+        {
+            return $"certificate not valid before {leafNotBefore:u}";
+        }
+
+        using var chain = new X509Chain();
+        var policy = chain.ChainPolicy;
+        policy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        policy.CustomTrustStore.AddRange(TrustBundle);
+        policy.RevocationMode = X509RevocationMode.NoCheck;
+        policy.DisableCertificateDownloads = true;
+        policy.VerificationTime = now.UtcDateTime;
+        foreach (var c in intermediates ?? [])
+        {
+            if (!ReferenceEquals(c, leaf) && !c.RawDataMemory.Span.SequenceEqual(leaf.RawDataMemory.Span))
+            {
+                policy.ExtraStore.Add(c);
+            }
+        }
+        if (chain.Build(leaf))
+        {
+            return null;
+        }
+        var flags = chain.ChainStatus.Aggregate(X509ChainStatusFlags.NoError, (all, s) => all | s.Status);
+        if (flags.HasFlag(X509ChainStatusFlags.NotTimeValid))
+        {
+            var stale = chain.ChainElements.Skip(1).Select(e => e.Certificate)
+                .FirstOrDefault(c => now.UtcDateTime > c.NotAfter.ToUniversalTime() || now.UtcDateTime < c.NotBefore.ToUniversalTime());
+            return stale is null ? "certificate not time valid" : $"CA certificate {stale.Subject} is outside its validity ({stale.NotBefore.ToUniversalTime():u}..{stale.NotAfter.ToUniversalTime():u})";
+        }
+        if (flags.HasFlag(X509ChainStatusFlags.NotSignatureValid))
+        {
+            return "bad signature in the certificate chain";
+        }
+        if (flags.HasFlag(X509ChainStatusFlags.PartialChain) || flags.HasFlag(X509ChainStatusFlags.UntrustedRoot))
+        {
+            return $"unknown CA: issuer {leaf.Issuer} does not chain to a root in the trust bundle";
+        }
+        if (flags.HasFlag(X509ChainStatusFlags.InvalidBasicConstraints))
+        {
+            return "an issuer in the chain is not a CA (basic constraints)";
+        }
+        return "certificate chain invalid: " + string.Join("; ", chain.ChainStatus.Select(s => $"{s.Status} {s.StatusInformation.Trim()}").Distinct());
+    }
+
+    /// <summary>Every URI in the leaf's subject alternative names, across all SAN extensions (a forged leaf may carry two).</summary>
+    internal static List<string> UriSans(X509Certificate2 leaf)
+    {
+        var uris = new List<string>();
+        foreach (var extension in leaf.Extensions)
+        {
+            if (extension.Oid?.Value != UriSanOid)
+            {
+                continue;
+            }
+            var san = extension as X509SubjectAlternativeNameExtension ?? new X509SubjectAlternativeNameExtension(extension.RawData, extension.Critical);
+            uris.AddRange(UriNames(san.RawData));
+        }
+        return uris;
+    }
+
+    /// <summary>
+    /// Reads uniformResourceIdentifier ([6] IA5String) entries straight from the GeneralNames DER, as the
+    /// framework only enumerates DNS names and IP addresses.
+    /// </summary>
+    private static IEnumerable<string> UriNames(byte[] der)
+    {
+        var reader = new System.Formats.Asn1.AsnReader(der, System.Formats.Asn1.AsnEncodingRules.DER);
+        var names = reader.ReadSequence();
+        var uriTag = new System.Formats.Asn1.Asn1Tag(System.Formats.Asn1.TagClass.ContextSpecific, 6);
+        var found = new List<string>();
+        while (names.HasData)
+        {
+            var tag = names.PeekTag();
+            if (tag.HasSameClassAndValue(uriTag))
+            {
+                found.Add(names.ReadCharacterString(System.Formats.Asn1.UniversalTagNumber.IA5String, uriTag));
+            }
+            else
+            {
+                names.ReadEncodedValue();
+            }
+        }
+        return found;
+    }
+}
