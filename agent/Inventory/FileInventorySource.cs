@@ -12,8 +12,11 @@ public sealed record FileInventorySourceOptions
     /// <summary>How often to compare the file's size and modification time, for changes the watcher misses.</summary>
     public TimeSpan PollInterval { get; init; } = TimeSpan.FromSeconds(2);
 
-    /// <summary>Extra "apiVersion/kind" to type mappings (custom resources) on top of KubernetesClient's models.</summary>
+    /// <summary>Extra "apiVersion/kind" to type mappings (custom resources) on top of KubernetesClient's models and Weft's policy kinds (<see cref="Weft.Policy.PolicyKinds.All"/>, always known).</summary>
     public IDictionary<string, Type>? ExtraKinds { get; init; }
+
+    /// <summary>Where AuthorizationPolicies and PeerAuthentications apply mesh-wide (Istio's root namespace).</summary>
+    public string MeshRootNamespace { get; init; } = Weft.Policy.PolicyKinds.DefaultMeshRootNamespace;
 }
 
 /// <summary>
@@ -159,7 +162,7 @@ public sealed class FileInventorySource : IDisposable
         InventorySnapshot built;
         try
         {
-            built = InventoryBuilder.Build(InventoryYaml.Load(content, Path, _options.ExtraKinds));
+            built = InventoryBuilder.Build(InventoryYaml.Load(content, Path, _options.ExtraKinds), _options.MeshRootNamespace);
         }
         catch (InventoryLoadException ex)
         {

@@ -6,6 +6,7 @@ using System.Net;
 using System.Net.Sockets;
 using k8s;
 using k8s.Models;
+using Weft.Policy;
 
 namespace Weft.Inventory;
 
@@ -17,7 +18,8 @@ namespace Weft.Inventory;
 ///   Pod ───────┼─► validate each object (skip the unusable ones, with a warning naming them)
 ///   Service ───┤      └─► join EndpointSlices to Services by kubernetes.io/service-name
 ///   EndpointSlice ┘          └─► InventorySnapshot (indexes by IP, node, VIP)
-///   anything else ─► ignored with a debug note (policies, ingresses come later)
+///   AuthorizationPolicy, PeerAuthentication (weft.dev/v1alpha1) ─► PolicyCompiler ─► snapshot.Policies
+///   anything else ─► ignored with a debug note (ingresses come later)
 /// </code>
 /// </summary>
 public static class InventoryBuilder
@@ -34,10 +36,17 @@ public static class InventoryBuilder
     /// <see cref="InventorySnapshot.Warnings"/>; this method does not log them, so a caller that rebuilds
     /// often can decide what is news.
     /// </summary>
-    public static InventorySnapshot Build(IEnumerable<IKubernetesObject> objects)
+    public static InventorySnapshot Build(IEnumerable<IKubernetesObject> objects) =>
+        Build(objects, PolicyKinds.DefaultMeshRootNamespace);
+
+    /// <inheritdoc cref="Build(IEnumerable{IKubernetesObject})"/>
+    /// <param name="objects">The objects, in any order.</param>
+    /// <param name="meshRootNamespace">Where policies without a selector apply mesh-wide (Istio's root namespace).</param>
+    public static InventorySnapshot Build(IEnumerable<IKubernetesObject> objects, string meshRootNamespace)
     {
         ArgumentNullException.ThrowIfNull(objects);
-        var build = new BuildState();
+        ArgumentException.ThrowIfNullOrEmpty(meshRootNamespace);
+        var build = new BuildState(meshRootNamespace);
         foreach (var obj in objects)
         {
             switch (obj)
@@ -56,6 +65,12 @@ public static class InventoryBuilder
                 case V1EndpointSlice slice:
                     build.Add(slice);
                     break;
+                case V1Alpha1AuthorizationPolicy policy:
+                    build.AuthorizationPolicies.Add(policy);
+                    break;
+                case V1Alpha1PeerAuthentication peerAuthentication:
+                    build.PeerAuthentications.Add(peerAuthentication);
+                    break;
                 default:
                     Log.Debug("inventory", $"ignoring {Describe(obj)}: the inventory does not use this kind yet");
                     break;
@@ -71,9 +86,11 @@ public static class InventoryBuilder
         return build.ToSnapshot();
     }
 
-    private sealed class BuildState
+    private sealed class BuildState(string meshRootNamespace)
     {
         public readonly List<V1Pod> Pods = [];
+        public readonly List<V1Alpha1AuthorizationPolicy> AuthorizationPolicies = [];
+        public readonly List<V1Alpha1PeerAuthentication> PeerAuthentications = [];
         private readonly List<string> _warnings = [];
         private readonly Dictionary<string, MeshNamespace> _namespaces = new(StringComparer.Ordinal);
         private readonly List<Workload> _workloads = [];
@@ -375,7 +392,8 @@ public static class InventoryBuilder
                 .OrderBy(w => w.Namespace, StringComparer.Ordinal).ThenBy(w => w.Name, StringComparer.Ordinal)
                 .ToImmutableArray();
             var namespaces = _namespaces.Values.OrderBy(n => n.Name, StringComparer.Ordinal).ToImmutableArray();
-            return InventorySnapshot.Create(namespaces, workloads, services, [.. _warnings]);
+            var policies = PolicyCompiler.Compile(AuthorizationPolicies, PeerAuthentications, meshRootNamespace, Warn);
+            return InventorySnapshot.Create(namespaces, workloads, services, [.. _warnings], policies);
         }
 
         private bool Enrolled(string what, string ns, IReadOnlyDictionary<string, string> podLabels)

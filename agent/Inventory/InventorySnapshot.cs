@@ -2,6 +2,7 @@ using System.Collections.Frozen;
 using System.Collections.Immutable;
 using System.Diagnostics.CodeAnalysis;
 using System.Net;
+using Weft.Policy;
 
 namespace Weft.Inventory;
 
@@ -12,7 +13,7 @@ namespace Weft.Inventory;
 /// </summary>
 public sealed class InventorySnapshot
 {
-    public static InventorySnapshot Empty { get; } = new(Indexes.Create([], [], [], []), version: 0, loadedAt: DateTimeOffset.MinValue);
+    public static InventorySnapshot Empty { get; } = new(Indexes.Create([], [], [], [], PolicySet.Empty), version: 0, loadedAt: DateTimeOffset.MinValue);
 
     private readonly Indexes _indexes;
 
@@ -37,6 +38,9 @@ public sealed class InventorySnapshot
 
     /// <summary>Objects the builder skipped or partly ignored, each naming the object and the reason.</summary>
     public ImmutableArray<string> Warnings => _indexes.Warnings;
+
+    /// <summary>Compiled AuthorizationPolicies and PeerAuthentications; decide with <see cref="Authorizer"/>.</summary>
+    public PolicySet Policies => _indexes.Policies;
 
     /// <summary>The workload that owns a pod IP (IPv4-mapped IPv6 addresses match their IPv4 form).</summary>
     public bool TryGetWorkload(IPAddress address, [NotNullWhen(true)] out Workload? workload)
@@ -78,8 +82,9 @@ public sealed class InventorySnapshot
         ImmutableArray<MeshNamespace> namespaces,
         ImmutableArray<Workload> workloads,
         ImmutableArray<Service> services,
-        ImmutableArray<string> warnings) =>
-        new(Indexes.Create(namespaces, workloads, services, warnings), version: 0, loadedAt: DateTimeOffset.MinValue);
+        ImmutableArray<string> warnings,
+        PolicySet? policies = null) =>
+        new(Indexes.Create(namespaces, workloads, services, warnings, policies ?? PolicySet.Empty), version: 0, loadedAt: DateTimeOffset.MinValue);
 
     internal InventorySnapshot WithVersion(long version, DateTimeOffset loadedAt) => new(_indexes, version, loadedAt);
 
@@ -90,6 +95,7 @@ public sealed class InventorySnapshot
         public required ImmutableArray<Workload> Workloads { get; init; }
         public required ImmutableArray<Service> Services { get; init; }
         public required ImmutableArray<string> Warnings { get; init; }
+        public required PolicySet Policies { get; init; }
         public required FrozenDictionary<string, MeshNamespace> NamespacesByName { get; init; }
         public required FrozenDictionary<IPAddress, Workload> WorkloadsByIp { get; init; }
         public required FrozenDictionary<string, ImmutableArray<Workload>> EnrolledByNode { get; init; }
@@ -100,7 +106,8 @@ public sealed class InventorySnapshot
             ImmutableArray<MeshNamespace> namespaces,
             ImmutableArray<Workload> workloads,
             ImmutableArray<Service> services,
-            ImmutableArray<string> warnings)
+            ImmutableArray<string> warnings,
+            PolicySet policies)
         {
             // The builder guarantees unique names and addresses; first one wins here only as a last line of defence.
             var byIp = new Dictionary<IPAddress, Workload>();
@@ -159,6 +166,7 @@ public sealed class InventorySnapshot
                 Workloads = workloads,
                 Services = services,
                 Warnings = warnings,
+                Policies = policies,
                 NamespacesByName = namespacesByName.ToFrozenDictionary(StringComparer.Ordinal),
                 WorkloadsByIp = byIp.ToFrozenDictionary(),
                 EnrolledByNode = byNode.ToFrozenDictionary(p => p.Key, p => p.Value.ToImmutable(), StringComparer.Ordinal),

@@ -5,6 +5,7 @@ using k8s;
 using k8s.Models;
 using YamlDotNet.Core;
 using YamlDotNet.Core.Events;
+using Weft.Policy;
 
 namespace Weft.Inventory;
 
@@ -27,6 +28,14 @@ internal static partial class InventoryYaml
 
     public static List<IKubernetesObject> Load(string content, string path, IDictionary<string, Type>? extraKinds = null)
     {
+        // Weft's own custom resources (policies) are always known; the caller's extra kinds may add to or replace them.
+        var kinds = new Dictionary<string, Type>(PolicyKinds.All, StringComparer.Ordinal);
+        foreach (var (key, type) in extraKinds ?? new Dictionary<string, Type>())
+        {
+            kinds[key] = type;
+        }
+
+        extraKinds = kinds;
         var documents = new List<(int Line, string Kind)>();
         var text = Precheck(content, path, extraKinds, documents);
 
