@@ -188,7 +188,8 @@ public sealed class FileInventorySource : IDisposable
         var published = _store.Publish(built);
         var recovered = Interlocked.Exchange(ref _lastError, null) is not null;
         Log.Info("inventory", $"{(recovered ? "reloaded valid" : firstLoad ? "loaded" : "reloaded")} {Path}: version {published.Version}, "
-            + $"{published.Workloads.Length} workloads, {published.Services.Length} services"
+            + $"{published.Workloads.Length} workloads, {published.Services.Length} services, "
+            + $"{published.Policies.AuthorizationPolicies.Length} authorization policies"
             + (built.Warnings.IsEmpty ? "" : $", {built.Warnings.Length} objects skipped or partly ignored"));
         return null;
     }

@@ -26,6 +26,7 @@ public static class Authorizer
     {
         ArgumentNullException.ThrowIfNull(snapshot);
         ArgumentNullException.ThrowIfNull(destination);
+        ArgumentNullException.ThrowIfNull(connection.SourceIp); // a missing address must not read as "::" and match IPv6 blocks
         var policies = snapshot.Policies;
         var peer = new Peer(connection);
         var applying = 0;

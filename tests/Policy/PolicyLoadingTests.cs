@@ -159,6 +159,11 @@ public sealed class PolicyLoadingTests : IDisposable
             spec: {rules: [{to: [{operation: {paths: ["/admin"]}}]}]}
             ---
             apiVersion: weft.dev/v1alpha1
+            kind: AuthorizationPolicy
+            metadata: {name: ext-authz, namespace: demo}
+            spec: {action: CUSTOM, provider: {name: opa}, rules: [{to: [{operation: {ports: ["9090"]}}]}]}
+            ---
+            apiVersion: weft.dev/v1alpha1
             kind: PeerAuthentication
             metadata: {name: default, namespace: demo}
             spec: {mtls: {mode: STRICTEST}}
@@ -173,11 +178,13 @@ public sealed class PolicyLoadingTests : IDisposable
         Assert.Equal(
         [
             "AuthorizationPolicy demo/audit ignored: action AUDIT only marks requests for an audit plugin, which Weft does not have",
+            "AuthorizationPolicy demo/ext-authz: action CUSTOM (external authorization) is not supported; connections matching its rules are denied",
             "AuthorizationPolicy demo/http: rule 0 uses paths, which an L4 proxy cannot see: this ALLOW rule never matches",
             "PeerAuthentication demo/default is invalid (mtls.mode 'STRICTEST' is not UNSET, PERMISSIVE, STRICT or DISABLE); it is read as STRICT until fixed",
             "PeerAuthentication demo/ports: portLevelMtls is not supported and is ignored; spec.mtls.mode applies to every port",
         ], snapshot.Warnings.Order(StringComparer.Ordinal));
         Assert.Equal(MtlsMode.Strict, Authorizer.ModeFor(snapshot, snapshot.Workloads.Single()));
         Assert.False(Authorizer.Evaluate(snapshot, snapshot.Workloads.Single(), Sleep).Allowed);
+        Assert.Equal("denied by demo/ext-authz", Authorizer.Evaluate(snapshot, snapshot.Workloads.Single(), Sleep with { DestinationPort = 9090 }).Reason);
     }
 }

@@ -174,7 +174,7 @@ internal readonly ref struct Peer
         Namespace = principal.IsEmpty ? default
             : connection.SourceNamespace is { Length: > 0 } ns ? ns.AsSpan()
             : NamespaceOf(principal);
-        Source = connection.SourceIp is null ? default : IpKey.From(connection.SourceIp);
+        Source = IpKey.From(connection.SourceIp);
         Port = connection.DestinationPort;
     }
 
