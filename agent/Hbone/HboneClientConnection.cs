@@ -1,0 +1,86 @@
+using Weft.Hbone.Internal;
+
+namespace Weft.Hbone;
+
+/// <summary>
+/// The client side of one HBONE connection: many CONNECT streams over one transport. A pool keeps one
+/// per (source identity, destination identity, destination address) and opens another when
+/// <see cref="CanOpenStream"/> is false.
+/// </summary>
+public sealed class HboneClientConnection : IAsyncDisposable
+{
+    private readonly Http2Connection _connection;
+    private readonly Task _run;
+
+    private HboneClientConnection(Http2Connection connection)
+    {
+        _connection = connection;
+        _run = connection.RunAsync();
+    }
+
+    /// <summary>
+    /// Sends the preface, our SETTINGS and the connection WINDOW_UPDATE, then starts reading. Does not
+    /// wait for the server's SETTINGS: streams may be opened right away.
+    /// </summary>
+    public static async Task<HboneClientConnection> StartAsync(Stream transport, HboneSettings settings, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(transport);
+        var connection = new Http2Connection(transport, settings, isClient: true, onConnect: null);
+        try
+        {
+            await connection.SendPrefaceAsync(ct).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            connection.Abort(null);
+            if (e is OperationCanceledException)
+            {
+                throw;
+            }
+            throw new HboneException("sending the HTTP/2 preface failed: " + e.Message, inner: e);
+        }
+        return new HboneClientConnection(connection);
+    }
+
+    /// <summary>Streams open (or awaiting their response) on this connection.</summary>
+    public int ActiveStreams => _connection.ActiveStreams;
+
+    /// <summary>
+    /// False when min(our MaxConcurrentStreams, the peer's SETTINGS_MAX_CONCURRENT_STREAMS) streams are
+    /// open, after a GOAWAY, or once the connection has failed or closed.
+    /// </summary>
+    public bool CanOpenStream => _connection.CanOpenStream;
+
+    /// <summary>Completes when the connection has closed; faulted with <see cref="HboneException"/> when it failed.</summary>
+    public Task Completion => _connection.Completion;
+
+    /// <summary>
+    /// Opens a CONNECT stream to <paramref name="authority"/> ("ip:port") with extra request fields
+    /// (lowercase names, e.g. forwarded, traceparent, baggage). Completes on a 2xx response; throws
+    /// <see cref="HboneException"/> with <see cref="HboneException.StatusCode"/> for any other final status,
+    /// with <see cref="HboneException.ErrorCode"/> on RST_STREAM or GOAWAY (IsRetryable when the server
+    /// never processed it).
+    /// </summary>
+    public async Task<HboneStream> ConnectAsync(string authority, IEnumerable<KeyValuePair<string, string>> headers, CancellationToken ct)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(authority);
+        HboneStream stream = await _connection.OpenStreamAsync(authority, headers ?? [], ct).ConfigureAwait(false);
+        try
+        {
+            await stream.Response.Task.WaitAsync(ct).ConfigureAwait(false);
+            return stream;
+        }
+        catch (OperationCanceledException)
+        {
+            stream.Reset((uint)Http2ErrorCode.Cancel);
+            throw;
+        }
+    }
+
+    /// <summary>GOAWAY(NO_ERROR) within the close timeout, then every stream fails and the transport closes.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await _connection.SendGoAwayAndCloseAsync(Http2ErrorCode.NoError, null).ConfigureAwait(false);
+        await _run.ConfigureAwait(false);
+    }
+}

@@ -1,0 +1,325 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using Weft.Hbone.Internal;
+
+namespace Weft.Hbone;
+
+/// <summary>
+/// One CONNECT tunnel: a byte stream each way over an HTTP/2 stream.
+/// <code>
+///   app ──Output──► outbound pipe ──send loop (peer's windows)──► DATA frames ──► peer
+///   app ◄──Input─── inbound pipe ◄──connection read loop◄──────── DATA frames ◄── peer
+///                        └─ bytes the app consumes → WINDOW_UPDATE
+/// </code>
+/// <see cref="Output"/>.Complete() sends END_STREAM (half-close); <see cref="Input"/> completes when the
+/// peer sends END_STREAM, and fails with <see cref="HboneException"/> when the stream or connection is
+/// reset. The receive window is returned only as the application consumes (AdvanceTo), so a reader that
+/// stops stalls only its own stream.
+/// </summary>
+public sealed class HboneStream : IDuplexPipe, IAsyncDisposable
+{
+    private readonly Http2Connection _connection;
+    private readonly Pipe _inbound;
+    private readonly Pipe _outbound;
+    private readonly InboundReader _input;
+    private readonly object _inboundSync = new();
+    private bool _inboundCompleted;   // under _inboundSync
+    private bool _inputAbandoned;     // under _inboundSync
+    private long _buffered;           // delivered, not yet consumed; under _inboundSync
+    private int _pendingCredit;
+    private readonly object _sendSync = new();
+    private Task? _sendLoop;          // under _sendSync
+    private bool _outboundAborted;    // under _sendSync
+    private volatile bool _resetSent;
+    private int _disposed;
+
+    internal HboneStream(Http2Connection connection, int streamId, int peerInitialWindow, HboneSettings settings)
+    {
+        _connection = connection;
+        StreamId = streamId;
+        SendWindow = peerInitialWindow;
+        ReceiveWindow = settings.StreamWindow;
+        CreditThreshold = Math.Max(settings.StreamWindow / 4, 1);
+        // The read loop never waits on the inbound pipe: the stream window bounds what it can hold.
+        _inbound = new Pipe(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
+        _outbound = new Pipe(new PipeOptions(
+            pauseWriterThreshold: settings.StreamSendBuffer,
+            resumeWriterThreshold: settings.StreamSendBuffer / 2,
+            useSynchronizationContext: false));
+        _input = new InboundReader(this, _inbound.Reader);
+    }
+
+    public int StreamId { get; }
+
+    /// <summary>Bytes from the peer; completes on the peer's END_STREAM.</summary>
+    public PipeReader Input => _input;
+
+    /// <summary>Bytes to the peer; Complete() half-closes (END_STREAM), Complete(exception) resets with CANCEL.</summary>
+    public PipeWriter Output => _outbound.Writer;
+
+    // Connection-owned state, guarded by the connection's lock.
+    internal long SendWindow;
+    internal TaskCompletionSource? WindowWaiter;
+    internal bool LocalEnded;
+    internal bool RemoteEnded;
+    internal bool Closed;
+    internal bool ResponseReceived;
+    internal readonly TaskCompletionSource Response = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    // Receive accounting: the read loop subtracts, consumption adds back when a WINDOW_UPDATE goes out.
+    internal int ReceiveWindow;
+    internal readonly int CreditThreshold;
+    internal bool ResetSent => _resetSent;
+
+    /// <summary>Abandons the stream now: RST_STREAM with <paramref name="errorCode"/> (default CANCEL), both directions fail.</summary>
+    public void Reset(uint errorCode = (uint)Http2ErrorCode.Cancel) =>
+        _connection.ResetStream(this, (Http2ErrorCode)errorCode, new HboneException($"stream {StreamId} reset locally", errorCode: (Http2ErrorCode)errorCode));
+
+    /// <summary>
+    /// Finishes the stream: completes <see cref="Output"/> if the application has not (END_STREAM after the
+    /// buffered bytes, which waits for the peer's windows), then resets the stream if the peer is still sending.
+    /// </summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        await _outbound.Writer.CompleteAsync().ConfigureAwait(false);
+        Task? sendLoop;
+        lock (_sendSync)
+        {
+            sendLoop = _sendLoop;
+            if (sendLoop is null)
+            {
+                _outboundAborted = true;
+            }
+        }
+        if (sendLoop is not null)
+        {
+            await sendLoop.ConfigureAwait(false);
+        }
+        await _input.CompleteAsync().ConfigureAwait(false);
+        _connection.ReleaseStream(this);
+    }
+
+    internal void MarkResetSent() => _resetSent = true;
+
+    /// <summary>Starts draining <see cref="Output"/> into DATA frames (after the 200 went out or came back).</summary>
+    internal void StartSending()
+    {
+        lock (_sendSync)
+        {
+            if (_sendLoop is null && !_outboundAborted)
+            {
+                _sendLoop = SendLoopAsync();
+            }
+        }
+    }
+
+    private async Task SendLoopAsync()
+    {
+        await Task.Yield();
+        PipeReader reader = _outbound.Reader;
+        Exception? failure = null;
+        try
+        {
+            while (true)
+            {
+                ReadResult result = await reader.ReadAsync().ConfigureAwait(false);
+                if (result.IsCanceled || Volatile.Read(ref _outboundAborted))
+                {
+                    break;
+                }
+                ReadOnlySequence<byte> buffer = result.Buffer;
+                while (!buffer.IsEmpty)
+                {
+                    int granted = await _connection.ReserveSendWindowAsync(this, buffer.Length).ConfigureAwait(false);
+                    await _connection.WriteDataAsync(this, buffer.Slice(0, granted), endStream: false).ConfigureAwait(false);
+                    buffer = buffer.Slice(granted);
+                }
+                reader.AdvanceTo(buffer.End);
+                if (result.IsCompleted)
+                {
+                    await _connection.WriteDataAsync(this, ReadOnlySequence<byte>.Empty, endStream: true).ConfigureAwait(false);
+                    _connection.OnLocalEnd(this);
+                    break;
+                }
+            }
+        }
+        catch (HboneException)
+        {
+            // The stream or connection is gone; Input already carries the reason.
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        catch (Exception e)
+        {
+            // The application completed Output with an error: abort the tunnel rather than half-close it.
+            failure = e;
+        }
+        finally
+        {
+            await reader.CompleteAsync().ConfigureAwait(false);
+        }
+        if (failure is not null)
+        {
+            _connection.ResetStream(this, Http2ErrorCode.Cancel, new HboneException($"stream {StreamId} output failed", errorCode: Http2ErrorCode.Cancel, inner: failure));
+        }
+    }
+
+    /// <summary>Stops the send loop without END_STREAM (reset, connection loss).</summary>
+    internal void AbortOutbound()
+    {
+        lock (_sendSync)
+        {
+            _outboundAborted = true;
+            if (_sendLoop is null)
+            {
+                // Nobody will drain it: release a writer blocked on backpressure.
+                _outbound.Reader.Complete();
+                return;
+            }
+        }
+        _outbound.Reader.CancelPendingRead();
+    }
+
+    /// <summary>Called by the read loop with a DATA payload. Returns the bytes to credit right away (discarded).</summary>
+    internal int Deliver(in ReadOnlySequence<byte> data)
+    {
+        lock (_inboundSync)
+        {
+            if (_inboundCompleted || _inputAbandoned)
+            {
+                return (int)data.Length;
+            }
+            foreach (ReadOnlyMemory<byte> segment in data)
+            {
+                _inbound.Writer.Write(segment.Span);
+            }
+            _buffered += data.Length;
+            // Never blocks: pauseWriterThreshold is 0.
+            _ = _inbound.Writer.FlushAsync();
+            return 0;
+        }
+    }
+
+    /// <summary>Ends <see cref="Input"/>: normally on END_STREAM, with the error on reset or connection loss.</summary>
+    internal void CompleteInbound(Exception? error)
+    {
+        lock (_inboundSync)
+        {
+            if (_inboundCompleted)
+            {
+                return;
+            }
+            _inboundCompleted = true;
+            _inbound.Writer.Complete(error);
+        }
+    }
+
+    internal void Abort(Exception error)
+    {
+        Response.TrySetException(error);
+        CompleteInbound(error);
+        AbortOutbound();
+    }
+
+    private void OnConsumed(long count)
+    {
+        lock (_inboundSync)
+        {
+            _buffered -= count;
+        }
+        _connection.OnConsumed(this, (int)count);
+    }
+
+    private void OnInputAbandoned()
+    {
+        long unread;
+        lock (_inboundSync)
+        {
+            if (_inputAbandoned)
+            {
+                return;
+            }
+            _inputAbandoned = true;
+            unread = _buffered;
+            _buffered = 0;
+        }
+        if (unread > 0)
+        {
+            _connection.OnConsumed(this, (int)unread);
+        }
+    }
+
+    /// <summary>Adds consumed bytes to the pending stream credit; returns the increment to send now, or 0.</summary>
+    internal int TakeCredit(int count)
+    {
+        int pending = Interlocked.Add(ref _pendingCredit, count);
+        if (pending < CreditThreshold)
+        {
+            return 0;
+        }
+        int increment = Interlocked.Exchange(ref _pendingCredit, 0);
+        Interlocked.Add(ref ReceiveWindow, increment);
+        return increment;
+    }
+
+    /// <summary>The application's view of the inbound pipe: consumption returns flow-control credit.</summary>
+    private sealed class InboundReader(HboneStream stream, PipeReader inner) : PipeReader
+    {
+        private ReadOnlySequence<byte> _last;
+
+        public override bool TryRead(out ReadResult result)
+        {
+            if (inner.TryRead(out result))
+            {
+                _last = result.Buffer;
+                return true;
+            }
+            return false;
+        }
+
+        public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
+        {
+            ValueTask<ReadResult> read = inner.ReadAsync(cancellationToken);
+            if (read.IsCompletedSuccessfully)
+            {
+                ReadResult result = read.Result;
+                _last = result.Buffer;
+                return new ValueTask<ReadResult>(result);
+            }
+            return Remember(read);
+        }
+
+        private async ValueTask<ReadResult> Remember(ValueTask<ReadResult> read)
+        {
+            ReadResult result = await read.ConfigureAwait(false);
+            _last = result.Buffer;
+            return result;
+        }
+
+        public override void AdvanceTo(SequencePosition consumed) => AdvanceTo(consumed, consumed);
+
+        public override void AdvanceTo(SequencePosition consumed, SequencePosition examined)
+        {
+            long count = _last.Slice(0, consumed).Length;
+            _last = default;
+            inner.AdvanceTo(consumed, examined);
+            if (count > 0)
+            {
+                stream.OnConsumed(count);
+            }
+        }
+
+        public override void CancelPendingRead() => inner.CancelPendingRead();
+
+        public override void Complete(Exception? exception = null)
+        {
+            inner.Complete(exception);
+            stream.OnInputAbandoned();
+        }
+    }
+}
