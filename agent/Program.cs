@@ -41,6 +41,11 @@ catch (CaptureException e)
     Log.Error("capture", e.Message);
     return 1;
 }
+catch (Weft.Identity.IdentityException e)
+{
+    Log.Error("identity", e.Message);
+    return 1;
+}
 catch (Weft.Inventory.InventoryLoadException e)
 {
     Log.Error("inventory", e.Message);

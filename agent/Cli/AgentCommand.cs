@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Weft.Capture;
+using Weft.Identity;
 using Weft.Node;
 using Weft.Proxy;
 
@@ -11,9 +12,13 @@ internal static class AgentCommand
     public const string Usage = """
         weft agent --inventory FILE [--node NAME] [--cgroup DIR] [--bpffs DIR] [--admin ADDR|off]
                    [--drain-seconds N] [--idle-timeout-seconds N] [--max-connections-per-pod N] [--no-access-log]
+                   [--trust-domain TD --ca-cert FILE --ca-key FILE --trust-bundle FILE [--ca-chain FILE]]
           Runs the node agent: captures enrolled pods' TCP traffic with eBPF and proxies it.
           --node defaults to $NODE_NAME, then the host name; --cgroup to the cgroup v2 root;
           --bpffs to /sys/fs/bpf/weft; --admin to 127.0.0.1:15000.
+          With a CA (--ca-cert and --ca-key, PEM; --trust-bundle holds every root to trust), traffic
+          between meshed pods travels in mTLS HBONE tunnels with SPIFFE identities in the trust domain
+          (default cluster.local); without one it is forwarded in plaintext.
         weft uninstall [--bpffs DIR]
           Detaches every Weft eBPF program and removes every pin. Enrolled pods then talk directly.
         """;
@@ -37,6 +42,14 @@ internal static class AgentCommand
                 MaxConnectionsPerPod = cl.Int("max-connections-per-pod", proxyDefaults.MaxConnectionsPerPod),
             },
         };
+        var caCert = cl.Get("ca-cert");
+        var trustDomain = cl.Get("trust-domain") ?? "cluster.local";
+        if (caCert is not null)
+        {
+            var files = new CaFiles(caCert, cl.Require("ca-key"), cl.Require("trust-bundle", caCert), cl.Get("ca-chain"));
+            options = options with { Identity = new IdentityOptions(trustDomain, files) };
+        }
+
         cl.RejectUnknown();
 
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

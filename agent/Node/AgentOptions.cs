@@ -1,3 +1,4 @@
+using Weft.Identity;
 using Weft.Proxy;
 
 namespace Weft.Node;
@@ -24,4 +25,7 @@ public sealed record AgentOptions
     public bool AccessLog { get; init; } = true;
 
     public ProxyOptions Proxy { get; init; } = new();
+
+    /// <summary>Trust domain and CA files; null runs without mTLS (plaintext forwarding).</summary>
+    public IdentityOptions? Identity { get; init; }
 }

@@ -1,5 +1,6 @@
 using Weft.Admin;
 using Weft.Capture;
+using Weft.Identity;
 using Weft.Inventory;
 using Weft.Proxy;
 using Weft.Telemetry;
@@ -24,6 +25,8 @@ public sealed class NodeAgent : IAsyncDisposable
     private InventoryStore? _store;
     private FileInventorySource? _source;
     private ConnectionTracker? _tracker;
+    private IdentityManager? _identity;
+    private ProxyServices? _services;
     private AdminServer? _admin;
 
     public NodeAgent(AgentOptions options)
@@ -53,7 +56,9 @@ public sealed class NodeAgent : IAsyncDisposable
         _capture = BpfCapture.Open(new CaptureOptions(_options.PinRoot, cgroup, _options.Proxy.OutboundPort,
             _options.Proxy.InboundPort, _options.Proxy.SocketMark));
         _tracker = new ConnectionTracker(Flows, _options.Proxy.IdleTimeout);
+        _identity = _options.Identity is null ? null : IdentityManager.Start(_options.Identity);
         _store = new InventoryStore();
+        _services = new ProxyServices(_capture, _store, _tracker, _options.Proxy, _identity);
         _source = FileInventorySource.Start(_options.InventoryPath, _store);
         _store.Changed += OnInventoryChanged;
         await ReconcileAsync().ConfigureAwait(false);
@@ -63,7 +68,8 @@ public sealed class NodeAgent : IAsyncDisposable
             _admin.Start();
         }
 
-        Log.Info("agent", $"node {_options.NodeName}: capturing cgroup {cgroup}, pins in {_options.PinRoot}, {EnrolledPods.Count} pod(s) enrolled");
+        var security = _identity is null ? "no CA configured: forwarding in plaintext" : $"mTLS with trust domain {_identity.TrustDomain}";
+        Log.Info("agent", $"node {_options.NodeName}: capturing cgroup {cgroup}, pins in {_options.PinRoot}, {EnrolledPods.Count} pod(s) enrolled, {security}");
     }
 
     private void OnInventoryChanged(InventorySnapshot snapshot) => _ = ReconcileAsync();
@@ -101,6 +107,9 @@ public sealed class NodeAgent : IAsyncDisposable
             desired[PodIdentity(workload)] = workload;
         }
 
+        // SVIDs only for service accounts that have a pod on this node.
+        _identity?.SetAllowed(desired.Values.Select(w => new SpiffeId(_identity.TrustDomain, w.Namespace, w.ServiceAccount)));
+
         List<KeyValuePair<string, PodProxy>> gone;
         lock (_pods)
         {
@@ -124,6 +133,7 @@ public sealed class NodeAgent : IAsyncDisposable
                 _pods.Remove(key);
             }
 
+            RemoveLocal(proxy);
             _ = proxy.DisposeAsync().AsTask();
 
             // The netns thread holds the namespace open; a deleted pod's namespace must be let go.
@@ -158,8 +168,8 @@ public sealed class NodeAgent : IAsyncDisposable
         var ipv4 = workload.Ipv4;
         var ipv6 = workload.Ipv6;
         var cookie = NetNamespace.GetCookie(workload.NetnsPath!);
-        var pod = new LocalPod(Key(workload), workload.NetnsPath!, cookie, ipv4, ipv6, workload.FailOpen);
-        var proxy = PodProxy.Start(pod, _capture!, _store!, _tracker!, _options.Proxy);
+        var pod = new LocalPod(workload.Namespace, workload.Name, workload.ServiceAccount, workload.NetnsPath!, cookie, ipv4, ipv6, workload.FailOpen);
+        var proxy = PodProxy.Start(pod, _services!);
         try
         {
             var capture = new PodCapture(ipv4, ipv6, workload.FailOpen);
@@ -177,7 +187,23 @@ public sealed class NodeAgent : IAsyncDisposable
             _pods[key] = proxy;
         }
 
+        foreach (var address in workload.Addresses)
+        {
+            _services!.LocalPods[address] = proxy;
+        }
+
         Log.Info("agent", $"{pod.Key}: enrolled (netns {pod.NetnsPath}, ip {ipv4}{(ipv6 is null ? "" : " " + ipv6)})");
+    }
+
+    private void RemoveLocal(PodProxy proxy)
+    {
+        foreach (var (address, local) in _services!.LocalPods)
+        {
+            if (ReferenceEquals(local, proxy))
+            {
+                _services.LocalPods.TryRemove(address, out _);
+            }
+        }
     }
 
     // A pod whose address or namespace changes is a new pod to the data path.
@@ -212,6 +238,7 @@ public sealed class NodeAgent : IAsyncDisposable
     {
         await StopAsync().ConfigureAwait(false);
         _tracker?.Dispose();
+        _identity?.Dispose();
         _capture?.Dispose();
     }
 }

@@ -7,11 +7,13 @@ namespace Weft.Proxy;
 internal sealed class ProxyConnection : IRelayObserver
 {
     private long _lastActivity = Environment.TickCount64;
-    private SocketRelay? _relay;
 
     public ProxyConnection(Flow flow) => Flow = flow;
 
     public Flow Flow { get; }
+
+    /// <summary>A second record of the same bytes: the destination's view of an in-node short cut.</summary>
+    public Flow? Mirror { get; set; }
 
     public long LastActivity => Volatile.Read(ref _lastActivity);
 
@@ -21,24 +23,37 @@ internal sealed class ProxyConnection : IRelayObserver
         if (fromA)
         {
             Flow.AddSent(count);
+            Mirror?.AddSent(count);
         }
         else
         {
             Flow.AddReceived(count);
+            Mirror?.AddReceived(count);
         }
 
         Volatile.Write(ref _lastActivity, Environment.TickCount64);
     }
 
+    private Action? _abort;
+
     public Task RelayAsync(Socket client, Socket upstream)
     {
-        _relay = new SocketRelay(client, upstream, this);
-        return _relay.RunAsync();
+        var relay = new SocketRelay(client, upstream, this);
+        _abort = relay.Abort;
+        return relay.RunAsync();
+    }
+
+    /// <summary>Relays between a socket and a tunnel stream; <paramref name="socketIsClient"/> says which side sends.</summary>
+    public Task RelayAsync(Socket socket, Weft.Hbone.HboneStream stream, bool socketIsClient)
+    {
+        var relay = new StreamRelay(socket, stream, () => stream.Reset(), this, socketIsClient);
+        _abort = relay.Abort;
+        return relay.RunAsync();
     }
 
     public void Abort(string reason)
     {
         Flow.Error ??= reason;
-        _relay?.Abort();
+        _abort?.Invoke();
     }
 }

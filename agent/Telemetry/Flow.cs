@@ -47,6 +47,20 @@ public sealed class Flow
 
     public string? DestinationService { get; set; }
 
+    /// <summary>SPIFFE ID of the client, when it proved one (mTLS or an in-node short cut).</summary>
+    public string? SourcePrincipal { get; set; }
+
+    /// <summary>SPIFFE ID the destination proved (outbound) or holds (inbound).</summary>
+    public string? DestinationPrincipal { get; set; }
+
+    /// <summary>Istio's connection_security_policy: "mutual_tls" or "none".</summary>
+    public string SecurityPolicy { get; set; } = "none";
+
+    public TimeSpan? TlsHandshakeTime { get; set; }
+
+    /// <summary>W3C trace context that arrived with (or was sent on) the tunnel request.</summary>
+    public string? TraceParent { get; set; }
+
     public DateTimeOffset Start { get; }
 
     public DateTimeOffset? End { get; private set; }
@@ -81,6 +95,14 @@ public sealed class Flow
         w.WriteString("destination", Destination?.ToString());
         w.WriteString("destination_service", DestinationService);
         w.WriteString("destination_workload", DestinationWorkload);
+        w.WriteString("source_principal", SourcePrincipal);
+        w.WriteString("destination_principal", DestinationPrincipal);
+        w.WriteString("connection_security_policy", SecurityPolicy);
+        if (TraceParent is not null)
+        {
+            w.WriteString("traceparent", TraceParent);
+        }
+
         w.WriteString("start", Start);
         if (End is { } end)
         {
@@ -91,6 +113,11 @@ public sealed class Flow
         if (ConnectTime is { } connect)
         {
             w.WriteNumber("connect_ms", Math.Round(connect.TotalMilliseconds, 3));
+        }
+
+        if (TlsHandshakeTime is { } tls)
+        {
+            w.WriteNumber("tls_handshake_ms", Math.Round(tls.TotalMilliseconds, 3));
         }
 
         w.WriteNumber("bytes_sent", BytesSent);

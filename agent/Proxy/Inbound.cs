@@ -1,0 +1,246 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using Weft.Hbone;
+using Weft.Identity;
+using Weft.Inventory;
+using Weft.Policy;
+using Weft.Telemetry;
+
+namespace Weft.Proxy;
+
+/// <summary>
+/// Inbound: connections for this pod from elsewhere.
+/// <code>
+///  [::]:15008  TLS 1.3 (client SVID verified) → HTTP/2 CONNECT podIP:port → authorize → app
+///  [::]:15006  plaintext steered by sk_lookup  → STRICT refuses; PERMISSIVE authorizes → app
+/// </code>
+/// Nothing reaches the app before the connection is authorized.
+/// </summary>
+internal sealed partial class PodProxy
+{
+    private async Task HandlePassthroughAsync(Socket client)
+    {
+        var remote = (IPEndPoint)client.RemoteEndPoint!;
+        var local = (IPEndPoint)client.LocalEndPoint!;
+        var source = new IPEndPoint(Unmap(remote.Address), remote.Port);
+        var original = new IPEndPoint(Unmap(local.Address), local.Port);
+        var snapshot = _services.Inventory.Current;
+        var flow = new Flow(FlowDirection.Inbound, source, original)
+        {
+            SourceWorkload = snapshot.TryGetWorkload(source.Address, out var from) ? $"{from!.Namespace}/{from.Name}" : null,
+            DestinationWorkload = Pod.Key,
+            Destination = original,
+        };
+        var self = Pod.Ipv4 ?? Pod.Ipv6;
+        if (self is not null && snapshot.TryGetWorkload(self, out var workload) && workload is not null
+            && Authorizer.ModeFor(snapshot, workload) == MtlsMode.Strict)
+        {
+            Refuse(client, flow, "DENY", "plaintext refused: mTLS mode is STRICT");
+            return;
+        }
+
+        if (!Authorize(flow, ConnectionAttributes.Plaintext(source.Address, original.Port)))
+        {
+            Refuse(client, flow, flow.ResponseFlags, flow.Error!);
+            return;
+        }
+
+        if (!TryReserve())
+        {
+            Refuse(client, flow, "UO", LimitReason);
+            return;
+        }
+
+        var connection = new ProxyConnection(flow);
+        _services.Tracker.Add(connection);
+        try
+        {
+            await PlaintextAsync(connection, client, original).ConfigureAwait(false);
+        }
+        finally
+        {
+            client.Dispose();
+            Release();
+            _services.Tracker.Remove(connection);
+        }
+    }
+
+    private async Task HandleTunnelAsync(Socket socket)
+    {
+        var remote = (IPEndPoint)socket.RemoteEndPoint!;
+        var peerAddress = Unmap(remote.Address);
+        var identity = _services.Identity!;
+        var self = _services.IdentityOf(Pod.Namespace, Pod.ServiceAccount);
+        var ssl = new SslStream(new NetworkStream(socket, ownsSocket: true), leaveInnerStreamOpen: false);
+        SpiffeId? peer = null;
+        string? refusal = null;
+        var started = Stopwatch.GetTimestamp();
+        try
+        {
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+            timeout.CancelAfter(Options.ConnectTimeout * 2);
+            var options = identity.Tls.ServerOptions(() => identity.Get(self), (id, reason) => (peer, refusal) = (id, reason));
+            await ssl.AuthenticateAsServerAsync(options, timeout.Token).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            // A peer that cannot prove a mesh identity gets nothing: one record, one closed connection.
+            var flow = new Flow(FlowDirection.Inbound, new IPEndPoint(peerAddress, remote.Port), new IPEndPoint(Pod.Ipv4 ?? Pod.Ipv6!, HbonePool.TunnelPort))
+            {
+                DestinationWorkload = Pod.Key,
+                DestinationPrincipal = self.ToString(),
+                SecurityPolicy = "mutual_tls",
+            };
+            _services.Tracker.Flows.Opened(flow);
+            flow.ResponseFlags = "TLS_FAILURE";
+            flow.Error = refusal ?? (e is OperationCanceledException ? "TLS handshake timed out" : e.Message);
+            _services.Tracker.Flows.Closed(flow);
+            await ssl.DisposeAsync().ConfigureAwait(false);
+            return;
+        }
+
+        var handshake = Stopwatch.GetElapsedTime(started);
+        try
+        {
+            await HboneServer.RunConnectionAsync(ssl, request => HandleConnectAsync(request, peer!, self, peerAddress, handshake),
+                _services.Hbone, _stop.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        catch (Exception e)
+        {
+            Log.Debug("proxy", $"{Pod.Key}: tunnel from {peerAddress}: {e.Message}");
+        }
+        finally
+        {
+            await ssl.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    private async Task HandleConnectAsync(HboneRequest request, SpiffeId peer, SpiffeId self, IPAddress tunnelSource, TimeSpan handshake)
+    {
+        var snapshot = _services.Inventory.Current;
+        var source = ForwardedFor(request) ?? new IPEndPoint(tunnelSource, 0);
+        var target = IPEndPoint.TryParse(request.Authority, out var parsed) ? new IPEndPoint(Unmap(parsed.Address), parsed.Port) : null;
+        var flow = new Flow(FlowDirection.Inbound, source, target ?? new IPEndPoint(IPAddress.None, 0))
+        {
+            SourcePrincipal = peer.ToString(),
+            SourceWorkload = snapshot.TryGetWorkload(tunnelSource, out var from) ? $"{from!.Namespace}/{from.Name}" : null,
+            DestinationWorkload = Pod.Key,
+            DestinationPrincipal = self.ToString(),
+            SecurityPolicy = "mutual_tls",
+            TlsHandshakeTime = handshake,
+            TraceParent = Header(request, "traceparent"),
+            Destination = target,
+        };
+        if (target is null || target.Port == 0 || !(target.Address.Equals(Pod.Ipv4) || target.Address.Equals(Pod.Ipv6)))
+        {
+            await RejectAsync(request, flow, 400, "CONNECT", $"CONNECT {request.Authority} does not name this pod ({Pod.Key})").ConfigureAwait(false);
+            return;
+        }
+
+        if (!Authorize(flow, ConnectionAttributes.Mtls(peer.ToString(), tunnelSource, target.Port)))
+        {
+            await RejectAsync(request, flow, 403, flow.ResponseFlags, flow.Error!).ConfigureAwait(false);
+            return;
+        }
+
+        if (!TryReserve())
+        {
+            await RejectAsync(request, flow, 503, "UO", LimitReason).ConfigureAwait(false);
+            return;
+        }
+
+        var connection = new ProxyConnection(flow);
+        _services.Tracker.Add(connection);
+        try
+        {
+            Socket upstream;
+            var started = Stopwatch.GetTimestamp();
+            try
+            {
+                upstream = await Upstream.ConnectAsync(Pod.NetnsPath, target, Options, _stop.Token).ConfigureAwait(false);
+            }
+            catch (SocketException e)
+            {
+                flow.ResponseFlags = "UF";
+                flow.Error = $"connect {target}: {e.SocketErrorCode}";
+                await request.RejectAsync(503).ConfigureAwait(false);
+                return;
+            }
+
+            flow.ConnectTime = Stopwatch.GetElapsedTime(started);
+            using (upstream)
+            {
+                var stream = await request.AcceptAsync().ConfigureAwait(false);
+                await using (stream)
+                {
+                    await connection.RelayAsync(upstream, stream, socketIsClient: false).ConfigureAwait(false);
+                }
+            }
+        }
+        catch (Exception e) when (e is HboneException or OperationCanceledException or IOException)
+        {
+            flow.Error ??= e.Message;
+        }
+        finally
+        {
+            Release();
+            _services.Tracker.Remove(connection);
+        }
+    }
+
+    private async Task RejectAsync(HboneRequest request, Flow flow, int status, string flags, string reason)
+    {
+        flow.ResponseFlags = flags;
+        flow.Error = reason;
+        _services.Tracker.Flows.Opened(flow);
+        try
+        {
+            await request.RejectAsync(status).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is HboneException or IOException or OperationCanceledException)
+        {
+        }
+
+        _services.Tracker.Flows.Closed(flow);
+    }
+
+    private static string? Header(HboneRequest request, string name)
+    {
+        foreach (var (key, value) in request.Headers)
+        {
+            if (string.Equals(key, name, StringComparison.OrdinalIgnoreCase))
+            {
+                return value;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>The client's address from <c>Forwarded: for="ip:port"</c> (RFC 7239), when present and well formed.</summary>
+    private static IPEndPoint? ForwardedFor(HboneRequest request)
+    {
+        var value = Header(request, "forwarded");
+        if (value is null)
+        {
+            return null;
+        }
+
+        foreach (var part in value.Split(';', ','))
+        {
+            var pair = part.Trim();
+            if (pair.StartsWith("for=", StringComparison.OrdinalIgnoreCase))
+            {
+                var address = pair[4..].Trim('"');
+                return IPEndPoint.TryParse(address, out var endpoint) ? new IPEndPoint(Unmap(endpoint.Address), endpoint.Port) : null;
+            }
+        }
+
+        return null;
+    }
+}

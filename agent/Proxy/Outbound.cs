@@ -1,0 +1,268 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using Weft.Hbone;
+using Weft.Identity;
+using Weft.Inventory;
+using Weft.Policy;
+using Weft.Telemetry;
+
+namespace Weft.Proxy;
+
+/// <summary>
+/// Outbound: a connection the pod's app opened, handed over by connect4.
+/// <code>
+///  accept on 127.0.0.1:15001 → original destination from the BPF map → Service VIP? pick a ready endpoint
+///    destination is a meshed pod on this node  → in-process short cut to its inbound side (authorized)
+///    destination is a meshed pod elsewhere     → HBONE stream in a pooled mTLS tunnel to podIP:15008
+///    anything else                             → plaintext, from inside the pod's netns
+/// </code>
+/// </summary>
+internal sealed partial class PodProxy
+{
+    private async Task HandleOutboundAsync(Socket client)
+    {
+        var remote = (IPEndPoint)client.RemoteEndPoint!;
+        var family = remote.AddressFamily;
+        if (!_services.Capture.TryTakeOriginalDestination(Pod.NetnsCookie, (ushort)remote.Port, family, out var original) || original is null)
+        {
+            // Nothing recorded this connection: it was not captured, so it has no destination to go to.
+            Log.Warn("proxy", $"{Pod.Key}: no original destination for client port {remote.Port}");
+            RelayPumps.Reset(client);
+            return;
+        }
+
+        var flow = new Flow(FlowDirection.Outbound, new IPEndPoint(Pod.AddressFor(family) ?? remote.Address, remote.Port), original)
+        {
+            SourceWorkload = Pod.Key,
+        };
+        var snapshot = _services.Inventory.Current;
+        var destination = original;
+        if (snapshot.TryResolveService(original, out var service) && service is not null)
+        {
+            flow.DestinationService = $"{service.Service.Namespace}/{service.Service.Name}";
+            var picked = service.Pick();
+            if (picked is null)
+            {
+                Refuse(client, flow, "UH", "service has no ready endpoint");
+                return;
+            }
+
+            destination = picked;
+        }
+
+        flow.Destination = destination;
+        var target = snapshot.TryGetWorkload(destination.Address, out var workload) ? workload : null;
+        flow.DestinationWorkload = target is null ? null : $"{target.Namespace}/{target.Name}";
+        if (!TryReserve())
+        {
+            Refuse(client, flow, "UO", LimitReason);
+            return;
+        }
+
+        var connection = new ProxyConnection(flow);
+        _services.Tracker.Add(connection);
+        try
+        {
+            if (_services.Identity is not null && target is { Enrolled: true, HostNetwork: false })
+            {
+                var sourceId = _services.IdentityOf(Pod.Namespace, Pod.ServiceAccount);
+                var destinationId = _services.IdentityOf(target.Namespace, target.ServiceAccount);
+                flow.SourcePrincipal = sourceId.ToString();
+                flow.DestinationPrincipal = destinationId.ToString();
+                flow.SecurityPolicy = "mutual_tls";
+                if (_services.LocalPods.TryGetValue(destination.Address, out var local))
+                {
+                    await local.DeliverLocalAsync(connection, client, sourceId, destination).ConfigureAwait(false);
+                }
+                else
+                {
+                    await TunnelAsync(connection, client, sourceId, destinationId, destination).ConfigureAwait(false);
+                }
+            }
+            else
+            {
+                await PlaintextAsync(connection, client, destination).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            client.Dispose();
+            Release();
+            _services.Tracker.Remove(connection);
+        }
+    }
+
+    private async Task PlaintextAsync(ProxyConnection connection, Socket client, IPEndPoint destination)
+    {
+        var upstream = await ConnectAppAsync(connection.Flow, client, Pod.NetnsPath, destination).ConfigureAwait(false);
+        if (upstream is null)
+        {
+            return;
+        }
+
+        using (upstream)
+        {
+            await connection.RelayAsync(client, upstream).ConfigureAwait(false);
+        }
+    }
+
+    private async Task TunnelAsync(ProxyConnection connection, Socket client, SpiffeId sourceId, SpiffeId destinationId, IPEndPoint destination)
+    {
+        var flow = connection.Flow;
+        flow.TraceParent = NewTraceParent();
+        KeyValuePair<string, string>[] headers =
+        [
+            new("forwarded", $"for=\"{flow.Source}\""),
+            new("traceparent", flow.TraceParent),
+        ];
+        HbonePool.Opened opened;
+        var started = Stopwatch.GetTimestamp();
+        try
+        {
+            using var timeout = new CancellationTokenSource(Options.ConnectTimeout * 2);
+            opened = await _services.Tunnels!.OpenStreamAsync(Pod, sourceId, destinationId, destination.Address,
+                destination.ToString(), headers, timeout.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is TunnelException or HboneException or SocketException or OperationCanceledException or IdentityException)
+        {
+            (flow.ResponseFlags, flow.Error) = e switch
+            {
+                TunnelException { IsTls: true } => ("TLS_FAILURE", e.Message),
+                HboneException { StatusCode: 403 } => ("DENY", $"{destination} refused the tunnel: not authorized"),
+                HboneException h => ("CONNECT", $"tunnel to {destination}: {h.Message}"),
+                OperationCanceledException => ("UF", $"tunnel to {destination}: timed out"),
+                _ => ("UF", $"tunnel to {destination}: {e.Message}"),
+            };
+            RelayPumps.Reset(client);
+            return;
+        }
+
+        flow.ConnectTime = Stopwatch.GetElapsedTime(started);
+        flow.TlsHandshakeTime = opened.Handshake;
+        await using (opened.Stream)
+        {
+            await connection.RelayAsync(client, opened.Stream, socketIsClient: true).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// The in-process short cut: a meshed pod on this node reaches another one without a tunnel, but its
+    /// destination still authorizes it as if it had come through one, and records its own inbound flow.
+    /// </summary>
+    private async Task DeliverLocalAsync(ProxyConnection connection, Socket client, SpiffeId sourceId, IPEndPoint destination)
+    {
+        var outbound = connection.Flow;
+        var inbound = new Flow(FlowDirection.Inbound, outbound.Source, destination)
+        {
+            SourceWorkload = outbound.SourceWorkload,
+            SourcePrincipal = outbound.SourcePrincipal,
+            DestinationWorkload = Pod.Key,
+            DestinationPrincipal = outbound.DestinationPrincipal,
+            SecurityPolicy = "mutual_tls",
+            Destination = destination,
+        };
+        _services.Tracker.Flows.Opened(inbound);
+        try
+        {
+            if (!Authorize(inbound, ConnectionAttributes.Mtls(sourceId.ToString(), outbound.Source.Address, destination.Port)))
+            {
+                (outbound.ResponseFlags, outbound.Error) = (inbound.ResponseFlags, inbound.Error);
+                RelayPumps.Reset(client);
+                return;
+            }
+
+            if (!TryReserve())
+            {
+                inbound.ResponseFlags = outbound.ResponseFlags = "UO";
+                inbound.Error = outbound.Error = LimitReason;
+                RelayPumps.Reset(client);
+                return;
+            }
+
+            try
+            {
+                var upstream = await ConnectAppAsync(outbound, client, Pod.NetnsPath, destination).ConfigureAwait(false);
+                if (upstream is null)
+                {
+                    (inbound.ResponseFlags, inbound.Error) = (outbound.ResponseFlags, outbound.Error);
+                    return;
+                }
+
+                connection.Mirror = inbound;
+                using (upstream)
+                {
+                    await connection.RelayAsync(client, upstream).ConfigureAwait(false);
+                }
+            }
+            finally
+            {
+                Release();
+            }
+        }
+        finally
+        {
+            _services.Tracker.Flows.Closed(inbound);
+        }
+    }
+
+    /// <summary>Applies the destination's policies (this pod's) to a connection; records a denial on the flow.</summary>
+    private bool Authorize(Flow flow, ConnectionAttributes attributes)
+    {
+        var snapshot = _services.Inventory.Current;
+        var self = Pod.Ipv4 ?? Pod.Ipv6;
+        if (self is null || !snapshot.TryGetWorkload(self, out var workload) || workload is null)
+        {
+            flow.ResponseFlags = "DENY";
+            flow.Error = $"{Pod.Key} is no longer in the inventory";
+            return false;
+        }
+
+        var decision = Authorizer.Evaluate(snapshot, workload, attributes);
+        if (decision.Allowed)
+        {
+            return true;
+        }
+
+        flow.ResponseFlags = "DENY";
+        flow.Error = decision.Reason;
+        return false;
+    }
+
+    /// <summary>Connects to <paramref name="destination"/> from inside <paramref name="netnsPath"/>; on failure resets the client and returns null.</summary>
+    private async Task<Socket?> ConnectAppAsync(Flow flow, Socket client, string netnsPath, IPEndPoint destination)
+    {
+        var started = Stopwatch.GetTimestamp();
+        try
+        {
+            var upstream = await Upstream.ConnectAsync(netnsPath, destination, Options).ConfigureAwait(false);
+            flow.ConnectTime = Stopwatch.GetElapsedTime(started);
+            return upstream;
+        }
+        catch (SocketException e)
+        {
+            // The client already has a connection, so it learns of the failure as a reset.
+            flow.ResponseFlags = "UF";
+            flow.Error = $"connect {destination}: {e.SocketErrorCode}";
+            RelayPumps.Reset(client);
+            return null;
+        }
+    }
+
+    private void Refuse(Socket client, Flow flow, string flags, string reason)
+    {
+        flow.ResponseFlags = flags;
+        flow.Error = reason;
+        RelayPumps.Reset(client);
+        _services.Tracker.Flows.Opened(flow);
+        _services.Tracker.Flows.Closed(flow);
+    }
+
+    private static string NewTraceParent()
+    {
+        Span<byte> ids = stackalloc byte[24];
+        RandomNumberGenerator.Fill(ids);
+        return $"00-{Convert.ToHexStringLower(ids[..16])}-{Convert.ToHexStringLower(ids[16..])}-01";
+    }
+}

@@ -1,0 +1,43 @@
+using System.Collections.Concurrent;
+using System.Net;
+using Weft.Capture;
+using Weft.Hbone;
+using Weft.Identity;
+using Weft.Inventory;
+
+namespace Weft.Proxy;
+
+/// <summary>What every pod's proxy shares on one node.</summary>
+internal sealed class ProxyServices
+{
+    public ProxyServices(BpfCapture capture, InventoryStore inventory, ConnectionTracker tracker, ProxyOptions options,
+        IdentityManager? identity)
+    {
+        Capture = capture;
+        Inventory = inventory;
+        Tracker = tracker;
+        Options = options;
+        Identity = identity;
+        Tunnels = identity is null ? null : new HbonePool(identity, options);
+    }
+
+    public BpfCapture Capture { get; }
+
+    public InventoryStore Inventory { get; }
+
+    public ConnectionTracker Tracker { get; }
+
+    public ProxyOptions Options { get; }
+
+    /// <summary>Null when no CA is configured: traffic is forwarded in plaintext (issue #2 mode).</summary>
+    public IdentityManager? Identity { get; }
+
+    public HbonePool? Tunnels { get; }
+
+    public HboneSettings Hbone { get; } = new();
+
+    /// <summary>This node's enrolled pods by address: the in-process short cut for same-node traffic.</summary>
+    public ConcurrentDictionary<IPAddress, PodProxy> LocalPods { get; } = new();
+
+    public SpiffeId IdentityOf(string ns, string serviceAccount) => new(Identity!.TrustDomain, ns, serviceAccount);
+}
