@@ -10,6 +10,7 @@ public sealed class MeshCluster : IAsyncDisposable
 {
     private readonly Dictionary<string, ManagedProcess> _agents = new();
     private readonly string _dir;
+    private string[]? _agentArgs;
 
     private MeshCluster(NetnsCluster cluster)
     {
@@ -22,17 +23,33 @@ public sealed class MeshCluster : IAsyncDisposable
 
     public string InventoryPath { get; }
 
+    /// <summary>The mesh CA when the cluster runs with mTLS (<see cref="StartAsync"/> with mtls: true).</summary>
+    public Weft.Identity.CaFiles? Ca { get; private set; }
+
+    public const string TrustDomain = "cluster.local";
+
     public ManagedProcess Agent(string node) => _agents[node];
 
     public string PinRoot(ClusterNode node) => $"/sys/fs/bpf/weft-{Cluster.RunId}-{node.Name}";
 
     /// <summary>Builds the cluster, writes the inventory and starts one agent per node.</summary>
-    public static async Task<MeshCluster> StartAsync(ClusterSpec spec, Func<NetnsCluster, string> inventory, params string[] agentArgs)
+    public static Task<MeshCluster> StartAsync(ClusterSpec spec, Func<NetnsCluster, string> inventory, params string[] agentArgs) =>
+        StartAsync(spec, inventory, mtls: false, agentArgs);
+
+    /// <summary>As above; with <paramref name="mtls"/> a fresh root CA is made and every agent tunnels with mTLS.</summary>
+    public static async Task<MeshCluster> StartAsync(ClusterSpec spec, Func<NetnsCluster, string> inventory, bool mtls, params string[] agentArgs)
     {
         var cluster = await NetnsCluster.CreateAsync(spec);
         var mesh = new MeshCluster(cluster);
         try
         {
+            if (mtls)
+            {
+                mesh.Ca = Weft.Identity.SelfSignedRoot.Write(Path.Combine(mesh._dir, "ca"), TrustDomain);
+                agentArgs = [.. agentArgs, "--trust-domain", TrustDomain, "--ca-cert", mesh.Ca.CertificatePath,
+                    "--ca-key", mesh.Ca.KeyPath, "--trust-bundle", mesh.Ca.TrustBundlePath];
+            }
+
             mesh.WriteInventory(inventory(cluster));
             foreach (var node in cluster.Nodes)
             {
@@ -59,6 +76,8 @@ public sealed class MeshCluster : IAsyncDisposable
     /// <summary>Starts <c>weft agent</c> in the node's netns and waits until it says it is ready.</summary>
     public async Task<ManagedProcess> StartAgentAsync(ClusterNode node, params string[] extraArgs)
     {
+        _agentArgs ??= extraArgs;
+        extraArgs = extraArgs.Length == 0 ? _agentArgs : extraArgs;
         string[] defaults = extraArgs.Contains("--admin") ? [] : ["--admin", "off"];
         var agent = node.StartWeft(
             ["agent", "--node", node.Name, "--inventory", InventoryPath, "--cgroup", node.CgroupPath,

@@ -1,0 +1,178 @@
+using System.Diagnostics;
+using System.Text;
+using Weft.Harness;
+
+namespace Weft.Tests.EndToEnd;
+
+/// <summary>Pod traffic between agents that hold a CA: mTLS tunnels, identities, policy, modes.</summary>
+[Collection(NetnsCollection.Name)]
+public class MutualTlsTests
+{
+    private static readonly TimeSpan Long = TimeSpan.FromMinutes(2);
+
+    private static ClusterSpec Spec() => new(
+        new NodeSpec("node1", new PodSpec("demo", "a1"), new PodSpec("demo", "a2"), new PodSpec("demo", "x1")),
+        new NodeSpec("node2", new PodSpec("demo", "b1")));
+
+    private static string Inventory(NetnsCluster c, string extra = "") => c.InventoryYaml(new InventoryOptions
+    {
+        Omit = [c.Pod("demo", "x1")],
+        Services = [new ServiceSpec("b", "demo", "10.96.0.10", 80, 8080, c.Pod("demo", "b1"))],
+    }) + extra;
+
+    private static int Served(ManagedProcess server) => server.StdoutLines.Count(l => l.Contains("sha256", StringComparison.Ordinal));
+
+    [Fact]
+    public async Task CrossNode_RidesMtlsTunnel_WireShowsOnlyPort15008_PayloadNeverInClear()
+    {
+        const long bytes = 8L * 1024 * 1024;
+        await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
+        var server = mesh.Cluster.Pod("demo", "b1");
+        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", bytes.ToString());
+        var pcap = Path.Combine(Path.GetTempPath(), $"weft-{mesh.Cluster.RunId}.pcap");
+        using var capture = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", mesh.Cluster.UnderlayNetnsName,
+            "tcpdump", "-i", "br0", "-U", "-s", "0", "-w", pcap, "tcp"]) { RedirectStandardError = true })!;
+        try
+        {
+            await Task.Delay(1000);
+            var run = await MeshCluster.RunPeerAsync(mesh.Cluster.Pod("demo", "a1"), Long, "send", "--to", $"{server.Address}:8080",
+                "--bytes", bytes.ToString(), "--expect-reply-bytes", bytes.ToString());
+            Assert.True(run.ExitCode == 0, run.ToString());
+            Assert.Equal(Pattern.Sha256(bytes), run.Connections[0].GetProperty("received_sha256").GetString());
+            await Task.Delay(500);
+        }
+        finally
+        {
+            capture.Kill();
+            await capture.WaitForExitAsync();
+        }
+
+        try
+        {
+            var raw = File.ReadAllBytes(pcap);
+            Assert.True(raw.Length > 2 * bytes, $"capture holds {raw.Length} bytes: did it see the transfer?");
+
+            // Not one 64-byte run of the known payload crosses the wire in the clear.
+            var probe = Pattern.Block.Span[1000..1064].ToArray();
+            Assert.True(raw.AsSpan().IndexOf(probe) < 0, "payload found in clear text on the wire");
+
+            // Every TCP segment between the nodes is to or from the tunnel port.
+            var other = Run("tcpdump", "-nn", "-r", pcap, "tcp and not port 15008");
+            Assert.True(other.Trim().Length == 0, $"traffic other than port 15008 on the wire:\n{other}");
+            var tunnel = Run("tcpdump", "-nn", "-r", pcap, "-c", "5", $"tcp dst port 15008 and dst host {server.Address}");
+            Assert.Contains(".15008:", tunnel);
+        }
+        finally
+        {
+            File.Delete(pcap);
+        }
+
+        var outbound = await PodTrafficTests.WaitForFlowAsync(mesh.Agent("node1"), f => f.GetProperty("direction").GetString() == "outbound");
+        Assert.Equal("mutual_tls", outbound.GetProperty("connection_security_policy").GetString());
+        Assert.Equal("spiffe://cluster.local/ns/demo/sa/a", outbound.GetProperty("source_principal").GetString());
+        Assert.Equal("spiffe://cluster.local/ns/demo/sa/b", outbound.GetProperty("destination_principal").GetString());
+        var inbound = await PodTrafficTests.WaitForFlowAsync(mesh.Agent("node2"), f => f.GetProperty("direction").GetString() == "inbound");
+        Assert.Equal("spiffe://cluster.local/ns/demo/sa/a", inbound.GetProperty("source_principal").GetString());
+        Assert.Equal("demo/a1", inbound.GetProperty("source_workload").GetString());
+        Assert.Equal(bytes, inbound.GetProperty("bytes_sent").GetInt64());
+        Assert.Equal(bytes, inbound.GetProperty("bytes_received").GetInt64());
+        Assert.Equal(outbound.GetProperty("traceparent").GetString(), inbound.GetProperty("traceparent").GetString());
+    }
+
+    [Fact]
+    public async Task SameNode_ShortCut_IsAuthorizedAndRecordedOnBothSides()
+    {
+        await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
+        var server = mesh.Cluster.Pod("demo", "a2");
+        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "1000");
+        await Task.Delay(300);
+
+        var run = await MeshCluster.RunPeerAsync(mesh.Cluster.Pod("demo", "a1"), Long, "send", "--to", $"{server.Address}:8080",
+            "--bytes", "5000", "--expect-reply-bytes", "1000");
+
+        Assert.True(run.ExitCode == 0, run.ToString());
+        var agent = mesh.Agent("node1");
+        var inbound = await PodTrafficTests.WaitForFlowAsync(agent, f => f.GetProperty("direction").GetString() == "inbound");
+        Assert.Equal("spiffe://cluster.local/ns/demo/sa/a", inbound.GetProperty("source_principal").GetString());
+        Assert.Equal("demo/a2", inbound.GetProperty("destination_workload").GetString());
+        Assert.Equal(5000, inbound.GetProperty("bytes_sent").GetInt64());
+    }
+
+    [Fact]
+    public async Task DenyPolicy_RefusesBeforeAnyByteReachesTheApp_AndSaysWhy()
+    {
+        const string deny = """
+
+            ---
+            apiVersion: weft.dev/v1alpha1
+            kind: AuthorizationPolicy
+            metadata: {name: deny-a, namespace: demo}
+            spec:
+              selector: {matchLabels: {app: b}}
+              action: DENY
+              rules:
+              - from: [{source: {principals: ["cluster.local/ns/demo/sa/a"]}}]
+            """;
+        await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c, deny), mtls: true);
+        var server = mesh.Cluster.Pod("demo", "b1");
+        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "10");
+        await Task.Delay(300);
+
+        var run = await MeshCluster.RunPeerAsync(mesh.Cluster.Pod("demo", "a1"), Long, "send", "--to", "10.96.0.10:80",
+            "--bytes", "100", "--expect-reply-bytes", "10", "--timeout-ms", "5000");
+
+        Assert.NotEqual(0, run.ExitCode);
+        var denied = await PodTrafficTests.WaitForFlowAsync(mesh.Agent("node2"), f => f.GetProperty("response_flags").GetString() == "DENY");
+        Assert.Contains("demo/deny-a", denied.GetProperty("error").GetString());
+        var outbound = await PodTrafficTests.WaitForFlowAsync(mesh.Agent("node1"), f => f.GetProperty("direction").GetString() == "outbound");
+        Assert.Equal("DENY", outbound.GetProperty("response_flags").GetString());
+        await Task.Delay(300);
+        Assert.Equal(0, Served(serve));
+    }
+
+    [Fact]
+    public async Task Strict_RefusesPlaintextFromOutsideTheMesh_PermissiveLetsItThroughAsPlaintext()
+    {
+        const string strict = """
+
+            ---
+            apiVersion: weft.dev/v1alpha1
+            kind: PeerAuthentication
+            metadata: {name: strict, namespace: demo}
+            spec: {mtls: {mode: STRICT}}
+            """;
+        await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
+        var server = mesh.Cluster.Pod("demo", "b1");
+        var stranger = mesh.Cluster.Pod("demo", "x1");
+        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "10");
+        await Task.Delay(300);
+
+        var permitted = await MeshCluster.RunPeerAsync(stranger, Long, "send", "--to", $"{server.Address}:8080", "--bytes", "100", "--expect-reply-bytes", "10");
+        Assert.True(permitted.ExitCode == 0, permitted.ToString());
+        var plaintext = await PodTrafficTests.WaitForFlowAsync(mesh.Agent("node2"), f => f.GetProperty("direction").GetString() == "inbound");
+        Assert.Equal("none", plaintext.GetProperty("connection_security_policy").GetString());
+
+        var agent = mesh.Agent("node2");
+        var applied = agent.StderrLines.Count(l => l.Contains("inventory version", StringComparison.Ordinal));
+        mesh.WriteInventory(Inventory(mesh.Cluster, strict));
+        await CaptureScopeTests.WaitUntilAsync(() => agent.StderrLines.Count(l => l.Contains("inventory version", StringComparison.Ordinal)) > applied);
+        var servedBefore = Served(serve);
+        var refused = await MeshCluster.RunPeerAsync(stranger, Long, "send", "--to", $"{server.Address}:8080", "--bytes", "100", "--expect-reply-bytes", "10", "--timeout-ms", "5000");
+        Assert.NotEqual(0, refused.ExitCode);
+        await PodTrafficTests.WaitForFlowAsync(agent, f => f.TryGetProperty("error", out var e) && e.GetString()!.Contains("STRICT", StringComparison.Ordinal));
+        Assert.Equal(servedBefore, Served(serve));
+
+        // Meshed pods still get through: they arrive in mTLS.
+        var meshed = await MeshCluster.RunPeerAsync(mesh.Cluster.Pod("demo", "a1"), Long, "send", "--to", $"{server.Address}:8080", "--bytes", "100", "--expect-reply-bytes", "10");
+        Assert.True(meshed.ExitCode == 0, meshed.ToString());
+    }
+
+    private static string Run(string file, params string[] args)
+    {
+        var info = new ProcessStartInfo(file, args) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var process = Process.Start(info)!;
+        var output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        return output;
+    }
+}
