@@ -114,7 +114,7 @@ public class IdentityManagerTests
     }
 
     [Fact]
-    public void CaRotation_OnDisk_IsPickedUpWithoutRestart_AndOldPeersStillVerifyWhileBothRootsAreTrusted()
+    public async Task CaRotation_OnDisk_IsPickedUpWithoutRestart_AndOldPeersStillVerifyWhileBothRootsAreTrusted()
     {
         using var dir = new TempDir();
         var rootA = TestCa.Root("root-a");
@@ -141,12 +141,26 @@ public class IdentityManagerTests
         Assert.Same(reissued, identities.Get(A));
         Assert.Equal(A, identities.Verifier.Verify(reissued.Certificate).Id);
         Assert.Equal(A, identities.Verifier.Verify(oldSvid.Certificate).Id);
+        // Over real TLS: a peer still holding an SVID from root A talks to a server already on root B.
+        var serverSaw = new PeerReport();
+        var clientSaw = new PeerReport();
+        var outcome = await LoopbackTls.RunAsync(
+            identities.Tls.ServerOptions(() => identities.Get(A), serverSaw.Record),
+            identities.Tls.ClientOptions(oldSvid, A, clientSaw.Record));
+        Assert.True(outcome.Established, $"server: {serverSaw.Reason} client: {clientSaw.Reason}");
+        Assert.Equal(A, serverSaw.Id);
 
         // Step 3: retire root A: its certificates are no longer accepted.
         rootB.WriteTo(dir.Path);
         WaitUntil(() => Volatile.Read(ref changed) == 3, "the bundle without root A is loaded");
         Assert.Single(identities.Authority.TrustBundle);
         Assert.StartsWith("unknown CA", identities.Verifier.Verify(oldSvid.Certificate).Reason);
+        serverSaw = new PeerReport();
+        outcome = await LoopbackTls.RunAsync(
+            identities.Tls.ServerOptions(() => identities.Get(A), serverSaw.Record),
+            identities.Tls.ClientOptions(oldSvid, A));
+        Assert.False(outcome.Established);
+        Assert.StartsWith("unknown CA", serverSaw.Reason);
         Assert.True(identities.Verifier.Verify(identities.Get(A).Certificate).Verified);
     }
 
