@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Authentication;
 using Weft.Hbone;
 using Weft.Identity;
 
@@ -88,6 +89,10 @@ internal sealed class HbonePool
             try
             {
                 await ssl.AuthenticateAsClientAsync(options, timeout.Token).ConfigureAwait(false);
+                if (ssl.NegotiatedApplicationProtocol != SslApplicationProtocol.Http2)
+                {
+                    throw new AuthenticationException("server did not negotiate ALPN h2");
+                }
             }
             catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
             {

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Authentication;
 using Weft.Hbone;
 using Weft.Identity;
 using Weft.Inventory;
@@ -83,6 +84,10 @@ internal sealed partial class PodProxy
             timeout.CancelAfter(Options.ConnectTimeout * 2);
             var options = identity.Tls.ServerOptions(() => identity.Get(self), (id, reason) => (peer, refusal) = (id, reason));
             await ssl.AuthenticateAsServerAsync(options, timeout.Token).ConfigureAwait(false);
+            if (ssl.NegotiatedApplicationProtocol != SslApplicationProtocol.Http2)
+            {
+                throw new AuthenticationException("peer did not negotiate ALPN h2");
+            }
         }
         catch (Exception e)
         {

@@ -167,6 +167,34 @@ public class MutualTlsTests
         Assert.True(meshed.ExitCode == 0, meshed.ToString());
     }
 
+    [Fact]
+    public async Task PeerAgentWithAnotherCa_IsRefused_WithTlsFailureRecorded_AndNothingReachesTheApp()
+    {
+        await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
+        var server = mesh.Cluster.Pod("demo", "b1");
+        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "10");
+
+        // node2's agent is replaced by one whose CA the mesh does not trust.
+        var node2 = mesh.Cluster.Node("node2");
+        var old = mesh.Agent("node2");
+        old.Stop();
+        await old.WaitForExitAsync(TimeSpan.FromSeconds(15));
+        var rogue = Weft.Identity.SelfSignedRoot.Write(Path.Combine(Path.GetDirectoryName(mesh.InventoryPath)!, "rogue"), MeshCluster.TrustDomain);
+        var agent = await mesh.StartAgentAsync(node2, "--trust-domain", MeshCluster.TrustDomain, "--ca-cert", rogue.CertificatePath,
+            "--ca-key", rogue.KeyPath, "--trust-bundle", rogue.TrustBundlePath);
+
+        var run = await MeshCluster.RunPeerAsync(mesh.Cluster.Pod("demo", "a1"), Long, "send", "--to", $"{server.Address}:8080",
+            "--bytes", "100", "--expect-reply-bytes", "10", "--timeout-ms", "5000");
+
+        Assert.NotEqual(0, run.ExitCode);
+        var outbound = await PodTrafficTests.WaitForFlowAsync(mesh.Agent("node1"), f => f.GetProperty("direction").GetString() == "outbound");
+        Assert.Equal("TLS_FAILURE", outbound.GetProperty("response_flags").GetString());
+        Assert.Contains("unknown CA", outbound.GetProperty("error").GetString());
+        var refused = await PodTrafficTests.WaitForFlowAsync(agent, f => f.GetProperty("response_flags").GetString() == "TLS_FAILURE");
+        Assert.Equal("demo/b1", refused.GetProperty("destination_workload").GetString());
+        Assert.Equal(0, Served(serve));
+    }
+
     private static string Run(string file, params string[] args)
     {
         var info = new ProcessStartInfo(file, args) { RedirectStandardOutput = true, RedirectStandardError = true };
