@@ -198,11 +198,16 @@ internal sealed class Http2Connection
         catch (OperationCanceledException) when (_abort.IsCancellationRequested)
         {
         }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+        catch (Exception e)
         {
+            // Transport failures, and anything unforeseen: either way only this connection ends.
             if (!_abort.IsCancellationRequested)
             {
                 failure = new HboneException("transport failed: " + e.Message, inner: e);
+                if (e is not (IOException or ObjectDisposedException or InvalidOperationException))
+                {
+                    Log.Warn(Component, $"connection ended by an unexpected {e.GetType().Name}: {e.Message}");
+                }
             }
         }
         finally
