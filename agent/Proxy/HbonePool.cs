@@ -19,6 +19,9 @@ internal sealed class HbonePool
 {
     public const int TunnelPort = 15008;
 
+    // Callers racing for the last free stream of a tunnel lose it at most this often before giving up.
+    private const int MaxAttempts = 8;
+
     private readonly ConcurrentDictionary<(SpiffeId Source, SpiffeId Destination, IPAddress Address), Entry> _entries = new();
     private readonly IdentityManager _identity;
     private readonly ProxyOptions _options;
@@ -67,10 +70,10 @@ internal sealed class HbonePool
                 var stream = await tunnel.ConnectAsync(authority, headers, cancellationToken).ConfigureAwait(false);
                 return new Opened(stream, handshake);
             }
-            catch (HboneException e) when (e.IsRetryable && attempt < 2)
+            catch (HboneException e) when (e.IsRetryable && attempt < MaxAttempts)
             {
-                // The tunnel went away (GOAWAY, closed) under us: drop it and try another.
-                entry.Remove(tunnel);
+                // The tunnel filled up or is going away (GOAWAY) under us: its live streams carry on,
+                // and the next pick skips it (CanOpenStream is false) or dials a new one.
             }
         }
     }
@@ -137,16 +140,6 @@ internal sealed class HbonePool
             {
                 _tunnels.Add(tunnel);
             }
-        }
-
-        public void Remove(HboneClientConnection tunnel)
-        {
-            lock (_tunnels)
-            {
-                _tunnels.Remove(tunnel);
-            }
-
-            _ = tunnel.DisposeAsync().AsTask();
         }
     }
 }

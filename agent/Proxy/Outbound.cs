@@ -131,7 +131,7 @@ internal sealed partial class PodProxy
             {
                 TunnelException { IsTls: true } => ("TLS_FAILURE", e.Message),
                 HboneException { StatusCode: 403 } => ("DENY", $"{destination} refused the tunnel: not authorized"),
-                HboneException h => ("CONNECT", $"tunnel to {destination}: {h.Message}"),
+                HboneException h => ("CONNECT", $"tunnel to {destination}: {h.Message}{(h.InnerException is null ? "" : ": " + h.InnerException.Message)}"),
                 OperationCanceledException => ("UF", $"tunnel to {destination}: timed out"),
                 _ => ("UF", $"tunnel to {destination}: {e.Message}"),
             };

@@ -195,6 +195,44 @@ public class MutualTlsTests
         Assert.Equal(0, Served(serve));
     }
 
+    [Fact]
+    public async Task Tunnel_256MiBEachWay_ByteIdentical_And500ConcurrentStreamsShareFewTunnels()
+    {
+        const long bytes = 256L * 1024 * 1024;
+        await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
+        var server = mesh.Cluster.Pod("demo", "b1");
+        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", bytes.ToString());
+        await using var many = MeshCluster.StartServer(server, "--port", "9090", "--reply-bytes", "512");
+        await Task.Delay(300);
+        var client = mesh.Cluster.Pod("demo", "a1");
+
+        var big = await MeshCluster.RunPeerAsync(client, TimeSpan.FromMinutes(4), "send", "--to", $"{server.Address}:8080",
+            "--bytes", bytes.ToString(), "--expect-reply-bytes", bytes.ToString(), "--timeout-ms", "200000");
+        Assert.True(big.ExitCode == 0, big.ToString());
+        Assert.Equal(Pattern.Sha256(bytes), big.Connections[0].GetProperty("received_sha256").GetString());
+        var served = System.Text.Json.JsonDocument.Parse(await serve.WaitForStdoutLineAsync(l => l.Contains("sha256"), Long)).RootElement;
+        Assert.Equal(Pattern.Sha256(bytes), served.GetProperty("sha256").GetString());
+
+        var concurrent = await MeshCluster.RunPeerAsync(client, Long, "send", "--to", $"{server.Address}:9090", "--bytes", "4096",
+            "--connections", "500", "--concurrency", "500", "--hold-ms", "1000", "--expect-reply-bytes", "512");
+        Assert.True(concurrent.ExitCode == 0, concurrent.ToString());
+
+        var inbound = MeshCluster.Flows(mesh.Agent("node2")).Where(f => f.GetProperty("original_destination").GetString()!.EndsWith(":9090", StringComparison.Ordinal)).ToList();
+        Assert.Equal(500, inbound.Count);
+        Assert.All(inbound, f => Assert.Equal("-", f.GetProperty("response_flags").GetString()));
+
+        // 500 streams open at once, at most 100 per tunnel: at least 5 tunnels, and not one per stream.
+        var tunnels = CountTunnels(server);
+        Assert.InRange(tunnels, 5, 10);
+    }
+
+    /// <summary>Established TCP connections to the pod's tunnel port, counted inside the pod's netns.</summary>
+    private static int CountTunnels(ClusterPod pod)
+    {
+        var output = Run("ip", "netns", "exec", pod.NetnsName, "ss", "-Htn", "state", "established", "( sport = :15008 )");
+        return output.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length;
+    }
+
     private static string Run(string file, params string[] args)
     {
         var info = new ProcessStartInfo(file, args) { RedirectStandardOutput = true, RedirectStandardError = true };
