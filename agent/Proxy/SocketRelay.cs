@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 
@@ -6,28 +7,21 @@ namespace Weft.Proxy;
 /// <summary>
 /// Copies bytes both ways between a client socket and its upstream until both directions end.
 /// <code>
-///   client ──receive──► pipe ──send──► upstream socket      (SocketRelay: one Pipe per direction)
-///   client ◄──send───── pipe ◄─receive─ upstream socket
+///   client ──receive──► buffer ──send──► upstream socket     (SocketRelay: socket to socket)
+///   client ◄──send───── buffer ◄─receive─ upstream socket
 ///
-///   client ──receive──► stream.Output ─► tunnel            (StreamRelay: the tunnel stream's own pipes)
+///   client ──receive──► stream.Output ─► tunnel             (StreamRelay: the tunnel stream's pipes)
 ///   client ◄──send───── stream.Input  ◄─ tunnel
 /// </code>
-/// A FIN on one side becomes a shutdown(SHUT_WR) (or END_STREAM) on the other once the pipe drains:
-/// half-close is carried across. A reset on one side becomes a reset on the other. Idle sockets hold
-/// no buffer: each receive first waits with a zero-byte read.
+/// A FIN on one side becomes a shutdown(SHUT_WR) (or END_STREAM) on the other once everything before
+/// it was sent: half-close is carried across. A reset on one side becomes a reset on the other.
+/// Socket to socket needs no pipe: the kernel's socket buffers already decouple the two sides, and a
+/// pipe per direction cost more memory per idle connection than the 4 KiB budget allows (see
+/// docs/benchmark.md). Idle sockets hold no buffer: a direction waits with a zero-byte read and rents
+/// a buffer only once data is there.
 /// </summary>
 internal sealed class SocketRelay
 {
-    // Backpressure: a direction stops reading once this much waits to be sent.
-    private static readonly PipeOptions Options = new(
-        pool: null,
-        readerScheduler: PipeScheduler.Inline,
-        writerScheduler: PipeScheduler.Inline,
-        pauseWriterThreshold: 256 * 1024,
-        resumeWriterThreshold: 128 * 1024,
-        minimumSegmentSize: RelayPumps.SegmentSize,
-        useSynchronizationContext: false);
-
     private readonly Socket _a;
     private readonly Socket _b;
     private readonly IRelayObserver _observer;
@@ -40,16 +34,9 @@ internal sealed class SocketRelay
     }
 
     /// <summary>Runs until both directions finish; never throws for peer behaviour.</summary>
-    public Task RunAsync()
-    {
-        var aToB = new Pipe(Options);
-        var bToA = new Pipe(Options);
-        return Task.WhenAll(
-            RelayPumps.SocketToPipeAsync(_a, aToB.Writer, _observer, fromA: true, onReset: () => RelayPumps.Reset(_b)),
-            RelayPumps.PipeToSocketAsync(aToB.Reader, _b, onFailure: () => RelayPumps.Reset(_a)),
-            RelayPumps.SocketToPipeAsync(_b, bToA.Writer, _observer, fromA: false, onReset: () => RelayPumps.Reset(_a)),
-            RelayPumps.PipeToSocketAsync(bToA.Reader, _a, onFailure: () => RelayPumps.Reset(_b)));
-    }
+    public Task RunAsync() => Task.WhenAll(
+        RelayPumps.SocketToSocketAsync(_a, _b, _observer, fromA: true),
+        RelayPumps.SocketToSocketAsync(_b, _a, _observer, fromA: false));
 
     /// <summary>Ends both sides at once with a reset (idle timeout, agent shutdown, policy).</summary>
     public void Abort()
@@ -59,10 +46,73 @@ internal sealed class SocketRelay
     }
 }
 
-/// <summary>The two halves every relay is made of: socket → pipe and pipe → socket.</summary>
+/// <summary>The loops every relay is made of: socket → socket, socket → pipe and pipe → socket.</summary>
 internal static class RelayPumps
 {
     public const int SegmentSize = 16 * 1024;
+
+    /// <summary>Bulk transfers move this much per receive/send pair.</summary>
+    public const int CopyBufferSize = 64 * 1024;
+
+    /// <summary>
+    /// Receives from <paramref name="source"/> and sends to <paramref name="destination"/> until end of
+    /// stream (then shutdown(SHUT_WR) on the destination) or a reset (then both are reset).
+    /// </summary>
+    public static async Task SocketToSocketAsync(Socket source, Socket destination, IRelayObserver observer, bool fromA)
+    {
+        byte[]? buffer = null;
+        try
+        {
+            while (true)
+            {
+                if (buffer is null)
+                {
+                    // Wait for data without holding a buffer.
+                    await source.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None).ConfigureAwait(false);
+                    buffer = ArrayPool<byte>.Shared.Rent(CopyBufferSize);
+                }
+
+                var read = await source.ReceiveAsync(buffer, SocketFlags.None).ConfigureAwait(false);
+                if (read == 0)
+                {
+                    break;
+                }
+
+                observer.OnBytes(fromA, read);
+
+                // On a stream socket SendAsync completes only when every byte is queued.
+                await destination.SendAsync(buffer.AsMemory(0, read), SocketFlags.None).ConfigureAwait(false);
+                if (read < buffer.Length)
+                {
+                    // The source is drained for now: go idle without a buffer.
+                    ArrayPool<byte>.Shared.Return(buffer);
+                    buffer = null;
+                }
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // One side reset, or we aborted: both sides must see a reset, not a clean end.
+            Reset(source);
+            Reset(destination);
+            return;
+        }
+        finally
+        {
+            if (buffer is not null)
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+
+        try
+        {
+            destination.Shutdown(SocketShutdown.Send);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+        }
+    }
 
     /// <summary>
     /// Receives from <paramref name="source"/> into <paramref name="writer"/> until end of stream
@@ -73,16 +123,23 @@ internal static class RelayPumps
         Exception? error = null;
         try
         {
+            var drained = true;
             while (true)
             {
-                // Wait for data without holding a buffer.
-                await source.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None).ConfigureAwait(false);
+                if (drained)
+                {
+                    // Wait for data without holding a buffer.
+                    await source.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None).ConfigureAwait(false);
+                }
+
                 var memory = writer.GetMemory(SegmentSize);
                 var read = await source.ReceiveAsync(memory, SocketFlags.None).ConfigureAwait(false);
                 if (read == 0)
                 {
                     break;
                 }
+
+                drained = read < memory.Length;
 
                 writer.Advance(read);
                 observer.OnBytes(fromA, read);
