@@ -24,13 +24,17 @@ namespace Weft.Cli;
 internal static partial class BenchCommand
 {
     public const string Usage = """
-        weft bench [--seconds T] [--idle-connections N] [--rate-connections N] [--json FILE] [--no-access-log]
+        weft bench [--seconds T] [--idle-connections N] [--rate-connections N] [--json FILE]
+                   [--only throughput,latency,rate,memory] [--no-access-log]
           Measures cross-node pod-to-pod traffic through two agents against the same pods talking
           directly, in a 2-node cluster of network namespaces: iperf3 throughput (1 and 8 streams),
           sockperf 1 KiB round trips (p50/p99), new connections per second, agent memory per idle
           open connection. Prints a table with the targets of issue #2. Needs iperf3 and sockperf
           (agent/bench.sh installs them). T defaults to 5 s, N to 10000 idle and 3000 new connections.
+          --no-access-log starts the agents without their per-connection log line.
         """;
+
+    private static readonly string[] Parts = ["throughput", "latency", "rate", "memory"];
 
     private const int IperfPort = 5201;
     private const int SockperfPort = 11111;
@@ -50,6 +54,11 @@ internal static partial class BenchCommand
         var rateConnections = cl.Int("rate-connections", 3000);
         var jsonPath = cl.Get("json");
         var noAccessLog = cl.Flag("no-access-log");
+        var only = (cl.Get("only") ?? string.Join(',', Parts)).Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet();
+        if (only.Count == 0 || only.Except(Parts).FirstOrDefault() is { } unknownPart)
+        {
+            throw new UsageException($"--only takes a comma-separated list of {string.Join(", ", Parts)}");
+        }
         cl.RejectUnknown();
         if (seconds < 1 || idleConnections < 1 || rateConnections < 1)
         {
@@ -103,7 +112,7 @@ internal static partial class BenchCommand
         var bench = new Bench(mesh, seconds, !noAccessLog, stop.Token);
         try
         {
-            var report = await bench.RunAsync(idleConnections, rateConnections);
+            var report = await bench.RunAsync(idleConnections, rateConnections, only);
             report["run"]!["elapsed_s"] = Math.Round(clock.Elapsed.TotalSeconds, 1);
             if (jsonPath != null)
             {
@@ -152,8 +161,14 @@ internal static partial class BenchCommand
 
         private ManagedProcess Agent2 => mesh.Agent("node2");
 
-        public async Task<JsonObject> RunAsync(int idleConnections, int rateConnections)
+        public async Task<JsonObject> RunAsync(int idleConnections, int rateConnections, IReadOnlySet<string> only)
         {
+            var loadBefore = LoadAverage();
+            if (loadBefore > Environment.ProcessorCount)
+            {
+                Console.WriteLine($"  note: the machine is busy before the run (load average {loadBefore:0.0} on {Environment.ProcessorCount} CPUs): expect noisy figures");
+            }
+
             foreach (var pod in cluster.Pods)
             {
                 Console.WriteLine($"  {pod}{(pod.Name.EndsWith("-mesh", StringComparison.Ordinal) ? "  enrolled" : "  not in the inventory")}");
@@ -178,17 +193,23 @@ internal static partial class BenchCommand
                 }
             }
 
-            var memory = await MemoryAsync(fresh, idleConnections);
-            var throughput = new JsonObject();
-            foreach (var streams in new[] { 1, 8 })
+            // memory first: the agents have carried no traffic yet, so the heap grows for what is held, not into garbage of earlier runs
+            var memory = only.Contains("memory") ? await MemoryAsync(fresh, idleConnections) : null;
+            JsonObject? throughput = null;
+            if (only.Contains("throughput"))
             {
-                throughput[$"streams_{streams}"] = await ThroughputAsync(streams);
+                throughput = [];
+                foreach (var streams in new[] { 1, 8 })
+                {
+                    throughput[$"streams_{streams}"] = await ThroughputAsync(streams);
+                }
             }
 
-            var latency = await LatencyAsync();
-            var rate = await ConnectionRateAsync(rateConnections);
+            var latency = only.Contains("latency") ? await LatencyAsync() : null;
+            var rate = only.Contains("rate") ? await ConnectionRateAsync(rateConnections) : null;
 
-            PrintTable();
+            var loadAfter = LoadAverage();
+            PrintTable(loadBefore, loadAfter);
             return new JsonObject
             {
                 ["run"] = new JsonObject
@@ -198,6 +219,8 @@ internal static partial class BenchCommand
                     ["cpus"] = Environment.ProcessorCount,
                     ["seconds"] = seconds,
                     ["cluster"] = cluster.RunId,
+                    ["load_average_1m_before"] = loadBefore,
+                    ["load_average_1m_after"] = loadAfter,
                     ["agent_access_log"] = accessLog,
                 },
                 ["throughput"] = throughput,
@@ -254,16 +277,16 @@ internal static partial class BenchCommand
             var addedP50 = (meshed.P50 - direct.P50) / 1000;
             var addedP99 = (meshed.P99 - direct.P99) / 1000;
             Console.WriteLine($"  direct p50 {direct.P50:0.0} us p99 {direct.P99:0.0} us ({direct.Observations} round trips), mesh p50 {meshed.P50:0.0} us p99 {meshed.P99:0.0} us ({meshed.Observations}): added p50 {addedP50:0.000} ms, p99 {addedP99:0.000} ms");
-            rows.Add(new Row("latency p50, sockperf 1 KiB RTT (us)", $"{direct.P50:0.0}", $"{meshed.P50:0.0}", $"+{addedP50:0.000} ms", "", null));
-            rows.Add(new Row("latency p99, sockperf 1 KiB RTT (us)", $"{direct.P99:0.0}", $"{meshed.P99:0.0}", $"+{addedP99:0.000} ms",
+            rows.Add(new Row("latency p50, sockperf 1 KiB RTT (us)", $"{direct.P50:0.0}", $"{meshed.P50:0.0}", Added(addedP50), "", null));
+            rows.Add(new Row("latency p99, sockperf 1 KiB RTT (us)", $"{direct.P99:0.0}", $"{meshed.P99:0.0}", Added(addedP99),
                 $"<= +{AddedP99TargetMs:0.00} ms", Verdict(addedP99 <= AddedP99TargetMs)));
 
             Say("latency, second opinion: weft app rr (a .NET client, 1 KiB, 20000 round trips after 2000 warm-up)");
             var rrDirect = await RoundTripAsync(ClientDirect, ServerDirect);
             var rrMesh = await RoundTripAsync(ClientMesh, ServerMesh);
             Console.WriteLine($"  direct p50 {rrDirect.P50:0.0} us p99 {rrDirect.P99:0.0} us, mesh p50 {rrMesh.P50:0.0} us p99 {rrMesh.P99:0.0} us");
-            rows.Add(new Row("latency p50, weft app rr 1 KiB (us)", $"{rrDirect.P50:0.0}", $"{rrMesh.P50:0.0}", $"+{(rrMesh.P50 - rrDirect.P50) / 1000:0.000} ms", "", null));
-            rows.Add(new Row("latency p99, weft app rr 1 KiB (us)", $"{rrDirect.P99:0.0}", $"{rrMesh.P99:0.0}", $"+{(rrMesh.P99 - rrDirect.P99) / 1000:0.000} ms", "", null));
+            rows.Add(new Row("latency p50, weft app rr 1 KiB (us)", $"{rrDirect.P50:0.0}", $"{rrMesh.P50:0.0}", Added((rrMesh.P50 - rrDirect.P50) / 1000), "", null));
+            rows.Add(new Row("latency p99, weft app rr 1 KiB (us)", $"{rrDirect.P99:0.0}", $"{rrMesh.P99:0.0}", Added((rrMesh.P99 - rrDirect.P99) / 1000), "", null));
             return new JsonObject
             {
                 ["sockperf_rtt_us"] = new JsonObject
@@ -474,9 +497,10 @@ internal static partial class BenchCommand
             }
         }
 
-        private void PrintTable()
+        private void PrintTable(double loadBefore, double loadAfter)
         {
-            Say($"results: cross-node pod to pod, {Environment.ProcessorCount} CPUs, Linux {File.ReadAllText("/proc/sys/kernel/osrelease").Trim()}");
+            Say($"results: cross-node pod to pod, {Environment.ProcessorCount} CPUs, Linux {File.ReadAllText("/proc/sys/kernel/osrelease").Trim()}, " +
+                $"load average {loadBefore:0.0} before and {loadAfter:0.0} after");
             string[] header = ["metric", "direct", "mesh", "mesh vs direct", "target (#2)", ""];
             var table = rows.Concat(memoryRows).Select(r => new[] { r.Metric, r.Direct, r.Mesh, r.Comparison, r.Target, r.Verdict ?? "" }).Prepend(header).ToList();
             var widths = Enumerable.Range(0, header.Length).Select(i => table.Max(row => row[i].Length)).ToArray();
@@ -578,7 +602,13 @@ internal static partial class BenchCommand
     private static bool OnPath(string tool) =>
         (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Any(dir => dir.Length > 0 && File.Exists(Path.Join(dir, tool)));
 
+    /// <summary>The 1-minute load average: other work on the machine shares the CPUs the benchmark measures.</summary>
+    private static double LoadAverage() =>
+        double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], CultureInfo.InvariantCulture);
+
     private static double Round(double value, int digits) => Math.Round(value, digits);
+
+    private static string Added(double ms) => ms.ToString("+0.000;-0.000", CultureInfo.InvariantCulture) + " ms";
 
     private static string Mib(long kib) => $"{kib / 1024.0:0.0} MiB";
 
