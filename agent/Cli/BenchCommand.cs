@@ -24,13 +24,15 @@ namespace Weft.Cli;
 internal static partial class BenchCommand
 {
     public const string Usage = """
-        weft bench [--seconds T] [--idle-connections N] [--rate-connections N] [--json FILE]
+        weft bench [--seconds T] [--repeat R] [--idle-connections N] [--rate-connections N] [--json FILE]
                    [--only throughput,latency,rate,memory] [--no-access-log]
           Measures cross-node pod-to-pod traffic through two agents against the same pods talking
           directly, in a 2-node cluster of network namespaces: iperf3 throughput (1 and 8 streams),
           sockperf 1 KiB round trips (p50/p99), new connections per second, agent memory per idle
           open connection. Prints a table with the targets of issue #2. Needs iperf3 and sockperf
-          (agent/bench.sh installs them). T defaults to 5 s, N to 10000 idle and 3000 new connections.
+          (agent/bench.sh installs them). Each traffic measurement runs R times (default 2) for each path,
+          alternating direct and mesh; the table shows medians. T defaults to 5 s, N to 10000 idle and
+          3000 new connections.
           --no-access-log starts the agents without their per-connection log line.
         """;
 
@@ -50,6 +52,7 @@ internal static partial class BenchCommand
     public static async Task<int> RunAsync(CommandLine cl)
     {
         var seconds = cl.Int("seconds", 5);
+        var repeat = cl.Int("repeat", 2);
         var idleConnections = cl.Int("idle-connections", 10_000);
         var rateConnections = cl.Int("rate-connections", 3000);
         var jsonPath = cl.Get("json");
@@ -60,9 +63,9 @@ internal static partial class BenchCommand
             throw new UsageException($"--only takes a comma-separated list of {string.Join(", ", Parts)}");
         }
         cl.RejectUnknown();
-        if (seconds < 1 || idleConnections < 1 || rateConnections < 1)
+        if (seconds < 1 || repeat < 1 || idleConnections < 1 || rateConnections < 1)
         {
-            throw new UsageException("--seconds, --idle-connections and --rate-connections must be at least 1");
+            throw new UsageException("--seconds, --repeat, --idle-connections and --rate-connections must be at least 1");
         }
 
         foreach (var tool in new[] { "iperf3", "sockperf" })
@@ -109,7 +112,7 @@ internal static partial class BenchCommand
             // the direct pair is not in the inventory at all: the agents neither capture nor know it
             Omit = [c.Pod(Namespace, "client-direct"), c.Pod(Namespace, "server-direct")],
         }), agentArgs);
-        var bench = new Bench(mesh, seconds, !noAccessLog, stop.Token);
+        var bench = new Bench(mesh, seconds, repeat, !noAccessLog, stop.Token);
         try
         {
             var report = await bench.RunAsync(idleConnections, rateConnections, only);
@@ -137,7 +140,7 @@ internal static partial class BenchCommand
         }
     }
 
-    private sealed class Bench(MeshCluster mesh, int seconds, bool accessLog, CancellationToken stop)
+    private sealed class Bench(MeshCluster mesh, int seconds, int repeat, bool accessLog, CancellationToken stop)
     {
         private readonly NetnsCluster cluster = mesh.Cluster;
         private readonly List<Row> rows = [];
@@ -218,6 +221,7 @@ internal static partial class BenchCommand
                     ["kernel"] = File.ReadAllText("/proc/sys/kernel/osrelease").Trim(),
                     ["cpus"] = Environment.ProcessorCount,
                     ["seconds"] = seconds,
+                    ["repeat"] = repeat,
                     ["cluster"] = cluster.RunId,
                     ["load_average_1m_before"] = loadBefore,
                     ["load_average_1m_after"] = loadAfter,
@@ -234,23 +238,31 @@ internal static partial class BenchCommand
 
         private async Task<JsonObject> ThroughputAsync(int streams)
         {
-            Say($"throughput, {streams} stream(s), {seconds} s each: iperf3 -c SERVER -P {streams}");
-            var direct = await IperfAsync(ClientDirect, ServerDirect, streams, viaAgents: false);
-            var (meshed, cpu) = await WithAgentCpuAsync(() => IperfAsync(ClientMesh, ServerMesh, streams, viaAgents: true));
-            var ratio = meshed.Gbps / direct.Gbps;
-            Console.WriteLine($"  direct {direct.Gbps:0.00} Gbit/s ({direct.Retransmits} retransmits), mesh {meshed.Gbps:0.00} Gbit/s ({meshed.Retransmits} retransmits): {ratio:P0} of direct");
-            var gigabytes = meshed.Gbps * seconds / 8;
-            Console.WriteLine($"  agent CPU during the mesh run: node1 {cpu.Node1:0.00} s, node2 {cpu.Node2:0.00} s ({(cpu.Node1 + cpu.Node2) / gigabytes:0.00} CPU-s per GB through both)");
-            rows.Add(new Row($"throughput, {streams} stream{(streams > 1 ? "s" : "")} (Gbit/s)", $"{direct.Gbps:0.00}", $"{meshed.Gbps:0.00}",
+            Say($"throughput, {streams} stream(s), {seconds} s each, {Runs}: iperf3 -c SERVER -P {streams}");
+            var (direct, meshed, cpu) = await PairedAsync(
+                () => IperfAsync(ClientDirect, ServerDirect, streams, viaAgents: false),
+                () => IperfAsync(ClientMesh, ServerMesh, streams, viaAgents: true));
+            var directGbps = Median(direct.Select(r => r.Gbps));
+            var meshGbps = Median(meshed.Select(r => r.Gbps));
+            var ratio = meshGbps / directGbps;
+            Console.WriteLine($"  direct {Samples(direct.Select(r => r.Gbps))} Gbit/s ({direct.Sum(r => r.Retransmits)} retransmits), " +
+                $"mesh {Samples(meshed.Select(r => r.Gbps))} Gbit/s ({meshed.Sum(r => r.Retransmits)} retransmits): median {ratio:P0} of direct");
+            var gigabytes = meshed.Sum(r => r.Gbps) * seconds / 8;
+            Console.WriteLine($"  agent CPU during the mesh runs: node1 {cpu.Node1:0.00} s, node2 {cpu.Node2:0.00} s in {meshed.Count * seconds} s " +
+                $"({(cpu.Node1 + cpu.Node2) / gigabytes:0.00} CPU-s per GB through both)");
+            rows.Add(new Row($"throughput, {streams} stream{(streams > 1 ? "s" : "")} (Gbit/s)", $"{directGbps:0.00}", $"{meshGbps:0.00}",
                 $"{ratio:P0}", $">= {ThroughputTarget:P0}", Verdict(ratio >= ThroughputTarget)));
             return new JsonObject
             {
-                ["direct_gbps"] = Round(direct.Gbps, 3),
-                ["mesh_gbps"] = Round(meshed.Gbps, 3),
+                ["direct_gbps"] = Round(directGbps, 3),
+                ["mesh_gbps"] = Round(meshGbps, 3),
                 ["ratio"] = Round(ratio, 3),
-                ["direct_retransmits"] = direct.Retransmits,
-                ["mesh_retransmits"] = meshed.Retransmits,
+                ["direct_samples_gbps"] = Array(direct.Select(r => Round(r.Gbps, 3))),
+                ["mesh_samples_gbps"] = Array(meshed.Select(r => Round(r.Gbps, 3))),
+                ["direct_retransmits"] = direct.Sum(r => r.Retransmits),
+                ["mesh_retransmits"] = meshed.Sum(r => r.Retransmits),
                 ["agent_cpu_s"] = new JsonObject { ["node1"] = Round(cpu.Node1, 2), ["node2"] = Round(cpu.Node2, 2) },
+                ["agent_cpu_s_per_gb"] = Round((cpu.Node1 + cpu.Node2) / gigabytes, 3),
             };
         }
 
@@ -271,20 +283,27 @@ internal static partial class BenchCommand
 
         private async Task<JsonObject> LatencyAsync()
         {
-            Say($"latency: 1 KiB request/response on one kept-alive connection, sockperf ping-pong, full round trip, {seconds} s each");
-            var direct = await SockperfAsync(ClientDirect, ServerDirect, viaAgents: false);
-            var meshed = await SockperfAsync(ClientMesh, ServerMesh, viaAgents: true);
+            Say($"latency: 1 KiB request/response on one kept-alive connection, sockperf ping-pong, full round trip, {seconds} s each, {Runs}");
+            var (directRuns, meshRuns, _) = await PairedAsync(
+                () => SockperfAsync(ClientDirect, ServerDirect, viaAgents: false),
+                () => SockperfAsync(ClientMesh, ServerMesh, viaAgents: true));
+            var direct = Latency.Median(directRuns);
+            var meshed = Latency.Median(meshRuns);
             var addedP50 = (meshed.P50 - direct.P50) / 1000;
             var addedP99 = (meshed.P99 - direct.P99) / 1000;
-            Console.WriteLine($"  direct p50 {direct.P50:0.0} us p99 {direct.P99:0.0} us ({direct.Observations} round trips), mesh p50 {meshed.P50:0.0} us p99 {meshed.P99:0.0} us ({meshed.Observations}): added p50 {addedP50:0.000} ms, p99 {addedP99:0.000} ms");
+            Console.WriteLine($"  direct p50 {Samples(directRuns.Select(r => r.P50))} us, p99 {Samples(directRuns.Select(r => r.P99))} us ({directRuns.Sum(r => r.Observations)} round trips)");
+            Console.WriteLine($"  mesh   p50 {Samples(meshRuns.Select(r => r.P50))} us, p99 {Samples(meshRuns.Select(r => r.P99))} us ({meshRuns.Sum(r => r.Observations)} round trips)");
+            Console.WriteLine($"  added (medians): p50 {Added(addedP50)}, p99 {Added(addedP99)}");
             rows.Add(new Row("latency p50, sockperf 1 KiB RTT (us)", $"{direct.P50:0.0}", $"{meshed.P50:0.0}", Added(addedP50), "", null));
             rows.Add(new Row("latency p99, sockperf 1 KiB RTT (us)", $"{direct.P99:0.0}", $"{meshed.P99:0.0}", Added(addedP99),
                 $"<= +{AddedP99TargetMs:0.00} ms", Verdict(addedP99 <= AddedP99TargetMs)));
 
-            Say("latency, second opinion: weft app rr (a .NET client, 1 KiB, 20000 round trips after 2000 warm-up)");
-            var rrDirect = await RoundTripAsync(ClientDirect, ServerDirect);
-            var rrMesh = await RoundTripAsync(ClientMesh, ServerMesh);
-            Console.WriteLine($"  direct p50 {rrDirect.P50:0.0} us p99 {rrDirect.P99:0.0} us, mesh p50 {rrMesh.P50:0.0} us p99 {rrMesh.P99:0.0} us");
+            Say($"latency, second opinion: weft app rr (a .NET client, 1 KiB, 20000 round trips after 2000 warm-up), {Runs}");
+            var (rrDirectRuns, rrMeshRuns, _) = await PairedAsync(() => RoundTripAsync(ClientDirect, ServerDirect), () => RoundTripAsync(ClientMesh, ServerMesh));
+            var rrDirect = Latency.Median(rrDirectRuns);
+            var rrMesh = Latency.Median(rrMeshRuns);
+            Console.WriteLine($"  direct p50 {Samples(rrDirectRuns.Select(r => r.P50))} us, p99 {Samples(rrDirectRuns.Select(r => r.P99))} us");
+            Console.WriteLine($"  mesh   p50 {Samples(rrMeshRuns.Select(r => r.P50))} us, p99 {Samples(rrMeshRuns.Select(r => r.P99))} us");
             rows.Add(new Row("latency p50, weft app rr 1 KiB (us)", $"{rrDirect.P50:0.0}", $"{rrMesh.P50:0.0}", Added((rrMesh.P50 - rrDirect.P50) / 1000), "", null));
             rows.Add(new Row("latency p99, weft app rr 1 KiB (us)", $"{rrDirect.P99:0.0}", $"{rrMesh.P99:0.0}", Added((rrMesh.P99 - rrDirect.P99) / 1000), "", null));
             return new JsonObject
@@ -295,8 +314,16 @@ internal static partial class BenchCommand
                     ["mesh"] = meshed.ToJson(),
                     ["added_p50_ms"] = Round(addedP50, 4),
                     ["added_p99_ms"] = Round(addedP99, 4),
+                    ["direct_runs"] = Array(directRuns.Select(r => r.ToJson())),
+                    ["mesh_runs"] = Array(meshRuns.Select(r => r.ToJson())),
                 },
-                ["weft_app_rr_us"] = new JsonObject { ["direct"] = rrDirect.ToJson(), ["mesh"] = rrMesh.ToJson() },
+                ["weft_app_rr_us"] = new JsonObject
+                {
+                    ["direct"] = rrDirect.ToJson(),
+                    ["mesh"] = rrMesh.ToJson(),
+                    ["direct_runs"] = Array(rrDirectRuns.Select(r => r.ToJson())),
+                    ["mesh_runs"] = Array(rrMeshRuns.Select(r => r.ToJson())),
+                },
             };
         }
 
@@ -327,14 +354,20 @@ internal static partial class BenchCommand
 
         private async Task<JsonObject> ConnectionRateAsync(int connections)
         {
-            Say($"new connections: {connections} x (connect, 64 B each way, close), 16 at a time: weft app send");
-            var direct = await ConnectionRunAsync(ClientDirect, ServerDirect, connections);
-            var (meshed, cpu) = await WithAgentCpuAsync(() => ConnectionRunAsync(ClientMesh, ServerMesh, connections));
-            var ratio = meshed.PerSecond / direct.PerSecond;
-            Console.WriteLine($"  direct {direct.PerSecond:0} conn/s, mesh {meshed.PerSecond:0} conn/s ({ratio:P0} of direct); failed: direct {direct.Failed}, mesh {meshed.Failed}");
-            Console.WriteLine($"  agent CPU during the mesh run: node1 {cpu.Node1:0.00} s, node2 {cpu.Node2:0.00} s ({(cpu.Node1 + cpu.Node2) * 1e6 / connections:0} CPU-us per connection through both)");
-            rows.Add(new Row("new connections (conn/s)", $"{direct.PerSecond:0}", $"{meshed.PerSecond:0}", $"{ratio:P0}", "(none)", null));
-            if (direct.Failed + meshed.Failed > 0)
+            Say($"new connections: {connections} x (connect, 64 B each way, close), 16 at a time, {Runs}: weft app send");
+            var (direct, meshed, cpu) = await PairedAsync(
+                () => ConnectionRunAsync(ClientDirect, ServerDirect, connections),
+                () => ConnectionRunAsync(ClientMesh, ServerMesh, connections));
+            var directRate = Median(direct.Select(r => r.PerSecond));
+            var meshRate = Median(meshed.Select(r => r.PerSecond));
+            var ratio = meshRate / directRate;
+            var failed = (Direct: direct.Sum(r => r.Failed), Mesh: meshed.Sum(r => r.Failed));
+            Console.WriteLine($"  direct {Samples(direct.Select(r => r.PerSecond), "0")} conn/s, mesh {Samples(meshed.Select(r => r.PerSecond), "0")} conn/s " +
+                $"(median {ratio:P0} of direct); failed: direct {failed.Direct}, mesh {failed.Mesh}");
+            Console.WriteLine($"  agent CPU during the mesh runs: node1 {cpu.Node1:0.00} s, node2 {cpu.Node2:0.00} s " +
+                $"({(cpu.Node1 + cpu.Node2) * 1e6 / (connections * meshed.Count):0} CPU-us per connection through both)");
+            rows.Add(new Row("new connections (conn/s)", $"{directRate:0}", $"{meshRate:0}", $"{ratio:P0}", "(none)", null));
+            if (failed.Direct + failed.Mesh > 0)
             {
                 Failures++;
                 Console.WriteLine("  some connections failed: the figures above are not trustworthy");
@@ -343,12 +376,15 @@ internal static partial class BenchCommand
             return new JsonObject
             {
                 ["connections"] = connections,
-                ["direct_per_s"] = Round(direct.PerSecond, 0),
-                ["mesh_per_s"] = Round(meshed.PerSecond, 0),
+                ["direct_per_s"] = Round(directRate, 0),
+                ["mesh_per_s"] = Round(meshRate, 0),
                 ["ratio"] = Round(ratio, 3),
-                ["direct_failed"] = direct.Failed,
-                ["mesh_failed"] = meshed.Failed,
+                ["direct_samples_per_s"] = Array(direct.Select(r => Round(r.PerSecond, 0))),
+                ["mesh_samples_per_s"] = Array(meshed.Select(r => Round(r.PerSecond, 0))),
+                ["direct_failed"] = failed.Direct,
+                ["mesh_failed"] = failed.Mesh,
                 ["agent_cpu_s"] = new JsonObject { ["node1"] = Round(cpu.Node1, 2), ["node2"] = Round(cpu.Node2, 2) },
+                ["agent_cpu_us_per_connection"] = Round((cpu.Node1 + cpu.Node2) * 1e6 / (connections * meshed.Count), 0),
             };
         }
 
@@ -439,6 +475,42 @@ internal static partial class BenchCommand
             return stdout;
         }
 
+        private string Runs => repeat == 1 ? "once" : $"{repeat} times each, alternating";
+
+        /// <summary>
+        /// Runs the direct and the meshed measurement <c>repeat</c> times each in ABBA order (direct, mesh,
+        /// mesh, direct, ...), so a drift in what else the machine does weighs on both alike. Returns the
+        /// samples and the agents' CPU time during the meshed runs.
+        /// </summary>
+        private async Task<(List<T> Direct, List<T> Mesh, (double Node1, double Node2) MeshCpu)> PairedAsync<T>(Func<Task<T>> direct, Func<Task<T>> meshed)
+        {
+            var directRuns = new List<T>();
+            var meshRuns = new List<T>();
+            var cpu = (Node1: 0.0, Node2: 0.0);
+            async Task Mesh()
+            {
+                var (result, used) = await WithAgentCpuAsync(meshed);
+                meshRuns.Add(result);
+                cpu = (cpu.Node1 + used.Node1, cpu.Node2 + used.Node2);
+            }
+
+            for (var i = 0; i < repeat; i++)
+            {
+                if (i % 2 == 0)
+                {
+                    directRuns.Add(await direct());
+                    await Mesh();
+                }
+                else
+                {
+                    await Mesh();
+                    directRuns.Add(await direct());
+                }
+            }
+
+            return (directRuns, meshRuns, cpu);
+        }
+
         private async Task<(T Result, (double Node1, double Node2) Cpu)> WithAgentCpuAsync<T>(Func<Task<T>> run)
         {
             var before = (ProcStatus.CpuSeconds(Agent1.Pid), ProcStatus.CpuSeconds(Agent2.Pid));
@@ -526,6 +598,13 @@ internal static partial class BenchCommand
     private sealed record Latency(double P50, double P99, double? P999, long Observations)
     {
         public JsonObject ToJson() => new() { ["p50"] = P50, ["p99"] = P99, ["p99_9"] = P999, ["observations"] = Observations };
+
+        /// <summary>Percentile by percentile, the median over runs.</summary>
+        public static Latency Median(IReadOnlyList<Latency> runs) => new(
+            BenchCommand.Median(runs.Select(r => r.P50)),
+            BenchCommand.Median(runs.Select(r => r.P99)),
+            runs.All(r => r.P999.HasValue) ? BenchCommand.Median(runs.Select(r => r.P999!.Value)) : null,
+            runs.Sum(r => r.Observations));
     }
 
     /// <summary>What /proc says about a process: memory as the kernel counts it, descriptors, threads, CPU.</summary>
@@ -605,6 +684,19 @@ internal static partial class BenchCommand
     /// <summary>The 1-minute load average: other work on the machine shares the CPUs the benchmark measures.</summary>
     private static double LoadAverage() =>
         double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], CultureInfo.InvariantCulture);
+
+    private static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+    }
+
+    private static string Samples(IEnumerable<double> values, string format = "0.00") =>
+        string.Join(" / ", values.Select(v => v.ToString(format, CultureInfo.InvariantCulture)));
+
+    private static JsonArray Array(IEnumerable<JsonNode?> values) => new(values.ToArray());
+
+    private static JsonArray Array(IEnumerable<double> values) => new(values.Select(v => (JsonNode?)v).ToArray());
 
     private static double Round(double value, int digits) => Math.Round(value, digits);
 
