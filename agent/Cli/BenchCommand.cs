@@ -100,11 +100,24 @@ internal static partial class BenchCommand
         using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
 
-        NetnsCluster.CleanupStale();
+        foreach (var stale in NetnsCluster.CleanupStale())
+        {
+            // a run whose process died (kill -9) also left its agents' pins
+            foreach (var pins in Directory.EnumerateDirectories("/sys/fs/bpf", $"weft-{stale}-*"))
+            {
+                Weft.Capture.BpfCapture.Uninstall(pins);
+            }
+        }
+
         var clock = Stopwatch.StartNew();
         var spec = new ClusterSpec(
             new NodeSpec("node1", new PodSpec(Namespace, "client-mesh"), new PodSpec(Namespace, "client-direct")),
-            new NodeSpec("node2", new PodSpec(Namespace, "server-mesh"), new PodSpec(Namespace, "server-direct")));
+            new NodeSpec("node2", new PodSpec(Namespace, "server-mesh"), new PodSpec(Namespace, "server-direct")))
+        {
+            // the signal handlers above unwind the run through MeshCluster's disposal, which also removes
+            // the agents' pins; the cluster's own Ctrl-C teardown would race with it
+            TeardownOnExit = false,
+        };
         Say("building a 2-node cluster of network namespaces and starting an agent per node");
         string[] agentArgs = noAccessLog ? ["--no-access-log"] : [];
         await using var mesh = await MeshCluster.StartAsync(spec, c => c.InventoryYaml(new InventoryOptions
