@@ -610,7 +610,13 @@ internal static partial class BenchCommand
 
     private sealed record Latency(double P50, double P99, double? P999, long Observations)
     {
-        public JsonObject ToJson() => new() { ["p50"] = P50, ["p99"] = P99, ["p99_9"] = P999, ["observations"] = Observations };
+        public JsonObject ToJson() => new()
+        {
+            ["p50"] = Round(P50, 1),
+            ["p99"] = Round(P99, 1),
+            ["p99_9"] = P999 is { } p ? Round(p, 1) : null,
+            ["observations"] = Observations,
+        };
 
         /// <summary>Percentile by percentile, the median over runs.</summary>
         public static Latency Median(IReadOnlyList<Latency> runs) => new(
