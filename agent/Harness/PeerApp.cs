@@ -13,6 +13,7 @@ namespace Weft.Harness;
 /// weft app send  --to HOST:PORT --bytes N [--connections C] [--concurrency K] [--hold-ms MS]
 ///                [--expect-reply-bytes M] [--timeout-ms T]
 /// weft app rr    --to HOST:PORT [--size 1024] [--count N] [--warmup W]
+/// weft app hold  --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
 /// </code>
 /// </summary>
 public static class PeerApp
@@ -22,6 +23,7 @@ public static class PeerApp
                weft app send --to HOST:PORT --bytes N [--connections C] [--concurrency K] [--hold-ms MS]
                              [--expect-reply-bytes M] [--timeout-ms T]
                weft app rr --to HOST:PORT [--size BYTES] [--count N] [--warmup W]
+               weft app hold --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
         """;
 
     internal static readonly JsonSerializerOptions Json = new() { WriteIndented = false };
@@ -59,6 +61,7 @@ public static class PeerApp
                 "serve" => await PeerServer.RunAsync(options, emit, cancellationToken).ConfigureAwait(false),
                 "send" => await PeerSender.RunAsync(options, emit, cancellationToken).ConfigureAwait(false),
                 "rr" => await PeerRoundTrip.RunAsync(options, emit, cancellationToken).ConfigureAwait(false),
+                "hold" => await PeerHold.RunAsync(options, emit, cancellationToken).ConfigureAwait(false),
                 _ => throw new ArgumentException($"unknown command '{args[0]}'"),
             };
         }
