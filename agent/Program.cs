@@ -7,6 +7,7 @@ const string usage = $"""
 
     {AgentCommand.Usage}
     {DemoCommand.Usage}
+    {BenchCommand.Usage}
       weft app serve|send|rr ...
           Test workload used by the demo, the tests and the benchmark.
     """;
@@ -25,6 +26,7 @@ try
         "agent" => await AgentCommand.RunAgentAsync(new CommandLine(rest)),
         "uninstall" => AgentCommand.Uninstall(new CommandLine(rest)),
         "demo" => await DemoCommand.RunAsync(new CommandLine(rest)),
+        "bench" => await BenchCommand.RunAsync(new CommandLine(rest)),
         "app" => await Weft.Harness.PeerApp.RunAsync(args[1..]),
         _ => throw new UsageException($"unknown command '{args[0]}'"),
     };

@@ -358,7 +358,7 @@ internal static partial class BenchCommand
 
         private async Task<Latency> RoundTripAsync(ClusterPod client, ClusterPod server)
         {
-            var (file, args) = SelfExecutable.Command("app", "rr", "--to", $"{server.Address}:{PeerPort}", "--size", "1024", "--count", "20000", "--warmup", "2000");
+            var (file, args) = WeftExecutable.Command(["app", "rr", "--to", $"{server.Address}:{PeerPort}", "--size", "1024", "--count", "20000", "--warmup", "2000"]);
             var stdout = await RunToEndAsync(client, TimeSpan.FromSeconds(60), file, args);
             using var json = JsonDocument.Parse(stdout.Split('\n').Last(l => l.StartsWith('{')));
             var r = json.RootElement;
@@ -403,9 +403,9 @@ internal static partial class BenchCommand
 
         private async Task<Connections> ConnectionRunAsync(ClusterPod client, ClusterPod server, int connections)
         {
-            var (file, args) = SelfExecutable.Command("app", "send", "--to", $"{server.Address}:{PeerPort}",
+            var (file, args) = WeftExecutable.Command(["app", "send", "--to", $"{server.Address}:{PeerPort}",
                 "--connections", connections.ToString(CultureInfo.InvariantCulture), "--concurrency", "16",
-                "--bytes", "64", "--expect-reply-bytes", "64");
+                "--bytes", "64", "--expect-reply-bytes", "64"]);
             var stdout = await RunToEndAsync(client, TimeSpan.FromMinutes(2), file, args, allowFailure: true);
             var summaryLine = stdout.Split('\n').LastOrDefault(l => l.Contains("\"summary\"", StringComparison.Ordinal))
                 ?? throw new InvalidOperationException($"weft app send printed no summary:\n{stdout[^Math.Min(stdout.Length, 2000)..]}");
@@ -421,9 +421,9 @@ internal static partial class BenchCommand
             Say($"agent memory: RSS idle, then with {connections} idle connections client-mesh -> server-mesh held open (weft app hold)");
             await Task.Delay(Settle, stop);
             var idle = new[] { ProcStatus.Read(Agent1.Pid), ProcStatus.Read(Agent2.Pid) };
-            var (file, args) = SelfExecutable.Command("app", "hold", "--to", $"{ServerMesh.Address}:{PeerPort}",
-                "--connections", connections.ToString(CultureInfo.InvariantCulture), "--concurrency", "200", "--exchange-bytes", "1");
-            await using var hold = ClientMesh.StartProcess(file, args);
+            var (file, args) = WeftExecutable.Command(["app", "hold", "--to", $"{ServerMesh.Address}:{PeerPort}",
+                "--connections", connections.ToString(CultureInfo.InvariantCulture), "--concurrency", "200", "--exchange-bytes", "1"]);
+            await using var hold = ClientMesh.StartProcess(file, args, null);
             var openLine = await hold.WaitForStdoutLineAsync(l => l.Contains("\"open\"", StringComparison.Ordinal), TimeSpan.FromMinutes(2)).WaitAsync(stop);
             using var opened = JsonDocument.Parse(openLine);
             var open = opened.RootElement.GetProperty("open").GetInt32();
@@ -475,9 +475,9 @@ internal static partial class BenchCommand
         }
 
         /// <summary>Runs one tool in a pod to completion and returns its stdout; a failure exit is an error unless allowed.</summary>
-        private async Task<string> RunToEndAsync(ClusterPod pod, TimeSpan timeout, string file, string[] args, bool allowFailure = false)
+        private async Task<string> RunToEndAsync(ClusterPod pod, TimeSpan timeout, string file, IReadOnlyList<string> args, bool allowFailure = false)
         {
-            await using var process = pod.StartProcess(file, args);
+            await using var process = pod.StartProcess(file, args, null);
             var exit = await process.WaitForExitAsync(timeout).WaitAsync(stop);
             var stdout = process.Stdout;
             if (exit != 0 && !allowFailure)

@@ -113,7 +113,18 @@ internal sealed partial class PodProxy : IAsyncDisposable
             }
             catch (SocketException e)
             {
-                Log.Warn("proxy", $"{Pod.Key}: accept failed: {e.SocketErrorCode}");
+                // Out of descriptors (EMFILE/ENFILE) or memory: back off instead of spinning; the
+                // kernel keeps the pending connections in the backlog meanwhile.
+                Log.Warn("proxy", $"{Pod.Key}: accept failed: {e.SocketErrorCode}; retrying in 100 ms");
+                try
+                {
+                    await Task.Delay(100, _stop.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    break;
+                }
+
                 continue;
             }
 
