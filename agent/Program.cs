@@ -8,6 +8,7 @@ const string usage = $"""
     {AgentCommand.Usage}
     {DemoCommand.Usage}
     {BenchCommand.Usage}
+    {CaCommand.Usage}
       weft app serve|send|rr ...
           Test workload used by the demo, the tests and the benchmark.
     """;
@@ -27,6 +28,7 @@ try
         "uninstall" => AgentCommand.Uninstall(new CommandLine(rest)),
         "demo" => await DemoCommand.RunAsync(new CommandLine(rest)),
         "bench" => await BenchCommand.RunAsync(new CommandLine(rest)),
+        "ca" => CaCommand.Run(new CommandLine(rest)),
         "app" => await Weft.Harness.PeerApp.RunAsync(args[1..]),
         _ => throw new UsageException($"unknown command '{args[0]}'"),
     };

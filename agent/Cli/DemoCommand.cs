@@ -12,9 +12,11 @@ namespace Weft.Cli;
 internal static class DemoCommand
 {
     public const string Usage = """
-        weft demo [--keep]
-          Builds a 2-node cluster of network namespaces with real agents, runs traffic, prints the flows.
-          --keep leaves it running until Ctrl-C, printing how to reach the pods.
+        weft demo [--keep] [--plaintext]
+          Builds a 2-node cluster of network namespaces with real agents sharing a fresh CA, runs
+          traffic (same node, cross node through an mTLS tunnel, through a Service VIP, and a call that
+          a DENY policy refuses), prints the flows. --keep leaves it running until Ctrl-C;
+          --plaintext runs the agents without a CA.
         """;
 
     private const string Vip = "10.96.0.10";
@@ -22,6 +24,7 @@ internal static class DemoCommand
     public static async Task<int> RunAsync(CommandLine cl)
     {
         var keep = cl.Flag("keep");
+        var mtls = !cl.Flag("plaintext");
         cl.RejectUnknown();
         NetnsCluster.CleanupStale();
 
@@ -30,7 +33,7 @@ internal static class DemoCommand
             new NodeSpec("node2", new PodSpec("demo", "web-b1"), new PodSpec("demo", "web-b2")));
         Say("building a cluster of network namespaces: 2 nodes, 2 pods each, and starting an agent per node");
         await using var mesh = await MeshCluster.StartAsync(spec, c => c.InventoryYaml(new ServiceSpec(
-            "web", "demo", Vip, 80, 8080, c.Pod("demo", "web-b1"), c.Pod("demo", "web-b2"))), "--admin", "127.0.0.1:15000");
+            "web", "demo", Vip, 80, 8080, c.Pod("demo", "web-b1"), c.Pod("demo", "web-b2"))) + DenyPolicy, mtls, "--admin", "127.0.0.1:15000");
         var cluster = mesh.Cluster;
         foreach (var pod in cluster.Pods)
         {
@@ -49,18 +52,20 @@ internal static class DemoCommand
         ok &= await TrafficAsync("same node:  client -> web-a", client, $"{cluster.Pod("demo", "web-a").Address}:8080", 1);
         ok &= await TrafficAsync("cross node: client -> web-b1", client, $"{cluster.Pod("demo", "web-b1").Address}:8080", 1);
         ok &= await TrafficAsync($"service:    client -> web ({Vip}:80), 10 connections", client, $"{Vip}:80", 10);
+        ok &= await RefusedAsync("policy:     client -> web-b1:9090 (denied by demo/deny-9090)", client, $"{cluster.Pod("demo", "web-b1").Address}:9090");
         await Task.Delay(300);
 
         foreach (var node in cluster.Nodes)
         {
             Say($"what the agent on {node.Name} saw");
-            Console.WriteLine($"  {"DIR",-9} {"SOURCE",-12} {"ORIGINAL DST",-18} {"SERVICE",-9} {"DESTINATION",-12} {"SENT",9} {"RECEIVED",9} FLAGS");
+            Console.WriteLine($"  {"DIR",-9} {"SOURCE",-12} {"ORIGINAL DST",-18} {"SERVICE",-9} {"DESTINATION",-12} {"SECURITY",-10} {"SENT",9} {"RECEIVED",9} FLAGS");
             foreach (var flow in MeshCluster.Flows(mesh.Agent(node.Name)))
             {
                 Console.WriteLine(
                     $"  {S(flow, "direction"),-9} {S(flow, "source_workload"),-12} {S(flow, "original_destination"),-18} " +
-                    $"{S(flow, "destination_service"),-9} {S(flow, "destination_workload"),-12} " +
-                    $"{flow.GetProperty("bytes_sent").GetInt64(),9} {flow.GetProperty("bytes_received").GetInt64(),9} {S(flow, "response_flags")}");
+                    $"{S(flow, "destination_service"),-9} {S(flow, "destination_workload"),-12} {S(flow, "connection_security_policy"),-10} " +
+                    $"{flow.GetProperty("bytes_sent").GetInt64(),9} {flow.GetProperty("bytes_received").GetInt64(),9} {S(flow, "response_flags")}" +
+                    (flow.TryGetProperty("error", out var error) ? $" ({error.GetString()})" : ""));
             }
         }
 
@@ -96,6 +101,26 @@ internal static class DemoCommand
         Console.WriteLine($"  {title}: {good}/{connections} connection(s) ok, {bytes / 1024} KiB sent and 64 KiB back on each{(good == connections ? "" : "\n" + run)}");
         return run.ExitCode == 0 && good == connections;
     }
+
+    private static async Task<bool> RefusedAsync(string title, ClusterPod from, string to)
+    {
+        var run = await MeshCluster.RunPeerAsync(from, TimeSpan.FromMinutes(1), "send", "--to", to, "--bytes", "100", "--timeout-ms", "5000");
+        var refused = run.ExitCode != 0;
+        Console.WriteLine($"  {title}: {(refused ? "refused, as the policy says" : "NOT refused")}");
+        return refused;
+    }
+
+    private const string DenyPolicy = """
+
+        ---
+        apiVersion: weft.dev/v1alpha1
+        kind: AuthorizationPolicy
+        metadata: {name: deny-9090, namespace: demo}
+        spec:
+          action: DENY
+          rules:
+          - to: [{operation: {ports: ["9090"]}}]
+        """;
 
     private static string S(JsonElement flow, string name) =>
         flow.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.String ? value.GetString()! : "-";

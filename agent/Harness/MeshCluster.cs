@@ -143,6 +143,10 @@ public sealed class MeshCluster : IAsyncDisposable
             {
                 agent.Kill();
             }
+            catch (HarnessException)
+            {
+                // The cluster's own Ctrl-C teardown already released this agent.
+            }
         }
 
         foreach (var node in Cluster.Nodes)
