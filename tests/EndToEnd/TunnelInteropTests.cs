@@ -34,9 +34,8 @@ public class TunnelInteropTests
     {
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c), mtls: true);
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--mode", "echo");
+        await using var serve = await TunnelPeer.StartEchoServerAsync(server);
         using var tester = TunnelPeer.IssueSvid(mesh, "tester");
-        await Task.Delay(300);
 
         // A 16 KiB receive window: the agent must follow our flow control and WINDOW_UPDATEs to send 256+ KiB back.
         var run = await TunnelPeer.RunAsync(mesh, "connect", [$"{server.Address}:15008", $"{server.Address}:8080"], tester,
@@ -88,10 +87,9 @@ public class TunnelInteropTests
     {
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c, DenyTester), mtls: true);
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--mode", "echo");
+        await using var serve = await TunnelPeer.StartEchoServerAsync(server);
         using var intruder = TunnelPeer.IssueSvid(mesh, "intruder");
         using var tester = TunnelPeer.IssueSvid(mesh, "tester");
-        await Task.Delay(300);
         var target = new[] { $"{server.Address}:15008", $"{server.Address}:8080" };
 
         var denied = await TunnelPeer.RunAsync(mesh, "connect", target, intruder, "--streams", "1", "--bytes", "1000");
@@ -118,9 +116,8 @@ public class TunnelInteropTests
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c), mtls: true);
         var server = mesh.Cluster.Pod("demo", "b1");
         var elsewhere = mesh.Cluster.Pod("demo", "a1");
-        await using var serve = MeshCluster.StartServer(elsewhere, "--port", "8080", "--mode", "echo");
+        await using var serve = await TunnelPeer.StartEchoServerAsync(elsewhere);
         using var tester = TunnelPeer.IssueSvid(mesh, "tester");
-        await Task.Delay(300);
 
         // b1's agent must not become an open relay to whatever :authority names.
         var run = await TunnelPeer.RunAsync(mesh, "connect", [$"{server.Address}:15008", $"{elsewhere.Address}:8080"], tester,
@@ -152,6 +149,14 @@ internal static class TunnelPeer
         Omit = [c.Pod("demo", "x1")],
         Services = [new ServiceSpec("b", "demo", "10.96.0.10", 80, 8080, c.Pod("demo", "b1"))],
     }) + extra;
+
+    /// <summary>Starts <c>weft app serve --mode echo</c> in the pod and waits until it listens.</summary>
+    public static async Task<ManagedProcess> StartEchoServerAsync(ClusterPod pod, int port = 8080)
+    {
+        var server = MeshCluster.StartServer(pod, "--port", port.ToString(), "--mode", "echo");
+        await server.WaitForStdoutLineAsync(l => l.Contains("\"listening\"", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
+        return server;
+    }
 
     /// <summary>Connections the app served (one JSON line each, besides its "listening" line).</summary>
     public static int Served(ManagedProcess server) => server.StdoutLines.Count(l => l.Contains("\"remote\"", StringComparison.Ordinal));
