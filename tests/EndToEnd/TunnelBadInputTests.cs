@@ -22,8 +22,8 @@ public class TunnelBadInputTests(ITestOutputHelper output)
 
     private static readonly string[] BadCases =
     [
-        "garbage", "stall-tls", "openssl-no-cert", "openssl-other-ca", "settings-len5", "ping-len7",
-        "window-update-len3", "rst-stream-len3", "data-too-long", "huge-header-block", "hpack-bomb", "slow-preface",
+        "garbage", "stall-tls", "stall-tls-500", "openssl-no-cert", "openssl-other-ca", "settings-len5", "ping-len7",
+        "window-update-len3", "rst-stream-len3", "data-too-long", "huge-header-block", "hpack-bomb", "slow-preface", "idle-after-tls",
     ];
 
     public static TheoryData<string> Cases() => new(BadCases);
@@ -63,7 +63,7 @@ public class TunnelBadInputTests(ITestOutputHelper output)
 
         // The slow cases take seconds each by design; once is enough for them, the cheap ones repeat.
         var cases = BadCases;
-        var slow = new[] { "stall-tls", "slow-preface" };
+        var slow = new[] { "stall-tls", "stall-tls-500", "slow-preface", "idle-after-tls" };
         for (var round = 0; round < 3; round++)
         {
             foreach (var badCase in cases.Where(c => round == 0 || !slow.Contains(c)))
@@ -81,6 +81,25 @@ public class TunnelBadInputTests(ITestOutputHelper output)
         Assert.True(rss < baseline + RssAllowanceKiB, $"agent RSS grew from {baseline} KiB to {rss} KiB over the run");
         var failures = MeshCluster.Flows(agent).Count(f => f.GetProperty("response_flags").GetString() == "TLS_FAILURE");
         output.WriteLine($"{failures} TLS_FAILURE records");
+    }
+
+    [Fact(Skip = "agent bug: agent/Proxy/Inbound.cs HandleTunnelAsync builds the TLS_FAILURE Flow inside the catch block " +
+        "(line ~95), so its start and duration_ms describe the moment of failure (~0.1 ms) instead of the 10 s the stalled " +
+        "handshake held the connection, and the connection is absent from the live flow table meanwhile. Fix: create the Flow " +
+        "before AuthenticateAsServerAsync (Tracker.Flows.Opened at accept) and only set ResponseFlags/Error in the catch.")]
+    public async Task StalledHandshake_TlsFailureRecord_CoversTheTimeTheConnectionWasHeld()
+    {
+        await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c), mtls: true);
+        await using var serve = await TunnelPeer.StartEchoServerAsync(mesh.Cluster.Pod("demo", "b1"));
+        using var tester = TunnelPeer.IssueSvid(mesh, "tester");
+        using var rogue = RogueSvid();
+
+        var result = await RunCaseAsync(mesh, tester, rogue, "stall-tls");
+
+        var record = await PodTrafficTests.WaitForFlowAsync(mesh.Agent("node2"), f => f.TryGetProperty("error", out var e)
+            && e.GetString() == "TLS handshake timed out");
+        Assert.True(record.GetProperty("duration_ms").GetDouble() >= 0.9 * 1000 * result.GetProperty("seconds").GetDouble() - 500,
+            $"the record says the connection lasted {record.GetProperty("duration_ms")} ms; the client saw it held for {result.GetProperty("seconds")} s: {record}");
     }
 
     private async Task<JsonElement> RunCaseAsync(MeshCluster mesh, SvidFiles tester, SvidFiles rogue, string badCase)
@@ -112,6 +131,13 @@ public class TunnelBadInputTests(ITestOutputHelper output)
                 Assert.InRange(result.GetProperty("seconds").GetDouble(), 5, 20);
                 await TlsFailureAsync(agent, e => e.Contains("timed out", StringComparison.Ordinal));
                 break;
+            case "stall-tls-500":
+                // Five hundred at once: each is cut off by its own deadline, none starves the healthy tunnel.
+                Assert.True(result.GetProperty("closed").GetBoolean(), $"stalled handshakes left open: {result}");
+                Assert.InRange(result.GetProperty("seconds").GetDouble(), 5, 20);
+                await CaptureScopeTests.WaitUntilAsync(() => MeshCluster.Flows(agent).Count(f => f.TryGetProperty("error", out var e)
+                    && e.GetString() == "TLS handshake timed out") >= 500);
+                break;
             case "openssl-no-cert":
                 Assert.True(result.GetProperty("closed").GetBoolean(), result.ToString());
                 await TlsFailureAsync(agent, e => e.Contains("no client certificate", StringComparison.Ordinal));
@@ -125,6 +151,11 @@ public class TunnelBadInputTests(ITestOutputHelper output)
                 break;
             case "huge-header-block" or "hpack-bomb":
                 AssertGoAwayAndClose(result, EnhanceYourCalm);
+                break;
+            case "idle-after-tls":
+                // Half a preface, then silence: the keepalive PING (30 s) goes unanswered for 10 s and ends it.
+                Assert.True(result.GetProperty("closed").GetBoolean(), $"idle connection never closed: {result}");
+                Assert.InRange(result.GetProperty("seconds").GetDouble(), 25, 50);
                 break;
             case "slow-preface":
                 // Slow is not wrong: once its preface is complete the connection serves like any other.

@@ -10,8 +10,8 @@ Run with Debian's /usr/bin/python3 (it has python3-h2). Every result is one JSON
 
   hbone_peer.py bad CASE HOST:PORT AUTHORITY --cert C --key K --ca CA
       Keeps one healthy tunnel with an open echo stream, does CASE on a second connection, then checks
-      the healthy stream still echoes. CASE: garbage, stall-tls, slow-preface, settings-len5, ping-len7,
-      window-update-len3, rst-stream-len3, data-too-long, huge-header-block, hpack-bomb,
+      the healthy stream still echoes. CASE: garbage, stall-tls, stall-tls-500, slow-preface, settings-len5, ping-len7,
+      window-update-len3, rst-stream-len3, data-too-long, huge-header-block, hpack-bomb, idle-after-tls,
       openssl-no-cert, openssl-other-ca (openssl s_client; the latter presents --other-cert/--other-key).
 """
 
@@ -360,6 +360,33 @@ def case_stall_tls(args):
     return dict(closed=closed, seconds=round(time.time() - started, 3))
 
 
+def case_stall_tls_many(args, healthy, count=500):
+    # Many handshakes left hanging at once; the healthy tunnel is served (and answers PINGs) meanwhile.
+    host, port = split_target(args.target)
+    hello = bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03])
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection((host, port), timeout=10)
+        sock.sendall(hello)
+        sock.setblocking(False)
+        sockets.append(sock)
+    started = time.time()
+    open_sockets = set(sockets)
+    while open_sockets and time.time() - started < 30:
+        healthy.pump(0.05)
+        readable, _, _ = select.select(list(open_sockets), [], [], 0.2)
+        for sock in readable:
+            try:
+                if sock.recv(4096):
+                    continue
+            except OSError:
+                pass
+            open_sockets.discard(sock)
+    for sock in sockets:
+        sock.close()
+    return dict(closed=not open_sockets, count=count, still_open=len(open_sockets), seconds=round(time.time() - started, 3))
+
+
 def case_slow_preface(args):
     # A legitimate but very slow client: every preface byte in its own TLS record, a quarter second apart.
     tls = open_tls(args)
@@ -429,6 +456,35 @@ def case_openssl(args, cert=None, key=None):
                 handshake="Protocol  : TLSv1.3" in text or "TLSv1.3" in text, tail=text[-600:])
 
 
+def case_idle_after_tls(args, healthy):
+    # A client with a valid SVID that sends half a preface and then nothing, never answering a PING.
+    # The healthy tunnel keeps answering its own PINGs meanwhile, so only the idle one should be cut off.
+    tls = open_tls(args)
+    tls.sendall(PREFACE[:10])
+    tls.setblocking(False)
+    started = time.time()
+    received = 0
+    closed = False
+    while time.time() - started < 70 and not closed:
+        healthy.pump(0.1)
+        readable, _, _ = select.select([tls], [], [], 0.1)
+        while readable or tls.pending():
+            try:
+                data = tls.recv(65536)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLError, OSError):
+                closed = True
+                break
+            if not data:
+                closed = True
+                break
+            received += len(data)
+            readable = []
+    tls.close()
+    return dict(closed=closed, seconds=round(time.time() - started, 3), received=received)
+
+
 def case_huge_header_block(args):
     # A CONNECT with a 1 MiB header value: HEADERS then CONTINUATIONs of 16 KiB, never END_HEADERS in time.
     block = connect_block(args.authority) + bytes([0x00]) + hpack_int(5, 7, 0) + b"x-big" + \
@@ -485,6 +541,10 @@ def bad(args):
         result = case_openssl(args)
     elif case == "openssl-other-ca":
         result = case_openssl(args, args.other_cert, args.other_key)
+    elif case == "stall-tls-500":
+        result = case_stall_tls_many(args, healthy)
+    elif case == "idle-after-tls":
+        result = case_idle_after_tls(args, healthy)
     elif case == "huge-header-block":
         result = case_huge_header_block(args)
     elif case == "hpack-bomb":
