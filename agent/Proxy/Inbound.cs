@@ -74,6 +74,22 @@ internal sealed partial class PodProxy
         var peerAddress = Unmap(remote.Address);
         var identity = _services.Identity!;
         var self = _services.IdentityOf(Pod.Namespace, Pod.ServiceAccount);
+
+        // The record starts at accept, so a refused handshake's record covers the time it held the connection.
+        var handshakeFlow = new Flow(FlowDirection.Inbound, new IPEndPoint(peerAddress, remote.Port), new IPEndPoint(Pod.Ipv4 ?? Pod.Ipv6!, HbonePool.TunnelPort))
+        {
+            DestinationWorkload = Pod.Key,
+            DestinationPrincipal = self.ToString(),
+            SecurityPolicy = "mutual_tls",
+        };
+
+        // A handshake in progress counts against the pod's limit, so stalled handshakes cannot pile up unbounded.
+        if (!TryReserve())
+        {
+            Refuse(socket, handshakeFlow, "UO", LimitReason);
+            return;
+        }
+
         var ssl = new SslStream(new NetworkStream(socket, ownsSocket: true), leaveInnerStreamOpen: false);
         SpiffeId? peer = null;
         string? refusal = null;
@@ -92,18 +108,16 @@ internal sealed partial class PodProxy
         catch (Exception e)
         {
             // A peer that cannot prove a mesh identity gets nothing: one record, one closed connection.
-            var flow = new Flow(FlowDirection.Inbound, new IPEndPoint(peerAddress, remote.Port), new IPEndPoint(Pod.Ipv4 ?? Pod.Ipv6!, HbonePool.TunnelPort))
-            {
-                DestinationWorkload = Pod.Key,
-                DestinationPrincipal = self.ToString(),
-                SecurityPolicy = "mutual_tls",
-            };
-            _services.Tracker.Flows.Opened(flow);
-            flow.ResponseFlags = "TLS_FAILURE";
-            flow.Error = refusal ?? (e is OperationCanceledException ? "TLS handshake timed out" : e.Message);
-            _services.Tracker.Flows.Closed(flow);
+            _services.Tracker.Flows.Opened(handshakeFlow);
+            handshakeFlow.ResponseFlags = "TLS_FAILURE";
+            handshakeFlow.Error = refusal ?? (e is OperationCanceledException ? "TLS handshake timed out" : e.Message);
+            _services.Tracker.Flows.Closed(handshakeFlow);
             await ssl.DisposeAsync().ConfigureAwait(false);
             return;
+        }
+        finally
+        {
+            Release();
         }
 
         var handshake = Stopwatch.GetElapsedTime(started);

@@ -83,10 +83,7 @@ public class TunnelBadInputTests(ITestOutputHelper output)
         output.WriteLine($"{failures} TLS_FAILURE records");
     }
 
-    [Fact(Skip = "agent bug: agent/Proxy/Inbound.cs HandleTunnelAsync builds the TLS_FAILURE Flow inside the catch block " +
-        "(line ~95), so its start and duration_ms describe the moment of failure (~0.1 ms) instead of the 10 s the stalled " +
-        "handshake held the connection, and the connection is absent from the live flow table meanwhile. Fix: create the Flow " +
-        "before AuthenticateAsServerAsync (Tracker.Flows.Opened at accept) and only set ResponseFlags/Error in the catch.")]
+    [Fact]
     public async Task StalledHandshake_TlsFailureRecord_CoversTheTimeTheConnectionWasHeld()
     {
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c), mtls: true);
