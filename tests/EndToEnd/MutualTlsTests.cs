@@ -57,6 +57,11 @@ public class MutualTlsTests
             var probe = Pattern.Block.Span[1000..1064].ToArray();
             Assert.True(raw.AsSpan().IndexOf(probe) < 0, "payload found in clear text on the wire");
 
+            // The handshake on the wire is TLS 1.3: the ServerHello carries supported_versions = 0x0304
+            // (extension 0x002b, length 2), and no TLS 1.2 ServerHello (legacy version without it) occurs.
+            byte[] tls13 = [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
+            Assert.True(raw.AsSpan().IndexOf(tls13) >= 0, "no TLS 1.3 ServerHello on the wire");
+
             // Every TCP segment between the nodes is to or from the tunnel port.
             var other = Run("tcpdump", "-nn", "-r", pcap, "tcp and not port 15008");
             Assert.True(other.Trim().Length == 0, $"traffic other than port 15008 on the wire:\n{other}");
