@@ -15,6 +15,9 @@ have_cmd sockperf || need+=(sockperf)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 ldconfig -p | grep -q 'libbpf.so.1 ' || need+=(libbpf1)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import h2' 2>/dev/null || need+=(python3-h2)
+# tests/Daemonset validates the Kubernetes manifests offline with a Node.js script (npm ci on first use).
+have_cmd node || need+=(nodejs)
+have_cmd npm || need+=(npm)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "weft: installing ${need[*]}" >&2
