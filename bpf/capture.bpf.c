@@ -15,7 +15,7 @@
  * refused.  A fail-open pod is not rewritten while its agent-alive marker
  * (its inbound listener in `inbound_listeners`) is absent.
  *
- * Kernel: 5.9+ (netns cookie in sock_addr and sockops, sockhash lookup from
+ * Kernel: 5.15+ (netns cookie in sockops since 5.15, in sock_addr since 5.7; sockhash lookup from
  * BPF); attached as bpf_links to a cgroup v2 directory; tested on 6.18.
  */
 #include <linux/bpf.h>
