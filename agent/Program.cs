@@ -7,6 +7,9 @@ const string usage = $"""
 
     {AgentCommand.Usage}
     {DemoCommand.Usage}
+    {FlowsCommand.Usage}
+    {ViewsCommand.Usage}
+    {Weft.Telemetry.MetricsBenchmark.Usage}
       weft app serve|send|rr ...
           Test workload used by the demo, the tests and the benchmark.
     """;
@@ -26,6 +29,9 @@ try
         "uninstall" => AgentCommand.Uninstall(new CommandLine(rest)),
         "demo" => await DemoCommand.RunAsync(new CommandLine(rest)),
         "app" => await Weft.Harness.PeerApp.RunAsync(args[1..]),
+        "flows" => await FlowsCommand.RunAsync(rest),
+        "workloads" or "services" or "policies" or "certs" => await ViewsCommand.RunAsync(args[0], rest),
+        "bench-metrics" => await Weft.Telemetry.MetricsBenchmark.RunAsync(new CommandLine(rest)),
         _ => throw new UsageException($"unknown command '{args[0]}'"),
     };
 }
