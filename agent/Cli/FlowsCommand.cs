@@ -231,13 +231,19 @@ internal static class FlowsRendering
     /// <summary>One compact JSON object per flow, exactly as the agent reported it.</summary>
     public static string JsonLines(IReadOnlyList<FlowRecord> flows)
     {
-        var text = new System.Text.StringBuilder();
+        var options = new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+        using var buffer = new MemoryStream();
         foreach (var flow in flows)
         {
-            text.Append(JsonSerializer.Serialize(flow.Raw)).Append('\n');
+            using (var w = new Utf8JsonWriter(buffer, options))
+            {
+                flow.Raw.WriteTo(w);
+            }
+
+            buffer.WriteByte((byte)'\n');
         }
 
-        return text.ToString();
+        return System.Text.Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length);
     }
 
     private static string Duration(double? ms) => ms switch
