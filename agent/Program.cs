@@ -7,7 +7,10 @@ const string usage = $"""
 
     {AgentCommand.Usage}
     {DemoCommand.Usage}
+    {FlowsCommand.Usage}
+    {ViewsCommand.Usage}
     {BenchCommand.Usage}
+    {Weft.Telemetry.MetricsBenchmark.Usage}
     {CaCommand.Usage}
       weft app serve|send|rr ...
           Test workload used by the demo, the tests and the benchmark.
@@ -30,6 +33,9 @@ try
         "bench" => await BenchCommand.RunAsync(new CommandLine(rest)),
         "ca" => CaCommand.Run(new CommandLine(rest)),
         "app" => await Weft.Harness.PeerApp.RunAsync(args[1..]),
+        "flows" => await FlowsCommand.RunAsync(rest),
+        "workloads" or "services" or "policies" or "certs" => await ViewsCommand.RunAsync(args[0], rest),
+        "bench-metrics" => await Weft.Telemetry.MetricsBenchmark.RunAsync(new CommandLine(rest)),
         _ => throw new UsageException($"unknown command '{args[0]}'"),
     };
 }

@@ -10,12 +10,14 @@ namespace Weft.Cli;
 internal static class AgentCommand
 {
     public const string Usage = """
-        weft agent --inventory FILE [--node NAME] [--cgroup DIR] [--bpffs DIR] [--admin ADDR|off]
-                   [--drain-seconds N] [--idle-timeout-seconds N] [--max-connections-per-pod N] [--no-access-log]
+        weft agent --inventory FILE [--node NAME] [--cgroup DIR] [--bpffs DIR] [--admin ADDR|off] [--metrics ADDR|off]
+                   [--drain-seconds N] [--idle-timeout-seconds N] [--max-connections-per-pod N]
+                   [--access-log json|text|off] [--no-access-log]
                    [--trust-domain TD --ca-cert FILE --ca-key FILE --trust-bundle FILE [--ca-chain FILE]]
           Runs the node agent: captures enrolled pods' TCP traffic with eBPF and proxies it.
           --node defaults to $NODE_NAME, then the host name; --cgroup to the cgroup v2 root;
-          --bpffs to /sys/fs/bpf/weft; --admin to 127.0.0.1:15000.
+          --bpffs to /sys/fs/bpf/weft; --admin to 127.0.0.1:15000; --metrics (Prometheus /metrics) to
+          :15020, every address; --access-log (a line per finished connection on stdout) to json.
           With a CA (--ca-cert and --ca-key, PEM; --trust-bundle holds every root to trust), traffic
           between meshed pods travels in mTLS HBONE tunnels with SPIFFE identities in the trust domain
           (default cluster.local); without one it is forwarded in plaintext.
@@ -26,6 +28,13 @@ internal static class AgentCommand
     public static async Task<int> RunAgentAsync(CommandLine cl)
     {
         var admin = cl.Get("admin");
+        var metrics = cl.Get("metrics");
+        var accessLog = cl.Flag("no-access-log") ? "off" : cl.Get("access-log") ?? "json";
+        if (accessLog is not ("json" or "text" or "off"))
+        {
+            throw new UsageException($"--access-log wants json, text or off, got '{accessLog}'");
+        }
+
         var proxyDefaults = new ProxyOptions();
         var options = new AgentOptions
         {
@@ -35,7 +44,9 @@ internal static class AgentCommand
             PinRoot = cl.Get("bpffs") ?? "/sys/fs/bpf/weft",
             AdminAddress = admin == "off" ? null : admin ?? "127.0.0.1:15000",
             DrainGrace = TimeSpan.FromSeconds(cl.Int("drain-seconds", 20)),
-            AccessLog = !cl.Flag("no-access-log"),
+            MetricsAddress = metrics == "off" ? null : metrics ?? ":15020",
+            AccessLog = accessLog != "off",
+            AccessLogFormat = accessLog == "text" ? Weft.Telemetry.AccessLogFormat.Text : Weft.Telemetry.AccessLogFormat.Json,
             Proxy = proxyDefaults with
             {
                 IdleTimeout = TimeSpan.FromSeconds(cl.Int("idle-timeout-seconds", (int)proxyDefaults.IdleTimeout.TotalSeconds)),

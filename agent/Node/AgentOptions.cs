@@ -19,10 +19,15 @@ public sealed record AgentOptions
     /// <summary>Admin API (flows, config dump) address; null turns it off.</summary>
     public string? AdminAddress { get; init; } = "127.0.0.1:15000";
 
+    /// <summary>Prometheus /metrics address ("host:port", ":port" for every address); null turns it off.</summary>
+    public string? MetricsAddress { get; init; } = ":15020";
+
     public TimeSpan DrainGrace { get; init; } = TimeSpan.FromSeconds(20);
 
     /// <summary>Write a JSON access-log line per finished connection to stdout.</summary>
     public bool AccessLog { get; init; } = true;
+
+    public Weft.Telemetry.AccessLogFormat AccessLogFormat { get; init; } = Weft.Telemetry.AccessLogFormat.Json;
 
     public ProxyOptions Proxy { get; init; } = new();
 

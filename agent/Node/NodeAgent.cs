@@ -28,14 +28,22 @@ public sealed class NodeAgent : IAsyncDisposable
     private IdentityManager? _identity;
     private ProxyServices? _services;
     private AdminServer? _admin;
+    private MetricsEndpoint? _metricsEndpoint;
 
     public NodeAgent(AgentOptions options)
     {
         _options = options;
-        Flows = new FlowTable(accessLog: options.AccessLog ? Console.Out : null);
+        Flows = new FlowTable(accessLog: options.AccessLog ? Console.Out : null, format: options.AccessLogFormat);
+        Metrics = new MeshMetrics(Flows, () => _store?.Current) { Health = Health };
     }
 
+    public string NodeName => _options.NodeName;
+
     public FlowTable Flows { get; }
+
+    public MeshMetrics Metrics { get; }
+
+    public IdentityManager? Identity => _identity;
 
     public InventoryStore Inventory => _store ?? throw new InvalidOperationException("agent not started");
 
@@ -64,8 +72,14 @@ public sealed class NodeAgent : IAsyncDisposable
         await ReconcileAsync().ConfigureAwait(false);
         if (_options.AdminAddress is not null)
         {
-            _admin = new AdminServer(_options.AdminAddress, this);
+            _admin = new AdminServer(_options.AdminAddress, new NodeAgentView(this));
             _admin.Start();
+        }
+
+        if (_options.MetricsAddress is not null)
+        {
+            _metricsEndpoint = new MetricsEndpoint(_options.MetricsAddress, Metrics);
+            _metricsEndpoint.Start();
         }
 
         var security = _identity is null ? "no CA configured: forwarding in plaintext" : $"mTLS with trust domain {_identity.TrustDomain}";
@@ -158,6 +172,7 @@ public sealed class NodeAgent : IAsyncDisposable
             catch (Exception e)
             {
                 // One pod that cannot be enrolled (its netns vanished, say) must not stop the others.
+                Metrics.EnrollFailed();
                 Log.Error("agent", $"{Key(workload)}: cannot enroll: {e.Message}");
             }
         }
@@ -211,10 +226,19 @@ public sealed class NodeAgent : IAsyncDisposable
 
     private static string Key(Workload w) => $"{w.Namespace}/{w.Name}";
 
+    private AgentHealth Health() => new()
+    {
+        EnrolledPods = EnrolledPods.Count,
+        CaptureAttached = _capture is not null,
+        PinnedObjects = Directory.Exists(_options.PinRoot) ? Directory.EnumerateFileSystemEntries(_options.PinRoot, "*", SearchOption.AllDirectories).Count() : 0,
+        Certificates = _identity?.Current.Select(s => (s.Id.ToString(), s.NotAfter)).ToList() ?? [],
+    };
+
     /// <summary>Stops accepting, lets open connections finish within the grace period, keeps the pins.</summary>
     public async Task StopAsync()
     {
         _admin?.Dispose();
+        _metricsEndpoint?.Dispose();
         _source?.Dispose();
         List<PodProxy> pods;
         lock (_pods)

@@ -20,12 +20,18 @@ public sealed class Flow
     private long _bytesReceived;
 
     public Flow(FlowDirection direction, IPEndPoint source, IPEndPoint originalDestination)
+        : this(direction, source, originalDestination, DateTimeOffset.UtcNow)
+    {
+    }
+
+    /// <summary>A flow that started at a given moment: for replaying records and for tests.</summary>
+    internal Flow(FlowDirection direction, IPEndPoint source, IPEndPoint originalDestination, DateTimeOffset start)
     {
         Id = Interlocked.Increment(ref s_nextId);
         Direction = direction;
         Source = source;
         OriginalDestination = originalDestination;
-        Start = DateTimeOffset.UtcNow;
+        Start = start;
     }
 
     public long Id { get; }
@@ -82,13 +88,32 @@ public sealed class Flow
 
     public void AddReceived(int count) => Interlocked.Add(ref _bytesReceived, count);
 
-    public void Finish() => End = DateTimeOffset.UtcNow;
+    public void Finish() => End ??= DateTimeOffset.UtcNow;
+
+    internal void FinishAt(DateTimeOffset end) => End = end;
+
+    /// <summary>What the metrics already counted of this flow.</summary>
+    internal MeshMetrics.FlowMeter Meter { get; } = new();
+
+    /// <summary>
+    /// The outcome in one word, for filtering: forwarded (flags "-", or closed idle after forwarding),
+    /// denied (policy said no), error (anything else: no endpoint, upstream or TLS failure, limits).
+    /// </summary>
+    public string Verdict => VerdictOf(ResponseFlags);
+
+    public static string VerdictOf(string responseFlags) => responseFlags switch
+    {
+        "-" or "IDLE_TIMEOUT" => "forwarded",
+        "DENY" => "denied",
+        _ => "error",
+    };
 
     public void WriteJson(Utf8JsonWriter w)
     {
         w.WriteStartObject();
         w.WriteNumber("id", Id);
         w.WriteString("direction", Direction == FlowDirection.Outbound ? "outbound" : "inbound");
+        w.WriteString("state", End is null ? "live" : "finished");
         w.WriteString("source", Source.ToString());
         w.WriteString("source_workload", SourceWorkload);
         w.WriteString("original_destination", OriginalDestination.ToString());
@@ -109,6 +134,11 @@ public sealed class Flow
             w.WriteString("end", end);
             w.WriteNumber("duration_ms", Math.Round((end - Start).TotalMilliseconds, 3));
         }
+        else
+        {
+            // So far: a live flow's age.
+            w.WriteNumber("duration_ms", Math.Round((DateTimeOffset.UtcNow - Start).TotalMilliseconds, 3));
+        }
 
         if (ConnectTime is { } connect)
         {
@@ -123,6 +153,7 @@ public sealed class Flow
         w.WriteNumber("bytes_sent", BytesSent);
         w.WriteNumber("bytes_received", BytesReceived);
         w.WriteString("response_flags", ResponseFlags);
+        w.WriteString("verdict", Verdict);
         if (Error is not null)
         {
             w.WriteString("error", Error);

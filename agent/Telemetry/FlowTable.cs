@@ -1,34 +1,56 @@
 using System.Collections.Concurrent;
+using System.Globalization;
 using System.Text;
 using System.Text.Json;
 
 namespace Weft.Telemetry;
 
+/// <summary>How the access log writes a finished connection.</summary>
+public enum AccessLogFormat
+{
+    Json,
+    Text,
+}
+
 /// <summary>
-/// Live flows plus a bounded ring of finished ones; writes one access-log line per finished flow.
+/// Live flows plus a bounded ring of finished ones; writes one access-log line per finished flow and
+/// tells its observer (the metrics) when a flow opens and closes.
 /// </summary>
 public sealed class FlowTable
 {
     private readonly ConcurrentDictionary<long, Flow> _live = new();
     private readonly Flow?[] _recent;
-    private readonly object _recentGate = new();
+    private readonly Lock _recentGate = new();
     private readonly TextWriter? _accessLog;
+    private readonly AccessLogFormat _format;
     private long _recentCount;
 
-    public FlowTable(int recentCapacity = 4096, TextWriter? accessLog = null)
+    public FlowTable(int recentCapacity = 4096, TextWriter? accessLog = null, AccessLogFormat format = AccessLogFormat.Json)
     {
         _recent = new Flow?[recentCapacity];
         _accessLog = accessLog;
+        _format = format;
     }
 
     public int LiveCount => _live.Count;
 
-    public void Opened(Flow flow) => _live[flow.Id] = flow;
+    /// <summary>Set once at start (the metrics); called outside any lock of the table.</summary>
+    public IFlowObserver? Observer { get; set; }
+
+    /// <summary>The live flows in no particular order, without copying: for the metrics' scrape.</summary>
+    internal IEnumerable<Flow> LiveFlows => _live.Values;
+
+    public void Opened(Flow flow)
+    {
+        _live[flow.Id] = flow;
+        Observer?.Opened(flow);
+    }
 
     public void Closed(Flow flow)
     {
         flow.Finish();
         _live.TryRemove(flow.Id, out _);
+        Observer?.Closed(flow);
         lock (_recentGate)
         {
             _recent[_recentCount % _recent.Length] = flow;
@@ -37,7 +59,7 @@ public sealed class FlowTable
 
         if (_accessLog is not null)
         {
-            var line = ToJson(flow);
+            var line = _format == AccessLogFormat.Json ? ToJson(flow) : ToText(flow);
             lock (_accessLog)
             {
                 _accessLog.WriteLine(line);
@@ -48,6 +70,7 @@ public sealed class FlowTable
 
     public IReadOnlyList<Flow> Live() => _live.Values.OrderBy(f => f.Id).ToList();
 
+    /// <summary>Finished flows, oldest first, at most the ring's capacity.</summary>
     public IReadOnlyList<Flow> Recent()
     {
         lock (_recentGate)
@@ -72,5 +95,19 @@ public sealed class FlowTable
         }
 
         return Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length);
+    }
+
+    /// <summary>
+    /// One line in the spirit of Envoy's TCP access log:
+    /// <c>[start] "direction" flags verdict received sent duration_ms "source_workload" source "destination_workload" destination "service" "source_principal" "destination_principal" policy</c>.
+    /// </summary>
+    public static string ToText(Flow flow)
+    {
+        var duration = flow.End is { } end ? (end - flow.Start).TotalMilliseconds : 0;
+        return string.Create(CultureInfo.InvariantCulture,
+            $"[{flow.Start:yyyy-MM-ddTHH:mm:ss.fffZ}] \"{(flow.Direction == FlowDirection.Outbound ? "outbound" : "inbound")}\" {flow.ResponseFlags} {flow.Verdict} "
+            + $"{flow.BytesSent} {flow.BytesReceived} {duration:0} \"{flow.SourceWorkload ?? "-"}\" {flow.Source} "
+            + $"\"{flow.DestinationWorkload ?? "-"}\" {flow.Destination?.ToString() ?? flow.OriginalDestination.ToString()} \"{flow.DestinationService ?? "-"}\" "
+            + $"\"{flow.SourcePrincipal ?? "-"}\" \"{flow.DestinationPrincipal ?? "-"}\" {flow.SecurityPolicy}{(flow.Error is null ? "" : $" \"{flow.Error}\"")}");
     }
 }

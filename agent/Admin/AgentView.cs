@@ -1,0 +1,71 @@
+using System.Security.Cryptography.X509Certificates;
+using Weft.Identity;
+using Weft.Inventory;
+using Weft.Node;
+using Weft.Telemetry;
+
+namespace Weft.Admin;
+
+/// <summary>What the admin API shows of an agent; a seam so the API can be tested without one.</summary>
+public interface IAgentView
+{
+    string NodeName { get; }
+
+    FlowTable Flows { get; }
+
+    InventorySnapshot Inventory { get; }
+
+    /// <summary>"namespace/name" of each pod the agent captures.</summary>
+    IReadOnlyCollection<string> EnrolledPods { get; }
+
+    /// <summary>Certificates the agent holds, public parts only.</summary>
+    IReadOnlyList<CertificateEntry> Certificates { get; }
+}
+
+/// <summary>
+/// One certificate: a workload's SVID (Leaf), the agent's signing CA (CA), an intermediate, or a trust
+/// bundle root (Root). Never the private key.
+/// </summary>
+public sealed record CertificateEntry(string Name, string Type, X509Certificate2 Certificate, DateTimeOffset? RenewAt = null);
+
+/// <summary>A running node agent as the admin API sees it.</summary>
+internal sealed class NodeAgentView(NodeAgent agent) : IAgentView
+{
+    public string NodeName => agent.NodeName;
+
+    public FlowTable Flows => agent.Flows;
+
+    public InventorySnapshot Inventory => agent.Inventory.Current;
+
+    public IReadOnlyCollection<string> EnrolledPods => agent.EnrolledPods.Select(p => p.Split('|')[0]).Order(StringComparer.Ordinal).ToList();
+
+    public IReadOnlyList<CertificateEntry> Certificates => CertificatesOf(agent.Identity);
+
+    internal static IReadOnlyList<CertificateEntry> CertificatesOf(IdentityManager? identity)
+    {
+        if (identity is null)
+        {
+            return [];
+        }
+
+        var list = new List<CertificateEntry>();
+        foreach (var svid in identity.Current)
+        {
+            list.Add(new CertificateEntry(svid.Id.ToString(), "Leaf", svid.Certificate, svid.RenewAt));
+        }
+
+        var authority = identity.Authority;
+        list.Add(new CertificateEntry(authority.Signer.Subject, "CA", authority.Signer));
+        foreach (var intermediate in authority.Intermediates)
+        {
+            list.Add(new CertificateEntry(intermediate.Subject, "Intermediate", intermediate));
+        }
+
+        foreach (var root in authority.TrustBundle)
+        {
+            list.Add(new CertificateEntry(root.Subject, "Root", root));
+        }
+
+        return list;
+    }
+}

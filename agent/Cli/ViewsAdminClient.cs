@@ -1,0 +1,159 @@
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+
+namespace Weft.Cli;
+
+/// <summary>The agent's admin API could not be reached or answered with an error: one line for the user.</summary>
+internal sealed class AdminUnreachableException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>Reads the local agent's admin API (127.0.0.1:15000 unless told otherwise).</summary>
+internal sealed class AdminClient : IDisposable
+{
+    public const string DefaultAddress = "127.0.0.1:15000";
+
+    private readonly HttpClient _http;
+
+    public AdminClient(string address)
+    {
+        Address = address;
+        _http = new HttpClient { BaseAddress = new Uri($"http://{address}/"), Timeout = TimeSpan.FromSeconds(5) };
+    }
+
+    public string Address { get; }
+
+    public async Task<JsonDocument> GetAsync(string pathAndQuery, CancellationToken cancellationToken = default)
+    {
+        HttpResponseMessage response;
+        try
+        {
+            response = await _http.GetAsync(pathAndQuery, cancellationToken).ConfigureAwait(false);
+        }
+        catch (HttpRequestException e)
+        {
+            var why = e.InnerException is SocketException s ? Describe(s.SocketErrorCode) : e.Message;
+            throw new AdminUnreachableException(
+                $"cannot reach the Weft agent's admin API at {Address}: {why}. Is the agent running on this node? Point at it with --admin HOST:PORT.", e);
+        }
+        catch (TaskCanceledException e) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new AdminUnreachableException($"the Weft agent's admin API at {Address} did not answer within {_http.Timeout.TotalSeconds:0}s.", e);
+        }
+
+        using (response)
+        {
+            var body = await response.Content.ReadAsStringAsync(cancellationToken).ConfigureAwait(false);
+            if (!response.IsSuccessStatusCode)
+            {
+                var error = TryError(body) ?? body.Trim();
+                throw new AdminUnreachableException($"the agent at {Address} answered {(int)response.StatusCode}: {error}");
+            }
+
+            try
+            {
+                return JsonDocument.Parse(body);
+            }
+            catch (JsonException e)
+            {
+                throw new AdminUnreachableException($"{Address} answered something that is not the Weft admin API: {e.Message}", e);
+            }
+        }
+    }
+
+    private static string? TryError(string body)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(body);
+            return doc.RootElement.TryGetProperty("error", out var e) ? e.GetString() : null;
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
+    }
+
+    private static string Describe(SocketError error) => error switch
+    {
+        SocketError.ConnectionRefused => "connection refused",
+        SocketError.HostUnreachable or SocketError.NetworkUnreachable => "no route to it",
+        SocketError.TimedOut => "timed out",
+        _ => error.ToString(),
+    };
+
+    public void Dispose() => _http.Dispose();
+}
+
+/// <summary>Aligned columns separated by two spaces, as <c>istioctl ztunnel-config</c> prints them.</summary>
+internal static class ViewsTable
+{
+    public static string Render(IReadOnlyList<string> headers, IEnumerable<IReadOnlyList<string>> rows)
+    {
+        var all = new List<IReadOnlyList<string>> { headers };
+        all.AddRange(rows);
+        var widths = new int[headers.Count];
+        foreach (var row in all)
+        {
+            for (var i = 0; i < widths.Length; i++)
+            {
+                widths[i] = Math.Max(widths[i], row[i].Length);
+            }
+        }
+
+        var text = new StringBuilder();
+        foreach (var row in all)
+        {
+            for (var i = 0; i < widths.Length; i++)
+            {
+                if (i == widths.Length - 1)
+                {
+                    text.Append(row[i]);
+                }
+                else
+                {
+                    text.Append(row[i].PadRight(widths[i] + 2));
+                }
+            }
+
+            text.Append('\n');
+        }
+
+        return text.ToString();
+    }
+
+    /// <summary>1023B, 1.5KiB, 12.0MiB: bytes as people read them.</summary>
+    public static string Bytes(long n)
+    {
+        string[] units = ["KiB", "MiB", "GiB", "TiB"];
+        if (n < 1024)
+        {
+            return $"{n}B";
+        }
+
+        double value = n;
+        var unit = -1;
+        while (value >= 1024 && unit < units.Length - 1)
+        {
+            value /= 1024;
+            unit++;
+        }
+
+        return string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{value:0.0}{units[unit]}");
+    }
+
+    /// <summary>"-o json" as the option reader wants it ("--output json"); anything else passes through.</summary>
+    public static IEnumerable<string> NormalizeShortOptions(IEnumerable<string> args)
+    {
+        foreach (var arg in args)
+        {
+            yield return arg switch
+            {
+                "-o" => "--output",
+                "-f" => "--follow",
+                "-n" => "--namespace",
+                _ when arg.StartsWith("-o=", StringComparison.Ordinal) => "--output=" + arg[3..],
+                _ => arg,
+            };
+        }
+    }
+}

@@ -1,0 +1,351 @@
+using Prometheus;
+using Weft.Inventory;
+
+namespace Weft.Telemetry;
+
+/// <summary>Told when a flow enters and leaves the flow table.</summary>
+public interface IFlowObserver
+{
+    void Opened(Flow flow);
+
+    void Closed(Flow flow);
+}
+
+/// <summary>What the agent's health gauges show, read once per scrape.</summary>
+public sealed record AgentHealth
+{
+    public int EnrolledPods { get; init; }
+
+    public bool CaptureAttached { get; init; }
+
+    /// <summary>Programs, maps and links pinned under the agent's bpffs directory.</summary>
+    public int PinnedObjects { get; init; }
+
+    public IReadOnlyList<(string Principal, DateTimeOffset NotAfter)> Certificates { get; init; } = [];
+}
+
+/// <summary>
+/// The node's Prometheus metrics, with Istio's names and labels so existing dashboards work.
+/// <code>
+///   relay ──Interlocked.Add──► Flow.BytesSent/Received        (data path: nothing else per read)
+///   scrape ──before-collect──► for each live flow: counter += bytes now − bytes already reported
+///   close  ──────────────────► the last delta, closed counter, duration/connect/TLS histograms
+/// </code>
+/// A long transfer shows in the next scrape, and the data path pays nothing for it. Labels hold
+/// workload names, namespaces, principals and flags, never addresses or ports: series are bounded by
+/// workload pairs times flags.
+/// </summary>
+public sealed class MeshMetrics : IFlowObserver
+{
+    /// <summary>Istio's standard TCP labels, in the order values are given.</summary>
+    internal static readonly string[] IstioLabels =
+    [
+        "reporter",
+        "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_canonical_service",
+        "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app", "destination_canonical_service",
+        "destination_service", "destination_service_name", "destination_service_namespace",
+        "request_protocol", "response_flags", "connection_security_policy",
+    ];
+
+    private readonly FlowTable _flows;
+    private readonly Func<InventorySnapshot?> _inventory;
+    private readonly Dictionary<string, Series> _series = new(StringComparer.Ordinal);
+    private readonly Lock _seriesGate = new();
+    private readonly Counter _opened;
+    private readonly Counter _closed;
+    private readonly Counter _sentBytes;
+    private readonly Counter _receivedBytes;
+    private readonly Histogram _duration;
+    private readonly Histogram _connect;
+    private readonly Histogram _tlsHandshake;
+    private readonly Gauge _live;
+    private readonly Gauge _enrolled;
+    private readonly Gauge _inventoryVersion;
+    private readonly Gauge _inventoryLoaded;
+    private readonly Gauge _inventoryAge;
+    private readonly Gauge _certificateExpiry;
+    private readonly Gauge _captureUp;
+    private readonly Gauge _pinned;
+    private readonly Counter _enrollFailures;
+    private readonly HashSet<string> _certificatePrincipals = new(StringComparer.Ordinal);
+    private WorkloadDirectory _directory = WorkloadDirectory.Empty;
+
+    public MeshMetrics(FlowTable flows, Func<InventorySnapshot?> inventory, CollectorRegistry? registry = null, bool processMetrics = true)
+    {
+        _flows = flows;
+        _inventory = inventory;
+        Registry = registry ?? Metrics.NewCustomRegistry();
+        if (processMetrics)
+        {
+            DotNetStats.Register(Registry);
+        }
+
+        var f = Metrics.WithCustomRegistry(Registry);
+        _opened = f.CreateCounter("istio_tcp_connections_opened_total", "TCP connections opened.", IstioLabels);
+        _closed = f.CreateCounter("istio_tcp_connections_closed_total", "TCP connections closed.", IstioLabels);
+        _sentBytes = f.CreateCounter("istio_tcp_sent_bytes_total", "Bytes sent towards the client (the response direction), counted while the connection is open.", IstioLabels);
+        _receivedBytes = f.CreateCounter("istio_tcp_received_bytes_total", "Bytes received from the client (the request direction), counted while the connection is open.", IstioLabels);
+        _duration = f.CreateHistogram("weft_tcp_connection_duration_seconds", "How long proxied connections lasted.",
+            ["reporter", "response_flags"], new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.001, 4, 12) });
+        _connect = f.CreateHistogram("weft_upstream_connect_seconds", "Time to connect upstream (to the app, or to open the tunnel stream).",
+            ["reporter"], new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.0001, 2.5, 14) });
+        _tlsHandshake = f.CreateHistogram("weft_tls_handshake_seconds", "mTLS handshake time of the tunnel a connection used.",
+            ["reporter"], new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.0005, 2.5, 12) });
+        _live = f.CreateGauge("weft_tcp_connections_open", "Connections open now.", ["reporter"]);
+        _enrolled = f.CreateGauge("weft_enrolled_pods", "Pods on this node whose traffic the agent captures.");
+        _inventoryVersion = f.CreateGauge("weft_inventory_version", "Version of the inventory snapshot in force.");
+        _inventoryLoaded = f.CreateGauge("weft_inventory_last_sync_timestamp_seconds", "When the inventory in force was loaded (Unix time).");
+        _inventoryAge = f.CreateGauge("weft_inventory_sync_age_seconds", "Seconds since the inventory in force was loaded.");
+        _certificateExpiry = f.CreateGauge("weft_certificate_expiry_timestamp_seconds", "When each workload certificate held by the agent expires (Unix time).", ["principal"]);
+        _captureUp = f.CreateGauge("weft_bpf_capture_up", "1 when the eBPF capture programs are loaded and attached.");
+        _pinned = f.CreateGauge("weft_bpf_pinned_objects", "eBPF programs, maps and links pinned under the agent's bpffs directory.");
+        _enrollFailures = f.CreateCounter("weft_pod_enroll_failures_total", "Pods the agent failed to enroll (capture attach, listeners).");
+        Registry.AddBeforeCollectCallback(Collect);
+        flows.Observer = this;
+    }
+
+    public CollectorRegistry Registry { get; }
+
+    /// <summary>Read before every scrape for the health gauges; null leaves them at zero.</summary>
+    public Func<AgentHealth>? Health { get; set; }
+
+    public void EnrollFailed() => _enrollFailures.Inc();
+
+    public void Opened(Flow flow)
+    {
+        // Counted at the first scrape or at close, when the proxy has filled in principals and flags.
+    }
+
+    public void Closed(Flow flow)
+    {
+        var meter = flow.Meter;
+        lock (meter)
+        {
+            if (meter.Closed)
+            {
+                return;
+            }
+
+            var series = Flush(flow, meter);
+            meter.Closed = true;
+            series.Closed.Inc();
+            var reporter = Reporter(flow);
+            if (flow.End is { } end)
+            {
+                _duration.WithLabels(reporter, flow.ResponseFlags).Observe((end - flow.Start).TotalSeconds);
+            }
+
+            if (flow.ConnectTime is { } connect)
+            {
+                _connect.WithLabels(reporter).Observe(connect.TotalSeconds);
+            }
+
+            if (flow.TlsHandshakeTime is { } tls)
+            {
+                _tlsHandshake.WithLabels(reporter).Observe(tls.TotalSeconds);
+            }
+        }
+    }
+
+    /// <summary>Renders the exposition text, as a scrape would get it.</summary>
+    public async Task<string> RenderAsync()
+    {
+        using var buffer = new MemoryStream();
+        await Registry.CollectAndExportAsTextAsync(buffer).ConfigureAwait(false);
+        return System.Text.Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length);
+    }
+
+    /// <summary>Series of the istio_tcp_* counters that exist now.</summary>
+    internal int SeriesCount
+    {
+        get
+        {
+            lock (_seriesGate)
+            {
+                return _series.Count;
+            }
+        }
+    }
+
+    private void Collect()
+    {
+        int outbound = 0, inbound = 0;
+        foreach (var flow in _flows.LiveFlows)
+        {
+            var meter = flow.Meter;
+            lock (meter)
+            {
+                if (!meter.Closed)
+                {
+                    Flush(flow, meter);
+                }
+            }
+
+            if (flow.Direction == FlowDirection.Outbound)
+            {
+                outbound++;
+            }
+            else
+            {
+                inbound++;
+            }
+        }
+
+        _live.WithLabels("source").Set(outbound);
+        _live.WithLabels("destination").Set(inbound);
+
+        var snapshot = _inventory();
+        if (snapshot is not null && snapshot.Version > 0)
+        {
+            _inventoryVersion.Set(snapshot.Version);
+            _inventoryLoaded.Set(snapshot.LoadedAt.ToUnixTimeMilliseconds() / 1000.0);
+            _inventoryAge.Set(Math.Max(0, (DateTimeOffset.UtcNow - snapshot.LoadedAt).TotalSeconds));
+        }
+
+        if (Health?.Invoke() is { } health)
+        {
+            _enrolled.Set(health.EnrolledPods);
+            _captureUp.Set(health.CaptureAttached ? 1 : 0);
+            _pinned.Set(health.PinnedObjects);
+            var seen = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var (principal, notAfter) in health.Certificates)
+            {
+                seen.Add(principal);
+                _certificateExpiry.WithLabels(principal).Set(notAfter.ToUnixTimeSeconds());
+            }
+
+            lock (_certificatePrincipals)
+            {
+                foreach (var gone in _certificatePrincipals.Where(p => !seen.Contains(p)).ToList())
+                {
+                    _certificateExpiry.RemoveLabelled(gone);
+                    _certificatePrincipals.Remove(gone);
+                }
+
+                _certificatePrincipals.UnionWith(seen);
+            }
+        }
+    }
+
+    /// <summary>Adds what the flow moved since the last flush to its series; the caller holds the meter's lock.</summary>
+    private Series Flush(Flow flow, FlowMeter meter)
+    {
+        var series = SeriesFor(flow, meter);
+        if (!meter.OpenCounted)
+        {
+            series.Opened.Inc();
+            meter.OpenCounted = true;
+        }
+
+        // Istio's names are from the server's side: received is the request direction, sent the response.
+        var sent = flow.BytesSent;
+        var received = flow.BytesReceived;
+        if (sent > meter.ReportedSent)
+        {
+            series.Received.Inc(sent - meter.ReportedSent);
+            meter.ReportedSent = sent;
+        }
+
+        if (received > meter.ReportedReceived)
+        {
+            series.Sent.Inc(received - meter.ReportedReceived);
+            meter.ReportedReceived = received;
+        }
+
+        return series;
+    }
+
+    /// <summary>The series for the flow's labels now; looked up again only when a label input changed.</summary>
+    private Series SeriesFor(Flow flow, FlowMeter meter)
+    {
+        var directory = Directory();
+        if (meter.Series is { } cached && meter.SameInputs(flow, directory.Version))
+        {
+            return cached;
+        }
+
+        var values = LabelValues(flow, directory);
+        var key = string.Join('\u0001', values);
+        Series? series;
+        lock (_seriesGate)
+        {
+            if (!_series.TryGetValue(key, out series))
+            {
+                series = new Series(_opened.WithLabels(values), _closed.WithLabels(values), _sentBytes.WithLabels(values), _receivedBytes.WithLabels(values));
+                _series[key] = series;
+            }
+        }
+
+        meter.Remember(flow, directory.Version, series);
+        return series;
+    }
+
+    private WorkloadDirectory Directory()
+    {
+        var directory = Volatile.Read(ref _directory);
+        var snapshot = _inventory();
+        if (snapshot is not null && snapshot.Version != directory.Version)
+        {
+            directory = WorkloadDirectory.Build(snapshot);
+            Volatile.Write(ref _directory, directory);
+        }
+
+        return directory;
+    }
+
+    internal static string[] LabelValues(Flow flow, WorkloadDirectory directory)
+    {
+        var source = directory.Resolve(flow.SourceWorkload);
+        var destination = directory.Resolve(flow.DestinationWorkload);
+        string service = "unknown", serviceName = "unknown", serviceNamespace = "unknown";
+        if (flow.DestinationService is { } key && key.IndexOf('/') is var slash and > 0)
+        {
+            serviceNamespace = key[..slash];
+            serviceName = key[(slash + 1)..];
+            service = $"{serviceName}.{serviceNamespace}.svc.cluster.local";
+        }
+
+        return
+        [
+            Reporter(flow),
+            source.Workload, source.Namespace, flow.SourcePrincipal ?? "unknown", source.App, source.CanonicalService,
+            destination.Workload, destination.Namespace, flow.DestinationPrincipal ?? "unknown", destination.App, destination.CanonicalService,
+            service, serviceName, serviceNamespace,
+            "tcp", flow.ResponseFlags, flow.SecurityPolicy,
+        ];
+    }
+
+    private static string Reporter(Flow flow) => flow.Direction == FlowDirection.Outbound ? "source" : "destination";
+
+    internal sealed record Series(Counter.Child Opened, Counter.Child Closed, Counter.Child Sent, Counter.Child Received);
+
+    /// <summary>What the metrics already took from one flow; lives on the flow, guarded by its own lock.</summary>
+    internal sealed class FlowMeter
+    {
+        private Series? _series;
+        private string? _sourceWorkload, _destinationWorkload, _service, _sourcePrincipal, _destinationPrincipal, _policy, _flags;
+        private long _directoryVersion;
+
+        public long ReportedSent;
+        public long ReportedReceived;
+        public bool OpenCounted;
+        public bool Closed;
+
+        internal Series? Series => _series;
+
+        internal bool SameInputs(Flow f, long directoryVersion) =>
+            directoryVersion == _directoryVersion
+            && ReferenceEquals(f.SourceWorkload, _sourceWorkload) && ReferenceEquals(f.DestinationWorkload, _destinationWorkload)
+            && ReferenceEquals(f.DestinationService, _service) && ReferenceEquals(f.SourcePrincipal, _sourcePrincipal)
+            && ReferenceEquals(f.DestinationPrincipal, _destinationPrincipal) && ReferenceEquals(f.SecurityPolicy, _policy)
+            && ReferenceEquals(f.ResponseFlags, _flags);
+
+        internal void Remember(Flow f, long directoryVersion, Series series)
+        {
+            _series = series;
+            _directoryVersion = directoryVersion;
+            (_sourceWorkload, _destinationWorkload, _service) = (f.SourceWorkload, f.DestinationWorkload, f.DestinationService);
+            (_sourcePrincipal, _destinationPrincipal, _policy, _flags) = (f.SourcePrincipal, f.DestinationPrincipal, f.SecurityPolicy, f.ResponseFlags);
+        }
+    }
+}
