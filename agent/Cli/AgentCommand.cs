@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using Weft.Capture;
 using Weft.Identity;
+using Weft.Inventory;
 using Weft.Node;
 using Weft.Proxy;
 
@@ -10,7 +11,8 @@ namespace Weft.Cli;
 internal static class AgentCommand
 {
     public const string Usage = """
-        weft agent --inventory FILE [--node NAME] [--cgroup DIR] [--bpffs DIR] [--admin ADDR|off] [--metrics ADDR|off]
+        weft agent (--inventory FILE | --kubernetes [--kubeconfig FILE] [--pod-cgroup-root DIR])
+                   [--node NAME] [--cgroup DIR] [--bpffs DIR] [--admin ADDR|off] [--metrics ADDR|off]
                    [--drain-seconds N] [--idle-timeout-seconds N] [--max-connections-per-pod N]
                    [--access-log json|text|off] [--no-access-log]
                    [--trust-domain TD --ca-cert FILE --ca-key FILE --trust-bundle FILE [--ca-chain FILE]]
@@ -18,6 +20,9 @@ internal static class AgentCommand
           --node defaults to $NODE_NAME, then the host name; --cgroup to the cgroup v2 root;
           --bpffs to /sys/fs/bpf/weft; --admin to 127.0.0.1:15000; --metrics (Prometheus /metrics) to
           :15020, every address; --access-log (a line per finished connection on stdout) to json.
+          --kubernetes (implied by --kubeconfig, and by running in a pod without --inventory) watches the
+          Kubernetes API: in-cluster service account, else $KUBECONFIG or ~/.kube/config. Local pods'
+          network namespaces are found from their cgroups under --pod-cgroup-root (default: the cgroup v2 root).
           With a CA (--ca-cert and --ca-key, PEM; --trust-bundle holds every root to trust), traffic
           between meshed pods travels in mTLS HBONE tunnels with SPIFFE identities in the trust domain
           (default cluster.local); without one it is forwarded in plaintext.
@@ -36,9 +41,18 @@ internal static class AgentCommand
         }
 
         var proxyDefaults = new ProxyOptions();
+        var (inventory, kubeconfig, podCgroupRoot) = (cl.Get("inventory"), cl.Get("kubeconfig"), cl.Get("pod-cgroup-root"));
+        var kubernetes = cl.Flag("kubernetes") || kubeconfig is not null
+            || (inventory is null && Environment.GetEnvironmentVariable("KUBERNETES_SERVICE_HOST") is { Length: > 0 });
+        if (kubernetes ? inventory is not null : podCgroupRoot is not null)
+        {
+            throw new UsageException(kubernetes ? "give --inventory or --kubernetes, not both" : "--pod-cgroup-root needs --kubernetes");
+        }
+
         var options = new AgentOptions
         {
-            InventoryPath = cl.Require("inventory"),
+            InventoryPath = kubernetes ? null : inventory ?? throw new UsageException("missing --inventory (or --kubernetes)"),
+            Kubernetes = kubernetes ? new KubernetesApiOptions { Kubeconfig = kubeconfig, PodCgroupRoot = podCgroupRoot } : null,
             NodeName = cl.Get("node") ?? Environment.GetEnvironmentVariable("NODE_NAME") ?? Environment.MachineName,
             CgroupPath = cl.Get("cgroup"),
             PinRoot = cl.Get("bpffs") ?? "/sys/fs/bpf/weft",

@@ -1,4 +1,5 @@
 using Weft.Identity;
+using Weft.Inventory;
 using Weft.Proxy;
 
 namespace Weft.Node;
@@ -8,8 +9,11 @@ public sealed record AgentOptions
 {
     public required string NodeName { get; init; }
 
-    /// <summary>Standalone inventory file (Kubernetes objects as YAML), hot-reloaded.</summary>
-    public required string InventoryPath { get; init; }
+    /// <summary>Standalone inventory file (Kubernetes objects as YAML), hot-reloaded; unused when <see cref="Kubernetes"/> is set.</summary>
+    public string? InventoryPath { get; init; }
+
+    /// <summary>Read the inventory from the Kubernetes API (watches) instead of a file.</summary>
+    public KubernetesApiOptions? Kubernetes { get; init; }
 
     /// <summary>cgroup v2 directory whose processes are captured; null means the cgroup2 mount's root.</summary>
     public string? CgroupPath { get; init; }

@@ -23,7 +23,7 @@ public sealed class NodeAgent : IAsyncDisposable
     private readonly SemaphoreSlim _reconcileGate = new(1, 1);
     private BpfCapture? _capture;
     private InventoryStore? _store;
-    private FileInventorySource? _source;
+    private IDisposable? _source;
     private ConnectionTracker? _tracker;
     private IdentityManager? _identity;
     private ProxyServices? _services;
@@ -47,6 +47,12 @@ public sealed class NodeAgent : IAsyncDisposable
 
     public InventoryStore Inventory => _store ?? throw new InvalidOperationException("agent not started");
 
+    /// <summary>The Kubernetes watches in --kubernetes mode (readiness: <see cref="KubernetesInventorySource.Ready"/>), else null.</summary>
+    public KubernetesInventorySource? KubernetesSource { get; private set; }
+
+    /// <summary>For /ready: a file inventory is loaded at start; a Kubernetes one after the first full sync.</summary>
+    public bool InventoryReady => _store is not null && (KubernetesSource?.Ready ?? true);
+
     public IReadOnlyCollection<string> EnrolledPods
     {
         get
@@ -67,7 +73,9 @@ public sealed class NodeAgent : IAsyncDisposable
         _identity = _options.Identity is null ? null : IdentityManager.Start(_options.Identity);
         _store = new InventoryStore();
         _services = new ProxyServices(_capture, _store, _tracker, _options.Proxy, _identity);
-        _source = FileInventorySource.Start(_options.InventoryPath, _store);
+        _source = _options.Kubernetes is { } api
+            ? KubernetesSource = KubernetesInventorySource.Start(api, _store, new KubernetesInventoryOptions { NodeName = _options.NodeName })
+            : FileInventorySource.Start(_options.InventoryPath ?? throw new ArgumentException("no inventory: give an inventory file or Kubernetes mode"), _store);
         _store.Changed += OnInventoryChanged;
         await ReconcileAsync().ConfigureAwait(false);
         if (_options.AdminAddress is not null)

@@ -1,0 +1,53 @@
+using k8s;
+using k8s.Models;
+
+namespace Weft.Inventory;
+
+/// <summary>How the agent reaches the Kubernetes API and finds pods on its node (the command line's --kubernetes mode).</summary>
+public sealed record KubernetesApiOptions
+{
+    /// <summary>A kubeconfig file; null: in-cluster configuration when running in a pod, else $KUBECONFIG or ~/.kube/config.</summary>
+    public string? Kubeconfig { get; init; }
+
+    /// <summary>Where kubelet's kubepods cgroups are; null: the cgroup v2 mount.</summary>
+    public string? PodCgroupRoot { get; init; }
+
+    /// <summary>The client for these settings: a kubeconfig file, in-cluster service account, or the default kubeconfig.</summary>
+    public IKubernetes CreateClient()
+    {
+        var config = Kubeconfig is not null ? KubernetesClientConfiguration.BuildConfigFromConfigFile(Kubeconfig)
+            : KubernetesClientConfiguration.IsInCluster() ? KubernetesClientConfiguration.InClusterConfig()
+            : KubernetesClientConfiguration.BuildDefaultConfig();
+        return new k8s.Kubernetes(config);
+    }
+}
+
+/// <summary>Tuning for <see cref="KubernetesInventorySource"/>; the defaults suit an agent, tests shorten the waits.</summary>
+public sealed record KubernetesInventoryOptions
+{
+    /// <summary>This node's name (spec.nodeName of the pods whose network namespaces the agent looks up).</summary>
+    public required string NodeName { get; init; }
+
+    /// <summary>Quiet time after a change before rebuilding, so a burst of watch events (a rollout) makes one snapshot.</summary>
+    public TimeSpan Debounce { get; init; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>First wait after a failed list or watch; doubles per failure up to <see cref="MaxBackoff"/>.</summary>
+    public TimeSpan InitialBackoff { get; init; } = TimeSpan.FromMilliseconds(200);
+
+    public TimeSpan MaxBackoff { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Server-side watch timeout; each watch gets a random value between this and twice it, so agents do not reconnect in step.</summary>
+    public TimeSpan WatchTimeout { get; init; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>Items per list page (limit/continue), so a large cluster never arrives as one huge response.</summary>
+    public int ListPageSize { get; init; } = 500;
+
+    /// <summary>Where AuthorizationPolicies and PeerAuthentications apply mesh-wide (Istio's root namespace).</summary>
+    public string MeshRootNamespace { get; init; } = Weft.Policy.PolicyKinds.DefaultMeshRootNamespace;
+
+    /// <summary>Where kubelet's kubepods cgroups are; null: the cgroup v2 mount.</summary>
+    public string? PodCgroupRoot { get; init; }
+
+    /// <summary>Finds a local pod's network namespace path; null: from its cgroup (<see cref="Weft.Capture.PodNetns"/>). Tests replace it.</summary>
+    internal Func<V1Pod, int?, (string Path, int Pid)?>? NetnsResolver { get; init; }
+}

@@ -1,0 +1,402 @@
+using k8s;
+using k8s.Models;
+using Weft.Capture;
+using Weft.Policy;
+
+namespace Weft.Inventory;
+
+/// <summary>
+/// The inventory from a Kubernetes cluster: list+watch of every kind the mesh uses, fed through the same
+/// <see cref="InventoryBuilder"/> as the standalone file and published to an <see cref="InventoryStore"/>.
+/// <code>
+///   pods, namespaces, services, EndpointSlices,        per kind: cache by uid
+///   AuthorizationPolicies, PeerAuthentications ──watch──► (list, watch, 410 → relist, backoff) ──changed──┐
+///                                                                                                       ▼
+///   store.Publish ◄── InventoryBuilder.Build(union) ◄── local pods: netns from their cgroup ◄── debounce (100 ms)
+/// </code>
+/// Pods are watched cluster-wide, not only this node's: the data path needs every pod's IP, identity and
+/// labels to name the peer of a connection and to match policies, and one watch of all pods costs the API
+/// server less than a node-filtered watch plus a second full one. Only the fields the mesh reads are kept.
+/// Nothing is published before every kind has been listed once (<see cref="Ready"/>): a partial inventory
+/// would unenroll pods that a restarted agent is about to adopt.
+/// A pod's weft.dev/netns annotation is never trusted here: anyone who may edit a pod could point it at
+/// another pod's namespace. The path comes from the pod's cgroup on this node instead.
+/// </summary>
+public sealed class KubernetesInventorySource : IDisposable
+{
+    private readonly InventoryStore _store;
+    private readonly KubernetesInventoryOptions _options;
+    private readonly IKubernetes _client;
+    private readonly bool _ownsClient;
+    private readonly IKubernetesResourceWatch[] _watches;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Timer _debounce;
+    private readonly object _rebuildGate = new();
+    private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Func<V1Pod, int?, (string Path, int Pid)?> _resolveNetns;
+    private Dictionary<string, (string Path, int Pid)> _netns = new(StringComparer.Ordinal);
+    private HashSet<string> _lastWarnings = [];
+    private Task[] _loops = [];
+    private int _dirty;
+    private int _netnsRetries;
+    private long _lastSyncTicks;
+    private bool _disposed;
+
+    private KubernetesInventorySource(IKubernetes client, bool ownsClient, InventoryStore store, KubernetesInventoryOptions options)
+    {
+        _client = client;
+        _ownsClient = ownsClient;
+        _store = store;
+        _options = options;
+        _debounce = new Timer(_ => RebuildInBackground(), null, Timeout.Infinite, Timeout.Infinite);
+        if (options.NetnsResolver is { } resolver)
+        {
+            _resolveNetns = resolver;
+        }
+        else
+        {
+            var finder = new PodNetns(options.PodCgroupRoot);
+            _resolveNetns = (pod, preferredPid) => finder.Find(pod.Metadata.Uid, PodNetns.ParseQosClass(pod.Status?.QosClass), preferredPid) is { } found
+                ? (found.NetnsPath, found.Pid)
+                : null;
+        }
+
+        // Bookmarks keep our resourceVersion fresh on quiet kinds, so a reconnect resumes instead of relisting.
+        _watches =
+        [
+            Watch<V1Namespace, V1NamespaceList>("namespaces", TrimNamespace,
+                (c, l, ct) => client.CoreV1.ListNamespaceAsync(continueParameter: c, limit: l, cancellationToken: ct),
+                (rv, t, e, ct) => client.CoreV1.WatchListNamespaceAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct)),
+            Watch<V1Pod, V1PodList>("pods", TrimPod,
+                (c, l, ct) => client.CoreV1.ListPodForAllNamespacesAsync(continueParameter: c, limit: l, cancellationToken: ct),
+                (rv, t, e, ct) => client.CoreV1.WatchListPodForAllNamespacesAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct)),
+            Watch<V1Service, V1ServiceList>("services", TrimService,
+                (c, l, ct) => client.CoreV1.ListServiceForAllNamespacesAsync(continueParameter: c, limit: l, cancellationToken: ct),
+                (rv, t, e, ct) => client.CoreV1.WatchListServiceForAllNamespacesAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct)),
+            Watch<V1EndpointSlice, V1EndpointSliceList>("endpointslices", TrimEndpointSlice,
+                (c, l, ct) => client.DiscoveryV1.ListEndpointSliceForAllNamespacesAsync(continueParameter: c, limit: l, cancellationToken: ct),
+                (rv, t, e, ct) => client.DiscoveryV1.WatchListEndpointSliceForAllNamespacesAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct)),
+            CustomWatch<V1Alpha1AuthorizationPolicy>("authorizationpolicies"),
+            CustomWatch<V1Alpha1PeerAuthentication>("peerauthentications"),
+        ];
+    }
+
+    /// <summary>True once every kind has been listed and the first snapshot published; stays true while watches reconnect.</summary>
+    public bool Ready => _ready.Task.IsCompleted;
+
+    /// <summary>When the last snapshot built from the watched objects was published; null before the first.</summary>
+    public DateTimeOffset? LastSync => Interlocked.Read(ref _lastSyncTicks) is var ticks and > 0 ? new DateTimeOffset(ticks, TimeSpan.Zero) : null;
+
+    /// <summary>Completes when <see cref="Ready"/> becomes true.</summary>
+    public Task WaitForReadyAsync(CancellationToken cancellationToken = default) => _ready.Task.WaitAsync(cancellationToken);
+
+    /// <summary>Starts the watches and returns at once; the first snapshot is published when every kind has been listed.</summary>
+    public static KubernetesInventorySource Start(KubernetesApiOptions api, InventoryStore store, KubernetesInventoryOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(api);
+        return Start(api.CreateClient(), store, options with { PodCgroupRoot = options.PodCgroupRoot ?? api.PodCgroupRoot }, ownsClient: true);
+    }
+
+    /// <inheritdoc cref="Start(KubernetesApiOptions, InventoryStore, KubernetesInventoryOptions)"/>
+    public static KubernetesInventorySource Start(IKubernetes client, InventoryStore store, KubernetesInventoryOptions options) =>
+        Start(client, store, options, ownsClient: false);
+
+    private static KubernetesInventorySource Start(IKubernetes client, InventoryStore store, KubernetesInventoryOptions options, bool ownsClient)
+    {
+        ArgumentNullException.ThrowIfNull(client);
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentNullException.ThrowIfNull(options);
+        var source = new KubernetesInventorySource(client, ownsClient, store, options);
+        source._loops = source._watches.Select(w => Task.Run(() => w.RunAsync(source._stop.Token))).ToArray();
+        Log.Info("inventory", $"watching the Kubernetes API at {(client as k8s.Kubernetes)?.BaseUri} for node {options.NodeName}");
+        return source;
+    }
+
+    public void Dispose()
+    {
+        lock (_rebuildGate)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+        }
+
+        _stop.Cancel();
+        _debounce.Dispose();
+        try
+        {
+            Task.WaitAll(_loops, TimeSpan.FromSeconds(5));
+        }
+        catch (AggregateException)
+        {
+            // each loop logs its own failures
+        }
+
+        _stop.Dispose();
+        if (_ownsClient)
+        {
+            _client.Dispose();
+        }
+    }
+
+    private KubernetesResourceWatch<T, TList> Watch<T, TList>(string kind, Func<T, T> trim, KubernetesListCall<TList> list, KubernetesWatchCall<T> watch)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        where TList : IMetadata<V1ListMeta>, IItems<T> =>
+        new(kind, list, watch, trim, OnChanged, _options);
+
+    /// <summary>Weft's policy kinds through the custom objects API; watch events arrive untyped and are read into the model class.</summary>
+    private KubernetesResourceWatch<T, KubernetesList<T>> CustomWatch<T>(string plural)
+        where T : class, IKubernetesObject<V1ObjectMeta> =>
+        Watch<T, KubernetesList<T>>(plural, item => item,
+            (c, l, ct) => _client.CustomObjects.ListCustomObjectForAllNamespacesAsync<KubernetesList<T>>(PolicyKinds.Group, PolicyKinds.Version, plural,
+                continueParameter: c, limit: l, cancellationToken: ct),
+            (rv, t, e, ct) => Typed<T>(_client.CustomObjects.WatchListCustomObjectForAllNamespacesAsync(PolicyKinds.Group, PolicyKinds.Version, plural,
+                allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct), e));
+
+    private static async IAsyncEnumerable<(WatchEventType Type, T Item)> Typed<T>(IAsyncEnumerable<(WatchEventType Type, object Item)> events, Action<Exception> onError)
+        where T : class
+    {
+        await foreach (var (type, item) in events.ConfigureAwait(false))
+        {
+            T? typed = null;
+            try
+            {
+                typed = item is System.Text.Json.JsonElement json ? KubernetesJson.Deserialize<T>(json.GetRawText()) : item as T;
+            }
+            catch (System.Text.Json.JsonException ex)
+            {
+                onError(ex);
+            }
+
+            if (typed is not null)
+            {
+                yield return (type, typed);
+            }
+        }
+    }
+
+    private void OnChanged()
+    {
+        Interlocked.Exchange(ref _dirty, 1);
+        ScheduleRebuild(_options.Debounce);
+    }
+
+    private void ScheduleRebuild(TimeSpan delay)
+    {
+        try
+        {
+            _debounce.Change(delay, Timeout.InfiniteTimeSpan);
+        }
+        catch (ObjectDisposedException)
+        {
+            // stopping
+        }
+    }
+
+    private void RebuildInBackground()
+    {
+        try
+        {
+            lock (_rebuildGate)
+            {
+                if (!_disposed)
+                {
+                    Rebuild();
+                }
+            }
+        }
+        catch (Exception ex)
+        {
+            // A timer thread must never take the agent down; the last good snapshot stays in place.
+            Log.Error("inventory", $"building the inventory from the Kubernetes API failed: {ex}");
+            ScheduleRebuild(_options.MaxBackoff);
+        }
+    }
+
+    /// <summary>Caller holds the gate.</summary>
+    private void Rebuild()
+    {
+        if (_watches.FirstOrDefault(w => !w.Listed) is { } waiting)
+        {
+            Log.Debug("inventory", $"not publishing yet: {waiting.Kind} not listed");
+            return;
+        }
+
+        var changed = Interlocked.Exchange(ref _dirty, 0) == 1;
+        var objects = new List<IKubernetesObject>();
+        var netns = new Dictionary<string, (string Path, int Pid)>(StringComparer.Ordinal);
+        var unresolved = 0;
+        foreach (var watch in _watches)
+        {
+            foreach (var item in watch.Items())
+            {
+                objects.Add(item is V1Pod pod ? WithNetns(pod, netns, ref unresolved) : item);
+            }
+        }
+
+        var netnsChanged = !SameNetns(netns, _netns);
+        _netns = netns;
+        if (!changed && !netnsChanged)
+        {
+            // A retry for a pod whose cgroup is still missing found nothing new: no new version.
+            ScheduleNetnsRetry(unresolved);
+            return;
+        }
+
+        var built = InventoryBuilder.Build(objects, _options.MeshRootNamespace);
+        var warnings = built.Warnings.ToHashSet(StringComparer.Ordinal);
+        foreach (var warning in built.Warnings)
+        {
+            if (!_lastWarnings.Contains(warning))
+            {
+                Log.Warn("inventory", $"kubernetes: {warning}");
+            }
+        }
+
+        _lastWarnings = warnings;
+        var published = _store.Publish(built);
+        Interlocked.Exchange(ref _lastSyncTicks, published.LoadedAt.UtcTicks);
+        var first = _ready.TrySetResult();
+        var message = $"{(first ? "synced with" : "updated from")} the Kubernetes API: version {published.Version}, "
+            + $"{published.Workloads.Length} pods, {published.Services.Length} services, "
+            + $"{published.Policies.AuthorizationPolicies.Length} authorization policies, "
+            + $"{published.GetLocalEnrolledWorkloads(_options.NodeName).Length} enrolled on {_options.NodeName}"
+            + (unresolved == 0 ? "" : $", {unresolved} without a network namespace yet");
+        if (first)
+        {
+            Log.Info("inventory", message);
+        }
+        else
+        {
+            Log.Debug("inventory", message);
+        }
+
+        ScheduleNetnsRetry(unresolved);
+    }
+
+    /// <summary>
+    /// This node's running pods get the network namespace found from their cgroup; every pod loses a weft.dev/netns
+    /// annotation it carried, which only the standalone file may set.
+    /// </summary>
+    private V1Pod WithNetns(V1Pod pod, Dictionary<string, (string Path, int Pid)> netns, ref int unresolved)
+    {
+        var annotations = pod.Metadata.Annotations;
+        var local = pod.Spec?.NodeName == _options.NodeName && pod.Spec?.HostNetwork != true
+            && !string.IsNullOrEmpty(pod.Metadata.Uid) && pod.Status?.Phase is not ("Succeeded" or "Failed")
+            && (!string.IsNullOrEmpty(pod.Status?.PodIP) || pod.Status?.PodIPs is { Count: > 0 });
+        if (!local && annotations?.ContainsKey(InventoryBuilder.NetnsAnnotation) != true)
+        {
+            return pod;
+        }
+
+        var rewritten = annotations is null
+            ? new Dictionary<string, string>(StringComparer.Ordinal)
+            : new Dictionary<string, string>(annotations, StringComparer.Ordinal);
+        rewritten.Remove(InventoryBuilder.NetnsAnnotation);
+        if (local)
+        {
+            var previous = _netns.TryGetValue(pod.Metadata.Uid, out var known) ? known.Pid : (int?)null;
+            if (_resolveNetns(pod, previous) is { } found)
+            {
+                netns[pod.Metadata.Uid] = found;
+                rewritten[InventoryBuilder.NetnsAnnotation] = found.Path;
+            }
+            else
+            {
+                unresolved++;
+            }
+        }
+
+        return new V1Pod
+        {
+            ApiVersion = pod.ApiVersion,
+            Kind = pod.Kind,
+            Metadata = new V1ObjectMeta
+            {
+                Name = pod.Metadata.Name,
+                NamespaceProperty = pod.Metadata.NamespaceProperty,
+                Uid = pod.Metadata.Uid,
+                Labels = pod.Metadata.Labels,
+                Annotations = rewritten,
+            },
+            Spec = pod.Spec,
+            Status = pod.Status,
+        };
+    }
+
+    private void ScheduleNetnsRetry(int unresolved)
+    {
+        if (unresolved == 0)
+        {
+            _netnsRetries = 0;
+            return;
+        }
+
+        // The pod's IP can reach the API before its cgroup is readable here; look again, less often each time.
+        var delay = TimeSpan.FromMilliseconds(Math.Min(250 * Math.Pow(2, Math.Min(_netnsRetries++, 10)), TimeSpan.FromSeconds(10).TotalMilliseconds));
+        ScheduleRebuild(delay);
+    }
+
+    private static bool SameNetns(Dictionary<string, (string Path, int Pid)> a, Dictionary<string, (string Path, int Pid)> b) =>
+        a.Count == b.Count && a.All(entry => b.TryGetValue(entry.Key, out var other) && other.Path == entry.Value.Path);
+
+    // Only the fields InventoryBuilder and netns discovery read are kept: a cluster's pods carry far more.
+    private static V1Pod TrimPod(V1Pod pod) => new()
+    {
+        ApiVersion = "v1",
+        Kind = "Pod",
+        Metadata = TrimMetadata(pod.Metadata, keepAnnotations: true),
+        Spec = pod.Spec is null ? null : new V1PodSpec
+        {
+            NodeName = pod.Spec.NodeName,
+            ServiceAccountName = pod.Spec.ServiceAccountName,
+            HostNetwork = pod.Spec.HostNetwork,
+        },
+        Status = pod.Status is null ? null : new V1PodStatus
+        {
+            Phase = pod.Status.Phase,
+            PodIP = pod.Status.PodIP,
+            PodIPs = pod.Status.PodIPs,
+            QosClass = pod.Status.QosClass,
+        },
+    };
+
+    private static V1Namespace TrimNamespace(V1Namespace ns) => new()
+    {
+        ApiVersion = "v1",
+        Kind = "Namespace",
+        Metadata = TrimMetadata(ns.Metadata, keepAnnotations: false),
+    };
+
+    private static V1Service TrimService(V1Service service)
+    {
+        service.ApiVersion = "v1";
+        service.Kind = "Service";
+        service.Metadata = TrimMetadata(service.Metadata, keepAnnotations: false);
+        service.Status = null;
+        return service;
+    }
+
+    private static V1EndpointSlice TrimEndpointSlice(V1EndpointSlice slice)
+    {
+        slice.ApiVersion = "discovery.k8s.io/v1";
+        slice.Kind = "EndpointSlice";
+        slice.Metadata = TrimMetadata(slice.Metadata, keepAnnotations: false);
+        return slice;
+    }
+
+    private static V1ObjectMeta TrimMetadata(V1ObjectMeta metadata, bool keepAnnotations) => new()
+    {
+        Name = metadata.Name,
+        NamespaceProperty = metadata.NamespaceProperty,
+        Uid = metadata.Uid,
+        ResourceVersion = metadata.ResourceVersion,
+        Labels = metadata.Labels,
+        Annotations = keepAnnotations && metadata.Annotations is { Count: > 0 } annotations
+            ? annotations.Where(a => a.Key.StartsWith("weft.dev/", StringComparison.Ordinal)).ToDictionary(a => a.Key, a => a.Value)
+            : null,
+    };
+}

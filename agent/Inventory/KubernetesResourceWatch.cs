@@ -1,0 +1,303 @@
+using System.Net;
+using k8s;
+using k8s.Autorest;
+using k8s.Models;
+
+namespace Weft.Inventory;
+
+/// <summary>Lists one page of a kind cluster-wide (the first page when <paramref name="continueToken"/> is null).</summary>
+internal delegate Task<TList> KubernetesListCall<TList>(string? continueToken, int limit, CancellationToken cancellationToken);
+
+/// <summary>Watches a kind cluster-wide from <paramref name="resourceVersion"/>, with bookmarks; ERROR events go to <paramref name="onError"/>.</summary>
+internal delegate IAsyncEnumerable<(WatchEventType Type, T Item)> KubernetesWatchCall<T>(
+    string resourceVersion, int timeoutSeconds, Action<Exception> onError, CancellationToken cancellationToken);
+
+/// <summary>What every kind's watch offers its owner: the cached objects and whether the first full list arrived.</summary>
+internal interface IKubernetesResourceWatch
+{
+    string Kind { get; }
+
+    bool Listed { get; }
+
+    IReadOnlyList<IKubernetesObject> Items();
+
+    Task RunAsync(CancellationToken cancellationToken);
+}
+
+/// <summary>
+/// List, then watch, one kind cluster-wide, keeping a cache keyed by uid, the way client-go's reflector does.
+/// <code>
+///   list (pages) ─► replace cache, rv ─► watch from rv (bookmarks on) ─┬─ ADDED/MODIFIED/DELETED ─► cache, rv, changed()
+///        ▲                                                            ├─ BOOKMARK ─► rv only
+///        │                                                            ├─ server ends the watch ─► watch again from rv
+///        ├──────────── 410 Gone (ERROR event or HTTP status) ─────────┤
+///        └── backoff (doubling, capped) ◄── connection lost, 5xx ─────┴─► watch again from rv (relist when rv is unknown)
+/// </code>
+/// A failed list leaves the cache as it was, so the last good snapshot stays in place until a list succeeds.
+/// </summary>
+internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWatch
+    where T : class, IKubernetesObject<V1ObjectMeta>
+    where TList : IMetadata<V1ListMeta>, IItems<T>
+{
+    private readonly KubernetesListCall<TList> _list;
+    private readonly KubernetesWatchCall<T> _watch;
+    private readonly Func<T, T> _trim;
+    private readonly Action _changed;
+    private readonly KubernetesInventoryOptions _options;
+    private readonly Dictionary<string, T> _cache = new(StringComparer.Ordinal);
+    private volatile bool _listed;
+
+    public KubernetesResourceWatch(string kind, KubernetesListCall<TList> list, KubernetesWatchCall<T> watch, Func<T, T> trim, Action changed,
+        KubernetesInventoryOptions options)
+    {
+        Kind = kind;
+        _list = list;
+        _watch = watch;
+        _trim = trim;
+        _changed = changed;
+        _options = options;
+    }
+
+    public string Kind { get; }
+
+    public bool Listed => _listed;
+
+    /// <summary>The resourceVersion the next watch starts from (tests look at it).</summary>
+    public string? ResourceVersion { get; private set; }
+
+    public IReadOnlyList<IKubernetesObject> Items()
+    {
+        lock (_cache)
+        {
+            return _cache.Values.ToList<IKubernetesObject>();
+        }
+    }
+
+    public async Task RunAsync(CancellationToken cancellationToken)
+    {
+        var failures = 0;
+        var random = new Random();
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            try
+            {
+                if (ResourceVersion is null)
+                {
+                    await ListAsync(cancellationToken).ConfigureAwait(false);
+                }
+
+                var timeout = _options.WatchTimeout + TimeSpan.FromSeconds(random.NextDouble() * _options.WatchTimeout.TotalSeconds);
+                var outcome = await WatchAsync(ResourceVersion!, timeout, cancellationToken).ConfigureAwait(false);
+                if (outcome == WatchOutcome.Expired)
+                {
+                    Log.Info("inventory", $"watch {Kind}: resourceVersion {ResourceVersion} expired (410 Gone); listing again");
+                    ResourceVersion = null;
+                    continue;
+                }
+
+                if (failures > 0)
+                {
+                    Log.Info("inventory", $"watch {Kind}: connected again after {failures} failed attempt(s)");
+                }
+
+                failures = 0;
+                if (outcome == WatchOutcome.EndedEarly)
+                {
+                    // A server that closes every watch at once must not make us spin.
+                    await Task.Delay(_options.InitialBackoff, cancellationToken).ConfigureAwait(false);
+                }
+            }
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (HttpOperationException e) when (e.Response?.StatusCode == HttpStatusCode.Gone)
+            {
+                Log.Info("inventory", $"{Kind}: 410 Gone from the API server; listing again");
+                ResourceVersion = null;
+            }
+            catch (Exception e)
+            {
+                failures++;
+                var delay = Backoff(failures, random);
+                var what = ResourceVersion is null ? "list" : "watch";
+                var message = $"{what} {Kind} failed ({Describe(e)}); retrying in {delay.TotalSeconds:0.0#}s"
+                    + (_listed ? ", keeping the last good inventory" : "");
+                if (failures == 1 || failures % 10 == 0)
+                {
+                    Log.Warn("inventory", message);
+                }
+                else
+                {
+                    Log.Debug("inventory", message);
+                }
+
+                try
+                {
+                    await Task.Delay(delay, cancellationToken).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    private async Task ListAsync(CancellationToken cancellationToken)
+    {
+        var items = new Dictionary<string, T>(StringComparer.Ordinal);
+        string? continueToken = null;
+        string? resourceVersion;
+        do
+        {
+            var page = await _list(continueToken, _options.ListPageSize, cancellationToken).ConfigureAwait(false);
+            foreach (var item in page.Items ?? [])
+            {
+                if (item?.Metadata is not null)
+                {
+                    items[Key(item)] = _trim(item);
+                }
+            }
+
+            continueToken = page.Metadata?.ContinueProperty;
+            resourceVersion = page.Metadata?.ResourceVersion;
+        }
+        while (!string.IsNullOrEmpty(continueToken));
+
+        if (string.IsNullOrEmpty(resourceVersion))
+        {
+            throw new InvalidOperationException($"the {Kind} list carried no metadata.resourceVersion to watch from");
+        }
+
+        // Swapped whole: objects deleted while no watch was running disappear here.
+        lock (_cache)
+        {
+            _cache.Clear();
+            foreach (var (key, item) in items)
+            {
+                _cache[key] = item;
+            }
+        }
+
+        ResourceVersion = resourceVersion;
+        var first = !_listed;
+        _listed = true;
+        Log.Info("inventory", $"{(first ? "listed" : "listed again")} {items.Count} {Kind} (resourceVersion {resourceVersion})");
+        _changed();
+    }
+
+    private async Task<WatchOutcome> WatchAsync(string resourceVersion, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        // The server ends the watch after timeoutSeconds; if it goes silent instead (a dead peer), our own deadline does.
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(timeout + TimeSpan.FromSeconds(30));
+        var expired = false;
+        var events = 0;
+        var started = DateTime.UtcNow;
+        Exception? streamError = null;
+        try
+        {
+            await foreach (var (type, item) in _watch(resourceVersion, (int)timeout.TotalSeconds, OnError, deadline.Token).ConfigureAwait(false))
+            {
+                events++;
+                if (item?.Metadata?.ResourceVersion is { Length: > 0 } version)
+                {
+                    ResourceVersion = version;
+                }
+
+                switch (type)
+                {
+                    case WatchEventType.Added:
+                    case WatchEventType.Modified:
+                        lock (_cache)
+                        {
+                            _cache[Key(item!)] = _trim(item!);
+                        }
+
+                        _changed();
+                        break;
+                    case WatchEventType.Deleted:
+                        bool removed;
+                        lock (_cache)
+                        {
+                            removed = _cache.Remove(Key(item!));
+                        }
+
+                        if (removed)
+                        {
+                            _changed();
+                        }
+
+                        break;
+                    case WatchEventType.Bookmark:
+                        break;
+                }
+
+                if (expired || streamError is not null)
+                {
+                    break;
+                }
+            }
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new TimeoutException($"the watch sent nothing for {(DateTime.UtcNow - started).TotalSeconds:0}s");
+        }
+
+        if (expired)
+        {
+            return WatchOutcome.Expired;
+        }
+
+        if (streamError is not null)
+        {
+            throw streamError;
+        }
+
+        return events == 0 && DateTime.UtcNow - started < TimeSpan.FromSeconds(1) ? WatchOutcome.EndedEarly : WatchOutcome.Ended;
+
+        void OnError(Exception e)
+        {
+            // The client reports ERROR events (a Status object) here, not as items.
+            if (e is KubernetesException { Status.Code: 410 })
+            {
+                expired = true;
+            }
+            else if (e is KubernetesException status)
+            {
+                streamError = new InvalidOperationException($"the watch ended with an error: {status.Status?.Code} {status.Status?.Reason} {status.Status?.Message}", e);
+            }
+            else
+            {
+                Log.Warn("inventory", $"watch {Kind}: skipped an event that could not be read: {e.Message}");
+            }
+        }
+    }
+
+    private TimeSpan Backoff(int failures, Random random)
+    {
+        var exponential = _options.InitialBackoff.TotalMilliseconds * Math.Pow(2, Math.Min(failures - 1, 20));
+        var capped = Math.Min(exponential, _options.MaxBackoff.TotalMilliseconds);
+
+        // Jitter so a restarted API server is not hit by every agent in the same millisecond.
+        return TimeSpan.FromMilliseconds(capped * (0.8 + (0.4 * random.NextDouble())));
+    }
+
+    private static string Key(T item) =>
+        string.IsNullOrEmpty(item.Metadata.Uid) ? $"{item.Metadata.NamespaceProperty}/{item.Metadata.Name}" : item.Metadata.Uid;
+
+    private static string Describe(Exception e) => e switch
+    {
+        HttpOperationException http => $"HTTP {(int?)http.Response?.StatusCode} {http.Response?.ReasonPhrase}",
+        _ when e.InnerException is { } inner && e is HttpRequestException or IOException => $"{e.Message}: {inner.Message}",
+        _ => e.Message,
+    };
+
+    private enum WatchOutcome
+    {
+        Ended,
+        EndedEarly,
+        Expired,
+    }
+}

@@ -1,0 +1,609 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Reflection;
+using System.Text;
+using System.Text.Json.Nodes;
+using System.Threading.Channels;
+using k8s;
+using k8s.Models;
+
+namespace Weft.Tests.Inventory.Kubernetes;
+
+/// <summary>
+/// A Kubernetes API server for tests, at the wire level: plain HTTP/1.1 on a loopback socket, speaking list JSON
+/// (kind XList, metadata.resourceVersion, limit/continue) and watch streams (chunked, one JSON event per line:
+/// ADDED, MODIFIED, DELETED, BOOKMARK, ERROR with a 410 Status), so the real KubernetesClient talks to it
+/// exactly as it talks to a cluster. Tests change objects, send bookmarks, drop connections, compact history
+/// (410 Gone), hold or fail requests, and restart the server on the same port.
+/// <code>
+///   Apply/Delete ─► rv + 1 ─► history (per resource) ─┬─► every open watch of that resource (chunk per event)
+///                                                     └─► later watches from an older rv replay it; before Compact(): 410
+/// </code>
+/// One request per connection (Connection: close) keeps the server small; HttpClient is fine with that.
+/// </summary>
+internal sealed class FakeApiServer : IAsyncDisposable
+{
+    private readonly object _gate = new();
+    private readonly Func<int, Socket> _listen;
+    private readonly Dictionary<string, Resource> _resources = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<Socket, byte> _connections = new();
+    private readonly List<Watch> _watches = [];
+    private readonly ConcurrentQueue<RequestRecord> _requests = new();
+    private readonly Dictionary<string, TaskCompletionSource> _heldLists = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Queue<HttpStatusCode>> _failures = new(StringComparer.Ordinal);
+    private Socket? _listener;
+    private Task _acceptLoop = Task.CompletedTask;
+    private long _resourceVersion = 100;
+    private long _uid;
+
+    private FakeApiServer(Func<int, Socket> listen)
+    {
+        _listen = listen;
+        foreach (var type in new[] { typeof(V1Pod), typeof(V1Namespace), typeof(V1Service), typeof(V1EndpointSlice),
+                     typeof(Weft.Policy.V1Alpha1AuthorizationPolicy), typeof(Weft.Policy.V1Alpha1PeerAuthentication) })
+        {
+            var entity = type.GetCustomAttribute<KubernetesEntityAttribute>()!;
+            var resource = new Resource(entity.PluralName.ToLowerInvariant(), entity.Kind,
+                string.IsNullOrEmpty(entity.Group) ? entity.ApiVersion : $"{entity.Group}/{entity.ApiVersion}",
+                string.IsNullOrEmpty(entity.Group) ? $"/api/{entity.ApiVersion}/{entity.PluralName.ToLowerInvariant()}"
+                    : $"/apis/{entity.Group}/{entity.ApiVersion}/{entity.PluralName.ToLowerInvariant()}");
+            _resources[resource.Path] = resource;
+        }
+    }
+
+    public int Port { get; private set; }
+
+    public string Url => $"http://127.0.0.1:{Port}";
+
+    /// <summary>Every request so far, in arrival order.</summary>
+    public IReadOnlyList<RequestRecord> Requests => _requests.ToList();
+
+    /// <summary>Starts listening on 127.0.0.1; <paramref name="listen"/> makes the listening socket for a port (0: any), e.g. inside a network namespace.</summary>
+    public static FakeApiServer Start(Func<int, Socket>? listen = null)
+    {
+        var server = new FakeApiServer(listen ?? Loopback);
+        server.Listen(0);
+        return server;
+    }
+
+    public static Socket Loopback(int port)
+    {
+        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+        socket.Bind(new IPEndPoint(IPAddress.Loopback, port));
+        socket.Listen(64);
+        return socket;
+    }
+
+    /// <summary>A real KubernetesClient pointed at this server.</summary>
+    public IKubernetes Client() => new k8s.Kubernetes(new KubernetesClientConfiguration { Host = Url });
+
+    /// <summary>A kubeconfig file naming this server, for `weft agent --kubeconfig`.</summary>
+    public string WriteKubeconfig(string path)
+    {
+        File.WriteAllText(path, $"""
+            apiVersion: v1
+            kind: Config
+            clusters:
+            - name: fake
+              cluster: {"{"}server: "{Url}"{"}"}
+            users:
+            - name: agent
+              user: {"{"}token: "test-token"{"}"}
+            contexts:
+            - name: fake
+              context: {"{"}cluster: fake, user: agent{"}"}
+            current-context: fake
+            """);
+        return path;
+    }
+
+    public string CurrentResourceVersion
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _resourceVersion.ToString(CultureInfo.InvariantCulture);
+            }
+        }
+    }
+
+    /// <summary>Creates or replaces an object (ADDED or MODIFIED to watchers); gives it a uid when it has none. Returns its uid.</summary>
+    public string Apply<T>(T obj) where T : IKubernetesObject<V1ObjectMeta>
+    {
+        var resource = ResourceOf(typeof(T));
+        var node = JsonNode.Parse(KubernetesJson.Serialize(obj))!.AsObject();
+        node["apiVersion"] = resource.ApiVersion;
+        node["kind"] = resource.Kind;
+        var metadata = node["metadata"]?.AsObject() ?? throw new ArgumentException("object without metadata");
+        var key = Key(metadata);
+        lock (_gate)
+        {
+            var exists = resource.Objects.TryGetValue(key, out var previous);
+            if (metadata["uid"] is null)
+            {
+                metadata["uid"] = previous?["metadata"]?["uid"]?.GetValue<string>() ?? NewUid();
+            }
+
+            metadata["resourceVersion"] = (++_resourceVersion).ToString(CultureInfo.InvariantCulture);
+            resource.Objects[key] = node;
+            Emit(resource, exists ? "MODIFIED" : "ADDED", node);
+            return metadata["uid"]!.GetValue<string>();
+        }
+    }
+
+    /// <summary>Deletes an object (DELETED to watchers, carrying its last state); false when it did not exist.</summary>
+    public bool Delete<T>(string? ns, string name) where T : IKubernetesObject<V1ObjectMeta>
+    {
+        var resource = ResourceOf(typeof(T));
+        lock (_gate)
+        {
+            if (!resource.Objects.Remove($"{ns}/{name}", out var node))
+            {
+                return false;
+            }
+
+            node = node.DeepClone().AsObject();
+            node["metadata"]!["resourceVersion"] = (++_resourceVersion).ToString(CultureInfo.InvariantCulture);
+            Emit(resource, "DELETED", node);
+            return true;
+        }
+    }
+
+    /// <summary>Sends a BOOKMARK with the current resourceVersion on every watch that asked for bookmarks.</summary>
+    public void Bookmark()
+    {
+        lock (_gate)
+        {
+            foreach (var watch in _watches.Where(w => w.Bookmarks))
+            {
+                var bookmark = new JsonObject
+                {
+                    ["kind"] = watch.Resource.Kind,
+                    ["apiVersion"] = watch.Resource.ApiVersion,
+                    ["metadata"] = new JsonObject { ["resourceVersion"] = _resourceVersion.ToString(CultureInfo.InvariantCulture) },
+                };
+                watch.Events.Writer.TryWrite(Event("BOOKMARK", bookmark));
+            }
+        }
+    }
+
+    /// <summary>Forgets the event history: watches from any older resourceVersion now get 410 Gone, as after etcd compaction.</summary>
+    public void Compact()
+    {
+        lock (_gate)
+        {
+            foreach (var resource in _resources.Values)
+            {
+                resource.History.Clear();
+                resource.CompactedAt = _resourceVersion;
+            }
+        }
+    }
+
+    /// <summary>Ends every open watch with an ERROR event carrying a 410 Status, the way the API server expires a watch.</summary>
+    public void ExpireWatches()
+    {
+        lock (_gate)
+        {
+            foreach (var watch in _watches)
+            {
+                watch.Events.Writer.TryWrite(Gone(watch.ResourceVersion));
+                watch.Events.Writer.TryComplete();
+            }
+        }
+    }
+
+    /// <summary>Cuts every open watch connection mid-stream (no final chunk), as a crashed server or a broken network would.</summary>
+    public void DropWatches()
+    {
+        List<Watch> watches;
+        lock (_gate)
+        {
+            watches = [.. _watches];
+            _watches.Clear();
+        }
+
+        foreach (var watch in watches)
+        {
+            Abort(watch.Socket);
+            watch.Events.Writer.TryComplete();
+        }
+    }
+
+    /// <summary>Stops listening and cuts every connection; <see cref="Resume"/> listens again on the same port with the same objects.</summary>
+    public async Task StopAsync()
+    {
+        _listener?.Close();
+        await _acceptLoop.ConfigureAwait(false);
+        DropWatches();
+        foreach (var socket in _connections.Keys)
+        {
+            Abort(socket);
+        }
+    }
+
+    public void Resume() => Listen(Port);
+
+    /// <summary>List requests for a resource (e.g. "authorizationpolicies") wait until the returned release is called.</summary>
+    public Action HoldLists(string resource)
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_gate)
+        {
+            _heldLists[resource] = release;
+        }
+
+        return () =>
+        {
+            lock (_gate)
+            {
+                _heldLists.Remove(resource);
+            }
+
+            release.TrySetResult();
+        };
+    }
+
+    /// <summary>The next request of any kind for a resource gets this status (with a Status body), once per call.</summary>
+    public void FailNext(string resource, HttpStatusCode status)
+    {
+        lock (_gate)
+        {
+            if (!_failures.TryGetValue(resource, out var queue))
+            {
+                _failures[resource] = queue = new Queue<HttpStatusCode>();
+            }
+
+            queue.Enqueue(status);
+        }
+    }
+
+    /// <summary>How many watches of a resource are open now.</summary>
+    public int OpenWatches(string resource)
+    {
+        lock (_gate)
+        {
+            return _watches.Count(w => w.Resource.Plural == resource);
+        }
+    }
+
+    /// <summary>Waits until every watched kind has an open watch again (after drops, expiry or a restart).</summary>
+    public async Task WaitForWatchesAsync(TimeSpan timeout, int kinds = 6)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (true)
+        {
+            lock (_gate)
+            {
+                if (_watches.Select(w => w.Resource.Plural).Distinct().Count() >= kinds)
+                {
+                    return;
+                }
+            }
+
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new TimeoutException($"only {string.Join(", ", _watches.Select(w => w.Resource.Plural))} are watched");
+            }
+
+            await Task.Delay(20);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync();
+        lock (_gate)
+        {
+            foreach (var held in _heldLists.Values)
+            {
+                held.TrySetResult();
+            }
+        }
+    }
+
+    private void Listen(int port)
+    {
+        var listener = _listen(port);
+        Port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+        _listener = listener;
+        _acceptLoop = Task.Run(() => AcceptLoopAsync(listener));
+    }
+
+    private async Task AcceptLoopAsync(Socket listener)
+    {
+        while (true)
+        {
+            Socket socket;
+            try
+            {
+                socket = await listener.AcceptAsync();
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                return;
+            }
+
+            _connections[socket] = 0;
+            _ = Task.Run(async () =>
+            {
+                try
+                {
+                    await ServeAsync(socket);
+                }
+                catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or OperationCanceledException)
+                {
+                    // the client or a test cut the connection
+                }
+                finally
+                {
+                    _connections.TryRemove(socket, out _);
+                    socket.Dispose();
+                }
+            });
+        }
+    }
+
+    private async Task ServeAsync(Socket socket)
+    {
+        await using var stream = new NetworkStream(socket, ownsSocket: false);
+        var head = await ReadHeadAsync(stream);
+        if (head is null)
+        {
+            return;
+        }
+
+        var target = head.Split(' ')[1];
+        var uri = new Uri("http://fake" + target);
+        var query = System.Web.HttpUtility.ParseQueryString(uri.Query);
+        var parameters = query.AllKeys.Where(k => k is not null).ToDictionary(k => k!, k => query[k] ?? "", StringComparer.Ordinal);
+        var isWatch = parameters.TryGetValue("watch", out var watchValue) && watchValue is "true" or "1";
+        _requests.Enqueue(new RequestRecord(uri.AbsolutePath, parameters, isWatch));
+
+        if (!_resources.TryGetValue(uri.AbsolutePath, out var resource))
+        {
+            await RespondAsync(stream, HttpStatusCode.NotFound, Status(404, "NotFound", $"the server could not find {uri.AbsolutePath}").ToJsonString());
+            return;
+        }
+
+        HttpStatusCode? failure = null;
+        Task? hold = null;
+        lock (_gate)
+        {
+            if (_failures.TryGetValue(resource.Plural, out var queue) && queue.TryDequeue(out var status))
+            {
+                failure = status;
+            }
+
+            if (!isWatch && _heldLists.TryGetValue(resource.Plural, out var held))
+            {
+                hold = held.Task;
+            }
+        }
+
+        if (failure is { } code)
+        {
+            await RespondAsync(stream, code, Status((int)code, code.ToString(), "injected failure").ToJsonString());
+            return;
+        }
+
+        if (hold is not null)
+        {
+            await hold;
+        }
+
+        if (isWatch)
+        {
+            await WatchAsync(socket, stream, resource, parameters);
+        }
+        else
+        {
+            await RespondAsync(stream, HttpStatusCode.OK, List(resource, parameters));
+        }
+    }
+
+    private string List(Resource resource, Dictionary<string, string> parameters)
+    {
+        lock (_gate)
+        {
+            var all = resource.Objects.Values.ToList();
+            var offset = parameters.TryGetValue("continue", out var token) && token.Length > 0 ? int.Parse(token, CultureInfo.InvariantCulture) : 0;
+            var limit = parameters.TryGetValue("limit", out var limitText) && int.TryParse(limitText, out var l) && l > 0 ? l : int.MaxValue;
+            var page = all.Skip(offset).Take(limit).ToList();
+            var metadata = new JsonObject { ["resourceVersion"] = _resourceVersion.ToString(CultureInfo.InvariantCulture) };
+            if (offset + page.Count < all.Count)
+            {
+                metadata["continue"] = (offset + page.Count).ToString(CultureInfo.InvariantCulture);
+            }
+
+            var list = new JsonObject
+            {
+                ["kind"] = resource.Kind + "List",
+                ["apiVersion"] = resource.ApiVersion,
+                ["metadata"] = metadata,
+                ["items"] = new JsonArray(page.Select(o => (JsonNode)o.DeepClone()).ToArray()),
+            };
+            return list.ToJsonString();
+        }
+    }
+
+    private async Task WatchAsync(Socket socket, NetworkStream stream, Resource resource, Dictionary<string, string> parameters)
+    {
+        var from = parameters.TryGetValue("resourceVersion", out var rvText) && long.TryParse(rvText, out var rv) ? rv : 0;
+        var bookmarks = parameters.TryGetValue("allowWatchBookmarks", out var b) && b is "true" or "1";
+        var timeout = parameters.TryGetValue("timeoutSeconds", out var t) && int.TryParse(t, out var seconds) ? TimeSpan.FromSeconds(seconds) : TimeSpan.FromMinutes(30);
+        var watch = new Watch(resource, socket, bookmarks, from);
+        lock (_gate)
+        {
+            if (from < resource.CompactedAt)
+            {
+                watch.Events.Writer.TryWrite(Gone(from));
+                watch.Events.Writer.TryComplete();
+            }
+            else
+            {
+                foreach (var (version, line) in resource.History.Where(h => h.Version > from))
+                {
+                    watch.Events.Writer.TryWrite(line);
+                }
+
+                _watches.Add(watch);
+            }
+        }
+
+        try
+        {
+            var header = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            await stream.WriteAsync(Encoding.ASCII.GetBytes(header));
+            using var expiry = new CancellationTokenSource(timeout);
+            try
+            {
+                await foreach (var line in watch.Events.Reader.ReadAllAsync(expiry.Token))
+                {
+                    var bytes = Encoding.UTF8.GetBytes(line + "\n");
+                    await stream.WriteAsync(Encoding.ASCII.GetBytes($"{bytes.Length:x}\r\n"));
+                    await stream.WriteAsync(bytes);
+                    await stream.WriteAsync("\r\n"u8.ToArray());
+                    await stream.FlushAsync();
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                // timeoutSeconds passed: the server ends the watch cleanly
+            }
+
+            await stream.WriteAsync("0\r\n\r\n"u8.ToArray());
+        }
+        finally
+        {
+            lock (_gate)
+            {
+                _watches.Remove(watch);
+            }
+        }
+    }
+
+    /// <summary>Caller holds the gate.</summary>
+    private void Emit(Resource resource, string type, JsonObject node)
+    {
+        var line = Event(type, node.DeepClone());
+        resource.History.Add((_resourceVersion, line));
+        foreach (var watch in _watches.Where(w => w.Resource == resource))
+        {
+            watch.Events.Writer.TryWrite(line);
+        }
+    }
+
+    private static string Event(string type, JsonNode node) => new JsonObject { ["type"] = type, ["object"] = node }.ToJsonString();
+
+    private static string Gone(long from) =>
+        Event("ERROR", Status(410, "Expired", $"too old resource version: {from}"));
+
+    private static JsonObject Status(int code, string reason, string message) => new()
+    {
+        ["kind"] = "Status",
+        ["apiVersion"] = "v1",
+        ["metadata"] = new JsonObject(),
+        ["status"] = "Failure",
+        ["message"] = message,
+        ["reason"] = reason,
+        ["code"] = code,
+    };
+
+    private static async Task RespondAsync(NetworkStream stream, HttpStatusCode status, string body)
+    {
+        var bytes = Encoding.UTF8.GetBytes(body);
+        var head = $"HTTP/1.1 {(int)status} {status}\r\nContent-Type: application/json\r\nContent-Length: {bytes.Length}\r\nConnection: close\r\n\r\n";
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(head));
+        await stream.WriteAsync(bytes);
+        await stream.FlushAsync();
+    }
+
+    private static async Task<string?> ReadHeadAsync(NetworkStream stream)
+    {
+        var buffer = new List<byte>();
+        var one = new byte[1];
+        while (buffer.Count < 65536)
+        {
+            if (await stream.ReadAsync(one) == 0)
+            {
+                return null;
+            }
+
+            buffer.Add(one[0]);
+            var n = buffer.Count;
+            if (n >= 4 && buffer[n - 4] == '\r' && buffer[n - 3] == '\n' && buffer[n - 2] == '\r' && buffer[n - 1] == '\n')
+            {
+                return Encoding.ASCII.GetString(buffer.ToArray());
+            }
+        }
+
+        return null;
+    }
+
+    private static void Abort(Socket socket)
+    {
+        try
+        {
+            // Linger 0: close sends RST, so the client sees the connection break instead of an orderly end.
+            socket.LingerState = new LingerOption(true, 0);
+            socket.Close();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+    }
+
+    private Resource ResourceOf(Type type)
+    {
+        var plural = type.GetCustomAttribute<KubernetesEntityAttribute>()!.PluralName.ToLowerInvariant();
+        return _resources.Values.Single(r => r.Plural == plural);
+    }
+
+    private string NewUid() => $"00000000-0000-4000-8000-{Interlocked.Increment(ref _uid):x12}";
+
+    private static string Key(JsonObject metadata) =>
+        $"{metadata["namespace"]?.GetValue<string>()}/{metadata["name"]?.GetValue<string>()}";
+
+    private sealed class Resource(string plural, string kind, string apiVersion, string path)
+    {
+        public string Plural { get; } = plural;
+
+        public string Kind { get; } = kind;
+
+        public string ApiVersion { get; } = apiVersion;
+
+        public string Path { get; } = path;
+
+        public SortedDictionary<string, JsonObject> Objects { get; } = new(StringComparer.Ordinal);
+
+        public List<(long Version, string Line)> History { get; } = [];
+
+        public long CompactedAt { get; set; }
+    }
+
+    private sealed class Watch(Resource resource, Socket socket, bool bookmarks, long resourceVersion)
+    {
+        public Resource Resource { get; } = resource;
+
+        public Socket Socket { get; } = socket;
+
+        public bool Bookmarks { get; } = bookmarks;
+
+        public long ResourceVersion { get; } = resourceVersion;
+
+        public Channel<string> Events { get; } = Channel.CreateUnbounded<string>();
+    }
+}
+
+/// <summary>One request the fake API server received.</summary>
+internal sealed record RequestRecord(string Path, IReadOnlyDictionary<string, string> Query, bool Watch)
+{
+    public string? ResourceVersion => Query.TryGetValue("resourceVersion", out var rv) ? rv : null;
+
+    public override string ToString() => $"{(Watch ? "WATCH" : "LIST")} {Path}?{string.Join('&', Query.Select(q => $"{q.Key}={q.Value}"))}";
+}

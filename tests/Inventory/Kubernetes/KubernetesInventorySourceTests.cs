@@ -1,0 +1,323 @@
+using System.Net;
+using k8s;
+using k8s.Models;
+using Weft.Inventory;
+using Weft.Policy;
+using static Weft.Tests.Inventory.Kubernetes.KubernetesObjects;
+
+namespace Weft.Tests.Inventory.Kubernetes;
+
+/// <summary>
+/// <see cref="KubernetesInventorySource"/> through the real KubernetesClient against <see cref="FakeApiServer"/>:
+/// the inventory follows the cluster within a second, survives 410 Gone, dropped watches and a restarted server,
+/// and is published only after the first full sync.
+/// </summary>
+public sealed class KubernetesInventorySourceTests : IAsyncLifetime
+{
+    private const string Node = "node1";
+    private static readonly TimeSpan Second = TimeSpan.FromSeconds(1);
+    private static readonly IPEndPoint Vip = IPEndPoint.Parse("10.96.0.10:80");
+
+    private readonly InventoryStore _store = new();
+    private readonly Dictionary<string, (string Path, int Pid)?> _netns = new(StringComparer.Ordinal);
+    private FakeApiServer _server = null!;
+    private IKubernetes _client = null!;
+    private KubernetesInventorySource? _source;
+
+    public Task InitializeAsync()
+    {
+        _server = FakeApiServer.Start();
+        _client = _server.Client();
+        _server.Apply(Namespace("demo", meshEnabled: true));
+        _server.Apply(Pod("demo", "a1", Node, "10.244.1.2"));
+        return Task.CompletedTask;
+    }
+
+    public async Task DisposeAsync()
+    {
+        _source?.Dispose();
+        _client.Dispose();
+        await _server.DisposeAsync();
+    }
+
+    private KubernetesInventorySource Start(int pageSize = 500)
+    {
+        _source = KubernetesInventorySource.Start(_client, _store, new KubernetesInventoryOptions
+        {
+            NodeName = Node,
+            InitialBackoff = TimeSpan.FromMilliseconds(50),
+            MaxBackoff = TimeSpan.FromMilliseconds(300),
+            ListPageSize = pageSize,
+            NetnsResolver = (pod, _) =>
+            {
+                lock (_netns)
+                {
+                    return _netns.TryGetValue(pod.Metadata.Name, out var found) ? found : ($"/proc/4242/ns/net-{pod.Metadata.Name}", 4242);
+                }
+            },
+        });
+        return _source;
+    }
+
+    private async Task<InventorySnapshot> SyncedAsync()
+    {
+        var source = _source ?? Start();
+        await source.WaitForReadyAsync().WaitAsync(TimeSpan.FromSeconds(5));
+        await _server.WaitForWatchesAsync(TimeSpan.FromSeconds(5));
+        return _store.Current;
+    }
+
+    /// <summary>Waits until the published inventory satisfies <paramref name="condition"/>, failing after <paramref name="within"/>.</summary>
+    private async Task<InventorySnapshot> EventuallyAsync(Func<InventorySnapshot, bool> condition, TimeSpan? within = null, string? what = null)
+    {
+        var deadline = DateTime.UtcNow + (within ?? Second);
+        while (true)
+        {
+            var current = _store.Current;
+            if (condition(current))
+            {
+                return current;
+            }
+
+            if (DateTime.UtcNow > deadline)
+            {
+                var requests = string.Join("\n", _server.Requests.TakeLast(20));
+                Assert.Fail($"inventory did not follow{(what is null ? "" : $" ({what})")} within {(within ?? Second).TotalSeconds}s; "
+                    + $"version {current.Version}, pods [{string.Join(", ", current.Workloads)}]; last requests:\n{requests}");
+            }
+
+            await Task.Delay(10);
+        }
+    }
+
+    private static bool HasPod(InventorySnapshot s, string name) => s.Workloads.Any(w => w.Name == name);
+
+    [Fact]
+    public async Task Ready_OnlyAfterEveryKindIsListed_AndNothingIsPublishedBefore()
+    {
+        var release = _server.HoldLists("peerauthentications");
+        var source = Start();
+        await Task.Delay(500);
+
+        Assert.False(source.Ready);
+        Assert.Null(source.LastSync);
+        Assert.Equal(0, _store.Current.Version);
+
+        release();
+        var snapshot = await SyncedAsync();
+        Assert.True(source.Ready);
+        Assert.NotNull(source.LastSync);
+        Assert.True(snapshot.Version > 0);
+        Assert.True(HasPod(snapshot, "a1"));
+    }
+
+    [Fact]
+    public async Task Pods_AppearAndDisappear_InventoryFollowsWithinASecond()
+    {
+        await SyncedAsync();
+
+        _server.Apply(Pod("demo", "b1", "node2", "10.244.2.2"));
+        var added = await EventuallyAsync(s => HasPod(s, "b1"));
+        Assert.True(added.TryGetWorkload(IPAddress.Parse("10.244.2.2"), out var b1));
+        Assert.Equal("node2", b1.NodeName);
+
+        _server.Delete<V1Pod>("demo", "a1");
+        var removed = await EventuallyAsync(s => !HasPod(s, "a1"));
+        Assert.False(removed.TryGetWorkload(IPAddress.Parse("10.244.1.2"), out _));
+        Assert.Empty(removed.GetLocalEnrolledWorkloads(Node));
+    }
+
+    [Fact]
+    public async Task Namespace_LabelledAndUnlabelled_EnrollmentFollows()
+    {
+        var synced = await SyncedAsync();
+        Assert.Single(synced.GetLocalEnrolledWorkloads(Node));
+
+        _server.Apply(Namespace("demo", meshEnabled: false));
+        await EventuallyAsync(s => s.GetLocalEnrolledWorkloads(Node).IsEmpty, what: "unlabelled");
+
+        _server.Apply(Namespace("demo", meshEnabled: true));
+        var again = await EventuallyAsync(s => s.GetLocalEnrolledWorkloads(Node).Length == 1, what: "labelled again");
+        Assert.Equal("a1", again.GetLocalEnrolledWorkloads(Node)[0].Name);
+    }
+
+    [Fact]
+    public async Task ServicesAndEndpointSlices_Change_VipResolutionFollows()
+    {
+        await SyncedAsync();
+
+        _server.Apply(Service("demo", "b", "10.96.0.10", 80, 8080));
+        _server.Apply(Slice("demo", "b-1", "b", 8080, ("10.244.2.2", true), ("10.244.2.3", false)));
+        var resolved = await EventuallyAsync(s => s.TryResolveService(Vip, out var t) && t.ReadyEndpoints.Length == 1);
+        Assert.True(resolved.TryResolveService(Vip, out var target));
+        Assert.Equal(IPEndPoint.Parse("10.244.2.2:8080"), Assert.Single(target.ReadyEndpoints));
+
+        // the second endpoint turns ready: both are used
+        _server.Apply(Slice("demo", "b-1", "b", 8080, ("10.244.2.2", true), ("10.244.2.3", true)));
+        await EventuallyAsync(s => s.TryResolveService(Vip, out var t) && t.ReadyEndpoints.Length == 2, what: "endpoint ready");
+
+        _server.Delete<V1EndpointSlice>("demo", "b-1");
+        await EventuallyAsync(s => s.TryResolveService(Vip, out var t) && t.ReadyEndpoints.IsEmpty, what: "slice deleted");
+
+        _server.Delete<V1Service>("demo", "b");
+        await EventuallyAsync(s => !s.TryResolveService(Vip, out _), what: "service deleted");
+    }
+
+    [Fact]
+    public async Task PolicyCustomResources_AppearAndDisappear()
+    {
+        await SyncedAsync();
+
+        _server.Apply(DenyAll("demo", "deny-all"));
+        _server.Apply(Strict("demo", "strict"));
+        var withPolicies = await EventuallyAsync(s => s.Policies.AuthorizationPolicies.Length == 1 && s.Policies.PeerAuthentications.Length == 1);
+        Assert.Contains("deny-all", withPolicies.Policies.AuthorizationPolicies[0]);
+
+        _server.Delete<V1Alpha1AuthorizationPolicy>("demo", "deny-all");
+        await EventuallyAsync(s => s.Policies.AuthorizationPolicies.IsEmpty);
+    }
+
+    [Fact]
+    public async Task Gone410_AfterCompactionWhileDisconnected_RelistsAndTheStateIsRight()
+    {
+        await SyncedAsync();
+        var listsBefore = _server.Requests.Count(r => !r.Watch && r.Path.EndsWith("/pods", StringComparison.Ordinal));
+
+        // While the agent is cut off, a pod goes and another comes, and the history it would resume from is compacted.
+        await _server.StopAsync();
+        _server.Delete<V1Pod>("demo", "a1");
+        _server.Apply(Pod("demo", "a2", Node, "10.244.1.3"));
+        _server.Compact();
+        _server.Resume();
+
+        var after = await EventuallyAsync(s => HasPod(s, "a2") && !HasPod(s, "a1"), TimeSpan.FromSeconds(3));
+        Assert.Equal(["a2"], after.GetLocalEnrolledWorkloads(Node).Select(w => w.Name));
+        Assert.True(_server.Requests.Count(r => !r.Watch && r.Path.EndsWith("/pods", StringComparison.Ordinal)) > listsBefore, "pods were listed again after 410");
+        Assert.True(_source!.Ready);
+    }
+
+    [Fact]
+    public async Task Gone410_AsAnErrorEventOnAnOpenWatch_RelistsAndKeepsFollowing()
+    {
+        await SyncedAsync();
+        _server.Compact();
+        _server.ExpireWatches();
+        _server.Apply(Pod("demo", "a3", Node, "10.244.1.4"));
+
+        await EventuallyAsync(s => HasPod(s, "a3"), what: "pod added after the relist");
+        await _server.WaitForWatchesAsync(TimeSpan.FromSeconds(2));
+        _server.Delete<V1Pod>("demo", "a3");
+        await EventuallyAsync(s => !HasPod(s, "a3"), what: "pod deleted on the new watch");
+    }
+
+    [Fact]
+    public async Task Gone410_AsTheHttpStatusOfAWatch_Relists()
+    {
+        await SyncedAsync();
+        var listsBefore = _server.Requests.Count(r => !r.Watch && r.Path.EndsWith("/pods", StringComparison.Ordinal));
+        _server.FailNext("pods", HttpStatusCode.Gone);
+        _server.DropWatches();
+        _server.Apply(Pod("demo", "a4", Node, "10.244.1.5"));
+
+        await EventuallyAsync(s => HasPod(s, "a4"));
+        Assert.True(_server.Requests.Count(r => !r.Watch && r.Path.EndsWith("/pods", StringComparison.Ordinal)) > listsBefore);
+    }
+
+    [Fact]
+    public async Task DroppedWatch_ReconnectsAndResumesFromTheLastResourceVersion_WithoutRelisting()
+    {
+        await SyncedAsync();
+        var requestsBefore = _server.Requests.Count;
+        _server.Apply(Pod("demo", "a5", Node, "10.244.1.6"));
+        await EventuallyAsync(s => HasPod(s, "a5"));
+        var lastSeen = _server.CurrentResourceVersion;
+
+        _server.DropWatches();
+        _server.Apply(Pod("demo", "a6", Node, "10.244.1.7"));
+        await EventuallyAsync(s => HasPod(s, "a6"), what: "change made while the watch was down");
+
+        var resumed = _server.Requests.Skip(requestsBefore).Where(r => r.Path.EndsWith("/pods", StringComparison.Ordinal)).ToList();
+        Assert.All(resumed, r => Assert.True(r.Watch, $"unexpected {r}"));
+        Assert.Contains(resumed, r => r.ResourceVersion == lastSeen);
+    }
+
+    [Fact]
+    public async Task Bookmark_MovesTheResumePointOfAQuietKind()
+    {
+        await SyncedAsync();
+        _server.Apply(Pod("demo", "a7", Node, "10.244.1.8")); // moves the global resourceVersion, not the namespaces'
+        await EventuallyAsync(s => HasPod(s, "a7"));
+        _server.Bookmark();
+        var bookmark = _server.CurrentResourceVersion;
+        await Task.Delay(200);
+        var requestsBefore = _server.Requests.Count;
+
+        _server.DropWatches();
+        await _server.WaitForWatchesAsync(TimeSpan.FromSeconds(3));
+
+        var namespaceWatch = _server.Requests.Skip(requestsBefore).First(r => r.Path == "/api/v1/namespaces");
+        Assert.True(namespaceWatch.Watch);
+        Assert.Equal(bookmark, namespaceWatch.ResourceVersion);
+        Assert.Equal("true", namespaceWatch.Query["allowWatchBookmarks"]);
+    }
+
+    [Fact]
+    public async Task ApiServerRestart_KeepsTheLastGoodInventory_ThenFollowsAgain()
+    {
+        var synced = await SyncedAsync();
+        await _server.StopAsync();
+        await Task.Delay(700);
+
+        Assert.Equal(synced.Version, _store.Current.Version);
+        Assert.True(HasPod(_store.Current, "a1"));
+        Assert.True(_source!.Ready);
+
+        _server.Resume();
+        await _server.WaitForWatchesAsync(TimeSpan.FromSeconds(3));
+        _server.Apply(Pod("demo", "a8", Node, "10.244.1.9"));
+        await EventuallyAsync(s => HasPod(s, "a8") && HasPod(s, "a1"));
+    }
+
+    [Fact]
+    public async Task LargeLists_ArriveInPages()
+    {
+        for (var i = 10; i < 17; i++)
+        {
+            _server.Apply(Pod("demo", $"p{i}", "node2", $"10.244.2.{i}"));
+        }
+
+        Start(pageSize: 3);
+        var synced = await SyncedAsync();
+        Assert.Equal(8, synced.Workloads.Length);
+        Assert.Contains(_server.Requests, r => r.Query.ContainsKey("continue"));
+    }
+
+    [Fact]
+    public async Task LocalPods_TakeTheirNetnsFromDiscovery_NeverFromTheAnnotation()
+    {
+        var evil = new Dictionary<string, string> { [InventoryBuilder.NetnsAnnotation] = "/proc/1/ns/net" };
+        _server.Apply(Pod("demo", "a1", Node, "10.244.1.2", annotations: evil));
+        _server.Apply(Pod("demo", "b1", "node2", "10.244.2.2", annotations: evil));
+        lock (_netns)
+        {
+            _netns["a9"] = null; // cgroup not there yet
+        }
+
+        var synced = await SyncedAsync();
+        Assert.True(synced.TryGetWorkload(IPAddress.Parse("10.244.1.2"), out var local));
+        Assert.Equal("/proc/4242/ns/net-a1", local.NetnsPath);
+        Assert.True(synced.TryGetWorkload(IPAddress.Parse("10.244.2.2"), out var remote));
+        Assert.Null(remote.NetnsPath);
+
+        // A pod whose cgroup appears only after its IP is looked up again without any API change.
+        _server.Apply(Pod("demo", "a9", Node, "10.244.1.10"));
+        await EventuallyAsync(s => s.TryGetWorkload(IPAddress.Parse("10.244.1.10"), out var w) && w.NetnsPath is null, what: "a9 without netns");
+        lock (_netns)
+        {
+            _netns["a9"] = ("/proc/777/ns/net", 777);
+        }
+
+        await EventuallyAsync(s => s.TryGetWorkload(IPAddress.Parse("10.244.1.10"), out var w) && w.NetnsPath == "/proc/777/ns/net",
+            TimeSpan.FromSeconds(2), "a9 netns found on retry");
+    }
+}
