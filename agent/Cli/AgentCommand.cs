@@ -13,13 +13,14 @@ internal static class AgentCommand
     public const string Usage = """
         weft agent (--inventory FILE | --kubernetes [--kubeconfig FILE] [--pod-cgroup-root DIR])
                    [--node NAME] [--cgroup DIR] [--bpffs DIR] [--admin ADDR|off] [--metrics ADDR|off]
+                   [--health ADDR|off]
                    [--drain-seconds N] [--idle-timeout-seconds N] [--max-connections-per-pod N]
                    [--access-log json|text|off] [--no-access-log]
                    [--trust-domain TD --ca-cert FILE --ca-key FILE --trust-bundle FILE [--ca-chain FILE]]
           Runs the node agent: captures enrolled pods' TCP traffic with eBPF and proxies it.
           --node defaults to $NODE_NAME, then the host name; --cgroup to the cgroup v2 root;
           --bpffs to /sys/fs/bpf/weft; --admin to 127.0.0.1:15000; --metrics (Prometheus /metrics) to
-          :15020, every address; --access-log (a line per finished connection on stdout) to json.
+          :15020, every address; --health (/healthz, /ready) to :15021; --access-log (a line per finished connection on stdout) to json.
           --kubernetes (implied by --kubeconfig, and by running in a pod without --inventory) watches the
           Kubernetes API: in-cluster service account, else $KUBECONFIG or ~/.kube/config. Local pods'
           network namespaces are found from their cgroups under --pod-cgroup-root (default: the cgroup v2 root).
@@ -34,6 +35,7 @@ internal static class AgentCommand
     {
         var admin = cl.Get("admin");
         var metrics = cl.Get("metrics");
+        var health = cl.Get("health");
         var accessLog = cl.Flag("no-access-log") ? "off" : cl.Get("access-log") ?? "json";
         if (accessLog is not ("json" or "text" or "off"))
         {
@@ -59,6 +61,7 @@ internal static class AgentCommand
             AdminAddress = admin == "off" ? null : admin ?? "127.0.0.1:15000",
             DrainGrace = TimeSpan.FromSeconds(cl.Int("drain-seconds", 20)),
             MetricsAddress = metrics == "off" ? null : metrics ?? ":15020",
+            HealthAddress = health == "off" ? null : health ?? ":15021",
             AccessLog = accessLog != "off",
             AccessLogFormat = accessLog == "text" ? Weft.Telemetry.AccessLogFormat.Text : Weft.Telemetry.AccessLogFormat.Json,
             Proxy = proxyDefaults with

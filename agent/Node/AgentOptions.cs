@@ -26,6 +26,9 @@ public sealed record AgentOptions
     /// <summary>Prometheus /metrics address ("host:port", ":port" for every address); null turns it off.</summary>
     public string? MetricsAddress { get; init; } = ":15020";
 
+    /// <summary>Kubelet probes (/healthz, /ready); null turns them off.</summary>
+    public string? HealthAddress { get; init; } = ":15021";
+
     public TimeSpan DrainGrace { get; init; } = TimeSpan.FromSeconds(20);
 
     /// <summary>Write a JSON access-log line per finished connection to stdout.</summary>

@@ -28,6 +28,7 @@ public sealed class NodeAgent : IAsyncDisposable
     private IdentityManager? _identity;
     private ProxyServices? _services;
     private AdminServer? _admin;
+    private HealthServer? _health;
     private MetricsEndpoint? _metricsEndpoint;
 
     public NodeAgent(AgentOptions options)
@@ -88,6 +89,12 @@ public sealed class NodeAgent : IAsyncDisposable
         {
             _metricsEndpoint = new MetricsEndpoint(_options.MetricsAddress, Metrics);
             _metricsEndpoint.Start();
+        }
+
+        if (_options.HealthAddress is not null)
+        {
+            _health = new HealthServer(_options.HealthAddress, () => InventoryReady);
+            _health.Start();
         }
 
         var security = _identity is null ? "no CA configured: forwarding in plaintext" : $"mTLS with trust domain {_identity.TrustDomain}";
@@ -246,6 +253,7 @@ public sealed class NodeAgent : IAsyncDisposable
     public async Task StopAsync()
     {
         _admin?.Dispose();
+        _health?.Dispose();
         _metricsEndpoint?.Dispose();
         _source?.Dispose();
         List<PodProxy> pods;

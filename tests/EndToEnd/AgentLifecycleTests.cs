@@ -98,6 +98,19 @@ public class AgentLifecycleTests
     }
 
     [Fact]
+    public async Task HealthEndpoints_AnswerOn15021_InTheNodeNamespace()
+    {
+        await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory);
+        var node = mesh.Cluster.Node("node1");
+        foreach (var (path, expected) in new[] { ("/healthz", "200"), ("/ready", "200"), ("/nope", "404") })
+        {
+            await using var curl = node.StartProcess("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", $"http://127.0.0.1:15021{path}");
+            await curl.WaitForExitAsync(TimeSpan.FromSeconds(10));
+            Assert.Equal(expected, curl.Stdout.Trim());
+        }
+    }
+
+    [Fact]
     public async Task ServerReset_ReachesClientAsReset()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory);
