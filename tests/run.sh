@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 source tests/deps.sh
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
-dotnet build Agent.sln -c Release -warnaserror 2>&1 | tail -n 3
+dotnet build Agent.sln -c Release -nologo -v quiet
 results=$(mktemp -d)
 set +e
 dotnet test tests/Weft.Tests.csproj -c Release --no-build --logger "trx;LogFileName=weft.trx" \
