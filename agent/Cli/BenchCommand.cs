@@ -632,7 +632,7 @@ internal static partial class BenchCommand
                 }
             }
 
-            rows.Add(new TableRow("new conn/s, 16 at a time (pooled tunnels)", cells));
+            rows.Add(new TableRow("new conn/s, 16 at a time (mTLS: pooled tunnel)", cells));
             return result;
         }
 

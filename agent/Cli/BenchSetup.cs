@@ -105,8 +105,8 @@ internal static partial class BenchCommand
                 }
             }
 
-            rows.Add(new TableRow("new conn/s, one at a time (pooled tunnels)", pooled));
-            rows.Add(new TableRow("new conn/s, one at a time, cold tunnel each", cold));
+            rows.Add(new TableRow("new conn/s, one at a time (mTLS: pooled tunnel)", pooled));
+            rows.Add(new TableRow("new conn/s, one at a time (mTLS: cold tunnel each)", cold));
             return result;
         }
 
