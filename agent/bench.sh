@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what is missing (iperf3 and sockperf among it), builds Release, and runs `weft bench`:
-# meshed against direct cross-node pod-to-pod traffic in a 2-node cluster of network namespaces with
-# real agents. Needs root. Extra arguments go to `weft bench` (e.g. --seconds 10 --json bench.json).
+# Installs what is missing (iperf3, sockperf, nginx with its stream module), builds Release, and runs `weft bench`:
+# direct, plaintext-agent, mTLS-agent and nginx-TLS cross-node pod-to-pod traffic in 2-node clusters of network namespaces with
+# real agents. Needs root. Extra arguments go to `weft bench` (e.g. --suite all --json bench.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/deps.sh

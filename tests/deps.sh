@@ -14,6 +14,9 @@ have_cmd iperf3 || need+=(iperf3)
 have_cmd sockperf || need+=(sockperf)
 have_cmd prometheus && have_cmd promtool || need+=(prometheus)
 have_cmd curl || need+=(curl)
+# nginx with its stream module: the TLS peer `weft bench` compares the mTLS tunnels with
+have_cmd nginx || [ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 ldconfig -p | grep -q 'libbpf.so.1 ' || need+=(libbpf1)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import h2' 2>/dev/null || need+=(python3-h2)
@@ -25,7 +28,14 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "weft: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # a package's service (nginx) must not start on the machine itself: the bench starts its own
+  # nginx inside the namespaces. Without a policy-rc.d, refuse service starts for this install only.
+  policy_added=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
+  fi
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  [ -z "$policy_added" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 if ! have_cmd dotnet; then

@@ -3,40 +3,52 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using System.Text.RegularExpressions;
 using Weft.Harness;
 
 namespace Weft.Cli;
 
 /// <summary>
-/// <c>weft bench</c>: the meshed path against the direct path, cross node, in one netns cluster with a
-/// real agent per node. Same nodes, same kind of pods, same tools; only enrollment differs.
+/// <c>weft bench</c>: cross-node pod-to-pod traffic along several paths, in one run, with real agents.
 /// <code>
-///  node1                                    node2
-///  client-mesh  ─► agent (connect4, 15001) ═══► agent (sk_lookup, 15006) ─► server-mesh
-///  client-direct ─────────────────────────────────────────────────────────► server-direct
+///  plaintext cluster (agents without a CA)
+///   node1                                        node2
+///   client-mesh   ─► agent (connect4, 15001) ═══► agent (sk_lookup, 15006) ─► server-mesh      "plaintext"
+///   client-direct ─────────────────────────────────────────────────────────► server-direct    "direct"
+///   client-direct ─► nginx :2xxxx ══TLS 1.3══► nginx :3xxxx ────────────────► server-direct    "nginx" (issue #3's peer)
+///  mTLS cluster (agents with a CA)
+///   client-mesh   ─► agent (connect4, 15001) ══HBONE, mTLS, :15008══► agent ─► server-mesh      "mTLS"
 /// </code>
 /// iperf3 (throughput), sockperf (1 KiB request/response latency), `weft app send` (new connections
-/// per second) and `weft app hold` (agent RSS per idle open connection), checked against the targets
-/// of issue #2. Everything runs inside the pods (ClusterPod.StartProcess), so capture applies to the
-/// meshed client exactly as it would to an application.
+/// per second), a shell loop (one connection at a time, with warm or cold tunnels) and `weft app hold`
+/// (agent RSS per idle open connection), checked against the targets of issues #2 and #3. Clients
+/// and servers run inside the pods (ClusterPod.StartProcess), so capture applies to the meshed
+/// clients exactly as it would to an application.
 /// </summary>
 internal static partial class BenchCommand
 {
     public const string Usage = """
-        weft bench [--seconds T] [--repeat R] [--idle-connections N] [--rate-connections N] [--json FILE]
-                   [--only throughput,latency,rate,memory] [--no-access-log]
-          Measures cross-node pod-to-pod traffic through two agents against the same pods talking
-          directly, in a 2-node cluster of network namespaces: iperf3 throughput (1 and 8 streams),
-          sockperf 1 KiB round trips (p50/p99), new connections per second, agent memory per idle
-          open connection. Prints a table with the targets of issue #2. Needs iperf3 and sockperf
-          (agent/bench.sh installs them). Each traffic measurement runs R times (default 2) for each path,
-          alternating direct and mesh; the table shows medians. T defaults to 5 s, N to 10000 idle and
-          3000 new connections.
-          --no-access-log starts the agents without their per-connection log line.
+        weft bench [--suite issue2|issue3|all] [--seconds T] [--repeat R] [--only PARTS] [--json FILE]
+                   [--rate-connections N] [--setup-connections N] [--idle-connections N] [--no-access-log]
+          Cross-node pod-to-pod traffic in 2-node clusters of network namespaces with real agents:
+          direct, through plaintext agents, and (issue3, all) through agents with mTLS HBONE tunnels and
+          through an nginx pair doing TLS 1.3 between the nodes. iperf3 throughput (1 and 8 streams),
+          sockperf 1 KiB round trips (p50/p99), new connections per second (16 at a time; and one at a
+          time with pooled and with cold tunnels), agent memory per idle open connection (issue2, all).
+          Prints one table with ratios against direct and the targets of the suite's issue.
+          --suite    issue3 (default): direct, plaintext, mTLS, nginx; parts throughput,latency,rate,setup
+                     issue2: direct, plaintext; parts throughput,latency,rate,memory (plus weft app rr)
+                     all: every path and every part
+          --only     a comma-separated subset of throughput,latency,rate,setup,memory
+          Each measurement runs R times (default 2) per path, alternating the order of the paths
+          (forward, backward, ...); the table shows medians. T defaults to 4 s (issue2: 5 s); N to
+          1000 new connections (issue2: 3000), 100 one-at-a-time connections, 10000 idle connections.
+          --no-access-log starts the agents without their per-connection log line (the path checks
+          and the cold-tunnel handshake count need it).
+          Needs iperf3, sockperf and, for the nginx peer, nginx with its stream module (agent/bench.sh
+          installs them).
         """;
 
-    private static readonly string[] Parts = ["throughput", "latency", "rate", "memory"];
+    private static readonly string[] Parts = ["throughput", "latency", "rate", "setup", "memory"];
 
     private const int IperfPort = 5201;
     private const int SockperfPort = 11111;
@@ -44,54 +56,83 @@ internal static partial class BenchCommand
     private const string Namespace = "bench";
     private static readonly TimeSpan Settle = TimeSpan.FromSeconds(2);
 
-    // issue #2
+    // issue #2 (plaintext through the agents)
     private const double ThroughputTarget = 0.60;
     private const double AddedP99TargetMs = 0.25;
     private const double KibPerIdleConnectionTarget = 4.0;
 
+    // issue #3 (mTLS through the agents)
+    private const double MtlsThroughputTarget = 0.40;
+    private const double MtlsAddedP99TargetMs = 0.30;
+
     public static async Task<int> RunAsync(CommandLine cl)
     {
-        var seconds = cl.Int("seconds", 5);
+        var suite = cl.Get("suite") ?? "issue3";
+        if (suite is not ("issue2" or "issue3" or "all"))
+        {
+            throw new UsageException("--suite takes issue2, issue3 or all");
+        }
+
+        // issue3 measures four paths where issue2 measured two: shorter runs keep the default under ~4 minutes
+        var seconds = cl.Int("seconds", suite == "issue2" ? 5 : 4);
         var repeat = cl.Int("repeat", 2);
         var idleConnections = cl.Int("idle-connections", 10_000);
-        var rateConnections = cl.Int("rate-connections", 3000);
+        var rateConnections = cl.Int("rate-connections", suite == "issue2" ? 3000 : 1000);
+        var setupConnections = cl.Int("setup-connections", 100);
         var jsonPath = cl.Get("json");
         var noAccessLog = cl.Flag("no-access-log");
-        var only = (cl.Get("only") ?? string.Join(',', Parts)).Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet();
-        if (only.Count == 0 || only.Except(Parts).FirstOrDefault() is { } unknownPart)
+        var defaultParts = suite switch
+        {
+            "issue2" => "throughput,latency,rate,memory",
+            "issue3" => "throughput,latency,rate,setup",
+            _ => string.Join(',', Parts),
+        };
+        var only = (cl.Get("only") ?? defaultParts).Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet();
+        if (only.Count == 0 || only.Except(Parts).Any())
         {
             throw new UsageException($"--only takes a comma-separated list of {string.Join(", ", Parts)}");
         }
+
         cl.RejectUnknown();
-        if (seconds < 1 || repeat < 1 || idleConnections < 1 || rateConnections < 1)
+        if (seconds < 1 || repeat < 1 || idleConnections < 1 || rateConnections < 1 || setupConnections < 1)
         {
-            throw new UsageException("--seconds, --repeat, --idle-connections and --rate-connections must be at least 1");
+            throw new UsageException("--seconds, --repeat and the connection counts must be at least 1");
         }
 
-        foreach (var tool in new[] { "iperf3", "sockperf" })
+        var issue3 = suite != "issue2";
+        foreach (var tool in new[] { "iperf3", "sockperf", "ss", "bash" })
         {
             if (!OnPath(tool))
             {
-                Log.Error("bench", $"{tool} is not installed: run agent/bench.sh, or apt-get install iperf3 sockperf");
+                Log.Error("bench", $"{tool} is not installed: run agent/bench.sh, or apt-get install iperf3 sockperf iproute2 bash");
                 return 1;
             }
         }
 
-        // each idle connection costs two descriptors in each agent (pod side and upstream side); an
-        // agent out of descriptors is not what this measures, so stay below the limit we can get
-        var fdLimit = RaiseOpenFileLimit((ulong)idleConnections * 2 + FdHeadroom);
-        var fitting = fdLimit < FdHeadroom + 200 ? 100 : (int)Math.Min(int.MaxValue, (fdLimit - FdHeadroom) / 2 / 100 * 100);
-        if (idleConnections > fitting)
+        if (issue3 && BenchNginxPeer.Missing() is { } missing)
         {
-            Log.Warn("bench", $"the open file limit is {fdLimit} and cannot be raised here (no CAP_SYS_RESOURCE?): " +
-                $"holding {fitting} idle connections instead of {idleConnections}, as each costs an agent two descriptors");
-            idleConnections = fitting;
+            Log.Error("bench", missing);
+            return 1;
+        }
+
+        if (only.Contains("memory"))
+        {
+            // each idle connection costs two descriptors in each agent (pod side and upstream side); an
+            // agent out of descriptors is not what this measures, so stay below the limit we can get
+            var fdLimit = RaiseOpenFileLimit((ulong)idleConnections * 2 + FdHeadroom);
+            var fitting = fdLimit < FdHeadroom + 200 ? 100 : (int)Math.Min(int.MaxValue, (fdLimit - FdHeadroom) / 2 / 100 * 100);
+            if (idleConnections > fitting)
+            {
+                Log.Warn("bench", $"the open file limit is {fdLimit} and cannot be raised here (no CAP_SYS_RESOURCE?): " +
+                    $"holding {fitting} idle connections instead of {idleConnections}, as each costs an agent two descriptors");
+                idleConnections = fitting;
+            }
         }
 
         using var stop = new CancellationTokenSource();
         void OnSignal(PosixSignalContext context)
         {
-            // let the run unwind through its disposals, so agents, pins, namespaces and cgroups all go
+            // let the run unwind through its disposals, so agents, nginx, pins, namespaces and cgroups all go
             context.Cancel = true;
             Console.Error.WriteLine("weft bench: stopping, cleaning up");
             stop.Cancel();
@@ -110,74 +151,179 @@ internal static partial class BenchCommand
         }
 
         var clock = Stopwatch.StartNew();
-        var spec = new ClusterSpec(
+        string[] agentArgs = noAccessLog ? ["--no-access-log"] : [];
+
+        // the signal handlers above unwind the run through MeshCluster's disposal, which also removes
+        // the agents' pins; the cluster's own Ctrl-C teardown would race with it
+        var plainSpec = new ClusterSpec(
             new NodeSpec("node1", new PodSpec(Namespace, "client-mesh"), new PodSpec(Namespace, "client-direct")),
             new NodeSpec("node2", new PodSpec(Namespace, "server-mesh"), new PodSpec(Namespace, "server-direct")))
         {
-            // the signal handlers above unwind the run through MeshCluster's disposal, which also removes
-            // the agents' pins; the cluster's own Ctrl-C teardown would race with it
             TeardownOnExit = false,
         };
-        Say("building a 2-node cluster of network namespaces and starting an agent per node");
-        string[] agentArgs = noAccessLog ? ["--no-access-log"] : [];
-        await using var mesh = await MeshCluster.StartAsync(spec, c => c.InventoryYaml(new InventoryOptions
+        Say("building a 2-node cluster of network namespaces with plaintext agents (no CA)");
+        await using var plain = await MeshCluster.StartAsync(plainSpec, c => c.InventoryYaml(new InventoryOptions
         {
             // the direct pair is not in the inventory at all: the agents neither capture nor know it
             Omit = [c.Pod(Namespace, "client-direct"), c.Pod(Namespace, "server-direct")],
         }), agentArgs);
-        var bench = new Bench(mesh, seconds, repeat, !noAccessLog, stop.Token);
+
+        // A second cluster, its agents given a CA: meshed traffic between its nodes rides mTLS HBONE
+        // tunnels. Both clusters live side by side so the paths can alternate within one run.
+        MeshCluster? mtls = null;
         try
         {
-            var report = await bench.RunAsync(idleConnections, rateConnections, only);
-            report["run"]!["elapsed_s"] = Math.Round(clock.Elapsed.TotalSeconds, 1);
-            if (jsonPath != null)
+            if (issue3)
             {
-                await File.WriteAllTextAsync(jsonPath, report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
-                Console.WriteLine($"\nfigures written to {jsonPath}");
+                Say("building a second 2-node cluster whose agents have a CA (mTLS HBONE tunnels between nodes)");
+                var mtlsSpec = new ClusterSpec(
+                    new NodeSpec("node1", new PodSpec(Namespace, "client-mesh")),
+                    new NodeSpec("node2", new PodSpec(Namespace, "server-mesh")))
+                {
+                    TeardownOnExit = false,
+                };
+                mtls = await MeshCluster.StartAsync(mtlsSpec, c => c.InventoryYaml(new InventoryOptions()), mtls: true, agentArgs).WaitAsync(stop.Token);
             }
 
-            Say($"done in {clock.Elapsed.TotalSeconds:0} s; tearing down");
-            return bench.Failures == 0 ? 0 : 1;
+            await using var bench = new Bench(plain, mtls, suite, seconds, repeat, !noAccessLog, stop.Token);
+            try
+            {
+                var report = await bench.RunAsync(idleConnections, rateConnections, setupConnections, only);
+                report["run"]!["elapsed_s"] = Math.Round(clock.Elapsed.TotalSeconds, 1);
+                if (jsonPath != null)
+                {
+                    await File.WriteAllTextAsync(jsonPath, report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+                    Console.WriteLine($"\nfigures written to {jsonPath}");
+                }
+
+                Say($"done in {clock.Elapsed.TotalSeconds:0} s; tearing down");
+                return bench.Failures == 0 ? 0 : 1;
+            }
+            catch (Exception e) when (bench.AgentsDied() is { Length: > 0 } died && !stop.IsCancellationRequested)
+            {
+                // a dead agent is the finding, not the exception it caused here
+                Say($"an agent died during the run ({e.GetType().Name}: {e.Message.Split('\n')[0]})");
+                Console.WriteLine(died);
+                return 1;
+            }
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
             Say("interrupted; tearing down");
             return 130;
         }
-        catch (Exception e) when (bench.AgentsDied() is { Length: > 0 } died)
+        finally
         {
-            // a dead agent is the finding, not the exception it caused here
-            Say($"an agent died during the run ({e.GetType().Name}: {e.Message.Split('\n')[0]})");
-            Console.WriteLine(died);
-            return 1;
+            if (mtls != null)
+            {
+                await mtls.DisposeAsync();
+            }
         }
     }
 
-    private sealed class Bench(MeshCluster mesh, int seconds, int repeat, bool accessLog, CancellationToken stop)
+    /// <summary>
+    /// One way from a client pod to a server pod. <see cref="Cluster"/>'s agents must see the traffic
+    /// when <see cref="ViaAgents"/> and must not otherwise; a path through the nginx peer dials node1's
+    /// nginx instead of the server.
+    /// </summary>
+    private sealed class BenchPath(string key, string label, ClusterPod client, ClusterPod server, MeshCluster cluster,
+        bool viaAgents, string? policy, BenchNginxPeer? peer)
     {
-        private readonly NetnsCluster cluster = mesh.Cluster;
-        private readonly List<Row> rows = [];
-        private readonly List<Row> memoryRows = [];
+        public string Key { get; } = key;
+
+        public string Label { get; } = label;
+
+        public ClusterPod Client { get; } = client;
+
+        public ClusterPod Server { get; } = server;
+
+        public MeshCluster Cluster { get; } = cluster;
+
+        public bool ViaAgents { get; } = viaAgents;
+
+        /// <summary>The agents' connection_security_policy expected for this path's flows.</summary>
+        public string? Policy { get; } = policy;
+
+        public BenchNginxPeer? Peer { get; } = peer;
+
+        public bool IsDirect => !ViaAgents && Peer == null;
+
+        /// <summary>Who relays the bytes on this path besides the kernel, for the CPU figures.</summary>
+        public string Relays => ViaAgents ? "both agents" : Peer != null ? "both nginx" : "";
+
+        public (string Host, int Port) Target(int serverPort) => Peer?.Front(serverPort) ?? (Server.Address.ToString(), serverPort);
+
+        /// <summary>CPU time so far of what relays this path (agents or nginx, both nodes); 0 for the direct path.</summary>
+        public double CpuSeconds()
+        {
+            IEnumerable<int> pids = ViaAgents ? [Cluster.Agent("node1").Pid, Cluster.Agent("node2").Pid] : Peer?.Pids() ?? [];
+            return pids.Sum(pid =>
+            {
+                try
+                {
+                    return ProcStatus.CpuSeconds(pid);
+                }
+                catch (IOException)
+                {
+                    return 0;
+                }
+            });
+        }
+
+        public override string ToString() => Label;
+    }
+
+    private sealed record PathSnapshot(int Node1Flows, int Node2Flows, int PeerLines, int Node1Handshakes);
+
+    /// <summary>A table row: a cell per path key, then the targets it answers are listed apart.</summary>
+    private sealed record TableRow(string Metric, Dictionary<string, string> Cells);
+
+    private sealed record TargetLine(string Issue, string What, string Figure, bool Pass);
+
+    private sealed partial class Bench(MeshCluster plain, MeshCluster? mtls, string suite, int seconds, int repeat, bool accessLog, CancellationToken stop)
+        : IAsyncDisposable
+    {
+        private readonly NetnsCluster cluster = plain.Cluster;
+        private readonly List<TableRow> rows = [];
+        private readonly List<TargetLine> targets = [];
+        private readonly List<BenchPath> paths = [];
+        private readonly List<string> memoryLines = [];
+        private BenchNginxPeer? peer;
 
         public int Failures { get; private set; }
 
-        /// <summary>Exit code and last stderr lines of every agent that is no longer running; empty when both run.</summary>
-        public string AgentsDied() => string.Join('\n', new[] { Agent1, Agent2 }.Where(a => a.HasExited).Select(a =>
+        private bool Issue2 => suite != "issue3";
+
+        private bool Issue3 => suite != "issue2";
+
+        /// <summary>Exit code and last stderr lines of every agent that is no longer running; empty when all run.</summary>
+        public string AgentsDied() => string.Join('\n', Agents.Where(a => a.HasExited).Select(a =>
             $"  {a} exited with {a.ExitCode}; last stderr lines:\n    " + string.Join("\n    ", a.StderrLines.TakeLast(15))));
+
+        private IEnumerable<ManagedProcess> Agents => new[] { plain, mtls }.OfType<MeshCluster>()
+            .SelectMany(m => new[] { m.Agent("node1"), m.Agent("node2") });
 
         private ClusterPod ClientMesh => cluster.Pod(Namespace, "client-mesh");
 
-        private ClusterPod ClientDirect => cluster.Pod(Namespace, "client-direct");
-
         private ClusterPod ServerMesh => cluster.Pod(Namespace, "server-mesh");
 
-        private ClusterPod ServerDirect => cluster.Pod(Namespace, "server-direct");
+        private ManagedProcess Agent1 => plain.Agent("node1");
 
-        private ManagedProcess Agent1 => mesh.Agent("node1");
+        private ManagedProcess Agent2 => plain.Agent("node2");
 
-        private ManagedProcess Agent2 => mesh.Agent("node2");
+        private BenchPath Direct => paths[0];
 
-        public async Task<JsonObject> RunAsync(int idleConnections, int rateConnections, IReadOnlySet<string> only)
+        private BenchPath? Path(string key) => paths.FirstOrDefault(p => p.Key == key);
+
+        public async ValueTask DisposeAsync()
+        {
+            if (peer != null)
+            {
+                await peer.DisposeAsync();
+            }
+        }
+
+        public async Task<JsonObject> RunAsync(int idleConnections, int rateConnections, int setupConnections, IReadOnlySet<string> only)
         {
             var loadBefore = LoadAverage();
             if (loadBefore > Environment.ProcessorCount)
@@ -185,28 +331,53 @@ internal static partial class BenchCommand
                 Console.WriteLine($"  note: the machine is busy before the run (load average {loadBefore:0.0} on {Environment.ProcessorCount} CPUs): expect noisy figures");
             }
 
-            foreach (var pod in cluster.Pods)
+            foreach (var pod in cluster.Pods.Concat(mtls?.Cluster.Pods ?? []))
             {
-                Console.WriteLine($"  {pod}{(pod.Name.EndsWith("-mesh", StringComparison.Ordinal) ? "  enrolled" : "  not in the inventory")}");
+                var where = mtls != null && pod.Node.NetnsPath.Contains(mtls.Cluster.RunId, StringComparison.Ordinal) ? "mTLS cluster" : "plaintext cluster";
+                Console.WriteLine($"  {pod} in the {where}{(pod.Name.EndsWith("-mesh", StringComparison.Ordinal) ? ", enrolled" : ", not in the inventory")}");
             }
 
             var fresh = new[] { ProcStatus.Read(Agent1.Pid), ProcStatus.Read(Agent2.Pid) };
-            Console.WriteLine($"  agents: node1 pid {Agent1.Pid} ({fresh[0].Command}, {fresh[0].RssKib / 1024.0:0.0} MiB), node2 pid {Agent2.Pid} ({fresh[1].Command}, {fresh[1].RssKib / 1024.0:0.0} MiB)");
+            Console.WriteLine($"  plaintext agents: node1 pid {Agent1.Pid} ({fresh[0].RssKib / 1024.0:0.0} MiB), node2 pid {Agent2.Pid} ({fresh[1].RssKib / 1024.0:0.0} MiB)");
+            if (mtls != null)
+            {
+                Console.WriteLine($"  mTLS agents: node1 pid {mtls.Agent("node1").Pid}, node2 pid {mtls.Agent("node2").Pid} (trust domain {MeshCluster.TrustDomain}, fresh CA)");
+            }
 
-            Say("starting servers in server-mesh and server-direct: iperf3 :5201, sockperf :11111, weft app serve --mode echo :8080");
-            foreach (var server in new[] { ServerMesh, ServerDirect })
+            var servers = new List<ClusterPod> { ServerMesh, cluster.Pod(Namespace, "server-direct") };
+            if (mtls != null)
+            {
+                servers.Add(mtls.Cluster.Pod(Namespace, "server-mesh"));
+            }
+
+            Say($"starting servers in {string.Join(", ", servers.Select(s => s.Name + (s.Node.NetnsPath.Contains(cluster.RunId, StringComparison.Ordinal) ? "" : " (mTLS cluster)")))}: " +
+                "iperf3 :5201, sockperf :11111, weft app serve --mode echo :8080");
+            foreach (var server in servers)
             {
                 server.StartProcess("iperf3", "-s", "-p", IperfPort.ToString(CultureInfo.InvariantCulture));
                 server.StartProcess("sockperf", "sr", "--tcp", "-p", SockperfPort.ToString(CultureInfo.InvariantCulture));
                 MeshCluster.StartServer(server, "--port", PeerPort.ToString(CultureInfo.InvariantCulture), "--mode", "echo");
             }
 
-            foreach (var server in new[] { ServerMesh, ServerDirect })
+            foreach (var server in servers)
             {
                 foreach (var port in new[] { IperfPort, SockperfPort, PeerPort })
                 {
                     await WaitForListenerAsync(server, port);
                 }
+            }
+
+            var clientDirect = cluster.Pod(Namespace, "client-direct");
+            var serverDirect = cluster.Pod(Namespace, "server-direct");
+            paths.Add(new BenchPath("direct", "direct", clientDirect, serverDirect, plain, viaAgents: false, null, null));
+            paths.Add(new BenchPath("plaintext", "plaintext agents", ClientMesh, ServerMesh, plain, viaAgents: true, "none", null));
+            if (mtls != null)
+            {
+                paths.Add(new BenchPath("mtls", "mTLS agents", mtls.Cluster.Pod(Namespace, "client-mesh"), mtls.Cluster.Pod(Namespace, "server-mesh"),
+                    mtls, viaAgents: true, "mutual_tls", null));
+                Say("starting the nginx peer: node1 nginx (plaintext in, TLS 1.3 out with a client certificate) -> node2 nginx (TLS in, verifies it) -> server-direct");
+                peer = await BenchNginxPeer.StartAsync(cluster.Node("node1"), cluster.Node("node2"), serverDirect.Address, [IperfPort, SockperfPort, PeerPort]).WaitAsync(stop);
+                paths.Add(new BenchPath("nginx", "nginx TLS", clientDirect, serverDirect, plain, viaAgents: false, null, peer));
             }
 
             // memory first: the agents have carried no traffic yet, so the heap grows for what is held, not into garbage of earlier runs
@@ -223,6 +394,7 @@ internal static partial class BenchCommand
 
             var latency = only.Contains("latency") ? await LatencyAsync() : null;
             var rate = only.Contains("rate") ? await ConnectionRateAsync(rateConnections) : null;
+            var setup = only.Contains("setup") ? await ConnectionSetupAsync(setupConnections) : null;
 
             var loadAfter = LoadAverage();
             PrintTable(loadBefore, loadAfter);
@@ -231,135 +403,193 @@ internal static partial class BenchCommand
                 ["run"] = new JsonObject
                 {
                     ["date"] = DateTimeOffset.UtcNow.ToString("u", CultureInfo.InvariantCulture),
+                    ["suite"] = suite,
                     ["kernel"] = File.ReadAllText("/proc/sys/kernel/osrelease").Trim(),
                     ["cpus"] = Environment.ProcessorCount,
                     ["seconds"] = seconds,
                     ["repeat"] = repeat,
-                    ["cluster"] = cluster.RunId,
+                    ["clusters"] = new JsonArray(new[] { plain, mtls }.OfType<MeshCluster>().Select(m => (JsonNode?)m.Cluster.RunId).ToArray()),
                     ["load_average_1m_before"] = loadBefore,
                     ["load_average_1m_after"] = loadAfter,
                     ["agent_access_log"] = accessLog,
                 },
+                ["paths"] = new JsonObject(paths.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)new JsonObject
+                {
+                    ["label"] = p.Label,
+                    ["client"] = p.Client.ToString(),
+                    ["server"] = p.Server.ToString(),
+                    ["dials"] = $"{p.Target(PeerPort).Host}:{{port{(p.Peer != null ? " + 20000" : "")}}}",
+                    ["via_agents"] = p.ViaAgents,
+                }))),
                 ["throughput"] = throughput,
                 ["latency"] = latency,
                 ["connection_rate"] = rate,
+                ["connection_setup"] = setup,
                 ["memory"] = memory,
-                ["verdicts"] = new JsonArray(rows.Concat(memoryRows).Where(r => r.Verdict != null)
-                    .Select(r => (JsonNode)new JsonObject { ["metric"] = r.Metric, ["target"] = r.Target, ["verdict"] = r.Verdict }).ToArray()),
+                ["targets"] = new JsonArray(targets.Select(t => (JsonNode?)new JsonObject
+                {
+                    ["issue"] = t.Issue,
+                    ["target"] = t.What,
+                    ["figure"] = t.Figure,
+                    ["verdict"] = t.Pass ? "PASS" : "MISS",
+                }).ToArray()),
             };
         }
 
         private async Task<JsonObject> ThroughputAsync(int streams)
         {
             Say($"throughput, {streams} stream(s), {seconds} s each, {Runs}: iperf3 -c SERVER -P {streams}");
-            var (direct, meshed, cpu) = await PairedAsync(
-                () => IperfAsync(ClientDirect, ServerDirect, streams, viaAgents: false),
-                () => IperfAsync(ClientMesh, ServerMesh, streams, viaAgents: true));
-            var directGbps = Median(direct.Select(r => r.Gbps));
-            var meshGbps = Median(meshed.Select(r => r.Gbps));
-            var ratio = meshGbps / directGbps;
-            Console.WriteLine($"  direct {Samples(direct.Select(r => r.Gbps))} Gbit/s ({direct.Sum(r => r.Retransmits)} retransmits), " +
-                $"mesh {Samples(meshed.Select(r => r.Gbps))} Gbit/s ({meshed.Sum(r => r.Retransmits)} retransmits): median {ratio:P0} of direct");
-            var gigabytes = meshed.Sum(r => r.Gbps) * seconds / 8;
-            Console.WriteLine($"  agent CPU during the mesh runs: node1 {cpu.Node1:0.00} s, node2 {cpu.Node2:0.00} s in {meshed.Count * seconds} s " +
-                $"({(cpu.Node1 + cpu.Node2) / gigabytes:0.00} CPU-s per GB through both)");
-            rows.Add(new Row($"throughput, {streams} stream{(streams > 1 ? "s" : "")} (Gbit/s)", $"{directGbps:0.00}", $"{meshGbps:0.00}",
-                $"{ratio:P0}", $">= {ThroughputTarget:P0}", Verdict(ratio >= ThroughputTarget)));
-            return new JsonObject
+            var cpu = new Dictionary<BenchPath, double>();
+            var runs = await AlternatingAsync(path => IperfAsync(path, streams), cpu);
+            var medians = runs.ToDictionary(r => r.Key, r => Median(r.Value.Select(i => i.Gbps)));
+            var result = new JsonObject();
+            var cells = new Dictionary<string, string>();
+            foreach (var (path, samples) in runs)
             {
-                ["direct_gbps"] = Round(directGbps, 3),
-                ["mesh_gbps"] = Round(meshGbps, 3),
-                ["ratio"] = Round(ratio, 3),
-                ["direct_samples_gbps"] = Array(direct.Select(r => Round(r.Gbps, 3))),
-                ["mesh_samples_gbps"] = Array(meshed.Select(r => Round(r.Gbps, 3))),
-                ["direct_retransmits"] = direct.Sum(r => r.Retransmits),
-                ["mesh_retransmits"] = meshed.Sum(r => r.Retransmits),
-                ["agent_cpu_s"] = new JsonObject { ["node1"] = Round(cpu.Node1, 2), ["node2"] = Round(cpu.Node2, 2) },
-                ["agent_cpu_s_per_gb"] = Round((cpu.Node1 + cpu.Node2) / gigabytes, 3),
-            };
+                var ratio = medians[path] / medians[Direct];
+                var gigabytes = samples.Sum(r => r.Gbps) * seconds / 8;
+                var cpuPerGb = path.IsDirect ? (double?)null : cpu[path] / gigabytes;
+                Console.WriteLine($"  {path.Label,-16} {Samples(samples.Select(r => r.Gbps))} Gbit/s ({samples.Sum(r => r.Retransmits)} retransmits)" +
+                    (path.IsDirect ? "" : $", median {ratio:P0} of direct; {path.Relays} used {cpu[path]:0.00} CPU-s, {cpuPerGb:0.00} CPU-s per GB"));
+                cells[path.Key] = path.IsDirect ? $"{medians[path]:0.00}" : $"{medians[path]:0.00} ({ratio:P0})";
+                result[path.Key] = new JsonObject
+                {
+                    ["gbps"] = Round(medians[path], 3),
+                    ["ratio_to_direct"] = Round(ratio, 3),
+                    ["samples_gbps"] = Array(samples.Select(r => Round(r.Gbps, 3))),
+                    ["retransmits"] = samples.Sum(r => r.Retransmits),
+                    ["relay_cpu_s"] = path.IsDirect ? null : Round(cpu[path], 2),
+                    ["relay_cpu_s_per_gb"] = cpuPerGb is { } c ? Round(c, 3) : null,
+                };
+            }
+
+            var label = $"throughput, {streams} stream{(streams > 1 ? "s" : "")}";
+            rows.Add(new TableRow($"{label} (Gbit/s)", cells));
+            if (Issue2 && Path("plaintext") is { } plaintext)
+            {
+                var ratio = medians[plaintext] / medians[Direct];
+                targets.Add(new TargetLine("#2", $"plaintext {label} >= {ThroughputTarget:P0} of direct", $"{ratio:P0}", ratio >= ThroughputTarget));
+            }
+
+            if (Issue3 && Path("mtls") is { } mtlsPath)
+            {
+                var ratio = medians[mtlsPath] / medians[Direct];
+                targets.Add(new TargetLine("#3", $"mTLS {label} >= {MtlsThroughputTarget:P0} of direct", $"{ratio:P0}", ratio >= MtlsThroughputTarget));
+                if (Path("nginx") is { } nginx)
+                {
+                    targets.Add(new TargetLine("#3", $"mTLS {label} >= the nginx peer's", $"{medians[mtlsPath]:0.00} vs {medians[nginx]:0.00} Gbit/s",
+                        medians[mtlsPath] >= medians[nginx]));
+                }
+            }
+
+            return result;
         }
 
-        private async Task<Iperf> IperfAsync(ClusterPod client, ClusterPod server, int streams, bool viaAgents)
+        private async Task<Iperf> IperfAsync(BenchPath path, int streams)
         {
-            var flowsBefore = FlowCounts();
-            var stdout = await RunToEndAsync(client, TimeSpan.FromSeconds(seconds + 30), "iperf3",
-                ["-c", server.Address.ToString(), "-p", IperfPort.ToString(CultureInfo.InvariantCulture),
+            var before = Snapshot(path);
+            var (host, port) = path.Target(IperfPort);
+            var stdout = await RunToEndAsync(path.Client, TimeSpan.FromSeconds(seconds + 30), "iperf3",
+                ["-c", host, "-p", port.ToString(CultureInfo.InvariantCulture),
                 "-t", seconds.ToString(CultureInfo.InvariantCulture), "-P", streams.ToString(CultureInfo.InvariantCulture), "-J"]);
             using var json = JsonDocument.Parse(stdout);
             var end = json.RootElement.GetProperty("end");
             var result = new Iperf(
                 end.GetProperty("sum_received").GetProperty("bits_per_second").GetDouble() / 1e9,
                 end.GetProperty("sum_sent").TryGetProperty("retransmits", out var r) ? r.GetInt64() : 0);
-            await CheckPathAsync(flowsBefore, viaAgents, $"iperf3 {client.Name} -> {server.Name}");
+            await CheckPathAsync(path, before, $"iperf3 over the {path.Label} path");
             return result;
         }
 
         private async Task<JsonObject> LatencyAsync()
         {
             Say($"latency: 1 KiB request/response on one kept-alive connection, sockperf ping-pong, full round trip, {seconds} s each, {Runs}");
-            var (directRuns, meshRuns, _) = await PairedAsync(
-                () => SockperfAsync(ClientDirect, ServerDirect, viaAgents: false),
-                () => SockperfAsync(ClientMesh, ServerMesh, viaAgents: true));
-            var direct = Latency.Median(directRuns);
-            var meshed = Latency.Median(meshRuns);
-            var addedP50 = (meshed.P50 - direct.P50) / 1000;
-            var addedP99 = (meshed.P99 - direct.P99) / 1000;
-            Console.WriteLine($"  direct p50 {Samples(directRuns.Select(r => r.P50))} us, p99 {Samples(directRuns.Select(r => r.P99))} us ({directRuns.Sum(r => r.Observations)} round trips)");
-            Console.WriteLine($"  mesh   p50 {Samples(meshRuns.Select(r => r.P50))} us, p99 {Samples(meshRuns.Select(r => r.P99))} us ({meshRuns.Sum(r => r.Observations)} round trips)");
-            Console.WriteLine($"  added (medians): p50 {Added(addedP50)}, p99 {Added(addedP99)}");
-            rows.Add(new Row("latency p50, sockperf 1 KiB RTT (us)", $"{direct.P50:0.0}", $"{meshed.P50:0.0}", Added(addedP50), "", null));
-            rows.Add(new Row("latency p99, sockperf 1 KiB RTT (us)", $"{direct.P99:0.0}", $"{meshed.P99:0.0}", Added(addedP99),
-                $"<= +{AddedP99TargetMs:0.00} ms", Verdict(addedP99 <= AddedP99TargetMs)));
-
-            Say($"latency, second opinion: weft app rr (a .NET client, 1 KiB, 20000 round trips after 2000 warm-up), {Runs}");
-            var (rrDirectRuns, rrMeshRuns, _) = await PairedAsync(() => RoundTripAsync(ClientDirect, ServerDirect), () => RoundTripAsync(ClientMesh, ServerMesh));
-            var rrDirect = Latency.Median(rrDirectRuns);
-            var rrMesh = Latency.Median(rrMeshRuns);
-            Console.WriteLine($"  direct p50 {Samples(rrDirectRuns.Select(r => r.P50))} us, p99 {Samples(rrDirectRuns.Select(r => r.P99))} us");
-            Console.WriteLine($"  mesh   p50 {Samples(rrMeshRuns.Select(r => r.P50))} us, p99 {Samples(rrMeshRuns.Select(r => r.P99))} us");
-            rows.Add(new Row("latency p50, weft app rr 1 KiB (us)", $"{rrDirect.P50:0.0}", $"{rrMesh.P50:0.0}", Added((rrMesh.P50 - rrDirect.P50) / 1000), "", null));
-            rows.Add(new Row("latency p99, weft app rr 1 KiB (us)", $"{rrDirect.P99:0.0}", $"{rrMesh.P99:0.0}", Added((rrMesh.P99 - rrDirect.P99) / 1000), "", null));
-            return new JsonObject
+            var runs = await AlternatingAsync(SockperfAsync);
+            var medians = runs.ToDictionary(r => r.Key, r => Latency.Median(r.Value));
+            var direct = medians[Direct];
+            var sockperf = new JsonObject();
+            var p50 = new Dictionary<string, string>();
+            var p99 = new Dictionary<string, string>();
+            foreach (var (path, samples) in runs)
             {
-                ["sockperf_rtt_us"] = new JsonObject
+                var m = medians[path];
+                var addedP50 = (m.P50 - direct.P50) / 1000;
+                var addedP99 = (m.P99 - direct.P99) / 1000;
+                Console.WriteLine($"  {path.Label,-16} p50 {Samples(samples.Select(r => r.P50), "0.0")} us, p99 {Samples(samples.Select(r => r.P99), "0.0")} us" +
+                    (path.IsDirect ? "" : $"; added (medians) p50 {Added(addedP50)}, p99 {Added(addedP99)}"));
+                p50[path.Key] = path.IsDirect ? $"{m.P50:0.0}" : $"{m.P50:0.0} ({Added(addedP50)})";
+                p99[path.Key] = path.IsDirect ? $"{m.P99:0.0}" : $"{m.P99:0.0} ({Added(addedP99)})";
+                var json = m.ToJson();
+                json["added_p50_ms"] = path.IsDirect ? null : Round(addedP50, 4);
+                json["added_p99_ms"] = path.IsDirect ? null : Round(addedP99, 4);
+                json["runs"] = Array(samples.Select(r => r.ToJson()));
+                sockperf[path.Key] = json;
+            }
+
+            rows.Add(new TableRow("latency p50, sockperf 1 KiB RTT (us)", p50));
+            rows.Add(new TableRow("latency p99, sockperf 1 KiB RTT (us)", p99));
+            double AddedP99(string key) => (medians[Path(key)!].P99 - direct.P99) / 1000;
+            if (Issue2 && Path("plaintext") != null)
+            {
+                targets.Add(new TargetLine("#2", $"plaintext added p99 <= {AddedP99TargetMs:0.00} ms", Added(AddedP99("plaintext")), AddedP99("plaintext") <= AddedP99TargetMs));
+            }
+
+            if (Issue3 && Path("mtls") != null)
+            {
+                targets.Add(new TargetLine("#3", $"mTLS added p99 <= {MtlsAddedP99TargetMs:0.00} ms", Added(AddedP99("mtls")), AddedP99("mtls") <= MtlsAddedP99TargetMs));
+            }
+
+            var result = new JsonObject { ["sockperf_rtt_us"] = sockperf };
+            if (Issue2)
+            {
+                Say($"latency, second opinion: weft app rr (a .NET client, 1 KiB, 20000 round trips after 2000 warm-up), {Runs}");
+                var rr = await AlternatingAsync(RoundTripAsync);
+                var rrJson = new JsonObject();
+                var rr50 = new Dictionary<string, string>();
+                var rr99 = new Dictionary<string, string>();
+                var rrDirect = Latency.Median(rr[Direct]);
+                foreach (var (path, samples) in rr)
                 {
-                    ["direct"] = direct.ToJson(),
-                    ["mesh"] = meshed.ToJson(),
-                    ["added_p50_ms"] = Round(addedP50, 4),
-                    ["added_p99_ms"] = Round(addedP99, 4),
-                    ["direct_runs"] = Array(directRuns.Select(r => r.ToJson())),
-                    ["mesh_runs"] = Array(meshRuns.Select(r => r.ToJson())),
-                },
-                ["weft_app_rr_us"] = new JsonObject
-                {
-                    ["direct"] = rrDirect.ToJson(),
-                    ["mesh"] = rrMesh.ToJson(),
-                    ["direct_runs"] = Array(rrDirectRuns.Select(r => r.ToJson())),
-                    ["mesh_runs"] = Array(rrMeshRuns.Select(r => r.ToJson())),
-                },
-            };
+                    var m = Latency.Median(samples);
+                    Console.WriteLine($"  {path.Label,-16} p50 {Samples(samples.Select(r => r.P50), "0.0")} us, p99 {Samples(samples.Select(r => r.P99), "0.0")} us");
+                    rr50[path.Key] = path.IsDirect ? $"{m.P50:0.0}" : $"{m.P50:0.0} ({Added((m.P50 - rrDirect.P50) / 1000)})";
+                    rr99[path.Key] = path.IsDirect ? $"{m.P99:0.0}" : $"{m.P99:0.0} ({Added((m.P99 - rrDirect.P99) / 1000)})";
+                    var json = m.ToJson();
+                    json["runs"] = Array(samples.Select(r => r.ToJson()));
+                    rrJson[path.Key] = json;
+                }
+
+                rows.Add(new TableRow("latency p50, weft app rr 1 KiB (us)", rr50));
+                rows.Add(new TableRow("latency p99, weft app rr 1 KiB (us)", rr99));
+                result["weft_app_rr_us"] = rrJson;
+            }
+
+            return result;
         }
 
-        private async Task<Latency> SockperfAsync(ClusterPod client, ClusterPod server, bool viaAgents)
+        private async Task<Latency> SockperfAsync(BenchPath path)
         {
-            var flowsBefore = FlowCounts();
-            var stdout = await RunToEndAsync(client, TimeSpan.FromSeconds(seconds + 30), "sockperf",
-                ["pp", "--tcp", "-i", server.Address.ToString(), "-p", SockperfPort.ToString(CultureInfo.InvariantCulture),
+            var before = Snapshot(path);
+            var (host, port) = path.Target(SockperfPort);
+            var stdout = await RunToEndAsync(path.Client, TimeSpan.FromSeconds(seconds + 30), "sockperf",
+                ["pp", "--tcp", "-i", host, "-p", port.ToString(CultureInfo.InvariantCulture),
                 "-m", "1024", "-t", seconds.ToString(CultureInfo.InvariantCulture), "--full-rtt"]);
             var text = AnsiEscape().Replace(stdout, "");
             double Percentile(string name) =>
-                Regex.Match(text, $@"percentile {Regex.Escape(name)} =\s*([0-9.]+)") is { Success: true } m
+                System.Text.RegularExpressions.Regex.Match(text, $@"percentile {System.Text.RegularExpressions.Regex.Escape(name)} =\s*([0-9.]+)") is { Success: true } m
                     ? double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)
                     : throw new InvalidOperationException($"sockperf printed no 'percentile {name}' line:\n{text}");
-            var observations = Regex.Match(text, @"Total (\d+) observations") is { Success: true } o ? long.Parse(o.Groups[1].Value, CultureInfo.InvariantCulture) : 0;
-            await CheckPathAsync(flowsBefore, viaAgents, $"sockperf {client.Name} -> {server.Name}");
+            var observations = System.Text.RegularExpressions.Regex.Match(text, @"Total (\d+) observations") is { Success: true } o
+                ? long.Parse(o.Groups[1].Value, CultureInfo.InvariantCulture) : 0;
+            await CheckPathAsync(path, before, $"sockperf over the {path.Label} path");
             return new Latency(Percentile("50.000"), Percentile("99.000"), Percentile("99.900"), observations);
         }
 
-        private async Task<Latency> RoundTripAsync(ClusterPod client, ClusterPod server)
+        private async Task<Latency> RoundTripAsync(BenchPath path)
         {
-            var (file, args) = WeftExecutable.Command(["app", "rr", "--to", $"{server.Address}:{PeerPort}", "--size", "1024", "--count", "20000", "--warmup", "2000"]);
-            var stdout = await RunToEndAsync(client, TimeSpan.FromSeconds(60), file, args);
+            var (host, port) = path.Target(PeerPort);
+            var (file, args) = WeftExecutable.Command(["app", "rr", "--to", $"{host}:{port}", "--size", "1024", "--count", "20000", "--warmup", "2000"]);
+            var stdout = await RunToEndAsync(path.Client, TimeSpan.FromSeconds(60), file, args);
             using var json = JsonDocument.Parse(stdout.Split('\n').Last(l => l.StartsWith('{')));
             var r = json.RootElement;
             return new Latency(r.GetProperty("p50_us").GetDouble(), r.GetProperty("p99_us").GetDouble(), null, r.GetProperty("count").GetInt64());
@@ -367,46 +597,52 @@ internal static partial class BenchCommand
 
         private async Task<JsonObject> ConnectionRateAsync(int connections)
         {
-            Say($"new connections: {connections} x (connect, 64 B each way, close), 16 at a time, {Runs}: weft app send");
-            var (direct, meshed, cpu) = await PairedAsync(
-                () => ConnectionRunAsync(ClientDirect, ServerDirect, connections),
-                () => ConnectionRunAsync(ClientMesh, ServerMesh, connections));
-            var directRate = Median(direct.Select(r => r.PerSecond));
-            var meshRate = Median(meshed.Select(r => r.PerSecond));
-            var ratio = meshRate / directRate;
-            var failed = (Direct: direct.Sum(r => r.Failed), Mesh: meshed.Sum(r => r.Failed));
-            Console.WriteLine($"  direct {Samples(direct.Select(r => r.PerSecond), "0")} conn/s, mesh {Samples(meshed.Select(r => r.PerSecond), "0")} conn/s " +
-                $"(median {ratio:P0} of direct); failed: direct {failed.Direct}, mesh {failed.Mesh}");
-            Console.WriteLine($"  agent CPU during the mesh runs: node1 {cpu.Node1:0.00} s, node2 {cpu.Node2:0.00} s " +
-                $"({(cpu.Node1 + cpu.Node2) * 1e6 / (connections * meshed.Count):0} CPU-us per connection through both)");
-            rows.Add(new Row("new connections (conn/s)", $"{directRate:0}", $"{meshRate:0}", $"{ratio:P0}", "(none)", null));
-            if (failed.Direct + failed.Mesh > 0)
+            Say($"new connections: {connections} x (connect, 64 B each way, close), 16 at a time, {Runs}: weft app send " +
+                "(after 300 untimed connections per path, so agents are warm and mTLS tunnels exist)");
+            foreach (var path in paths)
             {
-                Failures++;
-                Console.WriteLine("  some connections failed: the figures above are not trustworthy");
+                await ConnectionRunAsync(path, 300);
             }
 
-            return new JsonObject
+            var cpu = new Dictionary<BenchPath, double>();
+            var runs = await AlternatingAsync(path => ConnectionRunAsync(path, connections), cpu);
+            var medians = runs.ToDictionary(r => r.Key, r => Median(r.Value.Select(c => c.PerSecond)));
+            var cells = new Dictionary<string, string>();
+            var result = new JsonObject { ["connections"] = connections, ["concurrency"] = 16 };
+            foreach (var (path, samples) in runs)
             {
-                ["connections"] = connections,
-                ["direct_per_s"] = Round(directRate, 0),
-                ["mesh_per_s"] = Round(meshRate, 0),
-                ["ratio"] = Round(ratio, 3),
-                ["direct_samples_per_s"] = Array(direct.Select(r => Round(r.PerSecond, 0))),
-                ["mesh_samples_per_s"] = Array(meshed.Select(r => Round(r.PerSecond, 0))),
-                ["direct_failed"] = failed.Direct,
-                ["mesh_failed"] = failed.Mesh,
-                ["agent_cpu_s"] = new JsonObject { ["node1"] = Round(cpu.Node1, 2), ["node2"] = Round(cpu.Node2, 2) },
-                ["agent_cpu_us_per_connection"] = Round((cpu.Node1 + cpu.Node2) * 1e6 / (connections * meshed.Count), 0),
-            };
+                var ratio = medians[path] / medians[Direct];
+                var failed = samples.Sum(s => s.Failed);
+                var cpuPerConnection = path.IsDirect ? (double?)null : cpu[path] * 1e6 / (connections * samples.Count);
+                Console.WriteLine($"  {path.Label,-16} {Samples(samples.Select(r => r.PerSecond), "0")} conn/s, {failed} failed" +
+                    (path.IsDirect ? "" : $"; median {ratio:P0} of direct; {path.Relays}: {cpuPerConnection:0} CPU-us per connection"));
+                cells[path.Key] = path.IsDirect ? $"{medians[path]:0}" : $"{medians[path]:0} ({ratio:P0})";
+                result[path.Key] = new JsonObject
+                {
+                    ["per_s"] = Round(medians[path], 0),
+                    ["ratio_to_direct"] = Round(ratio, 3),
+                    ["samples_per_s"] = Array(samples.Select(r => Round(r.PerSecond, 0))),
+                    ["failed"] = failed,
+                    ["relay_cpu_us_per_connection"] = cpuPerConnection is { } c ? Round(c, 0) : null,
+                };
+                if (failed > 0)
+                {
+                    Failures++;
+                    Console.WriteLine($"  some connections over the {path.Label} path failed: its figure is not trustworthy");
+                }
+            }
+
+            rows.Add(new TableRow("new conn/s, 16 at a time (mTLS: pooled tunnel)", cells));
+            return result;
         }
 
-        private async Task<Connections> ConnectionRunAsync(ClusterPod client, ClusterPod server, int connections)
+        private async Task<Connections> ConnectionRunAsync(BenchPath path, int connections)
         {
-            var (file, args) = WeftExecutable.Command(["app", "send", "--to", $"{server.Address}:{PeerPort}",
+            var (host, port) = path.Target(PeerPort);
+            var (file, args) = WeftExecutable.Command(["app", "send", "--to", $"{host}:{port}",
                 "--connections", connections.ToString(CultureInfo.InvariantCulture), "--concurrency", "16",
                 "--bytes", "64", "--expect-reply-bytes", "64"]);
-            var stdout = await RunToEndAsync(client, TimeSpan.FromMinutes(2), file, args, allowFailure: true);
+            var stdout = await RunToEndAsync(path.Client, TimeSpan.FromMinutes(2), file, args, allowFailure: true);
             var summaryLine = stdout.Split('\n').LastOrDefault(l => l.Contains("\"summary\"", StringComparison.Ordinal))
                 ?? throw new InvalidOperationException($"weft app send printed no summary:\n{stdout[^Math.Min(stdout.Length, 2000)..]}");
             using var json = JsonDocument.Parse(summaryLine);
@@ -414,64 +650,6 @@ internal static partial class BenchCommand
             var ok = s.GetProperty("ok").GetInt64();
             var elapsedMs = Math.Max(1, s.GetProperty("elapsed_ms").GetInt64());
             return new Connections(ok * 1000.0 / elapsedMs, s.GetProperty("failed").GetInt64());
-        }
-
-        private async Task<JsonObject> MemoryAsync(ProcStatus[] fresh, int connections)
-        {
-            Say($"agent memory: RSS idle, then with {connections} idle connections client-mesh -> server-mesh held open (weft app hold)");
-            await Task.Delay(Settle, stop);
-            var idle = new[] { ProcStatus.Read(Agent1.Pid), ProcStatus.Read(Agent2.Pid) };
-            var (file, args) = WeftExecutable.Command(["app", "hold", "--to", $"{ServerMesh.Address}:{PeerPort}",
-                "--connections", connections.ToString(CultureInfo.InvariantCulture), "--concurrency", "200", "--exchange-bytes", "1"]);
-            await using var hold = ClientMesh.StartProcess(file, args, null);
-            var openLine = await hold.WaitForStdoutLineAsync(l => l.Contains("\"open\"", StringComparison.Ordinal), TimeSpan.FromMinutes(2)).WaitAsync(stop);
-            using var opened = JsonDocument.Parse(openLine);
-            var open = opened.RootElement.GetProperty("open").GetInt32();
-            Console.WriteLine($"  {open}/{connections} open (each echoed 1 byte through both agents) in {opened.RootElement.GetProperty("elapsed_ms").GetInt64()} ms{(open < connections ? "; errors: " + opened.RootElement.GetProperty("errors") : "")}");
-            await Task.Delay(Settle, stop);
-            var loaded = new[] { ProcStatus.Read(Agent1.Pid), ProcStatus.Read(Agent2.Pid) };
-
-            hold.StandardInput.Close();
-            await hold.WaitForExitAsync(TimeSpan.FromSeconds(30)).WaitAsync(stop);
-            var summaryLine = hold.StdoutLines.LastOrDefault(l => l.Contains("\"summary\"", StringComparison.Ordinal)) ?? "{}";
-            using var summary = JsonDocument.Parse(summaryLine);
-            var closedByPeer = summary.RootElement.TryGetProperty("closed_by_peer", out var c) ? c.GetInt64() : -1;
-            await Task.Delay(Settle, stop);
-            var released = new[] { ProcStatus.Read(Agent1.Pid), ProcStatus.Read(Agent2.Pid) };
-            if (open < connections || closedByPeer != 0)
-            {
-                Failures++;
-                Console.WriteLine($"  not every connection stayed open (closed by the other side while held: {closedByPeer}): the per-connection figure is not trustworthy");
-            }
-
-            var result = new JsonObject { ["connections"] = connections, ["open"] = open, ["closed_by_peer_while_held"] = closedByPeer };
-            for (var i = 0; i < 2; i++)
-            {
-                var node = $"node{i + 1}";
-                var perConnection = (loaded[i].RssKib - idle[i].RssKib) / (double)Math.Max(open, 1);
-                var anonPerConnection = (loaded[i].RssAnonKib - idle[i].RssAnonKib) / (double)Math.Max(open, 1);
-                Console.WriteLine($"  {node} agent: RSS fresh {Mib(fresh[i].RssKib)}, idle {Mib(idle[i].RssKib)}, with {open} open {Mib(loaded[i].RssKib)} " +
-                    $"({perConnection:0.00} KiB/conn; anonymous {anonPerConnection:0.00}), after release {Mib(released[i].RssKib)}; " +
-                    $"fds {idle[i].Fds} -> {loaded[i].Fds}, threads {idle[i].Threads} -> {loaded[i].Threads}");
-                memoryRows.Add(new Row($"{node} agent memory per idle conn (KiB)", "-", $"{perConnection:0.00}", $"RSS {Mib(idle[i].RssKib)} -> {Mib(loaded[i].RssKib)}",
-                    $"<= {KibPerIdleConnectionTarget:0} KiB", Verdict(perConnection <= KibPerIdleConnectionTarget)));
-                result[node] = new JsonObject
-                {
-                    ["rss_fresh_kib"] = fresh[i].RssKib,
-                    ["rss_idle_kib"] = idle[i].RssKib,
-                    ["rss_loaded_kib"] = loaded[i].RssKib,
-                    ["rss_after_release_kib"] = released[i].RssKib,
-                    ["rss_anon_idle_kib"] = idle[i].RssAnonKib,
-                    ["rss_anon_loaded_kib"] = loaded[i].RssAnonKib,
-                    ["kib_per_connection"] = Round(perConnection, 3),
-                    ["fds_idle"] = idle[i].Fds,
-                    ["fds_loaded"] = loaded[i].Fds,
-                    ["threads_idle"] = idle[i].Threads,
-                    ["threads_loaded"] = loaded[i].Threads,
-                };
-            }
-
-            return result;
         }
 
         /// <summary>Runs one tool in a pod to completion and returns its stdout; a failure exit is an error unless allowed.</summary>
@@ -488,77 +666,106 @@ internal static partial class BenchCommand
             return stdout;
         }
 
-        private string Runs => repeat == 1 ? "once" : $"{repeat} times each, alternating";
+        private string Runs => repeat == 1 ? "once per path" : $"{repeat} times per path, alternating the order";
 
         /// <summary>
-        /// Runs the direct and the meshed measurement <c>repeat</c> times each in ABBA order (direct, mesh,
-        /// mesh, direct, ...), so a drift in what else the machine does weighs on both alike. Returns the
-        /// samples and the agents' CPU time during the meshed runs.
+        /// Runs the measurement <c>repeat</c> times on every path, the paths in turn forward then
+        /// backward (A B C D, D C B A, ...), so a drift in what else the machine does weighs on all
+        /// alike. With <paramref name="cpu"/>, adds up the CPU time of what relays each path during its runs.
         /// </summary>
-        private async Task<(List<T> Direct, List<T> Mesh, (double Node1, double Node2) MeshCpu)> PairedAsync<T>(Func<Task<T>> direct, Func<Task<T>> meshed)
-        {
-            var directRuns = new List<T>();
-            var meshRuns = new List<T>();
-            var cpu = (Node1: 0.0, Node2: 0.0);
-            async Task Mesh()
-            {
-                var (result, used) = await WithAgentCpuAsync(meshed);
-                meshRuns.Add(result);
-                cpu = (cpu.Node1 + used.Node1, cpu.Node2 + used.Node2);
-            }
+        private async Task<Dictionary<BenchPath, List<T>>> AlternatingAsync<T>(Func<BenchPath, Task<T>> measure, Dictionary<BenchPath, double>? cpu = null) =>
+            await AlternatingAsync(paths, measure, cpu);
 
+        private async Task<Dictionary<TKey, List<T>>> AlternatingAsync<TKey, T>(IReadOnlyList<TKey> keys, Func<TKey, Task<T>> measure,
+            Dictionary<TKey, double>? cpu = null, Func<TKey, BenchPath>? pathOf = null)
+            where TKey : notnull
+        {
+            var results = keys.ToDictionary(k => k, _ => new List<T>());
             for (var i = 0; i < repeat; i++)
             {
-                if (i % 2 == 0)
+                foreach (var key in i % 2 == 0 ? keys : keys.Reverse())
                 {
-                    directRuns.Add(await direct());
-                    await Mesh();
-                }
-                else
-                {
-                    await Mesh();
-                    directRuns.Add(await direct());
+                    var path = pathOf?.Invoke(key) ?? (BenchPath)(object)key;
+                    var before = path.CpuSeconds();
+                    results[key].Add(await measure(key));
+                    if (cpu != null)
+                    {
+                        cpu[key] = cpu.GetValueOrDefault(key) + path.CpuSeconds() - before;
+                    }
                 }
             }
 
-            return (directRuns, meshRuns, cpu);
+            return results;
         }
 
-        private async Task<(T Result, (double Node1, double Node2) Cpu)> WithAgentCpuAsync<T>(Func<Task<T>> run)
+        private static int FlowCount(ManagedProcess agent) => agent.StdoutLines.Count(l => l.StartsWith('{'));
+
+        private PathSnapshot Snapshot(BenchPath path)
         {
-            var before = (ProcStatus.CpuSeconds(Agent1.Pid), ProcStatus.CpuSeconds(Agent2.Pid));
-            var result = await run();
-            return (result, (ProcStatus.CpuSeconds(Agent1.Pid) - before.Item1, ProcStatus.CpuSeconds(Agent2.Pid) - before.Item2));
+            var node1 = path.Cluster.Agent("node1").StdoutLines;
+            return new PathSnapshot(
+                node1.Count(l => l.StartsWith('{')),
+                FlowCount(path.Cluster.Agent("node2")),
+                path.Peer?.BackLog().Count ?? 0,
+                node1.Count(IsOutboundHandshake));
         }
 
-        private (int Node1, int Node2) FlowCounts() => (MeshCluster.Flows(Agent1).Count, MeshCluster.Flows(Agent2).Count);
+        /// <summary>An outbound flow record that had to dial a new tunnel (the pool had none with room): it carries the handshake time.</summary>
+        private static bool IsOutboundHandshake(string line) =>
+            line.StartsWith('{') && line.Contains("\"direction\":\"outbound\"", StringComparison.Ordinal) && line.Contains("\"tls_handshake_ms\"", StringComparison.Ordinal);
 
         /// <summary>
-        /// The comparison is only worth something if the meshed run went through both agents and the
-        /// direct run through neither: checked from the agents' access logs (flows are logged when a
-        /// connection ends, so give the last one a moment).
+        /// The comparison is only worth something if each path went where it says: the meshed runs
+        /// through both agents (with the expected security policy), the direct and nginx runs through
+        /// neither, and the nginx runs over TLS 1.3 with a verified client certificate. Checked from
+        /// the agents' access logs and node2 nginx's (logged when a connection ends: give it a moment).
         /// </summary>
-        private async Task CheckPathAsync((int Node1, int Node2) before, bool viaAgents, string what)
+        private async Task CheckPathAsync(BenchPath path, PathSnapshot before, string what)
         {
-            if (!accessLog)
+            if (!accessLog && path.ViaAgents)
             {
                 return;
             }
 
-            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(viaAgents ? 3 : 0.3);
-            (int, int) now;
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(path.IsDirect ? 0.3 : 3);
+            PathSnapshot now;
+            bool Arrived(PathSnapshot s) => path.ViaAgents
+                ? s.Node1Flows > before.Node1Flows && s.Node2Flows > before.Node2Flows
+                : path.Peer == null || s.PeerLines > before.PeerLines;
             do
             {
                 await Task.Delay(100, stop);
-                now = FlowCounts();
+                now = Snapshot(path);
             }
-            while (viaAgents && (now.Item1 == before.Node1 || now.Item2 == before.Node2) && DateTime.UtcNow < deadline);
+            while (!Arrived(now) && DateTime.UtcNow < deadline);
 
-            var through = (now.Item1 > before.Node1, now.Item2 > before.Node2);
-            if (through != (viaAgents, viaAgents))
+            var through = (now.Node1Flows > before.Node1Flows, now.Node2Flows > before.Node2Flows);
+            if (accessLog && through != (path.ViaAgents, path.ViaAgents))
             {
                 Failures++;
-                Console.WriteLine($"  WARNING: {what} went through node1's agent: {through.Item1}, node2's: {through.Item2}; expected {viaAgents} for both");
+                Console.WriteLine($"  WARNING: {what} went through node1's agent: {through.Item1}, node2's: {through.Item2}; expected {path.ViaAgents} for both");
+            }
+
+            if (path.ViaAgents && path.Policy != null && path.Cluster.Agent("node2").StdoutLines.LastOrDefault(l => l.StartsWith('{')) is { } last)
+            {
+                using var flow = JsonDocument.Parse(last);
+                var policy = flow.RootElement.TryGetProperty("connection_security_policy", out var p) ? p.GetString() : null;
+                if (policy != path.Policy)
+                {
+                    Failures++;
+                    Console.WriteLine($"  WARNING: {what}: node2's agent recorded connection_security_policy {policy}, expected {path.Policy}");
+                }
+            }
+
+            if (path.Peer != null)
+            {
+                var lines = path.Peer.BackLog().Skip(before.PeerLines).ToList();
+                var wrong = lines.Where(l => !l.StartsWith("TLSv1.3 SUCCESS ", StringComparison.Ordinal)).ToList();
+                if (lines.Count == 0 || wrong.Count > 0)
+                {
+                    Failures++;
+                    Console.WriteLine($"  WARNING: {what}: node2's nginx logged {lines.Count} connection(s), {wrong.Count} not TLS 1.3 with a verified client certificate ({wrong.FirstOrDefault()})");
+                }
             }
         }
 
@@ -585,148 +792,34 @@ internal static partial class BenchCommand
         private void PrintTable(double loadBefore, double loadAfter)
         {
             Say($"results: cross-node pod to pod, {Environment.ProcessorCount} CPUs, Linux {File.ReadAllText("/proc/sys/kernel/osrelease").Trim()}, " +
-                $"load average {loadBefore:0.0} before and {loadAfter:0.0} after");
-            string[] header = ["metric", "direct", "mesh", "mesh vs direct", "target (#2)", ""];
-            var table = rows.Concat(memoryRows).Select(r => new[] { r.Metric, r.Direct, r.Mesh, r.Comparison, r.Target, r.Verdict ?? "" }).Prepend(header).ToList();
+                $"load average {loadBefore:0.0} before and {loadAfter:0.0} after; medians, (ratio or added latency against direct)");
+            string[] header = ["metric", .. paths.Select(p => p.Label)];
+            var table = rows.Select(r => new[] { r.Metric }.Concat(paths.Select(p => r.Cells.GetValueOrDefault(p.Key, "-"))).ToArray()).Prepend(header).ToList();
             var widths = Enumerable.Range(0, header.Length).Select(i => table.Max(row => row[i].Length)).ToArray();
             foreach (var (row, index) in table.Select((r, i) => (r, i)))
             {
-                Console.WriteLine("  " + string.Join("  ", row.Select((cell, i) => i is 1 or 2 ? cell.PadLeft(widths[i]) : cell.PadRight(widths[i]))).TrimEnd());
+                Console.WriteLine("  " + string.Join("  ", row.Select((cell, i) => i > 0 ? cell.PadLeft(widths[i]) : cell.PadRight(widths[i]))).TrimEnd());
                 if (index == 0)
                 {
                     Console.WriteLine("  " + string.Join("  ", widths.Select(w => new string('-', w))).TrimEnd());
                 }
             }
-        }
 
-        private static string? Verdict(bool pass) => pass ? "PASS" : "MISS";
-    }
+            foreach (var line in memoryLines)
+            {
+                Console.WriteLine("  " + line);
+            }
 
-    private sealed record Row(string Metric, string Direct, string Mesh, string Comparison, string Target, string? Verdict);
-
-    private sealed record Iperf(double Gbps, long Retransmits);
-
-    private sealed record Connections(double PerSecond, long Failed);
-
-    private sealed record Latency(double P50, double P99, double? P999, long Observations)
-    {
-        public JsonObject ToJson() => new()
-        {
-            ["p50"] = Round(P50, 1),
-            ["p99"] = Round(P99, 1),
-            ["p99_9"] = P999 is { } p ? Round(p, 1) : null,
-            ["observations"] = Observations,
-        };
-
-        /// <summary>Percentile by percentile, the median over runs.</summary>
-        public static Latency Median(IReadOnlyList<Latency> runs) => new(
-            BenchCommand.Median(runs.Select(r => r.P50)),
-            BenchCommand.Median(runs.Select(r => r.P99)),
-            runs.All(r => r.P999.HasValue) ? BenchCommand.Median(runs.Select(r => r.P999!.Value)) : null,
-            runs.Sum(r => r.Observations));
-    }
-
-    /// <summary>What /proc says about a process: memory as the kernel counts it, descriptors, threads, CPU.</summary>
-    private sealed record ProcStatus(string Command, long RssKib, long RssAnonKib, int Threads, int Fds)
-    {
-        public static ProcStatus Read(int pid)
-        {
-            var fields = File.ReadAllLines($"/proc/{pid}/status")
-                .Select(l => l.Split(':', 2))
-                .Where(p => p.Length == 2)
-                .ToDictionary(p => p[0], p => p[1].Trim());
-            long Kib(string name) => long.Parse(fields[name].Split(' ')[0], CultureInfo.InvariantCulture);
-            return new ProcStatus(fields["Name"], Kib("VmRSS"), Kib("RssAnon"), int.Parse(fields["Threads"], CultureInfo.InvariantCulture),
-                Directory.GetFiles($"/proc/{pid}/fd").Length);
-        }
-
-        /// <summary>User plus system CPU time of the whole process (all threads) so far.</summary>
-        public static double CpuSeconds(int pid)
-        {
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-
-            // fields after the command: state is [0], utime is field 14 of the whole line, so [11]; stime [12]
-            var ticks = long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
-            return ticks / (double)ClockTicksPerSecond;
+            if (targets.Count > 0)
+            {
+                Console.WriteLine();
+                var width = targets.Max(t => t.What.Length);
+                var figureWidth = targets.Max(t => t.Figure.Length);
+                foreach (var t in targets)
+                {
+                    Console.WriteLine($"  {t.Issue} {t.What.PadRight(width)}  {t.Figure.PadLeft(figureWidth)}  {(t.Pass ? "PASS" : "MISS")}");
+                }
+            }
         }
     }
-
-    // sysconf(_SC_CLK_TCK) is 100 on every Linux the agent targets (USER_HZ is fixed by the ABI)
-    private const int ClockTicksPerSecond = 100;
-
-    // descriptors an agent needs besides its proxied connections (listeners, pins, runtime), with room to spare
-    private const ulong FdHeadroom = 400;
-
-    /// <summary>Raises this process's open-file limit (children inherit it) towards <paramref name="wanted"/>; returns the limit now in force.</summary>
-    private static ulong RaiseOpenFileLimit(ulong wanted)
-    {
-        if (GetRLimit(RlimitNoFile, out var limit) != 0)
-        {
-            return 1024;
-        }
-
-        if (limit.Current >= wanted)
-        {
-            return limit.Current;
-        }
-
-        // root may raise the hard limit too, given CAP_SYS_RESOURCE; otherwise settle for the hard limit
-        var raised = new RLimit { Current = wanted, Maximum = Math.Max(wanted, limit.Maximum) };
-        if (SetRLimit(RlimitNoFile, ref raised) == 0)
-        {
-            return wanted;
-        }
-
-        raised = new RLimit { Current = limit.Maximum, Maximum = limit.Maximum };
-        return SetRLimit(RlimitNoFile, ref raised) == 0 ? limit.Maximum : limit.Current;
-    }
-
-    private const int RlimitNoFile = 7;
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct RLimit
-    {
-        public ulong Current;
-        public ulong Maximum;
-    }
-
-    [LibraryImport("libc", EntryPoint = "getrlimit", SetLastError = true)]
-    private static partial int GetRLimit(int resource, out RLimit limit);
-
-    [LibraryImport("libc", EntryPoint = "setrlimit", SetLastError = true)]
-    private static partial int SetRLimit(int resource, ref RLimit limit);
-
-    private static bool OnPath(string tool) =>
-        (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Any(dir => dir.Length > 0 && File.Exists(Path.Join(dir, tool)));
-
-    /// <summary>The 1-minute load average: other work on the machine shares the CPUs the benchmark measures.</summary>
-    private static double LoadAverage() =>
-        double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], CultureInfo.InvariantCulture);
-
-    private static double Median(IEnumerable<double> values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
-    }
-
-    private static string Samples(IEnumerable<double> values, string format = "0.00") =>
-        string.Join(" / ", values.Select(v => v.ToString(format, CultureInfo.InvariantCulture)));
-
-    private static JsonArray Array(IEnumerable<JsonNode?> values) => new(values.ToArray());
-
-    private static JsonArray Array(IEnumerable<double> values) => new(values.Select(v => (JsonNode?)v).ToArray());
-
-    private static double Round(double value, int digits) => Math.Round(value, digits);
-
-    private static string Added(double ms) => ms.ToString("+0.000;-0.000", CultureInfo.InvariantCulture) + " ms";
-
-    private static string Mib(long kib) => $"{kib / 1024.0:0.0} MiB";
-
-    private static string Tail(string text) => text.Length <= 2000 ? text : "..." + text[^2000..];
-
-    private static void Say(string text) => Console.WriteLine($"\n== {text}");
-
-    [GeneratedRegex(@"\x1b\[[0-9;]*m")]
-    private static partial Regex AnsiEscape();
 }
