@@ -314,7 +314,7 @@ internal sealed class AdminServer : IDisposable
             _listener.Stop();
             _listener.Close();
         }
-        catch (ObjectDisposedException)
+        catch (Exception e) when (e is ObjectDisposedException or HttpListenerException)
         {
         }
     }

@@ -37,8 +37,20 @@ public sealed class FlowTable
     /// <summary>Set once at start (the metrics); called outside any lock of the table.</summary>
     public IFlowObserver? Observer { get; set; }
 
-    /// <summary>The live flows in no particular order, without copying: for the metrics' scrape.</summary>
-    internal IEnumerable<Flow> LiveFlows => _live.Values;
+    /// <summary>
+    /// The live flows in no particular order, for the metrics' scrape. Enumerating the dictionary takes
+    /// no lock (its Values property would take them all), so a scrape never holds up Opened/Closed.
+    /// </summary>
+    internal IEnumerable<Flow> LiveFlows
+    {
+        get
+        {
+            foreach (var (_, flow) in _live)
+            {
+                yield return flow;
+            }
+        }
+    }
 
     public void Opened(Flow flow)
     {

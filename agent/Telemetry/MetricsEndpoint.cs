@@ -99,7 +99,7 @@ internal sealed class MetricsEndpoint : IDisposable
             _listener.Stop();
             _listener.Close();
         }
-        catch (ObjectDisposedException)
+        catch (Exception e) when (e is ObjectDisposedException or HttpListenerException)
         {
         }
     }

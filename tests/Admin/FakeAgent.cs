@@ -11,7 +11,7 @@ namespace Weft.Tests.Admin;
 /// <summary>An agent as the admin API sees it, without capture: a flow table, an inventory, certificates.</summary>
 internal sealed class FakeAgent : IAgentView, IDisposable
 {
-    private readonly AdminServer _server;
+    private AdminServer _server;
     private readonly string _caDirectory = Directory.CreateTempSubdirectory("weft-admin-ca-").FullName;
     private readonly IdentityManager _identity;
 
@@ -22,12 +22,30 @@ internal sealed class FakeAgent : IAgentView, IDisposable
         _identity = IdentityManager.Start(new IdentityOptions("cluster.local", ca) { WatchFiles = false });
         _identity.SetAllowed([new SpiffeId("cluster.local", "demo", "a")]);
         _identity.Get(new SpiffeId("cluster.local", "demo", "a"));
-        Address = $"127.0.0.1:{FreePort()}";
-        _server = new AdminServer(Address, this);
-        _server.Start();
+        // A free port can be taken between probing and binding (tests run in parallel): try a few.
+        for (var attempt = 1; ; attempt++)
+        {
+            Address = $"127.0.0.1:{FreePort()}";
+            _server = new AdminServer(Address, this);
+            try
+            {
+                _server.Start();
+                break;
+            }
+            catch (HttpListenerException) when (attempt < 5)
+            {
+                try
+                {
+                    _server.Dispose();
+                }
+                catch (HttpListenerException)
+                {
+                }
+            }
+        }
     }
 
-    public string Address { get; }
+    public string Address { get; private set; }
 
     public string NodeName => "node1";
 
