@@ -128,6 +128,9 @@ internal sealed partial class PodProxy : IAsyncDisposable
                 continue;
             }
 
+            // Relayed bytes go out as they come: Nagle would hold small writes back for the peer's
+            // delayed ACK (40 ms on Linux), which a proxy in the middle must not add.
+            client.NoDelay = true;
             _ = handle(client);
         }
     }
