@@ -31,6 +31,9 @@ public sealed record KubernetesInventoryOptions
     /// <summary>Quiet time after a change before rebuilding, so a burst of watch events (a rollout) makes one snapshot.</summary>
     public TimeSpan Debounce { get; init; } = TimeSpan.FromMilliseconds(100);
 
+    /// <summary>Longest a change waits for a quiet moment before it is published anyway.</summary>
+    public TimeSpan MaxDebounce { get; init; } = TimeSpan.FromMilliseconds(500);
+
     /// <summary>First wait after a failed list or watch; doubles per failure up to <see cref="MaxBackoff"/>.</summary>
     public TimeSpan InitialBackoff { get; init; } = TimeSpan.FromMilliseconds(200);
 

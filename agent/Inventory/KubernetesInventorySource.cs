@@ -38,6 +38,7 @@ public sealed class KubernetesInventorySource : IDisposable
     private HashSet<string> _lastWarnings = [];
     private Task[] _loops = [];
     private int _dirty;
+    private long _pendingSince;
     private int _netnsRetries;
     private long _lastSyncTicks;
     private bool _disposed;
@@ -181,7 +182,14 @@ public sealed class KubernetesInventorySource : IDisposable
     private void OnChanged()
     {
         Interlocked.Exchange(ref _dirty, 1);
-        ScheduleRebuild(_options.Debounce);
+
+        // Each event pushes the rebuild back by the debounce, but never past MaxDebounce after the first
+        // unpublished change: a cluster that never goes quiet (constant pod churn) still gets new snapshots.
+        var now = Environment.TickCount64;
+        Interlocked.CompareExchange(ref _pendingSince, now, 0);
+        var waited = TimeSpan.FromMilliseconds(now - Interlocked.Read(ref _pendingSince));
+        var delay = _options.MaxDebounce - waited;
+        ScheduleRebuild(delay < _options.Debounce ? (delay > TimeSpan.Zero ? delay : TimeSpan.Zero) : _options.Debounce);
     }
 
     private void ScheduleRebuild(TimeSpan delay)
@@ -219,10 +227,11 @@ public sealed class KubernetesInventorySource : IDisposable
     /// <summary>Caller holds the gate.</summary>
     private void Rebuild()
     {
+        Interlocked.Exchange(ref _pendingSince, 0);
         if (_watches.FirstOrDefault(w => !w.Listed) is { } waiting)
         {
             Log.Debug("inventory", $"not publishing yet: {waiting.Kind} not listed");
-            return;
+            return; // the dirty flag stays set: the last kind's list triggers the first build
         }
 
         var changed = Interlocked.Exchange(ref _dirty, 0) == 1;

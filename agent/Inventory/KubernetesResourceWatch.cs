@@ -289,6 +289,9 @@ internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWat
 
     private static string Describe(Exception e) => e switch
     {
+        HttpOperationException { Response.StatusCode: HttpStatusCode.NotFound } => "HTTP 404: the API server does not serve this resource; is its CRD installed?",
+        HttpOperationException { Response.StatusCode: HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized } http =>
+            $"HTTP {(int)http.Response.StatusCode}: does the agent's ClusterRole grant list and watch on it?",
         HttpOperationException http => $"HTTP {(int?)http.Response?.StatusCode} {http.Response?.ReasonPhrase}",
         _ when e.InnerException is { } inner && e is HttpRequestException or IOException => $"{e.Message}: {inner.Message}",
         _ => e.Message,

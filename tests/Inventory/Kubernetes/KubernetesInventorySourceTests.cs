@@ -64,7 +64,33 @@ public sealed class KubernetesInventorySourceTests : IAsyncLifetime
         var source = _source ?? Start();
         await source.WaitForReadyAsync().WaitAsync(TimeSpan.FromSeconds(5));
         await _server.WaitForWatchesAsync(TimeSpan.FromSeconds(5));
+        await WarmUpAsync();
         return _store.Current;
+    }
+
+    /// <summary>
+    /// One object of every kind through the watches and out again, generously timed, so the "within a second"
+    /// checks measure the steady state rather than first-use costs (JIT, JSON metadata) on a loaded machine.
+    /// </summary>
+    private async Task WarmUpAsync()
+    {
+        _server.Apply(Namespace("warmup", meshEnabled: false));
+        _server.Apply(Pod("warmup", "w1", "node9", "10.244.9.9"));
+        _server.Apply(Service("warmup", "w", "10.96.9.9", 80, 8080));
+        _server.Apply(Slice("warmup", "w-1", "w", 8080, ("10.244.9.9", true)));
+        _server.Apply(DenyAll("warmup", "w"));
+        _server.Apply(Strict("warmup", "w"));
+        var warm = IPEndPoint.Parse("10.96.9.9:80");
+        await EventuallyAsync(s => s.TryGetNamespace("warmup", out _) && HasPod(s, "w1") && s.TryResolveService(warm, out var t) && t.ReadyEndpoints.Length == 1
+            && s.Policies.AuthorizationPolicies.Length == 1 && s.Policies.PeerAuthentications.Length == 1, TimeSpan.FromSeconds(10), "warm-up objects");
+        _server.Delete<V1Alpha1PeerAuthentication>("warmup", "w");
+        _server.Delete<V1Alpha1AuthorizationPolicy>("warmup", "w");
+        _server.Delete<V1EndpointSlice>("warmup", "w-1");
+        _server.Delete<V1Service>("warmup", "w");
+        _server.Delete<V1Pod>("warmup", "w1");
+        _server.Delete<V1Namespace>(null, "warmup");
+        await EventuallyAsync(s => !s.TryGetNamespace("warmup", out _) && !HasPod(s, "w1") && !s.TryResolveService(warm, out _)
+            && s.Policies.AuthorizationPolicies.IsEmpty && s.Policies.PeerAuthentications.IsEmpty, TimeSpan.FromSeconds(10), "warm-up objects gone");
     }
 
     /// <summary>Waits until the published inventory satisfies <paramref name="condition"/>, failing after <paramref name="within"/>.</summary>
@@ -109,6 +135,22 @@ public sealed class KubernetesInventorySourceTests : IAsyncLifetime
         Assert.NotNull(source.LastSync);
         Assert.True(snapshot.Version > 0);
         Assert.True(HasPod(snapshot, "a1"));
+    }
+
+    [Fact]
+    public async Task FailingFirstLists_AreRetriedWithBackoff_UntilReady()
+    {
+        for (var i = 0; i < 3; i++)
+        {
+            _server.FailNext("pods", HttpStatusCode.InternalServerError);
+        }
+
+        _server.FailNext("authorizationpolicies", HttpStatusCode.NotFound); // CRD not installed yet
+        var source = Start();
+        await source.WaitForReadyAsync().WaitAsync(TimeSpan.FromSeconds(3));
+
+        Assert.True(HasPod(_store.Current, "a1"));
+        Assert.Equal(4, _server.Requests.Count(r => !r.Watch && r.Path == "/api/v1/pods"));
     }
 
     [Fact]
@@ -276,6 +318,27 @@ public sealed class KubernetesInventorySourceTests : IAsyncLifetime
         await _server.WaitForWatchesAsync(TimeSpan.FromSeconds(3));
         _server.Apply(Pod("demo", "a8", Node, "10.244.1.9"));
         await EventuallyAsync(s => HasPod(s, "a8") && HasPod(s, "a1"));
+    }
+
+    [Fact]
+    public async Task ConstantChurn_IsPublishedWhileItLasts_NotOnlyWhenItStops()
+    {
+        // A change every 30 ms never leaves the 100 ms debounce a quiet moment; snapshots must come anyway.
+        var synced = await SyncedAsync();
+        var publishedDuringChurn = new List<long>();
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(2.5);
+        for (var i = 0; DateTime.UtcNow < until; i++)
+        {
+            _server.Apply(Pod("demo", $"churn{i}", "node2", $"10.244.3.{(i % 250) + 2}"));
+            if (_store.Current.Version != synced.Version && !publishedDuringChurn.Contains(_store.Current.Version))
+            {
+                publishedDuringChurn.Add(_store.Current.Version);
+            }
+
+            await Task.Delay(30);
+        }
+
+        Assert.True(publishedDuringChurn.Count >= 2, $"only {publishedDuringChurn.Count} snapshot(s) published during 2.5 s of constant change");
     }
 
     [Fact]
