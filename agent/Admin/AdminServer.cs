@@ -127,7 +127,13 @@ internal sealed class AdminServer : IDisposable
                     break;
                 case "/ready":
                     w.WriteStartObject();
-                    w.WriteBoolean("ready", true);
+                    var ready = _agent.Ready;
+                    if (!ready)
+                    {
+                        response.StatusCode = 503;
+                    }
+
+                    w.WriteBoolean("ready", ready);
                     w.WriteEndObject();
                     break;
                 default:

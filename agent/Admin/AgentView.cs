@@ -20,6 +20,9 @@ public interface IAgentView
 
     /// <summary>Certificates the agent holds, public parts only.</summary>
     IReadOnlyList<CertificateEntry> Certificates { get; }
+
+    /// <summary>The inventory is loaded (a Kubernetes source: after its first full sync).</summary>
+    bool Ready => true;
 }
 
 /// <summary>
@@ -40,6 +43,8 @@ internal sealed class NodeAgentView(NodeAgent agent) : IAgentView
     public IReadOnlyCollection<string> EnrolledPods => agent.EnrolledPods.Select(p => p.Split('|')[0]).Order(StringComparer.Ordinal).ToList();
 
     public IReadOnlyList<CertificateEntry> Certificates => CertificatesOf(agent.Identity);
+
+    public bool Ready => agent.InventoryReady;
 
     internal static IReadOnlyList<CertificateEntry> CertificatesOf(IdentityManager? identity)
     {
