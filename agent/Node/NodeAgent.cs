@@ -36,6 +36,11 @@ public sealed class NodeAgent : IAsyncDisposable
         _options = options;
         Flows = new FlowTable(accessLog: options.AccessLog ? Console.Out : null, format: options.AccessLogFormat);
         Metrics = new MeshMetrics(Flows, () => _store?.Current) { Health = Health };
+        if (options.MetricsAddress is null)
+        {
+            // --metrics off: nothing reads the counters, so closing connections does not feed them either
+            Flows.Observer = null;
+        }
     }
 
     public string NodeName => _options.NodeName;

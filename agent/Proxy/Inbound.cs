@@ -198,6 +198,7 @@ internal sealed partial class PodProxy
                 await using (stream)
                 {
                     await connection.RelayAsync(upstream, stream, socketIsClient: false).ConfigureAwait(false);
+                    connection.RecordTcpRtt(upstream);
                 }
             }
         }

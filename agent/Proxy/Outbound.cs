@@ -105,6 +105,7 @@ internal sealed partial class PodProxy
         using (upstream)
         {
             await connection.RelayAsync(client, upstream).ConfigureAwait(false);
+            connection.RecordTcpRtt(connection.Flow.Direction == FlowDirection.Outbound ? upstream : client);
         }
     }
 
@@ -144,6 +145,7 @@ internal sealed partial class PodProxy
         await using (opened.Stream)
         {
             await connection.RelayAsync(client, opened.Stream, socketIsClient: true).ConfigureAwait(false);
+            connection.RecordTcpRtt(client);
         }
     }
 
@@ -194,6 +196,7 @@ internal sealed partial class PodProxy
                 using (upstream)
                 {
                     await connection.RelayAsync(client, upstream).ConfigureAwait(false);
+                    connection.RecordTcpRtt(upstream);
                 }
             }
             finally

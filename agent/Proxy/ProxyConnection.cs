@@ -51,6 +51,19 @@ internal sealed class ProxyConnection : IRelayObserver
         return relay.RunAsync();
     }
 
+    /// <summary>
+    /// Reads the kernel's smoothed RTT of <paramref name="socket"/> onto the flow (and its mirror); called
+    /// once when the relay ends, before the socket is disposed.
+    /// </summary>
+    public void RecordTcpRtt(Socket socket)
+    {
+        if (TcpInfo.TryRead(socket) is { } info)
+        {
+            Flow.TcpRtt = info.Rtt;
+            Mirror?.TcpRtt = info.Rtt;
+        }
+    }
+
     public void Abort(string reason)
     {
         Flow.Error ??= reason;

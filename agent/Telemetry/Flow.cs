@@ -64,6 +64,13 @@ public sealed class Flow
 
     public TimeSpan? TlsHandshakeTime { get; set; }
 
+    /// <summary>
+    /// The kernel's smoothed round-trip time (TCP_INFO tcpi_rtt) when the connection ended, read on the
+    /// socket that crosses the network when there is one (outbound: upstream; inbound: client), else the
+    /// pod-side socket of a tunnelled or in-node flow.
+    /// </summary>
+    public TimeSpan? TcpRtt { get; set; }
+
     /// <summary>W3C trace context that arrived with (or was sent on) the tunnel request.</summary>
     public string? TraceParent { get; set; }
 
@@ -148,6 +155,11 @@ public sealed class Flow
         if (TlsHandshakeTime is { } tls)
         {
             w.WriteNumber("tls_handshake_ms", Math.Round(tls.TotalMilliseconds, 3));
+        }
+
+        if (TcpRtt is { } rtt)
+        {
+            w.WriteNumber("tcp_rtt_ms", Math.Round(rtt.TotalMilliseconds, 3));
         }
 
         w.WriteNumber("bytes_sent", BytesSent);

@@ -29,7 +29,7 @@ public sealed record AgentHealth
 /// <code>
 ///   relay ──Interlocked.Add──► Flow.BytesSent/Received        (data path: nothing else per read)
 ///   scrape ──before-collect──► for each live flow: counter += bytes now − bytes already reported
-///   close  ──────────────────► the last delta, closed counter, duration/connect/TLS histograms
+///   close  ──────────────────► the last delta, closed counter, duration/connect/TLS/RTT histograms
 /// </code>
 /// A long transfer shows in the next scrape, and the data path pays nothing for it. Labels hold
 /// workload names, namespaces, principals and flags, never addresses or ports: series are bounded by
@@ -58,6 +58,7 @@ public sealed class MeshMetrics : IFlowObserver
     private readonly Histogram _duration;
     private readonly Histogram _connect;
     private readonly Histogram _tlsHandshake;
+    private readonly Histogram _tcpRtt;
     private readonly Gauge _live;
     private readonly Gauge _enrolled;
     private readonly Gauge _inventoryVersion;
@@ -91,6 +92,8 @@ public sealed class MeshMetrics : IFlowObserver
             ["reporter"], new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.0001, 2.5, 14) });
         _tlsHandshake = f.CreateHistogram("weft_tls_handshake_seconds", "mTLS handshake time of the tunnel a connection used.",
             ["reporter"], new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.0005, 2.5, 12) });
+        _tcpRtt = f.CreateHistogram("weft_tcp_rtt_seconds", "The kernel's smoothed TCP round-trip time (TCP_INFO) of a proxied connection when it closed.",
+            ["reporter"], new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.00001, 2.5, 14) });
         _live = f.CreateGauge("weft_tcp_connections_open", "Connections open now.", ["reporter"]);
         _enrolled = f.CreateGauge("weft_enrolled_pods", "Pods on this node whose traffic the agent captures.");
         _inventoryVersion = f.CreateGauge("weft_inventory_version", "Version of the inventory snapshot in force.");
@@ -143,6 +146,11 @@ public sealed class MeshMetrics : IFlowObserver
             if (flow.TlsHandshakeTime is { } tls)
             {
                 _tlsHandshake.WithLabels(reporter).Observe(tls.TotalSeconds);
+            }
+
+            if (flow.TcpRtt is { } rtt)
+            {
+                _tcpRtt.WithLabels(reporter).Observe(rtt.TotalSeconds);
             }
         }
     }
