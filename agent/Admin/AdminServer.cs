@@ -16,65 +16,20 @@ namespace Weft.Admin;
 ///   /ready
 /// </code>
 /// </summary>
-internal sealed class AdminServer : IDisposable
+internal sealed class AdminServer : HttpEndpoint
 {
-    private readonly HttpListener _listener = new();
     private readonly IAgentView _agent;
-    private Task? _loop;
 
     public AdminServer(string address, IAgentView agent)
+        : base($"http://{address}/", "admin")
     {
         _agent = agent;
-        _listener.Prefixes.Add($"http://{address}/");
     }
 
-    public void Start()
+    protected override Task ServeAsync(HttpListenerContext context)
     {
-        _listener.Start();
-        _loop = Task.Run(LoopAsync);
-    }
-
-    private async Task LoopAsync()
-    {
-        while (_listener.IsListening)
-        {
-            HttpListenerContext context;
-            try
-            {
-                context = await _listener.GetContextAsync().ConfigureAwait(false);
-            }
-            catch (Exception) when (!_listener.IsListening)
-            {
-                break;
-            }
-            catch (HttpListenerException)
-            {
-                continue;
-            }
-
-            // Each request on its own: a slow reader (weft flows --follow) must not hold up the others.
-            _ = Task.Run(() =>
-            {
-                try
-                {
-                    Serve(context);
-                }
-                catch (Exception e)
-                {
-                    Log.Warn("admin", $"{context.Request.Url?.AbsolutePath}: {e.Message}");
-                }
-                finally
-                {
-                    try
-                    {
-                        context.Response.Close();
-                    }
-                    catch (Exception)
-                    {
-                    }
-                }
-            });
-        }
+        Serve(context);
+        return Task.CompletedTask;
     }
 
     private void Serve(HttpListenerContext context)
@@ -311,17 +266,5 @@ internal sealed class AdminServer : IDisposable
         }
 
         w.WriteEndArray();
-    }
-
-    public void Dispose()
-    {
-        try
-        {
-            _listener.Stop();
-            _listener.Close();
-        }
-        catch (Exception e) when (e is ObjectDisposedException or HttpListenerException)
-        {
-        }
     }
 }
