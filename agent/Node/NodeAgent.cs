@@ -10,8 +10,8 @@ namespace Weft.Node;
 /// <summary>
 /// One node's agent: keeps the BPF capture and the in-pod listeners in step with the inventory.
 /// <code>
-///   inventory file ──(hot reload)──► snapshot ──reconcile──► per local enrolled pod:
-///        listeners in its netns (15001, 15006) → sk_lookup link → enrolled map entry
+///   inventory (file, hot-reloaded; or Kubernetes watches) ──► snapshot ──reconcile──► per local enrolled pod:
+///        listeners in its netns (15001, 15006, 15008 with a CA) → sk_lookup link → enrolled map entry
 /// </code>
 /// Stopping never detaches the BPF programs: enrolled pods keep failing closed until a new agent
 /// adopts the pins, or an explicit uninstall removes them.
