@@ -74,15 +74,35 @@ public sealed class NodeAgent : IAsyncDisposable
     public async Task StartAsync()
     {
         var cgroup = _options.CgroupPath ?? CgroupMount.FindV2();
-        _capture = BpfCapture.Open(new CaptureOptions(_options.PinRoot, cgroup, _options.Proxy.OutboundPort,
-            _options.Proxy.InboundPort, _options.Proxy.SocketMark));
-        _tracker = new ConnectionTracker(Flows, _options.Proxy.IdleTimeout);
-        _identity = _options.Identity is null ? null : IdentityManager.Start(_options.Identity);
         _store = new InventoryStore();
+
+        // After a crash the pods fail closed until this start ends: load the inventory (its YAML and
+        // Kubernetes model setup is the slowest step) and the CA while libbpf loads the programs.
+        var store = _store;
+        var sourceStarting = Task.Run(() => _options.Kubernetes is { } api
+            ? KubernetesSource = KubernetesInventorySource.Start(api, store, new KubernetesInventoryOptions { NodeName = _options.NodeName })
+            : (IDisposable)FileInventorySource.Start(_options.InventoryPath ?? throw new ArgumentException("no inventory: give an inventory file or Kubernetes mode"), store));
+        var identityStarting = Task.Run(() => _options.Identity is null ? null : IdentityManager.Start(_options.Identity));
+        try
+        {
+            _capture = BpfCapture.Open(new CaptureOptions(_options.PinRoot, cgroup, _options.Proxy.OutboundPort,
+                _options.Proxy.InboundPort, _options.Proxy.SocketMark));
+        }
+        finally
+        {
+            // on failure too: nothing started may outlive a start that throws
+            try
+            {
+                _identity = await identityStarting.ConfigureAwait(false);
+            }
+            finally
+            {
+                _source = await sourceStarting.ConfigureAwait(false);
+            }
+        }
+
+        _tracker = new ConnectionTracker(Flows, _options.Proxy.IdleTimeout);
         _services = new ProxyServices(_capture, _store, _tracker, _options.Proxy, _identity);
-        _source = _options.Kubernetes is { } api
-            ? KubernetesSource = KubernetesInventorySource.Start(api, _store, new KubernetesInventoryOptions { NodeName = _options.NodeName })
-            : FileInventorySource.Start(_options.InventoryPath ?? throw new ArgumentException("no inventory: give an inventory file or Kubernetes mode"), _store);
         _store.Changed += OnInventoryChanged;
         await ReconcileAsync().ConfigureAwait(false);
         if (_options.AdminAddress is not null)
