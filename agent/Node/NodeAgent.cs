@@ -1,3 +1,4 @@
+using System.Net;
 using Weft.Admin;
 using Weft.Capture;
 using Weft.Identity;
@@ -30,6 +31,11 @@ public sealed class NodeAgent : IAsyncDisposable
     private AdminServer? _admin;
     private HealthServer? _health;
     private MetricsEndpoint? _metricsEndpoint;
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly object _hostEndpointGate = new();
+
+    /// <summary>The agent process's own network namespace (its main thread's, which never enters a pod's).</summary>
+    private const string AgentNamespace = "/proc/self/ns/net";
 
     public NodeAgent(AgentOptions options)
     {
@@ -73,37 +79,128 @@ public sealed class NodeAgent : IAsyncDisposable
     public async Task StartAsync()
     {
         var cgroup = _options.CgroupPath ?? CgroupMount.FindV2();
-        _capture = BpfCapture.Open(new CaptureOptions(_options.PinRoot, cgroup, _options.Proxy.OutboundPort,
-            _options.Proxy.InboundPort, _options.Proxy.SocketMark));
-        _tracker = new ConnectionTracker(Flows, _options.Proxy.IdleTimeout);
-        _identity = _options.Identity is null ? null : IdentityManager.Start(_options.Identity);
         _store = new InventoryStore();
+
+        // After a crash the pods fail closed until this start ends: load the inventory (its YAML and
+        // Kubernetes model setup is the slowest step) and the CA while libbpf loads the programs.
+        var store = _store;
+        var sourceStarting = Task.Run(() => _options.Kubernetes is { } api
+            ? KubernetesSource = KubernetesInventorySource.Start(api, store, new KubernetesInventoryOptions { NodeName = _options.NodeName })
+            : (IDisposable)FileInventorySource.Start(_options.InventoryPath ?? throw new ArgumentException("no inventory: give an inventory file or Kubernetes mode"), store));
+        var identityStarting = Task.Run(() => _options.Identity is null ? null : IdentityManager.Start(_options.Identity));
+        try
+        {
+            _capture = BpfCapture.Open(new CaptureOptions(_options.PinRoot, cgroup, _options.Proxy.OutboundPort,
+                _options.Proxy.InboundPort, _options.Proxy.SocketMark));
+        }
+        finally
+        {
+            // on failure too: nothing started may outlive a start that throws
+            try
+            {
+                _identity = await identityStarting.ConfigureAwait(false);
+            }
+            finally
+            {
+                _source = await sourceStarting.ConfigureAwait(false);
+            }
+        }
+
+        _tracker = new ConnectionTracker(Flows, _options.Proxy.IdleTimeout);
         _services = new ProxyServices(_capture, _store, _tracker, _options.Proxy, _identity);
-        _source = _options.Kubernetes is { } api
-            ? KubernetesSource = KubernetesInventorySource.Start(api, _store, new KubernetesInventoryOptions { NodeName = _options.NodeName })
-            : FileInventorySource.Start(_options.InventoryPath ?? throw new ArgumentException("no inventory: give an inventory file or Kubernetes mode"), _store);
         _store.Changed += OnInventoryChanged;
         await ReconcileAsync().ConfigureAwait(false);
         if (_options.AdminAddress is not null)
         {
-            _admin = new AdminServer(_options.AdminAddress, new NodeAgentView(this));
-            _admin.Start();
+            StartHostEndpoint("admin API", _options.AdminAddress, () => new AdminServer(_options.AdminAddress, new NodeAgentView(this)), s => s.Start(), s => _admin = s);
         }
 
         if (_options.MetricsAddress is not null)
         {
-            _metricsEndpoint = new MetricsEndpoint(_options.MetricsAddress, Metrics);
-            _metricsEndpoint.Start();
+            StartHostEndpoint("metrics", _options.MetricsAddress, () => new MetricsEndpoint(_options.MetricsAddress, Metrics), s => s.Start(), s => _metricsEndpoint = s);
         }
 
         if (_options.HealthAddress is not null)
         {
-            _health = new HealthServer(_options.HealthAddress, () => InventoryReady);
-            _health.Start();
+            StartHostEndpoint("health", _options.HealthAddress, () => new HealthServer(_options.HealthAddress, () => InventoryReady), s => s.Start(), s => _health = s);
         }
 
         var security = _identity is null ? "no CA configured: forwarding in plaintext" : $"mTLS with trust domain {_identity.TrustDomain}";
         Log.Info("agent", $"node {_options.NodeName}: capturing cgroup {cgroup}, pins in {_options.PinRoot}, {EnrolledPods.Count} pod(s) enrolled, {security}");
+    }
+
+    /// <summary>
+    /// Binds a host listener (admin, metrics, health). In a rolling update the old agent still holds
+    /// these ports until its SIGTERM, and it closes them first: a port in use is retried every
+    /// second instead of failing the start, so the new agent's in-pod listeners take traffic at once.
+    /// </summary>
+    private void StartHostEndpoint<T>(string what, string address, Func<T> create, Action<T> start, Action<T> started)
+        where T : class, IDisposable
+    {
+        if (BindInAgentNamespace(out var error))
+        {
+            return;
+        }
+
+        Log.Warn("agent", $"{what} on {address}: {error}; retrying every second (an agent being replaced still holds it)");
+        _ = Task.Run(async () =>
+        {
+            using var timer = new PeriodicTimer(TimeSpan.FromSeconds(1));
+            try
+            {
+                while (await timer.WaitForNextTickAsync(_stopping.Token).ConfigureAwait(false))
+                {
+                    if (BindInAgentNamespace(out _))
+                    {
+                        Log.Info("agent", $"{what} listening on {address}");
+                        return;
+                    }
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                // stopping before the port freed
+            }
+        });
+
+        // Host ports belong in the agent's own namespace, but this may run on a pool thread that a
+        // pod's netns thread created (a new thread inherits its creator's namespace).
+        bool BindInAgentNamespace(out string? error)
+        {
+            var (ok, message) = NetNamespace.Run(AgentNamespace, () => (TryStart(out var e), e));
+            error = message;
+            return ok;
+        }
+
+        bool TryStart(out string? error)
+        {
+            var endpoint = create();
+            try
+            {
+                start(endpoint);
+            }
+            catch (Exception e) when (e is HttpListenerException or System.Net.Sockets.SocketException)
+            {
+                endpoint.Dispose();
+                error = e.Message;
+                return false;
+            }
+
+            lock (_hostEndpointGate)
+            {
+                if (_stopping.IsCancellationRequested)
+                {
+                    endpoint.Dispose();
+                }
+                else
+                {
+                    started(endpoint);
+                }
+            }
+
+            error = null;
+            return true;
+        }
     }
 
     private void OnInventoryChanged(InventorySnapshot snapshot) => _ = ReconcileAsync();
@@ -257,6 +354,12 @@ public sealed class NodeAgent : IAsyncDisposable
     /// <summary>Stops accepting, lets open connections finish within the grace period, keeps the pins.</summary>
     public async Task StopAsync()
     {
+        // Host ports first: a replacement agent is waiting to bind them.
+        lock (_hostEndpointGate)
+        {
+            _stopping.Cancel();
+        }
+
         _admin?.Dispose();
         _health?.Dispose();
         _metricsEndpoint?.Dispose();
