@@ -90,7 +90,8 @@ public static class NetNamespace
 
     private sealed class NamespaceThread
     {
-        private readonly BlockingCollection<Action> work = new();
+        // Each item is told whether the thread got into the namespace (null) or why not.
+        private readonly BlockingCollection<Action<CaptureException?>> work = new();
         private readonly Thread thread;
         private readonly ManualResetEventSlim entered = new();
 
@@ -121,10 +122,15 @@ public static class NetNamespace
             using var done = new ManualResetEventSlim();
             try
             {
-                work.Add(() =>
+                work.Add(enterError =>
                 {
                     try
                     {
+                        if (enterError is not null)
+                        {
+                            throw enterError;
+                        }
+
                         value = action();
                     }
                     catch (Exception e)
@@ -151,39 +157,98 @@ public static class NetNamespace
 
         private unsafe void Loop(string netnsPath)
         {
+            int podFd = -1, homeFd = -1;
             try
             {
-                int fd;
+                // The agent's own namespace, to come back to after each piece of work.
+                fixed (byte* home = "/proc/thread-self/ns/net\0"u8)
+                {
+                    homeFd = LibC.open(home, LibC.O_RDONLY | LibC.O_CLOEXEC, 0);
+                }
+
                 fixed (byte* path = Encoding.UTF8.GetBytes(netnsPath + "\0"))
                 {
-                    fd = LibC.open(path, LibC.O_RDONLY | LibC.O_CLOEXEC, 0);
+                    podFd = LibC.open(path, LibC.O_RDONLY | LibC.O_CLOEXEC, 0);
                 }
-                if (fd < 0)
+                if (podFd < 0 || homeFd < 0)
                 {
                     var errno = LibC.errno;
                     EnterError = new CaptureException(
                         $"cannot open network namespace {netnsPath} ({Mounts.Describe(errno)}); is the pod's netns path right?", errno);
-                    return;
                 }
-                var rc = LibC.setns(fd, LibC.CLONE_NEWNET);
-                var setnsErrno = LibC.errno;
-                LibC.close(fd);
-                if (rc != 0)
+                else
                 {
-                    EnterError = new CaptureException(
-                        $"setns into {netnsPath} failed ({Mounts.Describe(setnsErrno)}); the agent needs CAP_SYS_ADMIN", setnsErrno);
+                    // Try once now, so a namespace we may not enter fails at enrollment with a clear message.
+                    EnterError = Enter(podFd, netnsPath) ?? Enter(homeFd, "the agent's own namespace");
+                }
+
+                if (EnterError is not null)
+                {
+                    Close(podFd, homeFd);
                     return;
                 }
+
             }
             finally
             {
                 entered.Set();
             }
 
-            foreach (var item in work.GetConsumingEnumerable())
+            try
             {
-                item();
+                // Each piece of work runs inside the pod's namespace, and the thread returns to the agent's
+                // own between pieces: a thread the runtime creates from this one (a thread-pool worker, say)
+                // inherits the creator's namespace, and must never inherit a pod's.
+                foreach (var item in work.GetConsumingEnumerable())
+                {
+                    if (Enter(podFd, netnsPath) is { } error)
+                    {
+                        // Never run the work outside the pod: it would make its sockets in the wrong namespace.
+                        item(error);
+                        continue;
+                    }
+
+                    try
+                    {
+                        item(null);
+                    }
+                    finally
+                    {
+                        if (Enter(homeFd, "the agent's own namespace") is { } back)
+                        {
+                            // Stuck in the pod's namespace: stop serving rather than run anything else here.
+                            EnterError = back;
+                            work.CompleteAdding();
+                        }
+                    }
+                }
             }
+            finally
+            {
+                Close(podFd, homeFd);
+            }
+        }
+
+        private static void Close(params int[] fds)
+        {
+            foreach (var fd in fds)
+            {
+                if (fd >= 0)
+                {
+                    LibC.close(fd);
+                }
+            }
+        }
+
+        private static CaptureException? Enter(int fd, string what)
+        {
+            if (LibC.setns(fd, LibC.CLONE_NEWNET) == 0)
+            {
+                return null;
+            }
+
+            var errno = LibC.errno;
+            return new CaptureException($"setns into {what} failed ({Mounts.Describe(errno)}); the agent needs CAP_SYS_ADMIN", errno);
         }
     }
 }

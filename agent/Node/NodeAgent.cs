@@ -78,6 +78,7 @@ public sealed class NodeAgent : IAsyncDisposable
 
     public async Task StartAsync()
     {
+        await StartSocketEngineHereAsync().ConfigureAwait(false);
         var cgroup = _options.CgroupPath ?? CgroupMount.FindV2();
         _store = new InventoryStore();
 
@@ -200,6 +201,28 @@ public sealed class NodeAgent : IAsyncDisposable
 
             error = null;
             return true;
+        }
+    }
+
+    /// <summary>
+    /// Makes the runtime start its socket event thread now, from this thread, in the agent's own network
+    /// namespace. A new thread inherits its creator's namespace: started lazily from a pod's namespace
+    /// thread, the event thread (and the thread-pool workers it wakes) would live in that pod's namespace.
+    /// </summary>
+    private static async Task StartSocketEngineHereAsync()
+    {
+        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork,
+            System.Net.Sockets.SocketType.Dgram, System.Net.Sockets.ProtocolType.Udp);
+        socket.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+        using var cancel = new CancellationTokenSource();
+        var pending = socket.ReceiveAsync(new byte[1], System.Net.Sockets.SocketFlags.None, cancel.Token);
+        cancel.Cancel();
+        try
+        {
+            await pending.ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
         }
     }
 

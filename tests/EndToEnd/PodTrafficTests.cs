@@ -60,6 +60,20 @@ public class PodTrafficTests
         Assert.Equal("demo/a1", inbound.GetProperty("source_workload").GetString());
         Assert.Equal($"demo/{serverName}", inbound.GetProperty("destination_workload").GetString());
         Assert.Equal(SixtyFourMiB, inbound.GetProperty("bytes_sent").GetInt64());
+
+        // Every thread of the agents is back in the agent's own namespace: none was left in (or born
+        // into) a pod's, where a socket it made would land in the wrong namespace.
+        foreach (var node in mesh.Cluster.Nodes)
+        {
+            var pid = mesh.Agent(node.Name).Pid;
+            var home = new FileInfo($"/proc/{pid}/ns/net").LinkTarget;
+            var strays = Directory.GetDirectories($"/proc/{pid}/task")
+                .Select(task => (task, ns: new FileInfo(Path.Combine(task, "ns", "net")).LinkTarget))
+                .Where(t => t.ns is not null && t.ns != home)
+                .Select(t => $"{File.ReadAllText(Path.Combine(t.task, "comm")).Trim()} in {t.ns}")
+                .ToList();
+            Assert.True(strays.Count == 0, $"{node.Name} agent threads outside its namespace: {string.Join(", ", strays)}");
+        }
     }
 
     internal static async Task<JsonElement> WaitForFlowAsync(ManagedProcess agent, Func<JsonElement, bool> match)
