@@ -39,7 +39,7 @@ public sealed record HboneSettings
     internal void Validate()
     {
         if (MaxConcurrentStreams < 1) throw new ArgumentOutOfRangeException(nameof(MaxConcurrentStreams));
-        if (StreamWindow < DefaultWindowSize || StreamWindow > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(StreamWindow));
+        if (StreamWindow < DefaultWindowSize) throw new ArgumentOutOfRangeException(nameof(StreamWindow));
         if (ConnectionWindow < DefaultWindowSize) throw new ArgumentOutOfRangeException(nameof(ConnectionWindow));
         if (MaxFrameSize < 16_384 || MaxFrameSize > 16_777_215) throw new ArgumentOutOfRangeException(nameof(MaxFrameSize));
         if (MaxHeaderListSize < 1024) throw new ArgumentOutOfRangeException(nameof(MaxHeaderListSize));

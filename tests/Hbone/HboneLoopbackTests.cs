@@ -313,7 +313,7 @@ public class HboneLoopbackTests
     [Fact]
     public async Task Keepalive_AnsweringPeer_KeepsTheConnection()
     {
-        var fast = new HboneSettings { KeepaliveInterval = TimeSpan.FromMilliseconds(100), KeepaliveTimeout = TimeSpan.FromMilliseconds(500) };
+        var fast = new HboneSettings { KeepaliveInterval = TimeSpan.FromMilliseconds(100), KeepaliveTimeout = TimeSpan.FromSeconds(5) };
         await using var tunnel = await LoopbackTunnel.StartAsync(EchoHandler, fast, fast);
         await Task.Delay(700);
         Assert.False(tunnel.Client.Completion.IsCompleted);
