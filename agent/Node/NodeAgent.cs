@@ -164,8 +164,9 @@ public sealed class NodeAgent : IAsyncDisposable
             }
         });
 
-        // Host ports belong in the agent's own namespace, but this may run on a pool thread that a
-        // pod's netns thread created (a new thread inherits its creator's namespace).
+        // Host ports belong in the agent's own namespace: bind them there explicitly instead of relying
+        // on the calling thread's namespace (a thread inherits its creator's; NetNamespace keeps pool
+        // threads out of pods' namespaces, and this keeps the host ports right even if that ever slips).
         bool BindInAgentNamespace(out string? error)
         {
             var (ok, message) = NetNamespace.Run(AgentNamespace, () => (TryStart(out var e), e));
