@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/deps.sh
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
-dotnet build agent/Weft.Agent.csproj -c Release 2>&1 | tail -n 2
+dotnet build agent/Weft.Agent.csproj -c Release -nologo -v quiet
 exec agent/bin/Release/net10.0/weft bench "$@"
