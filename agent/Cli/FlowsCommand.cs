@@ -16,12 +16,13 @@ internal static class FlowsCommand
 {
     public const string Usage = """
         weft flows [--pod NS/NAME] [--from-pod NS/NAME] [--to-pod NS/NAME] [--namespace NS] [--verdict V]
-                   [--since 5m|RFC3339] [--last N] [--follow] [-o table|json] [--admin ADDR]
+                   [--since 5m|RFC3339] [--last N] [--follow] [-o table|json] [--admin ADDR | --node NAME [--kubeconfig FILE]]
           Connections through this node's agent, live and recently finished. --verdict is forwarded,
           denied, error, or a response flag (DENY, UF, UH, UO, TLS_FAILURE, CONNECT, IDLE_TIMEOUT).
           --follow keeps printing flows as they open, move bytes and close. -o json prints one JSON
-          object per line. --admin defaults to 127.0.0.1:15000 (the local agent); --node NAME (another
-          node's agent through the Kubernetes API) is not available yet: run weft on that node.
+          object per line. --admin defaults to 127.0.0.1:15000 (the local agent); --node NAME reaches the
+          agent on that node through the Kubernetes API (port-forward; kubeconfig from --kubeconfig,
+          $KUBECONFIG or ~/.kube/config; needs the weft-cli Role in weft-system).
         """;
 
     internal static readonly TimeSpan PollInterval = TimeSpan.FromMilliseconds(250);
@@ -45,16 +46,11 @@ internal static class FlowsCommand
     {
         FlowFilter filter;
         bool follow, json;
-        string admin;
+        AdminTarget target;
         try
         {
             var cl = new CommandLine(ViewsTable.NormalizeShortOptions(args));
-            if (cl.Get("node") is not null)
-            {
-                throw new UsageException("--node (another node's agent through the Kubernetes API) is not available yet; run weft flows on that node, or use --admin HOST:PORT");
-            }
-
-            admin = cl.Get("admin") ?? AdminClient.DefaultAddress;
+            target = AdminTarget.From(cl);
             var output = cl.Get("output") ?? "table";
             if (output is not ("table" or "json"))
             {
@@ -88,9 +84,11 @@ internal static class FlowsCommand
             return 2;
         }
 
-        using var client = new AdminClient(admin);
+        NodeAgentForward? forward = null;
         try
         {
+            forward = await target.ForwardAsync(cancellationToken).ConfigureAwait(false);
+            using var client = target.Client(forward);
             if (!follow)
             {
                 using var doc = await client.GetAsync("flows" + filter.ToQuery(), cancellationToken).ConfigureAwait(false);
@@ -104,12 +102,19 @@ internal static class FlowsCommand
         }
         catch (AdminUnreachableException e)
         {
-            await stderr.WriteLineAsync($"weft: {e.Message}").ConfigureAwait(false);
+            await stderr.WriteLineAsync($"weft: {AdminTarget.Explain(e, forward)}").ConfigureAwait(false);
             return 1;
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
             return 0;
+        }
+        finally
+        {
+            if (forward is not null)
+            {
+                await forward.DisposeAsync().ConfigureAwait(false);
+            }
         }
     }
 

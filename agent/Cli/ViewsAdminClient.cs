@@ -13,10 +13,14 @@ internal sealed class AdminClient : IDisposable
     public const string DefaultAddress = "127.0.0.1:15000";
 
     private readonly HttpClient _http;
+    private readonly string? _via;
 
-    public AdminClient(string address)
+    /// <param name="address">host:port the HTTP requests go to.</param>
+    /// <param name="via">How to name the agent in errors when <paramref name="address"/> is a local port-forward (--node).</param>
+    public AdminClient(string address, string? via = null)
     {
-        Address = address;
+        Address = via ?? address;
+        _via = via;
         _http = new HttpClient { BaseAddress = new Uri($"http://{address}/"), Timeout = TimeSpan.FromSeconds(5) };
     }
 
@@ -32,8 +36,13 @@ internal sealed class AdminClient : IDisposable
         catch (HttpRequestException e)
         {
             var why = e.InnerException is SocketException s ? Describe(s.SocketErrorCode) : e.Message;
-            throw new AdminUnreachableException(
-                $"cannot reach the Weft agent's admin API at {Address}: {why}. Is the agent running on this node? Point at it with --admin HOST:PORT.", e);
+            throw new AdminUnreachableException(_via is null
+                ? $"cannot reach the Weft agent's admin API at {Address}: {why}. Is the agent running on this node? Point at it with --admin HOST:PORT."
+                : $"cannot reach the Weft agent's admin API at {Address}: {why}.", e);
+        }
+        catch (HttpIOException e)
+        {
+            throw new AdminUnreachableException($"the connection to the Weft agent's admin API at {Address} broke: {e.Message}", e);
         }
         catch (TaskCanceledException e) when (!cancellationToken.IsCancellationRequested)
         {
@@ -156,4 +165,45 @@ internal static class ViewsTable
             };
         }
     }
+}
+
+/// <summary>Which agent a CLI command reads: --admin HOST:PORT (default the local agent) or --node NAME through the Kubernetes API.</summary>
+internal sealed record AdminTarget(string Admin, string? Node, string? Kubeconfig)
+{
+    public static AdminTarget From(CommandLine cl)
+    {
+        var admin = cl.Get("admin");
+        var node = cl.Get("node");
+        var kubeconfig = cl.Get("kubeconfig");
+        if (node is not null && admin is not null)
+        {
+            throw new UsageException("--node and --admin both say which agent to ask: give one");
+        }
+
+        if (cl.Flag("node") && string.IsNullOrEmpty(node))
+        {
+            throw new UsageException("--node wants a node name");
+        }
+
+        if (kubeconfig is not null && node is null)
+        {
+            throw new UsageException("--kubeconfig only applies with --node NAME");
+        }
+
+        return new AdminTarget(admin ?? AdminClient.DefaultAddress, node, kubeconfig);
+    }
+
+    /// <summary>Opens the port-forward for --node; null when the agent is reached directly.</summary>
+    public async Task<NodeAgentForward?> ForwardAsync(CancellationToken cancellationToken) =>
+        Node is null ? null : await NodeAgentForward.OpenAsync(Node, Kubeconfig, cancellationToken).ConfigureAwait(false);
+
+    public AdminClient Client(NodeAgentForward? forward) => forward is null
+        ? new AdminClient(Admin)
+        : new AdminClient(forward.Address, $"node {forward.Node} (pod {NodeAgentForward.Namespace}/{forward.Pod}, port-forward)");
+
+    /// <summary>The port-forward's own complaint (from the kubelet) says more than "connection closed".</summary>
+    public static string Explain(AdminUnreachableException e, NodeAgentForward? forward) =>
+        forward?.LastError is { } error
+            ? $"port-forward to {NodeAgentForward.Namespace}/{forward.Pod} on node '{forward.Node}' port {NodeAgentForward.AdminPort} failed: {error.Split('\n')[0].Trim()}"
+            : e.Message;
 }

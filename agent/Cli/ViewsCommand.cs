@@ -10,10 +10,10 @@ namespace Weft.Cli;
 internal static class ViewsCommand
 {
     public const string Usage = """
-        weft workloads|services|policies|certs [--namespace NS] [-o table|json] [--admin ADDR]
+        weft workloads|services|policies|certs [--namespace NS] [-o table|json] [--admin ADDR | --node NAME [--kubeconfig FILE]]
           What this node's agent holds: pods and their protocol, services and endpoints, authorization
           and peer-authentication policies, certificates (public parts; keys never leave the agent).
-          --admin defaults to 127.0.0.1:15000; --node NAME (through the Kubernetes API) is not available yet.
+          --admin defaults to 127.0.0.1:15000; --node NAME reaches that node's agent through the Kubernetes API.
         """;
 
     public static readonly IReadOnlyList<string> Views = ["workloads", "services", "policies", "certs"];
@@ -23,17 +23,13 @@ internal static class ViewsCommand
 
     public static async Task<int> RunAsync(string view, IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken cancellationToken)
     {
-        string admin, output;
+        string output;
         string? ns;
+        AdminTarget target;
         try
         {
             var cl = new CommandLine(ViewsTable.NormalizeShortOptions(args));
-            if (cl.Get("node") is not null)
-            {
-                throw new UsageException($"--node (another node's agent through the Kubernetes API) is not available yet; run weft {view} on that node, or use --admin HOST:PORT");
-            }
-
-            admin = cl.Get("admin") ?? AdminClient.DefaultAddress;
+            target = AdminTarget.From(cl);
             output = cl.Get("output") ?? "table";
             ns = cl.Get("namespace");
             if (output is not ("table" or "json"))
@@ -50,9 +46,11 @@ internal static class ViewsCommand
             return 2;
         }
 
-        using var client = new AdminClient(admin);
+        NodeAgentForward? forward = null;
         try
         {
+            forward = await target.ForwardAsync(cancellationToken).ConfigureAwait(false);
+            using var client = target.Client(forward);
             using var doc = await client.GetAsync(view, cancellationToken).ConfigureAwait(false);
             var section = view == "certs" ? "certificates" : view;
             var items = doc.RootElement.GetProperty(section).EnumerateArray()
@@ -63,8 +61,15 @@ internal static class ViewsCommand
         }
         catch (AdminUnreachableException e)
         {
-            await stderr.WriteLineAsync($"weft: {e.Message}").ConfigureAwait(false);
+            await stderr.WriteLineAsync($"weft: {AdminTarget.Explain(e, forward)}").ConfigureAwait(false);
             return 1;
+        }
+        finally
+        {
+            if (forward is not null)
+            {
+                await forward.DisposeAsync().ConfigureAwait(false);
+            }
         }
     }
 

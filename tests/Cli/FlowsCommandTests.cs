@@ -137,7 +137,7 @@ public sealed class FlowsCommandTests : IDisposable
         Assert.Contains("--pod wants NAMESPACE/NAME", error);
         (exit, _, error) = await RunAsync("--node", "node2");
         Assert.Equal(2, exit);
-        Assert.Contains("not available yet", error);
+        Assert.Contains("--node and --admin both say which agent to ask", error);
         (exit, _, error) = await RunAsync("--since", "soon");
         Assert.Equal(2, exit);
         Assert.Contains("--since wants", error);

@@ -2,7 +2,10 @@ using System.Collections.Concurrent;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using System.Net.WebSockets;
 using System.Reflection;
+using System.Security.Cryptography;
+using System.Text.RegularExpressions;
 using System.Text;
 using System.Text.Json.Nodes;
 using System.Threading.Channels;
@@ -23,7 +26,7 @@ namespace Weft.Tests.Inventory.Kubernetes;
 /// </code>
 /// One request per connection (Connection: close) keeps the server small; HttpClient is fine with that.
 /// </summary>
-internal sealed class FakeApiServer : IAsyncDisposable
+internal sealed partial class FakeApiServer : IAsyncDisposable
 {
     private readonly object _gate = new();
     private readonly Func<int, Socket> _listen;
@@ -54,6 +57,12 @@ internal sealed class FakeApiServer : IAsyncDisposable
     }
 
     public int Port { get; private set; }
+
+    /// <summary>
+    /// Where <c>pods/NAME/portforward?ports=P</c> connects channel 0 of the WebSocket, given the pod's name and P;
+    /// null (or no mapping) makes the kubelet's answer an error text on channel 1, as for a port nobody listens on.
+    /// </summary>
+    public Func<string, int, IPEndPoint?>? PortForwardTarget { get; set; }
 
     public string Url => $"http://127.0.0.1:{Port}";
 
@@ -364,7 +373,21 @@ internal sealed class FakeApiServer : IAsyncDisposable
         var isWatch = parameters.TryGetValue("watch", out var watchValue) && watchValue is "true" or "1";
         _requests.Enqueue(new RequestRecord(uri.AbsolutePath, parameters, isWatch));
 
-        if (!_resources.TryGetValue(uri.AbsolutePath, out var resource))
+        var path = uri.AbsolutePath;
+        string? ns = null;
+        if (PortForwardPath().Match(path) is { Success: true } forward)
+        {
+            await PortForwardAsync(stream, head, forward.Groups[1].Value, forward.Groups[2].Value, parameters);
+            return;
+        }
+
+        if (NamespacedPath().Match(path) is { Success: true } namespaced)
+        {
+            ns = namespaced.Groups[2].Value;
+            path = namespaced.Groups[1].Value + namespaced.Groups[3].Value;
+        }
+
+        if (!_resources.TryGetValue(path, out var resource))
         {
             await RespondAsync(stream, HttpStatusCode.NotFound, Status(404, "NotFound", $"the server could not find {uri.AbsolutePath}").ToJsonString());
             return;
@@ -402,15 +425,30 @@ internal sealed class FakeApiServer : IAsyncDisposable
         }
         else
         {
-            await RespondAsync(stream, HttpStatusCode.OK, List(resource, parameters));
+            await RespondAsync(stream, HttpStatusCode.OK, List(resource, parameters, ns));
         }
     }
 
-    private string List(Resource resource, Dictionary<string, string> parameters)
+    /// <summary>A list, optionally of one namespace, filtered by equality label selectors and the spec.nodeName field selector.</summary>
+    private string List(Resource resource, Dictionary<string, string> parameters, string? ns = null)
     {
+        var labels = parameters.TryGetValue("labelSelector", out var ls) && ls.Length > 0
+            ? ls.Split(',').Select(term => term.Split('=', 2)).ToList() : [];
+        var fields = parameters.TryGetValue("fieldSelector", out var fs) && fs.Length > 0
+            ? fs.Split(',').Select(term => term.Split('=', 2)).ToList() : [];
+        if (fields.Any(f => f[0] != "spec.nodeName") || labels.Any(l => l.Length != 2))
+        {
+            throw new NotSupportedException($"the fake API server understands label selectors key=value and the field selector spec.nodeName only: {ls} {fs}");
+        }
+
+        bool Matches(JsonObject o) =>
+            (ns is null || o["metadata"]?["namespace"]?.GetValue<string>() == ns)
+            && labels.All(l => o["metadata"]?["labels"]?[l[0]]?.GetValue<string>() == l[1])
+            && fields.All(f => o["spec"]?["nodeName"]?.GetValue<string>() == f[1]);
+
         lock (_gate)
         {
-            var all = resource.Objects.Values.ToList();
+            var all = resource.Objects.Values.Where(Matches).ToList();
             var offset = parameters.TryGetValue("continue", out var token) && token.Length > 0 ? int.Parse(token, CultureInfo.InvariantCulture) : 0;
             var limit = parameters.TryGetValue("limit", out var limitText) && int.TryParse(limitText, out var l) && l > 0 ? l : int.MaxValue;
             var page = all.Skip(offset).Take(limit).ToList();
@@ -486,6 +524,131 @@ internal sealed class FakeApiServer : IAsyncDisposable
             }
         }
     }
+
+    /// <summary>
+    /// <c>pods/NAME/portforward</c> as the API server and kubelet serve it to a WebSocket client (protocol
+    /// "v4.channel.k8s.io"): RFC 6455 upgrade, then binary messages whose first byte is the channel. Each
+    /// channel's first message is the port, 2 bytes little-endian; channel 0 then carries the bytes of one TCP
+    /// connection to the pod's port, channel 1 the error text when that connection fails.
+    /// </summary>
+    private async Task PortForwardAsync(NetworkStream stream, string head, string ns, string pod, Dictionary<string, string> parameters)
+    {
+        HttpStatusCode? failure = null;
+        lock (_gate)
+        {
+            if (_failures.TryGetValue("pods/portforward", out var queue) && queue.TryDequeue(out var status))
+            {
+                failure = status;
+            }
+        }
+
+        var exists = _resources["/api/v1/pods"].Objects.ContainsKey($"{ns}/{pod}");
+        if (failure is { } code || !exists)
+        {
+            var status = failure ?? HttpStatusCode.NotFound;
+            var message = failure is null ? $"pods \"{pod}\" not found"
+                : $"pods \"{pod}\" is forbidden: User \"alice\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"{ns}\"";
+            await RespondAsync(stream, status, Status((int)status, status.ToString(), message).ToJsonString());
+            return;
+        }
+
+        var headers = head.Split("\r\n").Skip(1).Select(l => l.Split(':', 2)).Where(p => p.Length == 2)
+            .ToDictionary(p => p[0].Trim(), p => p[1].Trim(), StringComparer.OrdinalIgnoreCase);
+        if (!headers.TryGetValue("Upgrade", out var upgrade) || !upgrade.Equals("websocket", StringComparison.OrdinalIgnoreCase)
+            || !headers.TryGetValue("Sec-WebSocket-Key", out var key))
+        {
+            await RespondAsync(stream, HttpStatusCode.BadRequest, Status(400, "BadRequest", "Upgrade request required").ToJsonString());
+            return;
+        }
+
+        var offered = headers.TryGetValue("Sec-WebSocket-Protocol", out var p) ? p.Split(',').Select(x => x.Trim()).ToList() : [];
+        const string protocol = "v4.channel.k8s.io";
+        if (!offered.Contains(protocol))
+        {
+            await RespondAsync(stream, HttpStatusCode.BadRequest, Status(400, "BadRequest", $"subprotocols {string.Join(',', offered)} not supported").ToJsonString());
+            return;
+        }
+
+        var port = int.Parse(parameters["ports"], CultureInfo.InvariantCulture);
+        var accept = Convert.ToBase64String(SHA1.HashData(Encoding.ASCII.GetBytes(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")));
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(
+            $"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"));
+        using var socket = WebSocket.CreateFromStream(stream, new WebSocketCreationOptions { IsServer = true, SubProtocol = protocol });
+        byte[] PortFrame(byte channel) => [channel, (byte)(port & 0xff), (byte)(port >> 8)];
+        await socket.SendAsync(PortFrame(0), WebSocketMessageType.Binary, true, CancellationToken.None);
+        await socket.SendAsync(PortFrame(1), WebSocketMessageType.Binary, true, CancellationToken.None);
+
+        using var target = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            var endpoint = PortForwardTarget?.Invoke(pod, port) ?? throw new SocketException((int)SocketError.ConnectionRefused);
+            await target.ConnectAsync(endpoint);
+        }
+        catch (SocketException)
+        {
+            var text = Encoding.UTF8.GetBytes($"error forwarding port {port} to pod {pod}, uid : failed to connect to localhost:{port}: connection refused");
+            await socket.SendAsync((byte[])[1, .. text], WebSocketMessageType.Binary, true, CancellationToken.None);
+            await socket.CloseAsync(WebSocketCloseStatus.NormalClosure, null, CancellationToken.None);
+            return;
+        }
+
+        var sendGate = new SemaphoreSlim(1, 1);
+        var toPod = Task.Run(async () =>
+        {
+            var buffer = new byte[64 * 1024];
+            while (true)
+            {
+                var result = await socket.ReceiveAsync(buffer, CancellationToken.None);
+                if (result.MessageType == WebSocketMessageType.Close)
+                {
+                    target.Shutdown(SocketShutdown.Send);
+                    return;
+                }
+
+                // Messages here are small (one HTTP request) and always whole; a partial one would still start with its channel.
+                if (result.Count > 1 && buffer[0] == 0)
+                {
+                    await target.SendAsync(buffer.AsMemory(1, result.Count - 1));
+                }
+            }
+        });
+        var fromPod = Task.Run(async () =>
+        {
+            var buffer = new byte[64 * 1024];
+            int n;
+            while ((n = await target.ReceiveAsync(buffer.AsMemory(1))) > 0)
+            {
+                buffer[0] = 0;
+                await sendGate.WaitAsync();
+                try
+                {
+                    await socket.SendAsync(buffer.AsMemory(0, n + 1), WebSocketMessageType.Binary, true, CancellationToken.None);
+                }
+                finally
+                {
+                    sendGate.Release();
+                }
+            }
+        });
+        await Task.WhenAny(toPod, fromPod);
+        try
+        {
+            await socket.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, null, CancellationToken.None);
+            await Task.WhenAny(toPod, Task.Delay(TimeSpan.FromSeconds(2)));
+        }
+        catch (WebSocketException)
+        {
+        }
+
+        _ = toPod.ContinueWith(t => t.Exception, TaskScheduler.Default);
+        _ = fromPod.ContinueWith(t => t.Exception, TaskScheduler.Default);
+    }
+
+    [GeneratedRegex("^/api/v1/namespaces/([^/]+)/pods/([^/]+)/portforward$")]
+    private static partial Regex PortForwardPath();
+
+    [GeneratedRegex("^(/apis?/.+?)/namespaces/([^/]+)(/[^/]+)$")]
+    private static partial Regex NamespacedPath();
 
     /// <summary>Caller holds the gate.</summary>
     private void Emit(Resource resource, string type, JsonObject node)
