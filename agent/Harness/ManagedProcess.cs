@@ -201,8 +201,29 @@ public sealed class ManagedProcess : IAsyncDisposable
         }
 
         Kill();
-        process.WaitForExit(timeout);
+        if (process.WaitForExit(timeout))
+        {
+            DrainOutput();
+        }
+
         Release();
+    }
+
+    /// <summary>
+    /// WaitForExit with a timeout returns before the asynchronous stdout/stderr readers have seen the
+    /// last lines; give them a bounded moment (a grandchild could hold the pipe open forever).
+    /// </summary>
+    private void DrainOutput()
+    {
+        using var drained = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+        try
+        {
+            process.WaitForExitAsync(drained.Token).Wait();
+        }
+        catch (AggregateException)
+        {
+            // still open after 2 s: keep what arrived
+        }
     }
 
     private void Release()

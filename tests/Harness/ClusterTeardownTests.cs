@@ -32,8 +32,7 @@ public sealed class ClusterTeardownTests
     [Fact]
     public async Task Dispose_GivesSigtermFirst_ThenKillsWhatIgnoresIt()
     {
-        // A grace long enough for a shell on a loaded 2-core machine to run its TERM trap (300 ms was not).
-        var cluster = await NetnsCluster.CreateAsync(TwoByTwo with { StopGracePeriod = TimeSpan.FromSeconds(2) });
+        var cluster = await NetnsCluster.CreateAsync(TwoByTwo with { StopGracePeriod = TimeSpan.FromMilliseconds(300) });
         var polite = cluster.Pod("demo", "a1").StartProcess("/bin/sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo ready; while :; do sleep 0.05; done");
         var stubborn = cluster.Pod("demo", "a2").StartProcess("/bin/sh", "-c", "trap '' TERM; echo ready; exec sleep 600");
         await polite.WaitForStdoutLineAsync(l => l == "ready", Timeout);
