@@ -95,6 +95,8 @@ internal static class ClusterInventory
                 Phase = "Running",
                 PodIP = pod.Address.ToString(),
                 PodIPs = [new V1PodIP { Ip = pod.Address.ToString() }],
+                HostIP = pod.Node.Address.ToString(),
+                HostIPs = [new V1HostIP { Ip = pod.Node.Address.ToString() }],
             },
         };
     }

@@ -189,6 +189,7 @@ public static class InventoryBuilder
                 FailOpen = FailOpen(what, annotations),
                 Enrolled = !hostNetwork && Enrolled(what, ns, labels),
                 HostNetwork = hostNetwork,
+                HostAddresses = HostAddresses(pod),
             };
 
             _workloads.Add(workload);
@@ -455,6 +456,25 @@ public static class InventoryBuilder
         string.IsNullOrEmpty(protocol) ? "TCP" : protocol.ToUpperInvariant();
 
     private static bool IsPort(int port) => port is > 0 and <= 65535;
+
+    /// <summary>
+    /// The node's addresses as the pod reports them (status.hostIPs, or status.hostIP): the agent never
+    /// connects to its own ports on a node address. One that does not parse is left out.
+    /// </summary>
+    private static ImmutableArray<IPAddress> HostAddresses(V1Pod pod)
+    {
+        var texts = pod.Status?.HostIPs is { Count: > 0 } hostIps ? hostIps.Select(h => h?.Ip) : [pod.Status?.HostIP];
+        var addresses = ImmutableArray.CreateBuilder<IPAddress>();
+        foreach (var text in texts)
+        {
+            if (TryParseAddress(text, out var address) && !addresses.Contains(address))
+            {
+                addresses.Add(address);
+            }
+        }
+
+        return addresses.ToImmutable();
+    }
 
     /// <summary>
     /// Parses an address the way Kubernetes validates one. IPAddress.TryParse alone accepts legacy IPv4 forms

@@ -53,6 +53,20 @@ public sealed class InventorySnapshot
         return _indexes.WorkloadsByIp.TryGetValue(address, out workload);
     }
 
+    /// <summary>
+    /// Whether the address is a node's: every pod reports its node's (status.hostIPs), and host-network
+    /// pods share them.
+    /// </summary>
+    public bool IsNodeAddress(IPAddress address)
+    {
+        if (address.IsIPv4MappedToIPv6)
+        {
+            address = address.MapToIPv4();
+        }
+
+        return _indexes.NodeAddresses.Contains(address);
+    }
+
     /// <summary>The enrolled pods on a node: those the agent on that node captures.</summary>
     public ImmutableArray<Workload> GetLocalEnrolledWorkloads(string nodeName) =>
         _indexes.EnrolledByNode.TryGetValue(nodeName, out var workloads) ? workloads : [];
@@ -98,6 +112,7 @@ public sealed class InventorySnapshot
         public required PolicySet Policies { get; init; }
         public required FrozenDictionary<string, MeshNamespace> NamespacesByName { get; init; }
         public required FrozenDictionary<IPAddress, Workload> WorkloadsByIp { get; init; }
+        public required FrozenSet<IPAddress> NodeAddresses { get; init; }
         public required FrozenDictionary<string, ImmutableArray<Workload>> EnrolledByNode { get; init; }
         public required FrozenDictionary<(string Namespace, string Name), Service> ServicesByName { get; init; }
         public required FrozenDictionary<IPEndPoint, ServiceTarget> TargetsByVip { get; init; }
@@ -111,6 +126,7 @@ public sealed class InventorySnapshot
         {
             // The builder guarantees unique names and addresses; first one wins here only as a last line of defence.
             var byIp = new Dictionary<IPAddress, Workload>();
+            var nodeAddresses = new HashSet<IPAddress>();
             var byNode = new Dictionary<string, ImmutableArray<Workload>.Builder>(StringComparer.Ordinal);
             foreach (var workload in workloads)
             {
@@ -121,6 +137,12 @@ public sealed class InventorySnapshot
                         byIp.TryAdd(address, workload);
                     }
                 }
+                else
+                {
+                    nodeAddresses.UnionWith(workload.Addresses);
+                }
+
+                nodeAddresses.UnionWith(workload.HostAddresses);
 
                 if (workload.Enrolled && workload.NodeName is { } node)
                 {
@@ -169,6 +191,7 @@ public sealed class InventorySnapshot
                 Policies = policies,
                 NamespacesByName = namespacesByName.ToFrozenDictionary(StringComparer.Ordinal),
                 WorkloadsByIp = byIp.ToFrozenDictionary(),
+                NodeAddresses = nodeAddresses.ToFrozenSet(),
                 EnrolledByNode = byNode.ToFrozenDictionary(p => p.Key, p => p.Value.ToImmutable(), StringComparer.Ordinal),
                 ServicesByName = servicesByName.ToFrozenDictionary(),
                 TargetsByVip = targets.ToFrozenDictionary(),

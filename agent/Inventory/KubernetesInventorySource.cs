@@ -369,6 +369,8 @@ public sealed class KubernetesInventorySource : IDisposable
             Phase = pod.Status.Phase,
             PodIP = pod.Status.PodIP,
             PodIPs = pod.Status.PodIPs,
+            HostIP = pod.Status.HostIP,
+            HostIPs = pod.Status.HostIPs,
             QosClass = pod.Status.QosClass,
         },
     };

@@ -36,6 +36,9 @@ public sealed record Workload
     /// <summary>A host-network pod shares the node's addresses: it is never enrolled and never indexed by IP.</summary>
     public bool HostNetwork { get; init; }
 
+    /// <summary>status.hostIPs (or status.hostIP): the addresses of the node the pod runs on.</summary>
+    public ImmutableArray<IPAddress> HostAddresses { get; init; } = [];
+
     public IPAddress? Ipv4 => FirstOf(AddressFamily.InterNetwork);
 
     public IPAddress? Ipv6 => FirstOf(AddressFamily.InterNetworkV6);

@@ -108,7 +108,8 @@ public sealed class NodeAgent : IAsyncDisposable
         }
 
         _tracker = new ConnectionTracker(Flows, _options.Proxy.IdleTimeout);
-        _services = new ProxyServices(_capture, _store, _tracker, _options.Proxy, _identity);
+        var selfTarget = new SelfTarget(_options.Proxy with { HostPorts = HostPorts() }, SelfTarget.InterfaceAddresses());
+        _services = new ProxyServices(_capture, _store, _tracker, _options.Proxy, _identity, selfTarget);
         _store.Changed += OnInventoryChanged;
         await ReconcileAsync().ConfigureAwait(false);
         if (_options.AdminAddress is not null)
@@ -128,6 +129,28 @@ public sealed class NodeAgent : IAsyncDisposable
 
         var security = _identity is null ? "no CA configured: forwarding in plaintext" : $"mTLS with trust domain {_identity.TrustDomain}";
         Log.Info("agent", $"node {_options.NodeName}: capturing cgroup {cgroup}, pins in {_options.PinRoot}, {EnrolledPods.Count} pod(s) enrolled, {security}");
+    }
+
+    /// <summary>
+    /// The ports the admin, metrics and health endpoints listen on as configured, plus their defaults:
+    /// an endpoint turned off on one node may be on at the same port on another.
+    /// </summary>
+    private List<(int Port, string What)> HostPorts()
+    {
+        var ports = new List<(int, string)>(_options.Proxy.HostPorts);
+        Add(_options.AdminAddress, "admin API");
+        Add(_options.MetricsAddress, "metrics endpoint");
+        Add(_options.HealthAddress, "health endpoint");
+        return ports;
+
+        void Add(string? address, string what)
+        {
+            var colon = address?.LastIndexOf(':') ?? -1;
+            if (colon >= 0 && int.TryParse(address.AsSpan(colon + 1), out var port))
+            {
+                ports.Add((port, what));
+            }
+        }
     }
 
     /// <summary>

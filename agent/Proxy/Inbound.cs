@@ -34,6 +34,14 @@ internal sealed partial class PodProxy
             DestinationWorkload = Pod.Key,
             Destination = original,
         };
+        // A connection straight to one of the agent's ports in the pod (sk_lookup lets the tunnel port
+        // through; the rest arrive here) must not be delivered to that port: it would come back here.
+        if (_services.SelfTarget.IsAgentPort(original.Port, out var agentPort))
+        {
+            Refuse(client, flow, SelfTarget.Flag, SelfTarget.Reason(original, agentPort));
+            return;
+        }
+
         var self = Pod.Ipv4 ?? Pod.Ipv6;
         if (self is not null && snapshot.TryGetWorkload(self, out var workload) && workload is not null
             && Authorizer.ModeFor(snapshot, workload) == MtlsMode.Strict)
@@ -158,6 +166,12 @@ internal sealed partial class PodProxy
         if (target is null || target.Port == 0 || !(target.Address.Equals(Pod.Ipv4) || target.Address.Equals(Pod.Ipv6)))
         {
             await RejectAsync(request, flow, 400, "CONNECT", $"CONNECT {request.Authority} does not name this pod ({Pod.Key})").ConfigureAwait(false);
+            return;
+        }
+
+        if (_services.SelfTarget.IsAgentPort(target.Port, out var agentPort))
+        {
+            await RejectAsync(request, flow, 400, SelfTarget.Flag, SelfTarget.Reason(target, agentPort)).ConfigureAwait(false);
             return;
         }
 

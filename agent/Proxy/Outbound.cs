@@ -27,9 +27,11 @@ internal sealed partial class PodProxy
         var family = remote.AddressFamily;
         if (!_services.Capture.TryTakeOriginalDestination(Pod.NetnsCookie, (ushort)remote.Port, family, out var original) || original is null)
         {
-            // Nothing recorded this connection: it was not captured, so it has no destination to go to.
-            Log.Warn("proxy", $"{Pod.Key}: no original destination for client port {remote.Port}");
-            RelayPumps.Reset(client);
+            // Nothing recorded this connection: the pod connected to the agent's loopback listener
+            // itself rather than being captured, so it has no destination to go to.
+            var local = (IPEndPoint)client.LocalEndPoint!;
+            Refuse(client, new Flow(FlowDirection.Outbound, new IPEndPoint(Pod.AddressFor(family) ?? remote.Address, remote.Port), local) { SourceWorkload = Pod.Key },
+                SelfTarget.Flag, SelfTarget.Reason(local, "outbound listener") + " (no captured destination)");
             return;
         }
 
@@ -55,6 +57,13 @@ internal sealed partial class PodProxy
         flow.Destination = destination;
         var target = snapshot.TryGetWorkload(destination.Address, out var workload) ? workload : null;
         flow.DestinationWorkload = target is null ? null : $"{target.Namespace}/{target.Name}";
+
+        // Before any tunnel or dial: a destination that is the agent itself would loop back into it.
+        if (_services.SelfTarget.Check(destination, snapshot) is { } loop)
+        {
+            Refuse(client, flow, SelfTarget.Flag, loop);
+            return;
+        }
         if (!TryReserve())
         {
             Refuse(client, flow, "UO", LimitReason);

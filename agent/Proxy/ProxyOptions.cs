@@ -10,6 +10,13 @@ public sealed record ProxyOptions
     /// <summary>SO_MARK on every socket the agent opens inside a pod, so capture skips it.</summary>
     public uint SocketMark { get; init; } = 0x7765_6674;
 
+    /// <summary>
+    /// The agent's ports in the node's own namespace (admin API, metrics, health). With the in-pod
+    /// ports they are never a destination the agent connects to (<see cref="SelfTarget"/>).
+    /// </summary>
+    public IReadOnlyList<(int Port, string What)> HostPorts { get; init; } =
+        [(15000, "admin API"), (15020, "metrics endpoint"), (15021, "health endpoint")];
+
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(5);
 
     /// <summary>A connection with no byte either way for this long is reset.</summary>

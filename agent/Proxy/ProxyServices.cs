@@ -11,8 +11,9 @@ namespace Weft.Proxy;
 internal sealed class ProxyServices
 {
     public ProxyServices(BpfCapture capture, InventoryStore inventory, ConnectionTracker tracker, ProxyOptions options,
-        IdentityManager? identity)
+        IdentityManager? identity, SelfTarget? selfTarget = null)
     {
+        SelfTarget = selfTarget ?? new SelfTarget(options, []);
         Capture = capture;
         Inventory = inventory;
         Tracker = tracker;
@@ -33,6 +34,9 @@ internal sealed class ProxyServices
     public IdentityManager? Identity { get; }
 
     public HbonePool? Tunnels { get; }
+
+    /// <summary>Which destinations are the agent itself: never connected to.</summary>
+    public SelfTarget SelfTarget { get; }
 
     public HboneSettings Hbone { get; } = new();
 
