@@ -7,9 +7,6 @@ public sealed record ProxyOptions
 
     public ushort InboundPort { get; init; } = 15006;
 
-    /// <summary>SO_MARK on every socket the agent opens inside a pod, so capture skips it.</summary>
-    public uint SocketMark { get; init; } = 0x7765_6674;
-
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(5);
 
     /// <summary>A connection with no byte either way for this long is reset.</summary>
