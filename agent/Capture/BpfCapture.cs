@@ -327,6 +327,8 @@ public sealed class BpfCapture : IDisposable
             disposed = true;
             AgentSockets.Remove(this);
             // a claim that read `disposed` as false is still using the map fd: let it finish first
+            // (the fence pairs with the claim's Interlocked.Increment before it reads `disposed`)
+            Interlocked.MemoryBarrier();
             var wait = new SpinWait();
             while (Volatile.Read(ref claimsInFlight) != 0)
             {
