@@ -10,13 +10,16 @@
  * (netns cookie, client port, family), where the agent takes it after accept().
  *
  * Not captured: non-TCP sockets, loopback and unspecified destinations, the
- * pod's own addresses, the agent's ports, and sockets carrying the agent's
- * SO_MARK.  Fail closed: with no agent listener the rewritten connect is
+ * pod's own addresses, ports the operator excluded, and the agent's own
+ * sockets, which carry storage in `agent_sockets` that only the agent can
+ * add.  A socket mark is no exemption: any process with CAP_NET_ADMIN in the
+ * pod can set one.  Connects to the agent's ports on any other address are
+ * captured like any other, so the agent sees (and refuses) them.  Fail closed: with no agent listener the rewritten connect is
  * refused.  A fail-open pod is not rewritten while its agent-alive marker
  * (its inbound listener in `inbound_listeners`) is absent.
  *
  * Kernel: 5.15+ (netns cookie in sockops since 5.15, in sock_addr since 5.7; sockhash lookup from
- * BPF); attached as bpf_links to a cgroup v2 directory; tested on 6.18.
+ * BPF; sk_storage in sock_addr programs); attached as bpf_links to a cgroup v2 directory; tested on 6.18.
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -69,7 +72,6 @@ should_capture(struct bpf_sock_addr *ctx, const struct weft_config **cfgp,
 {
 	const struct weft_config *cfg;
 	const struct weft_pod *pod;
-	struct bpf_sock *sk;
 	__u64 netns;
 
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
@@ -81,9 +83,8 @@ should_capture(struct bpf_sock_addr *ctx, const struct weft_config **cfgp,
 	pod = bpf_map_lookup_elem(&enrolled, &netns);
 	if (!pod)
 		return 0;
-	/* the agent's own sockets inside the pod */
-	sk = ctx->sk;
-	if (!sk || sk->mark == cfg->socket_mark)
+	/* the agent's own sockets inside the pod: registered by the agent */
+	if (bpf_sk_storage_get(&agent_sockets, ctx->sk, 0, 0))
 		return 0;
 	if (weft_port_excluded(cfg, dport))
 		return 0;

@@ -6,9 +6,13 @@
  * hands a TCP SYN for a pod address (pod_addrs) to the agent's in-pod
  * inbound listener (inbound_listeners, by pod address), unless the remote
  * address is loopback or the pod's own address (the agent delivering to the
- * app, or the pod talking to itself) or the local port is one of the
- * agent's.  getsockname() on the accepted socket gives the original
- * destination.
+ * app, or the pod talking to itself), the local port is the tunnel port
+ * (HBONE: the normal lookup finds the agent's own 15008 listener), or the
+ * operator excluded the port.  SYNs for the agent's other ports (15001,
+ * 15006, 15000, 15020, 15021) are steered like any other: the agent then
+ * sees a destination that is one of its own ports and refuses it, rather
+ * than the app (or nothing) answering in plaintext around the mesh.
+ * getsockname() on the accepted socket gives the original destination.
  *
  * Fail closed: with no listener the SYN is refused (SK_DROP), unless the pod
  * is fail open (SK_PASS, the app's own socket takes it).
@@ -93,7 +97,8 @@ int weft_sk_lookup(struct bpf_sk_lookup *ctx)
 	if (addr_is_loopback(&remote) ||
 	    weft_addr_equal(&remote, &local))
 		return SK_PASS;
-	if (weft_port_excluded(cfg, (__u16)ctx->local_port))
+	if (ctx->local_port == cfg->tunnel_port ||
+	    weft_port_excluded(cfg, (__u16)ctx->local_port))
 		return SK_PASS;
 
 	sk = bpf_map_lookup_elem(&inbound_listeners, &local);

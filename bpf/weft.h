@@ -2,15 +2,20 @@
 /*
  * weft.h - the one header shared by Weft's eBPF programs and the agent.
  *
- * It holds the constants (ports, socket mark, flags), the map keys and
+ * It holds the constants (ports, flags), the map keys and
  * values, and (for BPF builds only) the map definitions, so capture.bpf.c
  * and inbound.bpf.c declare identical maps and libbpf reuses the same pinned
  * map for both objects.  Every struct has a C# mirror in
  * agent/Capture/MapLayout.cs; tests/Capture/MapLayoutTests.cs checks sizes
  * and offsets against the BTF of the built objects.
  *
- * Bump WEFT_LAYOUT_VERSION whenever a struct or a map definition changes:
- * the agent refuses to adopt pinned maps of another version.
+ * Bump WEFT_LAYOUT_VERSION whenever a struct or a map definition changes,
+ * and say in BpfCapture which pinned maps an agent replaces when it finds
+ * the previous version (docs/capture.md, "Upgrading the pinned layout").
+ *
+ * Version 2: the agent's own sockets are told apart by socket-local storage
+ * (`agent_sockets`) instead of an SO_MARK; config lost socket_mark and
+ * gained tunnel_port; the agent's ports are no longer exempt from capture.
  *
  * Kernel: sk_lookup and sockmap lookups from BPF need 5.9+; developed and
  * tested on 6.18.
@@ -20,10 +25,9 @@
 
 #include <linux/types.h>
 
-#define WEFT_LAYOUT_VERSION 1
+#define WEFT_LAYOUT_VERSION 2
 
 /* defaults; the running values live in the config map */
-#define WEFT_SOCKET_MARK	0x77656674	/* "weft" */
 #define WEFT_ADMIN_PORT		15000
 #define WEFT_OUTBOUND_PORT	15001
 #define WEFT_INBOUND_PORT	15006
@@ -70,10 +74,12 @@ struct weft_conn_key {
 /* the one value of the `config` array */
 struct weft_config {
 	__u32 layout_version;	/* 0 means not configured yet: capture nothing */
-	__u32 socket_mark;	/* the agent's SO_MARK: its sockets are never captured */
 	__u16 outbound_port;	/* agent listener on loopback inside each pod */
 	__u16 inbound_port;
-	__u16 excluded_ports[WEFT_MAX_EXCLUDED_PORTS];	/* 0 = unused slot */
+	__u16 tunnel_port;	/* HBONE: sk_lookup lets SYNs for it reach the agent's listener */
+	__u16 pad;		/* always zero */
+	/* never captured, either way; 0 = unused slot; never one of the agent's ports */
+	__u16 excluded_ports[WEFT_MAX_EXCLUDED_PORTS];
 };
 
 #if defined(__bpf__)
@@ -114,6 +120,20 @@ struct {
 	__type(value, __u64);
 } inbound_listeners SEC(".maps");
 
+/*
+ * the sockets the agent opens inside pods, never captured.  The agent adds
+ * each one from user space (key: its fd) before connect(); the storage lives
+ * in the socket and dies with it.  Only a holder of this map's fd can write
+ * it, so a pod cannot make its own sockets pass for the agent's, whatever
+ * its capabilities inside its network namespace.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+} agent_sockets SEC(".maps");
+
 /* original destination between connect() and the SYN, by socket cookie */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -140,14 +160,12 @@ static __always_inline const struct weft_config *weft_get_config(void)
 	return cfg;
 }
 
-/* is port (host order) one of the agent's own ports? */
+/* is port (host order) one the operator excluded from capture? */
 static __always_inline int weft_port_excluded(const struct weft_config *cfg,
 					      __u16 port)
 {
 	int i;
 
-	if (port == cfg->outbound_port || port == cfg->inbound_port)
-		return 1;
 	for (i = 0; i < WEFT_MAX_EXCLUDED_PORTS; i++) {
 		if (cfg->excluded_ports[i] == 0)
 			break;

@@ -11,7 +11,7 @@ namespace Weft.Capture;
 /// (sk_lookup) with libbpf, pins maps and links under <see cref="CaptureOptions.PinRoot"/>, and
 /// manages which pods are captured.
 /// <code>
-/// PinRoot/maps/   config enrolled pod_addrs inbound_listeners pending_dst orig_dst
+/// PinRoot/maps/   config enrolled pod_addrs inbound_listeners agent_sockets pending_dst orig_dst
 /// PinRoot/links/  cgroup_connect4 cgroup_connect6 cgroup_sockops   (on CgroupPath)
 ///                 sk_lookup-&lt;netns cookie&gt;                          (one per pod netns)
 /// </code>
@@ -25,6 +25,10 @@ public sealed class BpfCapture : IDisposable
     private const string SkLookupProgram = "weft_sk_lookup";
     private const string SkLookupLinkPrefix = "sk_lookup-";
     private const int BpfLinkTypeCgroup = 3;
+
+    // struct bpf_map_info: type, id, key_size, value_size, ... (the part read here fits in 64 bytes)
+    private const int BpfMapInfoSize = 64;
+    private const int BpfMapInfoValueSize = 12;
 
     private static readonly (string Program, string Link)[] CgroupHooks =
     [
@@ -41,8 +45,10 @@ public sealed class BpfCapture : IDisposable
     private readonly int podAddrsFd;
     private readonly int listenersFd;
     private readonly int origDstFd;
+    private readonly int agentSocketsFd;
     private readonly Lock gate = new();
-    private bool disposed;
+    private volatile bool disposed;
+    private int claimsInFlight;
 
     private BpfCapture(CaptureOptions options, BpfObject outbound, BpfObject inbound)
     {
@@ -54,6 +60,7 @@ public sealed class BpfCapture : IDisposable
         podAddrsFd = inbound.MapFd("pod_addrs");
         listenersFd = inbound.MapFd("inbound_listeners");
         origDstFd = outbound.MapFd("orig_dst");
+        agentSocketsFd = outbound.MapFd("agent_sockets");
     }
 
     private string MapDirectory => Path.Combine(options.PinRoot, "maps");
@@ -67,6 +74,7 @@ public sealed class BpfCapture : IDisposable
     public static BpfCapture Open(CaptureOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
+        ValidateExcludedPorts(options);
         try
         {
             LibbpfLog.Install();
@@ -93,6 +101,7 @@ public sealed class BpfCapture : IDisposable
             capture.WriteConfig();
             capture.AttachCgroupHooks();
             capture.AdoptInboundLinks();
+            AgentSockets.Add(capture);
             Log.Info(Component, $"capture on {options.CgroupPath}, pins under {options.PinRoot}");
             return capture;
         }
@@ -204,6 +213,55 @@ public sealed class BpfCapture : IDisposable
     }
 
     /// <summary>
+    /// Marks <paramref name="socket"/>, made by the agent inside a pod's netns, as the agent's own:
+    /// connect4/6 never capture it. Call it before connect(). The claim is socket-local storage in
+    /// `agent_sockets`, written through this map's fd, which only the agent holds; it dies with the socket.
+    /// </summary>
+    public unsafe void ClaimForAgent(Socket socket)
+    {
+        ArgumentNullException.ThrowIfNull(socket);
+        Interlocked.Increment(ref claimsInFlight);
+        try
+        {
+            if (disposed)
+            {
+                return; // this capture's process is shutting down: its pins are another capture's business
+            }
+            var added = false;
+            try
+            {
+                socket.SafeHandle.DangerousAddRef(ref added);
+                var fd = (int)socket.SafeHandle.DangerousGetHandle();
+                var value = 1u;
+                var rc = Libbpf.MapUpdate(agentSocketsFd, &fd, &value, Libbpf.BPF_ANY);
+                if (rc < 0)
+                {
+                    throw new CaptureException($"registering an agent socket in agent_sockets failed ({Mounts.Describe(-rc)}); it would be captured, so it is not used", -rc);
+                }
+            }
+            finally
+            {
+                if (added)
+                {
+                    socket.SafeHandle.DangerousRelease();
+                }
+            }
+        }
+        finally
+        {
+            Interlocked.Decrement(ref claimsInFlight);
+        }
+    }
+
+    /// <summary>Whether <paramref name="socket"/> carries the agent's storage in `agent_sockets` (for tests and diagnostics).</summary>
+    internal unsafe bool IsAgentSocket(Socket socket)
+    {
+        var fd = (int)socket.SafeHandle.DangerousGetHandle();
+        var value = 0u;
+        return Libbpf.MapLookup(agentSocketsFd, &fd, &value) == 0;
+    }
+
+    /// <summary>
     /// The destination the client in that netns asked for, recorded when its connect() was
     /// redirected; <paramref name="clientPort"/> and <paramref name="family"/> are the accepted
     /// socket's remote port and address family. Taking it removes it.
@@ -267,6 +325,15 @@ public sealed class BpfCapture : IDisposable
                 return;
             }
             disposed = true;
+            AgentSockets.Remove(this);
+            // a claim that read `disposed` as false is still using the map fd: let it finish first
+            // (the fence pairs with the claim's Interlocked.Increment before it reads `disposed`)
+            Interlocked.MemoryBarrier();
+            var wait = new SpinWait();
+            while (Volatile.Read(ref claimsInFlight) != 0)
+            {
+                wait.SpinOnce();
+            }
             inbound.Dispose();
             outbound.Dispose();
         }
@@ -277,17 +344,37 @@ public sealed class BpfCapture : IDisposable
         var config = new WeftConfig
         {
             LayoutVersion = MapLayout.LayoutVersion,
-            SocketMark = options.SocketMark,
             OutboundPort = options.OutboundPort,
             InboundPort = options.InboundPort,
+            TunnelPort = options.TunnelPort,
         };
-        ushort[] excluded = [MapLayout.AdminPort, MapLayout.HbonePort, MapLayout.MetricsPort, MapLayout.ReadyPort];
-        for (var i = 0; i < excluded.Length; i++)
+        for (var i = 0; i < options.ExcludedPorts.Count; i++)
         {
-            config.ExcludedPorts[i] = excluded[i];
+            config.ExcludedPorts[i] = options.ExcludedPorts[i];
         }
         var key = 0u;
         Update(configFd, &key, &config, "config");
+    }
+
+    private static void ValidateExcludedPorts(CaptureOptions options)
+    {
+        if (options.ExcludedPorts.Count > MapLayout.MaxExcludedPorts)
+        {
+            throw new ArgumentException($"at most {MapLayout.MaxExcludedPorts} excluded ports, got {options.ExcludedPorts.Count}", nameof(options));
+        }
+        ushort[] agentPorts = [options.OutboundPort, options.InboundPort, options.TunnelPort, MapLayout.AdminPort, MapLayout.MetricsPort, MapLayout.ReadyPort];
+        foreach (var port in options.ExcludedPorts)
+        {
+            if (port == 0)
+            {
+                throw new ArgumentException("excluded port 0 is not a port", nameof(options));
+            }
+            if (Array.IndexOf(agentPorts, port) >= 0)
+            {
+                throw new ArgumentException(
+                    $"port {port} is one of the agent's ({string.Join(", ", agentPorts)}) and cannot be excluded from capture: connects to it must reach the agent, which refuses them", nameof(options));
+            }
+        }
     }
 
     private void AttachCgroupHooks()
@@ -465,6 +552,14 @@ public sealed class BpfCapture : IDisposable
         return fd >= 0 ? fd : throw new CaptureException($"cannot open {path} ({Mounts.Describe(LibC.errno)})", LibC.errno);
     }
 
+    /// <summary>
+    /// Compares the layout version stamped in the pinned `config` with this agent's. Same version:
+    /// everything is adopted. A version this agent upgrades from (<see cref="MapLayout.UpgradableFrom"/>):
+    /// the maps whose definition changed are unpinned, so libbpf creates them anew, and all others are
+    /// adopted with their state. The old programs keep their old maps until the pinned links are
+    /// updated a moment later, so capture never pauses. Any other version (a newer agent's, say):
+    /// refused, naming the fix.
+    /// </summary>
     private static unsafe void CheckPinnedLayout(string mapDirectory)
     {
         var path = Path.Combine(mapDirectory, "config");
@@ -477,21 +572,51 @@ public sealed class BpfCapture : IDisposable
         {
             return; // libbpf will say what is wrong when it tries to reuse it
         }
+        uint version;
         try
         {
-            var key = 0u;
-            var config = new WeftConfig();
-            if (Libbpf.MapLookup(fd, &key, &config) == 0 && config.LayoutVersion != 0 && config.LayoutVersion != MapLayout.LayoutVersion)
+            // read with the pinned map's own value size: another version's struct may be larger
+            var info = stackalloc byte[BpfMapInfoSize];
+            new Span<byte>(info, BpfMapInfoSize).Clear();
+            var length = (uint)BpfMapInfoSize;
+            if (Libbpf.ObjGetInfoByFd(fd, info, &length) < 0)
             {
-                throw new CaptureException(
-                    $"the maps pinned under {mapDirectory} have layout version {config.LayoutVersion}, this agent uses {MapLayout.LayoutVersion}; " +
-                    "remove them with BpfCapture.Uninstall (weft uninstall), which drops captured state, then start the agent again");
+                return;
             }
+            var valueSize = *(uint*)(info + BpfMapInfoValueSize);
+            if (valueSize < sizeof(uint) || valueSize > 4096)
+            {
+                return; // not a config map Weft ever made: libbpf will refuse to reuse it, naming it
+            }
+            var value = stackalloc byte[(int)valueSize];
+            var key = 0u;
+            if (Libbpf.MapLookup(fd, &key, value) < 0)
+            {
+                return;
+            }
+            version = *(uint*)value;
         }
         finally
         {
             LibC.close(fd);
         }
+
+        if (version == 0 || version == MapLayout.LayoutVersion)
+        {
+            return;
+        }
+        if (!MapLayout.UpgradableFrom.TryGetValue(version, out var replaced))
+        {
+            throw new CaptureException(
+                $"the maps pinned under {mapDirectory} have layout version {version}, this agent uses {MapLayout.LayoutVersion} and upgrades only from " +
+                $"{string.Join(", ", MapLayout.UpgradableFrom.Keys)}; remove them with BpfCapture.Uninstall (weft uninstall), which drops captured state, " +
+                "then start the agent again");
+        }
+        foreach (var map in replaced)
+        {
+            File.Delete(Path.Combine(mapDirectory, map));
+        }
+        Log.Info(Component, $"upgrading pinned layout {version} to {MapLayout.LayoutVersion}: replacing {string.Join(", ", replaced)}, adopting the other maps");
     }
 
     private static CaptureException AttachFailure(string what, int errno, string kernelNeed)

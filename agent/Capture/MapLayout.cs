@@ -9,7 +9,15 @@ namespace Weft.Capture;
 /// <summary>Constants from bpf/weft.h.</summary>
 internal static class MapLayout
 {
-    internal const uint LayoutVersion = 1;
+    internal const uint LayoutVersion = 2;
+
+    /// <summary>Pinned layouts this agent upgrades in place, with the maps it replaces rather than adopts.</summary>
+    internal static readonly IReadOnlyDictionary<uint, string[]> UpgradableFrom = new Dictionary<uint, string[]>
+    {
+        // v1 → v2: weft_config lost socket_mark and gained tunnel_port; every other map is unchanged,
+        // and agent_sockets is new (created, nothing to adopt).
+        [1] = ["config"],
+    };
     internal const int MaxExcludedPorts = 16;
 
     internal const uint PodFailOpen = 1u << 0;
@@ -65,8 +73,9 @@ internal struct WeftConnKey
 internal unsafe struct WeftConfig
 {
     public uint LayoutVersion;
-    public uint SocketMark;
     public ushort OutboundPort;
     public ushort InboundPort;
+    public ushort TunnelPort;
+    public ushort Pad;
     public fixed ushort ExcludedPorts[16];
 }

@@ -92,7 +92,7 @@ public sealed class NodeAgent : IAsyncDisposable
         try
         {
             _capture = BpfCapture.Open(new CaptureOptions(_options.PinRoot, cgroup, _options.Proxy.OutboundPort,
-                _options.Proxy.InboundPort, _options.Proxy.SocketMark));
+                _options.Proxy.InboundPort, HbonePool.TunnelPort));
         }
         finally
         {

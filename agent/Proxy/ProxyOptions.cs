@@ -7,9 +7,6 @@ public sealed record ProxyOptions
 
     public ushort InboundPort { get; init; } = 15006;
 
-    /// <summary>SO_MARK on every socket the agent opens inside a pod, so capture skips it.</summary>
-    public uint SocketMark { get; init; } = 0x7765_6674;
-
     /// <summary>
     /// The agent's ports in the node's own namespace (admin API, metrics, health). With the in-pod
     /// ports they are never a destination the agent connects to (<see cref="SelfTarget"/>).

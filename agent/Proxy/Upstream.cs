@@ -4,20 +4,27 @@ using Weft.Capture;
 
 namespace Weft.Proxy;
 
-/// <summary>Sockets the agent opens on a pod's behalf: made inside the pod's netns, marked so capture skips them.</summary>
+/// <summary>
+/// Sockets the agent opens on a pod's behalf: made inside the pod's netns and claimed as the agent's
+/// (<see cref="AgentSockets"/>) before they connect, so capture never takes them.
+/// </summary>
 internal static class Upstream
 {
-    private const int SolSocket = 1;
-    private const int SoMark = 36;
-
-    public static Socket Create(string netnsPath, AddressFamily family, uint mark)
+    public static Socket Create(string netnsPath, AddressFamily family)
     {
         var socket = NetNamespace.Run(netnsPath, () => new Socket(family, SocketType.Stream, ProtocolType.Tcp));
         try
         {
-            socket.SetRawSocketOption(SolSocket, SoMark, BitConverter.GetBytes(mark));
+            AgentSockets.Claim(socket);
             socket.NoDelay = true;
             return socket;
+        }
+        catch (CaptureException e)
+        {
+            socket.Dispose();
+            // unclaimed, its connect would be captured back into the agent: fail it like a connect
+            Log.Warn("proxy", $"{netnsPath}: {e.Message}");
+            throw new SocketException((int)(e.Errno == 12 ? SocketError.NoBufferSpaceAvailable : SocketError.SocketError));
         }
         catch
         {
@@ -29,7 +36,7 @@ internal static class Upstream
     /// <summary>Connects from inside the pod, with the connect timeout; a timeout surfaces as SocketError.TimedOut.</summary>
     public static async Task<Socket> ConnectAsync(string netnsPath, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default)
     {
-        var socket = Create(netnsPath, destination.AddressFamily, options.SocketMark);
+        var socket = Create(netnsPath, destination.AddressFamily);
         try
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);

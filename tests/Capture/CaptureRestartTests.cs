@@ -79,6 +79,89 @@ public sealed class CaptureRestartTests
         Assert.False(outboundListener.Poll(0, SelectMode.SelectRead));
     }
 
+    [Fact]
+    public async Task Upgrade_FromLayoutVersion1_ReplacesConfigAdoptsOtherMapsAndKeepsCapturing()
+    {
+        using var sandbox = new CaptureSandbox();
+        var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
+        var podCapture = new PodCapture(IPAddress.Parse(PodIp), null, FailOpen: false);
+        var cookie = NetNamespace.GetCookie(pod);
+        using var outboundListener = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Loopback, 15001));
+        using (var first = BpfCapture.Open(sandbox.Options))
+        {
+            first.EnrollPod(cookie, podCapture);
+        }
+        var maps = Path.Combine(sandbox.PinRoot, "maps");
+        var enrolledId = MapId(Path.Combine(maps, "enrolled"));
+
+        // what a version-1 agent left: its weft_config (44 bytes) stamped with version 1
+        var v1Config = PinConfig(maps, version: 1);
+
+        using (var second = BpfCapture.Open(sandbox.Options))
+        {
+            Assert.True(second.IsEnrolled(cookie)); // adopted with its state
+            Assert.Equal(enrolledId, MapId(Path.Combine(maps, "enrolled")));
+            var config = Path.Combine(maps, "config");
+            Assert.NotEqual(v1Config, MapId(config)); // replaced, not rewritten under the old programs
+            Assert.Equal(2u, ConfigVersion(config));
+            Assert.True(File.Exists(Path.Combine(maps, "agent_sockets")));
+
+            var client = sandbox.StartClient(pod, "10.1.2.3", 80);
+            using var accepted = await CaptureSandbox.AcceptAsync(outboundListener);
+            Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(client));
+            Assert.True(second.TryTakeOriginalDestination(cookie, (ushort)((IPEndPoint)accepted.RemoteEndPoint!).Port, AddressFamily.InterNetwork, out var original));
+            Assert.Equal(new IPEndPoint(IPAddress.Parse("10.1.2.3"), 80), original);
+        }
+    }
+
+    [Fact]
+    public void Open_PinnedLayoutOfUnknownVersion_IsRefusedNamingTheFix_AndLeavesPinsAlone()
+    {
+        using var sandbox = new CaptureSandbox();
+        using (BpfCapture.Open(sandbox.Options))
+        {
+        }
+        var maps = Path.Combine(sandbox.PinRoot, "maps");
+        var future = PinConfig(maps, version: 99);
+
+        var error = Assert.Throws<CaptureException>(() => BpfCapture.Open(sandbox.Options));
+
+        Assert.Contains("layout version 99", error.Message);
+        Assert.Contains("weft uninstall", error.Message);
+        Assert.Equal(future, MapId(Path.Combine(maps, "config")));
+    }
+
+    /// <summary>Replaces the pinned config with a 44-byte array map whose version field says <paramref name="version"/>; returns its id.</summary>
+    private static int PinConfig(string maps, uint version)
+    {
+        var path = Path.Combine(maps, "config");
+        File.Delete(path);
+        Bpftool($"map create {path} type array key 4 value 44 entries 1 name config");
+        var value = string.Join(' ', BitConverter.GetBytes(version).Concat(new byte[40]).Select(b => b.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+        Bpftool($"map update pinned {path} key 0 0 0 0 value {value}");
+        Assert.Equal(version, ConfigVersion(path));
+        return MapId(path);
+    }
+
+    private static int MapId(string pinned)
+    {
+        using var doc = JsonDocument.Parse(Bpftool($"-j map show pinned {pinned}"));
+        return doc.RootElement.GetProperty("id").GetInt32();
+    }
+
+    private static uint ConfigVersion(string pinned)
+    {
+        using var doc = JsonDocument.Parse(Bpftool($"-j map lookup pinned {pinned} key 0 0 0 0"));
+        var value = doc.RootElement.GetProperty("value");
+        // bpftool prints the struct by BTF when the map has it, raw bytes otherwise
+        if (value.ValueKind == JsonValueKind.Object)
+        {
+            return value.GetProperty("layout_version").GetUInt32();
+        }
+        var bytes = value.EnumerateArray().Take(4).Select(b => Convert.ToByte(b.GetString(), 16)).ToArray();
+        return BitConverter.ToUInt32(bytes);
+    }
+
     private static Dictionary<string, (int LinkId, int ProgramId)> PinnedLinks(string pinRoot) =>
         Directory.GetFiles(Path.Combine(pinRoot, "links")).ToDictionary(
             path => Path.GetFileName(path),

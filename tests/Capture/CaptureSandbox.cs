@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using Weft.Capture;
 
 namespace Weft.Tests.Capture;
@@ -95,13 +96,18 @@ internal sealed class CaptureSandbox : IDisposable
     /// Runs a Python TCP client inside the namespace and inside the test cgroup from its first
     /// instruction; it prints "connected &lt;local port&gt;" or "refused"/"error …", then waits for
     /// the server to close. Returns the process (output read with <see cref="ReadLineAsync"/>).
+    /// With <paramref name="mark"/> it sets SO_MARK first (it runs as root, so with CAP_NET_ADMIN).
+    /// With <paramref name="holdBeforeConnect"/> it first prints "socket &lt;fd&gt;" and connects
+    /// only after a line on its stdin (see <see cref="Release"/>), so the test can reach the socket.
     /// </summary>
-    public Process StartClient(string netnsPath, string host, int port, uint mark = 0)
+    public Process StartClient(string netnsPath, string host, int port, uint mark = 0, bool holdBeforeConnect = false)
     {
         var script = string.Join("\n",
             "import socket, sys",
             $"s = socket.socket(socket.AF_INET6 if ':' in '{host}' else socket.AF_INET)",
             $"if {mark}: s.setsockopt(socket.SOL_SOCKET, 36, {mark})",
+            $"if {mark}: assert s.getsockopt(socket.SOL_SOCKET, 36) == {mark}",
+            $"if {(holdBeforeConnect ? 1 : 0)}: print('socket', s.fileno(), flush=True); sys.stdin.readline()",
             "s.settimeout(5)",
             "try:",
             $"    s.connect(('{host}', {port}))",
@@ -116,6 +122,7 @@ internal sealed class CaptureSandbox : IDisposable
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
+            RedirectStandardInput = true,
             UseShellExecute = false,
         };
         psi.ArgumentList.Add("-c");
@@ -125,6 +132,47 @@ internal sealed class CaptureSandbox : IDisposable
         processes.Add(p);
         return p;
     }
+
+    /// <summary>Lets a client started with holdBeforeConnect go on to connect().</summary>
+    public static void Release(Process client)
+    {
+        client.StandardInput.WriteLine("go");
+        client.StandardInput.Flush();
+    }
+
+    /// <summary>
+    /// A duplicate, in this process, of a client's socket (pidfd_getfd, Linux 5.6+): the same
+    /// kernel socket, so storage the test attaches to it is what the client's connect() sees. The
+    /// socket keeps its netns and its cgroup (the test's), unlike one this process would make.
+    /// </summary>
+    public static Socket DuplicateClientSocket(Process client, int fd)
+    {
+        const long PidfdOpen = 434, PidfdGetfd = 438; // the same number on every architecture
+        var pidfd = (int)Syscall(PidfdOpen, client.Id, 0, 0);
+        if (pidfd < 0)
+        {
+            throw new InvalidOperationException($"pidfd_open({client.Id}) failed: errno {Marshal.GetLastPInvokeError()}");
+        }
+        try
+        {
+            var dup = (int)Syscall(PidfdGetfd, pidfd, fd, 0);
+            if (dup < 0)
+            {
+                throw new InvalidOperationException($"pidfd_getfd({client.Id}, {fd}) failed: errno {Marshal.GetLastPInvokeError()}");
+            }
+            return new Socket(new SafeSocketHandle(dup, ownsHandle: true));
+        }
+        finally
+        {
+            Close(pidfd);
+        }
+    }
+
+    [DllImport("libc", EntryPoint = "syscall", SetLastError = true)]
+    private static extern long Syscall(long number, long a, long b, long c);
+
+    [DllImport("libc", EntryPoint = "close")]
+    private static extern int Close(int fd);
 
     public static async Task<string> ReadLineAsync(Process p)
     {

@@ -107,6 +107,64 @@ public sealed class InboundCaptureTests
         Assert.False(agent.Poll(0, SelectMode.SelectRead));
     }
 
+    [Fact]
+    public async Task Inbound_ConnectToTunnelPort_ReachesAgentsTunnelListenerNotSteered()
+    {
+        using var sandbox = new CaptureSandbox();
+        var (pod, peer) = sandbox.AddLinkedNamespaces(PodIp + "/24", PeerIp + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Any, 15006));
+        using var tunnel = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Any, 15008));
+        capture.EnrollPod(NetNamespace.GetCookie(pod), Pod);
+        capture.AttachInbound(pod, Pod, agent);
+
+        // HBONE from another node's agent arrives this way
+        using var client = await ConnectFromAsync(peer, new IPEndPoint(IPAddress.Parse(PodIp), 15008));
+        using var accepted = await CaptureSandbox.AcceptAsync(tunnel);
+        Assert.Equal(new IPEndPoint(IPAddress.Parse(PodIp), 15008), accepted.LocalEndPoint);
+        Assert.False(agent.Poll(0, SelectMode.SelectRead));
+    }
+
+    [Theory]
+    [InlineData(15001)]
+    [InlineData(15000)]
+    [InlineData(15020)]
+    [InlineData(15021)]
+    public async Task Inbound_ConnectToOtherAgentPort_IsSteeredToAgentEvenWhenAppListensThere(int port)
+    {
+        using var sandbox = new CaptureSandbox();
+        var (pod, peer) = sandbox.AddLinkedNamespaces(PodIp + "/24", PeerIp + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Any, 15006));
+        using var app = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(PodIp), port));
+        capture.EnrollPod(NetNamespace.GetCookie(pod), Pod);
+        capture.AttachInbound(pod, Pod, agent);
+
+        // the agent sees the agent port as the original destination, and refuses it
+        var target = new IPEndPoint(IPAddress.Parse(PodIp), port);
+        using var client = await ConnectFromAsync(peer, target);
+        using var accepted = await CaptureSandbox.AcceptAsync(agent);
+        Assert.Equal(target, accepted.LocalEndPoint);
+        Assert.False(app.Poll(0, SelectMode.SelectRead)); // no plaintext around the agent
+    }
+
+    [Fact]
+    public async Task Inbound_ConnectToExcludedPort_ReachesApp()
+    {
+        using var sandbox = new CaptureSandbox();
+        var (pod, peer) = sandbox.AddLinkedNamespaces(PodIp + "/24", PeerIp + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options with { ExcludedPorts = [8080] });
+        using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Any, 15006));
+        using var app = CaptureSandbox.Listen(pod, AppPort);
+        capture.EnrollPod(NetNamespace.GetCookie(pod), Pod);
+        capture.AttachInbound(pod, Pod, agent);
+
+        using var client = await ConnectFromAsync(peer, AppPort);
+        using var accepted = await CaptureSandbox.AcceptAsync(app);
+        Assert.Equal(AppPort, accepted.LocalEndPoint);
+        Assert.False(agent.Poll(0, SelectMode.SelectRead));
+    }
+
     private static async Task<Socket> ConnectFromAsync(string netnsPath, IPEndPoint target)
     {
         var socket = NetNamespace.Run(netnsPath, () => new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));

@@ -39,7 +39,7 @@ public sealed class MapLayoutTests
     {
         var header = Constants(
             "WEFT_LAYOUT_VERSION", "WEFT_MAX_EXCLUDED_PORTS", "WEFT_POD_FAIL_OPEN", "WEFT_POD_HAS_IPV4", "WEFT_POD_HAS_IPV6",
-            "WEFT_SOCKET_MARK", "WEFT_ADMIN_PORT", "WEFT_OUTBOUND_PORT", "WEFT_INBOUND_PORT", "WEFT_HBONE_PORT",
+            "WEFT_ADMIN_PORT", "WEFT_OUTBOUND_PORT", "WEFT_INBOUND_PORT", "WEFT_HBONE_PORT",
             "WEFT_METRICS_PORT", "WEFT_READY_PORT");
         var defaults = new CaptureOptions("/unused", "/unused");
 
@@ -48,11 +48,11 @@ public sealed class MapLayoutTests
         Assert.Equal((ulong)MapLayout.PodFailOpen, header["WEFT_POD_FAIL_OPEN"]);
         Assert.Equal((ulong)MapLayout.PodHasIpv4, header["WEFT_POD_HAS_IPV4"]);
         Assert.Equal((ulong)MapLayout.PodHasIpv6, header["WEFT_POD_HAS_IPV6"]);
-        Assert.Equal((ulong)defaults.SocketMark, header["WEFT_SOCKET_MARK"]);
         Assert.Equal((ulong)defaults.OutboundPort, header["WEFT_OUTBOUND_PORT"]);
         Assert.Equal((ulong)defaults.InboundPort, header["WEFT_INBOUND_PORT"]);
         Assert.Equal((ulong)MapLayout.AdminPort, header["WEFT_ADMIN_PORT"]);
         Assert.Equal((ulong)MapLayout.HbonePort, header["WEFT_HBONE_PORT"]);
+        Assert.Equal((ulong)defaults.TunnelPort, header["WEFT_HBONE_PORT"]);
         Assert.Equal((ulong)MapLayout.MetricsPort, header["WEFT_METRICS_PORT"]);
         Assert.Equal((ulong)MapLayout.ReadyPort, header["WEFT_READY_PORT"]);
     }

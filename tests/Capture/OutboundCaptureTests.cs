@@ -37,8 +37,31 @@ public sealed class OutboundCaptureTests
         Assert.False(capture.TryTakeOriginalDestination(cookie, clientPort, AddressFamily.InterNetwork, out _));
     }
 
+    [Theory]
+    [InlineData(0x7765_6674u)] // the mark that exempted the agent's sockets before layout version 2
+    [InlineData(0x1u)]
+    public async Task Outbound_ProcessWithNetAdminSettingSocketMark_IsStillCaptured(uint mark)
+    {
+        using var sandbox = new CaptureSandbox();
+        var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Loopback, 15001));
+        using var app = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(Neighbour), 80));
+        var cookie = NetNamespace.GetCookie(pod);
+        capture.EnrollPod(cookie, Pod);
+
+        // the client runs as root in the pod's netns: it has CAP_NET_ADMIN there, and SO_MARK sticks
+        var marked = sandbox.StartClient(pod, Neighbour, 80, mark: mark);
+        using var captured = await CaptureSandbox.AcceptAsync(agent);
+        var clientPort = (ushort)((IPEndPoint)captured.RemoteEndPoint!).Port;
+        Assert.Equal($"connected {clientPort}", await CaptureSandbox.ReadLineAsync(marked));
+        Assert.True(capture.TryTakeOriginalDestination(cookie, clientPort, AddressFamily.InterNetwork, out var original));
+        Assert.Equal(new IPEndPoint(IPAddress.Parse(Neighbour), 80), original);
+        Assert.False(app.Poll(0, SelectMode.SelectRead)); // nothing reached the destination around the agent
+    }
+
     [Fact]
-    public async Task Outbound_SocketWithAgentMark_IsNotRedirected()
+    public async Task Outbound_SocketClaimedByAgent_IsNotRedirected_UnclaimedTwinIs()
     {
         using var sandbox = new CaptureSandbox();
         var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
@@ -47,14 +70,28 @@ public sealed class OutboundCaptureTests
         using var app = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(Neighbour), 80));
         capture.EnrollPod(NetNamespace.GetCookie(pod), Pod);
 
-        var marked = sandbox.StartClient(pod, Neighbour, 80, mark: sandbox.Options.SocketMark);
+        // a socket made in the pod's netns and in the captured cgroup, claimed the way Upstream claims
+        // the agent's sockets, before its connect()
+        var claimed = sandbox.StartClient(pod, Neighbour, 80, holdBeforeConnect: true);
+        var fd = int.Parse((await CaptureSandbox.ReadLineAsync(claimed)).Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
+        using (var duplicate = CaptureSandbox.DuplicateClientSocket(claimed, fd))
+        {
+            Assert.False(capture.IsAgentSocket(duplicate));
+            AgentSockets.Claim(duplicate);
+            Assert.True(capture.IsAgentSocket(duplicate));
+        }
+        CaptureSandbox.Release(claimed);
         using var direct = await CaptureSandbox.AcceptAsync(app);
-        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(marked));
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(claimed));
+        Assert.False(agent.Poll(0, SelectMode.SelectRead));
 
-        // the same connect without the mark is captured, so the mark is what made the difference
-        var unmarked = sandbox.StartClient(pod, Neighbour, 80);
+        // the same socket, held the same way but not claimed, is captured: the claim made the difference
+        var unclaimed = sandbox.StartClient(pod, Neighbour, 80, holdBeforeConnect: true);
+        Assert.StartsWith("socket", await CaptureSandbox.ReadLineAsync(unclaimed));
+        CaptureSandbox.Release(unclaimed);
         using var captured = await CaptureSandbox.AcceptAsync(agent);
-        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(unmarked));
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(unclaimed));
+        Assert.False(app.Poll(0, SelectMode.SelectRead));
     }
 
     [Fact]
@@ -122,24 +159,85 @@ public sealed class OutboundCaptureTests
     }
 
     [Fact]
-    public async Task Outbound_ConnectToPodsOwnAddressOrAgentPort_IsNotRedirected()
+    public async Task Outbound_ConnectToPodsOwnAddressOrLoopback_IsNotRedirected()
     {
         using var sandbox = new CaptureSandbox();
         var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
         using var capture = BpfCapture.Open(sandbox.Options);
         using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Loopback, 15001));
         using var self = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(PodIp), 80));
-        using var hbone = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(Neighbour), 15008));
+        using var loopbackTunnel = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Loopback, 15008));
         capture.EnrollPod(NetNamespace.GetCookie(pod), Pod);
 
         var toSelf = sandbox.StartClient(pod, PodIp, 80);
         using var a = await CaptureSandbox.AcceptAsync(self);
         Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(toSelf));
 
-        var toAgentPort = sandbox.StartClient(pod, Neighbour, 15008);
-        using var b = await CaptureSandbox.AcceptAsync(hbone);
-        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(toAgentPort));
+        var toLoopback = sandbox.StartClient(pod, "127.0.0.1", 15008);
+        using var b = await CaptureSandbox.AcceptAsync(loopbackTunnel);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(toLoopback));
         Assert.False(agent.Poll(0, SelectMode.SelectRead));
+    }
+
+    [Theory]
+    [InlineData(15001)]
+    [InlineData(15006)]
+    [InlineData(15008)]
+    [InlineData(15000)]
+    [InlineData(15020)]
+    [InlineData(15021)]
+    public async Task Outbound_ConnectToAgentPortOnAnotherAddress_IsCapturedWithThatDestination(int port)
+    {
+        using var sandbox = new CaptureSandbox();
+        var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options);
+        using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Loopback, 15001));
+        using var other = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(Neighbour), port));
+        var cookie = NetNamespace.GetCookie(pod);
+        capture.EnrollPod(cookie, Pod);
+
+        // another pod's (or a node's) agent port: the agent must see it, to refuse it
+        var client = sandbox.StartClient(pod, Neighbour, port);
+        using var captured = await CaptureSandbox.AcceptAsync(agent);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(client));
+        var clientPort = (ushort)((IPEndPoint)captured.RemoteEndPoint!).Port;
+        Assert.True(capture.TryTakeOriginalDestination(cookie, clientPort, AddressFamily.InterNetwork, out var original));
+        Assert.Equal(new IPEndPoint(IPAddress.Parse(Neighbour), port), original);
+        Assert.False(other.Poll(0, SelectMode.SelectRead));
+    }
+
+    [Fact]
+    public async Task Outbound_ConnectToExcludedPort_IsNotRedirected()
+    {
+        using var sandbox = new CaptureSandbox();
+        var pod = sandbox.AddNamespace("p", PodIp + "/24", Neighbour + "/24");
+        using var capture = BpfCapture.Open(sandbox.Options with { ExcludedPorts = [5432] });
+        using var agent = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Loopback, 15001));
+        using var database = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(Neighbour), 5432));
+        using var app = CaptureSandbox.Listen(pod, new IPEndPoint(IPAddress.Parse(Neighbour), 80));
+        capture.EnrollPod(NetNamespace.GetCookie(pod), Pod);
+
+        var excluded = sandbox.StartClient(pod, Neighbour, 5432);
+        using var direct = await CaptureSandbox.AcceptAsync(database);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(excluded));
+        Assert.False(agent.Poll(0, SelectMode.SelectRead));
+
+        var other = sandbox.StartClient(pod, Neighbour, 80);
+        using var captured = await CaptureSandbox.AcceptAsync(agent);
+        Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(other));
+    }
+
+    [Theory]
+    [InlineData((ushort)15008)]
+    [InlineData((ushort)15001)]
+    [InlineData((ushort)15020)]
+    [InlineData((ushort)0)]
+    public void Open_ExcludingAnAgentPortOrZero_ThrowsNamingThePort(ushort port)
+    {
+        using var sandbox = new CaptureSandbox();
+        var error = Assert.Throws<ArgumentException>(() => BpfCapture.Open(sandbox.Options with { ExcludedPorts = [5432, port] }));
+        Assert.Contains($"port {port}", error.Message);
+        Assert.False(Directory.Exists(sandbox.PinRoot)); // refused before anything was loaded or pinned
     }
 }
 

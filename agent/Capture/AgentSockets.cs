@@ -1,0 +1,41 @@
+using System.Net.Sockets;
+
+namespace Weft.Capture;
+
+/// <summary>
+/// Claims sockets the agent makes inside pods' network namespaces as its own, so capture never
+/// takes them: each is registered in `agent_sockets` of every capture open in this process (one in
+/// the agent; tests open several). Code that opens upstream sockets reaches capture through here
+/// because it is handed only the proxy's options, not the capture.
+/// </summary>
+public static class AgentSockets
+{
+    private static readonly Lock Gate = new();
+    private static BpfCapture[] open = [];
+
+    /// <summary>Registers <paramref name="socket"/> as the agent's; call it before connect().</summary>
+    public static void Claim(Socket socket)
+    {
+        // a copy-on-write array: claiming (once per upstream connection) reads it without a lock
+        foreach (var capture in Volatile.Read(ref open))
+        {
+            capture.ClaimForAgent(socket);
+        }
+    }
+
+    internal static void Add(BpfCapture capture)
+    {
+        lock (Gate)
+        {
+            open = [.. open, capture];
+        }
+    }
+
+    internal static void Remove(BpfCapture capture)
+    {
+        lock (Gate)
+        {
+            open = Array.FindAll(open, c => !ReferenceEquals(c, capture));
+        }
+    }
+}
