@@ -146,20 +146,14 @@ internal static partial class BenchCommand
         using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
 
-        foreach (var stale in NetnsCluster.CleanupStale())
-        {
-            // a run whose process died (kill -9) also left its agents' pins
-            foreach (var pins in Directory.EnumerateDirectories("/sys/fs/bpf", $"weft-{stale}-*"))
-            {
-                Weft.Capture.BpfCapture.Uninstall(pins);
-            }
-        }
+        // runs whose process died (kill -9): their processes, pins, namespaces and cgroups
+        NetnsCluster.CleanupStale();
 
         var clock = Stopwatch.StartNew();
         string[] agentArgs = noAccessLog ? ["--no-access-log"] : [];
 
-        // the signal handlers above unwind the run through MeshCluster's disposal, which also removes
-        // the agents' pins; the cluster's own Ctrl-C teardown would race with it
+        // the signal handlers above unwind the run through MeshCluster's disposal (agents, pins,
+        // namespaces, cgroups); the clusters need no signal handlers of their own
         var plainSpec = new ClusterSpec(
             new NodeSpec("node1", new PodSpec(Namespace, "client-mesh"), new PodSpec(Namespace, "client-direct")),
             new NodeSpec("node2", new PodSpec(Namespace, "server-mesh"), new PodSpec(Namespace, "server-direct")))
@@ -179,6 +173,9 @@ internal static partial class BenchCommand
         MeshCluster? metricsOff = null;
         try
         {
+            // a start is never abandoned half-way (WaitAsync would leave a cluster nobody disposes):
+            // it finishes, then the interrupt unwinds through the disposals below
+            stop.Token.ThrowIfCancellationRequested();
             if (suite == "metrics")
             {
                 // Same agents, same code, started without the /metrics endpoint (and so never scraped, and
@@ -190,7 +187,8 @@ internal static partial class BenchCommand
                 {
                     TeardownOnExit = false,
                 };
-                metricsOff = await MeshCluster.StartAsync(offSpec, c => c.InventoryYaml(new InventoryOptions()), [.. agentArgs, "--metrics", "off"]).WaitAsync(stop.Token);
+                metricsOff = await MeshCluster.StartAsync(offSpec, c => c.InventoryYaml(new InventoryOptions()), [.. agentArgs, "--metrics", "off"]);
+                stop.Token.ThrowIfCancellationRequested();
             }
 
             if (issue3)
@@ -202,7 +200,8 @@ internal static partial class BenchCommand
                 {
                     TeardownOnExit = false,
                 };
-                mtls = await MeshCluster.StartAsync(mtlsSpec, c => c.InventoryYaml(new InventoryOptions()), mtls: true, agentArgs).WaitAsync(stop.Token);
+                mtls = await MeshCluster.StartAsync(mtlsSpec, c => c.InventoryYaml(new InventoryOptions()), mtls: true, agentArgs);
+                stop.Token.ThrowIfCancellationRequested();
             }
 
             await using var bench = new Bench(plain, mtls, metricsOff, suite, seconds, repeat, !noAccessLog, stop.Token);
@@ -227,9 +226,10 @@ internal static partial class BenchCommand
                 return 1;
             }
         }
-        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        catch (Exception e) when (stop.IsCancellationRequested)
         {
-            Say("interrupted; tearing down");
+            // whatever was running fails as the run unwinds: the interrupt is the news, not that
+            Say($"interrupted ({e.GetType().Name}); tearing down: every cluster's agents, eBPF pins, namespaces and cgroups");
             return 130;
         }
         finally

@@ -7,7 +7,7 @@ namespace Weft.Cli;
 /// <summary>
 /// <c>weft demo</c>: a 2-node x 2-pod cluster in network namespaces with a real agent per node,
 /// traffic between the pods (same node, cross node, through a Service VIP), and what the agents saw.
-/// Everything is torn down on exit or Ctrl-C.
+/// Everything it made (agents, eBPF pins, namespaces, cgroups) is removed on exit, Ctrl-C, SIGTERM or SIGHUP.
 /// </summary>
 internal static class DemoCommand
 {
@@ -15,7 +15,7 @@ internal static class DemoCommand
         weft demo [--keep] [--plaintext]
           Builds a 2-node cluster of network namespaces with real agents sharing a fresh CA, runs
           traffic (same node, cross node through an mTLS tunnel, through a Service VIP, and a call that
-          a DENY policy refuses), prints the flows. --keep leaves it running until Ctrl-C;
+          a DENY policy refuses), prints the flows, removes it all. --keep leaves it running until Ctrl-C;
           --plaintext runs the agents without a CA.
         """;
 
@@ -28,40 +28,112 @@ internal static class DemoCommand
         cl.RejectUnknown();
         NetnsCluster.CleanupStale();
 
+        // Ctrl-C, SIGTERM and SIGHUP end the demo at any point. The handler only asks (and keeps the
+        // process alive); the teardown below does the work, once, even when the cluster's own signal
+        // handler has begun it already, and then says what it removed.
+        using var interrupted = new CancellationTokenSource();
+        void OnSignal(PosixSignalContext context)
+        {
+            context.Cancel = true;
+            _ = interrupted.CancelAsync();
+        }
+
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var sighup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, OnSignal);
+
         var spec = new ClusterSpec(
             new NodeSpec("node1", new PodSpec("demo", "client"), new PodSpec("demo", "web-a")),
             new NodeSpec("node2", new PodSpec("demo", "web-b1"), new PodSpec("demo", "web-b2")));
         Say("building a cluster of network namespaces: 2 nodes, 2 pods each, and starting an agent per node");
-        await using var mesh = await MeshCluster.StartAsync(spec, c => c.InventoryYaml(new ServiceSpec(
-            "web", "demo", Vip, 80, 8080, c.Pod("demo", "web-b1"), c.Pod("demo", "web-b2"))) + DenyPolicy, mtls, "--admin", "127.0.0.1:15000");
+        MeshCluster mesh;
+        try
+        {
+            mesh = await MeshCluster.StartAsync(spec, c => c.InventoryYaml(new ServiceSpec(
+                "web", "demo", Vip, 80, 8080, c.Pod("demo", "web-b1"), c.Pod("demo", "web-b2"))) + DenyPolicy, mtls, "--admin", "127.0.0.1:15000");
+        }
+        catch (Exception e) when (interrupted.IsCancellationRequested)
+        {
+            // a failed start has torn down what it made; its message says whether anything is left
+            Say($"interrupted while building the cluster: {e.Message.Split('\n')[0]}");
+            return 130;
+        }
+
+        var cluster = mesh.Cluster;
+        Say($"cluster {cluster.RunId}: network namespaces {cluster.NetnsPrefix}-*, cgroup {cluster.CgroupRoot}, " +
+            $"eBPF pins {cluster.PinRoot("NODE")}; all removed on exit, Ctrl-C or SIGTERM");
+        var outcome = new DemoOutcome();
+        var show = ShowAsync(mesh, keep, outcome, interrupted.Token);
+        await Task.WhenAny(show, Task.Delay(Timeout.Infinite, interrupted.Token));
+        if (show.IsFaulted && !interrupted.IsCancellationRequested)
+        {
+            await mesh.DisposeAsync();
+            await show;
+        }
+
+        // after an interrupt, whatever the demo was doing fails as its processes go: that is expected
+        _ = show.ContinueWith(t => t.Exception, TaskScheduler.Default);
+        var code = outcome.TrafficDone ? (outcome.Ok ? 0 : 1) : 130;
+        Say((interrupted.IsCancellationRequested ? "interrupted; " : "") + (!outcome.TrafficDone ? "" : outcome.Ok
+            ? "all traffic arrived intact; " : "some traffic failed (see above); ") + $"tearing down cluster {cluster.RunId}");
+        try
+        {
+            await mesh.DisposeAsync();
+        }
+        catch (HarnessException e)
+        {
+            Say($"cluster {cluster.RunId}: {e.Message}");
+            return 1;
+        }
+
+        Say($"cluster {cluster.RunId} removed: {cluster.TeardownSummary}");
+        return code;
+    }
+
+    private sealed class DemoOutcome
+    {
+        public volatile bool TrafficDone;
+        public volatile bool Ok;
+    }
+
+    private static async Task ShowAsync(MeshCluster mesh, bool keep, DemoOutcome outcome, CancellationToken interrupted)
+    {
+        // nothing printed once interrupted: the teardown is removing what the remaining steps use
+        void Print(string line)
+        {
+            if (!interrupted.IsCancellationRequested)
+            {
+                Console.WriteLine(line);
+            }
+        }
+
         var cluster = mesh.Cluster;
         foreach (var pod in cluster.Pods)
         {
-            Console.WriteLine($"  {pod}");
+            Print($"  {pod}");
         }
 
-        var servers = new List<ManagedProcess>();
         foreach (var name in new[] { "web-a", "web-b1", "web-b2" })
         {
-            servers.Add(MeshCluster.StartServer(cluster.Pod("demo", name), "--port", "8080", "--reply-bytes", "65536"));
+            MeshCluster.StartServer(cluster.Pod("demo", name), "--port", "8080", "--reply-bytes", "65536");
         }
 
-        await Task.Delay(500);
+        await Task.Delay(500, interrupted);
         var client = cluster.Pod("demo", "client");
         var ok = true;
-        ok &= await TrafficAsync("same node:  client -> web-a", client, $"{cluster.Pod("demo", "web-a").Address}:8080", 1);
-        ok &= await TrafficAsync("cross node: client -> web-b1", client, $"{cluster.Pod("demo", "web-b1").Address}:8080", 1);
-        ok &= await TrafficAsync($"service:    client -> web ({Vip}:80), 10 connections", client, $"{Vip}:80", 10);
-        ok &= await RefusedAsync("policy:     client -> web-b1:9090 (denied by demo/deny-9090)", client, $"{cluster.Pod("demo", "web-b1").Address}:9090");
-        await Task.Delay(300);
+        ok &= await TrafficAsync(Print, "same node:  client -> web-a", client, $"{cluster.Pod("demo", "web-a").Address}:8080", 1);
+        ok &= await TrafficAsync(Print, "cross node: client -> web-b1", client, $"{cluster.Pod("demo", "web-b1").Address}:8080", 1);
+        ok &= await TrafficAsync(Print, $"service:    client -> web ({Vip}:80), 10 connections", client, $"{Vip}:80", 10);
+        ok &= await RefusedAsync(Print, "policy:     client -> web-b1:9090 (denied by demo/deny-9090)", client, $"{cluster.Pod("demo", "web-b1").Address}:9090");
+        await Task.Delay(300, interrupted);
 
         foreach (var node in cluster.Nodes)
         {
-            Say($"what the agent on {node.Name} saw");
-            Console.WriteLine($"  {"DIR",-9} {"SOURCE",-12} {"ORIGINAL DST",-18} {"SERVICE",-9} {"DESTINATION",-12} {"SECURITY",-10} {"SENT",9} {"RECEIVED",9} FLAGS");
+            Print($"\n== what the agent on {node.Name} saw");
+            Print($"  {"DIR",-9} {"SOURCE",-12} {"ORIGINAL DST",-18} {"SERVICE",-9} {"DESTINATION",-12} {"SECURITY",-10} {"SENT",9} {"RECEIVED",9} FLAGS");
             foreach (var flow in MeshCluster.Flows(mesh.Agent(node.Name)))
             {
-                Console.WriteLine(
+                Print(
                     $"  {S(flow, "direction"),-9} {S(flow, "source_workload"),-12} {S(flow, "original_destination"),-18} " +
                     $"{S(flow, "destination_service"),-9} {S(flow, "destination_workload"),-12} {S(flow, "connection_security_policy"),-10} " +
                     $"{flow.GetProperty("bytes_sent").GetInt64(),9} {flow.GetProperty("bytes_received").GetInt64(),9} {S(flow, "response_flags")}" +
@@ -69,44 +141,32 @@ internal static class DemoCommand
             }
         }
 
+        outcome.Ok = ok;
+        outcome.TrafficDone = !interrupted.IsCancellationRequested;
         if (keep)
         {
-            Say("the cluster stays up until Ctrl-C. Try:");
-            Console.WriteLine($"  ip netns exec {client.NetnsName} curl -s {Vip}:80 --max-time 2   # any TCP client works");
-            Console.WriteLine($"  ip netns exec {cluster.Node("node1").NetnsName} curl -s 127.0.0.1:15000/flows");
-            var stop = new TaskCompletionSource();
-            using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, c =>
-            {
-                c.Cancel = true;
-                stop.TrySetResult();
-            });
-            await stop.Task;
+            Print("\n== the cluster stays up until Ctrl-C (or SIGTERM). Try:");
+            Print($"  ip netns exec {client.NetnsName} curl -s {Vip}:80 --max-time 2   # any TCP client works");
+            Print($"  ip netns exec {cluster.Node("node1").NetnsName} curl -s 127.0.0.1:15000/flows");
+            await Task.Delay(Timeout.Infinite, interrupted);
         }
-
-        foreach (var server in servers)
-        {
-            await server.DisposeAsync();
-        }
-
-        Say(ok ? "all traffic arrived intact; tearing down" : "some traffic failed (see above); tearing down");
-        return ok ? 0 : 1;
     }
 
-    private static async Task<bool> TrafficAsync(string title, ClusterPod from, string to, int connections)
+    private static async Task<bool> TrafficAsync(Action<string> print, string title, ClusterPod from, string to, int connections)
     {
         const int bytes = 1024 * 1024;
         var run = await MeshCluster.RunPeerAsync(from, TimeSpan.FromMinutes(1), "send", "--to", to, "--bytes", bytes.ToString(),
             "--connections", connections.ToString(), "--expect-reply-bytes", "65536");
         var good = run.Connections.Count(c => c.GetProperty("error").ValueKind == JsonValueKind.Null);
-        Console.WriteLine($"  {title}: {good}/{connections} connection(s) ok, {bytes / 1024} KiB sent and 64 KiB back on each{(good == connections ? "" : "\n" + run)}");
+        print($"  {title}: {good}/{connections} connection(s) ok, {bytes / 1024} KiB sent and 64 KiB back on each{(good == connections ? "" : "\n" + run)}");
         return run.ExitCode == 0 && good == connections;
     }
 
-    private static async Task<bool> RefusedAsync(string title, ClusterPod from, string to)
+    private static async Task<bool> RefusedAsync(Action<string> print, string title, ClusterPod from, string to)
     {
         var run = await MeshCluster.RunPeerAsync(from, TimeSpan.FromMinutes(1), "send", "--to", to, "--bytes", "100", "--timeout-ms", "5000");
         var refused = run.ExitCode != 0;
-        Console.WriteLine($"  {title}: {(refused ? "refused, as the policy says" : "NOT refused")}");
+        print($"  {title}: {(refused ? "refused, as the policy says" : "NOT refused")}");
         return refused;
     }
 

@@ -10,12 +10,14 @@ internal static class HostCommand
 {
     public static string Run(string file, params string[] args)
     {
-        var info = new ProcessStartInfo(file)
+        // setsid: a second Ctrl-C at the terminal must not kill an `ip netns delete` of the teardown
+        var info = new ProcessStartInfo("setsid")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
+        info.ArgumentList.Add(file);
         foreach (var arg in args)
         {
             info.ArgumentList.Add(arg);

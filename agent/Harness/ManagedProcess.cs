@@ -147,13 +147,17 @@ public sealed class ManagedProcess : IAsyncDisposable
         try
         {
             await process.WaitForExitAsync(cts.Token).ConfigureAwait(false);
+            return process.ExitCode;
         }
         catch (OperationCanceledException) when (cts.IsCancellationRequested)
         {
             throw new TimeoutException($"{Description} (pid {Pid}) still running after {timeout.TotalSeconds:0.#} s; stderr: {Tail(StderrLines)}");
         }
-
-        return process.ExitCode;
+        catch (InvalidOperationException) when (Volatile.Read(ref disposed) == 1)
+        {
+            // the cluster's teardown (e.g. on Ctrl-C) released the process while we waited
+            return exitCodeAfterDispose ?? throw new HarnessException($"{Description} (pid {Pid}) was released before it exited");
+        }
     }
 
     /// <summary>SIGTERM to this pid (no-op once exited).</summary>

@@ -28,9 +28,12 @@ public sealed class MeshCluster : IAsyncDisposable
 
     public const string TrustDomain = "cluster.local";
 
+    private static readonly TimeSpan AgentGrace = TimeSpan.FromSeconds(5);
+
     public ManagedProcess Agent(string node) => _agents[node];
 
-    public string PinRoot(ClusterNode node) => $"/sys/fs/bpf/weft-{Cluster.RunId}-{node.Name}";
+    /// <summary>The node agent's pins; the cluster's teardown removes them (the agent keeps them on exit, by design).</summary>
+    public string PinRoot(ClusterNode node) => Cluster.PinRoot(node.Name);
 
     /// <summary>Builds the cluster, writes the inventory and starts one agent per node.</summary>
     public static Task<MeshCluster> StartAsync(ClusterSpec spec, Func<NetnsCluster, string> inventory, params string[] agentArgs) =>
@@ -39,10 +42,13 @@ public sealed class MeshCluster : IAsyncDisposable
     /// <summary>As above; with <paramref name="mtls"/> a fresh root CA is made and every agent tunnels with mTLS.</summary>
     public static async Task<MeshCluster> StartAsync(ClusterSpec spec, Func<NetnsCluster, string> inventory, bool mtls, params string[] agentArgs)
     {
-        var cluster = await NetnsCluster.CreateAsync(spec);
+        // agents drain for --drain-seconds 2 on SIGTERM: give them time to finish before SIGKILL
+        var cluster = await NetnsCluster.CreateAsync(spec with { StopGracePeriod = spec.StopGracePeriod < AgentGrace ? AgentGrace : spec.StopGracePeriod });
         var mesh = new MeshCluster(cluster);
         try
         {
+            cluster.OwnDirectory(mesh._dir);
+
             if (mtls)
             {
                 mesh.Ca = Weft.Identity.SelfSignedRoot.Write(Path.Combine(mesh._dir, "ca"), TrustDomain);
@@ -126,39 +132,24 @@ public sealed class MeshCluster : IAsyncDisposable
         return pod.StartWeft(["app", "serve", .. args]);
     }
 
+    /// <summary>
+    /// The cluster's teardown, which runs exactly once whoever asks first (this, or its own Ctrl-C/SIGTERM
+    /// handler): SIGTERM to every process, SIGKILL after the grace period, then the agents' pins, the
+    /// namespaces, the cgroups and this mesh's files.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
-        foreach (var agent in _agents.Values)
+        try
         {
-            agent.Stop();
+            await Cluster.DisposeAsync();
         }
-
-        foreach (var agent in _agents.Values)
+        finally
         {
-            try
+            if (Directory.Exists(_dir))
             {
-                await agent.WaitForExitAsync(TimeSpan.FromSeconds(10));
-            }
-            catch (TimeoutException)
-            {
-                agent.Kill();
-            }
-            catch (HarnessException)
-            {
-                // The cluster's own Ctrl-C teardown already released this agent.
+                Directory.Delete(_dir, recursive: true);
             }
         }
-
-        foreach (var node in Cluster.Nodes)
-        {
-            if (Directory.Exists(PinRoot(node)))
-            {
-                Weft.Capture.BpfCapture.Uninstall(PinRoot(node));
-            }
-        }
-
-        await Cluster.DisposeAsync();
-        Directory.Delete(_dir, recursive: true);
     }
 }
 

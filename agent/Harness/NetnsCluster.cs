@@ -16,23 +16,37 @@ namespace Weft.Harness;
 /// Nothing is added to the machine's own network namespace: every configuring command runs with
 /// <c>ip -n NETNS</c>. Cgroups live under CGROUP2/weft-RUN. Everything a run creates is removed on
 /// dispose, also when <see cref="CreateAsync"/> fails half-way, on SIGINT (Ctrl-C), SIGTERM, SIGHUP and process exit; runs
-/// whose process died are removed by <see cref="CleanupStale"/>.
+/// whose process died are removed by <see cref="CleanupStale"/>. That includes the eBPF pins under
+/// <c>/sys/fs/bpf/weft-RUN-*</c>: agents keep their pins when stopped (a restarted agent adopts them), so
+/// the harness, which made the run, removes them. Processes run in their own session, so a terminal's
+/// Ctrl-C reaches only the owner, and the owner decides the order of the teardown.
 /// </summary>
 public sealed partial class NetnsCluster : IAsyncDisposable
 {
     internal const string NetnsDirectory = "/var/run/netns";
     private const string Component = "harness";
 
+    /// <summary>Where agents started by the harness pin their eBPF objects (one directory per node, named for the run).</summary>
+    public const string BpffsRoot = "/sys/fs/bpf";
+
     // cgroup first (so the process is counted by the node's eBPF from its first connect),
     // then only the netns: nsenter, unlike `ip netns exec`, keeps the mount namespace, so
-    // /sys/fs/bpf and the cgroup2 mount stay visible to agents started this way.
+    // /sys/fs/bpf and the cgroup2 mount stay visible to agents started this way. setsid (in place:
+    // the shell is no group leader, so the pid stays the one we signal) takes the process out of the
+    // owner's terminal session: a Ctrl-C must not kill agents before the owner has decided the teardown.
     private const string StartScript = """
         cg=$1; ns=$2; shift 2
         echo $$ > "$cg/cgroup.procs" || { echo "weft harness: cannot enter cgroup $cg" >&2; exit 125; }
-        exec nsenter --net="$ns" -- "$@"
+        exec setsid nsenter --net="$ns" -- "$@"
         """;
 
     private readonly object gate = new();
+
+    // held for the whole build and each AddPod: a teardown (e.g. from Ctrl-C) waits for the step in
+    // flight, so nothing is created after it has looked for what to remove
+    private readonly object buildGate = new();
+    private volatile bool stopping;
+    private readonly List<string> ownedDirectories = [];
     private readonly ClusterSpec spec;
     private readonly RunRecord record;
     private readonly List<ClusterNode> nodes = [];
@@ -79,6 +93,25 @@ public sealed partial class NetnsCluster : IAsyncDisposable
     }
 
     public IEnumerable<ClusterPod> Pods => Nodes.SelectMany(n => n.Pods);
+
+    /// <summary>What the teardown removed, in words (null until it has run), e.g. for `weft demo` to say so.</summary>
+    public string? TeardownSummary { get; private set; }
+
+    /// <summary>
+    /// An eBPF pin directory for this run (BpffsRoot/weft-RUNID-NAME). The teardown detaches and removes
+    /// every such directory after all processes have stopped; agents deliberately leave their pins on exit.
+    /// </summary>
+    public string PinRoot(string name) => Path.Join(BpffsRoot, $"weft-{RunId}-{name}");
+
+    /// <summary>A directory (e.g. the mesh's CA and inventory) that the teardown deletes with the rest.</summary>
+    public void OwnDirectory(string path)
+    {
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(tornDown, this);
+            ownedDirectories.Add(path);
+        }
+    }
 
     /// <summary>Every process started in this cluster (all are killed on dispose).</summary>
     public IReadOnlyList<ManagedProcess> Processes
@@ -132,6 +165,14 @@ public sealed partial class NetnsCluster : IAsyncDisposable
 
     /// <summary>Adds a pod to a node: netns, veth to the node, address, routes, cgroup. Works after creation too.</summary>
     public ClusterPod AddPod(ClusterNode node, PodSpec pod)
+    {
+        lock (buildGate)
+        {
+            return AddPodLocked(node, pod);
+        }
+    }
+
+    private ClusterPod AddPodLocked(ClusterNode node, PodSpec pod)
     {
         ArgumentNullException.ThrowIfNull(node);
         ArgumentNullException.ThrowIfNull(pod);
@@ -197,7 +238,7 @@ public sealed partial class NetnsCluster : IAsyncDisposable
         var removed = new List<string>();
         foreach (var stale in RunRecord.ReadAll().Where(r => !r.OwnerIsAlive()))
         {
-            var errors = RemoveRun(stale, []);
+            var errors = RemoveRun(stale, [], []);
             if (errors.Count == 0)
             {
                 removed.Add(stale.RunId);
@@ -244,6 +285,14 @@ public sealed partial class NetnsCluster : IAsyncDisposable
     }
 
     private void Build()
+    {
+        lock (buildGate)
+        {
+            BuildLocked();
+        }
+    }
+
+    private void BuildLocked()
     {
         // the record comes first: whatever happens next, CleanupStale can find it
         record.Write();
@@ -325,6 +374,11 @@ public sealed partial class NetnsCluster : IAsyncDisposable
 
     private void Step(string name)
     {
+        if (stopping)
+        {
+            throw new HarnessException($"cluster {RunId} is being torn down (interrupted at step '{name}')");
+        }
+
         if (spec.FailAtStep == name)
         {
             throw new HarnessException($"injected failure at step '{name}'");
@@ -358,11 +412,19 @@ public sealed partial class NetnsCluster : IAsyncDisposable
 
     private List<string> TeardownOnce()
     {
+        // a build step in flight finishes (or fails at the next step) before we look for what to remove
+        stopping = true;
+        lock (buildGate)
+        {
+        }
+
         ManagedProcess[] started;
+        string[] directories;
         lock (gate)
         {
             tornDown = true;
             started = processes.ToArray();
+            directories = ownedDirectories.ToArray();
         }
 
         if (onProcessExit != null)
@@ -400,13 +462,34 @@ public sealed partial class NetnsCluster : IAsyncDisposable
             }
         }
 
-        errors.AddRange(RemoveRun(record, createdNetns));
-        Log.Debug(Component, $"cluster {RunId} torn down");
+        var removed = new List<string>();
+        errors.AddRange(RemoveRun(record, createdNetns, removed));
+        foreach (var directory in directories)
+        {
+            try
+            {
+                if (Directory.Exists(directory))
+                {
+                    Directory.Delete(directory, recursive: true);
+                    removed.Add("directory " + directory);
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                errors.Add($"delete {directory}: {e.Message}");
+            }
+        }
+
+        TeardownSummary = removed.Count == 0 ? "nothing was left to remove" : string.Join("; ", removed);
+        Log.Info(Component, $"cluster {RunId} removed: {TeardownSummary}" + (errors.Count == 0 ? "" : $"; LEFT BEHIND: {string.Join("; ", errors)}"));
         return errors;
     }
 
-    /// <summary>Kills what is left in the run's cgroups, deletes its namespaces, cgroups and record; returns what failed.</summary>
-    private static List<string> RemoveRun(RunRecord run, IEnumerable<string> knownNetns)
+    /// <summary>
+    /// Kills what is left in the run's cgroups, detaches and removes its eBPF pins, deletes its namespaces,
+    /// cgroups and record; adds what it removed to <paramref name="removed"/> and returns what failed.
+    /// </summary>
+    private static List<string> RemoveRun(RunRecord run, IEnumerable<string> knownNetns, List<string> removed)
     {
         var errors = new List<string>();
         if (!RunIdPattern().IsMatch(run.RunId) || Path.GetFileName(run.CgroupRoot) != "weft-" + run.RunId)
@@ -431,6 +514,17 @@ public sealed partial class NetnsCluster : IAsyncDisposable
         // children of our processes inherit the run's cgroups: this reaches them and nothing else
         Try("kill processes in " + run.CgroupRoot, () => Cgroup2.KillAll(run.CgroupRoot));
 
+        // every process is gone, so no agent can pin again; found by name, so a run whose owner died is covered too
+        var pinRoots = Directory.Exists(BpffsRoot) ? Directory.EnumerateDirectories(BpffsRoot, $"weft-{run.RunId}-*").ToList() : [];
+        foreach (var pins in pinRoots)
+        {
+            Try("remove eBPF pins " + pins, () =>
+            {
+                Weft.Capture.BpfCapture.Uninstall(pins);
+                removed.Add($"eBPF programs, links and pins under {pins}");
+            });
+        }
+
         var prefix = "weft" + run.RunId + "-";
         var netns = knownNetns
             .Concat(Directory.Exists(NetnsDirectory) ? Directory.EnumerateFiles(NetnsDirectory).Select(Path.GetFileName).OfType<string>() : [])
@@ -438,15 +532,33 @@ public sealed partial class NetnsCluster : IAsyncDisposable
             .Distinct()
             .Reverse()
             .ToList();
+        var deletedNetns = 0;
         foreach (var name in netns)
         {
             if (File.Exists(Path.Join(NetnsDirectory, name)))
             {
-                Try("delete netns " + name, () => HostCommand.Ip("netns", "delete", name));
+                Try("delete netns " + name, () =>
+                {
+                    HostCommand.Ip("netns", "delete", name);
+                    deletedNetns++;
+                });
             }
         }
 
-        Try("remove cgroup " + run.CgroupRoot, () => Cgroup2.RemoveTree(run.CgroupRoot, TimeSpan.FromSeconds(10)));
+        if (deletedNetns > 0)
+        {
+            removed.Add($"{deletedNetns} network namespaces {prefix}*");
+        }
+
+        if (Directory.Exists(run.CgroupRoot))
+        {
+            Try("remove cgroup " + run.CgroupRoot, () =>
+            {
+                Cgroup2.RemoveTree(run.CgroupRoot, TimeSpan.FromSeconds(10));
+                removed.Add($"cgroup tree {run.CgroupRoot}");
+            });
+        }
+
         if (errors.Count == 0)
         {
             Try("remove run record", run.Delete);
