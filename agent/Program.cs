@@ -6,14 +6,9 @@ const string usage = $"""
     weft: a sidecarless service mesh node agent.
 
     {AgentCommand.Usage}
-    {DemoCommand.Usage}
     {FlowsCommand.Usage}
     {ViewsCommand.Usage}
-    {BenchCommand.Usage}
-    {Weft.Telemetry.MetricsBenchmark.Usage}
     {CaCommand.Usage}
-      weft app serve|send|rr ...
-          Test workload used by the demo, the tests and the benchmark.
     """;
 
 if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
@@ -29,13 +24,9 @@ try
     {
         "agent" => await AgentCommand.RunAgentAsync(new CommandLine(rest)),
         "uninstall" => AgentCommand.Uninstall(new CommandLine(rest)),
-        "demo" => await DemoCommand.RunAsync(new CommandLine(rest)),
-        "bench" => await BenchCommand.RunAsync(new CommandLine(rest)),
         "ca" => CaCommand.Run(new CommandLine(rest)),
-        "app" => await Weft.Harness.PeerApp.RunAsync(args[1..]),
         "flows" => await FlowsCommand.RunAsync(rest),
         "workloads" or "services" or "policies" or "certs" => await ViewsCommand.RunAsync(args[0], rest),
-        "bench-metrics" => await Weft.Telemetry.MetricsBenchmark.RunAsync(new CommandLine(rest)),
         _ => throw new UsageException($"unknown command '{args[0]}'"),
     };
 }

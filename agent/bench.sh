@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs what is missing (iperf3, sockperf, nginx with its stream module), builds Release, and runs `weft bench`:
+# Installs what is missing (iperf3, sockperf, nginx with its stream module), builds Release, and runs `weft-bench`
+# (tests/Bench, never shipped with the agent):
 # direct, plaintext-agent, mTLS-agent and nginx-TLS cross-node pod-to-pod traffic in 2-node clusters of network namespaces with
-# real agents. Needs root. Extra arguments go to `weft bench` (e.g. --suite all --json bench.json).
+# real agents. Needs root. Extra arguments go to `weft-bench` (e.g. --suite all --json bench.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/deps.sh
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
-dotnet build agent/Weft.Agent.csproj -c Release -nologo -v quiet
-exec agent/bin/Release/net10.0/weft bench "$@"
+dotnet build tests/Bench/Weft.Bench.csproj -c Release -nologo -v quiet
+exec tests/Bench/bin/Release/net10.0/weft-bench "$@"

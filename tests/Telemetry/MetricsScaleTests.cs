@@ -1,3 +1,4 @@
+using Weft.Bench;
 using Weft.Telemetry;
 using static Weft.Tests.Telemetry.TelemetryFixtures;
 

@@ -3,8 +3,9 @@ using System.Net;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Weft.Harness;
+using Weft.Cli;
 
-namespace Weft.Cli;
+namespace Weft.Bench;
 
 /// <summary>
 /// The external peer of issue #3: the same cross-node topology with nginx (stream module) doing the

@@ -1,18 +1,19 @@
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using Weft.Harness;
+using Weft.Cli;
 
-namespace Weft.Cli;
+namespace Weft.Demo;
 
 /// <summary>
-/// <c>weft demo</c>: a 2-node x 2-pod cluster in network namespaces with a real agent per node,
+/// <c>weft-kit demo</c>: a 2-node x 2-pod cluster in network namespaces with a real agent per node,
 /// traffic between the pods (same node, cross node, through a Service VIP), and what the agents saw.
 /// Everything it made (agents, eBPF pins, namespaces, cgroups) is removed on exit, Ctrl-C, SIGTERM or SIGHUP.
 /// </summary>
 internal static class DemoCommand
 {
     public const string Usage = """
-        weft demo [--keep] [--plaintext]
+        weft-kit demo [--keep] [--plaintext]
           Builds a 2-node cluster of network namespaces with real agents sharing a fresh CA, runs
           traffic (same node, cross node through an mTLS tunnel, through a Service VIP, and a call that
           a DENY policy refuses), prints the flows, removes it all. --keep leaves it running until Ctrl-C;

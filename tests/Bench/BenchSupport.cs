@@ -2,10 +2,11 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using Weft.Cli;
 
-namespace Weft.Cli;
+namespace Weft.Bench;
 
-/// <summary>Records and helpers of <c>weft bench</c>: what /proc says, the open-file limit, medians, formatting.</summary>
+/// <summary>Records and helpers of <c>weft-bench</c>: what /proc says, the open-file limit, medians, formatting.</summary>
 internal static partial class BenchCommand
 {
     private sealed record Iperf(double Gbps, long Retransmits);

@@ -6,24 +6,24 @@ using System.Text.Json;
 namespace Weft.Harness;
 
 /// <summary>
-/// `weft app ...`: the test workload that runs inside pods. Every result is one JSON line on stdout,
+/// `weft-kit app ...`: the test workload that runs inside pods. Every result is one JSON line on stdout,
 /// printed as it happens, so tests can follow a run while it is still going.
 /// <code>
-/// weft app serve --port P [--bind ADDR] [--mode hash|echo|reset] [--reply-bytes N]
-/// weft app send  --to HOST:PORT --bytes N [--connections C] [--concurrency K] [--hold-ms MS]
+/// weft-kit app serve --port P [--bind ADDR] [--mode hash|echo|reset] [--reply-bytes N]
+/// weft-kit app send  --to HOST:PORT --bytes N [--connections C] [--concurrency K] [--hold-ms MS]
 ///                [--expect-reply-bytes M] [--timeout-ms T]
-/// weft app rr    --to HOST:PORT [--size 1024] [--count N] [--warmup W]
-/// weft app hold  --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
+/// weft-kit app rr    --to HOST:PORT [--size 1024] [--count N] [--warmup W]
+/// weft-kit app hold  --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
 /// </code>
 /// </summary>
 public static class PeerApp
 {
     public const string Usage = """
-        usage: weft app serve --port P [--bind ADDR] [--mode hash|echo|reset] [--reply-bytes N]
-               weft app send --to HOST:PORT --bytes N [--connections C] [--concurrency K] [--hold-ms MS]
+        usage: weft-kit app serve --port P [--bind ADDR] [--mode hash|echo|reset] [--reply-bytes N]
+               weft-kit app send --to HOST:PORT --bytes N [--connections C] [--concurrency K] [--hold-ms MS]
                              [--expect-reply-bytes M] [--timeout-ms T]
-               weft app rr --to HOST:PORT [--size BYTES] [--count N] [--warmup W]
-               weft app hold --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
+               weft-kit app rr --to HOST:PORT [--size BYTES] [--count N] [--warmup W]
+               weft-kit app hold --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
         """;
 
     internal static readonly JsonSerializerOptions Json = new() { WriteIndented = false };
@@ -67,7 +67,7 @@ public static class PeerApp
         }
         catch (ArgumentException e)
         {
-            await Console.Error.WriteLineAsync($"weft app: {e.Message}\n{Usage}").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync($"weft-kit app: {e.Message}\n{Usage}").ConfigureAwait(false);
             return 2;
         }
     }

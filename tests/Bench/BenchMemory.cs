@@ -2,8 +2,9 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Weft.Harness;
+using Weft.Cli;
 
-namespace Weft.Cli;
+namespace Weft.Bench;
 
 internal static partial class BenchCommand
 {
@@ -11,7 +12,7 @@ internal static partial class BenchCommand
     {
         private async Task<JsonObject> MemoryAsync(ProcStatus[] fresh, int connections)
         {
-            Say($"agent memory: RSS idle, then with {connections} idle connections client-mesh -> server-mesh held open (weft app hold)");
+            Say($"agent memory: RSS idle, then with {connections} idle connections client-mesh -> server-mesh held open (weft-kit app hold)");
             await Task.Delay(Settle, stop);
             var idle = new[] { ProcStatus.Read(Agent1.Pid), ProcStatus.Read(Agent2.Pid) };
             var (file, args) = WeftExecutable.Command(["app", "hold", "--to", $"{ServerMesh.Address}:{PeerPort}",

@@ -4,11 +4,12 @@ using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Weft.Harness;
+using Weft.Cli;
 
-namespace Weft.Cli;
+namespace Weft.Bench;
 
 /// <summary>
-/// <c>weft bench</c>: cross-node pod-to-pod traffic along several paths, in one run, with real agents.
+/// <c>weft-bench</c>: cross-node pod-to-pod traffic along several paths, in one run, with real agents.
 /// <code>
 ///  plaintext cluster (agents without a CA)
 ///   node1                                        node2
@@ -18,8 +19,8 @@ namespace Weft.Cli;
 ///  mTLS cluster (agents with a CA)
 ///   client-mesh   ─► agent (connect4, 15001) ══HBONE, mTLS, :15008══► agent ─► server-mesh      "mTLS"
 /// </code>
-/// iperf3 (throughput), sockperf (1 KiB request/response latency), `weft app send` (new connections
-/// per second), a shell loop (one connection at a time, with warm or cold tunnels) and `weft app hold`
+/// iperf3 (throughput), sockperf (1 KiB request/response latency), `weft-kit app send` (new connections
+/// per second), a shell loop (one connection at a time, with warm or cold tunnels) and `weft-kit app hold`
 /// (agent RSS per idle open connection), checked against the targets of issues #2 and #3. Clients
 /// and servers run inside the pods (ClusterPod.StartProcess), so capture applies to the meshed
 /// clients exactly as it would to an application.
@@ -27,7 +28,7 @@ namespace Weft.Cli;
 internal static partial class BenchCommand
 {
     public const string Usage = """
-        weft bench [--suite issue2|issue3|metrics|all] [--seconds T] [--repeat R] [--only PARTS] [--json FILE]
+        weft-bench [--suite issue2|issue3|metrics|all] [--seconds T] [--repeat R] [--only PARTS] [--json FILE]
                    [--rate-connections N] [--setup-connections N] [--idle-connections N] [--no-access-log]
           Cross-node pod-to-pod traffic in 2-node clusters of network namespaces with real agents:
           direct, through plaintext agents, and (issue3, all) through agents with mTLS HBONE tunnels and
@@ -36,7 +37,7 @@ internal static partial class BenchCommand
           time with pooled and with cold tunnels), agent memory per idle open connection (issue2, all).
           Prints one table with ratios against direct and the targets of the suite's issue.
           --suite    issue3 (default): direct, plaintext, mTLS, nginx; parts throughput,latency,rate,setup
-                     issue2: direct, plaintext; parts throughput,latency,rate,memory (plus weft app rr)
+                     issue2: direct, plaintext; parts throughput,latency,rate,memory (plus weft-kit app rr)
                      metrics: direct, plaintext agents with metrics on (scraped every second) and
                        plaintext agents started with --metrics off; parts throughput,latency; R = 4
                        (issue #5: metrics on and off less than 3 % apart)
@@ -139,7 +140,7 @@ internal static partial class BenchCommand
         {
             // let the run unwind through its disposals, so agents, nginx, pins, namespaces and cgroups all go
             context.Cancel = true;
-            Console.Error.WriteLine("weft bench: stopping, cleaning up");
+            Console.Error.WriteLine("weft-bench: stopping, cleaning up");
             stop.Cancel();
         }
 
@@ -397,7 +398,7 @@ internal static partial class BenchCommand
             }
 
             Say($"starting servers in {string.Join(", ", servers.Select(s => s.Name + (s.Node.NetnsPath.Contains(cluster.RunId, StringComparison.Ordinal) ? "" : " (second cluster)")))}: " +
-                "iperf3 :5201, sockperf :11111, weft app serve --mode echo :8080");
+                "iperf3 :5201, sockperf :11111, weft-kit app serve --mode echo :8080");
             foreach (var server in servers)
             {
                 server.StartProcess("iperf3", "-s", "-p", IperfPort.ToString(CultureInfo.InvariantCulture));
@@ -612,7 +613,7 @@ internal static partial class BenchCommand
 
             if (Issue2)
             {
-                Say($"latency, second opinion: weft app rr (a .NET client, 1 KiB, 20000 round trips after 2000 warm-up), {Runs}");
+                Say($"latency, second opinion: weft-kit app rr (a .NET client, 1 KiB, 20000 round trips after 2000 warm-up), {Runs}");
                 var rr = await AlternatingAsync(RoundTripAsync);
                 var rrJson = new JsonObject();
                 var rr50 = new Dictionary<string, string>();
@@ -629,8 +630,8 @@ internal static partial class BenchCommand
                     rrJson[path.Key] = json;
                 }
 
-                rows.Add(new TableRow("latency p50, weft app rr 1 KiB (us)", rr50));
-                rows.Add(new TableRow("latency p99, weft app rr 1 KiB (us)", rr99));
+                rows.Add(new TableRow("latency p50, weft-kit app rr 1 KiB (us)", rr50));
+                rows.Add(new TableRow("latency p99, weft-kit app rr 1 KiB (us)", rr99));
                 result["weft_app_rr_us"] = rrJson;
             }
 
@@ -667,7 +668,7 @@ internal static partial class BenchCommand
 
         private async Task<JsonObject> ConnectionRateAsync(int connections)
         {
-            Say($"new connections: {connections} x (connect, 64 B each way, close), 16 at a time, {Runs}: weft app send " +
+            Say($"new connections: {connections} x (connect, 64 B each way, close), 16 at a time, {Runs}: weft-kit app send " +
                 "(after 300 untimed connections per path, so agents are warm and mTLS tunnels exist)");
             foreach (var path in paths)
             {
@@ -714,7 +715,7 @@ internal static partial class BenchCommand
                 "--bytes", "64", "--expect-reply-bytes", "64"]);
             var stdout = await RunToEndAsync(path.Client, TimeSpan.FromMinutes(2), file, args, allowFailure: true);
             var summaryLine = stdout.Split('\n').LastOrDefault(l => l.Contains("\"summary\"", StringComparison.Ordinal))
-                ?? throw new InvalidOperationException($"weft app send printed no summary:\n{stdout[^Math.Min(stdout.Length, 2000)..]}");
+                ?? throw new InvalidOperationException($"weft-kit app send printed no summary:\n{stdout[^Math.Min(stdout.Length, 2000)..]}");
             using var json = JsonDocument.Parse(summaryLine);
             var s = json.RootElement;
             var ok = s.GetProperty("ok").GetInt64();

@@ -10,7 +10,7 @@ public sealed record ClusterSpec(IReadOnlyList<NodeSpec> Nodes)
     {
     }
 
-    /// <summary>Tear the cluster down on SIGINT (Ctrl-C), SIGTERM, SIGHUP and process exit (so `weft demo` leaves nothing behind).</summary>
+    /// <summary>Tear the cluster down on SIGINT (Ctrl-C), SIGTERM, SIGHUP and process exit (so `weft-kit demo` leaves nothing behind).</summary>
     public bool TeardownOnExit { get; init; } = true;
 
     /// <summary>On dispose, processes get SIGTERM and this long to exit before SIGKILL.</summary>

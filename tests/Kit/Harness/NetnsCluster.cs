@@ -5,7 +5,7 @@ using System.Security.Cryptography;
 namespace Weft.Harness;
 
 /// <summary>
-/// A Kubernetes-like cluster built from network namespaces on one machine, for tests and `weft demo`.
+/// A Kubernetes-like cluster built from network namespaces on one machine, for tests and `weft-kit demo`.
 /// <code>
 ///  netns weftRUN-underlay:      br0 ── n1 ─┬─ n2 ─ ...
 ///                                          │      │ veth pairs
@@ -94,7 +94,7 @@ public sealed partial class NetnsCluster : IAsyncDisposable
 
     public IEnumerable<ClusterPod> Pods => Nodes.SelectMany(n => n.Pods);
 
-    /// <summary>What the teardown removed, in words (null until it has run), e.g. for `weft demo` to say so.</summary>
+    /// <summary>What the teardown removed, in words (null until it has run), e.g. for `weft-kit demo` to say so.</summary>
     public string? TeardownSummary { get; private set; }
 
     /// <summary>

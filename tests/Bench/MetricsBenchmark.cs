@@ -2,17 +2,18 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using Weft.Cli;
+using Weft.Telemetry;
 
-namespace Weft.Telemetry;
+namespace Weft.Bench;
 
 /// <summary>
-/// <c>weft bench-metrics</c>: how long one /metrics render takes with many workload pairs and live
+/// <c>weft-bench render-metrics</c>: how long one /metrics render takes with many workload pairs and live
 /// flows, the work a scrape adds to an agent (the data path only ever does Interlocked.Add per read).
 /// </summary>
 internal static class MetricsBenchmark
 {
     public const string Usage = """
-        weft bench-metrics [--pairs 1000] [--live-per-pair 2] [--closed-per-pair 5] [--rounds 50]
+        weft-bench render-metrics [--pairs 1000] [--live-per-pair 2] [--closed-per-pair 5] [--rounds 50]
           Times rendering /metrics with that many workload pairs (each with live flows moving bytes
           between renders, and closed ones); prints JSON with the median and worst render.
         """;

@@ -1,8 +1,9 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using Weft.Harness;
+using Weft.Cli;
 
-namespace Weft.Cli;
+namespace Weft.Bench;
 
 internal static partial class BenchCommand
 {

@@ -1,0 +1,28 @@
+using Weft.Bench;
+using Weft.Cli;
+
+const string usage = $"""
+    weft-bench: Weft's benchmarks (never shipped with the agent).
+
+    {BenchCommand.Usage}
+    {MetricsBenchmark.Usage}
+    """;
+
+if (args.Length > 0 && args[0] is "-h" or "--help" or "help")
+{
+    Console.WriteLine(usage);
+    return 0;
+}
+
+try
+{
+    return args.Length > 0 && args[0] == "render-metrics"
+        ? await MetricsBenchmark.RunAsync(new CommandLine(args.Skip(1)))
+        : await BenchCommand.RunAsync(new CommandLine(args));
+}
+catch (UsageException e)
+{
+    Console.Error.WriteLine($"weft-bench: {e.Message}");
+    Console.Error.WriteLine(usage);
+    return 2;
+}
