@@ -1,3 +1,4 @@
+using System.Net.Security;
 using System.Security.Cryptography.X509Certificates;
 using Weft.Identity;
 
@@ -170,6 +171,59 @@ public class CertificateUsageTests
 
         Assert.Equal(ServerId, clientSaw.Id);
         Assert.Contains("hello from weft", output);
+    }
+
+    public static TheoryData<string, string, X509ChainStatusFlags> ChainFaults => new()
+    {
+        { "client", "untrusted-ca", X509ChainStatusFlags.PartialChain },
+        { "client", "expired", X509ChainStatusFlags.NotTimeValid },
+        { "client", "wrong-usage", X509ChainStatusFlags.NotValidForUsage },
+        { "server", "untrusted-ca", X509ChainStatusFlags.PartialChain },
+        { "server", "expired", X509ChainStatusFlags.NotTimeValid },
+        { "server", "wrong-usage", X509ChainStatusFlags.NotValidForUsage },
+    };
+
+    /// <summary>
+    /// SslStream's own chain, which a runtime that sends alerts derives the alert from, names the same fault as our
+    /// verifier: it is built against the trust bundle, not the system store (where every SVID is an unknown CA).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(ChainFaults))]
+    public async Task SslStreamsOwnChain_NamesTheFault_SoAnAlertDerivedFromItWouldToo(string refusedSide, string fault, X509ChainStatusFlags expected)
+    {
+        var now = DateTimeOffset.UtcNow;
+        var id = refusedSide == "client" ? ClientId : ServerId;
+        var leaf = fault switch
+        {
+            "untrusted-ca" => TestCa.Root("elsewhere").Leaf([id.ToString()]),
+            "expired" => root.Leaf([id.ToString()], notBefore: now.AddDays(-2), notAfter: now.AddDays(-1)),
+            _ => Leaf(id, extendedUsage: [refusedSide == "client" ? TestCa.ServerAuth : TestCa.ClientAuth]),
+        };
+        var forged = new Svid(id, leaf, [], now, "forged");
+        var tls = new MeshTls(Verifier);
+        var serverOptions = tls.ServerOptions(() => refusedSide == "server" ? forged : issuer.Issue(root.Authority(), ServerId), new PeerReport().Record);
+        var clientOptions = tls.ClientOptions(refusedSide == "client" ? forged : issuer.Issue(root.Authority(), ClientId), ServerId);
+        var platform = (Errors: SslPolicyErrors.None, Status: X509ChainStatusFlags.NoError);
+        RemoteCertificateValidationCallback Recording(RemoteCertificateValidationCallback ours) => (sender, certificate, chain, errors) =>
+        {
+            platform = (errors, chain!.ChainStatus.Aggregate(X509ChainStatusFlags.NoError, (all, s) => all | s.Status));
+            return ours(sender, certificate, chain, errors);
+        };
+        if (refusedSide == "client")
+        {
+            serverOptions.RemoteCertificateValidationCallback = Recording(serverOptions.RemoteCertificateValidationCallback!);
+        }
+        else
+        {
+            clientOptions.RemoteCertificateValidationCallback = Recording(clientOptions.RemoteCertificateValidationCallback!);
+        }
+
+        var outcome = await LoopbackTls.RunAsync(serverOptions, clientOptions);
+
+        Assert.False(outcome.Established);
+        // A client always adds a name mismatch: there is no host name to check, an SVID names a workload by URI.
+        Assert.Equal(SslPolicyErrors.RemoteCertificateChainErrors | (refusedSide == "server" ? SslPolicyErrors.RemoteCertificateNameMismatch : 0), platform.Errors);
+        Assert.Equal(expected, platform.Status);
     }
 
     /// <summary>
