@@ -1,3 +1,4 @@
+using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 
 namespace Weft.Identity;
@@ -10,17 +11,32 @@ public readonly record struct SpiffeVerification(SpiffeId? Id, string? Reason)
     public static SpiffeVerification Refused(string reason) => new(null, reason);
 }
 
+/// <summary>Which end of a TLS handshake an SVID authenticates, and so which extended key usage it needs.</summary>
+public enum TlsPeerRole
+{
+    /// <summary>The connecting side: needs id-kp-clientAuth when the leaf has an extended key usage extension.</summary>
+    Client,
+
+    /// <summary>The accepting side: needs id-kp-serverAuth when the leaf has an extended key usage extension.</summary>
+    Server,
+}
+
 /// <summary>
-/// Checks a peer's X.509-SVID the way the SPIFFE X.509-SVID spec asks:
+/// Checks a peer's X.509-SVID the way the SPIFFE X.509-SVID spec and TLS usage ask:
 /// <code>
 ///   leaf + presented intermediates --X509Chain(custom roots = trust bundle, no revocation, now)--> a root
-///   then: exactly one URI SAN, a SPIFFE ID, trust domain ours (or allowed), cA=false, no keyCertSign/cRLSign
+///   then: exactly one URI SAN, a SPIFFE ID, trust domain ours (or allowed),
+///         cA=false, key usage present with digitalSignature and without keyCertSign/cRLSign,
+///         and for a TLS role: an extended key usage, when present, holding clientAuth (client) or serverAuth (server)
 /// </code>
+/// docs/identity.md says which rule comes from which spec, and what is accepted when an extension is absent.
 /// Immutable; the identity manager swaps in a new one when the trust bundle changes.
 /// </summary>
 public sealed class SpiffeVerifier
 {
     private const string UriSanOid = "2.5.29.17";
+    private const string ServerAuthOid = "1.3.6.1.5.5.7.3.1";
+    private const string ClientAuthOid = "1.3.6.1.5.5.7.3.2";
 
     private readonly HashSet<string> trustDomains;
     private readonly TimeProvider time;
@@ -44,7 +60,11 @@ public sealed class SpiffeVerifier
     /// <summary>Our trust domain and any others whose identities we accept (their roots must be in the bundle).</summary>
     public IReadOnlySet<string> TrustDomains => trustDomains;
 
-    public SpiffeVerification Verify(X509Certificate2? leaf, IEnumerable<X509Certificate2>? presentedIntermediates = null)
+    /// <summary>
+    /// Checks <paramref name="leaf"/> as an X.509-SVID; with a <paramref name="role"/>, also that its extended key
+    /// usage allows that end of a TLS handshake (without one, as a bare SVID, for callers outside TLS).
+    /// </summary>
+    public SpiffeVerification Verify(X509Certificate2? leaf, IEnumerable<X509Certificate2>? presentedIntermediates = null, TlsPeerRole? role = null)
     {
         if (leaf is null)
         {
@@ -61,7 +81,7 @@ public sealed class SpiffeVerifier
         {
             uris = UriSans(leaf);
         }
-        catch (Exception e) when (e is System.Formats.Asn1.AsnContentException or System.Security.Cryptography.CryptographicException)
+        catch (Exception e) when (e is System.Formats.Asn1.AsnContentException or CryptographicException)
         {
             return SpiffeVerification.Refused($"malformed subject alternative name: {e.Message}");
         }
@@ -77,25 +97,73 @@ public sealed class SpiffeVerifier
         {
             return SpiffeVerification.Refused($"trust domain {id.TrustDomain} is not {string.Join(" or ", trustDomains.Order(StringComparer.Ordinal))}");
         }
-        var constraints = leaf.Extensions.OfType<X509BasicConstraintsExtension>().FirstOrDefault();
-        if (constraints is { CertificateAuthority: true })
+        try
         {
-            return SpiffeVerification.Refused("cA=true: a CA certificate is not an X.509-SVID leaf");
+            if (LeafUsageError(leaf, role) is { } usageError)
+            {
+                return SpiffeVerification.Refused(usageError);
+            }
         }
-        var usage = leaf.Extensions.OfType<X509KeyUsageExtension>().FirstOrDefault();
-        if (usage is not null)
+        catch (Exception e) when (e is System.Formats.Asn1.AsnContentException or CryptographicException)
         {
-            if ((usage.KeyUsages & (X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign)) != 0)
-            {
-                return SpiffeVerification.Refused("leaf key usage has keyCertSign or cRLSign: a leaf must not be a CA");
-            }
-            if (!usage.KeyUsages.HasFlag(X509KeyUsageFlags.DigitalSignature))
-            {
-                return SpiffeVerification.Refused("leaf key usage lacks digitalSignature");
-            }
+            return SpiffeVerification.Refused($"malformed certificate extension: {e.Message}");
         }
         return new SpiffeVerification(id, null);
     }
+
+    /// <summary>
+    /// The leaf rules: SPIFFE X.509-SVID 4.1, 4.3 and 5.2 (not a CA; key usage present, digitalSignature, no
+    /// keyCertSign/cRLSign) and RFC 5280 4.2.1.12 (a present extended key usage limits the key to its purposes).
+    /// </summary>
+    private static string? LeafUsageError(X509Certificate2 leaf, TlsPeerRole? role)
+    {
+        var constraints = leaf.Extensions.OfType<X509BasicConstraintsExtension>().FirstOrDefault();
+        if (constraints is { CertificateAuthority: true })
+        {
+            return "cA=true: a CA certificate is not an X.509-SVID leaf";
+        }
+        var usage = leaf.Extensions.OfType<X509KeyUsageExtension>().FirstOrDefault();
+        if (usage is null)
+        {
+            return "no key usage extension: an X.509-SVID leaf must have one with digitalSignature";
+        }
+        if ((usage.KeyUsages & (X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign)) != 0)
+        {
+            return "leaf key usage has keyCertSign or cRLSign: a leaf must not be a CA";
+        }
+        if (!usage.KeyUsages.HasFlag(X509KeyUsageFlags.DigitalSignature))
+        {
+            return "leaf key usage lacks digitalSignature";
+        }
+        if (role is not { } needed)
+        {
+            return null;
+        }
+        var (purposeOid, purpose) = needed == TlsPeerRole.Client ? (ClientAuthOid, "clientAuth") : (ServerAuthOid, "serverAuth");
+        // Every extended key usage extension must allow the purpose (a forged leaf may carry two); none at all allows every purpose.
+        foreach (var extended in leaf.Extensions.OfType<X509EnhancedKeyUsageExtension>())
+        {
+            var purposes = extended.EnhancedKeyUsages.Cast<Oid>().Select(o => o.Value).ToList();
+            // anyExtendedKeyUsage does not stand in for the named purpose, as in OpenSSL's TLS purpose checks (RFC 5280 allows refusing it).
+            if (!purposes.Contains(purposeOid))
+            {
+                var has = purposes.Count == 0 ? "none" : string.Join(", ", purposes.Select(PurposeName));
+                return $"{(needed == TlsPeerRole.Client ? "client" : "server")} certificate's extended key usage lacks {purpose} (has {has}): " +
+                    $"not usable for TLS {(needed == TlsPeerRole.Client ? "client" : "server")} authentication";
+            }
+        }
+        return null;
+    }
+
+    private static string PurposeName(string? oid) => oid switch
+    {
+        ServerAuthOid => "serverAuth",
+        ClientAuthOid => "clientAuth",
+        "2.5.29.37.0" => "anyExtendedKeyUsage",
+        "1.3.6.1.5.5.7.3.3" => "codeSigning",
+        "1.3.6.1.5.5.7.3.4" => "emailProtection",
+        _ => oid ?? "?",
+    };
 
     private string? CheckChain(X509Certificate2 leaf, IEnumerable<X509Certificate2>? intermediates, DateTimeOffset now)
     {

@@ -171,7 +171,7 @@ public class OpensslInteropTests
         Assert.Contains("Hostname in TLS extension: \"b.demo.svc\"", await OurClientAgainstOpensslServerAsync(named, cert, key, chain, dir.File("root.pem"), handshakeMayFail: true));
     }
 
-    private static async Task<(string Output, Exception? ServerError)> OpensslClientAgainstOurServerAsync(SslServerAuthenticationOptions options, params string[] clientArgs)
+    internal static async Task<(string Output, Exception? ServerError)> OpensslClientAgainstOurServerAsync(SslServerAuthenticationOptions options, params string[] clientArgs)
     {
         using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
@@ -202,7 +202,7 @@ public class OpensslInteropTests
     }
 
     /// <summary>Runs openssl s_server (requiring a client certificate from the bundle) for one connection; our client says hello.</summary>
-    private static async Task<string> OurClientAgainstOpensslServerAsync(SslClientAuthenticationOptions options, string cert, string key, string chain, string rootFile, bool handshakeMayFail = false)
+    internal static async Task<string> OurClientAgainstOpensslServerAsync(SslClientAuthenticationOptions options, string cert, string key, string chain, string rootFile, bool handshakeMayFail = false)
     {
         var info = new ProcessStartInfo("openssl") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
         foreach (var a in new[]

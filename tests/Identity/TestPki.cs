@@ -47,14 +47,29 @@ internal sealed class TestCa
         return new TestCa(signed.CopyWithPrivateKey(key), key, this);
     }
 
-    /// <summary>A leaf signed by this CA, shaped as the caller says (for forged or broken SVIDs).</summary>
+    public const string ServerAuth = "1.3.6.1.5.5.7.3.1";
+    public const string ClientAuth = "1.3.6.1.5.5.7.3.2";
+
+    /// <summary>A leaf signed by this CA, shaped as the caller says (for forged or broken SVIDs): null usage leaves the key usage extension out, null extendedUsage the EKU.</summary>
     public X509Certificate2 Leaf(IEnumerable<string> uris, bool ca = false, DateTimeOffset? notBefore = null, DateTimeOffset? notAfter = null,
-        X509KeyUsageFlags usage = X509KeyUsageFlags.DigitalSignature)
+        X509KeyUsageFlags? usage = X509KeyUsageFlags.DigitalSignature, string[]? extendedUsage = null)
     {
         var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest(new X500DistinguishedName(""), key, HashAlgorithmName.SHA256);
         request.CertificateExtensions.Add(new X509BasicConstraintsExtension(ca, false, 0, true));
-        request.CertificateExtensions.Add(new X509KeyUsageExtension(usage, true));
+        if (usage is { } flags)
+        {
+            request.CertificateExtensions.Add(new X509KeyUsageExtension(flags, true));
+        }
+        if (extendedUsage is not null)
+        {
+            var purposes = new OidCollection();
+            foreach (var oid in extendedUsage)
+            {
+                purposes.Add(new Oid(oid));
+            }
+            request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension(purposes, false));
+        }
         var san = new SubjectAlternativeNameBuilder();
         foreach (var uri in uris)
         {

@@ -12,7 +12,8 @@ Run with Debian's /usr/bin/python3 (it has python3-h2). Every result is one JSON
       Keeps one healthy tunnel with an open echo stream, does CASE on a second connection, then checks
       the healthy stream still echoes. CASE: garbage, stall-tls, stall-tls-500, slow-preface, settings-len5, ping-len7,
       window-update-len3, rst-stream-len3, data-too-long, huge-header-block, hpack-bomb, idle-after-tls,
-      openssl-no-cert, openssl-other-ca (openssl s_client; the latter presents --other-cert/--other-key).
+      openssl-no-cert, openssl-other-ca, openssl-server-auth-only (openssl s_client; the last two present
+      --other-cert/--other-key: an SVID from a CA the mesh does not trust, or one from the mesh CA without clientAuth).
 """
 
 import argparse
@@ -539,7 +540,7 @@ def bad(args):
         result = case_slow_preface(args)
     elif case == "openssl-no-cert":
         result = case_openssl(args)
-    elif case == "openssl-other-ca":
+    elif case in ("openssl-other-ca", "openssl-server-auth-only"):
         result = case_openssl(args, args.other_cert, args.other_key)
     elif case == "stall-tls-500":
         result = case_stall_tls_many(args, healthy)
