@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using Weft.Admin;
 using Weft.Identity;
 using Weft.Inventory;
+using Weft.Node;
 using Weft.Telemetry;
 using Weft.Tests.Telemetry;
 

@@ -1,7 +1,7 @@
 using System.Net;
-using Weft.Admin;
+using Weft.Telemetry;
 
-namespace Weft.Telemetry;
+namespace Weft.Admin;
 
 /// <summary>
 /// Serves the Prometheus text exposition on <c>/metrics</c> (and <c>/stats/prometheus</c>, the path
