@@ -8,6 +8,11 @@ Run with Debian's /usr/bin/python3 (it has python3-h2). Every result is one JSON
       opens N CONNECT streams to AUTHORITY at once, sends N distinct payloads, reads the echo back and
       reports each stream's status and whether what came back is what went out.
 
+  hbone_peer.py hold HOST:PORT AUTHORITY --cert C --key K --ca CA [--streams N] --kill-when FILE
+      Opens N CONNECT streams to AUTHORITY, sends a few bytes on each and half-closes (END_STREAM) every
+      other one, prints {"kind": "held"}, waits until FILE exists, then resets the tunnel's TCP connection
+      (SO_LINGER 0) and prints {"kind": "killed", "t": <unix time of the reset>}.
+
   hbone_peer.py bad CASE HOST:PORT AUTHORITY --cert C --key K --ca CA
       Keeps one healthy tunnel with an open echo stream, does CASE on a second connection, then checks
       the healthy stream still echoes. CASE: garbage, stall-tls, stall-tls-500, slow-preface, settings-len5, ping-len7,
@@ -227,6 +232,30 @@ def connect(args):
         emit(kind="stream", **result)
     tunnel.close()
     emit(kind="done", goaway=tunnel.goaway)
+
+
+def hold(args):
+    deadline = time.time() + args.timeout
+    tunnel = Tunnel(args)
+    streams = [tunnel.open_stream(args.authority) for _ in range(args.streams)]
+    statuses = [tunnel.wait_status(stream_id, deadline) for stream_id in streams]
+    if any(status != "200" for status in statuses):
+        emit(kind="held", ok=False, statuses=statuses)
+        return 1
+    for index, stream_id in enumerate(streams):
+        tunnel.conn.send_data(stream_id, b"held %d" % index, end_stream=index % 2 == 1)
+    tunnel.flush()
+    emit(kind="held", ok=True, streams=streams)
+    while not os.path.exists(args.kill_when) and time.time() < deadline and not tunnel.closed:
+        tunnel.pump(0.05)
+    if tunnel.closed:
+        emit(kind="killed", ok=False, reason="the agent closed the tunnel first")
+        return 1
+    tunnel.tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    killed = time.time()
+    tunnel.tls.close()
+    emit(kind="killed", ok=True, t=killed)
+    return 0
 
 
 # ---- bad input ----------------------------------------------------------------------------------
@@ -573,7 +602,7 @@ def bad(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["connect", "bad"])
+    parser.add_argument("mode", choices=["connect", "bad", "hold"])
     parser.add_argument("rest", nargs="+")
     parser.add_argument("--cert")
     parser.add_argument("--key")
@@ -585,10 +614,14 @@ def main():
     parser.add_argument("--window", type=int)
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--byte-delay", type=float, default=0.25)
+    parser.add_argument("--kill-when")
     args = parser.parse_args()
     if args.mode == "connect":
         args.target, args.authority = args.rest
         connect(args)
+    elif args.mode == "hold":
+        args.target, args.authority = args.rest
+        return hold(args)
     else:
         args.case, args.target, args.authority = args.rest
         bad(args)
