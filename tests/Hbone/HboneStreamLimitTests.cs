@@ -128,6 +128,21 @@ public class HboneStreamLimitTests
         Assert.Equal(limit, Volatile.Read(ref handled));
     }
 
+    [Fact]
+    public async Task Refusals_CountedByTheAgent_ShowInMetrics()
+    {
+        var (_, metrics) = Weft.Tests.Telemetry.MeshMetricsTests.NewMetrics();
+        HboneCounters.Process.StreamRefused(HboneSettings.DefaultMaxConcurrentStreams);
+        long counted = HboneCounters.Process.RefusedStreams;
+
+        string scrape = await metrics.RenderAsync();
+
+        // Other tests in this process may refuse streams too: the exported total is at least ours.
+        string line = scrape.Split('\n').Single(l => l.StartsWith("weft_hbone_streams_refused_total ", StringComparison.Ordinal));
+        double exported = double.Parse(line[(line.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(exported >= counted, $"exported {exported}, counted {counted}");
+    }
+
     private static uint? SettingValue(byte[] payload, SettingId id)
     {
         for (int offset = 0; offset + 6 <= payload.Length; offset += 6)
