@@ -13,6 +13,11 @@ Run with Debian's /usr/bin/python3 (it has python3-h2). Every result is one JSON
       other one, prints {"kind": "held"}, waits until FILE exists, then resets the tunnel's TCP connection
       (SO_LINGER 0) and prints {"kind": "killed", "t": <unix time of the reset>}.
 
+  hbone_peer.py flood HOST:PORT AUTHORITY --cert C --key K --ca CA --streams N
+      Opens N CONNECT streams at once, before the agent's SETTINGS arrive (so h2 does not hold any back),
+      and reports the advertised SETTINGS, how many were answered 200 and how many reset (by code); then
+      checks the first accepted stream still echoes.
+
   hbone_peer.py bad CASE HOST:PORT AUTHORITY --cert C --key K --ca CA
       Keeps one healthy tunnel with an open echo stream, does CASE on a second connection, then checks
       the healthy stream still echoes. CASE: garbage, stall-tls, stall-tls-500, slow-preface, settings-len5, ping-len7,
@@ -255,6 +260,32 @@ def hold(args):
     killed = time.time()
     tunnel.tls.close()
     emit(kind="killed", ok=True, t=killed)
+    return 0
+
+
+def flood(args):
+    deadline = time.time() + args.timeout
+    tunnel = Tunnel(args)
+    streams = [tunnel.open_stream(args.authority) for _ in range(args.streams)]
+    while time.time() < deadline and not tunnel.closed and not all(s in tunnel.status or s in tunnel.reset for s in streams):
+        tunnel.pump(0.1)
+    accepted = [s for s in streams if tunnel.status.get(s) == "200"]
+    codes = {}
+    for s in streams:
+        if s in tunnel.reset:
+            codes[str(tunnel.reset[s])] = codes.get(str(tunnel.reset[s]), 0) + 1
+    echoed = False
+    if accepted:
+        first = accepted[0]
+        tunnel.received[first] = bytearray()
+        tunnel.conn.send_data(first, b"still served", end_stream=True)
+        tunnel.flush()
+        while first not in tunnel.ended and time.time() < deadline and not tunnel.closed:
+            tunnel.pump(0.1)
+        echoed = bytes(tunnel.received.get(first, b"")) == b"still served"
+    tunnel.close()
+    emit(kind="flood", settings=tunnel.remote_settings, accepted=len(accepted), reset_codes=codes, echoed=echoed,
+         closed=tunnel.closed, goaway=tunnel.goaway)
     return 0
 
 
@@ -602,7 +633,7 @@ def bad(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["connect", "bad", "hold"])
+    parser.add_argument("mode", choices=["connect", "bad", "hold", "flood"])
     parser.add_argument("rest", nargs="+")
     parser.add_argument("--cert")
     parser.add_argument("--key")
@@ -622,6 +653,9 @@ def main():
     elif args.mode == "hold":
         args.target, args.authority = args.rest
         return hold(args)
+    elif args.mode == "flood":
+        args.target, args.authority = args.rest
+        return flood(args)
     else:
         args.case, args.target, args.authority = args.rest
         bad(args)
