@@ -30,7 +30,14 @@ public class HboneTeardownTests(ITestOutputHelper output)
     public static TheoryData<string> Endings() => new()
     {
         "client-transport-reset", "client-transport-close", "server-transport-reset", "server-transport-close",
-        "client-goaway-and-close", "server-goaway-and-close",
+        "client-goaway-and-close", "server-goaway-and-close", "keepalive-timeout",
+    };
+
+    // Keepalive for the "keepalive-timeout" case: the peer goes silent and the PING goes unanswered.
+    private static readonly HboneSettings Keepalive = QuietSettings with
+    {
+        KeepaliveInterval = TimeSpan.FromMilliseconds(200),
+        KeepaliveTimeout = TimeSpan.FromMilliseconds(300),
     };
 
     [Theory]
@@ -38,6 +45,10 @@ public class HboneTeardownTests(ITestOutputHelper output)
     public async Task TunnelEnds_EveryRelayedConnectionOnBothSides_IsResetWithinASecond(string ending)
     {
         var (clientTransport, serverTransport) = await SocketPairAsync();
+        bool keepalive = ending == "keepalive-timeout";
+        HboneSettings settings = keepalive ? Keepalive : QuietSettings;
+        // For the keepalive case the client's side of the wire goes silent: it reads nothing more.
+        var clientWire = new SilenceableStream(clientTransport);
         var appEnds = new ConcurrentDictionary<int, Socket>();
         var serverRelays = new ConcurrentBag<Task>();
         using var stop = new CancellationTokenSource();
@@ -53,8 +64,8 @@ public class HboneTeardownTests(ITestOutputHelper output)
                 serverRelays.Add(relay);
                 await relay;
             }
-        }, QuietSettings, stop.Token);
-        HboneClientConnection client = await HboneClientConnection.StartAsync(clientTransport, QuietSettings, CancellationToken.None);
+        }, settings, stop.Token);
+        HboneClientConnection client = await HboneClientConnection.StartAsync(clientWire, settings, CancellationToken.None);
 
         var podEnds = new Socket[Streams];
         var podProxies = new List<NetworkStream>();
@@ -100,7 +111,9 @@ public class HboneTeardownTests(ITestOutputHelper output)
         await Task.Delay(300);
 
         var clock = Stopwatch.StartNew();
-        await EndTunnelAsync(ending, client, clientTransport, serverTransport);
+        await EndTunnelAsync(ending, client, clientWire, serverTransport);
+        // A silent peer is noticed only when a PING goes unanswered: the bound starts after that.
+        TimeSpan bound = keepalive ? Bound + settings.KeepaliveInterval + settings.KeepaliveTimeout : Bound;
 
         // The agent resets what it relayed: the other end of each socket sees RST (TCP state CLOSE).
         var open = new List<string>();
@@ -118,7 +131,7 @@ public class HboneTeardownTests(ITestOutputHelper output)
                     open.Add($"app end {i} ({TcpState(appEnds[i + 1])})");
                 }
             }
-            if (open.Count == 0 || clock.Elapsed > Bound + Bound)
+            if (open.Count == 0 || clock.Elapsed > bound + Bound)
             {
                 break;
             }
@@ -127,7 +140,7 @@ public class HboneTeardownTests(ITestOutputHelper output)
         TimeSpan closedAfter = clock.Elapsed;
         output.WriteLine($"{ending}: every relayed socket reset after {closedAfter.TotalMilliseconds:0} ms");
         Assert.True(open.Count == 0, $"{ending}: still open after {closedAfter.TotalMilliseconds:0} ms: {string.Join(", ", open)}");
-        Assert.True(closedAfter < Bound, $"{ending}: relayed sockets closed only after {closedAfter.TotalMilliseconds:0} ms");
+        Assert.True(closedAfter < bound, $"{ending}: relayed sockets closed only after {closedAfter.TotalMilliseconds:0} ms");
 
         // Every consumer (relay) has ended too, and the server returns.
         await Task.WhenAll(clientRelays.Concat(serverRelays)).WaitAsync(Bound + Bound);
@@ -199,10 +212,15 @@ public class HboneTeardownTests(ITestOutputHelper output)
         }
     }
 
-    private static async Task EndTunnelAsync(string ending, HboneClientConnection client, NetworkStream clientTransport, NetworkStream serverTransport)
+    private static async Task EndTunnelAsync(string ending, HboneClientConnection client, SilenceableStream clientWire, NetworkStream serverTransport)
     {
+        NetworkStream clientTransport = clientWire.Inner;
         switch (ending)
         {
+            case "keepalive-timeout":
+                // Both sides' PINGs now go unanswered (the client reads nothing, so it answers nothing).
+                clientWire.Silence();
+                break;
             case "client-transport-reset":
                 clientTransport.Socket.LingerState = new LingerOption(true, 0);
                 clientTransport.Socket.Close();
@@ -257,5 +275,76 @@ public class HboneTeardownTests(ITestOutputHelper output)
             Assert.True(DateTime.UtcNow < deadline, "condition not met in time");
             await Task.Delay(10);
         }
+    }
+}
+
+/// <summary>A transport whose reads stop delivering once silenced (what arrives is dropped), as if the peer had gone dark.</summary>
+internal sealed class SilenceableStream(NetworkStream inner) : Stream
+{
+    private readonly CancellationTokenSource _disposed = new();
+    private volatile bool _silent;
+
+    public NetworkStream Inner => inner;
+
+    public void Silence() => _silent = true;
+
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (!_silent)
+        {
+            int read = await inner.ReadAsync(buffer, cancellationToken);
+            if (!_silent)
+            {
+                return read;
+            }
+        }
+        using var both = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _disposed.Token);
+        await Task.Delay(Timeout.Infinite, both.Token);
+        return 0;
+    }
+
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default) =>
+        inner.WriteAsync(buffer, cancellationToken);
+
+    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        inner.WriteAsync(buffer, offset, count, cancellationToken);
+
+    public override Task FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
+
+    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    public override void Write(byte[] buffer, int offset, int count) => inner.Write(buffer, offset, count);
+
+    public override void Flush() => inner.Flush();
+
+    public override bool CanRead => true;
+
+    public override bool CanWrite => true;
+
+    public override bool CanSeek => false;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position
+    {
+        get => throw new NotSupportedException();
+        set => throw new NotSupportedException();
+    }
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _disposed.Cancel();
+            inner.Dispose();
+        }
+        base.Dispose(disposing);
     }
 }
