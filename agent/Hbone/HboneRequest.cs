@@ -28,6 +28,9 @@ public sealed class HboneRequest
 
     public int StreamId => Stream.StreamId;
 
+    /// <summary>Cancelled when the client resets the stream or the connection ends: stop working on its behalf (e.g. dialing the app).</summary>
+    public CancellationToken Aborted => Stream.Aborted;
+
     internal HboneStream Stream { get; }
 
     internal bool Responded => Volatile.Read(ref _responded) != 0;

@@ -9,8 +9,17 @@ public sealed record HboneSettings
 {
     public const int DefaultWindowSize = 65_535;
 
-    /// <summary>Streams we accept (server) or open (client, also capped by the peer's value).</summary>
-    public int MaxConcurrentStreams { get; init; } = 100;
+    /// <summary>
+    /// Streams we accept (server: advertised in SETTINGS_MAX_CONCURRENT_STREAMS, streams past it are refused
+    /// with RST_STREAM(REFUSED_STREAM) before any work is done) or open (client, also capped by the peer's value).
+    /// The default matches the client pool's 100 streams per tunnel.
+    /// </summary>
+    public int MaxConcurrentStreams { get; init; } = DefaultMaxConcurrentStreams;
+
+    public const int DefaultMaxConcurrentStreams = 100;
+
+    /// <summary>Where refusals are counted (and logged, at most once per interval).</summary>
+    public HboneCounters Counters { get; init; } = HboneCounters.Process;
 
     /// <summary>SETTINGS_INITIAL_WINDOW_SIZE we advertise.</summary>
     public int StreamWindow { get; init; } = 4 * 1024 * 1024;

@@ -32,6 +32,8 @@ public sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     private bool _outboundAborted;    // under _sendSync
     private volatile bool _resetSent;
     private int _disposed;
+    // Cancelled when the stream ends abnormally; whoever relays it closes its other side at once.
+    private readonly CancellationTokenSource _aborted = new();
 
     internal HboneStream(Http2Connection connection, int streamId, int peerInitialWindow, HboneSettings settings)
     {
@@ -56,6 +58,14 @@ public sealed class HboneStream : IDuplexPipe, IAsyncDisposable
 
     /// <summary>Bytes to the peer; Complete() half-closes (END_STREAM), Complete(exception) resets with CANCEL.</summary>
     public PipeWriter Output => _outbound.Writer;
+
+    /// <summary>
+    /// Cancelled when the stream ends without a clean close both ways: a reset by either side, a GOAWAY
+    /// that refused it, or the loss of its connection (close, reset, keepalive timeout, protocol error).
+    /// A relay registers here to close its socket at once, even while it is blocked writing to that
+    /// socket or waiting on it for bytes the dead tunnel can no longer carry.
+    /// </summary>
+    public CancellationToken Aborted => _aborted.Token;
 
     // Connection-owned state, guarded by the connection's lock.
     internal long SendWindow;
@@ -224,6 +234,15 @@ public sealed class HboneStream : IDuplexPipe, IAsyncDisposable
         Response.TrySetException(error);
         CompleteInbound(error);
         AbortOutbound();
+        try
+        {
+            _aborted.Cancel();
+        }
+        catch (AggregateException e)
+        {
+            // A consumer's callback failed; the stream is gone either way and the connection must carry on.
+            Log.Debug("hbone", $"stream {StreamId}: abort callback failed: {e.InnerException?.Message}");
+        }
     }
 
     private void OnConsumed(long count)

@@ -195,7 +195,9 @@ internal sealed partial class PodProxy
             var started = Stopwatch.GetTimestamp();
             try
             {
-                upstream = await Upstream.ConnectAsync(Pod.NetnsPath, target, Options, _stop.Token).ConfigureAwait(false);
+                // A tunnel that ends while we dial takes the dial with it.
+                using var dial = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token, request.Aborted);
+                upstream = await Upstream.ConnectAsync(Pod.NetnsPath, target, Options, dial.Token).ConfigureAwait(false);
             }
             catch (SocketException e)
             {

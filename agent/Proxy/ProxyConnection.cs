@@ -48,7 +48,7 @@ internal sealed class ProxyConnection : IRelayObserver
     {
         var relay = new StreamRelay(socket, stream, () => stream.Reset(), this, socketIsClient);
         _abort = relay.Abort;
-        return relay.RunAsync();
+        return relay.RunAsync(stream.Aborted);
     }
 
     /// <summary>

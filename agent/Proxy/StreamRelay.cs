@@ -26,9 +26,18 @@ internal sealed class StreamRelay
         _socketIsA = socketIsA;
     }
 
-    public Task RunAsync() => Task.WhenAll(
-        RelayPumps.SocketToPipeAsync(_socket, _stream.Output, _observer, fromA: _socketIsA, onReset: _resetStream),
-        RelayPumps.PipeToSocketAsync(_stream.Input, _socket, onFailure: _resetStream, _observer, fromA: !_socketIsA));
+    /// <summary>
+    /// Runs until both directions end. When the tunnel stream is aborted (reset, or its HBONE connection
+    /// lost) the socket is reset at once: the pumps may be blocked on the socket (an app that does not
+    /// read, or one whose half of the stream is still open) and would otherwise hold it indefinitely.
+    /// </summary>
+    public async Task RunAsync(CancellationToken streamAborted)
+    {
+        using CancellationTokenRegistration onAbort = streamAborted.UnsafeRegister(static socket => RelayPumps.Reset((Socket)socket!), _socket);
+        await Task.WhenAll(
+            RelayPumps.SocketToPipeAsync(_socket, _stream.Output, _observer, fromA: _socketIsA, onReset: _resetStream),
+            RelayPumps.PipeToSocketAsync(_stream.Input, _socket, onFailure: _resetStream, _observer, fromA: !_socketIsA)).ConfigureAwait(false);
+    }
 
     public void Abort()
     {

@@ -68,6 +68,7 @@ public sealed class MeshMetrics : IFlowObserver
     private readonly Gauge _captureUp;
     private readonly Gauge _pinned;
     private readonly Counter _enrollFailures;
+    private readonly Counter _refusedStreams;
     private readonly HashSet<string> _certificatePrincipals = new(StringComparer.Ordinal);
     private WorkloadDirectory _directory = WorkloadDirectory.Empty;
 
@@ -103,6 +104,8 @@ public sealed class MeshMetrics : IFlowObserver
         _captureUp = f.CreateGauge("weft_bpf_capture_up", "1 when the eBPF capture programs are loaded and attached.");
         _pinned = f.CreateGauge("weft_bpf_pinned_objects", "eBPF programs, maps and links pinned under the agent's bpffs directory.");
         _enrollFailures = f.CreateCounter("weft_pod_enroll_failures_total", "Pods the agent failed to enroll (capture attach, listeners).");
+        _refusedStreams = f.CreateCounter("weft_hbone_streams_refused_total",
+            "Inbound HBONE CONNECT streams refused with REFUSED_STREAM: their connection was at its concurrent-stream limit.");
         Registry.AddBeforeCollectCallback(Collect);
         flows.Observer = this;
     }
@@ -177,6 +180,7 @@ public sealed class MeshMetrics : IFlowObserver
 
     private void Collect()
     {
+        _refusedStreams.IncTo(Weft.Hbone.HboneCounters.Process.RefusedStreams);
         int outbound = 0, inbound = 0;
         foreach (var flow in _flows.LiveFlows)
         {

@@ -3,6 +3,10 @@
 
   h2peer.py client PORT STREAMS BIG_MIB   open STREAMS CONNECTs to 127.0.0.1:PORT, send data on each
                                            (BIG_MIB MiB on the first), check every echo; prints OK ...
+  h2peer.py client-limit PORT STREAMS     open STREAMS CONNECTs at once, before the server's SETTINGS can
+                                           arrive (so h2 does not hold them back); report the server's
+                                           SETTINGS_MAX_CONCURRENT_STREAMS, which streams got 200 and which
+                                           RST_STREAM, and check the accepted ones still echo; prints LIMIT ...
   h2peer.py server MODE                    listen on 127.0.0.1 (random port, printed as "PORT n"), serve
                                            one connection: MODE echo | reject403 | goaway
 
@@ -20,7 +24,9 @@ import time
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.settings
 
 DEADLINE = time.monotonic() + 90
 
@@ -113,6 +119,70 @@ def run_client(port, streams, big_mib):
     print("OK streams=%d bytes=%d" % (streams, sum(s["size"] for s in state.values())), flush=True)
 
 
+def run_client_limit(port, streams):
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False, header_encoding="utf-8")
+    conn = h2.connection.H2Connection(config=config)
+    conn.initiate_connection()
+    ids = []
+    for i in range(streams):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "CONNECT"), (":authority", "10.0.0.%d:80" % (i + 1))])
+        ids.append(sid)
+    pump(sock, conn)
+    max_streams = None
+    accepted, refused, other_reset = [], [], {}
+    while len(accepted) + len(refused) + len(other_reset) < streams or max_streams is None:
+        events = receive(sock, conn)
+        if events is None:
+            fail("server closed the connection")
+        for event in events:
+            if isinstance(event, h2.events.RemoteSettingsChanged):
+                change = event.changed_settings.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
+                if change is not None:
+                    max_streams = change.new_value
+            elif isinstance(event, h2.events.ResponseReceived):
+                if dict(event.headers).get(":status") != "200":
+                    fail("stream %d got status %s" % (event.stream_id, dict(event.headers).get(":status")))
+                accepted.append(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                if event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM:
+                    refused.append(event.stream_id)
+                else:
+                    other_reset[event.stream_id] = int(event.error_code)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                fail("GOAWAY %d" % event.error_code)
+        pump(sock, conn)
+    # The accepted streams still carry data both ways.
+    echoed = {}
+    for sid in accepted:
+        conn.send_data(sid, b"still here %d" % sid, end_stream=True)
+    pump(sock, conn)
+    ended = set()
+    while len(ended) < len(accepted):
+        events = receive(sock, conn)
+        if events is None:
+            fail("server closed the connection while echoing")
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                echoed[event.stream_id] = echoed.get(event.stream_id, b"") + event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended.add(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                fail("accepted stream %d reset with %d" % (event.stream_id, event.error_code))
+        pump(sock, conn)
+    for sid in accepted:
+        if echoed.get(sid) != b"still here %d" % sid:
+            fail("stream %d echoed %r" % (sid, echoed.get(sid)))
+    conn.close_connection()
+    pump(sock, conn)
+    sock.close()
+    print("LIMIT " + json.dumps({"max_concurrent_streams": max_streams, "accepted": sorted(accepted),
+                                 "refused": sorted(refused), "other_reset": other_reset}), flush=True)
+
+
 def run_server(mode):
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -172,5 +242,7 @@ def run_server(mode):
 if __name__ == "__main__":
     if sys.argv[1] == "client":
         run_client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1] == "client-limit":
+        run_client_limit(int(sys.argv[2]), int(sys.argv[3]))
     else:
         run_server(sys.argv[2])

@@ -561,8 +561,11 @@ internal sealed class Http2Connection
             {
                 return;
             }
+            // Handlers still running count, not just open streams: a stream the peer reset at once keeps
+            // its slot until its handler has let go of what it holds (RFC 9113 5.1.2; no dial happens here).
             if (_handlersInFlight >= _settings.MaxConcurrentStreams)
             {
+                _settings.Counters.StreamRefused(_settings.MaxConcurrentStreams);
                 throw new Http2StreamException(streamId, Http2ErrorCode.RefusedStream, "too many concurrent streams");
             }
             stream = new HboneStream(this, streamId, _peerInitialWindow, _settings);

@@ -8,6 +8,16 @@ Run with Debian's /usr/bin/python3 (it has python3-h2). Every result is one JSON
       opens N CONNECT streams to AUTHORITY at once, sends N distinct payloads, reads the echo back and
       reports each stream's status and whether what came back is what went out.
 
+  hbone_peer.py hold HOST:PORT AUTHORITY --cert C --key K --ca CA [--streams N] --kill-when FILE
+      Opens N CONNECT streams to AUTHORITY, sends a few bytes on each and half-closes (END_STREAM) every
+      other one, prints {"kind": "held"}, waits until FILE exists, then resets the tunnel's TCP connection
+      (SO_LINGER 0) and prints {"kind": "killed", "t": <unix time of the reset>}.
+
+  hbone_peer.py flood HOST:PORT AUTHORITY --cert C --key K --ca CA --streams N
+      Opens N CONNECT streams at once, before the agent's SETTINGS arrive (so h2 does not hold any back),
+      and reports the advertised SETTINGS, how many were answered 200 and how many reset (by code); then
+      checks the first accepted stream still echoes.
+
   hbone_peer.py bad CASE HOST:PORT AUTHORITY --cert C --key K --ca CA
       Keeps one healthy tunnel with an open echo stream, does CASE on a second connection, then checks
       the healthy stream still echoes. CASE: garbage, stall-tls, stall-tls-500, slow-preface, settings-len5, ping-len7,
@@ -228,6 +238,56 @@ def connect(args):
         emit(kind="stream", **result)
     tunnel.close()
     emit(kind="done", goaway=tunnel.goaway)
+
+
+def hold(args):
+    deadline = time.time() + args.timeout
+    tunnel = Tunnel(args)
+    streams = [tunnel.open_stream(args.authority) for _ in range(args.streams)]
+    statuses = [tunnel.wait_status(stream_id, deadline) for stream_id in streams]
+    if any(status != "200" for status in statuses):
+        emit(kind="held", ok=False, statuses=statuses)
+        return 1
+    for index, stream_id in enumerate(streams):
+        tunnel.conn.send_data(stream_id, b"held %d" % index, end_stream=index % 2 == 1)
+    tunnel.flush()
+    emit(kind="held", ok=True, streams=streams)
+    while not os.path.exists(args.kill_when) and time.time() < deadline and not tunnel.closed:
+        tunnel.pump(0.05)
+    if tunnel.closed:
+        emit(kind="killed", ok=False, reason="the agent closed the tunnel first")
+        return 1
+    tunnel.tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    killed = time.time()
+    tunnel.tls.close()
+    emit(kind="killed", ok=True, t=killed)
+    return 0
+
+
+def flood(args):
+    deadline = time.time() + args.timeout
+    tunnel = Tunnel(args)
+    streams = [tunnel.open_stream(args.authority) for _ in range(args.streams)]
+    while time.time() < deadline and not tunnel.closed and not all(s in tunnel.status or s in tunnel.reset for s in streams):
+        tunnel.pump(0.1)
+    accepted = [s for s in streams if tunnel.status.get(s) == "200"]
+    codes = {}
+    for s in streams:
+        if s in tunnel.reset:
+            codes[str(tunnel.reset[s])] = codes.get(str(tunnel.reset[s]), 0) + 1
+    echoed = False
+    if accepted:
+        first = accepted[0]
+        tunnel.received[first] = bytearray()
+        tunnel.conn.send_data(first, b"still served", end_stream=True)
+        tunnel.flush()
+        while first not in tunnel.ended and time.time() < deadline and not tunnel.closed:
+            tunnel.pump(0.1)
+        echoed = bytes(tunnel.received.get(first, b"")) == b"still served"
+    tunnel.close()
+    emit(kind="flood", settings=tunnel.remote_settings, accepted=len(accepted), reset_codes=codes, echoed=echoed,
+         closed=tunnel.closed, goaway=tunnel.goaway)
+    return 0
 
 
 # ---- bad input ----------------------------------------------------------------------------------
@@ -574,7 +634,7 @@ def bad(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["connect", "bad"])
+    parser.add_argument("mode", choices=["connect", "bad", "hold", "flood"])
     parser.add_argument("rest", nargs="+")
     parser.add_argument("--cert")
     parser.add_argument("--key")
@@ -586,10 +646,17 @@ def main():
     parser.add_argument("--window", type=int)
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--byte-delay", type=float, default=0.25)
+    parser.add_argument("--kill-when")
     args = parser.parse_args()
     if args.mode == "connect":
         args.target, args.authority = args.rest
         connect(args)
+    elif args.mode == "hold":
+        args.target, args.authority = args.rest
+        return hold(args)
+    elif args.mode == "flood":
+        args.target, args.authority = args.rest
+        return flood(args)
     else:
         args.case, args.target, args.authority = args.rest
         bad(args)
