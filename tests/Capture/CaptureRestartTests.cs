@@ -10,13 +10,14 @@ namespace Weft.Tests.Capture;
 /// A restarted agent adopts what the previous one pinned: the same maps (state survives) and the
 /// same links, updated in place to the new programs. Only Uninstall stops capture.
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.Kernel)]
 public sealed class CaptureRestartTests
 {
     private const string PodIp = "10.97.0.2";
     private const string PeerIp = "10.97.0.1";
     private const string Neighbour = "10.97.0.3";
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Restart_OpenOnSamePinRoot_AdoptsMapsAndLinksWithoutGap_AndUninstallStopsCapture()
     {
         using var sandbox = new CaptureSandbox();
@@ -79,7 +80,7 @@ public sealed class CaptureRestartTests
         Assert.False(outboundListener.Poll(0, SelectMode.SelectRead));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Upgrade_FromLayoutVersion1_ReplacesConfigAdoptsOtherMapsAndKeepsCapturing()
     {
         using var sandbox = new CaptureSandbox();
@@ -114,7 +115,7 @@ public sealed class CaptureRestartTests
         }
     }
 
-    [Fact]
+    [PrivilegedFact]
     public void Open_PinnedLayoutOfUnknownVersion_IsRefusedNamingTheFix_AndLeavesPinsAlone()
     {
         using var sandbox = new CaptureSandbox();

@@ -254,15 +254,3 @@ internal sealed class CaptureSandbox : IDisposable
         }
     }
 }
-
-/// <summary>Capture tests need root: they load eBPF, create namespaces and cgroups.</summary>
-internal static class Privileged
-{
-    public static void Require()
-    {
-        if (!Environment.IsPrivilegedProcess)
-        {
-            throw new InvalidOperationException("capture tests need root (eBPF, network namespaces, cgroups); run them as root");
-        }
-    }
-}

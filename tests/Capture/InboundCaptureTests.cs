@@ -8,6 +8,7 @@ namespace Weft.Tests.Capture;
 /// sk_lookup on a real kernel: SYNs for the pod's address from another namespace land on the
 /// agent's in-pod 15006 listener; the pod's own traffic does not; no listener means refused.
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.Kernel)]
 public sealed class InboundCaptureTests
 {
     private const string PodIp = "10.98.0.2";
@@ -16,7 +17,7 @@ public sealed class InboundCaptureTests
     private static readonly PodCapture Pod = new(IPAddress.Parse(PodIp), null, FailOpen: false);
     private static readonly IPEndPoint AppPort = new(IPAddress.Parse(PodIp), 8080);
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Inbound_ConnectFromOtherNamespace_IsAcceptedByAgentWithOriginalDestination()
     {
         using var sandbox = new CaptureSandbox();
@@ -35,7 +36,7 @@ public sealed class InboundCaptureTests
         Assert.False(app.Poll(0, SelectMode.SelectRead));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Inbound_ConnectFromInsidePodToItsOwnAddress_IsNotSteered()
     {
         using var sandbox = new CaptureSandbox();
@@ -52,7 +53,7 @@ public sealed class InboundCaptureTests
         Assert.False(agent.Poll(0, SelectMode.SelectRead));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Inbound_AgentListenerClosed_RefusesConnectionEvenThoughAppListens()
     {
         using var sandbox = new CaptureSandbox();
@@ -69,7 +70,7 @@ public sealed class InboundCaptureTests
         Assert.False(app.Poll(0, SelectMode.SelectRead)); // nothing leaked to the app in plaintext
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Inbound_FailOpenPodWithoutAgent_ReachesApp()
     {
         using var sandbox = new CaptureSandbox();
@@ -86,7 +87,7 @@ public sealed class InboundCaptureTests
         Assert.Equal(AppPort, accepted.LocalEndPoint);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Inbound_UnenrollPod_RemovesItsSkLookupLink()
     {
         using var sandbox = new CaptureSandbox();
@@ -107,7 +108,7 @@ public sealed class InboundCaptureTests
         Assert.False(agent.Poll(0, SelectMode.SelectRead));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Inbound_ConnectToTunnelPort_ReachesAgentsTunnelListenerNotSteered()
     {
         using var sandbox = new CaptureSandbox();
@@ -125,7 +126,7 @@ public sealed class InboundCaptureTests
         Assert.False(agent.Poll(0, SelectMode.SelectRead));
     }
 
-    [Theory]
+    [PrivilegedTheory]
     [InlineData(15001)]
     [InlineData(15000)]
     [InlineData(15020)]
@@ -148,7 +149,7 @@ public sealed class InboundCaptureTests
         Assert.False(app.Poll(0, SelectMode.SelectRead)); // no plaintext around the agent
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Inbound_ConnectToExcludedPort_ReachesApp()
     {
         using var sandbox = new CaptureSandbox();

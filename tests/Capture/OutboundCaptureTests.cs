@@ -8,6 +8,7 @@ namespace Weft.Tests.Capture;
 /// connect4 + sockops on a real kernel: a client in an enrolled netns and in the test's cgroup is
 /// steered to the agent's 127.0.0.1:15001 listener, and the agent learns where it wanted to go.
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.Kernel)]
 public sealed class OutboundCaptureTests
 {
     private const string PodIp = "10.99.0.2";
@@ -15,7 +16,7 @@ public sealed class OutboundCaptureTests
 
     private static readonly PodCapture Pod = new(IPAddress.Parse(PodIp), null, FailOpen: false);
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Outbound_ConnectFromEnrolledPod_ReachesAgentListenerWithOriginalDestination()
     {
         using var sandbox = new CaptureSandbox();
@@ -37,7 +38,7 @@ public sealed class OutboundCaptureTests
         Assert.False(capture.TryTakeOriginalDestination(cookie, clientPort, AddressFamily.InterNetwork, out _));
     }
 
-    [Theory]
+    [PrivilegedTheory]
     [InlineData(0x7765_6674u)] // the mark that exempted the agent's sockets before layout version 2
     [InlineData(0x1u)]
     public async Task Outbound_ProcessWithNetAdminSettingSocketMark_IsStillCaptured(uint mark)
@@ -60,7 +61,7 @@ public sealed class OutboundCaptureTests
         Assert.False(app.Poll(0, SelectMode.SelectRead)); // nothing reached the destination around the agent
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Outbound_SocketClaimedByAgent_IsNotRedirected_UnclaimedTwinIs()
     {
         using var sandbox = new CaptureSandbox();
@@ -94,7 +95,7 @@ public sealed class OutboundCaptureTests
         Assert.False(app.Poll(0, SelectMode.SelectRead));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Outbound_ConnectFromNamespaceNotEnrolled_IsNotRedirected()
     {
         using var sandbox = new CaptureSandbox();
@@ -111,7 +112,7 @@ public sealed class OutboundCaptureTests
         Assert.False(agent.Poll(0, SelectMode.SelectRead)); // nothing queued at the agent
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Outbound_EnrolledPodWithoutAgentListener_IsRefused()
     {
         using var sandbox = new CaptureSandbox();
@@ -125,7 +126,7 @@ public sealed class OutboundCaptureTests
         Assert.False(app.Poll(0, SelectMode.SelectRead)); // fail closed: nothing leaked to the app
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Outbound_FailOpenPodWithoutAgent_ReachesDestinationDirectly()
     {
         using var sandbox = new CaptureSandbox();
@@ -139,7 +140,7 @@ public sealed class OutboundCaptureTests
         Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(client));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Outbound_FailOpenPodWhileAgentServesIt_IsCaptured()
     {
         using var sandbox = new CaptureSandbox();
@@ -158,7 +159,7 @@ public sealed class OutboundCaptureTests
         Assert.False(app.Poll(0, SelectMode.SelectRead));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Outbound_ConnectToPodsOwnAddressOrLoopback_IsNotRedirected()
     {
         using var sandbox = new CaptureSandbox();
@@ -179,7 +180,7 @@ public sealed class OutboundCaptureTests
         Assert.False(agent.Poll(0, SelectMode.SelectRead));
     }
 
-    [Theory]
+    [PrivilegedTheory]
     [InlineData(15001)]
     [InlineData(15006)]
     [InlineData(15008)]
@@ -206,7 +207,7 @@ public sealed class OutboundCaptureTests
         Assert.False(other.Poll(0, SelectMode.SelectRead));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Outbound_ConnectToExcludedPort_IsNotRedirected()
     {
         using var sandbox = new CaptureSandbox();
@@ -227,7 +228,7 @@ public sealed class OutboundCaptureTests
         Assert.StartsWith("connected", await CaptureSandbox.ReadLineAsync(other));
     }
 
-    [Theory]
+    [PrivilegedTheory]
     [InlineData((ushort)15008)]
     [InlineData((ushort)15001)]
     [InlineData((ushort)15020)]
@@ -242,11 +243,12 @@ public sealed class OutboundCaptureTests
 }
 
 /// <summary>connect6: IPv6 destinations go to [::1]:15001, v4-mapped ones to the IPv4 listener.</summary>
+[Trait(TestGroups.Trait, TestGroups.Kernel)]
 public sealed class OutboundCaptureIpv6Tests
 {
     private static readonly PodCapture Pod = new(IPAddress.Parse("10.99.0.2"), IPAddress.Parse("fd00:99::2"), FailOpen: false);
 
-    [Theory]
+    [PrivilegedTheory]
     [InlineData("fd00:1::3", "::1", AddressFamily.InterNetworkV6)]
     [InlineData("::ffff:10.1.2.3", "127.0.0.1", AddressFamily.InterNetwork)]
     public async Task Outbound_Ipv6Connect_ReachesAgentListenerWithOriginalDestination(string destination, string agentAddress, AddressFamily seenAs)
@@ -271,9 +273,10 @@ public sealed class OutboundCaptureIpv6Tests
 }
 
 /// <summary>What the operator reads when the machine is not ready for capture.</summary>
+[Trait(TestGroups.Trait, TestGroups.Kernel)]
 public sealed class CaptureRefusalTests
 {
-    [Fact]
+    [PrivilegedFact]
     public void Open_CgroupPathNotCgroupV2_ThrowsNamingCauseAndFix()
     {
         using var sandbox = new CaptureSandbox();
@@ -282,7 +285,7 @@ public sealed class CaptureRefusalTests
         Assert.Contains("use a directory under", error.Message);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public void Load_ProgramTheVerifierRejects_ThrowsWithTailOfVerifierLog()
     {
         using var sandbox = new CaptureSandbox();
@@ -318,7 +321,7 @@ public sealed class CaptureRefusalTests
         }
     }
 
-    [Fact]
+    [PrivilegedFact]
     public void Open_PinRootNotOnBpffs_ThrowsNamingCauseAndFix()
     {
         using var sandbox = new CaptureSandbox();

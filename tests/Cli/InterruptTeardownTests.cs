@@ -11,13 +11,14 @@ namespace Weft.Tests.Cli;
 /// to the whole foreground process group, children included) or SIGTERM to the command. Whatever the
 /// moment, nothing carrying the run's id may stay under the bpffs root, the cgroup root or `ip netns`.
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public sealed partial class InterruptTeardownTests
 {
     private static readonly TimeSpan ReadyTimeout = TimeSpan.FromMinutes(3);
     private static readonly TimeSpan ExitTimeout = TimeSpan.FromSeconds(90);
 
-    [Theory]
+    [PrivilegedTheory]
     [InlineData(0)]
     [InlineData(1500)]
     public async Task DemoKeep_CtrlCToItsProcessGroup_RemovesEverythingOfTheRunAndSaysSo(int delayMs)
@@ -35,7 +36,7 @@ public sealed partial class InterruptTeardownTests
         AssertNothingLeft(runId, demo.Output);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task DemoKeep_CtrlCTypedAtAPseudoTerminal_RemovesEverythingOfTheRunAndSaysSo()
     {
         // script(1) runs the demo on a pseudo-terminal; ^C written to it is Ctrl-C typed by a user
@@ -53,7 +54,7 @@ public sealed partial class InterruptTeardownTests
         AssertNothingLeft(runId, demo.Output);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task DemoKeep_Sigterm_RemovesEverythingOfTheRunAndSaysSo()
     {
         await using var demo = Command.Start("demo", "--keep");
@@ -68,7 +69,7 @@ public sealed partial class InterruptTeardownTests
         AssertNothingLeft(runId, demo.Output);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Demo_CtrlCWhileTheAgentsStart_RemovesWhatWasMadeSoFar()
     {
         await using var demo = Command.Start("demo", "--keep");
@@ -85,7 +86,7 @@ public sealed partial class InterruptTeardownTests
         AssertNothingLeft(runId, demo.Output);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Bench_CtrlCWhileItsSecondClusterStarts_RemovesBothClusters()
     {
         // the metrics suite builds two clusters, so the interrupt lands while the second one is being made

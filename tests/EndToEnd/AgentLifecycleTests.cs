@@ -3,6 +3,7 @@ using Weft.Harness;
 namespace Weft.Tests.EndToEnd;
 
 /// <summary>Agent stop, restart, uninstall, bad configuration and peer resets, seen from the pods.</summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class AgentLifecycleTests
 {
@@ -22,7 +23,7 @@ public class AgentLifecycleTests
 
     private static int Served(ManagedProcess server) => server.StdoutLines.Count(l => l.Contains("sha256", StringComparison.Ordinal));
 
-    [Fact]
+    [PrivilegedFact]
     public async Task AgentStopped_NewConnectionsRefused_NeverSentAround_RestartWorksWithSamePins()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory);
@@ -57,7 +58,7 @@ public class AgentLifecycleTests
         Assert.Equal(pins, Directory.GetFileSystemEntries(mesh.PinRoot(node1), "*", SearchOption.AllDirectories).Order().ToList());
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Uninstall_RemovesEveryPin_AndPodsTalkDirectly()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory);
@@ -79,7 +80,7 @@ public class AgentLifecycleTests
         Assert.True(direct.ExitCode == 0, direct.ToString());
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task MalformedInventory_AgentKeepsServingWithPreviousSnapshot()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory);
@@ -97,7 +98,7 @@ public class AgentLifecycleTests
         Assert.False(agent.HasExited);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task HealthEndpoints_AnswerOn15021_InTheNodeNamespace()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory);
@@ -110,7 +111,7 @@ public class AgentLifecycleTests
         }
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task ServerReset_ReachesClientAsReset()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory);

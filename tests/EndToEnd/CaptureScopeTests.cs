@@ -3,6 +3,7 @@ using Weft.Harness;
 namespace Weft.Tests.EndToEnd;
 
 /// <summary>What the mesh must leave alone, and what it must do to a service VIP.</summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class CaptureScopeTests
 {
@@ -20,7 +21,7 @@ public class CaptureScopeTests
 
     private static int Served(ManagedProcess server) => server.StdoutLines.Count(l => l.Contains("sha256", StringComparison.Ordinal));
 
-    [Fact]
+    [PrivilegedFact]
     public async Task ServiceVip_100Connections_SpreadOverReadyEndpoints_RemovedEndpointGetsNoNewConnection()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c, "b1", "b2"));
@@ -51,7 +52,7 @@ public class CaptureScopeTests
         Assert.Equal(b2Before, Served(b2));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task PodNotInInventory_AndNodeProcess_ConnectDirectly_AgentsRecordNothing()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c, "b1"));
@@ -74,7 +75,7 @@ public class CaptureScopeTests
         Assert.Empty(MeshCluster.Flows(mesh.Agent("node2")));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task ThousandConcurrentConnections_FromOnePod_AllComplete()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c, "b1"));

@@ -5,6 +5,7 @@ using Weft.Harness;
 namespace Weft.Tests.EndToEnd;
 
 /// <summary>Pod traffic between agents that hold a CA: mTLS tunnels, identities, policy, modes.</summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class MutualTlsTests
 {
@@ -22,7 +23,7 @@ public class MutualTlsTests
 
     private static int Served(ManagedProcess server) => server.StdoutLines.Count(l => l.Contains("sha256", StringComparison.Ordinal));
 
-    [Fact]
+    [PrivilegedFact]
     public async Task CrossNode_RidesMtlsTunnel_WireShowsOnlyPort15008_PayloadNeverInClear()
     {
         const long bytes = 2L * 1024 * 1024;
@@ -85,7 +86,7 @@ public class MutualTlsTests
         Assert.Equal(outbound.GetProperty("traceparent").GetString(), inbound.GetProperty("traceparent").GetString());
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task SameNode_ShortCut_IsAuthorizedAndRecordedOnBothSides()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
@@ -104,7 +105,7 @@ public class MutualTlsTests
         Assert.Equal(5000, inbound.GetProperty("bytes_sent").GetInt64());
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task DenyPolicy_RefusesBeforeAnyByteReachesTheApp_AndSaysWhy()
     {
         const string deny = """
@@ -136,7 +137,7 @@ public class MutualTlsTests
         Assert.Equal(0, Served(serve));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Strict_RefusesPlaintextFromOutsideTheMesh_PermissiveLetsItThroughAsPlaintext()
     {
         const string strict = """
@@ -173,7 +174,7 @@ public class MutualTlsTests
         Assert.True(meshed.ExitCode == 0, meshed.ToString());
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task PeerAgentWithAnotherCa_IsRefused_WithTlsFailureRecorded_AndNothingReachesTheApp()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
@@ -201,7 +202,7 @@ public class MutualTlsTests
         Assert.Equal(0, Served(serve));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Tunnel_256MiBEachWay_ByteIdentical_And500ConcurrentStreamsShareFewTunnels()
     {
         const long bytes = 256L * 1024 * 1024;

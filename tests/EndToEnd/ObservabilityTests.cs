@@ -8,6 +8,7 @@ namespace Weft.Tests.EndToEnd;
 /// Seeing the mesh from outside: a real Prometheus scraping two agents, <c>weft flows --follow</c>
 /// and the views run inside a node's network namespace against its agent's admin API.
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class ObservabilityTests
 {
@@ -92,7 +93,7 @@ public class ObservabilityTests
         return value;
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Prometheus_ScrapingTwoAgents_ReportsBytesBetweenNamedWorkloads_WithinOnePercent_EvenWhileOpen()
     {
         const int chunks = 40;
@@ -172,7 +173,7 @@ public class ObservabilityTests
         }
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task WeftFlowsFollow_InTheNodeNetns_ShowsALiveFlowWithinASecond_AndItsBytesGrow()
     {
         await using var mesh = await StartAsync();

@@ -10,6 +10,7 @@ namespace Weft.Tests.EndToEnd;
 ///  stranger (demo/x1, not in the inventory)
 /// </code>
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class PodTrafficTests
 {
@@ -26,7 +27,7 @@ public class PodTrafficTests
         Services = [new ServiceSpec("b", "demo", "10.96.0.10", 80, 8080, serviceEndpoints.Length > 0 ? serviceEndpoints : [c.Pod("demo", "b1"), c.Pod("demo", "b2")])],
     });
 
-    [Theory]
+    [PrivilegedTheory]
     [InlineData("b1", "cross-node")]
     [InlineData("a2", "same-node")]
     public async Task PodToPod_64MiBEachWay_ArrivesByteIdentical_AndAgentsRecordIt(string serverName, string _)

@@ -9,6 +9,7 @@ namespace Weft.Tests.EndToEnd;
 /// Replacing a node's agent while its pods are busy: a rolling update (new agent beside the old, then
 /// SIGTERM) loses no new connection, and a kill -9 lets nothing through in plaintext around the agent.
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class RolloutTests(ITestOutputHelper output)
 {
@@ -39,7 +40,7 @@ public class RolloutTests(ITestOutputHelper output)
 
     private static int Lines(ManagedProcess peer) => peer.StdoutLines.Count;
 
-    [Theory]
+    [PrivilegedTheory]
     [InlineData(false)]
     [InlineData(true)]
     public async Task RollingRestartUnderLoad_NoNewConnectionFails_HeldConnectionsDrainThenCloseCleanly(bool mtls)
@@ -106,7 +107,7 @@ public class RolloutTests(ITestOutputHelper output)
         Assert.Contains(MeshCluster.Flows(replacement), f => f.GetProperty("direction").GetString() == "outbound");
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task AgentKilledUnderLoad_NothingLeaksInPlaintext_NextAgentServesWithinTwoSeconds()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory, mtls: true);

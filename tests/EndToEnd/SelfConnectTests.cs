@@ -9,6 +9,7 @@ namespace Weft.Tests.EndToEnd;
 /// that pod's 15006 again and again (4,096 flows in 4 s); here every agent port, on a pod, a node and
 /// loopback address, is tried by an ordinary process in a meshed pod and by an authenticated HBONE peer.
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class SelfConnectTests(ITestOutputHelper output)
 {
@@ -39,7 +40,7 @@ public class SelfConnectTests(ITestOutputHelper output)
             print(json.dumps({"target": target, "outcome": outcome, "bytes": got, "seconds": round(time.time() - started, 3)}), flush=True)
         """;
 
-    [Fact]
+    [PrivilegedFact]
     public async Task UnprivilegedProcessInMeshedPod_ConnectingToAnyAgentPort_IsRefusedOnce_AndNoAgentLoops()
     {
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c), mtls: true);
@@ -98,7 +99,7 @@ public class SelfConnectTests(ITestOutputHelper output)
         Assert.False(node1.HasExited || node2.HasExited);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task HbonePeerWithValidSvid_ConnectToAgentPorts_Gets400_AndNoAgentLoops()
     {
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c), mtls: true);

@@ -5,6 +5,7 @@ using Weft.Harness;
 namespace Weft.Tests.EndToEnd;
 
 /// <summary>The kernel's TCP round-trip time (TCP_INFO) of real connections through both agents.</summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class TcpRttTests
 {
@@ -14,7 +15,7 @@ public class TcpRttTests
         new NodeSpec("node1", new PodSpec("demo", "a1")),
         new NodeSpec("node2", new PodSpec("demo", "b1")));
 
-    [Theory]
+    [PrivilegedTheory]
     [InlineData(false)]
     [InlineData(true)]
     public async Task ConnectionThroughAgents_RecordsPositiveTcpRtt_InAccessLogAndHistogram(bool mtls)

@@ -13,6 +13,7 @@ namespace Weft.Tests.EndToEnd;
 /// its own connection: the healthy stream keeps echoing, a meshed pod still gets through the same agent,
 /// the agent stays up, and its memory stays bounded.
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class TunnelBadInputTests(ITestOutputHelper output)
 {
@@ -30,7 +31,7 @@ public class TunnelBadInputTests(ITestOutputHelper output)
 
     public static TheoryData<string> Cases() => new(BadCases);
 
-    [Theory]
+    [PrivilegedTheory]
     [MemberData(nameof(Cases))]
     public async Task BadInputOnTunnelPort_ClosesOnlyThatConnection_AgentKeepsServing_WithBoundedMemory(string badCase)
     {
@@ -52,7 +53,7 @@ public class TunnelBadInputTests(ITestOutputHelper output)
         Assert.True(rss < baseline + RssAllowanceKiB, $"agent RSS grew from {baseline} KiB to {rss} KiB");
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task EveryBadInput_ThreeRoundsAgainstOneAgent_RssStaysBounded_AndMeshedTrafficFlows()
     {
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c), mtls: true);
@@ -85,7 +86,7 @@ public class TunnelBadInputTests(ITestOutputHelper output)
         output.WriteLine($"{failures} TLS_FAILURE records");
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task StalledHandshake_TlsFailureRecord_CoversTheTimeTheConnectionWasHeld()
     {
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c), mtls: true);

@@ -11,6 +11,7 @@ namespace Weft.Tests.EndToEnd;
 /// ssl, holding a test SVID from the mesh CA. It runs in demo/x1, a pod left out of the inventory, so
 /// capture never touches it: what reaches b1's agent is exactly what Python wrote.
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class TunnelInteropTests
 {
@@ -29,7 +30,7 @@ public class TunnelInteropTests
           - from: [{source: {principals: ["cluster.local/ns/demo/sa/intruder"]}}]
         """;
 
-    [Fact]
+    [PrivilegedFact]
     public async Task PythonH2Client_WithTestSvid_ExchangesDataWithThePod_OnConcurrentStreams_RecordedAsItsPrincipal()
     {
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c), mtls: true);
@@ -82,7 +83,7 @@ public class TunnelInteropTests
         Assert.Equal(3, TunnelPeer.Served(serve));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task PythonH2Client_DeniedPrincipal_Gets403_AndTheAppSeesNothing_WhileAnotherPrincipalGetsThrough()
     {
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c, DenyTester), mtls: true);
@@ -110,7 +111,7 @@ public class TunnelInteropTests
         Assert.Equal(1, TunnelPeer.Served(serve));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task PythonH2Client_ConnectNamingAnotherAddress_Gets400_AndNothingIsDialled()
     {
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c), mtls: true);

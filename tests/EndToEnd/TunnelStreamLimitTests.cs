@@ -7,12 +7,13 @@ namespace Weft.Tests.EndToEnd;
 /// A real agent's tunnel port caps concurrent streams per connection: python3-h2 with a tester SVID opens
 /// more CONNECTs than the agent advertises, before its SETTINGS can arrive.
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class TunnelStreamLimitTests(ITestOutputHelper output)
 {
     private const int RefusedStream = 0x7;
 
-    [Fact]
+    [PrivilegedFact]
     public async Task StreamsPastTheAdvertisedHundred_AreRefusedWithRefusedStream_NeverReachTheApp_AndAreCounted()
     {
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c), mtls: true, "--metrics", ":15020");

@@ -13,6 +13,7 @@ namespace Weft.Tests.EndToEnd;
 /// tunnel's TCP connection: the app must see each of its connections reset within a second, and the
 /// agent's descriptors must return to their idle figure within five.
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class TunnelTeardownTests(ITestOutputHelper output)
 {
@@ -20,7 +21,7 @@ public class TunnelTeardownTests(ITestOutputHelper output)
     private static readonly TimeSpan AppBound = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan DescriptorBound = TimeSpan.FromSeconds(5);
 
-    [Fact]
+    [PrivilegedFact]
     public async Task TunnelReset_WithTwentyStreamsOpen_ClosesEveryAppConnectionWithinASecond_AndDescriptorsReturnToIdle()
     {
         await using var mesh = await MeshCluster.StartAsync(TunnelPeer.Spec(), c => TunnelPeer.Inventory(c), mtls: true);

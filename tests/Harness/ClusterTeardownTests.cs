@@ -2,6 +2,7 @@ using Weft.Harness;
 
 namespace Weft.Tests.Harness;
 
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 public sealed class ClusterTeardownTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(20);
@@ -10,7 +11,7 @@ public sealed class ClusterTeardownTests
         new NodeSpec("node1", new PodSpec("demo", "a1"), new PodSpec("demo", "a2")),
         new NodeSpec("node2", new PodSpec("demo", "b1"), new PodSpec("demo", "b2")));
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Dispose_RemovesNamespacesCgroupsAndEveryProcess_IncludingChildren()
     {
         var cluster = await NetnsCluster.CreateAsync(TwoByTwo);
@@ -29,7 +30,7 @@ public sealed class ClusterTeardownTests
         Assert.True(sleeper.HasExited);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Dispose_GivesSigtermFirst_ThenKillsWhatIgnoresIt()
     {
         var cluster = await NetnsCluster.CreateAsync(TwoByTwo with { StopGracePeriod = TimeSpan.FromMilliseconds(300) });
@@ -46,7 +47,7 @@ public sealed class ClusterTeardownTests
         AssertNothingLeft(cluster.RunId);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Dispose_CalledTwiceAtOnce_BothReturnOnlyWhenEverythingIsGone()
     {
         var cluster = await NetnsCluster.CreateAsync(TwoByTwo);
@@ -57,7 +58,7 @@ public sealed class ClusterTeardownTests
         AssertNothingLeft(cluster.RunId);
     }
 
-    [Theory]
+    [PrivilegedTheory]
     [InlineData("underlay")]
     [InlineData("node:node2")]
     [InlineData("routes")]
@@ -73,7 +74,7 @@ public sealed class ClusterTeardownTests
         AssertNothingLeft(error.RunId);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task CleanupStale_RemovesRunsOfDeadOwners_AndLeavesLiveOnesAlone()
     {
         await using var live = await NetnsCluster.CreateAsync(TwoByTwo with { TeardownOnExit = false });
@@ -97,7 +98,7 @@ public sealed class ClusterTeardownTests
         await crashed.DisposeAsync(); // nothing left to do, and no error for it
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task AddPod_AfterCreation_IsReachableFromOtherNode()
     {
         await using var cluster = await NetnsCluster.CreateAsync(TwoByTwo);

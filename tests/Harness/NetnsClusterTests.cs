@@ -11,21 +11,33 @@ public sealed class TwoNodeCluster : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
+        if (Privileged.SkipReason is not null)
+        {
+            return; // every test of the class is skipped: build nothing
+        }
+
         Cluster = await NetnsCluster.CreateAsync(new ClusterSpec(
             new NodeSpec("node1", new PodSpec("demo", "a1"), new PodSpec("demo", "c1")),
             new NodeSpec("node2", new PodSpec("demo", "b1"), new PodSpec("other", "d1"))));
     }
 
-    public async Task DisposeAsync() => await Cluster.DisposeAsync();
+    public async Task DisposeAsync()
+    {
+        if (Cluster is not null)
+        {
+            await Cluster.DisposeAsync();
+        }
+    }
 }
 
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 public sealed class NetnsClusterTests(TwoNodeCluster fixture) : IClassFixture<TwoNodeCluster>
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(20);
 
     private NetnsCluster Cluster => fixture.Cluster;
 
-    [Fact]
+    [PrivilegedFact]
     public async Task PodOnOneNode_ReachesPodOnOtherNode_WithItsOwnSourceAddress()
     {
         var a1 = Cluster.Pod("demo", "a1");
@@ -38,7 +50,7 @@ public sealed class NetnsClusterTests(TwoNodeCluster fixture) : IClassFixture<Tw
         Assert.EndsWith("got hello", reply);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task PodsOnTheSameNode_ReachEachOther()
     {
         var a1 = Cluster.Pod("demo", "a1");
@@ -51,7 +63,7 @@ public sealed class NetnsClusterTests(TwoNodeCluster fixture) : IClassFixture<Tw
         Assert.EndsWith("got same node", reply);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Node_ReachesPodOnOtherNode_AndPodReachesItsNode()
     {
         var node1 = Cluster.Node("node1");
@@ -66,7 +78,7 @@ public sealed class NetnsClusterTests(TwoNodeCluster fixture) : IClassFixture<Tw
         Assert.StartsWith($"from {d1.Address}:", fromPod);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task ServiceVip_IsNotRoutedAnywhere()
     {
         var a1 = Cluster.Pod("demo", "a1");
@@ -78,7 +90,7 @@ public sealed class NetnsClusterTests(TwoNodeCluster fixture) : IClassFixture<Tw
         Assert.Contains(probe.StdoutLines, l => l.StartsWith("error", StringComparison.Ordinal));
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task ProcessInPod_IsInThePodCgroup_FromItsFirstInstruction()
     {
         var a1 = Cluster.Pod("demo", "a1");
@@ -92,7 +104,7 @@ public sealed class NetnsClusterTests(TwoNodeCluster fixture) : IClassFixture<Tw
         Assert.StartsWith(a1.Node.CgroupPath + "/", a1.CgroupPath);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task ProcessInPod_SeesOnlyThePodNetwork()
     {
         var b1 = Cluster.Pod("demo", "b1");
@@ -104,7 +116,7 @@ public sealed class NetnsClusterTests(TwoNodeCluster fixture) : IClassFixture<Tw
         Assert.Equal(2, ip.StdoutLines.Count); // lo and eth0
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task ProcessOnNode_IsInAgentCgroup_AndSeesTheCgroupMount()
     {
         var node2 = Cluster.Node("node2");
@@ -119,7 +131,7 @@ public sealed class NetnsClusterTests(TwoNodeCluster fixture) : IClassFixture<Tw
         Assert.Contains("other-d1", ls.StdoutLines);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public void Names_CarryTheRunId_AndFitInterfaceLimits()
     {
         Assert.Matches("^[0-9a-f]{6}$", Cluster.RunId);
@@ -130,7 +142,7 @@ public sealed class NetnsClusterTests(TwoNodeCluster fixture) : IClassFixture<Tw
         Assert.Equal("10.244.2.0/24", Cluster.Node("node2").PodCidr);
     }
 
-    [Fact]
+    [PrivilegedFact]
     public void InventoryYaml_ReadsBackAsKubernetesObjects_WithoutOmittedPods()
     {
         var b1 = Cluster.Pod("demo", "b1");

@@ -4,11 +4,12 @@ using Weft.Harness;
 namespace Weft.Tests.Harness;
 
 /// <summary>`weft app` as a real process in pods, across nodes, with no agent in between.</summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 public sealed class PeerAppInClusterTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Send_AcrossNodes_HashesAgreeOnBothSides()
     {
         await using var cluster = await NetnsCluster.CreateAsync(new ClusterSpec(
@@ -29,7 +30,7 @@ public sealed class PeerAppInClusterTests
         Assert.Equal(b1.Address + ":8080", served.GetProperty("local").GetString());
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task AThousandConnections_HeldOpenAtOnce_AcrossNodes_AllSucceed()
     {
         await using var cluster = await NetnsCluster.CreateAsync(new ClusterSpec(
@@ -47,7 +48,7 @@ public sealed class PeerAppInClusterTests
         Assert.Equal(1000, summary.GetProperty("ok").GetInt64());
     }
 
-    [Fact]
+    [PrivilegedFact]
     public async Task Serve_OnSigterm_ExitsCleanly()
     {
         await using var cluster = await NetnsCluster.CreateAsync(new ClusterSpec(new NodeSpec("node1", new PodSpec("demo", "a1"))));

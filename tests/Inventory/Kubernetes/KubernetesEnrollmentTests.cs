@@ -16,6 +16,7 @@ namespace Weft.Tests.Inventory.Kubernetes;
 ///  NODE_CGROUP/kubepods/besteffort/pod&lt;uid&gt;/&lt;container id&gt;                                                   (b1, cgroupfs driver)
 /// </code>
 /// </summary>
+[Trait(TestGroups.Trait, TestGroups.EndToEnd)]
 [Collection(NetnsCollection.Name)]
 public class KubernetesEnrollmentTests
 {
@@ -23,7 +24,7 @@ public class KubernetesEnrollmentTests
     private const string UidB = "6a1d2c3b-0000-4000-8000-0000000000b1";
     private static readonly TimeSpan Long = TimeSpan.FromSeconds(30);
 
-    [Fact]
+    [PrivilegedFact]
     public async Task PodFoundThroughItsCgroup_IsEnrolledAndItsTrafficCaptured_ThenUnenrolledWhenDeleted()
     {
         await using var cluster = await NetnsCluster.CreateAsync(new ClusterSpec(
