@@ -15,12 +15,17 @@ internal static class AgentCommand
                    [--node NAME] [--cgroup DIR] [--bpffs DIR] [--admin ADDR|off] [--metrics ADDR|off]
                    [--health ADDR|off]
                    [--drain-seconds N] [--idle-timeout-seconds N] [--max-connections-per-pod N]
+                   [--max-inbound-per-identity N] [--max-inbound-per-address N] [--max-inbound-per-node N]
                    [--access-log json|text|off] [--no-access-log]
                    [--trust-domain TD --ca-cert FILE --ca-key FILE --trust-bundle FILE [--ca-chain FILE]]
           Runs the node agent: captures enrolled pods' TCP traffic with eBPF and proxies it.
           --node defaults to $NODE_NAME, then the host name; --cgroup to the cgroup v2 root;
           --bpffs to /sys/fs/bpf/weft; --admin to 127.0.0.1:15000; --metrics (Prometheus /metrics) to
           :15020, every address; --health (/healthz, /ready) to :15021; --access-log (a line per finished connection on stdout) to json.
+          Inbound limits (0 or absent: derived from the descriptor limit L, which the agent raises to the
+          hard limit at start): --max-inbound-per-identity (CONNECT streams one peer SPIFFE ID holds, L/8),
+          --max-inbound-per-address (connections one source address holds, counted from accept, L/16),
+          --max-inbound-per-node (accepted inbound connections plus admitted CONNECT streams, L/2).
           --kubernetes (implied by --kubeconfig, and by running in a pod without --inventory) watches the
           Kubernetes API: in-cluster service account, else $KUBECONFIG or ~/.kube/config. Local pods'
           network namespaces are found from their cgroups under --pod-cgroup-root (default: the cgroup v2 root).
@@ -68,6 +73,7 @@ internal static class AgentCommand
             {
                 IdleTimeout = TimeSpan.FromSeconds(cl.Int("idle-timeout-seconds", (int)proxyDefaults.IdleTimeout.TotalSeconds)),
                 MaxConnectionsPerPod = cl.Int("max-connections-per-pod", proxyDefaults.MaxConnectionsPerPod),
+                Inbound = InboundLimitFlags(cl),
             },
         };
         var caCert = cl.Get("ca-cert");
@@ -95,6 +101,19 @@ internal static class AgentCommand
         {
             context.Cancel = true;
             stop.TrySetResult();
+        }
+    }
+
+    /// <summary>The inbound limits given as flags; null (all derived at start) when none is.</summary>
+    private static InboundLimits? InboundLimitFlags(CommandLine cl)
+    {
+        var (identity, address, node) = (Limit("max-inbound-per-identity"), Limit("max-inbound-per-address"), Limit("max-inbound-per-node"));
+        return identity + address + node == 0 ? null : new InboundLimits(identity, address, node);
+
+        int Limit(string name)
+        {
+            var n = cl.Int(name, 0);
+            return n >= 0 ? n : throw new UsageException($"--{name} wants 0 (derive it) or more, got {n}");
         }
     }
 

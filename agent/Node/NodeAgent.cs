@@ -28,6 +28,8 @@ public sealed class NodeAgent : IAsyncDisposable
     private ConnectionTracker? _tracker;
     private IdentityManager? _identity;
     private ProxyServices? _services;
+    private InboundAdmission? _admission;
+    private long _descriptorLimit;
     private AdminServer? _admin;
     private HealthServer? _health;
     private MetricsEndpoint? _metricsEndpoint;
@@ -79,6 +81,7 @@ public sealed class NodeAgent : IAsyncDisposable
     public async Task StartAsync()
     {
         await StartSocketEngineHereAsync().ConfigureAwait(false);
+        _admission = StartAdmission();
         var cgroup = _options.CgroupPath ?? CgroupMount.FindV2();
         _store = new InventoryStore();
 
@@ -109,7 +112,7 @@ public sealed class NodeAgent : IAsyncDisposable
 
         _tracker = new ConnectionTracker(Flows, _options.Proxy.IdleTimeout);
         var selfTarget = new SelfTarget(_options.Proxy with { HostPorts = HostPorts() }, SelfTarget.InterfaceAddresses());
-        _services = new ProxyServices(_capture, _store, _tracker, _options.Proxy, _identity, selfTarget);
+        _services = new ProxyServices(_capture, _store, _tracker, _options.Proxy, _identity, selfTarget, _admission);
         _store.Changed += OnInventoryChanged;
         await ReconcileAsync().ConfigureAwait(false);
         if (_options.AdminAddress is not null)
@@ -151,6 +154,37 @@ public sealed class NodeAgent : IAsyncDisposable
                 ports.Add((port, what));
             }
         }
+    }
+
+    /// <summary>
+    /// Takes every descriptor the kernel allows (soft limit to hard) and sizes the inbound limits from
+    /// it, unless flags set them: inbound work is refused before the process runs out of descriptors.
+    /// </summary>
+    private InboundAdmission StartAdmission()
+    {
+        var (soft, hard) = DescriptorLimit.RaiseToHard();
+        _descriptorLimit = soft;
+        var derived = InboundLimits.FromDescriptorLimit(soft);
+        var limits = _options.Proxy.Inbound is { } set
+            ? new InboundLimits(Pick(set.PerPeerIdentity, derived.PerPeerIdentity), Pick(set.PerSourceAddress, derived.PerSourceAddress), Pick(set.PerNode, derived.PerNode))
+            : derived;
+        Log.Info("agent", $"descriptor limit {soft} (hard {hard}); inbound limits: {limits.PerPeerIdentity} streams per peer identity, "
+            + $"{limits.PerSourceAddress} connections per source address, {limits.PerNode} per node ({soft - limits.PerNode} descriptors kept for outbound and the agent)");
+        var log = new RefusalLog(TimeSpan.FromSeconds(5));
+        return new InboundAdmission(limits, (reason, detail) =>
+        {
+            Metrics.InboundRefused(reason switch
+            {
+                InboundRefusal.SourceAddress => "source_address",
+                InboundRefusal.PeerIdentity => "peer_identity",
+                InboundRefusal.Node => "node",
+                _ => "pod",
+            });
+            log.Refused(reason, detail);
+        });
+
+        // 0 from a flag means "derive it".
+        static int Pick(int flag, int derived) => flag > 0 ? flag : derived;
     }
 
     /// <summary>
@@ -396,6 +430,13 @@ public sealed class NodeAgent : IAsyncDisposable
         CaptureAttached = _capture is not null,
         PinnedObjects = Directory.Exists(_options.PinRoot) ? Directory.EnumerateFileSystemEntries(_options.PinRoot, "*", SearchOption.AllDirectories).Count() : 0,
         Certificates = _identity?.Current.Select(s => (s.Id.ToString(), s.NotAfter)).ToList() ?? [],
+        DescriptorLimit = _descriptorLimit,
+        Inbound = _admission is not { } a ? [] :
+        [
+            ("source_address", a.AddressTotal, a.Limits.PerSourceAddress),
+            ("peer_identity", a.IdentityTotal, a.Limits.PerPeerIdentity),
+            ("node", a.NodeCount, a.Limits.PerNode),
+        ],
     };
 
     /// <summary>Stops accepting, lets open connections finish within the grace period, keeps the pins.</summary>

@@ -58,6 +58,7 @@ internal sealed partial class PodProxy
 
         if (!TryReserve())
         {
+            _services.Admission.Refused(InboundRefusal.Pod, LimitReason);
             Refuse(client, flow, "UO", LimitReason);
             return;
         }
@@ -94,6 +95,7 @@ internal sealed partial class PodProxy
         // A handshake in progress counts against the pod's limit, so stalled handshakes cannot pile up unbounded.
         if (!TryReserve())
         {
+            _services.Admission.Refused(InboundRefusal.Pod, LimitReason);
             Refuse(socket, handshakeFlow, "UO", LimitReason);
             return;
         }
@@ -181,8 +183,18 @@ internal sealed partial class PodProxy
             return;
         }
 
+        // Each admitted stream holds a connection to the app: counted per peer identity and node-wide,
+        // however many tunnels carry them and whatever SETTINGS the peer chose to ignore.
+        using var admitted = _services.Admission.TryAdmitStream(peer.ToString(), out var refusal);
+        if (admitted is null)
+        {
+            await RejectAsync(request, flow, 503, "UO", refusal!).ConfigureAwait(false);
+            return;
+        }
+
         if (!TryReserve())
         {
+            _services.Admission.Refused(InboundRefusal.Pod, LimitReason);
             await RejectAsync(request, flow, 503, "UO", LimitReason).ConfigureAwait(false);
             return;
         }

@@ -70,10 +70,10 @@ internal sealed partial class PodProxy : IAsyncDisposable
             _acceptLoops.Add(AcceptLoopAsync(outbound6, HandleOutboundAsync));
         }
 
-        _acceptLoops.Add(AcceptLoopAsync(InboundListener, HandlePassthroughAsync));
+        _acceptLoops.Add(AcceptLoopAsync(InboundListener, HandlePassthroughAsync, inbound: true));
         if (tunnel is not null)
         {
-            _acceptLoops.Add(AcceptLoopAsync(tunnel, HandleTunnelAsync));
+            _acceptLoops.Add(AcceptLoopAsync(tunnel, HandleTunnelAsync, inbound: true));
         }
     }
 
@@ -117,14 +117,16 @@ internal sealed partial class PodProxy : IAsyncDisposable
         return socket;
     }
 
-    private async Task AcceptLoopAsync(Socket listener, Func<Socket, Task> handle)
+    private async Task AcceptLoopAsync(Socket listener, Func<Socket, Task> handle, bool inbound = false)
     {
+        var backoff = MinAcceptBackoff;
         while (!_stop.IsCancellationRequested)
         {
             Socket client;
             try
             {
                 client = await listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
+                backoff = MinAcceptBackoff;
             }
             catch (OperationCanceledException)
             {
@@ -136,27 +138,58 @@ internal sealed partial class PodProxy : IAsyncDisposable
             }
             catch (SocketException e)
             {
-                // Out of descriptors (EMFILE/ENFILE) or memory: back off instead of spinning; the
-                // kernel keeps the pending connections in the backlog meanwhile.
-                Log.Warn("proxy", $"{Pod.Key}: accept failed: {e.SocketErrorCode}; retrying in 100 ms");
+                // Out of descriptors (EMFILE/ENFILE) or memory: back off instead of spinning, longer
+                // while it lasts (the kernel keeps pending connections in the backlog meanwhile), and
+                // say so once per stretch rather than once per try.
+                if (backoff == MinAcceptBackoff)
+                {
+                    Log.Warn("proxy", $"{Pod.Key}: accept failed: {e.SocketErrorCode}; backing off up to {MaxAcceptBackoff.TotalSeconds:0} s until it succeeds");
+                }
+
                 try
                 {
-                    await Task.Delay(100, _stop.Token).ConfigureAwait(false);
+                    await Task.Delay(backoff, _stop.Token).ConfigureAwait(false);
                 }
                 catch (OperationCanceledException)
                 {
                     break;
                 }
 
+                backoff = TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, MaxAcceptBackoff.Ticks));
                 continue;
             }
 
             // Relayed bytes go out as they come: Nagle would hold small writes back for the peer's
             // delayed ACK (40 ms on Linux), which a proxy in the middle must not add.
             client.NoDelay = true;
-            _ = handle(client);
+            if (!inbound)
+            {
+                _ = handle(client);
+                continue;
+            }
+
+            // Counted before a byte is read, so floods that never finish a handshake are bounded too.
+            var source = Unmap(((IPEndPoint)client.RemoteEndPoint!).Address);
+            if (_services.Admission.TryAdmitConnection(source) is not { } lease)
+            {
+                RelayPumps.Reset(client);
+                continue;
+            }
+
+            _ = HandleAdmittedAsync(client, lease, handle);
         }
     }
+
+    private static async Task HandleAdmittedAsync(Socket client, InboundLease lease, Func<Socket, Task> handle)
+    {
+        using (lease)
+        {
+            await handle(client).ConfigureAwait(false);
+        }
+    }
+
+    private static readonly TimeSpan MinAcceptBackoff = TimeSpan.FromMilliseconds(50);
+    private static readonly TimeSpan MaxAcceptBackoff = TimeSpan.FromSeconds(1);
 
     /// <summary>Counts a connection against the pod's limit; false (and the caller refuses) when full.</summary>
     private bool TryReserve()

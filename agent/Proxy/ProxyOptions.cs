@@ -22,5 +22,8 @@ public sealed record ProxyOptions
     /// <summary>Open connections per pod and direction; more are refused with a reset.</summary>
     public int MaxConnectionsPerPod { get; init; } = 65_536;
 
+    /// <summary>Inbound limits (per peer identity, per source address, per node); null derives them from the descriptor limit at start.</summary>
+    public InboundLimits? Inbound { get; init; }
+
     public int ListenBacklog { get; init; } = 4096;
 }

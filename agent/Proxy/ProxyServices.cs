@@ -11,9 +11,10 @@ namespace Weft.Proxy;
 internal sealed class ProxyServices
 {
     public ProxyServices(BpfCapture capture, InventoryStore inventory, ConnectionTracker tracker, ProxyOptions options,
-        IdentityManager? identity, SelfTarget? selfTarget = null)
+        IdentityManager? identity, SelfTarget? selfTarget = null, InboundAdmission? admission = null)
     {
         SelfTarget = selfTarget ?? new SelfTarget(options, []);
+        Admission = admission ?? new InboundAdmission(options.Inbound ?? InboundLimits.FromDescriptorLimit(1024));
         Capture = capture;
         Inventory = inventory;
         Tracker = tracker;
@@ -37,6 +38,9 @@ internal sealed class ProxyServices
 
     /// <summary>Which destinations are the agent itself: never connected to.</summary>
     public SelfTarget SelfTarget { get; }
+
+    /// <summary>Node-wide inbound limits, shared by every pod's listeners.</summary>
+    public InboundAdmission Admission { get; }
 
     public HboneSettings Hbone { get; } = new();
 

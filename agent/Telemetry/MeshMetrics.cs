@@ -22,6 +22,12 @@ public sealed record AgentHealth
     public int PinnedObjects { get; init; }
 
     public IReadOnlyList<(string Principal, DateTimeOffset NotAfter)> Certificates { get; init; } = [];
+
+    /// <summary>The process's open-file limit after the agent raised it.</summary>
+    public long DescriptorLimit { get; init; }
+
+    /// <summary>What inbound traffic holds now, by the limit it counts against (source_address, peer_identity, node).</summary>
+    public IReadOnlyList<(string Limit, int Open, int Maximum)> Inbound { get; init; } = [];
 }
 
 /// <summary>
@@ -69,6 +75,10 @@ public sealed class MeshMetrics : IFlowObserver
     private readonly Gauge _pinned;
     private readonly Counter _enrollFailures;
     private readonly Counter _refusedStreams;
+    private readonly Counter _inboundRefused;
+    private readonly Gauge _inboundOpen;
+    private readonly Gauge _inboundLimit;
+    private readonly Gauge _descriptorLimit;
     private readonly HashSet<string> _certificatePrincipals = new(StringComparer.Ordinal);
     private WorkloadDirectory _directory = WorkloadDirectory.Empty;
 
@@ -106,6 +116,15 @@ public sealed class MeshMetrics : IFlowObserver
         _enrollFailures = f.CreateCounter("weft_pod_enroll_failures_total", "Pods the agent failed to enroll (capture attach, listeners).");
         _refusedStreams = f.CreateCounter("weft_hbone_streams_refused_total",
             "Inbound HBONE CONNECT streams refused with REFUSED_STREAM: their connection was at its concurrent-stream limit.");
+        _inboundRefused = f.CreateCounter("weft_inbound_refused_total", "Inbound connections and CONNECT streams refused by a limit.", ["reason"]);
+        foreach (var reason in InboundRefusalReasons)
+        {
+            _inboundRefused.WithLabels(reason);
+        }
+
+        _inboundOpen = f.CreateGauge("weft_inbound_open", "Inbound connections (source_address: accepted; peer_identity: CONNECT streams; node: both) held now.", ["limit"]);
+        _inboundLimit = f.CreateGauge("weft_inbound_limit", "The inbound limits in force: per source address, per peer identity, per node.", ["limit"]);
+        _descriptorLimit = f.CreateGauge("weft_descriptor_limit", "The agent's open-file limit (RLIMIT_NOFILE) after raising it to the hard limit.");
         Registry.AddBeforeCollectCallback(Collect);
         flows.Observer = this;
     }
@@ -115,7 +134,12 @@ public sealed class MeshMetrics : IFlowObserver
     /// <summary>Read before every scrape for the health gauges; null leaves them at zero.</summary>
     public Func<AgentHealth>? Health { get; set; }
 
+    /// <summary>The <c>reason</c> labels of <c>weft_inbound_refused_total</c>, present from the start at zero.</summary>
+    public static readonly string[] InboundRefusalReasons = ["source_address", "peer_identity", "node", "pod"];
+
     public void EnrollFailed() => _enrollFailures.Inc();
+
+    public void InboundRefused(string reason) => _inboundRefused.WithLabels(reason).Inc();
 
     public void Opened(Flow flow)
     {
@@ -219,6 +243,13 @@ public sealed class MeshMetrics : IFlowObserver
             _enrolled.Set(health.EnrolledPods);
             _captureUp.Set(health.CaptureAttached ? 1 : 0);
             _pinned.Set(health.PinnedObjects);
+            _descriptorLimit.Set(health.DescriptorLimit);
+            foreach (var (limit, open, maximum) in health.Inbound)
+            {
+                _inboundOpen.WithLabels(limit).Set(open);
+                _inboundLimit.WithLabels(limit).Set(maximum);
+            }
+
             var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach (var (principal, notAfter) in health.Certificates)
             {
