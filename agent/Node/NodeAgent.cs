@@ -29,6 +29,7 @@ public sealed class NodeAgent : IAsyncDisposable
     private IdentityManager? _identity;
     private ProxyServices? _services;
     private InboundAdmission? _admission;
+    private HeapTrim? _heapTrim;
     private long _descriptorLimit;
     private AdminServer? _admin;
     private HealthServer? _health;
@@ -82,6 +83,8 @@ public sealed class NodeAgent : IAsyncDisposable
     {
         await StartSocketEngineHereAsync().ConfigureAwait(false);
         _admission = StartAdmission();
+        var admission = _admission;
+        _heapTrim = new HeapTrim(() => admission.NodeCount, TimeSpan.FromSeconds(1));
         var cgroup = _options.CgroupPath ?? CgroupMount.FindV2();
         _store = new InventoryStore();
 
@@ -473,6 +476,7 @@ public sealed class NodeAgent : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await StopAsync().ConfigureAwait(false);
+        _heapTrim?.Dispose();
         _tracker?.Dispose();
         _identity?.Dispose();
         _capture?.Dispose();

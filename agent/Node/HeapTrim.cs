@@ -1,0 +1,51 @@
+using System.Runtime;
+
+namespace Weft.Node;
+
+/// <summary>
+/// Gives memory back to the kernel after a burst of inbound connections ends. An agent that goes idle
+/// allocates nothing, so no collection would run and the heap grown for thousands of connections
+/// (their buffers and records) would stay resident: after a flood, RSS would not come back.
+/// Checked once a second; collects once per burst, when what is held fell to an eighth of its peak.
+/// </summary>
+internal sealed class HeapTrim : IDisposable
+{
+    /// <summary>Bursts smaller than this are ordinary traffic; the GC's own pace is fine for them.</summary>
+    public const int BurstThreshold = 1000;
+
+    private readonly Func<int> _held;
+    private readonly Timer _timer;
+    private int _peak;
+
+    /// <param name="period">How often to check; <see cref="Timeout.InfiniteTimeSpan"/> leaves it to <see cref="Check"/> calls.</param>
+    public HeapTrim(Func<int> held, TimeSpan period)
+    {
+        _held = held;
+        _timer = new Timer(_ => Check(), null, period, period);
+    }
+
+    /// <summary>True when this check collected.</summary>
+    internal bool Check()
+    {
+        var held = _held();
+        if (held > _peak)
+        {
+            _peak = held;
+            return false;
+        }
+
+        if (_peak < BurstThreshold || held > _peak / 8)
+        {
+            return false;
+        }
+
+        var before = Environment.WorkingSet;
+        _peak = held;
+        GCSettings.LargeObjectHeapCompactionMode = GCLargeObjectHeapCompactionMode.CompactOnce;
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+        Log.Info("agent", $"inbound burst over: heap trimmed, working set {before >> 20} MiB to {Environment.WorkingSet >> 20} MiB");
+        return true;
+    }
+
+    public void Dispose() => _timer.Dispose();
+}
