@@ -24,31 +24,37 @@ internal static partial class DescriptorLimit
     private static partial int SetRlimit(int resource, in Rlimit limit);
 
     /// <summary>The soft limit now.</summary>
-    public static long Current => GetRlimit(RlimitNofile, out var limit) == 0 ? Clamp(limit.Current) : 1024;
+    public static long Current => Get() is { } limit ? Clamp(limit.Soft) : 1024;
+
+    /// <summary>The soft and hard limits, or null when the kernel will not say.</summary>
+    public static (ulong Soft, ulong Hard)? Get() =>
+        GetRlimit(RlimitNofile, out var limit) == 0 ? (limit.Current, limit.Maximum) : null;
+
+    /// <summary>Sets both limits; raising the hard one needs CAP_SYS_RESOURCE.</summary>
+    public static bool TrySet(ulong soft, ulong hard) => SetRlimit(RlimitNofile, new Rlimit { Current = soft, Maximum = hard }) == 0;
 
     /// <summary>Raises the soft limit to the hard limit; returns the soft limit in force afterwards (and the hard one).</summary>
     public static (long Soft, long Hard) RaiseToHard()
     {
-        if (GetRlimit(RlimitNofile, out var limit) != 0)
+        if (Get() is not { } limit)
         {
             Log.Warn("agent", $"getrlimit(RLIMIT_NOFILE) failed (errno {Marshal.GetLastPInvokeError()}); assuming 1024 descriptors");
             return (1024, 1024);
         }
 
-        if (limit.Current < limit.Maximum)
+        if (limit.Soft < limit.Hard)
         {
-            var raised = limit with { Current = limit.Maximum };
-            if (SetRlimit(RlimitNofile, raised) == 0)
+            if (TrySet(limit.Hard, limit.Hard))
             {
-                limit = raised;
+                limit = (limit.Hard, limit.Hard);
             }
             else
             {
-                Log.Warn("agent", $"setrlimit(RLIMIT_NOFILE, {limit.Maximum}) failed (errno {Marshal.GetLastPInvokeError()}); keeping {limit.Current}");
+                Log.Warn("agent", $"setrlimit(RLIMIT_NOFILE, {limit.Hard}) failed (errno {Marshal.GetLastPInvokeError()}); keeping {limit.Soft}");
             }
         }
 
-        return (Clamp(limit.Current), Clamp(limit.Maximum));
+        return (Clamp(limit.Soft), Clamp(limit.Hard));
     }
 
     // RLIM_INFINITY is all ones; no kernel hands out more descriptors than fs.nr_open (at most 2^30).

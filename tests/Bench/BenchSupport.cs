@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using Weft.Cli;
+using Weft.Node;
 
 namespace Weft.Bench;
 
@@ -66,41 +67,24 @@ internal static partial class BenchCommand
     /// <summary>Raises this process's open-file limit (children inherit it) towards <paramref name="wanted"/>; returns the limit now in force.</summary>
     private static ulong RaiseOpenFileLimit(ulong wanted)
     {
-        if (GetRLimit(RlimitNoFile, out var limit) != 0)
+        if (DescriptorLimit.Get() is not { } limit)
         {
             return 1024;
         }
 
-        if (limit.Current >= wanted)
+        if (limit.Soft >= wanted)
         {
-            return limit.Current;
+            return limit.Soft;
         }
 
         // root may raise the hard limit too, given CAP_SYS_RESOURCE; otherwise settle for the hard limit
-        var raised = new RLimit { Current = wanted, Maximum = Math.Max(wanted, limit.Maximum) };
-        if (SetRLimit(RlimitNoFile, ref raised) == 0)
+        if (DescriptorLimit.TrySet(wanted, Math.Max(wanted, limit.Hard)))
         {
             return wanted;
         }
 
-        raised = new RLimit { Current = limit.Maximum, Maximum = limit.Maximum };
-        return SetRLimit(RlimitNoFile, ref raised) == 0 ? limit.Maximum : limit.Current;
+        return DescriptorLimit.TrySet(limit.Hard, limit.Hard) ? limit.Hard : limit.Soft;
     }
-
-    private const int RlimitNoFile = 7;
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct RLimit
-    {
-        public ulong Current;
-        public ulong Maximum;
-    }
-
-    [LibraryImport("libc", EntryPoint = "getrlimit", SetLastError = true)]
-    private static partial int GetRLimit(int resource, out RLimit limit);
-
-    [LibraryImport("libc", EntryPoint = "setrlimit", SetLastError = true)]
-    private static partial int SetRLimit(int resource, ref RLimit limit);
 
     private static bool OnPath(string tool) =>
         (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Any(dir => dir.Length > 0 && File.Exists(Path.Join(dir, tool)));
