@@ -39,9 +39,6 @@ internal static unsafe partial class Libbpf
     [LibraryImport(Library, EntryPoint = "bpf_map__fd")]
     internal static partial int MapFd(nint map);
 
-    [LibraryImport(Library, EntryPoint = "bpf_program__fd")]
-    internal static partial int ProgramFd(nint program);
-
     [LibraryImport(Library, EntryPoint = "bpf_program__attach_cgroup", SetLastError = true)]
     internal static partial nint ProgramAttachCgroup(nint program, int cgroupFd);
 
@@ -57,19 +54,13 @@ internal static unsafe partial class Libbpf
     [LibraryImport(Library, EntryPoint = "bpf_link__update_program")]
     internal static partial int LinkUpdateProgram(nint link, nint program);
 
-    [LibraryImport(Library, EntryPoint = "bpf_link__fd")]
-    internal static partial int LinkFd(nint link);
-
+    /// <summary>
+    /// Ends a link, pinned or not: a pinned link survives bpf_link__destroy. (bpf_link__disconnect is not
+    /// bound on purpose: for fd-based links (cgroup, netns) disconnect-then-destroy would leak the fd and
+    /// with it a reference to the kernel link.)
+    /// </summary>
     [LibraryImport(Library, EntryPoint = "bpf_link__detach")]
     internal static partial int LinkDetach(nint link);
-
-    /// <summary>
-    /// Not used on purpose: for fd-based links (cgroup, netns) libbpf's detach only closes the fd,
-    /// so disconnect-then-destroy would leak the fd and with it a reference to the kernel link.
-    /// A pinned link survives bpf_link__destroy; only bpf_link__detach ends it.
-    /// </summary>
-    [LibraryImport(Library, EntryPoint = "bpf_link__disconnect")]
-    internal static partial void LinkDisconnect(nint link);
 
     [LibraryImport(Library, EntryPoint = "bpf_link__destroy")]
     internal static partial int LinkDestroy(nint link);

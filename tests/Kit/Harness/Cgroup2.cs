@@ -42,9 +42,6 @@ public static class Cgroup2
         return null;
     }
 
-    internal static void MoveProcess(string cgroup, int pid) =>
-        File.WriteAllText(Path.Join(cgroup, "cgroup.procs"), pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
-
     internal static IReadOnlyList<int> Pids(string cgroup)
     {
         var pids = new List<int>();

@@ -29,7 +29,7 @@ public sealed record InventoryOptions
     public IReadOnlyCollection<string> UnenrolledNamespaces { get; init; } = [];
 }
 
-/// <summary>Writes the standalone inventory (CONTRACT.md) with KubernetesClient's own models and YAML serializer.</summary>
+/// <summary>Writes the standalone inventory (the README's format: ordinary Kubernetes objects plus the netns annotation) with KubernetesClient's own models and YAML serializer.</summary>
 internal static class ClusterInventory
 {
     public const string NetnsAnnotation = "weft.dev/netns";

@@ -224,7 +224,7 @@ public sealed partial class NetnsCluster : IAsyncDisposable
 
     public ClusterPod AddPod(ClusterNode node, string ns, string name) => AddPod(node, new PodSpec(ns, name));
 
-    /// <summary>The standalone inventory for this cluster (see CONTRACT.md): namespaces, pods and the given services.</summary>
+    /// <summary>The standalone inventory for this cluster (the README's format): namespaces, pods and the given services.</summary>
     public string InventoryYaml(params ServiceSpec[] services) => InventoryYaml(new InventoryOptions { Services = services });
 
     public string InventoryYaml(InventoryOptions options) => ClusterInventory.Write(Pods, options);
