@@ -39,6 +39,15 @@ public class NamespaceCycleTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Inventory_HoldsWhatTheClusterSays_AndReachesNoNodeLocalCapture()
+    {
+        // Issue 9: finding a pod's netns from its cgroup is the node's business (Weft.Node.LocalNetns), not the cluster model's.
+        var graph = DependencyGraph(Agent);
+        Assert.DoesNotContain("Capture", graph["Inventory"]);
+        Assert.Contains("Capture", graph["Node"]);
+    }
+
+    [Fact]
     public void CycleFinder_ReportsEachStronglyConnectedGroupOnce()
     {
         var graph = new SortedDictionary<string, SortedSet<string>>(StringComparer.Ordinal)
