@@ -9,7 +9,7 @@ public sealed record KubernetesApiOptions
     /// <summary>A kubeconfig file; null: in-cluster configuration when running in a pod, else $KUBECONFIG or ~/.kube/config.</summary>
     public string? Kubeconfig { get; init; }
 
-    /// <summary>Where kubelet's kubepods cgroups are; null: the cgroup v2 mount.</summary>
+    /// <summary>Where kubelet's kubepods cgroups are, for the node agent to find local pods' namespaces; null: the cgroup v2 mount.</summary>
     public string? PodCgroupRoot { get; init; }
 
     /// <summary>The client for these settings: a kubeconfig file, in-cluster service account, or the default kubeconfig.</summary>
@@ -25,7 +25,7 @@ public sealed record KubernetesApiOptions
 /// <summary>Tuning for <see cref="KubernetesInventorySource"/>; the defaults suit an agent, tests shorten the waits.</summary>
 public sealed record KubernetesInventoryOptions
 {
-    /// <summary>This node's name (spec.nodeName of the pods whose network namespaces the agent looks up).</summary>
+    /// <summary>This node's name (spec.nodeName of the pods the agent enrolls).</summary>
     public required string NodeName { get; init; }
 
     /// <summary>Quiet time after a change before rebuilding, so a burst of watch events (a rollout) makes one snapshot.</summary>
@@ -47,10 +47,4 @@ public sealed record KubernetesInventoryOptions
 
     /// <summary>Where AuthorizationPolicies and PeerAuthentications apply mesh-wide (Istio's root namespace).</summary>
     public string MeshRootNamespace { get; init; } = Weft.Policy.PolicyKinds.DefaultMeshRootNamespace;
-
-    /// <summary>Where kubelet's kubepods cgroups are; null: the cgroup v2 mount.</summary>
-    public string? PodCgroupRoot { get; init; }
-
-    /// <summary>Finds a local pod's network namespace path; null: from its cgroup (<see cref="Weft.Capture.PodNetns"/>). Tests replace it.</summary>
-    internal Func<V1Pod, int?, (string Path, int Pid)?>? NetnsResolver { get; init; }
 }

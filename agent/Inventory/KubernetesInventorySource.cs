@@ -1,6 +1,5 @@
 using k8s;
 using k8s.Models;
-using Weft.Capture;
 using Weft.Policy;
 
 namespace Weft.Inventory;
@@ -12,7 +11,7 @@ namespace Weft.Inventory;
 ///   pods, namespaces, services, EndpointSlices,        per kind: cache by uid
 ///   AuthorizationPolicies, PeerAuthentications ──watch──► (list, watch, 410 → relist, backoff) ──changed──┐
 ///                                                                                                       ▼
-///   store.Publish ◄── InventoryBuilder.Build(union) ◄── local pods: netns from their cgroup ◄── debounce (100 ms)
+///   store.Publish ◄── InventoryBuilder.Build(union) ◄── weft.dev/netns annotations dropped ◄── debounce (100 ms)
 /// </code>
 /// Pods are watched cluster-wide, not only this node's: the data path needs every pod's IP, identity and
 /// labels to name the peer of a connection and to match policies, and one watch of all pods costs the API
@@ -20,7 +19,8 @@ namespace Weft.Inventory;
 /// Nothing is published before every kind has been listed once (<see cref="Ready"/>): a partial inventory
 /// would unenroll pods that a restarted agent is about to adopt.
 /// A pod's weft.dev/netns annotation is never trusted here: anyone who may edit a pod could point it at
-/// another pod's namespace. The path comes from the pod's cgroup on this node instead.
+/// another pod's namespace. This source drops it; the node agent finds a local pod's namespace from its cgroup
+/// (pod UID and QoS class, which the snapshot carries), since that is node-local knowledge, not the cluster's.
 /// </summary>
 public sealed class KubernetesInventorySource : IDisposable
 {
@@ -33,13 +33,10 @@ public sealed class KubernetesInventorySource : IDisposable
     private readonly Timer _debounce;
     private readonly object _rebuildGate = new();
     private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly Func<V1Pod, int?, (string Path, int Pid)?> _resolveNetns;
-    private Dictionary<string, (string Path, int Pid)> _netns = new(StringComparer.Ordinal);
     private HashSet<string> _lastWarnings = [];
     private Task[] _loops = [];
     private int _dirty;
     private long _pendingSince;
-    private int _netnsRetries;
     private long _lastSyncTicks;
     private bool _disposed;
 
@@ -50,18 +47,6 @@ public sealed class KubernetesInventorySource : IDisposable
         _store = store;
         _options = options;
         _debounce = new Timer(_ => RebuildInBackground(), null, Timeout.Infinite, Timeout.Infinite);
-        if (options.NetnsResolver is { } resolver)
-        {
-            _resolveNetns = resolver;
-        }
-        else
-        {
-            var finder = new PodNetns(options.PodCgroupRoot);
-            _resolveNetns = (pod, preferredPid) => finder.Find(pod.Metadata.Uid, PodNetns.ParseQosClass(pod.Status?.QosClass), preferredPid) is { } found
-                ? (found.NetnsPath, found.Pid)
-                : null;
-        }
-
         // Bookmarks keep our resourceVersion fresh on quiet kinds, so a reconnect resumes instead of relisting.
         _watches =
         [
@@ -95,7 +80,7 @@ public sealed class KubernetesInventorySource : IDisposable
     public static KubernetesInventorySource Start(KubernetesApiOptions api, InventoryStore store, KubernetesInventoryOptions options)
     {
         ArgumentNullException.ThrowIfNull(api);
-        return Start(api.CreateClient(), store, options with { PodCgroupRoot = options.PodCgroupRoot ?? api.PodCgroupRoot }, ownsClient: true);
+        return Start(api.CreateClient(), store, options, ownsClient: true);
     }
 
     /// <inheritdoc cref="Start(KubernetesApiOptions, InventoryStore, KubernetesInventoryOptions)"/>
@@ -220,6 +205,7 @@ public sealed class KubernetesInventorySource : IDisposable
         {
             // A timer thread must never take the agent down; the last good snapshot stays in place.
             Log.Error("inventory", $"building the inventory from the Kubernetes API failed: {ex}");
+            Interlocked.Exchange(ref _dirty, 1); // so the retry builds again rather than finding nothing changed
             ScheduleRebuild(_options.MaxBackoff);
         }
     }
@@ -234,25 +220,18 @@ public sealed class KubernetesInventorySource : IDisposable
             return; // the dirty flag stays set: the last kind's list triggers the first build
         }
 
-        var changed = Interlocked.Exchange(ref _dirty, 0) == 1;
+        if (Interlocked.Exchange(ref _dirty, 0) == 0)
+        {
+            return;
+        }
+
         var objects = new List<IKubernetesObject>();
-        var netns = new Dictionary<string, (string Path, int Pid)>(StringComparer.Ordinal);
-        var unresolved = 0;
         foreach (var watch in _watches)
         {
             foreach (var item in watch.Items())
             {
-                objects.Add(item is V1Pod pod ? WithNetns(pod, netns, ref unresolved) : item);
+                objects.Add(item is V1Pod pod ? WithoutNetnsAnnotation(pod) : item);
             }
-        }
-
-        var netnsChanged = !SameNetns(netns, _netns);
-        _netns = netns;
-        if (!changed && !netnsChanged)
-        {
-            // A retry for a pod whose cgroup is still missing found nothing new: no new version.
-            ScheduleNetnsRetry(unresolved);
-            return;
         }
 
         var built = InventoryBuilder.Build(objects, _options.MeshRootNamespace);
@@ -272,8 +251,7 @@ public sealed class KubernetesInventorySource : IDisposable
         var message = $"{(first ? "synced with" : "updated from")} the Kubernetes API: version {published.Version}, "
             + $"{published.Workloads.Length} pods, {published.Services.Length} services, "
             + $"{published.Policies.AuthorizationPolicies.Length} authorization policies, "
-            + $"{published.GetLocalEnrolledWorkloads(_options.NodeName).Length} enrolled on {_options.NodeName}"
-            + (unresolved == 0 ? "" : $", {unresolved} without a network namespace yet");
+            + $"{published.GetLocalEnrolledWorkloads(_options.NodeName).Length} enrolled on {_options.NodeName}";
         if (first)
         {
             Log.Info("inventory", message);
@@ -282,43 +260,18 @@ public sealed class KubernetesInventorySource : IDisposable
         {
             Log.Debug("inventory", message);
         }
-
-        ScheduleNetnsRetry(unresolved);
     }
 
-    /// <summary>
-    /// This node's running pods get the network namespace found from their cgroup; every pod loses a weft.dev/netns
-    /// annotation it carried, which only the standalone file may set.
-    /// </summary>
-    private V1Pod WithNetns(V1Pod pod, Dictionary<string, (string Path, int Pid)> netns, ref int unresolved)
+    /// <summary>Drops a weft.dev/netns annotation, which only the standalone file may set.</summary>
+    private static V1Pod WithoutNetnsAnnotation(V1Pod pod)
     {
-        var annotations = pod.Metadata.Annotations;
-        var local = pod.Spec?.NodeName == _options.NodeName && pod.Spec?.HostNetwork != true
-            && !string.IsNullOrEmpty(pod.Metadata.Uid) && pod.Status?.Phase is not ("Succeeded" or "Failed")
-            && (!string.IsNullOrEmpty(pod.Status?.PodIP) || pod.Status?.PodIPs is { Count: > 0 });
-        if (!local && annotations?.ContainsKey(InventoryBuilder.NetnsAnnotation) != true)
+        if (pod.Metadata.Annotations?.ContainsKey(InventoryBuilder.NetnsAnnotation) != true)
         {
             return pod;
         }
 
-        var rewritten = annotations is null
-            ? new Dictionary<string, string>(StringComparer.Ordinal)
-            : new Dictionary<string, string>(annotations, StringComparer.Ordinal);
+        var rewritten = new Dictionary<string, string>(pod.Metadata.Annotations, StringComparer.Ordinal);
         rewritten.Remove(InventoryBuilder.NetnsAnnotation);
-        if (local)
-        {
-            var previous = _netns.TryGetValue(pod.Metadata.Uid, out var known) ? known.Pid : (int?)null;
-            if (_resolveNetns(pod, previous) is { } found)
-            {
-                netns[pod.Metadata.Uid] = found;
-                rewritten[InventoryBuilder.NetnsAnnotation] = found.Path;
-            }
-            else
-            {
-                unresolved++;
-            }
-        }
-
         return new V1Pod
         {
             ApiVersion = pod.ApiVersion,
@@ -335,22 +288,6 @@ public sealed class KubernetesInventorySource : IDisposable
             Status = pod.Status,
         };
     }
-
-    private void ScheduleNetnsRetry(int unresolved)
-    {
-        if (unresolved == 0)
-        {
-            _netnsRetries = 0;
-            return;
-        }
-
-        // The pod's IP can reach the API before its cgroup is readable here; look again, less often each time.
-        var delay = TimeSpan.FromMilliseconds(Math.Min(250 * Math.Pow(2, Math.Min(_netnsRetries++, 10)), TimeSpan.FromSeconds(10).TotalMilliseconds));
-        ScheduleRebuild(delay);
-    }
-
-    private static bool SameNetns(Dictionary<string, (string Path, int Pid)> a, Dictionary<string, (string Path, int Pid)> b) =>
-        a.Count == b.Count && a.All(entry => b.TryGetValue(entry.Key, out var other) && other.Path == entry.Value.Path);
 
     // Only the fields InventoryBuilder and netns discovery read are kept: a cluster's pods carry far more.
     private static V1Pod TrimPod(V1Pod pod) => new()

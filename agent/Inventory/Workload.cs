@@ -24,8 +24,18 @@ public sealed record Workload
 
     public required IReadOnlyDictionary<string, string> Labels { get; init; }
 
-    /// <summary>Path of the pod's network namespace (annotation weft.dev/netns); standalone inventories only.</summary>
+    /// <summary>Path of the pod's network namespace (annotation weft.dev/netns); standalone inventories only: the Kubernetes
+    /// source drops the annotation, and the node finds a local pod's namespace from its cgroup (<see cref="Uid"/>).</summary>
     public string? NetnsPath { get; init; }
+
+    /// <summary>metadata.uid: names the pod's cgroup on its node.</summary>
+    public string? Uid { get; init; }
+
+    /// <summary>status.qosClass (Guaranteed, Burstable, BestEffort), as the cluster says it; decides the level of the pod's cgroup.</summary>
+    public string? QosClass { get; init; }
+
+    /// <summary>status.phase as the cluster says it; a Succeeded or Failed pod has no live process to name its namespace.</summary>
+    public string? Phase { get; init; }
 
     /// <summary>Annotation weft.dev/fail-open: when capture breaks, let traffic pass in plaintext instead of refusing it.</summary>
     public bool FailOpen { get; init; }

@@ -22,6 +22,10 @@ public sealed class NodeAgent : IAsyncDisposable
     private readonly AgentOptions _options;
     private readonly Dictionary<string, PodProxy> _pods = new();
     private readonly SemaphoreSlim _reconcileGate = new(1, 1);
+    private readonly LocalNetns _localNetns;
+    private readonly Timer _netnsRetry;
+    private int _netnsRetries;
+    private HashSet<string> _withoutNetns = [];
     private BpfCapture? _capture;
     private InventoryStore? _store;
     private IDisposable? _source;
@@ -43,6 +47,8 @@ public sealed class NodeAgent : IAsyncDisposable
     public NodeAgent(AgentOptions options)
     {
         _options = options;
+        _localNetns = options.Kubernetes is { } api ? LocalNetns.FromCgroups(api.PodCgroupRoot) : LocalNetns.FromInventoryFile();
+        _netnsRetry = new Timer(_ => _ = ReconcileAsync(), null, Timeout.Infinite, Timeout.Infinite);
         Flows = new FlowTable(accessLog: options.AccessLog ? Console.Out : null, format: options.AccessLogFormat);
         Metrics = new MeshMetrics(Flows, () => _store?.Current) { Health = Health };
         if (options.MetricsAddress is null)
@@ -294,6 +300,11 @@ public sealed class NodeAgent : IAsyncDisposable
         await _reconcileGate.WaitAsync().ConfigureAwait(false);
         try
         {
+            if (_stopping.IsCancellationRequested)
+            {
+                return; // a netns retry after stop must not enroll again
+            }
+
             var snapshot = _store!.Current;
             Reconcile(snapshot);
             Log.Info("agent", $"inventory version {snapshot.Version} applied: {EnrolledPods.Count} local pod(s) enrolled");
@@ -310,20 +321,30 @@ public sealed class NodeAgent : IAsyncDisposable
 
     private void Reconcile(InventorySnapshot snapshot)
     {
-        var desired = new Dictionary<string, Workload>();
+        var desired = new Dictionary<string, (Workload Workload, string NetnsPath)>();
+        var withoutNetns = new HashSet<string>();
         foreach (var workload in snapshot.GetLocalEnrolledWorkloads(_options.NodeName))
         {
-            if (workload.NetnsPath is null)
+            if (_localNetns.Find(workload) is not { } netnsPath)
             {
-                Log.Warn("agent", $"{Key(workload)}: enrolled but no network namespace known; not captured");
+                // Said once per pod, not at every retry.
+                if (withoutNetns.Add(Key(workload)) && !_withoutNetns.Contains(Key(workload)))
+                {
+                    Log.Warn("agent", $"{Key(workload)}: enrolled but no network namespace known{(_options.Kubernetes is null ? "" : " yet (no live process in its cgroup)")}; not captured");
+                }
+
                 continue;
             }
 
-            desired[PodIdentity(workload)] = workload;
+            desired[PodIdentity(workload, netnsPath)] = (workload, netnsPath);
         }
 
+        _localNetns.Sweep();
+        _withoutNetns = withoutNetns;
+        ScheduleNetnsRetry(withoutNetns.Count);
+
         // SVIDs only for service accounts that have a pod on this node.
-        _identity?.SetAllowed(desired.Values.Select(w => new SpiffeId(_identity.TrustDomain, w.Namespace, w.ServiceAccount)));
+        _identity?.SetAllowed(desired.Values.Select(d => new SpiffeId(_identity.TrustDomain, d.Workload.Namespace, d.Workload.ServiceAccount)));
 
         List<KeyValuePair<string, PodProxy>> gone;
         lock (_pods)
@@ -356,7 +377,7 @@ public sealed class NodeAgent : IAsyncDisposable
             Log.Info("agent", $"{pod.Key}: unenrolled");
         }
 
-        foreach (var (key, workload) in desired)
+        foreach (var (key, (workload, netnsPath)) in desired)
         {
             lock (_pods)
             {
@@ -368,7 +389,7 @@ public sealed class NodeAgent : IAsyncDisposable
 
             try
             {
-                Enroll(key, workload);
+                Enroll(key, workload, netnsPath);
             }
             catch (Exception e)
             {
@@ -379,12 +400,12 @@ public sealed class NodeAgent : IAsyncDisposable
         }
     }
 
-    private void Enroll(string key, Workload workload)
+    private void Enroll(string key, Workload workload, string netnsPath)
     {
         var ipv4 = workload.Ipv4;
         var ipv6 = workload.Ipv6;
-        var cookie = NetNamespace.GetCookie(workload.NetnsPath!);
-        var pod = new LocalPod(workload.Namespace, workload.Name, workload.ServiceAccount, workload.NetnsPath!, cookie, ipv4, ipv6, workload.FailOpen);
+        var cookie = NetNamespace.GetCookie(netnsPath);
+        var pod = new LocalPod(workload.Namespace, workload.Name, workload.ServiceAccount, netnsPath, cookie, ipv4, ipv6, workload.FailOpen);
         var proxy = PodProxy.Start(pod, _services!);
         try
         {
@@ -423,7 +444,27 @@ public sealed class NodeAgent : IAsyncDisposable
     }
 
     // A pod whose address or namespace changes is a new pod to the data path.
-    private static string PodIdentity(Workload w) => $"{Key(w)}|{w.NetnsPath}|{string.Join(',', w.Addresses)}|{w.FailOpen}";
+    private static string PodIdentity(Workload w, string netnsPath) => $"{Key(w)}|{netnsPath}|{string.Join(',', w.Addresses)}|{w.FailOpen}";
+
+    /// <summary>A pod's IP can reach the inventory before its cgroup has a process here: look again, less often each time.</summary>
+    private void ScheduleNetnsRetry(int unresolved)
+    {
+        if (unresolved == 0)
+        {
+            _netnsRetries = 0;
+            return;
+        }
+
+        var delay = TimeSpan.FromMilliseconds(Math.Min(250 * Math.Pow(2, Math.Min(_netnsRetries++, 10)), TimeSpan.FromSeconds(10).TotalMilliseconds));
+        try
+        {
+            _netnsRetry.Change(delay, Timeout.InfiniteTimeSpan);
+        }
+        catch (ObjectDisposedException)
+        {
+            // stopping
+        }
+    }
 
     private static string Key(Workload w) => $"{w.Namespace}/{w.Name}";
 
@@ -455,6 +496,7 @@ public sealed class NodeAgent : IAsyncDisposable
         _health?.Dispose();
         _metricsEndpoint?.Dispose();
         _source?.Dispose();
+        await _netnsRetry.DisposeAsync().ConfigureAwait(false);
         List<PodProxy> pods;
         lock (_pods)
         {

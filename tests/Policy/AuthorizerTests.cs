@@ -145,6 +145,22 @@ public class AuthorizerTests
     }
 
     [Fact]
+    public void PolicyDecisions_OverNamespaceAndLabelsAlone_DecideAsForTheWorkload()
+    {
+        // Policy knows no inventory: the same namespace and labels, copied out of the workload, give the same decision.
+        foreach (var (name, (policies, destination, connection, allowed, reason)) in Cases)
+        {
+            var snapshot = Build(policies);
+            var workload = Workload(snapshot, destination);
+
+            var decision = PolicyDecisions.Evaluate(snapshot.Policies, workload.Namespace, new Dictionary<string, string>(workload.Labels), connection);
+
+            Assert.True((allowed, reason) == (decision.Allowed, decision.Reason), $"{name}: {decision}");
+            Assert.Equal(Authorizer.ModeFor(snapshot, workload), PolicyDecisions.ModeFor(snapshot.Policies, workload.Namespace, new Dictionary<string, string>(workload.Labels)));
+        }
+    }
+
+    [Fact]
     public void Principal_WithOrWithoutScheme_IsTheSameIdentity()
     {
         var snapshot = Build(Policy("p", "demo", """rules: [{from: [{source: {principals: ["cluster.local/ns/demo/sa/sleep"], namespaces: [demo]}}]}]"""));

@@ -1,3 +1,4 @@
+using Weft.Inventory;
 using Weft.Policy;
 
 namespace Weft.Tests.Policy;

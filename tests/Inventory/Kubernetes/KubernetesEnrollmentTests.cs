@@ -40,13 +40,14 @@ public class KubernetesEnrollmentTests
             // Containers as a runtime makes them: a sandbox holding the pod's netns, then the app.
             var a1Pod = Path.Join(node.CgroupPath, PodNetns.RelativePath(CgroupDriver.Systemd, PodQosClass.Burstable, UidA));
             var b1Pod = Path.Join(node.CgroupPath, PodNetns.RelativePath(CgroupDriver.Cgroupfs, PodQosClass.BestEffort, UidB));
-            var a1Sandbox = Container(cluster, a1, Path.Join(a1Pod, "cri-containerd-5a4d.scope"), "/bin/sleep", "infinity");
             var b1Sandbox = Container(cluster, b1, Path.Join(b1Pod, "5b1d0000"), "/bin/sleep", "infinity");
             var (file, serveArgs) = WeftExecutable.Command(["app", "serve", "--port", "8080"]);
             await using var server = Container(cluster, b1, Path.Join(b1Pod, "0a990000"), file, [.. serveArgs]);
 
             api.Apply(Namespace("demo", meshEnabled: true));
-            api.Apply(Pod("demo", "a1", "node1", a1.Address.ToString(), UidA, "Burstable"));
+            // a1 claims b1's namespace by annotation, which anyone who may edit a pod could write: never believed.
+            var claim = new Dictionary<string, string> { ["weft.dev/netns"] = b1.NetnsPath };
+            api.Apply(Pod("demo", "a1", "node1", a1.Address.ToString(), UidA, "Burstable", annotations: claim));
             api.Apply(Pod("demo", "b1", "node1", b1.Address.ToString(), UidB, "BestEffort"));
             api.Apply(Service("demo", "b", "10.96.0.10", 80, 8080));
             api.Apply(Slice("demo", "b-1", "b", 8080, (b1.Address.ToString(), true)));
@@ -54,8 +55,13 @@ public class KubernetesEnrollmentTests
 
             await using var agent = node.StartWeft("agent", "--kubernetes", "--kubeconfig", kubeconfig, "--node", "node1",
                 "--cgroup", node.CgroupPath, "--pod-cgroup-root", node.CgroupPath, "--bpffs", pins, "--drain-seconds", "1", "--admin", "off");
-            await MeshCluster.WaitForStderrAsync(agent, l => l.Contains("demo/a1: enrolled", StringComparison.Ordinal), Long);
             await MeshCluster.WaitForStderrAsync(agent, l => l.Contains("demo/b1: enrolled", StringComparison.Ordinal), Long);
+
+            // a1 is in the API before its sandbox runs: the agent waits for a process in its cgroup, then enrolls it
+            // without any further API change.
+            await MeshCluster.WaitForStderrAsync(agent, l => l.Contains("demo/a1: enrolled but no network namespace known yet", StringComparison.Ordinal), Long);
+            var a1Sandbox = Container(cluster, a1, Path.Join(a1Pod, "cri-containerd-5a4d.scope"), "/bin/sleep", "infinity");
+            await MeshCluster.WaitForStderrAsync(agent, l => l.Contains("demo/a1: enrolled (", StringComparison.Ordinal), Long);
 
             // Each pod's namespace came from a process in its own cgroup, not from any annotation.
             Assert.Contains(agent.StderrLines, l => l.Contains($"demo/a1: enrolled (netns /proc/{a1Sandbox.Pid}/ns/net", StringComparison.Ordinal));

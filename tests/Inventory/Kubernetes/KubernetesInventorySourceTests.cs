@@ -19,7 +19,6 @@ public sealed class KubernetesInventorySourceTests : IAsyncLifetime
     private static readonly IPEndPoint Vip = IPEndPoint.Parse("10.96.0.10:80");
 
     private readonly InventoryStore _store = new();
-    private readonly Dictionary<string, (string Path, int Pid)?> _netns = new(StringComparer.Ordinal);
     private FakeApiServer _server = null!;
     private IKubernetes _client = null!;
     private KubernetesInventorySource? _source;
@@ -48,13 +47,6 @@ public sealed class KubernetesInventorySourceTests : IAsyncLifetime
             InitialBackoff = TimeSpan.FromMilliseconds(50),
             MaxBackoff = TimeSpan.FromMilliseconds(300),
             ListPageSize = pageSize,
-            NetnsResolver = (pod, _) =>
-            {
-                lock (_netns)
-                {
-                    return _netns.TryGetValue(pod.Metadata.Name, out var found) ? found : ($"/proc/4242/ns/net-{pod.Metadata.Name}", 4242);
-                }
-            },
         });
         return _source;
     }
@@ -356,31 +348,21 @@ public sealed class KubernetesInventorySourceTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task LocalPods_TakeTheirNetnsFromDiscovery_NeverFromTheAnnotation()
+    public async Task Pods_CarryWhatTheClusterSaysForNetnsDiscovery_NeverANetnsAnnotation()
     {
-        var evil = new Dictionary<string, string> { [InventoryBuilder.NetnsAnnotation] = "/proc/1/ns/net" };
-        _server.Apply(Pod("demo", "a1", Node, "10.244.1.2", annotations: evil));
-        _server.Apply(Pod("demo", "b1", "node2", "10.244.2.2", annotations: evil));
-        lock (_netns)
-        {
-            _netns["a9"] = null; // cgroup not there yet
-        }
+        // The node finds a local pod's namespace from its cgroup (LocalNetnsTests); the inventory only passes on
+        // the pod's UID, QoS class and phase, and drops a weft.dev/netns that anyone who may edit a pod could set.
+        var evil = new Dictionary<string, string> { [InventoryBuilder.NetnsAnnotation] = "/proc/1/ns/net", ["weft.dev/fail-open"] = "true" };
+        _server.Apply(Pod("demo", "a2", Node, "10.244.1.3", uid: "uid-a2", qos: "Guaranteed", annotations: evil));
+        _server.Apply(Pod("demo", "b1", "node2", "10.244.2.2", uid: "uid-b1", annotations: evil));
 
         var synced = await SyncedAsync();
-        Assert.True(synced.TryGetWorkload(IPAddress.Parse("10.244.1.2"), out var local));
-        Assert.Equal("/proc/4242/ns/net-a1", local.NetnsPath);
+        Assert.True(synced.TryGetWorkload(IPAddress.Parse("10.244.1.3"), out var local));
+        Assert.Null(local.NetnsPath);
+        Assert.True(local.FailOpen); // the other weft.dev annotations stay
+        Assert.Equal(("uid-a2", "Guaranteed", "Running"), (local.Uid, local.QosClass, local.Phase));
         Assert.True(synced.TryGetWorkload(IPAddress.Parse("10.244.2.2"), out var remote));
         Assert.Null(remote.NetnsPath);
-
-        // A pod whose cgroup appears only after its IP is looked up again without any API change.
-        _server.Apply(Pod("demo", "a9", Node, "10.244.1.10"));
-        await EventuallyAsync(s => s.TryGetWorkload(IPAddress.Parse("10.244.1.10"), out var w) && w.NetnsPath is null, what: "a9 without netns");
-        lock (_netns)
-        {
-            _netns["a9"] = ("/proc/777/ns/net", 777);
-        }
-
-        await EventuallyAsync(s => s.TryGetWorkload(IPAddress.Parse("10.244.1.10"), out var w) && w.NetnsPath == "/proc/777/ns/net",
-            TimeSpan.FromSeconds(2), "a9 netns found on retry");
+        Assert.Equal("uid-b1", remote.Uid);
     }
 }

@@ -1,4 +1,3 @@
-using Weft.Inventory;
 using Weft.Policy.Internal;
 
 namespace Weft.Policy;
@@ -12,9 +11,10 @@ namespace Weft.Policy;
 ///   some ALLOW policy matches ───────► allowed "allowed by ns/name"
 ///   otherwise ───────────────────────► denied  "no ALLOW policy matched (N apply)"
 /// </code>
-/// Reads only the snapshot it is given, takes no lock, and allocates nothing per decision.
+/// Knows nothing of the inventory: the caller names the destination by its namespace and labels (the inventory
+/// does, in its own <c>Authorizer</c>). Reads only the policy set it is given, takes no lock, and allocates nothing per decision.
 /// </summary>
-public static class Authorizer
+public static class PolicyDecisions
 {
     private const string NoPolicy = "no authorization policy applies";
     private const string NoAllowPolicy = "no ALLOW policy applies";
@@ -22,27 +22,28 @@ public static class Authorizer
     // Reasons for the common counts, made once, so even a denial allocates nothing.
     private static readonly string[] NoAllowMatched = [.. Enumerable.Range(0, 32).Select(NoAllowMatchedReason)];
 
-    public static AuthorizationDecision Evaluate(InventorySnapshot snapshot, Workload destination, ConnectionAttributes connection)
+    public static AuthorizationDecision Evaluate(
+        PolicySet policies, string destinationNamespace, IReadOnlyDictionary<string, string> destinationLabels, ConnectionAttributes connection)
     {
-        ArgumentNullException.ThrowIfNull(snapshot);
-        ArgumentNullException.ThrowIfNull(destination);
+        ArgumentNullException.ThrowIfNull(policies);
+        ArgumentNullException.ThrowIfNull(destinationNamespace);
+        ArgumentNullException.ThrowIfNull(destinationLabels);
         ArgumentNullException.ThrowIfNull(connection.SourceIp); // a missing address must not read as "::" and match IPv6 blocks
-        var policies = snapshot.Policies;
         var peer = new Peer(connection);
         var applying = 0;
         var allowing = 0;
         CompiledAuthorizationPolicy? allowedBy = null;
 
         var mesh = policies.MeshPolicies;
-        var local = destination.Namespace != policies.MeshRootNamespace
-            && policies.PoliciesByNamespace.TryGetValue(destination.Namespace, out var inNamespace) ? inNamespace : Array.Empty<CompiledAuthorizationPolicy>();
+        var local = destinationNamespace != policies.MeshRootNamespace
+            && policies.PoliciesByNamespace.TryGetValue(destinationNamespace, out var inNamespace) ? inNamespace : Array.Empty<CompiledAuthorizationPolicy>();
 
         // Every DENY is looked at before an ALLOW can decide; both arrays hold their DENY policies first.
         for (var pass = 0; pass < 2; pass++)
         {
             foreach (var policy in pass == 0 ? mesh : local)
             {
-                if (!policy.Selects(destination.Labels))
+                if (!policy.Selects(destinationLabels))
                 {
                     continue;
                 }
@@ -83,24 +84,24 @@ public static class Authorizer
     /// The workload's mode: the most specific PeerAuthentication that sets one wins (workload selector, then namespace,
     /// then mesh root namespace); UNSET inherits from the next wider scope; with none at all, PERMISSIVE, like Istio.
     /// </summary>
-    public static MtlsMode ModeFor(InventorySnapshot snapshot, Workload destination)
+    public static MtlsMode ModeFor(PolicySet policies, string destinationNamespace, IReadOnlyDictionary<string, string> destinationLabels)
     {
-        ArgumentNullException.ThrowIfNull(snapshot);
-        ArgumentNullException.ThrowIfNull(destination);
-        var policies = snapshot.Policies;
-        var inRoot = destination.Namespace == policies.MeshRootNamespace;
+        ArgumentNullException.ThrowIfNull(policies);
+        ArgumentNullException.ThrowIfNull(destinationNamespace);
+        ArgumentNullException.ThrowIfNull(destinationLabels);
+        var inRoot = destinationNamespace == policies.MeshRootNamespace;
 
         // Workload level: the oldest selecting policy, its own namespace's before the mesh root's.
-        var workload = !inRoot && policies.WorkloadModes.TryGetValue(destination.Namespace, out var own)
-            ? FirstSelecting(own, destination.Labels)
+        var workload = !inRoot && policies.WorkloadModes.TryGetValue(destinationNamespace, out var own)
+            ? FirstSelecting(own, destinationLabels)
             : null;
-        workload ??= FirstSelecting(policies.MeshWorkloadModes, destination.Labels);
+        workload ??= FirstSelecting(policies.MeshWorkloadModes, destinationLabels);
         if (workload?.Mode is { } workloadMode)
         {
             return workloadMode;
         }
 
-        if (!inRoot && policies.NamespaceModes.TryGetValue(destination.Namespace, out var ns) && ns.Mode is { } namespaceMode)
+        if (!inRoot && policies.NamespaceModes.TryGetValue(destinationNamespace, out var ns) && ns.Mode is { } namespaceMode)
         {
             return namespaceMode;
         }
