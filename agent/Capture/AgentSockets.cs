@@ -11,13 +11,13 @@ namespace Weft.Capture;
 public static class AgentSockets
 {
     private static readonly Lock Gate = new();
-    private static BpfCapture[] open = [];
+    private static BpfCapture[] _open = [];
 
     /// <summary>Registers <paramref name="socket"/> as the agent's; call it before connect().</summary>
     public static void Claim(Socket socket)
     {
         // a copy-on-write array: claiming (once per upstream connection) reads it without a lock
-        foreach (var capture in Volatile.Read(ref open))
+        foreach (var capture in Volatile.Read(ref _open))
         {
             capture.ClaimForAgent(socket);
         }
@@ -27,7 +27,7 @@ public static class AgentSockets
     {
         lock (Gate)
         {
-            open = [.. open, capture];
+            _open = [.. _open, capture];
         }
     }
 
@@ -35,7 +35,7 @@ public static class AgentSockets
     {
         lock (Gate)
         {
-            open = Array.FindAll(open, c => !ReferenceEquals(c, capture));
+            _open = Array.FindAll(_open, c => !ReferenceEquals(c, capture));
         }
     }
 }

@@ -37,35 +37,35 @@ public sealed class BpfCapture : IDisposable
         ("weft_sockops", "cgroup_sockops"),
     ];
 
-    private readonly CaptureOptions options;
-    private readonly BpfObject outbound;
-    private readonly BpfObject inbound;
-    private readonly int configFd;
-    private readonly int enrolledFd;
-    private readonly int podAddrsFd;
-    private readonly int listenersFd;
-    private readonly int origDstFd;
-    private readonly int agentSocketsFd;
-    private readonly Lock gate = new();
-    private volatile bool disposed;
-    private int claimsInFlight;
+    private readonly CaptureOptions _options;
+    private readonly BpfObject _outbound;
+    private readonly BpfObject _inbound;
+    private readonly int _configFd;
+    private readonly int _enrolledFd;
+    private readonly int _podAddrsFd;
+    private readonly int _listenersFd;
+    private readonly int _origDstFd;
+    private readonly int _agentSocketsFd;
+    private readonly Lock _gate = new();
+    private volatile bool _disposed;
+    private int _claimsInFlight;
 
     private BpfCapture(CaptureOptions options, BpfObject outbound, BpfObject inbound)
     {
-        this.options = options;
-        this.outbound = outbound;
-        this.inbound = inbound;
-        configFd = outbound.MapFd("config");
-        enrolledFd = outbound.MapFd("enrolled");
-        podAddrsFd = inbound.MapFd("pod_addrs");
-        listenersFd = inbound.MapFd("inbound_listeners");
-        origDstFd = outbound.MapFd("orig_dst");
-        agentSocketsFd = outbound.MapFd("agent_sockets");
+        _options = options;
+        _outbound = outbound;
+        _inbound = inbound;
+        _configFd = outbound.MapFd("config");
+        _enrolledFd = outbound.MapFd("enrolled");
+        _podAddrsFd = inbound.MapFd("pod_addrs");
+        _listenersFd = inbound.MapFd("inbound_listeners");
+        _origDstFd = outbound.MapFd("orig_dst");
+        _agentSocketsFd = outbound.MapFd("agent_sockets");
     }
 
-    private string MapDirectory => Path.Combine(options.PinRoot, "maps");
+    private string MapDirectory => Path.Combine(_options.PinRoot, "maps");
 
-    private string LinkDirectory => Path.Combine(options.PinRoot, "links");
+    private string LinkDirectory => Path.Combine(_options.PinRoot, "links");
 
     /// <summary>
     /// Loads the programs, adopts pinned maps, and creates or updates the pinned cgroup links and
@@ -117,14 +117,14 @@ public sealed class BpfCapture : IDisposable
     public unsafe void EnrollPod(ulong netnsCookie, PodCapture pod)
     {
         var value = ToMapValue(pod);
-        lock (gate)
+        lock (_gate)
         {
             ThrowIfDisposed();
-            Update(enrolledFd, &netnsCookie, &value, "enrolled");
+            Update(_enrolledFd, &netnsCookie, &value, "enrolled");
             foreach (var address in AddressesOf(pod))
             {
                 var key = address;
-                Update(podAddrsFd, &key, &value, "pod_addrs");
+                Update(_podAddrsFd, &key, &value, "pod_addrs");
             }
         }
     }
@@ -133,15 +133,15 @@ public sealed class BpfCapture : IDisposable
     public unsafe void UnenrollPod(ulong netnsCookie, PodCapture pod)
     {
         ArgumentNullException.ThrowIfNull(pod);
-        lock (gate)
+        lock (_gate)
         {
             ThrowIfDisposed();
-            Delete(enrolledFd, &netnsCookie, "enrolled");
+            Delete(_enrolledFd, &netnsCookie, "enrolled");
             foreach (var address in AddressesOf(pod))
             {
                 var key = address;
-                Delete(podAddrsFd, &key, "pod_addrs");
-                Delete(listenersFd, &key, "inbound_listeners");
+                Delete(_podAddrsFd, &key, "pod_addrs");
+                Delete(_listenersFd, &key, "inbound_listeners");
             }
             var path = SkLookupLinkPath(netnsCookie);
             if (File.Exists(path))
@@ -166,14 +166,14 @@ public sealed class BpfCapture : IDisposable
             throw new ArgumentException($"the inbound listener was not made inside {netnsPath}; create it with NetNamespace.Run", nameof(inboundListener));
         }
 
-        lock (gate)
+        lock (_gate)
         {
             ThrowIfDisposed();
             var served = 0;
             foreach (var address in AddressesOf(pod))
             {
                 var key = address;
-                Update(podAddrsFd, &key, &value, "pod_addrs");
+                Update(_podAddrsFd, &key, &value, "pod_addrs");
                 if (!ListenerServes(inboundListener, IsIpv4(key)))
                 {
                     continue;
@@ -183,7 +183,7 @@ public sealed class BpfCapture : IDisposable
                 {
                     inboundListener.SafeHandle.DangerousAddRef(ref added);
                     ulong fd = (ulong)inboundListener.SafeHandle.DangerousGetHandle();
-                    var rc = Libbpf.MapUpdate(listenersFd, &key, &fd, Libbpf.BPF_ANY);
+                    var rc = Libbpf.MapUpdate(_listenersFd, &key, &fd, Libbpf.BPF_ANY);
                     if (rc < 0)
                     {
                         throw new CaptureException(
@@ -205,7 +205,7 @@ public sealed class BpfCapture : IDisposable
             }
 
             var path = SkLookupLinkPath(netnsCookie);
-            if (!TryUpdatePinnedLink(path, inbound.Program(SkLookupProgram)))
+            if (!TryUpdatePinnedLink(path, _inbound.Program(SkLookupProgram)))
             {
                 AttachNetns(netnsPath, path);
             }
@@ -220,10 +220,10 @@ public sealed class BpfCapture : IDisposable
     public unsafe void ClaimForAgent(Socket socket)
     {
         ArgumentNullException.ThrowIfNull(socket);
-        Interlocked.Increment(ref claimsInFlight);
+        Interlocked.Increment(ref _claimsInFlight);
         try
         {
-            if (disposed)
+            if (_disposed)
             {
                 return; // this capture's process is shutting down: its pins are another capture's business
             }
@@ -233,7 +233,7 @@ public sealed class BpfCapture : IDisposable
                 socket.SafeHandle.DangerousAddRef(ref added);
                 var fd = (int)socket.SafeHandle.DangerousGetHandle();
                 var value = 1u;
-                var rc = Libbpf.MapUpdate(agentSocketsFd, &fd, &value, Libbpf.BPF_ANY);
+                var rc = Libbpf.MapUpdate(_agentSocketsFd, &fd, &value, Libbpf.BPF_ANY);
                 if (rc < 0)
                 {
                     throw new CaptureException($"registering an agent socket in agent_sockets failed ({Mounts.Describe(-rc)}); it would be captured, so it is not used", -rc);
@@ -249,7 +249,7 @@ public sealed class BpfCapture : IDisposable
         }
         finally
         {
-            Interlocked.Decrement(ref claimsInFlight);
+            Interlocked.Decrement(ref _claimsInFlight);
         }
     }
 
@@ -258,7 +258,7 @@ public sealed class BpfCapture : IDisposable
     {
         var fd = (int)socket.SafeHandle.DangerousGetHandle();
         var value = 0u;
-        return Libbpf.MapLookup(agentSocketsFd, &fd, &value) == 0;
+        return Libbpf.MapLookup(_agentSocketsFd, &fd, &value) == 0;
     }
 
     /// <summary>
@@ -276,7 +276,7 @@ public sealed class BpfCapture : IDisposable
             Family = family == AddressFamily.InterNetworkV6 ? MapLayout.FamilyInet6 : MapLayout.FamilyInet,
         };
         WeftOrigDst value;
-        var rc = Libbpf.MapLookupAndDelete(origDstFd, &key, &value);
+        var rc = Libbpf.MapLookupAndDelete(_origDstFd, &key, &value);
         if (rc < 0)
         {
             return -rc == LibC.ENOENT ? false : throw new CaptureException($"reading orig_dst failed ({Mounts.Describe(-rc)})", -rc);
@@ -292,7 +292,7 @@ public sealed class BpfCapture : IDisposable
     internal unsafe bool IsEnrolled(ulong netnsCookie)
     {
         WeftPod value;
-        return Libbpf.MapLookup(enrolledFd, &netnsCookie, &value) == 0;
+        return Libbpf.MapLookup(_enrolledFd, &netnsCookie, &value) == 0;
     }
 
     /// <summary>Detaches every pinned link under <paramref name="pinRoot"/> and removes every pin.</summary>
@@ -318,24 +318,24 @@ public sealed class BpfCapture : IDisposable
     /// <summary>Closes file descriptors only: pinned links keep capturing, pinned maps keep state.</summary>
     public void Dispose()
     {
-        lock (gate)
+        lock (_gate)
         {
-            if (disposed)
+            if (_disposed)
             {
                 return;
             }
-            disposed = true;
+            _disposed = true;
             AgentSockets.Remove(this);
             // a claim that read `disposed` as false is still using the map fd: let it finish first
             // (the fence pairs with the claim's Interlocked.Increment before it reads `disposed`)
             Interlocked.MemoryBarrier();
             var wait = new SpinWait();
-            while (Volatile.Read(ref claimsInFlight) != 0)
+            while (Volatile.Read(ref _claimsInFlight) != 0)
             {
                 wait.SpinOnce();
             }
-            inbound.Dispose();
-            outbound.Dispose();
+            _inbound.Dispose();
+            _outbound.Dispose();
         }
     }
 
@@ -344,16 +344,16 @@ public sealed class BpfCapture : IDisposable
         var config = new WeftConfig
         {
             LayoutVersion = MapLayout.LayoutVersion,
-            OutboundPort = options.OutboundPort,
-            InboundPort = options.InboundPort,
-            TunnelPort = options.TunnelPort,
+            OutboundPort = _options.OutboundPort,
+            InboundPort = _options.InboundPort,
+            TunnelPort = _options.TunnelPort,
         };
-        for (var i = 0; i < options.ExcludedPorts.Count; i++)
+        for (var i = 0; i < _options.ExcludedPorts.Count; i++)
         {
-            config.ExcludedPorts[i] = options.ExcludedPorts[i];
+            config.ExcludedPorts[i] = _options.ExcludedPorts[i];
         }
         var key = 0u;
-        Update(configFd, &key, &config, "config");
+        Update(_configFd, &key, &config, "config");
     }
 
     private static void ValidateExcludedPorts(CaptureOptions options)
@@ -379,11 +379,11 @@ public sealed class BpfCapture : IDisposable
 
     private void AttachCgroupHooks()
     {
-        var cgroupId = InodeOf(options.CgroupPath);
+        var cgroupId = InodeOf(_options.CgroupPath);
         foreach (var (programName, linkName) in CgroupHooks)
         {
             var path = Path.Combine(LinkDirectory, linkName);
-            var program = outbound.Program(programName);
+            var program = _outbound.Program(programName);
             if (File.Exists(path))
             {
                 var linkCgroup = PinnedCgroupLinkCgroupId(path);
@@ -401,7 +401,7 @@ public sealed class BpfCapture : IDisposable
 
     private void AdoptInboundLinks()
     {
-        var program = inbound.Program(SkLookupProgram);
+        var program = _inbound.Program(SkLookupProgram);
         foreach (var path in Directory.GetFiles(LinkDirectory, SkLookupLinkPrefix + "*"))
         {
             if (!TryUpdatePinnedLink(path, program))
@@ -414,7 +414,7 @@ public sealed class BpfCapture : IDisposable
 
     private unsafe void AttachCgroup(nint program, string programName, string path)
     {
-        var fd = OpenReadOnly(options.CgroupPath, LibC.O_DIRECTORY);
+        var fd = OpenReadOnly(_options.CgroupPath, LibC.O_DIRECTORY);
         nint link;
         int errno;
         try
@@ -428,7 +428,7 @@ public sealed class BpfCapture : IDisposable
         }
         if (link == 0)
         {
-            throw AttachFailure($"attaching {programName} to cgroup {options.CgroupPath}", errno, "cgroup bpf_link needs Linux 5.7+");
+            throw AttachFailure($"attaching {programName} to cgroup {_options.CgroupPath}", errno, "cgroup bpf_link needs Linux 5.7+");
         }
         PinAndRelease(link, path);
     }
@@ -440,7 +440,7 @@ public sealed class BpfCapture : IDisposable
         int errno;
         try
         {
-            link = Libbpf.ProgramAttachNetns(inbound.Program(SkLookupProgram), fd);
+            link = Libbpf.ProgramAttachNetns(_inbound.Program(SkLookupProgram), fd);
             errno = Libbpf.LastErrno();
         }
         finally
@@ -652,7 +652,7 @@ public sealed class BpfCapture : IDisposable
     private string SkLookupLinkPath(ulong netnsCookie) =>
         Path.Combine(LinkDirectory, SkLookupLinkPrefix + netnsCookie.ToString(System.Globalization.CultureInfo.InvariantCulture));
 
-    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(disposed, this);
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
 
     private static unsafe WeftPod ToMapValue(PodCapture pod)
     {

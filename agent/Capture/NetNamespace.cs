@@ -91,24 +91,24 @@ public static class NetNamespace
     private sealed class NamespaceThread
     {
         // Each item is told whether the thread got into the namespace (null) or why not.
-        private readonly BlockingCollection<Action<CaptureException?>> work = new();
-        private readonly Thread thread;
-        private readonly ManualResetEventSlim entered = new();
+        private readonly BlockingCollection<Action<CaptureException?>> _work = new();
+        private readonly Thread _thread;
+        private readonly ManualResetEventSlim _entered = new();
 
         public NamespaceThread(string netnsPath)
         {
-            thread = new Thread(() => Loop(netnsPath))
+            _thread = new Thread(() => Loop(netnsPath))
             {
                 IsBackground = true,
                 Name = "netns " + Path.GetFileName(netnsPath),
             };
-            thread.Start();
-            entered.Wait();
+            _thread.Start();
+            _entered.Wait();
         }
 
         public CaptureException? EnterError { get; private set; }
 
-        public bool IsCurrent => Thread.CurrentThread == thread;
+        public bool IsCurrent => Thread.CurrentThread == _thread;
 
         public bool TryRun<T>(Func<T> action, out T result)
         {
@@ -122,7 +122,7 @@ public static class NetNamespace
             using var done = new ManualResetEventSlim();
             try
             {
-                work.Add(enterError =>
+                _work.Add(enterError =>
                 {
                     try
                     {
@@ -153,7 +153,7 @@ public static class NetNamespace
             return true;
         }
 
-        public void Stop() => work.CompleteAdding();
+        public void Stop() => _work.CompleteAdding();
 
         private unsafe void Loop(string netnsPath)
         {
@@ -191,7 +191,7 @@ public static class NetNamespace
             }
             finally
             {
-                entered.Set();
+                _entered.Set();
             }
 
             try
@@ -199,7 +199,7 @@ public static class NetNamespace
                 // Each piece of work runs inside the pod's namespace, and the thread returns to the agent's
                 // own between pieces: a thread the runtime creates from this one (a thread-pool worker, say)
                 // inherits the creator's namespace, and must never inherit a pod's.
-                foreach (var item in work.GetConsumingEnumerable())
+                foreach (var item in _work.GetConsumingEnumerable())
                 {
                     if (Enter(podFd, netnsPath) is { } error)
                     {
@@ -218,7 +218,7 @@ public static class NetNamespace
                         {
                             // Stuck in the pod's namespace: stop serving rather than run anything else here.
                             EnterError = back;
-                            work.CompleteAdding();
+                            _work.CompleteAdding();
                         }
                     }
                 }

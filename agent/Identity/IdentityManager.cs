@@ -31,55 +31,55 @@ public sealed class IdentityManager : IDisposable
 {
     private const string Component = "identity";
 
-    private readonly IdentityOptions options;
-    private readonly TimeProvider time;
-    private readonly SvidIssuer issuer;
-    private readonly ConcurrentDictionary<SpiffeId, Svid> cache = new();
-    private readonly object issueGate = new();
-    private readonly object reloadGate = new();
-    private readonly List<FileSystemWatcher> watchers = [];
-    private readonly ITimer periodic;
-    private readonly Timer debounce;
-    private volatile CertificateAuthority authority;
-    private volatile SpiffeVerifier verifier;
-    private volatile FrozenSet<SpiffeId> allowed = FrozenSet<SpiffeId>.Empty;
-    private string? lastFailedFingerprint;
-    private bool disposed;
+    private readonly IdentityOptions _options;
+    private readonly TimeProvider _time;
+    private readonly SvidIssuer _issuer;
+    private readonly ConcurrentDictionary<SpiffeId, Svid> _cache = new();
+    private readonly object _issueGate = new();
+    private readonly object _reloadGate = new();
+    private readonly List<FileSystemWatcher> _watchers = [];
+    private readonly ITimer _periodic;
+    private readonly Timer _debounce;
+    private volatile CertificateAuthority _authority;
+    private volatile SpiffeVerifier _verifier;
+    private volatile FrozenSet<SpiffeId> _allowed = FrozenSet<SpiffeId>.Empty;
+    private string? _lastFailedFingerprint;
+    private bool _disposed;
 
     private IdentityManager(IdentityOptions options, TimeProvider time, CertificateAuthority authority)
     {
-        this.options = options;
-        this.time = time;
-        this.authority = authority;
-        issuer = new SvidIssuer(options.SvidLifetime, time);
-        verifier = NewVerifier(authority);
-        Tls = new MeshTls(() => verifier);
-        debounce = new Timer(_ => Guarded(() => Reload()), null, Timeout.Infinite, Timeout.Infinite);
+        _options = options;
+        _time = time;
+        _authority = authority;
+        _issuer = new SvidIssuer(options.SvidLifetime, time);
+        _verifier = NewVerifier(authority);
+        Tls = new MeshTls(() => _verifier);
+        _debounce = new Timer(_ => Guarded(() => Reload()), null, Timeout.Infinite, Timeout.Infinite);
         if (options.WatchFiles)
         {
             Watch();
         }
-        periodic = time.CreateTimer(_ => Guarded(Tick), null, options.CheckInterval, options.CheckInterval);
+        _periodic = time.CreateTimer(_ => Guarded(Tick), null, options.CheckInterval, options.CheckInterval);
     }
 
     /// <summary>Raised after a new CA was loaded and the cached SVIDs re-issued from it.</summary>
     public event Action<CertificateAuthority>? AuthorityChanged;
 
-    public string TrustDomain => options.TrustDomain;
+    public string TrustDomain => _options.TrustDomain;
 
-    public CertificateAuthority Authority => authority;
+    public CertificateAuthority Authority => _authority;
 
     /// <summary>Checks peers against the current trust bundle; replaced when the bundle changes.</summary>
-    public SpiffeVerifier Verifier => verifier;
+    public SpiffeVerifier Verifier => _verifier;
 
     /// <summary>TLS option builders that always use the current trust bundle.</summary>
     public MeshTls Tls { get; }
 
     /// <summary>Identities this node may hold (service accounts of its pods).</summary>
-    public IReadOnlySet<SpiffeId> Allowed => allowed;
+    public IReadOnlySet<SpiffeId> Allowed => _allowed;
 
     /// <summary>The SVIDs held now, for an admin view.</summary>
-    public IReadOnlyList<Svid> Current => cache.Values.OrderBy(s => s.Id.ToString(), StringComparer.Ordinal).ToList();
+    public IReadOnlyList<Svid> Current => _cache.Values.OrderBy(s => s.Id.ToString(), StringComparer.Ordinal).ToList();
 
     /// <summary>Loads the CA (throws <see cref="IdentityException"/> with the file and problem when it is unusable) and starts following its files.</summary>
     public static IdentityManager Start(IdentityOptions options, TimeProvider? time = null)
@@ -98,12 +98,12 @@ public sealed class IdentityManager : IDisposable
     public void SetAllowed(IEnumerable<SpiffeId> ids)
     {
         var next = ids.ToFrozenSet();
-        allowed = next;
-        foreach (var id in cache.Keys)
+        _allowed = next;
+        foreach (var id in _cache.Keys)
         {
             if (!next.Contains(id))
             {
-                cache.TryRemove(id, out _);
+                _cache.TryRemove(id, out _);
             }
         }
     }
@@ -114,34 +114,34 @@ public sealed class IdentityManager : IDisposable
     /// </summary>
     public Svid Get(SpiffeId id)
     {
-        if (id.TrustDomain != options.TrustDomain)
+        if (id.TrustDomain != _options.TrustDomain)
         {
-            throw new IdentityException($"will not issue {id}: trust domain {id.TrustDomain} is not {options.TrustDomain}");
+            throw new IdentityException($"will not issue {id}: trust domain {id.TrustDomain} is not {_options.TrustDomain}");
         }
-        if (!allowed.Contains(id))
+        if (!_allowed.Contains(id))
         {
             throw new IdentityException($"will not issue {id}: no pod with service account {id.ServiceAccount} in namespace {id.Namespace} runs on this node");
         }
-        var now = time.GetUtcNow();
-        var current = authority;
-        if (cache.TryGetValue(id, out var svid) && IsFresh(svid, current, now))
+        var now = _time.GetUtcNow();
+        var current = _authority;
+        if (_cache.TryGetValue(id, out var svid) && IsFresh(svid, current, now))
         {
             return svid;
         }
-        lock (issueGate)
+        lock (_issueGate)
         {
-            current = authority;
-            if (cache.TryGetValue(id, out svid) && IsFresh(svid, current, now))
+            current = _authority;
+            if (_cache.TryGetValue(id, out svid) && IsFresh(svid, current, now))
             {
                 return svid;
             }
             try
             {
-                var issued = issuer.Issue(current, id);
+                var issued = _issuer.Issue(current, id);
                 // SetAllowed may have removed it meanwhile: then hand it out once but do not keep it.
-                if (allowed.Contains(id))
+                if (_allowed.Contains(id))
                 {
-                    cache[id] = issued;
+                    _cache[id] = issued;
                 }
                 return issued;
             }
@@ -156,11 +156,11 @@ public sealed class IdentityManager : IDisposable
     /// <summary>Re-issues every cached SVID that is past half life or from an older CA, so handshakes rarely wait for signing.</summary>
     public void RenewDue()
     {
-        var current = authority;
-        var now = time.GetUtcNow();
-        foreach (var (id, svid) in cache)
+        var current = _authority;
+        var now = _time.GetUtcNow();
+        foreach (var (id, svid) in _cache)
         {
-            if (!IsFresh(svid, current, now) && allowed.Contains(id))
+            if (!IsFresh(svid, current, now) && _allowed.Contains(id))
             {
                 try
                 {
@@ -180,37 +180,37 @@ public sealed class IdentityManager : IDisposable
     /// </summary>
     public bool Reload()
     {
-        lock (reloadGate)
+        lock (_reloadGate)
         {
-            var fingerprint = CertificateAuthority.FingerprintOf(options.Files);
-            if (fingerprint == authority.Fingerprint || (fingerprint is not null && fingerprint == lastFailedFingerprint))
+            var fingerprint = CertificateAuthority.FingerprintOf(_options.Files);
+            if (fingerprint == _authority.Fingerprint || (fingerprint is not null && fingerprint == _lastFailedFingerprint))
             {
                 return false;
             }
             CertificateAuthority next;
             try
             {
-                next = CertificateAuthority.Load(options.Files, time);
+                next = CertificateAuthority.Load(_options.Files, _time);
             }
             catch (IdentityException e)
             {
                 var key = fingerprint ?? "missing:" + e.Message;
-                if (key != lastFailedFingerprint)
+                if (key != _lastFailedFingerprint)
                 {
-                    Log.Error(Component, $"new CA files not used, keeping CA {authority.Signer.Subject}: {e.Message}");
-                    lastFailedFingerprint = key;
+                    Log.Error(Component, $"new CA files not used, keeping CA {_authority.Signer.Subject}: {e.Message}");
+                    _lastFailedFingerprint = key;
                 }
                 return false;
             }
-            if (next.Fingerprint == authority.Fingerprint)
+            if (next.Fingerprint == _authority.Fingerprint)
             {
                 return false;
             }
-            lastFailedFingerprint = null;
-            authority = next;
-            verifier = NewVerifier(next);
+            _lastFailedFingerprint = null;
+            _authority = next;
+            _verifier = NewVerifier(next);
             var reissued = 0;
-            foreach (var id in cache.Keys)
+            foreach (var id in _cache.Keys)
             {
                 try
                 {
@@ -230,27 +230,27 @@ public sealed class IdentityManager : IDisposable
 
     public void Dispose()
     {
-        lock (reloadGate)
+        lock (_reloadGate)
         {
-            if (disposed)
+            if (_disposed)
             {
                 return;
             }
-            disposed = true;
+            _disposed = true;
         }
-        foreach (var watcher in watchers)
+        foreach (var watcher in _watchers)
         {
             watcher.Dispose();
         }
-        periodic.Dispose();
-        debounce.Dispose();
+        _periodic.Dispose();
+        _debounce.Dispose();
     }
 
     private static bool IsFresh(Svid svid, CertificateAuthority current, DateTimeOffset now) =>
         svid.AuthorityFingerprint == current.Fingerprint && now < svid.RenewAt && now < svid.NotAfter;
 
     private SpiffeVerifier NewVerifier(CertificateAuthority ca) =>
-        new(options.TrustDomain, ca.TrustBundle, options.OtherTrustDomains, time);
+        new(_options.TrustDomain, ca.TrustBundle, _options.OtherTrustDomains, _time);
 
     private void Tick()
     {
@@ -265,7 +265,7 @@ public sealed class IdentityManager : IDisposable
     /// </summary>
     private void Watch()
     {
-        foreach (var folder in options.Files.All().Select(p => Path.GetDirectoryName(Path.GetFullPath(p))!).Distinct())
+        foreach (var folder in _options.Files.All().Select(p => Path.GetDirectoryName(Path.GetFullPath(p))!).Distinct())
         {
             try
             {
@@ -281,11 +281,11 @@ public sealed class IdentityManager : IDisposable
                 watcher.Renamed += (_, _) => Poke();
                 watcher.Error += (_, e) => Log.Warn(Component, $"watching {folder}: {e.GetException().Message}; the periodic check still runs");
                 watcher.EnableRaisingEvents = true;
-                watchers.Add(watcher);
+                _watchers.Add(watcher);
             }
             catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException)
             {
-                Log.Warn(Component, $"cannot watch {folder} ({e.Message}); CA changes are picked up by the periodic check every {options.CheckInterval.TotalSeconds:0}s");
+                Log.Warn(Component, $"cannot watch {folder} ({e.Message}); CA changes are picked up by the periodic check every {_options.CheckInterval.TotalSeconds:0}s");
             }
         }
     }
@@ -294,7 +294,7 @@ public sealed class IdentityManager : IDisposable
     {
         try
         {
-            debounce.Change(TimeSpan.FromMilliseconds(250), Timeout.InfiniteTimeSpan);
+            _debounce.Change(TimeSpan.FromMilliseconds(250), Timeout.InfiniteTimeSpan);
         }
         catch (ObjectDisposedException)
         {
@@ -303,7 +303,7 @@ public sealed class IdentityManager : IDisposable
 
     private void Guarded(Action action)
     {
-        if (disposed)
+        if (_disposed)
         {
             return;
         }

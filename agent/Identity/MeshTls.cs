@@ -18,12 +18,12 @@ public sealed class MeshTls
 {
     private static readonly List<SslApplicationProtocol> Alpn = [SslApplicationProtocol.Http2];
 
-    private readonly Func<SpiffeVerifier> verifier;
+    private readonly Func<SpiffeVerifier> _verifier;
 
     /// <param name="currentVerifier">Read for every connection's options, so a reloaded trust bundle applies to the next connection.</param>
     public MeshTls(Func<SpiffeVerifier> currentVerifier)
     {
-        verifier = currentVerifier;
+        _verifier = currentVerifier;
     }
 
     public MeshTls(SpiffeVerifier verifier)
@@ -39,7 +39,7 @@ public sealed class MeshTls
     public SslServerAuthenticationOptions ServerOptions(Func<Svid> serverSvid, Action<SpiffeId?, string?> onPeerVerified)
     {
         var svid = serverSvid();
-        var current = verifier();
+        var current = _verifier();
         return new SslServerAuthenticationOptions
         {
             EnabledSslProtocols = SslProtocols.Tls13,
@@ -68,7 +68,7 @@ public sealed class MeshTls
     /// </summary>
     public SslClientAuthenticationOptions ClientOptions(Svid clientSvid, SpiffeId expectedServer, Action<SpiffeId?, string?>? onServerVerified = null)
     {
-        var current = verifier();
+        var current = _verifier();
         return new SslClientAuthenticationOptions
         {
             // Empty target host: SslStream then sends no server_name extension at all.

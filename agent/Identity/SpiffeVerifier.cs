@@ -38,8 +38,8 @@ public sealed class SpiffeVerifier
     private const string ServerAuthOid = "1.3.6.1.5.5.7.3.1";
     private const string ClientAuthOid = "1.3.6.1.5.5.7.3.2";
 
-    private readonly HashSet<string> trustDomains;
-    private readonly TimeProvider time;
+    private readonly HashSet<string> _trustDomains;
+    private readonly TimeProvider _time;
 
     public SpiffeVerifier(string trustDomain, X509Certificate2Collection trustBundle, IEnumerable<string>? otherTrustDomains = null, TimeProvider? time = null)
     {
@@ -49,8 +49,8 @@ public sealed class SpiffeVerifier
         }
         TrustDomain = trustDomain;
         TrustBundle = trustBundle;
-        trustDomains = new HashSet<string>(otherTrustDomains ?? [], StringComparer.Ordinal) { trustDomain };
-        this.time = time ?? TimeProvider.System;
+        _trustDomains = new HashSet<string>(otherTrustDomains ?? [], StringComparer.Ordinal) { trustDomain };
+        _time = time ?? TimeProvider.System;
     }
 
     public string TrustDomain { get; }
@@ -58,7 +58,7 @@ public sealed class SpiffeVerifier
     public X509Certificate2Collection TrustBundle { get; }
 
     /// <summary>Our trust domain and any others whose identities we accept (their roots must be in the bundle).</summary>
-    public IReadOnlySet<string> TrustDomains => trustDomains;
+    public IReadOnlySet<string> TrustDomains => _trustDomains;
 
     /// <summary>
     /// Checks <paramref name="leaf"/> as an X.509-SVID; with a <paramref name="role"/>, also that its extended key
@@ -70,7 +70,7 @@ public sealed class SpiffeVerifier
         {
             return SpiffeVerification.Refused("no certificate presented");
         }
-        var now = time.GetUtcNow();
+        var now = _time.GetUtcNow();
         if (CheckChain(leaf, presentedIntermediates, now) is { } chainError)
         {
             return SpiffeVerification.Refused(chainError);
@@ -93,9 +93,9 @@ public sealed class SpiffeVerifier
         {
             return SpiffeVerification.Refused($"URI SAN '{uris[0]}' is not a SPIFFE ID: {parseError}");
         }
-        if (!trustDomains.Contains(id.TrustDomain))
+        if (!_trustDomains.Contains(id.TrustDomain))
         {
-            return SpiffeVerification.Refused($"trust domain {id.TrustDomain} is not {string.Join(" or ", trustDomains.Order(StringComparer.Ordinal))}");
+            return SpiffeVerification.Refused($"trust domain {id.TrustDomain} is not {string.Join(" or ", _trustDomains.Order(StringComparer.Ordinal))}");
         }
         try
         {

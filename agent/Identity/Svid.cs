@@ -9,7 +9,7 @@ namespace Weft.Identity;
 /// </summary>
 public sealed class Svid
 {
-    private readonly Lazy<SslStreamCertificateContext> context;
+    private readonly Lazy<SslStreamCertificateContext> _context;
 
     internal Svid(SpiffeId id, X509Certificate2 certificate, X509Certificate2Collection intermediates, DateTimeOffset issuedAt, string authorityFingerprint)
     {
@@ -22,7 +22,7 @@ public sealed class Svid
         RenewAt = issuedAt + (NotAfter - issuedAt) / 2;
         AuthorityFingerprint = authorityFingerprint;
         // offline: everything needed is given; never fetch AIA intermediates from the network.
-        context = new Lazy<SslStreamCertificateContext>(() => SslStreamCertificateContext.Create(Certificate, Intermediates, offline: true));
+        _context = new Lazy<SslStreamCertificateContext>(() => SslStreamCertificateContext.Create(Certificate, Intermediates, offline: true));
     }
 
     public SpiffeId Id { get; }
@@ -46,7 +46,7 @@ public sealed class Svid
     public string AuthorityFingerprint { get; }
 
     /// <summary>For <c>ServerCertificateContext</c> / <c>ClientCertificateContext</c>: sends leaf and intermediates.</summary>
-    public SslStreamCertificateContext Context => context.Value;
+    public SslStreamCertificateContext Context => _context.Value;
 
     /// <summary>Leaf then intermediates, PEM, for an admin view or for a non-.NET peer in tests.</summary>
     public string ChainPem() =>

@@ -19,7 +19,7 @@ public sealed class SvidIssuer
     private static readonly Oid ServerAuth = new("1.3.6.1.5.5.7.3.1");
     private static readonly Oid ClientAuth = new("1.3.6.1.5.5.7.3.2");
 
-    private readonly TimeProvider time;
+    private readonly TimeProvider _time;
 
     public SvidIssuer(TimeSpan? lifetime = null, TimeProvider? time = null)
     {
@@ -28,14 +28,14 @@ public sealed class SvidIssuer
         {
             throw new ArgumentOutOfRangeException(nameof(lifetime), "SVID lifetime must be positive");
         }
-        this.time = time ?? TimeProvider.System;
+        _time = time ?? TimeProvider.System;
     }
 
     public TimeSpan Lifetime { get; }
 
     public Svid Issue(CertificateAuthority authority, SpiffeId id)
     {
-        var now = time.GetUtcNow();
+        var now = _time.GetUtcNow();
         var caNotBefore = new DateTimeOffset(authority.Signer.NotBefore.ToUniversalTime(), TimeSpan.Zero);
         var caNotAfter = new DateTimeOffset(authority.Signer.NotAfter.ToUniversalTime(), TimeSpan.Zero);
         if (caNotAfter <= now)

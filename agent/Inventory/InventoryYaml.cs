@@ -3,9 +3,9 @@ using System.Text;
 using System.Text.RegularExpressions;
 using k8s;
 using k8s.Models;
+using Weft.Policy;
 using YamlDotNet.Core;
 using YamlDotNet.Core.Events;
-using Weft.Policy;
 
 namespace Weft.Inventory;
 

@@ -15,7 +15,7 @@ public enum FlowDirection
 /// </summary>
 public sealed class Flow
 {
-    private static long s_nextId;
+    private static long _nextId;
     private long _bytesSent;
     private long _bytesReceived;
 
@@ -27,7 +27,7 @@ public sealed class Flow
     /// <summary>A flow that started at a given moment: for replaying records and for tests.</summary>
     internal Flow(FlowDirection direction, IPEndPoint source, IPEndPoint originalDestination, DateTimeOffset start)
     {
-        Id = Interlocked.Increment(ref s_nextId);
+        Id = Interlocked.Increment(ref _nextId);
         Direction = direction;
         Source = source;
         OriginalDestination = originalDestination;

@@ -52,7 +52,12 @@ public class NamespaceCycleTests(ITestOutputHelper output)
     {
         var graph = new SortedDictionary<string, SortedSet<string>>(StringComparer.Ordinal)
         {
-            ["A"] = ["B"], ["B"] = ["C"], ["C"] = ["A", "D"], ["D"] = [], ["E"] = ["F"], ["F"] = ["E"],
+            ["A"] = ["B"],
+            ["B"] = ["C"],
+            ["C"] = ["A", "D"],
+            ["D"] = [],
+            ["E"] = ["F"],
+            ["F"] = ["E"],
         };
 
         var cycles = Cycles(graph);

@@ -3,8 +3,8 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Weft.Harness;
 using Weft.Cli;
+using Weft.Harness;
 
 namespace Weft.Bench;
 
@@ -309,12 +309,12 @@ internal static partial class BenchCommand
     private sealed partial class Bench(MeshCluster plain, MeshCluster? mtls, MeshCluster? metricsOff, string suite, int seconds, int repeat, bool accessLog, CancellationToken stop)
         : IAsyncDisposable
     {
-        private readonly NetnsCluster cluster = plain.Cluster;
-        private readonly List<TableRow> rows = [];
-        private readonly List<TargetLine> targets = [];
-        private readonly List<BenchPath> paths = [];
-        private readonly List<string> memoryLines = [];
-        private BenchNginxPeer? peer;
+        private readonly NetnsCluster _cluster = plain.Cluster;
+        private readonly List<TableRow> _rows = [];
+        private readonly List<TargetLine> _targets = [];
+        private readonly List<BenchPath> _paths = [];
+        private readonly List<string> _memoryLines = [];
+        private BenchNginxPeer? _peer;
 
         public int Failures { get; private set; }
 
@@ -334,23 +334,23 @@ internal static partial class BenchCommand
         private IEnumerable<ManagedProcess> Agents => new[] { plain, mtls, metricsOff }.OfType<MeshCluster>()
             .SelectMany(m => new[] { m.Agent("node1"), m.Agent("node2") });
 
-        private ClusterPod ClientMesh => cluster.Pod(Namespace, "client-mesh");
+        private ClusterPod ClientMesh => _cluster.Pod(Namespace, "client-mesh");
 
-        private ClusterPod ServerMesh => cluster.Pod(Namespace, "server-mesh");
+        private ClusterPod ServerMesh => _cluster.Pod(Namespace, "server-mesh");
 
         private ManagedProcess Agent1 => plain.Agent("node1");
 
         private ManagedProcess Agent2 => plain.Agent("node2");
 
-        private BenchPath Direct => paths[0];
+        private BenchPath Direct => _paths[0];
 
-        private BenchPath? Path(string key) => paths.FirstOrDefault(p => p.Key == key);
+        private BenchPath? Path(string key) => _paths.FirstOrDefault(p => p.Key == key);
 
         public async ValueTask DisposeAsync()
         {
-            if (peer != null)
+            if (_peer != null)
             {
-                await peer.DisposeAsync();
+                await _peer.DisposeAsync();
             }
         }
 
@@ -362,7 +362,7 @@ internal static partial class BenchCommand
                 Console.WriteLine($"  note: the machine is busy before the run (load average {loadBefore:0.0} on {Environment.ProcessorCount} CPUs): expect noisy figures");
             }
 
-            foreach (var pod in cluster.Pods.Concat(mtls?.Cluster.Pods ?? []).Concat(metricsOff?.Cluster.Pods ?? []))
+            foreach (var pod in _cluster.Pods.Concat(mtls?.Cluster.Pods ?? []).Concat(metricsOff?.Cluster.Pods ?? []))
             {
                 var where = mtls != null && pod.Node.NetnsPath.Contains(mtls.Cluster.RunId, StringComparison.Ordinal) ? "mTLS cluster"
                     : metricsOff != null && pod.Node.NetnsPath.Contains(metricsOff.Cluster.RunId, StringComparison.Ordinal) ? "metrics-off cluster" : "plaintext cluster";
@@ -376,7 +376,7 @@ internal static partial class BenchCommand
                 Console.WriteLine($"  mTLS agents: node1 pid {mtls.Agent("node1").Pid}, node2 pid {mtls.Agent("node2").Pid} (trust domain {MeshCluster.TrustDomain}, fresh CA)");
             }
 
-            var servers = new List<ClusterPod> { ServerMesh, cluster.Pod(Namespace, "server-direct") };
+            var servers = new List<ClusterPod> { ServerMesh, _cluster.Pod(Namespace, "server-direct") };
             if (mtls != null)
             {
                 servers.Add(mtls.Cluster.Pod(Namespace, "server-mesh"));
@@ -389,7 +389,7 @@ internal static partial class BenchCommand
 
                 // Metrics on means scraped: each node's agent is read every second (Prometheus defaults to
                 // 15 s), so the render and the before-scrape flush run during every measurement.
-                foreach (var node in cluster.Nodes)
+                foreach (var node in _cluster.Nodes)
                 {
                     node.StartProcess("bash", "-c", "while :; do curl -sf -o /dev/null http://127.0.0.1:15020/metrics || echo scrape failed >&2; sleep 1; done");
                 }
@@ -397,7 +397,7 @@ internal static partial class BenchCommand
                 Console.WriteLine("  scraping the metrics-on agents' /metrics every second (curl in each node's netns)");
             }
 
-            Say($"starting servers in {string.Join(", ", servers.Select(s => s.Name + (s.Node.NetnsPath.Contains(cluster.RunId, StringComparison.Ordinal) ? "" : " (second cluster)")))}: " +
+            Say($"starting servers in {string.Join(", ", servers.Select(s => s.Name + (s.Node.NetnsPath.Contains(_cluster.RunId, StringComparison.Ordinal) ? "" : " (second cluster)")))}: " +
                 "iperf3 :5201, sockperf :11111, weft-kit app serve --mode echo :8080");
             foreach (var server in servers)
             {
@@ -414,23 +414,23 @@ internal static partial class BenchCommand
                 }
             }
 
-            var clientDirect = cluster.Pod(Namespace, "client-direct");
-            var serverDirect = cluster.Pod(Namespace, "server-direct");
-            paths.Add(new BenchPath("direct", "direct", clientDirect, serverDirect, plain, viaAgents: false, null, null));
-            paths.Add(new BenchPath("plaintext", Issue5 ? "metrics on" : "plaintext agents", ClientMesh, ServerMesh, plain, viaAgents: true, "none", null));
+            var clientDirect = _cluster.Pod(Namespace, "client-direct");
+            var serverDirect = _cluster.Pod(Namespace, "server-direct");
+            _paths.Add(new BenchPath("direct", "direct", clientDirect, serverDirect, plain, viaAgents: false, null, null));
+            _paths.Add(new BenchPath("plaintext", Issue5 ? "metrics on" : "plaintext agents", ClientMesh, ServerMesh, plain, viaAgents: true, "none", null));
             if (metricsOff != null)
             {
-                paths.Add(new BenchPath("metrics-off", "metrics off", metricsOff.Cluster.Pod(Namespace, "client-mesh"), metricsOff.Cluster.Pod(Namespace, "server-mesh"),
+                _paths.Add(new BenchPath("metrics-off", "metrics off", metricsOff.Cluster.Pod(Namespace, "client-mesh"), metricsOff.Cluster.Pod(Namespace, "server-mesh"),
                     metricsOff, viaAgents: true, "none", null));
             }
 
             if (mtls != null)
             {
-                paths.Add(new BenchPath("mtls", "mTLS agents", mtls.Cluster.Pod(Namespace, "client-mesh"), mtls.Cluster.Pod(Namespace, "server-mesh"),
+                _paths.Add(new BenchPath("mtls", "mTLS agents", mtls.Cluster.Pod(Namespace, "client-mesh"), mtls.Cluster.Pod(Namespace, "server-mesh"),
                     mtls, viaAgents: true, "mutual_tls", null));
                 Say("starting the nginx peer: node1 nginx (plaintext in, TLS 1.3 out with a client certificate) -> node2 nginx (TLS in, verifies it) -> server-direct");
-                peer = await BenchNginxPeer.StartAsync(cluster.Node("node1"), cluster.Node("node2"), serverDirect.Address, [IperfPort, SockperfPort, PeerPort]).WaitAsync(stop);
-                paths.Add(new BenchPath("nginx", "nginx TLS", clientDirect, serverDirect, plain, viaAgents: false, null, peer));
+                _peer = await BenchNginxPeer.StartAsync(_cluster.Node("node1"), _cluster.Node("node2"), serverDirect.Address, [IperfPort, SockperfPort, PeerPort]).WaitAsync(stop);
+                _paths.Add(new BenchPath("nginx", "nginx TLS", clientDirect, serverDirect, plain, viaAgents: false, null, _peer));
             }
 
             // memory first: the agents have carried no traffic yet, so the heap grows for what is held, not into garbage of earlier runs
@@ -466,7 +466,7 @@ internal static partial class BenchCommand
                     ["load_average_1m_after"] = loadAfter,
                     ["agent_access_log"] = accessLog,
                 },
-                ["paths"] = new JsonObject(paths.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)new JsonObject
+                ["paths"] = new JsonObject(_paths.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)new JsonObject
                 {
                     ["label"] = p.Label,
                     ["client"] = p.Client.ToString(),
@@ -479,7 +479,7 @@ internal static partial class BenchCommand
                 ["connection_rate"] = rate,
                 ["connection_setup"] = setup,
                 ["memory"] = memory,
-                ["targets"] = new JsonArray(targets.Select(t => (JsonNode?)new JsonObject
+                ["targets"] = new JsonArray(_targets.Select(t => (JsonNode?)new JsonObject
                 {
                     ["issue"] = t.Issue,
                     ["target"] = t.What,
@@ -517,20 +517,20 @@ internal static partial class BenchCommand
             }
 
             var label = $"throughput, {streams} stream{(streams > 1 ? "s" : "")}";
-            rows.Add(new TableRow($"{label} (Gbit/s)", cells));
+            _rows.Add(new TableRow($"{label} (Gbit/s)", cells));
             if (Issue2 && Path("plaintext") is { } plaintext)
             {
                 var ratio = medians[plaintext] / medians[Direct];
-                targets.Add(new TargetLine("#2", $"plaintext {label} >= {ThroughputTarget:P0} of direct", $"{ratio:P0}", ratio >= ThroughputTarget));
+                _targets.Add(new TargetLine("#2", $"plaintext {label} >= {ThroughputTarget:P0} of direct", $"{ratio:P0}", ratio >= ThroughputTarget));
             }
 
             if (Issue3 && Path("mtls") is { } mtlsPath)
             {
                 var ratio = medians[mtlsPath] / medians[Direct];
-                targets.Add(new TargetLine("#3", $"mTLS {label} >= {MtlsThroughputTarget:P0} of direct", $"{ratio:P0}", ratio >= MtlsThroughputTarget));
+                _targets.Add(new TargetLine("#3", $"mTLS {label} >= {MtlsThroughputTarget:P0} of direct", $"{ratio:P0}", ratio >= MtlsThroughputTarget));
                 if (Path("nginx") is { } nginx)
                 {
-                    targets.Add(new TargetLine("#3", $"mTLS {label} >= the nginx peer's", $"{medians[mtlsPath]:0.00} vs {medians[nginx]:0.00} Gbit/s",
+                    _targets.Add(new TargetLine("#3", $"mTLS {label} >= the nginx peer's", $"{medians[mtlsPath]:0.00} vs {medians[nginx]:0.00} Gbit/s",
                         medians[mtlsPath] >= medians[nginx]));
                 }
             }
@@ -538,7 +538,7 @@ internal static partial class BenchCommand
             if (Issue5 && Path("metrics-off") is { } off && Path("plaintext") is { } on)
             {
                 var apart = (medians[on] - medians[off]) / medians[off];
-                targets.Add(new TargetLine("#5", $"metrics on vs off, {label}, < {MetricsApartTarget:P0} apart", $"{medians[on]:0.00} vs {medians[off]:0.00} Gbit/s ({apart:+0.0%;-0.0%})",
+                _targets.Add(new TargetLine("#5", $"metrics on vs off, {label}, < {MetricsApartTarget:P0} apart", $"{medians[on]:0.00} vs {medians[off]:0.00} Gbit/s ({apart:+0.0%;-0.0%})",
                     Math.Abs(apart) < MetricsApartTarget));
                 result["metrics_on_vs_off"] = Round(apart, 4);
             }
@@ -587,17 +587,17 @@ internal static partial class BenchCommand
                 sockperf[path.Key] = json;
             }
 
-            rows.Add(new TableRow("latency p50, sockperf 1 KiB RTT (us)", p50));
-            rows.Add(new TableRow("latency p99, sockperf 1 KiB RTT (us)", p99));
+            _rows.Add(new TableRow("latency p50, sockperf 1 KiB RTT (us)", p50));
+            _rows.Add(new TableRow("latency p99, sockperf 1 KiB RTT (us)", p99));
             double AddedP99(string key) => (medians[Path(key)!].P99 - direct.P99) / 1000;
             if (Issue2 && Path("plaintext") != null)
             {
-                targets.Add(new TargetLine("#2", $"plaintext added p99 <= {AddedP99TargetMs:0.00} ms", Added(AddedP99("plaintext")), AddedP99("plaintext") <= AddedP99TargetMs));
+                _targets.Add(new TargetLine("#2", $"plaintext added p99 <= {AddedP99TargetMs:0.00} ms", Added(AddedP99("plaintext")), AddedP99("plaintext") <= AddedP99TargetMs));
             }
 
             if (Issue3 && Path("mtls") != null)
             {
-                targets.Add(new TargetLine("#3", $"mTLS added p99 <= {MtlsAddedP99TargetMs:0.00} ms", Added(AddedP99("mtls")), AddedP99("mtls") <= MtlsAddedP99TargetMs));
+                _targets.Add(new TargetLine("#3", $"mTLS added p99 <= {MtlsAddedP99TargetMs:0.00} ms", Added(AddedP99("mtls")), AddedP99("mtls") <= MtlsAddedP99TargetMs));
             }
 
             var result = new JsonObject { ["sockperf_rtt_us"] = sockperf };
@@ -605,8 +605,8 @@ internal static partial class BenchCommand
             {
                 // reported, not judged: the 3 % target is issue #5's throughput figure; p99 here is mostly scheduling
                 var (mOn, mOff) = (medians[on], medians[off]);
-                memoryLines.Add($"metrics on vs off, sockperf p50: {mOn.P50:0.0} vs {mOff.P50:0.0} us ({(mOn.P50 - mOff.P50) / mOff.P50:+0.0%;-0.0%})");
-                memoryLines.Add($"metrics on vs off, sockperf p99: {mOn.P99:0.0} vs {mOff.P99:0.0} us ({(mOn.P99 - mOff.P99) / mOff.P99:+0.0%;-0.0%})");
+                _memoryLines.Add($"metrics on vs off, sockperf p50: {mOn.P50:0.0} vs {mOff.P50:0.0} us ({(mOn.P50 - mOff.P50) / mOff.P50:+0.0%;-0.0%})");
+                _memoryLines.Add($"metrics on vs off, sockperf p99: {mOn.P99:0.0} vs {mOff.P99:0.0} us ({(mOn.P99 - mOff.P99) / mOff.P99:+0.0%;-0.0%})");
                 result["metrics_on_vs_off_p50"] = Round((mOn.P50 - mOff.P50) / mOff.P50, 4);
                 result["metrics_on_vs_off_p99"] = Round((mOn.P99 - mOff.P99) / mOff.P99, 4);
             }
@@ -630,8 +630,8 @@ internal static partial class BenchCommand
                     rrJson[path.Key] = json;
                 }
 
-                rows.Add(new TableRow("latency p50, weft-kit app rr 1 KiB (us)", rr50));
-                rows.Add(new TableRow("latency p99, weft-kit app rr 1 KiB (us)", rr99));
+                _rows.Add(new TableRow("latency p50, weft-kit app rr 1 KiB (us)", rr50));
+                _rows.Add(new TableRow("latency p99, weft-kit app rr 1 KiB (us)", rr99));
                 result["weft_app_rr_us"] = rrJson;
             }
 
@@ -670,7 +670,7 @@ internal static partial class BenchCommand
         {
             Say($"new connections: {connections} x (connect, 64 B each way, close), 16 at a time, {Runs}: weft-kit app send " +
                 "(after 300 untimed connections per path, so agents are warm and mTLS tunnels exist)");
-            foreach (var path in paths)
+            foreach (var path in _paths)
             {
                 await ConnectionRunAsync(path, 300);
             }
@@ -703,7 +703,7 @@ internal static partial class BenchCommand
                 }
             }
 
-            rows.Add(new TableRow("new conn/s, 16 at a time (mTLS: pooled tunnel)", cells));
+            _rows.Add(new TableRow("new conn/s, 16 at a time (mTLS: pooled tunnel)", cells));
             return result;
         }
 
@@ -745,7 +745,7 @@ internal static partial class BenchCommand
         /// alike. With <paramref name="cpu"/>, adds up the CPU time of what relays each path during its runs.
         /// </summary>
         private async Task<Dictionary<BenchPath, List<T>>> AlternatingAsync<T>(Func<BenchPath, Task<T>> measure, Dictionary<BenchPath, double>? cpu = null) =>
-            await AlternatingAsync(paths, measure, cpu);
+            await AlternatingAsync(_paths, measure, cpu);
 
         private async Task<Dictionary<TKey, List<T>>> AlternatingAsync<TKey, T>(IReadOnlyList<TKey> keys, Func<TKey, Task<T>> measure,
             Dictionary<TKey, double>? cpu = null, Func<TKey, BenchPath>? pathOf = null)
@@ -864,8 +864,8 @@ internal static partial class BenchCommand
         {
             Say($"results: cross-node pod to pod, {Environment.ProcessorCount} CPUs, Linux {File.ReadAllText("/proc/sys/kernel/osrelease").Trim()}, " +
                 $"load average {loadBefore:0.0} before and {loadAfter:0.0} after; medians, (ratio or added latency against direct)");
-            string[] header = ["metric", .. paths.Select(p => p.Label)];
-            var table = rows.Select(r => new[] { r.Metric }.Concat(paths.Select(p => r.Cells.GetValueOrDefault(p.Key, "-"))).ToArray()).Prepend(header).ToList();
+            string[] header = ["metric", .. _paths.Select(p => p.Label)];
+            var table = _rows.Select(r => new[] { r.Metric }.Concat(_paths.Select(p => r.Cells.GetValueOrDefault(p.Key, "-"))).ToArray()).Prepend(header).ToList();
             var widths = Enumerable.Range(0, header.Length).Select(i => table.Max(row => row[i].Length)).ToArray();
             foreach (var (row, index) in table.Select((r, i) => (r, i)))
             {
@@ -876,17 +876,17 @@ internal static partial class BenchCommand
                 }
             }
 
-            foreach (var line in memoryLines)
+            foreach (var line in _memoryLines)
             {
                 Console.WriteLine("  " + line);
             }
 
-            if (targets.Count > 0)
+            if (_targets.Count > 0)
             {
                 Console.WriteLine();
-                var width = targets.Max(t => t.What.Length);
-                var figureWidth = targets.Max(t => t.Figure.Length);
-                foreach (var t in targets)
+                var width = _targets.Max(t => t.What.Length);
+                var figureWidth = _targets.Max(t => t.Figure.Length);
+                foreach (var t in _targets)
                 {
                     Console.WriteLine($"  {t.Issue} {t.What.PadRight(width)}  {t.Figure.PadLeft(figureWidth)}  {(t.Pass ? "PASS" : "MISS")}");
                 }

@@ -1,8 +1,8 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Weft.Harness;
 using Weft.Cli;
+using Weft.Harness;
 
 namespace Weft.Bench;
 
@@ -47,10 +47,10 @@ internal static partial class BenchCommand
                 Console.WriteLine($"  {node} agent: RSS fresh {Mib(fresh[i].RssKib)}, idle {Mib(idle[i].RssKib)}, with {open} open {Mib(loaded[i].RssKib)} " +
                     $"({perConnection:0.00} KiB/conn; anonymous {anonPerConnection:0.00}), after release {Mib(released[i].RssKib)}; " +
                     $"fds {idle[i].Fds} -> {loaded[i].Fds}, threads {idle[i].Threads} -> {loaded[i].Threads}");
-                memoryLines.Add($"{node} plaintext agent memory per idle connection: {perConnection:0.00} KiB (RSS {Mib(idle[i].RssKib)} -> {Mib(loaded[i].RssKib)})");
+                _memoryLines.Add($"{node} plaintext agent memory per idle connection: {perConnection:0.00} KiB (RSS {Mib(idle[i].RssKib)} -> {Mib(loaded[i].RssKib)})");
                 if (Issue2)
                 {
-                    targets.Add(new TargetLine("#2", $"{node} agent memory per idle connection <= {KibPerIdleConnectionTarget:0} KiB", $"{perConnection:0.00} KiB",
+                    _targets.Add(new TargetLine("#2", $"{node} agent memory per idle connection <= {KibPerIdleConnectionTarget:0} KiB", $"{perConnection:0.00} KiB",
                         perConnection <= KibPerIdleConnectionTarget));
                 }
 

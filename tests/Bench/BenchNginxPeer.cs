@@ -2,8 +2,8 @@ using System.Globalization;
 using System.Net;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
-using Weft.Harness;
 using Weft.Cli;
+using Weft.Harness;
 
 namespace Weft.Bench;
 
@@ -27,16 +27,16 @@ internal sealed class BenchNginxPeer : IAsyncDisposable
     private const int FrontOffset = 20000;
     private const int BackOffset = 30000;
 
-    private readonly string dir;
-    private readonly ClusterNode front;
-    private readonly ClusterNode back;
-    private readonly List<ManagedProcess> masters = [];
+    private readonly string _dir;
+    private readonly ClusterNode _front;
+    private readonly ClusterNode _back;
+    private readonly List<ManagedProcess> _masters = [];
 
     private BenchNginxPeer(string dir, ClusterNode front, ClusterNode back)
     {
-        this.dir = dir;
-        this.front = front;
-        this.back = back;
+        _dir = dir;
+        _front = front;
+        _back = back;
     }
 
     public static string? Missing()
@@ -50,17 +50,17 @@ internal sealed class BenchNginxPeer : IAsyncDisposable
     }
 
     /// <summary>Where a client dials to reach <paramref name="serverPort"/> on the server pod through the two proxies.</summary>
-    public (string Host, int Port) Front(int serverPort) => (front.Address.ToString(), serverPort + FrontOffset);
+    public (string Host, int Port) Front(int serverPort) => (_front.Address.ToString(), serverPort + FrontOffset);
 
     /// <summary>Lines in node2's access log: one per connection that arrived over TLS ("TLSv1.3 SUCCESS ..." when it did right).</summary>
     public IReadOnlyList<string> BackLog()
     {
-        var path = Path.Join(dir, "node2-access.log");
+        var path = Path.Join(_dir, "node2-access.log");
         return File.Exists(path) ? File.ReadAllLines(path) : [];
     }
 
     /// <summary>Processes of both nginx instances, masters and workers: for their CPU time.</summary>
-    public IEnumerable<int> Pids() => masters.Where(m => !m.HasExited).SelectMany(m => Children(m.Pid).Prepend(m.Pid));
+    public IEnumerable<int> Pids() => _masters.Where(m => !m.HasExited).SelectMany(m => Children(m.Pid).Prepend(m.Pid));
 
     public static async Task<BenchNginxPeer> StartAsync(ClusterNode front, ClusterNode back, IPAddress server, IReadOnlyList<int> serverPorts)
     {
@@ -114,13 +114,13 @@ internal sealed class BenchNginxPeer : IAsyncDisposable
 
     private void Start(ClusterNode node, string name, string servers)
     {
-        var config = Path.Join(dir, $"{name}.conf");
+        var config = Path.Join(_dir, $"{name}.conf");
         File.WriteAllText(config, $$"""
             load_module {{ModulePath}};
             daemon off;
             worker_processes auto;
-            pid {{dir}}/{{name}}.pid;
-            error_log {{dir}}/{{name}}-error.log warn;
+            pid {{_dir}}/{{name}}.pid;
+            error_log {{_dir}}/{{name}}-error.log warn;
             events { worker_connections 16384; }
             stream {
                 log_format tls '$ssl_protocol $ssl_client_verify $remote_addr $bytes_received $bytes_sent';
@@ -129,7 +129,7 @@ internal sealed class BenchNginxPeer : IAsyncDisposable
             }
 
             """);
-        masters.Add(node.StartProcess("/usr/sbin/nginx", "-p", dir, "-c", config, "-e", Path.Join(dir, $"{name}-error.log")));
+        _masters.Add(node.StartProcess("/usr/sbin/nginx", "-p", _dir, "-c", config, "-e", Path.Join(_dir, $"{name}-error.log")));
     }
 
     private static async Task WaitForListenerAsync(BenchNginxPeer peer, ClusterNode node, int port)
@@ -137,14 +137,14 @@ internal sealed class BenchNginxPeer : IAsyncDisposable
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
         while (HostCommand.Run("nsenter", $"--net={node.NetnsPath}", "--", "ss", "-Hltn", $"sport = :{port}").Trim().Length == 0)
         {
-            if (peer.masters.FirstOrDefault(m => m.HasExited) is { } dead)
+            if (peer._masters.FirstOrDefault(m => m.HasExited) is { } dead)
             {
-                throw new InvalidOperationException($"{dead} exited with {dead.ExitCode}:\n{dead.Stderr}\n{ErrorLog(peer.dir)}");
+                throw new InvalidOperationException($"{dead} exited with {dead.ExitCode}:\n{dead.Stderr}\n{ErrorLog(peer._dir)}");
             }
 
             if (DateTime.UtcNow > deadline)
             {
-                throw new TimeoutException($"nginx does not listen on {node.Name}:{port} after 20 s:\n{ErrorLog(peer.dir)}");
+                throw new TimeoutException($"nginx does not listen on {node.Name}:{port} after 20 s:\n{ErrorLog(peer._dir)}");
             }
 
             await Task.Delay(100);
@@ -210,13 +210,13 @@ internal sealed class BenchNginxPeer : IAsyncDisposable
     /// <summary>SIGTERM to each master (it stops its workers), then SIGKILL by pid to any worker left behind.</summary>
     public async ValueTask DisposeAsync()
     {
-        var workers = masters.Where(m => !m.HasExited).SelectMany(m => Children(m.Pid)).ToList();
-        foreach (var master in masters)
+        var workers = _masters.Where(m => !m.HasExited).SelectMany(m => Children(m.Pid)).ToList();
+        foreach (var master in _masters)
         {
             master.Stop();
         }
 
-        foreach (var master in masters)
+        foreach (var master in _masters)
         {
             try
             {
@@ -240,6 +240,6 @@ internal sealed class BenchNginxPeer : IAsyncDisposable
             Tmds.Linux.LibC.kill(worker, Tmds.Linux.LibC.SIGKILL);
         }
 
-        Directory.Delete(dir, recursive: true);
+        Directory.Delete(_dir, recursive: true);
     }
 }

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
-using Weft.Harness;
 using Weft.Cli;
+using Weft.Harness;
 
 namespace Weft.Bench;
 
@@ -51,7 +51,7 @@ internal static partial class BenchCommand
         {
             Say($"connection setup, one at a time: {connections} x (connect, 64 B each way, close) per run, {Runs}; " +
                 "for mTLS once with the pooled tunnel and once with the tunnel destroyed (ss -K) before every connection");
-            var variants = paths.Select(p => new SetupVariant(p.Key, p.Label, p, ColdTunnel: false)).ToList();
+            var variants = _paths.Select(p => new SetupVariant(p.Key, p.Label, p, ColdTunnel: false)).ToList();
             if (Path("mtls") is { } mtlsPath)
             {
                 variants.Insert(variants.FindIndex(v => v.Key == "mtls") + 1, new SetupVariant("mtls_cold", "mTLS, cold tunnel", mtlsPath, ColdTunnel: true));
@@ -106,8 +106,8 @@ internal static partial class BenchCommand
                 }
             }
 
-            rows.Add(new TableRow("new conn/s, one at a time (mTLS: pooled tunnel)", pooled));
-            rows.Add(new TableRow("new conn/s, one at a time (mTLS: cold tunnel each)", cold));
+            _rows.Add(new TableRow("new conn/s, one at a time (mTLS: pooled tunnel)", pooled));
+            _rows.Add(new TableRow("new conn/s, one at a time (mTLS: cold tunnel each)", cold));
             return result;
         }
 

@@ -14,8 +14,8 @@ namespace Weft.Tests.Capture;
 /// </summary>
 internal sealed class CaptureSandbox : IDisposable
 {
-    private readonly List<string> namespaces = [];
-    private readonly List<Process> processes = [];
+    private readonly List<string> _namespaces = [];
+    private readonly List<Process> _processes = [];
 
     public CaptureSandbox()
     {
@@ -47,7 +47,7 @@ internal sealed class CaptureSandbox : IDisposable
     {
         var name = $"weftcap{RunId}{suffix}";
         Ip($"netns add {name}");
-        namespaces.Add(name);
+        _namespaces.Add(name);
         Ip($"-n {name} link set lo up");
         if (addresses.Length > 0)
         {
@@ -70,7 +70,7 @@ internal sealed class CaptureSandbox : IDisposable
         foreach (var n in new[] { left, right })
         {
             Ip($"netns add {n}");
-            namespaces.Add(n);
+            _namespaces.Add(n);
             Ip($"-n {n} link set lo up");
         }
         Ip($"-n {left} link add eth0 type veth peer name eth0 netns {right}");
@@ -129,7 +129,7 @@ internal sealed class CaptureSandbox : IDisposable
         psi.ArgumentList.Add($"echo $$ > {CgroupPath}/cgroup.procs && exec ip netns exec {ns} /usr/bin/python3 -c \"$0\"");
         psi.ArgumentList.Add(script);
         var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start client");
-        processes.Add(p);
+        _processes.Add(p);
         return p;
     }
 
@@ -203,7 +203,7 @@ internal sealed class CaptureSandbox : IDisposable
             }
         }
 
-        foreach (var p in processes)
+        foreach (var p in _processes)
         {
             Try(() =>
             {
@@ -216,7 +216,7 @@ internal sealed class CaptureSandbox : IDisposable
             });
         }
         Try(() => BpfCapture.Uninstall(PinRoot));
-        foreach (var n in namespaces)
+        foreach (var n in _namespaces)
         {
             Try(() => NetNamespace.Release("/var/run/netns/" + n));
             Try(() => Ip($"netns del {n}"));

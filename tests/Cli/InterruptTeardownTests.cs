@@ -154,21 +154,21 @@ public sealed partial class InterruptTeardownTests
     /// </summary>
     private sealed class Command : IAsyncDisposable
     {
-        private readonly Process process;
-        private readonly StringBuilder output = new();
+        private readonly Process _process;
+        private readonly StringBuilder _output = new();
 
         private Command(Process process)
         {
-            this.process = process;
+            _process = process;
         }
 
         public string Output
         {
             get
             {
-                lock (output)
+                lock (_output)
                 {
-                    return output.ToString();
+                    return _output.ToString();
                 }
             }
         }
@@ -223,9 +223,9 @@ public sealed partial class InterruptTeardownTests
             var deadline = DateTime.UtcNow + timeout;
             while (!Output.Contains(text, StringComparison.Ordinal))
             {
-                if (process.HasExited)
+                if (_process.HasExited)
                 {
-                    Assert.Fail($"exited ({process.ExitCode}) before printing '{text}':\n{Output}");
+                    Assert.Fail($"exited ({_process.ExitCode}) before printing '{text}':\n{Output}");
                 }
 
                 Assert.True(DateTime.UtcNow < deadline, $"'{text}' not printed within {timeout}:\n{Output}");
@@ -234,30 +234,30 @@ public sealed partial class InterruptTeardownTests
         }
 
         /// <summary>What a terminal does on Ctrl-C: the signal to every process of the foreground group.</summary>
-        public void SignalProcessGroup(int signal) => Assert.Equal(0, Tmds.Linux.LibC.kill(-process.Id, signal));
+        public void SignalProcessGroup(int signal) => Assert.Equal(0, Tmds.Linux.LibC.kill(-_process.Id, signal));
 
         /// <summary>Keys typed at the pseudo-terminal.</summary>
         public void Type(string keys)
         {
-            process.StandardInput.Write(keys);
-            process.StandardInput.Flush();
+            _process.StandardInput.Write(keys);
+            _process.StandardInput.Flush();
         }
 
-        public void Signal(int signal) => Assert.Equal(0, Tmds.Linux.LibC.kill(process.Id, signal));
+        public void Signal(int signal) => Assert.Equal(0, Tmds.Linux.LibC.kill(_process.Id, signal));
 
         public async Task<int> WaitForExitAsync(TimeSpan timeout)
         {
             using var cts = new CancellationTokenSource(timeout);
             try
             {
-                await process.WaitForExitAsync(cts.Token);
+                await _process.WaitForExitAsync(cts.Token);
             }
             catch (OperationCanceledException)
             {
                 Assert.Fail($"still running {timeout} after the signal:\n{Output}");
             }
 
-            return process.ExitCode;
+            return _process.ExitCode;
         }
 
         public IReadOnlyList<string> RunIds() =>
@@ -265,31 +265,31 @@ public sealed partial class InterruptTeardownTests
 
         public async ValueTask DisposeAsync()
         {
-            if (!process.HasExited)
+            if (!_process.HasExited)
             {
                 // a failed test must not leave the command running: SIGTERM (it cleans up), then SIGKILL
-                _ = Tmds.Linux.LibC.kill(process.Id, Tmds.Linux.LibC.SIGTERM);
+                _ = Tmds.Linux.LibC.kill(_process.Id, Tmds.Linux.LibC.SIGTERM);
                 using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
                 try
                 {
-                    await process.WaitForExitAsync(cts.Token);
+                    await _process.WaitForExitAsync(cts.Token);
                 }
                 catch (OperationCanceledException)
                 {
-                    process.Kill();
+                    _process.Kill();
                 }
             }
 
-            process.Dispose();
+            _process.Dispose();
         }
 
         private void Append(string? line)
         {
             if (line != null)
             {
-                lock (output)
+                lock (_output)
                 {
-                    output.AppendLine(line);
+                    _output.AppendLine(line);
                 }
             }
         }

@@ -11,7 +11,7 @@ namespace Weft.Tests.Daemonset;
 internal static class ManifestValidator
 {
     private static readonly SemaphoreSlim InstallGate = new(1, 1);
-    private static string? installed;
+    private static string? _installed;
 
     public static string RepositoryRoot { get; } = FindRepositoryRoot();
 
@@ -28,9 +28,9 @@ internal static class ManifestValidator
         await InstallGate.WaitAsync();
         try
         {
-            if (installed is not null)
+            if (_installed is not null)
             {
-                return installed;
+                return _installed;
             }
 
             var source = Path.Combine(RepositoryRoot, "tests", "Daemonset");
@@ -51,7 +51,7 @@ internal static class ManifestValidator
                 await File.WriteAllTextAsync(stamp, lockHash);
             }
 
-            installed = work;
+            _installed = work;
             return work;
         }
         finally

@@ -32,7 +32,8 @@ public class MutualTlsTests
         await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", bytes.ToString());
         var pcap = Path.Combine(Path.GetTempPath(), $"weft-{mesh.Cluster.RunId}.pcap");
         using var capture = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", mesh.Cluster.UnderlayNetnsName,
-            "tcpdump", "-i", "br0", "-U", "-s", "0", "-B", "65536", "-w", pcap, "tcp"]) { RedirectStandardError = true })!;
+            "tcpdump", "-i", "br0", "-U", "-s", "0", "-B", "65536", "-w", pcap, "tcp"])
+        { RedirectStandardError = true })!;
         try
         {
             await Task.Delay(1000);

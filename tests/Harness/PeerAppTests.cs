@@ -122,21 +122,21 @@ public sealed class PeerAppTests
 
     private sealed class InProcessPeer : IAsyncDisposable
     {
-        private readonly ConcurrentQueue<JsonElement> lines = new();
-        private readonly CancellationTokenSource stop = new();
-        private readonly TaskCompletionSource<string> listening = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        private Task<int> running = Task.FromResult(0);
+        private readonly ConcurrentQueue<JsonElement> _lines = new();
+        private readonly CancellationTokenSource _stop = new();
+        private readonly TaskCompletionSource<string> _listening = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private Task<int> _running = Task.FromResult(0);
 
         public string Address { get; private set; } = "";
 
         public static async Task<InProcessPeer> ServeAsync(string mode, long replyBytes = 0)
         {
             var peer = new InProcessPeer();
-            peer.running = Task.Run(() => PeerApp.RunAsync(
+            peer._running = Task.Run(() => PeerApp.RunAsync(
                 ["serve", "--port", "0", "--bind", "127.0.0.1", "--mode", mode, "--reply-bytes", replyBytes.ToString()],
                 peer.Add,
-                peer.stop.Token));
-            peer.Address = await peer.listening.Task.WaitAsync(Timeout);
+                peer._stop.Token));
+            peer.Address = await peer._listening.Task.WaitAsync(Timeout);
             return peer;
         }
 
@@ -160,20 +160,20 @@ public sealed class PeerAppTests
 
         public async ValueTask DisposeAsync()
         {
-            stop.Cancel();
-            Assert.Equal(0, await running.WaitAsync(Timeout));
-            stop.Dispose();
+            _stop.Cancel();
+            Assert.Equal(0, await _running.WaitAsync(Timeout));
+            _stop.Dispose();
         }
 
-        private List<JsonElement> Connections => lines.Where(l => l.TryGetProperty("remote", out _)).ToList();
+        private List<JsonElement> Connections => _lines.Where(l => l.TryGetProperty("remote", out _)).ToList();
 
         private void Add(string line)
         {
             var element = JsonDocument.Parse(line).RootElement.Clone();
-            lines.Enqueue(element);
+            _lines.Enqueue(element);
             if (element.TryGetProperty("listening", out var address))
             {
-                listening.TrySetResult(address.GetString()!);
+                _listening.TrySetResult(address.GetString()!);
             }
         }
     }

@@ -15,13 +15,13 @@ public class CertificateUsageTests
     private static readonly SpiffeId ClientId = new(Domain, "demo", "a");
     private static readonly SpiffeId ServerId = new(Domain, "demo", "b");
 
-    private readonly TestCa root = TestCa.Root("root");
-    private readonly SvidIssuer issuer = new();
+    private readonly TestCa _root = TestCa.Root("root");
+    private readonly SvidIssuer _issuer = new();
 
-    private SpiffeVerifier Verifier => new(Domain, [root.Certificate]);
+    private SpiffeVerifier Verifier => new(Domain, [_root.Certificate]);
 
     private X509Certificate2 Leaf(SpiffeId id, X509KeyUsageFlags? usage = X509KeyUsageFlags.DigitalSignature, string[]? extendedUsage = null, bool ca = false) =>
-        root.Leaf([id.ToString()], ca: ca, usage: usage, extendedUsage: extendedUsage);
+        _root.Leaf([id.ToString()], ca: ca, usage: usage, extendedUsage: extendedUsage);
 
     [Fact]
     public void LeafWithOnlyServerAuth_IsRefusedAsAClient_ButAcceptedAsAServer()
@@ -78,7 +78,7 @@ public class CertificateUsageTests
     [Fact]
     public void SvidsTheAgentIssues_PassAsClientAndAsServer()
     {
-        var svid = issuer.Issue(root.Intermediate("issuing").Authority(), ClientId);
+        var svid = _issuer.Issue(_root.Intermediate("issuing").Authority(), ClientId);
 
         Assert.Equal(ClientId, Verifier.Verify(svid.Certificate, svid.Intermediates, TlsPeerRole.Client).Id);
         Assert.Equal(ClientId, Verifier.Verify(svid.Certificate, svid.Intermediates, TlsPeerRole.Server).Id);
@@ -107,7 +107,7 @@ public class CertificateUsageTests
         var leaf = kind switch
         {
             "untrusted-ca" => TestCa.Root("elsewhere").Leaf([ClientId.ToString()], extendedUsage: [TestCa.ClientAuth]),
-            "expired" => root.Leaf([ClientId.ToString()], notBefore: now.AddDays(-2), notAfter: now.AddDays(-1), extendedUsage: [TestCa.ClientAuth]),
+            "expired" => _root.Leaf([ClientId.ToString()], notBefore: now.AddDays(-2), notAfter: now.AddDays(-1), extendedUsage: [TestCa.ClientAuth]),
             _ => BrokenLeaf(kind, ClientId),
         };
         var (cert, key) = WriteLeaf(dir, leaf, "client");
@@ -116,7 +116,7 @@ public class CertificateUsageTests
 
         // -ign_eof: keep reading after the handshake, so openssl reports how the server ended the connection.
         var (output, serverError) = await OpensslInteropTests.OpensslClientAgainstOurServerAsync(
-            tls.ServerOptions(() => issuer.Issue(root.Authority(), ServerId), serverSaw.Record), "-cert", cert, "-key", key, "-ign_eof");
+            tls.ServerOptions(() => _issuer.Issue(_root.Authority(), ServerId), serverSaw.Record), "-cert", cert, "-key", key, "-ign_eof");
 
         Assert.NotNull(serverError);
         Assert.Null(serverSaw.Id);
@@ -128,12 +128,12 @@ public class CertificateUsageTests
     public async Task OpensslClient_WithAValidSvid_StillGetsThrough()
     {
         using var dir = new TempDir();
-        var (cert, key) = WriteLeaf(dir, issuer.Issue(root.Authority(), ClientId).Certificate, "client");
+        var (cert, key) = WriteLeaf(dir, _issuer.Issue(_root.Authority(), ClientId).Certificate, "client");
         var serverSaw = new PeerReport();
         var tls = new MeshTls(Verifier);
 
         var (output, serverError) = await OpensslInteropTests.OpensslClientAgainstOurServerAsync(
-            tls.ServerOptions(() => issuer.Issue(root.Authority(), ServerId), serverSaw.Record), "-cert", cert, "-key", key);
+            tls.ServerOptions(() => _issuer.Issue(_root.Authority(), ServerId), serverSaw.Record), "-cert", cert, "-key", key);
 
         Assert.Null(serverError);
         Assert.Equal(ClientId, serverSaw.Id);
@@ -146,11 +146,11 @@ public class CertificateUsageTests
     {
         using var dir = new TempDir();
         var (cert, key) = WriteLeaf(dir, Leaf(ServerId, extendedUsage: [TestCa.ClientAuth]), "server");
-        File.WriteAllText(dir.File("root.pem"), root.CertificatePem);
+        File.WriteAllText(dir.File("root.pem"), _root.CertificatePem);
         var clientSaw = new PeerReport();
         var tls = new MeshTls(Verifier);
 
-        await OpensslInteropTests.OurClientAgainstOpensslServerAsync(tls.ClientOptions(issuer.Issue(root.Authority(), ClientId), ServerId, clientSaw.Record),
+        await OpensslInteropTests.OurClientAgainstOpensslServerAsync(tls.ClientOptions(_issuer.Issue(_root.Authority(), ClientId), ServerId, clientSaw.Record),
             cert, key, dir.File("root.pem"), dir.File("root.pem"), handshakeMayFail: true);
 
         Assert.Null(clientSaw.Id);
@@ -162,11 +162,11 @@ public class CertificateUsageTests
     {
         using var dir = new TempDir();
         var (cert, key) = WriteLeaf(dir, Leaf(ServerId, extendedUsage: [TestCa.ServerAuth]), "server");
-        File.WriteAllText(dir.File("root.pem"), root.CertificatePem);
+        File.WriteAllText(dir.File("root.pem"), _root.CertificatePem);
         var clientSaw = new PeerReport();
         var tls = new MeshTls(Verifier);
 
-        var output = await OpensslInteropTests.OurClientAgainstOpensslServerAsync(tls.ClientOptions(issuer.Issue(root.Authority(), ClientId), ServerId, clientSaw.Record),
+        var output = await OpensslInteropTests.OurClientAgainstOpensslServerAsync(tls.ClientOptions(_issuer.Issue(_root.Authority(), ClientId), ServerId, clientSaw.Record),
             cert, key, dir.File("root.pem"), dir.File("root.pem"));
 
         Assert.Equal(ServerId, clientSaw.Id);
@@ -196,13 +196,13 @@ public class CertificateUsageTests
         var leaf = fault switch
         {
             "untrusted-ca" => TestCa.Root("elsewhere").Leaf([id.ToString()]),
-            "expired" => root.Leaf([id.ToString()], notBefore: now.AddDays(-2), notAfter: now.AddDays(-1)),
+            "expired" => _root.Leaf([id.ToString()], notBefore: now.AddDays(-2), notAfter: now.AddDays(-1)),
             _ => Leaf(id, extendedUsage: [refusedSide == "client" ? TestCa.ServerAuth : TestCa.ClientAuth]),
         };
         var forged = new Svid(id, leaf, [], now, "forged");
         var tls = new MeshTls(Verifier);
-        var serverOptions = tls.ServerOptions(() => refusedSide == "server" ? forged : issuer.Issue(root.Authority(), ServerId), new PeerReport().Record);
-        var clientOptions = tls.ClientOptions(refusedSide == "client" ? forged : issuer.Issue(root.Authority(), ClientId), ServerId);
+        var serverOptions = tls.ServerOptions(() => refusedSide == "server" ? forged : _issuer.Issue(_root.Authority(), ServerId), new PeerReport().Record);
+        var clientOptions = tls.ClientOptions(refusedSide == "client" ? forged : _issuer.Issue(_root.Authority(), ClientId), ServerId);
         var platform = (Errors: SslPolicyErrors.None, Status: X509ChainStatusFlags.NoError);
         RemoteCertificateValidationCallback Recording(RemoteCertificateValidationCallback ours) => (sender, certificate, chain, errors) =>
         {

@@ -14,8 +14,8 @@ public class MeshTlsTests
     private static readonly SpiffeId ClientId = new(Domain, "demo", "a");
     private static readonly SpiffeId ServerId = new(Domain, "demo", "b");
 
-    private readonly TestCa rootA = TestCa.Root("root-a");
-    private readonly SvidIssuer issuer = new();
+    private readonly TestCa _rootA = TestCa.Root("root-a");
+    private readonly SvidIssuer _issuer = new();
 
     private MeshTls TlsTrusting(params TestCa[] roots) =>
         new(new SpiffeVerifier(Domain, new X509Certificate2Collection(roots.Select(r => r.Certificate).ToArray())));
@@ -25,14 +25,14 @@ public class MeshTlsTests
     [Fact]
     public async Task MutualTls_BetweenTwoSvids_NegotiatesTls13AndH2_AndEachSideSeesTheOther()
     {
-        var ca = rootA.Authority();
-        var tls = TlsTrusting(rootA);
+        var ca = _rootA.Authority();
+        var tls = TlsTrusting(_rootA);
         var serverSaw = new PeerReport();
         var clientSaw = new PeerReport();
 
         var outcome = await LoopbackTls.RunAsync(
-            tls.ServerOptions(() => issuer.Issue(ca, ServerId), serverSaw.Record),
-            tls.ClientOptions(issuer.Issue(ca, ClientId), ServerId, clientSaw.Record));
+            tls.ServerOptions(() => _issuer.Issue(ca, ServerId), serverSaw.Record),
+            tls.ClientOptions(_issuer.Issue(ca, ClientId), ServerId, clientSaw.Record));
 
         Assert.True(outcome.Established, $"server: {outcome.ServerError?.Message} client: {outcome.ClientError?.Message}");
         Assert.Equal(SslProtocols.Tls13, outcome.Protocol);
@@ -47,16 +47,16 @@ public class MeshTlsTests
     [Fact]
     public async Task MutualTls_WithIntermediateCa_SendsTheIntermediates_SoPeersTrustingOnlyTheRootAccept()
     {
-        var intermediate = rootA.Intermediate("intermediate-a").Intermediate("issuing-a");
+        var intermediate = _rootA.Intermediate("intermediate-a").Intermediate("issuing-a");
         var ca = intermediate.Authority();
         Assert.Equal(2, ca.Intermediates.Count);
-        var tls = TlsTrusting(rootA);
+        var tls = TlsTrusting(_rootA);
         var serverSaw = new PeerReport();
         var clientSaw = new PeerReport();
 
         var outcome = await LoopbackTls.RunAsync(
-            tls.ServerOptions(() => issuer.Issue(ca, ServerId), serverSaw.Record),
-            tls.ClientOptions(issuer.Issue(ca, ClientId), ServerId, clientSaw.Record));
+            tls.ServerOptions(() => _issuer.Issue(ca, ServerId), serverSaw.Record),
+            tls.ClientOptions(_issuer.Issue(ca, ClientId), ServerId, clientSaw.Record));
 
         Assert.True(outcome.Established, $"server: {serverSaw.Reason} client: {clientSaw.Reason}");
         Assert.Equal(ClientId, serverSaw.Id);
@@ -66,14 +66,14 @@ public class MeshTlsTests
     [Fact]
     public async Task Client_RefusesServer_PresentingAnotherIdentityThanExpected()
     {
-        var ca = rootA.Authority();
-        var tls = TlsTrusting(rootA);
+        var ca = _rootA.Authority();
+        var tls = TlsTrusting(_rootA);
         var clientSaw = new PeerReport();
         var expected = new SpiffeId(Domain, "demo", "c");
 
         var outcome = await LoopbackTls.RunAsync(
-            tls.ServerOptions(() => issuer.Issue(ca, ServerId), new PeerReport().Record),
-            tls.ClientOptions(issuer.Issue(ca, ClientId), expected, clientSaw.Record));
+            tls.ServerOptions(() => _issuer.Issue(ca, ServerId), new PeerReport().Record),
+            tls.ClientOptions(_issuer.Issue(ca, ClientId), expected, clientSaw.Record));
 
         Assert.False(outcome.Established);
         Assert.IsType<AuthenticationException>(outcome.ClientError);
@@ -86,11 +86,11 @@ public class MeshTlsTests
     {
         var rootB = TestCa.Root("root-b");
         var serverSaw = new PeerReport();
-        var clientTls = TlsTrusting(rootA, rootB);
+        var clientTls = TlsTrusting(_rootA, rootB);
 
         var outcome = await LoopbackTls.RunAsync(
-            TlsTrusting(rootA).ServerOptions(() => issuer.Issue(rootA.Authority(), ServerId), serverSaw.Record),
-            clientTls.ClientOptions(issuer.Issue(rootB.Authority(), ClientId), ServerId));
+            TlsTrusting(_rootA).ServerOptions(() => _issuer.Issue(_rootA.Authority(), ServerId), serverSaw.Record),
+            clientTls.ClientOptions(_issuer.Issue(rootB.Authority(), ClientId), ServerId));
 
         Assert.False(outcome.Established);
         Assert.Null(serverSaw.Id);
@@ -104,8 +104,8 @@ public class MeshTlsTests
         var clientSaw = new PeerReport();
 
         var outcome = await LoopbackTls.RunAsync(
-            TlsTrusting(rootA, rootB).ServerOptions(() => issuer.Issue(rootB.Authority(), ServerId), new PeerReport().Record),
-            TlsTrusting(rootA).ClientOptions(issuer.Issue(rootA.Authority(), ClientId), ServerId, clientSaw.Record));
+            TlsTrusting(_rootA, rootB).ServerOptions(() => _issuer.Issue(rootB.Authority(), ServerId), new PeerReport().Record),
+            TlsTrusting(_rootA).ClientOptions(_issuer.Issue(_rootA.Authority(), ClientId), ServerId, clientSaw.Record));
 
         Assert.False(outcome.Established);
         Assert.StartsWith("unknown CA", clientSaw.Reason);
@@ -129,20 +129,20 @@ public class MeshTlsTests
         var id = ClientId.ToString();
         var leaf = kind switch
         {
-            "expired" => rootA.Leaf([id], notBefore: now.AddDays(-2), notAfter: now.AddDays(-1)),
-            "not-yet-valid" => rootA.Leaf([id], notBefore: now.AddDays(1), notAfter: now.AddDays(2)),
-            "two-uri-sans" => rootA.Leaf([id, "spiffe://cluster.local/ns/demo/sa/admin"]),
-            "ca-true" => rootA.Leaf([id], ca: true),
-            "other-trust-domain" => rootA.Leaf(["spiffe://evil.example/ns/demo/sa/a"]),
-            "no-uri-san" => rootA.Leaf([]),
+            "expired" => _rootA.Leaf([id], notBefore: now.AddDays(-2), notAfter: now.AddDays(-1)),
+            "not-yet-valid" => _rootA.Leaf([id], notBefore: now.AddDays(1), notAfter: now.AddDays(2)),
+            "two-uri-sans" => _rootA.Leaf([id, "spiffe://cluster.local/ns/demo/sa/admin"]),
+            "ca-true" => _rootA.Leaf([id], ca: true),
+            "other-trust-domain" => _rootA.Leaf(["spiffe://evil.example/ns/demo/sa/a"]),
+            "no-uri-san" => _rootA.Leaf([]),
             _ => throw new ArgumentException(kind),
         };
         var serverSaw = new PeerReport();
-        var tls = TlsTrusting(rootA);
+        var tls = TlsTrusting(_rootA);
 
         var outcome = await LoopbackTls.RunAsync(
-            tls.ServerOptions(() => issuer.Issue(rootA.Authority(), ServerId), serverSaw.Record),
-            tls.ClientOptions(Forged(ClientId, leaf, rootA), ServerId));
+            tls.ServerOptions(() => _issuer.Issue(_rootA.Authority(), ServerId), serverSaw.Record),
+            tls.ClientOptions(Forged(ClientId, leaf, _rootA), ServerId));
 
         Assert.False(outcome.Established);
         Assert.NotNull(outcome.ServerError);
@@ -154,13 +154,13 @@ public class MeshTlsTests
     public async Task Client_RefusesExpiredServerCertificate()
     {
         var now = DateTimeOffset.UtcNow;
-        var leaf = rootA.Leaf([ServerId.ToString()], notBefore: now.AddDays(-2), notAfter: now.AddDays(-1));
+        var leaf = _rootA.Leaf([ServerId.ToString()], notBefore: now.AddDays(-2), notAfter: now.AddDays(-1));
         var clientSaw = new PeerReport();
-        var tls = TlsTrusting(rootA);
+        var tls = TlsTrusting(_rootA);
 
         var outcome = await LoopbackTls.RunAsync(
-            tls.ServerOptions(() => Forged(ServerId, leaf, rootA), new PeerReport().Record),
-            tls.ClientOptions(issuer.Issue(rootA.Authority(), ClientId), ServerId, clientSaw.Record));
+            tls.ServerOptions(() => Forged(ServerId, leaf, _rootA), new PeerReport().Record),
+            tls.ClientOptions(_issuer.Issue(_rootA.Authority(), ClientId), ServerId, clientSaw.Record));
 
         Assert.False(outcome.Established);
         Assert.StartsWith("certificate expired", clientSaw.Reason);
@@ -169,12 +169,12 @@ public class MeshTlsTests
     [Fact]
     public async Task Server_RefusesClient_ThatPresentsNoCertificate()
     {
-        var tls = TlsTrusting(rootA);
+        var tls = TlsTrusting(_rootA);
         var serverSaw = new PeerReport();
-        var clientOptions = tls.ClientOptions(issuer.Issue(rootA.Authority(), ClientId), ServerId);
+        var clientOptions = tls.ClientOptions(_issuer.Issue(_rootA.Authority(), ClientId), ServerId);
         clientOptions.ClientCertificateContext = null;
 
-        var outcome = await LoopbackTls.RunAsync(tls.ServerOptions(() => issuer.Issue(rootA.Authority(), ServerId), serverSaw.Record), clientOptions);
+        var outcome = await LoopbackTls.RunAsync(tls.ServerOptions(() => _issuer.Issue(_rootA.Authority(), ServerId), serverSaw.Record), clientOptions);
 
         Assert.False(outcome.Established);
         Assert.NotNull(outcome.ServerError);
@@ -184,7 +184,7 @@ public class MeshTlsTests
     [Fact]
     public async Task ClientHello_CarriesNoServerName_AndOffersOnlyTls13WithH2()
     {
-        var hello = await CaptureClientHelloAsync(TlsTrusting(rootA).ClientOptions(issuer.Issue(rootA.Authority(), ClientId), ServerId));
+        var hello = await CaptureClientHelloAsync(TlsTrusting(_rootA).ClientOptions(_issuer.Issue(_rootA.Authority(), ClientId), ServerId));
 
         Assert.DoesNotContain(ClientHello.ServerName, hello.Extensions.Keys);
         Assert.Equal(["h2"], hello.Alpn);
@@ -195,12 +195,12 @@ public class MeshTlsTests
     public async Task ClientHello_WithAnIpTargetHost_StillCarriesNoServerName_WhileAHostNameWould()
     {
         // Control: the parser does see SNI when SslStream sends one, so its absence above means something.
-        var options = TlsTrusting(rootA).ClientOptions(issuer.Issue(rootA.Authority(), ClientId), ServerId);
+        var options = TlsTrusting(_rootA).ClientOptions(_issuer.Issue(_rootA.Authority(), ClientId), ServerId);
         options.TargetHost = "b.demo.svc";
         var named = await CaptureClientHelloAsync(options);
         Assert.Contains(ClientHello.ServerName, named.Extensions.Keys);
 
-        options = TlsTrusting(rootA).ClientOptions(issuer.Issue(rootA.Authority(), ClientId), ServerId);
+        options = TlsTrusting(_rootA).ClientOptions(_issuer.Issue(_rootA.Authority(), ClientId), ServerId);
         options.TargetHost = "10.244.2.2";
         var ip = await CaptureClientHelloAsync(options);
         Assert.DoesNotContain(ClientHello.ServerName, ip.Extensions.Keys);

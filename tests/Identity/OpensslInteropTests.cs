@@ -17,7 +17,7 @@ public class OpensslInteropTests
     private static readonly SpiffeId ClientId = new(Domain, "demo", "a");
     private static readonly SpiffeId ServerId = new(Domain, "demo", "b");
 
-    private readonly TestCa root = TestCa.Root("root");
+    private readonly TestCa _root = TestCa.Root("root");
 
     private static (string Cert, string Key, string Chain) WriteSvid(TempDir dir, Svid svid, string name)
     {
@@ -35,10 +35,10 @@ public class OpensslInteropTests
     public void Svid_AsOpensslReadsIt_HasOneUriSan_CaFalse_P256_And24Hours_AndVerifies()
     {
         using var dir = new TempDir();
-        var issuing = root.Intermediate("issuing");
+        var issuing = _root.Intermediate("issuing");
         var svid = new SvidIssuer().Issue(issuing.Authority(), ClientId);
         var (cert, _, chain) = WriteSvid(dir, svid, "svid");
-        File.WriteAllText(dir.File("root.pem"), root.CertificatePem);
+        File.WriteAllText(dir.File("root.pem"), _root.CertificatePem);
 
         var text = Openssl.Ok("x509", "-in", cert, "-noout", "-text");
 
@@ -114,12 +114,12 @@ public class OpensslInteropTests
     public async Task OpensslClient_PresentingAnSvid_IsAcceptedByOurServer_OverTls13WithH2()
     {
         using var dir = new TempDir();
-        var ca = root.Intermediate("issuing").Authority();
+        var ca = _root.Intermediate("issuing").Authority();
         var issuer = new SvidIssuer();
         var (cert, key, chain) = WriteSvid(dir, issuer.Issue(ca, ClientId), "client");
-        File.WriteAllText(dir.File("root.pem"), root.CertificatePem);
+        File.WriteAllText(dir.File("root.pem"), _root.CertificatePem);
         var serverSaw = new PeerReport();
-        var tls = new MeshTls(new SpiffeVerifier(Domain, [root.Certificate]));
+        var tls = new MeshTls(new SpiffeVerifier(Domain, [_root.Certificate]));
 
         var (output, serverError) = await OpensslClientAgainstOurServerAsync(tls.ServerOptions(() => issuer.Issue(ca, ServerId), serverSaw.Record),
             "-CAfile", dir.File("root.pem"), "-verify_return_error", "-cert", cert, "-key", key, "-cert_chain", chain);
@@ -135,9 +135,9 @@ public class OpensslInteropTests
     public async Task OpensslClient_WithoutACertificate_IsRefusedByOurServer_AsNoClientCertificate()
     {
         using var dir = new TempDir();
-        var ca = root.Authority();
+        var ca = _root.Authority();
         var serverSaw = new PeerReport();
-        var tls = new MeshTls(new SpiffeVerifier(Domain, [root.Certificate]));
+        var tls = new MeshTls(new SpiffeVerifier(Domain, [_root.Certificate]));
 
         var (_, serverError) = await OpensslClientAgainstOurServerAsync(tls.ServerOptions(() => new SvidIssuer().Issue(ca, ServerId), serverSaw.Record));
 
@@ -150,11 +150,11 @@ public class OpensslInteropTests
     public async Task OpensslServer_PresentingTheExpectedSvid_IsAcceptedByOurClient_WhichSendsNoSni()
     {
         using var dir = new TempDir();
-        var ca = root.Intermediate("issuing").Authority();
+        var ca = _root.Intermediate("issuing").Authority();
         var issuer = new SvidIssuer();
         var (cert, key, chain) = WriteSvid(dir, issuer.Issue(ca, ServerId), "server");
-        File.WriteAllText(dir.File("root.pem"), root.CertificatePem);
-        var tls = new MeshTls(new SpiffeVerifier(Domain, [root.Certificate]));
+        File.WriteAllText(dir.File("root.pem"), _root.CertificatePem);
+        var tls = new MeshTls(new SpiffeVerifier(Domain, [_root.Certificate]));
         var clientSaw = new PeerReport();
 
         var output = await OurClientAgainstOpensslServerAsync(tls.ClientOptions(issuer.Issue(ca, ClientId), ServerId, clientSaw.Record), cert, key, chain, dir.File("root.pem"));

@@ -158,11 +158,11 @@ internal sealed class TempDir : IDisposable
 /// <summary>A clock the test moves by hand; timers still run on real time.</summary>
 internal sealed class ManualClock : TimeProvider
 {
-    private DateTimeOffset now = DateTimeOffset.UtcNow;
+    private DateTimeOffset _now = DateTimeOffset.UtcNow;
 
-    public override DateTimeOffset GetUtcNow() => now;
+    public override DateTimeOffset GetUtcNow() => _now;
 
-    public void Advance(TimeSpan by) => now += by;
+    public void Advance(TimeSpan by) => _now += by;
 }
 
 /// <summary>Runs the openssl CLI, an independent TLS and X.509 implementation.</summary>

@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using System.Text.Json;
-using Weft.Harness;
 using Weft.Cli;
+using Weft.Harness;
 
 namespace Weft.Demo;
 

@@ -9,14 +9,14 @@ namespace Weft.Capture.Internal;
 /// </summary>
 internal sealed unsafe class BpfObject : IDisposable
 {
-    private nint obj;
-    private void* image;
+    private nint _obj;
+    private void* _image;
 
     private BpfObject(string name, nint obj, void* image)
     {
         Name = name;
-        this.obj = obj;
-        this.image = image;
+        _obj = obj;
+        _image = image;
     }
 
     public string Name { get; }
@@ -80,28 +80,28 @@ internal sealed unsafe class BpfObject : IDisposable
 
     public nint Program(string name)
     {
-        var program = Libbpf.FindProgram(obj, name);
+        var program = Libbpf.FindProgram(_obj, name);
         return program != 0 ? program : throw new CaptureException($"{Name} has no program {name}; rebuild the agent");
     }
 
     public int MapFd(string name)
     {
-        var map = Libbpf.FindMap(obj, name);
+        var map = Libbpf.FindMap(_obj, name);
         var fd = map != 0 ? Libbpf.MapFd(map) : -1;
         return fd >= 0 ? fd : throw new CaptureException($"{Name} has no map {name}; rebuild the agent");
     }
 
     public void Dispose()
     {
-        if (obj != 0)
+        if (_obj != 0)
         {
-            Libbpf.ObjectClose(obj);
-            obj = 0;
+            Libbpf.ObjectClose(_obj);
+            _obj = 0;
         }
-        if (image != null)
+        if (_image != null)
         {
-            NativeMemory.Free(image);
-            image = null;
+            NativeMemory.Free(_image);
+            _image = null;
         }
     }
 

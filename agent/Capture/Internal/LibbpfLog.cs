@@ -14,15 +14,15 @@ internal static unsafe partial class LibbpfLog
     private const int LevelWarn = 0;
     private const int LevelDebug = 2;
 
-    private static int installed;
+    private static int _installed;
 
     [ThreadStatic]
-    private static StringBuilder? collected;
+    private static StringBuilder? _collected;
 
     /// <summary>Installs the print callback once per process.</summary>
     internal static void Install()
     {
-        if (Interlocked.Exchange(ref installed, 1) == 0)
+        if (Interlocked.Exchange(ref _installed, 1) == 0)
         {
             Libbpf.SetPrint(&Print);
         }
@@ -32,16 +32,16 @@ internal static unsafe partial class LibbpfLog
 
     internal readonly struct Scope : IDisposable
     {
-        public Scope() => collected = new StringBuilder();
+        public Scope() => _collected = new StringBuilder();
 
         /// <summary>The last <paramref name="maxChars"/> characters libbpf printed in this scope.</summary>
         public string Tail(int maxChars)
         {
-            var text = collected?.ToString().TrimEnd() ?? "";
+            var text = _collected?.ToString().TrimEnd() ?? "";
             return text.Length <= maxChars ? text : "..." + text[^maxChars..];
         }
 
-        public void Dispose() => collected = null;
+        public void Dispose() => _collected = null;
     }
 
     [UnmanagedCallersOnly(CallConvs = [typeof(CallConvCdecl)])]
@@ -52,7 +52,7 @@ internal static unsafe partial class LibbpfLog
             var message = Format(format, args);
             if (level < LevelDebug)
             {
-                collected?.Append(message);
+                _collected?.Append(message);
             }
             if (level == LevelWarn)
             {

@@ -17,23 +17,23 @@ internal static class KubernetesObjects
 
     public static V1Pod Pod(string ns, string name, string node, string ip, string? uid = null, string qos = "Burstable",
         IDictionary<string, string>? annotations = null, string phase = "Running") => new()
-    {
-        Metadata = new V1ObjectMeta
         {
-            Name = name,
-            NamespaceProperty = ns,
-            Uid = uid,
-            Labels = new Dictionary<string, string> { ["app"] = name.TrimEnd('0', '1', '2', '3', '4', '5', '6', '7', '8', '9') },
-            Annotations = annotations,
-        },
-        Spec = new V1PodSpec
-        {
-            NodeName = node,
-            ServiceAccountName = name.TrimEnd('0', '1', '2', '3', '4', '5', '6', '7', '8', '9'),
-            Containers = [new V1Container { Name = "app", Image = "example/app:1" }],
-        },
-        Status = new V1PodStatus { Phase = phase, PodIP = ip, PodIPs = [new V1PodIP { Ip = ip }], QosClass = qos },
-    };
+            Metadata = new V1ObjectMeta
+            {
+                Name = name,
+                NamespaceProperty = ns,
+                Uid = uid,
+                Labels = new Dictionary<string, string> { ["app"] = name.TrimEnd('0', '1', '2', '3', '4', '5', '6', '7', '8', '9') },
+                Annotations = annotations,
+            },
+            Spec = new V1PodSpec
+            {
+                NodeName = node,
+                ServiceAccountName = name.TrimEnd('0', '1', '2', '3', '4', '5', '6', '7', '8', '9'),
+                Containers = [new V1Container { Name = "app", Image = "example/app:1" }],
+            },
+            Status = new V1PodStatus { Phase = phase, PodIP = ip, PodIPs = [new V1PodIP { Ip = ip }], QosClass = qos },
+        };
 
     public static V1Service Service(string ns, string name, string clusterIp, int port, int targetPort) => new()
     {

@@ -8,12 +8,12 @@ namespace Weft.Harness;
 /// </summary>
 public sealed class ClusterNode
 {
-    private readonly NetnsCluster cluster;
-    private readonly List<ClusterPod> pods = [];
+    private readonly NetnsCluster _cluster;
+    private readonly List<ClusterPod> _pods = [];
 
     internal ClusterNode(NetnsCluster cluster, int index, string name, string netnsName, string cgroupPath)
     {
-        this.cluster = cluster;
+        _cluster = cluster;
         Index = index;
         Name = name;
         NetnsName = netnsName;
@@ -49,9 +49,9 @@ public sealed class ClusterNode
     {
         get
         {
-            lock (pods)
+            lock (_pods)
             {
-                return pods.ToArray();
+                return _pods.ToArray();
             }
         }
     }
@@ -60,22 +60,22 @@ public sealed class ClusterNode
     public ManagedProcess StartProcess(string file, params string[] args) => StartProcess(file, args, null);
 
     public ManagedProcess StartProcess(string file, IEnumerable<string> args, IReadOnlyDictionary<string, string>? environment) =>
-        cluster.Start(AgentCgroupPath, NetnsPath, $"{file} on {Name}", file, args, environment);
+        _cluster.Start(AgentCgroupPath, NetnsPath, $"{file} on {Name}", file, args, environment);
 
     /// <summary>Starts this build of `weft` here, e.g. <c>StartWeft("app", "serve", "--port", "8080")</c>.</summary>
     public ManagedProcess StartWeft(params string[] args)
     {
         var (file, arguments) = WeftExecutable.Command(args);
-        return cluster.Start(AgentCgroupPath, NetnsPath, $"weft {string.Join(' ', args.Take(2))} on {Name}", file, arguments, null);
+        return _cluster.Start(AgentCgroupPath, NetnsPath, $"weft {string.Join(' ', args.Take(2))} on {Name}", file, arguments, null);
     }
 
     public override string ToString() => $"{Name} ({Address}, pods {PodCidr})";
 
     internal void Add(ClusterPod pod)
     {
-        lock (pods)
+        lock (_pods)
         {
-            pods.Add(pod);
+            _pods.Add(pod);
         }
     }
 }

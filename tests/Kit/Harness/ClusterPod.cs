@@ -8,11 +8,11 @@ namespace Weft.Harness;
 /// </summary>
 public sealed class ClusterPod
 {
-    private readonly NetnsCluster cluster;
+    private readonly NetnsCluster _cluster;
 
     internal ClusterPod(NetnsCluster cluster, ClusterNode node, PodSpec spec, int hostIndex, string netnsName, string cgroupPath)
     {
-        this.cluster = cluster;
+        _cluster = cluster;
         Node = node;
         Spec = spec;
         Name = spec.Name;
@@ -52,13 +52,13 @@ public sealed class ClusterPod
     public ManagedProcess StartProcess(string file, params string[] args) => StartProcess(file, args, null);
 
     public ManagedProcess StartProcess(string file, IEnumerable<string> args, IReadOnlyDictionary<string, string>? environment) =>
-        cluster.Start(CgroupPath, NetnsPath, $"{file} in {Namespace}/{Name}", file, args, environment);
+        _cluster.Start(CgroupPath, NetnsPath, $"{file} in {Namespace}/{Name}", file, args, environment);
 
     /// <summary>Starts this build of `weft` here, e.g. <c>StartWeft("app", "serve", "--port", "8080")</c>.</summary>
     public ManagedProcess StartWeft(params string[] args)
     {
         var (file, arguments) = WeftExecutable.Command(args);
-        return cluster.Start(CgroupPath, NetnsPath, $"weft {string.Join(' ', args.Take(2))} in {Namespace}/{Name}", file, arguments, null);
+        return _cluster.Start(CgroupPath, NetnsPath, $"weft {string.Join(' ', args.Take(2))} in {Namespace}/{Name}", file, arguments, null);
     }
 
     public override string ToString() => $"{Namespace}/{Name} ({Address} on {Node.Name})";

@@ -9,14 +9,14 @@ namespace Weft.Harness;
 /// </summary>
 public sealed class ManagedProcess : IAsyncDisposable
 {
-    private readonly Process process;
-    private readonly object gate = new();
-    private readonly List<string> stdout = [];
-    private readonly List<string> stderr = [];
-    private bool stdoutClosed;
-    private TaskCompletionSource changed = NewSignal();
-    private int disposed;
-    private int? exitCodeAfterDispose;
+    private readonly Process _process;
+    private readonly object _gate = new();
+    private readonly List<string> _stdout = [];
+    private readonly List<string> _stderr = [];
+    private bool _stdoutClosed;
+    private TaskCompletionSource _changed = NewSignal();
+    private int _disposed;
+    private int? _exitCodeAfterDispose;
 
     internal ManagedProcess(ProcessStartInfo info, string description)
     {
@@ -25,17 +25,17 @@ public sealed class ManagedProcess : IAsyncDisposable
         info.RedirectStandardError = true;
         info.RedirectStandardInput = true;
         info.UseShellExecute = false;
-        process = new Process { StartInfo = info, EnableRaisingEvents = true };
-        process.OutputDataReceived += (_, e) => Append(stdout, e.Data, isStdout: true);
-        process.ErrorDataReceived += (_, e) => Append(stderr, e.Data, isStdout: false);
-        if (!process.Start())
+        _process = new Process { StartInfo = info, EnableRaisingEvents = true };
+        _process.OutputDataReceived += (_, e) => Append(_stdout, e.Data, isStdout: true);
+        _process.ErrorDataReceived += (_, e) => Append(_stderr, e.Data, isStdout: false);
+        if (!_process.Start())
         {
             throw new HarnessException($"could not start {description}");
         }
 
-        Pid = process.Id;
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
+        Pid = _process.Id;
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
     }
 
     public int Pid { get; }
@@ -43,21 +43,21 @@ public sealed class ManagedProcess : IAsyncDisposable
     /// <summary>What was started and where, for messages.</summary>
     public string Description { get; }
 
-    public bool HasExited => Volatile.Read(ref disposed) == 1 || process.HasExited;
+    public bool HasExited => Volatile.Read(ref _disposed) == 1 || _process.HasExited;
 
     /// <summary>The exit code once exited (128 + signal number when a signal ended it).</summary>
-    public int? ExitCode => Volatile.Read(ref disposed) == 1 ? exitCodeAfterDispose : process.HasExited ? process.ExitCode : null;
+    public int? ExitCode => Volatile.Read(ref _disposed) == 1 ? _exitCodeAfterDispose : _process.HasExited ? _process.ExitCode : null;
 
     /// <summary>The process's stdin, e.g. to feed a peer interactively.</summary>
-    public StreamWriter StandardInput => process.StandardInput;
+    public StreamWriter StandardInput => _process.StandardInput;
 
     public IReadOnlyList<string> StdoutLines
     {
         get
         {
-            lock (gate)
+            lock (_gate)
             {
-                return stdout.ToArray();
+                return _stdout.ToArray();
             }
         }
     }
@@ -66,9 +66,9 @@ public sealed class ManagedProcess : IAsyncDisposable
     {
         get
         {
-            lock (gate)
+            lock (_gate)
             {
-                return stderr.ToArray();
+                return _stderr.ToArray();
             }
         }
     }
@@ -85,20 +85,20 @@ public sealed class ManagedProcess : IAsyncDisposable
         {
             string? line = null;
             Task wait;
-            lock (gate)
+            lock (_gate)
             {
-                if (index < stdout.Count)
+                if (index < _stdout.Count)
                 {
-                    line = stdout[index++];
+                    line = _stdout[index++];
                     wait = Task.CompletedTask;
                 }
-                else if (stdoutClosed)
+                else if (_stdoutClosed)
                 {
                     yield break;
                 }
                 else
                 {
-                    wait = changed.Task;
+                    wait = _changed.Task;
                 }
             }
 
@@ -138,25 +138,25 @@ public sealed class ManagedProcess : IAsyncDisposable
     /// <summary>Waits for the exit and for all output to be captured; returns the exit code.</summary>
     public async Task<int> WaitForExitAsync(TimeSpan timeout)
     {
-        if (Volatile.Read(ref disposed) == 1)
+        if (Volatile.Read(ref _disposed) == 1)
         {
-            return exitCodeAfterDispose ?? throw new HarnessException($"{Description} (pid {Pid}) was released before it exited");
+            return _exitCodeAfterDispose ?? throw new HarnessException($"{Description} (pid {Pid}) was released before it exited");
         }
 
         using var cts = new CancellationTokenSource(timeout);
         try
         {
-            await process.WaitForExitAsync(cts.Token).ConfigureAwait(false);
-            return process.ExitCode;
+            await _process.WaitForExitAsync(cts.Token).ConfigureAwait(false);
+            return _process.ExitCode;
         }
         catch (OperationCanceledException) when (cts.IsCancellationRequested)
         {
             throw new TimeoutException($"{Description} (pid {Pid}) still running after {timeout.TotalSeconds:0.#} s; stderr: {Tail(StderrLines)}");
         }
-        catch (InvalidOperationException) when (Volatile.Read(ref disposed) == 1)
+        catch (InvalidOperationException) when (Volatile.Read(ref _disposed) == 1)
         {
             // the cluster's teardown (e.g. on Ctrl-C) released the process while we waited
-            return exitCodeAfterDispose ?? throw new HarnessException($"{Description} (pid {Pid}) was released before it exited");
+            return _exitCodeAfterDispose ?? throw new HarnessException($"{Description} (pid {Pid}) was released before it exited");
         }
     }
 
@@ -169,7 +169,7 @@ public sealed class ManagedProcess : IAsyncDisposable
     /// <summary>SIGKILL, wait for the exit, release; the captured output stays readable.</summary>
     public async ValueTask DisposeAsync()
     {
-        if (Volatile.Read(ref disposed) == 1)
+        if (Volatile.Read(ref _disposed) == 1)
         {
             return;
         }
@@ -190,22 +190,22 @@ public sealed class ManagedProcess : IAsyncDisposable
     /// <summary>Synchronous wait, for the cluster's teardown (it may run in a signal or ProcessExit handler).</summary>
     internal void WaitForExit(TimeSpan timeout)
     {
-        if (Volatile.Read(ref disposed) == 0 && timeout > TimeSpan.Zero)
+        if (Volatile.Read(ref _disposed) == 0 && timeout > TimeSpan.Zero)
         {
-            process.WaitForExit(timeout);
+            _process.WaitForExit(timeout);
         }
     }
 
     /// <summary>For the cluster's teardown, which may run on a ProcessExit handler and so must not await.</summary>
     internal void KillAndWait(TimeSpan timeout)
     {
-        if (Volatile.Read(ref disposed) == 1)
+        if (Volatile.Read(ref _disposed) == 1)
         {
             return;
         }
 
         Kill();
-        if (process.WaitForExit(timeout))
+        if (_process.WaitForExit(timeout))
         {
             DrainOutput();
         }
@@ -222,7 +222,7 @@ public sealed class ManagedProcess : IAsyncDisposable
         using var drained = new CancellationTokenSource(TimeSpan.FromSeconds(2));
         try
         {
-            process.WaitForExitAsync(drained.Token).Wait();
+            _process.WaitForExitAsync(drained.Token).Wait();
         }
         catch (AggregateException)
         {
@@ -232,18 +232,18 @@ public sealed class ManagedProcess : IAsyncDisposable
 
     private void Release()
     {
-        lock (gate)
+        lock (_gate)
         {
-            if (disposed == 1)
+            if (_disposed == 1)
             {
                 return;
             }
 
-            exitCodeAfterDispose = process.HasExited ? process.ExitCode : null;
-            Volatile.Write(ref disposed, 1);
+            _exitCodeAfterDispose = _process.HasExited ? _process.ExitCode : null;
+            Volatile.Write(ref _disposed, 1);
         }
 
-        process.Dispose();
+        _process.Dispose();
     }
 
     public override string ToString() => $"{Description} (pid {Pid})";
@@ -260,19 +260,19 @@ public sealed class ManagedProcess : IAsyncDisposable
     private void Append(List<string> lines, string? line, bool isStdout)
     {
         TaskCompletionSource toSignal;
-        lock (gate)
+        lock (_gate)
         {
             if (line == null)
             {
-                stdoutClosed |= isStdout;
+                _stdoutClosed |= isStdout;
             }
             else
             {
                 lines.Add(line);
             }
 
-            toSignal = changed;
-            changed = NewSignal();
+            toSignal = _changed;
+            _changed = NewSignal();
         }
 
         toSignal.TrySetResult();

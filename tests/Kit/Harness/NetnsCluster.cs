@@ -40,34 +40,34 @@ public sealed partial class NetnsCluster : IAsyncDisposable
         exec setsid nsenter --net="$ns" -- "$@"
         """;
 
-    private readonly object gate = new();
+    private readonly object _gate = new();
 
     // held for the whole build and each AddPod: a teardown (e.g. from Ctrl-C) waits for the step in
     // flight, so nothing is created after it has looked for what to remove
-    private readonly object buildGate = new();
-    private volatile bool stopping;
-    private readonly List<string> ownedDirectories = [];
-    private readonly ClusterSpec spec;
-    private readonly RunRecord record;
-    private readonly List<ClusterNode> nodes = [];
-    private readonly List<string> createdNetns = [];
-    private readonly List<ManagedProcess> processes = [];
-    private readonly Dictionary<ClusterNode, int> nextHostIndex = [];
-    private readonly Lazy<List<string>> teardown;
-    private bool tornDown;
-    private EventHandler? onProcessExit;
-    private PosixSignalRegistration[] onSignals = [];
+    private readonly object _buildGate = new();
+    private volatile bool _stopping;
+    private readonly List<string> _ownedDirectories = [];
+    private readonly ClusterSpec _spec;
+    private readonly RunRecord _record;
+    private readonly List<ClusterNode> _nodes = [];
+    private readonly List<string> _createdNetns = [];
+    private readonly List<ManagedProcess> _processes = [];
+    private readonly Dictionary<ClusterNode, int> _nextHostIndex = [];
+    private readonly Lazy<List<string>> _teardown;
+    private bool _tornDown;
+    private EventHandler? _onProcessExit;
+    private PosixSignalRegistration[] _onSignals = [];
 
     private NetnsCluster(ClusterSpec spec, string runId, string cgroupMount)
     {
-        this.spec = spec;
+        _spec = spec;
         RunId = runId;
         CgroupRoot = Path.Join(cgroupMount, "weft-" + runId);
-        record = RunRecord.ForCurrentProcess(runId, CgroupRoot);
+        _record = RunRecord.ForCurrentProcess(runId, CgroupRoot);
 
         // a second caller (dispose racing a signal handler) waits for the first to finish, so the
         // process cannot exit half-way through removing things
-        teardown = new(TeardownOnce, LazyThreadSafetyMode.ExecutionAndPublication);
+        _teardown = new(TeardownOnce, LazyThreadSafetyMode.ExecutionAndPublication);
     }
 
     /// <summary>Six random lowercase hex characters; every name of this run carries it.</summary>
@@ -85,9 +85,9 @@ public sealed partial class NetnsCluster : IAsyncDisposable
     {
         get
         {
-            lock (gate)
+            lock (_gate)
             {
-                return nodes.ToArray();
+                return _nodes.ToArray();
             }
         }
     }
@@ -106,10 +106,10 @@ public sealed partial class NetnsCluster : IAsyncDisposable
     /// <summary>A directory (e.g. the mesh's CA and inventory) that the teardown deletes with the rest.</summary>
     public void OwnDirectory(string path)
     {
-        lock (gate)
+        lock (_gate)
         {
-            ObjectDisposedException.ThrowIf(tornDown, this);
-            ownedDirectories.Add(path);
+            ObjectDisposedException.ThrowIf(_tornDown, this);
+            _ownedDirectories.Add(path);
         }
     }
 
@@ -118,9 +118,9 @@ public sealed partial class NetnsCluster : IAsyncDisposable
     {
         get
         {
-            lock (gate)
+            lock (_gate)
             {
-                return processes.ToArray();
+                return _processes.ToArray();
             }
         }
     }
@@ -166,7 +166,7 @@ public sealed partial class NetnsCluster : IAsyncDisposable
     /// <summary>Adds a pod to a node: netns, veth to the node, address, routes, cgroup. Works after creation too.</summary>
     public ClusterPod AddPod(ClusterNode node, PodSpec pod)
     {
-        lock (buildGate)
+        lock (_buildGate)
         {
             return AddPodLocked(node, pod);
         }
@@ -179,21 +179,21 @@ public sealed partial class NetnsCluster : IAsyncDisposable
         ClusterNames.Validate("namespace", pod.Namespace);
         ClusterNames.Validate("pod", pod.Name);
         int hostIndex;
-        lock (gate)
+        lock (_gate)
         {
-            ObjectDisposedException.ThrowIf(tornDown, this);
+            ObjectDisposedException.ThrowIf(_tornDown, this);
             if (node.Pods.Any(p => p.Namespace == pod.Namespace && p.Name == pod.Name))
             {
                 throw new ArgumentException($"pod {pod.Namespace}/{pod.Name} already exists on {node.Name}");
             }
 
-            hostIndex = nextHostIndex.GetValueOrDefault(node, 2);
+            hostIndex = _nextHostIndex.GetValueOrDefault(node, 2);
             if (hostIndex > 254)
             {
                 throw new HarnessException($"node {node.Name} has no free address in {node.PodCidr}");
             }
 
-            nextHostIndex[node] = hostIndex + 1;
+            _nextHostIndex[node] = hostIndex + 1;
         }
 
         Step($"pod:{node.Name}/{pod.Namespace}/{pod.Name}");
@@ -274,11 +274,11 @@ public sealed partial class NetnsCluster : IAsyncDisposable
             info.Environment[key] = value;
         }
 
-        lock (gate)
+        lock (_gate)
         {
-            ObjectDisposedException.ThrowIf(tornDown, this);
+            ObjectDisposedException.ThrowIf(_tornDown, this);
             var process = new ManagedProcess(info, description);
-            processes.Add(process);
+            _processes.Add(process);
             Log.Debug(Component, $"started {process}");
             return process;
         }
@@ -286,7 +286,7 @@ public sealed partial class NetnsCluster : IAsyncDisposable
 
     private void Build()
     {
-        lock (buildGate)
+        lock (_buildGate)
         {
             BuildLocked();
         }
@@ -295,7 +295,7 @@ public sealed partial class NetnsCluster : IAsyncDisposable
     private void BuildLocked()
     {
         // the record comes first: whatever happens next, CleanupStale can find it
-        record.Write();
+        _record.Write();
         RegisterExitHandlers();
         Step("cgroup");
         Directory.CreateDirectory(CgroupRoot);
@@ -305,43 +305,43 @@ public sealed partial class NetnsCluster : IAsyncDisposable
         HostCommand.Ip("-n", UnderlayNetnsName, "link", "add", "br0", "type", "bridge");
         HostCommand.Ip("-n", UnderlayNetnsName, "link", "set", "br0", "up");
 
-        for (var i = 0; i < spec.Nodes.Count; i++)
+        for (var i = 0; i < _spec.Nodes.Count; i++)
         {
-            AddNode(i + 1, spec.Nodes[i].Name);
+            AddNode(i + 1, _spec.Nodes[i].Name);
         }
 
         Step("routes");
-        foreach (var node in nodes)
+        foreach (var node in _nodes)
         {
-            foreach (var other in nodes.Where(o => o != node))
+            foreach (var other in _nodes.Where(o => o != node))
             {
                 HostCommand.Ip("-n", node.NetnsName, "route", "add", other.PodCidr, "via", other.Address.ToString(), "dev", "eth0");
             }
         }
 
-        for (var i = 0; i < spec.Nodes.Count; i++)
+        for (var i = 0; i < _spec.Nodes.Count; i++)
         {
-            foreach (var pod in spec.Nodes[i].Pods)
+            foreach (var pod in _spec.Nodes[i].Pods)
             {
-                AddPod(nodes[i], pod);
+                AddPod(_nodes[i], pod);
             }
         }
 
-        Log.Info(Component, $"cluster {RunId}: {nodes.Count} nodes, {Pods.Count()} pods, cgroup {CgroupRoot}");
+        Log.Info(Component, $"cluster {RunId}: {_nodes.Count} nodes, {Pods.Count()} pods, cgroup {CgroupRoot}");
     }
 
     private void AddNode(int index, string name)
     {
         Step($"node:{name}");
         var node = new ClusterNode(this, index, name, $"{NetnsPrefix}-{name}", Path.Join(CgroupRoot, name));
-        lock (gate)
+        lock (_gate)
         {
-            if (nodes.Any(n => n.Name == name))
+            if (_nodes.Any(n => n.Name == name))
             {
                 throw new ArgumentException($"node name '{name}' is used twice");
             }
 
-            nodes.Add(node);
+            _nodes.Add(node);
         }
 
         AddNetns(node.NetnsName);
@@ -362,10 +362,10 @@ public sealed partial class NetnsCluster : IAsyncDisposable
 
     private void AddNetns(string name)
     {
-        lock (gate)
+        lock (_gate)
         {
-            ObjectDisposedException.ThrowIf(tornDown, this);
-            createdNetns.Add(name);
+            ObjectDisposedException.ThrowIf(_tornDown, this);
+            _createdNetns.Add(name);
         }
 
         HostCommand.Ip("netns", "add", name);
@@ -374,12 +374,12 @@ public sealed partial class NetnsCluster : IAsyncDisposable
 
     private void Step(string name)
     {
-        if (stopping)
+        if (_stopping)
         {
             throw new HarnessException($"cluster {RunId} is being torn down (interrupted at step '{name}')");
         }
 
-        if (spec.FailAtStep == name)
+        if (_spec.FailAtStep == name)
         {
             throw new HarnessException($"injected failure at step '{name}'");
         }
@@ -387,16 +387,16 @@ public sealed partial class NetnsCluster : IAsyncDisposable
 
     private void RegisterExitHandlers()
     {
-        if (!spec.TeardownOnExit)
+        if (!_spec.TeardownOnExit)
         {
             return;
         }
 
         // ProcessExit alone is not enough: on SIGTERM the runtime terminates without raising it.
         // The signal handlers leave context.Cancel false, so the signal's usual exit still follows.
-        onProcessExit = (_, _) => TeardownQuietly();
-        AppDomain.CurrentDomain.ProcessExit += onProcessExit;
-        onSignals = [.. new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM, PosixSignal.SIGHUP }
+        _onProcessExit = (_, _) => TeardownQuietly();
+        AppDomain.CurrentDomain.ProcessExit += _onProcessExit;
+        _onSignals = [.. new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM, PosixSignal.SIGHUP }
             .Select(signal => PosixSignalRegistration.Create(signal, _ => TeardownQuietly()))];
     }
 
@@ -408,31 +408,31 @@ public sealed partial class NetnsCluster : IAsyncDisposable
         }
     }
 
-    private List<string> Teardown() => teardown.Value;
+    private List<string> Teardown() => _teardown.Value;
 
     private List<string> TeardownOnce()
     {
         // a build step in flight finishes (or fails at the next step) before we look for what to remove
-        stopping = true;
-        lock (buildGate)
+        _stopping = true;
+        lock (_buildGate)
         {
         }
 
         ManagedProcess[] started;
         string[] directories;
-        lock (gate)
+        lock (_gate)
         {
-            tornDown = true;
-            started = processes.ToArray();
-            directories = ownedDirectories.ToArray();
+            _tornDown = true;
+            started = _processes.ToArray();
+            directories = _ownedDirectories.ToArray();
         }
 
-        if (onProcessExit != null)
+        if (_onProcessExit != null)
         {
-            AppDomain.CurrentDomain.ProcessExit -= onProcessExit;
+            AppDomain.CurrentDomain.ProcessExit -= _onProcessExit;
         }
 
-        foreach (var registration in onSignals)
+        foreach (var registration in _onSignals)
         {
             registration.Dispose();
         }
@@ -443,7 +443,7 @@ public sealed partial class NetnsCluster : IAsyncDisposable
             process.Stop();
         }
 
-        var graceEnds = DateTime.UtcNow + spec.StopGracePeriod;
+        var graceEnds = DateTime.UtcNow + _spec.StopGracePeriod;
         var errors = new List<string>();
         foreach (var process in started)
         {
@@ -463,7 +463,7 @@ public sealed partial class NetnsCluster : IAsyncDisposable
         }
 
         var removed = new List<string>();
-        errors.AddRange(RemoveRun(record, createdNetns, removed));
+        errors.AddRange(RemoveRun(_record, _createdNetns, removed));
         foreach (var directory in directories)
         {
             try

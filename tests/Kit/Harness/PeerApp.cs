@@ -85,7 +85,7 @@ public static class PeerApp
 /// <summary>"--name value" pairs; every option takes a value.</summary>
 internal sealed class PeerArguments
 {
-    private readonly Dictionary<string, string> values = [];
+    private readonly Dictionary<string, string> _values = [];
 
     public static PeerArguments Parse(ReadOnlySpan<string> args)
     {
@@ -97,13 +97,13 @@ internal sealed class PeerArguments
                 throw new ArgumentException($"expected '--option value', got '{args[i]}'");
             }
 
-            parsed.values[args[i][2..]] = args[++i];
+            parsed._values[args[i][2..]] = args[++i];
         }
 
         return parsed;
     }
 
-    public string? Text(string name) => values.GetValueOrDefault(name);
+    public string? Text(string name) => _values.GetValueOrDefault(name);
 
     public string RequiredText(string name) => Text(name) ?? throw new ArgumentException($"--{name} is required");
 
