@@ -38,7 +38,7 @@ internal sealed partial class PodProxy
         // through; the rest arrive here) must not be delivered to that port: it would come back here.
         if (_services.SelfTarget.IsAgentPort(original.Port, out var agentPort))
         {
-            Refuse(client, flow, SelfTarget.Flag, SelfTarget.Reason(original, agentPort));
+            Refuse(client, flow, new ProxyError(ProxyErrorKind.Loop, SelfTarget.Reason(original, agentPort)));
             return;
         }
 
@@ -46,20 +46,20 @@ internal sealed partial class PodProxy
         if (self is not null && snapshot.TryGetWorkload(self, out var workload) && workload is not null
             && Authorizer.ModeFor(snapshot, workload) == MtlsMode.Strict)
         {
-            Refuse(client, flow, "DENY", "plaintext refused: mTLS mode is STRICT");
+            Refuse(client, flow, new ProxyError(ProxyErrorKind.Denied, "plaintext refused: mTLS mode is STRICT"));
             return;
         }
 
-        if (!Authorize(flow, ConnectionAttributes.Plaintext(source.Address, original.Port)))
+        if (Authorize(ConnectionAttributes.Plaintext(source.Address, original.Port)) is { } denied)
         {
-            Refuse(client, flow, flow.ResponseFlags, flow.Error!);
+            Refuse(client, flow, denied);
             return;
         }
 
         if (!TryReserve())
         {
             _services.Admission.Refused(InboundRefusal.Pod, LimitReason);
-            Refuse(client, flow, "UO", LimitReason);
+            Refuse(client, flow, LimitError);
             return;
         }
 
@@ -96,7 +96,7 @@ internal sealed partial class PodProxy
         if (!TryReserve())
         {
             _services.Admission.Refused(InboundRefusal.Pod, LimitReason);
-            Refuse(socket, handshakeFlow, "UO", LimitReason);
+            Refuse(socket, handshakeFlow, LimitError);
             return;
         }
 
@@ -119,8 +119,7 @@ internal sealed partial class PodProxy
         {
             // A peer that cannot prove a mesh identity gets nothing: one record, one closed connection.
             _services.Tracker.Flows.Opened(handshakeFlow);
-            handshakeFlow.ResponseFlags = "TLS_FAILURE";
-            handshakeFlow.Error = refusal ?? (e is OperationCanceledException ? "TLS handshake timed out" : e.Message);
+            handshakeFlow.Record(new ProxyError(ProxyErrorKind.TlsFailure, refusal ?? (e is OperationCanceledException ? "TLS handshake timed out" : e.Message)));
             _services.Tracker.Flows.Closed(handshakeFlow);
             await ssl.DisposeAsync().ConfigureAwait(false);
             return;
@@ -167,19 +166,19 @@ internal sealed partial class PodProxy
         };
         if (target is null || target.Port == 0 || !(target.Address.Equals(Pod.Ipv4) || target.Address.Equals(Pod.Ipv6)))
         {
-            await RejectAsync(request, flow, 400, "CONNECT", $"CONNECT {request.Authority} does not name this pod ({Pod.Key})").ConfigureAwait(false);
+            await RejectAsync(request, flow, 400, new ProxyError(ProxyErrorKind.ConnectFailure, $"CONNECT {request.Authority} does not name this pod ({Pod.Key})")).ConfigureAwait(false);
             return;
         }
 
         if (_services.SelfTarget.IsAgentPort(target.Port, out var agentPort))
         {
-            await RejectAsync(request, flow, 400, SelfTarget.Flag, SelfTarget.Reason(target, agentPort)).ConfigureAwait(false);
+            await RejectAsync(request, flow, 400, new ProxyError(ProxyErrorKind.Loop, SelfTarget.Reason(target, agentPort))).ConfigureAwait(false);
             return;
         }
 
-        if (!Authorize(flow, ConnectionAttributes.Mtls(peer.ToString(), tunnelSource, target.Port)))
+        if (Authorize(ConnectionAttributes.Mtls(peer.ToString(), tunnelSource, target.Port)) is { } denied)
         {
-            await RejectAsync(request, flow, 403, flow.ResponseFlags, flow.Error!).ConfigureAwait(false);
+            await RejectAsync(request, flow, 403, denied).ConfigureAwait(false);
             return;
         }
 
@@ -188,14 +187,14 @@ internal sealed partial class PodProxy
         using var admitted = _services.Admission.TryAdmitStream(peer.ToString(), out var refusal);
         if (admitted is null)
         {
-            await RejectAsync(request, flow, 503, "UO", refusal!).ConfigureAwait(false);
+            await RejectAsync(request, flow, 503, new ProxyError(ProxyErrorKind.Overflow, refusal!)).ConfigureAwait(false);
             return;
         }
 
         if (!TryReserve())
         {
             _services.Admission.Refused(InboundRefusal.Pod, LimitReason);
-            await RejectAsync(request, flow, 503, "UO", LimitReason).ConfigureAwait(false);
+            await RejectAsync(request, flow, 503, LimitError).ConfigureAwait(false);
             return;
         }
 
@@ -213,8 +212,7 @@ internal sealed partial class PodProxy
             }
             catch (SocketException e)
             {
-                flow.ResponseFlags = "UF";
-                flow.Error = $"connect {target}: {e.SocketErrorCode}";
+                flow.Record(ProxyError.OfConnectFailure(e, target));
                 await request.RejectAsync(503).ConfigureAwait(false);
                 return;
             }
@@ -241,10 +239,9 @@ internal sealed partial class PodProxy
         }
     }
 
-    private async Task RejectAsync(HboneRequest request, Flow flow, int status, string flags, string reason)
+    private async Task RejectAsync(HboneRequest request, Flow flow, int status, ProxyError error)
     {
-        flow.ResponseFlags = flags;
-        flow.Error = reason;
+        flow.Record(error);
         _services.Tracker.Flows.Opened(flow);
         try
         {

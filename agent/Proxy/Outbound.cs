@@ -31,7 +31,7 @@ internal sealed partial class PodProxy
             // itself rather than being captured, so it has no destination to go to.
             var local = (IPEndPoint)client.LocalEndPoint!;
             Refuse(client, new Flow(FlowDirection.Outbound, new IPEndPoint(Pod.AddressFor(family) ?? remote.Address, remote.Port), local) { SourceWorkload = Pod.Key },
-                SelfTarget.Flag, SelfTarget.Reason(local, "outbound listener") + " (no captured destination)");
+                new ProxyError(ProxyErrorKind.Loop, SelfTarget.Reason(local, "outbound listener") + " (no captured destination)"));
             return;
         }
 
@@ -47,7 +47,7 @@ internal sealed partial class PodProxy
             var picked = service.Pick();
             if (picked is null)
             {
-                Refuse(client, flow, "UH", "service has no ready endpoint");
+                Refuse(client, flow, new ProxyError(ProxyErrorKind.NoHealthyUpstream, "service has no ready endpoint"));
                 return;
             }
 
@@ -61,12 +61,12 @@ internal sealed partial class PodProxy
         // Before any tunnel or dial: a destination that is the agent itself would loop back into it.
         if (_services.SelfTarget.Check(destination, snapshot) is { } loop)
         {
-            Refuse(client, flow, SelfTarget.Flag, loop);
+            Refuse(client, flow, new ProxyError(ProxyErrorKind.Loop, loop));
             return;
         }
         if (!TryReserve())
         {
-            Refuse(client, flow, "UO", LimitReason);
+            Refuse(client, flow, LimitError);
             return;
         }
 
@@ -135,16 +135,9 @@ internal sealed partial class PodProxy
             opened = await _services.Tunnels!.OpenStreamAsync(Pod, sourceId, destinationId, destination.Address,
                 destination.ToString(), headers, timeout.Token).ConfigureAwait(false);
         }
-        catch (Exception e) when (e is TunnelException or HboneException or SocketException or OperationCanceledException or IdentityException)
+        catch (Exception e) when (ProxyError.OfTunnelFailure(e, destination) is { } error)
         {
-            (flow.ResponseFlags, flow.Error) = e switch
-            {
-                TunnelException { IsTls: true } => ("TLS_FAILURE", e.Message),
-                HboneException { StatusCode: 403 } => ("DENY", $"{destination} refused the tunnel: not authorized"),
-                HboneException h => ("CONNECT", $"tunnel to {destination}: {h.Message}{(h.InnerException is null ? "" : ": " + h.InnerException.Message)}"),
-                OperationCanceledException => ("UF", $"tunnel to {destination}: timed out"),
-                _ => ("UF", $"tunnel to {destination}: {e.Message}"),
-            };
+            flow.Record(error);
             RelayPumps.Reset(client);
             return;
         }
@@ -177,17 +170,18 @@ internal sealed partial class PodProxy
         _services.Tracker.Flows.Opened(inbound);
         try
         {
-            if (!Authorize(inbound, ConnectionAttributes.Mtls(sourceId.ToString(), outbound.Source.Address, destination.Port)))
+            if (Authorize(ConnectionAttributes.Mtls(sourceId.ToString(), outbound.Source.Address, destination.Port)) is { } denied)
             {
-                (outbound.ResponseFlags, outbound.Error) = (inbound.ResponseFlags, inbound.Error);
+                inbound.Record(denied);
+                outbound.Record(denied);
                 RelayPumps.Reset(client);
                 return;
             }
 
             if (!TryReserve())
             {
-                inbound.ResponseFlags = outbound.ResponseFlags = "UO";
-                inbound.Error = outbound.Error = LimitReason;
+                inbound.Record(LimitError);
+                outbound.Record(LimitError);
                 RelayPumps.Reset(client);
                 return;
             }
@@ -219,27 +213,18 @@ internal sealed partial class PodProxy
         }
     }
 
-    /// <summary>Applies the destination's policies (this pod's) to a connection; records a denial on the flow.</summary>
-    private bool Authorize(Flow flow, ConnectionAttributes attributes)
+    /// <summary>Applies the destination's policies (this pod's) to a connection: null when allowed, else the denial.</summary>
+    private ProxyError? Authorize(ConnectionAttributes attributes)
     {
         var snapshot = _services.Inventory.Current;
         var self = Pod.Ipv4 ?? Pod.Ipv6;
         if (self is null || !snapshot.TryGetWorkload(self, out var workload) || workload is null)
         {
-            flow.ResponseFlags = "DENY";
-            flow.Error = $"{Pod.Key} is no longer in the inventory";
-            return false;
+            return new ProxyError(ProxyErrorKind.Denied, $"{Pod.Key} is no longer in the inventory");
         }
 
         var decision = Authorizer.Evaluate(snapshot, workload, attributes);
-        if (decision.Allowed)
-        {
-            return true;
-        }
-
-        flow.ResponseFlags = "DENY";
-        flow.Error = decision.Reason;
-        return false;
+        return decision.Allowed ? null : new ProxyError(ProxyErrorKind.Denied, decision.Reason);
     }
 
     /// <summary>Connects to <paramref name="destination"/> from inside <paramref name="netnsPath"/>; on failure resets the client and returns null.</summary>
@@ -255,17 +240,15 @@ internal sealed partial class PodProxy
         catch (SocketException e)
         {
             // The client already has a connection, so it learns of the failure as a reset.
-            flow.ResponseFlags = "UF";
-            flow.Error = $"connect {destination}: {e.SocketErrorCode}";
+            flow.Record(ProxyError.OfConnectFailure(e, destination));
             RelayPumps.Reset(client);
             return null;
         }
     }
 
-    private void Refuse(Socket client, Flow flow, string flags, string reason)
+    private void Refuse(Socket client, Flow flow, ProxyError error)
     {
-        flow.ResponseFlags = flags;
-        flow.Error = reason;
+        flow.Record(error);
         RelayPumps.Reset(client);
         _services.Tracker.Flows.Opened(flow);
         _services.Tracker.Flows.Closed(flow);

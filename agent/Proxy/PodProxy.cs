@@ -207,6 +207,8 @@ internal sealed partial class PodProxy : IAsyncDisposable
 
     private string LimitReason => $"more than {Options.MaxConnectionsPerPod} connections open for {Pod.Key}";
 
+    private ProxyError LimitError => new(ProxyErrorKind.Overflow, LimitReason);
+
     private static IPAddress Unmap(IPAddress address) => address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
 
     private void CloseListeners()
