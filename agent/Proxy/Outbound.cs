@@ -39,31 +39,21 @@ internal sealed partial class PodProxy
         {
             SourceWorkload = Pod.Key,
         };
-        var snapshot = _services.Inventory.Current;
-        var destination = original;
-        if (snapshot.TryResolveService(original, out var service) && service is not null)
+        var plan = RouteDecision.Decide(_services.Inventory.Current, Pod, original, _services.SelfTarget,
+            _services.Identity?.TrustDomain, _services.LocalPods);
+        flow.DestinationService = plan.DestinationService;
+        if (plan.Destination is { } destination)
         {
-            flow.DestinationService = $"{service.Service.Namespace}/{service.Service.Name}";
-            var picked = service.Pick();
-            if (picked is null)
-            {
-                Refuse(client, flow, new ProxyError(ProxyErrorKind.NoHealthyUpstream, "service has no ready endpoint"));
-                return;
-            }
-
-            destination = picked;
+            flow.Destination = destination;
+            flow.DestinationWorkload = plan.Target is { } target ? $"{target.Namespace}/{target.Name}" : null;
         }
 
-        flow.Destination = destination;
-        var target = snapshot.TryGetWorkload(destination.Address, out var workload) ? workload : null;
-        flow.DestinationWorkload = target is null ? null : $"{target.Namespace}/{target.Name}";
-
-        // Before any tunnel or dial: a destination that is the agent itself would loop back into it.
-        if (_services.SelfTarget.Check(destination, snapshot) is { } loop)
+        if (plan is DenyPlan deny)
         {
-            Refuse(client, flow, new ProxyError(ProxyErrorKind.Loop, loop));
+            Refuse(client, flow, deny.Error);
             return;
         }
+
         if (!TryReserve())
         {
             Refuse(client, flow, LimitError);
@@ -74,25 +64,21 @@ internal sealed partial class PodProxy
         _services.Tracker.Add(connection);
         try
         {
-            if (_services.Identity is not null && target is { Enrolled: true, HostNetwork: false })
+            switch (plan)
             {
-                var sourceId = _services.IdentityOf(Pod.Namespace, Pod.ServiceAccount);
-                var destinationId = _services.IdentityOf(target.Namespace, target.ServiceAccount);
-                flow.SourcePrincipal = sourceId.ToString();
-                flow.DestinationPrincipal = destinationId.ToString();
-                flow.SecurityPolicy = "mutual_tls";
-                if (_services.LocalPods.TryGetValue(destination.Address, out var local))
-                {
-                    await local.DeliverLocalAsync(connection, client, sourceId, destination).ConfigureAwait(false);
-                }
-                else
-                {
-                    await TunnelAsync(connection, client, sourceId, destinationId, destination).ConfigureAwait(false);
-                }
-            }
-            else
-            {
-                await PlaintextAsync(connection, client, destination).ConfigureAwait(false);
+                case DeliverLocalPlan<PodProxy> local:
+                    RecordMutualTls(flow, local.SourceId, local.DestinationId);
+                    await local.Pod.DeliverLocalAsync(connection, client, local.SourceId, local.Destination!).ConfigureAwait(false);
+                    break;
+                case TunnelPlan tunnel:
+                    RecordMutualTls(flow, tunnel.SourceId, tunnel.DestinationId);
+                    await TunnelAsync(connection, client, tunnel).ConfigureAwait(false);
+                    break;
+                case PlaintextPlan:
+                    await PlaintextAsync(connection, client, plan.Destination!).ConfigureAwait(false);
+                    break;
+                default:
+                    throw new UnreachableException($"no way to carry out {plan}");
             }
         }
         finally
@@ -101,6 +87,13 @@ internal sealed partial class PodProxy
             Release();
             _services.Tracker.Remove(connection);
         }
+    }
+
+    private static void RecordMutualTls(Flow flow, SpiffeId sourceId, SpiffeId destinationId)
+    {
+        flow.SourcePrincipal = sourceId.ToString();
+        flow.DestinationPrincipal = destinationId.ToString();
+        flow.SecurityPolicy = "mutual_tls";
     }
 
     private async Task PlaintextAsync(ProxyConnection connection, Socket client, IPEndPoint destination)
@@ -118,9 +111,10 @@ internal sealed partial class PodProxy
         }
     }
 
-    private async Task TunnelAsync(ProxyConnection connection, Socket client, SpiffeId sourceId, SpiffeId destinationId, IPEndPoint destination)
+    private async Task TunnelAsync(ProxyConnection connection, Socket client, TunnelPlan plan)
     {
         var flow = connection.Flow;
+        var destination = plan.Destination!;
         flow.TraceParent = NewTraceParent();
         KeyValuePair<string, string>[] headers =
         [
@@ -132,8 +126,8 @@ internal sealed partial class PodProxy
         try
         {
             using var timeout = new CancellationTokenSource(Options.ConnectTimeout * 2);
-            opened = await _services.Tunnels!.OpenStreamAsync(Pod, sourceId, destinationId, destination.Address,
-                destination.ToString(), headers, timeout.Token).ConfigureAwait(false);
+            opened = await _services.Tunnels!.OpenStreamAsync(Pod, plan.SourceId, plan.DestinationId, plan.Address,
+                plan.Authority, headers, timeout.Token).ConfigureAwait(false);
         }
         catch (Exception e) when (ProxyError.OfTunnelFailure(e, destination) is { } error)
         {
