@@ -34,25 +34,9 @@ internal sealed partial class PodProxy
             DestinationWorkload = Pod.Key,
             Destination = original,
         };
-        // A connection straight to one of the agent's ports in the pod (sk_lookup lets the tunnel port
-        // through; the rest arrive here) must not be delivered to that port: it would come back here.
-        if (_services.SelfTarget.IsAgentPort(original.Port, out var agentPort))
+        if (InboundDecision.Plaintext(snapshot, Pod, source, original, _services.SelfTarget) is { } refused)
         {
-            Refuse(client, flow, new ProxyError(ProxyErrorKind.Loop, SelfTarget.Reason(original, agentPort)));
-            return;
-        }
-
-        var self = Pod.Ipv4 ?? Pod.Ipv6;
-        if (self is not null && snapshot.TryGetWorkload(self, out var workload) && workload is not null
-            && Authorizer.ModeFor(snapshot, workload) == MtlsMode.Strict)
-        {
-            Refuse(client, flow, new ProxyError(ProxyErrorKind.Denied, "plaintext refused: mTLS mode is STRICT"));
-            return;
-        }
-
-        if (Authorize(ConnectionAttributes.Plaintext(source.Address, original.Port)) is { } denied)
-        {
-            Refuse(client, flow, denied);
+            Refuse(client, flow, refused);
             return;
         }
 
@@ -164,23 +148,13 @@ internal sealed partial class PodProxy
             TraceParent = Header(request, "traceparent"),
             Destination = target,
         };
-        if (target is null || target.Port == 0 || !(target.Address.Equals(Pod.Ipv4) || target.Address.Equals(Pod.Ipv6)))
+        if (InboundDecision.Connect(snapshot, Pod, request.Authority, target, peer, tunnelSource, _services.SelfTarget) is { } refused)
         {
-            await RejectAsync(request, flow, 400, new ProxyError(ProxyErrorKind.ConnectFailure, $"CONNECT {request.Authority} does not name this pod ({Pod.Key})")).ConfigureAwait(false);
+            await RejectAsync(request, flow, refused.Kind == ProxyErrorKind.Denied ? 403 : 400, refused).ConfigureAwait(false);
             return;
         }
 
-        if (_services.SelfTarget.IsAgentPort(target.Port, out var agentPort))
-        {
-            await RejectAsync(request, flow, 400, new ProxyError(ProxyErrorKind.Loop, SelfTarget.Reason(target, agentPort))).ConfigureAwait(false);
-            return;
-        }
-
-        if (Authorize(ConnectionAttributes.Mtls(peer.ToString(), tunnelSource, target.Port)) is { } denied)
-        {
-            await RejectAsync(request, flow, 403, denied).ConfigureAwait(false);
-            return;
-        }
+        Debug.Assert(target is not null, "InboundDecision.Connect admits only an authority naming this pod");
 
         // Each admitted stream holds a connection to the app: counted per peer identity and node-wide,
         // however many tunnels carry them and whatever SETTINGS the peer chose to ignore.
@@ -208,7 +182,7 @@ internal sealed partial class PodProxy
             {
                 // A tunnel that ends while we dial takes the dial with it.
                 using var dial = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token, request.Aborted);
-                upstream = await Upstream.ConnectAsync(Pod.NetnsPath, target, Options, dial.Token).ConfigureAwait(false);
+                upstream = await _services.Sockets.ConnectAsync(Pod, target, Options, dial.Token).ConfigureAwait(false);
             }
             catch (SocketException e)
             {

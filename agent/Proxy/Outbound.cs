@@ -25,7 +25,7 @@ internal sealed partial class PodProxy
     {
         var remote = (IPEndPoint)client.RemoteEndPoint!;
         var family = remote.AddressFamily;
-        if (!_services.Capture.TryTakeOriginalDestination(Pod.NetnsCookie, (ushort)remote.Port, family, out var original) || original is null)
+        if (!_services.OriginalDestinations.TryTake(Pod.NetnsCookie, (ushort)remote.Port, family, out var original))
         {
             // Nothing recorded this connection: the pod connected to the agent's loopback listener
             // itself rather than being captured, so it has no destination to go to.
@@ -98,7 +98,7 @@ internal sealed partial class PodProxy
 
     private async Task PlaintextAsync(ProxyConnection connection, Socket client, IPEndPoint destination)
     {
-        var upstream = await ConnectAppAsync(connection.Flow, client, Pod.NetnsPath, destination).ConfigureAwait(false);
+        var upstream = await ConnectAppAsync(connection.Flow, client, destination).ConfigureAwait(false);
         if (upstream is null)
         {
             return;
@@ -164,7 +164,7 @@ internal sealed partial class PodProxy
         _services.Tracker.Flows.Opened(inbound);
         try
         {
-            if (Authorize(ConnectionAttributes.Mtls(sourceId.ToString(), outbound.Source.Address, destination.Port)) is { } denied)
+            if (InboundDecision.Authorize(_services.Inventory.Current, Pod, ConnectionAttributes.Mtls(sourceId.ToString(), outbound.Source.Address, destination.Port)) is { } denied)
             {
                 inbound.Record(denied);
                 outbound.Record(denied);
@@ -182,7 +182,7 @@ internal sealed partial class PodProxy
 
             try
             {
-                var upstream = await ConnectAppAsync(outbound, client, Pod.NetnsPath, destination).ConfigureAwait(false);
+                var upstream = await ConnectAppAsync(outbound, client, destination).ConfigureAwait(false);
                 if (upstream is null)
                 {
                     (inbound.ResponseFlags, inbound.Error) = (outbound.ResponseFlags, outbound.Error);
@@ -207,27 +207,13 @@ internal sealed partial class PodProxy
         }
     }
 
-    /// <summary>Applies the destination's policies (this pod's) to a connection: null when allowed, else the denial.</summary>
-    private ProxyError? Authorize(ConnectionAttributes attributes)
-    {
-        var snapshot = _services.Inventory.Current;
-        var self = Pod.Ipv4 ?? Pod.Ipv6;
-        if (self is null || !snapshot.TryGetWorkload(self, out var workload) || workload is null)
-        {
-            return new ProxyError(ProxyErrorKind.Denied, $"{Pod.Key} is no longer in the inventory");
-        }
-
-        var decision = Authorizer.Evaluate(snapshot, workload, attributes);
-        return decision.Allowed ? null : new ProxyError(ProxyErrorKind.Denied, decision.Reason);
-    }
-
-    /// <summary>Connects to <paramref name="destination"/> from inside <paramref name="netnsPath"/>; on failure resets the client and returns null.</summary>
-    private async Task<Socket?> ConnectAppAsync(Flow flow, Socket client, string netnsPath, IPEndPoint destination)
+    /// <summary>Connects to <paramref name="destination"/> from inside this pod; on failure resets the client and returns null.</summary>
+    private async Task<Socket?> ConnectAppAsync(Flow flow, Socket client, IPEndPoint destination)
     {
         var started = Stopwatch.GetTimestamp();
         try
         {
-            var upstream = await Upstream.ConnectAsync(netnsPath, destination, Options).ConfigureAwait(false);
+            var upstream = await _services.Sockets.ConnectAsync(Pod, destination, Options).ConfigureAwait(false);
             flow.ConnectTime = Stopwatch.GetElapsedTime(started);
             return upstream;
         }
