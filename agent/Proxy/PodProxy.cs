@@ -31,6 +31,9 @@ internal sealed partial class PodProxy : IAsyncDisposable
 
     public Socket InboundListener { get; private set; } = null!;
 
+    /// <summary>The HBONE listener (15008); null without a CA.</summary>
+    public Socket? TunnelListener { get; private set; }
+
     /// <summary>The IPv4 outbound listener (127.0.0.1:15001 in the pod).</summary>
     public Socket OutboundListener { get; private set; } = null!;
 
@@ -61,7 +64,7 @@ internal sealed partial class PodProxy : IAsyncDisposable
 
         // One dual-stack inbound listener: sk_lookup hands it v4 and v6 SYNs alike.
         InboundListener = Bind(new IPEndPoint(IPAddress.IPv6Any, Options.InboundPort), dualMode: true);
-        Socket? tunnel = _services.Identity is null ? null : Bind(new IPEndPoint(IPAddress.IPv6Any, HbonePool.TunnelPort), dualMode: true);
+        var tunnel = TunnelListener = _services.Identity is null ? null : Bind(new IPEndPoint(IPAddress.IPv6Any, HbonePool.TunnelPort), dualMode: true);
 
         _acceptLoops.Add(AcceptLoopAsync(OutboundListener, HandleOutboundAsync));
         if (outbound6 is not null)

@@ -1,5 +1,3 @@
-using System.Collections.Concurrent;
-using System.Diagnostics.CodeAnalysis;
 using System.Net;
 using System.Net.Sockets;
 using Weft.Inventory;
@@ -34,7 +32,7 @@ public sealed class InProcessProxyTests : IAsyncLifetime
         // Port 0 everywhere: the kernel picks free loopback ports, so runs side by side never collide.
         var options = new ProxyOptions { OutboundPort = 0, InboundPort = 0, HostPorts = [], ConnectTimeout = TimeSpan.FromSeconds(10) };
         _tracker = new ConnectionTracker(_flows, options.IdleTimeout);
-        var services = new ProxyServices(_destinations, new LoopbackSockets(), new InventoryStore(), _tracker, options, identity: null);
+        var services = new ProxyServices(_destinations, new LoopbackPodSockets(), new InventoryStore(), _tracker, options, identity: null);
         _proxy = PodProxy.Start(Pod, services);
         return Task.CompletedTask;
     }
@@ -181,57 +179,6 @@ public sealed class InProcessProxyTests : IAsyncLifetime
                     }
                 }
             });
-        }
-    }
-
-    /// <summary>Original destinations by client port, as connect4 records them; taking one removes it.</summary>
-    private sealed class RecordedDestinations : IOriginalDestinations
-    {
-        private readonly ConcurrentDictionary<(ulong Cookie, int Port), IPEndPoint> _byPort = new();
-
-        public void Record(ulong cookie, int clientPort, IPEndPoint destination) => _byPort[(cookie, clientPort)] = destination;
-
-        public bool TryTake(ulong netnsCookie, ushort clientPort, AddressFamily family, [NotNullWhen(true)] out IPEndPoint? destination) =>
-            _byPort.TryRemove((netnsCookie, clientPort), out destination);
-    }
-
-    /// <summary>Plain sockets of this process on loopback: every listener is bound to loopback, never to all interfaces.</summary>
-    private sealed class LoopbackSockets : IPodSockets
-    {
-        public void Prepare(LocalPod pod)
-        {
-        }
-
-        public Socket Listen(LocalPod pod, IPEndPoint endpoint, bool dualMode, int backlog)
-        {
-            var address = endpoint.AddressFamily == AddressFamily.InterNetworkV6 ? IPAddress.IPv6Loopback : IPAddress.Loopback;
-            var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-            try
-            {
-                socket.Bind(new IPEndPoint(address, endpoint.Port));
-                socket.Listen(backlog);
-                return socket;
-            }
-            catch
-            {
-                socket.Dispose();
-                throw;
-            }
-        }
-
-        public async Task<Socket> ConnectAsync(LocalPod pod, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default)
-        {
-            var socket = new Socket(destination.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-            try
-            {
-                await socket.ConnectAsync(destination, cancellationToken);
-                return socket;
-            }
-            catch
-            {
-                socket.Dispose();
-                throw;
-            }
         }
     }
 }
