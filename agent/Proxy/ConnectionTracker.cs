@@ -48,7 +48,7 @@ internal sealed class ConnectionTracker : IDisposable
         {
             if (now - connection.LastActivity > limit)
             {
-                connection.Flow.ResponseFlags = "IDLE_TIMEOUT";
+                connection.Flow.ResponseFlags = ResponseFlag.IdleTimeout;
                 connection.Abort("idle timeout");
             }
         }

@@ -25,12 +25,14 @@ internal sealed class HbonePool
     private readonly ConcurrentDictionary<(SpiffeId Source, SpiffeId Destination, IPAddress Address), Entry> _entries = new();
     private readonly IdentityManager _identity;
     private readonly ProxyOptions _options;
+    private readonly IPodSockets _sockets;
     private readonly HboneSettings _settings = new();
 
-    public HbonePool(IdentityManager identity, ProxyOptions options)
+    public HbonePool(IdentityManager identity, ProxyOptions options, IPodSockets sockets)
     {
         _identity = identity;
         _options = options;
+        _sockets = sockets;
     }
 
     /// <summary>How long the last new tunnel's TCP connect and TLS handshake took (for the flow record).</summary>
@@ -81,7 +83,7 @@ internal sealed class HbonePool
     private async Task<HboneClientConnection> DialAsync(LocalPod source, SpiffeId sourceId, SpiffeId destinationId,
         IPAddress address, CancellationToken cancellationToken)
     {
-        var socket = await Upstream.ConnectAsync(source.NetnsPath, new IPEndPoint(address, TunnelPort), _options, cancellationToken).ConfigureAwait(false);
+        var socket = await _sockets.ConnectAsync(source, new IPEndPoint(address, TunnelPort), _options, cancellationToken).ConfigureAwait(false);
         var ssl = new SslStream(new NetworkStream(socket, ownsSocket: true), leaveInnerStreamOpen: false);
         try
         {

@@ -34,32 +34,16 @@ internal sealed partial class PodProxy
             DestinationWorkload = Pod.Key,
             Destination = original,
         };
-        // A connection straight to one of the agent's ports in the pod (sk_lookup lets the tunnel port
-        // through; the rest arrive here) must not be delivered to that port: it would come back here.
-        if (_services.SelfTarget.IsAgentPort(original.Port, out var agentPort))
+        if (InboundDecision.Plaintext(snapshot, Pod, source, original, _services.SelfTarget) is { } refused)
         {
-            Refuse(client, flow, SelfTarget.Flag, SelfTarget.Reason(original, agentPort));
-            return;
-        }
-
-        var self = Pod.Ipv4 ?? Pod.Ipv6;
-        if (self is not null && snapshot.TryGetWorkload(self, out var workload) && workload is not null
-            && Authorizer.ModeFor(snapshot, workload) == MtlsMode.Strict)
-        {
-            Refuse(client, flow, "DENY", "plaintext refused: mTLS mode is STRICT");
-            return;
-        }
-
-        if (!Authorize(flow, ConnectionAttributes.Plaintext(source.Address, original.Port)))
-        {
-            Refuse(client, flow, flow.ResponseFlags, flow.Error!);
+            Refuse(client, flow, refused);
             return;
         }
 
         if (!TryReserve())
         {
             _services.Admission.Refused(InboundRefusal.Pod, LimitReason);
-            Refuse(client, flow, "UO", LimitReason);
+            Refuse(client, flow, LimitError);
             return;
         }
 
@@ -96,7 +80,7 @@ internal sealed partial class PodProxy
         if (!TryReserve())
         {
             _services.Admission.Refused(InboundRefusal.Pod, LimitReason);
-            Refuse(socket, handshakeFlow, "UO", LimitReason);
+            Refuse(socket, handshakeFlow, LimitError);
             return;
         }
 
@@ -119,8 +103,7 @@ internal sealed partial class PodProxy
         {
             // A peer that cannot prove a mesh identity gets nothing: one record, one closed connection.
             _services.Tracker.Flows.Opened(handshakeFlow);
-            handshakeFlow.ResponseFlags = "TLS_FAILURE";
-            handshakeFlow.Error = refusal ?? (e is OperationCanceledException ? "TLS handshake timed out" : e.Message);
+            handshakeFlow.Record(new ProxyError(ProxyErrorKind.TlsFailure, refusal ?? (e is OperationCanceledException ? "TLS handshake timed out" : e.Message)));
             _services.Tracker.Flows.Closed(handshakeFlow);
             await ssl.DisposeAsync().ConfigureAwait(false);
             return;
@@ -165,37 +148,27 @@ internal sealed partial class PodProxy
             TraceParent = Header(request, "traceparent"),
             Destination = target,
         };
-        if (target is null || target.Port == 0 || !(target.Address.Equals(Pod.Ipv4) || target.Address.Equals(Pod.Ipv6)))
+        if (InboundDecision.Connect(snapshot, Pod, request.Authority, target, peer, tunnelSource, _services.SelfTarget) is { } refused)
         {
-            await RejectAsync(request, flow, 400, "CONNECT", $"CONNECT {request.Authority} does not name this pod ({Pod.Key})").ConfigureAwait(false);
+            await RejectAsync(request, flow, refused.Kind == ProxyErrorKind.Denied ? 403 : 400, refused).ConfigureAwait(false);
             return;
         }
 
-        if (_services.SelfTarget.IsAgentPort(target.Port, out var agentPort))
-        {
-            await RejectAsync(request, flow, 400, SelfTarget.Flag, SelfTarget.Reason(target, agentPort)).ConfigureAwait(false);
-            return;
-        }
-
-        if (!Authorize(flow, ConnectionAttributes.Mtls(peer.ToString(), tunnelSource, target.Port)))
-        {
-            await RejectAsync(request, flow, 403, flow.ResponseFlags, flow.Error!).ConfigureAwait(false);
-            return;
-        }
+        Debug.Assert(target is not null, "InboundDecision.Connect admits only an authority naming this pod");
 
         // Each admitted stream holds a connection to the app: counted per peer identity and node-wide,
         // however many tunnels carry them and whatever SETTINGS the peer chose to ignore.
         using var admitted = _services.Admission.TryAdmitStream(peer.ToString(), out var refusal);
         if (admitted is null)
         {
-            await RejectAsync(request, flow, 503, "UO", refusal!).ConfigureAwait(false);
+            await RejectAsync(request, flow, 503, new ProxyError(ProxyErrorKind.Overflow, refusal!)).ConfigureAwait(false);
             return;
         }
 
         if (!TryReserve())
         {
             _services.Admission.Refused(InboundRefusal.Pod, LimitReason);
-            await RejectAsync(request, flow, 503, "UO", LimitReason).ConfigureAwait(false);
+            await RejectAsync(request, flow, 503, LimitError).ConfigureAwait(false);
             return;
         }
 
@@ -209,12 +182,11 @@ internal sealed partial class PodProxy
             {
                 // A tunnel that ends while we dial takes the dial with it.
                 using var dial = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token, request.Aborted);
-                upstream = await Upstream.ConnectAsync(Pod.NetnsPath, target, Options, dial.Token).ConfigureAwait(false);
+                upstream = await _services.Sockets.ConnectAsync(Pod, target, Options, dial.Token).ConfigureAwait(false);
             }
             catch (SocketException e)
             {
-                flow.ResponseFlags = "UF";
-                flow.Error = $"connect {target}: {e.SocketErrorCode}";
+                flow.Record(ProxyError.OfConnectFailure(e, target));
                 await request.RejectAsync(503).ConfigureAwait(false);
                 return;
             }
@@ -241,10 +213,9 @@ internal sealed partial class PodProxy
         }
     }
 
-    private async Task RejectAsync(HboneRequest request, Flow flow, int status, string flags, string reason)
+    private async Task RejectAsync(HboneRequest request, Flow flow, int status, ProxyError error)
     {
-        flow.ResponseFlags = flags;
-        flow.Error = reason;
+        flow.Record(error);
         _services.Tracker.Flows.Opened(flow);
         try
         {

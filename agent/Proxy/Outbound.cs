@@ -25,13 +25,13 @@ internal sealed partial class PodProxy
     {
         var remote = (IPEndPoint)client.RemoteEndPoint!;
         var family = remote.AddressFamily;
-        if (!_services.Capture.TryTakeOriginalDestination(Pod.NetnsCookie, (ushort)remote.Port, family, out var original) || original is null)
+        if (!_services.OriginalDestinations.TryTake(Pod.NetnsCookie, (ushort)remote.Port, family, out var original))
         {
             // Nothing recorded this connection: the pod connected to the agent's loopback listener
             // itself rather than being captured, so it has no destination to go to.
             var local = (IPEndPoint)client.LocalEndPoint!;
             Refuse(client, new Flow(FlowDirection.Outbound, new IPEndPoint(Pod.AddressFor(family) ?? remote.Address, remote.Port), local) { SourceWorkload = Pod.Key },
-                SelfTarget.Flag, SelfTarget.Reason(local, "outbound listener") + " (no captured destination)");
+                new ProxyError(ProxyErrorKind.Loop, SelfTarget.Reason(local, "outbound listener") + " (no captured destination)"));
             return;
         }
 
@@ -39,34 +39,24 @@ internal sealed partial class PodProxy
         {
             SourceWorkload = Pod.Key,
         };
-        var snapshot = _services.Inventory.Current;
-        var destination = original;
-        if (snapshot.TryResolveService(original, out var service) && service is not null)
+        var plan = RouteDecision.Decide(_services.Inventory.Current, Pod, original, _services.SelfTarget,
+            _services.Identity?.TrustDomain, _services.LocalPods);
+        flow.DestinationService = plan.DestinationService;
+        if (plan.Destination is { } destination)
         {
-            flow.DestinationService = $"{service.Service.Namespace}/{service.Service.Name}";
-            var picked = service.Pick();
-            if (picked is null)
-            {
-                Refuse(client, flow, "UH", "service has no ready endpoint");
-                return;
-            }
-
-            destination = picked;
+            flow.Destination = destination;
+            flow.DestinationWorkload = plan.Target is { } target ? $"{target.Namespace}/{target.Name}" : null;
         }
 
-        flow.Destination = destination;
-        var target = snapshot.TryGetWorkload(destination.Address, out var workload) ? workload : null;
-        flow.DestinationWorkload = target is null ? null : $"{target.Namespace}/{target.Name}";
-
-        // Before any tunnel or dial: a destination that is the agent itself would loop back into it.
-        if (_services.SelfTarget.Check(destination, snapshot) is { } loop)
+        if (plan is DenyPlan deny)
         {
-            Refuse(client, flow, SelfTarget.Flag, loop);
+            Refuse(client, flow, deny.Error);
             return;
         }
+
         if (!TryReserve())
         {
-            Refuse(client, flow, "UO", LimitReason);
+            Refuse(client, flow, LimitError);
             return;
         }
 
@@ -74,25 +64,21 @@ internal sealed partial class PodProxy
         _services.Tracker.Add(connection);
         try
         {
-            if (_services.Identity is not null && target is { Enrolled: true, HostNetwork: false })
+            switch (plan)
             {
-                var sourceId = _services.IdentityOf(Pod.Namespace, Pod.ServiceAccount);
-                var destinationId = _services.IdentityOf(target.Namespace, target.ServiceAccount);
-                flow.SourcePrincipal = sourceId.ToString();
-                flow.DestinationPrincipal = destinationId.ToString();
-                flow.SecurityPolicy = "mutual_tls";
-                if (_services.LocalPods.TryGetValue(destination.Address, out var local))
-                {
-                    await local.DeliverLocalAsync(connection, client, sourceId, destination).ConfigureAwait(false);
-                }
-                else
-                {
-                    await TunnelAsync(connection, client, sourceId, destinationId, destination).ConfigureAwait(false);
-                }
-            }
-            else
-            {
-                await PlaintextAsync(connection, client, destination).ConfigureAwait(false);
+                case DeliverLocalPlan<PodProxy> local:
+                    RecordMutualTls(flow, local.SourceId, local.DestinationId);
+                    await local.Pod.DeliverLocalAsync(connection, client, local.SourceId, local.Destination!).ConfigureAwait(false);
+                    break;
+                case TunnelPlan tunnel:
+                    RecordMutualTls(flow, tunnel.SourceId, tunnel.DestinationId);
+                    await TunnelAsync(connection, client, tunnel).ConfigureAwait(false);
+                    break;
+                case PlaintextPlan:
+                    await PlaintextAsync(connection, client, plan.Destination!).ConfigureAwait(false);
+                    break;
+                default:
+                    throw new UnreachableException($"no way to carry out {plan}");
             }
         }
         finally
@@ -103,9 +89,16 @@ internal sealed partial class PodProxy
         }
     }
 
+    private static void RecordMutualTls(Flow flow, SpiffeId sourceId, SpiffeId destinationId)
+    {
+        flow.SourcePrincipal = sourceId.ToString();
+        flow.DestinationPrincipal = destinationId.ToString();
+        flow.SecurityPolicy = "mutual_tls";
+    }
+
     private async Task PlaintextAsync(ProxyConnection connection, Socket client, IPEndPoint destination)
     {
-        var upstream = await ConnectAppAsync(connection.Flow, client, Pod.NetnsPath, destination).ConfigureAwait(false);
+        var upstream = await ConnectAppAsync(connection.Flow, client, destination).ConfigureAwait(false);
         if (upstream is null)
         {
             return;
@@ -118,9 +111,10 @@ internal sealed partial class PodProxy
         }
     }
 
-    private async Task TunnelAsync(ProxyConnection connection, Socket client, SpiffeId sourceId, SpiffeId destinationId, IPEndPoint destination)
+    private async Task TunnelAsync(ProxyConnection connection, Socket client, TunnelPlan plan)
     {
         var flow = connection.Flow;
+        var destination = plan.Destination!;
         flow.TraceParent = NewTraceParent();
         KeyValuePair<string, string>[] headers =
         [
@@ -132,19 +126,12 @@ internal sealed partial class PodProxy
         try
         {
             using var timeout = new CancellationTokenSource(Options.ConnectTimeout * 2);
-            opened = await _services.Tunnels!.OpenStreamAsync(Pod, sourceId, destinationId, destination.Address,
-                destination.ToString(), headers, timeout.Token).ConfigureAwait(false);
+            opened = await _services.Tunnels!.OpenStreamAsync(Pod, plan.SourceId, plan.DestinationId, plan.Address,
+                plan.Authority, headers, timeout.Token).ConfigureAwait(false);
         }
-        catch (Exception e) when (e is TunnelException or HboneException or SocketException or OperationCanceledException or IdentityException)
+        catch (Exception e) when (ProxyError.OfTunnelFailure(e, destination) is { } error)
         {
-            (flow.ResponseFlags, flow.Error) = e switch
-            {
-                TunnelException { IsTls: true } => ("TLS_FAILURE", e.Message),
-                HboneException { StatusCode: 403 } => ("DENY", $"{destination} refused the tunnel: not authorized"),
-                HboneException h => ("CONNECT", $"tunnel to {destination}: {h.Message}{(h.InnerException is null ? "" : ": " + h.InnerException.Message)}"),
-                OperationCanceledException => ("UF", $"tunnel to {destination}: timed out"),
-                _ => ("UF", $"tunnel to {destination}: {e.Message}"),
-            };
+            flow.Record(error);
             RelayPumps.Reset(client);
             return;
         }
@@ -177,24 +164,25 @@ internal sealed partial class PodProxy
         _services.Tracker.Flows.Opened(inbound);
         try
         {
-            if (!Authorize(inbound, ConnectionAttributes.Mtls(sourceId.ToString(), outbound.Source.Address, destination.Port)))
+            if (InboundDecision.Authorize(_services.Inventory.Current, Pod, ConnectionAttributes.Mtls(sourceId.ToString(), outbound.Source.Address, destination.Port)) is { } denied)
             {
-                (outbound.ResponseFlags, outbound.Error) = (inbound.ResponseFlags, inbound.Error);
+                inbound.Record(denied);
+                outbound.Record(denied);
                 RelayPumps.Reset(client);
                 return;
             }
 
             if (!TryReserve())
             {
-                inbound.ResponseFlags = outbound.ResponseFlags = "UO";
-                inbound.Error = outbound.Error = LimitReason;
+                inbound.Record(LimitError);
+                outbound.Record(LimitError);
                 RelayPumps.Reset(client);
                 return;
             }
 
             try
             {
-                var upstream = await ConnectAppAsync(outbound, client, Pod.NetnsPath, destination).ConfigureAwait(false);
+                var upstream = await ConnectAppAsync(outbound, client, destination).ConfigureAwait(false);
                 if (upstream is null)
                 {
                     (inbound.ResponseFlags, inbound.Error) = (outbound.ResponseFlags, outbound.Error);
@@ -219,53 +207,28 @@ internal sealed partial class PodProxy
         }
     }
 
-    /// <summary>Applies the destination's policies (this pod's) to a connection; records a denial on the flow.</summary>
-    private bool Authorize(Flow flow, ConnectionAttributes attributes)
-    {
-        var snapshot = _services.Inventory.Current;
-        var self = Pod.Ipv4 ?? Pod.Ipv6;
-        if (self is null || !snapshot.TryGetWorkload(self, out var workload) || workload is null)
-        {
-            flow.ResponseFlags = "DENY";
-            flow.Error = $"{Pod.Key} is no longer in the inventory";
-            return false;
-        }
-
-        var decision = Authorizer.Evaluate(snapshot, workload, attributes);
-        if (decision.Allowed)
-        {
-            return true;
-        }
-
-        flow.ResponseFlags = "DENY";
-        flow.Error = decision.Reason;
-        return false;
-    }
-
-    /// <summary>Connects to <paramref name="destination"/> from inside <paramref name="netnsPath"/>; on failure resets the client and returns null.</summary>
-    private async Task<Socket?> ConnectAppAsync(Flow flow, Socket client, string netnsPath, IPEndPoint destination)
+    /// <summary>Connects to <paramref name="destination"/> from inside this pod; on failure resets the client and returns null.</summary>
+    private async Task<Socket?> ConnectAppAsync(Flow flow, Socket client, IPEndPoint destination)
     {
         var started = Stopwatch.GetTimestamp();
         try
         {
-            var upstream = await Upstream.ConnectAsync(netnsPath, destination, Options).ConfigureAwait(false);
+            var upstream = await _services.Sockets.ConnectAsync(Pod, destination, Options).ConfigureAwait(false);
             flow.ConnectTime = Stopwatch.GetElapsedTime(started);
             return upstream;
         }
         catch (SocketException e)
         {
             // The client already has a connection, so it learns of the failure as a reset.
-            flow.ResponseFlags = "UF";
-            flow.Error = $"connect {destination}: {e.SocketErrorCode}";
+            flow.Record(ProxyError.OfConnectFailure(e, destination));
             RelayPumps.Reset(client);
             return null;
         }
     }
 
-    private void Refuse(Socket client, Flow flow, string flags, string reason)
+    private void Refuse(Socket client, Flow flow, ProxyError error)
     {
-        flow.ResponseFlags = flags;
-        flow.Error = reason;
+        flow.Record(error);
         RelayPumps.Reset(client);
         _services.Tracker.Flows.Opened(flow);
         _services.Tracker.Flows.Closed(flow);

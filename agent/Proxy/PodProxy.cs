@@ -1,6 +1,5 @@
 using System.Net;
 using System.Net.Sockets;
-using Weft.Capture;
 
 namespace Weft.Proxy;
 
@@ -16,9 +15,6 @@ namespace Weft.Proxy;
 /// </summary>
 internal sealed partial class PodProxy : IAsyncDisposable
 {
-    private const int SolSocket = 1;
-    private const int SoReusePort = 15;
-
     private readonly ProxyServices _services;
     private readonly CancellationTokenSource _stop = new();
     private readonly List<Socket> _listeners = [];
@@ -34,6 +30,12 @@ internal sealed partial class PodProxy : IAsyncDisposable
     public LocalPod Pod { get; }
 
     public Socket InboundListener { get; private set; } = null!;
+
+    /// <summary>The HBONE listener (15008); null without a CA.</summary>
+    public Socket? TunnelListener { get; private set; }
+
+    /// <summary>The IPv4 outbound listener (127.0.0.1:15001 in the pod).</summary>
+    public Socket OutboundListener { get; private set; } = null!;
 
     private ProxyOptions Options => _services.Options;
 
@@ -56,15 +58,15 @@ internal sealed partial class PodProxy : IAsyncDisposable
 
     private void Listen()
     {
-        NetNamespace.Run(Pod.NetnsPath, MigrateRequestsOnClose);
-        var outbound4 = Bind(new IPEndPoint(IPAddress.Loopback, Options.OutboundPort));
+        _services.Sockets.Prepare(Pod);
+        OutboundListener = Bind(new IPEndPoint(IPAddress.Loopback, Options.OutboundPort));
         Socket? outbound6 = Pod.Ipv6 is null ? null : Bind(new IPEndPoint(IPAddress.IPv6Loopback, Options.OutboundPort));
 
         // One dual-stack inbound listener: sk_lookup hands it v4 and v6 SYNs alike.
         InboundListener = Bind(new IPEndPoint(IPAddress.IPv6Any, Options.InboundPort), dualMode: true);
-        Socket? tunnel = _services.Identity is null ? null : Bind(new IPEndPoint(IPAddress.IPv6Any, HbonePool.TunnelPort), dualMode: true);
+        var tunnel = TunnelListener = _services.Identity is null ? null : Bind(new IPEndPoint(IPAddress.IPv6Any, HbonePool.TunnelPort), dualMode: true);
 
-        _acceptLoops.Add(AcceptLoopAsync(outbound4, HandleOutboundAsync));
+        _acceptLoops.Add(AcceptLoopAsync(OutboundListener, HandleOutboundAsync));
         if (outbound6 is not null)
         {
             _acceptLoops.Add(AcceptLoopAsync(outbound6, HandleOutboundAsync));
@@ -77,43 +79,10 @@ internal sealed partial class PodProxy : IAsyncDisposable
         }
     }
 
-    /// <summary>
-    /// In a rolling update the old agent closes its listeners while the new agent's listen beside
-    /// them (SO_REUSEPORT). The kernel resets whatever waits in a closing listener's accept queue
-    /// (a client then sees a connected socket reset: measured, 1 in 20 connections opened across the
-    /// SIGTERM). With tcp_migrate_req (Linux 5.14+, per network namespace) it hands those queued and
-    /// half-open connections to another listener of the group instead. Runs on the pod's netns
-    /// thread: /proc/sys/net shows the namespace of the thread that opens it.
-    /// </summary>
-    private bool MigrateRequestsOnClose()
-    {
-        try
-        {
-            File.WriteAllText("/proc/sys/net/ipv4/tcp_migrate_req", "1");
-            return true;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            Log.Warn("proxy", $"{Pod.Key}: cannot set net.ipv4.tcp_migrate_req ({e.Message}); a rolling update may reset connections queued for the old agent");
-            return false;
-        }
-    }
-
     private Socket Bind(IPEndPoint endpoint, bool dualMode = false)
     {
-        var socket = NetNamespace.Run(Pod.NetnsPath, () => new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp));
+        var socket = _services.Sockets.Listen(Pod, endpoint, dualMode, Options.ListenBacklog);
         _listeners.Add(socket);
-        if (dualMode)
-        {
-            socket.DualMode = true;
-        }
-
-        socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-
-        // SO_REUSEPORT: a new agent in a rolling update listens beside the old one.
-        socket.SetRawSocketOption(SolSocket, SoReusePort, BitConverter.GetBytes(1));
-        socket.Bind(endpoint);
-        socket.Listen(Options.ListenBacklog);
         return socket;
     }
 
@@ -206,6 +175,8 @@ internal sealed partial class PodProxy : IAsyncDisposable
     private void Release() => Interlocked.Decrement(ref _open);
 
     private string LimitReason => $"more than {Options.MaxConnectionsPerPod} connections open for {Pod.Key}";
+
+    private ProxyError LimitError => new(ProxyErrorKind.Overflow, LimitReason);
 
     private static IPAddress Unmap(IPAddress address) => address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
 

@@ -12,18 +12,30 @@ internal sealed class ProxyServices
 {
     public ProxyServices(BpfCapture capture, InventoryStore inventory, ConnectionTracker tracker, ProxyOptions options,
         IdentityManager? identity, SelfTarget? selfTarget = null, InboundAdmission? admission = null)
+        : this(new CapturedDestinations(capture), NamespaceSockets.Instance, inventory, tracker, options, identity, selfTarget, admission)
     {
+    }
+
+    /// <summary>With other sockets and original destinations than the agent's: the proxy core in-process.</summary>
+    public ProxyServices(IOriginalDestinations originalDestinations, IPodSockets sockets, InventoryStore inventory, ConnectionTracker tracker,
+        ProxyOptions options, IdentityManager? identity, SelfTarget? selfTarget = null, InboundAdmission? admission = null)
+    {
+        OriginalDestinations = originalDestinations;
+        Sockets = sockets;
         SelfTarget = selfTarget ?? new SelfTarget(options, []);
         Admission = admission ?? new InboundAdmission(options.Inbound ?? InboundLimits.FromDescriptorLimit(1024));
-        Capture = capture;
         Inventory = inventory;
         Tracker = tracker;
         Options = options;
         Identity = identity;
-        Tunnels = identity is null ? null : new HbonePool(identity, options);
+        Tunnels = identity is null ? null : new HbonePool(identity, options, sockets);
     }
 
-    public BpfCapture Capture { get; }
+    /// <summary>Where captured outbound connections were going.</summary>
+    public IOriginalDestinations OriginalDestinations { get; }
+
+    /// <summary>Listeners and upstream sockets in the pods' namespaces.</summary>
+    public IPodSockets Sockets { get; }
 
     public InventoryStore Inventory { get; }
 

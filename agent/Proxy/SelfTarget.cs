@@ -19,9 +19,6 @@ namespace Weft.Proxy;
 /// </summary>
 internal sealed class SelfTarget
 {
-    /// <summary>The response flag of a refused connection to the agent itself.</summary>
-    public const string Flag = "LOOP";
-
     private readonly FrozenDictionary<int, string> _ports;
     private readonly FrozenSet<IPAddress> _localAddresses;
 

@@ -1,0 +1,272 @@
+using System.Net;
+using System.Net.Sockets;
+using Weft.Identity;
+using Weft.Inventory;
+using Weft.Proxy;
+using Weft.Telemetry;
+using Weft.Tests.Identity;
+
+namespace Weft.Tests.Proxy;
+
+/// <summary>
+/// Two pods' proxies in-process over loopback with a real CA, TLS 1.3 and the HBONE engine: a meshed
+/// destination is reached through a tunnel, and the tunnel pool reuses a tunnel only for the same
+/// source identity, destination identity and destination address.
+/// </summary>
+public sealed class InProcessTunnelTests : IAsyncLifetime
+{
+    private const string Domain = "cluster.local";
+
+    private static readonly LocalPod Client = new("demo", "a1", "client", "client-netns", NetnsCookie: 1, IPAddress.Parse("127.0.0.3"), null, FailOpen: false);
+    private static readonly LocalPod Other = new("demo", "a2", "other-client", "client-netns", NetnsCookie: 2, IPAddress.Parse("127.0.0.5"), null, FailOpen: false);
+    private static readonly LocalPod Server = new("demo", "b1", "server", "server-netns", NetnsCookie: 3, IPAddress.Loopback, null, FailOpen: false);
+
+    private readonly TempDir _dir = new();
+    private readonly FlowTable _clientFlows = new();
+    private readonly FlowTable _serverFlows = new();
+    private readonly RecordedDestinations _destinations = new();
+    private readonly LoopbackPodSockets _clientSockets = new();
+    private readonly LoopbackPodSockets _serverSockets = new();
+    private IdentityManager _identity = null!;
+    private ConnectionTracker _clientTracker = null!;
+    private ConnectionTracker _serverTracker = null!;
+    private PodProxy _client = null!;
+    private PodProxy _other = null!;
+    private PodProxy _server = null!;
+    private Socket _echo = null!;
+
+    public Task InitializeAsync()
+    {
+        _identity = IdentityManager.Start(new IdentityOptions(Domain, TestCa.Root("root").WriteTo(_dir.Path)) { WatchFiles = false, CheckInterval = TimeSpan.FromHours(1) });
+        _identity.SetAllowed([Id(Client), Id(Other), Id(Server)]);
+
+        _echo = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        _echo.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _echo.Listen();
+        _ = EchoAsync(_echo);
+
+        // b1 at 127.0.0.1 (its proxy serves CONNECTs naming 127.0.0.1); 127.0.0.2 is a second meshed pod
+        // with the same identity, and 127.0.0.4 one with another identity; the client pods are a1 and a2.
+        var inventory = new InventoryStore();
+        inventory.Publish(InventoryBuilder.Build(InventoryYaml.Load("""
+            apiVersion: v1
+            kind: Namespace
+            metadata: {name: demo, labels: {weft.dev/mesh: enabled}}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: a1, namespace: demo}
+            spec: {nodeName: node1, serviceAccountName: client}
+            status: {podIP: 127.0.0.3, hostIP: 10.0.0.1}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: a2, namespace: demo}
+            spec: {nodeName: node1, serviceAccountName: other-client}
+            status: {podIP: 127.0.0.5, hostIP: 10.0.0.1}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: b1, namespace: demo}
+            spec: {nodeName: node2, serviceAccountName: server}
+            status: {podIP: 127.0.0.1, hostIP: 10.0.0.2}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: b2, namespace: demo}
+            spec: {nodeName: node2, serviceAccountName: server}
+            status: {podIP: 127.0.0.2, hostIP: 10.0.0.2}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: c1, namespace: demo}
+            spec: {nodeName: node2, serviceAccountName: third}
+            status: {podIP: 127.0.0.4, hostIP: 10.0.0.2}
+            """, "inventory.yaml")));
+
+        var options = new ProxyOptions { ConnectTimeout = TimeSpan.FromSeconds(10) };
+        _serverTracker = new ConnectionTracker(_serverFlows, options.IdleTimeout);
+        _server = PodProxy.Start(Server, new ProxyServices(new RecordedDestinations(), _serverSockets, inventory, _serverTracker, options, _identity));
+        var app = (IPEndPoint)_echo.LocalEndPoint!;
+        _serverSockets.Redirect = destination => destination.Port == 8080 ? app : destination;
+
+        // Every node's tunnel port is the server pod's tunnel listener here.
+        var tunnel = new IPEndPoint(IPAddress.IPv6Loopback, ((IPEndPoint)_server.TunnelListener!.LocalEndPoint!).Port);
+        _clientSockets.Redirect = destination => destination.Port == HbonePool.TunnelPort ? tunnel : destination;
+        _clientTracker = new ConnectionTracker(_clientFlows, options.IdleTimeout);
+        var clientServices = new ProxyServices(_destinations, _clientSockets, inventory, _clientTracker, options, _identity);
+        _client = PodProxy.Start(Client, clientServices);
+        _other = PodProxy.Start(Other, clientServices);
+        return Task.CompletedTask;
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _client.DisposeAsync();
+        await _other.DisposeAsync();
+        await _server.DisposeAsync();
+        _clientTracker.Dispose();
+        _serverTracker.Dispose();
+        _echo.Dispose();
+        _identity.Dispose();
+        _dir.Dispose();
+    }
+
+    [Fact]
+    public async Task MeshedDestination_IsReachedThroughAnMtlsTunnel_RecordedOnBothSidesWithTheirSpiffeIds()
+    {
+        Assert.Equal("hello over hbone", await RoundTripAsync(_client, Client, "127.0.0.1:8080", "hello over hbone"));
+
+        var outbound = await FinishedAsync(_clientFlows, 1);
+        Assert.Equal("-", outbound[0].ResponseFlags);
+        Assert.Equal("mutual_tls", outbound[0].SecurityPolicy);
+        Assert.Equal("spiffe://cluster.local/ns/demo/sa/client", outbound[0].SourcePrincipal);
+        Assert.Equal("spiffe://cluster.local/ns/demo/sa/server", outbound[0].DestinationPrincipal);
+        Assert.Equal("demo/b1", outbound[0].DestinationWorkload);
+        var inbound = await FinishedAsync(_serverFlows, 1);
+        Assert.Equal("-", inbound[0].ResponseFlags);
+        Assert.Equal("spiffe://cluster.local/ns/demo/sa/client", inbound[0].SourcePrincipal);
+        Assert.Equal(outbound[0].TraceParent, inbound[0].TraceParent);
+    }
+
+    [Fact]
+    public async Task SecondConnection_SameSourceDestinationAndAddress_ReusesTheTunnel()
+    {
+        await RoundTripAsync(_client, Client, "127.0.0.1:8080", "one");
+        await RoundTripAsync(_client, Client, "127.0.0.1:8080", "two");
+
+        Assert.Equal(1, TunnelDials());
+        Assert.All(await FinishedAsync(_clientFlows, 2), f => Assert.Equal("-", f.ResponseFlags));
+    }
+
+    [Fact]
+    public async Task AnotherSourceIdentity_GetsATunnelOfItsOwn()
+    {
+        await RoundTripAsync(_client, Client, "127.0.0.1:8080", "one");
+        await RoundTripAsync(_other, Other, "127.0.0.1:8080", "two");
+
+        Assert.Equal(2, TunnelDials());
+        Assert.All(await FinishedAsync(_clientFlows, 2), f => Assert.Equal("-", f.ResponseFlags));
+    }
+
+    [Fact]
+    public async Task AnotherDestinationAddress_SameIdentity_GetsATunnelOfItsOwn()
+    {
+        await RoundTripAsync(_client, Client, "127.0.0.1:8080", "one");
+
+        // b2's address: its own tunnel, though the listener here is b1's, which refuses a CONNECT for b2.
+        await ResetAsync(_client, Client, "127.0.0.2:8080");
+
+        Assert.Equal(2, TunnelDials());
+        var refused = (await FinishedAsync(_clientFlows, 2)).Single(f => f.Destination!.Address.Equals(IPAddress.Parse("127.0.0.2")));
+        Assert.Equal("CONNECT", refused.ResponseFlags);
+    }
+
+    [Fact]
+    public async Task AnotherDestinationIdentity_GetsATunnelOfItsOwn_AndAWrongPeerFailsTls()
+    {
+        await RoundTripAsync(_client, Client, "127.0.0.1:8080", "one");
+
+        // c1 runs as demo/third; the listener here proves demo/server, so the client refuses it.
+        await ResetAsync(_client, Client, "127.0.0.4:8080");
+
+        Assert.Equal(2, TunnelDials());
+        var refused = (await FinishedAsync(_clientFlows, 2)).Single(f => f.Destination!.Address.Equals(IPAddress.Parse("127.0.0.4")));
+        Assert.Equal("TLS_FAILURE", refused.ResponseFlags);
+    }
+
+    private static SpiffeId Id(LocalPod pod) => new(Domain, pod.Namespace, pod.ServiceAccount);
+
+    private int TunnelDials() => _clientSockets.Connects.Count(d => d.Port == HbonePool.TunnelPort);
+
+    private async Task<Socket> ConnectCapturedAsync(PodProxy proxy, LocalPod pod, string destination)
+    {
+        var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        client.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _destinations.Record(pod.NetnsCookie, ((IPEndPoint)client.LocalEndPoint!).Port, IPEndPoint.Parse(destination));
+        await client.ConnectAsync(proxy.OutboundListener.LocalEndPoint!);
+        return client;
+    }
+
+    private async Task<string> RoundTripAsync(PodProxy proxy, LocalPod pod, string destination, string message)
+    {
+        using var client = await ConnectCapturedAsync(proxy, pod, destination);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        var sent = System.Text.Encoding.UTF8.GetBytes(message);
+        await client.SendAsync(sent, timeout.Token);
+        client.Shutdown(SocketShutdown.Send);
+        using var received = new MemoryStream();
+        var buffer = new byte[1024];
+        int n;
+        while ((n = await client.ReceiveAsync(buffer, timeout.Token)) > 0)
+        {
+            received.Write(buffer, 0, n);
+        }
+
+        return System.Text.Encoding.UTF8.GetString(received.ToArray());
+    }
+
+    private async Task ResetAsync(PodProxy proxy, LocalPod pod, string destination)
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        var reset = await Assert.ThrowsAsync<SocketException>(async () =>
+        {
+            using var client = await ConnectCapturedAsync(proxy, pod, destination);
+            await client.ReceiveAsync(new byte[1], timeout.Token);
+        });
+        Assert.Equal(SocketError.ConnectionReset, reset.SocketErrorCode);
+    }
+
+    private static async Task<List<Flow>> FinishedAsync(FlowTable flows, int count)
+    {
+        for (var waited = 0; waited < 300; waited++)
+        {
+            var finished = flows.Recent().Where(f => f.End is not null).ToList();
+            if (finished.Count >= count)
+            {
+                return finished;
+            }
+
+            await Task.Delay(100);
+        }
+
+        throw new TimeoutException($"fewer than {count} finished flows within 30 s");
+    }
+
+    private static async Task EchoAsync(Socket listener)
+    {
+        while (true)
+        {
+            Socket peer;
+            try
+            {
+                peer = await listener.AcceptAsync();
+            }
+            catch (Exception e) when (e is ObjectDisposedException or SocketException)
+            {
+                return;
+            }
+
+            _ = Task.Run(async () =>
+            {
+                using (peer)
+                {
+                    var buffer = new byte[4096];
+                    try
+                    {
+                        int n;
+                        while ((n = await peer.ReceiveAsync(buffer)) > 0)
+                        {
+                            await peer.SendAsync(buffer.AsMemory(0, n));
+                        }
+
+                        peer.Shutdown(SocketShutdown.Send);
+                    }
+                    catch (SocketException)
+                    {
+                    }
+                }
+            });
+        }
+    }
+}
