@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Threading.Channels;
+using Weft.Hbone.Internal.FlowControl;
 using Weft.Hbone.Internal.Hpack;
 
 namespace Weft.Hbone.Internal;
@@ -42,9 +43,7 @@ internal sealed class Http2Connection
     // Guarded by _sync.
     private readonly object _sync = new();
     private readonly Dictionary<int, HboneStream> _streams = [];
-    private readonly List<HboneStream> _connectionWindowWaiters = [];
     private readonly HashSet<Task> _handlers = [];
-    private long _connectionSendWindow = HboneSettings.DefaultWindowSize;
     private int _peerInitialWindow = HboneSettings.DefaultWindowSize;
     private int _peerMaxFrameSize = FrameHeader.MinMaxFrameSize;
     private long _peerMaxConcurrentStreams = uint.MaxValue;
@@ -64,9 +63,8 @@ internal sealed class Http2Connection
     private int _headerStreamId;
     private bool _headerEndStream;
 
-    private int _connectionReceiveWindow;
-    private int _connectionCredit;
-    private readonly int _connectionCreditThreshold;
+    private readonly ConnectionOutputFlowControl _sendFlow = new(HboneSettings.DefaultWindowSize);
+    private readonly InputFlowControl _receiveFlow;
     private int _pendingPeerFrames;
 
     public Http2Connection(Stream transport, HboneSettings settings, bool isClient, Func<HboneRequest, Task>? onConnect)
@@ -79,8 +77,7 @@ internal sealed class Http2Connection
         _input = PipeReader.Create(transport, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true));
         _output = PipeWriter.Create(transport, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
         _decoder = new HpackDecoder(4096, settings.MaxHeaderListSize);
-        _connectionReceiveWindow = settings.ConnectionWindow;
-        _connectionCreditThreshold = Math.Max(Math.Min(settings.ConnectionWindow / 8, settings.StreamWindow / 4), 1);
+        _receiveFlow = new InputFlowControl(settings.ConnectionWindow, Math.Min(settings.ConnectionWindow / 8, settings.StreamWindow / 4));
     }
 
     public Task Completion => _completion.Task;
@@ -371,7 +368,7 @@ internal sealed class Http2Connection
             payload = payload.Slice(1, header.Length - 1 - padding);
         }
         // The whole frame counts against both windows, padding included.
-        if (Interlocked.Add(ref _connectionReceiveWindow, -header.Length) < 0)
+        if (!_receiveFlow.TryReceive(header.Length))
         {
             throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, "peer overran the connection window");
         }
@@ -386,7 +383,7 @@ internal sealed class Http2Connection
             AddConnectionCredit(header.Length);
             return;
         }
-        if (Interlocked.Add(ref stream.ReceiveWindow, -header.Length) < 0)
+        if (!stream.ReceiveFlow.TryReceive(header.Length))
         {
             throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, $"peer overran the window of stream {header.StreamId}");
         }
@@ -788,15 +785,7 @@ internal sealed class Http2Connection
         {
             long delta = value - (long)_peerInitialWindow;
             _peerInitialWindow = value;
-            foreach (HboneStream stream in _streams.Values)
-            {
-                stream.SendWindow += delta;
-                if (stream.SendWindow > FrameHeader.MaxWindow)
-                {
-                    throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, "initial window change overflows a stream window");
-                }
-                WakeStreamLocked(stream);
-            }
+            _sendFlow.ChangeInitialWindow(_streams.Values.Select(static s => s.SendFlow), delta);
         }
     }
 
@@ -870,23 +859,7 @@ internal sealed class Http2Connection
         int increment = (int)(ReadUInt32(payload, 0) & 0x7FFF_FFFF);
         if (header.StreamId == 0)
         {
-            if (increment == 0)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "connection WINDOW_UPDATE of 0");
-            }
-            lock (_sync)
-            {
-                _connectionSendWindow += increment;
-                if (_connectionSendWindow > FrameHeader.MaxWindow)
-                {
-                    throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, "connection window above 2^31-1");
-                }
-                foreach (HboneStream waiter in _connectionWindowWaiters)
-                {
-                    WakeStreamLocked(waiter);
-                }
-                _connectionWindowWaiters.Clear();
-            }
+            _sendFlow.Increase(increment);
             return;
         }
         if (IsIdle(header.StreamId))
@@ -898,19 +871,7 @@ internal sealed class Http2Connection
         {
             return;
         }
-        if (increment == 0)
-        {
-            throw new Http2StreamException(header.StreamId, Http2ErrorCode.ProtocolError, "stream WINDOW_UPDATE of 0");
-        }
-        lock (_sync)
-        {
-            stream.SendWindow += increment;
-            if (stream.SendWindow > FrameHeader.MaxWindow)
-            {
-                throw new Http2StreamException(header.StreamId, Http2ErrorCode.FlowControlError, "stream window above 2^31-1");
-            }
-            WakeStreamLocked(stream);
-        }
+        _sendFlow.IncreaseStream(stream.SendFlow, increment);
     }
 
     // ---- stream lifecycle ----------------------------------------------------------------------
@@ -952,9 +913,7 @@ internal sealed class Http2Connection
         }
         stream.Closed = true;
         _streams.Remove(stream.StreamId);
-        _connectionWindowWaiters.Remove(stream);
-        stream.WindowWaiter?.TrySetException(new HboneException($"stream {stream.StreamId} closed"));
-        stream.WindowWaiter = null;
+        _sendFlow.Complete(stream.SendFlow, new HboneException($"stream {stream.StreamId} closed"));
         return true;
     }
 
@@ -1026,40 +985,8 @@ internal sealed class Http2Connection
     // ---- flow control --------------------------------------------------------------------------
 
     /// <summary>Waits until both windows allow at least one byte; takes up to <paramref name="wanted"/> from them.</summary>
-    public async ValueTask<int> ReserveSendWindowAsync(HboneStream stream, long wanted)
-    {
-        while (true)
-        {
-            TaskCompletionSource waiter;
-            lock (_sync)
-            {
-                if (stream.Closed || _closed)
-                {
-                    throw new HboneException($"stream {stream.StreamId} closed");
-                }
-                long granted = Math.Min(Math.Min(wanted, MaxDataPerTurn), Math.Min(stream.SendWindow, _connectionSendWindow));
-                if (granted > 0)
-                {
-                    stream.SendWindow -= granted;
-                    _connectionSendWindow -= granted;
-                    return (int)granted;
-                }
-                waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                stream.WindowWaiter = waiter;
-                if (stream.SendWindow > 0)
-                {
-                    _connectionWindowWaiters.Add(stream);
-                }
-            }
-            await waiter.Task.ConfigureAwait(false);
-        }
-    }
-
-    private static void WakeStreamLocked(HboneStream stream)
-    {
-        stream.WindowWaiter?.TrySetResult();
-        stream.WindowWaiter = null;
-    }
+    public ValueTask<int> ReserveSendWindowAsync(HboneStream stream, long wanted) =>
+        _sendFlow.ReserveAsync(stream.SendFlow, wanted, MaxDataPerTurn);
 
     /// <summary>The application consumed (or we discarded) bytes of a stream: return window credit.</summary>
     public void OnConsumed(HboneStream stream, int count)
@@ -1074,7 +1001,7 @@ internal sealed class Http2Connection
         {
             return;
         }
-        int increment = stream.TakeCredit(count);
+        int increment = stream.ReceiveFlow.Consume(count);
         if (increment > 0)
         {
             Enqueue(new ControlFrame(ControlKind.WindowUpdate, stream.StreamId, increment));
@@ -1083,14 +1010,9 @@ internal sealed class Http2Connection
 
     private void AddConnectionCredit(int count)
     {
-        if (Interlocked.Add(ref _connectionCredit, count) < _connectionCreditThreshold)
-        {
-            return;
-        }
-        int increment = Interlocked.Exchange(ref _connectionCredit, 0);
+        int increment = _receiveFlow.Consume(count);
         if (increment > 0)
         {
-            Interlocked.Add(ref _connectionReceiveWindow, increment);
             Enqueue(new ControlFrame(ControlKind.WindowUpdate, 0, increment));
         }
     }
@@ -1368,6 +1290,7 @@ internal sealed class Http2Connection
     public void Abort(Exception? failure)
     {
         List<HboneStream> streams;
+        var streamError = failure as HboneException ?? new HboneException("HBONE connection closed", inner: failure);
         lock (_sync)
         {
             if (_closed)
@@ -1380,15 +1303,14 @@ internal sealed class Http2Connection
             foreach (HboneStream stream in streams)
             {
                 stream.Closed = true;
-                stream.WindowWaiter?.TrySetException(new HboneException("connection closed"));
-                stream.WindowWaiter = null;
+                _sendFlow.Complete(stream.SendFlow, new HboneException("connection closed"));
             }
-            _connectionWindowWaiters.Clear();
+            // Writers of streams already gone from the table are failed too, never left waiting.
+            _sendFlow.Abort(streamError);
             _pingAck?.TrySetCanceled();
         }
         _abort.Cancel();
         _control.Writer.TryComplete();
-        var streamError = failure as HboneException ?? new HboneException("HBONE connection closed", inner: failure);
         foreach (HboneStream stream in streams)
         {
             stream.Abort(streamError);
