@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Pipelines;
-using System.Threading.Channels;
 using Weft.Hbone.Internal.FlowControl;
 using Weft.Hbone.Internal.Hpack;
 
@@ -23,7 +22,6 @@ namespace Weft.Hbone.Internal;
 internal sealed class Http2Connection
 {
     private const string Component = "hbone";
-    private const int MaxPendingPeerTriggeredFrames = 1024;
     // Largest chunk one stream writes per turn of the write lock, so streams interleave fairly.
     private const int MaxDataPerTurn = 64 * 1024;
 
@@ -32,10 +30,8 @@ internal sealed class Http2Connection
     private readonly bool _isClient;
     private readonly Func<HboneRequest, Task>? _onConnect;
     private readonly PipeReader _input;
-    private readonly PipeWriter _output;
-    private readonly SemaphoreSlim _writeLock = new(1, 1);
+    private readonly Http2FrameWriter _writer;
     private readonly CancellationTokenSource _abort = new();
-    private readonly Channel<ControlFrame> _control = Channel.CreateUnbounded<ControlFrame>(new UnboundedChannelOptions { SingleReader = true });
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly HpackDecoder _decoder;
     private readonly List<KeyValuePair<string, string>> _decoded = [];
@@ -45,7 +41,6 @@ internal sealed class Http2Connection
     private readonly Dictionary<int, HboneStream> _streams = [];
     private readonly HashSet<Task> _handlers = [];
     private int _peerInitialWindow = HboneSettings.DefaultWindowSize;
-    private int _peerMaxFrameSize = FrameHeader.MinMaxFrameSize;
     private long _peerMaxConcurrentStreams = uint.MaxValue;
     private int _nextStreamId = 1;
     private int _lastPeerStreamId;
@@ -65,7 +60,6 @@ internal sealed class Http2Connection
 
     private readonly ConnectionOutputFlowControl _sendFlow = new(HboneSettings.DefaultWindowSize);
     private readonly InputFlowControl _receiveFlow;
-    private int _pendingPeerFrames;
 
     public Http2Connection(Stream transport, HboneSettings settings, bool isClient, Func<HboneRequest, Task>? onConnect)
     {
@@ -75,7 +69,7 @@ internal sealed class Http2Connection
         _isClient = isClient;
         _onConnect = onConnect;
         _input = PipeReader.Create(transport, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true));
-        _output = PipeWriter.Create(transport, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
+        _writer = new Http2FrameWriter(PipeWriter.Create(transport, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true)), _abort.Token, Abort);
         _decoder = new HpackDecoder(4096, settings.MaxHeaderListSize);
         _receiveFlow = new InputFlowControl(settings.ConnectionWindow, Math.Min(settings.ConnectionWindow / 8, settings.StreamWindow / 4));
     }
@@ -99,35 +93,12 @@ internal sealed class Http2Connection
     // ---- start-up -------------------------------------------------------------------------------
 
     /// <summary>Writes the client preface (client only), our SETTINGS and the connection WINDOW_UPDATE.</summary>
-    public async Task SendPrefaceAsync(CancellationToken ct)
-    {
-        if (_isClient)
-        {
-            _output.Write(FrameHeader.ClientPreface);
-        }
-        var settings = new List<(SettingId, uint)>
-        {
-            (SettingId.MaxConcurrentStreams, (uint)_settings.MaxConcurrentStreams),
-            (SettingId.InitialWindowSize, (uint)_settings.StreamWindow),
-            (SettingId.MaxFrameSize, (uint)_settings.MaxFrameSize),
-            (SettingId.MaxHeaderListSize, (uint)_settings.MaxHeaderListSize),
-        };
-        if (_isClient)
-        {
-            settings.Insert(0, (SettingId.EnablePush, 0));
-        }
-        FrameWriter.WriteSettings(_output, settings.ToArray());
-        if (_settings.ConnectionWindow > HboneSettings.DefaultWindowSize)
-        {
-            FrameWriter.WriteWindowUpdate(_output, 0, _settings.ConnectionWindow - HboneSettings.DefaultWindowSize);
-        }
-        await _output.FlushAsync(ct).ConfigureAwait(false);
-    }
+    public Task SendPrefaceAsync(CancellationToken ct) => _writer.WritePrefaceAsync(_isClient, _settings, ct);
 
     /// <summary>Runs the connection until it ends; never throws (the outcome is in <see cref="Completion"/>).</summary>
     public async Task RunAsync()
     {
-        Task control = ControlLoopAsync();
+        Task control = _writer.RunControlLoopAsync();
         Task keepalive = KeepaliveLoopAsync();
         await ReadLoopAsync().ConfigureAwait(false);
         await control.ConfigureAwait(false);
@@ -766,17 +737,14 @@ internal sealed class Http2Connection
                     {
                         throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"SETTINGS_MAX_FRAME_SIZE {value}");
                     }
-                    lock (_sync)
-                    {
-                        _peerMaxFrameSize = (int)value;
-                    }
+                    _writer.PeerMaxFrameSize = (int)value;
                     break;
                 default:
                     // HEADER_TABLE_SIZE does not matter to an encoder that never indexes; unknown ids are ignored.
                     break;
             }
         }
-        EnqueuePeerTriggered(new ControlFrame(ControlKind.SettingsAck, 0, 0));
+        _writer.EnqueueSettingsAck();
     }
 
     private void ChangeInitialWindow(int value)
@@ -813,7 +781,7 @@ internal sealed class Http2Connection
             }
             return;
         }
-        EnqueuePeerTriggered(new ControlFrame(ControlKind.PingAck, 0, (long)opaque));
+        _writer.EnqueuePingAck(opaque);
     }
 
     private void OnGoAway(FrameHeader header, ReadOnlySequence<byte> payload)
@@ -939,7 +907,7 @@ internal sealed class Http2Connection
             }
         }
         stream.MarkResetSent();
-        Enqueue(new ControlFrame(ControlKind.RstStream, stream.StreamId, (long)code));
+        _writer.EnqueueRstStream(stream.StreamId, code);
         stream.Abort(error);
         CloseIfDrained();
     }
@@ -949,7 +917,7 @@ internal sealed class Http2Connection
         HboneStream? stream = FindStream(streamId);
         if (stream is null)
         {
-            EnqueuePeerTriggered(new ControlFrame(ControlKind.RstStream, streamId, (long)code));
+            _writer.EnqueuePeerTriggeredRstStream(streamId, code);
             return;
         }
         ResetStream(stream, code, new HboneException($"stream {streamId}: {message}", errorCode: code));
@@ -1004,7 +972,7 @@ internal sealed class Http2Connection
         int increment = stream.ReceiveFlow.Consume(count);
         if (increment > 0)
         {
-            Enqueue(new ControlFrame(ControlKind.WindowUpdate, stream.StreamId, increment));
+            _writer.EnqueueWindowUpdate(stream.StreamId, increment);
         }
     }
 
@@ -1013,70 +981,14 @@ internal sealed class Http2Connection
         int increment = _receiveFlow.Consume(count);
         if (increment > 0)
         {
-            Enqueue(new ControlFrame(ControlKind.WindowUpdate, 0, increment));
+            _writer.EnqueueWindowUpdate(0, increment);
         }
     }
 
     // ---- write side ----------------------------------------------------------------------------
 
-    private async ValueTask<bool> AcquireWriteLockAsync()
-    {
-        try
-        {
-            await _writeLock.WaitAsync(_abort.Token).ConfigureAwait(false);
-            return true;
-        }
-        catch (OperationCanceledException)
-        {
-            return false;
-        }
-    }
-
-    private async ValueTask FlushLockedAsync()
-    {
-        try
-        {
-            await _output.FlushAsync(_abort.Token).ConfigureAwait(false);
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or OperationCanceledException or InvalidOperationException)
-        {
-            var failure = new HboneException("transport write failed: " + e.Message, inner: e);
-            Abort(_abort.IsCancellationRequested ? null : failure);
-            throw failure;
-        }
-    }
-
-    public async ValueTask WriteDataAsync(HboneStream stream, ReadOnlySequence<byte> data, bool endStream)
-    {
-        if (!await AcquireWriteLockAsync().ConfigureAwait(false))
-        {
-            throw new HboneException("connection closed");
-        }
-        try
-        {
-            // A RST_STREAM already queued means nothing more may follow on this stream.
-            if (stream.ResetSent)
-            {
-                throw new HboneException($"stream {stream.StreamId} reset");
-            }
-            int maxFrame;
-            lock (_sync)
-            {
-                maxFrame = _peerMaxFrameSize;
-            }
-            while (data.Length > maxFrame)
-            {
-                FrameWriter.WriteData(_output, stream.StreamId, data.Slice(0, maxFrame), endStream: false);
-                data = data.Slice(maxFrame);
-            }
-            FrameWriter.WriteData(_output, stream.StreamId, data, endStream);
-            await FlushLockedAsync().ConfigureAwait(false);
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
-    }
+    public ValueTask WriteDataAsync(HboneStream stream, ReadOnlySequence<byte> data, bool endStream) =>
+        _writer.WriteDataAsync(stream, data, endStream);
 
     /// <summary>Client: allocates the next stream id and sends the CONNECT request in one step, so ids go out in order.</summary>
     public async Task<HboneStream> OpenStreamAsync(string authority, IEnumerable<KeyValuePair<string, string>> headers, CancellationToken ct)
@@ -1094,9 +1006,7 @@ internal sealed class Http2Connection
         var block = new ArrayBufferWriter<byte>(256);
         HpackEncoder.Encode(fields, block);
 
-        await _writeLock.WaitAsync(ct).ConfigureAwait(false);
-        HboneStream stream;
-        try
+        return await _writer.WriteRequestHeadersAsync(() =>
         {
             lock (_sync)
             {
@@ -1106,22 +1016,11 @@ internal sealed class Http2Connection
                 }
                 int id = _nextStreamId;
                 _nextStreamId = id + 2; // turns negative after 2^31-1: no more streams
-                stream = new HboneStream(this, id, _peerInitialWindow, _settings);
+                var stream = new HboneStream(this, id, _peerInitialWindow, _settings);
                 _streams.Add(id, stream);
+                return stream;
             }
-            FrameWriter.WriteHeaderBlock(_output, stream.StreamId, block.WrittenSpan, endStream: false, PeerMaxFrameSize);
-            await FlushLockedAsync().ConfigureAwait(false);
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
-        return stream;
-    }
-
-    private int PeerMaxFrameSize
-    {
-        get { lock (_sync) { return _peerMaxFrameSize; } }
+        }, block.WrittenMemory, ct).ConfigureAwait(false);
     }
 
     /// <summary>Server: sends the response HEADERS for a CONNECT.</summary>
@@ -1129,16 +1028,8 @@ internal sealed class Http2Connection
     {
         var block = new ArrayBufferWriter<byte>(16);
         HpackEncoder.EncodeField(":status", status.ToString(System.Globalization.CultureInfo.InvariantCulture), block);
-        if (!await AcquireWriteLockAsync().ConfigureAwait(false))
+        await _writer.WriteResponseHeadersAsync(stream, block.WrittenMemory, endStream, () =>
         {
-            throw new HboneException("connection closed");
-        }
-        try
-        {
-            if (stream.ResetSent)
-            {
-                throw new HboneException($"stream {stream.StreamId} reset");
-            }
             lock (_sync)
             {
                 if (stream.Closed)
@@ -1146,76 +1037,7 @@ internal sealed class Http2Connection
                     throw new HboneException($"stream {stream.StreamId} closed before the response");
                 }
             }
-            FrameWriter.WriteHeaderBlock(_output, stream.StreamId, block.WrittenSpan, endStream, PeerMaxFrameSize);
-            await FlushLockedAsync().ConfigureAwait(false);
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
-    }
-
-    private void Enqueue(ControlFrame frame) => _control.Writer.TryWrite(frame);
-
-    private void EnqueuePeerTriggered(ControlFrame frame)
-    {
-        // ACKs and resets the peer can provoke at will are counted, so a peer that floods us while never
-        // reading what we answer is cut off instead of growing the queue.
-        if (Interlocked.Increment(ref _pendingPeerFrames) > MaxPendingPeerTriggeredFrames)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.EnhanceYourCalm, "too many unanswered control frames");
-        }
-        _control.Writer.TryWrite(frame with { PeerTriggered = true });
-    }
-
-    private async Task ControlLoopAsync()
-    {
-        ChannelReader<ControlFrame> reader = _control.Reader;
-        try
-        {
-            while (await reader.WaitToReadAsync(_abort.Token).ConfigureAwait(false))
-            {
-                if (!await AcquireWriteLockAsync().ConfigureAwait(false))
-                {
-                    return;
-                }
-                try
-                {
-                    while (reader.TryRead(out ControlFrame frame))
-                    {
-                        WriteControlFrame(frame);
-                        if (frame.PeerTriggered)
-                        {
-                            Interlocked.Decrement(ref _pendingPeerFrames);
-                        }
-                    }
-                    await FlushLockedAsync().ConfigureAwait(false);
-                }
-                finally
-                {
-                    _writeLock.Release();
-                }
-            }
-        }
-        catch (OperationCanceledException)
-        {
-        }
-        catch (HboneException)
-        {
-            // FlushLockedAsync already failed the connection.
-        }
-    }
-
-    private void WriteControlFrame(ControlFrame frame)
-    {
-        switch (frame.Kind)
-        {
-            case ControlKind.SettingsAck: FrameWriter.WriteSettingsAck(_output); break;
-            case ControlKind.PingAck: FrameWriter.WritePing(_output, (ulong)frame.Value, ack: true); break;
-            case ControlKind.Ping: FrameWriter.WritePing(_output, (ulong)frame.Value, ack: false); break;
-            case ControlKind.WindowUpdate: FrameWriter.WriteWindowUpdate(_output, frame.StreamId, (int)frame.Value); break;
-            case ControlKind.RstStream: FrameWriter.WriteRstStream(_output, frame.StreamId, (Http2ErrorCode)frame.Value); break;
-        }
+        }).ConfigureAwait(false);
     }
 
     private async Task KeepaliveLoopAsync()
@@ -1236,7 +1058,7 @@ internal sealed class Http2Connection
                     _pingAck = ack;
                     _pingPayload = ++counter;
                 }
-                Enqueue(new ControlFrame(ControlKind.Ping, 0, (long)counter));
+                _writer.EnqueuePing(counter);
                 try
                 {
                     await ack.Task.WaitAsync(_settings.KeepaliveTimeout, _abort.Token).ConfigureAwait(false);
@@ -1264,25 +1086,7 @@ internal sealed class Http2Connection
         {
             lastStreamId = _lastPeerStreamId;
         }
-        using var timeout = new CancellationTokenSource(_settings.CloseTimeout);
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, _abort.Token);
-        try
-        {
-            await _writeLock.WaitAsync(linked.Token).ConfigureAwait(false);
-            try
-            {
-                FrameWriter.WriteGoAway(_output, lastStreamId, code);
-                await _output.FlushAsync(linked.Token).ConfigureAwait(false);
-            }
-            finally
-            {
-                _writeLock.Release();
-            }
-        }
-        catch (Exception e) when (e is OperationCanceledException or IOException or ObjectDisposedException or InvalidOperationException)
-        {
-            // The peer is not reading or already gone; closing is all that is left.
-        }
+        await _writer.TryWriteGoAwayAsync(lastStreamId, code, _settings.CloseTimeout).ConfigureAwait(false);
         Abort(failure);
     }
 
@@ -1310,7 +1114,7 @@ internal sealed class Http2Connection
             _pingAck?.TrySetCanceled();
         }
         _abort.Cancel();
-        _control.Writer.TryComplete();
+        _writer.CompleteControl();
         foreach (HboneStream stream in streams)
         {
             stream.Abort(streamError);
@@ -1331,16 +1135,4 @@ internal sealed class Http2Connection
         {
             _completion.TrySetException(failure);
         }
-    }
-
-    private enum ControlKind : byte
-    {
-        SettingsAck,
-        PingAck,
-        Ping,
-        WindowUpdate,
-        RstStream,
-    }
-
-    private readonly record struct ControlFrame(ControlKind Kind, int StreamId, long Value, bool PeerTriggered = false);
-}
+    }}
