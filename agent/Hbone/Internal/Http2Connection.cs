@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Buffers.Binary;
 using System.IO.Pipelines;
 using Weft.Hbone.Internal.FlowControl;
 using Weft.Hbone.Internal.Hpack;
@@ -19,7 +18,7 @@ namespace Weft.Hbone.Internal;
 /// WINDOW_UPDATEs), the inbound side is bounded by the windows we advertise, and everything the peer
 /// can make us queue is counted.
 /// </summary>
-internal sealed class Http2Connection
+internal sealed class Http2Connection : IHttp2FrameHandler
 {
     private const string Component = "hbone";
     // Largest chunk one stream writes per turn of the write lock, so streams interleave fairly.
@@ -29,12 +28,10 @@ internal sealed class Http2Connection
     private readonly HboneSettings _settings;
     private readonly bool _isClient;
     private readonly Func<HboneRequest, Task>? _onConnect;
-    private readonly PipeReader _input;
+    private readonly Http2FrameReader _reader;
     private readonly Http2FrameWriter _writer;
     private readonly CancellationTokenSource _abort = new();
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly HpackDecoder _decoder;
-    private readonly List<KeyValuePair<string, string>> _decoded = [];
 
     // Guarded by _sync.
     private readonly object _sync = new();
@@ -51,13 +48,6 @@ internal sealed class Http2Connection
     private TaskCompletionSource? _pingAck;
     private ulong _pingPayload;
 
-    // Read loop only.
-    private bool _peerSettingsReceived;
-    private byte[]? _headerBlock;
-    private int _headerBlockLength;
-    private int _headerStreamId;
-    private bool _headerEndStream;
-
     private readonly ConnectionOutputFlowControl _sendFlow = new(HboneSettings.DefaultWindowSize);
     private readonly InputFlowControl _receiveFlow;
 
@@ -68,9 +58,8 @@ internal sealed class Http2Connection
         _settings = settings;
         _isClient = isClient;
         _onConnect = onConnect;
-        _input = PipeReader.Create(transport, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true));
+        _reader = new Http2FrameReader(PipeReader.Create(transport, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true)), settings, isClient, this);
         _writer = new Http2FrameWriter(PipeWriter.Create(transport, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true)), _abort.Token, Abort);
-        _decoder = new HpackDecoder(4096, settings.MaxHeaderListSize);
         _receiveFlow = new InputFlowControl(settings.ConnectionWindow, Math.Min(settings.ConnectionWindow / 8, settings.StreamWindow / 4));
     }
 
@@ -135,31 +124,7 @@ internal sealed class Http2Connection
         Http2ErrorCode? goAway = null;
         try
         {
-            if (!_isClient)
-            {
-                await ReadPrefaceAsync().ConfigureAwait(false);
-            }
-            while (true)
-            {
-                ReadResult result = await _input.ReadAsync(_abort.Token).ConfigureAwait(false);
-                ReadOnlySequence<byte> buffer = result.Buffer;
-                try
-                {
-                    ProcessFrames(ref buffer);
-                }
-                finally
-                {
-                    _input.AdvanceTo(buffer.Start, buffer.End);
-                }
-                if (result.IsCompleted)
-                {
-                    if (!buffer.IsEmpty)
-                    {
-                        throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "transport closed inside a frame");
-                    }
-                    break;
-                }
-            }
+            await _reader.ReadAsync(_abort.Token).ConfigureAwait(false);
         }
         catch (Http2ConnectionException e)
         {
@@ -182,10 +147,6 @@ internal sealed class Http2Connection
                 }
             }
         }
-        finally
-        {
-            await _input.CompleteAsync().ConfigureAwait(false);
-        }
         if (goAway is { } code)
         {
             await SendGoAwayAndCloseAsync(code, failure).ConfigureAwait(false);
@@ -194,100 +155,6 @@ internal sealed class Http2Connection
         {
             Abort(failure);
         }
-    }
-
-    private async Task ReadPrefaceAsync()
-    {
-        ReadOnlySpan<byte> expected = FrameHeader.ClientPreface;
-        int length = expected.Length;
-        while (true)
-        {
-            ReadResult result = await _input.ReadAsync(_abort.Token).ConfigureAwait(false);
-            ReadOnlySequence<byte> buffer = result.Buffer;
-            int available = (int)Math.Min(buffer.Length, length);
-            byte[] seen = new byte[available];
-            buffer.Slice(0, available).CopyTo(seen);
-            // Refuse garbage as soon as it diverges, not after a full preface's worth of it.
-            if (!FrameHeader.ClientPreface[..available].SequenceEqual(seen))
-            {
-                _input.AdvanceTo(buffer.Start);
-                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "invalid connection preface");
-            }
-            if (available == length)
-            {
-                _input.AdvanceTo(buffer.GetPosition(length));
-                return;
-            }
-            _input.AdvanceTo(buffer.Start, buffer.End);
-            if (result.IsCompleted)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "transport closed inside the preface");
-            }
-        }
-    }
-
-    private void ProcessFrames(ref ReadOnlySequence<byte> buffer)
-    {
-        while (FrameHeader.TryRead(buffer, out FrameHeader header))
-        {
-            if (header.Length > _settings.MaxFrameSize)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, $"{header.Type} frame of {header.Length} bytes exceeds {_settings.MaxFrameSize}");
-            }
-            if (buffer.Length < FrameHeader.Size + header.Length)
-            {
-                return;
-            }
-            ReadOnlySequence<byte> payload = buffer.Slice(FrameHeader.Size, header.Length);
-            try
-            {
-                ProcessFrame(header, payload);
-            }
-            catch (Http2StreamException e)
-            {
-                Log.Debug(Component, $"stream {e.StreamId} error {e.Code}: {e.Message}");
-                ResetStreamFromPeerError(e.StreamId, e.Code, e.Message);
-            }
-            buffer = buffer.Slice(FrameHeader.Size + header.Length);
-        }
-    }
-
-    private void ProcessFrame(FrameHeader header, ReadOnlySequence<byte> payload)
-    {
-        if (_headerBlock is not null && (header.Type != FrameType.Continuation || header.StreamId != _headerStreamId))
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"{header.Type} frame inside a header block");
-        }
-        if (!_peerSettingsReceived && (header.Type != FrameType.Settings || header.HasFlag(FrameFlags.Ack)))
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "first frame is not SETTINGS");
-        }
-        switch (header.Type)
-        {
-            case FrameType.Data: OnData(header, payload); break;
-            case FrameType.Headers: OnHeaders(header, payload); break;
-            case FrameType.Continuation: OnContinuation(header, payload); break;
-            case FrameType.Priority: OnPriority(header); break;
-            case FrameType.RstStream: OnRstStream(header, payload); break;
-            case FrameType.Settings: OnSettings(header, payload); break;
-            case FrameType.PushPromise:
-                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "PUSH_PROMISE is not enabled");
-            case FrameType.Ping: OnPing(header, payload); break;
-            case FrameType.GoAway: OnGoAway(header, payload); break;
-            case FrameType.WindowUpdate: OnWindowUpdate(header, payload); break;
-            default:
-                // Unknown frame types are ignored (RFC 9113 section 4.1).
-                break;
-        }
-    }
-
-    private static byte FirstByte(in ReadOnlySequence<byte> payload) => payload.FirstSpan.Length > 0 ? payload.FirstSpan[0] : payload.Slice(0, 1).ToArray()[0];
-
-    private static uint ReadUInt32(in ReadOnlySequence<byte> payload, int offset)
-    {
-        Span<byte> bytes = stackalloc byte[4];
-        payload.Slice(offset, 4).CopyTo(bytes);
-        return BinaryPrimitives.ReadUInt32BigEndian(bytes);
     }
 
     /// <summary>A stream id the peer could not have used yet (never opened by either side).</summary>
@@ -318,45 +185,27 @@ internal sealed class Http2Connection
         }
     }
 
-    private void OnData(FrameHeader header, ReadOnlySequence<byte> payload)
+    void IHttp2FrameHandler.OnData(int streamId, int frameLength, in ReadOnlySequence<byte> data, bool endStream)
     {
-        if (header.StreamId == 0)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "DATA on stream 0");
-        }
-        int padding = 0;
-        if (header.HasFlag(FrameFlags.Padded))
-        {
-            if (header.Length < 1)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "padded DATA without pad length");
-            }
-            padding = FirstByte(payload);
-            if (padding >= header.Length)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "DATA padding exceeds payload");
-            }
-            payload = payload.Slice(1, header.Length - 1 - padding);
-        }
         // The whole frame counts against both windows, padding included.
-        if (!_receiveFlow.TryReceive(header.Length))
+        if (!_receiveFlow.TryReceive(frameLength))
         {
             throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, "peer overran the connection window");
         }
-        HboneStream? stream = FindStream(header.StreamId);
+        HboneStream? stream = FindStream(streamId);
         if (stream is null)
         {
-            if (IsIdle(header.StreamId))
+            if (IsIdle(streamId))
             {
-                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"DATA on idle stream {header.StreamId}");
+                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"DATA on idle stream {streamId}");
             }
             // Closed or reset by us: frames in flight still arrive. Drop them, keep the connection window open.
-            AddConnectionCredit(header.Length);
+            AddConnectionCredit(frameLength);
             return;
         }
-        if (!stream.ReceiveFlow.TryReceive(header.Length))
+        if (!stream.ReceiveFlow.TryReceive(frameLength))
         {
-            throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, $"peer overran the window of stream {header.StreamId}");
+            throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, $"peer overran the window of stream {streamId}");
         }
         bool remoteEnded;
         bool responded;
@@ -367,138 +216,39 @@ internal sealed class Http2Connection
         }
         if (remoteEnded)
         {
-            AddConnectionCredit(header.Length);
-            throw new Http2StreamException(header.StreamId, Http2ErrorCode.StreamClosed, "DATA after END_STREAM");
+            AddConnectionCredit(frameLength);
+            throw new Http2StreamException(streamId, Http2ErrorCode.StreamClosed, "DATA after END_STREAM");
         }
         if (_isClient && !responded)
         {
-            AddConnectionCredit(header.Length);
-            throw new Http2StreamException(header.StreamId, Http2ErrorCode.ProtocolError, "DATA before the response");
+            AddConnectionCredit(frameLength);
+            throw new Http2StreamException(streamId, Http2ErrorCode.ProtocolError, "DATA before the response");
         }
-        int overhead = header.Length - (int)payload.Length;
-        int discarded = payload.IsEmpty ? 0 : stream.Deliver(payload);
+        int overhead = frameLength - (int)data.Length;
+        int discarded = data.IsEmpty ? 0 : stream.Deliver(data);
         if (overhead + discarded > 0)
         {
             OnConsumed(stream, overhead + discarded);
         }
-        if (header.HasFlag(FrameFlags.EndStream))
+        if (endStream)
         {
             OnRemoteEnd(stream);
         }
     }
 
-    private void OnHeaders(FrameHeader header, ReadOnlySequence<byte> payload)
+    void IHttp2FrameHandler.OnHeaders(int streamId, bool endStream, List<KeyValuePair<string, string>> fields)
     {
-        if (header.StreamId == 0)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "HEADERS on stream 0");
-        }
-        int offset = 0;
-        int padding = 0;
-        if (header.HasFlag(FrameFlags.Padded))
-        {
-            if (header.Length < 1)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "padded HEADERS without pad length");
-            }
-            padding = FirstByte(payload);
-            offset = 1;
-        }
-        if (header.HasFlag(FrameFlags.Priority))
-        {
-            offset += 5;
-        }
-        if (offset + padding > header.Length)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "HEADERS padding or priority exceeds payload");
-        }
-        _headerStreamId = header.StreamId;
-        _headerEndStream = header.HasFlag(FrameFlags.EndStream);
-        _headerBlockLength = 0;
-        _headerBlock = ArrayPool<byte>.Shared.Rent(Math.Min(HeaderBlockLimit, 4096));
-        AppendHeaderFragment(payload.Slice(offset, header.Length - offset - padding));
-        if (header.HasFlag(FrameFlags.EndHeaders))
-        {
-            CompleteHeaderBlock();
-        }
-    }
-
-    private void OnContinuation(FrameHeader header, ReadOnlySequence<byte> payload)
-    {
-        if (_headerBlock is null)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "CONTINUATION without HEADERS");
-        }
-        AppendHeaderFragment(payload);
-        if (header.HasFlag(FrameFlags.EndHeaders))
-        {
-            CompleteHeaderBlock();
-        }
-    }
-
-    // Compressed blocks may exceed the decoded size only through Huffman expansion of odd bytes (up to
-    // 30 bits per octet); anything past this is refused before it is buffered.
-    private int HeaderBlockLimit => _settings.MaxHeaderListSize * 4 + 1024;
-
-    private void AppendHeaderFragment(ReadOnlySequence<byte> fragment)
-    {
-        int needed = _headerBlockLength + (int)fragment.Length;
-        if (needed > HeaderBlockLimit)
-        {
-            ReleaseHeaderBlock();
-            throw new Http2ConnectionException(Http2ErrorCode.EnhanceYourCalm, $"header block larger than {HeaderBlockLimit} bytes");
-        }
-        if (needed > _headerBlock!.Length)
-        {
-            byte[] bigger = ArrayPool<byte>.Shared.Rent(Math.Min(Math.Max(needed, _headerBlock.Length * 2), HeaderBlockLimit));
-            _headerBlock.AsSpan(0, _headerBlockLength).CopyTo(bigger);
-            ArrayPool<byte>.Shared.Return(_headerBlock);
-            _headerBlock = bigger;
-        }
-        fragment.CopyTo(_headerBlock.AsSpan(_headerBlockLength));
-        _headerBlockLength = needed;
-    }
-
-    private void ReleaseHeaderBlock()
-    {
-        if (_headerBlock is not null)
-        {
-            ArrayPool<byte>.Shared.Return(_headerBlock);
-            _headerBlock = null;
-        }
-    }
-
-    private void CompleteHeaderBlock()
-    {
-        _decoded.Clear();
-        try
-        {
-            // Always decode: HPACK state must stay in step even for streams we then refuse.
-            _decoder.Decode(_headerBlock.AsSpan(0, _headerBlockLength), _decoded);
-        }
-        catch (HpackException e)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.CompressionError, e.Message);
-        }
-        catch (HeaderListTooLargeException e)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.EnhanceYourCalm, e.Message);
-        }
-        finally
-        {
-            ReleaseHeaderBlock();
-        }
         if (_isClient)
         {
-            OnResponseHeaders(_headerStreamId, _headerEndStream);
+            OnResponseHeaders(streamId, endStream, fields);
         }
         else
         {
-            OnRequestHeaders(_headerStreamId, _headerEndStream);
+            OnRequestHeaders(streamId, endStream, fields);
         }
     }
 
-    private void OnRequestHeaders(int streamId, bool endStream)
+    private void OnRequestHeaders(int streamId, bool endStream, List<KeyValuePair<string, string>> decoded)
     {
         if ((streamId & 1) == 0)
         {
@@ -520,7 +270,7 @@ internal sealed class Http2Connection
             return;
         }
         _lastPeerStreamId = streamId;
-        string? problem = HeaderRules.ValidateConnectRequest(_decoded, out string authority, out var fields);
+        string? problem = HeaderRules.ValidateConnectRequest(decoded, out string authority, out var fields);
         if (problem is not null)
         {
             throw new Http2StreamException(streamId, Http2ErrorCode.ProtocolError, problem);
@@ -590,7 +340,7 @@ internal sealed class Http2Connection
         }
     }
 
-    private void OnResponseHeaders(int streamId, bool endStream)
+    private void OnResponseHeaders(int streamId, bool endStream, List<KeyValuePair<string, string>> decoded)
     {
         HboneStream? stream = FindStream(streamId);
         if (stream is null)
@@ -615,7 +365,7 @@ internal sealed class Http2Connection
             OnRemoteEnd(stream);
             return;
         }
-        string? problem = HeaderRules.ValidateResponse(_decoded, out int status);
+        string? problem = HeaderRules.ValidateResponse(decoded, out int status);
         if (problem is not null)
         {
             throw new Http2StreamException(streamId, Http2ErrorCode.ProtocolError, problem);
@@ -647,104 +397,52 @@ internal sealed class Http2Connection
         ResetStream(stream, Http2ErrorCode.Cancel, refused);
     }
 
-    private void OnPriority(FrameHeader header)
+    void IHttp2FrameHandler.OnRstStream(int streamId, Http2ErrorCode code)
     {
-        if (header.StreamId == 0)
+        if (IsIdle(streamId))
         {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "PRIORITY on stream 0");
+            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"RST_STREAM on idle stream {streamId}");
         }
-        if (header.Length != 5)
-        {
-            throw new Http2StreamException(header.StreamId, Http2ErrorCode.FrameSizeError, "PRIORITY length is not 5");
-        }
-    }
-
-    private void OnRstStream(FrameHeader header, ReadOnlySequence<byte> payload)
-    {
-        if (header.StreamId == 0)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "RST_STREAM on stream 0");
-        }
-        if (header.Length != 4)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "RST_STREAM length is not 4");
-        }
-        if (IsIdle(header.StreamId))
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"RST_STREAM on idle stream {header.StreamId}");
-        }
-        HboneStream? stream = FindStream(header.StreamId);
+        HboneStream? stream = FindStream(streamId);
         if (stream is null)
         {
             return;
         }
-        var code = (Http2ErrorCode)ReadUInt32(payload, 0);
-        var error = new HboneException($"stream {header.StreamId} reset by peer ({code})", errorCode: code)
+        var error = new HboneException($"stream {streamId} reset by peer ({code})", errorCode: code)
         {
             IsRetryable = code == Http2ErrorCode.RefusedStream,
         };
         CloseStream(stream, error);
     }
 
-    private void OnSettings(FrameHeader header, ReadOnlySequence<byte> payload)
+    void IHttp2FrameHandler.OnSetting(SettingId id, uint value)
     {
-        if (header.StreamId != 0)
+        switch (id)
         {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "SETTINGS on a stream");
+            case SettingId.MaxConcurrentStreams:
+                lock (_sync)
+                {
+                    _peerMaxConcurrentStreams = value;
+                }
+                break;
+            case SettingId.InitialWindowSize:
+                ChangeInitialWindow((int)value);
+                break;
+            case SettingId.MaxFrameSize:
+                _writer.PeerMaxFrameSize = (int)value;
+                break;
+            default:
+                // HEADER_TABLE_SIZE does not matter to an encoder that never indexes; unknown ids are ignored.
+                break;
         }
-        if (header.HasFlag(FrameFlags.Ack))
-        {
-            if (header.Length != 0)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "SETTINGS ACK with a payload");
-            }
-            return;
-        }
-        if (header.Length % 6 != 0)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "SETTINGS length is not a multiple of 6");
-        }
-        _peerSettingsReceived = true;
-        Span<byte> entry = stackalloc byte[6];
-        for (int offset = 0; offset < header.Length; offset += 6)
-        {
-            payload.Slice(offset, 6).CopyTo(entry);
-            var id = (SettingId)BinaryPrimitives.ReadUInt16BigEndian(entry);
-            uint value = BinaryPrimitives.ReadUInt32BigEndian(entry[2..]);
-            switch (id)
-            {
-                case SettingId.EnablePush:
-                    if (value > 1 || (_isClient && value == 1))
-                    {
-                        throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"SETTINGS_ENABLE_PUSH {value}");
-                    }
-                    break;
-                case SettingId.MaxConcurrentStreams:
-                    lock (_sync)
-                    {
-                        _peerMaxConcurrentStreams = value;
-                    }
-                    break;
-                case SettingId.InitialWindowSize:
-                    if (value > FrameHeader.MaxWindow)
-                    {
-                        throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, $"SETTINGS_INITIAL_WINDOW_SIZE {value}");
-                    }
-                    ChangeInitialWindow((int)value);
-                    break;
-                case SettingId.MaxFrameSize:
-                    if (value < FrameHeader.MinMaxFrameSize || value > FrameHeader.MaxMaxFrameSize)
-                    {
-                        throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"SETTINGS_MAX_FRAME_SIZE {value}");
-                    }
-                    _writer.PeerMaxFrameSize = (int)value;
-                    break;
-                default:
-                    // HEADER_TABLE_SIZE does not matter to an encoder that never indexes; unknown ids are ignored.
-                    break;
-            }
-        }
-        _writer.EnqueueSettingsAck();
+    }
+
+    void IHttp2FrameHandler.OnSettingsApplied() => _writer.EnqueueSettingsAck();
+
+    void IHttp2FrameHandler.OnStreamError(Http2StreamException e)
+    {
+        Log.Debug(Component, $"stream {e.StreamId} error {e.Code}: {e.Message}");
+        ResetStreamFromPeerError(e.StreamId, e.Code, e.Message);
     }
 
     private void ChangeInitialWindow(int value)
@@ -757,20 +455,9 @@ internal sealed class Http2Connection
         }
     }
 
-    private void OnPing(FrameHeader header, ReadOnlySequence<byte> payload)
+    void IHttp2FrameHandler.OnPing(ulong opaque, bool ack)
     {
-        if (header.StreamId != 0)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "PING on a stream");
-        }
-        if (header.Length != 8)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "PING length is not 8");
-        }
-        Span<byte> bytes = stackalloc byte[8];
-        payload.CopyTo(bytes);
-        ulong opaque = BinaryPrimitives.ReadUInt64BigEndian(bytes);
-        if (header.HasFlag(FrameFlags.Ack))
+        if (ack)
         {
             lock (_sync)
             {
@@ -784,18 +471,8 @@ internal sealed class Http2Connection
         _writer.EnqueuePingAck(opaque);
     }
 
-    private void OnGoAway(FrameHeader header, ReadOnlySequence<byte> payload)
+    void IHttp2FrameHandler.OnGoAway(int lastStreamId, Http2ErrorCode code)
     {
-        if (header.StreamId != 0)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "GOAWAY on a stream");
-        }
-        if (header.Length < 8)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "GOAWAY shorter than 8");
-        }
-        int lastStreamId = (int)(ReadUInt32(payload, 0) & 0x7FFF_FFFF);
-        var code = (Http2ErrorCode)ReadUInt32(payload, 4);
         Log.Debug(Component, $"GOAWAY from peer: last stream {lastStreamId}, {code}");
         List<HboneStream> refused = [];
         lock (_sync)
@@ -818,23 +495,18 @@ internal sealed class Http2Connection
         CloseIfDrained();
     }
 
-    private void OnWindowUpdate(FrameHeader header, ReadOnlySequence<byte> payload)
+    void IHttp2FrameHandler.OnWindowUpdate(int streamId, int increment)
     {
-        if (header.Length != 4)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "WINDOW_UPDATE length is not 4");
-        }
-        int increment = (int)(ReadUInt32(payload, 0) & 0x7FFF_FFFF);
-        if (header.StreamId == 0)
+        if (streamId == 0)
         {
             _sendFlow.Increase(increment);
             return;
         }
-        if (IsIdle(header.StreamId))
+        if (IsIdle(streamId))
         {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"WINDOW_UPDATE on idle stream {header.StreamId}");
+            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"WINDOW_UPDATE on idle stream {streamId}");
         }
-        HboneStream? stream = FindStream(header.StreamId);
+        HboneStream? stream = FindStream(streamId);
         if (stream is null)
         {
             return;
