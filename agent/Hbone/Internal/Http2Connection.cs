@@ -30,6 +30,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     private readonly Func<HboneRequest, Task>? _onConnect;
     private readonly Http2FrameReader _reader;
     private readonly Http2FrameWriter _writer;
+    private readonly Keepalive _keepalive;
     private readonly CancellationTokenSource _abort = new();
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -45,8 +46,6 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     private int _goAwayLastStreamId = int.MaxValue;
     private bool _closed;
     private int _handlersInFlight;
-    private TaskCompletionSource? _pingAck;
-    private ulong _pingPayload;
 
     private readonly ConnectionOutputFlowControl _sendFlow = new(HboneSettings.DefaultWindowSize);
     private readonly InputFlowControl _receiveFlow;
@@ -60,6 +59,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         _onConnect = onConnect;
         _reader = new Http2FrameReader(PipeReader.Create(transport, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true)), settings, isClient, this);
         _writer = new Http2FrameWriter(PipeWriter.Create(transport, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true)), _abort.Token, Abort);
+        _keepalive = new Keepalive(settings.KeepaliveInterval, settings.KeepaliveTimeout, _writer.EnqueuePing, Abort);
         _receiveFlow = new InputFlowControl(settings.ConnectionWindow, Math.Min(settings.ConnectionWindow / 8, settings.StreamWindow / 4));
     }
 
@@ -88,7 +88,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     public async Task RunAsync()
     {
         Task control = _writer.RunControlLoopAsync();
-        Task keepalive = KeepaliveLoopAsync();
+        Task keepalive = _keepalive.RunAsync(_abort.Token);
         await ReadLoopAsync().ConfigureAwait(false);
         await control.ConfigureAwait(false);
         await keepalive.ConfigureAwait(false);
@@ -459,13 +459,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     {
         if (ack)
         {
-            lock (_sync)
-            {
-                if (_pingAck is not null && opaque == _pingPayload)
-                {
-                    _pingAck.TrySetResult();
-                }
-            }
+            _keepalive.OnPingAck(opaque);
             return;
         }
         _writer.EnqueuePingAck(opaque);
@@ -712,42 +706,6 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         }).ConfigureAwait(false);
     }
 
-    private async Task KeepaliveLoopAsync()
-    {
-        if (_settings.KeepaliveInterval == Timeout.InfiniteTimeSpan || _settings.KeepaliveInterval <= TimeSpan.Zero)
-        {
-            return;
-        }
-        ulong counter = 0;
-        try
-        {
-            while (true)
-            {
-                await Task.Delay(_settings.KeepaliveInterval, _abort.Token).ConfigureAwait(false);
-                var ack = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                lock (_sync)
-                {
-                    _pingAck = ack;
-                    _pingPayload = ++counter;
-                }
-                _writer.EnqueuePing(counter);
-                try
-                {
-                    await ack.Task.WaitAsync(_settings.KeepaliveTimeout, _abort.Token).ConfigureAwait(false);
-                }
-                catch (TimeoutException)
-                {
-                    Log.Debug(Component, "keepalive PING not acknowledged; closing the connection");
-                    Abort(new HboneException($"keepalive PING not acknowledged within {_settings.KeepaliveTimeout}"));
-                    return;
-                }
-            }
-        }
-        catch (OperationCanceledException)
-        {
-        }
-    }
-
     // ---- shutdown ------------------------------------------------------------------------------
 
     /// <summary>Best effort GOAWAY within the close timeout, then close.</summary>
@@ -783,7 +741,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
             }
             // Writers of streams already gone from the table are failed too, never left waiting.
             _sendFlow.Abort(streamError);
-            _pingAck?.TrySetCanceled();
+            _keepalive.Stop();
         }
         _abort.Cancel();
         _writer.CompleteControl();
