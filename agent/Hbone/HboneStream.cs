@@ -66,12 +66,83 @@ public sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     /// </summary>
     public CancellationToken Aborted => _aborted.Token;
 
-    // Connection-owned state, guarded by the connection's lock.
-    internal bool LocalEnded;
-    internal bool RemoteEnded;
-    internal bool Closed;
-    internal bool ResponseReceived;
+    // Where the stream is in its life (RFC 9113 5.1); the stream's own lock guards it, the connection asks and tells.
+    private readonly object _stateSync = new();
+    private bool _localEnded;        // under _stateSync
+    private bool _remoteEnded;       // under _stateSync
+    private bool _closed;            // under _stateSync
+    private bool _responseReceived;  // under _stateSync
+
+    /// <summary>Client: completes on a 2xx response, fails on any other or on a reset.</summary>
     internal readonly TaskCompletionSource Response = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    internal bool IsClosed
+    {
+        get { lock (_stateSync) { return _closed; } }
+    }
+
+    internal bool IsRemoteEnded
+    {
+        get { lock (_stateSync) { return _remoteEnded; } }
+    }
+
+    /// <summary>Nothing more may come from the peer: it ended its side, or the stream is closed.</summary>
+    internal bool IsRemoteEndedOrClosed
+    {
+        get { lock (_stateSync) { return _remoteEnded || _closed; } }
+    }
+
+    internal bool IsResponseReceived
+    {
+        get { lock (_stateSync) { return _responseReceived; } }
+    }
+
+    internal void MarkResponseReceived()
+    {
+        lock (_stateSync)
+        {
+            _responseReceived = true;
+        }
+    }
+
+    /// <summary>The peer sent END_STREAM; true when that closed the stream (our side had ended already).</summary>
+    internal bool EndRemote()
+    {
+        lock (_stateSync)
+        {
+            _remoteEnded = true;
+            return _localEnded && TryCloseLocked();
+        }
+    }
+
+    /// <summary>We sent END_STREAM; true when that closed the stream (the peer's side had ended already).</summary>
+    internal bool EndLocal()
+    {
+        lock (_stateSync)
+        {
+            _localEnded = true;
+            return _remoteEnded && TryCloseLocked();
+        }
+    }
+
+    /// <summary>Closes the stream (reset, refusal, connection loss); true only for the call that closed it.</summary>
+    internal bool TryClose()
+    {
+        lock (_stateSync)
+        {
+            return TryCloseLocked();
+        }
+    }
+
+    private bool TryCloseLocked()
+    {
+        if (_closed)
+        {
+            return false;
+        }
+        _closed = true;
+        return true;
+    }
 
     /// <summary>What the peer still lets us send; changed only through the connection's send flow control.</summary>
     internal StreamOutputFlowControl SendFlow { get; }

@@ -207,13 +207,8 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         {
             throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, $"peer overran the window of stream {streamId}");
         }
-        bool remoteEnded;
-        bool responded;
-        lock (_sync)
-        {
-            remoteEnded = stream.RemoteEnded;
-            responded = stream.ResponseReceived;
-        }
+        bool remoteEnded = stream.IsRemoteEnded;
+        bool responded = stream.IsResponseReceived;
         if (remoteEnded)
         {
             AddConnectionCredit(frameLength);
@@ -351,11 +346,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
             }
             return; // a stream we already reset
         }
-        bool responded;
-        lock (_sync)
-        {
-            responded = stream.ResponseReceived;
-        }
+        bool responded = stream.IsResponseReceived;
         if (responded)
         {
             if (!endStream)
@@ -380,10 +371,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         }
         if (status is >= 200 and < 300)
         {
-            lock (_sync)
-            {
-                stream.ResponseReceived = true;
-            }
+            stream.MarkResponseReceived();
             stream.StartSending();
             stream.Response.TrySetResult();
             if (endStream)
@@ -515,8 +503,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         bool closed;
         lock (_sync)
         {
-            stream.RemoteEnded = true;
-            closed = stream.LocalEnded && RemoveLocked(stream);
+            closed = stream.EndRemote() && RemoveClosedLocked(stream);
         }
         stream.CompleteInbound(null);
         if (closed)
@@ -530,8 +517,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         bool closed;
         lock (_sync)
         {
-            stream.LocalEnded = true;
-            closed = stream.RemoteEnded && RemoveLocked(stream);
+            closed = stream.EndLocal() && RemoveClosedLocked(stream);
         }
         if (closed)
         {
@@ -539,13 +525,11 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         }
     }
 
-    private bool RemoveLocked(HboneStream stream)
+    private bool RemoveLocked(HboneStream stream) => stream.TryClose() && RemoveClosedLocked(stream);
+
+    /// <summary>Takes a stream that has just closed out of the table; its writer, if waiting for credit, fails.</summary>
+    private bool RemoveClosedLocked(HboneStream stream)
     {
-        if (stream.Closed)
-        {
-            return false;
-        }
-        stream.Closed = true;
         _streams.Remove(stream.StreamId);
         _sendFlow.Complete(stream.SendFlow, new HboneException($"stream {stream.StreamId} closed"));
         return true;
@@ -592,12 +576,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     /// <summary>Called when the application is done with a stream: reset it if it is still open.</summary>
     public void ReleaseStream(HboneStream stream)
     {
-        bool open;
-        lock (_sync)
-        {
-            open = !stream.Closed;
-        }
-        if (open)
+        if (!stream.IsClosed)
         {
             ResetStream(stream, Http2ErrorCode.Cancel, new HboneException($"stream {stream.StreamId} disposed", errorCode: Http2ErrorCode.Cancel));
         }
@@ -626,12 +605,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     public void OnConsumed(HboneStream stream, int count)
     {
         AddConnectionCredit(count);
-        bool remoteEnded;
-        lock (_sync)
-        {
-            remoteEnded = stream.RemoteEnded || stream.Closed;
-        }
-        if (remoteEnded)
+        if (stream.IsRemoteEndedOrClosed)
         {
             return;
         }
@@ -696,12 +670,9 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         HpackEncoder.EncodeField(":status", status.ToString(System.Globalization.CultureInfo.InvariantCulture), block);
         await _writer.WriteResponseHeadersAsync(stream, block.WrittenMemory, endStream, () =>
         {
-            lock (_sync)
+            if (stream.IsClosed)
             {
-                if (stream.Closed)
-                {
-                    throw new HboneException($"stream {stream.StreamId} closed before the response");
-                }
+                throw new HboneException($"stream {stream.StreamId} closed before the response");
             }
         }).ConfigureAwait(false);
     }
@@ -736,7 +707,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
             _streams.Clear();
             foreach (HboneStream stream in streams)
             {
-                stream.Closed = true;
+                stream.TryClose();
                 _sendFlow.Complete(stream.SendFlow, new HboneException("connection closed"));
             }
             // Writers of streams already gone from the table are failed too, never left waiting.
