@@ -36,12 +36,10 @@ internal sealed class Http2Connection : IHttp2FrameHandler
 
     // Guarded by _sync.
     private readonly object _sync = new();
-    private readonly Dictionary<int, HboneStream> _streams = [];
+    private readonly Http2StreamTable _streams;
     private readonly HashSet<Task> _handlers = [];
     private int _peerInitialWindow = HboneSettings.DefaultWindowSize;
     private long _peerMaxConcurrentStreams = uint.MaxValue;
-    private int _nextStreamId = 1;
-    private int _lastPeerStreamId;
     private bool _goAwayReceived;
     private int _goAwayLastStreamId = int.MaxValue;
     private bool _closed;
@@ -57,6 +55,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         _settings = settings;
         _isClient = isClient;
         _onConnect = onConnect;
+        _streams = new Http2StreamTable(isClient);
         _reader = new Http2FrameReader(PipeReader.Create(transport, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true)), settings, isClient, this);
         _writer = new Http2FrameWriter(PipeWriter.Create(transport, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true)), _abort.Token, Abort);
         _keepalive = new Keepalive(settings.KeepaliveInterval, settings.KeepaliveTimeout, _writer.EnqueuePing, Abort);
@@ -76,7 +75,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     }
 
     private bool CanOpenStreamLocked() =>
-        !_closed && !_goAwayReceived && _nextStreamId > 0 &&
+        !_closed && !_goAwayReceived && _streams.HasFreeStreamId &&
         _streams.Count < Math.Min(_settings.MaxConcurrentStreams, _peerMaxConcurrentStreams);
 
     // ---- start-up -------------------------------------------------------------------------------
@@ -160,20 +159,9 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     /// <summary>A stream id the peer could not have used yet (never opened by either side).</summary>
     private bool IsIdle(int streamId)
     {
-        bool peerInitiated = (streamId & 1) == (_isClient ? 0 : 1);
-        if (peerInitiated)
-        {
-            // Clients here never accept pushed (even) streams, so those are never opened.
-            return _isClient || streamId > _lastPeerStreamId;
-        }
-        if (!_isClient)
-        {
-            return true; // the server opens no streams
-        }
         lock (_sync)
         {
-            // _nextStreamId turns negative once every id has been used.
-            return _nextStreamId > 0 && streamId >= _nextStreamId;
+            return _streams.IsIdle(streamId);
         }
     }
 
@@ -181,7 +169,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     {
         lock (_sync)
         {
-            return _streams.GetValueOrDefault(streamId);
+            return _streams.Find(streamId);
         }
     }
 
@@ -249,7 +237,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         {
             throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"client used even stream id {streamId}");
         }
-        if (streamId <= _lastPeerStreamId)
+        if (streamId <= _streams.LastPeerStreamId)
         {
             HboneStream? existing = FindStream(streamId);
             if (existing is null)
@@ -264,7 +252,10 @@ internal sealed class Http2Connection : IHttp2FrameHandler
             OnRemoteEnd(existing);
             return;
         }
-        _lastPeerStreamId = streamId;
+        lock (_sync)
+        {
+            _streams.AcceptPeerStreamId(streamId);
+        }
         string? problem = HeaderRules.ValidateConnectRequest(decoded, out string authority, out var fields);
         if (problem is not null)
         {
@@ -286,7 +277,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
                 throw new Http2StreamException(streamId, Http2ErrorCode.RefusedStream, "too many concurrent streams");
             }
             stream = new HboneStream(this, streamId, _peerInitialWindow, _settings);
-            _streams.Add(streamId, stream);
+            _streams.Add(stream);
             _handlersInFlight++;
             request = new HboneRequest(this, stream, authority, fields);
             // The handler runs off the read loop; the loop only records it.
@@ -439,7 +430,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         {
             long delta = value - (long)_peerInitialWindow;
             _peerInitialWindow = value;
-            _sendFlow.ChangeInitialWindow(_streams.Values.Select(static s => s.SendFlow), delta);
+            _sendFlow.ChangeInitialWindow(_streams.Streams.Select(static s => s.SendFlow), delta);
         }
     }
 
@@ -461,10 +452,9 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         {
             _goAwayReceived = true;
             _goAwayLastStreamId = Math.Min(_goAwayLastStreamId, lastStreamId);
-            foreach (HboneStream stream in _streams.Values)
+            foreach (HboneStream stream in _streams.Streams)
             {
-                bool ours = (stream.StreamId & 1) == (_isClient ? 1 : 0);
-                if (ours && stream.StreamId > lastStreamId)
+                if (_streams.IsOurs(stream.StreamId) && stream.StreamId > lastStreamId)
                 {
                     refused.Add(stream);
                 }
@@ -530,7 +520,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     /// <summary>Takes a stream that has just closed out of the table; its writer, if waiting for credit, fails.</summary>
     private bool RemoveClosedLocked(HboneStream stream)
     {
-        _streams.Remove(stream.StreamId);
+        _streams.Remove(stream);
         _sendFlow.Complete(stream.SendFlow, new HboneException($"stream {stream.StreamId} closed"));
         return true;
     }
@@ -654,10 +644,8 @@ internal sealed class Http2Connection : IHttp2FrameHandler
                 {
                     throw new HboneException(_closed || _goAwayReceived ? "connection is closing" : "connection has no free stream", errorCode: Http2ErrorCode.RefusedStream) { IsRetryable = true };
                 }
-                int id = _nextStreamId;
-                _nextStreamId = id + 2; // turns negative after 2^31-1: no more streams
-                var stream = new HboneStream(this, id, _peerInitialWindow, _settings);
-                _streams.Add(id, stream);
+                var stream = new HboneStream(this, _streams.TakeStreamId(), _peerInitialWindow, _settings);
+                _streams.Add(stream);
                 return stream;
             }
         }, block.WrittenMemory, ct).ConfigureAwait(false);
@@ -685,7 +673,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         int lastStreamId;
         lock (_sync)
         {
-            lastStreamId = _lastPeerStreamId;
+            lastStreamId = _streams.LastPeerStreamId;
         }
         await _writer.TryWriteGoAwayAsync(lastStreamId, code, _settings.CloseTimeout).ConfigureAwait(false);
         Abort(failure);
@@ -703,8 +691,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
                 return;
             }
             _closed = true;
-            streams = [.. _streams.Values];
-            _streams.Clear();
+            streams = _streams.RemoveAll();
             foreach (HboneStream stream in streams)
             {
                 stream.TryClose();
