@@ -6,13 +6,13 @@ using Weft.Hbone.Internal.Hpack;
 namespace Weft.Hbone.Internal;
 
 /// <summary>
-/// One HTTP/2 connection carrying CONNECT streams, for either role.
+/// One HTTP/2 connection carrying CONNECT streams, for either role: it decides, its parts do the work.
 /// <code>
-///   transport ──PipeReader──► read loop ──► frames: DATA → stream inbound pipes
-///                                        │          HEADERS → new stream (server) / response (client)
-///                                        └─► control queue (ACKs, RST, WINDOW_UPDATE) ──┐
-///   stream send loops ── DATA (within windows) ──► write lock ──► PipeWriter ──► transport
-///   control loop ───────────────────────────────────┘
+///   transport ──► Http2FrameReader ──IHttp2FrameHandler──► this: stream table, SETTINGS, GOAWAY, new streams
+///                  (framing, checks, HPACK)                  │   DATA → stream inbound pipes (InputFlowControl)
+///                                                            └─► Http2FrameWriter control queue (ACK, RST, WINDOW_UPDATE)
+///   stream send loops ── ConnectionOutputFlowControl (both windows) ──► Http2FrameWriter (write lock) ──► transport
+///   Keepalive ── PING every interval, Abort when unanswered
 /// </code>
 /// The read loop never waits for a write (a peer that does not read cannot stop us from reading its
 /// WINDOW_UPDATEs), the inbound side is bounded by the windows we advertise, and everything the peer
