@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using Weft.Hbone.Internal;
+using Weft.Hbone.Internal.FlowControl;
 
 namespace Weft.Hbone;
 
@@ -26,7 +27,6 @@ public sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     private bool _inboundCompleted;   // under _inboundSync
     private bool _inputAbandoned;     // under _inboundSync
     private long _buffered;           // delivered, not yet consumed; under _inboundSync
-    private int _pendingCredit;
     private readonly object _sendSync = new();
     private Task? _sendLoop;          // under _sendSync
     private bool _outboundAborted;    // under _sendSync
@@ -39,9 +39,8 @@ public sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     {
         _connection = connection;
         StreamId = streamId;
-        SendWindow = peerInitialWindow;
-        ReceiveWindow = settings.StreamWindow;
-        CreditThreshold = Math.Max(settings.StreamWindow / 4, 1);
+        SendFlow = new StreamOutputFlowControl(streamId, peerInitialWindow);
+        ReceiveFlow = new InputFlowControl(settings.StreamWindow, settings.StreamWindow / 4);
         // The read loop never waits on the inbound pipe: the stream window bounds what it can hold.
         _inbound = new Pipe(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
         _outbound = new Pipe(new PipeOptions(
@@ -67,18 +66,89 @@ public sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     /// </summary>
     public CancellationToken Aborted => _aborted.Token;
 
-    // Connection-owned state, guarded by the connection's lock.
-    internal long SendWindow;
-    internal TaskCompletionSource? WindowWaiter;
-    internal bool LocalEnded;
-    internal bool RemoteEnded;
-    internal bool Closed;
-    internal bool ResponseReceived;
+    // Where the stream is in its life (RFC 9113 5.1); the stream's own lock guards it, the connection asks and tells.
+    private readonly object _stateSync = new();
+    private bool _localEnded;        // under _stateSync
+    private bool _remoteEnded;       // under _stateSync
+    private bool _closed;            // under _stateSync
+    private bool _responseReceived;  // under _stateSync
+
+    /// <summary>Client: completes on a 2xx response, fails on any other or on a reset.</summary>
     internal readonly TaskCompletionSource Response = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    // Receive accounting: the read loop subtracts, consumption adds back when a WINDOW_UPDATE goes out.
-    internal int ReceiveWindow;
-    internal readonly int CreditThreshold;
+    internal bool IsClosed
+    {
+        get { lock (_stateSync) { return _closed; } }
+    }
+
+    internal bool IsRemoteEnded
+    {
+        get { lock (_stateSync) { return _remoteEnded; } }
+    }
+
+    /// <summary>Nothing more may come from the peer: it ended its side, or the stream is closed.</summary>
+    internal bool IsRemoteEndedOrClosed
+    {
+        get { lock (_stateSync) { return _remoteEnded || _closed; } }
+    }
+
+    internal bool IsResponseReceived
+    {
+        get { lock (_stateSync) { return _responseReceived; } }
+    }
+
+    internal void MarkResponseReceived()
+    {
+        lock (_stateSync)
+        {
+            _responseReceived = true;
+        }
+    }
+
+    /// <summary>The peer sent END_STREAM; true when that closed the stream (our side had ended already).</summary>
+    internal bool EndRemote()
+    {
+        lock (_stateSync)
+        {
+            _remoteEnded = true;
+            return _localEnded && TryCloseLocked();
+        }
+    }
+
+    /// <summary>We sent END_STREAM; true when that closed the stream (the peer's side had ended already).</summary>
+    internal bool EndLocal()
+    {
+        lock (_stateSync)
+        {
+            _localEnded = true;
+            return _remoteEnded && TryCloseLocked();
+        }
+    }
+
+    /// <summary>Closes the stream (reset, refusal, connection loss); true only for the call that closed it.</summary>
+    internal bool TryClose()
+    {
+        lock (_stateSync)
+        {
+            return TryCloseLocked();
+        }
+    }
+
+    private bool TryCloseLocked()
+    {
+        if (_closed)
+        {
+            return false;
+        }
+        _closed = true;
+        return true;
+    }
+
+    /// <summary>What the peer still lets us send; changed only through the connection's send flow control.</summary>
+    internal StreamOutputFlowControl SendFlow { get; }
+
+    /// <summary>What we still let the peer send: the read loop takes, consumption gives back as WINDOW_UPDATE.</summary>
+    internal InputFlowControl ReceiveFlow { get; }
     internal bool ResetSent => _resetSent;
 
     /// <summary>Abandons the stream now: RST_STREAM with <paramref name="errorCode"/> (default CANCEL), both directions fail.</summary>
@@ -271,19 +341,6 @@ public sealed class HboneStream : IDuplexPipe, IAsyncDisposable
         {
             _connection.OnConsumed(this, (int)unread);
         }
-    }
-
-    /// <summary>Adds consumed bytes to the pending stream credit; returns the increment to send now, or 0.</summary>
-    internal int TakeCredit(int count)
-    {
-        int pending = Interlocked.Add(ref _pendingCredit, count);
-        if (pending < CreditThreshold)
-        {
-            return 0;
-        }
-        int increment = Interlocked.Exchange(ref _pendingCredit, 0);
-        Interlocked.Add(ref ReceiveWindow, increment);
-        return increment;
     }
 
     /// <summary>The application's view of the inbound pipe: consumption returns flow-control credit.</summary>

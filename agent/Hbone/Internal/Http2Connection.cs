@@ -1,28 +1,26 @@
 using System.Buffers;
-using System.Buffers.Binary;
 using System.IO.Pipelines;
-using System.Threading.Channels;
+using Weft.Hbone.Internal.FlowControl;
 using Weft.Hbone.Internal.Hpack;
 
 namespace Weft.Hbone.Internal;
 
 /// <summary>
-/// One HTTP/2 connection carrying CONNECT streams, for either role.
+/// One HTTP/2 connection carrying CONNECT streams, for either role: it decides, its parts do the work.
 /// <code>
-///   transport ──PipeReader──► read loop ──► frames: DATA → stream inbound pipes
-///                                        │          HEADERS → new stream (server) / response (client)
-///                                        └─► control queue (ACKs, RST, WINDOW_UPDATE) ──┐
-///   stream send loops ── DATA (within windows) ──► write lock ──► PipeWriter ──► transport
-///   control loop ───────────────────────────────────┘
+///   transport ──► Http2FrameReader ──IHttp2FrameHandler──► this: stream table, SETTINGS, GOAWAY, new streams
+///                  (framing, checks, HPACK)                  │   DATA → stream inbound pipes (InputFlowControl)
+///                                                            └─► Http2FrameWriter control queue (ACK, RST, WINDOW_UPDATE)
+///   stream send loops ── ConnectionOutputFlowControl (both windows) ──► Http2FrameWriter (write lock) ──► transport
+///   Keepalive ── PING every interval, Abort when unanswered
 /// </code>
 /// The read loop never waits for a write (a peer that does not read cannot stop us from reading its
 /// WINDOW_UPDATEs), the inbound side is bounded by the windows we advertise, and everything the peer
 /// can make us queue is counted.
 /// </summary>
-internal sealed class Http2Connection
+internal sealed class Http2Connection : IHttp2FrameHandler
 {
     private const string Component = "hbone";
-    private const int MaxPendingPeerTriggeredFrames = 1024;
     // Largest chunk one stream writes per turn of the write lock, so streams interleave fairly.
     private const int MaxDataPerTurn = 64 * 1024;
 
@@ -30,44 +28,25 @@ internal sealed class Http2Connection
     private readonly HboneSettings _settings;
     private readonly bool _isClient;
     private readonly Func<HboneRequest, Task>? _onConnect;
-    private readonly PipeReader _input;
-    private readonly PipeWriter _output;
-    private readonly SemaphoreSlim _writeLock = new(1, 1);
+    private readonly Http2FrameReader _reader;
+    private readonly Http2FrameWriter _writer;
+    private readonly Keepalive _keepalive;
     private readonly CancellationTokenSource _abort = new();
-    private readonly Channel<ControlFrame> _control = Channel.CreateUnbounded<ControlFrame>(new UnboundedChannelOptions { SingleReader = true });
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly HpackDecoder _decoder;
-    private readonly List<KeyValuePair<string, string>> _decoded = [];
 
     // Guarded by _sync.
     private readonly object _sync = new();
-    private readonly Dictionary<int, HboneStream> _streams = [];
-    private readonly List<HboneStream> _connectionWindowWaiters = [];
+    private readonly Http2StreamTable _streams;
     private readonly HashSet<Task> _handlers = [];
-    private long _connectionSendWindow = HboneSettings.DefaultWindowSize;
     private int _peerInitialWindow = HboneSettings.DefaultWindowSize;
-    private int _peerMaxFrameSize = FrameHeader.MinMaxFrameSize;
     private long _peerMaxConcurrentStreams = uint.MaxValue;
-    private int _nextStreamId = 1;
-    private int _lastPeerStreamId;
     private bool _goAwayReceived;
     private int _goAwayLastStreamId = int.MaxValue;
     private bool _closed;
     private int _handlersInFlight;
-    private TaskCompletionSource? _pingAck;
-    private ulong _pingPayload;
 
-    // Read loop only.
-    private bool _peerSettingsReceived;
-    private byte[]? _headerBlock;
-    private int _headerBlockLength;
-    private int _headerStreamId;
-    private bool _headerEndStream;
-
-    private int _connectionReceiveWindow;
-    private int _connectionCredit;
-    private readonly int _connectionCreditThreshold;
-    private int _pendingPeerFrames;
+    private readonly ConnectionOutputFlowControl _sendFlow = new(HboneSettings.DefaultWindowSize);
+    private readonly InputFlowControl _receiveFlow;
 
     public Http2Connection(Stream transport, HboneSettings settings, bool isClient, Func<HboneRequest, Task>? onConnect)
     {
@@ -76,11 +55,11 @@ internal sealed class Http2Connection
         _settings = settings;
         _isClient = isClient;
         _onConnect = onConnect;
-        _input = PipeReader.Create(transport, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true));
-        _output = PipeWriter.Create(transport, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
-        _decoder = new HpackDecoder(4096, settings.MaxHeaderListSize);
-        _connectionReceiveWindow = settings.ConnectionWindow;
-        _connectionCreditThreshold = Math.Max(Math.Min(settings.ConnectionWindow / 8, settings.StreamWindow / 4), 1);
+        _streams = new Http2StreamTable(isClient);
+        _reader = new Http2FrameReader(PipeReader.Create(transport, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true)), settings, isClient, this);
+        _writer = new Http2FrameWriter(PipeWriter.Create(transport, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true)), _abort.Token, Abort);
+        _keepalive = new Keepalive(settings.KeepaliveInterval, settings.KeepaliveTimeout, _writer.EnqueuePing, Abort);
+        _receiveFlow = new InputFlowControl(settings.ConnectionWindow, Math.Min(settings.ConnectionWindow / 8, settings.StreamWindow / 4));
     }
 
     public Task Completion => _completion.Task;
@@ -96,42 +75,19 @@ internal sealed class Http2Connection
     }
 
     private bool CanOpenStreamLocked() =>
-        !_closed && !_goAwayReceived && _nextStreamId > 0 &&
+        !_closed && !_goAwayReceived && _streams.HasFreeStreamId &&
         _streams.Count < Math.Min(_settings.MaxConcurrentStreams, _peerMaxConcurrentStreams);
 
     // ---- start-up -------------------------------------------------------------------------------
 
     /// <summary>Writes the client preface (client only), our SETTINGS and the connection WINDOW_UPDATE.</summary>
-    public async Task SendPrefaceAsync(CancellationToken ct)
-    {
-        if (_isClient)
-        {
-            _output.Write(FrameHeader.ClientPreface);
-        }
-        var settings = new List<(SettingId, uint)>
-        {
-            (SettingId.MaxConcurrentStreams, (uint)_settings.MaxConcurrentStreams),
-            (SettingId.InitialWindowSize, (uint)_settings.StreamWindow),
-            (SettingId.MaxFrameSize, (uint)_settings.MaxFrameSize),
-            (SettingId.MaxHeaderListSize, (uint)_settings.MaxHeaderListSize),
-        };
-        if (_isClient)
-        {
-            settings.Insert(0, (SettingId.EnablePush, 0));
-        }
-        FrameWriter.WriteSettings(_output, settings.ToArray());
-        if (_settings.ConnectionWindow > HboneSettings.DefaultWindowSize)
-        {
-            FrameWriter.WriteWindowUpdate(_output, 0, _settings.ConnectionWindow - HboneSettings.DefaultWindowSize);
-        }
-        await _output.FlushAsync(ct).ConfigureAwait(false);
-    }
+    public Task SendPrefaceAsync(CancellationToken ct) => _writer.WritePrefaceAsync(_isClient, _settings, ct);
 
     /// <summary>Runs the connection until it ends; never throws (the outcome is in <see cref="Completion"/>).</summary>
     public async Task RunAsync()
     {
-        Task control = ControlLoopAsync();
-        Task keepalive = KeepaliveLoopAsync();
+        Task control = _writer.RunControlLoopAsync();
+        Task keepalive = _keepalive.RunAsync(_abort.Token);
         await ReadLoopAsync().ConfigureAwait(false);
         await control.ConfigureAwait(false);
         await keepalive.ConfigureAwait(false);
@@ -167,31 +123,7 @@ internal sealed class Http2Connection
         Http2ErrorCode? goAway = null;
         try
         {
-            if (!_isClient)
-            {
-                await ReadPrefaceAsync().ConfigureAwait(false);
-            }
-            while (true)
-            {
-                ReadResult result = await _input.ReadAsync(_abort.Token).ConfigureAwait(false);
-                ReadOnlySequence<byte> buffer = result.Buffer;
-                try
-                {
-                    ProcessFrames(ref buffer);
-                }
-                finally
-                {
-                    _input.AdvanceTo(buffer.Start, buffer.End);
-                }
-                if (result.IsCompleted)
-                {
-                    if (!buffer.IsEmpty)
-                    {
-                        throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "transport closed inside a frame");
-                    }
-                    break;
-                }
-            }
+            await _reader.ReadAsync(_abort.Token).ConfigureAwait(false);
         }
         catch (Http2ConnectionException e)
         {
@@ -214,10 +146,6 @@ internal sealed class Http2Connection
                 }
             }
         }
-        finally
-        {
-            await _input.CompleteAsync().ConfigureAwait(false);
-        }
         if (goAway is { } code)
         {
             await SendGoAwayAndCloseAsync(code, failure).ConfigureAwait(false);
@@ -228,117 +156,12 @@ internal sealed class Http2Connection
         }
     }
 
-    private async Task ReadPrefaceAsync()
-    {
-        ReadOnlySpan<byte> expected = FrameHeader.ClientPreface;
-        int length = expected.Length;
-        while (true)
-        {
-            ReadResult result = await _input.ReadAsync(_abort.Token).ConfigureAwait(false);
-            ReadOnlySequence<byte> buffer = result.Buffer;
-            int available = (int)Math.Min(buffer.Length, length);
-            byte[] seen = new byte[available];
-            buffer.Slice(0, available).CopyTo(seen);
-            // Refuse garbage as soon as it diverges, not after a full preface's worth of it.
-            if (!FrameHeader.ClientPreface[..available].SequenceEqual(seen))
-            {
-                _input.AdvanceTo(buffer.Start);
-                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "invalid connection preface");
-            }
-            if (available == length)
-            {
-                _input.AdvanceTo(buffer.GetPosition(length));
-                return;
-            }
-            _input.AdvanceTo(buffer.Start, buffer.End);
-            if (result.IsCompleted)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "transport closed inside the preface");
-            }
-        }
-    }
-
-    private void ProcessFrames(ref ReadOnlySequence<byte> buffer)
-    {
-        while (FrameHeader.TryRead(buffer, out FrameHeader header))
-        {
-            if (header.Length > _settings.MaxFrameSize)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, $"{header.Type} frame of {header.Length} bytes exceeds {_settings.MaxFrameSize}");
-            }
-            if (buffer.Length < FrameHeader.Size + header.Length)
-            {
-                return;
-            }
-            ReadOnlySequence<byte> payload = buffer.Slice(FrameHeader.Size, header.Length);
-            try
-            {
-                ProcessFrame(header, payload);
-            }
-            catch (Http2StreamException e)
-            {
-                Log.Debug(Component, $"stream {e.StreamId} error {e.Code}: {e.Message}");
-                ResetStreamFromPeerError(e.StreamId, e.Code, e.Message);
-            }
-            buffer = buffer.Slice(FrameHeader.Size + header.Length);
-        }
-    }
-
-    private void ProcessFrame(FrameHeader header, ReadOnlySequence<byte> payload)
-    {
-        if (_headerBlock is not null && (header.Type != FrameType.Continuation || header.StreamId != _headerStreamId))
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"{header.Type} frame inside a header block");
-        }
-        if (!_peerSettingsReceived && (header.Type != FrameType.Settings || header.HasFlag(FrameFlags.Ack)))
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "first frame is not SETTINGS");
-        }
-        switch (header.Type)
-        {
-            case FrameType.Data: OnData(header, payload); break;
-            case FrameType.Headers: OnHeaders(header, payload); break;
-            case FrameType.Continuation: OnContinuation(header, payload); break;
-            case FrameType.Priority: OnPriority(header); break;
-            case FrameType.RstStream: OnRstStream(header, payload); break;
-            case FrameType.Settings: OnSettings(header, payload); break;
-            case FrameType.PushPromise:
-                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "PUSH_PROMISE is not enabled");
-            case FrameType.Ping: OnPing(header, payload); break;
-            case FrameType.GoAway: OnGoAway(header, payload); break;
-            case FrameType.WindowUpdate: OnWindowUpdate(header, payload); break;
-            default:
-                // Unknown frame types are ignored (RFC 9113 section 4.1).
-                break;
-        }
-    }
-
-    private static byte FirstByte(in ReadOnlySequence<byte> payload) => payload.FirstSpan.Length > 0 ? payload.FirstSpan[0] : payload.Slice(0, 1).ToArray()[0];
-
-    private static uint ReadUInt32(in ReadOnlySequence<byte> payload, int offset)
-    {
-        Span<byte> bytes = stackalloc byte[4];
-        payload.Slice(offset, 4).CopyTo(bytes);
-        return BinaryPrimitives.ReadUInt32BigEndian(bytes);
-    }
-
     /// <summary>A stream id the peer could not have used yet (never opened by either side).</summary>
     private bool IsIdle(int streamId)
     {
-        bool peerInitiated = (streamId & 1) == (_isClient ? 0 : 1);
-        if (peerInitiated)
-        {
-            // Clients here never accept pushed (even) streams, so those are never opened.
-            return _isClient || streamId > _lastPeerStreamId;
-        }
-        if (!_isClient)
-        {
-            return true; // the server opens no streams
-        }
         lock (_sync)
         {
-            // _nextStreamId turns negative once every id has been used.
-            return _nextStreamId > 0 && streamId >= _nextStreamId;
+            return _streams.IsIdle(streamId);
         }
     }
 
@@ -346,197 +169,75 @@ internal sealed class Http2Connection
     {
         lock (_sync)
         {
-            return _streams.GetValueOrDefault(streamId);
+            return _streams.Find(streamId);
         }
     }
 
-    private void OnData(FrameHeader header, ReadOnlySequence<byte> payload)
+    void IHttp2FrameHandler.OnData(int streamId, int frameLength, in ReadOnlySequence<byte> data, bool endStream)
     {
-        if (header.StreamId == 0)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "DATA on stream 0");
-        }
-        int padding = 0;
-        if (header.HasFlag(FrameFlags.Padded))
-        {
-            if (header.Length < 1)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "padded DATA without pad length");
-            }
-            padding = FirstByte(payload);
-            if (padding >= header.Length)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "DATA padding exceeds payload");
-            }
-            payload = payload.Slice(1, header.Length - 1 - padding);
-        }
         // The whole frame counts against both windows, padding included.
-        if (Interlocked.Add(ref _connectionReceiveWindow, -header.Length) < 0)
+        if (!_receiveFlow.TryReceive(frameLength))
         {
             throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, "peer overran the connection window");
         }
-        HboneStream? stream = FindStream(header.StreamId);
+        HboneStream? stream = FindStream(streamId);
         if (stream is null)
         {
-            if (IsIdle(header.StreamId))
+            if (IsIdle(streamId))
             {
-                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"DATA on idle stream {header.StreamId}");
+                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"DATA on idle stream {streamId}");
             }
             // Closed or reset by us: frames in flight still arrive. Drop them, keep the connection window open.
-            AddConnectionCredit(header.Length);
+            AddConnectionCredit(frameLength);
             return;
         }
-        if (Interlocked.Add(ref stream.ReceiveWindow, -header.Length) < 0)
+        if (!stream.ReceiveFlow.TryReceive(frameLength))
         {
-            throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, $"peer overran the window of stream {header.StreamId}");
+            throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, $"peer overran the window of stream {streamId}");
         }
-        bool remoteEnded;
-        bool responded;
-        lock (_sync)
-        {
-            remoteEnded = stream.RemoteEnded;
-            responded = stream.ResponseReceived;
-        }
+        bool remoteEnded = stream.IsRemoteEnded;
+        bool responded = stream.IsResponseReceived;
         if (remoteEnded)
         {
-            AddConnectionCredit(header.Length);
-            throw new Http2StreamException(header.StreamId, Http2ErrorCode.StreamClosed, "DATA after END_STREAM");
+            AddConnectionCredit(frameLength);
+            throw new Http2StreamException(streamId, Http2ErrorCode.StreamClosed, "DATA after END_STREAM");
         }
         if (_isClient && !responded)
         {
-            AddConnectionCredit(header.Length);
-            throw new Http2StreamException(header.StreamId, Http2ErrorCode.ProtocolError, "DATA before the response");
+            AddConnectionCredit(frameLength);
+            throw new Http2StreamException(streamId, Http2ErrorCode.ProtocolError, "DATA before the response");
         }
-        int overhead = header.Length - (int)payload.Length;
-        int discarded = payload.IsEmpty ? 0 : stream.Deliver(payload);
+        int overhead = frameLength - (int)data.Length;
+        int discarded = data.IsEmpty ? 0 : stream.Deliver(data);
         if (overhead + discarded > 0)
         {
             OnConsumed(stream, overhead + discarded);
         }
-        if (header.HasFlag(FrameFlags.EndStream))
+        if (endStream)
         {
             OnRemoteEnd(stream);
         }
     }
 
-    private void OnHeaders(FrameHeader header, ReadOnlySequence<byte> payload)
+    void IHttp2FrameHandler.OnHeaders(int streamId, bool endStream, List<KeyValuePair<string, string>> fields)
     {
-        if (header.StreamId == 0)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "HEADERS on stream 0");
-        }
-        int offset = 0;
-        int padding = 0;
-        if (header.HasFlag(FrameFlags.Padded))
-        {
-            if (header.Length < 1)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "padded HEADERS without pad length");
-            }
-            padding = FirstByte(payload);
-            offset = 1;
-        }
-        if (header.HasFlag(FrameFlags.Priority))
-        {
-            offset += 5;
-        }
-        if (offset + padding > header.Length)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "HEADERS padding or priority exceeds payload");
-        }
-        _headerStreamId = header.StreamId;
-        _headerEndStream = header.HasFlag(FrameFlags.EndStream);
-        _headerBlockLength = 0;
-        _headerBlock = ArrayPool<byte>.Shared.Rent(Math.Min(HeaderBlockLimit, 4096));
-        AppendHeaderFragment(payload.Slice(offset, header.Length - offset - padding));
-        if (header.HasFlag(FrameFlags.EndHeaders))
-        {
-            CompleteHeaderBlock();
-        }
-    }
-
-    private void OnContinuation(FrameHeader header, ReadOnlySequence<byte> payload)
-    {
-        if (_headerBlock is null)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "CONTINUATION without HEADERS");
-        }
-        AppendHeaderFragment(payload);
-        if (header.HasFlag(FrameFlags.EndHeaders))
-        {
-            CompleteHeaderBlock();
-        }
-    }
-
-    // Compressed blocks may exceed the decoded size only through Huffman expansion of odd bytes (up to
-    // 30 bits per octet); anything past this is refused before it is buffered.
-    private int HeaderBlockLimit => _settings.MaxHeaderListSize * 4 + 1024;
-
-    private void AppendHeaderFragment(ReadOnlySequence<byte> fragment)
-    {
-        int needed = _headerBlockLength + (int)fragment.Length;
-        if (needed > HeaderBlockLimit)
-        {
-            ReleaseHeaderBlock();
-            throw new Http2ConnectionException(Http2ErrorCode.EnhanceYourCalm, $"header block larger than {HeaderBlockLimit} bytes");
-        }
-        if (needed > _headerBlock!.Length)
-        {
-            byte[] bigger = ArrayPool<byte>.Shared.Rent(Math.Min(Math.Max(needed, _headerBlock.Length * 2), HeaderBlockLimit));
-            _headerBlock.AsSpan(0, _headerBlockLength).CopyTo(bigger);
-            ArrayPool<byte>.Shared.Return(_headerBlock);
-            _headerBlock = bigger;
-        }
-        fragment.CopyTo(_headerBlock.AsSpan(_headerBlockLength));
-        _headerBlockLength = needed;
-    }
-
-    private void ReleaseHeaderBlock()
-    {
-        if (_headerBlock is not null)
-        {
-            ArrayPool<byte>.Shared.Return(_headerBlock);
-            _headerBlock = null;
-        }
-    }
-
-    private void CompleteHeaderBlock()
-    {
-        _decoded.Clear();
-        try
-        {
-            // Always decode: HPACK state must stay in step even for streams we then refuse.
-            _decoder.Decode(_headerBlock.AsSpan(0, _headerBlockLength), _decoded);
-        }
-        catch (HpackException e)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.CompressionError, e.Message);
-        }
-        catch (HeaderListTooLargeException e)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.EnhanceYourCalm, e.Message);
-        }
-        finally
-        {
-            ReleaseHeaderBlock();
-        }
         if (_isClient)
         {
-            OnResponseHeaders(_headerStreamId, _headerEndStream);
+            OnResponseHeaders(streamId, endStream, fields);
         }
         else
         {
-            OnRequestHeaders(_headerStreamId, _headerEndStream);
+            OnRequestHeaders(streamId, endStream, fields);
         }
     }
 
-    private void OnRequestHeaders(int streamId, bool endStream)
+    private void OnRequestHeaders(int streamId, bool endStream, List<KeyValuePair<string, string>> decoded)
     {
         if ((streamId & 1) == 0)
         {
             throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"client used even stream id {streamId}");
         }
-        if (streamId <= _lastPeerStreamId)
+        if (streamId <= _streams.LastPeerStreamId)
         {
             HboneStream? existing = FindStream(streamId);
             if (existing is null)
@@ -551,8 +252,11 @@ internal sealed class Http2Connection
             OnRemoteEnd(existing);
             return;
         }
-        _lastPeerStreamId = streamId;
-        string? problem = HeaderRules.ValidateConnectRequest(_decoded, out string authority, out var fields);
+        lock (_sync)
+        {
+            _streams.AcceptPeerStreamId(streamId);
+        }
+        string? problem = HeaderRules.ValidateConnectRequest(decoded, out string authority, out var fields);
         if (problem is not null)
         {
             throw new Http2StreamException(streamId, Http2ErrorCode.ProtocolError, problem);
@@ -573,7 +277,7 @@ internal sealed class Http2Connection
                 throw new Http2StreamException(streamId, Http2ErrorCode.RefusedStream, "too many concurrent streams");
             }
             stream = new HboneStream(this, streamId, _peerInitialWindow, _settings);
-            _streams.Add(streamId, stream);
+            _streams.Add(stream);
             _handlersInFlight++;
             request = new HboneRequest(this, stream, authority, fields);
             // The handler runs off the read loop; the loop only records it.
@@ -622,7 +326,7 @@ internal sealed class Http2Connection
         }
     }
 
-    private void OnResponseHeaders(int streamId, bool endStream)
+    private void OnResponseHeaders(int streamId, bool endStream, List<KeyValuePair<string, string>> decoded)
     {
         HboneStream? stream = FindStream(streamId);
         if (stream is null)
@@ -633,11 +337,7 @@ internal sealed class Http2Connection
             }
             return; // a stream we already reset
         }
-        bool responded;
-        lock (_sync)
-        {
-            responded = stream.ResponseReceived;
-        }
+        bool responded = stream.IsResponseReceived;
         if (responded)
         {
             if (!endStream)
@@ -647,7 +347,7 @@ internal sealed class Http2Connection
             OnRemoteEnd(stream);
             return;
         }
-        string? problem = HeaderRules.ValidateResponse(_decoded, out int status);
+        string? problem = HeaderRules.ValidateResponse(decoded, out int status);
         if (problem is not null)
         {
             throw new Http2StreamException(streamId, Http2ErrorCode.ProtocolError, problem);
@@ -662,10 +362,7 @@ internal sealed class Http2Connection
         }
         if (status is >= 200 and < 300)
         {
-            lock (_sync)
-            {
-                stream.ResponseReceived = true;
-            }
+            stream.MarkResponseReceived();
             stream.StartSending();
             stream.Response.TrySetResult();
             if (endStream)
@@ -679,107 +376,52 @@ internal sealed class Http2Connection
         ResetStream(stream, Http2ErrorCode.Cancel, refused);
     }
 
-    private void OnPriority(FrameHeader header)
+    void IHttp2FrameHandler.OnRstStream(int streamId, Http2ErrorCode code)
     {
-        if (header.StreamId == 0)
+        if (IsIdle(streamId))
         {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "PRIORITY on stream 0");
+            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"RST_STREAM on idle stream {streamId}");
         }
-        if (header.Length != 5)
-        {
-            throw new Http2StreamException(header.StreamId, Http2ErrorCode.FrameSizeError, "PRIORITY length is not 5");
-        }
-    }
-
-    private void OnRstStream(FrameHeader header, ReadOnlySequence<byte> payload)
-    {
-        if (header.StreamId == 0)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "RST_STREAM on stream 0");
-        }
-        if (header.Length != 4)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "RST_STREAM length is not 4");
-        }
-        if (IsIdle(header.StreamId))
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"RST_STREAM on idle stream {header.StreamId}");
-        }
-        HboneStream? stream = FindStream(header.StreamId);
+        HboneStream? stream = FindStream(streamId);
         if (stream is null)
         {
             return;
         }
-        var code = (Http2ErrorCode)ReadUInt32(payload, 0);
-        var error = new HboneException($"stream {header.StreamId} reset by peer ({code})", errorCode: code)
+        var error = new HboneException($"stream {streamId} reset by peer ({code})", errorCode: code)
         {
             IsRetryable = code == Http2ErrorCode.RefusedStream,
         };
         CloseStream(stream, error);
     }
 
-    private void OnSettings(FrameHeader header, ReadOnlySequence<byte> payload)
+    void IHttp2FrameHandler.OnSetting(SettingId id, uint value)
     {
-        if (header.StreamId != 0)
+        switch (id)
         {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "SETTINGS on a stream");
+            case SettingId.MaxConcurrentStreams:
+                lock (_sync)
+                {
+                    _peerMaxConcurrentStreams = value;
+                }
+                break;
+            case SettingId.InitialWindowSize:
+                ChangeInitialWindow((int)value);
+                break;
+            case SettingId.MaxFrameSize:
+                _writer.PeerMaxFrameSize = (int)value;
+                break;
+            default:
+                // HEADER_TABLE_SIZE does not matter to an encoder that never indexes; unknown ids are ignored.
+                break;
         }
-        if (header.HasFlag(FrameFlags.Ack))
-        {
-            if (header.Length != 0)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "SETTINGS ACK with a payload");
-            }
-            return;
-        }
-        if (header.Length % 6 != 0)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "SETTINGS length is not a multiple of 6");
-        }
-        _peerSettingsReceived = true;
-        Span<byte> entry = stackalloc byte[6];
-        for (int offset = 0; offset < header.Length; offset += 6)
-        {
-            payload.Slice(offset, 6).CopyTo(entry);
-            var id = (SettingId)BinaryPrimitives.ReadUInt16BigEndian(entry);
-            uint value = BinaryPrimitives.ReadUInt32BigEndian(entry[2..]);
-            switch (id)
-            {
-                case SettingId.EnablePush:
-                    if (value > 1 || (_isClient && value == 1))
-                    {
-                        throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"SETTINGS_ENABLE_PUSH {value}");
-                    }
-                    break;
-                case SettingId.MaxConcurrentStreams:
-                    lock (_sync)
-                    {
-                        _peerMaxConcurrentStreams = value;
-                    }
-                    break;
-                case SettingId.InitialWindowSize:
-                    if (value > FrameHeader.MaxWindow)
-                    {
-                        throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, $"SETTINGS_INITIAL_WINDOW_SIZE {value}");
-                    }
-                    ChangeInitialWindow((int)value);
-                    break;
-                case SettingId.MaxFrameSize:
-                    if (value < FrameHeader.MinMaxFrameSize || value > FrameHeader.MaxMaxFrameSize)
-                    {
-                        throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"SETTINGS_MAX_FRAME_SIZE {value}");
-                    }
-                    lock (_sync)
-                    {
-                        _peerMaxFrameSize = (int)value;
-                    }
-                    break;
-                default:
-                    // HEADER_TABLE_SIZE does not matter to an encoder that never indexes; unknown ids are ignored.
-                    break;
-            }
-        }
-        EnqueuePeerTriggered(new ControlFrame(ControlKind.SettingsAck, 0, 0));
+    }
+
+    void IHttp2FrameHandler.OnSettingsApplied() => _writer.EnqueueSettingsAck();
+
+    void IHttp2FrameHandler.OnStreamError(Http2StreamException e)
+    {
+        Log.Debug(Component, $"stream {e.StreamId} error {e.Code}: {e.Message}");
+        ResetStreamFromPeerError(e.StreamId, e.Code, e.Message);
     }
 
     private void ChangeInitialWindow(int value)
@@ -788,67 +430,31 @@ internal sealed class Http2Connection
         {
             long delta = value - (long)_peerInitialWindow;
             _peerInitialWindow = value;
-            foreach (HboneStream stream in _streams.Values)
-            {
-                stream.SendWindow += delta;
-                if (stream.SendWindow > FrameHeader.MaxWindow)
-                {
-                    throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, "initial window change overflows a stream window");
-                }
-                WakeStreamLocked(stream);
-            }
+            _sendFlow.ChangeInitialWindow(_streams.Streams.Select(static s => s.SendFlow), delta);
         }
     }
 
-    private void OnPing(FrameHeader header, ReadOnlySequence<byte> payload)
+    void IHttp2FrameHandler.OnPing(ulong opaque, bool ack)
     {
-        if (header.StreamId != 0)
+        if (ack)
         {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "PING on a stream");
-        }
-        if (header.Length != 8)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "PING length is not 8");
-        }
-        Span<byte> bytes = stackalloc byte[8];
-        payload.CopyTo(bytes);
-        ulong opaque = BinaryPrimitives.ReadUInt64BigEndian(bytes);
-        if (header.HasFlag(FrameFlags.Ack))
-        {
-            lock (_sync)
-            {
-                if (_pingAck is not null && opaque == _pingPayload)
-                {
-                    _pingAck.TrySetResult();
-                }
-            }
+            _keepalive.OnPingAck(opaque);
             return;
         }
-        EnqueuePeerTriggered(new ControlFrame(ControlKind.PingAck, 0, (long)opaque));
+        _writer.EnqueuePingAck(opaque);
     }
 
-    private void OnGoAway(FrameHeader header, ReadOnlySequence<byte> payload)
+    void IHttp2FrameHandler.OnGoAway(int lastStreamId, Http2ErrorCode code)
     {
-        if (header.StreamId != 0)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "GOAWAY on a stream");
-        }
-        if (header.Length < 8)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "GOAWAY shorter than 8");
-        }
-        int lastStreamId = (int)(ReadUInt32(payload, 0) & 0x7FFF_FFFF);
-        var code = (Http2ErrorCode)ReadUInt32(payload, 4);
         Log.Debug(Component, $"GOAWAY from peer: last stream {lastStreamId}, {code}");
         List<HboneStream> refused = [];
         lock (_sync)
         {
             _goAwayReceived = true;
             _goAwayLastStreamId = Math.Min(_goAwayLastStreamId, lastStreamId);
-            foreach (HboneStream stream in _streams.Values)
+            foreach (HboneStream stream in _streams.Streams)
             {
-                bool ours = (stream.StreamId & 1) == (_isClient ? 1 : 0);
-                if (ours && stream.StreamId > lastStreamId)
+                if (_streams.IsOurs(stream.StreamId) && stream.StreamId > lastStreamId)
                 {
                     refused.Add(stream);
                 }
@@ -861,56 +467,23 @@ internal sealed class Http2Connection
         CloseIfDrained();
     }
 
-    private void OnWindowUpdate(FrameHeader header, ReadOnlySequence<byte> payload)
+    void IHttp2FrameHandler.OnWindowUpdate(int streamId, int increment)
     {
-        if (header.Length != 4)
+        if (streamId == 0)
         {
-            throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "WINDOW_UPDATE length is not 4");
-        }
-        int increment = (int)(ReadUInt32(payload, 0) & 0x7FFF_FFFF);
-        if (header.StreamId == 0)
-        {
-            if (increment == 0)
-            {
-                throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "connection WINDOW_UPDATE of 0");
-            }
-            lock (_sync)
-            {
-                _connectionSendWindow += increment;
-                if (_connectionSendWindow > FrameHeader.MaxWindow)
-                {
-                    throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, "connection window above 2^31-1");
-                }
-                foreach (HboneStream waiter in _connectionWindowWaiters)
-                {
-                    WakeStreamLocked(waiter);
-                }
-                _connectionWindowWaiters.Clear();
-            }
+            _sendFlow.Increase(increment);
             return;
         }
-        if (IsIdle(header.StreamId))
+        if (IsIdle(streamId))
         {
-            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"WINDOW_UPDATE on idle stream {header.StreamId}");
+            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"WINDOW_UPDATE on idle stream {streamId}");
         }
-        HboneStream? stream = FindStream(header.StreamId);
+        HboneStream? stream = FindStream(streamId);
         if (stream is null)
         {
             return;
         }
-        if (increment == 0)
-        {
-            throw new Http2StreamException(header.StreamId, Http2ErrorCode.ProtocolError, "stream WINDOW_UPDATE of 0");
-        }
-        lock (_sync)
-        {
-            stream.SendWindow += increment;
-            if (stream.SendWindow > FrameHeader.MaxWindow)
-            {
-                throw new Http2StreamException(header.StreamId, Http2ErrorCode.FlowControlError, "stream window above 2^31-1");
-            }
-            WakeStreamLocked(stream);
-        }
+        _sendFlow.IncreaseStream(stream.SendFlow, increment);
     }
 
     // ---- stream lifecycle ----------------------------------------------------------------------
@@ -920,8 +493,7 @@ internal sealed class Http2Connection
         bool closed;
         lock (_sync)
         {
-            stream.RemoteEnded = true;
-            closed = stream.LocalEnded && RemoveLocked(stream);
+            closed = stream.EndRemote() && RemoveClosedLocked(stream);
         }
         stream.CompleteInbound(null);
         if (closed)
@@ -935,8 +507,7 @@ internal sealed class Http2Connection
         bool closed;
         lock (_sync)
         {
-            stream.LocalEnded = true;
-            closed = stream.RemoteEnded && RemoveLocked(stream);
+            closed = stream.EndLocal() && RemoveClosedLocked(stream);
         }
         if (closed)
         {
@@ -944,17 +515,13 @@ internal sealed class Http2Connection
         }
     }
 
-    private bool RemoveLocked(HboneStream stream)
+    private bool RemoveLocked(HboneStream stream) => stream.TryClose() && RemoveClosedLocked(stream);
+
+    /// <summary>Takes a stream that has just closed out of the table; its writer, if waiting for credit, fails.</summary>
+    private bool RemoveClosedLocked(HboneStream stream)
     {
-        if (stream.Closed)
-        {
-            return false;
-        }
-        stream.Closed = true;
-        _streams.Remove(stream.StreamId);
-        _connectionWindowWaiters.Remove(stream);
-        stream.WindowWaiter?.TrySetException(new HboneException($"stream {stream.StreamId} closed"));
-        stream.WindowWaiter = null;
+        _streams.Remove(stream);
+        _sendFlow.Complete(stream.SendFlow, new HboneException($"stream {stream.StreamId} closed"));
         return true;
     }
 
@@ -980,7 +547,7 @@ internal sealed class Http2Connection
             }
         }
         stream.MarkResetSent();
-        Enqueue(new ControlFrame(ControlKind.RstStream, stream.StreamId, (long)code));
+        _writer.EnqueueRstStream(stream.StreamId, code);
         stream.Abort(error);
         CloseIfDrained();
     }
@@ -990,7 +557,7 @@ internal sealed class Http2Connection
         HboneStream? stream = FindStream(streamId);
         if (stream is null)
         {
-            EnqueuePeerTriggered(new ControlFrame(ControlKind.RstStream, streamId, (long)code));
+            _writer.EnqueuePeerTriggeredRstStream(streamId, code);
             return;
         }
         ResetStream(stream, code, new HboneException($"stream {streamId}: {message}", errorCode: code));
@@ -999,12 +566,7 @@ internal sealed class Http2Connection
     /// <summary>Called when the application is done with a stream: reset it if it is still open.</summary>
     public void ReleaseStream(HboneStream stream)
     {
-        bool open;
-        lock (_sync)
-        {
-            open = !stream.Closed;
-        }
-        if (open)
+        if (!stream.IsClosed)
         {
             ResetStream(stream, Http2ErrorCode.Cancel, new HboneException($"stream {stream.StreamId} disposed", errorCode: Http2ErrorCode.Cancel));
         }
@@ -1026,135 +588,37 @@ internal sealed class Http2Connection
     // ---- flow control --------------------------------------------------------------------------
 
     /// <summary>Waits until both windows allow at least one byte; takes up to <paramref name="wanted"/> from them.</summary>
-    public async ValueTask<int> ReserveSendWindowAsync(HboneStream stream, long wanted)
-    {
-        while (true)
-        {
-            TaskCompletionSource waiter;
-            lock (_sync)
-            {
-                if (stream.Closed || _closed)
-                {
-                    throw new HboneException($"stream {stream.StreamId} closed");
-                }
-                long granted = Math.Min(Math.Min(wanted, MaxDataPerTurn), Math.Min(stream.SendWindow, _connectionSendWindow));
-                if (granted > 0)
-                {
-                    stream.SendWindow -= granted;
-                    _connectionSendWindow -= granted;
-                    return (int)granted;
-                }
-                waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                stream.WindowWaiter = waiter;
-                if (stream.SendWindow > 0)
-                {
-                    _connectionWindowWaiters.Add(stream);
-                }
-            }
-            await waiter.Task.ConfigureAwait(false);
-        }
-    }
-
-    private static void WakeStreamLocked(HboneStream stream)
-    {
-        stream.WindowWaiter?.TrySetResult();
-        stream.WindowWaiter = null;
-    }
+    public ValueTask<int> ReserveSendWindowAsync(HboneStream stream, long wanted) =>
+        _sendFlow.ReserveAsync(stream.SendFlow, wanted, MaxDataPerTurn);
 
     /// <summary>The application consumed (or we discarded) bytes of a stream: return window credit.</summary>
     public void OnConsumed(HboneStream stream, int count)
     {
         AddConnectionCredit(count);
-        bool remoteEnded;
-        lock (_sync)
-        {
-            remoteEnded = stream.RemoteEnded || stream.Closed;
-        }
-        if (remoteEnded)
+        if (stream.IsRemoteEndedOrClosed)
         {
             return;
         }
-        int increment = stream.TakeCredit(count);
+        int increment = stream.ReceiveFlow.Consume(count);
         if (increment > 0)
         {
-            Enqueue(new ControlFrame(ControlKind.WindowUpdate, stream.StreamId, increment));
+            _writer.EnqueueWindowUpdate(stream.StreamId, increment);
         }
     }
 
     private void AddConnectionCredit(int count)
     {
-        if (Interlocked.Add(ref _connectionCredit, count) < _connectionCreditThreshold)
-        {
-            return;
-        }
-        int increment = Interlocked.Exchange(ref _connectionCredit, 0);
+        int increment = _receiveFlow.Consume(count);
         if (increment > 0)
         {
-            Interlocked.Add(ref _connectionReceiveWindow, increment);
-            Enqueue(new ControlFrame(ControlKind.WindowUpdate, 0, increment));
+            _writer.EnqueueWindowUpdate(0, increment);
         }
     }
 
     // ---- write side ----------------------------------------------------------------------------
 
-    private async ValueTask<bool> AcquireWriteLockAsync()
-    {
-        try
-        {
-            await _writeLock.WaitAsync(_abort.Token).ConfigureAwait(false);
-            return true;
-        }
-        catch (OperationCanceledException)
-        {
-            return false;
-        }
-    }
-
-    private async ValueTask FlushLockedAsync()
-    {
-        try
-        {
-            await _output.FlushAsync(_abort.Token).ConfigureAwait(false);
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or OperationCanceledException or InvalidOperationException)
-        {
-            var failure = new HboneException("transport write failed: " + e.Message, inner: e);
-            Abort(_abort.IsCancellationRequested ? null : failure);
-            throw failure;
-        }
-    }
-
-    public async ValueTask WriteDataAsync(HboneStream stream, ReadOnlySequence<byte> data, bool endStream)
-    {
-        if (!await AcquireWriteLockAsync().ConfigureAwait(false))
-        {
-            throw new HboneException("connection closed");
-        }
-        try
-        {
-            // A RST_STREAM already queued means nothing more may follow on this stream.
-            if (stream.ResetSent)
-            {
-                throw new HboneException($"stream {stream.StreamId} reset");
-            }
-            int maxFrame;
-            lock (_sync)
-            {
-                maxFrame = _peerMaxFrameSize;
-            }
-            while (data.Length > maxFrame)
-            {
-                FrameWriter.WriteData(_output, stream.StreamId, data.Slice(0, maxFrame), endStream: false);
-                data = data.Slice(maxFrame);
-            }
-            FrameWriter.WriteData(_output, stream.StreamId, data, endStream);
-            await FlushLockedAsync().ConfigureAwait(false);
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
-    }
+    public ValueTask WriteDataAsync(HboneStream stream, ReadOnlySequence<byte> data, bool endStream) =>
+        _writer.WriteDataAsync(stream, data, endStream);
 
     /// <summary>Client: allocates the next stream id and sends the CONNECT request in one step, so ids go out in order.</summary>
     public async Task<HboneStream> OpenStreamAsync(string authority, IEnumerable<KeyValuePair<string, string>> headers, CancellationToken ct)
@@ -1172,9 +636,7 @@ internal sealed class Http2Connection
         var block = new ArrayBufferWriter<byte>(256);
         HpackEncoder.Encode(fields, block);
 
-        await _writeLock.WaitAsync(ct).ConfigureAwait(false);
-        HboneStream stream;
-        try
+        return await _writer.WriteRequestHeadersAsync(() =>
         {
             lock (_sync)
             {
@@ -1182,24 +644,11 @@ internal sealed class Http2Connection
                 {
                     throw new HboneException(_closed || _goAwayReceived ? "connection is closing" : "connection has no free stream", errorCode: Http2ErrorCode.RefusedStream) { IsRetryable = true };
                 }
-                int id = _nextStreamId;
-                _nextStreamId = id + 2; // turns negative after 2^31-1: no more streams
-                stream = new HboneStream(this, id, _peerInitialWindow, _settings);
-                _streams.Add(id, stream);
+                var stream = new HboneStream(this, _streams.TakeStreamId(), _peerInitialWindow, _settings);
+                _streams.Add(stream);
+                return stream;
             }
-            FrameWriter.WriteHeaderBlock(_output, stream.StreamId, block.WrittenSpan, endStream: false, PeerMaxFrameSize);
-            await FlushLockedAsync().ConfigureAwait(false);
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
-        return stream;
-    }
-
-    private int PeerMaxFrameSize
-    {
-        get { lock (_sync) { return _peerMaxFrameSize; } }
+        }, block.WrittenMemory, ct).ConfigureAwait(false);
     }
 
     /// <summary>Server: sends the response HEADERS for a CONNECT.</summary>
@@ -1207,129 +656,13 @@ internal sealed class Http2Connection
     {
         var block = new ArrayBufferWriter<byte>(16);
         HpackEncoder.EncodeField(":status", status.ToString(System.Globalization.CultureInfo.InvariantCulture), block);
-        if (!await AcquireWriteLockAsync().ConfigureAwait(false))
+        await _writer.WriteResponseHeadersAsync(stream, block.WrittenMemory, endStream, () =>
         {
-            throw new HboneException("connection closed");
-        }
-        try
-        {
-            if (stream.ResetSent)
+            if (stream.IsClosed)
             {
-                throw new HboneException($"stream {stream.StreamId} reset");
+                throw new HboneException($"stream {stream.StreamId} closed before the response");
             }
-            lock (_sync)
-            {
-                if (stream.Closed)
-                {
-                    throw new HboneException($"stream {stream.StreamId} closed before the response");
-                }
-            }
-            FrameWriter.WriteHeaderBlock(_output, stream.StreamId, block.WrittenSpan, endStream, PeerMaxFrameSize);
-            await FlushLockedAsync().ConfigureAwait(false);
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
-    }
-
-    private void Enqueue(ControlFrame frame) => _control.Writer.TryWrite(frame);
-
-    private void EnqueuePeerTriggered(ControlFrame frame)
-    {
-        // ACKs and resets the peer can provoke at will are counted, so a peer that floods us while never
-        // reading what we answer is cut off instead of growing the queue.
-        if (Interlocked.Increment(ref _pendingPeerFrames) > MaxPendingPeerTriggeredFrames)
-        {
-            throw new Http2ConnectionException(Http2ErrorCode.EnhanceYourCalm, "too many unanswered control frames");
-        }
-        _control.Writer.TryWrite(frame with { PeerTriggered = true });
-    }
-
-    private async Task ControlLoopAsync()
-    {
-        ChannelReader<ControlFrame> reader = _control.Reader;
-        try
-        {
-            while (await reader.WaitToReadAsync(_abort.Token).ConfigureAwait(false))
-            {
-                if (!await AcquireWriteLockAsync().ConfigureAwait(false))
-                {
-                    return;
-                }
-                try
-                {
-                    while (reader.TryRead(out ControlFrame frame))
-                    {
-                        WriteControlFrame(frame);
-                        if (frame.PeerTriggered)
-                        {
-                            Interlocked.Decrement(ref _pendingPeerFrames);
-                        }
-                    }
-                    await FlushLockedAsync().ConfigureAwait(false);
-                }
-                finally
-                {
-                    _writeLock.Release();
-                }
-            }
-        }
-        catch (OperationCanceledException)
-        {
-        }
-        catch (HboneException)
-        {
-            // FlushLockedAsync already failed the connection.
-        }
-    }
-
-    private void WriteControlFrame(ControlFrame frame)
-    {
-        switch (frame.Kind)
-        {
-            case ControlKind.SettingsAck: FrameWriter.WriteSettingsAck(_output); break;
-            case ControlKind.PingAck: FrameWriter.WritePing(_output, (ulong)frame.Value, ack: true); break;
-            case ControlKind.Ping: FrameWriter.WritePing(_output, (ulong)frame.Value, ack: false); break;
-            case ControlKind.WindowUpdate: FrameWriter.WriteWindowUpdate(_output, frame.StreamId, (int)frame.Value); break;
-            case ControlKind.RstStream: FrameWriter.WriteRstStream(_output, frame.StreamId, (Http2ErrorCode)frame.Value); break;
-        }
-    }
-
-    private async Task KeepaliveLoopAsync()
-    {
-        if (_settings.KeepaliveInterval == Timeout.InfiniteTimeSpan || _settings.KeepaliveInterval <= TimeSpan.Zero)
-        {
-            return;
-        }
-        ulong counter = 0;
-        try
-        {
-            while (true)
-            {
-                await Task.Delay(_settings.KeepaliveInterval, _abort.Token).ConfigureAwait(false);
-                var ack = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                lock (_sync)
-                {
-                    _pingAck = ack;
-                    _pingPayload = ++counter;
-                }
-                Enqueue(new ControlFrame(ControlKind.Ping, 0, (long)counter));
-                try
-                {
-                    await ack.Task.WaitAsync(_settings.KeepaliveTimeout, _abort.Token).ConfigureAwait(false);
-                }
-                catch (TimeoutException)
-                {
-                    Log.Debug(Component, "keepalive PING not acknowledged; closing the connection");
-                    Abort(new HboneException($"keepalive PING not acknowledged within {_settings.KeepaliveTimeout}"));
-                    return;
-                }
-            }
-        }
-        catch (OperationCanceledException)
-        {
-        }
+        }).ConfigureAwait(false);
     }
 
     // ---- shutdown ------------------------------------------------------------------------------
@@ -1340,27 +673,9 @@ internal sealed class Http2Connection
         int lastStreamId;
         lock (_sync)
         {
-            lastStreamId = _lastPeerStreamId;
+            lastStreamId = _streams.LastPeerStreamId;
         }
-        using var timeout = new CancellationTokenSource(_settings.CloseTimeout);
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, _abort.Token);
-        try
-        {
-            await _writeLock.WaitAsync(linked.Token).ConfigureAwait(false);
-            try
-            {
-                FrameWriter.WriteGoAway(_output, lastStreamId, code);
-                await _output.FlushAsync(linked.Token).ConfigureAwait(false);
-            }
-            finally
-            {
-                _writeLock.Release();
-            }
-        }
-        catch (Exception e) when (e is OperationCanceledException or IOException or ObjectDisposedException or InvalidOperationException)
-        {
-            // The peer is not reading or already gone; closing is all that is left.
-        }
+        await _writer.TryWriteGoAwayAsync(lastStreamId, code, _settings.CloseTimeout).ConfigureAwait(false);
         Abort(failure);
     }
 
@@ -1368,6 +683,7 @@ internal sealed class Http2Connection
     public void Abort(Exception? failure)
     {
         List<HboneStream> streams;
+        var streamError = failure as HboneException ?? new HboneException("HBONE connection closed", inner: failure);
         lock (_sync)
         {
             if (_closed)
@@ -1375,20 +691,18 @@ internal sealed class Http2Connection
                 return;
             }
             _closed = true;
-            streams = [.. _streams.Values];
-            _streams.Clear();
+            streams = _streams.RemoveAll();
             foreach (HboneStream stream in streams)
             {
-                stream.Closed = true;
-                stream.WindowWaiter?.TrySetException(new HboneException("connection closed"));
-                stream.WindowWaiter = null;
+                stream.TryClose();
+                _sendFlow.Complete(stream.SendFlow, new HboneException("connection closed"));
             }
-            _connectionWindowWaiters.Clear();
-            _pingAck?.TrySetCanceled();
+            // Writers of streams already gone from the table are failed too, never left waiting.
+            _sendFlow.Abort(streamError);
+            _keepalive.Stop();
         }
         _abort.Cancel();
-        _control.Writer.TryComplete();
-        var streamError = failure as HboneException ?? new HboneException("HBONE connection closed", inner: failure);
+        _writer.CompleteControl();
         foreach (HboneStream stream in streams)
         {
             stream.Abort(streamError);
@@ -1409,16 +723,4 @@ internal sealed class Http2Connection
         {
             _completion.TrySetException(failure);
         }
-    }
-
-    private enum ControlKind : byte
-    {
-        SettingsAck,
-        PingAck,
-        Ping,
-        WindowUpdate,
-        RstStream,
-    }
-
-    private readonly record struct ControlFrame(ControlKind Kind, int StreamId, long Value, bool PeerTriggered = false);
-}
+    }}
