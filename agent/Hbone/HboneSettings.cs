@@ -47,11 +47,34 @@ public sealed record HboneSettings
 
     internal void Validate()
     {
-        if (MaxConcurrentStreams < 1) throw new ArgumentOutOfRangeException(nameof(MaxConcurrentStreams));
-        if (StreamWindow < DefaultWindowSize) throw new ArgumentOutOfRangeException(nameof(StreamWindow));
-        if (ConnectionWindow < DefaultWindowSize) throw new ArgumentOutOfRangeException(nameof(ConnectionWindow));
-        if (MaxFrameSize < 16_384 || MaxFrameSize > 16_777_215) throw new ArgumentOutOfRangeException(nameof(MaxFrameSize));
-        if (MaxHeaderListSize < 1024) throw new ArgumentOutOfRangeException(nameof(MaxHeaderListSize));
-        if (StreamSendBuffer < 16_384) throw new ArgumentOutOfRangeException(nameof(StreamSendBuffer));
+        if (MaxConcurrentStreams < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(MaxConcurrentStreams));
+        }
+
+        if (StreamWindow < DefaultWindowSize)
+        {
+            throw new ArgumentOutOfRangeException(nameof(StreamWindow));
+        }
+
+        if (ConnectionWindow < DefaultWindowSize)
+        {
+            throw new ArgumentOutOfRangeException(nameof(ConnectionWindow));
+        }
+
+        if (MaxFrameSize < 16_384 || MaxFrameSize > 16_777_215)
+        {
+            throw new ArgumentOutOfRangeException(nameof(MaxFrameSize));
+        }
+
+        if (MaxHeaderListSize < 1024)
+        {
+            throw new ArgumentOutOfRangeException(nameof(MaxHeaderListSize));
+        }
+
+        if (StreamSendBuffer < 16_384)
+        {
+            throw new ArgumentOutOfRangeException(nameof(StreamSendBuffer));
+        }
     }
 }

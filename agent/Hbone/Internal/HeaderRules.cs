@@ -26,11 +26,19 @@ internal static class HeaderRules
                 switch (name)
                 {
                     case ":method":
-                        if (method is not null) return "duplicate :method";
+                        if (method is not null)
+                        {
+                            return "duplicate :method";
+                        }
+
                         method = value;
                         break;
                     case ":authority":
-                        if (sawAuthority) return "duplicate :authority";
+                        if (sawAuthority)
+                        {
+                            return "duplicate :authority";
+                        }
+
                         sawAuthority = true;
                         authority = value;
                         break;
@@ -70,9 +78,21 @@ internal static class HeaderRules
         {
             if (name.StartsWith(':'))
             {
-                if (sawRegular) return "pseudo-header after a regular field";
-                if (name != ":status") return $"unexpected pseudo-header {name} in a response";
-                if (sawStatus) return "duplicate :status";
+                if (sawRegular)
+                {
+                    return "pseudo-header after a regular field";
+                }
+
+                if (name != ":status")
+                {
+                    return $"unexpected pseudo-header {name} in a response";
+                }
+
+                if (sawStatus)
+                {
+                    return "duplicate :status";
+                }
+
                 sawStatus = true;
                 if (value.Length != 3 || !int.TryParse(value, System.Globalization.NumberStyles.None, null, out status))
                 {

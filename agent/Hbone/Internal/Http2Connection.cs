@@ -723,4 +723,5 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         {
             _completion.TrySetException(failure);
         }
-    }}
+    }
+}
