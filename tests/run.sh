@@ -23,6 +23,11 @@ fi
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 dotnet build Agent.sln -c Release -nologo -v quiet
+if [ "$group" = all ] || [ "$group" = unit ]; then
+  # the style in .editorconfig (file-scoped namespaces, braces, sorted usings, _camelCase private fields)
+  dotnet format Agent.sln --verify-no-changes --severity warn --no-restore -v quiet \
+    || { echo "weft: code style differs from .editorconfig: run 'dotnet format Agent.sln --severity warn'" >&2; exit 1; }
+fi
 results=$(mktemp -d)
 set +e
 dotnet test tests/Weft.Tests.csproj -c Release --no-build --logger "trx;LogFileName=weft.trx" \

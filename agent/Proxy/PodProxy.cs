@@ -6,9 +6,9 @@ namespace Weft.Proxy;
 /// <summary>
 /// The agent's listeners inside one enrolled pod's network namespace.
 /// <code>
-///  127.0.0.1:15001  outbound: connect4 sends the pod's connects here (Outbound.cs)
-///  [::]:15006       inbound plaintext: sk_lookup hands SYNs for the pod's IP here (InboundPassthrough.cs)
-///  [::]:15008       inbound HBONE: mTLS + HTTP/2 CONNECT from other agents (InboundTunnel.cs)
+///  127.0.0.1:15001  outbound: connect4 sends the pod's connects here (Outbound.cs, routed by RouteDecision)
+///  [::]:15006       inbound plaintext: sk_lookup hands SYNs for the pod's IP here (Inbound.cs, InboundDecision)
+///  [::]:15008       inbound HBONE: mTLS + HTTP/2 CONNECT from other agents (Inbound.cs, InboundDecision)
 /// </code>
 /// Sockets belong to the namespace they were made in, so which listener accepted a connection says
 /// which pod it came from: identity never rests on a source address.

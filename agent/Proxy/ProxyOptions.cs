@@ -19,7 +19,7 @@ public sealed record ProxyOptions
     /// <summary>A connection with no byte either way for this long is reset.</summary>
     public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromHours(1);
 
-    /// <summary>Open connections per pod and direction; more are refused with a reset.</summary>
+    /// <summary>Open connections per pod, inbound and outbound together (a handshake in progress counts); more are refused.</summary>
     public int MaxConnectionsPerPod { get; init; } = 65_536;
 
     /// <summary>Inbound limits (per peer identity, per source address, per node); null derives them from the descriptor limit at start.</summary>
