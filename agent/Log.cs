@@ -4,7 +4,7 @@ namespace Weft;
 /// The agent's log: one line per event on stderr, "time level component: message".
 /// Kept tiny on purpose; the hot path never logs per byte or per read.
 /// </summary>
-public static class Log
+internal static class Log
 {
     public static bool Verbose { get; set; } = Environment.GetEnvironmentVariable("WEFT_DEBUG") == "1";
 

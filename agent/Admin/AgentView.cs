@@ -6,7 +6,7 @@ using Weft.Telemetry;
 namespace Weft.Admin;
 
 /// <summary>What the admin API shows of an agent; a seam so the API can be tested without one.</summary>
-public interface IAgentView
+internal interface IAgentView
 {
     string NodeName { get; }
 
@@ -28,4 +28,4 @@ public interface IAgentView
 /// One certificate: a workload's SVID (Leaf), the agent's signing CA (CA), an intermediate, or a trust
 /// bundle root (Root). Never the private key.
 /// </summary>
-public sealed record CertificateEntry(string Name, string Type, X509Certificate2 Certificate, DateTimeOffset? RenewAt = null);
+internal sealed record CertificateEntry(string Name, string Type, X509Certificate2 Certificate, DateTimeOffset? RenewAt = null);

@@ -8,7 +8,7 @@ namespace Weft.Capture;
 /// the agent; tests open several). Code that opens upstream sockets reaches capture through here
 /// because it is handed only the proxy's options, not the capture.
 /// </summary>
-public static class AgentSockets
+internal static class AgentSockets
 {
     private static readonly Lock Gate = new();
     private static BpfCapture[] _open = [];

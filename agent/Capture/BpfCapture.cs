@@ -19,7 +19,7 @@ namespace Weft.Capture;
 /// pinned links (bpf_link update: no moment without capture). <see cref="Dispose"/> only closes
 /// file descriptors; <see cref="Uninstall"/> is the one way capture stops.
 /// </summary>
-public sealed class BpfCapture : IDisposable
+internal sealed class BpfCapture : IDisposable
 {
     private const string Component = "capture";
     private const string SkLookupProgram = "weft_sk_lookup";

@@ -8,7 +8,7 @@ namespace Weft.Capture;
 /// <param name="OutboundPort">the agent's listener on 127.0.0.1 / [::1] inside each pod.</param>
 /// <param name="InboundPort">the agent's inbound listener inside each pod.</param>
 /// <param name="TunnelPort">the agent's HBONE listener inside each pod: inbound SYNs for it are not steered.</param>
-public sealed record CaptureOptions(string PinRoot, string CgroupPath, ushort OutboundPort = 15001,
+internal sealed record CaptureOptions(string PinRoot, string CgroupPath, ushort OutboundPort = 15001,
     ushort InboundPort = 15006, ushort TunnelPort = 15008)
 {
     public const string DefaultPinRoot = "/sys/fs/bpf/weft";
@@ -22,12 +22,12 @@ public sealed record CaptureOptions(string PinRoot, string CgroupPath, ushort Ou
 
 /// <summary>What capture needs to know about one pod.</summary>
 /// <param name="FailOpen">when the agent is not serving the pod, let its traffic through instead of refusing it.</param>
-public sealed record PodCapture(IPAddress? Ipv4, IPAddress? Ipv6, bool FailOpen);
+internal sealed record PodCapture(IPAddress? Ipv4, IPAddress? Ipv6, bool FailOpen);
 
 /// <summary>
 /// The kernel or the machine refused something capture needs. The message names the cause and the fix.
 /// </summary>
-public sealed class CaptureException : Exception
+internal sealed class CaptureException : Exception
 {
     public CaptureException(string message, int errno = 0, Exception? inner = null)
         : base(message, inner) => Errno = errno;

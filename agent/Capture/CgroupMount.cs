@@ -3,7 +3,7 @@ using Weft.Capture.Internal;
 namespace Weft.Capture;
 
 /// <summary>Where the cgroup v2 hierarchy is mounted: read from mountinfo, never assumed.</summary>
-public static class CgroupMount
+internal static class CgroupMount
 {
     /// <summary>The cgroup2 mount point from /proc/self/mountinfo (hybrid hosts mount it at /sys/fs/cgroup/unified).</summary>
     public static string FindV2() =>

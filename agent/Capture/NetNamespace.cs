@@ -16,7 +16,7 @@ namespace Weft.Capture;
 /// caller ──Run(path, f)──► queue ──► [thread in pod netns] f() ──► result back to caller
 /// </code>
 /// </summary>
-public static class NetNamespace
+internal static class NetNamespace
 {
     private const int SolSocket = 1;
     private const int SoNetnsCookie = 71;

@@ -17,7 +17,7 @@ namespace Weft.Capture;
 /// process in the pod's cgroup names it. When the usual places miss (kubelet's --cgroup-root, nested
 /// layouts such as kind's kubelet.slice), a search a few levels deep finds the pod's directory by name.
 /// </summary>
-public sealed class PodNetns
+internal sealed class PodNetns
 {
     private const int SearchDepth = 6;
     private readonly string _procRoot;
@@ -203,7 +203,7 @@ public enum CgroupDriver
 }
 
 /// <summary>A pod's QoS class (status.qosClass): it decides the level of the pod's cgroup under kubepods.</summary>
-public enum PodQosClass
+internal enum PodQosClass
 {
     Unknown,
     Guaranteed,
@@ -212,4 +212,4 @@ public enum PodQosClass
 }
 
 /// <summary>Where a pod's network namespace was found: its cgroup, the process that names it, and /proc/PID/ns/net.</summary>
-public sealed record PodNetnsLocation(string PodCgroup, int Pid, string NetnsPath);
+internal sealed record PodNetnsLocation(string PodCgroup, int Pid, string NetnsPath);

@@ -7,7 +7,7 @@ namespace Weft.Hbone;
 /// per (source identity, destination identity, destination address) and opens another when
 /// <see cref="CanOpenStream"/> is false.
 /// </summary>
-public sealed class HboneClientConnection : IAsyncDisposable
+internal sealed class HboneClientConnection : IAsyncDisposable
 {
     private readonly Http2Connection _connection;
     private readonly Task _run;

@@ -5,7 +5,7 @@ namespace Weft.Hbone;
 /// shared by every connection that uses the same <see cref="HboneSettings"/> (the process-wide
 /// <see cref="Process"/> unless a caller passes its own).
 /// </summary>
-public sealed class HboneCounters
+internal sealed class HboneCounters
 {
     // A refusal storm writes one line per interval, not one per stream.
     private static readonly TimeSpan LogInterval = TimeSpan.FromSeconds(10);

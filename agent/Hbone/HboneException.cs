@@ -5,7 +5,7 @@ namespace Weft.Hbone;
 /// (<see cref="StatusCode"/>), a stream or connection ended with an HTTP/2 error code
 /// (<see cref="ErrorCode"/>), or the connection being gone.
 /// </summary>
-public sealed class HboneException : Exception
+internal sealed class HboneException : Exception
 {
     public HboneException(string message, int? statusCode = null, Http2ErrorCode? errorCode = null, Exception? inner = null)
         : base(message, inner)

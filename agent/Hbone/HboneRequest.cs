@@ -7,7 +7,7 @@ namespace Weft.Hbone;
 /// the tunnel opens) or <see cref="RejectAsync"/> (any other status, the stream ends). Bytes the client
 /// sends before the answer wait in the stream's input, within its window.
 /// </summary>
-public sealed class HboneRequest
+internal sealed class HboneRequest
 {
     private readonly Http2Connection _connection;
     private int _responded;

@@ -5,7 +5,7 @@ namespace Weft.Hbone;
 /// <summary>
 /// Serves HBONE on one accepted transport (the lead passes an SslStream after TLS 1.3 with ALPN h2).
 /// </summary>
-public static class HboneServer
+internal static class HboneServer
 {
     /// <summary>
     /// Runs the HTTP/2 server side until the connection ends: each well-formed CONNECT calls

@@ -5,7 +5,7 @@ namespace Weft.Hbone;
 /// the defaults are ztunnel's (4 MiB per stream, 16 MiB per connection), so a stalled stream can
 /// hold at most a quarter of the connection window.
 /// </summary>
-public sealed record HboneSettings
+internal sealed record HboneSettings
 {
     public const int DefaultWindowSize = 65_535;
 

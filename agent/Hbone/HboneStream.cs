@@ -17,7 +17,7 @@ namespace Weft.Hbone;
 /// reset. The receive window is returned only as the application consumes (AdvanceTo), so a reader that
 /// stops stalls only its own stream.
 /// </summary>
-public sealed class HboneStream : IDuplexPipe, IAsyncDisposable
+internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
 {
     private readonly Http2Connection _connection;
     private readonly Pipe _inbound;

@@ -8,7 +8,7 @@ namespace Weft.Identity;
 /// <param name="KeyPath">PEM: the signing CA's private key (PKCS#8, SEC1 "EC PRIVATE KEY" or PKCS#1 "RSA PRIVATE KEY", unencrypted).</param>
 /// <param name="TrustBundlePath">PEM: one or more root certificates peers may chain to (several during a CA rotation).</param>
 /// <param name="ChainPath">Optional PEM: intermediates from the signing CA's issuer up towards the root.</param>
-public sealed record CaFiles(string CertificatePath, string KeyPath, string TrustBundlePath, string? ChainPath = null)
+internal sealed record CaFiles(string CertificatePath, string KeyPath, string TrustBundlePath, string? ChainPath = null)
 {
     public IEnumerable<string> All()
     {
@@ -26,7 +26,7 @@ public sealed record CaFiles(string CertificatePath, string KeyPath, string Trus
 /// A signing CA (root or intermediate) with its private key, the intermediates between it and a root,
 /// and the trust bundle. Immutable: a reload makes a new instance.
 /// </summary>
-public sealed class CertificateAuthority
+internal sealed class CertificateAuthority
 {
     private CertificateAuthority(X509Certificate2 signer, X509Certificate2Collection intermediates, X509Certificate2Collection roots, string fingerprint)
     {

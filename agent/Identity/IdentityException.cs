@@ -1,7 +1,7 @@
 namespace Weft.Identity;
 
 /// <summary>An identity operation refused or failed; the message names the cause and, where there is one, the fix.</summary>
-public sealed class IdentityException : Exception
+internal sealed class IdentityException : Exception
 {
     public IdentityException(string message)
         : base(message)

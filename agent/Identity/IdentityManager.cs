@@ -4,7 +4,7 @@ using System.Collections.Frozen;
 namespace Weft.Identity;
 
 /// <summary>How the agent's identity is set up.</summary>
-public sealed record IdentityOptions(string TrustDomain, CaFiles Files)
+internal sealed record IdentityOptions(string TrustDomain, CaFiles Files)
 {
     public TimeSpan SvidLifetime { get; init; } = SvidIssuer.DefaultLifetime;
 
@@ -27,7 +27,7 @@ public sealed record IdentityOptions(string TrustDomain, CaFiles Files)
 /// </code>
 /// A bad new CA file keeps the previous CA and logs one error. Get never returns an expired SVID.
 /// </summary>
-public sealed class IdentityManager : IDisposable
+internal sealed class IdentityManager : IDisposable
 {
     private const string Component = "identity";
 

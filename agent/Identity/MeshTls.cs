@@ -14,7 +14,7 @@ namespace Weft.Identity;
 /// fault (unknown CA, expired, wrong usage): runtimes that turn them into TLS alerts send the matching one.
 /// .NET 10 on Linux sends no alert at all when a certificate is refused (docs/identity.md).
 /// </summary>
-public sealed class MeshTls
+internal sealed class MeshTls
 {
     private static readonly List<SslApplicationProtocol> Alpn = [SslApplicationProtocol.Http2];
 

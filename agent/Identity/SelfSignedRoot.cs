@@ -7,7 +7,7 @@ namespace Weft.Identity;
 /// A new self-signed root CA written as PEM files: for trying Weft standalone, the demo and the tests.
 /// Production clusters bring their own CA (or intermediate) instead.
 /// </summary>
-public static class SelfSignedRoot
+internal static class SelfSignedRoot
 {
     /// <summary>Writes ca.crt, ca.key (PKCS#8, mode 0600) and bundle.crt into <paramref name="directory"/>.</summary>
     public static CaFiles Write(string directory, string trustDomain, TimeSpan? lifetime = null)

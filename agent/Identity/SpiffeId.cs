@@ -9,7 +9,7 @@ namespace Weft.Identity;
 /// neither empty, "." nor "..", no percent-encoding, at most 2048 bytes) and then requires the Kubernetes
 /// shape <c>/ns/N/sa/S</c>, the only shape Weft issues or authorizes.
 /// </summary>
-public sealed record SpiffeId
+internal sealed record SpiffeId
 {
     private const string Scheme = "spiffe://";
     private const int MaxLength = 2048;

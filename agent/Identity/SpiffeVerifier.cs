@@ -4,7 +4,7 @@ using System.Security.Cryptography.X509Certificates;
 namespace Weft.Identity;
 
 /// <summary>The outcome of checking a peer: its identity, or why it was refused.</summary>
-public readonly record struct SpiffeVerification(SpiffeId? Id, string? Reason)
+internal readonly record struct SpiffeVerification(SpiffeId? Id, string? Reason)
 {
     public bool Verified => Id is not null;
 
@@ -12,7 +12,7 @@ public readonly record struct SpiffeVerification(SpiffeId? Id, string? Reason)
 }
 
 /// <summary>Which end of a TLS handshake an SVID authenticates, and so which extended key usage it needs.</summary>
-public enum TlsPeerRole
+internal enum TlsPeerRole
 {
     /// <summary>The connecting side: needs id-kp-clientAuth when the leaf has an extended key usage extension.</summary>
     Client,
@@ -32,7 +32,7 @@ public enum TlsPeerRole
 /// docs/identity.md says which rule comes from which spec, and what is accepted when an extension is absent.
 /// Immutable; the identity manager swaps in a new one when the trust bundle changes.
 /// </summary>
-public sealed class SpiffeVerifier
+internal sealed class SpiffeVerifier
 {
     private const string UriSanOid = "2.5.29.17";
     private const string ServerAuthOid = "1.3.6.1.5.5.7.3.1";

@@ -7,7 +7,7 @@ namespace Weft.Identity;
 /// An X.509-SVID: the leaf (with its in-memory private key), the intermediates to present after it,
 /// and the TLS certificate context built from both so a handshake sends the whole chain.
 /// </summary>
-public sealed class Svid
+internal sealed class Svid
 {
     private readonly Lazy<SslStreamCertificateContext> _context;
 

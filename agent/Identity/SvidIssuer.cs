@@ -9,7 +9,7 @@ namespace Weft.Identity;
 /// serverAuth+clientAuth, a random serial, NotBefore slightly in the past for clock skew, and
 /// NotAfter never beyond the CA's own.
 /// </summary>
-public sealed class SvidIssuer
+internal sealed class SvidIssuer
 {
     public static readonly TimeSpan DefaultLifetime = TimeSpan.FromHours(24);
 

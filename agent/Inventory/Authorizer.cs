@@ -7,7 +7,7 @@ namespace Weft.Inventory;
 /// It lives on the inventory side so that Policy never reads inventory types (Inventory → Policy, one way only);
 /// the decision itself is <see cref="PolicyDecisions"/>, over the destination's namespace and labels.
 /// </summary>
-public static class Authorizer
+internal static class Authorizer
 {
     /// <summary>Istio's order of DENY, then ALLOW, over the policies that apply to <paramref name="destination"/>; see <see cref="PolicyDecisions.Evaluate"/>.</summary>
     public static AuthorizationDecision Evaluate(InventorySnapshot snapshot, Workload destination, ConnectionAttributes connection)

@@ -4,7 +4,7 @@ using System.Text;
 namespace Weft.Inventory;
 
 /// <summary>Tuning for <see cref="FileInventorySource"/>; the defaults suit an agent.</summary>
-public sealed record FileInventorySourceOptions
+internal sealed record FileInventorySourceOptions
 {
     /// <summary>Quiet time after the last change event before reloading, so a save that writes in pieces is read once, whole.</summary>
     public TimeSpan Debounce { get; init; } = TimeSpan.FromMilliseconds(100);
@@ -30,7 +30,7 @@ public sealed record FileInventorySourceOptions
 /// Editors that save by writing a new file and renaming it over the old one, and Kubernetes ConfigMap
 /// volumes that swap a "..data" symlink, are both seen: the watcher covers the whole directory.
 /// </summary>
-public sealed class FileInventorySource : IDisposable
+internal sealed class FileInventorySource : IDisposable
 {
     private readonly InventoryStore _store;
     private readonly FileInventorySourceOptions _options;

@@ -22,7 +22,7 @@ namespace Weft.Inventory;
 ///   anything else ─► ignored with a debug note (ingresses come later)
 /// </code>
 /// </summary>
-public static class InventoryBuilder
+internal static class InventoryBuilder
 {
     public const string MeshLabel = "weft.dev/mesh";
     public const string NetnsAnnotation = "weft.dev/netns";

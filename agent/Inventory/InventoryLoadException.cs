@@ -4,7 +4,7 @@ namespace Weft.Inventory;
 /// An inventory file that cannot be used as a whole. The message names the file and, when YAML can
 /// tell, the line and column: "path:line:column: what is wrong".
 /// </summary>
-public sealed class InventoryLoadException : Exception
+internal sealed class InventoryLoadException : Exception
 {
     public InventoryLoadException(string path, int? line, int? column, string problem, Exception? inner = null)
         : base(Format(path, line, column, problem), inner)
@@ -31,4 +31,4 @@ public sealed class InventoryLoadException : Exception
 }
 
 /// <summary>Why the last reload of an inventory file failed, for the admin endpoint and metrics.</summary>
-public sealed record InventoryLoadError(string Message, DateTimeOffset At, string Path, int? Line, int? Column);
+internal sealed record InventoryLoadError(string Message, DateTimeOffset At, string Path, int? Line, int? Column);

@@ -11,7 +11,7 @@ namespace Weft.Inventory;
 /// <see cref="InventoryStore.Current"/> once per connection and use it without locks while a newer
 /// snapshot may already be published. Lookups allocate nothing.
 /// </summary>
-public sealed class InventorySnapshot
+internal sealed class InventorySnapshot
 {
     public static InventorySnapshot Empty { get; } = new(Indexes.Create([], [], [], [], PolicySet.Empty), version: 0, loadedAt: DateTimeOffset.MinValue);
 

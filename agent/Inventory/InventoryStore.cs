@@ -4,7 +4,7 @@ namespace Weft.Inventory;
 /// Holds the current <see cref="InventorySnapshot"/>. Readers take <see cref="Current"/> (one volatile read,
 /// no lock); sources publish whole new snapshots, each getting the next version.
 /// </summary>
-public sealed class InventoryStore
+internal sealed class InventoryStore
 {
     private readonly object _publishGate = new();
     private InventorySnapshot _current = InventorySnapshot.Empty;

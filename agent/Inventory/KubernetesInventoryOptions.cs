@@ -4,7 +4,7 @@ using k8s.Models;
 namespace Weft.Inventory;
 
 /// <summary>How the agent reaches the Kubernetes API and finds pods on its node (the command line's --kubernetes mode).</summary>
-public sealed record KubernetesApiOptions
+internal sealed record KubernetesApiOptions
 {
     /// <summary>A kubeconfig file; null: in-cluster configuration when running in a pod, else $KUBECONFIG or ~/.kube/config.</summary>
     public string? Kubeconfig { get; init; }
@@ -23,7 +23,7 @@ public sealed record KubernetesApiOptions
 }
 
 /// <summary>Tuning for <see cref="KubernetesInventorySource"/>; the defaults suit an agent, tests shorten the waits.</summary>
-public sealed record KubernetesInventoryOptions
+internal sealed record KubernetesInventoryOptions
 {
     /// <summary>This node's name (spec.nodeName of the pods the agent enrolls).</summary>
     public required string NodeName { get; init; }

@@ -22,7 +22,7 @@ namespace Weft.Inventory;
 /// another pod's namespace. This source drops it; the node agent finds a local pod's namespace from its cgroup
 /// (pod UID and QoS class, which the snapshot carries), since that is node-local knowledge, not the cluster's.
 /// </summary>
-public sealed class KubernetesInventorySource : IDisposable
+internal sealed class KubernetesInventorySource : IDisposable
 {
     private readonly InventoryStore _store;
     private readonly KubernetesInventoryOptions _options;

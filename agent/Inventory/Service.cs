@@ -4,7 +4,7 @@ using System.Net;
 namespace Weft.Inventory;
 
 /// <summary>A Kubernetes Service with the endpoints its EndpointSlices list.</summary>
-public sealed record Service
+internal sealed record Service
 {
     public required string Name { get; init; }
 
@@ -25,13 +25,13 @@ public sealed record Service
 /// One service port. The target port is either a number or the name of a container port; with a name,
 /// only the EndpointSlice ports (which carry the resolved number) say where traffic goes.
 /// </summary>
-public sealed record ServicePort(string? Name, int Port, int? TargetPortNumber, string? TargetPortName, string Protocol);
+internal sealed record ServicePort(string? Name, int Port, int? TargetPortNumber, string? TargetPortName, string Protocol);
 
 /// <summary>
 /// One endpoint address from an EndpointSlice, with that slice's ports. Conditions follow Kubernetes:
 /// a missing ready counts as ready, a missing serving as the ready value, a missing terminating as false.
 /// </summary>
-public sealed record ServiceEndpoint
+internal sealed record ServiceEndpoint
 {
     public required IPAddress Address { get; init; }
 
@@ -52,9 +52,9 @@ public sealed record ServiceEndpoint
     public required ImmutableArray<EndpointPort> Ports { get; init; }
 }
 
-public sealed record EndpointPort(string? Name, int Port, string Protocol);
+internal sealed record EndpointPort(string? Name, int Port, string Protocol);
 
-public sealed record PodReference(string Namespace, string Name)
+internal sealed record PodReference(string Namespace, string Name)
 {
     public override string ToString() => $"{Namespace}/{Name}";
 }

@@ -7,7 +7,7 @@ namespace Weft.Inventory;
 /// What a connection to a service VIP and port resolves to: the service, its port, and the ready
 /// endpoints of the VIP's address family. <see cref="Pick"/> spreads connections round-robin without locks.
 /// </summary>
-public sealed class ServiceTarget
+internal sealed class ServiceTarget
 {
     // Incremented by every Pick; wraps around harmlessly because only its value modulo the endpoint count matters.
     private int _next;

@@ -8,7 +8,7 @@ namespace Weft.Inventory;
 /// A pod as the mesh sees it: who it is (namespace, service account), where it runs, how to reach it,
 /// and whether the agent on its node captures its traffic.
 /// </summary>
-public sealed record Workload
+internal sealed record Workload
 {
     public required string Name { get; init; }
 
@@ -77,4 +77,4 @@ public sealed record Workload
 }
 
 /// <summary>A namespace and whether its label enrolls its pods in the mesh.</summary>
-public sealed record MeshNamespace(string Name, IReadOnlyDictionary<string, string> Labels, bool Enrolled);
+internal sealed record MeshNamespace(string Name, IReadOnlyDictionary<string, string> Labels, bool Enrolled);

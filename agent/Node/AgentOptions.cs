@@ -5,7 +5,7 @@ using Weft.Proxy;
 namespace Weft.Node;
 
 /// <summary>Everything the node agent is told at start.</summary>
-public sealed record AgentOptions
+internal sealed record AgentOptions
 {
     public required string NodeName { get; init; }
 

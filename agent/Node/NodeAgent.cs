@@ -17,7 +17,7 @@ namespace Weft.Node;
 /// Stopping never detaches the BPF programs: enrolled pods keep failing closed until a new agent
 /// adopts the pins, or an explicit uninstall removes them.
 /// </summary>
-public sealed class NodeAgent : IAsyncDisposable
+internal sealed class NodeAgent : IAsyncDisposable
 {
     private readonly AgentOptions _options;
     private readonly Dictionary<string, PodProxy> _pods = new();

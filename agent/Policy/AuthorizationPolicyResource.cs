@@ -10,7 +10,7 @@ namespace Weft.Policy;
 /// its apiVersion. Only the shape lives here; <see cref="PolicyCompiler"/> validates and compiles it.
 /// </summary>
 [KubernetesEntity(Group = PolicyKinds.Group, ApiVersion = PolicyKinds.Version, Kind = "AuthorizationPolicy", PluralName = "authorizationpolicies")]
-public sealed class V1Alpha1AuthorizationPolicy : IKubernetesObject<V1ObjectMeta>
+internal sealed class V1Alpha1AuthorizationPolicy : IKubernetesObject<V1ObjectMeta>
 {
     public const string KubeKind = "AuthorizationPolicy";
 
@@ -27,7 +27,7 @@ public sealed class V1Alpha1AuthorizationPolicy : IKubernetesObject<V1ObjectMeta
     public AuthorizationPolicySpec? Spec { get; set; }
 }
 
-public sealed class AuthorizationPolicySpec
+internal sealed class AuthorizationPolicySpec
 {
     /// <summary>Workloads in the policy's namespace (every namespace, for the mesh root namespace) with these labels; null: all of them.</summary>
     [JsonPropertyName("selector")]
@@ -49,14 +49,14 @@ public sealed class AuthorizationPolicySpec
     public IList<object>? TargetRefs { get; set; }
 }
 
-public sealed class WorkloadSelector
+internal sealed class WorkloadSelector
 {
     [JsonPropertyName("matchLabels")]
     public IDictionary<string, string>? MatchLabels { get; set; }
 }
 
 /// <summary>A rule matches when one of its sources, one of its operations and every condition match; an empty rule always matches.</summary>
-public sealed class AuthorizationRule
+internal sealed class AuthorizationRule
 {
     [JsonPropertyName("from")]
     public IList<RuleFrom>? From { get; set; }
@@ -69,14 +69,14 @@ public sealed class AuthorizationRule
     public IList<RuleCondition>? When { get; set; }
 }
 
-public sealed class RuleFrom
+internal sealed class RuleFrom
 {
     [JsonPropertyName("source")]
     public RuleSource? Source { get; set; }
 }
 
 /// <summary>Fields are ANDed; each list matches when any entry matches (a not-list when none does).</summary>
-public sealed class RuleSource
+internal sealed class RuleSource
 {
     /// <summary>Peer identities without the scheme, "cluster.local/ns/default/sa/sleep"; "*" prefix/suffix wildcards. mTLS only.</summary>
     [JsonPropertyName("principals")]
@@ -113,13 +113,13 @@ public sealed class RuleSource
     public IList<string>? NotRemoteIpBlocks { get; set; }
 }
 
-public sealed class RuleTo
+internal sealed class RuleTo
 {
     [JsonPropertyName("operation")]
     public RuleOperation? Operation { get; set; }
 }
 
-public sealed class RuleOperation
+internal sealed class RuleOperation
 {
     /// <summary>Destination ports as strings, as Istio writes them ("8080"); the workload's own port, not the tunnel's.</summary>
     [JsonPropertyName("ports")]
@@ -148,7 +148,7 @@ public sealed class RuleOperation
     public IList<string>? NotPaths { get; set; }
 }
 
-public sealed class RuleCondition
+internal sealed class RuleCondition
 {
     [JsonPropertyName("key")]
     public string? Key { get; set; }

@@ -9,7 +9,7 @@ namespace Weft.Policy;
 /// L4 node proxy decides with it, whether a workload accepts plaintext inbound (PERMISSIVE) or only mTLS (STRICT).
 /// </summary>
 [KubernetesEntity(Group = PolicyKinds.Group, ApiVersion = PolicyKinds.Version, Kind = "PeerAuthentication", PluralName = "peerauthentications")]
-public sealed class V1Alpha1PeerAuthentication : IKubernetesObject<V1ObjectMeta>
+internal sealed class V1Alpha1PeerAuthentication : IKubernetesObject<V1ObjectMeta>
 {
     public const string KubeKind = "PeerAuthentication";
 
@@ -26,7 +26,7 @@ public sealed class V1Alpha1PeerAuthentication : IKubernetesObject<V1ObjectMeta>
     public PeerAuthenticationSpec? Spec { get; set; }
 }
 
-public sealed class PeerAuthenticationSpec
+internal sealed class PeerAuthenticationSpec
 {
     /// <summary>Workloads in the policy's namespace (every namespace, for the mesh root namespace) with these labels; null: the whole namespace.</summary>
     [JsonPropertyName("selector")]
@@ -40,7 +40,7 @@ public sealed class PeerAuthenticationSpec
     public IDictionary<string, PeerMutualTls>? PortLevelMtls { get; set; }
 }
 
-public sealed class PeerMutualTls
+internal sealed class PeerMutualTls
 {
     /// <summary>UNSET (inherit; the default), PERMISSIVE, STRICT; DISABLE is read as PERMISSIVE.</summary>
     [JsonPropertyName("mode")]

@@ -14,7 +14,7 @@ namespace Weft.Policy;
 /// Knows nothing of the inventory: the caller names the destination by its namespace and labels (the inventory
 /// does, in its own <c>Authorizer</c>). Reads only the policy set it is given, takes no lock, and allocates nothing per decision.
 /// </summary>
-public static class PolicyDecisions
+internal static class PolicyDecisions
 {
     private const string NoPolicy = "no authorization policy applies";
     private const string NoAllowPolicy = "no ALLOW policy applies";

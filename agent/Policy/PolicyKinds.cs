@@ -1,7 +1,7 @@
 namespace Weft.Policy;
 
 /// <summary>The custom resource kinds Weft reads, keyed the way KubernetesYaml's type map wants them ("apiVersion/kind").</summary>
-public static class PolicyKinds
+internal static class PolicyKinds
 {
     public const string Group = "weft.dev";
     public const string Version = "v1alpha1";

@@ -14,7 +14,7 @@ namespace Weft.Policy;
 /// </code>
 /// Built by <see cref="PolicyCompiler"/>; immutable, shared by every reader of the snapshot.
 /// </summary>
-public sealed class PolicySet
+internal sealed class PolicySet
 {
     public static PolicySet Empty { get; } = new(
         PolicyKinds.DefaultMeshRootNamespace, [], FrozenDictionary<string, CompiledAuthorizationPolicy[]>.Empty,

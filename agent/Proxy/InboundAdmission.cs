@@ -208,7 +208,7 @@ internal sealed class InboundLease : IDisposable
 /// The limits themselves. Defaults derive from the agent's descriptor limit: inbound traffic may hold
 /// at most half of it, the other half stays for outbound traffic, the agent's own files and endpoints.
 /// </summary>
-public sealed record InboundLimits(int PerPeerIdentity, int PerSourceAddress, int PerNode)
+internal sealed record InboundLimits(int PerPeerIdentity, int PerSourceAddress, int PerNode)
 {
     /// <summary>
     /// Half the descriptors for inbound on the node; an eighth for one peer identity's streams (a

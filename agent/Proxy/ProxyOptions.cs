@@ -1,7 +1,7 @@
 namespace Weft.Proxy;
 
 /// <summary>Limits and timeouts of the node proxy; defaults suit a production node.</summary>
-public sealed record ProxyOptions
+internal sealed record ProxyOptions
 {
     public ushort OutboundPort { get; init; } = 15001;
 

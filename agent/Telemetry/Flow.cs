@@ -3,7 +3,7 @@ using System.Text.Json;
 
 namespace Weft.Telemetry;
 
-public enum FlowDirection
+internal enum FlowDirection
 {
     Outbound,
     Inbound,
@@ -13,7 +13,7 @@ public enum FlowDirection
 /// One proxied connection as the agent saw it. Byte counters are written by the relay while the
 /// connection is open, so a reader sees a long transfer grow.
 /// </summary>
-public sealed class Flow
+internal sealed class Flow
 {
     private static long _nextId;
     private long _bytesSent;

@@ -29,7 +29,7 @@ public sealed record FlowFilter
 
     public static FlowFilter None { get; } = new();
 
-    public bool Matches(Flow flow) =>
+    internal bool Matches(Flow flow) =>
         Matches(flow.SourceWorkload, flow.DestinationWorkload, flow.ResponseFlags, flow.Start, flow.End);
 
     public bool Matches(string? source, string? destination, string responseFlags, DateTimeOffset start, DateTimeOffset? end)
@@ -70,7 +70,7 @@ public sealed record FlowFilter
     }
 
     /// <summary>Applies the filter and then <see cref="Last"/> to flows in any order; the result is by start time.</summary>
-    public IReadOnlyList<T> Apply<T>(IEnumerable<T> flows, Func<T, Flow> flowOf) =>
+    internal IReadOnlyList<T> Apply<T>(IEnumerable<T> flows, Func<T, Flow> flowOf) =>
         Apply(flows.Where(f => Matches(flowOf(f))), t => flowOf(t).Start, t => flowOf(t).Id);
 
     public IReadOnlyList<T> Apply<T>(IEnumerable<T> matching, Func<T, DateTimeOffset> start, Func<T, long> id)

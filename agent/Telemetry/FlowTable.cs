@@ -6,7 +6,7 @@ using System.Text.Json;
 namespace Weft.Telemetry;
 
 /// <summary>How the access log writes a finished connection.</summary>
-public enum AccessLogFormat
+internal enum AccessLogFormat
 {
     Json,
     Text,
@@ -16,7 +16,7 @@ public enum AccessLogFormat
 /// Live flows plus a bounded ring of finished ones; writes one access-log line per finished flow and
 /// tells its observer (the metrics) when a flow opens and closes.
 /// </summary>
-public sealed class FlowTable
+internal sealed class FlowTable
 {
     private readonly ConcurrentDictionary<long, Flow> _live = new();
     private readonly Flow?[] _recent;

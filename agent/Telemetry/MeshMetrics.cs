@@ -4,7 +4,7 @@ using Weft.Inventory;
 namespace Weft.Telemetry;
 
 /// <summary>Told when a flow enters and leaves the flow table.</summary>
-public interface IFlowObserver
+internal interface IFlowObserver
 {
     void Opened(Flow flow);
 
@@ -12,7 +12,7 @@ public interface IFlowObserver
 }
 
 /// <summary>What the agent's health gauges show, read once per scrape.</summary>
-public sealed record AgentHealth
+internal sealed record AgentHealth
 {
     public int EnrolledPods { get; init; }
 
@@ -41,7 +41,7 @@ public sealed record AgentHealth
 /// workload names, namespaces, principals and flags, never addresses or ports: series are bounded by
 /// workload pairs times flags.
 /// </summary>
-public sealed class MeshMetrics : IFlowObserver
+internal sealed class MeshMetrics : IFlowObserver
 {
     /// <summary>Istio's standard TCP labels, in the order values are given.</summary>
     internal static readonly string[] IstioLabels =

@@ -55,4 +55,15 @@ public class ShippedAgentTests
         Assert.Equal(2, process.ExitCode);
         Assert.Contains($"unknown command '{command}'", stderr);
     }
+
+    [Fact]
+    public void AgentTypes_AreInternal_ExceptTheFewTheTestsTheoriesTakeAsParameters()
+    {
+        // xunit wants public test methods, so a type a theory takes as a parameter must be public too.
+        string[] tracked = ["Weft.Capture.CgroupDriver", "Weft.Hbone.Http2ErrorCode", "Weft.Policy.ConnectionAttributes", "Weft.Telemetry.FlowFilter"];
+
+        var exported = Agent.GetExportedTypes().Select(t => t.FullName!).Order(StringComparer.Ordinal).ToArray();
+
+        Assert.Equal(tracked.Order(StringComparer.Ordinal), exported);
+    }
 }

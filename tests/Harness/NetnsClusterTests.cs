@@ -7,7 +7,7 @@ namespace Weft.Tests.Harness;
 /// <summary>One 2-node x 2-pod cluster shared by the read-only tests of this class.</summary>
 public sealed class TwoNodeCluster : IAsyncLifetime
 {
-    public NetnsCluster Cluster { get; private set; } = null!;
+    internal NetnsCluster Cluster { get; private set; } = null!;
 
     public async Task InitializeAsync()
     {

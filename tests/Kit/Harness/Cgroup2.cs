@@ -6,7 +6,7 @@ namespace Weft.Harness;
 /// The few cgroup v2 operations the harness needs: find the mount, make directories,
 /// move a process, kill a subtree and remove it again.
 /// </summary>
-public static class Cgroup2
+internal static class Cgroup2
 {
     /// <summary>The cgroup2 mount point (see <see cref="CgroupMount.FindV2"/>).</summary>
     public static string FindMount()

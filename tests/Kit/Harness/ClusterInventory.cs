@@ -5,7 +5,7 @@ using k8s.Models;
 namespace Weft.Harness;
 
 /// <summary>A Service the test declares: a VIP, one port, and the pods behind it (written as an EndpointSlice).</summary>
-public sealed record ServiceSpec(string Name, string Namespace, string Vip, int Port, int TargetPort, IReadOnlyList<ClusterPod> Endpoints)
+internal sealed record ServiceSpec(string Name, string Namespace, string Vip, int Port, int TargetPort, IReadOnlyList<ClusterPod> Endpoints)
 {
     public ServiceSpec(string name, string ns, string vip, int port, int targetPort, params ClusterPod[] endpoints)
         : this(name, ns, vip, port, targetPort, (IReadOnlyList<ClusterPod>)endpoints)
@@ -18,7 +18,7 @@ public sealed record ServiceSpec(string Name, string Namespace, string Vip, int 
     public string PortName { get; init; } = "tcp";
 }
 
-public sealed record InventoryOptions
+internal sealed record InventoryOptions
 {
     public IReadOnlyList<ServiceSpec> Services { get; init; } = [];
 

@@ -6,7 +6,7 @@ namespace Weft.Harness;
 /// A node: a network namespace joined to the underlay bridge, forwarding for its pods, with a cgroup
 /// whose subtree holds the node's agent ("agent") and its pods ("pods/NS-POD"). Capture attaches here.
 /// </summary>
-public sealed class ClusterNode
+internal sealed class ClusterNode
 {
     private readonly NetnsCluster _cluster;
     private readonly List<ClusterPod> _pods = [];

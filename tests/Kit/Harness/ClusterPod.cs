@@ -6,7 +6,7 @@ namespace Weft.Harness;
 /// A pod: its own network namespace with one veth (eth0) to its node, an address from the node's pod
 /// CIDR and a cgroup under the node's. Processes started here are in both from their first instruction.
 /// </summary>
-public sealed class ClusterPod
+internal sealed class ClusterPod
 {
     private readonly NetnsCluster _cluster;
 

@@ -3,7 +3,7 @@ using System.Text.RegularExpressions;
 namespace Weft.Harness;
 
 /// <summary>What to build: nodes in order (node k gets underlay 172.31.0.k and pod CIDR 10.244.k.0/24) and their pods.</summary>
-public sealed record ClusterSpec(IReadOnlyList<NodeSpec> Nodes)
+internal sealed record ClusterSpec(IReadOnlyList<NodeSpec> Nodes)
 {
     public ClusterSpec(params NodeSpec[] nodes)
         : this((IReadOnlyList<NodeSpec>)nodes)
@@ -21,7 +21,7 @@ public sealed record ClusterSpec(IReadOnlyList<NodeSpec> Nodes)
 }
 
 /// <summary>A node: its own network namespace on the underlay bridge, and its pods.</summary>
-public sealed record NodeSpec(string Name, IReadOnlyList<PodSpec> Pods)
+internal sealed record NodeSpec(string Name, IReadOnlyList<PodSpec> Pods)
 {
     public NodeSpec(string name, params PodSpec[] pods)
         : this(name, (IReadOnlyList<PodSpec>)pods)
@@ -33,7 +33,7 @@ public sealed record NodeSpec(string Name, IReadOnlyList<PodSpec> Pods)
 /// A pod. App defaults to the name without trailing digits ("b1" → "b"); labels default to
 /// {app: App} and the service account to App, the way a Deployment's pods would look.
 /// </summary>
-public sealed record PodSpec(string Namespace, string Name)
+internal sealed record PodSpec(string Namespace, string Name)
 {
     public string? ServiceAccount { get; init; }
 

@@ -1,7 +1,7 @@
 namespace Weft.Harness;
 
 /// <summary>A netns cluster could not be built, used or torn down; the message names the step and the cause.</summary>
-public sealed class HarnessException : Exception
+internal sealed class HarnessException : Exception
 {
     public HarnessException(string message)
         : base(message)

@@ -7,7 +7,7 @@ namespace Weft.Harness;
 /// A process the harness started inside a node or pod. Its stdout and stderr are captured line by
 /// line as they arrive (tests read JSON lines while it runs). Signals go to its pid only, never by name.
 /// </summary>
-public sealed class ManagedProcess : IAsyncDisposable
+internal sealed class ManagedProcess : IAsyncDisposable
 {
     private readonly Process _process;
     private readonly object _gate = new();

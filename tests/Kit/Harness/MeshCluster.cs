@@ -6,7 +6,7 @@ namespace Weft.Harness;
 /// A netns cluster with a real <c>weft agent</c> process per node, each capturing its node's cgroup
 /// with its own pins. Everything is torn down on dispose: agents, pins, namespaces, cgroups.
 /// </summary>
-public sealed class MeshCluster : IAsyncDisposable
+internal sealed class MeshCluster : IAsyncDisposable
 {
     private readonly Dictionary<string, ManagedProcess> _agents = new();
     private readonly string _dir;
@@ -153,7 +153,7 @@ public sealed class MeshCluster : IAsyncDisposable
     }
 }
 
-public sealed record PeerRun(int ExitCode, List<JsonElement> Connections, string Stderr)
+internal sealed record PeerRun(int ExitCode, List<JsonElement> Connections, string Stderr)
 {
     public override string ToString() => $"exit {ExitCode}, {Connections.Count} connection(s)\n{string.Join('\n', Connections.Select(c => c.ToString()))}\n{Stderr}";
 }

@@ -21,7 +21,7 @@ namespace Weft.Harness;
 /// the harness, which made the run, removes them. Processes run in their own session, so a terminal's
 /// Ctrl-C reaches only the owner, and the owner decides the order of the teardown.
 /// </summary>
-public sealed partial class NetnsCluster : IAsyncDisposable
+internal sealed partial class NetnsCluster : IAsyncDisposable
 {
     internal const string NetnsDirectory = "/var/run/netns";
     private const string Component = "harness";

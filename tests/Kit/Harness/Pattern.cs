@@ -9,7 +9,7 @@ namespace Weft.Harness;
 /// the SHA-256 of the first N bytes without storing them. 64 KiB is not a multiple of any TLS or
 /// HTTP/2 frame size Weft uses, so a proxy that drops, repeats or reorders a chunk changes the hash.
 /// </summary>
-public static class Pattern
+internal static class Pattern
 {
     public const int BlockSize = 64 * 1024;
 

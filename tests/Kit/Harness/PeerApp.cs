@@ -16,7 +16,7 @@ namespace Weft.Harness;
 /// weft-kit app hold  --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
 /// </code>
 /// </summary>
-public static class PeerApp
+internal static class PeerApp
 {
     public const string Usage = """
         usage: weft-kit app serve --port P [--bind ADDR] [--mode hash|echo|reset] [--reply-bytes N]

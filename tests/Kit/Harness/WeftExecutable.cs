@@ -7,7 +7,7 @@ namespace Weft.Harness;
 /// <c>bench-metrics</c> the benchmark's, everything else the agent's. A program runs as its apphost when
 /// that is the current process, otherwise as <c>dotnet NAME.dll</c> from this build's output directory.
 /// </summary>
-public static class WeftExecutable
+internal static class WeftExecutable
 {
     public const string Agent = "weft";
     public const string Kit = "weft-kit";
