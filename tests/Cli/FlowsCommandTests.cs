@@ -99,8 +99,16 @@ public sealed class FlowsCommandTests : IDisposable
             await Task.Delay(100);
         }
 
+        // The finished record follows at the next poll; wait for it (bounded) rather than a fixed time,
+        // which a loaded machine overran.
         _agent.Flows.Closed(flow);
-        await Task.Delay(600);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (DateTime.UtcNow < deadline && !stdout.Snapshot().Any(l => l.Line.Contains($"\"id\":{flow.Id},", StringComparison.Ordinal)
+            && l.Line.Contains("\"state\":\"finished\"", StringComparison.Ordinal)))
+        {
+            await Task.Delay(50);
+        }
+
         stop.Cancel();
         Assert.Equal(0, await run);
 

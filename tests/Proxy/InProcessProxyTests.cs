@@ -27,7 +27,7 @@ public sealed class InProcessProxyTests : IAsyncLifetime
         _echo = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         _echo.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         _echo.Listen();
-        _echoing = EchoAsync(_echo);
+        _echoing = LoopbackEcho.ServeAsync(_echo);
 
         // Port 0 everywhere: the kernel picks free loopback ports, so runs side by side never collide.
         var options = new ProxyOptions { OutboundPort = 0, InboundPort = 0, HostPorts = [], ConnectTimeout = TimeSpan.FromSeconds(10) };
@@ -143,42 +143,5 @@ public sealed class InProcessProxyTests : IAsyncLifetime
         }
 
         throw new TimeoutException("no finished flow recorded within 30 s");
-    }
-
-    private static async Task EchoAsync(Socket listener)
-    {
-        while (true)
-        {
-            Socket peer;
-            try
-            {
-                peer = await listener.AcceptAsync();
-            }
-            catch (Exception e) when (e is ObjectDisposedException or SocketException)
-            {
-                return;
-            }
-
-            _ = Task.Run(async () =>
-            {
-                using (peer)
-                {
-                    var buffer = new byte[4096];
-                    try
-                    {
-                        int n;
-                        while ((n = await peer.ReceiveAsync(buffer)) > 0)
-                        {
-                            await peer.SendAsync(buffer.AsMemory(0, n));
-                        }
-
-                        peer.Shutdown(SocketShutdown.Send);
-                    }
-                    catch (SocketException)
-                    {
-                    }
-                }
-            });
-        }
     }
 }

@@ -43,7 +43,7 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
         _echo = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         _echo.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         _echo.Listen();
-        _ = EchoAsync(_echo);
+        _ = LoopbackEcho.ServeAsync(_echo);
 
         // b1 at 127.0.0.1 (its proxy serves CONNECTs naming 127.0.0.1); 127.0.0.2 is a second meshed pod
         // with the same identity, and 127.0.0.4 one with another identity; the client pods are a1 and a2.
@@ -231,42 +231,5 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
         }
 
         throw new TimeoutException($"fewer than {count} finished flows within 30 s");
-    }
-
-    private static async Task EchoAsync(Socket listener)
-    {
-        while (true)
-        {
-            Socket peer;
-            try
-            {
-                peer = await listener.AcceptAsync();
-            }
-            catch (Exception e) when (e is ObjectDisposedException or SocketException)
-            {
-                return;
-            }
-
-            _ = Task.Run(async () =>
-            {
-                using (peer)
-                {
-                    var buffer = new byte[4096];
-                    try
-                    {
-                        int n;
-                        while ((n = await peer.ReceiveAsync(buffer)) > 0)
-                        {
-                            await peer.SendAsync(buffer.AsMemory(0, n));
-                        }
-
-                        peer.Shutdown(SocketShutdown.Send);
-                    }
-                    catch (SocketException)
-                    {
-                    }
-                }
-            });
-        }
     }
 }
