@@ -10,9 +10,8 @@ internal sealed class HboneCounters
     // A refusal storm writes one line per interval, not one per stream.
     private static readonly TimeSpan LogInterval = TimeSpan.FromSeconds(10);
 
+    private readonly RateLimitedWarning _refusals = new("hbone", LogInterval);
     private long _refusedStreams;
-    private long _refusedSinceLog;
-    private long _lastLogTicks = long.MinValue;
 
     /// <summary>The agent's counters (what MeshMetrics exports).</summary>
     public static HboneCounters Process { get; } = new();
@@ -23,18 +22,6 @@ internal sealed class HboneCounters
     internal void StreamRefused(int limit)
     {
         Interlocked.Increment(ref _refusedStreams);
-        long pending = Interlocked.Increment(ref _refusedSinceLog);
-        long now = Environment.TickCount64;
-        long last = Interlocked.Read(ref _lastLogTicks);
-        if (last != long.MinValue && now - last < (long)LogInterval.TotalMilliseconds)
-        {
-            return;
-        }
-        if (Interlocked.CompareExchange(ref _lastLogTicks, now, last) != last)
-        {
-            return; // another thread logs this interval
-        }
-        pending = Interlocked.Exchange(ref _refusedSinceLog, 0);
-        Log.Warn("hbone", $"refused {pending} CONNECT stream(s) with REFUSED_STREAM: a connection reached its limit of {limit} concurrent streams (total {RefusedStreams}; next report in {LogInterval.TotalSeconds:0} s at most)");
+        _refusals.Warn(passedOver => $"refused {passedOver + 1} CONNECT stream(s) with REFUSED_STREAM: a connection reached its limit of {limit} concurrent streams (total {RefusedStreams}; next report in {LogInterval.TotalSeconds:0} s at most)");
     }
 }
