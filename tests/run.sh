@@ -37,6 +37,22 @@ set -e
 summary=$(grep -o '<Counters [^>]*>' "$results/weft.trx" 2>/dev/null || true)
 passed=$(sed -n 's/.* passed="\([0-9]*\)".*/\1/p' <<<"$summary")
 failed=$(sed -n 's/.* failed="\([0-9]*\)".*/\1/p' <<<"$summary")
+# CI shows only the tail of this output: name each failed test there, with its message and where it failed
+if [ "${failed:-0}" != 0 ]; then
+  python3 - "$results/weft.trx" <<'PY' || true
+import sys, xml.etree.ElementTree as ET
+ns = {"t": "http://microsoft.com/schemas/VisualStudio/TeamTest/2010"}
+for r in ET.parse(sys.argv[1]).getroot().iterfind(".//t:UnitTestResult", ns):
+    if r.get("outcome") != "Failed":
+        continue
+    print(f"FAILED {r.get('testName')} ({r.get('duration')})")
+    for tag in ("Message", "StackTrace"):
+        e = r.find(f"t:Output/t:ErrorInfo/t:{tag}", ns)
+        if e is not None and e.text:
+            for line in e.text.strip().splitlines()[:12]:
+                print("    " + line.strip())
+PY
+fi
 rm -rf "$results"
 echo "test group: $group"
 echo "tests: ${passed:-0} passed, ${failed:-0} failed"
