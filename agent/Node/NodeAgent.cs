@@ -481,6 +481,8 @@ internal sealed class NodeAgent : IAsyncDisposable
             ("peer_identity", a.IdentityTotal, a.Limits.PerPeerIdentity),
             ("node", a.NodeCount, a.Limits.PerNode),
         ],
+        TunnelsOpen = _services?.Tunnels?.OpenTunnels ?? 0,
+        TunnelsIdleClosed = _services?.Tunnels?.IdleClosed ?? 0,
     };
 
     /// <summary>Stops accepting, lets open connections finish within the grace period, keeps the pins.</summary>
