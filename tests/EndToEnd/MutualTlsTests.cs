@@ -225,7 +225,12 @@ public class MutualTlsTests
             "--connections", "500", "--concurrency", "500", "--hold-ms", "1000", "--expect-reply-bytes", "512");
         Assert.True(concurrent.ExitCode == 0, concurrent.ToString());
 
-        var inbound = MeshCluster.Flows(mesh.Agent("node2")).Where(f => f.GetProperty("original_destination").GetString()!.EndsWith(":9090", StringComparison.Ordinal)).ToList();
+        List<System.Text.Json.JsonElement> Inbound() =>
+            MeshCluster.Flows(mesh.Agent("node2")).Where(f => f.GetProperty("original_destination").GetString()!.EndsWith(":9090", StringComparison.Ordinal)).ToList();
+
+        // A record is written when both directions have closed, which can be just after the client saw its reply.
+        await CaptureScopeTests.WaitUntilAsync(() => Inbound().Count >= 500);
+        var inbound = Inbound();
         Assert.Equal(500, inbound.Count);
         Assert.All(inbound, f => Assert.Equal("-", f.GetProperty("response_flags").GetString()));
 
