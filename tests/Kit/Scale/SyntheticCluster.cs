@@ -19,7 +19,7 @@ internal sealed class SyntheticCluster
 
     public SyntheticCluster(int pods, int nodes = 500, int namespaces = 50)
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(pods);
+        ArgumentOutOfRangeException.ThrowIfNegative(pods);
         Pods = pods;
         Nodes = nodes;
         Namespaces = namespaces;
