@@ -78,15 +78,10 @@ internal static partial class InventoryYaml
         var lineOffset = document.FirstLine - 1;
         try
         {
-            var deserialize = Deserializers.GetOrAdd(document.Type, type => DeserializeOne.MakeGenericMethod(type).CreateDelegate<Func<string, bool, object?>>() is var typed
-                ? yaml => typed(yaml, false)
-                : throw new InvalidOperationException());
-            return deserialize(text);
+            return Deserializers.GetOrAdd(document.Type, DeserializerFor)(text);
         }
-        catch (Exception ex) when (ex is YamlException or TargetInvocationException { InnerException: YamlException })
+        catch (YamlException yaml)
         {
-            var yaml = ex as YamlException ?? (YamlException)ex.InnerException!;
-
             // Wrong field types surface as "Exception during deserialization" around the real reason.
             var where = $"in the {document.Kind} starting at line {document.Line}: ";
             throw new InventoryLoadException(path, Line(yaml.Start) + lineOffset, Column(yaml.Start), where + Describe(yaml), yaml);
@@ -95,6 +90,13 @@ internal static partial class InventoryYaml
         {
             throw new InventoryLoadException(path, document.Line, 1, $"cannot read the {document.Kind} starting at line {document.Line}: {ex.Message}", ex);
         }
+    }
+
+    private static Func<string, object?> DeserializerFor(Type type)
+    {
+        // KubernetesYaml keeps its configured deserializer private; its generic Deserialize<T> is the way in.
+        var typed = DeserializeOne.MakeGenericMethod(type).CreateDelegate<Func<string, bool, object?>>();
+        return yaml => typed(yaml, false);
     }
 
     /// <summary>One YAML document: its text in the file (from the start of its first line), where its object starts, and its kind.</summary>
