@@ -330,12 +330,27 @@ internal sealed class BpfCapture : IDisposable
         }
         LibbpfLog.Install();
         var links = Path.Combine(pinRoot, "links");
+        var enrolledNetns = new HashSet<ulong>();
         if (Directory.Exists(links))
         {
             foreach (var path in Directory.GetFiles(links))
             {
+                // sk_lookup-<netns cookie>: a pod whose namespace got the delivery return path
+                var name = Path.GetFileName(path);
+                if (name.StartsWith(SkLookupLinkPrefix, StringComparison.Ordinal)
+                    && ulong.TryParse(name.AsSpan(SkLookupLinkPrefix.Length), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var cookie))
+                {
+                    enrolledNetns.Add(cookie);
+                }
+
                 DetachPinnedLink(path);
             }
+        }
+
+        var cleaned = DeliveryReturnPath.RemoveFromNamespaces(enrolledNetns);
+        if (cleaned > 0)
+        {
+            Log.Info(Component, $"removed the delivery return path from {cleaned} pod network namespace(s)");
         }
         Directory.Delete(pinRoot, recursive: true);
         Log.Info(Component, $"uninstalled capture pinned under {pinRoot}");

@@ -85,6 +85,78 @@ internal static class DeliveryReturnPath
         }
     }
 
+    /// <summary>
+    /// On uninstall: removes the return path from every network namespace whose cookie is in <paramref name="netnsCookies"/>
+    /// (the pods that had capture's sk_lookup link), found through the processes under <paramref name="procRoot"/> and the
+    /// named namespaces in /var/run/netns. Returns how many namespaces it cleaned.
+    /// </summary>
+    public static int RemoveFromNamespaces(IReadOnlySet<ulong> netnsCookies, string procRoot = "/proc", string namedRoot = "/var/run/netns")
+    {
+        if (netnsCookies.Count == 0)
+        {
+            return 0;
+        }
+
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var cleaned = 0;
+        foreach (var path in Candidates(procRoot, namedRoot))
+        {
+            string? identity;
+            try
+            {
+                // one look per namespace, whatever number of processes share it
+                identity = new FileInfo(path).LinkTarget ?? path;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                continue;
+            }
+
+            if (!seen.Add(identity))
+            {
+                continue;
+            }
+
+            try
+            {
+                if (netnsCookies.Contains(NetNamespace.GetCookie(path)))
+                {
+                    Remove(path);
+                    cleaned++;
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or CaptureException)
+            {
+                // the process or namespace went away meanwhile
+            }
+            finally
+            {
+                NetNamespace.Release(path);
+            }
+        }
+
+        return cleaned;
+
+        static IEnumerable<string> Candidates(string procRoot, string namedRoot)
+        {
+            if (Directory.Exists(namedRoot))
+            {
+                foreach (var named in Directory.EnumerateFiles(namedRoot))
+                {
+                    yield return named;
+                }
+            }
+
+            foreach (var pid in Directory.EnumerateDirectories(procRoot))
+            {
+                if (int.TryParse(Path.GetFileName(pid), NumberStyles.None, CultureInfo.InvariantCulture, out _))
+                {
+                    yield return Path.Join(pid, "ns", "net");
+                }
+            }
+        }
+    }
+
     private static bool WriteSysctls(bool ipv6, string value)
     {
         foreach (var path in Sysctls)

@@ -116,7 +116,7 @@ internal static class DemoCommand
 
         foreach (var name in new[] { "web-a", "web-b1", "web-b2" })
         {
-            MeshCluster.StartServer(cluster.Pod("demo", name), "--port", "8080", "--reply-bytes", "65536");
+            MeshCluster.StartServer(cluster.Pod("demo", name), "--bind", "::", "--port", "8080", "--reply-bytes", "65536");
         }
 
         await Task.Delay(500, interrupted);
@@ -124,6 +124,7 @@ internal static class DemoCommand
         var ok = true;
         ok &= await TrafficAsync(Print, "same node:  client -> web-a", client, $"{cluster.Pod("demo", "web-a").Address}:8080", 1);
         ok &= await TrafficAsync(Print, "cross node: client -> web-b1", client, $"{cluster.Pod("demo", "web-b1").Address}:8080", 1);
+        ok &= await TrafficAsync(Print, "IPv6:       client -> web-b1", client, $"[{cluster.Pod("demo", "web-b1").Address6}]:8080", 1);
         ok &= await TrafficAsync(Print, $"service:    client -> web ({Vip}:80), 10 connections", client, $"{Vip}:80", 10);
         ok &= await RefusedAsync(Print, "policy:     client -> web-b1:9090 (denied by demo/deny-9090)", client, $"{cluster.Pod("demo", "web-b1").Address}:9090");
         await Task.Delay(300, interrupted);
