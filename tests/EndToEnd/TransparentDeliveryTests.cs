@@ -47,6 +47,13 @@ public class TransparentDeliveryTests
         Assert.Contains($"lookup {Table}", Ip(b1, "-4", "rule", "show"));
         Assert.Contains("local default dev lo", Ip(b1, "-4", "route", "show", "table", Table));
 
+        // Only the pods' namespaces get it: the nodes' have no rule, route or mark sysctl of ours.
+        foreach (var node in mesh.Cluster.Nodes)
+        {
+            Assert.DoesNotContain("fwmark", HostCommand.Ip("-n", node.NetnsName, "rule", "show"));
+            Assert.Equal("0", HostCommand.Run("ip", "netns", "exec", node.NetnsName, "sysctl", "-n", "net.ipv4.tcp_fwmark_accept").Trim());
+        }
+
         // ...and gone, with its marks' sysctls, once b1 leaves the mesh.
         var agent = mesh.Agent("node2");
         mesh.WriteInventory(Inventory(mesh.Cluster, b1));
