@@ -132,11 +132,11 @@ internal static class DemoCommand
         foreach (var node in cluster.Nodes)
         {
             Print($"\n== what the agent on {node.Name} saw");
-            Print($"  {"DIR",-9} {"SOURCE",-12} {"ORIGINAL DST",-18} {"SERVICE",-9} {"DESTINATION",-12} {"SECURITY",-10} {"SENT",9} {"RECEIVED",9} FLAGS");
+            Print($"  {"DIR",-9} {"SOURCE",-12} {"ORIGINAL DST",-22} {"SERVICE",-9} {"DESTINATION",-12} {"SECURITY",-10} {"SENT",9} {"RECEIVED",9} FLAGS");
             foreach (var flow in MeshCluster.Flows(mesh.Agent(node.Name)))
             {
                 Print(
-                    $"  {S(flow, "direction"),-9} {S(flow, "source_workload"),-12} {S(flow, "original_destination"),-18} " +
+                    $"  {S(flow, "direction"),-9} {S(flow, "source_workload"),-12} {S(flow, "original_destination"),-22} " +
                     $"{S(flow, "destination_service"),-9} {S(flow, "destination_workload"),-12} {S(flow, "connection_security_policy"),-10} " +
                     $"{flow.GetProperty("bytes_sent").GetInt64(),9} {flow.GetProperty("bytes_received").GetInt64(),9} {S(flow, "response_flags")}" +
                     (flow.TryGetProperty("error", out var error) ? $" ({error.GetString()})" : ""));
