@@ -375,6 +375,16 @@ internal sealed class NodeAgent : IAsyncDisposable
             RemoveLocal(proxy);
             _ = proxy.DisposeAsync().AsTask();
 
+            // The delivery return path (a rule, a route, two sysctls) goes with the pod: nothing of ours stays behind.
+            try
+            {
+                _services!.Sockets.Release(pod);
+            }
+            catch (Exception e)
+            {
+                Log.Warn("agent", $"{pod.Key}: removing the delivery return path: {e.Message}");
+            }
+
             // The netns thread holds the namespace open; a deleted pod's namespace must be let go.
             NetNamespace.Release(pod.NetnsPath);
             Log.Info("agent", $"{pod.Key}: unenrolled");

@@ -55,6 +55,20 @@ internal sealed class LoopbackPodSockets : IPodSockets
         }
     }
 
+    /// <summary>Deliveries asked for: the client the app was to be shown, by destination.</summary>
+    public ConcurrentQueue<(IPAddress Client, IPEndPoint Destination)> Deliveries { get; } = new();
+
+    public Task<Socket> DeliverAsync(LocalPod pod, IPAddress client, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default)
+    {
+        // loopback has no transparent return path: the record says whom the app was meant to see
+        Deliveries.Enqueue((client, destination));
+        return ConnectAsync(pod, destination, options, cancellationToken);
+    }
+
+    public void Release(LocalPod pod)
+    {
+    }
+
     public async Task<Socket> ConnectAsync(LocalPod pod, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default)
     {
         Interlocked.Increment(ref _connects);
