@@ -187,7 +187,7 @@ internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWat
         _changed();
     }
 
-    private async Task<WatchOutcome> WatchAsync(string resourceVersion, TimeSpan timeout, CancellationToken cancellationToken)
+    internal async Task<WatchOutcome> WatchAsync(string resourceVersion, TimeSpan timeout, CancellationToken cancellationToken)
     {
         // The server ends the watch after timeoutSeconds; if it goes silent instead (a dead peer), our own deadline does.
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -297,7 +297,7 @@ internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWat
         _ => e.Message,
     };
 
-    private enum WatchOutcome
+    internal enum WatchOutcome
     {
         Ended,
         EndedEarly,

@@ -251,6 +251,18 @@ public sealed class FileInventorySourceTests : IDisposable
     }
 
     [Fact]
+    public void MalformedTag_IsALoadErrorWithItsPosition_NotABuilderFailure()
+    {
+        // Found by fuzzing (tests/Fuzz/regressions/inventory): YamlDotNet refused the tag with a bare ArgumentException.
+        File.WriteAllText(InventoryPath, "apiVersion: v1\nkind: Namespace\nmetadata: !!+!i {name: demo}\n");
+
+        var failure = Assert.Throws<InventoryLoadException>(() => Start());
+
+        Assert.Equal((3, 16), (failure.Line, failure.Column)); // just past the tag: where the scanner stopped
+        Assert.Equal($"{InventoryPath}:3:16: a YAML tag that is not a valid URI (Global tags must be valid URIs.)", failure.Message);
+    }
+
+    [Fact]
     public void TabIndentation_IsReportedOnTheTabbedLine()
     {
         File.WriteAllText(InventoryPath, "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n\tspec: {}\n");
