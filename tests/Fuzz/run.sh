@@ -101,8 +101,9 @@ crashes=$(value saved_crashes)
 hangs=$(value saved_hangs)
 echo "target $target: $(value execs_done) executions in $(value run_time)s ($(value execs_per_sec)/s), $(value corpus_count) paths ($(value corpus_found) new), $crashes crashes, $hangs hangs, peak RSS $(value peak_rss_mb) MB"
 for kind in crashes hangs; do
-  for f in "$findings/default/$kind"/id:*; do
-    [[ -e "$f" ]] && echo "  $kind: $f   (replay: $build/weft-fuzz $target '$f')"
+  # A few examples; they are usually one bug found many ways.
+  find "$findings/default/$kind" -name 'id:*' 2>/dev/null | sort | head -5 | while read -r f; do
+    echo "  $kind: $f   (replay: $build/weft-fuzz $target '$f')"
   done
 done
 [[ "$crashes" == 0 && "$hangs" == 0 ]]

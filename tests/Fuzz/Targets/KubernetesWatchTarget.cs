@@ -73,10 +73,17 @@ internal sealed class KubernetesWatchTarget : IFuzzTarget
         {
             // An ERROR event other than 410: the watch pass ends with that status, the loop retries.
         }
+        catch (System.Text.Json.JsonException)
+        {
+            // A response the client cannot read at all fails the pass; the loop retries with backoff, keeping the last snapshot.
+        }
     }
 
-    // Events the watch skips: malformed JSON or a value of the wrong type; anything else reported there is a bug.
-    private static bool IsUnreadableEvent(Exception e) => e is System.Text.Json.JsonException or KubernetesException;
+    // Events the watch skips: malformed JSON, a value of the wrong type, or a line KubernetesClient's own
+    // decoder failed on (it reports those per event, e.g. a NullReferenceException for a line without an
+    // object, and goes on). Anything else reported there came from Weft's code and is a bug.
+    private static bool IsUnreadableEvent(Exception e) =>
+        e is System.Text.Json.JsonException or KubernetesException || e.TargetSite?.DeclaringType?.Assembly == typeof(Kubernetes).Assembly;
 
     private static Action<Exception> Observing(Action<Exception> onError, List<Exception> seen) => e =>
     {
