@@ -26,13 +26,14 @@ internal sealed class HbonePool
     private readonly IdentityManager _identity;
     private readonly ProxyOptions _options;
     private readonly IPodSockets _sockets;
-    private readonly HboneSettings _settings = new();
+    private readonly HboneSettings _settings;
 
     public HbonePool(IdentityManager identity, ProxyOptions options, IPodSockets sockets)
     {
         _identity = identity;
         _options = options;
         _sockets = sockets;
+        _settings = options.Tunnel();
     }
 
     /// <summary>How long the last new tunnel's TCP connect and TLS handshake took (for the flow record).</summary>

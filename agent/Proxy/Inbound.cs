@@ -199,6 +199,10 @@ internal sealed partial class PodProxy
                 {
                     await connection.RelayAsync(upstream, stream, socketIsClient: false).ConfigureAwait(false);
                     connection.RecordTcpRtt(upstream);
+                    if (stream.ConnectionLoss is { } lost)
+                    {
+                        flow.Record(new ProxyError(ProxyErrorKind.DownstreamTermination, $"tunnel from {tunnelSource} lost: {lost.Message}"));
+                    }
                 }
             }
         }
