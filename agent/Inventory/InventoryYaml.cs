@@ -134,6 +134,13 @@ internal static partial class InventoryYaml
             var stop = scanner.CurrentPosition;
             throw new InventoryLoadException(path, Line(stop), Column(stop), $"a YAML tag that is not a valid URI ({ex.Message.Replace(" (Parameter 'value')", "", StringComparison.Ordinal)})", ex);
         }
+        catch (EndOfStreamException ex)
+        {
+            // The parser ran out of events inside a document (YamlDotNet also ends its input at a NUL character).
+            var stop = scanner.CurrentPosition;
+            throw new InventoryLoadException(path, Line(stop), Column(stop),
+                "YAML ended (or holds a NUL character) inside a mapping or list opened before this point", ex);
+        }
         catch (InvalidOperationException ex)
         {
             // YamlDotNet's scanner throws this without a position when a flow collection or quote runs off the
