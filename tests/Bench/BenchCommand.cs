@@ -72,6 +72,11 @@ internal static partial class BenchCommand
     public static async Task<int> RunAsync(CommandLine cl)
     {
         var suite = cl.Get("suite") ?? "issue3";
+        if (suite == "scale")
+        {
+            return await ScaleBenchmark.RunAsync(cl);
+        }
+
         if (suite is not ("issue2" or "issue3" or "metrics" or "all"))
         {
             throw new UsageException("--suite takes issue2, issue3, metrics or all");

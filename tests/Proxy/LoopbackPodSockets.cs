@@ -29,8 +29,8 @@ internal sealed class LoopbackPodSockets : IPodSockets
     /// <summary>Rewrites a connect's destination; identity by default.</summary>
     public Func<IPEndPoint, IPEndPoint> Redirect { get; set; } = destination => destination;
 
-    /// <summary>Connects asked for, by the destination asked for (before any redirect).</summary>
-    public ConcurrentQueue<IPEndPoint> Connects { get; } = new();
+    /// <summary>Connects asked for: from which pod's namespace, to the destination asked for (before any redirect).</summary>
+    public ConcurrentQueue<(LocalPod Pod, IPEndPoint Destination)> Connects { get; } = new();
 
     public int ConnectCount => Volatile.Read(ref _connects);
 
@@ -58,7 +58,7 @@ internal sealed class LoopbackPodSockets : IPodSockets
     public async Task<Socket> ConnectAsync(LocalPod pod, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default)
     {
         Interlocked.Increment(ref _connects);
-        Connects.Enqueue(destination);
+        Connects.Enqueue((pod, destination));
         var target = Redirect(destination);
         var socket = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
