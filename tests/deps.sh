@@ -10,6 +10,8 @@ have_cmd llc || need+=(llvm)
 have_cmd ip || need+=(iproute2)
 have_cmd bpftool || need+=(bpftool)
 have_cmd tcpdump || need+=(tcpdump)
+# tests/EndToEnd/NetworkFaultTests drops packets on the test cluster's underlay with nftables
+have_cmd nft || need+=(nftables)
 have_cmd iperf3 || need+=(iperf3)
 have_cmd sockperf || need+=(sockperf)
 have_cmd prometheus && have_cmd promtool || need+=(prometheus)

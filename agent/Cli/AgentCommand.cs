@@ -17,6 +17,7 @@ internal static class AgentCommand
                    [--drain-seconds N] [--idle-timeout-seconds N] [--max-connections-per-pod N]
                    [--max-inbound-per-identity N] [--max-inbound-per-address N] [--max-inbound-per-node N]
                    [--access-log json|text|off] [--no-access-log]
+                   [--tunnel-keepalive-seconds N] [--tunnel-keepalive-timeout-seconds N]
                    [--trust-domain TD --ca-cert FILE --ca-key FILE --trust-bundle FILE [--ca-chain FILE]]
           Runs the node agent: captures enrolled pods' TCP traffic with eBPF and proxies it.
           --node defaults to $NODE_NAME, then the host name; --cgroup to the cgroup v2 root;
@@ -26,6 +27,8 @@ internal static class AgentCommand
           hard limit at start): --max-inbound-per-identity (CONNECT streams one peer SPIFFE ID holds, L/8),
           --max-inbound-per-address (connections one source address holds, counted from accept, L/16),
           --max-inbound-per-node (accepted inbound connections plus admitted CONNECT streams, L/2).
+          Each HBONE tunnel PINGs its peer every --tunnel-keepalive-seconds (default 30) and closes, ending its
+          streams, when an ACK takes longer than --tunnel-keepalive-timeout-seconds (default 10).
           --kubernetes (implied by --kubeconfig, and by running in a pod without --inventory) watches the
           Kubernetes API: in-cluster service account, else $KUBECONFIG or ~/.kube/config. Local pods'
           network namespaces are found from their cgroups under --pod-cgroup-root (default: the cgroup v2 root).
@@ -74,6 +77,8 @@ internal static class AgentCommand
                 IdleTimeout = TimeSpan.FromSeconds(cl.Int("idle-timeout-seconds", (int)proxyDefaults.IdleTimeout.TotalSeconds)),
                 MaxConnectionsPerPod = cl.Int("max-connections-per-pod", proxyDefaults.MaxConnectionsPerPod),
                 Inbound = InboundLimitFlags(cl),
+                TunnelKeepalive = Seconds(cl, "tunnel-keepalive-seconds", proxyDefaults.TunnelKeepalive),
+                TunnelKeepaliveTimeout = Seconds(cl, "tunnel-keepalive-timeout-seconds", proxyDefaults.TunnelKeepaliveTimeout),
             },
         };
         var caCert = cl.Get("ca-cert");
@@ -115,6 +120,12 @@ internal static class AgentCommand
             var n = cl.Int(name, 0);
             return n >= 0 ? n : throw new UsageException($"--{name} wants 0 (derive it) or more, got {n}");
         }
+    }
+
+    private static TimeSpan Seconds(CommandLine cl, string name, TimeSpan fallback)
+    {
+        var n = cl.Int(name, (int)fallback.TotalSeconds);
+        return n >= 1 ? TimeSpan.FromSeconds(n) : throw new UsageException($"--{name} wants 1 or more seconds, got {n}");
     }
 
     public static int Uninstall(CommandLine cl)

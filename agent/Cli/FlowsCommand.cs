@@ -18,7 +18,7 @@ internal static class FlowsCommand
         weft flows [--pod NS/NAME] [--from-pod NS/NAME] [--to-pod NS/NAME] [--namespace NS] [--verdict V]
                    [--since 5m|RFC3339] [--last N] [--follow] [-o table|json] [--admin ADDR | --node NAME [--kubeconfig FILE]]
           Connections through this node's agent, live and recently finished. --verdict is forwarded,
-          denied, error, or a response flag (DENY, UF, UH, UO, TLS_FAILURE, CONNECT, IDLE_TIMEOUT).
+          denied, error, or a response flag (DENY, UF, UH, UO, TLS_FAILURE, CONNECT, IDLE_TIMEOUT, UC, DC).
           --follow keeps printing flows as they open, move bytes and close. -o json prints one JSON
           object per line. --admin defaults to 127.0.0.1:15000 (the local agent); --node NAME reaches the
           agent on that node through the Kubernetes API (port-forward; kubeconfig from --kubeconfig,

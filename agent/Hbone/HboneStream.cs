@@ -66,6 +66,14 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     /// </summary>
     public CancellationToken Aborted => _aborted.Token;
 
+    /// <summary>
+    /// Why the stream's connection ended while the stream was still open (keepalive timeout, transport
+    /// reset, protocol error, close); null while it is open and when the stream ended on its own.
+    /// </summary>
+    public HboneException? ConnectionLoss => Volatile.Read(ref _connectionLoss);
+
+    private HboneException? _connectionLoss;
+
     // Where the stream is in its life (RFC 9113 5.1); the stream's own lock guards it, the connection asks and tells.
     private readonly object _stateSync = new();
     private bool _localEnded;        // under _stateSync
@@ -297,6 +305,13 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
             _inboundCompleted = true;
             _inbound.Writer.Complete(error);
         }
+    }
+
+    /// <summary>The connection ended with this stream still open: it is aborted, and remembers why.</summary>
+    internal void AbortWithConnection(HboneException error)
+    {
+        Volatile.Write(ref _connectionLoss, error);
+        Abort(error);
     }
 
     internal void Abort(Exception error)

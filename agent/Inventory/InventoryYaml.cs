@@ -127,6 +127,20 @@ internal static partial class InventoryYaml
             {
                 throw new InventoryLoadException(path, Line(ex.Start), Column(ex.Start), Describe(ex), ex);
             }
+            catch (ArgumentException ex)
+            {
+                // YamlDotNet's parser refuses a malformed tag ("!!+!") this way, without a position; the scanner
+                // has just read the tag, so its position is right after it.
+                var stop = _scanner.CurrentPosition;
+                throw new InventoryLoadException(path, Line(stop), Column(stop), $"a YAML tag that is not a valid URI ({ex.Message.Replace(" (Parameter 'value')", "", StringComparison.Ordinal)})", ex);
+            }
+            catch (EndOfStreamException ex)
+            {
+                // The parser ran out of events inside a document (YamlDotNet also ends its input at a NUL character).
+                var stop = _scanner.CurrentPosition;
+                throw new InventoryLoadException(path, Line(stop), Column(stop),
+                    "YAML ended (or holds a NUL character) inside a mapping or list opened before this point", ex);
+            }
             catch (InvalidOperationException ex)
             {
                 // YamlDotNet's scanner throws this without a position when a flow collection or quote runs off the

@@ -142,7 +142,7 @@ internal sealed class KubernetesInventorySource : IDisposable
             (rv, t, e, ct) => Typed<T>(_client.CustomObjects.WatchListCustomObjectForAllNamespacesAsync(PolicyKinds.Group, PolicyKinds.Version, plural,
                 allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct), e));
 
-    private static async IAsyncEnumerable<(WatchEventType Type, T Item)> Typed<T>(IAsyncEnumerable<(WatchEventType Type, object Item)> events, Action<Exception> onError)
+    internal static async IAsyncEnumerable<(WatchEventType Type, T Item)> Typed<T>(IAsyncEnumerable<(WatchEventType Type, object Item)> events, Action<Exception> onError)
         where T : class
     {
         await foreach (var (type, item) in events.ConfigureAwait(false))
@@ -290,7 +290,7 @@ internal sealed class KubernetesInventorySource : IDisposable
     }
 
     // Only the fields InventoryBuilder and netns discovery read are kept: a cluster's pods carry far more.
-    private static V1Pod TrimPod(V1Pod pod) => new()
+    internal static V1Pod TrimPod(V1Pod pod) => new()
     {
         ApiVersion = "v1",
         Kind = "Pod",

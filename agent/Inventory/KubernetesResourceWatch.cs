@@ -187,7 +187,7 @@ internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWat
         _changed();
     }
 
-    private async Task<WatchOutcome> WatchAsync(string resourceVersion, TimeSpan timeout, CancellationToken cancellationToken)
+    internal async Task<WatchOutcome> WatchAsync(string resourceVersion, TimeSpan timeout, CancellationToken cancellationToken)
     {
         // The server ends the watch after timeoutSeconds; if it goes silent instead (a dead peer), our own deadline does.
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -201,7 +201,14 @@ internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWat
             await foreach (var (type, item) in _watch(resourceVersion, (int)timeout.TotalSeconds, OnError, deadline.Token).ConfigureAwait(false))
             {
                 events++;
-                if (item?.Metadata?.ResourceVersion is { Length: > 0 } version)
+                if (item?.Metadata is null)
+                {
+                    // Nothing to key it by; failing the watch instead would replay the same event forever.
+                    Log.Warn("inventory", $"watch {Kind}: skipped a {type} event whose object has no metadata");
+                    continue;
+                }
+
+                if (item.Metadata.ResourceVersion is { Length: > 0 } version)
                 {
                     ResourceVersion = version;
                 }
@@ -212,7 +219,7 @@ internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWat
                     case WatchEventType.Modified:
                         lock (_cache)
                         {
-                            _cache[Key(item!)] = _trim(item!);
+                            _cache[Key(item)] = _trim(item);
                         }
 
                         _changed();
@@ -221,7 +228,7 @@ internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWat
                         bool removed;
                         lock (_cache)
                         {
-                            removed = _cache.Remove(Key(item!));
+                            removed = _cache.Remove(Key(item));
                         }
 
                         if (removed)
@@ -297,7 +304,7 @@ internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWat
         _ => e.Message,
     };
 
-    private enum WatchOutcome
+    internal enum WatchOutcome
     {
         Ended,
         EndedEarly,

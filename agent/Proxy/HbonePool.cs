@@ -31,7 +31,7 @@ internal sealed class HbonePool : IDisposable
     private readonly IdentityManager _identity;
     private readonly ProxyOptions _options;
     private readonly IPodSockets _sockets;
-    private readonly HboneSettings _settings = new();
+    private readonly HboneSettings _settings;
     private readonly Timer _sweep;
     private long _idleClosed;
 
@@ -40,6 +40,7 @@ internal sealed class HbonePool : IDisposable
         _identity = identity;
         _options = options;
         _sockets = sockets;
+        _settings = options.Tunnel();
         var period = TimeSpan.FromTicks(Math.Clamp(options.TunnelIdleTimeout.Ticks / 4, TimeSpan.FromMilliseconds(50).Ticks, TimeSpan.FromSeconds(30).Ticks));
         _sweep = new Timer(_ => Sweep(), null, period, period);
     }

@@ -199,6 +199,10 @@ internal sealed partial class PodProxy
                 {
                     await connection.RelayAsync(upstream, stream, socketIsClient: false).ConfigureAwait(false);
                     connection.RecordTcpRtt(upstream);
+                    if (stream.ConnectionLoss is { } lost)
+                    {
+                        flow.Record(new ProxyError(ProxyErrorKind.DownstreamTermination, $"tunnel from {tunnelSource} lost: {lost.Message}"));
+                    }
                 }
             }
         }
@@ -239,9 +243,11 @@ internal sealed partial class PodProxy
         _services.Tracker.Flows.Closed(flow);
     }
 
-    private static string? Header(HboneRequest request, string name)
+    private static string? Header(HboneRequest request, string name) => Header(request.Headers, name);
+
+    private static string? Header(IReadOnlyList<KeyValuePair<string, string>> headers, string name)
     {
-        foreach (var (key, value) in request.Headers)
+        foreach (var (key, value) in headers)
         {
             if (string.Equals(key, name, StringComparison.OrdinalIgnoreCase))
             {
@@ -253,9 +259,12 @@ internal sealed partial class PodProxy
     }
 
     /// <summary>The client's address from <c>Forwarded: for="ip:port"</c> (RFC 7239), when present and well formed.</summary>
-    private static IPEndPoint? ForwardedFor(HboneRequest request)
+    private static IPEndPoint? ForwardedFor(HboneRequest request) => ForwardedFor(request.Headers);
+
+    /// <inheritdoc cref="ForwardedFor(HboneRequest)"/>
+    internal static IPEndPoint? ForwardedFor(IReadOnlyList<KeyValuePair<string, string>> headers)
     {
-        var value = Header(request, "forwarded");
+        var value = Header(headers, "forwarded");
         if (value is null)
         {
             return null;

@@ -143,6 +143,10 @@ internal sealed partial class PodProxy
         {
             await connection.RelayAsync(client, opened.Stream, socketIsClient: true).ConfigureAwait(false);
             connection.RecordTcpRtt(client);
+            if (opened.Stream.ConnectionLoss is { } lost)
+            {
+                flow.Record(new ProxyError(ProxyErrorKind.UpstreamTermination, $"tunnel to {plan.Address} lost: {lost.Message}"));
+            }
         }
     }
 

@@ -31,6 +31,12 @@ internal enum ProxyErrorKind
 
     /// <summary>No byte crossed the connection for the idle timeout.</summary>
     IdleTimeout,
+
+    /// <summary>The tunnel carrying an outbound connection was lost under it (keepalive timeout, reset, peer gone).</summary>
+    UpstreamTermination,
+
+    /// <summary>The tunnel an inbound connection arrived in was lost under it.</summary>
+    DownstreamTermination,
 }
 
 /// <summary>
@@ -51,6 +57,8 @@ internal static class ResponseFlag
     public const string ConnectFailure = "CONNECT";
     public const string Loop = "LOOP";
     public const string IdleTimeout = "IDLE_TIMEOUT";
+    public const string UpstreamTermination = "UC";
+    public const string DownstreamTermination = "DC";
 
     public static string Of(ProxyErrorKind kind) => kind switch
     {
@@ -62,6 +70,8 @@ internal static class ResponseFlag
         ProxyErrorKind.ConnectFailure => ConnectFailure,
         ProxyErrorKind.Loop => Loop,
         ProxyErrorKind.IdleTimeout => IdleTimeout,
+        ProxyErrorKind.UpstreamTermination => UpstreamTermination,
+        ProxyErrorKind.DownstreamTermination => DownstreamTermination,
         _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
     };
 }

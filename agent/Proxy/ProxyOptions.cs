@@ -1,3 +1,5 @@
+using Weft.Hbone;
+
 namespace Weft.Proxy;
 
 /// <summary>Limits and timeouts of the node proxy; defaults suit a production node.</summary>
@@ -32,4 +34,16 @@ internal sealed record ProxyOptions
     public InboundLimits? Inbound { get; init; }
 
     public int ListenBacklog { get; init; } = 4096;
+
+    /// <summary>
+    /// How often each HBONE tunnel PINGs its peer, and how long it waits for the ACK: a peer that vanished
+    /// without a FIN (a dead node, a cut path) is found within the sum, and its streams end (docs/faults.md).
+    /// </summary>
+    public TimeSpan TunnelKeepalive { get; init; } = new HboneSettings().KeepaliveInterval;
+
+    /// <inheritdoc cref="TunnelKeepalive"/>
+    public TimeSpan TunnelKeepaliveTimeout { get; init; } = new HboneSettings().KeepaliveTimeout;
+
+    /// <summary>The HTTP/2 settings of every tunnel, as server and as client.</summary>
+    public HboneSettings Tunnel() => new() { KeepaliveInterval = TunnelKeepalive, KeepaliveTimeout = TunnelKeepaliveTimeout };
 }

@@ -29,6 +29,7 @@ internal sealed class ProxyServices
         Options = options;
         Identity = identity;
         Tunnels = identity is null ? null : new HbonePool(identity, options, sockets);
+        Hbone = options.Tunnel();
     }
 
     /// <summary>Where captured outbound connections were going.</summary>
@@ -54,7 +55,7 @@ internal sealed class ProxyServices
     /// <summary>Node-wide inbound limits, shared by every pod's listeners.</summary>
     public InboundAdmission Admission { get; }
 
-    public HboneSettings Hbone { get; } = new();
+    public HboneSettings Hbone { get; }
 
     /// <summary>This node's enrolled pods by address: the in-process short cut for same-node traffic.</summary>
     public ConcurrentDictionary<IPAddress, PodProxy> LocalPods { get; } = new();

@@ -311,6 +311,41 @@ public class HboneLoopbackTests
     }
 
     [Fact]
+    public async Task StreamOpenWhenItsConnectionEnds_SaysWhy_AStreamThatEndedBeforeSaysNothing()
+    {
+        var (clientStream, serverStream) = await SocketPairAsync();
+        using var stop = new CancellationTokenSource();
+        var serverHeld = new TaskCompletionSource<HboneStream>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Task server = HboneServer.RunConnectionAsync(serverStream, async request =>
+        {
+            if (request.Authority == "10.0.0.1:7")
+            {
+                await EchoHandler(request);
+                return;
+            }
+
+            var held = await request.AcceptAsync();
+            serverHeld.SetResult(held);
+            await Task.Delay(Timeout.Infinite, request.Aborted).ContinueWith(_ => { });
+        }, QuietSettings, stop.Token);
+        await using var client = await HboneClientConnection.StartAsync(clientStream, QuietSettings, CancellationToken.None);
+
+        var finished = await client.ConnectAsync("10.0.0.1:7", [], CancellationToken.None).WaitAsync(Patience);
+        await finished.Output.CompleteAsync();
+        await ReadToEndAsync(finished.Input).WaitAsync(Patience);
+        var open = await client.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None).WaitAsync(Patience);
+        var serverSide = await serverHeld.Task.WaitAsync(Patience);
+
+        stop.Cancel();
+        await Task.Delay(Timeout.Infinite, open.Aborted).ContinueWith(_ => { }).WaitAsync(Patience);
+
+        Assert.Null(finished.ConnectionLoss);
+        Assert.NotNull(open.ConnectionLoss);
+        Assert.NotNull(serverSide.ConnectionLoss);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => server.WaitAsync(Patience));
+    }
+
+    [Fact]
     public async Task Keepalive_AnsweringPeer_KeepsTheConnection()
     {
         var fast = new HboneSettings { KeepaliveInterval = TimeSpan.FromMilliseconds(100), KeepaliveTimeout = TimeSpan.FromSeconds(5) };

@@ -251,6 +251,31 @@ public sealed class FileInventorySourceTests : IDisposable
     }
 
     [Fact]
+    public void MalformedTag_IsALoadErrorWithItsPosition_NotABuilderFailure()
+    {
+        // Found by fuzzing (tests/Fuzz/regressions/inventory): YamlDotNet refused the tag with a bare ArgumentException.
+        File.WriteAllText(InventoryPath, "apiVersion: v1\nkind: Namespace\nmetadata: !!+!i {name: demo}\n");
+
+        var failure = Assert.Throws<InventoryLoadException>(() => Start());
+
+        Assert.Equal((3, 16), (failure.Line, failure.Column)); // just past the tag: where the scanner stopped
+        Assert.Equal($"{InventoryPath}:3:16: a YAML tag that is not a valid URI (Global tags must be valid URIs.)", failure.Message);
+    }
+
+    [Fact]
+    public void NulCharacterInsideAMapping_IsALoadErrorWithItsPosition()
+    {
+        // Found by fuzzing (tests/Fuzz/regressions/inventory): YamlDotNet ends its input at NUL and threw EndOfStreamException.
+        File.WriteAllBytes(InventoryPath, [0x00, 0x00, 0x0a, 0x6d, 0x61, 0x54, 0x61, 0x64, 0x80, 0x74, 0x61, 0x3a, 0x20, 0x7b, 0x6e, 0x61, 0x5f, 0x00, 0x00, 0x10, 0x00, 0x65, 0x6d, 0x00, 0x64, 0x20, 0x6d, 0x65, 0x3a, 0xdf, 0x64, 0x64, 0xed, 0x32, 0x2c, 0x20, 0x6c, 0x64, 0x90, 0x7d, 0x00, 0x2a, 0x2d, 0x2d, 0x56, 0x65, 0x72, 0x73, 0x34, 0x01, 0x6c, 0x64]);
+
+        var failure = Assert.Throws<InventoryLoadException>(() => Start());
+
+        Assert.Equal(InventoryPath, failure.Path);
+        Assert.NotNull(failure.Line);
+        Assert.Contains("YAML ended (or holds a NUL character) inside a mapping or list", failure.Message);
+    }
+
+    [Fact]
     public void TabIndentation_IsReportedOnTheTabbedLine()
     {
         File.WriteAllText(InventoryPath, "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n\tspec: {}\n");

@@ -22,6 +22,8 @@ public class ProxyErrorTests
         { nameof(ProxyErrorKind.ConnectFailure), "CONNECT", "error" },
         { nameof(ProxyErrorKind.Loop), "LOOP", "error" },
         { nameof(ProxyErrorKind.IdleTimeout), "IDLE_TIMEOUT", "forwarded" },
+        { nameof(ProxyErrorKind.UpstreamTermination), "UC", "error" },
+        { nameof(ProxyErrorKind.DownstreamTermination), "DC", "error" },
     };
 
     [Theory]

@@ -705,7 +705,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         _writer.CompleteControl();
         foreach (HboneStream stream in streams)
         {
-            stream.Abort(streamError);
+            stream.AbortWithConnection(streamError);
         }
         try
         {
