@@ -4,9 +4,10 @@
  *
  * An sk_lookup program, attached to each enrolled pod's network namespace,
  * hands a TCP SYN for a pod address (pod_addrs) to the agent's in-pod
- * inbound listener (inbound_listeners, by pod address), unless the remote
- * address is loopback or the pod's own address (the agent delivering to the
- * app, or the pod talking to itself), the local port is the tunnel port
+ * inbound listener (inbound_listeners, by pod address), unless it is one of
+ * the agent's own deliveries to the app (`deliveries`, by 4-tuple), the
+ * remote address is loopback or the pod's own address (the pod talking to
+ * itself, or an agent delivering without transparency), the local port is the tunnel port
  * (HBONE: the normal lookup finds the agent's own 15008 listener), or the
  * operator excluded the port.  SYNs for the agent's other ports (15001,
  * 15006, 15000, 15020, 15021) are steered like any other: the agent then
@@ -21,6 +22,14 @@
  * available to sk_lookup programs (checked on 6.18: "program of this type
  * cannot use helper bpf_get_netns_cookie"), and the address is what the
  * lookup carries.
+ *
+ * The agent delivers from the client's own address (IP_TRANSPARENT), so the
+ * remote address no longer tells its SYNs apart, and neither does the
+ * arriving device: a SYN to a local address loops through lo but carries
+ * the address's device (eth0) as ingress_ifindex (measured on 6.18).  The
+ * agent writes each delivery's exact 4-tuple into `deliveries` before its
+ * connect() and deletes it after (docs/capture.md, "Inbound delivery keeps
+ * the client's address").
  *
  * Kernel: 5.9+ (sk_lookup, bpf_link on a netns); tested on 6.18.
  */
@@ -56,7 +65,9 @@ int weft_sk_lookup(struct bpf_sk_lookup *ctx)
 	const struct weft_pod *pod;
 	struct weft_addr local, remote;
 	struct bpf_sock *sk;
+	struct weft_delivery_key delivery = {};
 	__u32 l4, r4, l6[4], r6[4];
+	__u16 rport;
 	long err;
 
 	if (ctx->protocol != IPPROTO_TCP)
@@ -77,6 +88,7 @@ int weft_sk_lookup(struct bpf_sk_lookup *ctx)
 	r6[1] = ctx->remote_ip6[1];
 	r6[2] = ctx->remote_ip6[2];
 	r6[3] = ctx->remote_ip6[3];
+	rport = bpf_ntohs(ctx->remote_port);
 
 	if (ctx->family == AF_INET) {
 		weft_addr_from_ipv4(&local, l4);
@@ -96,6 +108,12 @@ int weft_sk_lookup(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	if (addr_is_loopback(&remote) ||
 	    weft_addr_equal(&remote, &local))
+		return SK_PASS;
+	__builtin_memcpy(&delivery.remote, &remote, sizeof(remote));
+	__builtin_memcpy(&delivery.local, &local, sizeof(local));
+	delivery.remote_port = rport;
+	delivery.local_port = (__u16)ctx->local_port;
+	if (bpf_map_lookup_elem(&deliveries, &delivery))
 		return SK_PASS;
 	if (ctx->local_port == cfg->tunnel_port ||
 	    weft_port_excluded(cfg, (__u16)ctx->local_port))

@@ -71,6 +71,19 @@ struct weft_conn_key {
 	__u32 pad;		/* always zero */
 };
 
+/*
+ * key of `deliveries`: a connection the agent opens to an app inside the
+ * app's own pod, from the client's address (IP_TRANSPARENT), as the pod's
+ * sk_lookup sees its SYN
+ */
+struct weft_delivery_key {
+	struct weft_addr remote;	/* the client address the agent delivers from */
+	struct weft_addr local;		/* the pod address */
+	__u16 remote_port;	/* host order */
+	__u16 local_port;	/* host order */
+	__u32 pad;		/* always zero */
+};
+
 /* the one value of the `config` array */
 struct weft_config {
 	__u32 layout_version;	/* 0 means not configured yet: capture nothing */
@@ -133,6 +146,20 @@ struct {
 	__type(key, int);
 	__type(value, __u32);
 } agent_sockets SEC(".maps");
+
+/*
+ * the agent's transparent deliveries between bind() and connect()'s end:
+ * their SYNs carry the client's address, so sk_lookup tells them from the
+ * client's own by this map, which only the agent writes.  Added without a
+ * layout bump: a new map is created beside adopted ones, and older programs
+ * never read it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEFT_MAX_CONNECTIONS);
+	__type(key, struct weft_delivery_key);
+	__type(value, __u32);
+} deliveries SEC(".maps");
 
 /* original destination between connect() and the SYN, by socket cookie */
 struct {

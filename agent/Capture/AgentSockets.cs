@@ -23,6 +23,15 @@ internal static class AgentSockets
         }
     }
 
+    /// <summary>Lets the SYN of a transparent delivery reach the app (add) or forgets it: <see cref="BpfCapture.MarkDelivery"/>.</summary>
+    public static void MarkDelivery(System.Net.IPEndPoint from, System.Net.IPEndPoint to, bool add)
+    {
+        foreach (var capture in Volatile.Read(ref _open))
+        {
+            capture.MarkDelivery(from, to, add);
+        }
+    }
+
     internal static void Add(BpfCapture capture)
     {
         lock (Gate)

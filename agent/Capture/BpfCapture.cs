@@ -11,7 +11,7 @@ namespace Weft.Capture;
 /// (sk_lookup) with libbpf, pins maps and links under <see cref="CaptureOptions.PinRoot"/>, and
 /// manages which pods are captured.
 /// <code>
-/// PinRoot/maps/   config enrolled pod_addrs inbound_listeners agent_sockets pending_dst orig_dst
+/// PinRoot/maps/   config enrolled pod_addrs inbound_listeners agent_sockets deliveries pending_dst orig_dst
 /// PinRoot/links/  cgroup_connect4 cgroup_connect6 cgroup_sockops   (on CgroupPath)
 ///                 sk_lookup-&lt;netns cookie&gt;                          (one per pod netns)
 /// </code>
@@ -46,6 +46,7 @@ internal sealed class BpfCapture : IDisposable
     private readonly int _listenersFd;
     private readonly int _origDstFd;
     private readonly int _agentSocketsFd;
+    private readonly int _deliveriesFd;
     private readonly Lock _gate = new();
     private volatile bool _disposed;
     private int _claimsInFlight;
@@ -61,6 +62,7 @@ internal sealed class BpfCapture : IDisposable
         _listenersFd = inbound.MapFd("inbound_listeners");
         _origDstFd = outbound.MapFd("orig_dst");
         _agentSocketsFd = outbound.MapFd("agent_sockets");
+        _deliveriesFd = inbound.MapFd("deliveries");
     }
 
     private string MapDirectory => Path.Combine(_options.PinRoot, "maps");
@@ -253,6 +255,30 @@ internal sealed class BpfCapture : IDisposable
         }
     }
 
+    /// <summary>
+    /// Lets sk_lookup pass the SYN of the agent's transparent delivery from <paramref name="from"/> to
+    /// <paramref name="to"/> (add: true, before connect()) to the app, or forgets it (add: false, once connect() ended).
+    /// </summary>
+    public unsafe void MarkDelivery(IPEndPoint from, IPEndPoint to, bool add)
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        var key = new WeftDeliveryKey { RemotePort = (ushort)from.Port, LocalPort = (ushort)to.Port };
+        Normalize(from.Address).TryWriteBytes(new Span<byte>(key.Remote.Bytes, 16), out _);
+        Normalize(to.Address).TryWriteBytes(new Span<byte>(key.Local.Bytes, 16), out _);
+        var value = 1u;
+        var rc = add ? Libbpf.MapUpdate(_deliveriesFd, &key, &value, Libbpf.BPF_ANY) : Libbpf.MapDelete(_deliveriesFd, &key);
+        if (rc < 0 && (add || -rc != LibC.ENOENT))
+        {
+            throw new CaptureException($"{(add ? "adding" : "removing")} a delivery in deliveries failed ({Mounts.Describe(-rc)})", -rc);
+        }
+
+        static IPAddress Normalize(IPAddress a) => a.AddressFamily == AddressFamily.InterNetwork ? a.MapToIPv6() : a;
+    }
+
     /// <summary>Whether <paramref name="socket"/> carries the agent's storage in `agent_sockets` (for tests and diagnostics).</summary>
     internal unsafe bool IsAgentSocket(Socket socket)
     {
@@ -304,12 +330,27 @@ internal sealed class BpfCapture : IDisposable
         }
         LibbpfLog.Install();
         var links = Path.Combine(pinRoot, "links");
+        var enrolledNetns = new HashSet<ulong>();
         if (Directory.Exists(links))
         {
             foreach (var path in Directory.GetFiles(links))
             {
+                // sk_lookup-<netns cookie>: a pod whose namespace got the delivery return path
+                var name = Path.GetFileName(path);
+                if (name.StartsWith(SkLookupLinkPrefix, StringComparison.Ordinal)
+                    && ulong.TryParse(name.AsSpan(SkLookupLinkPrefix.Length), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var cookie))
+                {
+                    enrolledNetns.Add(cookie);
+                }
+
                 DetachPinnedLink(path);
             }
+        }
+
+        var cleaned = DeliveryReturnPath.RemoveFromNamespaces(enrolledNetns);
+        if (cleaned > 0)
+        {
+            Log.Info(Component, $"removed the delivery return path from {cleaned} pod network namespace(s)");
         }
         Directory.Delete(pinRoot, recursive: true);
         Log.Info(Component, $"uninstalled capture pinned under {pinRoot}");

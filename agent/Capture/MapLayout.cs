@@ -79,3 +79,14 @@ internal unsafe struct WeftConfig
     public ushort Pad;
     public fixed ushort ExcludedPorts[16];
 }
+
+/// <summary>struct weft_delivery_key: key of `deliveries`, a transparent delivery's SYN as the pod sees it.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct WeftDeliveryKey
+{
+    public WeftAddr Remote;
+    public WeftAddr Local;
+    public ushort RemotePort;
+    public ushort LocalPort;
+    public uint Pad;
+}

@@ -4,7 +4,7 @@ namespace Weft.Hbone;
 
 /// <summary>
 /// The client side of one HBONE connection: many CONNECT streams over one transport. A pool keeps one
-/// per (source identity, destination identity, destination address) and opens another when
+/// per (source pod, destination identity, destination address) and opens another when
 /// <see cref="CanOpenStream"/> is false.
 /// </summary>
 internal sealed class HboneClientConnection : IAsyncDisposable

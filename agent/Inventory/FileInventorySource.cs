@@ -15,6 +15,13 @@ internal sealed record FileInventorySourceOptions
     /// <summary>Extra "apiVersion/kind" to type mappings (custom resources) on top of KubernetesClient's models and Weft's policy kinds (<see cref="Weft.Policy.PolicyKinds.All"/>, always known).</summary>
     public IDictionary<string, Type>? ExtraKinds { get; init; }
 
+    /// <summary>
+    /// A larger file is refused before it is read (and the last good snapshot kept), so a runaway generator or a
+    /// hostile file cannot exhaust the agent's memory. 100,000 pods with 10,000 Services and their
+    /// EndpointSlices take about 60 MiB of YAML.
+    /// </summary>
+    public long MaxFileBytes { get; init; } = 512L * 1024 * 1024;
+
     /// <summary>Where AuthorizationPolicies and PeerAuthentications apply mesh-wide (Istio's root namespace).</summary>
     public string MeshRootNamespace { get; init; } = Weft.Policy.PolicyKinds.DefaultMeshRootNamespace;
 }
@@ -129,6 +136,20 @@ internal sealed class FileInventorySource : IDisposable
         byte[] bytes;
         try
         {
+            if (stamp.Exists && stamp.Length > _options.MaxFileBytes)
+            {
+                Volatile.Write(ref _lastStamp, stamp);
+                var tooLarge = $"too large: {stamp.Length}";
+                if (tooLarge == _lastAttempt)
+                {
+                    return null;
+                }
+
+                _lastAttempt = tooLarge;
+                return Fail(new InventoryLoadException(Path, null, null,
+                    $"the inventory file has {stamp.Length} bytes, more than the limit of {_options.MaxFileBytes}"), firstLoad);
+            }
+
             bytes = File.ReadAllBytes(Path);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
@@ -162,7 +183,7 @@ internal sealed class FileInventorySource : IDisposable
         InventorySnapshot built;
         try
         {
-            built = InventoryBuilder.Build(InventoryYaml.Load(content, Path, _options.ExtraKinds), _options.MeshRootNamespace);
+            built = InventoryBuilder.Build(InventoryYaml.Read(content, Path, _options.ExtraKinds), _options.MeshRootNamespace);
         }
         catch (InventoryLoadException ex)
         {

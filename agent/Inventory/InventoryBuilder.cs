@@ -1,4 +1,3 @@
-using System.Collections.Frozen;
 using System.Collections.Immutable;
 using System.Diagnostics.CodeAnalysis;
 using System.Globalization;
@@ -29,8 +28,6 @@ internal static class InventoryBuilder
     public const string FailOpenAnnotation = "weft.dev/fail-open";
     public const string ServiceNameLabel = "kubernetes.io/service-name";
 
-    private static readonly IReadOnlyDictionary<string, string> NoLabels = FrozenDictionary<string, string>.Empty;
-
     /// <summary>
     /// Builds an unpublished snapshot (version 0). Objects that cannot be used are left out and described in
     /// <see cref="InventorySnapshot.Warnings"/>; this method does not log them, so a caller that rebuilds
@@ -57,7 +54,7 @@ internal static class InventoryBuilder
                     build.Add(ns);
                     break;
                 case V1Pod pod:
-                    build.Pods.Add(pod);
+                    build.AddOrDefer(pod);
                     break;
                 case V1Service service:
                     build.Add(service);
@@ -77,7 +74,7 @@ internal static class InventoryBuilder
             }
         }
 
-        // Pods last: their enrollment depends on their namespace, wherever it appears in the input.
+        // Deferred pods last: their enrollment depends on their namespace, wherever it appears in the input.
         foreach (var pod in build.Pods)
         {
             build.Add(pod);
@@ -92,12 +89,31 @@ internal static class InventoryBuilder
         public readonly List<V1Alpha1AuthorizationPolicy> AuthorizationPolicies = [];
         public readonly List<V1Alpha1PeerAuthentication> PeerAuthentications = [];
         private readonly List<string> _warnings = [];
+        private readonly InternPool _pool = new();
         private readonly Dictionary<string, MeshNamespace> _namespaces = new(StringComparer.Ordinal);
         private readonly List<Workload> _workloads = [];
         private readonly HashSet<(string, string)> _workloadNames = [];
         private readonly Dictionary<IPAddress, Workload> _workloadIps = [];
         private readonly Dictionary<(string Namespace, string Name), Service> _services = [];
         private readonly List<(string Namespace, string ServiceName, ServiceEndpoint Endpoint)> _endpoints = [];
+
+        /// <summary>
+        /// A pod whose namespace has been seen (files and the Kubernetes source give namespaces first) becomes a
+        /// workload at once, so a large input never holds all its pod objects; until one pod has to wait for its
+        /// namespace, after which every later pod waits too, keeping the input's order for duplicates.
+        /// </summary>
+        public void AddOrDefer(V1Pod pod)
+        {
+            var ns = string.IsNullOrEmpty(pod.Metadata?.NamespaceProperty) ? "default" : pod.Metadata.NamespaceProperty;
+            if (Pods.Count == 0 && _namespaces.ContainsKey(ns))
+            {
+                Add(pod);
+            }
+            else
+            {
+                Pods.Add(pod);
+            }
+        }
 
         public void Add(V1Namespace ns)
         {
@@ -108,7 +124,8 @@ internal static class InventoryBuilder
                 return;
             }
 
-            var labels = Labels(ns.Metadata);
+            name = _pool.String(name);
+            var labels = _pool.Labels(ns.Metadata?.Labels);
             var meshNamespace = new MeshNamespace(name, labels, labels.TryGetValue(MeshLabel, out var mesh) && mesh == "enabled");
             if (!_namespaces.TryAdd(name, meshNamespace))
             {
@@ -158,7 +175,7 @@ internal static class InventoryBuilder
 
                 if (!addresses.Contains(address))
                 {
-                    addresses.Add(address);
+                    addresses.Add(_pool.Address(address));
                 }
             }
 
@@ -175,24 +192,24 @@ internal static class InventoryBuilder
                 }
             }
 
-            var labels = Labels(pod.Metadata);
+            var labels = _pool.Labels(pod.Metadata?.Labels);
             var annotations = pod.Metadata?.Annotations;
             var workload = new Workload
             {
-                Name = name,
-                Namespace = ns,
-                ServiceAccount = string.IsNullOrEmpty(pod.Spec?.ServiceAccountName) ? "default" : pod.Spec.ServiceAccountName,
-                NodeName = string.IsNullOrEmpty(pod.Spec?.NodeName) ? null : pod.Spec.NodeName,
+                Name = _pool.String(name),
+                Namespace = _pool.String(ns),
+                ServiceAccount = string.IsNullOrEmpty(pod.Spec?.ServiceAccountName) ? "default" : _pool.String(pod.Spec.ServiceAccountName),
+                NodeName = string.IsNullOrEmpty(pod.Spec?.NodeName) ? null : _pool.String(pod.Spec.NodeName),
                 Addresses = addresses.ToImmutable(),
                 Labels = labels,
                 NetnsPath = annotations?.TryGetValue(NetnsAnnotation, out var netns) == true && !string.IsNullOrWhiteSpace(netns) ? netns : null,
                 Uid = string.IsNullOrEmpty(pod.Metadata?.Uid) ? null : pod.Metadata.Uid,
-                QosClass = pod.Status?.QosClass,
-                Phase = pod.Status?.Phase,
+                QosClass = _pool.OptionalString(pod.Status?.QosClass),
+                Phase = _pool.OptionalString(pod.Status?.Phase),
                 FailOpen = FailOpen(what, annotations),
                 Enrolled = !hostNetwork && Enrolled(what, ns, labels),
                 HostNetwork = hostNetwork,
-                HostAddresses = HostAddresses(pod),
+                HostAddresses = _pool.Addresses(HostAddresses(pod)),
             };
 
             _workloads.Add(workload);
@@ -286,8 +303,8 @@ internal static class InventoryBuilder
 
             _services[(ns, name)] = new Service
             {
-                Name = name,
-                Namespace = ns,
+                Name = _pool.String(name),
+                Namespace = _pool.String(ns),
                 ClusterIps = addresses.ToImmutable(),
                 Ports = ports.ToImmutable(),
                 Endpoints = [],
@@ -338,6 +355,7 @@ internal static class InventoryBuilder
             }
 
             var slicePorts = ports.ToImmutable();
+            var sliceName = _pool.String(name);
             foreach (var endpoint in slice.Endpoints ?? [])
             {
                 if (endpoint is null)
@@ -350,8 +368,9 @@ internal static class InventoryBuilder
                 var serving = endpoint.Conditions?.Serving ?? ready;
                 var terminating = endpoint.Conditions?.Terminating ?? false;
                 var pod = endpoint.TargetRef is { Kind: "Pod", Name: { Length: > 0 } podName } targetRef
-                    ? new PodReference(string.IsNullOrEmpty(targetRef.NamespaceProperty) ? ns : targetRef.NamespaceProperty, podName)
+                    ? new PodReference(_pool.String(string.IsNullOrEmpty(targetRef.NamespaceProperty) ? ns : targetRef.NamespaceProperty), _pool.String(podName))
                     : null;
+                var nodeName = string.IsNullOrEmpty(endpoint.NodeName) ? null : _pool.String(endpoint.NodeName);
                 foreach (var text in endpoint.Addresses ?? [])
                 {
                     if (!TryParseAddress(text, out var address) || address.AddressFamily != family)
@@ -362,13 +381,13 @@ internal static class InventoryBuilder
 
                     _endpoints.Add((ns, serviceName, new ServiceEndpoint
                     {
-                        Address = address,
+                        Address = _pool.Address(address),
                         Ready = ready,
                         Serving = serving,
                         Terminating = terminating,
-                        NodeName = string.IsNullOrEmpty(endpoint.NodeName) ? null : endpoint.NodeName,
+                        NodeName = nodeName,
                         Pod = pod,
-                        SliceName = name,
+                        SliceName = sliceName,
                         Ports = slicePorts,
                     }));
                 }
@@ -451,9 +470,6 @@ internal static class InventoryBuilder
 
         private void Warn(string message) => _warnings.Add(message);
     }
-
-    private static IReadOnlyDictionary<string, string> Labels(V1ObjectMeta? metadata) =>
-        metadata?.Labels is { Count: > 0 } labels ? labels.ToFrozenDictionary(StringComparer.Ordinal) : NoLabels;
 
     private static string Protocol(string? protocol) =>
         string.IsNullOrEmpty(protocol) ? "TCP" : protocol.ToUpperInvariant();

@@ -49,7 +49,10 @@ internal sealed class NodeAgent : IAsyncDisposable
         _options = options;
         _localNetns = options.Kubernetes is { } api ? LocalNetns.FromCgroups(api.PodCgroupRoot) : LocalNetns.FromInventoryFile();
         _netnsRetry = new Timer(_ => _ = ReconcileAsync(), null, Timeout.Infinite, Timeout.Infinite);
-        Flows = new FlowTable(accessLog: options.AccessLog ? Console.Out : null, format: options.AccessLogFormat);
+        // The access log owns stdout (the agent's own log goes to stderr): a buffered writer the log's
+        // task flushes once per burst, where Console.Out would flush on every line.
+        Flows = new FlowTable(accessLog: options.AccessLog ? new StreamWriter(Console.OpenStandardOutput()) { AutoFlush = false } : null,
+            format: options.AccessLogFormat);
         Metrics = new MeshMetrics(Flows, () => _store?.Current) { Health = Health };
         if (options.MetricsAddress is null)
         {
@@ -372,6 +375,16 @@ internal sealed class NodeAgent : IAsyncDisposable
             RemoveLocal(proxy);
             _ = proxy.DisposeAsync().AsTask();
 
+            // The delivery return path (a rule, a route, two sysctls) goes with the pod: nothing of ours stays behind.
+            try
+            {
+                _services!.Sockets.Release(pod);
+            }
+            catch (Exception e)
+            {
+                Log.Warn("agent", $"{pod.Key}: removing the delivery return path: {e.Message}");
+            }
+
             // The netns thread holds the namespace open; a deleted pod's namespace must be let go.
             NetNamespace.Release(pod.NetnsPath);
             Log.Info("agent", $"{pod.Key}: unenrolled");
@@ -481,6 +494,8 @@ internal sealed class NodeAgent : IAsyncDisposable
             ("peer_identity", a.IdentityTotal, a.Limits.PerPeerIdentity),
             ("node", a.NodeCount, a.Limits.PerNode),
         ],
+        TunnelsOpen = _services?.Tunnels?.OpenTunnels ?? 0,
+        TunnelsIdleClosed = _services?.Tunnels?.IdleClosed ?? 0,
     };
 
     /// <summary>Stops accepting, lets open connections finish within the grace period, keeps the pins.</summary>
@@ -513,6 +528,8 @@ internal sealed class NodeAgent : IAsyncDisposable
         {
             await _tracker.DrainAsync(_options.DrainGrace).ConfigureAwait(false);
         }
+
+        await Flows.FlushAccessLogAsync().ConfigureAwait(false);
     }
 
     public async ValueTask DisposeAsync()

@@ -10,41 +10,75 @@ using Weft.Identity;
 namespace Weft.Proxy;
 
 /// <summary>
-/// HBONE tunnels to other nodes' pods, pooled per (source identity, destination identity, destination
+/// HBONE tunnels to other nodes' pods, pooled per (source pod, destination identity, destination
 /// address): a new stream reuses a tunnel with room (at most 100 streams each) before a new TLS
-/// handshake is made. Tunnels are dialled from inside the source pod's netns, so the network sees
-/// the pod, not the node.
+/// handshake is made. A tunnel is dialled from inside its source pod's netns, so the network sees that
+/// pod, never another pod with the same service account; a pod's tunnels close when it leaves (those
+/// still carrying streams once their streams end), and a tunnel that carried nothing for
+/// <see cref="ProxyOptions.TunnelIdleTimeout"/> closes, so the pool holds only what is in use.
 /// </summary>
-internal sealed class HbonePool
+internal sealed class HbonePool : IDisposable
 {
     public const int TunnelPort = 15008;
 
     // Callers racing for the last free stream of a tunnel lose it at most this often before giving up.
     private const int MaxAttempts = 8;
 
-    private readonly ConcurrentDictionary<(SpiffeId Source, SpiffeId Destination, IPAddress Address), Entry> _entries = new();
+    private readonly ConcurrentDictionary<Key, Entry> _entries = new();
+
+    // Tunnels of pods that left, still carrying streams: closed by the sweep once their streams end.
+    private readonly List<HboneClientConnection> _draining = [];
     private readonly IdentityManager _identity;
     private readonly ProxyOptions _options;
     private readonly IPodSockets _sockets;
     private readonly HboneSettings _settings = new();
+    private readonly Timer _sweep;
+    private long _idleClosed;
 
     public HbonePool(IdentityManager identity, ProxyOptions options, IPodSockets sockets)
     {
         _identity = identity;
         _options = options;
         _sockets = sockets;
+        var period = TimeSpan.FromTicks(Math.Clamp(options.TunnelIdleTimeout.Ticks / 4, TimeSpan.FromMilliseconds(50).Ticks, TimeSpan.FromSeconds(30).Ticks));
+        _sweep = new Timer(_ => Sweep(), null, period, period);
     }
 
     /// <summary>How long the last new tunnel's TCP connect and TLS handshake took (for the flow record).</summary>
     public readonly record struct Opened(HboneStream Stream, TimeSpan? Handshake);
 
+    // The pod by name and netns: a pod re-created under the same name is another pod.
+    private readonly record struct Key(string Pod, ulong NetnsCookie, SpiffeId Destination, IPAddress Address);
+
+    /// <summary>Tunnels open now (pooled and draining).</summary>
+    public int OpenTunnels
+    {
+        get
+        {
+            var count = 0;
+            foreach (var entry in _entries.Values)
+            {
+                count += entry.Count;
+            }
+
+            lock (_draining)
+            {
+                return count + _draining.Count;
+            }
+        }
+    }
+
+    /// <summary>Tunnels closed because they carried nothing for the idle timeout or their pod left.</summary>
+    public long IdleClosed => Interlocked.Read(ref _idleClosed);
+
     public async Task<Opened> OpenStreamAsync(LocalPod source, SpiffeId sourceId, SpiffeId destinationId, IPAddress address,
         string authority, IEnumerable<KeyValuePair<string, string>> headers, CancellationToken cancellationToken)
     {
-        var entry = _entries.GetOrAdd((sourceId, destinationId, address), _ => new Entry());
+        var key = new Key(source.Key, source.NetnsCookie, destinationId, address);
         for (var attempt = 0; ; attempt++)
         {
             TimeSpan? handshake = null;
+            var entry = _entries.GetOrAdd(key, _ => new Entry());
             var tunnel = entry.TryPick();
             if (tunnel is null)
             {
@@ -58,7 +92,7 @@ internal sealed class HbonePool
                         var started = Stopwatch.GetTimestamp();
                         tunnel = await DialAsync(source, sourceId, destinationId, address, cancellationToken).ConfigureAwait(false);
                         handshake = Stopwatch.GetElapsedTime(started);
-                        entry.Add(tunnel);
+                        Keep(key, entry, tunnel);
                     }
                 }
                 finally
@@ -78,6 +112,83 @@ internal sealed class HbonePool
                 // and the next pick skips it (CanOpenStream is false) or dials a new one.
             }
         }
+    }
+
+    /// <summary>
+    /// The pod left: its tunnels take no new stream; those carrying none close now, the others once
+    /// their last stream ends.
+    /// </summary>
+    public void Release(LocalPod pod)
+    {
+        foreach (var (key, entry) in _entries)
+        {
+            if (key.Pod == pod.Key && key.NetnsCookie == pod.NetnsCookie && _entries.TryRemove(new(key, entry)))
+            {
+                foreach (var tunnel in entry.Retire())
+                {
+                    if (tunnel.ActiveStreams == 0)
+                    {
+                        Close(tunnel);
+                    }
+                    else
+                    {
+                        lock (_draining)
+                        {
+                            _draining.Add(tunnel);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    public void Dispose() => _sweep.Dispose();
+
+    // Pooled under the key; an entry the sweep retired meanwhile is replaced, so no open tunnel is
+    // ever outside the pool (where nothing would close it).
+    private void Keep(Key key, Entry entry, HboneClientConnection tunnel)
+    {
+        while (!entry.TryAdd(tunnel))
+        {
+            _entries.TryRemove(new(key, entry));
+            entry = _entries.GetOrAdd(key, _ => new Entry());
+        }
+    }
+
+    private void Sweep()
+    {
+        var idleSince = Stopwatch.GetTimestamp() - (long)(_options.TunnelIdleTimeout.TotalSeconds * Stopwatch.Frequency);
+        foreach (var (key, entry) in _entries)
+        {
+            var idle = entry.TakeIdle(idleSince, out var empty);
+            foreach (var tunnel in idle)
+            {
+                Close(tunnel);
+            }
+
+            if (empty && entry.TryRetireEmpty())
+            {
+                _entries.TryRemove(new(key, entry));
+            }
+        }
+
+        List<HboneClientConnection> done;
+        lock (_draining)
+        {
+            done = _draining.FindAll(t => t.ActiveStreams == 0 || t.Completion.IsCompleted);
+            _draining.RemoveAll(done.Contains);
+        }
+
+        foreach (var tunnel in done)
+        {
+            Close(tunnel);
+        }
+    }
+
+    private void Close(HboneClientConnection tunnel)
+    {
+        Interlocked.Increment(ref _idleClosed);
+        _ = tunnel.DisposeAsync().AsTask();
     }
 
     private async Task<HboneClientConnection> DialAsync(LocalPod source, SpiffeId sourceId, SpiffeId destinationId,
@@ -113,21 +224,36 @@ internal sealed class HbonePool
         }
     }
 
+    /// <summary>The tunnels of one key, each with when it last carried a new stream.</summary>
     private sealed class Entry
     {
-        private readonly List<HboneClientConnection> _tunnels = [];
+        private readonly List<(HboneClientConnection Tunnel, long LastUsed)> _tunnels = [];
+        private bool _retired;
 
         public SemaphoreSlim Dialing { get; } = new(1, 1);
+
+        public int Count
+        {
+            get
+            {
+                lock (_tunnels)
+                {
+                    return _tunnels.Count;
+                }
+            }
+        }
 
         public HboneClientConnection? TryPick()
         {
             lock (_tunnels)
             {
-                _tunnels.RemoveAll(t => t.Completion.IsCompleted);
-                foreach (var tunnel in _tunnels)
+                _tunnels.RemoveAll(t => t.Tunnel.Completion.IsCompleted);
+                for (var i = 0; i < _tunnels.Count; i++)
                 {
+                    var tunnel = _tunnels[i].Tunnel;
                     if (tunnel.CanOpenStream)
                     {
+                        _tunnels[i] = (tunnel, Stopwatch.GetTimestamp());
                         return tunnel;
                     }
                 }
@@ -136,11 +262,65 @@ internal sealed class HbonePool
             }
         }
 
-        public void Add(HboneClientConnection tunnel)
+        /// <summary>False when the entry left the pool (its pod left, or the sweep removed it empty).</summary>
+        public bool TryAdd(HboneClientConnection tunnel)
         {
             lock (_tunnels)
             {
-                _tunnels.Add(tunnel);
+                if (_retired)
+                {
+                    return false;
+                }
+
+                _tunnels.Add((tunnel, Stopwatch.GetTimestamp()));
+                return true;
+            }
+        }
+
+        /// <summary>Tunnels that carry no stream and took none since <paramref name="idleSince"/>, taken out of the entry.</summary>
+        public List<HboneClientConnection> TakeIdle(long idleSince, out bool empty)
+        {
+            var idle = new List<HboneClientConnection>();
+            lock (_tunnels)
+            {
+                _tunnels.RemoveAll(t =>
+                {
+                    if (t.Tunnel.Completion.IsCompleted)
+                    {
+                        return true;
+                    }
+
+                    if (t.Tunnel.ActiveStreams == 0 && t.LastUsed < idleSince)
+                    {
+                        idle.Add(t.Tunnel);
+                        return true;
+                    }
+
+                    return false;
+                });
+                empty = _tunnels.Count == 0;
+            }
+
+            return idle;
+        }
+
+        public bool TryRetireEmpty()
+        {
+            lock (_tunnels)
+            {
+                _retired = _tunnels.Count == 0;
+                return _retired;
+            }
+        }
+
+        public List<HboneClientConnection> Retire()
+        {
+            lock (_tunnels)
+            {
+                _retired = true;
+                var tunnels = _tunnels.Select(t => t.Tunnel).Where(t => !t.Completion.IsCompleted).ToList();
+                _tunnels.Clear();
+                return tunnels;
             }
         }
     }

@@ -51,7 +51,7 @@ internal sealed partial class PodProxy
         _services.Tracker.Add(connection);
         try
         {
-            await PlaintextAsync(connection, client, original).ConfigureAwait(false);
+            await PlaintextAsync(connection, client, original, deliverFrom: source.Address).ConfigureAwait(false);
         }
         finally
         {
@@ -182,7 +182,7 @@ internal sealed partial class PodProxy
             {
                 // A tunnel that ends while we dial takes the dial with it.
                 using var dial = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token, request.Aborted);
-                upstream = await _services.Sockets.ConnectAsync(Pod, target, Options, dial.Token).ConfigureAwait(false);
+                upstream = await _services.Sockets.DeliverAsync(Pod, DeliverFrom(snapshot, source.Address, peer, tunnelSource), target, Options, dial.Token).ConfigureAwait(false);
             }
             catch (SocketException e)
             {
@@ -212,6 +212,17 @@ internal sealed partial class PodProxy
             _services.Tracker.Remove(connection);
         }
     }
+
+    /// <summary>
+    /// The address the app is shown for a tunnelled connection: the one the peer's Forwarded header names when it is a
+    /// workload of the peer's own identity (tunnels are pooled per identity, so the tunnel's source may be another pod
+    /// of that service account), else the tunnel's source. A peer cannot make the app see another identity's address.
+    /// </summary>
+    private static IPAddress DeliverFrom(InventorySnapshot snapshot, IPAddress forwarded, SpiffeId peer, IPAddress tunnelSource) =>
+        !forwarded.Equals(tunnelSource) && snapshot.TryGetWorkload(forwarded, out var workload)
+            && workload.Namespace == peer.Namespace && workload.ServiceAccount == peer.ServiceAccount
+            ? forwarded
+            : tunnelSource;
 
     private async Task RejectAsync(HboneRequest request, Flow flow, int status, ProxyError error)
     {

@@ -96,9 +96,10 @@ internal sealed partial class PodProxy
         flow.SecurityPolicy = "mutual_tls";
     }
 
-    private async Task PlaintextAsync(ProxyConnection connection, Socket client, IPEndPoint destination)
+    /// <summary>Relays to <paramref name="destination"/>; inbound, <paramref name="deliverFrom"/> is the client the app is shown.</summary>
+    private async Task PlaintextAsync(ProxyConnection connection, Socket client, IPEndPoint destination, IPAddress? deliverFrom = null)
     {
-        var upstream = await ConnectAppAsync(connection.Flow, client, destination).ConfigureAwait(false);
+        var upstream = await ConnectAppAsync(connection.Flow, client, destination, deliverFrom).ConfigureAwait(false);
         if (upstream is null)
         {
             return;
@@ -182,7 +183,7 @@ internal sealed partial class PodProxy
 
             try
             {
-                var upstream = await ConnectAppAsync(outbound, client, destination).ConfigureAwait(false);
+                var upstream = await ConnectAppAsync(outbound, client, destination, deliverFrom: outbound.Source.Address).ConfigureAwait(false);
                 if (upstream is null)
                 {
                     (inbound.ResponseFlags, inbound.Error) = (outbound.ResponseFlags, outbound.Error);
@@ -207,13 +208,18 @@ internal sealed partial class PodProxy
         }
     }
 
-    /// <summary>Connects to <paramref name="destination"/> from inside this pod; on failure resets the client and returns null.</summary>
-    private async Task<Socket?> ConnectAppAsync(Flow flow, Socket client, IPEndPoint destination)
+    /// <summary>
+    /// Connects to <paramref name="destination"/> from inside this pod, delivering from <paramref name="deliverFrom"/>'s
+    /// address when given (the app in this pod is the destination); on failure resets the client and returns null.
+    /// </summary>
+    private async Task<Socket?> ConnectAppAsync(Flow flow, Socket client, IPEndPoint destination, IPAddress? deliverFrom = null)
     {
         var started = Stopwatch.GetTimestamp();
         try
         {
-            var upstream = await _services.Sockets.ConnectAsync(Pod, destination, Options).ConfigureAwait(false);
+            var upstream = await (deliverFrom is null
+                ? _services.Sockets.ConnectAsync(Pod, destination, Options)
+                : _services.Sockets.DeliverAsync(Pod, deliverFrom, destination, Options)).ConfigureAwait(false);
             flow.ConnectTime = Stopwatch.GetElapsedTime(started);
             return upstream;
         }

@@ -188,11 +188,15 @@ internal sealed partial class PodProxy : IAsyncDisposable
         }
     }
 
-    /// <summary>Stops accepting; open connections carry on until they end or are drained.</summary>
+    /// <summary>
+    /// Stops accepting; open connections carry on until they end or are drained. The pod's idle tunnels
+    /// close now, the others when their last stream ends.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         _stop.Cancel();
         CloseListeners();
+        _services.Tunnels?.Release(Pod);
         await Task.WhenAll(_acceptLoops).ConfigureAwait(false);
         _stop.Dispose();
     }

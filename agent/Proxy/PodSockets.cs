@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Diagnostics.CodeAnalysis;
 using System.Net;
 using System.Net.Sockets;
@@ -20,6 +21,15 @@ internal interface IPodSockets
 
     /// <summary>Connects from inside the pod, with the connect timeout; a timeout surfaces as SocketError.TimedOut.</summary>
     Task<Socket> ConnectAsync(LocalPod pod, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Connects to the app in the pod on behalf of <paramref name="client"/>: from the client's own address when the pod's
+    /// namespace has the return path for it (transparent delivery), else like <see cref="ConnectAsync"/>.
+    /// </summary>
+    Task<Socket> DeliverAsync(LocalPod pod, IPAddress client, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default);
+
+    /// <summary>Undoes <see cref="Prepare"/> when the pod is unenrolled: nothing of the agent's stays in its namespace.</summary>
+    void Release(LocalPod pod);
 }
 
 /// <summary>Where a captured outbound connection was going (the BPF map connect4 fills).</summary>
@@ -44,7 +54,28 @@ internal sealed class NamespaceSockets : IPodSockets
 
     public static NamespaceSockets Instance { get; } = new();
 
-    public void Prepare(LocalPod pod) => NetNamespace.Run(pod.NetnsPath, () => MigrateRequestsOnClose(pod));
+    // the namespaces whose return path is set up: delivery there keeps the client's address
+    private readonly ConcurrentDictionary<string, bool> _transparent = new(StringComparer.Ordinal);
+
+    public void Prepare(LocalPod pod)
+    {
+        NetNamespace.Run(pod.NetnsPath, () => MigrateRequestsOnClose(pod));
+        if (DeliveryReturnPath.TryInstall(pod.NetnsPath, pod.Ipv6 is not null, out var error))
+        {
+            _transparent[pod.NetnsPath] = true;
+        }
+        else
+        {
+            _transparent.TryRemove(pod.NetnsPath, out _);
+            Log.Warn("proxy", $"{pod.Key}: cannot set up the return path for transparent delivery ({error}); the app will see connections come from its own address");
+        }
+    }
+
+    public void Release(LocalPod pod)
+    {
+        _transparent.TryRemove(pod.NetnsPath, out _);
+        DeliveryReturnPath.Remove(pod.NetnsPath);
+    }
 
     /// <summary>
     /// In a rolling update the old agent closes its listeners while the new agent's listen beside
@@ -95,4 +126,19 @@ internal sealed class NamespaceSockets : IPodSockets
 
     public Task<Socket> ConnectAsync(LocalPod pod, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default) =>
         Upstream.ConnectAsync(pod.NetnsPath, destination, options, cancellationToken);
+
+    public Task<Socket> DeliverAsync(LocalPod pod, IPAddress client, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default) =>
+        _transparent.ContainsKey(pod.NetnsPath) && CanDeliverFrom(pod, client, destination)
+            ? Upstream.ConnectAsync(pod.NetnsPath, destination, options, cancellationToken, transparentFrom: client)
+            : Upstream.ConnectAsync(pod.NetnsPath, destination, options, cancellationToken);
+
+    /// <summary>
+    /// A client address the app can be shown: of the destination's family, and neither loopback, unspecified nor the
+    /// pod's own (those need no transparency; the pod talking to itself keeps its address anyway).
+    /// </summary>
+    internal static bool CanDeliverFrom(LocalPod pod, IPAddress client, IPEndPoint destination) =>
+        client.AddressFamily == destination.AddressFamily
+        && !IPAddress.IsLoopback(client)
+        && !client.Equals(IPAddress.Any) && !client.Equals(IPAddress.IPv6Any)
+        && !client.Equals(pod.Ipv4) && !client.Equals(pod.Ipv6);
 }

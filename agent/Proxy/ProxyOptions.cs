@@ -19,6 +19,12 @@ internal sealed record ProxyOptions
     /// <summary>A connection with no byte either way for this long is reset.</summary>
     public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromHours(1);
 
+    /// <summary>
+    /// An HBONE tunnel that carried no stream for this long closes (its keepalive PINGs would otherwise
+    /// hold it, and its descriptors on both nodes, for ever).
+    /// </summary>
+    public TimeSpan TunnelIdleTimeout { get; init; } = TimeSpan.FromMinutes(5);
+
     /// <summary>Open connections per pod, inbound and outbound together (a handshake in progress counts); more are refused.</summary>
     public int MaxConnectionsPerPod { get; init; } = 65_536;
 

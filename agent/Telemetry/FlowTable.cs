@@ -21,14 +21,14 @@ internal sealed class FlowTable
     private readonly ConcurrentDictionary<long, Flow> _live = new();
     private readonly Flow?[] _recent;
     private readonly Lock _recentGate = new();
-    private readonly TextWriter? _accessLog;
+    private readonly AccessLogWriter? _accessLog;
     private readonly AccessLogFormat _format;
     private long _recentCount;
 
     public FlowTable(int recentCapacity = 4096, TextWriter? accessLog = null, AccessLogFormat format = AccessLogFormat.Json)
     {
         _recent = new Flow?[recentCapacity];
-        _accessLog = accessLog;
+        _accessLog = accessLog is null ? null : new AccessLogWriter(accessLog);
         _format = format;
     }
 
@@ -71,14 +71,15 @@ internal sealed class FlowTable
 
         if (_accessLog is not null)
         {
-            var line = _format == AccessLogFormat.Json ? ToJson(flow) : ToText(flow);
-            lock (_accessLog)
-            {
-                _accessLog.WriteLine(line);
-                _accessLog.Flush();
-            }
+            _accessLog.Write(_format == AccessLogFormat.Json ? ToJson(flow) : ToText(flow));
         }
     }
+
+    /// <summary>Access-log lines dropped because the log's reader fell behind.</summary>
+    public long AccessLogDropped => _accessLog?.Dropped ?? 0;
+
+    /// <summary>Writes the access-log lines still queued; the table records no more closes to the log after it.</summary>
+    public ValueTask FlushAccessLogAsync() => _accessLog?.DisposeAsync() ?? ValueTask.CompletedTask;
 
     public IReadOnlyList<Flow> Live() => _live.Values.OrderBy(f => f.Id).ToList();
 

@@ -28,6 +28,12 @@ internal sealed record AgentHealth
 
     /// <summary>What inbound traffic holds now, by the limit it counts against (source_address, peer_identity, node).</summary>
     public IReadOnlyList<(string Limit, int Open, int Maximum)> Inbound { get; init; } = [];
+
+    /// <summary>Outbound HBONE tunnels the pool holds open now.</summary>
+    public int TunnelsOpen { get; init; }
+
+    /// <summary>Outbound HBONE tunnels closed because they were idle or their pod left.</summary>
+    public long TunnelsIdleClosed { get; init; }
 }
 
 /// <summary>
@@ -79,6 +85,9 @@ internal sealed class MeshMetrics : IFlowObserver
     private readonly Gauge _inboundOpen;
     private readonly Gauge _inboundLimit;
     private readonly Gauge _descriptorLimit;
+    private readonly Gauge _tunnelsOpen;
+    private readonly Counter _accessLogDropped;
+    private readonly Counter _tunnelsIdleClosed;
     private readonly HashSet<string> _certificatePrincipals = new(StringComparer.Ordinal);
     private WorkloadDirectory _directory = WorkloadDirectory.Empty;
 
@@ -124,6 +133,9 @@ internal sealed class MeshMetrics : IFlowObserver
 
         _inboundOpen = f.CreateGauge("weft_inbound_open", "Inbound connections (source_address: accepted; peer_identity: CONNECT streams; node: both) held now.", ["limit"]);
         _inboundLimit = f.CreateGauge("weft_inbound_limit", "The inbound limits in force: per source address, per peer identity, per node.", ["limit"]);
+        _tunnelsOpen = f.CreateGauge("weft_hbone_tunnels_open", "Outbound HBONE tunnels (mTLS connections to other nodes' pods) open now.");
+        _tunnelsIdleClosed = f.CreateCounter("weft_hbone_tunnels_idle_closed_total", "Outbound HBONE tunnels closed because they carried nothing for the idle timeout or their pod left.");
+        _accessLogDropped = f.CreateCounter("weft_access_log_dropped_total", "Access-log lines dropped because the log's reader fell 16,384 lines behind.");
         _descriptorLimit = f.CreateGauge("weft_descriptor_limit", "The agent's open-file limit (RLIMIT_NOFILE) after raising it to the hard limit.");
         Registry.AddBeforeCollectCallback(Collect);
         flows.Observer = this;
@@ -205,6 +217,7 @@ internal sealed class MeshMetrics : IFlowObserver
     private void Collect()
     {
         _refusedStreams.IncTo(Weft.Hbone.HboneCounters.Process.RefusedStreams);
+        _accessLogDropped.IncTo(_flows.AccessLogDropped);
         int outbound = 0, inbound = 0;
         foreach (var flow in _flows.LiveFlows)
         {
@@ -244,6 +257,8 @@ internal sealed class MeshMetrics : IFlowObserver
             _captureUp.Set(health.CaptureAttached ? 1 : 0);
             _pinned.Set(health.PinnedObjects);
             _descriptorLimit.Set(health.DescriptorLimit);
+            _tunnelsOpen.Set(health.TunnelsOpen);
+            _tunnelsIdleClosed.IncTo(health.TunnelsIdleClosed);
             foreach (var (limit, open, maximum) in health.Inbound)
             {
                 _inboundOpen.WithLabels(limit).Set(open);

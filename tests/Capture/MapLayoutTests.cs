@@ -14,7 +14,7 @@ namespace Weft.Tests.Capture;
 /// </summary>
 public sealed class MapLayoutTests
 {
-    public static TheoryData<Type> Mirrors => [typeof(WeftAddr), typeof(WeftPod), typeof(WeftOrigDst), typeof(WeftConnKey), typeof(WeftConfig)];
+    public static TheoryData<Type> Mirrors => [typeof(WeftAddr), typeof(WeftPod), typeof(WeftOrigDst), typeof(WeftConnKey), typeof(WeftConfig), typeof(WeftDeliveryKey)];
 
     [Theory]
     [MemberData(nameof(Mirrors))]

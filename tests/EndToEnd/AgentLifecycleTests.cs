@@ -59,7 +59,7 @@ public class AgentLifecycleTests
     }
 
     [PrivilegedFact]
-    public async Task Uninstall_RemovesEveryPin_AndPodsTalkDirectly()
+    public async Task Uninstall_RemovesEveryPin_AndTheReturnPathFromPods_AndPodsTalkDirectly()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory);
         var client = mesh.Cluster.Pod("demo", "a1");
@@ -67,8 +67,12 @@ public class AgentLifecycleTests
         await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "7");
         var node1 = mesh.Cluster.Node("node1");
         var agent = mesh.Agent("node1");
+        Assert.Contains("fwmark", HostCommand.Ip("-n", client.NetnsName, "rule", "show"));
+
+        // A stopped agent leaves the return path (a restarted one adopts it); only the uninstall removes it.
         agent.Stop();
         await agent.WaitForExitAsync(TimeSpan.FromSeconds(15));
+        Assert.Contains("fwmark", HostCommand.Ip("-n", client.NetnsName, "rule", "show"));
 
         await using (var uninstall = node1.StartWeft("uninstall", "--bpffs", mesh.PinRoot(node1)))
         {
@@ -76,6 +80,7 @@ public class AgentLifecycleTests
         }
 
         Assert.False(Directory.Exists(mesh.PinRoot(node1)));
+        TransparentDeliveryTests.AssertNothingLeft(client);
         var direct = await SendAsync(client, $"{server.Address}:8080");
         Assert.True(direct.ExitCode == 0, direct.ToString());
     }

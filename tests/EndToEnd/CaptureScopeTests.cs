@@ -36,6 +36,8 @@ public class CaptureScopeTests
         await WaitUntilAsync(() => Served(b1) + Served(b2) == 100);
         Assert.InRange(Served(b1), 40, 60);
         Assert.InRange(Served(b2), 40, 60);
+        // The agent writes a record when both directions have closed, which can be just after the client saw its reply.
+        await WaitUntilAsync(() => MeshCluster.Flows(mesh.Agent("node1")).Count(f => f.GetProperty("destination_service").GetString() == "demo/b") >= 100);
         var flows = MeshCluster.Flows(mesh.Agent("node1"));
         Assert.Equal(100, flows.Count(f => f.GetProperty("destination_service").GetString() == "demo/b"));
 

@@ -225,7 +225,12 @@ public class MutualTlsTests
             "--connections", "500", "--concurrency", "500", "--hold-ms", "1000", "--expect-reply-bytes", "512");
         Assert.True(concurrent.ExitCode == 0, concurrent.ToString());
 
-        var inbound = MeshCluster.Flows(mesh.Agent("node2")).Where(f => f.GetProperty("original_destination").GetString()!.EndsWith(":9090", StringComparison.Ordinal)).ToList();
+        List<System.Text.Json.JsonElement> Inbound() =>
+            MeshCluster.Flows(mesh.Agent("node2")).Where(f => f.GetProperty("original_destination").GetString()!.EndsWith(":9090", StringComparison.Ordinal)).ToList();
+
+        // A record is written when both directions have closed, which can be just after the client saw its reply.
+        await CaptureScopeTests.WaitUntilAsync(() => Inbound().Count >= 500);
+        var inbound = Inbound();
         Assert.Equal(500, inbound.Count);
         Assert.All(inbound, f => Assert.Equal("-", f.GetProperty("response_flags").GetString()));
 
@@ -233,6 +238,51 @@ public class MutualTlsTests
         var tunnels = CountTunnels(server);
         Assert.InRange(tunnels, 5, 10);
     }
+
+    [PrivilegedFact]
+    public async Task TwoPodsOfOneServiceAccount_EachTunnelsFromItsOwnAddress_AndAPodThatLeavesTakesItsTunnelsWithIt()
+    {
+        await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
+        var server = mesh.Cluster.Pod("demo", "b1");
+        var (a1, a2) = (mesh.Cluster.Pod("demo", "a1"), mesh.Cluster.Pod("demo", "a2"));
+        Assert.Equal(a1.ServiceAccount, a2.ServiceAccount);
+        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "64");
+        await Task.Delay(300);
+
+        async Task SendAsync(ClusterPod from)
+        {
+            var run = await MeshCluster.RunPeerAsync(from, Long, "send", "--to", $"{server.Address}:8080", "--bytes", "1000", "--expect-reply-bytes", "64");
+            Assert.True(run.ExitCode == 0, run.ToString());
+        }
+
+        await SendAsync(a1);
+        await SendAsync(a2);
+
+        // The pool keeps each tunnel open after its connection: the server's namespace shows who dialled them.
+        Assert.Equal([a1.Address.ToString(), a2.Address.ToString()], TunnelPeers(server).Order());
+
+        // a1 leaves: its tunnel closes; a2's stays and carries a2's next connection.
+        var agent = mesh.Agent("node1");
+        var applied = agent.StderrLines.Count(l => l.Contains("inventory version", StringComparison.Ordinal));
+        mesh.WriteInventory(mesh.Cluster.InventoryYaml(new InventoryOptions
+        {
+            Omit = [mesh.Cluster.Pod("demo", "x1"), a1],
+            Services = [new ServiceSpec("b", "demo", "10.96.0.10", 80, 8080, server)],
+        }));
+        await CaptureScopeTests.WaitUntilAsync(() => agent.StderrLines.Count(l => l.Contains("inventory version", StringComparison.Ordinal)) > applied);
+        await CaptureScopeTests.WaitUntilAsync(() => !TunnelPeers(server).Contains(a1.Address.ToString()), seconds: 30);
+        await SendAsync(a2);
+        Assert.Equal([a2.Address.ToString()], TunnelPeers(server));
+    }
+
+    /// <summary>The source addresses of established connections to the pod's tunnel port, seen inside its netns.</summary>
+    private static List<string> TunnelPeers(ClusterPod pod) =>
+        Run("ip", "netns", "exec", pod.NetnsName, "ss", "-Htn", "state", "established", "( sport = :15008 )")
+            .Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Select(line => line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[^1])
+            .Select(peer => peer[..peer.LastIndexOf(':')].Trim('[', ']'))
+            .Select(peer => peer.StartsWith("::ffff:", StringComparison.Ordinal) ? peer[7..] : peer)
+            .ToList();
 
     /// <summary>Established TCP connections to the pod's tunnel port, counted inside the pod's netns.</summary>
     private static int CountTunnels(ClusterPod pod)

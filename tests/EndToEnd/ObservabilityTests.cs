@@ -209,7 +209,8 @@ public class ObservabilityTests
 
         // The views answer from the same agent; an unreachable admin address is one line.
         var workloads = await WeftInNodeAsync(node1, "workloads");
-        Assert.Matches(@"demo\s+a1\s+10\.244\.\d+\.\d+\s+node1\s+a\s+HBONE", workloads);
+        // dual-stack pods: both addresses, IPv4 first
+        Assert.Matches(@"demo\s+a1\s+10\.244\.\d+\.\d+,fd00:244:[0-9a-f]+::[0-9a-f]+\s+node1\s+a\s+HBONE", workloads);
         var certs = await WeftInNodeAsync(node1, "certs");
         Assert.Contains("spiffe://cluster.local/ns/demo/sa/a", certs);
         await using var unreachable = node1.StartWeft("flows", "--admin", "127.0.0.1:1");

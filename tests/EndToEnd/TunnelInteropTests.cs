@@ -107,6 +107,7 @@ public class TunnelInteropTests
         // Same tunnel port, same policy, another principal: admitted, and only its connection reaches the app.
         var admitted = await TunnelPeer.RunAsync(mesh, "connect", target, tester, "--streams", "1", "--bytes", "1000");
         Assert.True(admitted.Single("stream").GetProperty("identical").GetBoolean(), admitted.ToString());
+        await CaptureScopeTests.WaitUntilAsync(() => TunnelPeer.Served(serve) >= 1);
         await Task.Delay(300);
         Assert.Equal(1, TunnelPeer.Served(serve));
     }

@@ -116,7 +116,7 @@ internal static class DemoCommand
 
         foreach (var name in new[] { "web-a", "web-b1", "web-b2" })
         {
-            MeshCluster.StartServer(cluster.Pod("demo", name), "--port", "8080", "--reply-bytes", "65536");
+            MeshCluster.StartServer(cluster.Pod("demo", name), "--bind", "::", "--port", "8080", "--reply-bytes", "65536");
         }
 
         await Task.Delay(500, interrupted);
@@ -124,6 +124,7 @@ internal static class DemoCommand
         var ok = true;
         ok &= await TrafficAsync(Print, "same node:  client -> web-a", client, $"{cluster.Pod("demo", "web-a").Address}:8080", 1);
         ok &= await TrafficAsync(Print, "cross node: client -> web-b1", client, $"{cluster.Pod("demo", "web-b1").Address}:8080", 1);
+        ok &= await TrafficAsync(Print, "IPv6:       client -> web-b1", client, $"[{cluster.Pod("demo", "web-b1").Address6}]:8080", 1);
         ok &= await TrafficAsync(Print, $"service:    client -> web ({Vip}:80), 10 connections", client, $"{Vip}:80", 10);
         ok &= await RefusedAsync(Print, "policy:     client -> web-b1:9090 (denied by demo/deny-9090)", client, $"{cluster.Pod("demo", "web-b1").Address}:9090");
         await Task.Delay(300, interrupted);
@@ -131,11 +132,11 @@ internal static class DemoCommand
         foreach (var node in cluster.Nodes)
         {
             Print($"\n== what the agent on {node.Name} saw");
-            Print($"  {"DIR",-9} {"SOURCE",-12} {"ORIGINAL DST",-18} {"SERVICE",-9} {"DESTINATION",-12} {"SECURITY",-10} {"SENT",9} {"RECEIVED",9} FLAGS");
+            Print($"  {"DIR",-9} {"SOURCE",-12} {"ORIGINAL DST",-22} {"SERVICE",-9} {"DESTINATION",-12} {"SECURITY",-10} {"SENT",9} {"RECEIVED",9} FLAGS");
             foreach (var flow in MeshCluster.Flows(mesh.Agent(node.Name)))
             {
                 Print(
-                    $"  {S(flow, "direction"),-9} {S(flow, "source_workload"),-12} {S(flow, "original_destination"),-18} " +
+                    $"  {S(flow, "direction"),-9} {S(flow, "source_workload"),-12} {S(flow, "original_destination"),-22} " +
                     $"{S(flow, "destination_service"),-9} {S(flow, "destination_workload"),-12} {S(flow, "connection_security_policy"),-10} " +
                     $"{flow.GetProperty("bytes_sent").GetInt64(),9} {flow.GetProperty("bytes_received").GetInt64(),9} {S(flow, "response_flags")}" +
                     (flow.TryGetProperty("error", out var error) ? $" ({error.GetString()})" : ""));

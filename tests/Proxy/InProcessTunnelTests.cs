@@ -11,7 +11,7 @@ namespace Weft.Tests.Proxy;
 /// <summary>
 /// Two pods' proxies in-process over loopback with a real CA, TLS 1.3 and the HBONE engine: a meshed
 /// destination is reached through a tunnel, and the tunnel pool reuses a tunnel only for the same
-/// source identity, destination identity and destination address.
+/// source pod, destination identity and destination address, and closes tunnels nobody uses.
 /// </summary>
 public sealed class InProcessTunnelTests : IAsyncLifetime
 {
@@ -19,6 +19,7 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
 
     private static readonly LocalPod Client = new("demo", "a1", "client", "client-netns", NetnsCookie: 1, IPAddress.Parse("127.0.0.3"), null, FailOpen: false);
     private static readonly LocalPod Other = new("demo", "a2", "other-client", "client-netns", NetnsCookie: 2, IPAddress.Parse("127.0.0.5"), null, FailOpen: false);
+    private static readonly LocalPod Sibling = new("demo", "a3", "client", "sibling-netns", NetnsCookie: 4, IPAddress.Parse("127.0.0.6"), null, FailOpen: false);
     private static readonly LocalPod Server = new("demo", "b1", "server", "server-netns", NetnsCookie: 3, IPAddress.Loopback, null, FailOpen: false);
 
     private readonly TempDir _dir = new();
@@ -28,6 +29,7 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
     private readonly LoopbackPodSockets _clientSockets = new();
     private readonly LoopbackPodSockets _serverSockets = new();
     private IdentityManager _identity = null!;
+    private InventoryStore _inventory = null!;
     private ConnectionTracker _clientTracker = null!;
     private ConnectionTracker _serverTracker = null!;
     private PodProxy _client = null!;
@@ -38,7 +40,7 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
     public Task InitializeAsync()
     {
         _identity = IdentityManager.Start(new IdentityOptions(Domain, TestCa.Root("root").WriteTo(_dir.Path)) { WatchFiles = false, CheckInterval = TimeSpan.FromHours(1) });
-        _identity.SetAllowed([Id(Client), Id(Other), Id(Server)]);
+        _identity.SetAllowed([Id(Client), Id(Other), Id(Sibling), Id(Server)]);
 
         _echo = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         _echo.Bind(new IPEndPoint(IPAddress.Loopback, 0));
@@ -47,7 +49,7 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
 
         // b1 at 127.0.0.1 (its proxy serves CONNECTs naming 127.0.0.1); 127.0.0.2 is a second meshed pod
         // with the same identity, and 127.0.0.4 one with another identity; the client pods are a1 and a2.
-        var inventory = new InventoryStore();
+        var inventory = _inventory = new InventoryStore();
         inventory.Publish(InventoryBuilder.Build(InventoryYaml.Load("""
             apiVersion: v1
             kind: Namespace
@@ -64,6 +66,12 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
             metadata: {name: a2, namespace: demo}
             spec: {nodeName: node1, serviceAccountName: other-client}
             status: {podIP: 127.0.0.5, hostIP: 10.0.0.1}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: a3, namespace: demo}
+            spec: {nodeName: node1, serviceAccountName: client}
+            status: {podIP: 127.0.0.6, hostIP: 10.0.0.1}
             ---
             apiVersion: v1
             kind: Pod
@@ -175,9 +183,118 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
         Assert.Equal("TLS_FAILURE", refused.ResponseFlags);
     }
 
+    [Fact]
+    public async Task AnotherPod_WithTheSameServiceAccount_DialsATunnelOfItsOwn_FromItsOwnNamespace()
+    {
+        // One pool for both pods: the key that used to be the service account alone would share a tunnel.
+        var sockets = Redirected(new LoopbackPodSockets());
+        var services = ClientServices(sockets, TimeSpan.FromMinutes(5));
+        await using var client = PodProxy.Start(Client, services);
+        await using var sibling = PodProxy.Start(Sibling, services);
+        Assert.Equal("one", await RoundTripAsync(client, Client, "127.0.0.1:8080", "one"));
+        Assert.Equal("two", await RoundTripAsync(sibling, Sibling, "127.0.0.1:8080", "two"));
+        Assert.Equal("three", await RoundTripAsync(client, Client, "127.0.0.1:8080", "three"));
+
+        var dials = sockets.Connects.Where(d => d.Destination.Port == HbonePool.TunnelPort).Select(d => d.Pod.Key).ToList();
+        Assert.Equal(["demo/a1", "demo/a3"], dials.Order());
+    }
+
+    [Fact]
+    public async Task PodThatLeaves_ClosesItsTunnels_AndTheOtherPodKeepsAndReusesItsOwn()
+    {
+        var sockets = Redirected(new LoopbackPodSockets());
+        var services = ClientServices(sockets, TimeSpan.FromMinutes(5));
+        var first = PodProxy.Start(Client, services);
+        await using var sibling = PodProxy.Start(Sibling, services);
+        Assert.Equal("one", await RoundTripAsync(first, Client, "127.0.0.1:8080", "one"));
+        Assert.Equal("two", await RoundTripAsync(sibling, Sibling, "127.0.0.1:8080", "two"));
+        Assert.Equal(2, services.Tunnels!.OpenTunnels);
+
+        await first.DisposeAsync();
+
+        Assert.Equal(1, services.Tunnels.OpenTunnels);
+        Assert.Equal(1, services.Tunnels.IdleClosed);
+        Assert.Equal("three", await RoundTripAsync(sibling, Sibling, "127.0.0.1:8080", "three"));
+        Assert.Equal(2, TunnelDials(sockets));
+    }
+
+    [Fact]
+    public async Task IdleTunnel_ClosesAfterTheIdleTimeout_AndTheNextConnectionDialsAFreshOne()
+    {
+        var sockets = Redirected(new LoopbackPodSockets());
+        var services = ClientServices(sockets, TimeSpan.FromMilliseconds(300));
+        await using var client = PodProxy.Start(Client, services);
+        Assert.Equal("one", await RoundTripAsync(client, Client, "127.0.0.1:8080", "one"));
+
+        await WaitAsync(() => services.Tunnels!.OpenTunnels == 0, "the idle tunnel to close");
+        Assert.Equal(1, services.Tunnels!.IdleClosed);
+
+        Assert.Equal("two", await RoundTripAsync(client, Client, "127.0.0.1:8080", "two"));
+        Assert.Equal(2, TunnelDials(sockets));
+    }
+
+    [Fact]
+    public async Task TunnelCarryingAStream_StaysOpenPastTheIdleTimeout()
+    {
+        var sockets = Redirected(new LoopbackPodSockets());
+        var services = ClientServices(sockets, TimeSpan.FromMilliseconds(200));
+        await using var client = PodProxy.Start(Client, services);
+        using var held = await ConnectCapturedAsync(client, Client, "127.0.0.1:8080");
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        await held.SendAsync("first"u8.ToArray(), timeout.Token);
+        Assert.Equal("first", await ReceiveAsync(held, 5, timeout.Token));
+
+        // Many sweeps later the stream is still there, and so is its tunnel.
+        await Task.Delay(TimeSpan.FromSeconds(1.5));
+        Assert.Equal(1, services.Tunnels!.OpenTunnels);
+        await held.SendAsync("later"u8.ToArray(), timeout.Token);
+        Assert.Equal("later", await ReceiveAsync(held, 5, timeout.Token));
+        Assert.Equal(0, services.Tunnels.IdleClosed);
+    }
+
+    private ProxyServices ClientServices(LoopbackPodSockets sockets, TimeSpan tunnelIdle) =>
+        new(_destinations, sockets, _inventory, _clientTracker, new ProxyOptions { ConnectTimeout = TimeSpan.FromSeconds(10), TunnelIdleTimeout = tunnelIdle }, _identity);
+
+    private LoopbackPodSockets Redirected(LoopbackPodSockets sockets)
+    {
+        sockets.Redirect = _clientSockets.Redirect;
+        return sockets;
+    }
+
+    private static async Task<string> ReceiveAsync(Socket socket, int length, CancellationToken ct)
+    {
+        var buffer = new byte[length];
+        var read = 0;
+        while (read < length)
+        {
+            var n = await socket.ReceiveAsync(buffer.AsMemory(read), ct);
+            Assert.NotEqual(0, n);
+            read += n;
+        }
+
+        return System.Text.Encoding.UTF8.GetString(buffer);
+    }
+
+    private static async Task WaitAsync(Func<bool> condition, string what)
+    {
+        for (var waited = 0; waited < 300; waited++)
+        {
+            if (condition())
+            {
+                return;
+            }
+
+            await Task.Delay(100);
+        }
+
+        throw new TimeoutException($"waited 30 s for {what}");
+    }
+
     private static SpiffeId Id(LocalPod pod) => new(Domain, pod.Namespace, pod.ServiceAccount);
 
-    private int TunnelDials() => _clientSockets.Connects.Count(d => d.Port == HbonePool.TunnelPort);
+    private int TunnelDials() => TunnelDials(_clientSockets);
+
+    private static int TunnelDials(LoopbackPodSockets sockets) => sockets.Connects.Count(d => d.Destination.Port == HbonePool.TunnelPort);
 
     private async Task<Socket> ConnectCapturedAsync(PodProxy proxy, LocalPod pod, string destination)
     {

@@ -29,8 +29,8 @@ internal sealed class LoopbackPodSockets : IPodSockets
     /// <summary>Rewrites a connect's destination; identity by default.</summary>
     public Func<IPEndPoint, IPEndPoint> Redirect { get; set; } = destination => destination;
 
-    /// <summary>Connects asked for, by the destination asked for (before any redirect).</summary>
-    public ConcurrentQueue<IPEndPoint> Connects { get; } = new();
+    /// <summary>Connects asked for: from which pod's namespace, to the destination asked for (before any redirect).</summary>
+    public ConcurrentQueue<(LocalPod Pod, IPEndPoint Destination)> Connects { get; } = new();
 
     public int ConnectCount => Volatile.Read(ref _connects);
 
@@ -55,10 +55,24 @@ internal sealed class LoopbackPodSockets : IPodSockets
         }
     }
 
+    /// <summary>Deliveries asked for: the client the app was to be shown, by destination.</summary>
+    public ConcurrentQueue<(IPAddress Client, IPEndPoint Destination)> Deliveries { get; } = new();
+
+    public Task<Socket> DeliverAsync(LocalPod pod, IPAddress client, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default)
+    {
+        // loopback has no transparent return path: the record says whom the app was meant to see
+        Deliveries.Enqueue((client, destination));
+        return ConnectAsync(pod, destination, options, cancellationToken);
+    }
+
+    public void Release(LocalPod pod)
+    {
+    }
+
     public async Task<Socket> ConnectAsync(LocalPod pod, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default)
     {
         Interlocked.Increment(ref _connects);
-        Connects.Enqueue(destination);
+        Connects.Enqueue((pod, destination));
         var target = Redirect(destination);
         var socket = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try

@@ -16,6 +16,9 @@ internal sealed record ServiceSpec(string Name, string Namespace, string Vip, in
     public IReadOnlyDictionary<string, string>? Selector { get; init; }
 
     public string PortName { get; init; } = "tcp";
+
+    /// <summary>An IPv6 VIP makes a single-stack IPv6 Service whose EndpointSlice lists the pods' IPv6 addresses.</summary>
+    public bool IsIpv6 => IPAddress.Parse(Vip).AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6;
 }
 
 internal sealed record InventoryOptions
@@ -94,9 +97,9 @@ internal static class ClusterInventory
             {
                 Phase = "Running",
                 PodIP = pod.Address.ToString(),
-                PodIPs = [new V1PodIP { Ip = pod.Address.ToString() }],
+                PodIPs = [new V1PodIP { Ip = pod.Address.ToString() }, new V1PodIP { Ip = pod.Address6.ToString() }],
                 HostIP = pod.Node.Address.ToString(),
-                HostIPs = [new V1HostIP { Ip = pod.Node.Address.ToString() }],
+                HostIPs = [new V1HostIP { Ip = pod.Node.Address.ToString() }, new V1HostIP { Ip = pod.Node.Address6.ToString() }],
             },
         };
     }
@@ -104,6 +107,7 @@ internal static class ClusterInventory
     private static V1Service Service(ServiceSpec service)
     {
         var vip = IPAddress.Parse(service.Vip).ToString();
+        var family = service.IsIpv6 ? "IPv6" : "IPv4";
         return new V1Service
         {
             ApiVersion = "v1",
@@ -113,6 +117,7 @@ internal static class ClusterInventory
             {
                 ClusterIP = vip,
                 ClusterIPs = [vip],
+                IpFamilies = [family],
                 Selector = service.Selector == null ? null : new Dictionary<string, string>(service.Selector),
                 Ports = [new V1ServicePort { Name = service.PortName, Port = service.Port, TargetPort = service.TargetPort, Protocol = "TCP" }],
             },
@@ -129,11 +134,11 @@ internal static class ClusterInventory
             NamespaceProperty = service.Namespace,
             Labels = new Dictionary<string, string> { ["kubernetes.io/service-name"] = service.Name },
         },
-        AddressType = "IPv4",
+        AddressType = service.IsIpv6 ? "IPv6" : "IPv4",
         Ports = [new Discoveryv1EndpointPort { Name = service.PortName, Port = service.TargetPort, Protocol = "TCP" }],
         Endpoints = service.Endpoints.Select(pod => new V1Endpoint
         {
-            Addresses = [pod.Address.ToString()],
+            Addresses = [(service.IsIpv6 ? pod.Address6 : pod.Address).ToString()],
             Conditions = new V1EndpointConditions { Ready = true },
             NodeName = pod.Node.Name,
             TargetRef = new V1ObjectReference { Kind = "Pod", Name = pod.Name, NamespaceProperty = pod.Namespace },

@@ -20,6 +20,8 @@ internal sealed class ClusterNode
         CgroupPath = cgroupPath;
         Address = IPAddress.Parse($"172.31.0.{index}");
         PodGateway = IPAddress.Parse($"10.244.{index}.1");
+        Address6 = IPAddress.Parse($"fd00:31::{index:x}");
+        PodGateway6 = IPAddress.Parse($"fd00:244:{index:x}::1");
     }
 
     public string Name { get; }
@@ -35,6 +37,15 @@ internal sealed class ClusterNode
     public IPAddress Address { get; }
 
     public string PodCidr => $"10.244.{Index}.0/24";
+
+    /// <summary>The node's IPv6 underlay address (fd00:31::INDEX/64, unique-local, only inside the run's namespaces).</summary>
+    public IPAddress Address6 { get; }
+
+    /// <summary>The node's IPv6 pod CIDR (fd00:244:INDEX::/64): every pod is dual-stack.</summary>
+    public string PodCidr6 => $"fd00:244:{Index:x}::/64";
+
+    /// <summary>The node-side IPv6 address every pod uses as its default gateway.</summary>
+    public IPAddress PodGateway6 { get; }
 
     /// <summary>The node-side address every pod uses as its default gateway.</summary>
     public IPAddress PodGateway { get; }

@@ -20,6 +20,7 @@ internal sealed class ClusterPod
         NetnsName = netnsName;
         CgroupPath = cgroupPath;
         Address = IPAddress.Parse($"10.244.{node.Index}.{hostIndex}");
+        Address6 = IPAddress.Parse($"fd00:244:{node.Index:x}::{hostIndex:x}");
         NodeInterface = $"pod{hostIndex}";
     }
 
@@ -42,6 +43,9 @@ internal sealed class ClusterPod
 
     public IPAddress Address { get; }
 
+    /// <summary>The pod's IPv6 address (fd00:244:NODE::HOST): pods are dual-stack, IPv4 first as in Kubernetes' podIPs.</summary>
+    public IPAddress Address6 { get; }
+
     /// <summary>The pod's cgroup, below its node's cgroup.</summary>
     public string CgroupPath { get; }
 
@@ -61,5 +65,5 @@ internal sealed class ClusterPod
         return _cluster.Start(CgroupPath, NetnsPath, $"weft {string.Join(' ', args.Take(2))} in {Namespace}/{Name}", file, arguments, null);
     }
 
-    public override string ToString() => $"{Namespace}/{Name} ({Address} on {Node.Name})";
+    public override string ToString() => $"{Namespace}/{Name} ({Address} {Address6} on {Node.Name})";
 }

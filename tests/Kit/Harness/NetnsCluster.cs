@@ -10,8 +10,10 @@ namespace Weft.Harness;
 ///  netns weftRUN-underlay:      br0 ── n1 ─┬─ n2 ─ ...
 ///                                          │      │ veth pairs
 ///  netns weftRUN-node1:  eth0 172.31.0.1/24   eth0 172.31.0.2/24  (weftRUN-node2)
-///      ip_forward=1, 10.244.2.0/24 via 172.31.0.2
+///                        fd00:31::1/64         fd00:31::2/64
+///      ip_forward=1, 10.244.2.0/24 via 172.31.0.2, fd00:244:2::/64 via fd00:31::2
 ///      pod2 10.244.1.1/32 ── eth0 10.244.1.2/32 (netns weftRUN-node1-NS-POD, default via 10.244.1.1)
+///           fd00:244:1::1/128    fd00:244:1::2/128 (dual stack; unique-local, nodad, default via fd00:244:1::1)
 /// </code>
 /// Nothing is added to the machine's own network namespace: every configuring command runs with
 /// <c>ip -n NETNS</c>. Cgroups live under CGROUP2/weft-RUN. Everything a run creates is removed on
@@ -210,12 +212,19 @@ internal sealed partial class NetnsCluster : IAsyncDisposable
         HostCommand.Ip("-n", node.NetnsName, "addr", "add", $"{node.PodGateway}/32", "dev", created.NodeInterface);
         HostCommand.Ip("-n", node.NetnsName, "link", "set", created.NodeInterface, "up");
         HostCommand.Ip("-n", node.NetnsName, "route", "add", $"{created.Address}/32", "dev", created.NodeInterface, "scope", "link", "src", node.PodGateway.ToString());
+        HostCommand.Ip("-n", node.NetnsName, "-6", "addr", "add", $"{node.PodGateway6}/128", "dev", created.NodeInterface, "nodad");
+        HostCommand.Ip("-n", node.NetnsName, "-6", "route", "add", $"{created.Address6}/128", "dev", created.NodeInterface);
 
         // a /32 with an on-link gateway: pods on the same node also talk through the node, as with ptp CNIs
         HostCommand.Ip("-n", ns, "addr", "add", $"{created.Address}/32", "dev", "eth0");
         HostCommand.Ip("-n", ns, "link", "set", "eth0", "up");
         HostCommand.Ip("-n", ns, "route", "add", $"{node.PodGateway}/32", "dev", "eth0", "scope", "link");
         HostCommand.Ip("-n", ns, "route", "add", "default", "via", node.PodGateway.ToString(), "dev", "eth0", "src", created.Address.ToString());
+
+        // dual stack: unique-local IPv6 the same way, nodad so the address is usable at once
+        HostCommand.Ip("-n", ns, "-6", "addr", "add", $"{created.Address6}/128", "dev", "eth0", "nodad");
+        HostCommand.Ip("-n", ns, "-6", "route", "add", $"{node.PodGateway6}/128", "dev", "eth0");
+        HostCommand.Ip("-n", ns, "-6", "route", "add", "default", "via", node.PodGateway6.ToString(), "dev", "eth0", "src", created.Address6.ToString());
         Directory.CreateDirectory(created.CgroupPath);
         node.Add(created);
         Log.Debug(Component, $"pod {created}");
@@ -316,6 +325,7 @@ internal sealed partial class NetnsCluster : IAsyncDisposable
             foreach (var other in _nodes.Where(o => o != node))
             {
                 HostCommand.Ip("-n", node.NetnsName, "route", "add", other.PodCidr, "via", other.Address.ToString(), "dev", "eth0");
+                HostCommand.Ip("-n", node.NetnsName, "-6", "route", "add", other.PodCidr6, "via", other.Address6.ToString(), "dev", "eth0");
             }
         }
 
@@ -350,11 +360,12 @@ internal sealed partial class NetnsCluster : IAsyncDisposable
         HostCommand.Ip("-n", UnderlayNetnsName, "link", "set", port, "master", "br0");
         HostCommand.Ip("-n", UnderlayNetnsName, "link", "set", port, "up");
         HostCommand.Ip("-n", node.NetnsName, "addr", "add", $"{node.Address}/24", "dev", "eth0");
+        HostCommand.Ip("-n", node.NetnsName, "-6", "addr", "add", $"{node.Address6}/64", "dev", "eth0", "nodad");
         HostCommand.Ip("-n", node.NetnsName, "link", "set", "eth0", "up");
 
         // inside the node's netns only: forward for its pods; no reverse path filter, pods answer via the node
         HostCommand.Ip("netns", "exec", node.NetnsName, "sysctl", "-qw",
-            "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0");
+            "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv6.conf.all.forwarding=1");
         Directory.CreateDirectory(node.AgentCgroupPath);
         Directory.CreateDirectory(Path.Join(node.CgroupPath, "pods"));
         Log.Debug(Component, $"node {node}");

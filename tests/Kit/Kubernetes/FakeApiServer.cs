@@ -39,6 +39,7 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
     private Socket? _listener;
     private Task _acceptLoop = Task.CompletedTask;
     private long _resourceVersion = 100;
+    private long _bytesSent;
     private long _uid;
 
     private FakeApiServer(Func<int, Socket> listen)
@@ -65,6 +66,9 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
     public Func<string, int, IPEndPoint?>? PortForwardTarget { get; set; }
 
     public string Url => $"http://127.0.0.1:{Port}";
+
+    /// <summary>Bytes written to clients so far (HTTP heads and bodies, list and watch alike), as a client would receive them.</summary>
+    public long BytesSent => Interlocked.Read(ref _bytesSent);
 
     /// <summary>Every request so far, in arrival order.</summary>
     public IReadOnlyList<RequestRecord> Requests => _requests.ToList();
@@ -359,7 +363,7 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
 
     private async Task ServeAsync(Socket socket)
     {
-        await using var stream = new NetworkStream(socket, ownsSocket: false);
+        await using var stream = new CountingStream(socket, this);
         var head = await ReadHeadAsync(stream);
         if (head is null)
         {
@@ -676,6 +680,22 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
         ["reason"] = reason,
         ["code"] = code,
     };
+
+    /// <summary>The connection's stream, counting what it writes into <see cref="BytesSent"/>.</summary>
+    private sealed class CountingStream(Socket socket, FakeApiServer server) : NetworkStream(socket, ownsSocket: false)
+    {
+        public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
+        {
+            Interlocked.Add(ref server._bytesSent, count);
+            return base.WriteAsync(buffer, offset, count, cancellationToken);
+        }
+
+        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            Interlocked.Add(ref server._bytesSent, buffer.Length);
+            return base.WriteAsync(buffer, cancellationToken);
+        }
+    }
 
     private static async Task RespondAsync(NetworkStream stream, HttpStatusCode status, string body)
     {
