@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Runtime.InteropServices;
 using Weft.Capture;
 using Weft.Identity;
@@ -10,49 +11,71 @@ namespace Weft.Cli;
 /// <summary><c>weft agent</c>: run the node agent until SIGTERM or Ctrl-C; <c>weft uninstall</c>.</summary>
 internal static class AgentCommand
 {
-    public const string Usage = """
-        weft agent (--inventory FILE | --kubernetes [--kubeconfig FILE] [--pod-cgroup-root DIR])
-                   [--node NAME] [--cgroup DIR] [--bpffs DIR] [--admin ADDR|off] [--metrics ADDR|off]
-                   [--health ADDR|off]
-                   [--drain-seconds N] [--idle-timeout-seconds N] [--max-connections-per-pod N]
-                   [--max-inbound-per-identity N] [--max-inbound-per-address N] [--max-inbound-per-node N]
-                   [--access-log json|text|off] [--no-access-log]
-                   [--tunnel-keepalive-seconds N] [--tunnel-keepalive-timeout-seconds N]
-                   [--trust-domain TD --ca-cert FILE --ca-key FILE --trust-bundle FILE [--ca-chain FILE]]
-          Runs the node agent: captures enrolled pods' TCP traffic with eBPF and proxies it.
-          --node defaults to $NODE_NAME, then the host name; --cgroup to the cgroup v2 root;
-          --bpffs to /sys/fs/bpf/weft; --admin to 127.0.0.1:15000; --metrics (Prometheus /metrics) to
-          :15020, every address; --health (/healthz, /ready) to :15021; --access-log (a line per finished connection on stdout) to json.
-          Inbound limits (0 or absent: derived from the descriptor limit L, which the agent raises to the
-          hard limit at start): --max-inbound-per-identity (CONNECT streams one peer SPIFFE ID holds, L/8),
-          --max-inbound-per-address (connections one source address holds, counted from accept, L/16),
-          --max-inbound-per-node (accepted inbound connections plus admitted CONNECT streams, L/2).
-          Each HBONE tunnel PINGs its peer every --tunnel-keepalive-seconds (default 30) and closes, ending its
-          streams, when an ACK takes longer than --tunnel-keepalive-timeout-seconds (default 10).
-          --kubernetes (implied by --kubeconfig, and by running in a pod without --inventory) watches the
-          Kubernetes API: in-cluster service account, else $KUBECONFIG or ~/.kube/config. Local pods'
-          network namespaces are found from their cgroups under --pod-cgroup-root (default: the cgroup v2 root).
-          With a CA (--ca-cert and --ca-key, PEM; --trust-bundle holds every root to trust), traffic
-          between meshed pods travels in mTLS HBONE tunnels with SPIFFE identities in the trust domain
-          (default cluster.local); without one it is forwarded in plaintext.
-        weft uninstall [--bpffs DIR]
-          Detaches every Weft eBPF program and removes every pin. Enrolled pods then talk directly.
-        """;
+    private static readonly Option<string?> Inventory = new("--inventory") { HelpName = "FILE", Description = "Inventory YAML (pods, services, policies) this node's agent serves; re-read when it changes." };
+    private static readonly Option<bool> Kubernetes = new("--kubernetes") { Description = "Watch the Kubernetes API instead of an inventory file (in-cluster service account, else $KUBECONFIG or ~/.kube/config). Implied by --kubeconfig, and by running in a pod without --inventory." };
+    private static readonly Option<string?> Kubeconfig = new("--kubeconfig") { HelpName = "FILE", Description = "Kubeconfig for --kubernetes." };
+    private static readonly Option<string?> PodCgroupRoot = new("--pod-cgroup-root") { HelpName = "DIR", Description = "Where local pods' cgroups are found, to reach their network namespaces (--kubernetes) [default: the cgroup v2 root]" };
+    private static readonly Option<string?> Node = new("--node") { HelpName = "NAME", Description = "This node's name [default: $NODE_NAME, then the host name]" };
+    private static readonly Option<string?> Cgroup = new("--cgroup") { HelpName = "DIR", Description = "cgroup v2 directory the capture hooks attach to [default: the cgroup v2 root]" };
+    private static readonly Option<string> Bpffs = new("--bpffs") { HelpName = "DIR", Description = "Where maps and links are pinned (on bpffs).", DefaultValueFactory = _ => DefaultPinRoot };
+    private static readonly Option<string> Admin = new("--admin") { HelpName = "ADDR|off", Description = "Admin API (read by weft flows, weft check and the views).", DefaultValueFactory = _ => AdminClient.DefaultAddress };
+    private static readonly Option<string> Metrics = new("--metrics") { HelpName = "ADDR|off", Description = "Prometheus /metrics, every address.", DefaultValueFactory = _ => ":15020" };
+    private static readonly Option<string> Health = new("--health") { HelpName = "ADDR|off", Description = "/healthz and /ready, every address.", DefaultValueFactory = _ => ":15021" };
+    private static readonly Option<int> DrainSeconds = new("--drain-seconds") { HelpName = "N", Description = "On SIGTERM, how long open connections may finish.", DefaultValueFactory = _ => 20 };
+    private static readonly Option<int> IdleTimeoutSeconds = new("--idle-timeout-seconds") { HelpName = "N", Description = "A proxied connection with no bytes either way for this long is closed.", DefaultValueFactory = _ => (int)new ProxyOptions().IdleTimeout.TotalSeconds };
+    private static readonly Option<int> MaxConnectionsPerPod = new("--max-connections-per-pod") { HelpName = "N", Description = "Connections one pod may hold through the agent, both directions together.", DefaultValueFactory = _ => new ProxyOptions().MaxConnectionsPerPod };
+    private static readonly Option<int> MaxInboundPerIdentity = new("--max-inbound-per-identity") { HelpName = "N", Description = "CONNECT streams one peer SPIFFE ID holds; 0 derives it from the descriptor limit L (raised to the hard limit at start) as L/8.", DefaultValueFactory = _ => 0 };
+    private static readonly Option<int> MaxInboundPerAddress = new("--max-inbound-per-address") { HelpName = "N", Description = "Connections one source address holds, counted from accept; 0: L/16.", DefaultValueFactory = _ => 0 };
+    private static readonly Option<int> MaxInboundPerNode = new("--max-inbound-per-node") { HelpName = "N", Description = "Accepted inbound connections plus admitted CONNECT streams; 0: L/2.", DefaultValueFactory = _ => 0 };
+    private static readonly Option<string> AccessLog = new Option<string>("--access-log") { HelpName = "json|text|off", Description = "A line per finished connection on stdout.", DefaultValueFactory = _ => "json" }.AcceptOnlyFromAmong("json", "text", "off");
+    private static readonly Option<bool> NoAccessLog = new("--no-access-log") { Description = "Same as --access-log off." };
+    private static readonly Option<string> TrustDomain = new("--trust-domain") { HelpName = "TD", Description = "SPIFFE trust domain of the mesh identities (with --ca-cert).", DefaultValueFactory = _ => "cluster.local" };
+    private static readonly Option<string?> CaCert = new("--ca-cert") { HelpName = "FILE", Description = "PEM CA certificate that signs this node's workload certificates; with it, traffic between meshed pods travels in mTLS HBONE tunnels (without: plaintext)." };
+    private static readonly Option<string?> CaKey = new("--ca-key") { HelpName = "FILE", Description = "PEM private key of --ca-cert." };
+    private static readonly Option<string?> TrustBundle = new("--trust-bundle") { HelpName = "FILE", Description = "PEM roots to trust [default: --ca-cert]" };
+    private static readonly Option<string?> CaChain = new("--ca-chain") { HelpName = "FILE", Description = "PEM intermediates between --ca-cert and the root, sent with each workload certificate." };
+    private static readonly Option<int> TunnelKeepaliveSeconds = new("--tunnel-keepalive-seconds") { HelpName = "N", Description = "How often each HBONE tunnel PINGs its peer.", DefaultValueFactory = _ => (int)new ProxyOptions().TunnelKeepalive.TotalSeconds };
+    private static readonly Option<int> TunnelKeepaliveTimeoutSeconds = new("--tunnel-keepalive-timeout-seconds") { HelpName = "N", Description = "A tunnel whose PING is not answered within this closes, ending its streams (UC/DC).", DefaultValueFactory = _ => (int)new ProxyOptions().TunnelKeepaliveTimeout.TotalSeconds };
+    private static readonly Option<int> TunnelIdleSeconds = new("--tunnel-idle-seconds") { HelpName = "N", Description = "A pooled HBONE tunnel that carried no stream for this long closes.", DefaultValueFactory = _ => (int)new ProxyOptions().TunnelIdleTimeout.TotalSeconds };
+    private static readonly Option<string> UninstallBpffs = new("--bpffs") { HelpName = "DIR", Description = "Where the agent pinned its maps and links.", DefaultValueFactory = _ => DefaultPinRoot };
 
-    public static async Task<int> RunAgentAsync(CommandLine cl)
+    public const string DefaultPinRoot = "/sys/fs/bpf/weft";
+
+    public static Command Create()
     {
-        var admin = cl.Get("admin");
-        var metrics = cl.Get("metrics");
-        var health = cl.Get("health");
-        var accessLog = cl.Flag("no-access-log") ? "off" : cl.Get("access-log") ?? "json";
-        if (accessLog is not ("json" or "text" or "off"))
+        var command = new Command("agent", "Runs the node agent until SIGTERM or Ctrl-C: captures enrolled pods' TCP traffic with eBPF and proxies it.")
         {
-            throw new UsageException($"--access-log wants json, text or off, got '{accessLog}'");
-        }
+            Inventory, Kubernetes, Kubeconfig, PodCgroupRoot, Node, Cgroup, Bpffs, Admin, Metrics, Health, DrainSeconds,
+            IdleTimeoutSeconds, MaxConnectionsPerPod, MaxInboundPerIdentity, MaxInboundPerAddress, MaxInboundPerNode,
+            AccessLog, NoAccessLog, TunnelKeepaliveSeconds, TunnelKeepaliveTimeoutSeconds, TunnelIdleSeconds,
+            TrustDomain, CaCert, CaKey, TrustBundle, CaChain,
+        };
+        command.SetAction((result, _) => RunAgentAsync(result));
+        WeftCli.Examples(
+            command,
+            "weft agent --inventory /etc/weft/inventory.yaml",
+            "weft agent --kubernetes --trust-domain cluster.local --ca-cert ca.crt --ca-key ca.key --trust-bundle bundle.crt");
+        return command;
+    }
+
+    public static Command CreateUninstall()
+    {
+        var command = new Command("uninstall", "Detaches every Weft eBPF program and removes every pin. Enrolled pods then talk directly.") { UninstallBpffs };
+        command.SetAction(Uninstall);
+        WeftCli.Examples(command, "weft uninstall", "weft uninstall --bpffs /sys/fs/bpf/weft-test");
+        return command;
+    }
+
+    public static async Task<int> RunAgentAsync(ParseResult cl)
+    {
+        var admin = cl.GetRequiredValue(Admin);
+        var metrics = cl.GetRequiredValue(Metrics);
+        var health = cl.GetRequiredValue(Health);
+        var accessLog = cl.GetValue(NoAccessLog) ? "off" : cl.GetRequiredValue(AccessLog);
 
         var proxyDefaults = new ProxyOptions();
-        var (inventory, kubeconfig, podCgroupRoot) = (cl.Get("inventory"), cl.Get("kubeconfig"), cl.Get("pod-cgroup-root"));
-        var kubernetes = cl.Flag("kubernetes") || kubeconfig is not null
+        var (inventory, kubeconfig, podCgroupRoot) = (cl.GetValue(Inventory), cl.GetValue(Kubeconfig), cl.GetValue(PodCgroupRoot));
+        var kubernetes = cl.GetValue(Kubernetes) || kubeconfig is not null
             || (inventory is null && Environment.GetEnvironmentVariable("KUBERNETES_SERVICE_HOST") is { Length: > 0 });
         if (kubernetes ? inventory is not null : podCgroupRoot is not null)
         {
@@ -63,33 +86,32 @@ internal static class AgentCommand
         {
             InventoryPath = kubernetes ? null : inventory ?? throw new UsageException("missing --inventory (or --kubernetes)"),
             Kubernetes = kubernetes ? new KubernetesApiOptions { Kubeconfig = kubeconfig, PodCgroupRoot = podCgroupRoot } : null,
-            NodeName = cl.Get("node") ?? Environment.GetEnvironmentVariable("NODE_NAME") ?? Environment.MachineName,
-            CgroupPath = cl.Get("cgroup"),
-            PinRoot = cl.Get("bpffs") ?? "/sys/fs/bpf/weft",
-            AdminAddress = admin == "off" ? null : admin ?? "127.0.0.1:15000",
-            DrainGrace = TimeSpan.FromSeconds(cl.Int("drain-seconds", 20)),
-            MetricsAddress = metrics == "off" ? null : metrics ?? ":15020",
-            HealthAddress = health == "off" ? null : health ?? ":15021",
+            NodeName = cl.GetValue(Node) ?? Environment.GetEnvironmentVariable("NODE_NAME") ?? Environment.MachineName,
+            CgroupPath = cl.GetValue(Cgroup),
+            PinRoot = cl.GetRequiredValue(Bpffs),
+            AdminAddress = admin == "off" ? null : admin,
+            DrainGrace = TimeSpan.FromSeconds(cl.GetValue(DrainSeconds)),
+            MetricsAddress = metrics == "off" ? null : metrics,
+            HealthAddress = health == "off" ? null : health,
             AccessLog = accessLog != "off",
             AccessLogFormat = accessLog == "text" ? Weft.Telemetry.AccessLogFormat.Text : Weft.Telemetry.AccessLogFormat.Json,
             Proxy = proxyDefaults with
             {
-                IdleTimeout = TimeSpan.FromSeconds(cl.Int("idle-timeout-seconds", (int)proxyDefaults.IdleTimeout.TotalSeconds)),
-                MaxConnectionsPerPod = cl.Int("max-connections-per-pod", proxyDefaults.MaxConnectionsPerPod),
+                IdleTimeout = TimeSpan.FromSeconds(cl.GetValue(IdleTimeoutSeconds)),
+                MaxConnectionsPerPod = cl.GetValue(MaxConnectionsPerPod),
                 Inbound = InboundLimitFlags(cl),
-                TunnelKeepalive = Seconds(cl, "tunnel-keepalive-seconds", proxyDefaults.TunnelKeepalive),
-                TunnelKeepaliveTimeout = Seconds(cl, "tunnel-keepalive-timeout-seconds", proxyDefaults.TunnelKeepaliveTimeout),
+                TunnelKeepalive = Seconds(cl, TunnelKeepaliveSeconds),
+                TunnelKeepaliveTimeout = Seconds(cl, TunnelKeepaliveTimeoutSeconds),
+                TunnelIdleTimeout = Seconds(cl, TunnelIdleSeconds),
             },
         };
-        var caCert = cl.Get("ca-cert");
-        var trustDomain = cl.Get("trust-domain") ?? "cluster.local";
+        var caCert = cl.GetValue(CaCert);
+        var trustDomain = cl.GetRequiredValue(TrustDomain);
         if (caCert is not null)
         {
-            var files = new CaFiles(caCert, cl.Require("ca-key"), cl.Require("trust-bundle", caCert), cl.Get("ca-chain"));
+            var files = new CaFiles(caCert, cl.GetValue(CaKey) ?? throw new UsageException("missing --ca-key (the key of --ca-cert)"), cl.GetValue(TrustBundle) ?? caCert, cl.GetValue(CaChain));
             options = options with { Identity = new IdentityOptions(trustDomain, files) };
         }
-
-        cl.RejectUnknown();
 
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
@@ -110,28 +132,27 @@ internal static class AgentCommand
     }
 
     /// <summary>The inbound limits given as flags; null (all derived at start) when none is.</summary>
-    private static InboundLimits? InboundLimitFlags(CommandLine cl)
+    private static InboundLimits? InboundLimitFlags(ParseResult cl)
     {
-        var (identity, address, node) = (Limit("max-inbound-per-identity"), Limit("max-inbound-per-address"), Limit("max-inbound-per-node"));
+        var (identity, address, node) = (Limit(MaxInboundPerIdentity), Limit(MaxInboundPerAddress), Limit(MaxInboundPerNode));
         return identity + address + node == 0 ? null : new InboundLimits(identity, address, node);
 
-        int Limit(string name)
+        int Limit(Option<int> option)
         {
-            var n = cl.Int(name, 0);
-            return n >= 0 ? n : throw new UsageException($"--{name} wants 0 (derive it) or more, got {n}");
+            var n = cl.GetValue(option);
+            return n >= 0 ? n : throw new UsageException($"{option.Name} wants 0 (derive it) or more, got {n}");
         }
     }
 
-    private static TimeSpan Seconds(CommandLine cl, string name, TimeSpan fallback)
+    private static TimeSpan Seconds(ParseResult cl, Option<int> option)
     {
-        var n = cl.Int(name, (int)fallback.TotalSeconds);
-        return n >= 1 ? TimeSpan.FromSeconds(n) : throw new UsageException($"--{name} wants 1 or more seconds, got {n}");
+        var n = cl.GetValue(option);
+        return n >= 1 ? TimeSpan.FromSeconds(n) : throw new UsageException($"{option.Name} wants 1 or more seconds, got {n}");
     }
 
-    public static int Uninstall(CommandLine cl)
+    public static int Uninstall(ParseResult cl)
     {
-        var pins = cl.Get("bpffs") ?? "/sys/fs/bpf/weft";
-        cl.RejectUnknown();
+        var pins = cl.GetRequiredValue(UninstallBpffs);
         BpfCapture.Uninstall(pins);
         Log.Info("uninstall", $"removed Weft's eBPF programs, links and pins under {pins}");
         return 0;

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text.Json;
@@ -14,23 +15,53 @@ namespace Weft.Cli;
 /// </summary>
 internal static class FlowsCommand
 {
-    public const string Usage = """
-        weft flows [--pod NS/NAME] [--from-pod NS/NAME] [--to-pod NS/NAME] [--namespace NS] [--verdict V]
-                   [--since 5m|RFC3339] [--last N] [--follow] [-o table|json] [--admin ADDR | --node NAME [--kubeconfig FILE]]
-          Connections through this node's agent, live and recently finished. --verdict is forwarded,
-          denied, error, or a response flag (DENY, UF, UH, UO, TLS_FAILURE, CONNECT, IDLE_TIMEOUT, UC, DC).
-          --follow keeps printing flows as they open, move bytes and close. -o json prints one JSON
-          object per line. --admin defaults to 127.0.0.1:15000 (the local agent); --node NAME reaches the
-          agent on that node through the Kubernetes API (port-forward; kubeconfig from --kubeconfig,
-          $KUBECONFIG or ~/.kube/config; needs the weft-cli Role in weft-system).
-        """;
+    /// <summary>Verdicts and response flags --verdict matches, offered by shell completion.</summary>
+    public static readonly string[] Verdicts = ["forwarded", "denied", "error", "DENY", "UF", "UH", "UO", "TLS_FAILURE", "CONNECT", "IDLE_TIMEOUT", "UC", "DC", "LOOP"];
+
+    private static readonly Option<string?> Pod = new("--pod") { HelpName = "NS/NAME", Description = "Flows from or to this pod." };
+    private static readonly Option<string?> FromPod = new("--from-pod") { HelpName = "NS/NAME", Description = "Flows from this pod." };
+    private static readonly Option<string?> ToPod = new("--to-pod") { HelpName = "NS/NAME", Description = "Flows to this pod." };
+    private static readonly Option<string?> Verdict = VerdictOption();
+    private static readonly Option<string?> Since = new("--since") { HelpName = "5m|RFC3339", Description = "Flows that started after this (a duration ago, or a time)." };
+    private static readonly Option<int?> Last = new("--last") { HelpName = "N", Description = "Only the N most recent flows." };
+    private static readonly Option<bool> Follow = new("--follow", "-f") { Description = "Keep printing flows as they open, move bytes and close, until Ctrl-C." };
 
     internal static readonly TimeSpan PollInterval = TimeSpan.FromMilliseconds(250);
 
-    /// <summary>Entry point for Program.cs.</summary>
-    public static async Task<int> RunAsync(IEnumerable<string> args)
+    public static Command Create()
     {
-        using var stop = new CancellationTokenSource();
+        var command = new Command("flows", "Connections through this node's agent, live and recently finished, filtered like `hubble observe`.")
+        {
+            Pod, FromPod, ToPod, CliOptions.Namespace, Verdict, Since, Last, Follow, CliOptions.Output,
+        };
+        AdminTarget.AddOptions(command);
+        command.SetAction((result, cancellationToken) => RunAsync(result, cancellationToken));
+        WeftCli.Examples(
+            command,
+            "weft flows --verdict denied --since 10m",
+            "weft flows --follow --from-pod demo/a1 -o json",
+            "weft flows --node worker-2 --namespace demo");
+        return command;
+    }
+
+    private static Option<string?> VerdictOption()
+    {
+        var option = new Option<string?>("--verdict")
+        {
+            HelpName = "V",
+            Description = "forwarded, denied, error, or a response flag (DENY, UF, UH, UO, TLS_FAILURE, CONNECT, IDLE_TIMEOUT, UC, DC, LOOP).",
+        };
+        option.CompletionSources.Add(Verdicts);
+        return option;
+    }
+
+    /// <summary>Runs <c>weft flows ARGS</c> with its output in the given writers (tests, and nothing else, call this).</summary>
+    public static Task<int> RunAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken cancellationToken) =>
+        WeftCli.RunAsync(["flows", .. args], stdout, stderr, cancellationToken);
+
+    private static async Task<int> RunAsync(ParseResult cl, CancellationToken cancellationToken)
+    {
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         void OnSignal(PosixSignalContext context)
         {
             context.Cancel = true;
@@ -39,49 +70,32 @@ internal static class FlowsCommand
 
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
         using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-        return await RunAsync(args, Console.Out, Console.Error, stop.Token).ConfigureAwait(false);
-    }
+        var stdout = cl.InvocationConfiguration.Output;
+        var stderr = cl.InvocationConfiguration.Error;
+        cancellationToken = stop.Token;
 
-    public static async Task<int> RunAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken cancellationToken)
-    {
+        var target = AdminTarget.From(cl);
+        var json = cl.GetRequiredValue(CliOptions.Output) == "json";
+        var follow = cl.GetValue(Follow);
+        var since = cl.GetValue(Since);
+        var last = cl.GetValue(Last);
         FlowFilter filter;
-        bool follow, json;
-        AdminTarget target;
         try
         {
-            var cl = new CommandLine(ViewsTable.NormalizeShortOptions(args));
-            target = AdminTarget.From(cl);
-            var output = cl.Get("output") ?? "table";
-            if (output is not ("table" or "json"))
-            {
-                throw new UsageException($"-o wants table or json, got '{output}'");
-            }
-
-            json = output == "json";
-            follow = cl.Flag("follow");
-            var since = cl.Get("since");
-            var last = cl.Get("last");
             filter = new FlowFilter
             {
-                Pod = PodArgument(cl, "pod"),
-                FromPod = PodArgument(cl, "from-pod"),
-                ToPod = PodArgument(cl, "to-pod"),
-                Namespace = cl.Get("namespace"),
-                Verdict = cl.Get("verdict"),
+                Pod = PodArgument(cl, Pod),
+                FromPod = PodArgument(cl, FromPod),
+                ToPod = PodArgument(cl, ToPod),
+                Namespace = cl.GetValue(CliOptions.Namespace),
+                Verdict = cl.GetValue(Verdict),
                 Since = since is null ? null : FlowFilter.ParseSince(since, DateTimeOffset.UtcNow),
-                Last = last is null ? null : int.TryParse(last, out var n) && n > 0 ? n : throw new UsageException($"--last wants a positive whole number, got '{last}'"),
+                Last = last is null or > 0 ? last : throw new UsageException($"--last wants a positive whole number, got '{last}'"),
             };
-            cl.RejectUnknown();
-            if (cl.Positional.Count > 0)
-            {
-                throw new UsageException($"unexpected argument '{cl.Positional[0]}'");
-            }
         }
-        catch (Exception e) when (e is UsageException or FormatException)
+        catch (FormatException e)
         {
-            await stderr.WriteLineAsync($"weft flows: {e.Message}").ConfigureAwait(false);
-            await stderr.WriteLineAsync(Usage).ConfigureAwait(false);
-            return 2;
+            throw new UsageException(e.Message);
         }
 
         NodeAgentForward? forward = null;
@@ -153,12 +167,12 @@ internal static class FlowsCommand
         }
     }
 
-    private static string? PodArgument(CommandLine cl, string name)
+    private static string? PodArgument(ParseResult cl, Option<string?> option)
     {
-        var value = cl.Get(name);
+        var value = cl.GetValue(option);
         if (value is not null && (value.IndexOf('/') is var slash && (slash <= 0 || slash == value.Length - 1)))
         {
-            throw new UsageException($"--{name} wants NAMESPACE/NAME, got '{value}'");
+            throw new UsageException($"{option.Name} wants NAMESPACE/NAME, got '{value}'");
         }
 
         return value;

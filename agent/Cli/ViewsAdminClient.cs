@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
@@ -149,38 +150,46 @@ internal static class ViewsTable
 
         return string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{value:0.0}{units[unit]}");
     }
+}
 
-    /// <summary>"-o json" as the option reader wants it ("--output json"); anything else passes through.</summary>
-    public static IEnumerable<string> NormalizeShortOptions(IEnumerable<string> args)
+/// <summary>Options several commands share, so each is spelled and explained once.</summary>
+internal static class CliOptions
+{
+    public static readonly Option<string> Output = new Option<string>("--output", "-o")
     {
-        foreach (var arg in args)
-        {
-            yield return arg switch
-            {
-                "-o" => "--output",
-                "-f" => "--follow",
-                "-n" => "--namespace",
-                _ when arg.StartsWith("-o=", StringComparison.Ordinal) => "--output=" + arg[3..],
-                _ => arg,
-            };
-        }
-    }
+        HelpName = "table|json",
+        Description = "table: aligned columns; json: every field (flows: one object per line).",
+        DefaultValueFactory = _ => "table",
+    }.AcceptOnlyFromAmong("table", "json");
+
+    public static readonly Option<string?> Namespace = new("--namespace", "-n") { HelpName = "NS", Description = "Only this namespace." };
 }
 
 /// <summary>Which agent a CLI command reads: --admin HOST:PORT (default the local agent) or --node NAME through the Kubernetes API.</summary>
 internal sealed record AdminTarget(string Admin, string? Node, string? Kubeconfig)
 {
-    public static AdminTarget From(CommandLine cl)
+    private static readonly Option<string?> AdminOption = new("--admin") { HelpName = "ADDR", Description = $"The agent's admin API [default: {AdminClient.DefaultAddress}, the local agent]" };
+    private static readonly Option<string?> NodeOption = new("--node") { HelpName = "NAME", Description = "Ask the agent on this node through the Kubernetes API (port-forward; needs the weft-cli Role in weft-system)." };
+    private static readonly Option<string?> KubeconfigOption = new("--kubeconfig") { HelpName = "FILE", Description = "Kubeconfig for --node [default: $KUBECONFIG, then ~/.kube/config]" };
+
+    public static void AddOptions(Command command)
     {
-        var admin = cl.Get("admin");
-        var node = cl.Get("node");
-        var kubeconfig = cl.Get("kubeconfig");
+        command.Add(AdminOption);
+        command.Add(NodeOption);
+        command.Add(KubeconfigOption);
+    }
+
+    public static AdminTarget From(ParseResult cl)
+    {
+        var admin = cl.GetValue(AdminOption);
+        var node = cl.GetValue(NodeOption);
+        var kubeconfig = cl.GetValue(KubeconfigOption);
         if (node is not null && admin is not null)
         {
             throw new UsageException("--node and --admin both say which agent to ask: give one");
         }
 
-        if (cl.Flag("node") && string.IsNullOrEmpty(node))
+        if (cl.GetResult(NodeOption) is not null && string.IsNullOrEmpty(node))
         {
             throw new UsageException("--node wants a node name");
         }

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 
@@ -9,42 +10,36 @@ namespace Weft.Cli;
 /// </summary>
 internal static class ViewsCommand
 {
-    public const string Usage = """
-        weft workloads|services|policies|certs [--namespace NS] [-o table|json] [--admin ADDR | --node NAME [--kubeconfig FILE]]
-          What this node's agent holds: pods and their protocol, services and endpoints, authorization
-          and peer-authentication policies, certificates (public parts; keys never leave the agent).
-          --admin defaults to 127.0.0.1:15000; --node NAME reaches that node's agent through the Kubernetes API.
-        """;
-
     public static readonly IReadOnlyList<string> Views = ["workloads", "services", "policies", "certs"];
 
-    public static async Task<int> RunAsync(string view, IEnumerable<string> args) =>
-        await RunAsync(view, args, Console.Out, Console.Error, CancellationToken.None).ConfigureAwait(false);
-
-    public static async Task<int> RunAsync(string view, IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken cancellationToken)
+    private static readonly Dictionary<string, string> Descriptions = new(StringComparer.Ordinal)
     {
-        string output;
-        string? ns;
-        AdminTarget target;
-        try
-        {
-            var cl = new CommandLine(ViewsTable.NormalizeShortOptions(args));
-            target = AdminTarget.From(cl);
-            output = cl.Get("output") ?? "table";
-            ns = cl.Get("namespace");
-            if (output is not ("table" or "json"))
-            {
-                throw new UsageException($"-o wants table or json, got '{output}'");
-            }
+        ["workloads"] = "Pods this node's agent knows, with address, node, service account and protocol.",
+        ["services"] = "Services this node's agent knows, with VIPs, ports and ready endpoints.",
+        ["policies"] = "Authorization and peer-authentication policies this node's agent enforces.",
+        ["certs"] = "Certificates this node's agent holds, public parts only (keys never leave the agent), with validity.",
+    };
 
-            cl.RejectUnknown();
-        }
-        catch (UsageException e)
-        {
-            await stderr.WriteLineAsync($"weft {view}: {e.Message}").ConfigureAwait(false);
-            await stderr.WriteLineAsync(Usage).ConfigureAwait(false);
-            return 2;
-        }
+    public static Command Create(string view)
+    {
+        var command = new Command(view, Descriptions[view]) { CliOptions.Namespace, CliOptions.Output };
+        AdminTarget.AddOptions(command);
+        command.SetAction((result, cancellationToken) => RunAsync(view, result, cancellationToken));
+        WeftCli.Examples(command, $"weft {view}", $"weft {view} --namespace demo -o json", $"weft {view} --node worker-2");
+        return command;
+    }
+
+    /// <summary>Runs <c>weft VIEW ARGS</c> with its output in the given writers (tests call this).</summary>
+    public static Task<int> RunAsync(string view, IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken cancellationToken) =>
+        WeftCli.RunAsync([view, .. args], stdout, stderr, cancellationToken);
+
+    private static async Task<int> RunAsync(string view, ParseResult cl, CancellationToken cancellationToken)
+    {
+        var stdout = cl.InvocationConfiguration.Output;
+        var stderr = cl.InvocationConfiguration.Error;
+        var target = AdminTarget.From(cl);
+        var output = cl.GetRequiredValue(CliOptions.Output);
+        var ns = cl.GetValue(CliOptions.Namespace);
 
         NodeAgentForward? forward = null;
         try

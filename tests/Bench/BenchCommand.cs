@@ -28,24 +28,24 @@ namespace Weft.Bench;
 internal static partial class BenchCommand
 {
     public const string Usage = """
-        weft-bench [--suite issue2|issue3|metrics|all] [--seconds T] [--repeat R] [--only PARTS] [--json FILE]
+        weft-bench [--suite plaintext|tls|metrics|all|scale] [--seconds T] [--repeat R] [--only PARTS] [--json FILE]
                    [--rate-connections N] [--setup-connections N] [--idle-connections N] [--no-access-log]
           Cross-node pod-to-pod traffic in 2-node clusters of network namespaces with real agents:
-          direct, through plaintext agents, and (issue3, all) through agents with mTLS HBONE tunnels and
+          direct, through plaintext agents, and (tls, all) through agents with mTLS HBONE tunnels and
           through an nginx pair doing TLS 1.3 between the nodes. iperf3 throughput (1 and 8 streams),
           sockperf 1 KiB round trips (p50/p99), new connections per second (16 at a time; and one at a
-          time with pooled and with cold tunnels), agent memory per idle open connection (issue2, all).
-          Prints one table with ratios against direct and the targets of the suite's issue.
-          --suite    issue3 (default): direct, plaintext, mTLS, nginx; parts throughput,latency,rate,setup
-                     issue2: direct, plaintext; parts throughput,latency,rate,memory (plus weft-kit app rr)
+          time with pooled and with cold tunnels), agent memory per idle open connection (plaintext, all).
+          Prints one table with ratios against direct and the suite's targets.
+          --suite    tls (default): direct, plaintext, mTLS, nginx; parts throughput,latency,rate,setup
+                     plaintext: direct, plaintext; parts throughput,latency,rate,memory (plus weft-kit app rr)
                      metrics: direct, plaintext agents with metrics on (scraped every second) and
                        plaintext agents started with --metrics off; parts throughput,latency; R = 4
                        (issue #5: metrics on and off less than 3 % apart)
                      all: every path and every part (not the metrics-off agents)
           --only     a comma-separated subset of throughput,latency,rate,setup,memory
           Each measurement runs R times (default 2) per path, alternating the order of the paths
-          (forward, backward, ...); the table shows medians. T defaults to 4 s (issue2: 5 s); N to
-          1000 new connections (issue2: 3000), 100 one-at-a-time connections, 10000 idle connections.
+          (forward, backward, ...); the table shows medians. T defaults to 4 s (plaintext: 5 s); N to
+          1000 new connections (plaintext: 3000), 100 one-at-a-time connections, 10000 idle connections.
           --no-access-log starts the agents without their per-connection log line (the path checks
           and the cold-tunnel handshake count need it).
           Needs iperf3, sockperf and, for the nginx peer, nginx with its stream module (agent/bench.sh
@@ -60,41 +60,41 @@ internal static partial class BenchCommand
     private const string Namespace = "bench";
     private static readonly TimeSpan Settle = TimeSpan.FromSeconds(2);
 
-    // issue #2 (plaintext through the agents)
+    // the plaintext suite's targets (issue #2: plaintext through the agents)
     private const double ThroughputTarget = 0.60;
     private const double AddedP99TargetMs = 0.25;
     private const double KibPerIdleConnectionTarget = 4.0;
 
-    // issue #3 (mTLS through the agents)
+    // the tls suite's targets (issue #3: mTLS through the agents)
     private const double MtlsThroughputTarget = 0.40;
     private const double MtlsAddedP99TargetMs = 0.30;
 
     public static async Task<int> RunAsync(CommandLine cl)
     {
-        var suite = cl.Get("suite") ?? "issue3";
+        var suite = cl.Get("suite") ?? "tls";
         if (suite == "scale")
         {
             return await ScaleBenchmark.RunAsync(cl);
         }
 
-        if (suite is not ("issue2" or "issue3" or "metrics" or "all"))
+        if (suite is not ("plaintext" or "tls" or "metrics" or "all"))
         {
-            throw new UsageException("--suite takes issue2, issue3, metrics or all");
+            throw new UsageException($"--suite takes plaintext, tls, metrics, all or scale (the suites once called issue2 and issue3 are plaintext and tls), got '{suite}'");
         }
 
-        // issue3 measures four paths where issue2 measured two: shorter runs keep the default under ~4 minutes
-        var seconds = cl.Int("seconds", suite == "issue2" ? 5 : 4);
+        // tls measures four paths where plaintext measures two: shorter runs keep the default under ~4 minutes
+        var seconds = cl.Int("seconds", suite == "plaintext" ? 5 : 4);
         // metrics on and off differ by little: more alternations (A B C, C B A, ...) against the machine's drift
         var repeat = cl.Int("repeat", suite == "metrics" ? 4 : 2);
         var idleConnections = cl.Int("idle-connections", 10_000);
-        var rateConnections = cl.Int("rate-connections", suite == "issue2" ? 3000 : 1000);
+        var rateConnections = cl.Int("rate-connections", suite == "plaintext" ? 3000 : 1000);
         var setupConnections = cl.Int("setup-connections", 100);
         var jsonPath = cl.Get("json");
         var noAccessLog = cl.Flag("no-access-log");
         var defaultParts = suite switch
         {
-            "issue2" => "throughput,latency,rate,memory",
-            "issue3" => "throughput,latency,rate,setup",
+            "plaintext" => "throughput,latency,rate,memory",
+            "tls" => "throughput,latency,rate,setup",
             "metrics" => "throughput,latency",
             _ => string.Join(',', Parts),
         };
@@ -110,7 +110,7 @@ internal static partial class BenchCommand
             throw new UsageException("--seconds, --repeat and the connection counts must be at least 1");
         }
 
-        var issue3 = suite is "issue3" or "all";
+        var tls = suite is "tls" or "all";
         foreach (var tool in new[] { "iperf3", "sockperf", "ss", "bash" })
         {
             if (!OnPath(tool))
@@ -120,7 +120,7 @@ internal static partial class BenchCommand
             }
         }
 
-        if (issue3 && BenchNginxPeer.Missing() is { } missing)
+        if (tls && BenchNginxPeer.Missing() is { } missing)
         {
             Log.Error("bench", missing);
             return 1;
@@ -197,7 +197,7 @@ internal static partial class BenchCommand
                 stop.Token.ThrowIfCancellationRequested();
             }
 
-            if (issue3)
+            if (tls)
             {
                 Say("building a second 2-node cluster whose agents have a CA (mTLS HBONE tunnels between nodes)");
                 var mtlsSpec = new ClusterSpec(
@@ -323,9 +323,9 @@ internal static partial class BenchCommand
 
         public int Failures { get; private set; }
 
-        private bool Issue2 => suite is "issue2" or "all";
+        private bool PlaintextSuite => suite is "plaintext" or "all";
 
-        private bool Issue3 => suite is "issue3" or "all";
+        private bool TlsSuite => suite is "tls" or "all";
 
         private bool Issue5 => metricsOff != null;
 
@@ -523,13 +523,13 @@ internal static partial class BenchCommand
 
             var label = $"throughput, {streams} stream{(streams > 1 ? "s" : "")}";
             _rows.Add(new TableRow($"{label} (Gbit/s)", cells));
-            if (Issue2 && Path("plaintext") is { } plaintext)
+            if (PlaintextSuite && Path("plaintext") is { } plaintext)
             {
                 var ratio = medians[plaintext] / medians[Direct];
                 _targets.Add(new TargetLine("#2", $"plaintext {label} >= {ThroughputTarget:P0} of direct", $"{ratio:P0}", ratio >= ThroughputTarget));
             }
 
-            if (Issue3 && Path("mtls") is { } mtlsPath)
+            if (TlsSuite && Path("mtls") is { } mtlsPath)
             {
                 var ratio = medians[mtlsPath] / medians[Direct];
                 _targets.Add(new TargetLine("#3", $"mTLS {label} >= {MtlsThroughputTarget:P0} of direct", $"{ratio:P0}", ratio >= MtlsThroughputTarget));
@@ -595,12 +595,12 @@ internal static partial class BenchCommand
             _rows.Add(new TableRow("latency p50, sockperf 1 KiB RTT (us)", p50));
             _rows.Add(new TableRow("latency p99, sockperf 1 KiB RTT (us)", p99));
             double AddedP99(string key) => (medians[Path(key)!].P99 - direct.P99) / 1000;
-            if (Issue2 && Path("plaintext") != null)
+            if (PlaintextSuite && Path("plaintext") != null)
             {
                 _targets.Add(new TargetLine("#2", $"plaintext added p99 <= {AddedP99TargetMs:0.00} ms", Added(AddedP99("plaintext")), AddedP99("plaintext") <= AddedP99TargetMs));
             }
 
-            if (Issue3 && Path("mtls") != null)
+            if (TlsSuite && Path("mtls") != null)
             {
                 _targets.Add(new TargetLine("#3", $"mTLS added p99 <= {MtlsAddedP99TargetMs:0.00} ms", Added(AddedP99("mtls")), AddedP99("mtls") <= MtlsAddedP99TargetMs));
             }
@@ -616,7 +616,7 @@ internal static partial class BenchCommand
                 result["metrics_on_vs_off_p99"] = Round((mOn.P99 - mOff.P99) / mOff.P99, 4);
             }
 
-            if (Issue2)
+            if (PlaintextSuite)
             {
                 Say($"latency, second opinion: weft-kit app rr (a .NET client, 1 KiB, 20000 round trips after 2000 warm-up), {Runs}");
                 var rr = await AlternatingAsync(RoundTripAsync);

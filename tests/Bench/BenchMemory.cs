@@ -48,7 +48,7 @@ internal static partial class BenchCommand
                     $"({perConnection:0.00} KiB/conn; anonymous {anonPerConnection:0.00}), after release {Mib(released[i].RssKib)}; " +
                     $"fds {idle[i].Fds} -> {loaded[i].Fds}, threads {idle[i].Threads} -> {loaded[i].Threads}");
                 _memoryLines.Add($"{node} plaintext agent memory per idle connection: {perConnection:0.00} KiB (RSS {Mib(idle[i].RssKib)} -> {Mib(loaded[i].RssKib)})");
-                if (Issue2)
+                if (PlaintextSuite)
                 {
                     _targets.Add(new TargetLine("#2", $"{node} agent memory per idle connection <= {KibPerIdleConnectionTarget:0} KiB", $"{perConnection:0.00} KiB",
                         perConnection <= KibPerIdleConnectionTarget));

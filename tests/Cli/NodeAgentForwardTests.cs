@@ -96,6 +96,20 @@ public sealed class NodeAgentForwardTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task CheckWithNode_ChecksThatNodesAgent_NotThisMachine()
+    {
+        var stdout = new StringWriter();
+        var exit = await WeftCli.RunAsync(["check", "--node", "node1", "--kubeconfig", _kubeconfig, "-o", "json"], stdout, TextWriter.Null);
+
+        Assert.True(exit == 0, stdout.ToString());
+        var checks = JsonDocument.Parse(stdout.ToString()).RootElement.GetProperty("checks").EnumerateArray()
+            .ToDictionary(c => c.GetProperty("name").GetString()!, c => c.GetProperty("status").GetString());
+        Assert.Equal(["agent", "inventory", "certificates"], checks.Keys);
+        Assert.All(checks.Values, status => Assert.Equal("ok", status));
+        Assert.Contains(_api.Requests, r => r.Path == "/api/v1/namespaces/weft-system/pods/weft-agent-x7k2p/portforward" && r.Query["ports"] == "15000");
+    }
+
+    [Fact]
     public async Task NodeWithoutAnAgentPod_GetsOneClearErrorLine()
     {
         var (exit, output, error) = await FlowsAsync("--node", "node3", "--kubeconfig", _kubeconfig);

@@ -83,6 +83,14 @@ internal static unsafe partial class Libbpf
     [LibraryImport(Library, EntryPoint = "bpf_obj_get_info_by_fd")]
     internal static partial int ObjGetInfoByFd(int fd, void* info, uint* infoLength);
 
+    /// <summary>1 when the kernel loads a trivial program of this type, 0 when not, a negative errno when the probe failed.</summary>
+    [LibraryImport(Library, EntryPoint = "libbpf_probe_bpf_prog_type")]
+    internal static partial int ProbeProgramType(int programType, void* options);
+
+    /// <summary>1 when the kernel creates a map of this type, 0 when not, a negative errno when the probe failed.</summary>
+    [LibraryImport(Library, EntryPoint = "libbpf_probe_bpf_map_type")]
+    internal static partial int ProbeMapType(int mapType, void* options);
+
     [LibraryImport(Library, EntryPoint = "libbpf_set_print")]
     internal static partial nint SetPrint(delegate* unmanaged[Cdecl]<int, byte*, nint, int> print);
 

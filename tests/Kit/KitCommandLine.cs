@@ -1,8 +1,8 @@
 namespace Weft.Cli;
 
 /// <summary>
-/// "--name value" and "--flag" options after a verb. Small on purpose: every command's options are
-/// few, and a clear error for an unknown one matters more than features.
+/// "--name value" and "--flag" options after a verb, for the kit's and the benchmark's few options
+/// (never shipped: the weft CLI parses with System.CommandLine).
 /// </summary>
 internal sealed class CommandLine
 {
@@ -76,5 +76,3 @@ internal sealed class CommandLine
         }
     }
 }
-
-internal sealed class UsageException(string message) : Exception(message);
