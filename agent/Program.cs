@@ -52,3 +52,6 @@ catch (Weft.Inventory.InventoryLoadException e)
     Log.Error("inventory", e.Message);
     return 1;
 }
+
+/// <summary>Declared so the ASP.NET Core framework reference (the CA service) does not make the entry point public.</summary>
+internal partial class Program;
