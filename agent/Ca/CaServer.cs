@@ -72,7 +72,7 @@ internal sealed class CaService
     public SvidIssuer Issuer { get; }
 
     /// <summary>The root the CA's chain ends in: what a response carries last.</summary>
-    public X509Certificate2 RootOf(X509Certificate2 leaf) => _root;
+    public X509Certificate2 Root => _root;
 
     public void Refuse(string reason, string detail)
     {

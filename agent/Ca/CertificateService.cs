@@ -54,13 +54,14 @@ internal sealed class CertificateService : IstioCertificateService.IstioCertific
         }
         using (leaf)
         {
+            // Each entry ends in a newline, as Istio's CA sends them, so clients that concatenate the list get valid PEM.
             var response = new IstioCertificateResponse();
-            response.CertChain.Add(leaf.ExportCertificatePem());
+            response.CertChain.Add(leaf.ExportCertificatePem() + "\n");
             foreach (var intermediate in _ca.Authority.Intermediates)
             {
-                response.CertChain.Add(intermediate.ExportCertificatePem());
+                response.CertChain.Add(intermediate.ExportCertificatePem() + "\n");
             }
-            response.CertChain.Add(_ca.RootOf(leaf).ExportCertificatePem());
+            response.CertChain.Add(_ca.Root.ExportCertificatePem() + "\n");
             _ca.RecordIssued(decision.Node!, decision.Identity!, leaf);
             return Task.FromResult(response);
         }
