@@ -1,52 +1,171 @@
 using System.CommandLine;
+using System.Net;
+using System.Runtime.InteropServices;
+using Weft.Ca;
 using Weft.Identity;
+using Weft.Inventory;
 
 namespace Weft.Cli;
 
-/// <summary><c>weft ca init</c>: a self-signed root CA for trying the mesh with mTLS standalone.</summary>
+/// <summary>
+/// <c>weft ca init|issue-node|serve</c>: flags only; the work is in <see cref="Weft.Ca"/> and <see cref="Weft.Identity"/>.
+/// </summary>
 internal static class CaCommand
 {
-    private static readonly Option<string> Dir = new("--dir") { HelpName = "DIR", Description = "Directory to write ca.crt, ca.key and bundle.crt into (created if missing).", Required = true };
     private static readonly Option<string> TrustDomain = new("--trust-domain") { HelpName = "TD", Description = "SPIFFE trust domain the CA signs for.", DefaultValueFactory = _ => "cluster.local" };
-    private static readonly Option<int> Days = new("--days") { HelpName = "N", Description = "How long the root is valid.", DefaultValueFactory = _ => 365 };
+    private static readonly Option<int> Days = new("--days") { HelpName = "N", Description = "How long the certificate is valid.", DefaultValueFactory = _ => 365 };
+    private static readonly Option<string> CaCert = new("--ca-cert") { HelpName = "FILE", Description = "PEM CA certificate that signs.", Required = true };
+    private static readonly Option<string> CaKey = new("--ca-key") { HelpName = "FILE", Description = "PEM private key of --ca-cert.", Required = true };
+    private static readonly Option<string?> TrustBundle = new("--trust-bundle") { HelpName = "FILE", Description = "PEM roots to trust [default: --ca-cert]" };
+    private static readonly Option<string?> CaChain = new("--ca-chain") { HelpName = "FILE", Description = "PEM intermediates between --ca-cert and the root, sent with each certificate." };
 
     public static Command Create()
     {
-        var init = new Command("init", "Writes a new self-signed root CA (ca.crt, ca.key, bundle.crt) for `weft agent --ca-cert ...`. Production meshes bring their own CA or intermediate instead.")
+        var ca = new Command("ca", "The mesh's certificate authority: a root for trying the mesh, node certificates, and the CA service that signs workload certificates for nodes.")
         {
-            Dir, TrustDomain, Days,
+            CreateInit(), CreateIssueNode(), CreateServe(),
         };
-        init.SetAction(Init);
-        WeftCli.Examples(init, "weft ca init --dir /etc/weft/ca", "weft ca init --dir ./ca --trust-domain example.org --days 30");
-        var ca = new Command("ca", "Certificate authority helpers for trying the mesh with mTLS standalone.") { init };
-        WeftCli.Examples(ca, "weft ca init --dir /etc/weft/ca");
+        WeftCli.Examples(ca, "weft ca init --dir /etc/weft/ca", "weft ca serve --ca-cert ca.crt --ca-key ca.key --inventory inventory.yaml");
         return ca;
     }
 
-    private static int Init(ParseResult cl)
+    private static Command CreateInit()
     {
-        var dir = cl.GetRequiredValue(Dir);
+        var dir = new Option<string>("--dir") { HelpName = "DIR", Description = "Directory to write ca.crt, ca.key and bundle.crt into (created if missing).", Required = true };
+        var init = new Command("init", "Writes a new self-signed root CA (ca.crt, ca.key, bundle.crt) for `weft agent --ca-cert ...`. Production meshes bring their own CA or intermediate instead.")
+        {
+            dir, TrustDomain, Days,
+        };
+        init.SetAction(cl =>
+        {
+            var directory = cl.GetRequiredValue(dir);
+            var trustDomain = ValidTrustDomain(cl);
+            if (File.Exists(Path.Combine(directory, "ca.key")))
+            {
+                throw new UsageException($"{directory} already holds a CA key; refusing to overwrite it");
+            }
+
+            var files = SelfSignedRoot.Write(directory, trustDomain, TimeSpan.FromDays(ValidDays(cl)));
+            var output = cl.InvocationConfiguration.Output;
+            output.WriteLine($"root CA for trust domain {trustDomain} written:");
+            output.WriteLine($"  weft agent ... --trust-domain {trustDomain} --ca-cert {files.CertificatePath} --ca-key {files.KeyPath} --trust-bundle {files.TrustBundlePath}");
+            return 0;
+        });
+        WeftCli.Examples(init, "weft ca init --dir /etc/weft/ca", "weft ca init --dir ./ca --trust-domain example.org --days 30");
+        return init;
+    }
+
+    private static Command CreateIssueNode()
+    {
+        var name = new Argument<string>("NAME") { Description = "The node's name (as in spec.nodeName)." };
+        var dir = new Option<string>("--dir") { HelpName = "DIR", Description = "Directory to write node.crt and node.key into (created if missing).", Required = true };
+        var command = new Command("issue-node", "Writes node.crt and node.key: node NAME's client certificate for the CA service (spiffe://<td>/weft/node/NAME).")
+        {
+            name, dir, CaCert, CaKey, TrustBundle, TrustDomain, Days,
+        };
+        command.SetAction(cl =>
+        {
+            var node = cl.GetRequiredValue(name);
+            var directory = cl.GetRequiredValue(dir);
+            if (NodeIdentity.ValidateNodeName(node) is { } problem)
+            {
+                throw new UsageException($"node name '{node}': {problem}");
+            }
+
+            if (File.Exists(Path.Combine(directory, "node.key")))
+            {
+                throw new UsageException($"{directory} already holds a node key; refusing to overwrite it");
+            }
+
+            var identity = new NodeIdentity(ValidTrustDomain(cl), node);
+            var files = CaCertificates.WriteNodeCertificate(LoadAuthority(cl), identity, directory, TimeSpan.FromDays(ValidDays(cl)));
+            cl.InvocationConfiguration.Output.WriteLine($"node certificate for {identity} written: {files.CertificatePath}, {files.KeyPath}");
+            return 0;
+        });
+        WeftCli.Examples(command, "weft ca issue-node node1 --dir /etc/weft/node --ca-cert ca.crt --ca-key ca.key");
+        return command;
+    }
+
+    private static Command CreateServe()
+    {
+        var inventory = new Option<string>("--inventory") { HelpName = "FILE", Description = "Inventory YAML whose pods say which node may hold which identity; re-read when it changes.", Required = true };
+        var listen = new Option<string>("--listen") { HelpName = "ADDR", Description = "The CA's gRPC endpoint (TLS).", DefaultValueFactory = _ => "0.0.0.0:15012" };
+        var metrics = new Option<string>("--metrics") { HelpName = "ADDR|off", Description = "Prometheus /metrics.", DefaultValueFactory = _ => "127.0.0.1:15014" };
+        var maxLifetime = new Option<int>("--max-lifetime-hours") { HelpName = "N", Description = "The longest workload certificate the CA signs.", DefaultValueFactory = _ => 24 };
+        var serverNames = new Option<string?>("--server-name") { HelpName = "NAME,...", Description = "DNS names in the CA's serving certificate." };
+        var command = new Command("serve", "Runs the CA service (Istio's IstioCertificateService over TLS): signs a node's CSR for a workload identity only when a pod of that service account is scheduled on that node (docs/ca.md).")
+        {
+            CaCert, CaKey, TrustBundle, CaChain, inventory, listen, metrics, TrustDomain, maxLifetime, serverNames,
+        };
+        command.SetAction(async (cl, _) =>
+        {
+            var options = new CaServerOptions
+            {
+                TrustDomain = ValidTrustDomain(cl),
+                Listen = Endpoint(listen.Name, cl.GetRequiredValue(listen)) ?? throw new UsageException("--listen cannot be off"),
+                MetricsListen = Endpoint(metrics.Name, cl.GetRequiredValue(metrics)),
+                MaxLifetime = TimeSpan.FromHours(cl.GetValue(maxLifetime)),
+            };
+            if (cl.GetValue(serverNames) is { } names)
+            {
+                options = options with { ServerNames = names.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) };
+            }
+
+            if (options.MaxLifetime <= TimeSpan.Zero)
+            {
+                throw new UsageException("--max-lifetime-hours must be positive");
+            }
+
+            var authority = LoadAuthority(cl);
+            var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
+            using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
+
+            var store = new InventoryStore();
+            using var source = FileInventorySource.Start(cl.GetRequiredValue(inventory), store);
+            await using var server = await CaServer.StartAsync(authority, store, options);
+            Log.Info("ca", "ready");
+            await stop.Task;
+            Log.Info("ca", "stopping");
+            return 0;
+
+            void Stop(PosixSignalContext context)
+            {
+                context.Cancel = true;
+                stop.TrySetResult();
+            }
+        });
+        WeftCli.Examples(command, "weft ca serve --ca-cert ca.crt --ca-key ca.key --inventory inventory.yaml --listen 0.0.0.0:15012");
+        return command;
+    }
+
+    private static CertificateAuthority LoadAuthority(ParseResult cl)
+    {
+        var caCert = cl.GetRequiredValue(CaCert);
+        return CertificateAuthority.Load(new CaFiles(caCert, cl.GetRequiredValue(CaKey), cl.GetValue(TrustBundle) ?? caCert, cl.GetValue(CaChain)));
+    }
+
+    private static string ValidTrustDomain(ParseResult cl)
+    {
         var trustDomain = cl.GetRequiredValue(TrustDomain);
+        return SpiffeId.ValidateTrustDomain(trustDomain) is { } problem ? throw new UsageException($"--trust-domain: {problem}") : trustDomain;
+    }
+
+    private static int ValidDays(ParseResult cl)
+    {
         var days = cl.GetValue(Days);
-        if (days < 1)
+        return days >= 1 ? days : throw new UsageException($"--days wants 1 or more, got {days}");
+    }
+
+    private static IPEndPoint? Endpoint(string name, string value)
+    {
+        if (value == "off")
         {
-            throw new UsageException($"--days wants 1 or more, got {days}");
+            return null;
         }
 
-        if (SpiffeId.ValidateTrustDomain(trustDomain) is { } problem)
-        {
-            throw new UsageException($"--trust-domain: {problem}");
-        }
-
-        if (File.Exists(Path.Combine(dir, "ca.key")))
-        {
-            throw new UsageException($"{dir} already holds a CA key; refusing to overwrite it");
-        }
-
-        var files = SelfSignedRoot.Write(dir, trustDomain, TimeSpan.FromDays(days));
-        var output = cl.InvocationConfiguration.Output;
-        output.WriteLine($"root CA for trust domain {trustDomain} written:");
-        output.WriteLine($"  weft agent ... --trust-domain {trustDomain} --ca-cert {files.CertificatePath} --ca-key {files.KeyPath} --trust-bundle {files.TrustBundlePath}");
-        return 0;
+        return IPEndPoint.TryParse(value, out var endpoint) && value.Contains(':')
+            ? endpoint
+            : throw new UsageException($"{name} wants ADDRESS:PORT, got '{value}'");
     }
 }

@@ -36,6 +36,19 @@ internal sealed class SvidIssuer
     public Svid Issue(CertificateAuthority authority, SpiffeId id)
     {
         var now = _time.GetUtcNow();
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var signed = Sign(authority, id, PublicKey.CreateFromSubjectPublicKeyInfo(key.ExportSubjectPublicKeyInfo(), out _), Lifetime);
+        var leaf = signed.CopyWithPrivateKey(key);
+        return new Svid(id, leaf, authority.Intermediates, now, authority.Fingerprint);
+    }
+
+    /// <summary>
+    /// Signs an SVID for a key held elsewhere (a node's certificate signing request): the same extensions as
+    /// <see cref="Issue"/>, valid for <paramref name="lifetime"/> from now and never beyond the CA.
+    /// </summary>
+    public X509Certificate2 Sign(CertificateAuthority authority, SpiffeId id, PublicKey subjectKey, TimeSpan lifetime)
+    {
+        var now = _time.GetUtcNow();
         var caNotBefore = new DateTimeOffset(authority.Signer.NotBefore.ToUniversalTime(), TimeSpan.Zero);
         var caNotAfter = new DateTimeOffset(authority.Signer.NotAfter.ToUniversalTime(), TimeSpan.Zero);
         if (caNotAfter <= now)
@@ -43,15 +56,14 @@ internal sealed class SvidIssuer
             throw new IdentityException($"cannot issue {id}: the CA certificate ({authority.Signer.Subject}) expired at {caNotAfter:u}");
         }
         var notBefore = Max(now - Backdate, caNotBefore);
-        var notAfter = Min(now + Lifetime, caNotAfter);
+        var notAfter = Min(now + lifetime, caNotAfter);
         // X.509 validity has one-second resolution; keep what we compute equal to what the certificate says.
         notBefore = Truncate(notBefore);
         notAfter = Truncate(notAfter);
 
         using var signer = IssuerKey(authority.Signer, out var generator, out var hash);
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         // SPIFFE leaves need no subject; RFC 5280 then wants the SAN extension critical.
-        var request = new CertificateRequest(new X500DistinguishedName(""), key, hash);
+        var request = new CertificateRequest(new X500DistinguishedName(""), subjectKey, hash);
         request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, critical: true));
         request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.DigitalSignature, critical: true));
         request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension(new OidCollection { ServerAuth, ClientAuth }, critical: false));
@@ -61,9 +73,7 @@ internal sealed class SvidIssuer
         request.CertificateExtensions.Add(new X509SubjectKeyIdentifierExtension(request.PublicKey, critical: false));
         request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(authority.Signer, true, false));
 
-        using var signed = request.Create(authority.Signer.SubjectName, generator, notBefore, notAfter, RandomSerial());
-        var leaf = signed.CopyWithPrivateKey(key);
-        return new Svid(id, leaf, authority.Intermediates, now, authority.Fingerprint);
+        return request.Create(authority.Signer.SubjectName, generator, notBefore, notAfter, RandomSerial());
     }
 
     /// <summary>The issuer's private key (caller disposes), a generator signing with it, and the hash that suits its size.</summary>
@@ -89,7 +99,7 @@ internal sealed class SvidIssuer
         throw new IdentityException($"the CA certificate ({issuer.Subject}) has no usable ECDSA or RSA private key");
     }
 
-    private static byte[] RandomSerial()
+    internal static byte[] RandomSerial()
     {
         // 128 random bits, high bit clear so the DER INTEGER stays positive, never zero.
         var serial = RandomNumberGenerator.GetBytes(16);

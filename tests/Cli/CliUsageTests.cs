@@ -244,7 +244,7 @@ public class CliUsageTests
     [InlineData("weft flows -o ", new[] { "table", "json" })]
     [InlineData("weft flows --verdict d", new[] { "denied" })]
     [InlineData("weft flows --fol", new[] { "--follow" })]
-    [InlineData("weft ca ", new[] { "init", "--help", "-h" })]
+    [InlineData("weft ca ", new[] { "init", "issue-node", "serve", "--help", "-h" })]
     [InlineData("weft ca init --", new[] { "--dir", "--trust-domain", "--days", "--help" })]
     [InlineData("weft agent --access-log ", new[] { "json", "text", "off" })]
     [InlineData("weft completion ", new[] { "bash", "zsh", "--help", "-h" })]

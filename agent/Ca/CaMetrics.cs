@@ -1,0 +1,63 @@
+using Prometheus;
+
+namespace Weft.Ca;
+
+/// <summary>Why the CA refused a request: the label of weft_ca_refused_total and the word in its log.</summary>
+internal static class RefusalReason
+{
+    public const string NoClientCertificate = "no_client_certificate";
+    public const string NodeCertificateUntrusted = "node_certificate_untrusted";
+    public const string NotANodeCertificate = "not_a_node_certificate";
+    public const string IdentityMissing = "identity_missing";
+    public const string IdentityInvalid = "identity_invalid";
+    public const string IdentityForeignTrustDomain = "identity_foreign_trust_domain";
+    public const string NoPodOnNode = "no_pod_on_node";
+    public const string CsrTooLarge = "csr_too_large";
+    public const string CsrInvalid = "csr_invalid";
+    public const string CsrNames = "csr_names";
+    public const string CsrIdentityMismatch = "csr_identity_mismatch";
+    public const string RequestTooLarge = "request_too_large";
+    public const string TooManyRequests = "too_many_requests";
+    public const string IssueFailed = "issue_failed";
+}
+
+/// <summary>The CA's Prometheus metrics, in a registry of its own (served on <c>weft ca serve --metrics</c>).</summary>
+internal sealed class CaMetrics
+{
+    private readonly Counter _issued;
+    private readonly Counter _refused;
+    private readonly Gauge _inFlight;
+
+    public CaMetrics()
+    {
+        Registry = Metrics.NewCustomRegistry();
+        var factory = Metrics.WithCustomRegistry(Registry);
+        _issued = factory.CreateCounter("weft_ca_issued_total", "Workload certificates the CA signed.");
+        _refused = factory.CreateCounter("weft_ca_refused_total", "Certificate requests the CA refused, by reason.", "reason");
+        _inFlight = factory.CreateGauge("weft_ca_requests_in_flight", "Certificate requests being received or served now.");
+    }
+
+    public CollectorRegistry Registry { get; }
+
+    public void Issued() => _issued.Inc();
+
+    public void Refused(string reason) => _refused.WithLabels(reason).Inc();
+
+    public double IssuedCount => _issued.Value;
+
+    public double RefusedCount(string reason) => _refused.WithLabels(reason).Value;
+
+    public double InFlight => _inFlight.Value;
+
+    public void RequestStarted() => _inFlight.Inc();
+
+    public void RequestEnded() => _inFlight.Dec();
+
+    /// <summary>The text exposition, as a scrape sees it.</summary>
+    public async Task<string> ExportAsync()
+    {
+        using var buffer = new MemoryStream();
+        await Registry.CollectAndExportAsTextAsync(buffer).ConfigureAwait(false);
+        return System.Text.Encoding.UTF8.GetString(buffer.ToArray());
+    }
+}
