@@ -31,7 +31,7 @@ internal static class CompletionCommand
     }
 
     /// <summary>One command of the tree as completion needs it.</summary>
-    private sealed record Node(string Path, IReadOnlyList<string> Subcommands, IReadOnlyList<string> Words, IReadOnlyList<(string[] Names, string? Values, bool Files)> ValueOptions);
+    private sealed record Node(string Path, IReadOnlyList<string> Words, IReadOnlyList<(string[] Names, string? Values, bool Files)> ValueOptions);
 
     private static List<Node> Walk(Command root)
     {
@@ -54,7 +54,7 @@ internal static class CompletionCommand
                     return (Names(o).ToArray(), values.Count > 0 ? string.Join(' ', values) : null, files);
                 })
                 .ToList();
-            nodes.Add(new Node(path, subcommands, words, valueOptions));
+            nodes.Add(new Node(path, words, valueOptions));
             var recursive = inherited.Concat(command.Options.Where(o => o.Recursive)).ToList();
             foreach (var sub in command.Subcommands.Where(c => !c.Hidden))
             {
