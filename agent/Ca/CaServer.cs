@@ -158,7 +158,12 @@ internal sealed class CaServer : IAsyncDisposable
             kestrel.Limits.MaxConcurrentConnections = options.MaxConnections;
             kestrel.Limits.MaxConcurrentUpgradedConnections = 0;
             kestrel.Limits.Http2.MaxStreamsPerConnection = Math.Min(100, options.MaxConcurrentRequests);
-            kestrel.Limits.MaxRequestBodySize = options.MaxRequestBytes + 1024;
+            // The message size is gRPC's check (RESOURCE_EXHAUSTED, counted below), made on the message's
+            // 5-byte prefix. A Kestrel body limit as well would race it: whichever saw the bytes first would
+            // answer, and Kestrel's answer is an UNKNOWN that nothing counts. Flow control bounds what a
+            // stream can make the server buffer instead: one message's worth before gRPC has read the prefix.
+            kestrel.Limits.MaxRequestBodySize = null;
+            kestrel.Limits.Http2.InitialStreamWindowSize = Math.Max(65_535, options.MaxRequestBytes + 1024);
             kestrel.Listen(options.Listen, listen =>
             {
                 grpcListen = listen;

@@ -217,13 +217,15 @@ public sealed class CaServiceTests : IAsyncLifetime
         await AssertRefusedAsync(RefusalReason.CsrTooLarge, _node1, id, padded);
     }
 
-    [Fact]
-    public async Task RequestMessageOverTheSizeLimit_IsRefusedWithResourceExhausted_AndCounted()
+    [Theory]
+    [InlineData(100 * 1024)]
+    [InlineData(4 * 1024 * 1024)] // far more than a stream's flow-control window: never buffered whole
+    public async Task RequestMessageOverTheSizeLimit_IsRefusedWithResourceExhausted_AndCounted(int size)
     {
         using var client = _ca.Client(_node1);
         var before = _ca.Server.Metrics.RefusedCount(RefusalReason.RequestTooLarge);
 
-        var failure = await Assert.ThrowsAsync<RpcException>(() => client.CreateAsync(CaTestPki.Id("demo", "web"), new string('A', 100 * 1024)));
+        var failure = await Assert.ThrowsAsync<RpcException>(() => client.CreateAsync(CaTestPki.Id("demo", "web"), new string('A', size)));
 
         // The server answers RESOURCE_EXHAUSTED and resets the stream while the client may still be sending
         // the rest of the message: the client then sees the reset (Unknown) instead of the status. Either way

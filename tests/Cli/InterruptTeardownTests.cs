@@ -193,10 +193,12 @@ public sealed partial class InterruptTeardownTests
                 (pseudoTerminal ? "" : "os.setsid()\n") + "os.execvp(sys.argv[1], sys.argv[1:])");
             if (pseudoTerminal)
             {
-                // script gives the command a session of its own with the pseudo-terminal as its controlling terminal
+                // script gives the command a session of its own with the pseudo-terminal as its controlling terminal.
+                // It runs the command through `$SHELL -c`: exec, so that the foreground job is weft alone, as at a
+                // user's prompt (dash, which CI's /bin/sh is, would otherwise wait, take the SIGINT and exit 130).
                 info.ArgumentList.Add("script");
                 info.ArgumentList.Add("-qfec");
-                info.ArgumentList.Add(string.Join(' ', arguments.Prepend(file).Select(a => "'" + a.Replace("'", "'\\''", StringComparison.Ordinal) + "'")));
+                info.ArgumentList.Add("exec " + string.Join(' ', arguments.Prepend(file).Select(a => "'" + a.Replace("'", "'\\''", StringComparison.Ordinal) + "'")));
                 info.ArgumentList.Add("/dev/null");
             }
             else
