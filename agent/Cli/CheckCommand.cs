@@ -31,35 +31,57 @@ internal static class CheckCommand
     private static readonly Option<string> Bpffs = new("--bpffs") { HelpName = "DIR", Description = "Where the agent pins its maps and links.", DefaultValueFactory = _ => AgentCommand.DefaultPinRoot };
     private static readonly Option<int> ExpiryDays = new("--expiry-days") { HelpName = "N", Description = "A CA, intermediate or root certificate that expires within N days fails the check.", DefaultValueFactory = _ => 30 };
     private static readonly Option<bool> Prerequisites = new("--pre") { Description = "Only the node's prerequisites, before an agent is installed." };
+    private static readonly Option<bool> Cluster = new("--cluster") { Description = "The cluster instead of this node, through the Kubernetes API: the agent DaemonSet's rollout and the CA service's replicas and TLS answer (with --node, that node's agent too)." };
 
     public static Command Create()
     {
-        var command = new Command("check", "Checks this node's prerequisites and its agent, each ✓ or ✗ with the fix; exits 1 when any fails. With --node, checks that node's agent through the Kubernetes API (the node checks need a shell on that node).")
+        var command = new Command("check", "Checks this node's prerequisites and its agent, each ✓ or ✗ with the fix; exits 1 when any fails. With --node, checks that node's agent through the Kubernetes API (the node checks need a shell on that node); with --cluster, the agent DaemonSet and the CA service.")
         {
-            Bpffs, ExpiryDays, Prerequisites, CliOptions.Output,
+            Bpffs, ExpiryDays, Prerequisites, Cluster, CliOptions.Output,
         };
         AdminTarget.AddOptions(command);
         command.SetAction((result, cancellationToken) => RunAsync(result, cancellationToken));
-        WeftCli.Examples(command, "weft check", "weft check --pre", "weft check -o json", "weft check --node worker-2");
+        WeftCli.Examples(command, "weft check", "weft check --pre", "weft check -o json", "weft check --node worker-2", "weft check --cluster");
         return command;
     }
 
     private static async Task<int> RunAsync(ParseResult cl, CancellationToken cancellationToken)
     {
-        var target = AdminTarget.From(cl);
+        var target = AdminTarget.From(cl, cl.GetValue(Cluster));
         var expiryDays = cl.GetValue(ExpiryDays);
         if (expiryDays < 0)
         {
             throw new UsageException($"--expiry-days wants 0 or more, got {expiryDays}");
         }
 
+        var cluster = cl.GetValue(Cluster);
+        if (cluster && cl.GetValue(Prerequisites))
+        {
+            throw new UsageException("--pre checks this node before an agent is installed; --cluster checks the cluster: give one of them");
+        }
+
         var checks = new List<Check>();
-        if (target.Node is null)
+        if (cluster)
+        {
+            try
+            {
+                var (kube, _) = PodPortForward.Connect(target.Kubeconfig, "--cluster", "or run weft check on a node");
+                using (kube)
+                {
+                    checks.AddRange(await ClusterChecks.RunAsync(kube, cancellationToken).ConfigureAwait(false));
+                }
+            }
+            catch (AdminUnreachableException e)
+            {
+                checks.Add(Check.Fail("kubernetes api", e.Message, "kubectl get --raw /readyz with the same kubeconfig shows whether the API server answers"));
+            }
+        }
+        else if (target.Node is null)
         {
             checks.AddRange(NodeChecks());
         }
 
-        if (!cl.GetValue(Prerequisites))
+        if (!cl.GetValue(Prerequisites) && (!cluster || target.Node is not null))
         {
             if (target.Node is null)
             {
@@ -166,7 +188,7 @@ internal static class CheckCommand
     private static async Task<List<Check>> AgentChecksAsync(AdminTarget target, TimeSpan expiryWarning, CancellationToken cancellationToken)
     {
         var checks = new List<Check>();
-        NodeAgentForward? forward = null;
+        PodPortForward? forward = null;
         try
         {
             forward = await target.ForwardAsync(cancellationToken).ConfigureAwait(false);
@@ -190,7 +212,7 @@ internal static class CheckCommand
             checks.RemoveAll(c => c.Name == "agent");
             checks.Add(Check.Fail("agent", AdminTarget.Explain(e, forward), target.Node is null
                 ? "start it (weft agent ..., or the weft DaemonSet), or point --admin at its admin API"
-                : $"kubectl -n {NodeAgentForward.Namespace} get pods -o wide | grep {target.Node}"));
+                : $"kubectl -n {PodPortForward.Namespace} get pods -o wide | grep {target.Node}"));
             checks.Add(Check.Skip("inventory", "the agent did not answer"));
             checks.Add(Check.Skip("certificates", "the agent did not answer"));
         }

@@ -98,7 +98,7 @@ internal static class FlowsCommand
             throw new UsageException(e.Message);
         }
 
-        NodeAgentForward? forward = null;
+        PodPortForward? forward = null;
         try
         {
             forward = await target.ForwardAsync(cancellationToken).ConfigureAwait(false);

@@ -179,7 +179,8 @@ internal sealed record AdminTarget(string Admin, string? Node, string? Kubeconfi
         command.Add(KubeconfigOption);
     }
 
-    public static AdminTarget From(ParseResult cl)
+    /// <param name="cluster">The command reaches the API server itself (<c>weft check --cluster</c>): --kubeconfig applies without --node.</param>
+    public static AdminTarget From(ParseResult cl, bool cluster = false)
     {
         var admin = cl.GetValue(AdminOption);
         var node = cl.GetValue(NodeOption);
@@ -194,25 +195,26 @@ internal sealed record AdminTarget(string Admin, string? Node, string? Kubeconfi
             throw new UsageException("--node wants a node name");
         }
 
-        if (kubeconfig is not null && node is null)
+        if (kubeconfig is not null && node is null && !cluster)
         {
-            throw new UsageException("--kubeconfig only applies with --node NAME");
+            throw new UsageException(cl.CommandResult.Command.Options.Any(o => o.Name == "--cluster")
+                ? "--kubeconfig only applies with --node NAME or --cluster" : "--kubeconfig only applies with --node NAME");
         }
 
         return new AdminTarget(admin ?? AdminClient.DefaultAddress, node, kubeconfig);
     }
 
     /// <summary>Opens the port-forward for --node; null when the agent is reached directly.</summary>
-    public async Task<NodeAgentForward?> ForwardAsync(CancellationToken cancellationToken) =>
-        Node is null ? null : await NodeAgentForward.OpenAsync(Node, Kubeconfig, cancellationToken).ConfigureAwait(false);
+    public async Task<PodPortForward?> ForwardAsync(CancellationToken cancellationToken) =>
+        Node is null ? null : await PodPortForward.OpenAsync(Node, Kubeconfig, cancellationToken).ConfigureAwait(false);
 
-    public AdminClient Client(NodeAgentForward? forward) => forward is null
+    public AdminClient Client(PodPortForward? forward) => forward is null
         ? new AdminClient(Admin)
-        : new AdminClient(forward.Address, $"node {forward.Node} (pod {NodeAgentForward.Namespace}/{forward.Pod}, port-forward)");
+        : new AdminClient(forward.Address, $"node {forward.Node} (pod {PodPortForward.Namespace}/{forward.Pod}, port-forward)");
 
     /// <summary>The port-forward's own complaint (from the kubelet) says more than "connection closed".</summary>
-    public static string Explain(AdminUnreachableException e, NodeAgentForward? forward) =>
+    public static string Explain(AdminUnreachableException e, PodPortForward? forward) =>
         forward?.LastError is { } error
-            ? $"port-forward to {NodeAgentForward.Namespace}/{forward.Pod} on node '{forward.Node}' port {NodeAgentForward.AdminPort} failed: {error.Split('\n')[0].Trim()}"
+            ? $"port-forward to {PodPortForward.Namespace}/{forward.Pod} on node '{forward.Node}' port {PodPortForward.AdminPort} failed: {error.Split('\n')[0].Trim()}"
             : e.Message;
 }

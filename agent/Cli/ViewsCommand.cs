@@ -41,7 +41,7 @@ internal static class ViewsCommand
         var output = cl.GetRequiredValue(CliOptions.Output);
         var ns = cl.GetValue(CliOptions.Namespace);
 
-        NodeAgentForward? forward = null;
+        PodPortForward? forward = null;
         try
         {
             forward = await target.ForwardAsync(cancellationToken).ConfigureAwait(false);

@@ -31,7 +31,7 @@ public sealed class NodeAgentForwardTests : IAsyncLifetime
             Spec = new V1PodSpec { NodeName = "node3" },
         });
         var agentEndpoint = IPEndPoint.Parse(_agent.Address);
-        _api.PortForwardTarget = (pod, port) => pod == "weft-agent-x7k2p" && port == NodeAgentForward.AdminPort ? agentEndpoint : null;
+        _api.PortForwardTarget = (pod, port) => pod == "weft-agent-x7k2p" && port == PodPortForward.AdminPort ? agentEndpoint : null;
         return Task.CompletedTask;
     }
 

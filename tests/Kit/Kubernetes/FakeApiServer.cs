@@ -45,7 +45,7 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
     private FakeApiServer(Func<int, Socket> listen)
     {
         _listen = listen;
-        foreach (var type in new[] { typeof(V1Pod), typeof(V1Namespace), typeof(V1Service), typeof(V1EndpointSlice),
+        foreach (var type in new[] { typeof(V1Pod), typeof(V1Namespace), typeof(V1Service), typeof(V1EndpointSlice), typeof(V1DaemonSet), typeof(V1Deployment),
                      typeof(Weft.Policy.V1Alpha1AuthorizationPolicy), typeof(Weft.Policy.V1Alpha1PeerAuthentication) })
         {
             var entity = type.GetCustomAttribute<KubernetesEntityAttribute>()!;

@@ -8,8 +8,8 @@ using k8s.Autorest;
 namespace Weft.Cli;
 
 /// <summary>
-/// <c>--node NAME</c>: another node's agent admin API through the Kubernetes API server, as
-/// <c>kubectl port-forward</c> does it.
+/// A pod's port through the Kubernetes API server, as <c>kubectl port-forward</c> does it: <c>--node NAME</c>
+/// reaches another node's agent admin API this way, <c>weft check --cluster</c> the CA service's pods.
 /// <code>
 ///   AdminClient ──HTTP/1.1──► 127.0.0.1:&lt;any&gt; (local listener)
 ///                                 │ one WebSocket per accepted connection ("v4.channel.k8s.io")
@@ -21,7 +21,7 @@ namespace Weft.Cli;
 /// The first WebSocket is opened before returning, so "no pod", "not allowed" and "no such port"
 /// surface as one clear line instead of a broken HTTP connection later.
 /// </summary>
-internal sealed class NodeAgentForward : IAsyncDisposable
+internal sealed class PodPortForward : IAsyncDisposable
 {
     public const string Namespace = "weft-system";
     public const string AgentSelector = "app.kubernetes.io/name=weft,app.kubernetes.io/component=agent";
@@ -30,17 +30,23 @@ internal sealed class NodeAgentForward : IAsyncDisposable
     private const string RoleHint = "bind the weft-cli Role in weft-system to your user (see daemonset/rbac.yaml: kubectl -n weft-system create rolebinding weft-cli-$USER --role weft-cli --user $USER)";
 
     private readonly IKubernetes _kube;
+    private readonly bool _ownsClient;
+    private readonly string _namespace;
+    private readonly int _port;
     private readonly TcpListener _listener;
     private readonly CancellationTokenSource _stop = new();
     private readonly List<Task> _bridges = [];
     private WebSocket? _spare;
     private Task _acceptLoop = Task.CompletedTask;
 
-    private NodeAgentForward(IKubernetes kube, string node, string pod)
+    private PodPortForward(IKubernetes kube, bool ownsClient, string node, string ns, string pod, int port)
     {
         _kube = kube;
+        _ownsClient = ownsClient;
         Node = node;
+        _namespace = ns;
         Pod = pod;
+        _port = port;
         _listener = new TcpListener(IPAddress.Loopback, 0);
     }
 
@@ -74,10 +80,49 @@ internal sealed class NodeAgentForward : IAsyncDisposable
     }
 
     /// <summary>Finds the agent pod on <paramref name="node"/> and opens the first forwarded connection; every failure is an <see cref="AdminUnreachableException"/> with one line.</summary>
-    public static async Task<NodeAgentForward> OpenAsync(string node, string? kubeconfig, CancellationToken cancellationToken)
+    public static async Task<PodPortForward> OpenAsync(string node, string? kubeconfig, CancellationToken cancellationToken)
+    {
+        var (kube, host) = Connect(kubeconfig, "--node", "or run weft on that node, or use --admin HOST:PORT");
+        string pod;
+        try
+        {
+            pod = await FindAgentPodAsync(kube, node, host, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            kube.Dispose();
+            throw;
+        }
+
+        // from here the forward owns the client: a failed start disposes both
+        return await StartAsync(new PodPortForward(kube, ownsClient: true, node, Namespace, pod, AdminPort), cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Port <paramref name="port"/> of pod <paramref name="ns"/>/<paramref name="pod"/> (running on <paramref name="node"/>), over a client the caller keeps.</summary>
+    public static Task<PodPortForward> OpenAsync(IKubernetes kube, string node, string ns, string pod, int port, CancellationToken cancellationToken) =>
+        StartAsync(new PodPortForward(kube, ownsClient: false, node, ns, pod, port), cancellationToken);
+
+    private static async Task<PodPortForward> StartAsync(PodPortForward forward, CancellationToken cancellationToken)
+    {
+        try
+        {
+            forward._spare = await forward.ConnectAsync(cancellationToken).ConfigureAwait(false);
+            forward._listener.Start();
+            forward._acceptLoop = Task.Run(forward.AcceptLoopAsync, CancellationToken.None);
+            return forward;
+        }
+        catch
+        {
+            await forward.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>A client from the kubeconfig <see cref="FindKubeconfig"/> picks; every failure is one line naming <paramref name="option"/>.</summary>
+    public static (IKubernetes Client, string? Host) Connect(string? kubeconfig, string option, string otherwise)
     {
         var path = FindKubeconfig(kubeconfig)
-            ?? throw new AdminUnreachableException("--node needs a kubeconfig and none was found (--kubeconfig FILE, $KUBECONFIG, ~/.kube/config); or run weft on that node, or use --admin HOST:PORT.");
+            ?? throw new AdminUnreachableException($"{option} needs a kubeconfig and none was found (--kubeconfig FILE, $KUBECONFIG, ~/.kube/config); {otherwise}.");
         KubernetesClientConfiguration config;
         try
         {
@@ -88,30 +133,7 @@ internal sealed class NodeAgentForward : IAsyncDisposable
             throw new AdminUnreachableException($"cannot use kubeconfig {path}: {FirstLine(e.Message)}", e);
         }
 
-        var kube = new k8s.Kubernetes(config);
-        NodeAgentForward? forward = null;
-        try
-        {
-            var pod = await FindAgentPodAsync(kube, node, config.Host, cancellationToken).ConfigureAwait(false);
-            forward = new NodeAgentForward(kube, node, pod);
-            forward._spare = await forward.ConnectAsync(cancellationToken).ConfigureAwait(false);
-            forward._listener.Start();
-            forward._acceptLoop = Task.Run(forward.AcceptLoopAsync, CancellationToken.None);
-            return forward;
-        }
-        catch
-        {
-            if (forward is not null)
-            {
-                await forward.DisposeAsync().ConfigureAwait(false);
-            }
-            else
-            {
-                kube.Dispose();
-            }
-
-            throw;
-        }
+        return (new k8s.Kubernetes(config), config.Host);
     }
 
     private static async Task<string> FindAgentPodAsync(IKubernetes kube, string node, string? host, CancellationToken cancellationToken)
@@ -148,26 +170,26 @@ internal sealed class NodeAgentForward : IAsyncDisposable
     {
         try
         {
-            return await _kube.WebSocketNamespacedPodPortForwardAsync(Pod, Namespace, [AdminPort],
+            return await _kube.WebSocketNamespacedPodPortForwardAsync(Pod, _namespace, [_port],
                 WebSocketProtocol.V4BinaryWebsocketProtocol, cancellationToken: cancellationToken).ConfigureAwait(false);
         }
         catch (HttpOperationException e) when (e.Response?.StatusCode is HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized)
         {
-            throw new AdminUnreachableException($"the Kubernetes API refused the port-forward to {Namespace}/{Pod} ({(int)e.Response.StatusCode}): {RoleHint}.", e);
+            throw new AdminUnreachableException($"the Kubernetes API refused the port-forward to {_namespace}/{Pod} ({(int)e.Response.StatusCode}): {RoleHint}.", e);
         }
         catch (HttpOperationException e)
         {
-            throw new AdminUnreachableException($"port-forward to {Namespace}/{Pod} on node '{Node}' failed ({(int?)e.Response?.StatusCode}): {FirstLine(e.Body is k8s.Models.V1Status s ? s.Message ?? "" : e.Response?.Content ?? e.Message)}", e);
+            throw new AdminUnreachableException($"port-forward to {_namespace}/{Pod} on node '{Node}' failed ({(int?)e.Response?.StatusCode}): {FirstLine(e.Body is k8s.Models.V1Status s ? s.Message ?? "" : e.Response?.Content ?? e.Message)}", e);
         }
         catch (Exception e) when (e is WebSocketException or HttpRequestException)
         {
             // The WebSocket handshake failing on a non-101 answer says the status only in its message.
             if (e.Message.Contains("403", StringComparison.Ordinal) || e.Message.Contains("401", StringComparison.Ordinal))
             {
-                throw new AdminUnreachableException($"the Kubernetes API refused the port-forward to {Namespace}/{Pod} (403): {RoleHint}.", e);
+                throw new AdminUnreachableException($"the Kubernetes API refused the port-forward to {_namespace}/{Pod} (403): {RoleHint}.", e);
             }
 
-            throw new AdminUnreachableException($"port-forward to {Namespace}/{Pod} on node '{Node}' failed: {FirstLine(e.InnerException?.Message ?? e.Message)}.", e);
+            throw new AdminUnreachableException($"port-forward to {_namespace}/{Pod} on node '{Node}' failed: {FirstLine(e.InnerException?.Message ?? e.Message)}.", e);
         }
     }
 
@@ -314,7 +336,11 @@ internal sealed class NodeAgentForward : IAsyncDisposable
 
         await Task.WhenAll(bridges).ConfigureAwait(false);
         _spare?.Dispose();
-        _kube.Dispose();
+        if (_ownsClient)
+        {
+            _kube.Dispose();
+        }
+
         _stop.Dispose();
     }
 }
