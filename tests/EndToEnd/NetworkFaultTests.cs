@@ -57,6 +57,39 @@ public class NetworkFaultTests(ITestOutputHelper output)
     }
 
     [PrivilegedFact]
+    public async Task FiftyMsDelayAndReordering_BothWays_SixteenMiBEachWayArriveIntact_AndEachRoundTripTakesTheDelay()
+    {
+        await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory, mtls: true);
+        var (client, server) = (mesh.Cluster.Pod("demo", "a1"), mesh.Cluster.Pod("demo", "b1"));
+        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", Transfer.ToString());
+        await using var echo = MeshCluster.StartServer(server, "--port", "8081", "--mode", "echo");
+        await serve.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
+        await echo.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
+        var delays = new List<(ClusterNode Node, ManagedProcess Delay)>();
+        foreach (var node in mesh.Cluster.Nodes)
+        {
+            delays.Add((node, await UnderlayFaults.DelayAsync(node, delayMs: 50, reorderPercent: 5)));
+        }
+
+        await AssertIntactTransferAsync(mesh, client, server, serve);
+        var rr = await MeshCluster.RunPeerAsync(client, Long, "rr", "--to", $"{server.Address}:8081", "--size", "4096", "--count", "50", "--warmup", "3");
+        Assert.True(rr.ExitCode == 0, rr.ToString());
+        output.WriteLine($"request/response with 50 ms each way: {rr.Connections[0]}");
+        // 50 ms on each node's way out: no round trip through the tunnel can take less than 100 ms
+        Assert.True(rr.Connections[0].GetProperty("p50_us").GetDouble() >= 100_000, rr.ToString());
+
+        foreach (var (node, delay) in delays)
+        {
+            var (packets, reordered) = await UnderlayFaults.StopDelayAsync(node, delay);
+            output.WriteLine($"{node.Name}: {packets} packets delayed, {reordered} of them reordered");
+            Assert.True(packets > 1000 && reordered > 10, $"{node.Name}: {packets} packets delayed, {reordered} reordered: the delay saw no traffic");
+        }
+
+        Assert.False(mesh.Agent("node1").HasExited, mesh.Agent("node1").Stderr);
+        Assert.False(mesh.Agent("node2").HasExited, mesh.Agent("node2").Stderr);
+    }
+
+    [PrivilegedFact]
     public async Task TenSecondBlackhole_KeepaliveEndsTheTunnel_StreamsEndFlaggedOnBothSides_ThenAFreshTunnelCarriesNewConnections()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory, mtls: true,

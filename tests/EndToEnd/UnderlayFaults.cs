@@ -43,23 +43,29 @@ internal static class UnderlayFaults
         return match.Success ? long.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : throw new InvalidOperationException($"no loss counter in:\n{listing}");
     }
 
-    /// <summary>tc netem on the node's eth0 egress, e.g. "delay 50ms loss 2% reorder 25% 50%".</summary>
-    public static void Netem(ClusterNode node, string parameters) =>
-        HostCommand.Run("ip", ["netns", "exec", node.NetnsName, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", .. parameters.Split(' ')]);
-
-    /// <summary>Why netem cannot be used here (tc missing, or a kernel built without sch_netem), or null when it can.</summary>
-    public static string? NetemUnavailable(NetnsCluster cluster)
+    /// <summary>
+    /// Delays every TCP packet leaving the node's eth0 by <paramref name="delayMs"/> ms, <paramref name="reorderPercent"/> %
+    /// of them 10 ms more so later ones overtake them: an iptables (legacy: the nft backend's queue needs
+    /// CONFIG_NFT_QUEUE) NFQUEUE rule hands them to `weft-kit app netdelay` in the node's namespace, which
+    /// gives them back late. It is netem's delay and reorder for a kernel without sch_netem (docs/faults.md).
+    /// </summary>
+    public static async Task<ManagedProcess> DelayAsync(ClusterNode node, int delayMs, int reorderPercent)
     {
-        try
-        {
-            HostCommand.Run("ip", "netns", "exec", cluster.Nodes[0].NetnsName, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms");
-            HostCommand.Run("ip", "netns", "exec", cluster.Nodes[0].NetnsName, "tc", "qdisc", "del", "dev", "lo", "root");
-            return null;
-        }
-        catch (Exception e)
-        {
-            return $"tc netem is not available ({e.Message.Trim()}); the kernel needs CONFIG_NET_SCH_NETEM (modprobe sch_netem) and iproute2's tc";
-        }
+        var delay = node.StartWeft("app", "netdelay", "--queue", "7", "--delay-ms", delayMs.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--reorder-percent", reorderPercent.ToString(System.Globalization.CultureInfo.InvariantCulture), "--reorder-extra-ms", "10");
+        await delay.WaitForStdoutLineAsync(l => l.Contains("\"queueing\"", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
+        HostCommand.Run("ip", "netns", "exec", node.NetnsName, "iptables-legacy", "-t", "mangle", "-A", "POSTROUTING", "-o", "eth0", "-p", "tcp",
+            "-j", "NFQUEUE", "--queue-num", "7", "--queue-bypass");
+        return delay;
+    }
+
+    /// <summary>Takes the rule of <see cref="DelayAsync"/> away and stops its program: (packets delayed, of those reordered).</summary>
+    public static async Task<(long Packets, long Reordered)> StopDelayAsync(ClusterNode node, ManagedProcess delay)
+    {
+        HostCommand.Run("ip", "netns", "exec", node.NetnsName, "iptables-legacy", "-t", "mangle", "-F", "POSTROUTING");
+        delay.Stop();
+        var done = System.Text.Json.JsonDocument.Parse(await delay.WaitForStdoutLineAsync(l => l.Contains("\"done\"", StringComparison.Ordinal), TimeSpan.FromSeconds(30))).RootElement;
+        return (done.GetProperty("packets").GetInt64(), done.GetProperty("reordered").GetInt64());
     }
 
     /// <summary>Cuts the node off the underlay (its bridge port down), or puts it back.</summary>

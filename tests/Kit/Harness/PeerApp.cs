@@ -14,6 +14,7 @@ namespace Weft.Harness;
 ///                [--expect-reply-bytes M] [--timeout-ms T]
 /// weft-kit app rr    --to HOST:PORT [--size 1024] [--count N] [--warmup W]
 /// weft-kit app hold  --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
+/// weft-kit app netdelay --queue N --delay-ms D [--reorder-percent P] [--reorder-extra-ms E]   (in a node's namespace)
 /// </code>
 /// </summary>
 internal static class PeerApp
@@ -24,6 +25,7 @@ internal static class PeerApp
                              [--expect-reply-bytes M] [--timeout-ms T]
                weft-kit app rr --to HOST:PORT [--size BYTES] [--count N] [--warmup W]
                weft-kit app hold --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
+               weft-kit app netdelay --queue N --delay-ms D [--reorder-percent P] [--reorder-extra-ms E]
         """;
 
     internal static readonly JsonSerializerOptions Json = new() { WriteIndented = false };
@@ -62,6 +64,7 @@ internal static class PeerApp
                 "send" => await PeerSender.RunAsync(options, emit, cancellationToken).ConfigureAwait(false),
                 "rr" => await PeerRoundTrip.RunAsync(options, emit, cancellationToken).ConfigureAwait(false),
                 "hold" => await PeerHold.RunAsync(options, emit, cancellationToken).ConfigureAwait(false),
+                "netdelay" => await PeerNetDelay.RunAsync(options, emit, cancellationToken).ConfigureAwait(false),
                 _ => throw new ArgumentException($"unknown command '{args[0]}'"),
             };
         }
