@@ -11,7 +11,7 @@ namespace Weft.Harness;
 /// <code>
 /// weft-kit app serve --port P [--bind ADDR] [--mode hash|echo|reset] [--reply-bytes N]
 /// weft-kit app send  --to HOST:PORT --bytes N [--connections C] [--concurrency K] [--hold-ms MS]
-///                [--expect-reply-bytes M] [--timeout-ms T]
+///                [--expect-reply-bytes M] [--timeout-ms T] [--rate R] [--quiet 1]
 /// weft-kit app rr    --to HOST:PORT [--size 1024] [--count N] [--warmup W]
 /// weft-kit app hold  --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
 /// weft-kit app netdelay --queue N --delay-ms D [--reorder-percent P] [--reorder-extra-ms E]   (in a node's namespace)
@@ -22,7 +22,7 @@ internal static class PeerApp
     public const string Usage = """
         usage: weft-kit app serve --port P [--bind ADDR] [--mode hash|echo|reset] [--reply-bytes N]
                weft-kit app send --to HOST:PORT --bytes N [--connections C] [--concurrency K] [--hold-ms MS]
-                             [--expect-reply-bytes M] [--timeout-ms T]
+                             [--expect-reply-bytes M] [--timeout-ms T] [--rate R] [--quiet 1]
                weft-kit app rr --to HOST:PORT [--size BYTES] [--count N] [--warmup W]
                weft-kit app hold --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
                weft-kit app netdelay --queue N --delay-ms D [--reorder-percent P] [--reorder-extra-ms E]

@@ -9,6 +9,9 @@ namespace Weft.Harness;
 /// <summary>
 /// `weft app send`: C connections, K at a time. Each connects, optionally holds, sends N pattern bytes
 /// while reading the reply, half-closes, reads to EOF. One line per connection, then a summary line.
+/// <c>--rate R</c> starts connection i no earlier than i/R seconds after the first (a steady arrival rate,
+/// K bounding how many are in flight); <c>--quiet 1</c> prints only failed connections and a summary with
+/// duration percentiles.
 /// </summary>
 internal static class PeerSender
 {
@@ -21,6 +24,10 @@ internal static class PeerSender
         var hold = TimeSpan.FromMilliseconds(args.Number("hold-ms", 0));
         var expectReply = args.Number("expect-reply-bytes");
         var timeout = TimeSpan.FromMilliseconds(args.Number("timeout-ms", 30_000));
+        var rate = args.Number("rate", 0);
+        var quiet = args.Number("quiet", 0) != 0;
+        var durations = quiet ? new long[connections] : null;
+        var late = 0L;
 
         var next = -1L;
         var ok = 0L;
@@ -30,9 +37,28 @@ internal static class PeerSender
         var workers = Enumerable.Range(0, (int)Math.Min(concurrency, Math.Max(connections, 1))).Select(_ => Task.Run(async () =>
         {
             long i;
-            while ((i = Interlocked.Increment(ref next)) < connections)
+            while ((i = Interlocked.Increment(ref next)) < connections && !cancellationToken.IsCancellationRequested)
             {
+                if (rate > 0)
+                {
+                    var due = TimeSpan.FromSeconds(i / (double)rate) - clock.Elapsed;
+                    if (due > TimeSpan.Zero)
+                    {
+                        await Task.Delay(due, cancellationToken).ConfigureAwait(false);
+                    }
+                    else if (due < TimeSpan.FromMilliseconds(-100))
+                    {
+                        // every worker was busy: this one starts later than the rate asks
+                        Interlocked.Increment(ref late);
+                    }
+                }
+
                 var result = await ConnectOnceAsync(i, target, bytes, hold, expectReply, timeout, cancellationToken).ConfigureAwait(false);
+                if (durations is not null)
+                {
+                    durations[i] = result.duration_us;
+                }
+
                 if (result.error == null)
                 {
                     Interlocked.Increment(ref ok);
@@ -43,12 +69,33 @@ internal static class PeerSender
                     errors.AddOrUpdate(result.error, 1, (_, n) => n + 1);
                 }
 
-                emit(PeerApp.Line(result));
+                if (!quiet || result.error != null)
+                {
+                    emit(PeerApp.Line(result));
+                }
             }
         }, CancellationToken.None)).ToArray();
-        await Task.WhenAll(workers).ConfigureAwait(false);
+        try
+        {
+            await Task.WhenAll(workers).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // stopped: the summary says how far it got
+        }
 
-        emit(PeerApp.Line(new { summary = true, ok, failed, errors, elapsed_ms = clock.ElapsedMilliseconds }));
+        if (durations is not null)
+        {
+            var done = durations.Where(d => d > 0).Order().ToArray();
+            long Percentile(double p) => done.Length == 0 ? 0 : done[Math.Min(done.Length - 1, (int)Math.Ceiling(p * done.Length) - 1)];
+            emit(PeerApp.Line(new { summary = true, ok, failed, errors, elapsed_ms = clock.ElapsedMilliseconds, late_starts = late,
+                duration_p50_us = Percentile(0.50), duration_p99_us = Percentile(0.99), duration_max_us = done.Length == 0 ? 0 : done[^1] }));
+        }
+        else
+        {
+            emit(PeerApp.Line(new { summary = true, ok, failed, errors, elapsed_ms = clock.ElapsedMilliseconds }));
+        }
+
         return failed == 0 ? 0 : 1;
     }
 
