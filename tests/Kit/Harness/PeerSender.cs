@@ -88,8 +88,18 @@ internal static class PeerSender
         {
             var done = durations.Where(d => d > 0).Order().ToArray();
             long Percentile(double p) => done.Length == 0 ? 0 : done[Math.Min(done.Length - 1, (int)Math.Ceiling(p * done.Length) - 1)];
-            emit(PeerApp.Line(new { summary = true, ok, failed, errors, elapsed_ms = clock.ElapsedMilliseconds, late_starts = late,
-                duration_p50_us = Percentile(0.50), duration_p99_us = Percentile(0.99), duration_max_us = done.Length == 0 ? 0 : done[^1] }));
+            emit(PeerApp.Line(new
+            {
+                summary = true,
+                ok,
+                failed,
+                errors,
+                elapsed_ms = clock.ElapsedMilliseconds,
+                late_starts = late,
+                duration_p50_us = Percentile(0.50),
+                duration_p99_us = Percentile(0.99),
+                duration_max_us = done.Length == 0 ? 0 : done[^1]
+            }));
         }
         else
         {
