@@ -77,9 +77,14 @@ internal static partial class BenchCommand
             return await ScaleBenchmark.RunAsync(cl);
         }
 
+        if (suite == "soak")
+        {
+            return await SoakBenchmark.RunAsync(cl);
+        }
+
         if (suite is not ("plaintext" or "tls" or "metrics" or "all"))
         {
-            throw new UsageException($"--suite takes plaintext, tls, metrics, all or scale (the suites once called issue2 and issue3 are plaintext and tls), got '{suite}'");
+            throw new UsageException($"--suite takes plaintext, tls, metrics, all, scale or soak (the suites once called issue2 and issue3 are plaintext and tls), got '{suite}'");
         }
 
         // tls measures four paths where plaintext measures two: shorter runs keep the default under ~4 minutes

@@ -7,6 +7,7 @@ const string usage = $"""
     {BenchCommand.Usage}
     {MetricsBenchmark.Usage}
     {ScaleBenchmark.Usage}
+    {SoakBenchmark.Usage}
     """;
 
 if (args.Length > 0 && args[0] is "-h" or "--help" or "help")

@@ -30,7 +30,7 @@ internal static class PeerSender
         var workers = Enumerable.Range(0, (int)Math.Min(concurrency, Math.Max(connections, 1))).Select(_ => Task.Run(async () =>
         {
             long i;
-            while ((i = Interlocked.Increment(ref next)) < connections)
+            while (!cancellationToken.IsCancellationRequested && (i = Interlocked.Increment(ref next)) < connections)
             {
                 var result = await ConnectOnceAsync(i, target, bytes, hold, expectReply, timeout, cancellationToken).ConfigureAwait(false);
                 if (result.error == null)
