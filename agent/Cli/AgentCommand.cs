@@ -37,6 +37,7 @@ internal static class AgentCommand
     private static readonly Option<int> TunnelKeepaliveSeconds = new("--tunnel-keepalive-seconds") { HelpName = "N", Description = "How often each HBONE tunnel PINGs its peer.", DefaultValueFactory = _ => (int)new ProxyOptions().TunnelKeepalive.TotalSeconds };
     private static readonly Option<int> TunnelKeepaliveTimeoutSeconds = new("--tunnel-keepalive-timeout-seconds") { HelpName = "N", Description = "A tunnel whose PING is not answered within this closes, ending its streams (UC/DC).", DefaultValueFactory = _ => (int)new ProxyOptions().TunnelKeepaliveTimeout.TotalSeconds };
     private static readonly Option<int> TunnelIdleSeconds = new("--tunnel-idle-seconds") { HelpName = "N", Description = "A pooled HBONE tunnel that carried no stream for this long closes.", DefaultValueFactory = _ => (int)new ProxyOptions().TunnelIdleTimeout.TotalSeconds };
+    private static readonly Option<int> MaxTunnelsPerPod = new("--max-tunnels-per-pod") { HelpName = "N", Description = "Outbound HBONE tunnels one pod may hold; past it the least recently used idle one closes, or with none idle the connection is refused (UO).", DefaultValueFactory = _ => new ProxyOptions().MaxTunnelsPerPod };
     private static readonly Option<string> UninstallBpffs = new("--bpffs") { HelpName = "DIR", Description = "Where the agent pinned its maps and links.", DefaultValueFactory = _ => DefaultPinRoot };
 
     public const string DefaultPinRoot = "/sys/fs/bpf/weft";
@@ -47,7 +48,7 @@ internal static class AgentCommand
         {
             Inventory, Kubernetes, Kubeconfig, PodCgroupRoot, Node, Cgroup, Bpffs, Admin, Metrics, Health, DrainSeconds,
             IdleTimeoutSeconds, MaxConnectionsPerPod, MaxInboundPerIdentity, MaxInboundPerAddress, MaxInboundPerNode,
-            AccessLog, NoAccessLog, TunnelKeepaliveSeconds, TunnelKeepaliveTimeoutSeconds, TunnelIdleSeconds,
+            AccessLog, NoAccessLog, TunnelKeepaliveSeconds, TunnelKeepaliveTimeoutSeconds, TunnelIdleSeconds, MaxTunnelsPerPod,
             TrustDomain, CaCert, CaKey, TrustBundle, CaChain,
         };
         command.SetAction((result, _) => RunAgentAsync(result));
@@ -103,6 +104,7 @@ internal static class AgentCommand
                 TunnelKeepalive = Seconds(cl, TunnelKeepaliveSeconds),
                 TunnelKeepaliveTimeout = Seconds(cl, TunnelKeepaliveTimeoutSeconds),
                 TunnelIdleTimeout = Seconds(cl, TunnelIdleSeconds),
+                MaxTunnelsPerPod = cl.GetValue(MaxTunnelsPerPod) is > 0 and var maxTunnels ? maxTunnels : throw new UsageException("--max-tunnels-per-pod must be at least 1"),
             },
         };
         var caCert = cl.GetValue(CaCert);

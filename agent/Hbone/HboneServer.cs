@@ -15,7 +15,12 @@ internal static class HboneServer
     /// cancelling <paramref name="ct"/> closes the connection and throws OperationCanceledException.
     /// Returns after every handler has finished. The transport is disposed.
     /// </summary>
-    public static async Task RunConnectionAsync(Stream transport, Func<HboneRequest, Task> onConnect, HboneSettings settings, CancellationToken ct)
+    /// <param name="drain">
+    /// When cancelled, the connection says GOAWAY (NO_ERROR): the client takes new streams elsewhere, the
+    /// streams already taken carry on, and the connection ends with the last of them (an agent being replaced).
+    /// </param>
+    public static async Task RunConnectionAsync(Stream transport, Func<HboneRequest, Task> onConnect, HboneSettings settings, CancellationToken ct,
+        CancellationToken drain = default)
     {
         ArgumentNullException.ThrowIfNull(transport);
         ArgumentNullException.ThrowIfNull(onConnect);
@@ -29,6 +34,9 @@ internal static class HboneServer
         {
             connection.Abort(new HboneException("sending SETTINGS failed: " + e.Message, inner: e));
         }
+
+        // After our SETTINGS: a GOAWAY may not come first.
+        using CancellationTokenRegistration draining = drain.Register(() => _ = connection.GoAwayGracefullyAsync());
         await connection.RunAsync().ConfigureAwait(false);
         await connection.WaitForHandlersAsync().ConfigureAwait(false);
         ct.ThrowIfCancellationRequested();

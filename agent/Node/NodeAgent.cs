@@ -496,6 +496,8 @@ internal sealed class NodeAgent : IAsyncDisposable
         ],
         TunnelsOpen = _services?.Tunnels?.OpenTunnels ?? 0,
         TunnelsIdleClosed = _services?.Tunnels?.IdleClosed ?? 0,
+        TunnelsEvicted = _services?.Tunnels?.Evicted ?? 0,
+        TunnelsRefused = _services?.Tunnels?.Refused ?? 0,
     };
 
     /// <summary>Stops accepting, lets open connections finish within the grace period, keeps the pins.</summary>

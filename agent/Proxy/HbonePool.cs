@@ -15,7 +15,9 @@ namespace Weft.Proxy;
 /// handshake is made. A tunnel is dialled from inside its source pod's netns, so the network sees that
 /// pod, never another pod with the same service account; a pod's tunnels close when it leaves (those
 /// still carrying streams once their streams end), and a tunnel that carried nothing for
-/// <see cref="ProxyOptions.TunnelIdleTimeout"/> closes, so the pool holds only what is in use.
+/// <see cref="ProxyOptions.TunnelIdleTimeout"/> closes, so the pool holds only what is in use. One pod
+/// holds at most <see cref="ProxyOptions.MaxTunnelsPerPod"/>: a new dial past it first closes the pod's
+/// least recently used idle tunnel, and with none idle the connection is refused (<see cref="TunnelPoolFullException"/>).
 /// </summary>
 internal sealed class HbonePool : IDisposable
 {
@@ -26,6 +28,9 @@ internal sealed class HbonePool : IDisposable
 
     private readonly ConcurrentDictionary<Key, Entry> _entries = new();
 
+    // Per source pod: the gate its dials count and evict under, and how many of its dials are in flight.
+    private readonly ConcurrentDictionary<(string Pod, ulong NetnsCookie), SourcePod> _sources = new();
+
     // Tunnels of pods that left, still carrying streams: closed by the sweep once their streams end.
     private readonly List<HboneClientConnection> _draining = [];
     private readonly IdentityManager _identity;
@@ -34,6 +39,8 @@ internal sealed class HbonePool : IDisposable
     private readonly HboneSettings _settings;
     private readonly Timer _sweep;
     private long _idleClosed;
+    private long _evicted;
+    private long _refused;
 
     public HbonePool(IdentityManager identity, ProxyOptions options, IPodSockets sockets)
     {
@@ -72,6 +79,12 @@ internal sealed class HbonePool : IDisposable
     /// <summary>Tunnels closed because they carried nothing for the idle timeout or their pod left.</summary>
     public long IdleClosed => Interlocked.Read(ref _idleClosed);
 
+    /// <summary>Idle tunnels closed to make room for a new one of the same pod (at <see cref="ProxyOptions.MaxTunnelsPerPod"/>).</summary>
+    public long Evicted => Interlocked.Read(ref _evicted);
+
+    /// <summary>Connections refused because their pod held its limit of tunnels and none was idle.</summary>
+    public long Refused => Interlocked.Read(ref _refused);
+
     public async Task<Opened> OpenStreamAsync(LocalPod source, SpiffeId sourceId, SpiffeId destinationId, IPAddress address,
         string authority, IEnumerable<KeyValuePair<string, string>> headers, CancellationToken cancellationToken)
     {
@@ -80,20 +93,19 @@ internal sealed class HbonePool : IDisposable
         {
             TimeSpan? handshake = null;
             var entry = _entries.GetOrAdd(key, _ => new Entry());
-            var tunnel = entry.TryPick();
-            if (tunnel is null)
+            var pooled = entry.TryPick();
+            if (pooled is null)
             {
                 await entry.Dialing.WaitAsync(cancellationToken).ConfigureAwait(false);
                 try
                 {
                     // Another caller may have dialled while we waited.
-                    tunnel = entry.TryPick();
-                    if (tunnel is null)
+                    pooled = entry.TryPick();
+                    if (pooled is null)
                     {
                         var started = Stopwatch.GetTimestamp();
-                        tunnel = await DialAsync(source, sourceId, destinationId, address, cancellationToken).ConfigureAwait(false);
+                        pooled = await DialWithinLimitAsync(key, source, sourceId, cancellationToken).ConfigureAwait(false);
                         handshake = Stopwatch.GetElapsedTime(started);
-                        Keep(key, entry, tunnel);
                     }
                 }
                 finally
@@ -104,7 +116,7 @@ internal sealed class HbonePool : IDisposable
 
             try
             {
-                var stream = await tunnel.ConnectAsync(authority, headers, cancellationToken).ConfigureAwait(false);
+                var stream = await pooled.Tunnel.ConnectAsync(authority, headers, cancellationToken).ConfigureAwait(false);
                 return new Opened(stream, handshake);
             }
             catch (HboneException e) when (e.IsRetryable && attempt < MaxAttempts)
@@ -112,6 +124,78 @@ internal sealed class HbonePool : IDisposable
                 // The tunnel filled up or is going away (GOAWAY) under us: its live streams carry on,
                 // and the next pick skips it (CanOpenStream is false) or dials a new one.
             }
+            finally
+            {
+                pooled.DoneOpening();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Dials a tunnel for <paramref name="key"/> and pools it, keeping its pod within
+    /// <see cref="ProxyOptions.MaxTunnelsPerPod"/>: at the limit the pod's least recently used idle
+    /// tunnel closes first; with none idle, <see cref="TunnelPoolFullException"/>.
+    /// </summary>
+    private async Task<Pooled> DialWithinLimitAsync(Key key, LocalPod source, SpiffeId sourceId, CancellationToken cancellationToken)
+    {
+        var pod = _sources.GetOrAdd((key.Pod, key.NetnsCookie), _ => new SourcePod());
+        HboneClientConnection? evict = null;
+        lock (pod)
+        {
+            var held = pod.Dialing;
+            Entry? idlestEntry = null;
+            Pooled? idlest = null;
+            foreach (var (other, entry) in _entries)
+            {
+                if (other.Pod == key.Pod && other.NetnsCookie == key.NetnsCookie)
+                {
+                    held += entry.CountIdlest(ref idlest, out var found);
+                    if (found)
+                    {
+                        idlestEntry = entry;
+                    }
+                }
+            }
+
+            if (held >= _options.MaxTunnelsPerPod)
+            {
+                if (idlestEntry is null || !idlestEntry.TryTakeIdle(idlest!))
+                {
+                    Interlocked.Increment(ref _refused);
+                    throw new TunnelPoolFullException($"pod {key.Pod} holds its limit of {_options.MaxTunnelsPerPod} tunnels and none is idle (--max-tunnels-per-pod)");
+                }
+
+                evict = idlest!.Tunnel;
+                Interlocked.Increment(ref _evicted);
+            }
+
+            pod.Dialing++;
+        }
+
+        if (evict is not null)
+        {
+            _ = evict.DisposeAsync().AsTask();
+        }
+
+        try
+        {
+            var tunnel = await DialAsync(source, sourceId, key.Destination, key.Address, cancellationToken).ConfigureAwait(false);
+
+            // Pooled and no longer dialling in one step, so a concurrent count sees it exactly once.
+            lock (pod)
+            {
+                pod.Dialing--;
+                return Keep(key, tunnel);
+            }
+        }
+        catch
+        {
+            lock (pod)
+            {
+                pod.Dialing--;
+            }
+
+            throw;
         }
     }
 
@@ -121,6 +205,7 @@ internal sealed class HbonePool : IDisposable
     /// </summary>
     public void Release(LocalPod pod)
     {
+        _sources.TryRemove((pod.Key, pod.NetnsCookie), out _);
         foreach (var (key, entry) in _entries)
         {
             if (key.Pod == pod.Key && key.NetnsCookie == pod.NetnsCookie && _entries.TryRemove(new(key, entry)))
@@ -145,15 +230,19 @@ internal sealed class HbonePool : IDisposable
 
     public void Dispose() => _sweep.Dispose();
 
-    // Pooled under the key; an entry the sweep retired meanwhile is replaced, so no open tunnel is
-    // ever outside the pool (where nothing would close it).
-    private void Keep(Key key, Entry entry, HboneClientConnection tunnel)
+    // Pooled under the key, already counted as opening a stream for its dialler; an entry the sweep
+    // retired meanwhile is replaced, so no open tunnel is ever outside the pool (where nothing would close it).
+    private Pooled Keep(Key key, HboneClientConnection tunnel)
     {
-        while (!entry.TryAdd(tunnel))
+        var entry = _entries.GetOrAdd(key, _ => new Entry());
+        Pooled? pooled;
+        while ((pooled = entry.TryAdd(tunnel)) is null)
         {
             _entries.TryRemove(new(key, entry));
             entry = _entries.GetOrAdd(key, _ => new Entry());
         }
+
+        return pooled;
     }
 
     private void Sweep()
@@ -225,10 +314,34 @@ internal sealed class HbonePool : IDisposable
         }
     }
 
-    /// <summary>The tunnels of one key, each with when it last carried a new stream.</summary>
+    /// <summary>
+    /// One pooled tunnel: when it last took a new stream, and how many callers picked it and are opening
+    /// one now (a tunnel being opened on is never idle, though its stream does not count yet).
+    /// </summary>
+    private sealed class Pooled(HboneClientConnection tunnel)
+    {
+        private int _opening = 1;
+
+        public HboneClientConnection Tunnel { get; } = tunnel;
+
+        public long LastUsed { get; private set; } = Stopwatch.GetTimestamp();
+
+        public bool IsIdle => Volatile.Read(ref _opening) == 0 && Tunnel.ActiveStreams == 0;
+
+        /// <summary>Called under the entry's lock when a caller picks this tunnel.</summary>
+        public void Picked()
+        {
+            Interlocked.Increment(ref _opening);
+            LastUsed = Stopwatch.GetTimestamp();
+        }
+
+        public void DoneOpening() => Interlocked.Decrement(ref _opening);
+    }
+
+    /// <summary>The tunnels of one key.</summary>
     private sealed class Entry
     {
-        private readonly List<(HboneClientConnection Tunnel, long LastUsed)> _tunnels = [];
+        private readonly List<Pooled> _tunnels = [];
         private bool _retired;
 
         public SemaphoreSlim Dialing { get; } = new(1, 1);
@@ -244,18 +357,17 @@ internal sealed class HbonePool : IDisposable
             }
         }
 
-        public HboneClientConnection? TryPick()
+        public Pooled? TryPick()
         {
             lock (_tunnels)
             {
                 _tunnels.RemoveAll(t => t.Tunnel.Completion.IsCompleted);
-                for (var i = 0; i < _tunnels.Count; i++)
+                foreach (var pooled in _tunnels)
                 {
-                    var tunnel = _tunnels[i].Tunnel;
-                    if (tunnel.CanOpenStream)
+                    if (pooled.Tunnel.CanOpenStream)
                     {
-                        _tunnels[i] = (tunnel, Stopwatch.GetTimestamp());
-                        return tunnel;
+                        pooled.Picked();
+                        return pooled;
                     }
                 }
 
@@ -263,18 +375,53 @@ internal sealed class HbonePool : IDisposable
             }
         }
 
-        /// <summary>False when the entry left the pool (its pod left, or the sweep removed it empty).</summary>
-        public bool TryAdd(HboneClientConnection tunnel)
+        /// <summary>The open tunnels; <paramref name="idlest"/> becomes this entry's least recently used idle one when older (<paramref name="found"/>).</summary>
+        public int CountIdlest(ref Pooled? idlest, out bool found)
+        {
+            found = false;
+            lock (_tunnels)
+            {
+                var open = 0;
+                foreach (var pooled in _tunnels)
+                {
+                    if (pooled.Tunnel.Completion.IsCompleted)
+                    {
+                        continue;
+                    }
+
+                    open++;
+                    if (pooled.IsIdle && (idlest is null || pooled.LastUsed < idlest.LastUsed))
+                    {
+                        (idlest, found) = (pooled, true);
+                    }
+                }
+
+                return open;
+            }
+        }
+
+        /// <summary>Takes <paramref name="pooled"/> out when it is still idle (nobody picked it since it was found).</summary>
+        public bool TryTakeIdle(Pooled pooled)
+        {
+            lock (_tunnels)
+            {
+                return pooled.IsIdle && _tunnels.Remove(pooled);
+            }
+        }
+
+        /// <summary>Null when the entry left the pool (its pod left, or the sweep removed it empty).</summary>
+        public Pooled? TryAdd(HboneClientConnection tunnel)
         {
             lock (_tunnels)
             {
                 if (_retired)
                 {
-                    return false;
+                    return null;
                 }
 
-                _tunnels.Add((tunnel, Stopwatch.GetTimestamp()));
-                return true;
+                var pooled = new Pooled(tunnel);
+                _tunnels.Add(pooled);
+                return pooled;
             }
         }
 
@@ -291,7 +438,7 @@ internal sealed class HbonePool : IDisposable
                         return true;
                     }
 
-                    if (t.Tunnel.ActiveStreams == 0 && t.LastUsed < idleSince)
+                    if (t.IsIdle && t.LastUsed < idleSince)
                     {
                         idle.Add(t.Tunnel);
                         return true;
@@ -325,6 +472,12 @@ internal sealed class HbonePool : IDisposable
             }
         }
     }
+
+    /// <summary>A source pod's count of tunnel dials in flight; the object is also the gate its limit is kept under.</summary>
+    private sealed class SourcePod
+    {
+        public int Dialing { get; set; }
+    }
 }
 
 /// <summary>A tunnel could not be opened; <see cref="IsTls"/> when the peer's identity or TLS failed.</summary>
@@ -332,3 +485,6 @@ internal sealed class TunnelException(string message, bool isTls) : Exception(me
 {
     public bool IsTls { get; } = isTls;
 }
+
+/// <summary>The source pod holds its limit of tunnels (<see cref="ProxyOptions.MaxTunnelsPerPod"/>) and none is idle.</summary>
+internal sealed class TunnelPoolFullException(string message) : Exception(message);

@@ -116,8 +116,10 @@ internal sealed partial class PodProxy
         var handshake = Stopwatch.GetElapsedTime(started);
         try
         {
+            // Stopping (the agent replaced, or the pod gone) drains the tunnel: its peer moves new streams to a
+            // new tunnel (the replacement agent's), the streams in it finish; the agent's drain deadline ends the rest.
             await HboneServer.RunConnectionAsync(ssl, request => HandleConnectAsync(request, peer!, self, peerAddress, handshake),
-                _services.Hbone, _stop.Token).ConfigureAwait(false);
+                _services.Hbone, CancellationToken.None, drain: _stop.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
         {

@@ -87,6 +87,7 @@ internal sealed record ProxyError(ProxyErrorKind Kind, string Reason)
     /// </summary>
     public static ProxyError? OfTunnelFailure(Exception e, IPEndPoint destination) => e switch
     {
+        TunnelPoolFullException => new(ProxyErrorKind.Overflow, $"tunnel to {destination}: {e.Message}"),
         TunnelException { IsTls: true } => new(ProxyErrorKind.TlsFailure, e.Message),
         HboneException { StatusCode: 403 } => new(ProxyErrorKind.Denied, $"{destination} refused the tunnel: not authorized"),
         HboneException h => new(ProxyErrorKind.ConnectFailure, $"tunnel to {destination}: {h.Message}{(h.InnerException is null ? "" : ": " + h.InnerException.Message)}"),

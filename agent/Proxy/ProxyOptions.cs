@@ -27,6 +27,12 @@ internal sealed record ProxyOptions
     /// </summary>
     public TimeSpan TunnelIdleTimeout { get; init; } = TimeSpan.FromMinutes(5);
 
+    /// <summary>
+    /// Outbound HBONE tunnels one pod may hold (one per remote pod it talks to, more past 100 streams):
+    /// at the limit the pod's least recently used idle tunnel closes; with none idle the connection is refused (UO).
+    /// </summary>
+    public int MaxTunnelsPerPod { get; init; } = 256;
+
     /// <summary>Open connections per pod, inbound and outbound together (a handshake in progress counts); more are refused.</summary>
     public int MaxConnectionsPerPod { get; init; } = 65_536;
 

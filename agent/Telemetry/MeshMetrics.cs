@@ -34,6 +34,12 @@ internal sealed record AgentHealth
 
     /// <summary>Outbound HBONE tunnels closed because they were idle or their pod left.</summary>
     public long TunnelsIdleClosed { get; init; }
+
+    /// <summary>Idle outbound tunnels closed to keep their pod within --max-tunnels-per-pod.</summary>
+    public long TunnelsEvicted { get; init; }
+
+    /// <summary>Outbound connections refused because their pod held its limit of tunnels, none idle.</summary>
+    public long TunnelsRefused { get; init; }
 }
 
 /// <summary>
@@ -88,6 +94,8 @@ internal sealed class MeshMetrics : IFlowObserver
     private readonly Gauge _tunnelsOpen;
     private readonly Counter _accessLogDropped;
     private readonly Counter _tunnelsIdleClosed;
+    private readonly Counter _tunnelsEvicted;
+    private readonly Counter _tunnelsRefused;
     private readonly HashSet<string> _certificatePrincipals = new(StringComparer.Ordinal);
     private WorkloadDirectory _directory = WorkloadDirectory.Empty;
 
@@ -135,6 +143,8 @@ internal sealed class MeshMetrics : IFlowObserver
         _inboundLimit = f.CreateGauge("weft_inbound_limit", "The inbound limits in force: per source address, per peer identity, per node.", ["limit"]);
         _tunnelsOpen = f.CreateGauge("weft_hbone_tunnels_open", "Outbound HBONE tunnels (mTLS connections to other nodes' pods) open now.");
         _tunnelsIdleClosed = f.CreateCounter("weft_hbone_tunnels_idle_closed_total", "Outbound HBONE tunnels closed because they carried nothing for the idle timeout or their pod left.");
+        _tunnelsEvicted = f.CreateCounter("weft_hbone_tunnels_evicted_total", "Idle outbound HBONE tunnels closed to make room for a new one of the same pod (--max-tunnels-per-pod).");
+        _tunnelsRefused = f.CreateCounter("weft_hbone_tunnels_refused_total", "Outbound connections refused (UO) because their pod held --max-tunnels-per-pod tunnels and none was idle.");
         _accessLogDropped = f.CreateCounter("weft_access_log_dropped_total", "Access-log lines dropped because the log's reader fell 16,384 lines behind.");
         _descriptorLimit = f.CreateGauge("weft_descriptor_limit", "The agent's open-file limit (RLIMIT_NOFILE) after raising it to the hard limit.");
         Registry.AddBeforeCollectCallback(Collect);
@@ -259,6 +269,8 @@ internal sealed class MeshMetrics : IFlowObserver
             _descriptorLimit.Set(health.DescriptorLimit);
             _tunnelsOpen.Set(health.TunnelsOpen);
             _tunnelsIdleClosed.IncTo(health.TunnelsIdleClosed);
+            _tunnelsEvicted.IncTo(health.TunnelsEvicted);
+            _tunnelsRefused.IncTo(health.TunnelsRefused);
             foreach (var (limit, open, maximum) in health.Inbound)
             {
                 _inboundOpen.WithLabels(limit).Set(open);

@@ -28,7 +28,7 @@ namespace Weft.Bench;
 internal static partial class BenchCommand
 {
     public const string Usage = """
-        weft-bench [--suite plaintext|tls|metrics|all|scale|load] [--seconds T] [--repeat R] [--only PARTS] [--json FILE]
+        weft-bench [--suite plaintext|tls|metrics|all|scale|soak|load] [--seconds T] [--repeat R] [--only PARTS] [--json FILE]
                    [--rate-connections N] [--setup-connections N] [--idle-connections N] [--no-access-log]
           Cross-node pod-to-pod traffic in 2-node clusters of network namespaces with real agents:
           direct, through plaintext agents, and (tls, all) through agents with mTLS HBONE tunnels and
@@ -77,6 +77,11 @@ internal static partial class BenchCommand
             return await ScaleBenchmark.RunAsync(cl);
         }
 
+        if (suite == "soak")
+        {
+            return await SoakBenchmark.RunAsync(cl);
+        }
+
         if (suite == "load")
         {
             return await LoadAsync(cl);
@@ -84,7 +89,7 @@ internal static partial class BenchCommand
 
         if (suite is not ("plaintext" or "tls" or "metrics" or "all"))
         {
-            throw new UsageException($"--suite takes plaintext, tls, metrics, all, scale or load (the suites once called issue2 and issue3 are plaintext and tls), got '{suite}'");
+            throw new UsageException($"--suite takes plaintext, tls, metrics, all, scale, soak or load (the suites once called issue2 and issue3 are plaintext and tls), got '{suite}'");
         }
 
         // tls measures four paths where plaintext measures two: shorter runs keep the default under ~4 minutes

@@ -7,6 +7,7 @@ const string usage = $"""
     {BenchCommand.Usage}
     {MetricsBenchmark.Usage}
     {ScaleBenchmark.Usage}
+    {SoakBenchmark.Usage}
     {BenchCommand.LoadUsage}
     """;
 

@@ -41,6 +41,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     private int _peerInitialWindow = HboneSettings.DefaultWindowSize;
     private long _peerMaxConcurrentStreams = uint.MaxValue;
     private bool _goAwayReceived;
+    private bool _goAwaySent;
     private int _goAwayLastStreamId = int.MaxValue;
     private bool _closed;
     private int _handlersInFlight;
@@ -271,6 +272,11 @@ internal sealed class Http2Connection : IHttp2FrameHandler
             }
             // Handlers still running count, not just open streams: a stream the peer reset at once keeps
             // its slot until its handler has let go of what it holds (RFC 9113 5.1.2; no dial happens here).
+            if (_goAwaySent)
+            {
+                // Crossed our GOAWAY in flight: the client retries it on another connection.
+                throw new Http2StreamException(streamId, Http2ErrorCode.RefusedStream, "connection is going away");
+            }
             if (_handlersInFlight >= _settings.MaxConcurrentStreams)
             {
                 _settings.Counters.StreamRefused(_settings.MaxConcurrentStreams);
@@ -577,7 +583,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         bool drained;
         lock (_sync)
         {
-            drained = _goAwayReceived && _streams.Count == 0 && !_closed;
+            drained = (_goAwayReceived || _goAwaySent) && _streams.Count == 0 && !_closed;
         }
         if (drained)
         {
@@ -666,6 +672,26 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     }
 
     // ---- shutdown ------------------------------------------------------------------------------
+
+    /// <summary>
+    /// A graceful end: GOAWAY(NO_ERROR) naming the last stream taken, so the peer opens new streams on
+    /// another connection; the streams already taken carry on, and the connection closes after the last.
+    /// </summary>
+    public async Task GoAwayGracefullyAsync()
+    {
+        int lastStreamId;
+        lock (_sync)
+        {
+            if (_closed || _goAwaySent)
+            {
+                return;
+            }
+            _goAwaySent = true;
+            lastStreamId = _streams.LastPeerStreamId;
+        }
+        await _writer.TryWriteGoAwayAsync(lastStreamId, Http2ErrorCode.NoError, _settings.CloseTimeout).ConfigureAwait(false);
+        CloseIfDrained();
+    }
 
     /// <summary>Best effort GOAWAY within the close timeout, then close.</summary>
     public async Task SendGoAwayAndCloseAsync(Http2ErrorCode code, Exception? failure)

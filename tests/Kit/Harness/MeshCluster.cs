@@ -84,10 +84,11 @@ internal sealed class MeshCluster : IAsyncDisposable
     {
         _agentArgs ??= extraArgs;
         extraArgs = extraArgs.Length == 0 ? _agentArgs : extraArgs;
-        string[] defaults = extraArgs.Contains("--admin") ? [] : ["--admin", "off"];
+        string[] defaults = [.. extraArgs.Contains("--admin") ? [] : new[] { "--admin", "off" },
+            .. extraArgs.Contains("--drain-seconds") ? [] : new[] { "--drain-seconds", "2" }];
         var agent = node.StartWeft(
             ["agent", "--node", node.Name, "--inventory", InventoryPath, "--cgroup", node.CgroupPath,
-            "--bpffs", PinRoot(node), "--drain-seconds", "2", .. defaults, .. extraArgs]);
+            "--bpffs", PinRoot(node), .. defaults, .. extraArgs]);
         _agents[node.Name] = agent;
         await WaitForStderrAsync(agent, line => line.Contains("agent: ready", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
         return agent;

@@ -23,26 +23,36 @@ internal static class PeerRoundTrip
         Pattern.Fill(request, 0);
         var response = new byte[size];
         var samples = new long[count];
-        for (var i = -warmup; i < count; i++)
+        var i = -warmup;
+        try
         {
-            var start = Stopwatch.GetTimestamp();
-            await socket.SendAsync(request, SocketFlags.None, cancellationToken).ConfigureAwait(false);
-            for (var got = 0; got < size;)
+            for (; i < count; i++)
             {
-                var n = await socket.ReceiveAsync(response.AsMemory(got), SocketFlags.None, cancellationToken).ConfigureAwait(false);
-                if (n == 0)
+                var start = Stopwatch.GetTimestamp();
+                await socket.SendAsync(request, SocketFlags.None, cancellationToken).ConfigureAwait(false);
+                for (var got = 0; got < size;)
                 {
-                    emit(PeerApp.Line(new { error = "ClosedEarly", completed = Math.Max(i, 0) }));
-                    return 1;
+                    var n = await socket.ReceiveAsync(response.AsMemory(got), SocketFlags.None, cancellationToken).ConfigureAwait(false);
+                    if (n == 0)
+                    {
+                        emit(PeerApp.Line(new { error = "ClosedEarly", completed = Math.Max(i, 0) }));
+                        return 1;
+                    }
+
+                    got += n;
                 }
 
-                got += n;
+                if (i >= 0)
+                {
+                    samples[i] = Stopwatch.GetTimestamp() - start;
+                }
             }
-
-            if (i >= 0)
-            {
-                samples[i] = Stopwatch.GetTimestamp() - start;
-            }
+        }
+        catch (SocketException e)
+        {
+            // A reset mid-run is a result to report, like an early close, not a crash.
+            emit(PeerApp.Line(new { error = PeerSender.ErrorName(e), completed = Math.Max(i, 0) }));
+            return 1;
         }
 
         if (!response.AsSpan().SequenceEqual(request))

@@ -37,7 +37,7 @@ internal static class PeerSender
         var workers = Enumerable.Range(0, (int)Math.Min(concurrency, Math.Max(connections, 1))).Select(_ => Task.Run(async () =>
         {
             long i;
-            while ((i = Interlocked.Increment(ref next)) < connections && !cancellationToken.IsCancellationRequested)
+            while (!cancellationToken.IsCancellationRequested && (i = Interlocked.Increment(ref next)) < connections)
             {
                 if (rate > 0)
                 {
