@@ -56,7 +56,6 @@ internal sealed class FileInventorySource : IDisposable
     private HashSet<string> _lastWarnings = [];
     private InventoryLoadError? _lastError;
     private InventoryState? _state;
-    private HashSet<(Type, string)> _ids = [];
     private bool _disposed;
 
     private FileInventorySource(string path, InventoryStore store, FileInventorySourceOptions options)
@@ -257,13 +256,7 @@ internal sealed class FileInventorySource : IDisposable
             }
         }
 
-        foreach (var (kind, id) in _ids)
-        {
-            if (!ids.Contains((kind, id)))
-            {
-                state.Remove(kind, id);
-            }
-        }
+        state.RemoveAllExcept(ids);
 
         foreach (var (id, obj) in changed)
         {
@@ -271,7 +264,6 @@ internal sealed class FileInventorySource : IDisposable
         }
 
         _state = state;
-        _ids = ids;
         return state.Snapshot();
     }
 

@@ -39,8 +39,8 @@ internal sealed class InventoryState
 
     // Who claims a name or an address: the earliest valid claimant wins, the rest are warned about.
     private readonly Dictionary<string, List<NamespaceEntry>> _namespaceClaims = new(StringComparer.Ordinal);
-    private readonly Dictionary<(string, string), List<PodEntry>> _podNameClaims = [];
-    private readonly Dictionary<IPAddress, List<PodEntry>> _podAddressClaims = [];
+    private readonly PodClaims<(string, string)> _podNameClaims = new();
+    private readonly PodClaims<IPAddress> _podAddressClaims = new();
     private readonly Dictionary<string, HashSet<PodEntry>> _podsFollowingNamespace = new(StringComparer.Ordinal);
     private readonly Dictionary<(string, string), List<ServiceEntry>> _serviceClaims = [];
     private readonly Dictionary<(string, string), List<SliceEntry>> _slicesByService = [];
@@ -192,6 +192,26 @@ internal sealed class InventoryState
         else if (kind == typeof(V1Alpha1PeerAuthentication))
         {
             _policiesDirty |= _peerAuthentications.Remove(id);
+        }
+    }
+
+    /// <summary>Removes every object whose kind and id are not in <paramref name="keep"/> (the file source: objects gone from the file).</summary>
+    public void RemoveAllExcept(IReadOnlySet<(Type, string)> keep)
+    {
+        ArgumentNullException.ThrowIfNull(keep);
+        RemoveMissing(typeof(V1Namespace), _namespaceEntries.Keys);
+        RemoveMissing(typeof(V1Pod), _podEntries.Keys);
+        RemoveMissing(typeof(V1Service), _serviceEntries.Keys);
+        RemoveMissing(typeof(V1EndpointSlice), _sliceEntries.Keys);
+        RemoveMissing(typeof(V1Alpha1AuthorizationPolicy), _authorizationPolicies.Keys);
+        RemoveMissing(typeof(V1Alpha1PeerAuthentication), _peerAuthentications.Keys);
+
+        void RemoveMissing(Type kind, IEnumerable<string> ids)
+        {
+            foreach (var id in ids.Where(id => !keep.Contains((kind, id))).ToList())
+            {
+                Remove(kind, id);
+            }
         }
     }
 
@@ -509,12 +529,12 @@ internal sealed class InventoryState
         _podEntries[id] = entry;
         if (entry.Key is { } key)
         {
-            AddClaim(_podNameClaims, key, entry);
+            _podNameClaims.Add(key, entry);
             if (entry.Candidate is { HostNetwork: false } candidate)
             {
                 foreach (var address in candidate.Addresses)
                 {
-                    AddClaim(_podAddressClaims, address, entry);
+                    _podAddressClaims.Add(address, entry);
                 }
             }
 
@@ -551,14 +571,14 @@ internal sealed class InventoryState
         SetWarnings(entry.Ordinal, entry.Warnings, []);
         if (entry.Key is { } key)
         {
-            RemoveClaim(_podNameClaims, key, entry);
-            neighbours.AddRange(_podNameClaims.GetValueOrDefault(key) ?? []);
+            _podNameClaims.Remove(key, entry);
+            _podNameClaims.CopyTo(key, neighbours);
             if (entry.Candidate is { HostNetwork: false } candidate)
             {
                 foreach (var address in candidate.Addresses)
                 {
-                    RemoveClaim(_podAddressClaims, address, entry);
-                    neighbours.AddRange(_podAddressClaims.GetValueOrDefault(address) ?? []);
+                    _podAddressClaims.Remove(address, entry);
+                    _podAddressClaims.CopyTo(address, neighbours);
                 }
             }
 
@@ -588,27 +608,23 @@ internal sealed class InventoryState
         }
 
         var component = new HashSet<PodEntry>();
-        var pending = new Stack<PodEntry>(seeds);
-        while (pending.TryPop(out var entry))
+        var pending = new List<PodEntry>(seeds);
+        while (pending.Count > 0)
         {
+            var entry = pending[^1];
+            pending.RemoveAt(pending.Count - 1);
             if (!component.Add(entry) || entry.Key is not { } key)
             {
                 continue;
             }
 
-            foreach (var other in _podNameClaims.GetValueOrDefault(key) ?? [])
-            {
-                pending.Push(other);
-            }
+            _podNameClaims.CopyTo(key, pending);
 
             if (entry.Candidate is { HostNetwork: false } candidate)
             {
                 foreach (var address in candidate.Addresses)
                 {
-                    foreach (var other in _podAddressClaims.GetValueOrDefault(address) ?? [])
-                    {
-                        pending.Push(other);
-                    }
+                    _podAddressClaims.CopyTo(address, pending);
                 }
             }
         }
@@ -1182,6 +1198,69 @@ internal sealed class InventoryState
             && a.Addresses.SequenceEqual(b.Addresses) && SameLabels(a.Labels, b.Labels) && a.NetnsPath == b.NetnsPath
             && a.Uid == b.Uid && a.QosClass == b.QosClass && a.Phase == b.Phase && a.FailOpen == b.FailOpen
             && a.Enrolled == b.Enrolled && a.HostNetwork == b.HostNetwork && a.HostAddresses.SequenceEqual(b.HostAddresses);
+    }
+
+    /// <summary>
+    /// The pods claiming each name or address. Almost every key has one claimant, held inline (a list only for
+    /// the rare conflicts): at 100,000 pods a list per key would cost more than the pods' workloads.
+    /// Unordered: resolution sorts by ordinal.
+    /// </summary>
+    private sealed class PodClaims<TKey>
+        where TKey : notnull
+    {
+        private readonly Dictionary<TKey, object> _claims = [];
+
+        public void Add(TKey key, PodEntry entry)
+        {
+            if (!_claims.TryGetValue(key, out var held))
+            {
+                _claims[key] = entry;
+            }
+            else if (held is List<PodEntry> list)
+            {
+                list.Add(entry);
+            }
+            else
+            {
+                _claims[key] = new List<PodEntry> { (PodEntry)held, entry };
+            }
+        }
+
+        public void Remove(TKey key, PodEntry entry)
+        {
+            if (!_claims.TryGetValue(key, out var held))
+            {
+                return;
+            }
+
+            if (held is List<PodEntry> list)
+            {
+                list.Remove(entry);
+                if (list.Count == 1)
+                {
+                    _claims[key] = list[0];
+                }
+            }
+            else if (ReferenceEquals(held, entry))
+            {
+                _claims.Remove(key);
+            }
+        }
+
+        public void CopyTo(TKey key, List<PodEntry> target)
+        {
+            if (_claims.TryGetValue(key, out var held))
+            {
+                if (held is List<PodEntry> list)
+                {
+                    target.AddRange(list);
+                }
+                else
+                {
+                    target.Add((PodEntry)held);
+                }
+            }
+        }
     }
 
     private sealed class ServiceEntry(long ordinal, (string, string)? key, Service? compiled, string? warning) : IOrdered
