@@ -1,5 +1,7 @@
 using System.Security.Cryptography;
 using System.Text;
+using k8s;
+using k8s.Models;
 
 namespace Weft.Inventory;
 
@@ -32,8 +34,10 @@ internal sealed record FileInventorySourceOptions
 /// <code>
 ///   FileSystemWatcher (dir) ─┐                      ┌─ same bytes as last attempt ─► nothing
 ///                            ├─► debounce ─► read ─►┼─ bad YAML ─► keep snapshot, log once, LastError
-///   poll size+mtime ─────────┘                      └─ good ─► Build ─► store.Publish (version + 1)
+///   poll size+mtime ─────────┘                      └─ good ─► diff by object ─► InventoryState ─► store.Publish (version + 1)
 /// </code>
+/// A reload reads the whole file (a file has no per-object events) but applies only the objects that differ
+/// from the held ones, so the data path's update costs what changed.
 /// Editors that save by writing a new file and renaming it over the old one, and Kubernetes ConfigMap
 /// volumes that swap a "..data" symlink, are both seen: the watcher covers the whole directory.
 /// </summary>
@@ -51,6 +55,7 @@ internal sealed class FileInventorySource : IDisposable
     private string? _lastAttempt;
     private HashSet<string> _lastWarnings = [];
     private InventoryLoadError? _lastError;
+    private InventoryState? _state;
     private bool _disposed;
 
     private FileInventorySource(string path, InventoryStore store, FileInventorySourceOptions options)
@@ -183,7 +188,7 @@ internal sealed class FileInventorySource : IDisposable
         InventorySnapshot built;
         try
         {
-            built = InventoryBuilder.Build(InventoryYaml.Read(content, Path, _options.ExtraKinds), _options.MeshRootNamespace);
+            built = Apply(InventoryYaml.Read(content, Path, _options.ExtraKinds));
         }
         catch (InventoryLoadException ex)
         {
@@ -196,7 +201,7 @@ internal sealed class FileInventorySource : IDisposable
         }
 
         // Rebuilding repeats the same warnings; only new ones are worth a line in the log.
-        var warnings = built.Warnings.ToHashSet(StringComparer.Ordinal);
+        HashSet<string> warnings = built.WarningCount == 0 ? [] : built.Warnings.ToHashSet(StringComparer.Ordinal);
         foreach (var warning in built.Warnings)
         {
             if (!_lastWarnings.Contains(warning))
@@ -209,10 +214,57 @@ internal sealed class FileInventorySource : IDisposable
         var published = _store.Publish(built);
         var recovered = Interlocked.Exchange(ref _lastError, null) is not null;
         Log.Info("inventory", $"{(recovered ? "reloaded valid" : firstLoad ? "loaded" : "reloaded")} {Path}: version {published.Version}, "
-            + $"{published.Workloads.Length} workloads, {published.Services.Length} services, "
+            + $"{published.WorkloadCount} workloads, {published.ServiceCount} services, "
             + $"{published.Policies.AuthorizationPolicies.Length} authorization policies"
-            + (built.Warnings.IsEmpty ? "" : $", {built.Warnings.Length} objects skipped or partly ignored"));
+            + (built.WarningCount == 0 ? "" : $", {built.WarningCount} objects skipped or partly ignored"));
         return null;
+    }
+
+    /// <summary>
+    /// The file's objects against the held ones, by kind, namespace/name (and occurrence, for a name given twice)
+    /// and content: only the objects that differ are applied, so one changed pod costs the read of the file and
+    /// one pod's update of the data path. Nothing is applied until the whole file has been read: a file that
+    /// turns out malformed halfway leaves the held state and the last snapshot as they were.
+    /// </summary>
+    private InventorySnapshot Apply(IEnumerable<IKubernetesObject> objects)
+    {
+        var state = _state ?? new InventoryState(_options.MeshRootNamespace);
+        var fresh = _state is null;
+        var ids = new HashSet<(Type, string)>();
+        var changed = new List<(string Id, IKubernetesObject Object)>();
+        foreach (var obj in objects)
+        {
+            if (obj is null)
+            {
+                continue;
+            }
+
+            var name = obj is IMetadata<V1ObjectMeta> { Metadata: { } metadata } ? $"{metadata.NamespaceProperty}/{metadata.Name}" : "";
+            var id = name;
+            for (var occurrence = 1; !ids.Add((obj.GetType(), id)); occurrence++)
+            {
+                id = $"{name}#{occurrence.ToString(System.Globalization.CultureInfo.InvariantCulture)}";
+            }
+
+            if (fresh)
+            {
+                state.Upsert(id, obj); // a fresh state is thrown away if the file fails: no need to hold the objects
+            }
+            else if (!state.Holds(id, obj))
+            {
+                changed.Add((id, obj));
+            }
+        }
+
+        state.RemoveAllExcept(ids);
+
+        foreach (var (id, obj) in changed)
+        {
+            state.Upsert(id, obj);
+        }
+
+        _state = state;
+        return state.Snapshot();
     }
 
     private InventoryLoadException Fail(InventoryLoadException failure, bool firstLoad)

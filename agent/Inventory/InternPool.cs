@@ -9,7 +9,8 @@ namespace Weft.Inventory;
 /// Makes equal values of one build share one instance: namespaces, service accounts, node names, label keys and
 /// values, whole label sets (the pods of one ReplicaSet carry the same labels), addresses and the node
 /// address lists of every pod on a node. At 100,000 pods that is most of a snapshot's memory: each
-/// deserialized object brings its own copy of every string. The pool lives only while the build runs.
+/// deserialized object brings its own copy of every string. An incremental inventory keeps its pool and replaces it when it outgrows the live objects
+/// (churn leaves names behind), so its size stays bounded.
 /// </summary>
 internal sealed class InternPool
 {
@@ -20,6 +21,9 @@ internal sealed class InternPool
     private readonly Dictionary<string, IReadOnlyDictionary<string, string>> _labelSets = new(StringComparer.Ordinal);
     private readonly Dictionary<(IPAddress, IPAddress?), ImmutableArray<IPAddress>> _addressLists = [];
     private readonly StringBuilder _labelKey = new();
+
+    /// <summary>Entries held; a long-lived owner starts a new pool when this grows far past what is live.</summary>
+    public int Count => _strings.Count + _addresses.Count + _labelSets.Count + _addressLists.Count;
 
     public string String(string value)
     {

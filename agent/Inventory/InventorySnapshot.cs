@@ -1,4 +1,3 @@
-using System.Collections.Frozen;
 using System.Collections.Immutable;
 using System.Diagnostics.CodeAnalysis;
 using System.Net;
@@ -9,7 +8,8 @@ namespace Weft.Inventory;
 /// <summary>
 /// Everything the data path needs to know about the cluster at one moment. Immutable: readers take
 /// <see cref="InventoryStore.Current"/> once per connection and use it without locks while a newer
-/// snapshot may already be published. Lookups allocate nothing.
+/// snapshot may already be published. Lookups allocate nothing. Made by <see cref="InventoryState"/>, which shares
+/// every table entry an update did not touch with the previous snapshot.
 /// </summary>
 internal sealed class InventorySnapshot
 {
@@ -38,6 +38,15 @@ internal sealed class InventorySnapshot
 
     /// <summary>Objects the builder skipped or partly ignored, each naming the object and the reason.</summary>
     public ImmutableArray<string> Warnings => _indexes.Warnings;
+
+    /// <summary>How many workloads (without making the <see cref="Workloads"/> array, which costs O(pods) once per snapshot).</summary>
+    public int WorkloadCount => _indexes.WorkloadCount;
+
+    /// <summary>How many services, without making the <see cref="Services"/> array.</summary>
+    public int ServiceCount => _indexes.ServiceCount;
+
+    /// <summary>How many warnings, without making the <see cref="Warnings"/> array.</summary>
+    public int WarningCount => _indexes.WarningCount;
 
     /// <summary>Compiled AuthorizationPolicies and PeerAuthentications; decide with <see cref="Authorizer"/>.</summary>
     public PolicySet Policies => _indexes.Policies;
@@ -100,23 +109,78 @@ internal sealed class InventorySnapshot
         PolicySet? policies = null) =>
         new(Indexes.Create(namespaces, workloads, services, warnings, policies ?? PolicySet.Empty), version: 0, loadedAt: DateTimeOffset.MinValue);
 
+    /// <summary>A snapshot over <see cref="InventoryState"/>'s persistent maps; the arrays are made from them on first use.</summary>
+    internal static InventorySnapshot FromState(
+        ImmutableSortedDictionary<string, MeshNamespace> namespaces,
+        ImmutableSortedDictionary<(string, string), Workload> workloads,
+        ImmutableDictionary<IPAddress, Workload> workloadsByIp,
+        ImmutableHashSet<IPAddress> nodeAddresses,
+        ImmutableDictionary<string, ImmutableArray<Workload>> enrolledByNode,
+        ImmutableSortedDictionary<(string, string), Service> services,
+        ImmutableDictionary<IPEndPoint, ServiceTarget> targets,
+        ImmutableSortedDictionary<long, ImmutableArray<string>> objectWarnings,
+        ImmutableArray<string> policyWarnings,
+        PolicySet policies) =>
+        new(new Indexes(
+            new Lazy<ImmutableArray<MeshNamespace>>(() => [.. namespaces.Values]),
+            new Lazy<ImmutableArray<Workload>>(() => [.. workloads.Values]),
+            new Lazy<ImmutableArray<Service>>(() => [.. services.Values]),
+            new Lazy<ImmutableArray<string>>(() => [.. objectWarnings.Values.SelectMany(w => w), .. policyWarnings]))
+        {
+            WorkloadCount = workloads.Count,
+            ServiceCount = services.Count,
+            WarningCount = objectWarnings.Values.Sum(w => w.Length) + policyWarnings.Length,
+            Policies = policies,
+            NamespacesByName = namespaces,
+            WorkloadsByIp = workloadsByIp,
+            NodeAddresses = nodeAddresses,
+            EnrolledByNode = enrolledByNode,
+            ServicesByName = services,
+            TargetsByVip = targets,
+        }, version: 0, loadedAt: DateTimeOffset.MinValue);
+
     internal InventorySnapshot WithVersion(long version, DateTimeOffset loadedAt) => new(_indexes, version, loadedAt);
 
-    /// <summary>The contents and the lookup tables built from them once, shared by every version that carries them.</summary>
-    private sealed class Indexes
+    /// <summary>
+    /// The contents and their lookup tables, shared by every version that carries them. The tables are persistent
+    /// maps: the next snapshot of an incremental inventory shares every entry that did not change. The arrays
+    /// (for listings, not the data path) are made once, when first read.
+    /// </summary>
+    private sealed class Indexes(
+        Lazy<ImmutableArray<MeshNamespace>> namespaces,
+        Lazy<ImmutableArray<Workload>> workloads,
+        Lazy<ImmutableArray<Service>> services,
+        Lazy<ImmutableArray<string>> warnings)
     {
-        public required ImmutableArray<MeshNamespace> Namespaces { get; init; }
-        public required ImmutableArray<Workload> Workloads { get; init; }
-        public required ImmutableArray<Service> Services { get; init; }
-        public required ImmutableArray<string> Warnings { get; init; }
-        public required PolicySet Policies { get; init; }
-        public required FrozenDictionary<string, MeshNamespace> NamespacesByName { get; init; }
-        public required FrozenDictionary<IPAddress, Workload> WorkloadsByIp { get; init; }
-        public required FrozenSet<IPAddress> NodeAddresses { get; init; }
-        public required FrozenDictionary<string, ImmutableArray<Workload>> EnrolledByNode { get; init; }
-        public required FrozenDictionary<(string Namespace, string Name), Service> ServicesByName { get; init; }
-        public required FrozenDictionary<IPEndPoint, ServiceTarget> TargetsByVip { get; init; }
+        public ImmutableArray<MeshNamespace> Namespaces => namespaces.Value;
 
+        public ImmutableArray<Workload> Workloads => workloads.Value;
+
+        public ImmutableArray<Service> Services => services.Value;
+
+        public ImmutableArray<string> Warnings => warnings.Value;
+
+        public required int WorkloadCount { get; init; }
+
+        public required int ServiceCount { get; init; }
+
+        public required int WarningCount { get; init; }
+
+        public required PolicySet Policies { get; init; }
+
+        public required ImmutableSortedDictionary<string, MeshNamespace> NamespacesByName { get; init; }
+
+        public required ImmutableDictionary<IPAddress, Workload> WorkloadsByIp { get; init; }
+
+        public required ImmutableHashSet<IPAddress> NodeAddresses { get; init; }
+
+        public required ImmutableDictionary<string, ImmutableArray<Workload>> EnrolledByNode { get; init; }
+
+        public required ImmutableSortedDictionary<(string, string), Service> ServicesByName { get; init; }
+
+        public required ImmutableDictionary<IPEndPoint, ServiceTarget> TargetsByVip { get; init; }
+
+        /// <summary>Tables over arrays given whole (tests): first one wins where two claim a name or an address.</summary>
         public static Indexes Create(
             ImmutableArray<MeshNamespace> namespaces,
             ImmutableArray<Workload> workloads,
@@ -124,9 +188,8 @@ internal sealed class InventorySnapshot
             ImmutableArray<string> warnings,
             PolicySet policies)
         {
-            // The builder guarantees unique names and addresses; first one wins here only as a last line of defence.
-            var byIp = new Dictionary<IPAddress, Workload>();
-            var nodeAddresses = new HashSet<IPAddress>();
+            var byIp = ImmutableDictionary.CreateBuilder<IPAddress, Workload>();
+            var nodeAddresses = ImmutableHashSet.CreateBuilder<IPAddress>();
             var byNode = new Dictionary<string, ImmutableArray<Workload>.Builder>(StringComparer.Ordinal);
             foreach (var workload in workloads)
             {
@@ -155,14 +218,14 @@ internal sealed class InventorySnapshot
                 }
             }
 
-            var namespacesByName = new Dictionary<string, MeshNamespace>(StringComparer.Ordinal);
+            var namespacesByName = ImmutableSortedDictionary.CreateBuilder<string, MeshNamespace>(StringComparer.Ordinal);
             foreach (var ns in namespaces)
             {
                 namespacesByName.TryAdd(ns.Name, ns);
             }
 
-            var servicesByName = new Dictionary<(string, string), Service>();
-            var targets = new Dictionary<IPEndPoint, ServiceTarget>();
+            var servicesByName = ImmutableSortedDictionary.CreateBuilder<(string, string), Service>(NameComparer.Instance);
+            var targets = ImmutableDictionary.CreateBuilder<IPEndPoint, ServiceTarget>();
             foreach (var service in services)
             {
                 servicesByName.TryAdd((service.Namespace, service.Name), service);
@@ -176,25 +239,26 @@ internal sealed class InventorySnapshot
                         }
 
                         var vip = new IPEndPoint(clusterIp, port.Port);
-                        var ready = ServiceResolution.ReadyEndpoints(service, port, clusterIp.AddressFamily);
-                        targets.TryAdd(vip, new ServiceTarget(service, port, vip, ready));
+                        if (!targets.ContainsKey(vip))
+                        {
+                            targets[vip] = new ServiceTarget(service, port, vip, ServiceResolution.ReadyEndpoints(service, port, clusterIp.AddressFamily));
+                        }
                     }
                 }
             }
 
-            return new Indexes
+            return new Indexes(new(() => namespaces), new(() => workloads), new(() => services), new(() => warnings))
             {
-                Namespaces = namespaces,
-                Workloads = workloads,
-                Services = services,
-                Warnings = warnings,
+                WorkloadCount = workloads.Length,
+                ServiceCount = services.Length,
+                WarningCount = warnings.Length,
                 Policies = policies,
-                NamespacesByName = namespacesByName.ToFrozenDictionary(StringComparer.Ordinal),
-                WorkloadsByIp = byIp.ToFrozenDictionary(),
-                NodeAddresses = nodeAddresses.ToFrozenSet(),
-                EnrolledByNode = byNode.ToFrozenDictionary(p => p.Key, p => p.Value.ToImmutable(), StringComparer.Ordinal),
-                ServicesByName = servicesByName.ToFrozenDictionary(),
-                TargetsByVip = targets.ToFrozenDictionary(),
+                NamespacesByName = namespacesByName.ToImmutable(),
+                WorkloadsByIp = byIp.ToImmutable(),
+                NodeAddresses = nodeAddresses.ToImmutable(),
+                EnrolledByNode = byNode.ToImmutableDictionary(p => p.Key, p => p.Value.ToImmutable(), StringComparer.Ordinal),
+                ServicesByName = servicesByName.ToImmutable(),
+                TargetsByVip = targets.ToImmutable(),
             };
         }
     }

@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
 using k8s;
 using k8s.Models;
 using Weft.Policy;
@@ -9,10 +11,12 @@ namespace Weft.Inventory;
 /// <see cref="InventoryBuilder"/> as the standalone file and published to an <see cref="InventoryStore"/>.
 /// <code>
 ///   pods, namespaces, services, EndpointSlices,        per kind: cache by uid
-///   AuthorizationPolicies, PeerAuthentications ──watch──► (list, watch, 410 → relist, backoff) ──changed──┐
-///                                                                                                       ▼
-///   store.Publish ◄── InventoryBuilder.Build(union) ◄── weft.dev/netns annotations dropped ◄── debounce (100 ms)
+///   AuthorizationPolicies, PeerAuthentications ──watch──► (list, watch, 410 → relist, backoff) ──each change──┐
+///                                                                                                           ▼
+///   store.Publish ◄── InventoryState: apply only these objects ◄── weft.dev/netns dropped ◄── queue, debounce (10 ms)
 /// </code>
+/// A change costs work for the objects it touches, not for the cluster (<see cref="InventoryState"/>); a relist
+/// after a lost watch applies only the difference.
 /// Pods are watched cluster-wide, not only this node's: the data path needs every pod's IP, identity and
 /// labels to name the peer of a connection and to match policies, and one watch of all pods costs the API
 /// server less than a node-filtered watch plus a second full one. Only the fields the mesh reads are kept.
@@ -33,7 +37,11 @@ internal sealed class KubernetesInventorySource : IDisposable
     private readonly Timer _debounce;
     private readonly object _rebuildGate = new();
     private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly ConcurrentQueue<InventoryChange> _changes = new();
+    private readonly InventoryState _state;
     private HashSet<string> _lastWarnings = [];
+    private long _appliedChanges;
+    private long _applyTicks;
     private Task[] _loops = [];
     private int _dirty;
     private long _pendingSince;
@@ -46,6 +54,7 @@ internal sealed class KubernetesInventorySource : IDisposable
         _ownsClient = ownsClient;
         _store = store;
         _options = options;
+        _state = new InventoryState(options.MeshRootNamespace);
         _debounce = new Timer(_ => RebuildInBackground(), null, Timeout.Infinite, Timeout.Infinite);
         // Bookmarks keep our resourceVersion fresh on quiet kinds, so a reconnect resumes instead of relisting.
         _watches =
@@ -72,6 +81,12 @@ internal sealed class KubernetesInventorySource : IDisposable
 
     /// <summary>When the last snapshot built from the watched objects was published; null before the first.</summary>
     public DateTimeOffset? LastSync => Interlocked.Read(ref _lastSyncTicks) is var ticks and > 0 ? new DateTimeOffset(ticks, TimeSpan.Zero) : null;
+
+    /// <summary>Watch events (and relist differences) applied to the inventory so far.</summary>
+    public long AppliedChanges => Interlocked.Read(ref _appliedChanges);
+
+    /// <summary>Time spent applying them and publishing the snapshots, on the publishing thread.</summary>
+    public TimeSpan ApplyTime => Stopwatch.GetElapsedTime(0, Interlocked.Read(ref _applyTicks));
 
     /// <summary>Completes when <see cref="Ready"/> becomes true.</summary>
     public Task WaitForReadyAsync(CancellationToken cancellationToken = default) => _ready.Task.WaitAsync(cancellationToken);
@@ -131,7 +146,7 @@ internal sealed class KubernetesInventorySource : IDisposable
     private KubernetesResourceWatch<T, TList> Watch<T, TList>(string kind, Func<T, T> trim, KubernetesListCall<TList> list, KubernetesWatchCall<T> watch)
         where T : class, IKubernetesObject<V1ObjectMeta>
         where TList : IMetadata<V1ListMeta>, IItems<T> =>
-        new(kind, list, watch, trim, OnChanged, _options);
+        new(kind, list, watch, trim, OnChanged, _options, _changes.Enqueue);
 
     /// <summary>Weft's policy kinds through the custom objects API; watch events arrive untyped and are read into the model class.</summary>
     private KubernetesResourceWatch<T, KubernetesList<T>> CustomWatch<T>(string plural)
@@ -225,18 +240,33 @@ internal sealed class KubernetesInventorySource : IDisposable
             return;
         }
 
-        var objects = new List<IKubernetesObject>();
-        foreach (var watch in _watches)
+        var started = Stopwatch.GetTimestamp();
+        var applied = 0;
+        while (_changes.TryDequeue(out var change))
         {
-            foreach (var item in watch.Items())
+            applied++;
+            if (change.Object is null)
             {
-                objects.Add(item is V1Pod pod ? WithoutNetnsAnnotation(pod) : item);
+                _state.Remove(change.Kind, change.Id);
+            }
+            else
+            {
+                _state.Upsert(change.Id, change.Object is V1Pod pod ? WithoutNetnsAnnotation(pod) : change.Object);
             }
         }
 
-        var built = InventoryBuilder.Build(objects, _options.MeshRootNamespace);
-        var warnings = built.Warnings.ToHashSet(StringComparer.Ordinal);
-        foreach (var warning in built.Warnings)
+        Interlocked.Add(ref _appliedChanges, applied);
+        if (!_state.HasChanges && _ready.Task.IsCompleted)
+        {
+            Interlocked.Add(ref _applyTicks, Stopwatch.GetTimestamp() - started);
+            return; // changes that change nothing the data path reads (a relabel of a field we drop)
+        }
+
+        var built = _state.Snapshot();
+
+        // Only new warnings are worth a line; without any (the usual case) the comparison costs nothing.
+        HashSet<string> warnings = built.WarningCount == 0 ? [] : built.Warnings.ToHashSet(StringComparer.Ordinal);
+        foreach (var warning in warnings)
         {
             if (!_lastWarnings.Contains(warning))
             {
@@ -246,10 +276,11 @@ internal sealed class KubernetesInventorySource : IDisposable
 
         _lastWarnings = warnings;
         var published = _store.Publish(built);
+        Interlocked.Add(ref _applyTicks, Stopwatch.GetTimestamp() - started);
         Interlocked.Exchange(ref _lastSyncTicks, published.LoadedAt.UtcTicks);
         var first = _ready.TrySetResult();
         var message = $"{(first ? "synced with" : "updated from")} the Kubernetes API: version {published.Version}, "
-            + $"{published.Workloads.Length} pods, {published.Services.Length} services, "
+            + $"{published.WorkloadCount} pods, {published.ServiceCount} services, "
             + $"{published.Policies.AuthorizationPolicies.Length} authorization policies, "
             + $"{published.GetLocalEnrolledWorkloads(_options.NodeName).Length} enrolled on {_options.NodeName}";
         if (first)

@@ -12,6 +12,9 @@ internal delegate Task<TList> KubernetesListCall<TList>(string? continueToken, i
 internal delegate IAsyncEnumerable<(WatchEventType Type, T Item)> KubernetesWatchCall<T>(
     string resourceVersion, int timeoutSeconds, Action<Exception> onError, CancellationToken cancellationToken);
 
+/// <summary>One object added or changed (<paramref name="Object"/> set) or deleted (null), by kind (its model type) and uid.</summary>
+internal readonly record struct InventoryChange(Type Kind, string Id, IKubernetesObject? Object);
+
 /// <summary>What every kind's watch offers its owner: the cached objects and whether the first full list arrived.</summary>
 internal interface IKubernetesResourceWatch
 {
@@ -43,13 +46,17 @@ internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWat
     private readonly KubernetesWatchCall<T> _watch;
     private readonly Func<T, T> _trim;
     private readonly Action _changed;
+    private readonly Action<InventoryChange>? _record;
     private readonly KubernetesInventoryOptions _options;
     private readonly Dictionary<string, T> _cache = new(StringComparer.Ordinal);
     private volatile bool _listed;
 
+    /// <param name="changed">Called after every change (and after each list), to schedule a publish.</param>
+    /// <param name="record">Called first with each change itself, in the order they happened, so the owner can apply only what changed.</param>
     public KubernetesResourceWatch(string kind, KubernetesListCall<TList> list, KubernetesWatchCall<T> watch, Func<T, T> trim, Action changed,
-        KubernetesInventoryOptions options)
+        KubernetesInventoryOptions options, Action<InventoryChange>? record = null)
     {
+        _record = record;
         Kind = kind;
         _list = list;
         _watch = watch;
@@ -170,9 +177,27 @@ internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWat
             throw new InvalidOperationException($"the {Kind} list carried no metadata.resourceVersion to watch from");
         }
 
-        // Swapped whole: objects deleted while no watch was running disappear here.
+        // Swapped whole: objects deleted while no watch was running disappear here. The owner hears only the
+        // difference (by uid and resourceVersion), so a relist after a lost watch costs what changed meanwhile.
         lock (_cache)
         {
+            foreach (var (key, _) in _cache)
+            {
+                if (!items.ContainsKey(key))
+                {
+                    _record?.Invoke(new InventoryChange(typeof(T), key, null));
+                }
+            }
+
+            foreach (var (key, item) in items)
+            {
+                if (!_cache.TryGetValue(key, out var old) || string.IsNullOrEmpty(item.Metadata.ResourceVersion)
+                    || old.Metadata.ResourceVersion != item.Metadata.ResourceVersion)
+                {
+                    _record?.Invoke(new InventoryChange(typeof(T), key, item));
+                }
+            }
+
             _cache.Clear();
             foreach (var (key, item) in items)
             {
@@ -219,7 +244,10 @@ internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWat
                     case WatchEventType.Modified:
                         lock (_cache)
                         {
-                            _cache[Key(item)] = _trim(item);
+                            var key = Key(item);
+                            var trimmed = _trim(item);
+                            _cache[key] = trimmed;
+                            _record?.Invoke(new InventoryChange(typeof(T), key, trimmed));
                         }
 
                         _changed();
@@ -228,7 +256,12 @@ internal sealed class KubernetesResourceWatch<T, TList> : IKubernetesResourceWat
                         bool removed;
                         lock (_cache)
                         {
-                            removed = _cache.Remove(Key(item));
+                            var key = Key(item);
+                            removed = _cache.Remove(key);
+                            if (removed)
+                            {
+                                _record?.Invoke(new InventoryChange(typeof(T), key, null));
+                            }
                         }
 
                         if (removed)

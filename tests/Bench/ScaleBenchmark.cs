@@ -22,9 +22,10 @@ internal static class ScaleBenchmark
 {
     public const string Usage = """
         weft-bench --suite scale [--sizes 10000,50000,100000] [--churn-seconds 60] [--churn-rate 100]
-          Inventory at scale (issue 16): per size, the Kubernetes source against the fake API server and the
+          Inventory at scale (issue 16): per size, the cost of one change (incremental against a rebuild
+          from scratch, same process), the Kubernetes source against the fake API server and the
           standalone file source; time to ready, inventory heap, RSS, API bytes at start and per minute of
-          churn, event-to-snapshot latency p50/p99. One size per run gives a clean RSS.
+          churn, event-to-snapshot latency p50/p99, apply time per change. One size per run gives a clean RSS.
         """;
 
     private const string Node = "bench-node";
@@ -44,15 +45,27 @@ internal static class ScaleBenchmark
         }
 
         var rows = new List<string>();
+        var costs = new List<string>();
         foreach (var pods in sizes)
         {
+            costs.Add(ChangeCost(pods, changes: 400, rebuilds: 5));
             rows.Add(await KubernetesAsync(pods, churnSeconds, churnRate));
             rows.Add(File(pods));
         }
 
         Console.WriteLine();
-        Console.WriteLine("| source | pods / services | ready | inventory heap | per pod | RSS | API bytes at start | API bytes per min of churn | event to snapshot p50 / p99 |");
-        Console.WriteLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        Console.WriteLine($"Cost of one change, same process, one after the other (load average {LoadAverage()}):");
+        Console.WriteLine("| pods | incremental: change to published snapshot p50 / p99 | CPU per change | rebuild from scratch (before) p50 / max | CPU per rebuild | ratio (rebuild / incremental CPU) |");
+        Console.WriteLine("| --- | --- | --- | --- | --- | --- |");
+        foreach (var row in costs)
+        {
+            Console.WriteLine(row);
+        }
+
+        Console.WriteLine();
+        Console.WriteLine($"Sources (load average {LoadAverage()}):");
+        Console.WriteLine("| source | pods / services | ready | inventory heap | per pod | RSS | API bytes at start | API bytes per min of churn | event to snapshot p50 / p99 | apply time per change |");
+        Console.WriteLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         foreach (var row in rows)
         {
             Console.WriteLine(row);
@@ -95,6 +108,8 @@ internal static class ScaleBenchmark
 
         await server.WaitForWatchesAsync(TimeSpan.FromMinutes(1));
         var churnBytesBefore = server.BytesSent;
+        var appliedBefore = source.AppliedChanges;
+        var applyTimeBefore = source.ApplyTime;
         var changes = new List<(long Version, long Ticks)>();
         var interval = TimeSpan.FromSeconds(1.0 / churnRate);
         var churn = Stopwatch.StartNew();
@@ -116,6 +131,8 @@ internal static class ScaleBenchmark
         }
 
         await Task.Delay(TimeSpan.FromSeconds(1)); // the last changes' debounce
+        var applied = source.AppliedChanges - appliedBefore;
+        var applyPerChange = applied == 0 ? double.NaN : (source.ApplyTime - applyTimeBefore).TotalMilliseconds / applied;
         var churnBytesPerMinute = (server.BytesSent - churnBytesBefore) * 60.0 / churn.Elapsed.TotalSeconds;
         var latencies = new List<double>();
         lock (publishes)
@@ -132,7 +149,7 @@ internal static class ScaleBenchmark
 
         latencies.Sort();
         return $"| kubernetes | {pods:N0} / {cluster.Services:N0} | {ready.TotalSeconds:0.00} s | {Mib(heap)} | {heap / pods:N0} B | {Mib(rss)} | {Mib(startBytes)} "
-            + $"| {Mib((long)churnBytesPerMinute)} | {Percentile(latencies, 0.5):0} / {Percentile(latencies, 0.99):0} ms ({latencies.Count} changes) |";
+            + $"| {Mib((long)churnBytesPerMinute)} | {Percentile(latencies, 0.5):0} / {Percentile(latencies, 0.99):0} ms ({latencies.Count} changes) | {applyPerChange:0.000} ms ({applied} events) |";
     }
 
     private static string File(int pods)
@@ -161,11 +178,90 @@ internal static class ScaleBenchmark
             var reload = Stopwatch.StartNew();
             source.Reload();
             var reloaded = reload.Elapsed;
-            return $"| file | {pods:N0} / {cluster.Services:N0} | {ready.TotalSeconds:0.00} s | {Mib(heap)} | {heap / pods:N0} B | {Mib(rss)} | - | - | whole-file reload {reloaded.TotalMilliseconds:0} ms |";
+            return $"| file | {pods:N0} / {cluster.Services:N0} | {ready.TotalSeconds:0.00} s | {Mib(heap)} | {heap / pods:N0} B | {Mib(rss)} | - | - | reload (read whole file, apply the difference) {reloaded.TotalMilliseconds:0} ms | - |";
         }
         finally
         {
             Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// What one change costs the agent, in this process and back to back so the machine's load weighs on both
+    /// alike: the incremental inventory (apply one pod or EndpointSlice change, make and publish the snapshot)
+    /// against a build of the whole snapshot from scratch, which is what every change cost before.
+    /// </summary>
+    private static string ChangeCost(int pods, int changes, int rebuilds)
+    {
+        var cluster = new SyntheticCluster(pods);
+        var objects = cluster.Objects().ToList();
+        var state = new InventoryState(Weft.Policy.PolicyKinds.DefaultMeshRootNamespace);
+        foreach (var obj in objects)
+        {
+            state.Upsert(Id(obj), obj);
+        }
+
+        var store = new InventoryStore();
+        store.Publish(state.Snapshot());
+        Say($"change cost {pods}: {changes} incremental changes, then {rebuilds} builds from scratch");
+
+        var latencies = new List<double>();
+        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+        for (var i = 0; i < changes; i++)
+        {
+            // Alternately a pod relabelled and one endpoint of a Service turning not ready (or back).
+            var index = (int)((long)i * 7919 % pods);
+            IKubernetesObject changed;
+            if (i % 2 == 0)
+            {
+                var pod = cluster.Pod(index);
+                pod.Metadata.Labels["churn"] = (i % 4).ToString(CultureInfo.InvariantCulture);
+                changed = pod;
+            }
+            else
+            {
+                var service = index / SyntheticCluster.PodsPerService;
+                var first = service * SyntheticCluster.PodsPerService;
+                var members = Enumerable.Range(first, Math.Min(pods, first + SyntheticCluster.PodsPerService) - first);
+                changed = cluster.EndpointSlice(service, members, i % 4 == 1 ? new HashSet<int> { index } : null);
+            }
+
+            var started = Stopwatch.GetTimestamp();
+            state.Upsert(Id(changed), changed);
+            store.Publish(state.Snapshot());
+            latencies.Add(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+        }
+
+        var incrementalCpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMilliseconds / changes;
+        latencies.Sort();
+
+        var rebuildTimes = new List<double>();
+        cpu = Process.GetCurrentProcess().TotalProcessorTime;
+        for (var i = 0; i < rebuilds; i++)
+        {
+            var started = Stopwatch.GetTimestamp();
+            store.Publish(InventoryBuilder.Build(objects));
+            rebuildTimes.Add(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+        }
+
+        var rebuildCpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMilliseconds / rebuilds;
+        rebuildTimes.Sort();
+        return $"| {pods:N0} | {Percentile(latencies, 0.5):0.000} / {Percentile(latencies, 0.99):0.000} ms | {incrementalCpu:0.000} ms "
+            + $"| {Percentile(rebuildTimes, 0.5):0} / {rebuildTimes[^1]:0} ms | {rebuildCpu:0} ms | {rebuildCpu / incrementalCpu:N0}x |";
+
+        static string Id(IKubernetesObject obj) =>
+            obj is IMetadata<V1ObjectMeta> { Metadata: { } metadata } ? $"{metadata.NamespaceProperty}/{metadata.Name}" : "";
+    }
+
+    private static string LoadAverage()
+    {
+        try
+        {
+            return string.Join(' ', System.IO.File.ReadAllText("/proc/loadavg").Split(' ').Take(3));
+        }
+        catch (IOException)
+        {
+            return "unknown";
         }
     }
 
