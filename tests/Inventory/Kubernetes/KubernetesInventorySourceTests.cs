@@ -15,7 +15,9 @@ namespace Weft.Tests.Inventory.Kubernetes;
 public sealed class KubernetesInventorySourceTests : IAsyncLifetime
 {
     private const string Node = "node1";
-    private static readonly TimeSpan Second = TimeSpan.FromSeconds(1);
+    // How long a change may take to show before the test calls it lost: generous, since a loaded 2-core CI
+    // machine can stall any process for seconds. How fast changes arrive is weft-bench --suite scale's figure.
+    private static readonly TimeSpan Follow = TimeSpan.FromSeconds(15);
     private static readonly IPEndPoint Vip = IPEndPoint.Parse("10.96.0.10:80");
 
     private readonly InventoryStore _store = new();
@@ -88,7 +90,7 @@ public sealed class KubernetesInventorySourceTests : IAsyncLifetime
     /// <summary>Waits until the published inventory satisfies <paramref name="condition"/>, failing after <paramref name="within"/>.</summary>
     private async Task<InventorySnapshot> EventuallyAsync(Func<InventorySnapshot, bool> condition, TimeSpan? within = null, string? what = null)
     {
-        var deadline = DateTime.UtcNow + (within ?? Second);
+        var deadline = DateTime.UtcNow + (within ?? Follow);
         while (true)
         {
             var current = _store.Current;
@@ -100,7 +102,7 @@ public sealed class KubernetesInventorySourceTests : IAsyncLifetime
             if (DateTime.UtcNow > deadline)
             {
                 var requests = string.Join("\n", _server.Requests.TakeLast(20));
-                Assert.Fail($"inventory did not follow{(what is null ? "" : $" ({what})")} within {(within ?? Second).TotalSeconds}s; "
+                Assert.Fail($"inventory did not follow{(what is null ? "" : $" ({what})")} within {(within ?? Follow).TotalSeconds}s; "
                     + $"version {current.Version}, pods [{string.Join(", ", current.Workloads)}]; last requests:\n{requests}");
             }
 
@@ -146,7 +148,7 @@ public sealed class KubernetesInventorySourceTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task Pods_AppearAndDisappear_InventoryFollowsWithinASecond()
+    public async Task Pods_AppearAndDisappear_InventoryFollows()
     {
         await SyncedAsync();
 
