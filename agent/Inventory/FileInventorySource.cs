@@ -24,6 +24,12 @@ internal sealed record FileInventorySourceOptions
 
     /// <summary>Where AuthorizationPolicies and PeerAuthentications apply mesh-wide (Istio's root namespace).</summary>
     public string MeshRootNamespace { get; init; } = Weft.Policy.PolicyKinds.DefaultMeshRootNamespace;
+
+    /// <summary>
+    /// Given every object of a file that built, with its snapshot, before the snapshot is published (the gateway
+    /// compiles its routes here). An <see cref="InventoryLoadException"/> from it refuses the file like bad YAML.
+    /// </summary>
+    public Action<IReadOnlyList<k8s.IKubernetesObject>, InventorySnapshot>? Loaded { get; init; }
 }
 
 /// <summary>
@@ -183,7 +189,18 @@ internal sealed class FileInventorySource : IDisposable
         InventorySnapshot built;
         try
         {
-            built = InventoryBuilder.Build(InventoryYaml.Read(content, Path, _options.ExtraKinds), _options.MeshRootNamespace);
+            var objects = InventoryYaml.Read(content, Path, _options.ExtraKinds);
+            if (_options.Loaded is { } loaded)
+            {
+                // Only a caller that asks for the objects makes the source hold them all at once.
+                var all = objects.ToList();
+                built = InventoryBuilder.Build(all, _options.MeshRootNamespace);
+                loaded(all, built);
+            }
+            else
+            {
+                built = InventoryBuilder.Build(objects, _options.MeshRootNamespace);
+            }
         }
         catch (InventoryLoadException ex)
         {
