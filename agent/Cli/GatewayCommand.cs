@@ -11,13 +11,14 @@ internal static class GatewayCommand
     private static readonly Option<string> Inventory = new("--inventory") { HelpName = "FILE", Description = "YAML of Services, EndpointSlices, Ingresses, Gateways, HTTPRoutes, ReferenceGrants and TLS Secrets; re-read when it changes.", Required = true };
     private static readonly Option<string> Http = new("--http") { HelpName = "ADDR|off", Description = "Plain HTTP/1.1 listener.", DefaultValueFactory = _ => "0.0.0.0:8080" };
     private static readonly Option<string> Https = new("--https") { HelpName = "ADDR|off", Description = "TLS listener: certificate by SNI, HTTP/2 or HTTP/1.1 by ALPN.", DefaultValueFactory = _ => "0.0.0.0:8443" };
+    private static readonly Option<int> MaxConnections = new("--max-connections") { HelpName = "N", Description = "Client connections held at once; further ones are closed on accept.", DefaultValueFactory = _ => 10_000 };
     private static readonly Option<string> Admin = new("--admin") { HelpName = "ADDR|off", Description = "/metrics, /routes and /healthz.", DefaultValueFactory = _ => "127.0.0.1:15080" };
 
     public static Command Create()
     {
         var command = new Command("gateway", "Runs the ingress gateway: routes outside requests to Services by host and path, from Ingress (class weft) and Gateway API HTTPRoutes; no root, no eBPF (docs/gateway.md).")
         {
-            Inventory, Http, Https, Admin,
+            Inventory, Http, Https, Admin, MaxConnections,
         };
         command.SetAction(async (cl, _) =>
         {
@@ -26,7 +27,13 @@ internal static class GatewayCommand
                 Http = Endpoint(Http.Name, cl.GetRequiredValue(Http)),
                 Https = Endpoint(Https.Name, cl.GetRequiredValue(Https)),
                 Admin = Endpoint(Admin.Name, cl.GetRequiredValue(Admin)),
+                MaxConnections = cl.GetValue(MaxConnections),
             };
+            if (options.MaxConnections < 1)
+            {
+                throw new UsageException("--max-connections must be at least 1");
+            }
+
             if (options.Http is null && options.Https is null)
             {
                 throw new UsageException("--http and --https cannot both be off");

@@ -22,6 +22,8 @@ internal sealed class GatewayMetrics
     private readonly Counter _tlsRefused;
     private readonly Gauge _configStale;
     private readonly Gauge _routes;
+    private readonly Gauge _connections;
+    private readonly Counter _connectionsRefused;
 
     public GatewayMetrics(string workloadNamespace = "")
     {
@@ -37,6 +39,8 @@ internal sealed class GatewayMetrics
         _ejections = factory.CreateCounter("weft_gateway_endpoint_ejections_total", "Endpoints taken out of rotation for a while after a connection to them failed.");
         _tlsRefused = factory.CreateCounter("weft_gateway_tls_handshakes_refused_total", "TLS handshakes refused because no certificate serves the name the client asked for.");
         _configStale = factory.CreateGauge("weft_gateway_config_stale", "1 while the inventory file as it is now cannot be loaded (the last good routes are served).");
+        _connections = factory.CreateGauge("weft_gateway_client_connections", "Client connections the gateway holds now.");
+        _connectionsRefused = factory.CreateCounter("weft_gateway_client_connections_refused_total", "Client connections closed on accept because the gateway held its maximum (--max-connections).");
         _routes = factory.CreateGauge("weft_gateway_routes", "Routes the gateway serves now, by listener.", "listener");
     }
 
@@ -57,6 +61,16 @@ internal sealed class GatewayMetrics
     }
 
     public void Ejected() => _ejections.Inc();
+
+    public void ConnectionOpened() => _connections.Inc();
+
+    public void ConnectionClosed() => _connections.Dec();
+
+    public void ConnectionRefused() => _connectionsRefused.Inc();
+
+    public double ConnectionsRefusedCount => _connectionsRefused.Value;
+
+    public double ConnectionsOpen => _connections.Value;
 
     public void TlsRefused() => _tlsRefused.Inc();
 

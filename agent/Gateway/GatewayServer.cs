@@ -28,8 +28,8 @@ internal sealed record GatewayOptions
     /// <summary>Plain /metrics, /routes, /healthz, or null for none.</summary>
     public IPEndPoint? Admin { get; init; }
 
-    /// <summary>Client connections held at once; Kestrel closes further ones as they are accepted.</summary>
-    public long MaxConnections { get; init; } = 10_000;
+    /// <summary>Client connections held at once (both listeners); further ones are closed as they are accepted, and counted.</summary>
+    public int MaxConnections { get; init; } = 10_000;
 
     /// <summary>All request headers of one request together; past it the client gets 431.</summary>
     public int MaxRequestHeadersBytes { get; init; } = 32 * 1024;
@@ -108,11 +108,11 @@ internal sealed partial class GatewayServer : IAsyncDisposable
     public static async Task<GatewayServer> StartAsync(GatewayOptions options, Func<RouteTable> routes, GatewayMetrics metrics, Func<string?>? configError = null, CancellationToken cancellationToken = default)
     {
         ListenOptions? httpListen = null, httpsListen = null, adminListen = null;
+        var connections = new ConnectionLimiter(options.MaxConnections, metrics);
         var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions());
         builder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;
-            kestrel.Limits.MaxConcurrentConnections = options.MaxConnections;
             kestrel.Limits.MaxConcurrentUpgradedConnections = options.MaxConnections;
             kestrel.Limits.MaxRequestHeadersTotalSize = options.MaxRequestHeadersBytes;
             kestrel.Limits.RequestHeadersTimeout = options.RequestHeadersTimeout;
@@ -125,6 +125,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 {
                     httpListen = listen;
                     listen.Protocols = HttpProtocols.Http1;
+                    listen.Use(connections.Limit);
                 });
             }
 
@@ -134,6 +135,9 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 {
                     httpsListen = listen;
                     listen.Protocols = HttpProtocols.Http1AndHttp2;
+
+                    // Before TLS: a connection that never finishes its handshake counts too.
+                    listen.Use(connections.Limit);
                     listen.UseHttps(new TlsHandshakeCallbackOptions
                     {
                         OnConnection = context =>
@@ -291,6 +295,33 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         }
 
         return text.ToString();
+    }
+
+    /// <summary>Holds client connections to <see cref="GatewayOptions.MaxConnections"/>; one past it is closed at once and counted.</summary>
+    private sealed class ConnectionLimiter(int maximum, GatewayMetrics metrics)
+    {
+        private int _open;
+
+        public Microsoft.AspNetCore.Connections.ConnectionDelegate Limit(Microsoft.AspNetCore.Connections.ConnectionDelegate next) => async connection =>
+        {
+            if (Interlocked.Increment(ref _open) > maximum)
+            {
+                Interlocked.Decrement(ref _open);
+                metrics.ConnectionRefused();
+                return;
+            }
+
+            metrics.ConnectionOpened();
+            try
+            {
+                await next(connection).ConfigureAwait(false);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _open);
+                metrics.ConnectionClosed();
+            }
+        };
     }
 
     private sealed partial class RequestHandler : IDisposable

@@ -275,6 +275,44 @@ public partial class GatewayEdgeTests
         Assert.Equal(0, web.Requests);
     }
 
+    [Fact]
+    public async Task ConnectionsPastTheLimit_AreClosedOnAccept_AndCounted_WhileHeldOnesStillWork()
+    {
+        var gateway = new GatewayLoopback();
+        await using var _ = gateway;
+        var web = await gateway.BackendAsync("web");
+        await gateway.StartAsync(GatewayYaml.Service("default", "web", web.Port) + Ingress("web", "x.example", "/", "web"), new Weft.Gateway.GatewayOptions { MaxConnections = 2 });
+        var port = gateway.Server.HttpEndpoint!.Port;
+        using var first = new TcpClient();
+        using var second = new TcpClient();
+        await first.ConnectAsync(IPAddress.Loopback, port);
+        await second.ConnectAsync(IPAddress.Loopback, port);
+        await WaitForAsync(() => gateway.Metrics.ConnectionsOpen == 2);
+
+        using var third = new TcpClient();
+        await third.ConnectAsync(IPAddress.Loopback, port);
+        using var closed = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        var read = await third.GetStream().ReadAsync(new byte[1], closed.Token);
+
+        Assert.Equal(0, read);
+        Assert.Equal(1, gateway.Metrics.ConnectionsRefusedCount);
+        await first.GetStream().WriteAsync(Encoding.ASCII.GetBytes("GET / HTTP/1.1\r\nHost: x.example\r\n\r\n"));
+        var buffer = new byte[4096];
+        var answer = Encoding.ASCII.GetString(buffer, 0, await first.GetStream().ReadAsync(buffer, closed.Token));
+        Assert.StartsWith("HTTP/1.1 200", answer, StringComparison.Ordinal);
+        Assert.Contains("weft_gateway_client_connections_refused_total 1", await gateway.AdminAsync("/metrics"));
+    }
+
+    private static async Task WaitForAsync(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "condition not reached in 30 s");
+            await Task.Delay(20);
+        }
+    }
+
     private static int FreePort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
