@@ -43,6 +43,7 @@ internal static partial class WeftCli
         }
 
         root.Add(CaCommand.Create());
+        root.Add(GatewayCommand.Create());
         root.Add(CheckCommand.Create());
         root.Add(VersionCommand.Create());
         root.Add(CompletionCommand.Create());

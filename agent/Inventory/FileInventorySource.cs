@@ -26,6 +26,12 @@ internal sealed record FileInventorySourceOptions
 
     /// <summary>Where AuthorizationPolicies and PeerAuthentications apply mesh-wide (Istio's root namespace).</summary>
     public string MeshRootNamespace { get; init; } = Weft.Policy.PolicyKinds.DefaultMeshRootNamespace;
+
+    /// <summary>
+    /// Given every object of a file that built, with its snapshot, before the snapshot is published (the gateway
+    /// compiles its routes here). An <see cref="InventoryLoadException"/> from it refuses the file like bad YAML.
+    /// </summary>
+    public Action<IReadOnlyList<k8s.IKubernetesObject>, InventorySnapshot>? Loaded { get; init; }
 }
 
 /// <summary>
@@ -188,7 +194,19 @@ internal sealed class FileInventorySource : IDisposable
         InventorySnapshot built;
         try
         {
-            built = Apply(InventoryYaml.Read(content, Path, _options.ExtraKinds));
+            var objects = InventoryYaml.Read(content, Path, _options.ExtraKinds);
+            if (_options.Loaded is { } loaded)
+            {
+                // Only a caller that asks for the objects makes the source hold them all at once. A refusal
+                // from it leaves the state holding this file; the next file's diff starts from there.
+                var all = objects.ToList();
+                built = Apply(all);
+                loaded(all, built);
+            }
+            else
+            {
+                built = Apply(objects);
+            }
         }
         catch (InventoryLoadException ex)
         {

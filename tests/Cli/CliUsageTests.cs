@@ -197,7 +197,7 @@ public class CliUsageTests
             var (exit, script, _) = await RunAsync("completion", shell);
 
             Assert.Equal(0, exit);
-            foreach (var command in new[] { "agent", "uninstall", "flows", "workloads", "services", "policies", "certs", "ca", "check", "version", "completion" })
+            foreach (var command in new[] { "agent", "uninstall", "flows", "workloads", "services", "policies", "certs", "ca", "gateway", "check", "version", "completion" })
             {
                 Assert.Contains($"\"weft {command}\"", script);
             }

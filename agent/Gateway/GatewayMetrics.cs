@@ -1,0 +1,95 @@
+using Prometheus;
+
+namespace Weft.Gateway;
+
+/// <summary>
+/// The gateway's Prometheus metrics in a registry of its own, served on <c>weft gateway --admin</c>. Request
+/// metrics carry Istio's names and labels (reporter "source", as Istio's ingress gateway reports); label values
+/// come from the route table (Services) and status codes, never from what a client sends, so series stay bounded.
+/// </summary>
+internal sealed class GatewayMetrics
+{
+    private static readonly string[] RequestLabels =
+    [
+        "reporter", "source_workload", "source_workload_namespace",
+        "destination_service", "destination_service_name", "destination_service_namespace",
+        "request_protocol", "response_code", "response_flags",
+    ];
+
+    private readonly Counter _requests;
+    private readonly Histogram _duration;
+    private readonly Counter _ejections;
+    private readonly Counter _tlsRefused;
+    private readonly Gauge _configStale;
+    private readonly Gauge _routes;
+    private readonly Gauge _connections;
+    private readonly Counter _connectionsRefused;
+
+    public GatewayMetrics(string workloadNamespace = "")
+    {
+        WorkloadNamespace = workloadNamespace;
+        Registry = Metrics.NewCustomRegistry();
+        var factory = Metrics.WithCustomRegistry(Registry);
+        _requests = factory.CreateCounter("istio_requests_total", "Requests the gateway answered, by destination and response code.", RequestLabels);
+        _duration = factory.CreateHistogram("istio_request_duration_milliseconds", "Time from request to response headers at the gateway.", new HistogramConfiguration
+        {
+            LabelNames = RequestLabels,
+            Buckets = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000],
+        });
+        _ejections = factory.CreateCounter("weft_gateway_endpoint_ejections_total", "Endpoints taken out of rotation for a while after a connection to them failed.");
+        _tlsRefused = factory.CreateCounter("weft_gateway_tls_handshakes_refused_total", "TLS handshakes refused because no certificate serves the name the client asked for.");
+        _configStale = factory.CreateGauge("weft_gateway_config_stale", "1 while the inventory file as it is now cannot be loaded (the last good routes are served).");
+        _connections = factory.CreateGauge("weft_gateway_client_connections", "Client connections the gateway holds now.");
+        _connectionsRefused = factory.CreateCounter("weft_gateway_client_connections_refused_total", "Client connections closed on accept because the gateway held its maximum (--max-connections).");
+        _routes = factory.CreateGauge("weft_gateway_routes", "Routes the gateway serves now, by listener.", "listener");
+    }
+
+    public CollectorRegistry Registry { get; }
+
+    public string WorkloadNamespace { get; }
+
+    public void Request(Backend? backend, string protocol, int statusCode, string responseFlags, double milliseconds)
+    {
+        string[] labels =
+        [
+            "source", "weft-gateway", WorkloadNamespace,
+            backend?.ServiceHost ?? "unknown", backend?.ServiceName ?? "unknown", backend?.ServiceNamespace ?? "unknown",
+            protocol, statusCode.ToString(System.Globalization.CultureInfo.InvariantCulture), responseFlags,
+        ];
+        _requests.WithLabels(labels).Inc();
+        _duration.WithLabels(labels).Observe(milliseconds);
+    }
+
+    public void Ejected() => _ejections.Inc();
+
+    public void ConnectionOpened() => _connections.Inc();
+
+    public void ConnectionClosed() => _connections.Dec();
+
+    public void ConnectionRefused() => _connectionsRefused.Inc();
+
+    public double ConnectionsRefusedCount => _connectionsRefused.Value;
+
+    public double ConnectionsOpen => _connections.Value;
+
+    public void TlsRefused() => _tlsRefused.Inc();
+
+    public void ConfigStale(bool stale) => _configStale.Set(stale ? 1 : 0);
+
+    public void RoutesServed(RouteTable table)
+    {
+        _routes.WithLabels("http").Set(table.Http.Hosts.Sum(h => h.Routes.Length));
+        _routes.WithLabels("https").Set(table.Https.Hosts.Sum(h => h.Routes.Length));
+    }
+
+    public double TlsRefusedCount => _tlsRefused.Value;
+
+    public double EjectionCount => _ejections.Value;
+
+    public async Task<string> ExportAsync()
+    {
+        using var stream = new MemoryStream();
+        await Registry.CollectAndExportAsTextAsync(stream).ConfigureAwait(false);
+        return System.Text.Encoding.UTF8.GetString(stream.ToArray());
+    }
+}

@@ -1,0 +1,507 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Security;
+using System.Security.Authentication;
+using System.Text;
+using System.Text.RegularExpressions;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Https;
+using Microsoft.Extensions.DependencyInjection;
+using Yarp.ReverseProxy.Forwarder;
+using Yarp.ReverseProxy.Transforms;
+
+namespace Weft.Gateway;
+
+/// <summary>Addresses and limits of <see cref="GatewayServer"/>.</summary>
+internal sealed record GatewayOptions
+{
+    /// <summary>Plain HTTP/1.1 listener, or null for none.</summary>
+    public IPEndPoint? Http { get; init; }
+
+    /// <summary>TLS listener (HTTP/1.1 and HTTP/2 by ALPN, certificate by SNI), or null for none.</summary>
+    public IPEndPoint? Https { get; init; }
+
+    /// <summary>Plain /metrics, /routes, /healthz, or null for none.</summary>
+    public IPEndPoint? Admin { get; init; }
+
+    /// <summary>Client connections held at once (both listeners); further ones are closed as they are accepted, and counted.</summary>
+    public int MaxConnections { get; init; } = 10_000;
+
+    /// <summary>All request headers of one request together; past it the client gets 431.</summary>
+    public int MaxRequestHeadersBytes { get; init; } = 32 * 1024;
+
+    /// <summary>A client that has not sent its whole request head by then is disconnected (slowloris).</summary>
+    public TimeSpan RequestHeadersTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>How long an endpoint gets no request after a connection to it failed.</summary>
+    public TimeSpan EjectionTime { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>A backend that does not accept the connection by then counts as down.</summary>
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(5);
+}
+
+/// <summary>
+/// Passive health: an endpoint a connection failed to is skipped for <see cref="GatewayOptions.EjectionTime"/>.
+/// Holds at most one entry per endpoint of the route table (the table bounds it), and forgets expired ones.
+/// </summary>
+internal sealed class EndpointHealth(TimeSpan ejectionTime)
+{
+    private readonly ConcurrentDictionary<IPEndPoint, long> _ejectedUntil = new();
+
+    public bool IsEjected(IPEndPoint endpoint)
+    {
+        if (!_ejectedUntil.TryGetValue(endpoint, out var until))
+        {
+            return false;
+        }
+
+        if (Environment.TickCount64 < until)
+        {
+            return true;
+        }
+
+        _ejectedUntil.TryRemove(KeyValuePair.Create(endpoint, until));
+        return false;
+    }
+
+    public void Eject(IPEndPoint endpoint) => _ejectedUntil[endpoint] = Environment.TickCount64 + (long)ejectionTime.TotalMilliseconds;
+}
+
+/// <summary>
+/// The gateway on Kestrel: each request is matched against the current <see cref="RouteTable"/> (by listener,
+/// host and the normalized path) and answered by the route (redirect, 500 for an invalid backend, 503 when no
+/// endpoint is up) or forwarded by YARP's <see cref="IHttpForwarder"/> to one ready endpoint.
+/// <code>
+///   client ─► Kestrel (HTTP/1.1; TLS by SNI with HTTP/2 by ALPN) ─► normalize path ─► RouteTable.Match
+///        ─► filters ─► weighted backend ─► round robin over endpoints not ejected ─► IHttpForwarder ─► endpoint
+/// </code>
+/// </summary>
+internal sealed partial class GatewayServer : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly WebApplication? _admin;
+    private readonly IDisposable _handler;
+
+    private GatewayServer(WebApplication app, WebApplication? admin, IDisposable handler, IPEndPoint? http, IPEndPoint? https, IPEndPoint? adminEndpoint)
+    {
+        _app = app;
+        _admin = admin;
+        _handler = handler;
+        HttpEndpoint = http;
+        HttpsEndpoint = https;
+        AdminEndpoint = adminEndpoint;
+    }
+
+    /// <summary>The bound addresses (port 0 in the options: the port the kernel chose).</summary>
+    public IPEndPoint? HttpEndpoint { get; }
+
+    public IPEndPoint? HttpsEndpoint { get; }
+
+    public IPEndPoint? AdminEndpoint { get; }
+
+    /// <param name="routes">The table to serve, read once per request and per TLS handshake.</param>
+    /// <param name="configError">Why the configuration as it is now is not what is served, or null.</param>
+    public static async Task<GatewayServer> StartAsync(GatewayOptions options, Func<RouteTable> routes, GatewayMetrics metrics, Func<string?>? configError = null, CancellationToken cancellationToken = default)
+    {
+        ListenOptions? httpListen = null, httpsListen = null, adminListen = null;
+        var connections = new ConnectionLimiter(options.MaxConnections, metrics);
+        var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions());
+        builder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            kestrel.Limits.MaxConcurrentUpgradedConnections = options.MaxConnections;
+            kestrel.Limits.MaxRequestHeadersTotalSize = options.MaxRequestHeadersBytes;
+            kestrel.Limits.RequestHeadersTimeout = options.RequestHeadersTimeout;
+
+            // Bodies stream through to the backend; flow control bounds what one request buffers.
+            kestrel.Limits.MaxRequestBodySize = null;
+            if (options.Http is { } http)
+            {
+                kestrel.Listen(http, listen =>
+                {
+                    httpListen = listen;
+                    listen.Protocols = HttpProtocols.Http1;
+                    listen.Use(connections.Limit);
+                });
+            }
+
+            if (options.Https is { } https)
+            {
+                kestrel.Listen(https, listen =>
+                {
+                    httpsListen = listen;
+                    listen.Protocols = HttpProtocols.Http1AndHttp2;
+
+                    // Before TLS: a connection that never finishes its handshake counts too.
+                    listen.Use(connections.Limit);
+                    listen.UseHttps(new TlsHandshakeCallbackOptions
+                    {
+                        OnConnection = context =>
+                        {
+                            // The table at handshake time: a rotated Secret serves the next handshake.
+                            var certificate = routes().Certificates.Select(context.ClientHelloInfo.ServerName);
+                            if (certificate is null)
+                            {
+                                metrics.TlsRefused();
+                                throw new AuthenticationException($"no certificate for server name '{context.ClientHelloInfo.ServerName}'");
+                            }
+
+                            return ValueTask.FromResult(new SslServerAuthenticationOptions
+                            {
+                                ServerCertificateContext = certificate,
+                                ApplicationProtocols = [SslApplicationProtocol.Http2, SslApplicationProtocol.Http11],
+                                EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
+                            });
+                        },
+                    });
+                });
+            }
+        });
+        builder.Services.AddHttpForwarder();
+        var app = builder.Build();
+        var handler = new RequestHandler(app.Services.GetRequiredService<IHttpForwarder>(), routes, metrics, options);
+        app.Run(handler.HandleAsync);
+
+        WebApplication? admin = null;
+        if (options.Admin is { } adminEndpoint)
+        {
+            var adminBuilder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions());
+            adminBuilder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
+            {
+                kestrel.AddServerHeader = false;
+                kestrel.Limits.MaxConcurrentConnections = 64;
+                kestrel.Listen(adminEndpoint, listen =>
+                {
+                    adminListen = listen;
+                    listen.Protocols = HttpProtocols.Http1;
+                });
+            });
+            admin = adminBuilder.Build();
+            admin.Run(context => ServeAdminAsync(context, routes, metrics, configError));
+        }
+
+        try
+        {
+            await app.StartAsync(cancellationToken).ConfigureAwait(false);
+            if (admin is not null)
+            {
+                await admin.StartAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch
+        {
+            handler.Dispose();
+            await app.DisposeAsync().ConfigureAwait(false);
+            if (admin is not null)
+            {
+                await admin.DisposeAsync().ConfigureAwait(false);
+            }
+
+            throw;
+        }
+
+        var server = new GatewayServer(app, admin, handler, httpListen?.IPEndPoint, httpsListen?.IPEndPoint, adminListen?.IPEndPoint);
+        Log.Info("gateway", "serving"
+            + (server.HttpEndpoint is { } h ? $" http://{h}" : "")
+            + (server.HttpsEndpoint is { } s ? $" https://{s}" : "")
+            + (server.AdminEndpoint is { } a ? $", metrics on http://{a}/metrics" : ""));
+        return server;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync().ConfigureAwait(false);
+        await _app.DisposeAsync().ConfigureAwait(false);
+        if (_admin is not null)
+        {
+            await _admin.StopAsync().ConfigureAwait(false);
+            await _admin.DisposeAsync().ConfigureAwait(false);
+        }
+
+        _handler.Dispose();
+    }
+
+    /// <summary>"//a///b" is "/a/b": the path routes are matched on and forwarded with (Kestrel already removed "." and ".." segments, "%2e" included).</summary>
+    internal static string NormalizePath(string? path)
+    {
+        if (string.IsNullOrEmpty(path))
+        {
+            return "/";
+        }
+
+        return path.Contains("//", StringComparison.Ordinal) ? RepeatedSlashes().Replace(path, "/") : path;
+    }
+
+    [GeneratedRegex("/{2,}")]
+    private static partial Regex RepeatedSlashes();
+
+    private static async Task ServeAdminAsync(HttpContext context, Func<RouteTable> routes, GatewayMetrics metrics, Func<string?>? configError)
+    {
+        var error = configError?.Invoke();
+        switch (context.Request.Path.Value)
+        {
+            case "/metrics":
+                metrics.ConfigStale(error is not null);
+                context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+                await context.Response.WriteAsync(await metrics.ExportAsync().ConfigureAwait(false)).ConfigureAwait(false);
+                break;
+            case "/routes":
+                context.Response.ContentType = "text/plain; charset=utf-8";
+                await context.Response.WriteAsync(Describe(routes(), error)).ConfigureAwait(false);
+                break;
+            case "/healthz":
+                await context.Response.WriteAsync("ok\n").ConfigureAwait(false);
+                break;
+            default:
+                context.Response.StatusCode = StatusCodes.Status404NotFound;
+                break;
+        }
+    }
+
+    /// <summary>Which route serves which host and path, in the order they are tried.</summary>
+    internal static string Describe(RouteTable table, string? configError)
+    {
+        var text = new StringBuilder();
+        text.Append("version ").Append(table.Version).Append('\n');
+        if (configError is not null)
+        {
+            text.Append("config error (serving the last good version): ").Append(configError).Append('\n');
+        }
+
+        foreach (var (name, listener) in new[] { ("http", table.Http), ("https", table.Https) })
+        {
+            foreach (var host in listener.Hosts)
+            {
+                foreach (var route in host.Routes)
+                {
+                    text.Append(name).Append('\t').Append(host.Host).Append('\t').Append(route).Append('\t').Append(route.Source).Append('\t')
+                        .Append(route.Action.Redirect is { } r ? $"redirect {r.StatusCode}" : string.Join(", ", route.Action.Backends)).Append('\n');
+                }
+            }
+
+            if (listener.DefaultRoute is { } fallback)
+            {
+                text.Append(name).Append("\t(default)\t\t").Append(fallback.Source).Append('\t').Append(string.Join(", ", fallback.Action.Backends)).Append('\n');
+            }
+        }
+
+        foreach (var warning in table.Warnings)
+        {
+            text.Append("warning: ").Append(warning).Append('\n');
+        }
+
+        return text.ToString();
+    }
+
+    /// <summary>Holds client connections to <see cref="GatewayOptions.MaxConnections"/>; one past it is closed at once and counted.</summary>
+    private sealed class ConnectionLimiter(int maximum, GatewayMetrics metrics)
+    {
+        private int _open;
+
+        public Microsoft.AspNetCore.Connections.ConnectionDelegate Limit(Microsoft.AspNetCore.Connections.ConnectionDelegate next) => async connection =>
+        {
+            if (Interlocked.Increment(ref _open) > maximum)
+            {
+                Interlocked.Decrement(ref _open);
+                metrics.ConnectionRefused();
+                return;
+            }
+
+            metrics.ConnectionOpened();
+            try
+            {
+                await next(connection).ConfigureAwait(false);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _open);
+                metrics.ConnectionClosed();
+            }
+        };
+    }
+
+    private sealed partial class RequestHandler : IDisposable
+    {
+        private readonly IHttpForwarder _forwarder;
+        private readonly Func<RouteTable> _routes;
+        private readonly GatewayMetrics _metrics;
+        private readonly EndpointHealth _health;
+        private readonly HttpMessageInvoker _client;
+        private readonly ForwarderRequestConfig _requestConfig = new()
+        {
+            Version = HttpVersion.Version11,
+            VersionPolicy = HttpVersionPolicy.RequestVersionOrLower,
+        };
+
+        public RequestHandler(IHttpForwarder forwarder, Func<RouteTable> routes, GatewayMetrics metrics, GatewayOptions options)
+        {
+            _forwarder = forwarder;
+            _routes = routes;
+            _metrics = metrics;
+            _health = new EndpointHealth(options.EjectionTime);
+            _client = new HttpMessageInvoker(new SocketsHttpHandler
+            {
+                UseProxy = false,
+                AllowAutoRedirect = false,
+                AutomaticDecompression = DecompressionMethods.None,
+                UseCookies = false,
+                ConnectTimeout = options.ConnectTimeout,
+
+                // The gateway writes traceparent itself (TraceContext): the handler must not add its own.
+                ActivityHeadersPropagator = DistributedContextPropagator.CreateNoOutputPropagator(),
+            });
+        }
+
+        public void Dispose() => _client.Dispose();
+
+        public async Task HandleAsync(HttpContext context)
+        {
+            var started = Stopwatch.GetTimestamp();
+            Backend? backend = null;
+            var flags = "-";
+            try
+            {
+                var request = context.Request;
+                var path = NormalizePath(request.Path.Value);
+                var host = RouteCompiler.NormalizeHost(request.Host.Host) ?? "";
+                var route = (request.IsHttps ? _routes().Https : _routes().Http).Match(host, request, path);
+                if (route is null)
+                {
+                    flags = "NR";
+                    context.Response.StatusCode = StatusCodes.Status404NotFound;
+                    return;
+                }
+
+                if (route.Action.Redirect is { } redirect)
+                {
+                    Redirect(context, redirect, route.Path, host, path);
+                    return;
+                }
+
+                backend = route.Action.PickBackend();
+                if (backend is null || backend.Invalid is not null)
+                {
+                    // Gateway API: a rule without a valid backend answers 500.
+                    context.Response.StatusCode = StatusCodes.Status500InternalServerError;
+                    return;
+                }
+
+                if (backend.NextEndpoint(_health.IsEjected) is not { } endpoint)
+                {
+                    flags = "UH";
+                    context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+                    return;
+                }
+
+                var transformer = new ForwardTransformer(route, path);
+                var error = await _forwarder.SendAsync(context, $"http://{endpoint}", _client, _requestConfig, transformer).ConfigureAwait(false);
+                if (error != ForwarderError.None)
+                {
+                    var exception = context.GetForwarderErrorFeature()?.Exception;
+                    if (error == ForwarderError.Request && IsConnectFailure(exception))
+                    {
+                        _health.Eject(endpoint);
+                        _metrics.Ejected();
+                        Log.Warn("gateway", $"endpoint {endpoint} of {backend.Name} ejected for a while: {exception?.Message}");
+                        flags = "UF";
+                        if (!context.Response.HasStarted)
+                        {
+                            context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+                        }
+                    }
+                    else
+                    {
+                        flags = error is ForwarderError.RequestCanceled or ForwarderError.RequestBodyCanceled or ForwarderError.ResponseBodyCanceled ? "DC" : "UR";
+                    }
+                }
+            }
+            finally
+            {
+                _metrics.Request(backend, "http", context.Response.StatusCode, flags, Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+            }
+        }
+
+        private static bool IsConnectFailure(Exception? exception)
+        {
+            for (var e = exception; e is not null; e = e.InnerException)
+            {
+                if (e is HttpRequestException { HttpRequestError: HttpRequestError.ConnectionError } or System.Net.Sockets.SocketException or TimeoutException)
+                {
+                    return true;
+                }
+            }
+
+            return false;
+        }
+
+        private static void Redirect(HttpContext context, RedirectAction redirect, PathMatch matched, string host, string path)
+        {
+            var request = context.Request;
+            var scheme = redirect.Scheme ?? request.Scheme;
+
+            // Gateway API: no port given: the scheme's well-known one when the scheme is given, else the request's.
+            var port = redirect.Port ?? (redirect.Scheme is not null ? null : request.Host.Port ?? context.Connection.LocalPort);
+            var showPort = port is { } p && !(p == 80 && scheme == "http") && !(p == 443 && scheme == "https");
+            var target = redirect.Path?.Apply(path, matched) ?? path;
+            var hostname = redirect.Hostname ?? host;
+            context.Response.StatusCode = redirect.StatusCode;
+            context.Response.Headers.Location = $"{scheme}://{hostname}{(showPort ? $":{port}" : "")}{new PathString(target).ToUriComponent()}{request.QueryString}";
+        }
+    }
+
+    /// <summary>
+    /// Per request: the route's path rewrite and request header edits, the client's Host, X-Forwarded-For/-Proto/-Host,
+    /// a traceparent continued (new span id) or started; on the way back, the response header edits.
+    /// </summary>
+    private sealed partial class ForwardTransformer(Route route, string path) : HttpTransformer
+    {
+        public override async ValueTask TransformRequestAsync(HttpContext httpContext, HttpRequestMessage proxyRequest, string destinationPrefix, CancellationToken cancellationToken)
+        {
+            var request = httpContext.Request;
+            var headers = request.Headers;
+            var client = httpContext.Connection.RemoteIpAddress?.ToString() ?? "unknown";
+            var forwardedFor = headers["X-Forwarded-For"];
+            headers["X-Forwarded-For"] = forwardedFor.Count == 0 ? client : $"{string.Join(", ", forwardedFor.ToArray())}, {client}";
+            headers["X-Forwarded-Proto"] = request.Scheme;
+            headers["X-Forwarded-Host"] = request.Host.Value;
+            headers["traceparent"] = TraceParent(headers["traceparent"].ToString(), out var continued);
+            if (!continued)
+            {
+                headers.Remove("tracestate");
+            }
+
+            route.Action.RequestHeaders?.Apply(headers);
+            await base.TransformRequestAsync(httpContext, proxyRequest, destinationPrefix, cancellationToken).ConfigureAwait(false);
+            var target = route.Action.Rewrite?.Path?.Apply(path, route.Path) ?? path;
+            proxyRequest.RequestUri = RequestUtilities.MakeDestinationAddress(destinationPrefix, new PathString(target), request.QueryString);
+
+            // The backend sees the host the client asked for (as behind any ingress), unless URLRewrite changes it.
+            proxyRequest.Headers.Host = route.Action.Rewrite?.Hostname ?? request.Host.Value;
+        }
+
+        public override async ValueTask<bool> TransformResponseAsync(HttpContext httpContext, HttpResponseMessage? proxyResponse, CancellationToken cancellationToken)
+        {
+            var result = await base.TransformResponseAsync(httpContext, proxyResponse, cancellationToken).ConfigureAwait(false);
+            route.Action.ResponseHeaders?.Apply(httpContext.Response.Headers);
+            return result;
+        }
+
+        /// <summary>W3C trace context: a valid parent keeps its trace id and flags with the gateway's span id; anything else starts a trace.</summary>
+        internal static string TraceParent(string incoming, out bool continued)
+        {
+            var match = ValidTraceParent().Match(incoming);
+            continued = match.Success && match.Groups["trace"].Value != new string('0', 32) && match.Groups["parent"].Value != new string('0', 16);
+            var spanId = ActivitySpanId.CreateRandom().ToHexString();
+            return continued
+                ? $"00-{match.Groups["trace"].Value}-{spanId}-{match.Groups["flags"].Value}"
+                : $"00-{ActivityTraceId.CreateRandom().ToHexString()}-{spanId}-01";
+        }
+
+        [GeneratedRegex("^00-(?<trace>[0-9a-f]{32})-(?<parent>[0-9a-f]{16})-(?<flags>[0-9a-f]{2})$")]
+        private static partial Regex ValidTraceParent();
+    }
+}

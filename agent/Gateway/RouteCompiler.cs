@@ -1,0 +1,658 @@
+using System.Collections.Immutable;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using System.Text;
+using k8s;
+using k8s.Models;
+using Weft.Inventory;
+
+namespace Weft.Gateway;
+
+/// <summary>
+/// Objects to <see cref="RouteTable"/>: a pure function of the objects of one inventory version (Ingress,
+/// IngressClass, GatewayClass, Gateway, HTTPRoute, ReferenceGrant, TLS Secrets) and the Services and endpoints
+/// the inventory built from the same objects. What cannot be used is left out with a warning naming it; a
+/// reference that cannot be resolved stays in as a backend that answers 500, as Gateway API requires.
+/// <code>
+///   Ingress (class weft) ─► host patterns ─► routes sorted by Kubernetes precedence ─┐
+///   HTTPRoute ─► parentRefs ─► listeners (allowedRoutes, hostname ∩) ─► routes sorted ─┼─► RouteTable
+///   Ingress tls / Gateway HTTPS listeners ─► Secrets ─► certificates by SNI ──────────┘
+/// </code>
+/// </summary>
+internal static class RouteCompiler
+{
+    /// <summary>The ingressClassName served even without an IngressClass object of that name.</summary>
+    public const string BuiltInIngressClass = "weft";
+
+    public const string DefaultClassAnnotation = "ingressclass.kubernetes.io/is-default-class";
+
+    public static RouteTable Compile(IReadOnlyList<IKubernetesObject> objects, InventorySnapshot inventory)
+    {
+        ArgumentNullException.ThrowIfNull(objects);
+        ArgumentNullException.ThrowIfNull(inventory);
+        var state = new CompileState(objects, inventory);
+        state.CompileIngresses();
+        state.CompileHttpRoutes();
+        return state.ToTable();
+    }
+
+    /// <summary>Lower case, without a trailing dot; null for none.</summary>
+    internal static string? NormalizeHost(string? host) =>
+        string.IsNullOrEmpty(host) ? null : host.TrimEnd('.').ToLowerInvariant();
+
+    private static string Key(V1ObjectMeta? meta) => $"{Namespace(meta)}/{meta?.Name}";
+
+    private static string Namespace(V1ObjectMeta? meta) => string.IsNullOrEmpty(meta?.NamespaceProperty) ? "default" : meta.NamespaceProperty;
+
+    /// <summary>Oldest first, then by namespace/name: how both APIs break ties between objects.</summary>
+    private static IEnumerable<T> InPrecedenceOrder<T>(IEnumerable<T> items)
+        where T : IKubernetesObject<V1ObjectMeta> =>
+        items.OrderBy(i => i.Metadata?.CreationTimestamp ?? DateTime.MinValue).ThenBy(i => Key(i.Metadata), StringComparer.Ordinal);
+
+    private sealed class CompileState(IReadOnlyList<IKubernetesObject> objects, InventorySnapshot inventory)
+    {
+        private readonly List<string> _warnings = [];
+        private readonly Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>> _gatewayHttp = [];
+        private readonly Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>> _gatewayHttps = [];
+        private readonly Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>> _ingress = [];
+        private readonly List<(HostPattern Pattern, SslStreamCertificateContext Certificate)> _certificates = [];
+        private readonly Dictionary<string, SslStreamCertificateContext?> _secrets = new(StringComparer.Ordinal);
+        private Route? _defaultRoute;
+
+        public void CompileIngresses()
+        {
+            var ourClasses = objects.OfType<V1IngressClass>().Where(c => c.Spec?.Controller == GatewayApiKinds.ControllerName).ToList();
+            var classNames = ourClasses.Select(c => c.Metadata?.Name).OfType<string>().ToHashSet(StringComparer.Ordinal);
+            var othersNamedWeft = objects.OfType<V1IngressClass>().Any(c => c.Metadata?.Name == BuiltInIngressClass && c.Spec?.Controller != GatewayApiKinds.ControllerName);
+            if (!othersNamedWeft)
+            {
+                classNames.Add(BuiltInIngressClass);
+            }
+
+            var weAreDefault = ourClasses.Any(c => c.Metadata?.Annotations?.TryGetValue(DefaultClassAnnotation, out var value) == true && value == "true");
+            var ordinal = 0;
+            foreach (var ingress in InPrecedenceOrder(objects.OfType<V1Ingress>()))
+            {
+                var className = ingress.Spec?.IngressClassName;
+                if (className is null && ingress.Metadata?.Annotations?.TryGetValue("kubernetes.io/ingress.class", out var legacy) == true)
+                {
+                    className = legacy;
+                }
+
+                if (className is null ? !weAreDefault : !classNames.Contains(className))
+                {
+                    continue;
+                }
+
+                CompileIngress(ingress, ordinal++);
+            }
+        }
+
+        private void CompileIngress(V1Ingress ingress, int ordinal)
+        {
+            var ns = Namespace(ingress.Metadata);
+            var source = $"Ingress {Key(ingress.Metadata)}";
+            if (ingress.Spec?.DefaultBackend is { } defaultBackend)
+            {
+                if (_defaultRoute is null)
+                {
+                    _defaultRoute = new Route { Source = source + " defaultBackend", Path = PathMatch.Everything, Action = new RouteAction { Backends = [IngressBackend(ns, defaultBackend, source)] } };
+                }
+                else
+                {
+                    Warn($"{source}: defaultBackend ignored, {_defaultRoute.Source} came first");
+                }
+            }
+
+            foreach (var rule in ingress.Spec?.Rules ?? [])
+            {
+                var host = NormalizeHost(rule.Host);
+                var pattern = host is null ? HostPattern.AnyHost
+                    : host.StartsWith("*.", StringComparison.Ordinal) ? new HostPattern(HostPatternKind.WildcardOneLabel, host)
+                    : new HostPattern(HostPatternKind.Exact, host);
+                if (host is not null && host.AsSpan(1).Contains('*'))
+                {
+                    Warn($"{source}: host '{rule.Host}' skipped: a wildcard must be the whole first label");
+                    continue;
+                }
+
+                foreach (var path in rule.Http?.Paths ?? [])
+                {
+                    var value = string.IsNullOrEmpty(path.Path) ? "/" : path.Path;
+                    if (value[0] != '/')
+                    {
+                        Warn($"{source}: path '{value}' skipped: it must start with '/'");
+                        continue;
+                    }
+
+                    // ImplementationSpecific is served as Prefix (docs/gateway.md).
+                    var kind = path.PathType == "Exact" ? PathMatchKind.Exact : PathMatchKind.Prefix;
+                    var match = new PathMatch(kind, value);
+                    var routes = Bucket(_ingress, pattern);
+                    if (routes.Any(r => r.Route.Path.Kind == kind && (kind == PathMatchKind.Exact ? r.Route.Path.Value == value : r.Route.Path.Trimmed == match.Trimmed)))
+                    {
+                        Warn($"{source}: {pattern} {match} ignored: an older Ingress serves it");
+                        continue;
+                    }
+
+                    var route = new Route { Source = source, Path = match, Action = new RouteAction { Backends = [IngressBackend(ns, path.Backend, source)] } };
+
+                    // Kubernetes: the longest matching path wins; at equal length Exact beats Prefix.
+                    var length = kind == PathMatchKind.Exact ? value.Length : match.Trimmed.Length;
+                    routes.Add((route, [-length, kind == PathMatchKind.Exact ? 0 : 1, ordinal]));
+                }
+            }
+
+            foreach (var tls in ingress.Spec?.Tls ?? [])
+            {
+                if (string.IsNullOrEmpty(tls.SecretName))
+                {
+                    Warn($"{source}: a tls entry without secretName ignored");
+                    continue;
+                }
+
+                if (Certificate(ns, tls.SecretName, source) is not { } certificate)
+                {
+                    continue;
+                }
+
+                var hosts = tls.Hosts?.Select(NormalizeHost).OfType<string>().ToList() ?? [];
+                if (hosts.Count == 0)
+                {
+                    _certificates.Add((HostPattern.AnyHost, certificate));
+                }
+
+                foreach (var host in hosts)
+                {
+                    _certificates.Add((host.StartsWith("*.", StringComparison.Ordinal) ? new HostPattern(HostPatternKind.WildcardOneLabel, host) : new HostPattern(HostPatternKind.Exact, host), certificate));
+                }
+            }
+        }
+
+        private Backend IngressBackend(string ns, V1IngressBackend? backend, string source)
+        {
+            if (backend?.Service is not { } service || string.IsNullOrEmpty(service.Name))
+            {
+                Warn($"{source}: a backend that is not a Service answers 500 (resource backends are not supported)");
+                return new Backend { Name = "(resource)", Invalid = "only Service backends are supported" };
+            }
+
+            var port = service.Port;
+            var name = $"{ns}/{service.Name}:{port?.Number?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? port?.Name}";
+            if (!inventory.TryGetService(ns, service.Name, out var found))
+            {
+                // Like ingress-nginx: a Service that does not exist (yet) has no endpoints, so 503.
+                Warn($"{source}: Service {ns}/{service.Name} not found; its requests get 503");
+                return new Backend { Name = name, ServiceName = service.Name, ServiceNamespace = ns, ServiceHost = $"{service.Name}.{ns}.svc.cluster.local" };
+            }
+
+            var servicePort = found.Ports.FirstOrDefault(p => port?.Number is { } number ? p.Port == number : p.Name == port?.Name);
+            if (servicePort is null)
+            {
+                Warn($"{source}: Service {ns}/{service.Name} has no port {port?.Number?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? port?.Name}; its requests get 503");
+            }
+
+            return ServiceBackend(found, servicePort, name, 1);
+        }
+
+        private static Backend ServiceBackend(Service service, ServicePort? port, string name, int weight) => new()
+        {
+            Name = name,
+            ServiceName = service.Name,
+            ServiceNamespace = service.Namespace,
+            ServiceHost = $"{service.Name}.{service.Namespace}.svc.cluster.local",
+            Weight = weight,
+            Endpoints = port is null ? [] : [.. ServiceResolution.ReadyEndpoints(service, port, AddressFamily.InterNetwork), .. ServiceResolution.ReadyEndpoints(service, port, AddressFamily.InterNetworkV6)],
+        };
+
+        public void CompileHttpRoutes()
+        {
+            var classes = objects.OfType<GatewayClassResource>().Where(c => c.Spec.ControllerName == GatewayApiKinds.ControllerName)
+                .Select(c => c.Metadata.Name).ToHashSet(StringComparer.Ordinal);
+            var gateways = objects.OfType<GatewayResource>().Where(g => g.Spec.GatewayClassName is { } name && classes.Contains(name))
+                .ToDictionary(g => Key(g.Metadata), StringComparer.Ordinal);
+            foreach (var gateway in gateways.Values)
+            {
+                CompileListenerCertificates(gateway);
+            }
+
+            var ordinal = 0;
+            foreach (var route in InPrecedenceOrder(objects.OfType<HttpRouteResource>()))
+            {
+                CompileHttpRoute(route, gateways, ordinal++);
+            }
+        }
+
+        private void CompileListenerCertificates(GatewayResource gateway)
+        {
+            var ns = Namespace(gateway.Metadata);
+            foreach (var listener in gateway.Spec.Listeners ?? [])
+            {
+                var source = $"Gateway {Key(gateway.Metadata)} listener {listener.Name}";
+                if (listener.Protocol is not ("HTTP" or "HTTPS"))
+                {
+                    Warn($"{source}: protocol {listener.Protocol} is not served (HTTP and HTTPS are)");
+                    continue;
+                }
+
+                if (listener.Protocol != "HTTPS")
+                {
+                    continue;
+                }
+
+                if (listener.Tls?.Mode is { } mode && mode != "Terminate")
+                {
+                    Warn($"{source}: TLS mode {mode} is not served (Terminate is)");
+                    continue;
+                }
+
+                foreach (var reference in listener.Tls?.CertificateRefs ?? [])
+                {
+                    var refNs = reference.Namespace ?? ns;
+                    if ((reference.Kind ?? "Secret") != "Secret" || !string.IsNullOrEmpty(reference.Group) || string.IsNullOrEmpty(reference.Name))
+                    {
+                        Warn($"{source}: certificateRef {reference.Kind} {reference.Name} ignored: only core Secrets are read");
+                        continue;
+                    }
+
+                    if (refNs != ns && !Granted("Gateway", ns, "", "Secret", refNs, reference.Name))
+                    {
+                        Warn($"{source}: Secret {refNs}/{reference.Name} ignored: no ReferenceGrant in {refNs} allows it");
+                        continue;
+                    }
+
+                    if (Certificate(refNs, reference.Name, source) is { } certificate)
+                    {
+                        _certificates.Add((GatewayHostPattern(NormalizeHost(listener.Hostname)), certificate));
+                    }
+                }
+            }
+        }
+
+        private static HostPattern GatewayHostPattern(string? host) =>
+            host is null ? HostPattern.AnyHost
+            : host.StartsWith("*.", StringComparison.Ordinal) ? new HostPattern(HostPatternKind.WildcardSuffix, host)
+            : new HostPattern(HostPatternKind.Exact, host);
+
+        private void CompileHttpRoute(HttpRouteResource httpRoute, Dictionary<string, GatewayResource> gateways, int ordinal)
+        {
+            var ns = Namespace(httpRoute.Metadata);
+            var source = $"HTTPRoute {Key(httpRoute.Metadata)}";
+            var routeHosts = httpRoute.Spec.Hostnames?.Select(NormalizeHost).OfType<string>().ToList() ?? [];
+
+            // Listener (by protocol) and the hostnames a route serves on it.
+            var attachments = new List<(bool Https, string? Hostname)>();
+            foreach (var parent in httpRoute.Spec.ParentRefs ?? [])
+            {
+                if ((parent.Kind ?? "Gateway") != "Gateway" || (parent.Group ?? GatewayApiKinds.Group) != GatewayApiKinds.Group)
+                {
+                    continue;
+                }
+
+                var gatewayNs = parent.Namespace ?? ns;
+                if (!gateways.TryGetValue($"{gatewayNs}/{parent.Name}", out var gateway))
+                {
+                    continue;
+                }
+
+                foreach (var listener in gateway.Spec.Listeners ?? [])
+                {
+                    if (listener.Protocol is not ("HTTP" or "HTTPS")
+                        || (parent.SectionName is { } section && section != listener.Name)
+                        || (parent.Port is { } port && port != listener.Port)
+                        || !Allowed(listener.AllowedRoutes, gatewayNs, ns))
+                    {
+                        continue;
+                    }
+
+                    foreach (var hostname in Intersect(NormalizeHost(listener.Hostname), routeHosts))
+                    {
+                        attachments.Add((listener.Protocol == "HTTPS", hostname));
+                    }
+                }
+            }
+
+            if (attachments.Count == 0)
+            {
+                Warn($"{source}: not attached to any listener of a Gateway of class {GatewayApiKinds.ControllerName} (parentRefs, allowedRoutes, hostnames)");
+                return;
+            }
+
+            var rules = httpRoute.Spec.Rules ?? [];
+            for (var ruleIndex = 0; ruleIndex < rules.Count; ruleIndex++)
+            {
+                var rule = rules[ruleIndex];
+                var ruleSource = $"{source} rule {ruleIndex}";
+                if (RuleAction(rule, ns, ruleSource) is not { } action)
+                {
+                    continue;
+                }
+
+                var matches = rule.Matches is { Count: > 0 } given ? given : [new HttpRouteMatch()];
+                for (var matchIndex = 0; matchIndex < matches.Count; matchIndex++)
+                {
+                    if (CompileMatch(matches[matchIndex], action, ruleSource) is not { } compiled)
+                    {
+                        continue;
+                    }
+
+                    // Gateway API precedence: Exact path, longest prefix, method, most headers, most query
+                    // parameters, then the oldest route, then rule and match order.
+                    IComparable[] order =
+                    [
+                        compiled.Path.Kind switch { PathMatchKind.Exact => 0, PathMatchKind.RegularExpression => 1, _ => 2 },
+                        -compiled.Path.Value.Length,
+                        compiled.Method is null ? 1 : 0,
+                        -compiled.Headers.Length,
+                        -compiled.Query.Length,
+                        ordinal,
+                        ruleIndex,
+                        matchIndex,
+                    ];
+                    foreach (var (https, hostname) in attachments.Distinct())
+                    {
+                        Bucket(https ? _gatewayHttps : _gatewayHttp, GatewayHostPattern(hostname)).Add((compiled, order));
+                    }
+                }
+            }
+        }
+
+        private Route? CompileMatch(HttpRouteMatch match, RouteAction action, string source)
+        {
+            var pathType = match.Path?.Type ?? "PathPrefix";
+            var value = match.Path?.Value ?? "/";
+            PathMatch path;
+            try
+            {
+                path = pathType switch
+                {
+                    "Exact" => new PathMatch(PathMatchKind.Exact, value),
+                    "PathPrefix" => new PathMatch(PathMatchKind.Prefix, value),
+                    "RegularExpression" => new PathMatch(PathMatchKind.RegularExpression, value),
+                    _ => throw new ArgumentException($"path type {pathType} is unknown"),
+                };
+                if (pathType != "RegularExpression" && (value.Length == 0 || value[0] != '/'))
+                {
+                    throw new ArgumentException($"path '{value}' must start with '/'");
+                }
+
+                return new Route
+                {
+                    Source = source,
+                    Path = path,
+                    Method = match.Method,
+                    Headers = [.. (match.Headers ?? []).Select(h => Value(h, "header"))],
+                    Query = [.. (match.QueryParams ?? []).Select(q => Value(q, "query parameter"))],
+                    Action = action,
+                };
+            }
+            catch (ArgumentException ex)
+            {
+                Warn($"{source}: a match skipped: {ex.Message}");
+                return null;
+            }
+
+            static ValueMatch Value(HttpValueMatch match, string what) =>
+                string.IsNullOrEmpty(match.Name) ? throw new ArgumentException($"a {what} match without a name")
+                : new ValueMatch(match.Name, match.Value ?? "", (match.Type ?? "Exact") switch
+                {
+                    "Exact" => false,
+                    "RegularExpression" => true,
+                    var other => throw new ArgumentException($"{what} match type {other} is unknown"),
+                });
+        }
+
+        private RouteAction? RuleAction(HttpRouteRule rule, string ns, string source)
+        {
+            HeaderModifier? requestHeaders = null, responseHeaders = null;
+            RedirectAction? redirect = null;
+            RewriteAction? rewrite = null;
+            foreach (var filter in rule.Filters ?? [])
+            {
+                switch (filter.Type)
+                {
+                    case "RequestHeaderModifier" when filter.RequestHeaderModifier is { } modifier:
+                        requestHeaders = Headers(modifier);
+                        break;
+                    case "ResponseHeaderModifier" when filter.ResponseHeaderModifier is { } modifier:
+                        responseHeaders = Headers(modifier);
+                        break;
+                    case "RequestRedirect" when filter.RequestRedirect is { } r:
+                        redirect = new RedirectAction(r.Scheme, NormalizeHost(r.Hostname), r.Port, PathModifierOf(r.Path), r.StatusCode ?? 302);
+                        break;
+                    case "URLRewrite" when filter.UrlRewrite is { } r:
+                        rewrite = new RewriteAction(NormalizeHost(r.Hostname), PathModifierOf(r.Path));
+                        break;
+                    default:
+                        Warn($"{source}: filter {filter.Type} is not supported and was ignored");
+                        break;
+                }
+            }
+
+            var backends = ImmutableArray.CreateBuilder<Backend>();
+            foreach (var reference in rule.BackendRefs ?? [])
+            {
+                backends.Add(GatewayBackend(reference, ns, source));
+            }
+
+            return new RouteAction { Backends = backends.ToImmutable(), RequestHeaders = requestHeaders, ResponseHeaders = responseHeaders, Redirect = redirect, Rewrite = rewrite };
+
+            static HeaderModifier Headers(HttpHeaderFilter f) => new(
+                [.. (f.Set ?? []).Where(h => !string.IsNullOrEmpty(h.Name)).Select(h => KeyValuePair.Create(h.Name!, h.Value ?? ""))],
+                [.. (f.Add ?? []).Where(h => !string.IsNullOrEmpty(h.Name)).Select(h => KeyValuePair.Create(h.Name!, h.Value ?? ""))],
+                [.. (f.Remove ?? []).Where(h => !string.IsNullOrEmpty(h))]);
+
+            static PathModifier? PathModifierOf(HttpPathModifier? p) => p?.Type switch
+            {
+                "ReplaceFullPath" => new PathModifier(PathModifierKind.ReplaceFullPath, p.ReplaceFullPath ?? "/"),
+                "ReplacePrefixMatch" => new PathModifier(PathModifierKind.ReplacePrefixMatch, p.ReplacePrefixMatch ?? "/"),
+                _ => null,
+            };
+        }
+
+        private Backend GatewayBackend(ObjectReference reference, string routeNs, string source)
+        {
+            var ns = reference.Namespace ?? routeNs;
+            var weight = Math.Max(0, reference.Weight ?? 1);
+            var name = $"{ns}/{reference.Name}:{reference.Port}";
+            string? invalid = null;
+            Service? service = null;
+            if ((reference.Kind ?? "Service") != "Service" || !string.IsNullOrEmpty(reference.Group))
+            {
+                invalid = $"InvalidKind: {reference.Group}/{reference.Kind} is not a Service";
+            }
+            else if (ns != routeNs && !Granted("HTTPRoute", routeNs, "", "Service", ns, reference.Name))
+            {
+                invalid = $"RefNotPermitted: no ReferenceGrant in {ns} allows HTTPRoutes of {routeNs} to reach Service {reference.Name}";
+            }
+            else if (string.IsNullOrEmpty(reference.Name) || !inventory.TryGetService(ns, reference.Name, out service))
+            {
+                invalid = $"BackendNotFound: Service {ns}/{reference.Name} does not exist";
+            }
+            else if (reference.Port is not { } port || service.Ports.FirstOrDefault(p => p.Port == port) is null)
+            {
+                invalid = $"BackendNotFound: Service {ns}/{reference.Name} has no port {reference.Port}";
+            }
+
+            if (invalid is not null)
+            {
+                Warn($"{source}: backendRef {name} answers 500: {invalid}");
+                return new Backend { Name = name, Weight = weight, Invalid = invalid };
+            }
+
+            return ServiceBackend(service!, service!.Ports.First(p => p.Port == reference.Port), name, weight);
+        }
+
+        /// <summary>A ReferenceGrant in <paramref name="toNs"/> lets <paramref name="fromKind"/>s of <paramref name="fromNs"/> refer to this object.</summary>
+        private bool Granted(string fromKind, string fromNs, string toGroup, string toKind, string toNs, string? toName) =>
+            objects.OfType<ReferenceGrantResource>().Any(grant =>
+                Namespace(grant.Metadata) == toNs
+                && (grant.Spec.From ?? []).Any(f => f.Group == GatewayApiKinds.Group && f.Kind == fromKind && f.Namespace == fromNs)
+                && (grant.Spec.To ?? []).Any(t => (t.Group ?? "") == toGroup && t.Kind == toKind && (t.Name is null || t.Name == toName)));
+
+        private bool Allowed(AllowedRoutes? allowed, string gatewayNs, string routeNs)
+        {
+            switch (allowed?.Namespaces?.From ?? "Same")
+            {
+                case "All":
+                    return true;
+                case "Same":
+                    return gatewayNs == routeNs;
+                case "Selector":
+                    var labels = inventory.TryGetNamespace(routeNs, out var meshNamespace) ? meshNamespace.Labels : new Dictionary<string, string>();
+                    var selector = allowed!.Namespaces!.Selector;
+                    return (selector?.MatchLabels ?? new Dictionary<string, string>()).All(l => labels.TryGetValue(l.Key, out var v) && v == l.Value)
+                        && (selector?.MatchExpressions ?? []).All(e => e.OperatorProperty switch
+                        {
+                            "In" => labels.TryGetValue(e.Key, out var v) && (e.Values ?? []).Contains(v),
+                            "NotIn" => !labels.TryGetValue(e.Key, out var v) || !(e.Values ?? []).Contains(v),
+                            "Exists" => labels.ContainsKey(e.Key),
+                            "DoesNotExist" => !labels.ContainsKey(e.Key),
+                            _ => false,
+                        });
+                default:
+                    return false;
+            }
+        }
+
+        /// <summary>
+        /// The hostnames a route serves on a listener (Gateway API): null for every host; nothing when they do not
+        /// intersect (the route is not attached there).
+        /// </summary>
+        internal static IEnumerable<string?> Intersect(string? listener, IReadOnlyList<string> route)
+        {
+            if (route.Count == 0)
+            {
+                return [listener];
+            }
+
+            if (listener is null)
+            {
+                return route;
+            }
+
+            var result = new List<string?>();
+            foreach (var host in route)
+            {
+                if (host == listener || (IsWildcard(listener) && Covers(listener, host)))
+                {
+                    result.Add(host);
+                }
+                else if (IsWildcard(host) && Covers(host, listener))
+                {
+                    result.Add(listener);
+                }
+            }
+
+            return result.Distinct();
+
+            static bool IsWildcard(string h) => h.StartsWith("*.", StringComparison.Ordinal);
+
+            // "*.a.com" covers "b.a.com" and "*.b.a.com": a "*" label stands for one or more labels.
+            static bool Covers(string wildcard, string host) => host.Length > wildcard.Length - 1 && host.EndsWith(wildcard[1..], StringComparison.Ordinal);
+        }
+
+        private SslStreamCertificateContext? Certificate(string ns, string name, string source)
+        {
+            var key = $"{ns}/{name}";
+            if (_secrets.TryGetValue(key, out var cached))
+            {
+                return cached;
+            }
+
+            SslStreamCertificateContext? context = null;
+            var secret = objects.OfType<V1Secret>().FirstOrDefault(s => Key(s.Metadata) == key);
+            if (secret is null)
+            {
+                Warn($"{source}: TLS Secret {key} not found");
+            }
+            else if (secret.Type != "kubernetes.io/tls")
+            {
+                Warn($"{source}: Secret {key} is of type {secret.Type}, not kubernetes.io/tls");
+            }
+            else
+            {
+                var certificate = SecretValue(secret, "tls.crt");
+                var privateKey = SecretValue(secret, "tls.key");
+                try
+                {
+                    if (certificate is null || privateKey is null)
+                    {
+                        throw new CryptographicException("tls.crt or tls.key is missing");
+                    }
+
+                    var chain = new X509Certificate2Collection();
+                    chain.ImportFromPem(certificate);
+                    var leaf = X509Certificate2.CreateFromPem(certificate, privateKey);
+                    context = SslStreamCertificateContext.Create(leaf, [.. chain.Skip(1)], offline: true);
+                }
+                catch (CryptographicException ex)
+                {
+                    Warn($"{source}: TLS Secret {key} cannot be used: {ex.Message}");
+                }
+            }
+
+            _secrets[key] = context;
+            return context;
+
+            static string? SecretValue(V1Secret secret, string field) =>
+                secret.Data?.TryGetValue(field, out var bytes) == true ? Encoding.UTF8.GetString(bytes)
+                : secret.StringData?.TryGetValue(field, out var text) == true ? text : null;
+        }
+
+        private static List<(Route Route, IComparable[] Order)> Bucket(Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>> buckets, HostPattern pattern)
+        {
+            if (!buckets.TryGetValue(pattern, out var list))
+            {
+                buckets[pattern] = list = [];
+            }
+
+            return list;
+        }
+
+        private void Warn(string warning) => _warnings.Add(warning);
+
+        public RouteTable ToTable()
+        {
+            return new RouteTable
+            {
+                Http = new ListenerRoutes(Hosts(_gatewayHttp), _defaultRoute),
+                Https = new ListenerRoutes(Hosts(_gatewayHttps), _defaultRoute),
+                Certificates = new CertificateSet(_certificates, null),
+                Warnings = [.. _warnings.Distinct(StringComparer.Ordinal)],
+            };
+
+            // Gateway API routes of a host come before the Ingress ones of the same host pattern.
+            IEnumerable<VirtualHost> Hosts(Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>> gateway) =>
+                gateway.Keys.Concat(_ingress.Keys).Distinct().Select(pattern => new VirtualHost(pattern,
+                [
+                    .. Sorted(gateway.GetValueOrDefault(pattern)),
+                    .. Sorted(_ingress.GetValueOrDefault(pattern)),
+                ]));
+
+            static IEnumerable<Route> Sorted(List<(Route Route, IComparable[] Order)>? routes) =>
+                (routes ?? []).OrderBy(r => r.Order, OrderComparer.Instance).Select(r => r.Route);
+        }
+    }
+
+    private sealed class OrderComparer : IComparer<IComparable[]>
+    {
+        public static readonly OrderComparer Instance = new();
+
+        public int Compare(IComparable[]? x, IComparable[]? y)
+        {
+            for (var i = 0; i < Math.Min(x!.Length, y!.Length); i++)
+            {
+                var c = x[i].CompareTo(y[i]);
+                if (c != 0)
+                {
+                    return c;
+                }
+            }
+
+            return x.Length.CompareTo(y.Length);
+        }
+    }
+}

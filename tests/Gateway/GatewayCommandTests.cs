@@ -1,0 +1,101 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Weft.Harness;
+
+namespace Weft.Tests.Gateway;
+
+/// <summary>`weft gateway --inventory FILE` as a user runs it: a child process, curl as the client, SIGTERM to stop.</summary>
+public class GatewayCommandTests
+{
+    [Fact]
+    public async Task WeftGateway_RoutesCurlToTheBackend_PicksUpAFileChange_AndStopsOnSigterm()
+    {
+        await using var v1 = await EchoBackend.StartAsync("v1");
+        await using var v2 = await EchoBackend.StartAsync("v2");
+        var dir = Directory.CreateTempSubdirectory("weft-gateway-cli-").FullName;
+        var inventory = Path.Combine(dir, "gateway.yaml");
+        var (httpPort, adminPort) = (FreePort(), FreePort());
+        string Yaml(string service) => GatewayYaml.Service("default", "v1", v1.Port) + GatewayYaml.Service("default", "v2", v2.Port) + $$"""
+            ---
+            apiVersion: networking.k8s.io/v1
+            kind: Ingress
+            metadata: {name: web, namespace: default}
+            spec:
+              ingressClassName: weft
+              rules:
+              - host: web.example
+                http:
+                  paths:
+                  - {pathType: Prefix, path: /, backend: {service: {name: {{service}}, port: {number: 80} } } }
+
+            """;
+        await File.WriteAllTextAsync(inventory, Yaml("v1"));
+
+        var (file, arguments) = WeftExecutable.Command(["gateway", "--inventory", inventory, "--http", $"127.0.0.1:{httpPort}", "--https", "off", "--admin", $"127.0.0.1:{adminPort}"]);
+        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var gateway = Process.Start(start)!;
+        var log = new System.Text.StringBuilder();
+        gateway.OutputDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
+        gateway.ErrorDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
+        gateway.BeginOutputReadLine();
+        gateway.BeginErrorReadLine();
+        try
+        {
+            Assert.Contains("\"Backend\":\"v1\"", await CurlUntilAsync(httpPort, "\"v1\"", gateway, log));
+
+            await File.WriteAllTextAsync(inventory, Yaml("v2"));
+            Assert.Contains("\"Backend\":\"v2\"", await CurlUntilAsync(httpPort, "\"v2\"", gateway, log));
+
+            Assert.Equal(0, Tmds.Linux.LibC.kill(gateway.Id, Tmds.Linux.LibC.SIGTERM));
+            using var exited = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            await gateway.WaitForExitAsync(exited.Token);
+            Assert.Equal(0, gateway.ExitCode);
+        }
+        finally
+        {
+            if (!gateway.HasExited)
+            {
+                gateway.Kill();
+            }
+
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>curl until the answer holds <paramref name="expected"/> (the process starts, the file reloads); fails after a generous minute.</summary>
+    private static async Task<string> CurlUntilAsync(int port, string expected, Process gateway, System.Text.StringBuilder log)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        var last = "";
+        while (DateTime.UtcNow < deadline && !gateway.HasExited)
+        {
+            using var curl = Process.Start(new ProcessStartInfo("curl", ["-s", "--max-time", "5", "-H", "Host: web.example", $"http://127.0.0.1:{port}/hello"]) { RedirectStandardOutput = true })!;
+            last = await curl.StandardOutput.ReadToEndAsync();
+            await curl.WaitForExitAsync();
+            if (last.Contains(expected, StringComparison.Ordinal))
+            {
+                return last;
+            }
+
+            await Task.Delay(200);
+        }
+
+        lock (log)
+        {
+            throw new Xunit.Sdk.XunitException($"no answer with {expected} (last: '{last}'); gateway output:\n{log}");
+        }
+    }
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}
