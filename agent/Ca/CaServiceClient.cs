@@ -79,6 +79,13 @@ internal sealed class CaServiceClient : ICertificateSource
         }
         catch (RpcException e)
         {
+            if (e.StatusCode == StatusCode.Unavailable)
+            {
+                // The channel's own reconnect backoff would hold later calls back long after the CA returns; the
+                // caller's backoff decides when to try again, on a fresh channel.
+                DropChannel();
+            }
+
             throw new IdentityException($"the CA at {_options.Address} did not issue {id}: {e.StatusCode}: {e.Status.Detail}", e);
         }
 
@@ -173,6 +180,15 @@ internal sealed class CaServiceClient : ICertificateSource
             _channelVerifier = verifier;
             previous?.Dispose();
             return _channel;
+        }
+    }
+
+    private void DropChannel()
+    {
+        lock (_channelGate)
+        {
+            _channel?.Dispose();
+            _channel = null;
         }
     }
 

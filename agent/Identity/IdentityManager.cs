@@ -405,11 +405,12 @@ internal sealed class IdentityManager : IDisposable
                     Interlocked.Increment(ref _caRequestsFailed);
                     _lastFailure[id] = e.Message;
                     failures++;
-                    var delay = Backoff(failures);
+                    var holding = held is not null && _time.GetUtcNow() < held.NotAfter;
+                    var delay = Backoff(failures, holding);
                     // The first failure and then each doubling: a long outage does not flood the log.
                     if ((failures & (failures - 1)) == 0)
                     {
-                        var keeping = held is not null && _time.GetUtcNow() < held.NotAfter ? $"; serving with the held certificate until {held.NotAfter:u}" : "";
+                        var keeping = holding ? $"; serving with the held certificate until {held!.NotAfter:u}" : "";
                         Log.Warn(Component, $"{(held is null ? "obtaining" : "renewing")} {id} failed ({failures} attempt(s)), retrying in {delay.TotalSeconds:0.#}s{keeping}: {e.Message}");
                     }
 
@@ -445,10 +446,17 @@ internal sealed class IdentityManager : IDisposable
     /// <summary>
     /// Exponential from 1 s, capped at a tenth of the SVID lifetime (between 1 s and 5 min) so a returning CA is
     /// used well before a held certificate expires; each delay drawn from its upper half so nodes do not retry in step.
+    /// An identity with no usable certificate retries at least every half issuance wait, so each waiting connection
+    /// sees an attempt and a returning CA serves a new pod at its next connection.
     /// </summary>
-    private TimeSpan Backoff(int failures)
+    private TimeSpan Backoff(int failures, bool holding)
     {
         var cap = Min(TimeSpan.FromMinutes(5), Max(TimeSpan.FromSeconds(1), _options.SvidLifetime / 10));
+        if (!holding)
+        {
+            cap = Min(cap, Max(TimeSpan.FromSeconds(1), _options.IssuanceWait / 2));
+        }
+
         var exponential = TimeSpan.FromSeconds(Math.Pow(2, Math.Min(failures - 1, 20)));
         var delay = Min(cap, exponential);
         return delay * (0.5 + (Random.Shared.NextDouble() * 0.5));
