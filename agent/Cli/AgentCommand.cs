@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
+using Weft.Ca;
 using Weft.Capture;
 using Weft.Identity;
 using Weft.Inventory;
@@ -34,6 +35,11 @@ internal static class AgentCommand
     private static readonly Option<string?> CaKey = new("--ca-key") { HelpName = "FILE", Description = "PEM private key of --ca-cert." };
     private static readonly Option<string?> TrustBundle = new("--trust-bundle") { HelpName = "FILE", Description = "PEM roots to trust [default: --ca-cert]" };
     private static readonly Option<string?> CaChain = new("--ca-chain") { HelpName = "FILE", Description = "PEM intermediates between --ca-cert and the root, sent with each workload certificate." };
+    private static readonly Option<string?> CaAddress = new("--ca-address") { HelpName = "https://HOST:PORT", Description = "The CA service (weft ca serve) that issues this node's workload certificates; the node holds no CA key (instead of --ca-cert/--ca-key). Needs --node-cert, --node-key and --trust-bundle." };
+    private static readonly Option<string?> NodeCert = new("--node-cert") { HelpName = "FILE", Description = "PEM: this node's client certificate for --ca-address (weft ca issue-node)." };
+    private static readonly Option<string?> NodeKey = new("--node-key") { HelpName = "FILE", Description = "PEM: the private key of --node-cert." };
+    private static readonly Option<int> SvidLifetimeSeconds = new("--svid-lifetime-seconds") { HelpName = "N", Description = "Lifetime of each workload certificate (asked of --ca-address, which may cap it); renewed at half life.", DefaultValueFactory = _ => (int)SvidIssuer.DefaultLifetime.TotalSeconds };
+    private static readonly Option<int> CertificateWaitSeconds = new("--certificate-wait-seconds") { HelpName = "N", Description = "With --ca-address: how long a connection of a pod with no certificate yet waits for one before it fails (NO_CERTIFICATE).", DefaultValueFactory = _ => 10 };
     private static readonly Option<int> TunnelKeepaliveSeconds = new("--tunnel-keepalive-seconds") { HelpName = "N", Description = "How often each HBONE tunnel PINGs its peer.", DefaultValueFactory = _ => (int)new ProxyOptions().TunnelKeepalive.TotalSeconds };
     private static readonly Option<int> TunnelKeepaliveTimeoutSeconds = new("--tunnel-keepalive-timeout-seconds") { HelpName = "N", Description = "A tunnel whose PING is not answered within this closes, ending its streams (UC/DC).", DefaultValueFactory = _ => (int)new ProxyOptions().TunnelKeepaliveTimeout.TotalSeconds };
     private static readonly Option<int> TunnelIdleSeconds = new("--tunnel-idle-seconds") { HelpName = "N", Description = "A pooled HBONE tunnel that carried no stream for this long closes.", DefaultValueFactory = _ => (int)new ProxyOptions().TunnelIdleTimeout.TotalSeconds };
@@ -49,13 +55,14 @@ internal static class AgentCommand
             Inventory, Kubernetes, Kubeconfig, PodCgroupRoot, Node, Cgroup, Bpffs, Admin, Metrics, Health, DrainSeconds,
             IdleTimeoutSeconds, MaxConnectionsPerPod, MaxInboundPerIdentity, MaxInboundPerAddress, MaxInboundPerNode,
             AccessLog, NoAccessLog, TunnelKeepaliveSeconds, TunnelKeepaliveTimeoutSeconds, TunnelIdleSeconds, MaxTunnelsPerPod,
-            TrustDomain, CaCert, CaKey, TrustBundle, CaChain,
+            TrustDomain, CaCert, CaKey, TrustBundle, CaChain, CaAddress, NodeCert, NodeKey, SvidLifetimeSeconds, CertificateWaitSeconds,
         };
         command.SetAction((result, _) => RunAgentAsync(result));
         WeftCli.Examples(
             command,
             "weft agent --inventory /etc/weft/inventory.yaml",
-            "weft agent --kubernetes --trust-domain cluster.local --ca-cert ca.crt --ca-key ca.key --trust-bundle bundle.crt");
+            "weft agent --kubernetes --trust-domain cluster.local --ca-cert ca.crt --ca-key ca.key --trust-bundle bundle.crt",
+            "weft agent --inventory inventory.yaml --ca-address https://weft-ca:15012 --node-cert node.crt --node-key node.key --trust-bundle bundle.crt");
         return command;
     }
 
@@ -107,13 +114,7 @@ internal static class AgentCommand
                 MaxTunnelsPerPod = cl.GetValue(MaxTunnelsPerPod) is > 0 and var maxTunnels ? maxTunnels : throw new UsageException("--max-tunnels-per-pod must be at least 1"),
             },
         };
-        var caCert = cl.GetValue(CaCert);
-        var trustDomain = cl.GetRequiredValue(TrustDomain);
-        if (caCert is not null)
-        {
-            var files = new CaFiles(caCert, cl.GetValue(CaKey) ?? throw new UsageException("missing --ca-key (the key of --ca-cert)"), cl.GetValue(TrustBundle) ?? caCert, cl.GetValue(CaChain));
-            options = options with { Identity = new IdentityOptions(trustDomain, files) };
-        }
+        options = options with { Identity = IdentityFlags(cl) };
 
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
@@ -131,6 +132,46 @@ internal static class AgentCommand
             context.Cancel = true;
             stop.TrySetResult();
         }
+    }
+
+    /// <summary>How workload certificates are obtained: signed here (--ca-cert/--ca-key), from the CA service (--ca-address), or none (plaintext).</summary>
+    private static IdentityOptions? IdentityFlags(ParseResult cl)
+    {
+        var (caCert, caAddress, trustDomain) = (cl.GetValue(CaCert), cl.GetValue(CaAddress), cl.GetRequiredValue(TrustDomain));
+        var lifetime = Seconds(cl, SvidLifetimeSeconds);
+        if (caCert is not null && caAddress is not null)
+        {
+            throw new UsageException("give --ca-cert/--ca-key (sign on this node) or --ca-address (ask the CA service), not both");
+        }
+
+        if (caCert is not null)
+        {
+            var files = new CaFiles(caCert, cl.GetValue(CaKey) ?? throw new UsageException("missing --ca-key (the key of --ca-cert)"), cl.GetValue(TrustBundle) ?? caCert, cl.GetValue(CaChain));
+            return new IdentityOptions(trustDomain, files) { SvidLifetime = lifetime };
+        }
+
+        if (caAddress is null)
+        {
+            return cl.GetValue(CaKey) is not null || cl.GetValue(NodeCert) is not null || cl.GetValue(NodeKey) is not null
+                ? throw new UsageException("--ca-key needs --ca-cert, and --node-cert/--node-key need --ca-address")
+                : null;
+        }
+
+        if (!Uri.TryCreate(caAddress, UriKind.Absolute, out var address) || address.Scheme != Uri.UriSchemeHttps || address.AbsolutePath != "/")
+        {
+            throw new UsageException($"--ca-address wants https://HOST:PORT, got '{caAddress}'");
+        }
+
+        var service = new CaServiceOptions(
+            address,
+            cl.GetValue(NodeCert) ?? throw new UsageException("--ca-address needs --node-cert (weft ca issue-node writes it)"),
+            cl.GetValue(NodeKey) ?? throw new UsageException("--ca-address needs --node-key (weft ca issue-node writes it)"));
+        return new IdentityOptions(trustDomain, null, new CaServiceClient(service))
+        {
+            TrustBundlePath = cl.GetValue(TrustBundle) ?? throw new UsageException("--ca-address needs --trust-bundle: the roots that the CA service and the mesh's peers chain to"),
+            SvidLifetime = lifetime,
+            IssuanceWait = Seconds(cl, CertificateWaitSeconds),
+        };
     }
 
     /// <summary>The inbound limits given as flags; null (all derived at start) when none is.</summary>

@@ -16,7 +16,7 @@ namespace Weft.Cli;
 internal static class FlowsCommand
 {
     /// <summary>Verdicts and response flags --verdict matches, offered by shell completion.</summary>
-    public static readonly string[] Verdicts = ["forwarded", "denied", "error", "DENY", "UF", "UH", "UO", "TLS_FAILURE", "CONNECT", "IDLE_TIMEOUT", "UC", "DC", "LOOP"];
+    public static readonly string[] Verdicts = ["forwarded", "denied", "error", "DENY", "UF", "UH", "UO", "TLS_FAILURE", "CONNECT", "IDLE_TIMEOUT", "UC", "DC", "LOOP", "NO_CERTIFICATE"];
 
     private static readonly Option<string?> Pod = new("--pod") { HelpName = "NS/NAME", Description = "Flows from or to this pod." };
     private static readonly Option<string?> FromPod = new("--from-pod") { HelpName = "NS/NAME", Description = "Flows from this pod." };

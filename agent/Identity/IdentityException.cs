@@ -12,4 +12,7 @@ internal sealed class IdentityException : Exception
         : base(message, inner)
     {
     }
+
+    /// <summary>The workload has no certificate yet because the CA service has not issued one in time (not a refusal by this node).</summary>
+    public bool CertificateUnavailable { get; init; }
 }

@@ -34,14 +34,17 @@ internal sealed class NodeAgentView(NodeAgent agent) : IAgentView
             list.Add(new CertificateEntry(svid.Id.ToString(), "Leaf", svid.Certificate, svid.RenewAt));
         }
 
-        var authority = identity.Authority;
-        list.Add(new CertificateEntry(authority.Signer.Subject, "CA", authority.Signer));
-        foreach (var intermediate in authority.Intermediates)
+        if (identity.SignsLocally)
         {
-            list.Add(new CertificateEntry(intermediate.Subject, "Intermediate", intermediate));
+            var authority = identity.Authority;
+            list.Add(new CertificateEntry(authority.Signer.Subject, "CA", authority.Signer));
+            foreach (var intermediate in authority.Intermediates)
+            {
+                list.Add(new CertificateEntry(intermediate.Subject, "Intermediate", intermediate));
+            }
         }
 
-        foreach (var root in authority.TrustBundle)
+        foreach (var root in identity.Verifier.TrustBundle)
         {
             list.Add(new CertificateEntry(root.Subject, "Root", root));
         }

@@ -284,12 +284,14 @@ internal sealed class HbonePool : IDisposable
     private async Task<HboneClientConnection> DialAsync(LocalPod source, SpiffeId sourceId, SpiffeId destinationId,
         IPAddress address, CancellationToken cancellationToken)
     {
+        // Before connecting: a pod whose first certificate is still being issued waits here (bounded), holding no socket.
+        var svid = await _identity.GetAsync(sourceId, cancellationToken).ConfigureAwait(false);
         var socket = await _sockets.ConnectAsync(source, new IPEndPoint(address, TunnelPort), _options, cancellationToken).ConfigureAwait(false);
         var ssl = new SslStream(new NetworkStream(socket, ownsSocket: true), leaveInnerStreamOpen: false);
         try
         {
             string? refusal = null;
-            var options = _identity.Tls.ClientOptions(_identity.Get(sourceId), destinationId, (_, reason) => refusal = reason);
+            var options = _identity.Tls.ClientOptions(svid, destinationId, (_, reason) => refusal = reason);
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             timeout.CancelAfter(_options.ConnectTimeout);
             try

@@ -92,7 +92,8 @@ internal sealed partial class PodProxy
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
             timeout.CancelAfter(Options.ConnectTimeout * 2);
-            var options = identity.Tls.ServerOptions(() => identity.Get(self), (id, reason) => (peer, refusal) = (id, reason));
+            var svid = await identity.GetAsync(self, timeout.Token).ConfigureAwait(false);
+            var options = identity.Tls.ServerOptions(() => svid, (id, reason) => (peer, refusal) = (id, reason));
             await ssl.AuthenticateAsServerAsync(options, timeout.Token).ConfigureAwait(false);
             if (ssl.NegotiatedApplicationProtocol != SslApplicationProtocol.Http2)
             {
@@ -103,7 +104,9 @@ internal sealed partial class PodProxy
         {
             // A peer that cannot prove a mesh identity gets nothing: one record, one closed connection.
             _services.Tracker.Flows.Opened(handshakeFlow);
-            handshakeFlow.Record(new ProxyError(ProxyErrorKind.TlsFailure, refusal ?? (e is OperationCanceledException ? "TLS handshake timed out" : e.Message)));
+            handshakeFlow.Record(e is Weft.Identity.IdentityException { CertificateUnavailable: true }
+                ? new ProxyError(ProxyErrorKind.NoCertificate, e.Message)
+                : new ProxyError(ProxyErrorKind.TlsFailure, refusal ?? (e is OperationCanceledException ? "TLS handshake timed out" : e.Message)));
             _services.Tracker.Flows.Closed(handshakeFlow);
             await ssl.DisposeAsync().ConfigureAwait(false);
             return;

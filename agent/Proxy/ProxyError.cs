@@ -37,6 +37,9 @@ internal enum ProxyErrorKind
 
     /// <summary>The tunnel an inbound connection arrived in was lost under it.</summary>
     DownstreamTermination,
+
+    /// <summary>The pod has no certificate yet: the CA service did not issue one in time. Never sent in plaintext instead.</summary>
+    NoCertificate,
 }
 
 /// <summary>
@@ -59,6 +62,7 @@ internal static class ResponseFlag
     public const string IdleTimeout = "IDLE_TIMEOUT";
     public const string UpstreamTermination = "UC";
     public const string DownstreamTermination = "DC";
+    public const string NoCertificate = "NO_CERTIFICATE";
 
     public static string Of(ProxyErrorKind kind) => kind switch
     {
@@ -72,6 +76,7 @@ internal static class ResponseFlag
         ProxyErrorKind.IdleTimeout => IdleTimeout,
         ProxyErrorKind.UpstreamTermination => UpstreamTermination,
         ProxyErrorKind.DownstreamTermination => DownstreamTermination,
+        ProxyErrorKind.NoCertificate => NoCertificate,
         _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
     };
 }
@@ -89,6 +94,7 @@ internal sealed record ProxyError(ProxyErrorKind Kind, string Reason)
     {
         TunnelPoolFullException => new(ProxyErrorKind.Overflow, $"tunnel to {destination}: {e.Message}"),
         TunnelException { IsTls: true } => new(ProxyErrorKind.TlsFailure, e.Message),
+        Weft.Identity.IdentityException { CertificateUnavailable: true } => new(ProxyErrorKind.NoCertificate, e.Message),
         HboneException { StatusCode: 403 } => new(ProxyErrorKind.Denied, $"{destination} refused the tunnel: not authorized"),
         HboneException h => new(ProxyErrorKind.ConnectFailure, $"tunnel to {destination}: {h.Message}{(h.InnerException is null ? "" : ": " + h.InnerException.Message)}"),
         OperationCanceledException => new(ProxyErrorKind.UpstreamConnectFailure, $"tunnel to {destination}: timed out"),

@@ -23,6 +23,9 @@ internal sealed record AgentHealth
 
     public IReadOnlyList<(string Principal, DateTimeOffset NotAfter)> Certificates { get; init; } = [];
 
+    /// <summary>CreateCertificate calls to the CA service: answered with a usable certificate, failed; and held certificates renewed.</summary>
+    public (long Ok, long Failed, long Renewals) CaService { get; init; }
+
     /// <summary>The process's open-file limit after the agent raised it.</summary>
     public long DescriptorLimit { get; init; }
 
@@ -96,6 +99,8 @@ internal sealed class MeshMetrics : IFlowObserver
     private readonly Counter _tunnelsIdleClosed;
     private readonly Counter _tunnelsEvicted;
     private readonly Counter _tunnelsRefused;
+    private readonly Counter _caRequests;
+    private readonly Counter _certificateRenewals;
     private readonly HashSet<string> _certificatePrincipals = new(StringComparer.Ordinal);
     private WorkloadDirectory _directory = WorkloadDirectory.Empty;
 
@@ -146,6 +151,8 @@ internal sealed class MeshMetrics : IFlowObserver
         _tunnelsEvicted = f.CreateCounter("weft_hbone_tunnels_evicted_total", "Idle outbound HBONE tunnels closed to make room for a new one of the same pod (--max-tunnels-per-pod).");
         _tunnelsRefused = f.CreateCounter("weft_hbone_tunnels_refused_total", "Outbound connections refused (UO) because their pod held --max-tunnels-per-pod tunnels and none was idle.");
         _accessLogDropped = f.CreateCounter("weft_access_log_dropped_total", "Access-log lines dropped because the log's reader fell 16,384 lines behind.");
+        _caRequests = f.CreateCounter("weft_ca_requests_total", "Certificate requests this agent made to the CA service, by result (ok, failed).", ["result"]);
+        _certificateRenewals = f.CreateCounter("weft_certificate_renewals_total", "Held workload certificates replaced by a renewed one from the CA service.");
         _descriptorLimit = f.CreateGauge("weft_descriptor_limit", "The agent's open-file limit (RLIMIT_NOFILE) after raising it to the hard limit.");
         Registry.AddBeforeCollectCallback(Collect);
         flows.Observer = this;
@@ -271,6 +278,9 @@ internal sealed class MeshMetrics : IFlowObserver
             _tunnelsIdleClosed.IncTo(health.TunnelsIdleClosed);
             _tunnelsEvicted.IncTo(health.TunnelsEvicted);
             _tunnelsRefused.IncTo(health.TunnelsRefused);
+            _caRequests.WithLabels("ok").IncTo(health.CaService.Ok);
+            _caRequests.WithLabels("failed").IncTo(health.CaService.Failed);
+            _certificateRenewals.IncTo(health.CaService.Renewals);
             foreach (var (limit, open, maximum) in health.Inbound)
             {
                 _inboundOpen.WithLabels(limit).Set(open);

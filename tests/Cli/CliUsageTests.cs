@@ -205,7 +205,7 @@ public class CliUsageTests
             Assert.Contains("\"weft ca init\"", script);
             Assert.Contains("--output|-o) ", script);
             Assert.Contains("json table", script);
-            Assert.Contains("CONNECT DC denied DENY error forwarded IDLE_TIMEOUT LOOP TLS_FAILURE UC UF UH UO", script);
+            Assert.Contains("CONNECT DC denied DENY error forwarded IDLE_TIMEOUT LOOP NO_CERTIFICATE TLS_FAILURE UC UF UH UO", script);
             Assert.Contains("json off text", script);
             Assert.Contains("--max-inbound-per-identity", script);
         }

@@ -323,6 +323,17 @@ function contractRules(setName, entries) {
       }
     }
     if (object.kind === "DaemonSet") {
+      // No private key of the CA on a node: the DaemonSet mounts no Secret and names no CA key (issue 11).
+      const podSpec = object.spec?.template?.spec ?? {};
+      for (const v of podSpec.volumes ?? []) {
+        const secrets = [v.secret?.secretName, ...(v.projected?.sources ?? []).map((s) => s.secret?.name)].filter(Boolean);
+        for (const name of secrets) problem(where, `volume ${v.name} mounts Secret ${name}: the DaemonSet must mount no private key (only the trust bundle and the node's credential)`);
+      }
+      for (const c of [...(podSpec.containers ?? []), ...(podSpec.initContainers ?? [])]) {
+        if ((c.args ?? []).includes("--ca-key") || (c.command ?? []).includes("--ca-key")) problem(where, `container ${c.name} is given --ca-key: nodes must not hold the CA key`);
+      }
+    }
+    if (object.kind === "DaemonSet" || object.kind === "Deployment") {
       const labels = object.spec?.template?.metadata?.labels ?? {};
       for (const [k, v] of Object.entries(object.spec?.selector?.matchLabels ?? {})) {
         if (labels[k] !== v) problem(where, `selector ${k}=${v} does not match the pod template's labels`);

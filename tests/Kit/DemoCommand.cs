@@ -14,10 +14,11 @@ internal static class DemoCommand
 {
     public const string Usage = """
         weft-kit demo [--keep] [--plaintext]
-          Builds a 2-node cluster of network namespaces with real agents sharing a fresh CA, runs
+          Builds a 2-node cluster of network namespaces with a CA service (weft ca serve, the only holder
+          of a fresh root's key) and real agents that get their pods' certificates from it, runs
           traffic (same node, cross node through an mTLS tunnel, through a Service VIP, and a call that
           a DENY policy refuses), prints the flows, removes it all. --keep leaves it running until Ctrl-C;
-          --plaintext runs the agents without a CA.
+          --plaintext runs the agents without any CA.
         """;
 
     private const string Vip = "10.96.0.10";
@@ -46,12 +47,12 @@ internal static class DemoCommand
         var spec = new ClusterSpec(
             new NodeSpec("node1", new PodSpec("demo", "client"), new PodSpec("demo", "web-a")),
             new NodeSpec("node2", new PodSpec("demo", "web-b1"), new PodSpec("demo", "web-b2")));
-        Say("building a cluster of network namespaces: 2 nodes, 2 pods each, and starting an agent per node");
+        Say("building a cluster of network namespaces: 2 nodes, 2 pods each, " + (mtls ? "a CA service on node1, " : "") + "and starting an agent per node");
         MeshCluster mesh;
         try
         {
             mesh = await MeshCluster.StartAsync(spec, c => c.InventoryYaml(new ServiceSpec(
-                "web", "demo", Vip, 80, 8080, c.Pod("demo", "web-b1"), c.Pod("demo", "web-b2"))) + DenyPolicy, mtls, "--admin", "127.0.0.1:15000");
+                "web", "demo", Vip, 80, 8080, c.Pod("demo", "web-b1"), c.Pod("demo", "web-b2"))) + DenyPolicy, mtls ? MeshIdentity.CaService : MeshIdentity.None, "--admin", "127.0.0.1:15000");
         }
         catch (Exception e) when (interrupted.IsCancellationRequested)
         {
@@ -61,6 +62,11 @@ internal static class DemoCommand
         }
 
         var cluster = mesh.Cluster;
+        if (mtls)
+        {
+            Say($"CA service {mesh.CaAddress} holds the root key; the agents hold only the trust bundle and a node certificate from `weft ca issue-node`");
+        }
+
         Say($"cluster {cluster.RunId}: network namespaces {cluster.NetnsPrefix}-*, cgroup {cluster.CgroupRoot}, " +
             $"eBPF pins {cluster.PinRoot("NODE")}; all removed on exit, Ctrl-C or SIGTERM");
         var outcome = new DemoOutcome();

@@ -24,6 +24,7 @@ public class ProxyErrorTests
         { nameof(ProxyErrorKind.IdleTimeout), "IDLE_TIMEOUT", "forwarded" },
         { nameof(ProxyErrorKind.UpstreamTermination), "UC", "error" },
         { nameof(ProxyErrorKind.DownstreamTermination), "DC", "error" },
+        { nameof(ProxyErrorKind.NoCertificate), "NO_CERTIFICATE", "error" },
     };
 
     [Theory]
@@ -65,6 +66,7 @@ public class ProxyErrorTests
         { new OperationCanceledException(), "UF", "tunnel to 10.244.2.2:8080: timed out" },
         { new TaskCanceledException(), "UF", "tunnel to 10.244.2.2:8080: timed out" },
         { new IdentityException("no certificate for spiffe://x"), "UF", "tunnel to 10.244.2.2:8080: no certificate for spiffe://x" },
+        { new IdentityException("no certificate for spiffe://x yet: the CA service did not answer") { CertificateUnavailable = true }, "NO_CERTIFICATE", "no certificate for spiffe://x yet" },
     };
 
     [Theory]

@@ -1,6 +1,20 @@
+using System.Diagnostics;
 using System.Text.Json;
 
 namespace Weft.Harness;
+
+/// <summary>How the agents of a <see cref="MeshCluster"/> get their workload certificates.</summary>
+internal enum MeshIdentity
+{
+    /// <summary>No CA: pod traffic between nodes is plaintext.</summary>
+    None,
+
+    /// <summary>Every agent holds the root CA's key and signs its own pods' certificates.</summary>
+    LocalCa,
+
+    /// <summary>A <c>weft ca serve</c> process (on the first node) holds the key; agents hold only the trust bundle and their node certificate.</summary>
+    CaService,
+}
 
 /// <summary>
 /// A netns cluster with a real <c>weft agent</c> process per node, each capturing its node's cgroup
@@ -26,6 +40,17 @@ internal sealed class MeshCluster : IAsyncDisposable
     /// <summary>The mesh CA when the cluster runs with mTLS (<see cref="StartAsync"/> with mtls: true).</summary>
     public Weft.Identity.CaFiles? Ca { get; private set; }
 
+    /// <summary>The running CA service (<see cref="MeshIdentity.CaService"/>), null while stopped.</summary>
+    public ManagedProcess? CaService { get; private set; }
+
+    /// <summary>Where agents reach the CA service: the first node's address, port <see cref="CaPort"/>.</summary>
+    public string CaAddress => $"https://{Cluster.Nodes[0].Address}:{CaPort}";
+
+    /// <summary>The CA service's /metrics (plain HTTP, in the first node's netns).</summary>
+    public string CaMetricsAddress => $"{Cluster.Nodes[0].Address}:{CaPort + 2}";
+
+    public const int CaPort = 15012;
+
     public const string TrustDomain = "cluster.local";
 
     private static readonly TimeSpan AgentGrace = TimeSpan.FromSeconds(5);
@@ -37,10 +62,18 @@ internal sealed class MeshCluster : IAsyncDisposable
 
     /// <summary>Builds the cluster, writes the inventory and starts one agent per node.</summary>
     public static Task<MeshCluster> StartAsync(ClusterSpec spec, Func<NetnsCluster, string> inventory, params string[] agentArgs) =>
-        StartAsync(spec, inventory, mtls: false, agentArgs);
+        StartAsync(spec, inventory, MeshIdentity.None, agentArgs);
 
-    /// <summary>As above; with <paramref name="mtls"/> a fresh root CA is made and every agent tunnels with mTLS.</summary>
-    public static async Task<MeshCluster> StartAsync(ClusterSpec spec, Func<NetnsCluster, string> inventory, bool mtls, params string[] agentArgs)
+    /// <summary>As above; with <paramref name="mtls"/> a fresh root CA is made and every agent tunnels with mTLS, signing locally.</summary>
+    public static Task<MeshCluster> StartAsync(ClusterSpec spec, Func<NetnsCluster, string> inventory, bool mtls, params string[] agentArgs) =>
+        StartAsync(spec, inventory, mtls ? MeshIdentity.LocalCa : MeshIdentity.None, agentArgs);
+
+    /// <summary>
+    /// As above, with the identity set up as <paramref name="identity"/> says. With <see cref="MeshIdentity.CaService"/> the
+    /// root CA's key is given only to <c>weft ca serve</c> (started before the agents, over the same inventory file); each
+    /// agent gets the trust bundle and its own node certificate from <c>weft ca issue-node</c>.
+    /// </summary>
+    public static async Task<MeshCluster> StartAsync(ClusterSpec spec, Func<NetnsCluster, string> inventory, MeshIdentity identity, params string[] agentArgs)
     {
         // agents drain for --drain-seconds 2 on SIGTERM: give them time to finish before SIGKILL
         var cluster = await NetnsCluster.CreateAsync(spec with { StopGracePeriod = spec.StopGracePeriod < AgentGrace ? AgentGrace : spec.StopGracePeriod });
@@ -49,14 +82,30 @@ internal sealed class MeshCluster : IAsyncDisposable
         {
             cluster.OwnDirectory(mesh._dir);
 
-            if (mtls)
+            if (identity != MeshIdentity.None)
             {
                 mesh.Ca = Weft.Identity.SelfSignedRoot.Write(Path.Combine(mesh._dir, "ca"), TrustDomain);
-                agentArgs = [.. agentArgs, "--trust-domain", TrustDomain, "--ca-cert", mesh.Ca.CertificatePath,
+            }
+
+            if (identity == MeshIdentity.LocalCa)
+            {
+                agentArgs = [.. agentArgs, "--trust-domain", TrustDomain, "--ca-cert", mesh.Ca!.CertificatePath,
                     "--ca-key", mesh.Ca.KeyPath, "--trust-bundle", mesh.Ca.TrustBundlePath];
             }
 
             mesh.WriteInventory(inventory(cluster));
+            if (identity == MeshIdentity.CaService)
+            {
+                await mesh.StartCaServiceAsync();
+                foreach (var node in cluster.Nodes)
+                {
+                    var credential = await mesh.IssueNodeCertificateAsync(node);
+                    await mesh.StartAgentAsync(node, [.. agentArgs, .. mesh.CaClientArgs(credential)]);
+                }
+
+                return mesh;
+            }
+
             foreach (var node in cluster.Nodes)
             {
                 await mesh.StartAgentAsync(node, agentArgs);
@@ -70,6 +119,60 @@ internal sealed class MeshCluster : IAsyncDisposable
             throw;
         }
     }
+
+    /// <summary>Starts <c>weft ca serve</c> in the first node's netns (the root key's only holder) and waits until it is ready.</summary>
+    public async Task<ManagedProcess> StartCaServiceAsync(params string[] extraArgs)
+    {
+        if (Ca is null || CaService is { HasExited: false })
+        {
+            throw new InvalidOperationException(Ca is null ? "the cluster has no CA" : "the CA service is running already");
+        }
+
+        var ca = Cluster.Nodes[0].StartWeft(
+            ["ca", "serve", "--ca-cert", Ca.CertificatePath, "--ca-key", Ca.KeyPath, "--trust-bundle", Ca.TrustBundlePath,
+            "--trust-domain", TrustDomain, "--inventory", InventoryPath, "--listen", $"{Cluster.Nodes[0].Address}:{CaPort}",
+            "--metrics", CaMetricsAddress, .. extraArgs]);
+        CaService = ca;
+        await WaitForStderrAsync(ca, line => line.Contains("ca: ready", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
+        return ca;
+    }
+
+    /// <summary>Stops the CA service (SIGTERM) and waits until it has exited: agents then find it unreachable.</summary>
+    public async Task StopCaServiceAsync()
+    {
+        if (CaService is not { } ca)
+        {
+            return;
+        }
+
+        ca.Stop();
+        await ca.WaitForExitAsync(TimeSpan.FromSeconds(20));
+        CaService = null;
+    }
+
+    /// <summary>Runs <c>weft ca issue-node NAME</c> with the root CA, as an operator would, and returns where it wrote node.crt and node.key.</summary>
+    public async Task<(string Certificate, string Key)> IssueNodeCertificateAsync(ClusterNode node)
+    {
+        var dir = Path.Combine(_dir, "nodes", node.Name);
+        var (file, arguments) = WeftExecutable.Command(["ca", "issue-node", node.Name, "--dir", dir, "--ca-cert", Ca!.CertificatePath,
+            "--ca-key", Ca.KeyPath, "--trust-domain", TrustDomain, "--days", "1"]);
+        var start = new ProcessStartInfo(file, arguments) { RedirectStandardError = true, RedirectStandardOutput = true };
+        using var process = Process.Start(start) ?? throw new HarnessException("cannot start weft ca issue-node");
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.StandardOutput.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        if (process.ExitCode != 0)
+        {
+            throw new HarnessException($"weft ca issue-node {node.Name} exited with {process.ExitCode}: {await stderr}");
+        }
+
+        return (Path.Combine(dir, "node.crt"), Path.Combine(dir, "node.key"));
+    }
+
+    /// <summary>The agent flags for a node that asks the CA service: its node credential and the trust bundle, no CA key.</summary>
+    public string[] CaClientArgs((string Certificate, string Key) credential) =>
+        ["--trust-domain", TrustDomain, "--ca-address", CaAddress, "--node-cert", credential.Certificate, "--node-key", credential.Key,
+        "--trust-bundle", Ca!.TrustBundlePath];
 
     /// <summary>Replaces the inventory file atomically (rename), as a config management tool would.</summary>
     public void WriteInventory(string yaml)
