@@ -150,17 +150,7 @@ internal static partial class BenchCommand
             }
         }
 
-        using var stop = new CancellationTokenSource();
-        void OnSignal(PosixSignalContext context)
-        {
-            // let the run unwind through its disposals, so agents, nginx, pins, namespaces and cgroups all go
-            context.Cancel = true;
-            Console.Error.WriteLine("weft-bench: stopping, cleaning up");
-            stop.Cancel();
-        }
-
-        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var stop = new BenchInterrupt("stopping, cleaning up");
 
         // runs whose process died (kill -9): their processes, pins, namespaces and cgroups
         NetnsCluster.CleanupStale();

@@ -44,16 +44,7 @@ internal static partial class BenchCommand
             return 1;
         }
 
-        using var stop = new CancellationTokenSource();
-        void OnSignal(PosixSignalContext context)
-        {
-            context.Cancel = true;
-            Console.Error.WriteLine("weft-bench: stopping, cleaning up");
-            stop.Cancel();
-        }
-
-        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var stop = new BenchInterrupt("stopping, cleaning up");
         NetnsCluster.CleanupStale();
 
         Say($"load: {idle} idle connections held, {rate} new connections/s of 1 KiB each way for {minutes} min, through mTLS agents (load average before: {LoadAverage():0.00})");

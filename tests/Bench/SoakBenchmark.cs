@@ -63,16 +63,7 @@ internal static class SoakBenchmark
             throw new UsageException("--minutes must be at least 1");
         }
 
-        using var stop = new CancellationTokenSource();
-        void OnSignal(PosixSignalContext context)
-        {
-            context.Cancel = true;
-            Console.Error.WriteLine("weft-bench: stopping the soak early, checking what ran and cleaning up");
-            stop.Cancel();
-        }
-
-        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var stop = new BenchInterrupt("stopping the soak early, checking what ran and cleaning up");
         NetnsCluster.CleanupStale();
         var report = await RunAsync(TimeSpan.FromMinutes(minutes), line => Console.WriteLine(line), stop.Token);
         Console.WriteLine();
