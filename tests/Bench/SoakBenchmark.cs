@@ -147,6 +147,10 @@ internal static class SoakBenchmark
         private readonly List<string> _failures = [];
         private readonly List<string> _events = [];
         private readonly object _gate = new();
+
+        // A CA rotation waits for each agent to reload; an agent replaced meanwhile drains and exits instead
+        // (and its successor read the files at start), so the two changes take turns.
+        private readonly SemaphoreSlim _agentChange = new(1, 1);
         private long _corruptedTransfers;
         private long _corruptedBytes;
         private long _okConnections;
@@ -266,11 +270,11 @@ internal static class SoakBenchmark
             await Task.WhenAll(
                 Task.Run(() => EveryAsync(flipEvery, flipEvery, _ => { FlipPolicy(); return Task.CompletedTask; }, cancellationToken), CancellationToken.None),
                 Task.Run(() => EveryAsync(TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(20), ChurnAsync, cancellationToken), CancellationToken.None),
-                Task.Run(() => EveryAsync(replaceEvery, replaceEvery, async _ =>
+                Task.Run(() => EveryAsync(replaceEvery, replaceEvery, async token =>
                 {
                     if (duration - _clock.Elapsed > TimeSpan.FromSeconds(20))
                     {
-                        await ReplaceAgentAsync();
+                        await ReplaceAgentAsync(token);
                     }
                 }, cancellationToken), CancellationToken.None),
                 Task.Run(async () =>
@@ -383,6 +387,19 @@ internal static class SoakBenchmark
 
         private async Task RotateAsync(CaRotation ca, CancellationToken cancellationToken)
         {
+            await _agentChange.WaitAsync(cancellationToken);
+            try
+            {
+                await RotateExclusiveAsync(ca, cancellationToken);
+            }
+            finally
+            {
+                _agentChange.Release();
+            }
+        }
+
+        private async Task RotateExclusiveAsync(CaRotation ca, CancellationToken cancellationToken)
+        {
             var n = ++_rotations;
             var agents = new[] { mesh.Agent("node1"), mesh.Agent("node2") };
             async Task StepAsync(string what, Action write)
@@ -407,18 +424,26 @@ internal static class SoakBenchmark
         }
 
         /// <summary>A rolling replacement of node2's agent: the new one beside the old, then SIGTERM to the old (which drains).</summary>
-        private async Task ReplaceAgentAsync()
+        private async Task ReplaceAgentAsync(CancellationToken cancellationToken)
         {
-            var old = mesh.Agent("node2");
-            await mesh.StartAgentAsync(Cluster.Node("node2"));
-            old.Stop();
-            lock (_gate)
+            await _agentChange.WaitAsync(cancellationToken);
+            try
             {
-                _replacedAgents.Add(old);
-            }
+                var old = mesh.Agent("node2");
+                await mesh.StartAgentAsync(Cluster.Node("node2"));
+                old.Stop();
+                lock (_gate)
+                {
+                    _replacedAgents.Add(old);
+                }
 
-            _replacements++;
-            Event($"node2 agent replaced (old pid {old.Pid}, new pid {mesh.Agent("node2").Pid})");
+                _replacements++;
+                Event($"node2 agent replaced (old pid {old.Pid}, new pid {mesh.Agent("node2").Pid})");
+            }
+            finally
+            {
+                _agentChange.Release();
+            }
         }
 
         private async Task HeldLoopAsync(ClusterPod srv, CancellationToken cancellationToken)
