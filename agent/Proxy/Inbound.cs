@@ -185,9 +185,10 @@ internal sealed partial class PodProxy
             var started = Stopwatch.GetTimestamp();
             try
             {
-                // A tunnel that ends while we dial takes the dial with it.
-                using var dial = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token, request.Aborted);
-                upstream = await _services.Sockets.DeliverAsync(Pod, DeliverFrom(snapshot, source.Address, peer, tunnelSource), target, Options, dial.Token).ConfigureAwait(false);
+                // A tunnel that ends while we dial takes the dial with it; stopping does not: a stream taken before
+                // the drain's GOAWAY is one the peer will not retry elsewhere, so it is carried (the connect has its
+                // own timeout, and the agent's drain deadline ends what is left).
+                upstream = await _services.Sockets.DeliverAsync(Pod, DeliverFrom(snapshot, source.Address, peer, tunnelSource), target, Options, request.Aborted).ConfigureAwait(false);
             }
             catch (SocketException e)
             {

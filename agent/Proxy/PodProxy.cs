@@ -17,6 +17,7 @@ internal sealed partial class PodProxy : IAsyncDisposable
 {
     private readonly ProxyServices _services;
     private readonly CancellationTokenSource _stop = new();
+    private int _disposed;
     private readonly List<Socket> _listeners = [];
     private readonly List<Task> _acceptLoops = [];
     private int _open;
@@ -194,6 +195,11 @@ internal sealed partial class PodProxy : IAsyncDisposable
     /// </summary>
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
         _stop.Cancel();
         CloseListeners();
         _services.Tunnels?.Release(Pod);

@@ -252,6 +252,29 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
         Assert.Equal(0, services.Tunnels.IdleClosed);
     }
 
+    [Fact]
+    public async Task StreamStillDialingItsApp_WhenTheServerPodsProxyStops_IsDeliveredNotRefused()
+    {
+        // An agent being replaced stops its pod proxies and drains their tunnels; a CONNECT it took just before
+        // (its dial to the app still under way) must be carried, as its peer will not retry it elsewhere.
+        var dialing = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var proceed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _serverSockets.BeforeDelivery = async token =>
+        {
+            dialing.TrySetResult();
+            await proceed.Task.WaitAsync(token);
+        };
+
+        var roundTrip = RoundTripAsync(_client, Client, "127.0.0.1:8080", "carried through the drain");
+        await dialing.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        await _server.DisposeAsync();
+        proceed.SetResult();
+
+        Assert.Equal("carried through the drain", await roundTrip);
+        var inbound = await FinishedAsync(_serverFlows, 1);
+        Assert.Equal("-", inbound[0].ResponseFlags);
+    }
+
     private ProxyServices ClientServices(LoopbackPodSockets sockets, TimeSpan tunnelIdle) =>
         new(_destinations, sockets, _inventory, _clientTracker, new ProxyOptions { ConnectTimeout = TimeSpan.FromSeconds(10), TunnelIdleTimeout = tunnelIdle }, _identity);
 

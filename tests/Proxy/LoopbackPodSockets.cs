@@ -58,11 +58,19 @@ internal sealed class LoopbackPodSockets : IPodSockets
     /// <summary>Deliveries asked for: the client the app was to be shown, by destination.</summary>
     public ConcurrentQueue<(IPAddress Client, IPEndPoint Destination)> Deliveries { get; } = new();
 
-    public Task<Socket> DeliverAsync(LocalPod pod, IPAddress client, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default)
+    /// <summary>Runs before each delivery's connect with its cancellation token, as a slow connect would (none by default).</summary>
+    public Func<CancellationToken, Task>? BeforeDelivery { get; set; }
+
+    public async Task<Socket> DeliverAsync(LocalPod pod, IPAddress client, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default)
     {
         // loopback has no transparent return path: the record says whom the app was meant to see
         Deliveries.Enqueue((client, destination));
-        return ConnectAsync(pod, destination, options, cancellationToken);
+        if (BeforeDelivery is { } wait)
+        {
+            await wait(cancellationToken);
+        }
+
+        return await ConnectAsync(pod, destination, options, cancellationToken);
     }
 
     public void Release(LocalPod pod)
