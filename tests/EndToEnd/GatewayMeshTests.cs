@@ -99,7 +99,7 @@ public class GatewayMeshTests
 
         var pcap = Path.Combine(files, "underlay.pcap");
         using var capture = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", cluster.UnderlayNetnsName,
-            "tcpdump", "-i", "br0", "-U", "-s", "0", "-B", "65536", "-w", pcap, "tcp"])
+            "tcpdump", "-i", "br0", "--immediate-mode", "-U", "-s", "0", "-B", "65536", "-w", pcap, "tcp"])
         { RedirectStandardError = true })!;
         (string Code, string Body) denied, web, legacy, other;
         try
@@ -112,17 +112,27 @@ public class GatewayMeshTests
             // STRICT web1 accepts the gateway's mTLS; the tunnel of the refused CONNECT, idle, makes room (--max-tunnels 1).
             web = await CurlAsync(gw, "web.example", "/meshed.txt");
 
-            // The unmeshed backend is reached as before, in plaintext.
-            legacy = await CurlAsync(gw, "legacy.example", "/plain.txt");
-
             // web1's tunnel still carries the gateway's kept-alive connection: a tunnel to a third pod is past the limit.
             other = await CurlAsync(gw, "other.example", "/meshed.txt");
-            await Task.Delay(500);
+
+            // The unmeshed backend is reached as before, in plaintext. Last: seeing it proves the capture covered the rest.
+            legacy = await CurlAsync(gw, "legacy.example", "/plain.txt");
+            await Task.Delay(1000);
         }
         finally
         {
-            capture.Kill();
-            await capture.WaitForExitAsync();
+            // SIGTERM: tcpdump writes out what it holds before it exits.
+            Tmds.Linux.LibC.kill(capture.Id, Tmds.Linux.LibC.SIGTERM);
+            using var stopped = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            try
+            {
+                await capture.WaitForExitAsync(stopped.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                capture.Kill();
+                await capture.WaitForExitAsync();
+            }
         }
 
         Assert.Equal("403", denied.Code);
