@@ -135,10 +135,18 @@ internal static class AgentCommand
     }
 
     /// <summary>How workload certificates are obtained: signed here (--ca-cert/--ca-key), from the CA service (--ca-address), or none (plaintext).</summary>
-    private static IdentityOptions? IdentityFlags(ParseResult cl)
+    private static IdentityOptions? IdentityFlags(ParseResult cl) => Identity(new IdentityFlagValues(
+        cl.GetRequiredValue(TrustDomain), cl.GetValue(CaCert), cl.GetValue(CaKey), cl.GetValue(TrustBundle), cl.GetValue(CaChain),
+        cl.GetValue(CaAddress), cl.GetValue(NodeCert), cl.GetValue(NodeKey), Seconds(cl, SvidLifetimeSeconds), Seconds(cl, CertificateWaitSeconds)));
+
+    /// <summary>The identity flags' values, as the agent and the gateway take them.</summary>
+    internal sealed record IdentityFlagValues(string TrustDomain, string? CaCert, string? CaKey, string? TrustBundle, string? CaChain,
+        string? CaAddress, string? NodeCert, string? NodeKey, TimeSpan SvidLifetime, TimeSpan CertificateWait);
+
+    /// <summary>Signed here (CA files), from the CA service, or null (no identity); a wrong combination is a <see cref="UsageException"/>.</summary>
+    internal static IdentityOptions? Identity(IdentityFlagValues flags)
     {
-        var (caCert, caAddress, trustDomain) = (cl.GetValue(CaCert), cl.GetValue(CaAddress), cl.GetRequiredValue(TrustDomain));
-        var lifetime = Seconds(cl, SvidLifetimeSeconds);
+        var (caCert, caAddress, trustDomain, lifetime) = (flags.CaCert, flags.CaAddress, flags.TrustDomain, flags.SvidLifetime);
         if (caCert is not null && caAddress is not null)
         {
             throw new UsageException("give --ca-cert/--ca-key (sign on this node) or --ca-address (ask the CA service), not both");
@@ -146,13 +154,13 @@ internal static class AgentCommand
 
         if (caCert is not null)
         {
-            var files = new CaFiles(caCert, cl.GetValue(CaKey) ?? throw new UsageException("missing --ca-key (the key of --ca-cert)"), cl.GetValue(TrustBundle) ?? caCert, cl.GetValue(CaChain));
+            var files = new CaFiles(caCert, flags.CaKey ?? throw new UsageException("missing --ca-key (the key of --ca-cert)"), flags.TrustBundle ?? caCert, flags.CaChain);
             return new IdentityOptions(trustDomain, files) { SvidLifetime = lifetime };
         }
 
         if (caAddress is null)
         {
-            return cl.GetValue(CaKey) is not null || cl.GetValue(NodeCert) is not null || cl.GetValue(NodeKey) is not null
+            return flags.CaKey is not null || flags.NodeCert is not null || flags.NodeKey is not null
                 ? throw new UsageException("--ca-key needs --ca-cert, and --node-cert/--node-key need --ca-address")
                 : null;
         }
@@ -164,13 +172,14 @@ internal static class AgentCommand
 
         var service = new CaServiceOptions(
             address,
-            cl.GetValue(NodeCert) ?? throw new UsageException("--ca-address needs --node-cert (weft ca issue-node writes it)"),
-            cl.GetValue(NodeKey) ?? throw new UsageException("--ca-address needs --node-key (weft ca issue-node writes it)"));
+            flags.NodeCert ?? throw new UsageException("--ca-address needs --node-cert (weft ca issue-node writes it)"),
+            flags.NodeKey ?? throw new UsageException("--ca-address needs --node-key (weft ca issue-node writes it)"));
+        var trustBundle = flags.TrustBundle ?? throw new UsageException("--ca-address needs --trust-bundle: the roots that the CA service and the mesh's peers chain to");
         return new IdentityOptions(trustDomain, null, new CaServiceClient(service))
         {
-            TrustBundlePath = cl.GetValue(TrustBundle) ?? throw new UsageException("--ca-address needs --trust-bundle: the roots that the CA service and the mesh's peers chain to"),
+            TrustBundlePath = trustBundle,
             SvidLifetime = lifetime,
-            IssuanceWait = Seconds(cl, CertificateWaitSeconds),
+            IssuanceWait = flags.CertificateWait,
         };
     }
 

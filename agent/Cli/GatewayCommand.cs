@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Net;
 using System.Runtime.InteropServices;
 using Weft.Gateway;
+using Weft.Identity;
 
 namespace Weft.Cli;
 
@@ -14,11 +15,26 @@ internal static class GatewayCommand
     private static readonly Option<int> MaxConnections = new("--max-connections") { HelpName = "N", Description = "Client connections held at once; further ones are closed on accept.", DefaultValueFactory = _ => 10_000 };
     private static readonly Option<string> Admin = new("--admin") { HelpName = "ADDR|off", Description = "/metrics, /routes and /healthz.", DefaultValueFactory = _ => "127.0.0.1:15080" };
 
+    // The gateway's mesh identity: the same sources as an agent's (docs/gateway.md, "The gateway in the mesh").
+    private static readonly Option<string> TrustDomain = new("--trust-domain") { HelpName = "TD", Description = "SPIFFE trust domain of the mesh (with --ca-cert or --ca-address).", DefaultValueFactory = _ => "cluster.local" };
+    private static readonly Option<string?> MeshNamespace = new("--mesh-namespace") { HelpName = "NS", Description = "Namespace of the gateway's SPIFFE ID spiffe://TD/ns/NS/sa/SA [default: $POD_NAMESPACE, then weft-gateway]" };
+    private static readonly Option<string> MeshServiceAccount = new("--mesh-service-account") { HelpName = "SA", Description = "Service account of the gateway's SPIFFE ID.", DefaultValueFactory = _ => "weft-gateway" };
+    private static readonly Option<string?> CaCert = new("--ca-cert") { HelpName = "FILE", Description = "PEM CA certificate to sign the gateway's own certificate with; with it (or --ca-address) meshed backends are reached over HBONE mTLS, the others in plaintext (without: all plaintext)." };
+    private static readonly Option<string?> CaKey = new("--ca-key") { HelpName = "FILE", Description = "PEM private key of --ca-cert." };
+    private static readonly Option<string?> TrustBundle = new("--trust-bundle") { HelpName = "FILE", Description = "PEM roots backends' certificates must chain to [default: --ca-cert]" };
+    private static readonly Option<string?> CaChain = new("--ca-chain") { HelpName = "FILE", Description = "PEM intermediates between --ca-cert and the root." };
+    private static readonly Option<string?> CaAddress = new("--ca-address") { HelpName = "https://HOST:PORT", Description = "The CA service that issues the gateway's certificate (instead of --ca-cert/--ca-key); needs --node-cert, --node-key and --trust-bundle." };
+    private static readonly Option<string?> NodeCert = new("--node-cert") { HelpName = "FILE", Description = "PEM: the node credential for --ca-address (weft ca issue-node) of the node the gateway's pod runs on." };
+    private static readonly Option<string?> NodeKey = new("--node-key") { HelpName = "FILE", Description = "PEM: the private key of --node-cert." };
+    private static readonly Option<int> SvidLifetimeSeconds = new("--svid-lifetime-seconds") { HelpName = "N", Description = "Lifetime of the gateway's certificate; renewed at half life.", DefaultValueFactory = _ => (int)SvidIssuer.DefaultLifetime.TotalSeconds };
+    private static readonly Option<int> MaxTunnels = new("--max-tunnels") { HelpName = "N", Description = "HBONE tunnels to meshed backends held at once; past it the least recently used idle one closes, or with none idle the request gets 503 (UO).", DefaultValueFactory = _ => 1024 };
+
     public static Command Create()
     {
         var command = new Command("gateway", "Runs the ingress gateway: routes outside requests to Services by host and path, from Ingress (class weft) and Gateway API HTTPRoutes; no root, no eBPF (docs/gateway.md).")
         {
             Inventory, Http, Https, Admin, MaxConnections,
+            TrustDomain, MeshNamespace, MeshServiceAccount, CaCert, CaKey, TrustBundle, CaChain, CaAddress, NodeCert, NodeKey, SvidLifetimeSeconds, MaxTunnels,
         };
         command.SetAction(async (cl, _) =>
         {
@@ -43,9 +59,16 @@ internal static class GatewayCommand
             using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
             using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
 
+            var meshOptions = MeshFlags(cl);
             var metrics = new GatewayMetrics(Environment.GetEnvironmentVariable("POD_NAMESPACE") ?? "");
             using var config = GatewayConfigSource.Start(cl.GetRequiredValue(Inventory), metrics);
-            await using var server = await GatewayServer.StartAsync(options, () => config.Current, metrics, () => config.LastError?.Message);
+            using var mesh = meshOptions is null ? null : await GatewayMesh.StartAsync(meshOptions, () => config.Store.Current);
+            if (mesh is not null)
+            {
+                metrics.Mesh(mesh);
+            }
+
+            await using var server = await GatewayServer.StartAsync(options, () => config.Current, metrics, () => config.LastError?.Message, mesh: mesh);
             Log.Info("gateway", "ready");
             await stop.Task;
             Log.Info("gateway", "stopping");
@@ -57,8 +80,30 @@ internal static class GatewayCommand
                 stop.TrySetResult();
             }
         });
-        WeftCli.Examples(command, "weft gateway --inventory gateway.yaml", "weft gateway --inventory gateway.yaml --http 127.0.0.1:8080 --https off");
+        WeftCli.Examples(command, "weft gateway --inventory gateway.yaml", "weft gateway --inventory gateway.yaml --http 127.0.0.1:8080 --https off",
+            "weft gateway --inventory gateway.yaml --ca-address https://weft-ca:15012 --node-cert node.crt --node-key node.key --trust-bundle bundle.crt");
         return command;
+    }
+
+    /// <summary>The gateway's place in the mesh, or null when no CA is given (every backend in plaintext).</summary>
+    private static GatewayMeshOptions? MeshFlags(ParseResult cl)
+    {
+        var lifetime = cl.GetValue(SvidLifetimeSeconds) is >= 1 and var seconds ? TimeSpan.FromSeconds(seconds) : throw new UsageException("--svid-lifetime-seconds wants 1 or more");
+        var maxTunnels = cl.GetValue(MaxTunnels) is >= 1 and var max ? max : throw new UsageException("--max-tunnels must be at least 1");
+        var identity = AgentCommand.Identity(new AgentCommand.IdentityFlagValues(
+            cl.GetRequiredValue(TrustDomain), cl.GetValue(CaCert), cl.GetValue(CaKey), cl.GetValue(TrustBundle), cl.GetValue(CaChain),
+            cl.GetValue(CaAddress), cl.GetValue(NodeCert), cl.GetValue(NodeKey), lifetime, TimeSpan.FromSeconds(10)));
+        if (identity is null)
+        {
+            return null;
+        }
+
+        var ns = cl.GetValue(MeshNamespace)
+            ?? (Environment.GetEnvironmentVariable("POD_NAMESPACE") is { Length: > 0 } podNamespace ? podNamespace : "weft-gateway");
+        return new GatewayMeshOptions(identity, ns, cl.GetRequiredValue(MeshServiceAccount))
+        {
+            Tunnels = new Weft.Proxy.ProxyOptions { MaxTunnelsPerPod = maxTunnels },
+        };
     }
 
     private static IPEndPoint? Endpoint(string name, string value)

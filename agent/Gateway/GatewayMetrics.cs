@@ -86,6 +86,21 @@ internal sealed class GatewayMetrics
 
     public double EjectionCount => _ejections.Value;
 
+    /// <summary>Reports the gateway's HBONE tunnels (open, evicted at the limit, refused at the limit) at every scrape.</summary>
+    public void Mesh(GatewayMesh mesh)
+    {
+        var factory = Metrics.WithCustomRegistry(Registry);
+        var open = factory.CreateGauge("weft_gateway_tunnels", "HBONE tunnels to meshed backends the gateway holds now.");
+        var evicted = factory.CreateCounter("weft_gateway_tunnels_evicted_total", "Idle tunnels closed to make room for a new one at --max-tunnels.");
+        var refused = factory.CreateCounter("weft_gateway_tunnels_refused_total", "Requests answered 503 (UO) because the gateway held --max-tunnels tunnels and none was idle.");
+        Registry.AddBeforeCollectCallback(() =>
+        {
+            open.Set(mesh.OpenTunnels);
+            evicted.IncTo(mesh.TunnelsEvicted);
+            refused.IncTo(mesh.TunnelsRefused);
+        });
+    }
+
     public async Task<string> ExportAsync()
     {
         using var stream = new MemoryStream();

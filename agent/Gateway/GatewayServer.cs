@@ -105,7 +105,9 @@ internal sealed partial class GatewayServer : IAsyncDisposable
 
     /// <param name="routes">The table to serve, read once per request and per TLS handshake.</param>
     /// <param name="configError">Why the configuration as it is now is not what is served, or null.</param>
-    public static async Task<GatewayServer> StartAsync(GatewayOptions options, Func<RouteTable> routes, GatewayMetrics metrics, Func<string?>? configError = null, CancellationToken cancellationToken = default)
+    /// <param name="mesh">The gateway's mesh membership: meshed endpoints are reached over HBONE; null, all in plaintext.</param>
+    public static async Task<GatewayServer> StartAsync(GatewayOptions options, Func<RouteTable> routes, GatewayMetrics metrics, Func<string?>? configError = null,
+        CancellationToken cancellationToken = default, GatewayMesh? mesh = null)
     {
         ListenOptions? httpListen = null, httpsListen = null, adminListen = null;
         var connections = new ConnectionLimiter(options.MaxConnections, metrics);
@@ -163,7 +165,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         });
         builder.Services.AddHttpForwarder();
         var app = builder.Build();
-        var handler = new RequestHandler(app.Services.GetRequiredService<IHttpForwarder>(), routes, metrics, options);
+        var handler = new RequestHandler(app.Services.GetRequiredService<IHttpForwarder>(), routes, metrics, options, mesh);
         app.Run(handler.HandleAsync);
 
         WebApplication? admin = null;
@@ -337,7 +339,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             VersionPolicy = HttpVersionPolicy.RequestVersionOrLower,
         };
 
-        public RequestHandler(IHttpForwarder forwarder, Func<RouteTable> routes, GatewayMetrics metrics, GatewayOptions options)
+        public RequestHandler(IHttpForwarder forwarder, Func<RouteTable> routes, GatewayMetrics metrics, GatewayOptions options, GatewayMesh? mesh)
         {
             _forwarder = forwarder;
             _routes = routes;
@@ -353,6 +355,9 @@ internal sealed partial class GatewayServer : IAsyncDisposable
 
                 // The gateway writes traceparent itself (TraceContext): the handler must not add its own.
                 ActivityHeadersPropagator = DistributedContextPropagator.CreateNoOutputPropagator(),
+
+                // In the mesh, each new connection is plaintext or an HBONE stream, as the inventory says of its endpoint.
+                ConnectCallback = mesh is null ? null : mesh.ConnectAsync,
             });
         }
 
@@ -402,7 +407,16 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 if (error != ForwarderError.None)
                 {
                     var exception = context.GetForwarderErrorFeature()?.Exception;
-                    if (error == ForwarderError.Request && IsConnectFailure(exception))
+                    if (error == ForwarderError.Request && MeshRefusal(exception) is { } meshFlags)
+                    {
+                        // The backend's agent answered, so the endpoint is up: a refusal ejects nothing.
+                        flags = meshFlags.Flags;
+                        if (!context.Response.HasStarted)
+                        {
+                            context.Response.StatusCode = meshFlags.Status;
+                        }
+                    }
+                    else if (error == ForwarderError.Request && IsConnectFailure(exception))
                     {
                         _health.Eject(endpoint);
                         _metrics.Ejected();
@@ -425,11 +439,32 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             }
         }
 
+        /// <summary>
+        /// The mesh said no without the endpoint being down: its agent refused the gateway's CONNECT (403 when an
+        /// AuthorizationPolicy denies the gateway, passed on to the client; any other refusal 503), or the gateway holds
+        /// its limit of tunnels (503, UO).
+        /// </summary>
+        private static (int Status, string Flags)? MeshRefusal(Exception? exception)
+        {
+            for (var e = exception; e is not null; e = e.InnerException)
+            {
+                switch (e)
+                {
+                    case MeshRefusedException refused:
+                        return refused.StatusCode == StatusCodes.Status403Forbidden ? (StatusCodes.Status403Forbidden, "DENY") : (StatusCodes.Status503ServiceUnavailable, "UF");
+                    case Weft.Proxy.TunnelPoolFullException:
+                        return (StatusCodes.Status503ServiceUnavailable, "UO");
+                }
+            }
+
+            return null;
+        }
+
         private static bool IsConnectFailure(Exception? exception)
         {
             for (var e = exception; e is not null; e = e.InnerException)
             {
-                if (e is HttpRequestException { HttpRequestError: HttpRequestError.ConnectionError } or System.Net.Sockets.SocketException or TimeoutException)
+                if (e is HttpRequestException { HttpRequestError: HttpRequestError.ConnectionError } or System.Net.Sockets.SocketException or TimeoutException or Weft.Proxy.TunnelException)
                 {
                     return true;
                 }

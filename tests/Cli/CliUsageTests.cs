@@ -128,6 +128,8 @@ public class CliUsageTests
     [InlineData(new[] { "ca", "init" }, "--dir", null)]
     [InlineData(new[] { "completion", "fish" }, "'fish'", "bash")]
     [InlineData(new[] { "agent", "--inventory", "x.yaml", "--max-inbound-per-node", "-1" }, "--max-inbound-per-node wants 0 (derive it) or more, got -1", null)]
+    [InlineData(new[] { "gateway", "--inventory", "x.yaml", "--ca-key", "k.pem" }, "--ca-key needs --ca-cert", null)]
+    [InlineData(new[] { "gateway", "--inventory", "x.yaml", "--ca-cert", "c.pem", "--max-tunnels", "0" }, "--max-tunnels must be at least 1", null)]
     public async Task BadValue_IsNamed_AndExits2(string[] args, string named, string? offered)
     {
         var (exit, _, error) = await RunAsync(args);

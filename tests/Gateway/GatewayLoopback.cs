@@ -114,7 +114,8 @@ internal sealed class GatewayLoopback : IAsyncDisposable
             + GatewayYaml.Namespace("gateway-conformance-app-backend", "{gateway-conformance: backend}");
     }
 
-    public async Task StartAsync(string yaml, GatewayOptions? options = null)
+    /// <param name="mesh">The gateway's mesh membership, or null (every backend in plaintext).</param>
+    public async Task StartAsync(string yaml, GatewayOptions? options = null, GatewayMesh? mesh = null)
     {
         await File.WriteAllTextAsync(InventoryPath, yaml);
         _config = GatewayConfigSource.Start(InventoryPath, Metrics, TimeSpan.FromMilliseconds(200));
@@ -124,7 +125,7 @@ internal sealed class GatewayLoopback : IAsyncDisposable
             Http = new IPEndPoint(IPAddress.Loopback, 0),
             Https = new IPEndPoint(IPAddress.Loopback, 0),
             Admin = new IPEndPoint(IPAddress.Loopback, 0),
-        }, () => _config.Current, Metrics, () => _config.LastError?.Message);
+        }, () => _config.Current, Metrics, () => _config.LastError?.Message, mesh: mesh);
     }
 
     /// <summary>Rewrites the file and waits until the gateway serves a new route table (or the file's error is known).</summary>

@@ -150,10 +150,17 @@ internal sealed class MeshCluster : IAsyncDisposable
         CaService = null;
     }
 
-    /// <summary>Runs <c>weft ca issue-node NAME</c> with the root CA, as an operator would, and returns where it wrote node.crt and node.key.</summary>
+    /// <summary>Runs <c>weft ca issue-node NAME</c> with the root CA, as an operator would, and returns where it wrote node.crt and node.key (the ones written before, when the node has them).</summary>
     public async Task<(string Certificate, string Key)> IssueNodeCertificateAsync(ClusterNode node)
     {
         var dir = Path.Combine(_dir, "nodes", node.Name);
+        var (certificate, key) = (Path.Combine(dir, "node.crt"), Path.Combine(dir, "node.key"));
+        if (File.Exists(certificate) && File.Exists(key))
+        {
+            // Another process of the node (e.g. a gateway pod on it) uses the node's credential too.
+            return (certificate, key);
+        }
+
         var (file, arguments) = WeftExecutable.Command(["ca", "issue-node", node.Name, "--dir", dir, "--ca-cert", Ca!.CertificatePath,
             "--ca-key", Ca.KeyPath, "--trust-domain", TrustDomain, "--days", "1"]);
         var start = new ProcessStartInfo(file, arguments) { RedirectStandardError = true, RedirectStandardOutput = true };
