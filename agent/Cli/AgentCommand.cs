@@ -35,9 +35,10 @@ internal static class AgentCommand
     private static readonly Option<string?> CaKey = new("--ca-key") { HelpName = "FILE", Description = "PEM private key of --ca-cert." };
     private static readonly Option<string?> TrustBundle = new("--trust-bundle") { HelpName = "FILE", Description = "PEM roots to trust [default: --ca-cert]" };
     private static readonly Option<string?> CaChain = new("--ca-chain") { HelpName = "FILE", Description = "PEM intermediates between --ca-cert and the root, sent with each workload certificate." };
-    private static readonly Option<string?> CaAddress = new("--ca-address") { HelpName = "https://HOST:PORT", Description = "The CA service (weft ca serve) that issues this node's workload certificates; the node holds no CA key (instead of --ca-cert/--ca-key). Needs --node-cert, --node-key and --trust-bundle." };
+    private static readonly Option<string?> CaAddress = new("--ca-address") { HelpName = "https://HOST:PORT", Description = "The CA service (weft ca serve) that issues this node's workload certificates; the node holds no CA key (instead of --ca-cert/--ca-key). Needs --trust-bundle, and --node-cert/--node-key or --ca-token-file." };
     private static readonly Option<string?> NodeCert = new("--node-cert") { HelpName = "FILE", Description = "PEM: this node's client certificate for --ca-address (weft ca issue-node)." };
     private static readonly Option<string?> NodeKey = new("--node-key") { HelpName = "FILE", Description = "PEM: the private key of --node-cert." };
+    private static readonly Option<string?> CaTokenFile = new("--ca-token-file") { HelpName = "FILE", Description = "Kubernetes mode: the agent pod's projected service-account token (audience of `weft ca serve --token-audience`), sent to --ca-address as bearer; re-read for every request." };
     private static readonly Option<int> SvidLifetimeSeconds = new("--svid-lifetime-seconds") { HelpName = "N", Description = "Lifetime of each workload certificate (asked of --ca-address, which may cap it); renewed at half life.", DefaultValueFactory = _ => (int)SvidIssuer.DefaultLifetime.TotalSeconds };
     private static readonly Option<int> CertificateWaitSeconds = new("--certificate-wait-seconds") { HelpName = "N", Description = "With --ca-address: how long a connection of a pod with no certificate yet waits for one before it fails (NO_CERTIFICATE).", DefaultValueFactory = _ => 10 };
     private static readonly Option<int> TunnelKeepaliveSeconds = new("--tunnel-keepalive-seconds") { HelpName = "N", Description = "How often each HBONE tunnel PINGs its peer.", DefaultValueFactory = _ => (int)new ProxyOptions().TunnelKeepalive.TotalSeconds };
@@ -55,7 +56,7 @@ internal static class AgentCommand
             Inventory, Kubernetes, Kubeconfig, PodCgroupRoot, Node, Cgroup, Bpffs, Admin, Metrics, Health, DrainSeconds,
             IdleTimeoutSeconds, MaxConnectionsPerPod, MaxInboundPerIdentity, MaxInboundPerAddress, MaxInboundPerNode,
             AccessLog, NoAccessLog, TunnelKeepaliveSeconds, TunnelKeepaliveTimeoutSeconds, TunnelIdleSeconds, MaxTunnelsPerPod,
-            TrustDomain, CaCert, CaKey, TrustBundle, CaChain, CaAddress, NodeCert, NodeKey, SvidLifetimeSeconds, CertificateWaitSeconds,
+            TrustDomain, CaCert, CaKey, TrustBundle, CaChain, CaAddress, NodeCert, NodeKey, CaTokenFile, SvidLifetimeSeconds, CertificateWaitSeconds,
         };
         command.SetAction((result, _) => RunAgentAsync(result));
         WeftCli.Examples(
@@ -152,8 +153,8 @@ internal static class AgentCommand
 
         if (caAddress is null)
         {
-            return cl.GetValue(CaKey) is not null || cl.GetValue(NodeCert) is not null || cl.GetValue(NodeKey) is not null
-                ? throw new UsageException("--ca-key needs --ca-cert, and --node-cert/--node-key need --ca-address")
+            return cl.GetValue(CaKey) is not null || cl.GetValue(NodeCert) is not null || cl.GetValue(NodeKey) is not null || cl.GetValue(CaTokenFile) is not null
+                ? throw new UsageException("--ca-key needs --ca-cert, and --node-cert/--node-key/--ca-token-file need --ca-address")
                 : null;
         }
 
@@ -162,10 +163,18 @@ internal static class AgentCommand
             throw new UsageException($"--ca-address wants https://HOST:PORT, got '{caAddress}'");
         }
 
-        var service = new CaServiceOptions(
-            address,
-            cl.GetValue(NodeCert) ?? throw new UsageException("--ca-address needs --node-cert (weft ca issue-node writes it)"),
-            cl.GetValue(NodeKey) ?? throw new UsageException("--ca-address needs --node-key (weft ca issue-node writes it)"));
+        var (nodeCert, nodeKey, tokenFile) = (cl.GetValue(NodeCert), cl.GetValue(NodeKey), cl.GetValue(CaTokenFile));
+        if (tokenFile is null && (nodeCert is null || nodeKey is null))
+        {
+            throw new UsageException("--ca-address needs --node-cert and --node-key (weft ca issue-node writes them), or --ca-token-file in Kubernetes");
+        }
+
+        if ((nodeCert is null) != (nodeKey is null))
+        {
+            throw new UsageException("--node-cert and --node-key go together");
+        }
+
+        var service = new CaServiceOptions(address, nodeCert, nodeKey) { TokenPath = tokenFile };
         return new IdentityOptions(trustDomain, null, new CaServiceClient(service))
         {
             TrustBundlePath = cl.GetValue(TrustBundle) ?? throw new UsageException("--ca-address needs --trust-bundle: the roots that the CA service and the mesh's peers chain to"),
