@@ -8,6 +8,13 @@ internal static class RefusalReason
     public const string NoClientCertificate = "no_client_certificate";
     public const string NodeCertificateUntrusted = "node_certificate_untrusted";
     public const string NotANodeCertificate = "not_a_node_certificate";
+    public const string NoToken = "no_token";
+    public const string TokenRejected = "token_rejected";
+    public const string NotANodeAccount = "not_a_node_account";
+    public const string TokenNotBoundToPod = "token_not_bound_to_pod";
+    public const string CallerPodMissing = "caller_pod_missing";
+    public const string CallerPodNotOnNode = "caller_pod_not_on_node";
+    public const string TokenReviewFailed = "token_review_failed";
     public const string IdentityMissing = "identity_missing";
     public const string IdentityInvalid = "identity_invalid";
     public const string IdentityForeignTrustDomain = "identity_foreign_trust_domain";

@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Security;
 using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
+using k8s;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
@@ -74,16 +75,23 @@ internal sealed class CaService
     /// <summary>The root the CA's chain ends in: what a response carries last.</summary>
     public X509Certificate2 Root => _root;
 
+    /// <summary>Every line the CA logs about a request, as written (tests read what an operator would).</summary>
+    public event Action<string>? Logged;
+
     public void Refuse(string reason, string detail)
     {
         Metrics.Refused(reason);
-        Log.Warn("ca", $"refused ({reason}): {detail}");
+        var line = $"refused ({reason}): {detail}";
+        Log.Warn("ca", line);
+        Logged?.Invoke(line);
     }
 
     public void RecordIssued(NodeIdentity node, SpiffeId identity, X509Certificate2 leaf)
     {
         Metrics.Issued();
-        Log.Info("ca", $"issued {identity} to node {node.NodeName}: serial {leaf.SerialNumber}, expires {leaf.NotAfter.ToUniversalTime():u}");
+        var line = $"issued {identity} to node {node.NodeName}: serial {leaf.SerialNumber}, expires {leaf.NotAfter.ToUniversalTime():u}";
+        Log.Info("ca", line);
+        Logged?.Invoke(line);
     }
 
     private static X509Certificate2 FindRoot(CertificateAuthority authority)
@@ -116,9 +124,9 @@ internal sealed class CaService
 internal sealed class CaServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
-    private readonly PodPlacementTracker _placements;
+    private readonly IDisposable? _placements;
 
-    private CaServer(WebApplication app, PodPlacementTracker placements, CaService service, IPEndPoint endpoint, IPEndPoint? metricsEndpoint)
+    private CaServer(WebApplication app, IDisposable? placements, CaService service, IPEndPoint endpoint, IPEndPoint? metricsEndpoint)
     {
         _app = app;
         _placements = placements;
@@ -136,17 +144,41 @@ internal sealed class CaServer : IAsyncDisposable
 
     public CaMetrics Metrics => Service.Metrics;
 
+    /// <summary>Standalone mode: callers authenticate with node certificates; pod placement comes from <paramref name="inventory"/>.</summary>
     public static async Task<CaServer> StartAsync(CertificateAuthority authority, InventoryStore inventory, CaServerOptions options, CancellationToken cancellationToken = default)
+    {
+        var placements = new PodPlacementTracker(inventory);
+        try
+        {
+            return await StartAsync(authority, new NodeCertificateAuthenticator(options.TrustDomain, authority.TrustBundle, authority.Intermediates),
+                placements, options, placements, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            placements.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Kubernetes mode: callers send their projected service-account token, checked with a TokenReview through
+    /// <paramref name="client"/>; pod placement comes from <paramref name="pods"/> (owned by the caller, listed before).
+    /// </summary>
+    public static Task<CaServer> StartAsync(CertificateAuthority authority, IKubernetes client, KubernetesPodIndex pods, KubernetesCallerOptions callers,
+        CaServerOptions options, CancellationToken cancellationToken = default) =>
+        StartAsync(authority, new ServiceAccountTokenAuthenticator(client, pods, options.TrustDomain, callers), pods, options, null, cancellationToken);
+
+    private static async Task<CaServer> StartAsync(CertificateAuthority authority, ICaCallerAuthenticator callers, IPodPlacements placements, CaServerOptions options,
+        IDisposable? owned, CancellationToken cancellationToken)
     {
         if (SpiffeId.ValidateTrustDomain(options.TrustDomain) is { } tdError)
         {
             throw new ArgumentException(tdError, nameof(options));
         }
         var metrics = new CaMetrics();
-        var placements = new PodPlacementTracker(inventory);
-        var authorizer = new CertificateRequestAuthorizer(options.TrustDomain, authority.TrustBundle, authority.Intermediates, () => placements.Current, options.MaxCsrBytes);
+        var authorizer = new CertificateRequestAuthorizer(options.TrustDomain, callers, placements, options.MaxCsrBytes);
         var service = new CaService(authority, options, authorizer, metrics);
-        var serving = new ServingCertificate(authority, options);
+        var serving = new ServingCertificate(authority, options, callers.AsksForClientCertificate);
         var gate = new SemaphoreSlim(options.MaxConcurrentRequests, options.MaxConcurrentRequests);
 
         ListenOptions? grpcListen = null;
@@ -229,7 +261,6 @@ internal sealed class CaServer : IAsyncDisposable
         }
         catch
         {
-            placements.Dispose();
             await app.DisposeAsync().ConfigureAwait(false);
             throw;
         }
@@ -238,15 +269,15 @@ internal sealed class CaServer : IAsyncDisposable
         var metricsEndpoint = metricsListenOptions?.IPEndPoint;
         Volatile.Write(ref grpcPort, endpoint.Port);
         Log.Info("ca", $"serving {nameof(Protocol.IstioCertificateService)} on https://{endpoint} for trust domain {options.TrustDomain}"
-            + (metricsEndpoint is null ? "" : $", metrics on http://{metricsEndpoint}/metrics"));
-        return new CaServer(app, placements, service, endpoint, metricsEndpoint);
+            + (metricsEndpoint is null ? "" : $", metrics on http://{metricsEndpoint}/metrics") + $"; {callers.Description}");
+        return new CaServer(app, owned, service, endpoint, metricsEndpoint);
     }
 
     public async ValueTask DisposeAsync()
     {
         await _app.StopAsync().ConfigureAwait(false);
         await _app.DisposeAsync().ConfigureAwait(false);
-        _placements.Dispose();
+        _placements?.Dispose();
     }
 
     private static string? GrpcStatusOf(HttpContext context)
@@ -280,7 +311,7 @@ internal sealed class CaServer : IAsyncDisposable
     }
 
     /// <summary>The CA's TLS certificate, issued from the CA at start and again at half life.</summary>
-    private sealed class ServingCertificate(CertificateAuthority authority, CaServerOptions options)
+    private sealed class ServingCertificate(CertificateAuthority authority, CaServerOptions options, bool asksForClientCertificate)
     {
         private readonly object _gate = new();
         private SslStreamCertificateContext? _context;
@@ -291,9 +322,9 @@ internal sealed class CaServer : IAsyncDisposable
             ServerCertificateContext = Current(),
             ApplicationProtocols = [SslApplicationProtocol.Http2],
             EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
-            ClientCertificateRequired = true,
+            ClientCertificateRequired = asksForClientCertificate,
             CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
-            // Judged per request by CertificateRequestAuthorizer, so that a refusal is a gRPC status with a logged reason.
+            // Judged per request by the caller authenticator, so that a refusal is a gRPC status with a logged reason.
             RemoteCertificateValidationCallback = (_, _, _, _) => true,
         };
 

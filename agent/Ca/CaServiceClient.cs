@@ -12,10 +12,16 @@ namespace Weft.Ca;
 
 /// <summary>Where the agent asks for its workloads' certificates instead of signing them itself.</summary>
 /// <param name="Address">The CA service, <c>https://HOST:PORT</c>; HOST must be a name or address in its serving certificate.</param>
-/// <param name="NodeCertificatePath">PEM: this node's client certificate (<c>weft ca issue-node</c>), then its intermediates.</param>
-/// <param name="NodeKeyPath">PEM: the node certificate's private key.</param>
-internal sealed record CaServiceOptions(Uri Address, string NodeCertificatePath, string NodeKeyPath)
+/// <param name="NodeCertificatePath">PEM: this node's client certificate (<c>weft ca issue-node</c>), then its intermediates; null in Kubernetes mode.</param>
+/// <param name="NodeKeyPath">PEM: the node certificate's private key; null in Kubernetes mode.</param>
+internal sealed record CaServiceOptions(Uri Address, string? NodeCertificatePath, string? NodeKeyPath)
 {
+    /// <summary>Kubernetes mode: the agent pod's projected service-account token, sent as bearer; re-read for every request, since kubelet rotates it.</summary>
+    public string? TokenPath { get; init; }
+
+    /// <summary>Largest token file read; a projected token is about 1 KiB.</summary>
+    public int MaxTokenBytes { get; init; } = 16 * 1024;
+
     /// <summary>How long one CreateCertificate call may take before it counts as failed.</summary>
     public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(10);
 }
@@ -25,7 +31,9 @@ internal sealed record CaServiceOptions(Uri Address, string NodeCertificatePath,
 /// identity a fresh ECDSA P-256 key made and kept here, a CSR with exactly its one URI SAN, the identity in the
 /// <c>ImpersonatedIdentity</c> metadata, the node certificate as the TLS client certificate. What comes back is
 /// checked before use: the leaf must carry that identity, match the key, and chain to the trust bundle.
-/// The node credential files are re-read when they change, for the next connection to the CA.
+/// The node authenticates with its node certificate (standalone) or with its pod's projected service-account
+/// token as <c>authorization: Bearer</c> (Kubernetes mode, read from the file for every request). The node
+/// credential files are re-read when they change, for the next connection to the CA.
 /// </summary>
 internal sealed class CaServiceClient : ICertificateSource
 {
@@ -44,9 +52,27 @@ internal sealed class CaServiceClient : ICertificateSource
             throw new IdentityException($"CA address {options.Address}: use https://HOST:PORT (the CA service speaks only TLS)");
         }
 
+        if ((options.NodeCertificatePath is null) != (options.NodeKeyPath is null))
+        {
+            throw new IdentityException("a node certificate needs its key, and a key its certificate");
+        }
+
+        if (options.NodeCertificatePath is null && options.TokenPath is null)
+        {
+            throw new IdentityException("the CA service needs a node certificate and key, or a service-account token file");
+        }
+
         _options = options;
         CredentialFingerprint();
-        _ = LoadNodeCredential();
+        if (options.NodeCertificatePath is not null)
+        {
+            _ = LoadNodeCredential();
+        }
+
+        if (options.TokenPath is not null)
+        {
+            _ = ReadToken();
+        }
     }
 
     public string Description => $"the CA service {_options.Address}";
@@ -71,7 +97,8 @@ internal sealed class CaServiceClient : ICertificateSource
         try
         {
             var client = new IstioCertificateService.IstioCertificateServiceClient(Channel(verifier));
-            response = await client.CreateCertificateAsync(request, deadline: DateTime.UtcNow + _options.RequestTimeout, cancellationToken: cancellationToken).ConfigureAwait(false);
+            var headers = _options.TokenPath is null ? null : new Metadata { { "authorization", "Bearer " + ReadToken() } };
+            response = await client.CreateCertificateAsync(request, headers, deadline: DateTime.UtcNow + _options.RequestTimeout, cancellationToken: cancellationToken).ConfigureAwait(false);
         }
         catch (RpcException e) when (e.StatusCode == StatusCode.Cancelled && cancellationToken.IsCancellationRequested)
         {
@@ -192,8 +219,37 @@ internal sealed class CaServiceClient : ICertificateSource
         }
     }
 
+    /// <summary>The token as kubelet last wrote it (it rotates the file in place, by an atomic symlink swap).</summary>
+    private string ReadToken()
+    {
+        string token;
+        try
+        {
+            var info = new FileInfo(_options.TokenPath!);
+            if (info.Exists && info.Length > _options.MaxTokenBytes)
+            {
+                throw new IdentityException($"the service-account token {_options.TokenPath} is {info.Length} bytes, over {_options.MaxTokenBytes}: is it the projected token?");
+            }
+
+            token = File.ReadAllText(_options.TokenPath!).Trim();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IdentityException($"cannot read the service-account token {_options.TokenPath}: {e.Message}", e);
+        }
+
+        return token.Length == 0 || token.Length > _options.MaxTokenBytes || token.Any(char.IsWhiteSpace)
+            ? throw new IdentityException($"the service-account token {_options.TokenPath} is empty or not one token")
+            : token;
+    }
+
     private string CredentialFingerprint()
     {
+        if (_options.NodeCertificatePath is null || _options.NodeKeyPath is null)
+        {
+            return "";
+        }
+
         try
         {
             return Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(_options.NodeCertificatePath).Concat(File.ReadAllBytes(_options.NodeKeyPath)).ToArray()));
@@ -204,14 +260,14 @@ internal sealed class CaServiceClient : ICertificateSource
         }
     }
 
-    private (X509Certificate2 Node, X509Certificate2Collection Intermediates) LoadNodeCredential()
+    private (X509Certificate2? Node, X509Certificate2Collection? Intermediates) LoadNodeCredential()
     {
         X509Certificate2 node;
         var chain = new X509Certificate2Collection();
         try
         {
-            node = X509Certificate2.CreateFromPemFile(_options.NodeCertificatePath, _options.NodeKeyPath);
-            chain.ImportFromPemFile(_options.NodeCertificatePath);
+            node = X509Certificate2.CreateFromPemFile(_options.NodeCertificatePath!, _options.NodeKeyPath);
+            chain.ImportFromPemFile(_options.NodeCertificatePath!);
         }
         catch (Exception e) when (e is CryptographicException or IOException or ArgumentException)
         {
@@ -229,7 +285,7 @@ internal sealed class CaServiceClient : ICertificateSource
 
     private SslClientAuthenticationOptions ClientAuthentication(SpiffeVerifier verifier)
     {
-        var (node, intermediates) = LoadNodeCredential();
+        var (node, intermediates) = _options.NodeCertificatePath is null ? (null, null) : LoadNodeCredential();
 
         // The CA's serving certificate is judged against the mesh's trust bundle and the address's host, never the system store.
         var policy = new X509ChainPolicy
@@ -243,7 +299,7 @@ internal sealed class CaServiceClient : ICertificateSource
         {
             TargetHost = _options.Address.IdnHost,
             EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
-            ClientCertificateContext = SslStreamCertificateContext.Create(node, intermediates, offline: true),
+            ClientCertificateContext = node is null ? null : SslStreamCertificateContext.Create(node, intermediates, offline: true),
             CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
             CertificateChainPolicy = policy,
             RemoteCertificateValidationCallback = (_, _, _, errors) => errors == SslPolicyErrors.None,

@@ -20,13 +20,16 @@ internal sealed record CertificateDecision
     /// <summary>For the CA's log only: never sent to the client.</summary>
     public string? Detail { get; init; }
 
+    /// <summary>True when the refusal is the CA's own trouble (the API server unreachable), not the caller's: the client may retry.</summary>
+    public bool Transient { get; init; }
+
     public bool Allowed => Reason is null;
 }
 
 /// <summary>
 /// Decides every certificate request, never trusting the node's word:
 /// <code>
-///   client certificate ──chain to the trust bundle, not a CA, clientAuth, one URI SAN spiffe://td/weft/node/N──► node N
+///   caller ──ICaCallerAuthenticator (node certificate, or service-account token + TokenReview + its pod)──► node N
 ///   ImpersonatedIdentity ──SPIFFE ID spiffe://td/ns/NS/sa/SA in our trust domain──► identity
 ///   pod index ──some pod of NS/SA scheduled on N──► allowed for N
 ///   CSR ──size, PKCS#10 signature verifies, exactly one subject alternative name: the URI of identity──► its public key
@@ -36,40 +39,33 @@ internal sealed record CertificateDecision
 internal sealed class CertificateRequestAuthorizer
 {
     private const string SubjectAltNameOid = "2.5.29.17";
-    private const string ClientAuthOid = "1.3.6.1.5.5.7.3.2";
     private static readonly Asn1Tag UriTag = new(TagClass.ContextSpecific, 6);
 
     private readonly string _trustDomain;
-    private readonly X509Certificate2Collection _trustBundle;
-    private readonly X509Certificate2Collection _intermediates;
-    private readonly Func<PodPlacementIndex> _placements;
+    private readonly ICaCallerAuthenticator _callers;
+    private readonly IPodPlacements _placements;
     private readonly int _maxCsrBytes;
-    private readonly TimeProvider _time;
 
-    public CertificateRequestAuthorizer(string trustDomain, X509Certificate2Collection trustBundle, X509Certificate2Collection intermediates,
-        Func<PodPlacementIndex> placements, int maxCsrBytes, TimeProvider? time = null)
+    public CertificateRequestAuthorizer(string trustDomain, ICaCallerAuthenticator callers, IPodPlacements placements, int maxCsrBytes)
     {
         _trustDomain = trustDomain;
-        _trustBundle = trustBundle;
-        _intermediates = intermediates;
+        _callers = callers;
         _placements = placements;
         _maxCsrBytes = maxCsrBytes;
-        _time = time ?? TimeProvider.System;
     }
 
-    public CertificateDecision Authorize(X509Certificate2? clientCertificate, string? requestedIdentity, string csrPem)
-    {
-        if (clientCertificate is null)
-        {
-            return Refuse(RefusalReason.NoClientCertificate, "the caller presented no client certificate");
-        }
-        var caller = NodeOf(clientCertificate);
-        if (!caller.Allowed)
-        {
-            return caller;
-        }
-        var node = caller.Node!;
+    /// <summary>How callers prove which node they are.</summary>
+    public ICaCallerAuthenticator Callers => _callers;
 
+    public async Task<CertificateDecision> AuthorizeAsync(CaCaller caller, string? requestedIdentity, string csrPem, CancellationToken cancellationToken)
+    {
+        var authenticated = await _callers.AuthenticateAsync(caller, cancellationToken).ConfigureAwait(false);
+        return authenticated.Allowed ? Authorize(authenticated.Node!, requestedIdentity, csrPem) : authenticated;
+    }
+
+    /// <summary>The decision for a caller already authenticated as <paramref name="node"/>.</summary>
+    public CertificateDecision Authorize(NodeIdentity node, string? requestedIdentity, string csrPem)
+    {
         if (string.IsNullOrEmpty(requestedIdentity))
         {
             return Refuse(RefusalReason.IdentityMissing, "no ImpersonatedIdentity in the request metadata", node);
@@ -82,11 +78,10 @@ internal sealed class CertificateRequestAuthorizer
         {
             return Refuse(RefusalReason.IdentityForeignTrustDomain, $"requested identity {identity} is not in trust domain {_trustDomain}", node);
         }
-        var placements = _placements();
-        if (!placements.HasPod(node.NodeName, identity.Namespace, identity.ServiceAccount))
+        if (!_placements.HasPod(node.NodeName, identity.Namespace, identity.ServiceAccount))
         {
             return Refuse(RefusalReason.NoPodOnNode,
-                $"no pod of {identity.Namespace}/{identity.ServiceAccount} is scheduled on node {node.NodeName} (inventory version {placements.InventoryVersion})", node);
+                $"no pod of {identity.Namespace}/{identity.ServiceAccount} is scheduled on node {node.NodeName} ({_placements.Describe()})", node);
         }
 
         if (csrPem.Length > _maxCsrBytes)
@@ -131,51 +126,8 @@ internal sealed class CertificateRequestAuthorizer
         return new CertificateDecision { Node = node, Identity = identity, SubjectKey = csr.PublicKey };
     }
 
-    /// <summary>The node a client certificate authenticates, or why it authenticates none.</summary>
-    internal CertificateDecision NodeOf(X509Certificate2 certificate)
-    {
-        using (var chain = new X509Chain())
-        {
-            chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-            chain.ChainPolicy.CustomTrustStore.AddRange(_trustBundle);
-            chain.ChainPolicy.ExtraStore.AddRange(_intermediates);
-            chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-            chain.ChainPolicy.DisableCertificateDownloads = true;
-            chain.ChainPolicy.VerificationTime = _time.GetUtcNow().UtcDateTime;
-            chain.ChainPolicy.ApplicationPolicy.Add(new Oid(ClientAuthOid));
-            if (!chain.Build(certificate))
-            {
-                var status = string.Join(", ", chain.ChainStatus.Select(s => s.Status.ToString()).Distinct());
-                return Refuse(RefusalReason.NodeCertificateUntrusted, $"client certificate ({certificate.Subject}) does not chain to the CA's trust bundle for clientAuth: {status}");
-            }
-        }
-        if (certificate.Extensions.OfType<X509BasicConstraintsExtension>().FirstOrDefault() is { CertificateAuthority: true })
-        {
-            return Refuse(RefusalReason.NotANodeCertificate, $"client certificate ({certificate.Subject}) is a CA certificate");
-        }
-        List<string> uris;
-        try
-        {
-            (uris, _, _) = Names(certificate.Extensions);
-        }
-        catch (Exception e) when (e is AsnContentException or CryptographicException)
-        {
-            return Refuse(RefusalReason.NotANodeCertificate, $"client certificate has malformed subject alternative names: {e.Message}");
-        }
-        if (uris.Count != 1 || !NodeIdentity.TryParse(uris[0], out var node, out var error))
-        {
-            return Refuse(RefusalReason.NotANodeCertificate,
-                $"client certificate does not name one node as spiffe://{_trustDomain}/weft/node/<name> (URIs: {Shorten(string.Join(", ", uris))})");
-        }
-        if (node.TrustDomain != _trustDomain)
-        {
-            return Refuse(RefusalReason.NotANodeCertificate, $"client certificate names {node}, not a node of trust domain {_trustDomain}");
-        }
-        return new CertificateDecision { Node = node };
-    }
-
     /// <summary>Every URI and the count of other general names over all subjectAltName extensions, read with the framework's ASN.1 reader.</summary>
-    private static (List<string> Uris, int OtherNames, int Extensions) Names(IEnumerable<X509Extension> extensions)
+    internal static (List<string> Uris, int OtherNames, int Extensions) Names(IEnumerable<X509Extension> extensions)
     {
         var uris = new List<string>();
         var other = 0;
@@ -225,9 +177,9 @@ internal sealed class CertificateRequestAuthorizer
         return $"CSR has a {key.Oid.FriendlyName ?? key.Oid.Value} key (ECDSA or RSA only)";
     }
 
-    private static CertificateDecision Refuse(string reason, string detail, NodeIdentity? node = null) =>
+    internal static CertificateDecision Refuse(string reason, string detail, NodeIdentity? node = null) =>
         new() { Reason = reason, Detail = detail, Node = node };
 
     /// <summary>Keeps what a caller sent from flooding the log.</summary>
-    private static string Shorten(string value) => value.Length <= 300 ? value : value[..300] + "…";
+    internal static string Shorten(string value) => value.Length <= 300 ? value : value[..300] + "…";
 }

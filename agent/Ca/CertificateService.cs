@@ -22,19 +22,21 @@ internal sealed class CertificateService : IstioCertificateService.IstioCertific
         _ca = ca;
     }
 
-    public override Task<IstioCertificateResponse> CreateCertificate(IstioCertificateRequest request, ServerCallContext context)
+    public override async Task<IstioCertificateResponse> CreateCertificate(IstioCertificateRequest request, ServerCallContext context)
     {
-        var clientCertificate = context.GetHttpContext().Connection.ClientCertificate;
+        var caller = new CaCaller(context.GetHttpContext().Connection.ClientCertificate, context.RequestHeaders.GetValue("authorization"), context.Peer);
         string? requested = null;
         if (request.Metadata?.Fields.TryGetValue(ImpersonatedIdentityKey, out var value) == true && value.KindCase == Google.Protobuf.WellKnownTypes.Value.KindOneofCase.StringValue)
         {
             requested = value.StringValue;
         }
-        var decision = _ca.Authorizer.Authorize(clientCertificate, requested, request.Csr);
+        var decision = await _ca.Authorizer.AuthorizeAsync(caller, requested, request.Csr, context.CancellationToken).ConfigureAwait(false);
         if (!decision.Allowed)
         {
             _ca.Refuse(decision.Reason!, $"{decision.Detail} (node {decision.Node?.NodeName ?? "unknown"}, peer {context.Peer})");
-            throw new RpcException(new Status(StatusCode.PermissionDenied, "permission denied"));
+            throw decision.Transient
+                ? new RpcException(new Status(StatusCode.Unavailable, "the CA cannot authenticate callers now"))
+                : new RpcException(new Status(StatusCode.PermissionDenied, "permission denied"));
         }
 
         var lifetime = _ca.Options.MaxLifetime;
@@ -63,7 +65,7 @@ internal sealed class CertificateService : IstioCertificateService.IstioCertific
             }
             response.CertChain.Add(_ca.Root.ExportCertificatePem() + "\n");
             _ca.RecordIssued(decision.Node!, decision.Identity!, leaf);
-            return Task.FromResult(response);
+            return response;
         }
     }
 }

@@ -42,7 +42,7 @@ internal sealed class PodPlacementIndex
 }
 
 /// <summary>Keeps a <see cref="PodPlacementIndex"/> current with an <see cref="InventoryStore"/>: rebuilt on every publish.</summary>
-internal sealed class PodPlacementTracker : IDisposable
+internal sealed class PodPlacementTracker : IPodPlacements, IDisposable
 {
     private readonly InventoryStore _store;
     private readonly object _rebuildGate = new();
@@ -58,6 +58,10 @@ internal sealed class PodPlacementTracker : IDisposable
     }
 
     public PodPlacementIndex Current => Volatile.Read(ref _current);
+
+    public bool HasPod(string node, string @namespace, string serviceAccount) => Current.HasPod(node, @namespace, serviceAccount);
+
+    public string Describe() => $"inventory version {Current.InventoryVersion}";
 
     public void Dispose() => _store.Changed -= OnChanged;
 

@@ -35,9 +35,10 @@ internal static class AgentCommand
     private static readonly Option<string?> CaKey = new("--ca-key") { HelpName = "FILE", Description = "PEM private key of --ca-cert." };
     private static readonly Option<string?> TrustBundle = new("--trust-bundle") { HelpName = "FILE", Description = "PEM roots to trust [default: --ca-cert]" };
     private static readonly Option<string?> CaChain = new("--ca-chain") { HelpName = "FILE", Description = "PEM intermediates between --ca-cert and the root, sent with each workload certificate." };
-    private static readonly Option<string?> CaAddress = new("--ca-address") { HelpName = "https://HOST:PORT", Description = "The CA service (weft ca serve) that issues this node's workload certificates; the node holds no CA key (instead of --ca-cert/--ca-key). Needs --node-cert, --node-key and --trust-bundle." };
+    private static readonly Option<string?> CaAddress = new("--ca-address") { HelpName = "https://HOST:PORT", Description = "The CA service (weft ca serve) that issues this node's workload certificates; the node holds no CA key (instead of --ca-cert/--ca-key). Needs --trust-bundle, and --node-cert/--node-key or --ca-token-file." };
     private static readonly Option<string?> NodeCert = new("--node-cert") { HelpName = "FILE", Description = "PEM: this node's client certificate for --ca-address (weft ca issue-node)." };
     private static readonly Option<string?> NodeKey = new("--node-key") { HelpName = "FILE", Description = "PEM: the private key of --node-cert." };
+    private static readonly Option<string?> CaTokenFile = new("--ca-token-file") { HelpName = "FILE", Description = "Kubernetes mode: the agent pod's projected service-account token (audience of `weft ca serve --token-audience`), sent to --ca-address as bearer; re-read for every request." };
     private static readonly Option<int> SvidLifetimeSeconds = new("--svid-lifetime-seconds") { HelpName = "N", Description = "Lifetime of each workload certificate (asked of --ca-address, which may cap it); renewed at half life.", DefaultValueFactory = _ => (int)SvidIssuer.DefaultLifetime.TotalSeconds };
     private static readonly Option<int> CertificateWaitSeconds = new("--certificate-wait-seconds") { HelpName = "N", Description = "With --ca-address: how long a connection of a pod with no certificate yet waits for one before it fails (NO_CERTIFICATE).", DefaultValueFactory = _ => 10 };
     private static readonly Option<int> TunnelKeepaliveSeconds = new("--tunnel-keepalive-seconds") { HelpName = "N", Description = "How often each HBONE tunnel PINGs its peer.", DefaultValueFactory = _ => (int)new ProxyOptions().TunnelKeepalive.TotalSeconds };
@@ -55,7 +56,7 @@ internal static class AgentCommand
             Inventory, Kubernetes, Kubeconfig, PodCgroupRoot, Node, Cgroup, Bpffs, Admin, Metrics, Health, DrainSeconds,
             IdleTimeoutSeconds, MaxConnectionsPerPod, MaxInboundPerIdentity, MaxInboundPerAddress, MaxInboundPerNode,
             AccessLog, NoAccessLog, TunnelKeepaliveSeconds, TunnelKeepaliveTimeoutSeconds, TunnelIdleSeconds, MaxTunnelsPerPod,
-            TrustDomain, CaCert, CaKey, TrustBundle, CaChain, CaAddress, NodeCert, NodeKey, SvidLifetimeSeconds, CertificateWaitSeconds,
+            TrustDomain, CaCert, CaKey, TrustBundle, CaChain, CaAddress, NodeCert, NodeKey, CaTokenFile, SvidLifetimeSeconds, CertificateWaitSeconds,
         };
         command.SetAction((result, _) => RunAgentAsync(result));
         WeftCli.Examples(
@@ -137,11 +138,12 @@ internal static class AgentCommand
     /// <summary>How workload certificates are obtained: signed here (--ca-cert/--ca-key), from the CA service (--ca-address), or none (plaintext).</summary>
     private static IdentityOptions? IdentityFlags(ParseResult cl) => Identity(new IdentityFlagValues(
         cl.GetRequiredValue(TrustDomain), cl.GetValue(CaCert), cl.GetValue(CaKey), cl.GetValue(TrustBundle), cl.GetValue(CaChain),
-        cl.GetValue(CaAddress), cl.GetValue(NodeCert), cl.GetValue(NodeKey), Seconds(cl, SvidLifetimeSeconds), Seconds(cl, CertificateWaitSeconds)));
+        cl.GetValue(CaAddress), cl.GetValue(NodeCert), cl.GetValue(NodeKey), Seconds(cl, SvidLifetimeSeconds), Seconds(cl, CertificateWaitSeconds),
+        cl.GetValue(CaTokenFile)));
 
     /// <summary>The identity flags' values, as the agent and the gateway take them.</summary>
     internal sealed record IdentityFlagValues(string TrustDomain, string? CaCert, string? CaKey, string? TrustBundle, string? CaChain,
-        string? CaAddress, string? NodeCert, string? NodeKey, TimeSpan SvidLifetime, TimeSpan CertificateWait);
+        string? CaAddress, string? NodeCert, string? NodeKey, TimeSpan SvidLifetime, TimeSpan CertificateWait, string? CaTokenFile = null);
 
     /// <summary>Signed here (CA files), from the CA service, or null (no identity); a wrong combination is a <see cref="UsageException"/>.</summary>
     internal static IdentityOptions? Identity(IdentityFlagValues flags)
@@ -160,8 +162,8 @@ internal static class AgentCommand
 
         if (caAddress is null)
         {
-            return flags.CaKey is not null || flags.NodeCert is not null || flags.NodeKey is not null
-                ? throw new UsageException("--ca-key needs --ca-cert, and --node-cert/--node-key need --ca-address")
+            return flags.CaKey is not null || flags.NodeCert is not null || flags.NodeKey is not null || flags.CaTokenFile is not null
+                ? throw new UsageException("--ca-key needs --ca-cert, and --node-cert/--node-key/--ca-token-file need --ca-address")
                 : null;
         }
 
@@ -170,10 +172,18 @@ internal static class AgentCommand
             throw new UsageException($"--ca-address wants https://HOST:PORT, got '{caAddress}'");
         }
 
-        var service = new CaServiceOptions(
-            address,
-            flags.NodeCert ?? throw new UsageException("--ca-address needs --node-cert (weft ca issue-node writes it)"),
-            flags.NodeKey ?? throw new UsageException("--ca-address needs --node-key (weft ca issue-node writes it)"));
+        var (nodeCert, nodeKey, tokenFile) = (flags.NodeCert, flags.NodeKey, flags.CaTokenFile);
+        if (tokenFile is null && (nodeCert is null || nodeKey is null))
+        {
+            throw new UsageException("--ca-address needs --node-cert and --node-key (weft ca issue-node writes them), or --ca-token-file in Kubernetes");
+        }
+
+        if ((nodeCert is null) != (nodeKey is null))
+        {
+            throw new UsageException("--node-cert and --node-key go together");
+        }
+
+        var service = new CaServiceOptions(address, nodeCert, nodeKey) { TokenPath = tokenFile };
         var trustBundle = flags.TrustBundle ?? throw new UsageException("--ca-address needs --trust-bundle: the roots that the CA service and the mesh's peers chain to");
         return new IdentityOptions(trustDomain, null, new CaServiceClient(service))
         {

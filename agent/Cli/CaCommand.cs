@@ -88,14 +88,18 @@ internal static class CaCommand
 
     private static Command CreateServe()
     {
-        var inventory = new Option<string>("--inventory") { HelpName = "FILE", Description = "Inventory YAML whose pods say which node may hold which identity; re-read when it changes.", Required = true };
+        var inventory = new Option<string?>("--inventory") { HelpName = "FILE", Description = "Standalone mode: inventory YAML whose pods say which node may hold which identity; re-read when it changes. Nodes authenticate with `weft ca issue-node` certificates." };
+        var kubernetes = new Option<bool>("--kubernetes") { Description = "Kubernetes mode: nodes send their projected service-account token (checked with a TokenReview); pods come from a watch of the API (in-cluster service account, else $KUBECONFIG or ~/.kube/config). Implied by --kubeconfig." };
+        var kubeconfig = new Option<string?>("--kubeconfig") { HelpName = "FILE", Description = "Kubeconfig for --kubernetes." };
+        var tokenAudience = new Option<string>("--token-audience") { HelpName = "AUD", Description = "Kubernetes mode: the audience callers' tokens must be for.", DefaultValueFactory = _ => "weft-ca" };
+        var nodeAccount = new Option<string[]>("--node-account") { HelpName = "NS/NAME", Description = "Kubernetes mode: a service account whose pods are node agents (repeatable) [default: weft-system/weft-agent]", AllowMultipleArgumentsPerToken = false };
         var listen = new Option<string>("--listen") { HelpName = "ADDR", Description = "The CA's gRPC endpoint (TLS).", DefaultValueFactory = _ => "0.0.0.0:15012" };
         var metrics = new Option<string>("--metrics") { HelpName = "ADDR|off", Description = "Prometheus /metrics.", DefaultValueFactory = _ => "127.0.0.1:15014" };
         var maxLifetime = new Option<int>("--max-lifetime-hours") { HelpName = "N", Description = "The longest workload certificate the CA signs.", DefaultValueFactory = _ => 24 };
         var serverNames = new Option<string?>("--server-name") { HelpName = "NAME,...", Description = "DNS names in the CA's serving certificate." };
         var command = new Command("serve", "Runs the CA service (Istio's IstioCertificateService over TLS): signs a node's CSR for a workload identity only when a pod of that service account is scheduled on that node (docs/ca.md).")
         {
-            CaCert, CaKey, TrustBundle, CaChain, inventory, listen, metrics, TrustDomain, maxLifetime, serverNames,
+            CaCert, CaKey, TrustBundle, CaChain, inventory, kubernetes, kubeconfig, tokenAudience, nodeAccount, listen, metrics, TrustDomain, maxLifetime, serverNames,
         };
         command.SetAction(async (cl, _) =>
         {
@@ -116,18 +120,68 @@ internal static class CaCommand
                 throw new UsageException("--max-lifetime-hours must be positive");
             }
 
+            var inventoryPath = cl.GetValue(inventory);
+            var kubeconfigPath = cl.GetValue(kubeconfig);
+            var inKubernetes = cl.GetValue(kubernetes) || kubeconfigPath is not null;
+            if (inKubernetes == (inventoryPath is not null))
+            {
+                throw new UsageException("give --inventory FILE (standalone, node certificates) or --kubernetes (service-account tokens and a pod watch), one of the two");
+            }
+
+            var accounts = cl.GetValue(nodeAccount) is { Length: > 0 } given ? given : ["weft-system/weft-agent"];
+            foreach (var account in accounts)
+            {
+                if (account.Split('/') is not [{ Length: > 0 }, { Length: > 0 }])
+                {
+                    throw new UsageException($"--node-account wants NAMESPACE/NAME, got '{account}'");
+                }
+            }
+
+            var callers = new KubernetesCallerOptions { Audience = cl.GetRequiredValue(tokenAudience), NodeAccounts = accounts };
+            if (!inKubernetes && (cl.GetResult(tokenAudience) is { Implicit: false } || cl.GetValue(nodeAccount) is { Length: > 0 }))
+            {
+                throw new UsageException("--token-audience and --node-account apply to --kubernetes only");
+            }
+
+            if (string.IsNullOrWhiteSpace(callers.Audience))
+            {
+                throw new UsageException("--token-audience cannot be empty");
+            }
+
             var authority = LoadAuthority(cl);
             var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
             using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
 
-            var store = new InventoryStore();
-            using var source = FileInventorySource.Start(cl.GetRequiredValue(inventory), store);
-            await using var server = await CaServer.StartAsync(authority, store, options);
-            Log.Info("ca", "ready");
-            await stop.Task;
-            Log.Info("ca", "stopping");
-            return 0;
+            if (inKubernetes)
+            {
+                using var client = new KubernetesApiOptions { Kubeconfig = kubeconfigPath }.CreateClient();
+                using var pods = KubernetesPodIndex.Start(client);
+                // Serving before the first list would refuse every node for want of its pods.
+                Log.Info("ca", $"listing pods at {(client as k8s.Kubernetes)?.BaseUri}");
+                if (await Task.WhenAny(pods.WaitForListAsync(), stop.Task) == stop.Task)
+                {
+                    return 0;
+                }
+
+                await using var server = await CaServer.StartAsync(authority, client, pods, callers, options);
+                return await ServeUntilStoppedAsync();
+            }
+            else
+            {
+                var store = new InventoryStore();
+                using var source = FileInventorySource.Start(inventoryPath!, store);
+                await using var server = await CaServer.StartAsync(authority, store, options);
+                return await ServeUntilStoppedAsync();
+            }
+
+            async Task<int> ServeUntilStoppedAsync()
+            {
+                Log.Info("ca", "ready");
+                await stop.Task;
+                Log.Info("ca", "stopping");
+                return 0;
+            }
 
             void Stop(PosixSignalContext context)
             {
@@ -135,7 +189,8 @@ internal static class CaCommand
                 stop.TrySetResult();
             }
         });
-        WeftCli.Examples(command, "weft ca serve --ca-cert ca.crt --ca-key ca.key --inventory inventory.yaml --listen 0.0.0.0:15012");
+        WeftCli.Examples(command, "weft ca serve --ca-cert ca.crt --ca-key ca.key --inventory inventory.yaml --listen 0.0.0.0:15012",
+            "weft ca serve --ca-cert ca.crt --ca-key ca.key --kubernetes --token-audience weft-ca --node-account weft-system/weft-agent");
         return command;
     }
 

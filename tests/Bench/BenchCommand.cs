@@ -28,7 +28,7 @@ namespace Weft.Bench;
 internal static partial class BenchCommand
 {
     public const string Usage = """
-        weft-bench [--suite plaintext|tls|metrics|all|scale|soak|load] [--seconds T] [--repeat R] [--only PARTS] [--json FILE]
+        weft-bench [--suite plaintext|tls|metrics|all|scale|soak|load|ca] [--seconds T] [--repeat R] [--only PARTS] [--json FILE]
                    [--rate-connections N] [--setup-connections N] [--idle-connections N] [--no-access-log]
           Cross-node pod-to-pod traffic in 2-node clusters of network namespaces with real agents:
           direct, through plaintext agents, and (tls, all) through agents with mTLS HBONE tunnels and
@@ -87,9 +87,14 @@ internal static partial class BenchCommand
             return await LoadAsync(cl);
         }
 
+        if (suite == "ca")
+        {
+            return await CaBenchmark.RunAsync(cl);
+        }
+
         if (suite is not ("plaintext" or "tls" or "metrics" or "all"))
         {
-            throw new UsageException($"--suite takes plaintext, tls, metrics, all, scale, soak or load (the suites once called issue2 and issue3 are plaintext and tls), got '{suite}'");
+            throw new UsageException($"--suite takes plaintext, tls, metrics, all, scale, soak, load or ca (the suites once called issue2 and issue3 are plaintext and tls), got '{suite}'");
         }
 
         // tls measures four paths where plaintext measures two: shorter runs keep the default under ~4 minutes

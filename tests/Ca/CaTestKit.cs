@@ -105,13 +105,17 @@ internal sealed class CaClient : IDisposable
 {
     private readonly GrpcChannel _channel;
 
-    public CaClient(IPEndPoint endpoint, X509Certificate2 root, X509Certificate2? clientCertificate)
+    public CaClient(IPEndPoint endpoint, X509Certificate2 root, X509Certificate2? clientCertificate, string? bearerToken = null)
     {
+        BearerToken = bearerToken;
         _channel = GrpcChannel.ForAddress($"https://localhost:{endpoint.Port}", new GrpcChannelOptions { HttpHandler = CreateHandler(root, clientCertificate), MaxSendMessageSize = null });
         Service = new IstioCertificateService.IstioCertificateServiceClient(_channel);
     }
 
     public IstioCertificateService.IstioCertificateServiceClient Service { get; }
+
+    /// <summary>Sent as <c>authorization: Bearer</c> with each request when set, as a Kubernetes node agent sends its token.</summary>
+    public string? BearerToken { get; set; }
 
     /// <summary>An HTTP/2 handler over TLS that checks the CA's serving certificate against <paramref name="root"/>.</summary>
     public static SocketsHttpHandler CreateHandler(X509Certificate2 root, X509Certificate2? clientCertificate) =>
@@ -133,7 +137,8 @@ internal sealed class CaClient : IDisposable
         {
             request.Metadata.Fields[CertificateService.ImpersonatedIdentityKey] = Value.ForString(identity);
         }
-        return await Service.CreateCertificateAsync(request, deadline: DateTime.UtcNow.AddSeconds(30));
+        var headers = BearerToken is null ? null : new Grpc.Core.Metadata { { "authorization", "Bearer " + BearerToken } };
+        return await Service.CreateCertificateAsync(request, headers, deadline: DateTime.UtcNow.AddSeconds(30));
     }
 
     public void Dispose() => _channel.Dispose();

@@ -13,8 +13,8 @@ public sealed class ManifestValidationTests
         var result = await ManifestValidator.ValidateAsync(ManifestValidator.DaemonsetDirectory);
 
         Assert.True(result.ExitCode == 0, result.Output);
-        // The base (9 objects and the CA's 4) and the uninstall set (2) were composed, and the example policies checked.
-        Assert.Contains(".: 13, uninstall: 2; examples: 5", result.StandardOutput);
+        // The base (9 objects and the CA's 6) and the uninstall set (2) were composed, and the example policies checked.
+        Assert.Contains(".: 15, uninstall: 2; examples: 5", result.StandardOutput);
     }
 
     public static TheoryData<string, string, string, string> BrokenManifests => new()
@@ -29,7 +29,10 @@ public sealed class ManifestValidationTests
         { "daemonset.yaml", "key: trust-domain", "key: trustDomain", "ConfigMap weft-config has no key trustDomain" },
         { "daemonset.yaml", "kind: DaemonSet\n", "kind: DaemonSet\n  oops: [\n", "YAML:" },
         { "daemonset.yaml", "        configMap:\n          name: weft-ca-root", "        secret:\n          secretName: weft-ca", "volume ca mounts Secret weft-ca: the DaemonSet must mount no private key" },
-        { "daemonset.yaml", "        - --node-key\n", "        - --ca-key\n", "container agent is given --ca-key: nodes must not hold the CA key" },
+        { "daemonset.yaml", "        - --ca-token-file\n", "        - --ca-key\n", "container agent is given --ca-key: nodes must not hold the CA key" },
+        { "daemonset.yaml", "              audience: weft-ca\n", "              audience: istio-ca\n", "the CA token's audience is istio-ca, but Deployment weft-ca checks --token-audience weft-ca" },
+        { "daemonset.yaml", "        - /var/run/secrets/weft-ca/token\n", "        - /etc/weft/token\n", "--ca-token-file /etc/weft/token is not a projected serviceAccountToken in its volumes" },
+        { "ca.yaml", "  resources: [tokenreviews]\n  verbs: [create]", "  resources: [pods]\n  verbs: [create]", "verb 'create' on pods: nothing writable cluster-wide" },
         { "ca.yaml", "replicas: 2", "replicas: two", "replicas must be integer" },
         { "rbac.yaml", "  resources: [endpointslices]\n  verbs: [get, list, watch]", "  resources: [endpointslices]\n  verbs: [get, list, watch, patch]", "verb 'patch' on endpointslices: nothing writable cluster-wide" },
         { "kustomization.yaml", "- configmap.yaml", "- config-map.yaml", "resource 'config-map.yaml' does not exist" },

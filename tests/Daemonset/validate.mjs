@@ -289,6 +289,37 @@ function podSpecRules(where, spec, objectsInSet) {
   }
 }
 
+function argValue(args, flag) {
+  const i = args.indexOf(flag);
+  if (i >= 0) return args[i + 1];
+  const inline = args.find((a) => a.startsWith(`${flag}=`));
+  return inline?.slice(flag.length + 1);
+}
+
+// An agent that sends its token to the CA (--ca-token-file) reads it from a projected serviceAccountToken volume
+// whose audience is the one the CA Deployment checks (--token-audience, default weft-ca): anything else fails
+// every TokenReview in the cluster, never here.
+function caTokenRules(where, container, podSpec, objects) {
+  const file = argValue(container.args ?? [], "--ca-token-file");
+  if (file === undefined) return;
+  const mount = (container.volumeMounts ?? []).find((m) => file.startsWith(m.mountPath.replace(/\/?$/, "/")));
+  const volume = mount && (podSpec.volumes ?? []).find((v) => v.name === mount.name);
+  const relative = mount && file.slice(mount.mountPath.replace(/\/?$/, "/").length);
+  const source = volume?.projected?.sources?.find((s) => s.serviceAccountToken?.path === relative)?.serviceAccountToken;
+  if (!source) {
+    problem(where, `container ${container.name}: --ca-token-file ${file} is not a projected serviceAccountToken in its volumes`);
+    return;
+  }
+  for (const ca of objects.filter((o) => o.kind === "Deployment")) {
+    const args = ca.spec?.template?.spec?.containers?.flatMap((c) => c.args ?? []) ?? [];
+    if (!args.includes("--kubernetes") || args[0] !== "ca") continue;
+    const audience = argValue(args, "--token-audience") ?? "weft-ca";
+    if (source.audience !== audience) {
+      problem(where, `container ${container.name}: the CA token's audience is ${source.audience ?? "the API server's"}, but Deployment ${ca.metadata?.name} checks --token-audience ${audience}`);
+    }
+  }
+}
+
 function contractRules(setName, entries) {
   const objects = entries.map((e) => e.object);
   const namespaces = new Set(objects.filter((o) => o.kind === "Namespace").map((o) => o.metadata?.name));
@@ -306,8 +337,10 @@ function contractRules(setName, entries) {
     }
     if (object.kind === "ClusterRole") {
       for (const rule of object.rules ?? []) {
+        // A review (TokenReview) is answered and never stored: creating one writes nothing.
+        const reviewsOnly = (rule.apiGroups ?? []).every((g) => g === "authentication.k8s.io") && (rule.resources ?? []).every((r) => r === "tokenreviews");
         for (const verb of rule.verbs ?? []) {
-          if (!readVerbs.has(verb)) problem(where, `verb '${verb}' on ${(rule.resources ?? []).join(",")}: nothing writable cluster-wide`);
+          if (!readVerbs.has(verb) && !(verb === "create" && reviewsOnly)) problem(where, `verb '${verb}' on ${(rule.resources ?? []).join(",")}: nothing writable cluster-wide`);
         }
         for (const r of rule.resources ?? []) if (r === "*" || r.includes("/")) problem(where, `resource '${r}': name plain resources only`);
       }
@@ -327,10 +360,11 @@ function contractRules(setName, entries) {
       const podSpec = object.spec?.template?.spec ?? {};
       for (const v of podSpec.volumes ?? []) {
         const secrets = [v.secret?.secretName, ...(v.projected?.sources ?? []).map((s) => s.secret?.name)].filter(Boolean);
-        for (const name of secrets) problem(where, `volume ${v.name} mounts Secret ${name}: the DaemonSet must mount no private key (only the trust bundle and the node's credential)`);
+        for (const name of secrets) problem(where, `volume ${v.name} mounts Secret ${name}: the DaemonSet must mount no private key (only the trust bundle and the CA token)`);
       }
       for (const c of [...(podSpec.containers ?? []), ...(podSpec.initContainers ?? [])]) {
         if ((c.args ?? []).includes("--ca-key") || (c.command ?? []).includes("--ca-key")) problem(where, `container ${c.name} is given --ca-key: nodes must not hold the CA key`);
+        caTokenRules(where, c, podSpec, objects);
       }
     }
     if (object.kind === "DaemonSet" || object.kind === "Deployment") {

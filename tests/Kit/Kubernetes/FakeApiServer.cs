@@ -24,6 +24,8 @@ namespace Weft.Tests.Inventory.Kubernetes;
 ///   Apply/Delete ─► rv + 1 ─► history (per resource) ─┬─► every open watch of that resource (chunk per event)
 ///                                                     └─► later watches from an older rv replay it; before Compact(): 410
 /// </code>
+/// It also answers TokenReviews (authentication.k8s.io/v1) of the service-account tokens it made
+/// (<see cref="ServiceAccountToken"/>): audiences, expiry, the pod binding in <c>extra</c>.
 /// One request per connection (Connection: close) keeps the server small; HttpClient is fine with that.
 /// </summary>
 internal sealed partial class FakeApiServer : IAsyncDisposable
@@ -41,6 +43,13 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
     private long _resourceVersion = 100;
     private long _bytesSent;
     private long _uid;
+    private int _tokenReviews;
+    private readonly ConcurrentDictionary<string, IssuedToken> _tokens = new(StringComparer.Ordinal);
+
+    /// <summary>The audience of tokens made without one, and of reviews that name none: the API server's own.</summary>
+    public const string ApiServerAudience = "https://kubernetes.default.svc.cluster.local";
+
+    private const string TokenReviewPath = "/apis/authentication.k8s.io/v1/tokenreviews";
 
     private FakeApiServer(Func<int, Socket> listen)
     {
@@ -379,6 +388,12 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
 
         var path = uri.AbsolutePath;
         string? ns = null;
+        if (path == TokenReviewPath)
+        {
+            await TokenReviewAsync(stream, head);
+            return;
+        }
+
         if (PortForwardPath().Match(path) is { Success: true } forward)
         {
             await PortForwardAsync(stream, head, forward.Groups[1].Value, forward.Groups[2].Value, parameters);
@@ -648,6 +663,177 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
         _ = fromPod.ContinueWith(t => t.Exception, TaskScheduler.Default);
     }
 
+    /// <summary>
+    /// Creates a projected service-account token as kubelet would get it through the TokenRequest API: for
+    /// <paramref name="serviceAccount"/> in <paramref name="ns"/>, for <paramref name="audiences"/> (default: the API
+    /// server's own), bound to <paramref name="pod"/> (which must exist now; its uid is bound), expiring at
+    /// <paramref name="expires"/> (default: in an hour; a past time makes an expired token). Only this server can check it.
+    /// </summary>
+    public string ServiceAccountToken(string ns, string serviceAccount, string? pod = null, IReadOnlyList<string>? audiences = null, DateTimeOffset? expires = null)
+    {
+        string? podUid = null;
+        string? nodeName = null;
+        if (pod is not null)
+        {
+            lock (_gate)
+            {
+                var podObject = _resources["/api/v1/pods"].Objects.GetValueOrDefault($"{ns}/{pod}") ?? throw new ArgumentException($"no pod {ns}/{pod} to bind the token to");
+                podUid = podObject["metadata"]!["uid"]!.GetValue<string>();
+                nodeName = podObject["spec"]?["nodeName"]?.GetValue<string>();
+            }
+        }
+
+        var now = DateTimeOffset.UtcNow;
+        var token = new IssuedToken(ns, serviceAccount, pod, podUid, nodeName, audiences ?? [ApiServerAudience], expires ?? now.AddHours(1), Guid.NewGuid().ToString());
+        // Shaped like the real thing (a JWT: header.claims.signature), though only this server's table makes it valid.
+        var claims = new JsonObject
+        {
+            ["aud"] = new JsonArray(token.Audiences.Select(a => (JsonNode)a).ToArray()),
+            ["exp"] = token.Expires.ToUnixTimeSeconds(),
+            ["iat"] = now.ToUnixTimeSeconds(),
+            ["iss"] = ApiServerAudience,
+            ["jti"] = token.Jti,
+            ["sub"] = $"system:serviceaccount:{ns}:{serviceAccount}",
+        };
+        var text = $"{Base64Url("{\"alg\":\"RS256\",\"kid\":\"fake\"}"u8.ToArray())}.{Base64Url(Encoding.UTF8.GetBytes(claims.ToJsonString()))}.{Base64Url(RandomNumberGenerator.GetBytes(64))}";
+        _tokens[text] = token;
+        return text;
+    }
+
+    /// <summary>
+    /// Whether a TokenReview of a pod-bound token checks that the pod still exists with the bound uid, as the real
+    /// API server does (default). Off: an API server whose view of pods lags, so only the caller's own pod watch
+    /// notices a deleted pod.
+    /// </summary>
+    public bool ChecksBoundPods { get; set; } = true;
+
+    /// <summary>TokenReviews answered so far.</summary>
+    public int TokenReviews => Volatile.Read(ref _tokenReviews);
+
+    /// <summary>
+    /// <c>POST /apis/authentication.k8s.io/v1/tokenreviews</c>: the JSON TokenReview in, the same object with its
+    /// status out (201 Created), as the API server answers: authenticated with the service account's user name,
+    /// groups and the pod binding in <c>extra</c>, and the audiences that both the token and the review name;
+    /// or authenticated=false with an error for an unknown, expired, wrong-audience or unbound token.
+    /// </summary>
+    private async Task TokenReviewAsync(NetworkStream stream, string head)
+    {
+        HttpStatusCode? failure = null;
+        lock (_gate)
+        {
+            if (_failures.TryGetValue("tokenreviews", out var queue) && queue.TryDequeue(out var failing))
+            {
+                failure = failing;
+            }
+        }
+
+        var headers = head.Split("\r\n").Skip(1).Select(l => l.Split(':', 2)).Where(p => p.Length == 2)
+            .ToDictionary(p => p[0].Trim(), p => p[1].Trim(), StringComparer.OrdinalIgnoreCase);
+        if (!head.StartsWith("POST ", StringComparison.Ordinal) || !headers.TryGetValue("Content-Length", out var lengthText)
+            || !int.TryParse(lengthText, CultureInfo.InvariantCulture, out var length) || length is < 0 or > 1 << 20)
+        {
+            await RespondAsync(stream, HttpStatusCode.BadRequest, Status(400, "BadRequest", "a TokenReview is a POST with a Content-Length body").ToJsonString());
+            return;
+        }
+
+        var body = new byte[length];
+        await stream.ReadExactlyAsync(body);
+        if (failure is { } code)
+        {
+            await RespondAsync(stream, code, Status((int)code, code.ToString(), "injected failure").ToJsonString());
+            return;
+        }
+
+        JsonObject review;
+        try
+        {
+            review = JsonNode.Parse(body)?.AsObject() ?? throw new System.Text.Json.JsonException("null");
+        }
+        catch (System.Text.Json.JsonException e)
+        {
+            await RespondAsync(stream, HttpStatusCode.BadRequest, Status(400, "BadRequest", $"invalid TokenReview JSON: {e.Message}").ToJsonString());
+            return;
+        }
+
+        if (review["kind"]?.GetValue<string>() is not ("TokenReview" or null) || review["spec"]?["token"]?.GetValue<string>() is not { Length: > 0 } tokenText)
+        {
+            await RespondAsync(stream, HttpStatusCode.UnprocessableEntity, Status(422, "Invalid", "TokenReview.authentication.k8s.io is invalid: spec.token: Required value").ToJsonString());
+            return;
+        }
+
+        Interlocked.Increment(ref _tokenReviews);
+        var wanted = review["spec"]?["audiences"]?.AsArray().Select(a => a!.GetValue<string>()).ToList() is { Count: > 0 } asked ? asked : [ApiServerAudience];
+        var status = new JsonObject { ["user"] = new JsonObject() };
+        string? error = null;
+        if (!_tokens.TryGetValue(tokenText, out var token))
+        {
+            error = "invalid bearer token";
+        }
+        else if (token.Expires <= DateTimeOffset.UtcNow)
+        {
+            error = "[invalid bearer token, service account token has expired]";
+        }
+        else if (!token.Audiences.Intersect(wanted, StringComparer.Ordinal).Any())
+        {
+            error = $"[invalid bearer token, token audiences [{string.Join(" ", token.Audiences.Select(a => $"\"{a}\""))}] is invalid for the target audiences [{string.Join(" ", wanted.Select(a => $"\"{a}\""))}]]";
+        }
+        else if (token.Pod is not null && ChecksBoundPods)
+        {
+            lock (_gate)
+            {
+                var podObject = _resources["/api/v1/pods"].Objects.GetValueOrDefault($"{token.Namespace}/{token.Pod}");
+                if (podObject is null)
+                {
+                    error = $"[invalid bearer token, pods \"{token.Pod}\" not found]";
+                }
+                else if (podObject["metadata"]?["uid"]?.GetValue<string>() != token.PodUid)
+                {
+                    error = $"[invalid bearer token, pod UID ({podObject["metadata"]?["uid"]}) does not match claim ({token.PodUid})]";
+                }
+            }
+        }
+
+        if (error is null)
+        {
+            var extra = new JsonObject { ["authentication.kubernetes.io/credential-id"] = new JsonArray($"JTI={token!.Jti}") };
+            if (token.Pod is not null)
+            {
+                extra["authentication.kubernetes.io/pod-name"] = new JsonArray(token.Pod);
+                extra["authentication.kubernetes.io/pod-uid"] = new JsonArray(token.PodUid);
+                if (token.NodeName is not null)
+                {
+                    extra["authentication.kubernetes.io/node-name"] = new JsonArray(token.NodeName);
+                }
+            }
+
+            status["authenticated"] = true;
+            status["user"] = new JsonObject
+            {
+                ["username"] = $"system:serviceaccount:{token.Namespace}:{token.ServiceAccount}",
+                ["uid"] = $"sa-{token.Namespace}-{token.ServiceAccount}",
+                ["groups"] = new JsonArray("system:serviceaccounts", $"system:serviceaccounts:{token.Namespace}", "system:authenticated"),
+                ["extra"] = extra,
+            };
+            status["audiences"] = new JsonArray(token.Audiences.Intersect(wanted, StringComparer.Ordinal).Select(a => (JsonNode)a).ToArray());
+        }
+        else
+        {
+            status["error"] = error;
+        }
+
+        var answer = new JsonObject
+        {
+            ["kind"] = "TokenReview",
+            ["apiVersion"] = "authentication.k8s.io/v1",
+            ["metadata"] = new JsonObject { ["creationTimestamp"] = null },
+            ["spec"] = review["spec"]!.DeepClone(),
+            ["status"] = status,
+        };
+        await RespondAsync(stream, HttpStatusCode.Created, answer.ToJsonString());
+    }
+
+    private static string Base64Url(byte[] bytes) => Convert.ToBase64String(bytes).TrimEnd('=').Replace('+', '-').Replace('/', '_');
+
     [GeneratedRegex("^/api/v1/namespaces/([^/]+)/pods/([^/]+)/portforward$")]
     private static partial Regex PortForwardPath();
 
@@ -768,6 +954,9 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
 
         public long CompactedAt { get; set; }
     }
+
+    private sealed record IssuedToken(string Namespace, string ServiceAccount, string? Pod, string? PodUid, string? NodeName, IReadOnlyList<string> Audiences,
+        DateTimeOffset Expires, string Jti);
 
     private sealed class Watch(Resource resource, Socket socket, bool bookmarks, long resourceVersion)
     {

@@ -1,0 +1,168 @@
+using System.Net;
+using k8s;
+using k8s.Autorest;
+using k8s.Models;
+
+namespace Weft.Ca;
+
+/// <summary>How the CA authenticates callers in Kubernetes mode.</summary>
+internal sealed record KubernetesCallerOptions
+{
+    /// <summary>The audience the caller's projected token must be for (the DaemonSet's serviceAccountToken volume names it).</summary>
+    public string Audience { get; init; } = "weft-ca";
+
+    /// <summary>Service accounts (<c>namespace/name</c>) whose pods are node agents; a token of any other is refused.</summary>
+    public IReadOnlyList<string> NodeAccounts { get; init; } = ["weft-system/weft-agent"];
+
+    /// <summary>Longest bearer token accepted; a projected token is about 1 KiB.</summary>
+    public int MaxTokenBytes { get; init; } = 16 * 1024;
+
+    /// <summary>How long one TokenReview may take before the request fails as UNAVAILABLE.</summary>
+    public TimeSpan ReviewTimeout { get; init; } = TimeSpan.FromSeconds(10);
+}
+
+/// <summary>
+/// Kubernetes mode: the caller sends its pod's projected service-account token as <c>authorization: Bearer</c>
+/// (Istio's agents and ztunnel do the same), and the CA asks the API server who it is:
+/// <code>
+///   bearer token ──TokenReview (authentication.k8s.io/v1, our audience)──► authenticated, audiences ∋ ours
+///     ──user system:serviceaccount:NS:SA──► a configured node account
+///     ──extra pod-name, pod-uid──► that pod in the pod watch, same name and namespace, scheduled, not finished
+///     ──its spec.nodeName──► node N
+/// </code>
+/// The node is the pod's, from the watch, never a claim of the caller. A TokenReview that cannot be made (API
+/// server unreachable, RBAC) is the CA's trouble, not the caller's: it fails as UNAVAILABLE so the client retries.
+/// </summary>
+internal sealed class ServiceAccountTokenAuthenticator : ICaCallerAuthenticator
+{
+    public const string PodNameExtra = "authentication.kubernetes.io/pod-name";
+    public const string PodUidExtra = "authentication.kubernetes.io/pod-uid";
+    private const string ServiceAccountUserPrefix = "system:serviceaccount:";
+
+    private readonly IKubernetes _client;
+    private readonly KubernetesPodIndex _pods;
+    private readonly string _trustDomain;
+    private readonly KubernetesCallerOptions _options;
+    private readonly HashSet<string> _nodeAccounts;
+
+    public ServiceAccountTokenAuthenticator(IKubernetes client, KubernetesPodIndex pods, string trustDomain, KubernetesCallerOptions options)
+    {
+        foreach (var account in options.NodeAccounts)
+        {
+            if (account.Split('/') is not [{ Length: > 0 }, { Length: > 0 }])
+            {
+                throw new ArgumentException($"node account '{account}' is not namespace/name", nameof(options));
+            }
+        }
+
+        if (string.IsNullOrWhiteSpace(options.Audience))
+        {
+            throw new ArgumentException("the token audience is empty", nameof(options));
+        }
+
+        _client = client;
+        _pods = pods;
+        _trustDomain = trustDomain;
+        _options = options;
+        _nodeAccounts = new HashSet<string>(options.NodeAccounts, StringComparer.Ordinal);
+    }
+
+    public bool AsksForClientCertificate => false;
+
+    public string Description =>
+        $"nodes authenticated by projected service-account tokens (TokenReview, audience {_options.Audience}, node accounts {string.Join(", ", _options.NodeAccounts)})";
+
+    public async Task<CertificateDecision> AuthenticateAsync(CaCaller caller, CancellationToken cancellationToken)
+    {
+        const string scheme = "Bearer ";
+        if (caller.Authorization is not { } authorization || !authorization.StartsWith(scheme, StringComparison.OrdinalIgnoreCase)
+            || authorization.AsSpan(scheme.Length).Trim().IsEmpty)
+        {
+            return Refuse(RefusalReason.NoToken, "no bearer token in the authorization metadata");
+        }
+
+        var token = authorization[scheme.Length..].Trim();
+        if (token.Length > _options.MaxTokenBytes)
+        {
+            return Refuse(RefusalReason.TokenRejected, $"bearer token of {token.Length} bytes exceeds the limit of {_options.MaxTokenBytes}");
+        }
+
+        V1TokenReview review;
+        using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+        {
+            timeout.CancelAfter(_options.ReviewTimeout);
+            try
+            {
+                review = await _client.AuthenticationV1.CreateTokenReviewAsync(
+                    new V1TokenReview { Spec = new V1TokenReviewSpec { Token = token, Audiences = [_options.Audience] } },
+                    cancellationToken: timeout.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            {
+                throw;
+            }
+            catch (Exception e) when (e is HttpOperationException or HttpRequestException or OperationCanceledException or IOException or System.Text.Json.JsonException)
+            {
+                return new CertificateDecision { Reason = RefusalReason.TokenReviewFailed, Detail = $"the TokenReview failed: {Describe(e)}", Transient = true };
+            }
+        }
+
+        var status = review.Status;
+        if (status?.Authenticated != true)
+        {
+            return Refuse(RefusalReason.TokenRejected, $"the API server did not authenticate the token: {(string.IsNullOrEmpty(status?.Error) ? "no reason given" : status.Error)}");
+        }
+
+        if (status.Audiences?.Contains(_options.Audience, StringComparer.Ordinal) != true)
+        {
+            // An API server that ignores spec.audiences would authenticate a token meant for someone else.
+            return Refuse(RefusalReason.TokenRejected,
+                $"the token is authenticated for audiences [{string.Join(", ", status.Audiences ?? [])}], not {_options.Audience}");
+        }
+
+        var username = status.User?.Username ?? "";
+        var account = username.StartsWith(ServiceAccountUserPrefix, StringComparison.Ordinal) && username[ServiceAccountUserPrefix.Length..].Split(':') is [{ Length: > 0 } ns, { Length: > 0 } name]
+            ? $"{ns}/{name}" : null;
+        if (account is null || !_nodeAccounts.Contains(account))
+        {
+            return Refuse(RefusalReason.NotANodeAccount, $"the token is {CertificateRequestAuthorizer.Shorten(username)}'s, not a node account's ({string.Join(", ", _options.NodeAccounts)})");
+        }
+
+        var podName = Single(status.User!.Extra, PodNameExtra);
+        var podUid = Single(status.User.Extra, PodUidExtra);
+        if (podName is null || podUid is null)
+        {
+            return Refuse(RefusalReason.TokenNotBoundToPod, $"the token of {account} is not bound to one pod (no {PodNameExtra} / {PodUidExtra}): a projected token from the agent's pod is needed");
+        }
+
+        var accountNamespace = account[..account.IndexOf('/')];
+        var who = $"{account} pod {accountNamespace}/{podName} (uid {podUid})";
+        var pod = _pods.Pod(podUid);
+        if (pod is null || pod.Namespace != accountNamespace || pod.Name != podName || $"{pod.Namespace}/{pod.ServiceAccount}" != account)
+        {
+            return Refuse(RefusalReason.CallerPodMissing, $"caller {who}: no such pod in the pod watch ({_pods.Describe()})");
+        }
+
+        if (!pod.OnNode || NodeIdentity.ValidateNodeName(pod.Node) is not null)
+        {
+            return Refuse(RefusalReason.CallerPodNotOnNode, $"caller {who} is not running on a node (node '{pod.Node}', phase {pod.Phase ?? "unknown"})");
+        }
+
+        return new CertificateDecision { Node = new NodeIdentity(_trustDomain, pod.Node!) };
+    }
+
+    private static string? Single(IDictionary<string, IList<string>>? extra, string key) =>
+        extra is not null && extra.TryGetValue(key, out var values) && values is [{ Length: > 0 } value] ? value : null;
+
+    private static CertificateDecision Refuse(string reason, string detail) => CertificateRequestAuthorizer.Refuse(reason, detail);
+
+    private static string Describe(Exception e) => e switch
+    {
+        HttpOperationException { Response.StatusCode: HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized } http =>
+            $"HTTP {(int)http.Response.StatusCode}: may the CA's service account create tokenreviews (daemonset/ca.yaml)?",
+        HttpOperationException http => $"HTTP {(int?)http.Response?.StatusCode} {http.Response?.ReasonPhrase}",
+        OperationCanceledException => "no answer from the API server in time",
+        _ when e.InnerException is { } inner => $"{e.Message}: {inner.Message}",
+        _ => e.Message,
+    };
+}
