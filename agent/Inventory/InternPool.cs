@@ -16,8 +16,11 @@ internal sealed class InternPool
 {
     private static readonly IReadOnlyDictionary<string, string> NoLabels = FrozenDictionary<string, string>.Empty;
 
-    private readonly Dictionary<string, string> _strings = new(StringComparer.Ordinal);
-    private readonly Dictionary<IPAddress, IPAddress> _addresses = [];
+    // A set, not a map to itself: it finds the held instance as well, with a smaller entry per string.
+    private readonly HashSet<string> _strings = new(StringComparer.Ordinal);
+
+    // Each address with the one-element list of it, so a single-stack pod's address list costs nothing of its own.
+    private readonly Dictionary<IPAddress, ImmutableArray<IPAddress>> _addresses = [];
     private readonly Dictionary<string, IReadOnlyDictionary<string, string>> _labelSets = new(StringComparer.Ordinal);
     private readonly Dictionary<(IPAddress, IPAddress?), ImmutableArray<IPAddress>> _addressLists = [];
     private readonly StringBuilder _labelKey = new();
@@ -32,21 +35,25 @@ internal sealed class InternPool
             return shared;
         }
 
-        _strings[value] = value;
+        _strings.Add(value);
         return value;
     }
 
     public string? OptionalString(string? value) => value is null ? null : String(value);
 
-    public IPAddress Address(IPAddress address)
+    public IPAddress Address(IPAddress address) => SingleAddress(address)[0];
+
+    /// <summary>The list of this one address, the same instance for every pod and endpoint that has it.</summary>
+    public ImmutableArray<IPAddress> SingleAddress(IPAddress address)
     {
         if (_addresses.TryGetValue(address, out var shared))
         {
             return shared;
         }
 
-        _addresses[address] = address;
-        return address;
+        shared = [address];
+        _addresses[address] = shared;
+        return shared;
     }
 
     /// <summary>A list of one or two addresses (a pod's node, dual stack at most), shared by every pod that lists the same.</summary>
@@ -55,6 +62,11 @@ internal sealed class InternPool
         if (addresses.Length is 0 or > 2)
         {
             return addresses;
+        }
+
+        if (addresses.Length == 1)
+        {
+            return SingleAddress(addresses[0]);
         }
 
         var key = (addresses[0], addresses.Length == 2 ? addresses[1] : null);

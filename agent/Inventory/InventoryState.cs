@@ -38,13 +38,18 @@ internal sealed class InventoryState
     private readonly Dictionary<string, (long Ordinal, V1Alpha1PeerAuthentication Policy, string Json)> _peerAuthentications = new(StringComparer.Ordinal);
 
     // Who claims a name or an address: the earliest valid claimant wins, the rest are warned about.
-    private readonly Dictionary<string, List<NamespaceEntry>> _namespaceClaims = new(StringComparer.Ordinal);
-    private readonly PodClaims<(string, string)> _podNameClaims = new();
-    private readonly PodClaims<IPAddress> _podAddressClaims = new();
+    private readonly Claims<string, NamespaceEntry> _namespaceClaims = new(StringComparer.Ordinal);
+    private readonly Claims<(string, string), PodEntry> _podNameClaims = new();
+
+    // Pods waiting for an address another pod holds (or new, not yet resolved). The holder is not listed: the data
+    // path's own map finds it (CopyAddressClaimants), so the common pod costs no entry here.
+    private readonly Claims<IPAddress, PodEntry> _waitingAddressClaims = new();
     private readonly Dictionary<string, HashSet<PodEntry>> _podsFollowingNamespace = new(StringComparer.Ordinal);
-    private readonly Dictionary<(string, string), List<ServiceEntry>> _serviceClaims = [];
-    private readonly Dictionary<(string, string), List<SliceEntry>> _slicesByService = [];
-    private readonly Dictionary<(string, string), Dictionary<IPEndPoint, ServiceTarget>> _targetsOfService = [];
+    private readonly Claims<(string, string), ServiceEntry> _serviceClaims = new();
+    private readonly Claims<(string, string), SliceEntry> _slicesByService = new();
+
+    // A Service's own targets, one per VIP and port (almost always one or two): an array, not a map per Service.
+    private readonly Dictionary<(string, string), ServiceTarget[]> _targetsOfService = [];
     private readonly Dictionary<IPEndPoint, List<(string, string)>> _vipClaims = [];
     private readonly Dictionary<IPAddress, int> _nodeAddressUses = [];
 
@@ -215,6 +220,24 @@ internal sealed class InventoryState
         }
     }
 
+    /// <summary>Removes every object of this kind (its model type) whose id is not in <paramref name="keep"/> (a full list of the kind).</summary>
+    public void RemoveAllExcept(Type kind, IReadOnlySet<string> keep)
+    {
+        ArgumentNullException.ThrowIfNull(kind);
+        ArgumentNullException.ThrowIfNull(keep);
+        IEnumerable<string> ids = kind == typeof(V1Namespace) ? _namespaceEntries.Keys
+            : kind == typeof(V1Pod) ? _podEntries.Keys
+            : kind == typeof(V1Service) ? _serviceEntries.Keys
+            : kind == typeof(V1EndpointSlice) ? _sliceEntries.Keys
+            : kind == typeof(V1Alpha1AuthorizationPolicy) ? _authorizationPolicies.Keys
+            : kind == typeof(V1Alpha1PeerAuthentication) ? _peerAuthentications.Keys
+            : [];
+        foreach (var id in ids.Where(id => !keep.Contains(id)).ToList())
+        {
+            Remove(kind, id);
+        }
+    }
+
     /// <summary>Whether the object equals the one held under this id (the file source's diff: nothing to do for it).</summary>
     public bool Holds(string id, IKubernetesObject obj) => obj switch
     {
@@ -294,39 +317,6 @@ internal sealed class InventoryState
         Changed();
     }
 
-    private static void AddClaim<TKey, TEntry>(Dictionary<TKey, List<TEntry>> claims, TKey key, TEntry entry)
-        where TKey : notnull
-        where TEntry : IOrdered
-    {
-        if (!claims.TryGetValue(key, out var list))
-        {
-            claims[key] = list = [];
-        }
-
-        // Kept in ordinal order; almost always the list has one entry.
-        var index = list.Count;
-        while (index > 0 && list[index - 1].Ordinal > entry.Ordinal)
-        {
-            index--;
-        }
-
-        list.Insert(index, entry);
-    }
-
-    private static void RemoveClaim<TKey, TEntry>(Dictionary<TKey, List<TEntry>> claims, TKey key, TEntry entry)
-        where TKey : notnull
-        where TEntry : class
-    {
-        if (claims.TryGetValue(key, out var list))
-        {
-            list.Remove(entry);
-            if (list.Count == 0)
-            {
-                claims.Remove(key);
-            }
-        }
-    }
-
     // ---------------------------------------------------------------- namespaces
 
     private NamespaceEntry ParseNamespace(V1Namespace ns, long ordinal)
@@ -352,7 +342,7 @@ internal sealed class InventoryState
             return;
         }
 
-        AddClaim(_namespaceClaims, entry.Name, entry);
+        _namespaceClaims.Add(entry.Name, entry);
         ResolveNamespace(entry.Name);
     }
 
@@ -366,15 +356,15 @@ internal sealed class InventoryState
         SetWarnings(entry.Ordinal, entry.Warnings, []);
         if (entry.Name is not null)
         {
-            RemoveClaim(_namespaceClaims, entry.Name, entry);
+            _namespaceClaims.Remove(entry.Name, entry);
             ResolveNamespace(entry.Name);
         }
     }
 
     private void ResolveNamespace(string name)
     {
-        var winner = _namespaceClaims.GetValueOrDefault(name)?.FirstOrDefault();
-        foreach (var claimant in _namespaceClaims.GetValueOrDefault(name) ?? [])
+        var winner = _namespaceClaims.Entries(name).FirstOrDefault();
+        foreach (var claimant in _namespaceClaims.Entries(name))
         {
             var warnings = claimant == winner ? [] : ImmutableArray.Create($"Namespace {name} appears twice; the second one is ignored");
             SetWarnings(claimant.Ordinal, claimant.Warnings, warnings);
@@ -490,7 +480,7 @@ internal sealed class InventoryState
             Namespace = key.Item1,
             ServiceAccount = string.IsNullOrEmpty(pod.Spec?.ServiceAccountName) ? "default" : _pool.String(pod.Spec.ServiceAccountName),
             NodeName = string.IsNullOrEmpty(pod.Spec?.NodeName) ? null : _pool.String(pod.Spec.NodeName),
-            Addresses = addresses.ToImmutable(),
+            Addresses = addresses.Count == 1 ? _pool.SingleAddress(addresses[0]) : addresses.ToImmutable(),
             Labels = labels,
             NetnsPath = annotations?.TryGetValue(InventoryBuilder.NetnsAnnotation, out var netns) == true && !string.IsNullOrWhiteSpace(netns) ? netns : null,
             Uid = string.IsNullOrEmpty(pod.Metadata?.Uid) ? null : pod.Metadata.Uid,
@@ -516,7 +506,6 @@ internal sealed class InventoryState
 
         return new PodEntry(ordinal)
         {
-            Key = key,
             Candidate = workload,
             FollowsNamespace = !hostNetwork && meshChoice is null,
             AcceptedWarnings = warnings.ToImmutable(),
@@ -534,7 +523,7 @@ internal sealed class InventoryState
             {
                 foreach (var address in candidate.Addresses)
                 {
-                    _podAddressClaims.Add(address, entry);
+                    _waitingAddressClaims.Add(address, entry);
                 }
             }
 
@@ -577,8 +566,8 @@ internal sealed class InventoryState
             {
                 foreach (var address in candidate.Addresses)
                 {
-                    _podAddressClaims.Remove(address, entry);
-                    _podAddressClaims.CopyTo(address, neighbours);
+                    _waitingAddressClaims.Remove(address, entry);
+                    CopyAddressClaimants(address, neighbours);
                 }
             }
 
@@ -624,7 +613,7 @@ internal sealed class InventoryState
             {
                 foreach (var address in candidate.Addresses)
                 {
-                    _podAddressClaims.CopyTo(address, pending);
+                    CopyAddressClaimants(address, pending);
                 }
             }
         }
@@ -678,12 +667,44 @@ internal sealed class InventoryState
         {
             Unpublish(entry.Candidate!);
             entry.Accepted = false;
+            WaitForAddresses(entry, waiting: true);
         }
 
         foreach (var (entry, accepted) in changes.Where(c => c.Accepted))
         {
             Publish(entry.Candidate!);
             entry.Accepted = true;
+            WaitForAddresses(entry, waiting: false);
+        }
+    }
+
+    /// <summary>The pods claiming an address: the one holding it (found through the data path's map, by its name) and those waiting for it.</summary>
+    private void CopyAddressClaimants(IPAddress address, List<PodEntry> target)
+    {
+        if (_workloadsByIp.TryGetValue(address, out var holder)
+            && _podNameClaims.Entries((holder.Namespace, holder.Name)).FirstOrDefault(e => e.Accepted) is { } entry)
+        {
+            target.Add(entry);
+        }
+
+        _waitingAddressClaims.CopyTo(address, target);
+    }
+
+    private void WaitForAddresses(PodEntry entry, bool waiting)
+    {
+        if (entry.Candidate is { HostNetwork: false } candidate)
+        {
+            foreach (var address in candidate.Addresses)
+            {
+                if (waiting)
+                {
+                    _waitingAddressClaims.Add(address, entry);
+                }
+                else
+                {
+                    _waitingAddressClaims.Remove(address, entry);
+                }
+            }
         }
     }
 
@@ -864,7 +885,7 @@ internal sealed class InventoryState
             return;
         }
 
-        AddClaim(_serviceClaims, key, entry);
+        _serviceClaims.Add(key, entry);
         ResolveService(key);
     }
 
@@ -878,7 +899,7 @@ internal sealed class InventoryState
         SetWarnings(entry.Ordinal, entry.Warnings, []);
         if (entry.Key is { } key)
         {
-            RemoveClaim(_serviceClaims, key, entry);
+            _serviceClaims.Remove(key, entry);
             ResolveService(key);
         }
     }
@@ -976,7 +997,7 @@ internal sealed class InventoryState
         SetWarnings(entry.Ordinal, [], entry.Warnings);
         if (entry.Service is { } service)
         {
-            AddClaim(_slicesByService, service, entry);
+            _slicesByService.Add(service, entry);
             ResolveService(service);
         }
     }
@@ -991,7 +1012,7 @@ internal sealed class InventoryState
         SetWarnings(entry.Ordinal, entry.Warnings, []);
         if (entry.Service is { } service)
         {
-            RemoveClaim(_slicesByService, service, entry);
+            _slicesByService.Remove(service, entry);
             ResolveService(service);
         }
     }
@@ -1000,7 +1021,7 @@ internal sealed class InventoryState
     private void ResolveService((string, string) key)
     {
         ServiceEntry? winner = null;
-        foreach (var claimant in _serviceClaims.GetValueOrDefault(key) ?? [])
+        foreach (var claimant in _serviceClaims.Entries(key))
         {
             ImmutableArray<string> warnings;
             if (winner is not null)
@@ -1024,9 +1045,9 @@ internal sealed class InventoryState
         Service? current = null;
         if (winner?.Compiled is { } compiled)
         {
-            var slices = _slicesByService.GetValueOrDefault(key);
-            current = slices is null ? compiled
-                : compiled with { Endpoints = slices.Count == 1 ? slices[0].Endpoints : [.. slices.SelectMany(s => s.Endpoints)] };
+            var slices = _slicesByService.Count(key);
+            current = slices == 0 ? compiled
+                : compiled with { Endpoints = slices == 1 ? _slicesByService.Entries(key).First().Endpoints : [.. _slicesByService.Entries(key).SelectMany(s => s.Endpoints)] };
         }
 
         var old = _services.GetValueOrDefault(key);
@@ -1072,10 +1093,10 @@ internal sealed class InventoryState
         }
         else
         {
-            _targetsOfService[key] = targets;
+            _targetsOfService[key] = [.. targets.Values];
         }
 
-        foreach (var vip in previous?.Keys ?? Enumerable.Empty<IPEndPoint>())
+        foreach (var vip in previous?.Select(t => t.Vip) ?? [])
         {
             if (!targets.ContainsKey(vip) && _vipClaims.TryGetValue(vip, out var claims))
             {
@@ -1115,7 +1136,7 @@ internal sealed class InventoryState
         }
 
         var winner = claims.Count == 1 ? claims[0] : claims.Min(NameComparer.Instance);
-        _targets[vip] = _targetsOfService[winner][vip];
+        _targets[vip] = Array.Find(_targetsOfService[winner], t => t.Vip.Equals(vip))!;
     }
 
     // ---------------------------------------------------------------- policies
@@ -1165,21 +1186,57 @@ internal sealed class InventoryState
             && (Value is null ? other.Value is null : other.Value is not null && Value.Enrolled == other.Value.Enrolled && SameLabels(Value.Labels, other.Value.Labels));
     }
 
+    /// <summary>
+    /// One pod as held. Kept small, as there is one per pod in the cluster: the name is the candidate's when there
+    /// is one, and what only unusable or warned-about pods have lives in a separate object most pods never get.
+    /// </summary>
     private sealed class PodEntry(long ordinal) : IOrdered
     {
+        private Unusual? _unusual;
+
         public long Ordinal { get; } = ordinal;
 
         /// <summary>Namespace and name, for every named pod that has not finished: such a pod claims its name even when unusable.</summary>
-        public (string, string)? Key { get; init; }
+        public (string, string)? Key
+        {
+            get => Candidate is { } candidate ? (candidate.Namespace, candidate.Name) : _unusual?.Key;
+            init
+            {
+                if (value is not null)
+                {
+                    (_unusual ??= new()).Key = value;
+                }
+            }
+        }
 
         /// <summary>The workload it is when accepted; null when it has no usable address.</summary>
         public Workload? Candidate { get; set; }
 
         /// <summary>Why it is unusable (no name, no or a bad address).</summary>
-        public string? Warning { get; init; }
+        public string? Warning
+        {
+            get => _unusual?.Warning;
+            init
+            {
+                if (value is not null)
+                {
+                    (_unusual ??= new()).Warning = value;
+                }
+            }
+        }
 
         /// <summary>Warnings an accepted pod carries (a bad fail-open annotation or mesh label).</summary>
-        public ImmutableArray<string> AcceptedWarnings { get; init; } = [];
+        public ImmutableArray<string> AcceptedWarnings
+        {
+            get => _unusual?.AcceptedWarnings ?? [];
+            init
+            {
+                if (!value.IsDefaultOrEmpty)
+                {
+                    (_unusual ??= new()).AcceptedWarnings = value;
+                }
+            }
+        }
 
         /// <summary>No weft.dev/mesh label of its own: its enrollment follows its namespace's.</summary>
         public bool FollowsNamespace { get; init; }
@@ -1198,42 +1255,58 @@ internal sealed class InventoryState
             && a.Addresses.SequenceEqual(b.Addresses) && SameLabels(a.Labels, b.Labels) && a.NetnsPath == b.NetnsPath
             && a.Uid == b.Uid && a.QosClass == b.QosClass && a.Phase == b.Phase && a.FailOpen == b.FailOpen
             && a.Enrolled == b.Enrolled && a.HostNetwork == b.HostNetwork && a.HostAddresses.SequenceEqual(b.HostAddresses);
+
+        private sealed class Unusual
+        {
+            public (string, string)? Key { get; set; }
+
+            public string? Warning { get; set; }
+
+            public ImmutableArray<string> AcceptedWarnings { get; set; } = [];
+        }
     }
 
     /// <summary>
-    /// The pods claiming each name or address. Almost every key has one claimant, held inline (a list only for
-    /// the rare conflicts): at 100,000 pods a list per key would cost more than the pods' workloads.
-    /// Unordered: resolution sorts by ordinal.
+    /// The entries claiming each key (a name, an address, a Service), in ordinal order. Almost every key has one
+    /// claimant, held inline (a list only for the rare conflicts): at 100,000 pods a list per key would cost more
+    /// than the pods' workloads.
     /// </summary>
-    private sealed class PodClaims<TKey>
+    private sealed class Claims<TKey, TEntry>(IEqualityComparer<TKey>? comparer = null)
         where TKey : notnull
+        where TEntry : class, IOrdered
     {
-        private readonly Dictionary<TKey, object> _claims = [];
+        private readonly Dictionary<TKey, object> _claims = new(comparer);
 
-        public void Add(TKey key, PodEntry entry)
+        public void Add(TKey key, TEntry entry)
         {
             if (!_claims.TryGetValue(key, out var held))
             {
                 _claims[key] = entry;
+                return;
             }
-            else if (held is List<PodEntry> list)
+
+            if (held is not List<TEntry> list)
             {
-                list.Add(entry);
+                _claims[key] = list = [(TEntry)held];
             }
-            else
+
+            var index = list.Count;
+            while (index > 0 && list[index - 1].Ordinal > entry.Ordinal)
             {
-                _claims[key] = new List<PodEntry> { (PodEntry)held, entry };
+                index--;
             }
+
+            list.Insert(index, entry);
         }
 
-        public void Remove(TKey key, PodEntry entry)
+        public void Remove(TKey key, TEntry entry)
         {
             if (!_claims.TryGetValue(key, out var held))
             {
                 return;
             }
 
-            if (held is List<PodEntry> list)
+            if (held is List<TEntry> list)
             {
                 list.Remove(entry);
                 if (list.Count == 1)
@@ -1247,17 +1320,22 @@ internal sealed class InventoryState
             }
         }
 
-        public void CopyTo(TKey key, List<PodEntry> target)
+        public int Count(TKey key) => !_claims.TryGetValue(key, out var held) ? 0 : held is List<TEntry> list ? list.Count : 1;
+
+        public IEnumerable<TEntry> Entries(TKey key) =>
+            !_claims.TryGetValue(key, out var held) ? [] : held is List<TEntry> list ? list : [(TEntry)held];
+
+        public void CopyTo(TKey key, List<TEntry> target)
         {
             if (_claims.TryGetValue(key, out var held))
             {
-                if (held is List<PodEntry> list)
+                if (held is List<TEntry> list)
                 {
                     target.AddRange(list);
                 }
                 else
                 {
-                    target.Add((PodEntry)held);
+                    target.Add((TEntry)held);
                 }
             }
         }

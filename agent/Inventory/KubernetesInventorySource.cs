@@ -229,30 +229,28 @@ internal sealed class KubernetesInventorySource : IDisposable
     private void Rebuild()
     {
         Interlocked.Exchange(ref _pendingSince, 0);
-        if (_watches.FirstOrDefault(w => !w.Listed) is { } waiting)
-        {
-            Log.Debug("inventory", $"not publishing yet: {waiting.Kind} not listed");
-            return; // the dirty flag stays set: the last kind's list triggers the first build
-        }
-
-        if (Interlocked.Exchange(ref _dirty, 0) == 0)
-        {
-            return;
-        }
-
         var started = Stopwatch.GetTimestamp();
+
+        // Applied as they come, also before every kind is listed: the queue then never holds a whole cluster's
+        // objects, only what arrived since the last pass. The state does not depend on when it is applied.
         var applied = 0;
         while (_changes.TryDequeue(out var change))
         {
             applied++;
-            if (change.Object is null)
-            {
-                _state.Remove(change.Kind, change.Id);
-            }
-            else
-            {
-                _state.Upsert(change.Id, change.Object is V1Pod pod ? WithoutNetnsAnnotation(pod) : change.Object);
-            }
+            Apply(_state, change);
+        }
+
+        if (_watches.FirstOrDefault(w => !w.Listed) is { } waiting)
+        {
+            Interlocked.Add(ref _appliedChanges, applied);
+            Interlocked.Add(ref _applyTicks, Stopwatch.GetTimestamp() - started);
+            Log.Debug("inventory", $"not publishing yet: {waiting.Kind} not listed");
+            return; // the dirty flag stays set: the last kind's list triggers the first build
+        }
+
+        if (Interlocked.Exchange(ref _dirty, 0) == 0 && applied == 0)
+        {
+            return;
         }
 
         Interlocked.Add(ref _appliedChanges, applied);
@@ -290,6 +288,23 @@ internal sealed class KubernetesInventorySource : IDisposable
         else
         {
             Log.Debug("inventory", message);
+        }
+    }
+
+    /// <summary>One change from a watch, applied to the state as this source does (the fuzz target uses it too).</summary>
+    internal static void Apply(InventoryState state, InventoryChange change)
+    {
+        if (change.Listed is { } listed)
+        {
+            state.RemoveAllExcept(change.Kind, listed);
+        }
+        else if (change.Object is null)
+        {
+            state.Remove(change.Kind, change.Id);
+        }
+        else
+        {
+            state.Upsert(change.Id, change.Object is V1Pod pod ? WithoutNetnsAnnotation(pod) : change.Object);
         }
     }
 

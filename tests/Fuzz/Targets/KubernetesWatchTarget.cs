@@ -10,7 +10,8 @@ namespace Weft.Fuzz;
 /// <summary>
 /// A watch response body (one JSON event per line, as the API server streams it) through the real
 /// KubernetesClient decoder into the agent's watch cache, for pods (typed, then trimmed) and for
-/// AuthorizationPolicies (untyped custom objects read into the model); the cache then builds a snapshot.
+/// AuthorizationPolicies (untyped custom objects read into the model); each change it hands on is applied to an
+/// <see cref="InventoryState"/>, as the Kubernetes source does, which then makes a snapshot.
 /// The watch ends its pass on an ERROR event with a clear error; a line it cannot read is skipped and
 /// logged. Whatever else escapes, or is reported through the skip path, is a crash.
 /// </summary>
@@ -30,17 +31,18 @@ internal sealed class KubernetesWatchTarget : IFuzzTarget
     {
         Handler.Body = input.ToArray();
         var skipped = new List<Exception>();
+        var changes = new List<InventoryChange>();
         var pods = new KubernetesResourceWatch<V1Pod, V1PodList>("pods",
             (_, _, _) => Task.FromResult(new V1PodList { Items = [], Metadata = new V1ListMeta { ResourceVersion = "1" } }),
             (rv, t, onError, ct) => Client.CoreV1.WatchListPodForAllNamespacesAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t,
                 onError: Observing(onError, skipped), cancellationToken: ct),
-            KubernetesInventorySource.TrimPod, () => { }, Options);
+            KubernetesInventorySource.TrimPod, () => { }, Options, changes.Add);
         var policies = new KubernetesResourceWatch<V1Alpha1AuthorizationPolicy, KubernetesList<V1Alpha1AuthorizationPolicy>>("authorizationpolicies",
             (_, _, _) => Task.FromResult(new KubernetesList<V1Alpha1AuthorizationPolicy>([])),
             (rv, t, onError, ct) => KubernetesInventorySource.Typed<V1Alpha1AuthorizationPolicy>(Client.CustomObjects.WatchListCustomObjectForAllNamespacesAsync(
                 PolicyKinds.Group, PolicyKinds.Version, "authorizationpolicies", allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t,
                 onError: Observing(onError, skipped), cancellationToken: ct), Observing(onError, skipped)),
-            item => item, () => { }, Options);
+            item => item, () => { }, Options, changes.Add);
 
         var pass = Task.Run(async () =>
         {
@@ -59,7 +61,13 @@ internal sealed class KubernetesWatchTarget : IFuzzTarget
             throw new UnexpectedFailureException(unexpected);
         }
 
-        _ = InventoryBuilder.Build([.. pods.Items(), .. policies.Items()]);
+        var state = new InventoryState(PolicyKinds.DefaultMeshRootNamespace);
+        foreach (var change in changes)
+        {
+            KubernetesInventorySource.Apply(state, change);
+        }
+
+        _ = state.Snapshot();
     }
 
     private static async Task WatchOnceAsync<T, TList>(KubernetesResourceWatch<T, TList> watch)
