@@ -92,6 +92,17 @@ internal sealed class KubernetesPodIndex : IPodPlacements, IDisposable
     /// <summary>Called by the watch, in order, under its cache lock.</summary>
     private void Apply(InventoryChange change)
     {
+        if (change.Listed is { } listed)
+        {
+            // A full list (first, or after 410 Gone or an outage): pods it does not name were deleted meanwhile.
+            foreach (var uid in _byUid.Keys.Where(uid => !listed.Contains(uid)).ToList())
+            {
+                Apply(new InventoryChange(typeof(V1Pod), uid, null));
+            }
+
+            return;
+        }
+
         var placement = change.Object is V1Pod pod ? PlacementOf(pod) : null;
         lock (_writeGate)
         {
@@ -129,7 +140,7 @@ internal sealed class KubernetesPodIndex : IPodPlacements, IDisposable
         pod.Spec?.NodeName,
         pod.Status?.Phase);
 
-    /// <summary>Only what the index reads is kept in the watch's cache.</summary>
+    /// <summary>Only what the index reads is handed to it.</summary>
     private static V1Pod Trim(V1Pod pod) => new()
     {
         ApiVersion = "v1",

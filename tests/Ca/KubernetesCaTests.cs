@@ -116,6 +116,28 @@ public sealed class KubernetesCaTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task WorkloadPodDeletedWhileThePodWatchWasCut_IsForgottenByTheRelist()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var id = CaTestPki.Id("data", "db");
+        var token = AgentToken("node1");
+        using (var client = Client(token))
+        {
+            await client.CreateAsync(id, CaTestPki.Csr(key, id));
+        }
+
+        // The delete happens while the CA's watch is cut and its history is compacted away: the watch comes back to
+        // 410 Gone and lists again, and only that list can tell the index the pod is gone.
+        await _api.StopAsync();
+        Assert.True(_api.Delete<V1Pod>("data", "db-1"));
+        _api.Compact();
+        _api.Resume();
+        await CaTestPki.WaitUntilAsync(() => !_pods.HasPod("node1", "data", "db"));
+
+        await AssertRefusedAsync(RefusalReason.NoPodOnNode, token, id, CaTestPki.Csr(key, id), "no pod of data/db is scheduled on node node1");
+    }
+
+    [Fact]
     public async Task TokenOfAServiceAccountThatIsNotANodeAccount_IsRefused_EvenForItsOwnIdentity()
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);

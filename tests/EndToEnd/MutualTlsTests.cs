@@ -32,7 +32,7 @@ public class MutualTlsTests
         await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", bytes.ToString());
         var pcap = Path.Combine(Path.GetTempPath(), $"weft-{mesh.Cluster.RunId}.pcap");
         using var capture = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", mesh.Cluster.UnderlayNetnsName,
-            "tcpdump", "-i", "br0", "-U", "-s", "0", "-B", "65536", "-w", pcap, "tcp"])
+            "tcpdump", "-i", "br0", "--immediate-mode", "-U", "-s", "0", "-B", "65536", "-w", pcap, "tcp"])
         { RedirectStandardError = true })!;
         try
         {
@@ -45,8 +45,18 @@ public class MutualTlsTests
         }
         finally
         {
-            capture.Kill();
-            await capture.WaitForExitAsync();
+            // SIGTERM, not SIGKILL: tcpdump writes out what it still holds, so the checks below read the whole capture.
+            Tmds.Linux.LibC.kill(capture.Id, Tmds.Linux.LibC.SIGTERM);
+            using var stopped = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            try
+            {
+                await capture.WaitForExitAsync(stopped.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                capture.Kill();
+                await capture.WaitForExitAsync();
+            }
         }
 
         try

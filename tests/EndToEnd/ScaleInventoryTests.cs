@@ -47,20 +47,21 @@ public class ScaleInventoryTests
         var applied = (Applied(node1), Applied(node2));
         mesh.WriteInventory(Inventory(mesh.Cluster, RemotePods, "b1"));
         await CaptureScopeTests.WaitUntilAsync(() => Applied(node1) > applied.Item1 && Applied(node2) > applied.Item2, Generous);
-        Assert.Contains(node1.StderrLines, l => l.Contains($"{RemotePods + 2} workloads", StringComparison.Ordinal));
+        // The source logs what it loaded just after publishing it, so the line may follow "applied" by a moment.
+        await CaptureScopeTests.WaitUntilAsync(() => node1.StderrLines.Any(l => l.Contains($"{RemotePods + 2} workloads", StringComparison.Ordinal)), Generous);
 
         // Churn: 100 remote pods go away.
         applied = (Applied(node1), Applied(node2));
         mesh.WriteInventory(Inventory(mesh.Cluster, RemotePods - 100, "b1"));
         await CaptureScopeTests.WaitUntilAsync(() => Applied(node1) > applied.Item1 && Applied(node2) > applied.Item2, Generous);
-        Assert.Contains(node1.StderrLines, l => l.Contains($"{RemotePods - 100 + 2} workloads", StringComparison.Ordinal));
+        await CaptureScopeTests.WaitUntilAsync(() => node1.StderrLines.Any(l => l.Contains($"{RemotePods - 100 + 2} workloads", StringComparison.Ordinal)), Generous);
 
         // A pod is added last, on node2, and becomes service b's only endpoint.
         var added = mesh.Cluster.AddPod(mesh.Cluster.Node("node2"), "demo", "b9");
         applied = (Applied(node1), Applied(node2));
         mesh.WriteInventory(Inventory(mesh.Cluster, RemotePods - 100, "b9"));
         await CaptureScopeTests.WaitUntilAsync(() => Applied(node1) > applied.Item1 && Applied(node2) > applied.Item2, Generous);
-        Assert.Contains(node2.StderrLines, l => l.Contains("2 local pod(s) enrolled", StringComparison.Ordinal));
+        await CaptureScopeTests.WaitUntilAsync(() => node2.StderrLines.Any(l => l.Contains("2 local pod(s) enrolled", StringComparison.Ordinal)), Generous);
 
         await using var b1 = MeshCluster.StartServer(mesh.Cluster.Pod("demo", "b1"), "--port", "8080", "--reply-bytes", "16");
         await using var b9 = MeshCluster.StartServer(added, "--port", "8080", "--reply-bytes", "16");
