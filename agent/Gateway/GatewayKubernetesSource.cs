@@ -101,7 +101,8 @@ internal sealed class GatewayKubernetesSource : IDisposable
     public RouteTable Current => Volatile.Read(ref _current);
 
     /// <summary>Why the cluster's configuration as it is now is not what is served, or null.</summary>
-    public string? LastError => Volatile.Read(ref _lastError) ?? _unreadable.Values.Order(StringComparer.Ordinal).FirstOrDefault();
+    public string? LastError => !Ready ? "not synced with the Kubernetes API yet: every kind must be listed once"
+        : Volatile.Read(ref _lastError) ?? _unreadable.Values.Order(StringComparer.Ordinal).FirstOrDefault();
 
     public bool Ready => _ready.Task.IsCompleted;
 
