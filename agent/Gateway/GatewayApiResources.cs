@@ -46,8 +46,14 @@ internal abstract class GatewayApiObject<TSpec> : IKubernetesObject<V1ObjectMeta
 
     [JsonPropertyName("spec")]
     public TSpec Spec { get; set; } = new();
+
+    /// <summary>As the API server holds it (Kubernetes mode), to write only what changes; never read from a file.</summary>
+    [JsonPropertyName("status")]
+    [YamlDotNet.Serialization.YamlIgnore]
+    public System.Text.Json.Nodes.JsonObject? Status { get; set; }
 }
 
+[KubernetesEntity(Group = GatewayApiKinds.Group, Kind = "GatewayClass", ApiVersion = "v1", PluralName = "gatewayclasses")]
 internal sealed class GatewayClassResource : GatewayApiObject<GatewayClassSpec>
 {
     public GatewayClassResource() => Kind = "GatewayClass";
@@ -59,6 +65,7 @@ internal sealed class GatewayClassSpec
     public string? ControllerName { get; set; }
 }
 
+[KubernetesEntity(Group = GatewayApiKinds.Group, Kind = "Gateway", ApiVersion = "v1", PluralName = "gateways")]
 internal sealed class GatewayResource : GatewayApiObject<GatewaySpec>
 {
     public GatewayResource() => Kind = "Gateway";
@@ -147,6 +154,7 @@ internal sealed class ObjectReference
     public int? Weight { get; set; }
 }
 
+[KubernetesEntity(Group = GatewayApiKinds.Group, Kind = "HTTPRoute", ApiVersion = "v1", PluralName = "httproutes")]
 internal sealed class HttpRouteResource : GatewayApiObject<HttpRouteSpec>
 {
     public HttpRouteResource() => Kind = "HTTPRoute";
@@ -293,6 +301,7 @@ internal sealed class HttpPathModifier
     public string? ReplacePrefixMatch { get; set; }
 }
 
+[KubernetesEntity(Group = GatewayApiKinds.Group, Kind = "ReferenceGrant", ApiVersion = "v1beta1", PluralName = "referencegrants")]
 internal sealed class ReferenceGrantResource : GatewayApiObject<ReferenceGrantSpec>
 {
     public ReferenceGrantResource() => Kind = "ReferenceGrant";

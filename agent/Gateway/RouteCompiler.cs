@@ -28,11 +28,12 @@ internal static class RouteCompiler
 
     public const string DefaultClassAnnotation = "ingressclass.kubernetes.io/is-default-class";
 
-    public static RouteTable Compile(IReadOnlyList<IKubernetesObject> objects, InventorySnapshot inventory)
+    /// <param name="report">When given, filled with what was decided about each object, for status (Kubernetes mode).</param>
+    public static RouteTable Compile(IReadOnlyList<IKubernetesObject> objects, InventorySnapshot inventory, GatewayStatusReport? report = null)
     {
         ArgumentNullException.ThrowIfNull(objects);
         ArgumentNullException.ThrowIfNull(inventory);
-        var state = new CompileState(objects, inventory);
+        var state = new CompileState(objects, inventory, report ?? new GatewayStatusReport());
         state.CompileIngresses();
         state.CompileHttpRoutes();
         return state.ToTable();
@@ -51,7 +52,7 @@ internal static class RouteCompiler
         where T : IKubernetesObject<V1ObjectMeta> =>
         items.OrderBy(i => i.Metadata?.CreationTimestamp ?? DateTime.MinValue).ThenBy(i => Key(i.Metadata), StringComparer.Ordinal);
 
-    private sealed class CompileState(IReadOnlyList<IKubernetesObject> objects, InventorySnapshot inventory)
+    private sealed class CompileState(IReadOnlyList<IKubernetesObject> objects, InventorySnapshot inventory, GatewayStatusReport report)
     {
         private readonly List<string> _warnings = [];
         private readonly Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>> _gatewayHttp = [];
@@ -60,6 +61,9 @@ internal static class RouteCompiler
         private readonly List<(HostPattern Pattern, SslStreamCertificateContext Certificate)> _certificates = [];
         private readonly Dictionary<string, SslStreamCertificateContext?> _secrets = new(StringComparer.Ordinal);
         private Route? _defaultRoute;
+
+        // The first unresolved backendRef of the HTTPRoute being compiled (ResolvedRefs=False), or null.
+        private ConditionReport? _unresolvedRef;
 
         public void CompileIngresses()
         {
@@ -86,6 +90,7 @@ internal static class RouteCompiler
                     continue;
                 }
 
+                report.Ingresses.Add(Key(ingress.Metadata));
                 CompileIngress(ingress, ordinal++);
             }
         }
@@ -211,11 +216,12 @@ internal static class RouteCompiler
         {
             var classes = objects.OfType<GatewayClassResource>().Where(c => c.Spec.ControllerName == GatewayApiKinds.ControllerName)
                 .Select(c => c.Metadata.Name).ToHashSet(StringComparer.Ordinal);
+            report.AcceptedClasses.UnionWith(classes);
             var gateways = objects.OfType<GatewayResource>().Where(g => g.Spec.GatewayClassName is { } name && classes.Contains(name))
                 .ToDictionary(g => Key(g.Metadata), StringComparer.Ordinal);
             foreach (var gateway in gateways.Values)
             {
-                CompileListenerCertificates(gateway);
+                CompileListeners(gateway);
             }
 
             var ordinal = 0;
@@ -225,50 +231,81 @@ internal static class RouteCompiler
             }
         }
 
-        private void CompileListenerCertificates(GatewayResource gateway)
+        private void CompileListeners(GatewayResource gateway)
         {
             var ns = Namespace(gateway.Metadata);
+            var listeners = new List<ListenerReport>();
+            report.Gateways[Key(gateway.Metadata)] = listeners;
             foreach (var listener in gateway.Spec.Listeners ?? [])
             {
                 var source = $"Gateway {Key(gateway.Metadata)} listener {listener.Name}";
-                if (listener.Protocol is not ("HTTP" or "HTTPS"))
+                var status = new ListenerReport(listener.Name ?? "");
+                listeners.Add(status);
+                var (accepted, resolved) = CompileListener(listener, ns, source, status);
+                status.Conditions.Add(accepted);
+                status.Conditions.Add(resolved);
+                status.Conditions.Add(accepted.Status && resolved.Status
+                    ? new ConditionReport("Programmed", true, "Programmed", "served")
+                    : new ConditionReport("Programmed", false, "Invalid", "not served: " + (accepted.Status ? resolved.Message : accepted.Message)));
+            }
+        }
+
+        /// <summary>The listener's certificates into the table; its Accepted and ResolvedRefs conditions (upstream reasons).</summary>
+        private (ConditionReport Accepted, ConditionReport ResolvedRefs) CompileListener(GatewayListener listener, string ns, string source, ListenerReport status)
+        {
+            var resolved = new ConditionReport("ResolvedRefs", true, "ResolvedRefs", "all references resolved");
+            if (listener.Protocol is not ("HTTP" or "HTTPS"))
+            {
+                Warn($"{source}: protocol {listener.Protocol} is not served (HTTP and HTTPS are)");
+                return (new ConditionReport("Accepted", false, "UnsupportedProtocol", $"protocol {listener.Protocol} is not served (HTTP and HTTPS are)"), resolved);
+            }
+
+            status.SupportedKinds.Add("HTTPRoute");
+            var accepted = new ConditionReport("Accepted", true, "Accepted", "listener accepted");
+            if (listener.Protocol != "HTTPS")
+            {
+                return (accepted, resolved);
+            }
+
+            if (listener.Tls?.Mode is { } mode && mode != "Terminate")
+            {
+                Warn($"{source}: TLS mode {mode} is not served (Terminate is)");
+                return (new ConditionReport("Accepted", false, "UnsupportedValue", $"TLS mode {mode} is not served (Terminate is)"), resolved);
+            }
+
+            foreach (var reference in listener.Tls?.CertificateRefs ?? [])
+            {
+                var refNs = reference.Namespace ?? ns;
+                if ((reference.Kind ?? "Secret") != "Secret" || !string.IsNullOrEmpty(reference.Group) || string.IsNullOrEmpty(reference.Name))
                 {
-                    Warn($"{source}: protocol {listener.Protocol} is not served (HTTP and HTTPS are)");
+                    Warn($"{source}: certificateRef {reference.Kind} {reference.Name} ignored: only core Secrets are read");
+                    resolved = new ConditionReport("ResolvedRefs", false, "InvalidCertificateRef", $"certificateRef {reference.Group}/{reference.Kind} {reference.Name} is not a core Secret");
                     continue;
                 }
 
-                if (listener.Protocol != "HTTPS")
+                if (refNs != ns && !Granted("Gateway", ns, "", "Secret", refNs, reference.Name))
                 {
+                    Warn($"{source}: Secret {refNs}/{reference.Name} ignored: no ReferenceGrant in {refNs} allows it");
+                    resolved = new ConditionReport("ResolvedRefs", false, "RefNotPermitted", $"no ReferenceGrant in {refNs} allows Gateways of {ns} to use Secret {reference.Name}");
                     continue;
                 }
 
-                if (listener.Tls?.Mode is { } mode && mode != "Terminate")
+                if (Certificate(refNs, reference.Name, source) is { } certificate)
                 {
-                    Warn($"{source}: TLS mode {mode} is not served (Terminate is)");
-                    continue;
+                    _certificates.Add((GatewayHostPattern(NormalizeHost(listener.Hostname)), certificate));
                 }
-
-                foreach (var reference in listener.Tls?.CertificateRefs ?? [])
+                else
                 {
-                    var refNs = reference.Namespace ?? ns;
-                    if ((reference.Kind ?? "Secret") != "Secret" || !string.IsNullOrEmpty(reference.Group) || string.IsNullOrEmpty(reference.Name))
-                    {
-                        Warn($"{source}: certificateRef {reference.Kind} {reference.Name} ignored: only core Secrets are read");
-                        continue;
-                    }
-
-                    if (refNs != ns && !Granted("Gateway", ns, "", "Secret", refNs, reference.Name))
-                    {
-                        Warn($"{source}: Secret {refNs}/{reference.Name} ignored: no ReferenceGrant in {refNs} allows it");
-                        continue;
-                    }
-
-                    if (Certificate(refNs, reference.Name, source) is { } certificate)
-                    {
-                        _certificates.Add((GatewayHostPattern(NormalizeHost(listener.Hostname)), certificate));
-                    }
+                    resolved = new ConditionReport("ResolvedRefs", false, "InvalidCertificateRef", $"Secret {refNs}/{reference.Name} is missing or is not a usable kubernetes.io/tls Secret");
                 }
             }
+
+            if (listener.Tls?.CertificateRefs is not { Count: > 0 })
+            {
+                resolved = new ConditionReport("ResolvedRefs", false, "InvalidCertificateRef", "an HTTPS listener needs a certificateRef");
+            }
+
+            return (accepted, resolved);
         }
 
         private static HostPattern GatewayHostPattern(string? host) =>
@@ -284,6 +321,7 @@ internal static class RouteCompiler
 
             // Listener (by protocol) and the hostnames a route serves on it.
             var attachments = new List<(bool Https, string? Hostname)>();
+            var parents = new List<(ObjectReference Parent, ConditionReport Accepted)>();
             foreach (var parent in httpRoute.Spec.ParentRefs ?? [])
             {
                 if ((parent.Kind ?? "Gateway") != "Gateway" || (parent.Group ?? GatewayApiKinds.Group) != GatewayApiKinds.Group)
@@ -297,21 +335,52 @@ internal static class RouteCompiler
                     continue;
                 }
 
+                // The most specific reason a parentRef attaches nowhere, in the order Gateway API checks them.
+                bool named = false, allowed = false, attached = false;
+                var listenerReports = report.Gateways.GetValueOrDefault($"{gatewayNs}/{parent.Name}") ?? [];
                 foreach (var listener in gateway.Spec.Listeners ?? [])
                 {
                     if (listener.Protocol is not ("HTTP" or "HTTPS")
                         || (parent.SectionName is { } section && section != listener.Name)
-                        || (parent.Port is { } port && port != listener.Port)
-                        || !Allowed(listener.AllowedRoutes, gatewayNs, ns))
+                        || (parent.Port is { } port && port != listener.Port))
                     {
                         continue;
                     }
 
-                    foreach (var hostname in Intersect(NormalizeHost(listener.Hostname), routeHosts))
+                    named = true;
+                    if (!Allowed(listener.AllowedRoutes, gatewayNs, ns))
                     {
+                        continue;
+                    }
+
+                    allowed = true;
+                    var hostnames = Intersect(NormalizeHost(listener.Hostname), routeHosts).ToList();
+                    if (hostnames.Count > 0 && listenerReports.FirstOrDefault(l => l.Name == listener.Name) is { } listenerReport)
+                    {
+                        listenerReport.AttachedRoutes++;
+                    }
+
+                    foreach (var hostname in hostnames)
+                    {
+                        attached = true;
                         attachments.Add((listener.Protocol == "HTTPS", hostname));
                     }
                 }
+
+                parents.Add((parent, attached ? new ConditionReport("Accepted", true, "Accepted", "attached")
+                    : !named ? new ConditionReport("Accepted", false, "NoMatchingParent", $"Gateway {gatewayNs}/{parent.Name} has no HTTP or HTTPS listener matching sectionName {parent.SectionName} port {parent.Port}")
+                    : !allowed ? new ConditionReport("Accepted", false, "NotAllowedByListeners", $"no listener of Gateway {gatewayNs}/{parent.Name} allows routes from namespace {ns}")
+                    : new ConditionReport("Accepted", false, "NoMatchingListenerHostname", $"no hostname of the route intersects a listener hostname of Gateway {gatewayNs}/{parent.Name}")));
+            }
+
+            // Backends are resolved even when nothing attaches, so ResolvedRefs is reported either way.
+            _unresolvedRef = null;
+            var rules = httpRoute.Spec.Rules ?? [];
+            var actions = rules.Select((rule, i) => RuleAction(rule, ns, $"{source} rule {i}")).ToList();
+            if (parents.Count > 0)
+            {
+                var resolved = _unresolvedRef ?? new ConditionReport("ResolvedRefs", true, "ResolvedRefs", "all references resolved");
+                report.Routes[Key(httpRoute.Metadata)] = [.. parents.Select(p => new RouteParentReport(p.Parent, p.Accepted, resolved))];
             }
 
             if (attachments.Count == 0)
@@ -320,12 +389,11 @@ internal static class RouteCompiler
                 return;
             }
 
-            var rules = httpRoute.Spec.Rules ?? [];
             for (var ruleIndex = 0; ruleIndex < rules.Count; ruleIndex++)
             {
                 var rule = rules[ruleIndex];
                 var ruleSource = $"{source} rule {ruleIndex}";
-                if (RuleAction(rule, ns, ruleSource) is not { } action)
+                if (actions[ruleIndex] is not { } action)
                 {
                     continue;
                 }
@@ -457,27 +525,29 @@ internal static class RouteCompiler
             var ns = reference.Namespace ?? routeNs;
             var weight = Math.Max(0, reference.Weight ?? 1);
             var name = $"{ns}/{reference.Name}:{reference.Port}";
-            string? invalid = null;
+            (string Reason, string Message)? problem = null;
             Service? service = null;
             if ((reference.Kind ?? "Service") != "Service" || !string.IsNullOrEmpty(reference.Group))
             {
-                invalid = $"InvalidKind: {reference.Group}/{reference.Kind} is not a Service";
+                problem = ("InvalidKind", $"{reference.Group}/{reference.Kind} is not a Service");
             }
             else if (ns != routeNs && !Granted("HTTPRoute", routeNs, "", "Service", ns, reference.Name))
             {
-                invalid = $"RefNotPermitted: no ReferenceGrant in {ns} allows HTTPRoutes of {routeNs} to reach Service {reference.Name}";
+                problem = ("RefNotPermitted", $"no ReferenceGrant in {ns} allows HTTPRoutes of {routeNs} to reach Service {reference.Name}");
             }
             else if (string.IsNullOrEmpty(reference.Name) || !inventory.TryGetService(ns, reference.Name, out service))
             {
-                invalid = $"BackendNotFound: Service {ns}/{reference.Name} does not exist";
+                problem = ("BackendNotFound", $"Service {ns}/{reference.Name} does not exist");
             }
             else if (reference.Port is not { } port || service.Ports.FirstOrDefault(p => p.Port == port) is null)
             {
-                invalid = $"BackendNotFound: Service {ns}/{reference.Name} has no port {reference.Port}";
+                problem = ("BackendNotFound", $"Service {ns}/{reference.Name} has no port {reference.Port}");
             }
 
-            if (invalid is not null)
+            if (problem is { } found)
             {
+                var invalid = $"{found.Reason}: {found.Message}";
+                _unresolvedRef ??= new ConditionReport("ResolvedRefs", false, found.Reason, $"backendRef {name}: {found.Message}");
                 Warn($"{source}: backendRef {name} answers 500: {invalid}");
                 return new Backend { Name = name, Weight = weight, Invalid = invalid };
             }

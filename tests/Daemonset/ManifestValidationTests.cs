@@ -13,8 +13,9 @@ public sealed class ManifestValidationTests
         var result = await ManifestValidator.ValidateAsync(ManifestValidator.DaemonsetDirectory);
 
         Assert.True(result.ExitCode == 0, result.Output);
-        // The base (9 objects and the CA's 6) and the uninstall set (2) were composed, and the example policies checked.
-        Assert.Contains(".: 15, uninstall: 2; examples: 5", result.StandardOutput);
+        // The base (9 objects, the CA's 6, the gateway's 8 from daemonset/gateway) and the uninstall set (2) were
+        // composed, and the example policies checked; daemonset/gateway is composed inside the base, not on its own.
+        Assert.Contains(".: 23, uninstall: 2; examples: 5", result.StandardOutput);
     }
 
     public static TheoryData<string, string, string, string> BrokenManifests => new()
@@ -41,6 +42,13 @@ public sealed class ManifestValidationTests
         { "examples/policies.yaml", "ports: [\"8080\"]", "ports: [8080]", "/spec/rules/0/to/0/operation/ports/0: must be string" },
         { "examples/policies.yaml", "principals: [", "principal: [", "unknown field principal" },
         { "uninstall/daemonset.yaml", "runAsNonRoot: true", "runAsNonRoot: 1", "runAsNonRoot must be boolean" },
+        { "gateway/rbac.yaml", "httproutes/status]\n  verbs: [patch]", "httproutes/status]\n  verbs: [patch, delete]", "verb 'delete' on gatewayclasses/status,gateways/status,httproutes/status: nothing writable cluster-wide but status, by patch" },
+        { "gateway/rbac.yaml", "referencegrants]\n  verbs: [get, list, watch]", "referencegrants]\n  verbs: [get, list, watch, update]", "verb 'update' on gatewayclasses,gateways,httproutes,referencegrants: nothing writable cluster-wide" },
+        { "gateway/rbac.yaml", "resources: [ingresses/status]", "resources: [ingresses/status, ingresses]", "a rule mixes status subresources with other resources" },
+        { "gateway/classes.yaml", "controllerName: weft.dev/gateway", "controller: weft.dev/gateway", "GatewayClass/weft: schema: data/spec must have required property controllerName" },
+        { "gateway/deployment.yaml", "serviceAccountName: weft-gateway", "serviceAccountName: weft-gatewya", "serviceAccountName weft-gatewya is not in the set" },
+        { "gateway/deployment.yaml", "runAsNonRoot: true", "runAsNonRoot: yes please", "runAsNonRoot must be boolean" },
+        { "gateway/kustomization.yaml", "- classes.yaml", "- class.yaml", "resource 'class.yaml' does not exist" },
     };
 
     [Theory]

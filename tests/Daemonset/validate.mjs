@@ -10,7 +10,9 @@
 //    required fields, enums, formats such as quantities) and for unknown fields, as `kubectl apply`'s strict
 //    field validation does (field names from @kubernetes/client-node's generated models, a second source).
 //    Custom resources (examples/) are checked against their CRD's own openAPIV3Schema with ajv; each CRD's
-//    schema must be structural.
+//    schema must be structural. Gateway API objects (the gateway's GatewayClass; the CRDs are installed by the
+//    user from upstream, not shipped here) are checked against @kubernetes-models/gateway-api, which is
+//    generated from the upstream CRDs' schemas.
 // 3. Admission rules the OpenAPI schema cannot express, and Weft's own contract (read-only cluster role, ...).
 //
 // Prints one line per problem and exits 1 when there is any; exits 0 with a summary otherwise.
@@ -106,8 +108,16 @@ function walkFiles(dir, out = []) {
 const allYaml = walkFiles(root);
 const kustomizationDirs = allYaml.filter((f) => path.basename(f) === "kustomization.yaml").map(path.dirname);
 // Only roots: a kustomization another one includes as a directory is composed inside it.
+const included = new Set();
+for (const dir of kustomizationDirs) {
+  const k = parseAllDocuments(fs.readFileSync(path.join(dir, "kustomization.yaml"), "utf8"))[0]?.toJS() ?? {};
+  for (const resource of Array.isArray(k.resources) ? k.resources : []) {
+    const target = path.resolve(dir, String(resource));
+    if (fs.existsSync(path.join(target, "kustomization.yaml"))) included.add(target);
+  }
+}
 const sets = new Map();
-for (const dir of kustomizationDirs) sets.set(dir, compose(dir));
+for (const dir of kustomizationDirs) if (!included.has(dir)) sets.set(dir, compose(dir));
 const samples = allYaml.filter((f) => rel(f).split(path.sep)[0] === samplesDir).flatMap(readObjects);
 for (const file of allYaml) {
   if (!usedFiles.has(file) && rel(file).split(path.sep)[0] !== samplesDir) {
@@ -121,7 +131,8 @@ const clientModels = path.join(path.dirname(new URL(import.meta.url).pathname), 
 
 async function builtInModel(apiVersion, kind) {
   const [group, version] = apiVersion.includes("/") ? apiVersion.split("/") : ["", apiVersion];
-  const modulePath = group ? `kubernetes-models/${group}/${version}/${kind}` : `kubernetes-models/${version}/${kind}`;
+  const modulePath = group === "gateway.networking.k8s.io" ? `@kubernetes-models/gateway-api/${group}/${version}/${kind}`
+    : group ? `kubernetes-models/${group}/${version}/${kind}` : `kubernetes-models/${version}/${kind}`;
   try {
     const module = await import(modulePath);
     return module[kind];
@@ -254,6 +265,9 @@ async function checkCustom({ file, object }) {
 
 const readVerbs = new Set(["get", "list", "watch"]);
 
+// A controller reports status: patch on a status subresource, and no other verb there, is the one write allowed.
+const statusVerbs = new Set(["patch"]);
+
 function podSpecRules(where, spec, objectsInSet) {
   const volumes = new Set((spec.volumes ?? []).map((v) => v.name));
   const containers = [...(spec.initContainers ?? []), ...(spec.containers ?? [])];
@@ -323,7 +337,7 @@ function caTokenRules(where, container, podSpec, objects) {
 function contractRules(setName, entries) {
   const objects = entries.map((e) => e.object);
   const namespaces = new Set(objects.filter((o) => o.kind === "Namespace").map((o) => o.metadata?.name));
-  const clusterScoped = new Set(["Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"]);
+  const clusterScoped = new Set(["Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "IngressClass", "GatewayClass"]);
   const seen = new Set();
   for (const { file, object } of entries) {
     const where = `${rel(file)}: ${describe(object)}`;
@@ -337,12 +351,19 @@ function contractRules(setName, entries) {
     }
     if (object.kind === "ClusterRole") {
       for (const rule of object.rules ?? []) {
+        const resources = rule.resources ?? [];
+        const onStatus = resources.length > 0 && resources.every((r) => /^[a-z]+\/status$/.test(r));
         // A review (TokenReview) is answered and never stored: creating one writes nothing.
-        const reviewsOnly = (rule.apiGroups ?? []).every((g) => g === "authentication.k8s.io") && (rule.resources ?? []).every((r) => r === "tokenreviews");
+        const reviewsOnly = (rule.apiGroups ?? []).every((g) => g === "authentication.k8s.io") && resources.every((r) => r === "tokenreviews");
         for (const verb of rule.verbs ?? []) {
-          if (!readVerbs.has(verb) && !(verb === "create" && reviewsOnly)) problem(where, `verb '${verb}' on ${(rule.resources ?? []).join(",")}: nothing writable cluster-wide`);
+          if (onStatus ? !statusVerbs.has(verb) : !readVerbs.has(verb) && !(verb === "create" && reviewsOnly)) {
+            problem(where, `verb '${verb}' on ${resources.join(",")}: nothing writable cluster-wide${onStatus ? " but status, by patch" : ""}`);
+          }
         }
-        for (const r of rule.resources ?? []) if (r === "*" || r.includes("/")) problem(where, `resource '${r}': name plain resources only`);
+        for (const r of resources) {
+          if (r === "*" || (r.includes("/") && !/^[a-z]+\/status$/.test(r))) problem(where, `resource '${r}': name plain resources (or their status) only`);
+        }
+        if (!onStatus && resources.some((r) => r.includes("/"))) problem(where, `a rule mixes status subresources with other resources: ${resources.join(",")}`);
       }
     }
     if (object.kind === "ClusterRoleBinding" || object.kind === "RoleBinding") {

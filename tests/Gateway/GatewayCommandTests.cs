@@ -69,7 +69,7 @@ public class GatewayCommandTests
     }
 
     /// <summary>curl until the answer holds <paramref name="expected"/> (the process starts, the file reloads); fails after a generous minute.</summary>
-    private static async Task<string> CurlUntilAsync(int port, string expected, Process gateway, System.Text.StringBuilder log)
+    internal static async Task<string> CurlUntilAsync(int port, string expected, Process gateway, System.Text.StringBuilder log)
     {
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
         var last = "";
@@ -92,7 +92,7 @@ public class GatewayCommandTests
         }
     }
 
-    private static int FreePort()
+    internal static int FreePort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();

@@ -36,6 +36,7 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
     private readonly ConcurrentDictionary<Socket, byte> _connections = new();
     private readonly List<Watch> _watches = [];
     private readonly ConcurrentQueue<RequestRecord> _requests = new();
+    private readonly List<StatusPatch> _statusPatches = [];
     private readonly Dictionary<string, TaskCompletionSource> _heldLists = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Queue<HttpStatusCode>> _failures = new(StringComparer.Ordinal);
     private Socket? _listener;
@@ -55,7 +56,9 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
     {
         _listen = listen;
         foreach (var type in new[] { typeof(V1Pod), typeof(V1Namespace), typeof(V1Service), typeof(V1EndpointSlice), typeof(V1DaemonSet), typeof(V1Deployment),
-                     typeof(Weft.Policy.V1Alpha1AuthorizationPolicy), typeof(Weft.Policy.V1Alpha1PeerAuthentication) })
+                     typeof(Weft.Policy.V1Alpha1AuthorizationPolicy), typeof(Weft.Policy.V1Alpha1PeerAuthentication),
+                     typeof(V1Ingress), typeof(V1IngressClass), typeof(V1Secret),
+                     typeof(Weft.Gateway.GatewayClassResource), typeof(Weft.Gateway.GatewayResource), typeof(Weft.Gateway.HttpRouteResource), typeof(Weft.Gateway.ReferenceGrantResource) })
         {
             var entity = type.GetCustomAttribute<KubernetesEntityAttribute>()!;
             var resource = new Resource(entity.PluralName.ToLowerInvariant(), entity.Kind,
@@ -78,6 +81,18 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
 
     /// <summary>Bytes written to clients so far (HTTP heads and bodies, list and watch alike), as a client would receive them.</summary>
     public long BytesSent => Interlocked.Read(ref _bytesSent);
+
+    /// <summary>Every PATCH of a status subresource so far, in arrival order (the fake applies them as JSON merge patches).</summary>
+    public IReadOnlyList<StatusPatch> StatusPatches
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return [.. _statusPatches];
+            }
+        }
+    }
 
     /// <summary>Every request so far, in arrival order.</summary>
     public IReadOnlyList<RequestRecord> Requests => _requests.ToList();
@@ -137,7 +152,18 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
     public string Apply<T>(T obj) where T : IKubernetesObject<V1ObjectMeta>
     {
         var resource = ResourceOf(typeof(T));
-        var node = JsonNode.Parse(KubernetesJson.Serialize(obj))!.AsObject();
+        return Apply(resource, JsonNode.Parse(KubernetesJson.Serialize(obj))!.AsObject());
+    }
+
+    /// <summary>
+    /// Creates or replaces an object given as JSON, as it is, whatever its shape: a client that cannot read it
+    /// sees exactly what a real API server would send (a CRD with no schema admits such objects). Returns its uid.
+    /// </summary>
+    public string ApplyJson<T>(string json) where T : IKubernetesObject<V1ObjectMeta> =>
+        Apply(ResourceOf(typeof(T)), JsonNode.Parse(json)!.AsObject());
+
+    private string Apply(Resource resource, JsonObject node)
+    {
         node["apiVersion"] = resource.ApiVersion;
         node["kind"] = resource.Kind;
         var metadata = node["metadata"]?.AsObject() ?? throw new ArgumentException("object without metadata");
@@ -150,10 +176,29 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
                 metadata["uid"] = previous?["metadata"]?["uid"]?.GetValue<string>() ?? NewUid();
             }
 
+            // As the API server does: generation counts spec changes; an update without status keeps the status
+            // (it is the status subresource's to change).
+            var generation = previous?["metadata"]?["generation"]?.GetValue<long>() ?? 0;
+            metadata["generation"] = previous is null ? 1 : JsonNode.DeepEquals(previous["spec"], node["spec"]) ? generation : generation + 1;
+            if (node["status"] is null && previous?["status"] is { } status)
+            {
+                node["status"] = status.DeepClone();
+            }
+
             metadata["resourceVersion"] = (++_resourceVersion).ToString(CultureInfo.InvariantCulture);
             resource.Objects[key] = node;
             Emit(resource, exists ? "MODIFIED" : "ADDED", node);
             return metadata["uid"]!.GetValue<string>();
+        }
+    }
+
+    /// <summary>The object as the server holds it now (status included), or null.</summary>
+    public JsonObject? Get<T>(string? ns, string name) where T : IKubernetesObject<V1ObjectMeta>
+    {
+        var resource = ResourceOf(typeof(T));
+        lock (_gate)
+        {
+            return resource.Objects.TryGetValue($"{ns}/{name}", out var node) ? node.DeepClone().AsObject() : null;
         }
     }
 
@@ -379,6 +424,7 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
             return;
         }
 
+        var method = head.Split(' ')[0];
         var target = head.Split(' ')[1];
         var uri = new Uri("http://fake" + target);
         var query = System.Web.HttpUtility.ParseQueryString(uri.Query);
@@ -397,6 +443,13 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
         if (PortForwardPath().Match(path) is { Success: true } forward)
         {
             await PortForwardAsync(stream, head, forward.Groups[1].Value, forward.Groups[2].Value, parameters);
+            return;
+        }
+
+        if (method == "PATCH" && StatusPath().Match(path) is { Success: true } statusPath)
+        {
+            await PatchStatusAsync(stream, head, statusPath.Groups[1].Value + "/" + statusPath.Groups[3].Value,
+                statusPath.Groups[2].Success ? statusPath.Groups[2].Value : null, statusPath.Groups[4].Value);
             return;
         }
 
@@ -455,15 +508,15 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
             ? ls.Split(',').Select(term => term.Split('=', 2)).ToList() : [];
         var fields = parameters.TryGetValue("fieldSelector", out var fs) && fs.Length > 0
             ? fs.Split(',').Select(term => term.Split('=', 2)).ToList() : [];
-        if (fields.Any(f => f[0] != "spec.nodeName") || labels.Any(l => l.Length != 2))
+        if (fields.Any(f => f[0] is not ("spec.nodeName" or "type")) || labels.Any(l => l.Length != 2))
         {
-            throw new NotSupportedException($"the fake API server understands label selectors key=value and the field selector spec.nodeName only: {ls} {fs}");
+            throw new NotSupportedException($"the fake API server understands label selectors key=value and the field selectors spec.nodeName and type (Secrets) only: {ls} {fs}");
         }
 
         bool Matches(JsonObject o) =>
             (ns is null || o["metadata"]?["namespace"]?.GetValue<string>() == ns)
             && labels.All(l => o["metadata"]?["labels"]?[l[0]]?.GetValue<string>() == l[1])
-            && fields.All(f => o["spec"]?["nodeName"]?.GetValue<string>() == f[1]);
+            && fields.All(f => (f[0] == "type" ? o["type"] : o["spec"]?["nodeName"])?.GetValue<string>() == f[1]);
 
         lock (_gate)
         {
@@ -834,6 +887,90 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
 
     private static string Base64Url(byte[] bytes) => Convert.ToBase64String(bytes).TrimEnd('=').Replace('+', '-').Replace('/', '_');
 
+    /// <summary>
+    /// PATCH of a status subresource, as a controller writes status: the body must be a JSON merge patch (RFC 7386)
+    /// touching only status; it is recorded, applied, and sent to watchers as MODIFIED; the answer is the object.
+    /// </summary>
+    private async Task PatchStatusAsync(NetworkStream stream, string head, string resourcePath, string? ns, string name)
+    {
+        var headers = head.Split("\r\n").Skip(1).Select(l => l.Split(':', 2)).Where(p => p.Length == 2)
+            .ToDictionary(p => p[0].Trim(), p => p[1].Trim(), StringComparer.OrdinalIgnoreCase);
+        var length = headers.TryGetValue("Content-Length", out var text) ? int.Parse(text, CultureInfo.InvariantCulture) : 0;
+        var body = new byte[length];
+        await stream.ReadExactlyAsync(body);
+        var contentType = headers.GetValueOrDefault("Content-Type") ?? "";
+        if (!_resources.TryGetValue(resourcePath, out var resource))
+        {
+            await RespondAsync(stream, HttpStatusCode.NotFound, Status(404, "NotFound", $"the server could not find {resourcePath}").ToJsonString());
+            return;
+        }
+
+        if (!contentType.StartsWith("application/merge-patch+json", StringComparison.Ordinal))
+        {
+            await RespondAsync(stream, HttpStatusCode.UnsupportedMediaType, Status(415, "UnsupportedMediaType", $"the fake takes JSON merge patches, not {contentType}").ToJsonString());
+            return;
+        }
+
+        var patch = JsonNode.Parse(body)!.AsObject();
+        if (patch.Any(p => p.Key != "status"))
+        {
+            await RespondAsync(stream, HttpStatusCode.UnprocessableEntity, Status(422, "Invalid", "a status patch may change status only").ToJsonString());
+            return;
+        }
+
+        string answer;
+        lock (_gate)
+        {
+            _statusPatches.Add(new StatusPatch(resource.Kind, ns, name, patch["status"]?.DeepClone().AsObject() ?? new JsonObject()));
+            if (!resource.Objects.TryGetValue($"{ns}/{name}", out var current))
+            {
+                answer = "";
+            }
+            else
+            {
+                current["status"] = MergePatch(current["status"], patch["status"]);
+                current["metadata"]!["resourceVersion"] = (++_resourceVersion).ToString(CultureInfo.InvariantCulture);
+                Emit(resource, "MODIFIED", current);
+                answer = current.ToJsonString();
+            }
+        }
+
+        if (answer.Length == 0)
+        {
+            await RespondAsync(stream, HttpStatusCode.NotFound, Status(404, "NotFound", $"{resource.Plural} \"{name}\" not found").ToJsonString());
+            return;
+        }
+
+        await RespondAsync(stream, HttpStatusCode.OK, answer);
+    }
+
+    /// <summary>RFC 7386: objects merge key by key, null removes, anything else replaces.</summary>
+    private static JsonNode? MergePatch(JsonNode? target, JsonNode? patch)
+    {
+        if (patch is not JsonObject patchObject)
+        {
+            return patch?.DeepClone();
+        }
+
+        var result = target is JsonObject targetObject ? targetObject.DeepClone().AsObject() : new JsonObject();
+        foreach (var (key, value) in patchObject)
+        {
+            if (value is null)
+            {
+                result.Remove(key);
+            }
+            else
+            {
+                result[key] = MergePatch(result[key], value);
+            }
+        }
+
+        return result;
+    }
+
+    [GeneratedRegex("^(/apis?/.+?)(?:/namespaces/([^/]+))?/([^/]+)/([^/]+)/status$")]
+    private static partial Regex StatusPath();
+
     [GeneratedRegex("^/api/v1/namespaces/([^/]+)/pods/([^/]+)/portforward$")]
     private static partial Regex PortForwardPath();
 
@@ -971,6 +1108,9 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
         public Channel<string> Events { get; } = Channel.CreateUnbounded<string>();
     }
 }
+
+/// <summary>One status subresource PATCH: the kind, namespace (null when cluster-scoped), name and the status it sent.</summary>
+internal sealed record StatusPatch(string Kind, string? Namespace, string Name, JsonObject Status);
 
 /// <summary>One request the fake API server received.</summary>
 internal sealed record RequestRecord(string Path, IReadOnlyDictionary<string, string> Query, bool Watch)

@@ -1,0 +1,97 @@
+using System.Diagnostics;
+using Weft.Gateway;
+using Weft.Harness;
+using Weft.Tests.Inventory.Kubernetes;
+
+namespace Weft.Tests.Gateway;
+
+/// <summary>`weft gateway --kubeconfig FILE` as a user runs it: a child process watching the fake API server, curl as the client.</summary>
+public class GatewayKubernetesCommandTests
+{
+    [Fact]
+    public async Task WeftGatewayWithKubeconfig_ServesAnIngressOfTheCluster_WritesItsStatus_AndStopsOnSigterm()
+    {
+        await using var backend = await EchoBackend.StartAsync("v1");
+        await using var api = FakeApiServer.Start();
+        var dir = Directory.CreateTempSubdirectory("weft-gateway-kube-cli-").FullName;
+        var kubeconfig = api.WriteKubeconfig(Path.Combine(dir, "kubeconfig"));
+        foreach (var obj in Weft.Inventory.InventoryYaml.Load(GatewayYaml.Service("default", "v1", backend.Port) + """
+            ---
+            apiVersion: networking.k8s.io/v1
+            kind: Ingress
+            metadata: {name: web, namespace: default}
+            spec:
+              ingressClassName: weft
+              rules:
+              - host: web.example
+                http:
+                  paths:
+                  - {pathType: Prefix, path: /, backend: {service: {name: v1, port: {number: 80} } } }
+
+            """, "test.yaml", GatewayApiKinds.All))
+        {
+            typeof(FakeApiServer).GetMethods().Single(m => m.Name == nameof(FakeApiServer.Apply) && m.IsGenericMethodDefinition)
+                .MakeGenericMethod(obj.GetType()).Invoke(api, [obj]);
+        }
+
+        var (httpPort, adminPort) = (GatewayCommandTests.FreePort(), GatewayCommandTests.FreePort());
+        var (file, arguments) = WeftExecutable.Command(["gateway", "--kubeconfig", kubeconfig, "--status-address", "192.0.2.44",
+            "--http", $"127.0.0.1:{httpPort}", "--https", "off", "--admin", $"127.0.0.1:{adminPort}"]);
+        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var gateway = Process.Start(start)!;
+        var log = new System.Text.StringBuilder();
+        gateway.OutputDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
+        gateway.ErrorDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
+        gateway.BeginOutputReadLine();
+        gateway.BeginErrorReadLine();
+        try
+        {
+            Assert.Contains("\"Backend\":\"v1\"", await GatewayCommandTests.CurlUntilAsync(httpPort, "\"v1\"", gateway, log));
+
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+            while (api.Get<k8s.Models.V1Ingress>("default", "web")?["status"]?["loadBalancer"]?["ingress"]?[0]?["ip"]?.GetValue<string>() != "192.0.2.44")
+            {
+                Assert.True(DateTime.UtcNow < deadline, $"the Ingress status was not written; gateway output:\n{log}");
+                await Task.Delay(100);
+            }
+
+            Assert.Equal(0, Tmds.Linux.LibC.kill(gateway.Id, Tmds.Linux.LibC.SIGTERM));
+            using var exited = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            await gateway.WaitForExitAsync(exited.Token);
+            Assert.Equal(0, gateway.ExitCode);
+        }
+        finally
+        {
+            if (!gateway.HasExited)
+            {
+                gateway.Kill();
+            }
+
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task WeftGateway_InventoryWithKubernetesFlags_IsAUsageError()
+    {
+        var (file, arguments) = WeftExecutable.Command(["gateway", "--inventory", "/nonexistent.yaml", "--kubeconfig", "/nonexistent", "--http", "127.0.0.1:0", "--https", "off", "--admin", "off"]);
+        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var gateway = Process.Start(start)!;
+        var error = await gateway.StandardError.ReadToEndAsync();
+        await gateway.StandardOutput.ReadToEndAsync();
+        await gateway.WaitForExitAsync();
+
+        Assert.NotEqual(0, gateway.ExitCode);
+        Assert.Contains("--inventory is the standalone mode", error);
+    }
+}
