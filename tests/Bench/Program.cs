@@ -9,6 +9,7 @@ const string usage = $"""
     {ScaleBenchmark.Usage}
     {SoakBenchmark.Usage}
     {BenchCommand.LoadUsage}
+    {GatewayBenchmark.Usage}
     """;
 
 if (args.Length > 0 && args[0] is "-h" or "--help" or "help")
