@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs what is missing (iperf3, sockperf, nginx with its stream module), builds Release, and runs `weft-bench`
+# Installs what is missing (iperf3, sockperf, nginx with its stream module, wrk, h2load), builds Release, and runs `weft-bench`
 # (tests/Bench, never shipped with the agent):
 # direct, plaintext-agent, mTLS-agent and nginx-TLS cross-node pod-to-pod traffic in 2-node clusters of network namespaces with
-# real agents. Needs root. Extra arguments go to `weft-bench`: --suite tls (default), plaintext, metrics or all,
+# real agents. Needs root. Extra arguments go to `weft-bench`: --suite tls (default), plaintext, metrics, all or gateway,
 # e.g. --suite all --json bench.json (docs/benchmark.md says what each suite measures).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -19,6 +19,9 @@ have_cmd iperf3 || need+=(iperf3)
 have_cmd sockperf || need+=(sockperf)
 have_cmd prometheus && have_cmd promtool || need+=(prometheus)
 have_cmd curl || need+=(curl)
+# weft bench --suite gateway: HTTP/1.1 load with wrk, HTTP/2 load with h2load
+have_cmd wrk || need+=(wrk)
+have_cmd h2load || need+=(nghttp2-client)
 # nginx with its stream module: the TLS peer `weft bench` compares the mTLS tunnels with
 have_cmd nginx || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)

@@ -16,6 +16,9 @@ internal static class GatewayCommand
     private static readonly Option<string> Http = new("--http") { HelpName = "ADDR|off", Description = "Plain HTTP/1.1 listener.", DefaultValueFactory = _ => "0.0.0.0:8080" };
     private static readonly Option<string> Https = new("--https") { HelpName = "ADDR|off", Description = "TLS listener: certificate by SNI, HTTP/2 or HTTP/1.1 by ALPN.", DefaultValueFactory = _ => "0.0.0.0:8443" };
     private static readonly Option<int> MaxConnections = new("--max-connections") { HelpName = "N", Description = "Client connections held at once; further ones are closed on accept.", DefaultValueFactory = _ => 10_000 };
+    private static readonly Option<string> AccessLog = new("--access-log") { HelpName = "stdout|FILE|off", Description = "One JSON line per request: method, host, path, status, duration, upstream, route, traceparent.", DefaultValueFactory = _ => "off" };
+    private static readonly Option<int> Eject5xx = new("--eject-after-5xx") { HelpName = "N", Description = "An endpoint that answers N 5xx in a row is ejected for --ejection-time; 0: never for 5xx.", DefaultValueFactory = _ => 5 };
+    private static readonly Option<int> EjectionTime = new("--ejection-time") { HelpName = "SECONDS", Description = "How long an ejected endpoint (connection failure or 5xx) gets no request.", DefaultValueFactory = _ => 30 };
     private static readonly Option<string> Admin = new("--admin") { HelpName = "ADDR|off", Description = "/metrics, /routes and /healthz.", DefaultValueFactory = _ => "127.0.0.1:15080" };
 
     // The gateway's mesh identity: the same sources as an agent's (docs/gateway.md, "The gateway in the mesh").
@@ -36,7 +39,7 @@ internal static class GatewayCommand
     {
         var command = new Command("gateway", "Runs the ingress gateway: routes outside requests to Services by host and path, from Ingress (class weft) and Gateway API HTTPRoutes; no root, no eBPF (docs/gateway.md).")
         {
-            Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, Admin, MaxConnections,
+            Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, Admin, MaxConnections, AccessLog, Eject5xx, EjectionTime,
             TrustDomain, MeshNamespace, MeshServiceAccount, CaCert, CaKey, TrustBundle, CaChain, CaAddress, NodeCert, NodeKey, SvidLifetimeSeconds, MaxTunnels,
         };
         command.SetAction(async (cl, _) =>
@@ -47,7 +50,15 @@ internal static class GatewayCommand
                 Https = Endpoint(Https.Name, cl.GetRequiredValue(Https)),
                 Admin = Endpoint(Admin.Name, cl.GetRequiredValue(Admin)),
                 MaxConnections = cl.GetValue(MaxConnections),
+                AccessLog = cl.GetRequiredValue(AccessLog) is var log && log != "off" ? log : null,
+                Consecutive5xxToEject = cl.GetValue(Eject5xx),
+                EjectionTime = TimeSpan.FromSeconds(cl.GetValue(EjectionTime)),
             };
+            if (options.Consecutive5xxToEject < 0 || options.EjectionTime <= TimeSpan.Zero)
+            {
+                throw new UsageException("--eject-after-5xx must be 0 or more and --ejection-time at least 1");
+            }
+
             if (options.MaxConnections < 1)
             {
                 throw new UsageException("--max-connections must be at least 1");

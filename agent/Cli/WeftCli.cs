@@ -44,6 +44,7 @@ internal static partial class WeftCli
 
         root.Add(CaCommand.Create());
         root.Add(GatewayCommand.Create());
+        root.Add(RoutesCommand.Create());
         root.Add(CheckCommand.Create());
         root.Add(VersionCommand.Create());
         root.Add(CompletionCommand.Create());

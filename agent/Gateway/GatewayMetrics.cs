@@ -24,6 +24,7 @@ internal sealed class GatewayMetrics
     private readonly Gauge _routes;
     private readonly Gauge _connections;
     private readonly Counter _connectionsRefused;
+    private readonly Counter _accessLogDropped;
 
     public GatewayMetrics(string workloadNamespace = "")
     {
@@ -36,7 +37,8 @@ internal sealed class GatewayMetrics
             LabelNames = RequestLabels,
             Buckets = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000],
         });
-        _ejections = factory.CreateCounter("weft_gateway_endpoint_ejections_total", "Endpoints taken out of rotation for a while after a connection to them failed.");
+        _ejections = factory.CreateCounter("weft_gateway_endpoint_ejections_total", "Endpoints taken out of rotation for a while (passive health), by reason: connect_failure or 5xx.", "reason");
+        _accessLogDropped = factory.CreateCounter("weft_gateway_access_log_dropped_total", "Access log lines lost because the output could not keep up (the queue was full) or failed.");
         _tlsRefused = factory.CreateCounter("weft_gateway_tls_handshakes_refused_total", "TLS handshakes refused because no certificate serves the name the client asked for.");
         _configStale = factory.CreateGauge("weft_gateway_config_stale", "1 while the inventory file as it is now cannot be loaded (the last good routes are served).");
         _connections = factory.CreateGauge("weft_gateway_client_connections", "Client connections the gateway holds now.");
@@ -60,7 +62,12 @@ internal sealed class GatewayMetrics
         _duration.WithLabels(labels).Observe(milliseconds);
     }
 
-    public void Ejected() => _ejections.Inc();
+    /// <param name="reason">"connect_failure" or "5xx".</param>
+    public void Ejected(string reason) => _ejections.WithLabels(reason).Inc();
+
+    public void AccessLogDropped() => _accessLogDropped.Inc();
+
+    public double EjectionCountFor(string reason) => _ejections.WithLabels(reason).Value;
 
     public void ConnectionOpened() => _connections.Inc();
 
@@ -84,7 +91,7 @@ internal sealed class GatewayMetrics
 
     public double TlsRefusedCount => _tlsRefused.Value;
 
-    public double EjectionCount => _ejections.Value;
+    public double EjectionCount => EjectionCountFor("connect_failure") + EjectionCountFor("5xx");
 
     /// <summary>Reports the gateway's HBONE tunnels (open, evicted at the limit, refused at the limit) at every scrape.</summary>
     public void Mesh(GatewayMesh mesh)

@@ -2,12 +2,14 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Security;
+using System.Runtime.CompilerServices;
 using System.Security.Authentication;
 using System.Text;
 using System.Text.RegularExpressions;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.Extensions.DependencyInjection;
@@ -37,20 +39,73 @@ internal sealed record GatewayOptions
     /// <summary>A client that has not sent its whole request head by then is disconnected (slowloris).</summary>
     public TimeSpan RequestHeadersTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
-    /// <summary>How long an endpoint gets no request after a connection to it failed.</summary>
+    /// <summary>How long an endpoint gets no request after a connection to it failed, or after <see cref="Consecutive5xxToEject"/> 5xx answers.</summary>
     public TimeSpan EjectionTime { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>An endpoint that answers this many 5xx in a row is ejected (Envoy's consecutive_5xx default); 0: never for 5xx.</summary>
+    public int Consecutive5xxToEject { get; init; } = 5;
+
+    /// <summary>A request body that arrives slower than this (bytes/s, after <see cref="MinDataRateGrace"/>) closes the connection; a gRPC or upgraded stream is exempt.</summary>
+    public double MinRequestBodyBytesPerSecond { get; init; } = 240;
+
+    /// <summary>A client that reads the response slower than this (bytes/s, after the grace) is disconnected.</summary>
+    public double MinResponseBytesPerSecond { get; init; } = 240;
+
+    /// <summary>How long a slow body may start before the minimum rates apply.</summary>
+    public TimeSpan MinDataRateGrace { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>An idle keep-alive client connection is closed after this.</summary>
+    public TimeSpan KeepAliveTimeout { get; init; } = TimeSpan.FromSeconds(120);
+
+    /// <summary>A WebSocket or gRPC stream with no byte either way for this long is closed (YARP's default of 100 s would cut quiet WebSockets).</summary>
+    public TimeSpan StreamIdleTimeout { get; init; } = TimeSpan.FromHours(1);
+
+    /// <summary>"stdout", a file path, or null for no access log.</summary>
+    public string? AccessLog { get; init; }
 
     /// <summary>A backend that does not accept the connection by then counts as down.</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(5);
 }
 
 /// <summary>
-/// Passive health: an endpoint a connection failed to is skipped for <see cref="GatewayOptions.EjectionTime"/>.
-/// Holds at most one entry per endpoint of the route table (the table bounds it), and forgets expired ones.
+/// Passive health: an endpoint a connection failed to, or that answered <c>consecutive5xx</c> 5xx in a row, is
+/// skipped for <see cref="GatewayOptions.EjectionTime"/>. Holds at most one entry per endpoint of the route
+/// table (the table bounds it), and forgets expired ones and runs broken by a good answer.
 /// </summary>
-internal sealed class EndpointHealth(TimeSpan ejectionTime)
+internal sealed class EndpointHealth(TimeSpan ejectionTime, int consecutive5xx = 0)
 {
     private readonly ConcurrentDictionary<IPEndPoint, long> _ejectedUntil = new();
+    private readonly ConcurrentDictionary<IPEndPoint, StrongBox<int>> _failures = new();
+
+    /// <summary>Counts an answer of <paramref name="endpoint"/>; true when this 5xx ejected it.</summary>
+    public bool Answered(IPEndPoint endpoint, int statusCode)
+    {
+        if (consecutive5xx <= 0)
+        {
+            return false;
+        }
+
+        if (statusCode < 500)
+        {
+            // The common case reads only: a healthy endpoint has no entry.
+            if (!_failures.IsEmpty)
+            {
+                _failures.TryRemove(endpoint, out _);
+            }
+
+            return false;
+        }
+
+        var run = _failures.GetOrAdd(endpoint, static _ => new StrongBox<int>());
+        if (Interlocked.Increment(ref run.Value) < consecutive5xx)
+        {
+            return false;
+        }
+
+        _failures.TryRemove(endpoint, out _);
+        Eject(endpoint);
+        return true;
+    }
 
     public bool IsEjected(IPEndPoint endpoint)
     {
@@ -84,9 +139,9 @@ internal sealed partial class GatewayServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly WebApplication? _admin;
-    private readonly IDisposable _handler;
+    private readonly IAsyncDisposable _handler;
 
-    private GatewayServer(WebApplication app, WebApplication? admin, IDisposable handler, IPEndPoint? http, IPEndPoint? https, IPEndPoint? adminEndpoint)
+    private GatewayServer(WebApplication app, WebApplication? admin, IAsyncDisposable handler, IPEndPoint? http, IPEndPoint? https, IPEndPoint? adminEndpoint)
     {
         _app = app;
         _admin = admin;
@@ -118,6 +173,11 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             kestrel.Limits.MaxConcurrentUpgradedConnections = options.MaxConnections;
             kestrel.Limits.MaxRequestHeadersTotalSize = options.MaxRequestHeadersBytes;
             kestrel.Limits.RequestHeadersTimeout = options.RequestHeadersTimeout;
+            kestrel.Limits.KeepAliveTimeout = options.KeepAliveTimeout;
+
+            // Slowloris on the body or the response: set deliberately (they are Kestrel's defaults with a longer grace) and documented.
+            kestrel.Limits.MinRequestBodyDataRate = new MinDataRate(options.MinRequestBodyBytesPerSecond, options.MinDataRateGrace);
+            kestrel.Limits.MinResponseDataRate = new MinDataRate(options.MinResponseBytesPerSecond, options.MinDataRateGrace);
 
             // Bodies stream through to the backend; flow control bounds what one request buffers.
             kestrel.Limits.MaxRequestBodySize = null;
@@ -165,7 +225,8 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         });
         builder.Services.AddHttpForwarder();
         var app = builder.Build();
-        var handler = new RequestHandler(app.Services.GetRequiredService<IHttpForwarder>(), routes, metrics, options, mesh);
+        var accessLog = options.AccessLog is { } target ? AccessLog.Open(target, metrics) : null;
+        var handler = new RequestHandler(app.Services.GetRequiredService<IHttpForwarder>(), routes, metrics, options, accessLog, mesh);
         app.Run(handler.HandleAsync);
 
         WebApplication? admin = null;
@@ -196,7 +257,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         }
         catch
         {
-            handler.Dispose();
+            await handler.DisposeAsync().ConfigureAwait(false);
             await app.DisposeAsync().ConfigureAwait(false);
             if (admin is not null)
             {
@@ -224,7 +285,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             await _admin.DisposeAsync().ConfigureAwait(false);
         }
 
-        _handler.Dispose();
+        await _handler.DisposeAsync().ConfigureAwait(false);
     }
 
     /// <summary>"//a///b" is "/a/b": the path routes are matched on and forwarded with (Kestrel already removed "." and ".." segments, "%2e" included).</summary>
@@ -250,6 +311,10 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 metrics.ConfigStale(error is not null);
                 context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
                 await context.Response.WriteAsync(await metrics.ExportAsync().ConfigureAwait(false)).ConfigureAwait(false);
+                break;
+            case "/routes" when context.Request.Query["format"] == "json":
+                context.Response.ContentType = "application/json";
+                await context.Response.Body.WriteAsync(RouteTableJson.Serialize(routes(), error)).ConfigureAwait(false);
                 break;
             case "/routes":
                 context.Response.ContentType = "text/plain; charset=utf-8";
@@ -326,25 +391,43 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         };
     }
 
-    private sealed partial class RequestHandler : IDisposable
+    private sealed partial class RequestHandler : IAsyncDisposable
     {
         private readonly IHttpForwarder _forwarder;
         private readonly Func<RouteTable> _routes;
         private readonly GatewayMetrics _metrics;
         private readonly EndpointHealth _health;
         private readonly HttpMessageInvoker _client;
+        private readonly AccessLog? _accessLog;
+        private readonly int _consecutive5xx;
         private readonly ForwarderRequestConfig _requestConfig = new()
         {
             Version = HttpVersion.Version11,
             VersionPolicy = HttpVersionPolicy.RequestVersionOrLower,
         };
 
-        public RequestHandler(IHttpForwarder forwarder, Func<RouteTable> routes, GatewayMetrics metrics, GatewayOptions options, GatewayMesh? mesh)
+        private readonly ForwarderRequestConfig _grpcConfig;
+        private readonly ForwarderRequestConfig _streamConfig;
+
+        public RequestHandler(IHttpForwarder forwarder, Func<RouteTable> routes, GatewayMetrics metrics, GatewayOptions options, AccessLog? accessLog, GatewayMesh? mesh)
         {
             _forwarder = forwarder;
             _routes = routes;
             _metrics = metrics;
-            _health = new EndpointHealth(options.EjectionTime);
+            _accessLog = accessLog;
+            _health = new EndpointHealth(options.EjectionTime, options.Consecutive5xxToEject);
+            _consecutive5xx = options.Consecutive5xxToEject;
+
+            // gRPC needs HTTP/2 end to end (trailers); a plaintext backend is spoken to with prior knowledge (h2c).
+            _grpcConfig = new ForwarderRequestConfig
+            {
+                Version = HttpVersion.Version20,
+                VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+                ActivityTimeout = options.StreamIdleTimeout,
+            };
+
+            // WebSockets (HTTP/1.1 Upgrade, or RFC 8441 CONNECT which YARP turns into an Upgrade) go to the backend over HTTP/1.1.
+            _streamConfig = _requestConfig with { ActivityTimeout = options.StreamIdleTimeout };
             _client = new HttpMessageInvoker(new SocketsHttpHandler
             {
                 UseProxy = false,
@@ -361,19 +444,29 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             });
         }
 
-        public void Dispose() => _client.Dispose();
+        public async ValueTask DisposeAsync()
+        {
+            _client.Dispose();
+            if (_accessLog is not null)
+            {
+                await _accessLog.DisposeAsync().ConfigureAwait(false);
+            }
+        }
 
         public async Task HandleAsync(HttpContext context)
         {
             var started = Stopwatch.GetTimestamp();
             Backend? backend = null;
+            Route? route = null;
+            IPEndPoint? endpoint = null;
             var flags = "-";
+            var request = context.Request;
+            var grpc = request.ContentType is { } contentType && contentType.StartsWith("application/grpc", StringComparison.OrdinalIgnoreCase) && HttpProtocol.IsHttp2(request.Protocol);
+            var path = NormalizePath(request.Path.Value);
             try
             {
-                var request = context.Request;
-                var path = NormalizePath(request.Path.Value);
                 var host = RouteCompiler.NormalizeHost(request.Host.Host) ?? "";
-                var route = (request.IsHttps ? _routes().Https : _routes().Http).Match(host, request, path);
+                route = (request.IsHttps ? _routes().Https : _routes().Http).Match(host, request, path);
                 if (route is null)
                 {
                     flags = "NR";
@@ -395,16 +488,33 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                     return;
                 }
 
-                if (backend.NextEndpoint(_health.IsEjected) is not { } endpoint)
+                endpoint = backend.NextEndpoint(_health.IsEjected);
+                if (endpoint is null)
                 {
                     flags = "UH";
                     context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
                     return;
                 }
 
+                var config = _requestConfig;
+                if (grpc || context.Features.Get<IHttpExtendedConnectFeature>()?.IsExtendedConnect == true || context.Features.Get<IHttpUpgradeFeature>()?.IsUpgradableRequest == true)
+                {
+                    // A stream may idle for as long as its application wants: the minimum body rate is for uploads.
+                    ExemptFromMinimumBodyRate(context);
+                    config = grpc ? _grpcConfig : _streamConfig;
+                }
+
                 var transformer = new ForwardTransformer(route, path);
-                var error = await _forwarder.SendAsync(context, $"http://{endpoint}", _client, _requestConfig, transformer).ConfigureAwait(false);
-                if (error != ForwarderError.None)
+                var error = await _forwarder.SendAsync(context, $"http://{endpoint}", _client, config, transformer).ConfigureAwait(false);
+                if (error == ForwarderError.None)
+                {
+                    if (_health.Answered(endpoint, context.Response.StatusCode))
+                    {
+                        _metrics.Ejected("5xx");
+                        Log.Warn("gateway", $"endpoint {endpoint} of {backend.Name} ejected for a while: it answered 5xx {_consecutive5xx} times in a row");
+                    }
+                }
+                else
                 {
                     var exception = context.GetForwarderErrorFeature()?.Exception;
                     if (error == ForwarderError.Request && MeshRefusal(exception) is { } meshFlags)
@@ -419,7 +529,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                     else if (error == ForwarderError.Request && IsConnectFailure(exception))
                     {
                         _health.Eject(endpoint);
-                        _metrics.Ejected();
+                        _metrics.Ejected("connect_failure");
                         Log.Warn("gateway", $"endpoint {endpoint} of {backend.Name} ejected for a while: {exception?.Message}");
                         flags = "UF";
                         if (!context.Response.HasStarted)
@@ -435,7 +545,27 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             }
             finally
             {
-                _metrics.Request(backend, "http", context.Response.StatusCode, flags, Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+                var milliseconds = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
+                _metrics.Request(backend, grpc ? "grpc" : "http", context.Response.StatusCode, flags, milliseconds);
+                _accessLog?.Write(new AccessLogEntry(
+                    DateTime.UtcNow, request.Method, request.Host.Value ?? "", path, request.Protocol, context.Response.StatusCode, milliseconds,
+                    endpoint?.ToString(), route?.Source, backend?.Name, request.Headers.TraceParent.ToString() is { Length: > 0 } trace ? trace : null,
+                    context.Connection.RemoteIpAddress?.ToString(), flags));
+            }
+        }
+
+        private static void ExemptFromMinimumBodyRate(HttpContext context)
+        {
+            if (context.Features.Get<Microsoft.AspNetCore.Server.Kestrel.Core.Features.IHttpMinRequestBodyDataRateFeature>() is { } rate)
+            {
+                try
+                {
+                    rate.MinDataRate = null;
+                }
+                catch (NotSupportedException)
+                {
+                    // HTTP/2 streams in some Kestrel versions: the connection-wide rate stays.
+                }
             }
         }
 

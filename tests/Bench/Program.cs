@@ -10,6 +10,7 @@ const string usage = $"""
     {SoakBenchmark.Usage}
     {BenchCommand.LoadUsage}
     {CaBenchmark.Usage}
+    {GatewayBenchmark.Usage}
     """;
 
 if (args.Length > 0 && args[0] is "-h" or "--help" or "help")
