@@ -112,6 +112,11 @@ internal static partial class GatewayBenchmark
                 await RunToolAsync("wrk", ["-t", "1", "-c", "4", "-d", "3s", url], 3, stop);
             }
 
+            // Idle memory before the load runs: after them both processes hold memory they grew into, and idle
+            // connections fit into it without moving RSS (a first version measured after them and read 0).
+            var weftMemory = await IdleMemoryAsync("weft gateway", gatewayHttp, idle, () => [gateway.Id], stop);
+            var nginxMemory = await IdleMemoryAsync("nginx proxy", nginxHttp, idle, () => NginxPids(nginx.Id), stop);
+
             var rows = new List<Row>();
             foreach (var c in connections)
             {
@@ -141,8 +146,6 @@ internal static partial class GatewayBenchmark
             }
 
             Console.WriteLine();
-            var weftMemory = await IdleMemoryAsync("weft gateway", gatewayHttp, idle, () => [gateway.Id], stop);
-            var nginxMemory = await IdleMemoryAsync("nginx proxy", nginxHttp, idle, () => NginxPids(nginx.Id), stop);
             var targets = new List<string>();
             foreach (var row in rows.Where(r => r.Path == "weft"))
             {
