@@ -29,16 +29,14 @@ internal sealed class KubernetesPodIndex : IPodPlacements, IDisposable
     private readonly object _writeGate = new();
     private readonly KubernetesResourceWatch<V1Pod, V1PodList> _watch;
     private readonly TaskCompletionSource _listed = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly CancellationTokenSource _stop = new();
-    private Task _loop = Task.CompletedTask;
+    private readonly KubernetesWatchLoops _loops;
     private long _changes;
 
     private KubernetesPodIndex(IKubernetes client, KubernetesInventoryOptions options)
     {
-        _watch = new KubernetesResourceWatch<V1Pod, V1PodList>("pods",
-            (c, l, ct) => client.CoreV1.ListPodForAllNamespacesAsync(continueParameter: c, limit: l, cancellationToken: ct),
-            (rv, t, e, ct) => client.CoreV1.WatchListPodForAllNamespacesAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct),
-            Trim, OnChanged, options, Apply);
+        var (list, watch) = KubernetesCalls.Pods(client);
+        _watch = new KubernetesResourceWatch<V1Pod, V1PodList>("pods", list, watch, Trim, OnChanged, options, Apply);
+        _loops = new KubernetesWatchLoops(client, ownsClient: false);
     }
 
     /// <summary>Pods known now (every namespace, every node).</summary>
@@ -52,7 +50,7 @@ internal sealed class KubernetesPodIndex : IPodPlacements, IDisposable
     {
         // The watch reads only the timeouts, page size and backoff of these options; the node name is the agent's concern.
         var index = new KubernetesPodIndex(client, options ?? new KubernetesInventoryOptions { NodeName = "" });
-        index._loop = Task.Run(() => index._watch.RunAsync(index._stop.Token));
+        index._loops.Start([index._watch]);
         return index;
     }
 
@@ -66,20 +64,7 @@ internal sealed class KubernetesPodIndex : IPodPlacements, IDisposable
     /// <summary>The pod with this uid, or null when the watch has not seen it or saw it deleted.</summary>
     public PodPlacement? Pod(string uid) => _byUid.TryGetValue(uid, out var pod) ? pod : null;
 
-    public void Dispose()
-    {
-        _stop.Cancel();
-        try
-        {
-            _loop.Wait(TimeSpan.FromSeconds(5));
-        }
-        catch (AggregateException)
-        {
-            // the loop ends on cancellation; nothing else is left to report at disposal
-        }
-
-        _stop.Dispose();
-    }
+    public void Dispose() => _loops.Dispose();
 
     private void OnChanged()
     {

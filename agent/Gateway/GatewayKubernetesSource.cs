@@ -37,7 +37,6 @@ internal sealed record GatewayKubernetesOptions
 internal sealed class GatewayKubernetesSource : IDisposable
 {
     private readonly IKubernetes _client;
-    private readonly bool _ownsClient;
     private readonly GatewayMetrics _metrics;
     private readonly GatewayKubernetesOptions _options;
     private readonly Dictionary<string, IKubernetesResourceWatch> _watches = new(StringComparer.Ordinal);
@@ -45,14 +44,13 @@ internal sealed class GatewayKubernetesSource : IDisposable
     // The objects of each kind as the watches last reported them: the watches keep none (the agent's inventory
     // keeps a compact form instead), and the route compiler reads the whole objects.
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, System.Collections.Concurrent.ConcurrentDictionary<string, IKubernetesObject>> _objects = new(StringComparer.Ordinal);
-    private readonly CancellationTokenSource _stop = new();
+    private readonly KubernetesWatchLoops _loops;
     private readonly Timer _debounce;
     private readonly object _gate = new();
     private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly GatewayStatusWriter? _status;
     private readonly SemaphoreSlim _statusSignal = new(0, 1);
     private (IReadOnlyList<IKubernetesObject> Objects, GatewayStatusReport Report)? _pendingStatus;
-    private Task[] _loops = [];
     private RouteTable _current = RouteTable.Empty;
     private long _version;
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> _unreadable = new(StringComparer.Ordinal);
@@ -63,7 +61,7 @@ internal sealed class GatewayKubernetesSource : IDisposable
     private GatewayKubernetesSource(IKubernetes client, bool ownsClient, GatewayMetrics metrics, GatewayKubernetesOptions options)
     {
         _client = client;
-        _ownsClient = ownsClient;
+        _loops = new KubernetesWatchLoops(client, ownsClient);
         _metrics = metrics;
         _options = options;
         _debounce = new Timer(_ => Rebuild(), null, Timeout.Infinite, Timeout.Infinite);
@@ -74,15 +72,9 @@ internal sealed class GatewayKubernetesSource : IDisposable
 
         var core = client.CoreV1;
         var networking = client.NetworkingV1;
-        Add(Watch<V1Namespace, V1NamespaceList>("namespaces",
-            (c, l, ct) => core.ListNamespaceAsync(continueParameter: c, limit: l, cancellationToken: ct),
-            (rv, t, e, ct) => core.WatchListNamespaceAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct)));
-        Add(Watch<V1Service, V1ServiceList>("services",
-            (c, l, ct) => core.ListServiceForAllNamespacesAsync(continueParameter: c, limit: l, cancellationToken: ct),
-            (rv, t, e, ct) => core.WatchListServiceForAllNamespacesAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct)));
-        Add(Watch<V1EndpointSlice, V1EndpointSliceList>("endpointslices",
-            (c, l, ct) => client.DiscoveryV1.ListEndpointSliceForAllNamespacesAsync(continueParameter: c, limit: l, cancellationToken: ct),
-            (rv, t, e, ct) => client.DiscoveryV1.WatchListEndpointSliceForAllNamespacesAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct)));
+        Add(Watch("namespaces", KubernetesCalls.Namespaces(client)));
+        Add(Watch("services", KubernetesCalls.Services(client)));
+        Add(Watch("endpointslices", KubernetesCalls.EndpointSlices(client)));
         Add(Watch<V1Ingress, V1IngressList>("ingresses",
             (c, l, ct) => networking.ListIngressForAllNamespacesAsync(continueParameter: c, limit: l, cancellationToken: ct),
             (rv, t, e, ct) => networking.WatchListIngressForAllNamespacesAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct)));
@@ -135,7 +127,7 @@ internal sealed class GatewayKubernetesSource : IDisposable
         ArgumentNullException.ThrowIfNull(metrics);
         ArgumentNullException.ThrowIfNull(options);
         var source = new GatewayKubernetesSource(client, ownsClient, metrics, options);
-        source._loops = [.. source._watches.Values.Select(w => Task.Run(() => w.RunAsync(source._stop.Token))), Task.Run(source.StatusLoopAsync)];
+        source._loops.Start(source._watches.Values, source.StatusLoopAsync);
         Log.Info("gateway", $"watching the Kubernetes API at {(client as k8s.Kubernetes)?.BaseUri} for Ingresses (class {RouteCompiler.BuiltInIngressClass}) and Gateways of class controller {GatewayApiKinds.ControllerName}");
         return source;
     }
@@ -152,25 +144,16 @@ internal sealed class GatewayKubernetesSource : IDisposable
             _disposed = true;
         }
 
-        _stop.Cancel();
         _debounce.Dispose();
-        try
-        {
-            Task.WaitAll(_loops, TimeSpan.FromSeconds(5));
-        }
-        catch (AggregateException)
-        {
-            // each loop logs its own failures
-        }
-
-        _stop.Dispose();
-        if (_ownsClient)
-        {
-            _client.Dispose();
-        }
+        _loops.Dispose();
     }
 
     private void Add(IKubernetesResourceWatch watch) => _watches[watch.Kind] = watch;
+
+    private KubernetesResourceWatch<T, TList> Watch<T, TList>(string kind, (KubernetesListCall<TList> List, KubernetesWatchCall<T> Watch) calls)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        where TList : IMetadata<V1ListMeta>, IItems<T> =>
+        Watch(kind, calls.List, calls.Watch);
 
     private KubernetesResourceWatch<T, TList> Watch<T, TList>(string kind, KubernetesListCall<TList> list, KubernetesWatchCall<T> watch)
         where T : class, IKubernetesObject<V1ObjectMeta>
@@ -359,14 +342,13 @@ internal sealed class GatewayKubernetesSource : IDisposable
     /// Writes status for the latest compiled version, one pass at a time, off the compile path: a slow API server
     /// delays status, never routes. A pass that failed is retried after the initial backoff.
     /// </summary>
-    private async Task StatusLoopAsync()
+    private async Task StatusLoopAsync(CancellationToken token)
     {
         if (_status is null)
         {
             return;
         }
 
-        var token = _stop.Token;
         while (!token.IsCancellationRequested)
         {
             try

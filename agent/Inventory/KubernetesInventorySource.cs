@@ -31,9 +31,8 @@ internal sealed class KubernetesInventorySource : IDisposable
     private readonly InventoryStore _store;
     private readonly KubernetesInventoryOptions _options;
     private readonly IKubernetes _client;
-    private readonly bool _ownsClient;
     private readonly IKubernetesResourceWatch[] _watches;
-    private readonly CancellationTokenSource _stop = new();
+    private readonly KubernetesWatchLoops _loops;
     private readonly Timer _debounce;
     private readonly object _rebuildGate = new();
     private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -42,7 +41,6 @@ internal sealed class KubernetesInventorySource : IDisposable
     private HashSet<string> _lastWarnings = [];
     private long _appliedChanges;
     private long _applyTicks;
-    private Task[] _loops = [];
     private int _dirty;
     private long _pendingSince;
     private long _lastSyncTicks;
@@ -51,7 +49,7 @@ internal sealed class KubernetesInventorySource : IDisposable
     private KubernetesInventorySource(IKubernetes client, bool ownsClient, InventoryStore store, KubernetesInventoryOptions options)
     {
         _client = client;
-        _ownsClient = ownsClient;
+        _loops = new KubernetesWatchLoops(client, ownsClient);
         _store = store;
         _options = options;
         _state = new InventoryState(options.MeshRootNamespace);
@@ -59,18 +57,10 @@ internal sealed class KubernetesInventorySource : IDisposable
         // Bookmarks keep our resourceVersion fresh on quiet kinds, so a reconnect resumes instead of relisting.
         _watches =
         [
-            Watch<V1Namespace, V1NamespaceList>("namespaces", TrimNamespace,
-                (c, l, ct) => client.CoreV1.ListNamespaceAsync(continueParameter: c, limit: l, cancellationToken: ct),
-                (rv, t, e, ct) => client.CoreV1.WatchListNamespaceAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct)),
-            Watch<V1Pod, V1PodList>("pods", TrimPod,
-                (c, l, ct) => client.CoreV1.ListPodForAllNamespacesAsync(continueParameter: c, limit: l, cancellationToken: ct),
-                (rv, t, e, ct) => client.CoreV1.WatchListPodForAllNamespacesAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct)),
-            Watch<V1Service, V1ServiceList>("services", TrimService,
-                (c, l, ct) => client.CoreV1.ListServiceForAllNamespacesAsync(continueParameter: c, limit: l, cancellationToken: ct),
-                (rv, t, e, ct) => client.CoreV1.WatchListServiceForAllNamespacesAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct)),
-            Watch<V1EndpointSlice, V1EndpointSliceList>("endpointslices", TrimEndpointSlice,
-                (c, l, ct) => client.DiscoveryV1.ListEndpointSliceForAllNamespacesAsync(continueParameter: c, limit: l, cancellationToken: ct),
-                (rv, t, e, ct) => client.DiscoveryV1.WatchListEndpointSliceForAllNamespacesAsync(allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct)),
+            Watch("namespaces", TrimNamespace, KubernetesCalls.Namespaces(client)),
+            Watch("pods", TrimPod, KubernetesCalls.Pods(client)),
+            Watch("services", TrimService, KubernetesCalls.Services(client)),
+            Watch("endpointslices", TrimEndpointSlice, KubernetesCalls.EndpointSlices(client)),
             CustomWatch<V1Alpha1AuthorizationPolicy>("authorizationpolicies"),
             CustomWatch<V1Alpha1PeerAuthentication>("peerauthentications"),
         ];
@@ -108,7 +98,7 @@ internal sealed class KubernetesInventorySource : IDisposable
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(options);
         var source = new KubernetesInventorySource(client, ownsClient, store, options);
-        source._loops = source._watches.Select(w => Task.Run(() => w.RunAsync(source._stop.Token))).ToArray();
+        source._loops.Start(source._watches);
         Log.Info("inventory", $"watching the Kubernetes API at {(client as k8s.Kubernetes)?.BaseUri} for node {options.NodeName}");
         return source;
     }
@@ -125,37 +115,23 @@ internal sealed class KubernetesInventorySource : IDisposable
             _disposed = true;
         }
 
-        _stop.Cancel();
         _debounce.Dispose();
-        try
-        {
-            Task.WaitAll(_loops, TimeSpan.FromSeconds(5));
-        }
-        catch (AggregateException)
-        {
-            // each loop logs its own failures
-        }
-
-        _stop.Dispose();
-        if (_ownsClient)
-        {
-            _client.Dispose();
-        }
+        _loops.Dispose();
     }
 
-    private KubernetesResourceWatch<T, TList> Watch<T, TList>(string kind, Func<T, T> trim, KubernetesListCall<TList> list, KubernetesWatchCall<T> watch)
+    private KubernetesResourceWatch<T, TList> Watch<T, TList>(string kind, Func<T, T> trim, (KubernetesListCall<TList> List, KubernetesWatchCall<T> Watch) calls)
         where T : class, IKubernetesObject<V1ObjectMeta>
         where TList : IMetadata<V1ListMeta>, IItems<T> =>
-        new(kind, list, watch, trim, OnChanged, _options, _changes.Enqueue);
+        new(kind, calls.List, calls.Watch, trim, OnChanged, _options, _changes.Enqueue);
 
     /// <summary>Weft's policy kinds through the custom objects API; watch events arrive untyped and are read into the model class.</summary>
     private KubernetesResourceWatch<T, KubernetesList<T>> CustomWatch<T>(string plural)
         where T : class, IKubernetesObject<V1ObjectMeta> =>
-        Watch<T, KubernetesList<T>>(plural, item => item,
+        Watch<T, KubernetesList<T>>(plural, item => item, (
             (c, l, ct) => _client.CustomObjects.ListCustomObjectForAllNamespacesAsync<KubernetesList<T>>(PolicyKinds.Group, PolicyKinds.Version, plural,
                 continueParameter: c, limit: l, cancellationToken: ct),
             (rv, t, e, ct) => Typed<T>(_client.CustomObjects.WatchListCustomObjectForAllNamespacesAsync(PolicyKinds.Group, PolicyKinds.Version, plural,
-                allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct), e));
+                allowWatchBookmarks: true, resourceVersion: rv, timeoutSeconds: t, onError: e, cancellationToken: ct), e)));
 
     internal static async IAsyncEnumerable<(WatchEventType Type, T Item)> Typed<T>(IAsyncEnumerable<(WatchEventType Type, object Item)> events, Action<Exception> onError)
         where T : class
