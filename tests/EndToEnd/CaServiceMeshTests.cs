@@ -113,21 +113,17 @@ public class CaServiceMeshTests
         await CaptureScopeTests.WaitUntilAsync(() => mesh.Agent("node1").StderrLines.Skip(applied).Any(l => l.Contains("2 local pod(s) enrolled", StringComparison.Ordinal)), 30);
 
         var pcap = Path.Combine(Path.GetTempPath(), $"weft-{mesh.Cluster.RunId}-ca.pcap");
-        using var capture = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", mesh.Cluster.UnderlayNetnsName,
-            "tcpdump", "-i", "br0", "-U", "-w", pcap, "tcp"])
-        { RedirectStandardError = true })!;
+        var capture = await UnderlayCapture.StartAsync(mesh.Cluster.UnderlayNetnsName, pcap);
         var started = Stopwatch.StartNew();
         PeerRun run;
         try
         {
-            await Task.Delay(1000);
             run = await MeshCluster.RunPeerAsync(newcomer, Long, "send", "--to", $"{server.Address}:8080", "--bytes", "1000", "--timeout-ms", "20000");
             await Task.Delay(500);
         }
         finally
         {
-            capture.Kill();
-            await capture.WaitForExitAsync();
+            await capture.StopAsync();
         }
 
         try

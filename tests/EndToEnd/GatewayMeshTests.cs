@@ -98,14 +98,10 @@ public class GatewayMeshTests
         Assert.Contains(gateway.StderrLines, l => l.Contains($"mesh identity {GatewayPrincipal}", StringComparison.Ordinal));
 
         var pcap = Path.Combine(files, "underlay.pcap");
-        using var capture = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", cluster.UnderlayNetnsName,
-            "tcpdump", "-i", "br0", "--immediate-mode", "-U", "-s", "0", "-B", "65536", "-w", pcap, "tcp"])
-        { RedirectStandardError = true })!;
+        var capture = await UnderlayCapture.StartAsync(cluster.UnderlayNetnsName, pcap);
         (string Code, string Body) denied, web, legacy, other;
         try
         {
-            await Task.Delay(1000);
-
             // The DENY policy names the gateway's principal: guarded1's agent refuses the CONNECT, the client gets 403.
             denied = await CurlAsync(gw, "guarded.example", "/meshed.txt");
 
@@ -121,18 +117,7 @@ public class GatewayMeshTests
         }
         finally
         {
-            // SIGTERM: tcpdump writes out what it holds before it exits.
-            Tmds.Linux.LibC.kill(capture.Id, Tmds.Linux.LibC.SIGTERM);
-            using var stopped = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-            try
-            {
-                await capture.WaitForExitAsync(stopped.Token);
-            }
-            catch (OperationCanceledException)
-            {
-                capture.Kill();
-                await capture.WaitForExitAsync();
-            }
+            await capture.StopAsync();
         }
 
         Assert.Equal("403", denied.Code);

@@ -31,12 +31,9 @@ public class MutualTlsTests
         var server = mesh.Cluster.Pod("demo", "b1");
         await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", bytes.ToString());
         var pcap = Path.Combine(Path.GetTempPath(), $"weft-{mesh.Cluster.RunId}.pcap");
-        using var capture = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", mesh.Cluster.UnderlayNetnsName,
-            "tcpdump", "-i", "br0", "--immediate-mode", "-U", "-s", "0", "-B", "65536", "-w", pcap, "tcp"])
-        { RedirectStandardError = true })!;
+        var capture = await UnderlayCapture.StartAsync(mesh.Cluster.UnderlayNetnsName, pcap);
         try
         {
-            await Task.Delay(1000);
             var run = await MeshCluster.RunPeerAsync(mesh.Cluster.Pod("demo", "a1"), Long, "send", "--to", $"{server.Address}:8080",
                 "--bytes", bytes.ToString(), "--expect-reply-bytes", bytes.ToString());
             Assert.True(run.ExitCode == 0, run.ToString());
@@ -45,18 +42,7 @@ public class MutualTlsTests
         }
         finally
         {
-            // SIGTERM, not SIGKILL: tcpdump writes out what it still holds, so the checks below read the whole capture.
-            Tmds.Linux.LibC.kill(capture.Id, Tmds.Linux.LibC.SIGTERM);
-            using var stopped = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-            try
-            {
-                await capture.WaitForExitAsync(stopped.Token);
-            }
-            catch (OperationCanceledException)
-            {
-                capture.Kill();
-                await capture.WaitForExitAsync();
-            }
+            await capture.StopAsync();
         }
 
         try
