@@ -34,15 +34,16 @@ internal static partial class BenchCommand
           direct, through plaintext agents, and (tls, all) through agents with mTLS HBONE tunnels and
           through an nginx pair doing TLS 1.3 between the nodes. iperf3 throughput (1 and 8 streams),
           sockperf 1 KiB round trips (p50/p99), new connections per second (16 at a time; and one at a
-          time with pooled and with cold tunnels), agent memory per idle open connection (plaintext, all).
+          time with pooled and with cold tunnels), agent memory per idle open connection (plaintext, all),
+          and the relays' CPU at a fixed 1,000 requests/s of 1 KiB over 100 kept-alive connections (cpu).
           Prints one table with ratios against direct and the suite's targets.
-          --suite    tls (default): direct, plaintext, mTLS, nginx; parts throughput,latency,rate,setup
+          --suite    tls (default): direct, plaintext, mTLS, nginx; parts throughput,latency,rate,setup,cpu
                      plaintext: direct, plaintext; parts throughput,latency,rate,memory (plus weft-kit app rr)
                      metrics: direct, plaintext agents with metrics on (scraped every second) and
                        plaintext agents started with --metrics off; parts throughput,latency; R = 4
                        (issue #5: metrics on and off less than 3 % apart)
                      all: every path and every part (not the metrics-off agents)
-          --only     a comma-separated subset of throughput,latency,rate,setup,memory
+          --only     a comma-separated subset of throughput,latency,rate,setup,memory,cpu
           Each measurement runs R times (default 2) per path, alternating the order of the paths
           (forward, backward, ...); the table shows medians. T defaults to 4 s (plaintext: 5 s); N to
           1000 new connections (plaintext: 3000), 100 one-at-a-time connections, 10000 idle connections.
@@ -52,7 +53,12 @@ internal static partial class BenchCommand
           installs them).
         """;
 
-    private static readonly string[] Parts = ["throughput", "latency", "rate", "setup", "memory"];
+    private static readonly string[] Parts = ["throughput", "latency", "rate", "setup", "memory", "cpu"];
+
+    // the cpu part: Istio publishes 0.06 vCPU per 1,000 requests/s for ztunnel (issue #10 aims at most that)
+    private const int FixedRatePerSecond = 1000;
+    private const int FixedRateConnections = 100;
+    private const double VcpuPerThousandTarget = 0.06;
 
     private const int IperfPort = 5201;
     private const int SockperfPort = 11111;
@@ -114,7 +120,7 @@ internal static partial class BenchCommand
         var defaultParts = suite switch
         {
             "plaintext" => "throughput,latency,rate,memory",
-            "tls" => "throughput,latency,rate,setup",
+            "tls" => "throughput,latency,rate,setup,cpu",
             "metrics" => "throughput,latency",
             _ => string.Join(',', Parts),
         };
@@ -463,6 +469,7 @@ internal static partial class BenchCommand
             var latency = only.Contains("latency") ? await LatencyAsync() : null;
             var rate = only.Contains("rate") ? await ConnectionRateAsync(rateConnections) : null;
             var setup = only.Contains("setup") ? await ConnectionSetupAsync(setupConnections) : null;
+            var fixedRate = only.Contains("cpu") ? await FixedRateCpuAsync() : null;
 
             var loadAfter = LoadAverage();
             PrintTable(loadBefore, loadAfter);
@@ -493,6 +500,7 @@ internal static partial class BenchCommand
                 ["latency"] = latency,
                 ["connection_rate"] = rate,
                 ["connection_setup"] = setup,
+                ["fixed_rate_cpu"] = fixedRate,
                 ["memory"] = memory,
                 ["targets"] = new JsonArray(_targets.Select(t => (JsonNode?)new JsonObject
                 {
@@ -720,6 +728,97 @@ internal static partial class BenchCommand
 
             _rows.Add(new TableRow("new conn/s, 16 at a time (mTLS: pooled tunnel)", cells));
             return result;
+        }
+
+        /// <summary>
+        /// The relays' CPU at a fixed load, the way Istio reports ztunnel's (vCPU per 1,000 requests/s):
+        /// 100 kept-alive connections together send 1,000 round trips of 1 KiB a second. The CPU counted is
+        /// what the relays (both agents, or both nginx) used from the client's start to its end, so it
+        /// includes opening the 100 connections (through a warm tunnel on the mTLS path); vCPU is that over
+        /// the seconds the round trips ran.
+        /// </summary>
+        private async Task<JsonObject> FixedRateCpuAsync()
+        {
+            var runSeconds = Math.Max(5, seconds * 2);
+            var relayed = _paths.Where(p => !p.IsDirect).ToList();
+            Say($"cpu: {FixedRatePerSecond} round trips/s of 1 KiB over {FixedRateConnections} kept-alive connections, {runSeconds} s, " +
+                $"weft-kit app rr --rate; the relays' CPU from /proc, {Runs} (after a 1 s untimed run per path)");
+            foreach (var path in relayed)
+            {
+                await FixedRateRunAsync(path, 1);
+            }
+
+            var cpu = new Dictionary<BenchPath, double>();
+            var runs = await AlternatingAsync(relayed, path => FixedRateRunAsync(path, runSeconds), cpu);
+            var cells = new Dictionary<string, string>();
+            var p99Cells = new Dictionary<string, string>();
+            var result = new JsonObject { ["rate_per_s"] = FixedRatePerSecond, ["connections"] = FixedRateConnections, ["seconds"] = runSeconds };
+            foreach (var (path, samples) in runs)
+            {
+                var elapsed = samples.Sum(r => r.Seconds);
+                var vcpu = cpu[path] / elapsed;
+                var perThousand = vcpu / (samples.Sum(r => r.Count) / elapsed / 1000);
+                var p99 = Median(samples.Select(r => r.P99Us));
+                var failed = samples.Sum(r => r.FailedConnections);
+                Console.WriteLine($"  {path.Label,-16} {Samples(samples.Select(r => r.PerSecond), "0")} round trips/s, p99 {Samples(samples.Select(r => r.P99Us), "0")} us, " +
+                    $"{failed} failed connections; {path.Relays}: {vcpu:0.000} vCPU, {perThousand:0.000} vCPU per 1,000 requests/s");
+                cells[path.Key] = $"{perThousand:0.000}";
+                p99Cells[path.Key] = $"{p99:0}";
+                result[path.Key] = new JsonObject
+                {
+                    ["vcpu"] = Round(vcpu, 4),
+                    ["vcpu_per_1000_rps"] = Round(perThousand, 4),
+                    ["relay_cpu_s"] = Round(cpu[path], 3),
+                    ["achieved_per_s"] = Array(samples.Select(r => Round(r.PerSecond, 1))),
+                    ["p50_us"] = Array(samples.Select(r => Round(r.P50Us, 1))),
+                    ["p99_us"] = Array(samples.Select(r => Round(r.P99Us, 1))),
+                    ["failed_connections"] = failed,
+                };
+                if (failed > 0 || samples.Any(r => r.PerSecond < FixedRatePerSecond * 0.9))
+                {
+                    Failures++;
+                    Console.WriteLine($"  the {path.Label} path fell short of {FixedRatePerSecond} round trips/s or lost connections: its figure is not trustworthy");
+                }
+            }
+
+            _rows.Add(new TableRow($"vCPU per 1,000 req/s, {FixedRateConnections} conns x 1 KiB (relays)", cells));
+            _rows.Add(new TableRow($"p99 at {FixedRatePerSecond} req/s (us, from the scheduled start)", p99Cells));
+            if (TlsSuite && Path("mtls") is { } mtlsPath && runs.TryGetValue(mtlsPath, out var mtlsRuns))
+            {
+                var perThousand = cpu[mtlsPath] / mtlsRuns.Sum(r => r.Seconds) / (mtlsRuns.Sum(r => r.Count) / mtlsRuns.Sum(r => r.Seconds) / 1000);
+                _targets.Add(new TargetLine("#10", $"mTLS agents (both) at most {VcpuPerThousandTarget} vCPU per 1,000 req/s (ztunnel's published figure)",
+                    $"{perThousand:0.000}", perThousand <= VcpuPerThousandTarget));
+            }
+
+            return result;
+        }
+
+        private async Task<FixedRate> FixedRateRunAsync(BenchPath path, int runSeconds)
+        {
+            var before = Snapshot(path);
+            var (host, port) = path.Target(PeerPort);
+            var (file, args) = WeftExecutable.Command(["app", "rr", "--to", $"{host}:{port}", "--size", "1024",
+                "--rate", FixedRatePerSecond.ToString(CultureInfo.InvariantCulture),
+                "--connections", FixedRateConnections.ToString(CultureInfo.InvariantCulture),
+                "--seconds", runSeconds.ToString(CultureInfo.InvariantCulture)]);
+            var stdout = await RunToEndAsync(path.Client, TimeSpan.FromSeconds(runSeconds + 60), file, args, allowFailure: true);
+            var line = stdout.Split('\n').LastOrDefault(l => l.StartsWith('{'))
+                ?? throw new InvalidOperationException($"weft-kit app rr printed nothing:\n{Tail(stdout)}");
+            using var json = JsonDocument.Parse(line);
+            var r = json.RootElement;
+            if (!r.TryGetProperty("count", out var count))
+            {
+                throw new InvalidOperationException($"weft-kit app rr over the {path.Label} path failed: {line}");
+            }
+
+            await CheckPathAsync(path, before, $"weft-kit app rr --rate over the {path.Label} path");
+            return new FixedRate(count.GetInt64(), r.GetProperty("seconds").GetDouble(), r.GetProperty("p50_us").GetDouble(),
+                r.GetProperty("p99_us").GetDouble(), r.GetProperty("failed_connections").GetInt32());
+        }
+
+        private sealed record FixedRate(long Count, double Seconds, double P50Us, double P99Us, int FailedConnections)
+        {
+            public double PerSecond => Count / Seconds;
         }
 
         private async Task<Connections> ConnectionRunAsync(BenchPath path, int connections)

@@ -13,6 +13,7 @@ namespace Weft.Harness;
 /// weft-kit app send  --to HOST:PORT --bytes N [--connections C] [--concurrency K] [--hold-ms MS]
 ///                [--expect-reply-bytes M] [--timeout-ms T] [--rate R] [--quiet 1]
 /// weft-kit app rr    --to HOST:PORT [--size 1024] [--count N] [--warmup W]
+/// weft-kit app rr    --to HOST:PORT --rate R [--connections C] [--seconds S] [--size 1024]
 /// weft-kit app hold  --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
 /// weft-kit app netdelay --queue N --delay-ms D [--reorder-percent P] [--reorder-extra-ms E]   (in a node's namespace)
 /// </code>
@@ -24,6 +25,7 @@ internal static class PeerApp
                weft-kit app send --to HOST:PORT --bytes N [--connections C] [--concurrency K] [--hold-ms MS]
                              [--expect-reply-bytes M] [--timeout-ms T] [--rate R] [--quiet 1]
                weft-kit app rr --to HOST:PORT [--size BYTES] [--count N] [--warmup W]
+               weft-kit app rr --to HOST:PORT --rate R [--connections C] [--seconds S] [--size BYTES]
                weft-kit app hold --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
                weft-kit app netdelay --queue N --delay-ms D [--reorder-percent P] [--reorder-extra-ms E]
         """;
