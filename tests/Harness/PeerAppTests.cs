@@ -106,6 +106,23 @@ public sealed class PeerAppTests
         Assert.True(result.GetProperty("p99_us").GetDouble() >= result.GetProperty("p50_us").GetDouble());
     }
 
+    [Fact]
+    public async Task RequestResponseAtAFixedRate_SpreadsTheRoundTripsOverEveryConnection()
+    {
+        await using var server = await InProcessPeer.ServeAsync("echo");
+
+        var rr = await InProcessPeer.RunAsync("rr", "--to", server.Address, "--size", "512", "--rate", "200", "--connections", "20", "--seconds", "2");
+
+        Assert.Equal(0, rr.ExitCode);
+        var result = Assert.Single(rr.Lines);
+        Assert.Equal(400, result.GetProperty("count").GetInt32());
+        Assert.Equal(20, result.GetProperty("connections").GetInt32());
+        Assert.Equal(0, result.GetProperty("failed_connections").GetInt32());
+        // paced, not as fast as it can: the schedule's last round trips start 1.9 s after the first
+        Assert.True(result.GetProperty("seconds").GetDouble() >= 1.9, result.ToString());
+        Assert.Equal(20, (await server.WaitForConnectionsAsync(20)).Count);
+    }
+
     [Theory]
     [InlineData("fly")]
     [InlineData("send", "--bytes", "10")]
