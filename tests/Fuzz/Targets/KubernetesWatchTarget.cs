@@ -86,6 +86,11 @@ internal sealed class KubernetesWatchTarget : IFuzzTarget
         {
             // A response the client cannot read at all fails the pass; the loop retries with backoff, keeping the last snapshot.
         }
+        catch (HttpRequestException e) when (e.InnerException?.TargetSite?.DeclaringType?.Assembly == typeof(Kubernetes).Assembly)
+        {
+            // The same, caught earlier: KubernetesClient's line reader fails on a body it cannot split into
+            // lines at all (e.g. a lone byte-order mark, found by AFL++), and the loop retries the same way.
+        }
     }
 
     // Events the watch skips: malformed JSON, a value of the wrong type, or a line KubernetesClient's own
