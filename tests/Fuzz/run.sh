@@ -13,9 +13,10 @@
 # A crash or hang found becomes a fix plus a file in tests/Fuzz/regressions/TARGET/, which the unit
 # tests replay (FuzzRegressionTests); `weft-fuzz TARGET FILE` replays one by hand with the stack trace.
 #
-# Environment: WEFT_FUZZ_OUT; WEFT_FUZZ_TIMEOUT_MS (default 5000, ca-token 30000: an execution slower than this
-# is a hang; SharpFuzz restarts the harness process after a crash or hang, and that restart counts against the
-# next execution, which for ca-token includes its in-memory API server and pod index);
+# Environment: WEFT_FUZZ_OUT; WEFT_FUZZ_TIMEOUT_MS (an execution slower than this is a hang; default 5000, and
+# 30000 for ca-csr, ca-token and gateway-routes: SharpFuzz starts the harness process afresh for the first input
+# and after a crash or hang, that start counts against the input, and theirs (a CA, an in-memory API server,
+# TLS Secrets) took more than 5 s on a loaded 2-core machine);
 # WEFT_FUZZ_HEAP (default 0x20000000: the GC heap limit, past which an execution dies of OutOfMemory).
 set -euo pipefail
 
@@ -93,7 +94,7 @@ export AFL_SKIP_BIN_CHECK=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_SKIP_CPU
   AFL_NO_AFFINITY=1 AFL_TRY_AFFINITY=0 AFL_FORKSRV_INIT_TMOUT=60000
 export DOTNET_GCHeapHardLimit="${WEFT_FUZZ_HEAP:-0x20000000}" DOTNET_TieredPGO=0
 default_timeout_ms=5000
-[[ "$target" == ca-token ]] && default_timeout_ms=30000
+[[ " ca-csr ca-token gateway-routes " =~ " $target " ]] && default_timeout_ms=30000
 afl-fuzz -i "$inputs" -o "$findings" -t "${WEFT_FUZZ_TIMEOUT_MS:-$default_timeout_ms}" -m none -V "$seconds" \
   -- "$build/weft-fuzz" "$target" >"$out/afl-$target.log" 2>&1 || {
   echo "afl-fuzz failed; the end of its log ($out/afl-$target.log):" >&2

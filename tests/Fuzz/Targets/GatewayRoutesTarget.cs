@@ -42,25 +42,29 @@ internal sealed class GatewayRoutesTarget : IFuzzTarget
         // The hosts the table names (a sample name for a wildcard), then a few fixed ones.
         var hosts = table.Http.Hosts.Concat(table.Https.Hosts).Select(h => h.Host.Value.Replace("*", "w", StringComparison.Ordinal))
             .Take(8).Concat(Hosts).Distinct(StringComparer.Ordinal);
+        // The paths the routes name (a longer one below each), then a few fixed ones.
+        var paths = table.Http.Hosts.Concat(table.Https.Hosts).SelectMany(h => h.Routes).Select(r => r.Path.Value)
+            .Where(p => p.StartsWith('/')).Take(4).SelectMany(p => new[] { p, p + "/x" }).Concat(Paths).Distinct(StringComparer.Ordinal).ToList();
         foreach (var rawHost in hosts)
         {
             var host = RouteCompiler.NormalizeHost(rawHost) ?? "";
             _ = table.Certificates.Select(rawHost);
-            foreach (var rawPath in Paths)
+            foreach (var rawPath in paths)
             {
                 var path = GatewayServer.NormalizePath(rawPath);
-                var request = Request(rawHost, rawPath);
+                var request = Request(rawPath);
                 Use(table.Http.Match(host, request, path), path);
                 Use(table.Https.Match(host, request, path), path);
             }
         }
     }
 
-    private static HttpRequest Request(string host, string path)
+    private static HttpRequest Request(string path)
     {
         var context = new DefaultHttpContext();
+        // No Host header: the lookup takes the host apart from the request (as the server does, normalized), and
+        // ASP.NET refuses to set a Host that Kestrel would never have accepted from a client.
         context.Request.Method = path.Length % 2 == 0 ? "GET" : "POST";
-        context.Request.Host = new HostString(host.Length == 0 ? "x" : host);
         context.Request.Path = path;
         context.Request.QueryString = new QueryString("?q=1&q=2");
         context.Request.Headers["version"] = "two";
