@@ -25,15 +25,21 @@ internal sealed class CertificateService : IstioCertificateService.IstioCertific
     public override async Task<IstioCertificateResponse> CreateCertificate(IstioCertificateRequest request, ServerCallContext context)
     {
         var caller = new CaCaller(context.GetHttpContext().Connection.ClientCertificate, context.RequestHeaders.GetValue("authorization"), context.Peer);
+        return await CreateCertificateAsync(request, caller, context.CancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>What the CA does with one decoded request from <paramref name="caller"/>; the fuzzing harness drives it without a server.</summary>
+    internal async Task<IstioCertificateResponse> CreateCertificateAsync(IstioCertificateRequest request, CaCaller caller, CancellationToken cancellationToken)
+    {
         string? requested = null;
         if (request.Metadata?.Fields.TryGetValue(ImpersonatedIdentityKey, out var value) == true && value.KindCase == Google.Protobuf.WellKnownTypes.Value.KindOneofCase.StringValue)
         {
             requested = value.StringValue;
         }
-        var decision = await _ca.Authorizer.AuthorizeAsync(caller, requested, request.Csr, context.CancellationToken).ConfigureAwait(false);
+        var decision = await _ca.Authorizer.AuthorizeAsync(caller, requested, request.Csr, cancellationToken).ConfigureAwait(false);
         if (!decision.Allowed)
         {
-            _ca.Refuse(decision.Reason!, $"{decision.Detail} (node {decision.Node?.NodeName ?? "unknown"}, peer {context.Peer})");
+            _ca.Refuse(decision.Reason!, $"{decision.Detail} (node {decision.Node?.NodeName ?? "unknown"}, peer {caller.Peer})");
             throw decision.Transient
                 ? new RpcException(new Status(StatusCode.Unavailable, "the CA cannot authenticate callers now"))
                 : new RpcException(new Status(StatusCode.PermissionDenied, "permission denied"));

@@ -107,6 +107,12 @@ internal sealed class ServiceAccountTokenAuthenticator : ICaCallerAuthenticator
             }
         }
 
+        if (review is null)
+        {
+            // A 2xx with a JSON null body: the API server (or a proxy before it) misbehaved, not the caller.
+            return new CertificateDecision { Reason = RefusalReason.TokenReviewFailed, Detail = "the TokenReview failed: the API server answered with no object", Transient = true };
+        }
+
         var status = review.Status;
         if (status?.Authenticated != true)
         {

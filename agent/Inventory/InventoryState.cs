@@ -31,7 +31,8 @@ internal sealed class InventoryState
     private long _nextOrdinal;
 
     private readonly Dictionary<string, NamespaceEntry> _namespaceEntries = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, PodEntry> _podEntries = new(StringComparer.Ordinal);
+    // Keyed by the uid as 16 bytes (Kubernetes) or the file's namespace/name: one key per pod in the cluster.
+    private readonly Dictionary<CompactId, PodEntry> _podEntries = [];
     private readonly Dictionary<string, ServiceEntry> _serviceEntries = new(StringComparer.Ordinal);
     private readonly Dictionary<string, SliceEntry> _sliceEntries = new(StringComparer.Ordinal);
     private readonly Dictionary<string, (long Ordinal, V1Alpha1AuthorizationPolicy Policy, string Json)> _authorizationPolicies = new(StringComparer.Ordinal);
@@ -110,15 +111,16 @@ internal sealed class InventoryState
 
             case V1Pod pod:
                 {
-                    var old = _podEntries.GetValueOrDefault(id);
+                    var podId = CompactId.Of(id);
+                    var old = _podEntries.GetValueOrDefault(podId);
                     var entry = ParsePod(pod, old?.Ordinal ?? _nextOrdinal++);
                     if (old is not null && old.SameAs(entry))
                     {
                         return;
                     }
 
-                    var neighbours = RemovePod(id);
-                    AddPod(id, entry, neighbours);
+                    var neighbours = RemovePod(podId);
+                    AddPod(podId, entry, neighbours);
                     break;
                 }
 
@@ -177,9 +179,10 @@ internal sealed class InventoryState
         }
         else if (kind == typeof(V1Pod))
         {
-            if (_podEntries.ContainsKey(id))
+            var podId = CompactId.Of(id);
+            if (_podEntries.ContainsKey(podId))
             {
-                Resolve(RemovePod(id));
+                Resolve(RemovePod(podId));
             }
         }
         else if (kind == typeof(V1Service))
@@ -205,7 +208,7 @@ internal sealed class InventoryState
     {
         ArgumentNullException.ThrowIfNull(keep);
         RemoveMissing(typeof(V1Namespace), _namespaceEntries.Keys);
-        RemoveMissing(typeof(V1Pod), _podEntries.Keys);
+        RemoveMissing(typeof(V1Pod), _podEntries.Keys.Select(id => id.Text!));
         RemoveMissing(typeof(V1Service), _serviceEntries.Keys);
         RemoveMissing(typeof(V1EndpointSlice), _sliceEntries.Keys);
         RemoveMissing(typeof(V1Alpha1AuthorizationPolicy), _authorizationPolicies.Keys);
@@ -226,7 +229,7 @@ internal sealed class InventoryState
         ArgumentNullException.ThrowIfNull(kind);
         ArgumentNullException.ThrowIfNull(keep);
         IEnumerable<string> ids = kind == typeof(V1Namespace) ? _namespaceEntries.Keys
-            : kind == typeof(V1Pod) ? _podEntries.Keys
+            : kind == typeof(V1Pod) ? _podEntries.Keys.Select(id => id.Text!)
             : kind == typeof(V1Service) ? _serviceEntries.Keys
             : kind == typeof(V1EndpointSlice) ? _sliceEntries.Keys
             : kind == typeof(V1Alpha1AuthorizationPolicy) ? _authorizationPolicies.Keys
@@ -242,7 +245,7 @@ internal sealed class InventoryState
     public bool Holds(string id, IKubernetesObject obj) => obj switch
     {
         V1Namespace ns => _namespaceEntries.TryGetValue(id, out var old) && old.SameAs(ParseNamespace(ns, old.Ordinal)),
-        V1Pod pod => _podEntries.TryGetValue(id, out var old) && old.SameAs(ParsePod(pod, old.Ordinal)),
+        V1Pod pod => _podEntries.TryGetValue(CompactId.Of(id), out var old) && old.SameAs(ParsePod(pod, old.Ordinal)),
         V1Service service => _serviceEntries.TryGetValue(id, out var old) && old.SameAs(ParseService(service, old.Ordinal)),
         V1EndpointSlice slice => _sliceEntries.TryGetValue(id, out var old) && old.SameAs(ParseSlice(slice, old.Ordinal)),
         V1Alpha1AuthorizationPolicy policy => _authorizationPolicies.TryGetValue(id, out var old) && old.Json == KubernetesJson.Serialize(policy),
@@ -513,7 +516,7 @@ internal sealed class InventoryState
     }
 
     /// <summary>Adds the entry and resolves it with every pod that shared a name or an address with it (old or new).</summary>
-    private void AddPod(string id, PodEntry entry, List<PodEntry> neighbours)
+    private void AddPod(CompactId id, PodEntry entry, List<PodEntry> neighbours)
     {
         _podEntries[id] = entry;
         if (entry.Key is { } key)
@@ -543,7 +546,7 @@ internal sealed class InventoryState
     }
 
     /// <summary>Removes the entry and returns the pods that shared a name or an address with it, to be resolved again.</summary>
-    private List<PodEntry> RemovePod(string id)
+    private List<PodEntry> RemovePod(CompactId id)
     {
         var neighbours = new List<PodEntry>();
         if (!_podEntries.Remove(id, out var entry))
@@ -1253,7 +1256,7 @@ internal sealed class InventoryState
         private static bool SameWorkload(Workload a, Workload b) =>
             a.Name == b.Name && a.Namespace == b.Namespace && a.ServiceAccount == b.ServiceAccount && a.NodeName == b.NodeName
             && a.Addresses.SequenceEqual(b.Addresses) && SameLabels(a.Labels, b.Labels) && a.NetnsPath == b.NetnsPath
-            && a.Uid == b.Uid && a.QosClass == b.QosClass && a.Phase == b.Phase && a.FailOpen == b.FailOpen
+            && a.SameUid(b) && a.QosClass == b.QosClass && a.Phase == b.Phase && a.FailOpen == b.FailOpen
             && a.Enrolled == b.Enrolled && a.HostNetwork == b.HostNetwork && a.HostAddresses.SequenceEqual(b.HostAddresses);
 
         private sealed class Unusual

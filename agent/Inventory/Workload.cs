@@ -28,8 +28,13 @@ internal sealed record Workload
     /// source drops the annotation, and the node finds a local pod's namespace from its cgroup (<see cref="Uid"/>).</summary>
     public string? NetnsPath { get; init; }
 
-    /// <summary>metadata.uid: names the pod's cgroup on its node.</summary>
-    public string? Uid { get; init; }
+    private readonly CompactId _uid;
+
+    /// <summary>metadata.uid: names the pod's cgroup on its node. Held compactly (a GUID as 16 bytes), given back as written.</summary>
+    public string? Uid { get => _uid.Text; init => _uid = CompactId.Of(value); }
+
+    /// <summary>Whether both have the same uid, without spelling either out.</summary>
+    public bool SameUid(Workload other) => _uid == other._uid;
 
     /// <summary>status.qosClass (Guaranteed, Burstable, BestEffort), as the cluster says it; decides the level of the pod's cgroup.</summary>
     public string? QosClass { get; init; }

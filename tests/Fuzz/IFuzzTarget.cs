@@ -16,6 +16,18 @@ internal interface IFuzzTarget
 
     /// <summary>A few well-formed inputs to start from; written by <c>weft-fuzz seeds</c> into corpus/NAME.</summary>
     IEnumerable<(string Name, byte[] Content)> Seeds();
+
+    /// <summary>
+    /// Runs once before fuzzing starts: builds what the target's first execution would (a CA, keys, an in-memory
+    /// API server) and compiles the code it runs, so the first input is not mistaken for a hang. By default, every seed once.
+    /// </summary>
+    void Prepare()
+    {
+        foreach (var (_, content) in Seeds())
+        {
+            Run(content);
+        }
+    }
 }
 
 /// <summary>Every fuzzing target, by name.</summary>
@@ -28,6 +40,9 @@ internal static class FuzzTargets
         new InventoryYamlTarget(),
         new PolicyTarget(),
         new KubernetesWatchTarget(),
+        new CaCsrTarget(),
+        new CaTokenTarget(),
+        new GatewayRoutesTarget(),
     ];
 
     public static IFuzzTarget? Find(string name) => All.FirstOrDefault(t => t.Name == name);

@@ -59,6 +59,15 @@ if (args.Length > 1)
 
 // The agent logs to stderr; under the fuzzer that is noise at millions of executions.
 Console.SetError(TextWriter.Null);
+
+// Instrumented code records coverage in SharpFuzz's map, which only Fuzzer.Run attaches; the preparation runs
+// before it into a scratch map of its own (AFL's map is 64 KiB).
+unsafe
+{
+    SharpFuzz.Common.Trace.SharedMem = (byte*)System.Runtime.InteropServices.NativeMemory.AllocZeroed(1 << 16);
+}
+
+target.Prepare();
 Fuzzer.OutOfProcess.Run(stream =>
 {
     using var buffer = new MemoryStream();

@@ -4,21 +4,25 @@
 #   bash tests/Fuzz/run.sh TARGET SECONDS      e.g. bash tests/Fuzz/run.sh http2 120
 #   bash tests/Fuzz/run.sh --list
 #
-# Targets: http2, hbone-request, inventory, policy, k8s-watch (weft-fuzz --help describes them).
+# Targets: http2, hbone-request, inventory, policy, k8s-watch, ca-csr, ca-token, gateway-routes (weft-fuzz --help
+# describes them).
 # Installs what is missing (Debian's afl++, the SharpFuzz.CommandLine dotnet tool), publishes weft-fuzz
 # afresh, instruments the agent (weft.dll) and the libraries that parse for it (YamlDotNet,
-# KubernetesClient), and runs afl-fuzz from the committed corpus and regressions. Output stays under
+# KubernetesClient, Google.Protobuf), and runs afl-fuzz from the committed corpus and regressions. Output stays under
 # $WEFT_FUZZ_OUT (default /tmp/weft-fuzz): findings/TARGET/default/{crashes,hangs,queue,fuzzer_stats}.
 # A crash or hang found becomes a fix plus a file in tests/Fuzz/regressions/TARGET/, which the unit
 # tests replay (FuzzRegressionTests); `weft-fuzz TARGET FILE` replays one by hand with the stack trace.
 #
-# Environment: WEFT_FUZZ_OUT; WEFT_FUZZ_TIMEOUT_MS (default 5000: an execution slower than this is a hang);
+# Environment: WEFT_FUZZ_OUT; WEFT_FUZZ_TIMEOUT_MS (an execution slower than this is a hang; default 5000, and
+# 30000 for ca-csr, ca-token and gateway-routes: SharpFuzz starts the harness process afresh for the first input
+# and after a crash or hang, that start counts against the input, and theirs (a CA, an in-memory API server,
+# TLS Secrets) took more than 5 s on a loaded 2-core machine);
 # WEFT_FUZZ_HEAP (default 0x20000000: the GC heap limit, past which an execution dies of OutOfMemory).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-targets="http2 hbone-request inventory policy k8s-watch"
+targets="http2 hbone-request inventory policy k8s-watch ca-csr ca-token gateway-routes"
 sharpfuzz_version=2.3.0
 
 if [[ "${1:-}" == "--list" ]]; then
@@ -61,7 +65,8 @@ dotnet publish "$repo/tests/Fuzz/Weft.Fuzz.csproj" -c Release -o "$build" -nolog
 # Coverage comes from the agent and from the library that parses for the target (instrumenting
 # KubernetesClient takes minutes, so only the target that reads through it pays for that).
 case "$target" in
-  inventory|policy) instrumented="weft.dll YamlDotNet.dll" ;;
+  inventory|policy|gateway-routes) instrumented="weft.dll YamlDotNet.dll" ;;
+  ca-csr) instrumented="weft.dll Google.Protobuf.dll" ;;
   k8s-watch) instrumented="weft.dll KubernetesClient.dll" ;;
   *) instrumented="weft.dll" ;;
 esac
@@ -88,7 +93,9 @@ echo "fuzzing $target for ${seconds}s (output in $findings)"
 export AFL_SKIP_BIN_CHECK=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_SKIP_CPUFREQ=1 AFL_NO_UI=1 \
   AFL_NO_AFFINITY=1 AFL_TRY_AFFINITY=0 AFL_FORKSRV_INIT_TMOUT=60000
 export DOTNET_GCHeapHardLimit="${WEFT_FUZZ_HEAP:-0x20000000}" DOTNET_TieredPGO=0
-afl-fuzz -i "$inputs" -o "$findings" -t "${WEFT_FUZZ_TIMEOUT_MS:-5000}" -m none -V "$seconds" \
+default_timeout_ms=5000
+[[ " ca-csr ca-token gateway-routes " =~ " $target " ]] && default_timeout_ms=30000
+afl-fuzz -i "$inputs" -o "$findings" -t "${WEFT_FUZZ_TIMEOUT_MS:-$default_timeout_ms}" -m none -V "$seconds" \
   -- "$build/weft-fuzz" "$target" >"$out/afl-$target.log" 2>&1 || {
   echo "afl-fuzz failed; the end of its log ($out/afl-$target.log):" >&2
   tail -30 "$out/afl-$target.log" >&2
