@@ -13,7 +13,7 @@
 # A crash or hang found becomes a fix plus a file in tests/Fuzz/regressions/TARGET/, which the unit
 # tests replay (FuzzRegressionTests); `weft-fuzz TARGET FILE` replays one by hand with the stack trace.
 #
-# Environment: WEFT_FUZZ_OUT; WEFT_FUZZ_TIMEOUT_MS (an execution slower than this is a hang; default 5000, and
+# Environment: WEFT_FUZZ_OUT; WEFT_FUZZ_EXECS (stop after about this many executions, even before SECONDS); WEFT_FUZZ_TIMEOUT_MS (an execution slower than this is a hang; default 5000, and
 # 30000 for ca-csr, ca-token and gateway-routes: SharpFuzz starts the harness process afresh for the first input
 # and after a crash or hang, that start counts against the input, and theirs (a CA, an in-memory API server,
 # TLS Secrets) took more than 5 s on a loaded 2-core machine);
@@ -95,7 +95,9 @@ export AFL_SKIP_BIN_CHECK=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_SKIP_CPU
 export DOTNET_GCHeapHardLimit="${WEFT_FUZZ_HEAP:-0x20000000}" DOTNET_TieredPGO=0
 default_timeout_ms=5000
 [[ " ca-csr ca-token gateway-routes " =~ " $target " ]] && default_timeout_ms=30000
-afl-fuzz -i "$inputs" -o "$findings" -t "${WEFT_FUZZ_TIMEOUT_MS:-$default_timeout_ms}" -m none -V "$seconds" \
+execs=()
+[[ -n "${WEFT_FUZZ_EXECS:-}" ]] && execs=(-E "$WEFT_FUZZ_EXECS")
+afl-fuzz -i "$inputs" -o "$findings" -t "${WEFT_FUZZ_TIMEOUT_MS:-$default_timeout_ms}" -m none -V "$seconds" "${execs[@]}" \
   -- "$build/weft-fuzz" "$target" >"$out/afl-$target.log" 2>&1 || {
   echo "afl-fuzz failed; the end of its log ($out/afl-$target.log):" >&2
   tail -30 "$out/afl-$target.log" >&2
