@@ -63,6 +63,10 @@ internal sealed class GatewayClassSpec
 {
     [JsonPropertyName("controllerName")]
     public string? ControllerName { get; set; }
+
+    /// <summary>Not used; read so that a change to it changes the spec (and the generation status must observe).</summary>
+    [JsonPropertyName("description")]
+    public string? Description { get; set; }
 }
 
 [KubernetesEntity(Group = GatewayApiKinds.Group, Kind = "Gateway", ApiVersion = "v1", PluralName = "gateways")]
@@ -116,6 +120,20 @@ internal sealed class AllowedRoutes
 {
     [JsonPropertyName("namespaces")]
     public RouteNamespaces? Namespaces { get; set; }
+
+    /// <summary>Route kinds the listener admits; none given: every kind its protocol serves (HTTPRoute).</summary>
+    [JsonPropertyName("kinds")]
+    public List<RouteGroupKind>? Kinds { get; set; }
+}
+
+internal sealed class RouteGroupKind
+{
+    /// <summary>gateway.networking.k8s.io when absent.</summary>
+    [JsonPropertyName("group")]
+    public string? Group { get; set; }
+
+    [JsonPropertyName("kind")]
+    public string? Kind { get; set; }
 }
 
 internal sealed class RouteNamespaces

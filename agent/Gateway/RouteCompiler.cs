@@ -244,7 +244,10 @@ internal static class RouteCompiler
                 var (accepted, resolved) = CompileListener(listener, ns, source, status);
                 status.Conditions.Add(accepted);
                 status.Conditions.Add(resolved);
-                status.Conditions.Add(accepted.Status && resolved.Status
+
+                // A listener that names kinds it cannot serve besides HTTPRoute still serves HTTPRoutes.
+                var serves = accepted.Status && (resolved.Status || (resolved.Reason == "InvalidRouteKinds" && status.SupportedKinds.Count > 0));
+                status.Conditions.Add(serves
                     ? new ConditionReport("Programmed", true, "Programmed", "served")
                     : new ConditionReport("Programmed", false, "Invalid", "not served: " + (accepted.Status ? resolved.Message : accepted.Message)));
             }
@@ -260,7 +263,17 @@ internal static class RouteCompiler
                 return (new ConditionReport("Accepted", false, "UnsupportedProtocol", $"protocol {listener.Protocol} is not served (HTTP and HTTPS are)"), resolved);
             }
 
-            status.SupportedKinds.Add("HTTPRoute");
+            if (AdmitsHttpRoutes(listener))
+            {
+                status.SupportedKinds.Add("HTTPRoute");
+            }
+
+            if (listener.AllowedRoutes?.Kinds?.Where(k => !IsHttpRoute(k)).Select(k => $"{k.Group}/{k.Kind}").ToList() is { Count: > 0 } unsupported)
+            {
+                Warn($"{source}: route kinds {string.Join(", ", unsupported)} are not served (HTTPRoute is)");
+                resolved = new ConditionReport("ResolvedRefs", false, "InvalidRouteKinds", $"route kinds {string.Join(", ", unsupported)} are not served (HTTPRoute is)");
+            }
+
             var accepted = new ConditionReport("Accepted", true, "Accepted", "listener accepted");
             if (listener.Protocol != "HTTPS")
             {
@@ -308,6 +321,12 @@ internal static class RouteCompiler
             return (accepted, resolved);
         }
 
+        private static bool IsHttpRoute(RouteGroupKind kind) => (kind.Group ?? GatewayApiKinds.Group) == GatewayApiKinds.Group && kind.Kind == "HTTPRoute";
+
+        /// <summary>An HTTP or HTTPS listener admits HTTPRoutes unless its allowedRoutes.kinds leave them out.</summary>
+        private static bool AdmitsHttpRoutes(GatewayListener listener) =>
+            listener.Protocol is "HTTP" or "HTTPS" && (listener.AllowedRoutes?.Kinds is not { Count: > 0 } kinds || kinds.Any(IsHttpRoute));
+
         private static HostPattern GatewayHostPattern(string? host) =>
             host is null ? HostPattern.AnyHost
             : host.StartsWith("*.", StringComparison.Ordinal) ? new HostPattern(HostPatternKind.WildcardSuffix, host)
@@ -340,15 +359,15 @@ internal static class RouteCompiler
                 var listenerReports = report.Gateways.GetValueOrDefault($"{gatewayNs}/{parent.Name}") ?? [];
                 foreach (var listener in gateway.Spec.Listeners ?? [])
                 {
-                    if (listener.Protocol is not ("HTTP" or "HTTPS")
-                        || (parent.SectionName is { } section && section != listener.Name)
+                    if ((parent.SectionName is { } section && section != listener.Name)
                         || (parent.Port is { } port && port != listener.Port))
                     {
                         continue;
                     }
 
+                    // A listener of another protocol, or whose allowedRoutes.kinds leave HTTPRoute out, is there but does not allow it.
                     named = true;
-                    if (!Allowed(listener.AllowedRoutes, gatewayNs, ns))
+                    if (!AdmitsHttpRoutes(listener) || !Allowed(listener.AllowedRoutes, gatewayNs, ns))
                     {
                         continue;
                     }
@@ -368,8 +387,8 @@ internal static class RouteCompiler
                 }
 
                 parents.Add((parent, attached ? new ConditionReport("Accepted", true, "Accepted", "attached")
-                    : !named ? new ConditionReport("Accepted", false, "NoMatchingParent", $"Gateway {gatewayNs}/{parent.Name} has no HTTP or HTTPS listener matching sectionName {parent.SectionName} port {parent.Port}")
-                    : !allowed ? new ConditionReport("Accepted", false, "NotAllowedByListeners", $"no listener of Gateway {gatewayNs}/{parent.Name} allows routes from namespace {ns}")
+                    : !named ? new ConditionReport("Accepted", false, "NoMatchingParent", $"Gateway {gatewayNs}/{parent.Name} has no listener matching sectionName {parent.SectionName} port {parent.Port}")
+                    : !allowed ? new ConditionReport("Accepted", false, "NotAllowedByListeners", $"no listener of Gateway {gatewayNs}/{parent.Name} allows HTTPRoutes from namespace {ns}")
                     : new ConditionReport("Accepted", false, "NoMatchingListenerHostname", $"no hostname of the route intersects a listener hostname of Gateway {gatewayNs}/{parent.Name}")));
             }
 
@@ -571,7 +590,11 @@ internal static class RouteCompiler
                 case "Same":
                     return gatewayNs == routeNs;
                 case "Selector":
-                    var labels = inventory.TryGetNamespace(routeNs, out var meshNamespace) ? meshNamespace.Labels : new Dictionary<string, string>();
+                    // The API server puts kubernetes.io/metadata.name on every namespace (Kubernetes 1.22+); a file need not.
+                    var labels = new Dictionary<string, string>(inventory.TryGetNamespace(routeNs, out var meshNamespace) ? meshNamespace.Labels : new Dictionary<string, string>(), StringComparer.Ordinal)
+                    {
+                        ["kubernetes.io/metadata.name"] = routeNs,
+                    };
                     var selector = allowed!.Namespaces!.Selector;
                     return (selector?.MatchLabels ?? new Dictionary<string, string>()).All(l => labels.TryGetValue(l.Key, out var v) && v == l.Value)
                         && (selector?.MatchExpressions ?? []).All(e => e.OperatorProperty switch
