@@ -1,14 +1,17 @@
 using System.Runtime;
+using System.Runtime.InteropServices;
 
 namespace Weft.Node;
 
 /// <summary>
-/// Gives memory back to the kernel after a burst of inbound connections ends. An agent that goes idle
-/// allocates nothing, so no collection would run and the heap grown for thousands of connections
-/// (their buffers and records) would stay resident: after a flood, RSS would not come back.
-/// Checked once a second; collects once per burst, when what is held fell to an eighth of its peak.
+/// Gives memory back to the kernel after a burst of connections (inbound or outbound) ends. An agent that
+/// goes idle allocates nothing, so no collection would run and the heap grown for thousands of connections
+/// (their buffers and records) would stay resident: after a flood, RSS would not come back. The native heap
+/// (OpenSSL's and the runtime's own allocations, in glibc's arenas) keeps its freed pages too until
+/// <c>malloc_trim</c> hands them back. Checked once a second; collects once per burst, when what is held fell
+/// to an eighth of its peak.
 /// </summary>
-internal sealed class HeapTrim : IDisposable
+internal sealed partial class HeapTrim : IDisposable
 {
     /// <summary>Bursts smaller than this are ordinary traffic; the GC's own pace is fine for them.</summary>
     public const int BurstThreshold = 1000;
@@ -43,9 +46,27 @@ internal sealed class HeapTrim : IDisposable
         _peak = held;
         GCSettings.LargeObjectHeapCompactionMode = GCLargeObjectHeapCompactionMode.CompactOnce;
         GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
-        Log.Info("agent", $"inbound burst over: heap trimmed, working set {before >> 20} MiB to {Environment.WorkingSet >> 20} MiB");
+        GC.WaitForPendingFinalizers();
+        TrimNativeHeap();
+        Log.Info("agent", $"connection burst over: heap trimmed, working set {before >> 20} MiB to {Environment.WorkingSet >> 20} MiB");
         return true;
     }
+
+    /// <summary>Returns the free pages of every malloc arena to the kernel; a no-op where libc has no malloc_trim.</summary>
+    internal static void TrimNativeHeap()
+    {
+        try
+        {
+            MallocTrim(0);
+        }
+        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
+        {
+            // Not glibc (musl keeps little to trim): nothing to hand back this way.
+        }
+    }
+
+    [LibraryImport("libc", EntryPoint = "malloc_trim")]
+    private static partial int MallocTrim(nuint pad);
 
     public void Dispose() => _timer.Dispose();
 }

@@ -93,7 +93,8 @@ internal sealed class NodeAgent : IAsyncDisposable
         await StartSocketEngineHereAsync().ConfigureAwait(false);
         _admission = StartAdmission();
         var admission = _admission;
-        _heapTrim = new HeapTrim(() => admission.NodeCount, TimeSpan.FromSeconds(1));
+        // Inbound connections and streams being admitted, or proxied connections either way: whichever is larger.
+        _heapTrim = new HeapTrim(() => Math.Max(admission.NodeCount, Flows.LiveCount), TimeSpan.FromSeconds(1));
         var cgroup = _options.CgroupPath ?? CgroupMount.FindV2();
         _store = new InventoryStore();
 

@@ -54,7 +54,9 @@ internal sealed record AgentHealth
 /// </code>
 /// A long transfer shows in the next scrape, and the data path pays nothing for it. Labels hold
 /// workload names, namespaces, principals and flags, never addresses or ports: series are bounded by
-/// workload pairs times flags.
+/// workload pairs times flags. Workloads come and go (bare pods, a Job per CronJob run), so the series of
+/// a workload that left the inventory are removed once no open connection counts into them and
+/// <see cref="DepartedSeriesRetention"/> passed since their last count; else they would pile up forever.
 /// </summary>
 internal sealed class MeshMetrics : IFlowObserver
 {
@@ -102,12 +104,14 @@ internal sealed class MeshMetrics : IFlowObserver
     private readonly Counter _caRequests;
     private readonly Counter _certificateRenewals;
     private readonly HashSet<string> _certificatePrincipals = new(StringComparer.Ordinal);
+    private readonly TimeProvider _time;
     private WorkloadDirectory _directory = WorkloadDirectory.Empty;
 
-    public MeshMetrics(FlowTable flows, Func<InventorySnapshot?> inventory, CollectorRegistry? registry = null, bool processMetrics = true)
+    public MeshMetrics(FlowTable flows, Func<InventorySnapshot?> inventory, CollectorRegistry? registry = null, bool processMetrics = true, TimeProvider? time = null)
     {
         _flows = flows;
         _inventory = inventory;
+        _time = time ?? TimeProvider.System;
         Registry = registry ?? Metrics.NewCustomRegistry();
         if (processMetrics)
         {
@@ -162,6 +166,12 @@ internal sealed class MeshMetrics : IFlowObserver
 
     /// <summary>Read before every scrape for the health gauges; null leaves them at zero.</summary>
     public Func<AgentHealth>? Health { get; set; }
+
+    /// <summary>
+    /// How long the series of a departed workload stay after their last count: several scrape intervals, so
+    /// every scraper sees their final values before they go.
+    /// </summary>
+    public static readonly TimeSpan DepartedSeriesRetention = TimeSpan.FromMinutes(5);
 
     /// <summary>The <c>reason</c> labels of <c>weft_inbound_refused_total</c>, present from the start at zero.</summary>
     public static readonly string[] InboundRefusalReasons = ["source_address", "peer_identity", "node", "pod"];
@@ -236,6 +246,7 @@ internal sealed class MeshMetrics : IFlowObserver
         _refusedStreams.IncTo(Weft.Hbone.HboneCounters.Process.RefusedStreams);
         _accessLogDropped.IncTo(_flows.AccessLogDropped);
         int outbound = 0, inbound = 0;
+        var inUse = new HashSet<Series>(ReferenceEqualityComparer.Instance);
         foreach (var flow in _flows.LiveFlows)
         {
             var meter = flow.Meter;
@@ -243,7 +254,7 @@ internal sealed class MeshMetrics : IFlowObserver
             {
                 if (!meter.Closed)
                 {
-                    Flush(flow, meter);
+                    inUse.Add(Flush(flow, meter));
                 }
             }
 
@@ -259,6 +270,7 @@ internal sealed class MeshMetrics : IFlowObserver
 
         _live.WithLabels("source").Set(outbound);
         _live.WithLabels("destination").Set(inbound);
+        RemoveDepartedSeries(inUse);
 
         var snapshot = _inventory();
         if (snapshot is not null && snapshot.Version > 0)
@@ -307,10 +319,52 @@ internal sealed class MeshMetrics : IFlowObserver
         }
     }
 
+    /// <summary>
+    /// Removes the series whose source or destination workload is no longer in the inventory, that no open
+    /// connection counts into, and that were last counted <see cref="DepartedSeriesRetention"/> ago or more.
+    /// A connection closing in this very moment, after holding such a series idle for the whole retention
+    /// with no scrape in between, may lose its last delta; nothing else can.
+    /// </summary>
+    private void RemoveDepartedSeries(HashSet<Series> inUse)
+    {
+        var directory = Directory();
+        if (directory.Version < 0)
+        {
+            return;
+        }
+
+        var before = _time.GetUtcNow().UtcTicks - DepartedSeriesRetention.Ticks;
+        lock (_seriesGate)
+        {
+            List<string>? departed = null;
+            foreach (var (key, series) in _series)
+            {
+                if (Volatile.Read(ref series.LastCountedTicks) <= before && !inUse.Contains(series)
+                    && (!directory.Has(series.Values[SourceWorkloadLabel], series.Values[SourceNamespaceLabel])
+                        || !directory.Has(series.Values[DestinationWorkloadLabel], series.Values[DestinationNamespaceLabel])))
+                {
+                    (departed ??= []).Add(key);
+                }
+            }
+
+            foreach (var key in departed ?? [])
+            {
+                _series.Remove(key, out var series);
+                _opened.RemoveLabelled(series!.Values);
+                _closed.RemoveLabelled(series.Values);
+                _sentBytes.RemoveLabelled(series.Values);
+                _receivedBytes.RemoveLabelled(series.Values);
+            }
+        }
+    }
+
+    private const int SourceWorkloadLabel = 1, SourceNamespaceLabel = 2, DestinationWorkloadLabel = 6, DestinationNamespaceLabel = 7;
+
     /// <summary>Adds what the flow moved since the last flush to its series; the caller holds the meter's lock.</summary>
     private Series Flush(Flow flow, FlowMeter meter)
     {
         var series = SeriesFor(flow, meter);
+        Volatile.Write(ref series.LastCountedTicks, _time.GetUtcNow().UtcTicks);
         if (!meter.OpenCounted)
         {
             series.Opened.Inc();
@@ -351,9 +405,12 @@ internal sealed class MeshMetrics : IFlowObserver
         {
             if (!_series.TryGetValue(key, out series))
             {
-                series = new Series(_opened.WithLabels(values), _closed.WithLabels(values), _sentBytes.WithLabels(values), _receivedBytes.WithLabels(values));
+                series = new Series(values, _opened.WithLabels(values), _closed.WithLabels(values), _sentBytes.WithLabels(values), _receivedBytes.WithLabels(values));
                 _series[key] = series;
             }
+
+            // Marked under the gate, so a removal running now cannot take a series this flow is about to count into.
+            series.LastCountedTicks = _time.GetUtcNow().UtcTicks;
         }
 
         meter.Remember(flow, directory.Version, series);
@@ -397,7 +454,21 @@ internal sealed class MeshMetrics : IFlowObserver
 
     private static string Reporter(Flow flow) => flow.Direction == FlowDirection.Outbound ? "source" : "destination";
 
-    internal sealed record Series(Counter.Child Opened, Counter.Child Closed, Counter.Child Sent, Counter.Child Received);
+    internal sealed class Series(string[] values, Counter.Child opened, Counter.Child closed, Counter.Child sent, Counter.Child received)
+    {
+        public string[] Values { get; } = values;
+
+        public Counter.Child Opened { get; } = opened;
+
+        public Counter.Child Closed { get; } = closed;
+
+        public Counter.Child Sent { get; } = sent;
+
+        public Counter.Child Received { get; } = received;
+
+        /// <summary>UTC ticks of the last count into the series; read and written with Volatile.</summary>
+        public long LastCountedTicks;
+    }
 
     /// <summary>What the metrics already took from one flow; lives on the flow, guarded by its own lock.</summary>
     internal sealed class FlowMeter

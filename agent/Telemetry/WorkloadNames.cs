@@ -64,11 +64,13 @@ internal sealed class WorkloadDirectory
 {
     private static readonly IReadOnlyDictionary<string, string> NoLabels = new Dictionary<string, string>();
     private readonly Dictionary<string, WorkloadIdentity> _byPod;
+    private readonly HashSet<(string Workload, string Namespace)> _workloads;
 
     private WorkloadDirectory(long version, Dictionary<string, WorkloadIdentity> byPod)
     {
         Version = version;
         _byPod = byPod;
+        _workloads = byPod.Values.Select(w => (w.Workload, w.Namespace)).ToHashSet();
     }
 
     public static WorkloadDirectory Empty { get; } = new(-1, new Dictionary<string, WorkloadIdentity>());
@@ -85,6 +87,10 @@ internal sealed class WorkloadDirectory
 
         return new WorkloadDirectory(snapshot.Version, byPod);
     }
+
+    /// <summary>True when a pod of this workload is in the snapshot; "unknown" (a peer outside the inventory) always is.</summary>
+    public bool Has(string workload, string ns) =>
+        (workload == WorkloadIdentity.Unknown.Workload && ns == WorkloadIdentity.Unknown.Namespace) || _workloads.Contains((workload, ns));
 
     public WorkloadIdentity Resolve(string? podKey)
     {
