@@ -54,7 +54,12 @@ internal static partial class BenchCommand
         {
             TeardownOnExit = false,
         };
-        await using var mesh = await MeshCluster.StartAsync(spec, c => c.InventoryYaml(new InventoryOptions()), mtls: true, "--no-access-log");
+        // One client pod holds every connection: the inbound limits that stop a hostile pod (derived from the
+        // descriptor limit: per peer identity L/8, per source address L/16, per node L/2) would refuse most of
+        // them, so this bench sets them to what it holds plus the new connections in flight.
+        var inbound = (idle + (rate * 10) + 1000).ToString(CultureInfo.InvariantCulture);
+        await using var mesh = await MeshCluster.StartAsync(spec, c => c.InventoryYaml(new InventoryOptions()), mtls: true, "--no-access-log",
+            "--max-inbound-per-identity", inbound, "--max-inbound-per-address", inbound, "--max-inbound-per-node", inbound);
         var (client, server) = (mesh.Cluster.Pod(Namespace, "client"), mesh.Cluster.Pod(Namespace, "server"));
         var agents = new[] { mesh.Agent("node1").Pid, mesh.Agent("node2").Pid };
         await using var echo = MeshCluster.StartServer(server, "--port", LoadPort.ToString(CultureInfo.InvariantCulture), "--mode", "echo");
