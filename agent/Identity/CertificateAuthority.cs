@@ -250,7 +250,7 @@ internal sealed class CertificateAuthority
                 return;
             }
 
-            throw new IdentityException($"{name} ({signer.Subject}, {signer.Thumbprint}) is a root that is not in the trust bundle; add it to the bundle first");
+            throw new IdentityException($"{name} ({signer.Subject}) does not chain to a root in the trust bundle: it is a root itself ({signer.Thumbprint}); add it to the bundle first");
         }
 
         using var chain = new X509Chain();
