@@ -39,15 +39,14 @@ internal sealed class NodeCertificateAuthenticator : ICaCallerAuthenticator
     private const string ClientAuthOid = "1.3.6.1.5.5.7.3.2";
 
     private readonly string _trustDomain;
-    private readonly X509Certificate2Collection _trustBundle;
-    private readonly X509Certificate2Collection _intermediates;
+    private readonly Func<Weft.Identity.CertificateAuthority> _authority;
     private readonly TimeProvider _time;
 
-    public NodeCertificateAuthenticator(string trustDomain, X509Certificate2Collection trustBundle, X509Certificate2Collection intermediates, TimeProvider? time = null)
+    /// <summary><paramref name="authority"/> gives the CA in force now: node certificates are judged against its trust bundle, which a rotation changes.</summary>
+    public NodeCertificateAuthenticator(string trustDomain, Func<Weft.Identity.CertificateAuthority> authority, TimeProvider? time = null)
     {
         _trustDomain = trustDomain;
-        _trustBundle = trustBundle;
-        _intermediates = intermediates;
+        _authority = authority;
         _time = time ?? TimeProvider.System;
     }
 
@@ -63,11 +62,12 @@ internal sealed class NodeCertificateAuthenticator : ICaCallerAuthenticator
     /// <summary>The node a client certificate authenticates, or why it authenticates none.</summary>
     internal CertificateDecision NodeOf(X509Certificate2 certificate)
     {
+        var authority = _authority();
         using (var chain = new X509Chain())
         {
             chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-            chain.ChainPolicy.CustomTrustStore.AddRange(_trustBundle);
-            chain.ChainPolicy.ExtraStore.AddRange(_intermediates);
+            chain.ChainPolicy.CustomTrustStore.AddRange(authority.TrustBundle);
+            chain.ChainPolicy.ExtraStore.AddRange(authority.Intermediates);
             chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
             chain.ChainPolicy.DisableCertificateDownloads = true;
             chain.ChainPolicy.VerificationTime = _time.GetUtcNow().UtcDateTime;

@@ -34,6 +34,13 @@ internal sealed class CaMetrics
     private readonly Counter _issued;
     private readonly Counter _refused;
     private readonly Gauge _inFlight;
+    private readonly Counter _signerReloads;
+    private readonly Gauge _bundleRoots;
+    private readonly Counter _publications;
+    private readonly Counter _tokenReviews;
+    private readonly Counter _reviewCache;
+    private readonly Counter _reviewCacheEvictions;
+    private readonly Gauge _reviewCacheEntries;
 
     public CaMetrics()
     {
@@ -42,6 +49,23 @@ internal sealed class CaMetrics
         _issued = factory.CreateCounter("weft_ca_issued_total", "Workload certificates the CA signed.");
         _refused = factory.CreateCounter("weft_ca_refused_total", "Certificate requests the CA refused, by reason.", "reason");
         _inFlight = factory.CreateGauge("weft_ca_requests_in_flight", "Certificate requests being received or served now.");
+        _signerReloads = factory.CreateCounter("weft_ca_signer_reloads_total",
+            "Changes of the CA's certificate, key, trust bundle or chain files, by result: ok (signing with them now) or failed (unusable, the last good ones kept).", "result");
+        _bundleRoots = factory.CreateGauge("weft_ca_trust_bundle_roots", "Roots in the CA's trust bundle now (two during a root rotation).");
+        _publications = factory.CreateCounter("weft_ca_trust_bundle_publications_total",
+            "Writes of the published trust bundle (ConfigMap or files) that agents read, by result (ok, failed).", "result");
+        _tokenReviews = factory.CreateCounter("weft_ca_token_reviews_total", "TokenReviews the CA made (Kubernetes mode).");
+        _reviewCache = factory.CreateCounter("weft_ca_token_review_cache_total", "Bearer tokens looked up in the TokenReview cache, by result (hit, miss).", "result");
+        _reviewCacheEvictions = factory.CreateCounter("weft_ca_token_review_cache_evictions_total", "Cached TokenReview answers dropped to make room for a new one (the cache was at its entry limit).");
+        _reviewCacheEntries = factory.CreateGauge("weft_ca_token_review_cache_entries", "Cached TokenReview answers held now.");
+        foreach (var result in new[] { "ok", "failed" })
+        {
+            _signerReloads.WithLabels(result);
+            _publications.WithLabels(result);
+        }
+
+        _reviewCache.WithLabels("hit");
+        _reviewCache.WithLabels("miss");
     }
 
     public CollectorRegistry Registry { get; }
@@ -55,6 +79,32 @@ internal sealed class CaMetrics
     public double RefusedCount(string reason) => _refused.WithLabels(reason).Value;
 
     public double InFlight => _inFlight.Value;
+
+    public void SignerReloaded(bool ok) => _signerReloads.WithLabels(ok ? "ok" : "failed").Inc();
+
+    public double SignerReloads(bool ok) => _signerReloads.WithLabels(ok ? "ok" : "failed").Value;
+
+    public void BundleRoots(int count) => _bundleRoots.Set(count);
+
+    public void Published(bool ok) => _publications.WithLabels(ok ? "ok" : "failed").Inc();
+
+    public double Publications(bool ok) => _publications.WithLabels(ok ? "ok" : "failed").Value;
+
+    public void TokenReviewed() => _tokenReviews.Inc();
+
+    public double TokenReviews => _tokenReviews.Value;
+
+    public void ReviewCacheLookup(bool hit) => _reviewCache.WithLabels(hit ? "hit" : "miss").Inc();
+
+    public double ReviewCacheHits => _reviewCache.WithLabels("hit").Value;
+
+    public void ReviewCacheEvicted() => _reviewCacheEvictions.Inc();
+
+    public double ReviewCacheEvictions => _reviewCacheEvictions.Value;
+
+    public void ReviewCacheEntries(int count) => _reviewCacheEntries.Set(count);
+
+    public double ReviewCacheEntryCount => _reviewCacheEntries.Value;
 
     public void RequestStarted() => _inFlight.Inc();
 

@@ -45,24 +45,77 @@ internal sealed record CaServerOptions
 
     /// <summary>Lifetime of the CA's serving certificate; a new one is issued at half life, for new connections.</summary>
     public TimeSpan ServingCertificateLifetime { get; init; } = TimeSpan.FromHours(24);
+
+    /// <summary>The CA's files, followed for a root rotation (null: the CA given at start signs until the end).</summary>
+    public CaFiles? Files { get; init; }
+
+    /// <summary>How often <see cref="Files"/> are read for changes.</summary>
+    public TimeSpan ReloadInterval { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Where the trust bundle is published for agents (null: nowhere).</summary>
+    public ITrustBundlePublisher? Publisher { get; init; }
+}
+
+/// <summary>The CA as one request sees it: what signs, and the root its chain ends in. Replaced whole when the CA's files change.</summary>
+internal sealed record CaSigner(CertificateAuthority Authority, X509Certificate2 Root)
+{
+    public static CaSigner Of(CertificateAuthority authority) => new(authority, FindRoot(authority));
+
+    /// <summary>The bundle's root that the signer chains to (two roots of one name can sit in a bundle during a rotation).</summary>
+    private static X509Certificate2 FindRoot(CertificateAuthority authority)
+    {
+        if (CertificateAuthority.IsSelfSigned(authority.Signer))
+        {
+            foreach (var root in authority.TrustBundle)
+            {
+                if (root.Thumbprint == authority.Signer.Thumbprint)
+                {
+                    return root;
+                }
+            }
+        }
+
+        using var chain = new X509Chain();
+        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        chain.ChainPolicy.CustomTrustStore.AddRange(authority.TrustBundle);
+        chain.ChainPolicy.ExtraStore.AddRange(authority.Intermediates);
+        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        chain.ChainPolicy.DisableCertificateDownloads = true;
+        if (chain.Build(authority.Signer))
+        {
+            var top = chain.ChainElements[^1].Certificate.Thumbprint;
+            foreach (var root in authority.TrustBundle)
+            {
+                if (root.Thumbprint == top)
+                {
+                    return root;
+                }
+            }
+        }
+
+        return authority.TrustBundle[0];
+    }
 }
 
 /// <summary>What the gRPC service needs: the CA, the decision and the bookkeeping of outcomes.</summary>
 internal sealed class CaService
 {
-    private readonly X509Certificate2 _root;
+    private volatile CaSigner _signer;
 
     public CaService(CertificateAuthority authority, CaServerOptions options, CertificateRequestAuthorizer authorizer, CaMetrics metrics)
     {
-        Authority = authority;
         Options = options;
         Authorizer = authorizer;
         Metrics = metrics;
         Issuer = new SvidIssuer(options.MaxLifetime);
-        _root = FindRoot(authority);
+        _signer = CaSigner.Of(authority);
+        metrics.BundleRoots(authority.TrustBundle.Count);
     }
 
-    public CertificateAuthority Authority { get; }
+    /// <summary>What signs now; a request reads it once and signs and answers with that one.</summary>
+    public CaSigner Signer => _signer;
+
+    public CertificateAuthority Authority => _signer.Authority;
 
     public CaServerOptions Options { get; }
 
@@ -73,10 +126,22 @@ internal sealed class CaService
     public SvidIssuer Issuer { get; }
 
     /// <summary>The root the CA's chain ends in: what a response carries last.</summary>
-    public X509Certificate2 Root => _root;
+    public X509Certificate2 Root => _signer.Root;
 
     /// <summary>Every line the CA logs about a request, as written (tests read what an operator would).</summary>
     public event Action<string>? Logged;
+
+    /// <summary>Raised after <see cref="Replace"/>: the trust bundle is published anew.</summary>
+    public event Action<CaSigner>? SignerChanged;
+
+    /// <summary>Signs with <paramref name="next"/> from the next request on (requests under way finish with the one they read).</summary>
+    public void Replace(CertificateAuthority next)
+    {
+        var signer = CaSigner.Of(next);
+        _signer = signer;
+        Metrics.BundleRoots(next.TrustBundle.Count);
+        SignerChanged?.Invoke(signer);
+    }
 
     public void Refuse(string reason, string detail)
     {
@@ -93,23 +158,6 @@ internal sealed class CaService
         Log.Info("ca", line);
         Logged?.Invoke(line);
     }
-
-    private static X509Certificate2 FindRoot(CertificateAuthority authority)
-    {
-        if (CertificateAuthority.IsSelfSigned(authority.Signer))
-        {
-            return authority.Signer;
-        }
-        var top = authority.Intermediates.Count > 0 ? authority.Intermediates[^1] : authority.Signer;
-        foreach (var root in authority.TrustBundle)
-        {
-            if (root.SubjectName.RawData.AsSpan().SequenceEqual(top.IssuerName.RawData))
-            {
-                return root;
-            }
-        }
-        return authority.TrustBundle[0];
-    }
 }
 
 /// <summary>
@@ -125,11 +173,16 @@ internal sealed class CaServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly IDisposable? _placements;
+    private readonly CaSignerReload? _reload;
+    private readonly TrustBundlePublication? _publication;
 
-    private CaServer(WebApplication app, IDisposable? placements, CaService service, IPEndPoint endpoint, IPEndPoint? metricsEndpoint)
+    private CaServer(WebApplication app, IDisposable? placements, CaService service, IPEndPoint endpoint, IPEndPoint? metricsEndpoint,
+        CaSignerReload? reload, TrustBundlePublication? publication)
     {
         _app = app;
         _placements = placements;
+        _reload = reload;
+        _publication = publication;
         Service = service;
         Endpoint = endpoint;
         MetricsEndpoint = metricsEndpoint;
@@ -144,14 +197,21 @@ internal sealed class CaServer : IAsyncDisposable
 
     public CaMetrics Metrics => Service.Metrics;
 
+    /// <summary>Reads the CA's files now (besides the periodic check); true when a new CA signs from now on. False without <see cref="CaServerOptions.Files"/>.</summary>
+    public bool ReloadSigner() => _reload?.Check() ?? false;
+
     /// <summary>Standalone mode: callers authenticate with node certificates; pod placement comes from <paramref name="inventory"/>.</summary>
     public static async Task<CaServer> StartAsync(CertificateAuthority authority, InventoryStore inventory, CaServerOptions options, CancellationToken cancellationToken = default)
     {
         var placements = new PodPlacementTracker(inventory);
         try
         {
-            return await StartAsync(authority, new NodeCertificateAuthenticator(options.TrustDomain, authority.TrustBundle, authority.Intermediates),
-                placements, options, placements, cancellationToken).ConfigureAwait(false);
+            var metrics = new CaMetrics();
+            CaService? service = null;
+            var callers = new NodeCertificateAuthenticator(options.TrustDomain, () => service?.Authority ?? authority);
+            var server = await StartAsync(authority, callers, placements, options, placements, metrics, cancellationToken).ConfigureAwait(false);
+            service = server.Service;
+            return server;
         }
         catch
         {
@@ -165,20 +225,22 @@ internal sealed class CaServer : IAsyncDisposable
     /// <paramref name="client"/>; pod placement comes from <paramref name="pods"/> (owned by the caller, listed before).
     /// </summary>
     public static Task<CaServer> StartAsync(CertificateAuthority authority, IKubernetes client, KubernetesPodIndex pods, KubernetesCallerOptions callers,
-        CaServerOptions options, CancellationToken cancellationToken = default) =>
-        StartAsync(authority, new ServiceAccountTokenAuthenticator(client, pods, options.TrustDomain, callers), pods, options, null, cancellationToken);
+        CaServerOptions options, CancellationToken cancellationToken = default)
+    {
+        var metrics = new CaMetrics();
+        return StartAsync(authority, new ServiceAccountTokenAuthenticator(client, pods, options.TrustDomain, callers, metrics), pods, options, null, metrics, cancellationToken);
+    }
 
     private static async Task<CaServer> StartAsync(CertificateAuthority authority, ICaCallerAuthenticator callers, IPodPlacements placements, CaServerOptions options,
-        IDisposable? owned, CancellationToken cancellationToken)
+        IDisposable? owned, CaMetrics metrics, CancellationToken cancellationToken)
     {
         if (SpiffeId.ValidateTrustDomain(options.TrustDomain) is { } tdError)
         {
             throw new ArgumentException(tdError, nameof(options));
         }
-        var metrics = new CaMetrics();
         var authorizer = new CertificateRequestAuthorizer(options.TrustDomain, callers, placements, options.MaxCsrBytes);
         var service = new CaService(authority, options, authorizer, metrics);
-        var serving = new ServingCertificate(authority, options, callers.AsksForClientCertificate);
+        var serving = new ServingCertificate(service, options, callers.AsksForClientCertificate);
         var gate = new SemaphoreSlim(options.MaxConcurrentRequests, options.MaxConcurrentRequests);
 
         ListenOptions? grpcListen = null;
@@ -269,12 +331,23 @@ internal sealed class CaServer : IAsyncDisposable
         var metricsEndpoint = metricsListenOptions?.IPEndPoint;
         Volatile.Write(ref grpcPort, endpoint.Port);
         Log.Info("ca", $"serving {nameof(Protocol.IstioCertificateService)} on https://{endpoint} for trust domain {options.TrustDomain}"
-            + (metricsEndpoint is null ? "" : $", metrics on http://{metricsEndpoint}/metrics") + $"; {callers.Description}");
-        return new CaServer(app, owned, service, endpoint, metricsEndpoint);
+            + (metricsEndpoint is null ? "" : $", metrics on http://{metricsEndpoint}/metrics") + $"; {callers.Description}; signing root {service.Root.Thumbprint}, "
+            + $"trust bundle of {authority.TrustBundle.Count} root(s)" + (options.Publisher is { } publisher ? $" published to {publisher.Description}" : ""));
+        var reload = options.Files is { } files ? new CaSignerReload(files, service, options.ReloadInterval) : null;
+        var publication = options.Publisher is { } target ? new TrustBundlePublication(target, service) : null;
+        if (publication is not null)
+        {
+            // Agents mount what is published: have it there (or the failure logged) before the CA says it is ready.
+            await Task.WhenAny(publication.FirstAttempt, Task.Delay(TimeSpan.FromSeconds(15), cancellationToken)).ConfigureAwait(false);
+        }
+
+        return new CaServer(app, owned, service, endpoint, metricsEndpoint, reload, publication);
     }
 
     public async ValueTask DisposeAsync()
     {
+        _reload?.Dispose();
+        _publication?.Dispose();
         await _app.StopAsync().ConfigureAwait(false);
         await _app.DisposeAsync().ConfigureAwait(false);
         _placements?.Dispose();
@@ -310,11 +383,12 @@ internal sealed class CaServer : IAsyncDisposable
         await context.Response.WriteAsync(await metrics.ExportAsync().ConfigureAwait(false)).ConfigureAwait(false);
     }
 
-    /// <summary>The CA's TLS certificate, issued from the CA at start and again at half life.</summary>
-    private sealed class ServingCertificate(CertificateAuthority authority, CaServerOptions options, bool asksForClientCertificate)
+    /// <summary>The CA's TLS certificate, issued from the CA at start, again at half life, and when the signer changes.</summary>
+    private sealed class ServingCertificate(CaService service, CaServerOptions options, bool asksForClientCertificate)
     {
         private readonly object _gate = new();
         private SslStreamCertificateContext? _context;
+        private CaSigner? _issuedBy;
         private DateTimeOffset _renewAt;
 
         public SslServerAuthenticationOptions AuthenticationOptions() => new()
@@ -333,13 +407,16 @@ internal sealed class CaServer : IAsyncDisposable
             lock (_gate)
             {
                 var now = DateTimeOffset.UtcNow;
-                if (_context is null || now >= _renewAt)
+                var signer = service.Signer;
+                if (_context is null || now >= _renewAt || !ReferenceEquals(signer, _issuedBy))
                 {
+                    var authority = signer.Authority;
                     var addresses = options.Listen.Address.Equals(IPAddress.Any) || options.Listen.Address.Equals(IPAddress.IPv6Any)
                         ? [IPAddress.Loopback] : new[] { options.Listen.Address };
                     var certificate = CaCertificates.IssueServingCertificate(authority, options.ServerNames, addresses, options.ServingCertificateLifetime);
                     _context = SslStreamCertificateContext.Create(certificate, authority.Intermediates, offline: true);
                     _renewAt = now + (options.ServingCertificateLifetime / 2);
+                    _issuedBy = signer;
                 }
                 return _context;
             }

@@ -179,7 +179,10 @@ internal sealed class CaServiceClient : ICertificateSource
             throw new IdentityException($"the CA at {_options.Address} answered for {id} with a certificate for another key: {e.Message}", e);
         }
 
-        return new Svid(id, withKey, intermediates, time.GetUtcNow(), ICertificateSource.Fingerprint);
+        return new Svid(id, withKey, intermediates, time.GetUtcNow(), ICertificateSource.Fingerprint)
+        {
+            RootThumbprint = TrustBundle.RootOf(leaf, intermediates, verifier.TrustBundle),
+        };
     }
 
     /// <summary>The channel to the CA; a new one (for new connections) when the node credential files or the trust bundle changed.</summary>

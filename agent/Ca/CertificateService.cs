@@ -50,10 +50,12 @@ internal sealed class CertificateService : IstioCertificateService.IstioCertific
         {
             lifetime = TimeSpan.FromSeconds(request.ValidityDuration);
         }
+        // One signer for the whole answer: a rotation between signing and the chain would mix two roots.
+        var signer = _ca.Signer;
         X509Certificate2 leaf;
         try
         {
-            leaf = _ca.Issuer.Sign(_ca.Authority, decision.Identity!, decision.SubjectKey!, lifetime);
+            leaf = _ca.Issuer.Sign(signer.Authority, decision.Identity!, decision.SubjectKey!, lifetime);
         }
         catch (IdentityException e)
         {
@@ -65,11 +67,11 @@ internal sealed class CertificateService : IstioCertificateService.IstioCertific
             // Each entry ends in a newline, as Istio's CA sends them, so clients that concatenate the list get valid PEM.
             var response = new IstioCertificateResponse();
             response.CertChain.Add(leaf.ExportCertificatePem() + "\n");
-            foreach (var intermediate in _ca.Authority.Intermediates)
+            foreach (var intermediate in signer.Authority.Intermediates)
             {
                 response.CertChain.Add(intermediate.ExportCertificatePem() + "\n");
             }
-            response.CertChain.Add(_ca.Root.ExportCertificatePem() + "\n");
+            response.CertChain.Add(signer.Root.ExportCertificatePem() + "\n");
             _ca.RecordIssued(decision.Node!, decision.Identity!, leaf);
             return response;
         }

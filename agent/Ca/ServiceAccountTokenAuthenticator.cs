@@ -19,6 +19,12 @@ internal sealed record KubernetesCallerOptions
 
     /// <summary>How long one TokenReview may take before the request fails as UNAVAILABLE.</summary>
     public TimeSpan ReviewTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Positive TokenReview answers kept (by token hash); 0 turns the cache off.</summary>
+    public int ReviewCacheEntries { get; init; } = 4096;
+
+    /// <summary>How long a positive answer is reused at most (never past the token's own expiry).</summary>
+    public TimeSpan ReviewCacheMaxAge { get; init; } = TimeSpan.FromSeconds(60);
 }
 
 /// <summary>
@@ -44,8 +50,10 @@ internal sealed class ServiceAccountTokenAuthenticator : ICaCallerAuthenticator
     private readonly string _trustDomain;
     private readonly KubernetesCallerOptions _options;
     private readonly HashSet<string> _nodeAccounts;
+    private readonly TokenReviewCache _reviews;
+    private readonly CaMetrics _metrics;
 
-    public ServiceAccountTokenAuthenticator(IKubernetes client, KubernetesPodIndex pods, string trustDomain, KubernetesCallerOptions options)
+    public ServiceAccountTokenAuthenticator(IKubernetes client, KubernetesPodIndex pods, string trustDomain, KubernetesCallerOptions options, CaMetrics metrics)
     {
         foreach (var account in options.NodeAccounts)
         {
@@ -65,6 +73,8 @@ internal sealed class ServiceAccountTokenAuthenticator : ICaCallerAuthenticator
         _trustDomain = trustDomain;
         _options = options;
         _nodeAccounts = new HashSet<string>(options.NodeAccounts, StringComparer.Ordinal);
+        _metrics = metrics;
+        _reviews = new TokenReviewCache(options.ReviewCacheEntries, options.ReviewCacheMaxAge, metrics);
     }
 
     public bool AsksForClientCertificate => false;
@@ -87,46 +97,21 @@ internal sealed class ServiceAccountTokenAuthenticator : ICaCallerAuthenticator
             return Refuse(RefusalReason.TokenRejected, $"bearer token of {token.Length} bytes exceeds the limit of {_options.MaxTokenBytes}");
         }
 
-        V1TokenReview review;
-        using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+        var key = TokenReviewCache.KeyOf(token);
+        var reviewed = _reviews.Find(key);
+        var fresh = reviewed is null;
+        if (reviewed is null)
         {
-            timeout.CancelAfter(_options.ReviewTimeout);
-            try
+            var (answer, refusal) = await ReviewAsync(token, cancellationToken).ConfigureAwait(false);
+            if (refusal is not null)
             {
-                review = await _client.AuthenticationV1.CreateTokenReviewAsync(
-                    new V1TokenReview { Spec = new V1TokenReviewSpec { Token = token, Audiences = [_options.Audience] } },
-                    cancellationToken: timeout.Token).ConfigureAwait(false);
+                return refusal;
             }
-            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
-            {
-                throw;
-            }
-            catch (Exception e) when (e is HttpOperationException or HttpRequestException or OperationCanceledException or IOException or System.Text.Json.JsonException)
-            {
-                return new CertificateDecision { Reason = RefusalReason.TokenReviewFailed, Detail = $"the TokenReview failed: {Describe(e)}", Transient = true };
-            }
+
+            reviewed = answer!;
         }
 
-        if (review is null)
-        {
-            // A 2xx with a JSON null body: the API server (or a proxy before it) misbehaved, not the caller.
-            return new CertificateDecision { Reason = RefusalReason.TokenReviewFailed, Detail = "the TokenReview failed: the API server answered with no object", Transient = true };
-        }
-
-        var status = review.Status;
-        if (status?.Authenticated != true)
-        {
-            return Refuse(RefusalReason.TokenRejected, $"the API server did not authenticate the token: {(string.IsNullOrEmpty(status?.Error) ? "no reason given" : status.Error)}");
-        }
-
-        if (status.Audiences?.Contains(_options.Audience, StringComparer.Ordinal) != true)
-        {
-            // An API server that ignores spec.audiences would authenticate a token meant for someone else.
-            return Refuse(RefusalReason.TokenRejected,
-                $"the token is authenticated for audiences [{string.Join(", ", status.Audiences ?? [])}], not {_options.Audience}");
-        }
-
-        var username = status.User?.Username ?? "";
+        var username = reviewed.Username;
         var account = username.StartsWith(ServiceAccountUserPrefix, StringComparison.Ordinal) && username[ServiceAccountUserPrefix.Length..].Split(':') is [{ Length: > 0 } ns, { Length: > 0 } name]
             ? $"{ns}/{name}" : null;
         if (account is null || !_nodeAccounts.Contains(account))
@@ -134,11 +119,16 @@ internal sealed class ServiceAccountTokenAuthenticator : ICaCallerAuthenticator
             return Refuse(RefusalReason.NotANodeAccount, $"the token is {CertificateRequestAuthorizer.Shorten(username)}'s, not a node account's ({string.Join(", ", _options.NodeAccounts)})");
         }
 
-        var podName = Single(status.User!.Extra, PodNameExtra);
-        var podUid = Single(status.User.Extra, PodUidExtra);
+        var (podName, podUid) = (reviewed.PodName, reviewed.PodUid);
         if (podName is null || podUid is null)
         {
             return Refuse(RefusalReason.TokenNotBoundToPod, $"the token of {account} is not bound to one pod (no {PodNameExtra} / {PodUidExtra}): a projected token from the agent's pod is needed");
+        }
+
+        // Only a node agent's pod-bound token is worth keeping; whether its pod still runs is checked below, every time.
+        if (fresh)
+        {
+            _reviews.Add(key, token, reviewed);
         }
 
         var accountNamespace = account[..account.IndexOf('/')];
@@ -155,6 +145,52 @@ internal sealed class ServiceAccountTokenAuthenticator : ICaCallerAuthenticator
         }
 
         return new CertificateDecision { Node = new NodeIdentity(_trustDomain, pod.Node!) };
+    }
+
+    /// <summary>One TokenReview: the user it authenticates for our audience, or the refusal (transient when the review could not be made).</summary>
+    private async Task<(ReviewedToken? Answer, CertificateDecision? Refusal)> ReviewAsync(string token, CancellationToken cancellationToken)
+    {
+        V1TokenReview review;
+        using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+        {
+            timeout.CancelAfter(_options.ReviewTimeout);
+            try
+            {
+                _metrics.TokenReviewed();
+                review = await _client.AuthenticationV1.CreateTokenReviewAsync(
+                    new V1TokenReview { Spec = new V1TokenReviewSpec { Token = token, Audiences = [_options.Audience] } },
+                    cancellationToken: timeout.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            {
+                throw;
+            }
+            catch (Exception e) when (e is HttpOperationException or HttpRequestException or OperationCanceledException or IOException or System.Text.Json.JsonException)
+            {
+                return (null, new CertificateDecision { Reason = RefusalReason.TokenReviewFailed, Detail = $"the TokenReview failed: {Describe(e)}", Transient = true });
+            }
+        }
+
+        if (review is null)
+        {
+            // A 2xx with a JSON null body: the API server (or a proxy before it) misbehaved, not the caller.
+            return (null, new CertificateDecision { Reason = RefusalReason.TokenReviewFailed, Detail = "the TokenReview failed: the API server answered with no object", Transient = true });
+        }
+
+        var status = review.Status;
+        if (status?.Authenticated != true)
+        {
+            return (null, Refuse(RefusalReason.TokenRejected, $"the API server did not authenticate the token: {(string.IsNullOrEmpty(status?.Error) ? "no reason given" : status.Error)}"));
+        }
+
+        if (status.Audiences?.Contains(_options.Audience, StringComparer.Ordinal) != true)
+        {
+            // An API server that ignores spec.audiences would authenticate a token meant for someone else.
+            return (null, Refuse(RefusalReason.TokenRejected,
+                $"the token is authenticated for audiences [{string.Join(", ", status.Audiences ?? [])}], not {_options.Audience}"));
+        }
+
+        return (new ReviewedToken(status.User?.Username ?? "", Single(status.User?.Extra, PodNameExtra), Single(status.User?.Extra, PodUidExtra)), null);
     }
 
     private static string? Single(IDictionary<string, IList<string>>? extra, string key) =>

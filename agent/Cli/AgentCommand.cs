@@ -39,6 +39,7 @@ internal static class AgentCommand
     private static readonly Option<string?> NodeCert = new("--node-cert") { HelpName = "FILE", Description = "PEM: this node's client certificate for --ca-address (weft ca issue-node)." };
     private static readonly Option<string?> NodeKey = new("--node-key") { HelpName = "FILE", Description = "PEM: the private key of --node-cert." };
     private static readonly Option<string?> CaTokenFile = new("--ca-token-file") { HelpName = "FILE", Description = "Kubernetes mode: the agent pod's projected service-account token (audience of `weft ca serve --token-audience`), sent to --ca-address as bearer; re-read for every request." };
+    private static readonly Option<string?> CaSigningRoot = new("--ca-signing-root") { HelpName = "FILE", Description = "With --ca-address: the root the CA signs with now, as it publishes it (signing-root.pem beside root-cert.pem); certificates from another root are renewed early, for a root rotation." };
     private static readonly Option<int> SvidLifetimeSeconds = new("--svid-lifetime-seconds") { HelpName = "N", Description = "Lifetime of each workload certificate (asked of --ca-address, which may cap it); renewed at half life.", DefaultValueFactory = _ => (int)SvidIssuer.DefaultLifetime.TotalSeconds };
     private static readonly Option<int> CertificateWaitSeconds = new("--certificate-wait-seconds") { HelpName = "N", Description = "With --ca-address: how long a connection of a pod with no certificate yet waits for one before it fails (NO_CERTIFICATE).", DefaultValueFactory = _ => 10 };
     private static readonly Option<int> TunnelKeepaliveSeconds = new("--tunnel-keepalive-seconds") { HelpName = "N", Description = "How often each HBONE tunnel PINGs its peer.", DefaultValueFactory = _ => (int)new ProxyOptions().TunnelKeepalive.TotalSeconds };
@@ -56,7 +57,7 @@ internal static class AgentCommand
             Inventory, Kubernetes, Kubeconfig, PodCgroupRoot, Node, Cgroup, Bpffs, Admin, Metrics, Health, DrainSeconds,
             IdleTimeoutSeconds, MaxConnectionsPerPod, MaxInboundPerIdentity, MaxInboundPerAddress, MaxInboundPerNode,
             AccessLog, NoAccessLog, TunnelKeepaliveSeconds, TunnelKeepaliveTimeoutSeconds, TunnelIdleSeconds, MaxTunnelsPerPod,
-            TrustDomain, CaCert, CaKey, TrustBundle, CaChain, CaAddress, NodeCert, NodeKey, CaTokenFile, SvidLifetimeSeconds, CertificateWaitSeconds,
+            TrustDomain, CaCert, CaKey, TrustBundle, CaChain, CaAddress, NodeCert, NodeKey, CaTokenFile, CaSigningRoot, SvidLifetimeSeconds, CertificateWaitSeconds,
         };
         command.SetAction((result, _) => RunAgentAsync(result));
         WeftCli.Examples(
@@ -139,11 +140,11 @@ internal static class AgentCommand
     private static IdentityOptions? IdentityFlags(ParseResult cl) => Identity(new IdentityFlagValues(
         cl.GetRequiredValue(TrustDomain), cl.GetValue(CaCert), cl.GetValue(CaKey), cl.GetValue(TrustBundle), cl.GetValue(CaChain),
         cl.GetValue(CaAddress), cl.GetValue(NodeCert), cl.GetValue(NodeKey), Seconds(cl, SvidLifetimeSeconds), Seconds(cl, CertificateWaitSeconds),
-        cl.GetValue(CaTokenFile)));
+        cl.GetValue(CaTokenFile), cl.GetValue(CaSigningRoot)));
 
     /// <summary>The identity flags' values, as the agent and the gateway take them.</summary>
     internal sealed record IdentityFlagValues(string TrustDomain, string? CaCert, string? CaKey, string? TrustBundle, string? CaChain,
-        string? CaAddress, string? NodeCert, string? NodeKey, TimeSpan SvidLifetime, TimeSpan CertificateWait, string? CaTokenFile = null);
+        string? CaAddress, string? NodeCert, string? NodeKey, TimeSpan SvidLifetime, TimeSpan CertificateWait, string? CaTokenFile = null, string? CaSigningRoot = null);
 
     /// <summary>Signed here (CA files), from the CA service, or null (no identity); a wrong combination is a <see cref="UsageException"/>.</summary>
     internal static IdentityOptions? Identity(IdentityFlagValues flags)
@@ -162,8 +163,8 @@ internal static class AgentCommand
 
         if (caAddress is null)
         {
-            return flags.CaKey is not null || flags.NodeCert is not null || flags.NodeKey is not null || flags.CaTokenFile is not null
-                ? throw new UsageException("--ca-key needs --ca-cert, and --node-cert/--node-key/--ca-token-file need --ca-address")
+            return flags.CaKey is not null || flags.NodeCert is not null || flags.NodeKey is not null || flags.CaTokenFile is not null || flags.CaSigningRoot is not null
+                ? throw new UsageException("--ca-key needs --ca-cert, and --node-cert/--node-key/--ca-token-file/--ca-signing-root need --ca-address")
                 : null;
         }
 
@@ -188,6 +189,7 @@ internal static class AgentCommand
         return new IdentityOptions(trustDomain, null, new CaServiceClient(service))
         {
             TrustBundlePath = trustBundle,
+            SigningRootPath = flags.CaSigningRoot,
             SvidLifetime = lifetime,
             IssuanceWait = flags.CertificateWait,
         };

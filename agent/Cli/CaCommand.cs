@@ -97,9 +97,13 @@ internal static class CaCommand
         var metrics = new Option<string>("--metrics") { HelpName = "ADDR|off", Description = "Prometheus /metrics.", DefaultValueFactory = _ => "127.0.0.1:15014" };
         var maxLifetime = new Option<int>("--max-lifetime-hours") { HelpName = "N", Description = "The longest workload certificate the CA signs.", DefaultValueFactory = _ => 24 };
         var serverNames = new Option<string?>("--server-name") { HelpName = "NAME,...", Description = "DNS names in the CA's serving certificate." };
+        var publishDir = new Option<string?>("--publish-dir") { HelpName = "DIR", Description = "Standalone mode: write the trust bundle for agents as DIR/root-cert.pem (every root to trust) and DIR/signing-root.pem (the root that signs now), on start and after each change." };
+        var publishConfigMap = new Option<string>("--publish-configmap") { HelpName = "NS/NAME|off", Description = "Kubernetes mode: the ConfigMap the trust bundle is published in (keys root-cert.pem, signing-root.pem), for agents to mount.", DefaultValueFactory = _ => "weft-system/weft-ca-root-cert" };
+        var reloadSeconds = new Option<int>("--reload-seconds") { HelpName = "N", Description = "How often the CA's certificate, key, bundle and chain files are read for changes (a root rotation needs no restart).", DefaultValueFactory = _ => 5 };
         var command = new Command("serve", "Runs the CA service (Istio's IstioCertificateService over TLS): signs a node's CSR for a workload identity only when a pod of that service account is scheduled on that node (docs/ca.md).")
         {
             CaCert, CaKey, TrustBundle, CaChain, inventory, kubernetes, kubeconfig, tokenAudience, nodeAccount, listen, metrics, TrustDomain, maxLifetime, serverNames,
+            publishDir, publishConfigMap, reloadSeconds,
         };
         command.SetAction(async (cl, _) =>
         {
@@ -109,6 +113,8 @@ internal static class CaCommand
                 Listen = Endpoint(listen.Name, cl.GetRequiredValue(listen)) ?? throw new UsageException("--listen cannot be off"),
                 MetricsListen = Endpoint(metrics.Name, cl.GetRequiredValue(metrics)),
                 MaxLifetime = TimeSpan.FromHours(cl.GetValue(maxLifetime)),
+                Files = Files(cl),
+                ReloadInterval = cl.GetValue(reloadSeconds) >= 1 ? TimeSpan.FromSeconds(cl.GetValue(reloadSeconds)) : throw new UsageException("--reload-seconds wants 1 or more"),
             };
             if (cl.GetValue(serverNames) is { } names)
             {
@@ -143,6 +149,22 @@ internal static class CaCommand
                 throw new UsageException("--token-audience and --node-account apply to --kubernetes only");
             }
 
+            if (!inKubernetes && cl.GetResult(publishConfigMap) is { Implicit: false })
+            {
+                throw new UsageException("--publish-configmap applies to --kubernetes only (standalone: --publish-dir)");
+            }
+
+            if (inKubernetes && cl.GetValue(publishDir) is not null)
+            {
+                throw new UsageException("--publish-dir applies to --inventory only (Kubernetes: --publish-configmap)");
+            }
+
+            var configMap = cl.GetRequiredValue(publishConfigMap);
+            if (configMap != "off" && configMap.Split('/') is not [{ Length: > 0 }, { Length: > 0 }])
+            {
+                throw new UsageException($"--publish-configmap wants NAMESPACE/NAME or off, got '{configMap}'");
+            }
+
             if (string.IsNullOrWhiteSpace(callers.Audience))
             {
                 throw new UsageException("--token-audience cannot be empty");
@@ -164,6 +186,12 @@ internal static class CaCommand
                     return 0;
                 }
 
+                if (configMap != "off")
+                {
+                    var parts = configMap.Split('/');
+                    options = options with { Publisher = new ConfigMapTrustBundlePublisher(client, parts[0], parts[1]) };
+                }
+
                 await using var server = await CaServer.StartAsync(authority, client, pods, callers, options);
                 return await ServeUntilStoppedAsync();
             }
@@ -171,6 +199,11 @@ internal static class CaCommand
             {
                 var store = new InventoryStore();
                 using var source = FileInventorySource.Start(inventoryPath!, store);
+                if (cl.GetValue(publishDir) is { } directory)
+                {
+                    options = options with { Publisher = new DirectoryTrustBundlePublisher(directory) };
+                }
+
                 await using var server = await CaServer.StartAsync(authority, store, options);
                 return await ServeUntilStoppedAsync();
             }
@@ -194,10 +227,12 @@ internal static class CaCommand
         return command;
     }
 
-    private static CertificateAuthority LoadAuthority(ParseResult cl)
+    private static CertificateAuthority LoadAuthority(ParseResult cl) => CertificateAuthority.Load(Files(cl));
+
+    private static CaFiles Files(ParseResult cl)
     {
         var caCert = cl.GetRequiredValue(CaCert);
-        return CertificateAuthority.Load(new CaFiles(caCert, cl.GetRequiredValue(CaKey), cl.GetValue(TrustBundle) ?? caCert, cl.GetValue(CaChain)));
+        return new CaFiles(caCert, cl.GetRequiredValue(CaKey), cl.GetValue(TrustBundle) ?? caCert, cl.GetValue(CaChain));
     }
 
     private static string ValidTrustDomain(ParseResult cl)

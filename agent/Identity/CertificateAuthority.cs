@@ -241,6 +241,18 @@ internal sealed class CertificateAuthority
 
     private static void CheckChainsToBundle(X509Certificate2 signer, X509Certificate2Collection intermediates, X509Certificate2Collection roots, string name, DateTime now)
     {
+        // A self-signed signer is trusted when it is itself in the bundle; a chain build could pick another root
+        // of the same name first (a rotation's new root often keeps the old one's subject).
+        if (IsSelfSigned(signer))
+        {
+            if (roots.Any(r => r.RawData.AsSpan().SequenceEqual(signer.RawData)))
+            {
+                return;
+            }
+
+            throw new IdentityException($"{name} ({signer.Subject}) does not chain to a root in the trust bundle: it is a root itself ({signer.Thumbprint}); add it to the bundle first");
+        }
+
         using var chain = new X509Chain();
         chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
         chain.ChainPolicy.CustomTrustStore.AddRange(roots);

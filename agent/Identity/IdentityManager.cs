@@ -27,6 +27,12 @@ internal sealed record IdentityOptions(string TrustDomain, CaFiles? Files, ICert
     /// <summary>Other trust domains whose identities peers may carry; their roots must be in the trust bundle.</summary>
     public IReadOnlyCollection<string> OtherTrustDomains { get; init; } = [];
 
+    /// <summary>
+    /// With the CA service: the root the CA signs with now, as it publishes it beside the bundle (<c>signing-root.pem</c>).
+    /// A held certificate that chains to another root is renewed early, so the old root can be retired.
+    /// </summary>
+    public string? SigningRootPath { get; init; }
+
     /// <summary>Watch the CA files' folders for changes (the periodic check runs either way).</summary>
     public bool WatchFiles { get; init; } = true;
 }
@@ -64,6 +70,9 @@ internal sealed class IdentityManager : IDisposable
     private volatile SpiffeVerifier _verifier;
     private volatile FrozenSet<SpiffeId> _allowed = FrozenSet<SpiffeId>.Empty;
     private string? _bundleFingerprint;
+    private volatile string? _signingRoot;
+    private string? _signingRootFailure;
+    private readonly TimeSpan _renewalCheck;
     private string? _lastFailedFingerprint;
     private long _caRequestsOk;
     private long _caRequestsFailed;
@@ -89,6 +98,7 @@ internal sealed class IdentityManager : IDisposable
         // With the CA service, renewal is a network call that may need retries: check often enough that a short
         // lifetime is renewed near its half life, not a whole check interval late.
         var interval = _caService is null ? options.CheckInterval : Min(options.CheckInterval, Max(TimeSpan.FromSeconds(1), options.SvidLifetime / 20));
+        _renewalCheck = interval;
         _periodic = time.CreateTimer(_ => Guarded(Tick), null, interval, interval);
     }
 
@@ -120,6 +130,15 @@ internal sealed class IdentityManager : IDisposable
 
     /// <summary>CreateCertificate calls that failed (unreachable, refused, or an unusable answer).</summary>
     public long CaRequestsFailed => Interlocked.Read(ref _caRequestsFailed);
+
+    /// <summary>
+    /// Held certificates that do not chain to the CA's published signing root (0 without one): during a root rotation,
+    /// those still to be renewed; 0 on every node means the old root may be retired.
+    /// </summary>
+    public int CertificatesFromOtherRoots => _signingRoot is { } root ? _cache.Values.Count(s => s.RootThumbprint != root) : 0;
+
+    /// <summary>The thumbprint of the CA's published signing root, when one is followed.</summary>
+    public string? SigningRoot => _signingRoot;
 
     /// <summary>Held SVIDs replaced by a new one from the CA service.</summary>
     public long Renewals => Interlocked.Read(ref _renewals);
@@ -157,6 +176,7 @@ internal sealed class IdentityManager : IDisposable
         }
 
         var manager = new IdentityManager(options, time, null, bundle);
+        manager.ReloadSigningRoot(bundle.Roots);
         Log.Info(Component, $"certificates from {options.CaService!.Description}, trust bundle of {bundle.Roots.Count} root(s), trust domain {options.TrustDomain}; no CA key on this node");
         return manager;
     }
@@ -342,7 +362,14 @@ internal sealed class IdentityManager : IDisposable
     }
 
     private bool IsFresh(Svid svid, DateTimeOffset now) =>
-        svid.AuthorityFingerprint == (_authority?.Fingerprint ?? ICertificateSource.Fingerprint) && now < svid.RenewAt && now < svid.NotAfter;
+        svid.AuthorityFingerprint == (_authority?.Fingerprint ?? ICertificateSource.Fingerprint) && now < svid.RenewAt && now < svid.NotAfter && !AwaitsNewRoot(svid, now);
+
+    /// <summary>
+    /// A certificate from a root the CA no longer signs with is due, but at most once per renewal check: a CA
+    /// replica that has not switched yet answers with the old root, and that must not become a loop.
+    /// </summary>
+    private bool AwaitsNewRoot(Svid svid, DateTimeOffset now) =>
+        _signingRoot is { } root && svid.RootThumbprint != root && now - svid.IssuedAt >= _renewalCheck;
 
     private IdentityException Unavailable(SpiffeId id) =>
         new($"no certificate for {id} yet: {_caService!.Description} has not issued one within {_options.IssuanceWait.TotalSeconds:0.#}s" +
@@ -533,15 +560,65 @@ internal sealed class IdentityManager : IDisposable
             return false;
         }
 
-        if (bundle.Fingerprint == _bundleFingerprint)
+        if (bundle.Fingerprint != _bundleFingerprint)
+        {
+            _lastFailedFingerprint = null;
+            _bundleFingerprint = bundle.Fingerprint;
+            _verifier = NewVerifier(bundle.Roots);
+            Log.Info(Component, $"trust bundle reloaded: {bundle.Roots.Count} root(s): {string.Join(", ", bundle.Roots.Select(r => r.Thumbprint))}");
+            ReloadSigningRoot(bundle.Roots);
+            return true;
+        }
+
+        return ReloadSigningRoot(bundle.Roots);
+    }
+
+    /// <summary>Reads the published signing root; when it changed, renews at once what chains to another root.</summary>
+    private bool ReloadSigningRoot(System.Security.Cryptography.X509Certificates.X509Certificate2Collection roots)
+    {
+        if (_options.SigningRootPath is not { } path)
         {
             return false;
         }
 
-        _lastFailedFingerprint = null;
-        _bundleFingerprint = bundle.Fingerprint;
-        _verifier = NewVerifier(bundle.Roots);
-        Log.Info(Component, $"trust bundle reloaded: {bundle.Roots.Count} root(s)");
+        string root;
+        try
+        {
+            root = TrustBundle.LoadSigningRoot(path, roots);
+        }
+        catch (IdentityException e)
+        {
+            if (e.Message != _signingRootFailure)
+            {
+                Log.Error(Component, $"signing root not used{(_signingRoot is null ? "" : $", keeping {_signingRoot}")}: {e.Message}");
+                _signingRootFailure = e.Message;
+            }
+
+            return false;
+        }
+
+        _signingRootFailure = null;
+        if (root == _signingRoot)
+        {
+            return false;
+        }
+
+        var previous = _signingRoot;
+        _signingRoot = root;
+        var stale = _cache.Values.Count(s => s.RootThumbprint != root);
+        Log.Info(Component, $"the CA signs with root {root}{(previous is null ? "" : $" (was {previous})")}; {stale} held certificate(s) chain to another root and are renewed now");
+        if (previous is not null)
+        {
+            // Renew now rather than at the next check: these are the certificates the rotation waits for.
+            foreach (var (id, svid) in _cache)
+            {
+                if (svid.RootThumbprint != root && _allowed.Contains(id))
+                {
+                    Acquire(id);
+                }
+            }
+        }
+
         return true;
     }
 
@@ -561,7 +638,7 @@ internal sealed class IdentityManager : IDisposable
     /// </summary>
     private void Watch()
     {
-        var files = _options.Files?.All() ?? [_options.TrustBundlePath!];
+        var files = _options.Files?.All() ?? [_options.TrustBundlePath!, .. _options.SigningRootPath is { } signing ? [signing] : Array.Empty<string>()];
         foreach (var folder in files.Select(p => Path.GetDirectoryName(Path.GetFullPath(p))!).Distinct())
         {
             try

@@ -45,6 +45,9 @@ internal sealed class Svid
     /// <summary>Fingerprint of the CA that issued it; a different current CA means re-issue.</summary>
     public string AuthorityFingerprint { get; }
 
+    /// <summary>SHA-1 thumbprint of the trust-bundle root the certificate chains to (CA service only; null when signed locally).</summary>
+    public string? RootThumbprint { get; init; }
+
     /// <summary>For <c>ServerCertificateContext</c> / <c>ClientCertificateContext</c>: sends leaf and intermediates.</summary>
     public SslStreamCertificateContext Context => _context.Value;
 

@@ -44,4 +44,41 @@ internal sealed record TrustBundle(X509Certificate2Collection Roots, string Fing
 
         return new TrustBundle(roots, Convert.ToHexString(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(pem))));
     }
+
+    /// <summary>The thumbprint of the root in <paramref name="roots"/> that <paramref name="leaf"/> chains to, or null when none.</summary>
+    public static string? RootOf(X509Certificate2 leaf, X509Certificate2Collection intermediates, X509Certificate2Collection roots)
+    {
+        using var chain = new X509Chain();
+        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        chain.ChainPolicy.CustomTrustStore.AddRange(roots);
+        chain.ChainPolicy.ExtraStore.AddRange(intermediates);
+        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        chain.ChainPolicy.DisableCertificateDownloads = true;
+        chain.ChainPolicy.VerificationFlags = X509VerificationFlags.IgnoreWrongUsage;
+        return chain.Build(leaf) ? chain.ChainElements[^1].Certificate.Thumbprint : null;
+    }
+
+    /// <summary>
+    /// The root the CA signs with now, as it publishes it (<c>signing-root.pem</c>): one CA certificate, which must be
+    /// in <paramref name="bundle"/>. Returns its thumbprint; throws <see cref="IdentityException"/> naming the problem.
+    /// </summary>
+    public static string LoadSigningRoot(string path, X509Certificate2Collection bundle)
+    {
+        X509Certificate2 root;
+        try
+        {
+            root = X509Certificate2.CreateFromPem(File.ReadAllText(path));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or CryptographicException)
+        {
+            throw new IdentityException($"cannot read the CA's signing root {path}: {e.Message}", e);
+        }
+
+        using (root)
+        {
+            return bundle.Any(r => r.Thumbprint == root.Thumbprint)
+                ? root.Thumbprint
+                : throw new IdentityException($"the CA's signing root {path} ({root.Subject}, {root.Thumbprint}) is not in the trust bundle: was the bundle published first?");
+        }
+    }
 }

@@ -489,6 +489,7 @@ internal sealed class NodeAgent : IAsyncDisposable
         PinnedObjects = Directory.Exists(_options.PinRoot) ? Directory.EnumerateFileSystemEntries(_options.PinRoot, "*", SearchOption.AllDirectories).Count() : 0,
         Certificates = _identity?.Current.Select(s => (s.Id.ToString(), s.NotAfter)).ToList() ?? [],
         CaService = _identity is { } identity ? (identity.CaRequestsOk, identity.CaRequestsFailed, identity.Renewals) : default,
+        CertificatesFromOtherRoots = _identity?.CertificatesFromOtherRoots ?? 0,
         DescriptorLimit = _descriptorLimit,
         Inbound = _admission is not { } a ? [] :
         [

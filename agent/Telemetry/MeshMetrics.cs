@@ -26,6 +26,9 @@ internal sealed record AgentHealth
     /// <summary>CreateCertificate calls to the CA service: answered with a usable certificate, failed; and held certificates renewed.</summary>
     public (long Ok, long Failed, long Renewals) CaService { get; init; }
 
+    /// <summary>Held certificates that do not chain to the CA's published signing root (a root rotation still under way here).</summary>
+    public int CertificatesFromOtherRoots { get; init; }
+
     /// <summary>The process's open-file limit after the agent raised it.</summary>
     public long DescriptorLimit { get; init; }
 
@@ -102,6 +105,7 @@ internal sealed class MeshMetrics : IFlowObserver
     private readonly Counter _tunnelsEvicted;
     private readonly Counter _tunnelsRefused;
     private readonly Counter _caRequests;
+    private readonly Gauge _otherRoots;
     private readonly Counter _certificateRenewals;
     private readonly HashSet<string> _certificatePrincipals = new(StringComparer.Ordinal);
     private readonly TimeProvider _time;
@@ -156,6 +160,8 @@ internal sealed class MeshMetrics : IFlowObserver
         _tunnelsRefused = f.CreateCounter("weft_hbone_tunnels_refused_total", "Outbound connections refused (UO) because their pod held --max-tunnels-per-pod tunnels and none was idle.");
         _accessLogDropped = f.CreateCounter("weft_access_log_dropped_total", "Access-log lines dropped because the log's reader fell 16,384 lines behind.");
         _caRequests = f.CreateCounter("weft_ca_requests_total", "Certificate requests this agent made to the CA service, by result (ok, failed).", ["result"]);
+        _otherRoots = f.CreateGauge("weft_certificates_from_other_roots",
+            "Held workload certificates that do not chain to the CA's published signing root: renewals a root rotation still waits for on this node.");
         _certificateRenewals = f.CreateCounter("weft_certificate_renewals_total", "Held workload certificates replaced by a renewed one from the CA service.");
         _descriptorLimit = f.CreateGauge("weft_descriptor_limit", "The agent's open-file limit (RLIMIT_NOFILE) after raising it to the hard limit.");
         Registry.AddBeforeCollectCallback(Collect);
@@ -293,6 +299,7 @@ internal sealed class MeshMetrics : IFlowObserver
             _caRequests.WithLabels("ok").IncTo(health.CaService.Ok);
             _caRequests.WithLabels("failed").IncTo(health.CaService.Failed);
             _certificateRenewals.IncTo(health.CaService.Renewals);
+            _otherRoots.Set(health.CertificatesFromOtherRoots);
             foreach (var (limit, open, maximum) in health.Inbound)
             {
                 _inboundOpen.WithLabels(limit).Set(open);

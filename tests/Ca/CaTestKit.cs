@@ -23,9 +23,10 @@ internal sealed class CaTestServer : IAsyncDisposable
 {
     public const string TrustDomain = "cluster.local";
 
-    private CaTestServer(string directory, CertificateAuthority authority, string inventoryPath, InventoryStore store, FileInventorySource source, CaServer server)
+    private CaTestServer(string directory, CaFiles files, CertificateAuthority authority, string inventoryPath, InventoryStore store, FileInventorySource source, CaServer server)
     {
         Directory = directory;
+        Files = files;
         Authority = authority;
         InventoryPath = inventoryPath;
         Store = store;
@@ -34,6 +35,9 @@ internal sealed class CaTestServer : IAsyncDisposable
     }
 
     public string Directory { get; }
+
+    /// <summary>The CA's files (root/ca.crt, ca.key, bundle.crt).</summary>
+    public CaFiles Files { get; }
 
     public CertificateAuthority Authority { get; }
 
@@ -47,7 +51,11 @@ internal sealed class CaTestServer : IAsyncDisposable
 
     public X509Certificate2 Root => Authority.TrustBundle[0];
 
-    public static async Task<CaTestServer> StartAsync(IEnumerable<TestPod> pods, Func<CaServerOptions, CaServerOptions>? tune = null)
+    /// <summary>Starts the CA; <paramref name="tune"/> gets the options and the CA's files (to follow them, for a rotation).</summary>
+    public static Task<CaTestServer> StartAsync(IEnumerable<TestPod> pods, Func<CaServerOptions, CaServerOptions>? tune = null) =>
+        StartAsync(pods, tune is null ? null : (options, _) => tune(options));
+
+    public static async Task<CaTestServer> StartAsync(IEnumerable<TestPod> pods, Func<CaServerOptions, CaFiles, CaServerOptions>? tune)
     {
         var directory = System.IO.Directory.CreateTempSubdirectory("weft-ca-test-").FullName;
         try
@@ -59,8 +67,8 @@ internal sealed class CaTestServer : IAsyncDisposable
             var store = new InventoryStore();
             var source = FileInventorySource.Start(inventoryPath, store);
             var options = new CaServerOptions { TrustDomain = TrustDomain, Listen = new IPEndPoint(IPAddress.Loopback, 0) };
-            var server = await CaServer.StartAsync(authority, store, tune is null ? options : tune(options));
-            return new CaTestServer(directory, authority, inventoryPath, store, source, server);
+            var server = await CaServer.StartAsync(authority, store, tune is null ? options : tune(options, files));
+            return new CaTestServer(directory, files, authority, inventoryPath, store, source, server);
         }
         catch
         {

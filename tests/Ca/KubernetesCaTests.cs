@@ -17,7 +17,8 @@ namespace Weft.Tests.Ca;
 /// callers send their projected service-account token as bearer, the CA checks it with a TokenReview and finds
 /// the caller's node from its pod in the pod watch. node1 runs the agent pod weft-agent-node1, web (demo) and
 /// db (data); node2 runs weft-agent-node2 and api (demo). Every refusal is PERMISSION_DENIED "permission denied"
-/// to the client, counted under its reason, and logged with the cause.
+/// to the client, counted under its reason, and logged with the cause. The TokenReview cache is off here, so every
+/// request shows its own review (TokenReviewCacheTests tests the cache).
 /// </summary>
 public sealed class KubernetesCaTests : IAsyncLifetime
 {
@@ -43,7 +44,7 @@ public sealed class KubernetesCaTests : IAsyncLifetime
         _pods = KubernetesPodIndex.Start(_client, new KubernetesInventoryOptions { NodeName = "", InitialBackoff = TimeSpan.FromMilliseconds(50) });
         await _pods.WaitForListAsync().WaitAsync(CaTestPki.Patience);
         _authority = CertificateAuthority.Load(SelfSignedRoot.Write(Path.Combine(_directory, "root"), TrustDomain));
-        _ca = await CaServer.StartAsync(_authority, _client, _pods, new KubernetesCallerOptions { MaxTokenBytes = 8 * 1024 },
+        _ca = await CaServer.StartAsync(_authority, _client, _pods, new KubernetesCallerOptions { MaxTokenBytes = 8 * 1024, ReviewCacheEntries = 0 },
             new CaServerOptions { TrustDomain = TrustDomain, Listen = new IPEndPoint(IPAddress.Loopback, 0) });
         _ca.Service.Logged += _log.Enqueue;
     }

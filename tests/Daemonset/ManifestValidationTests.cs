@@ -13,9 +13,9 @@ public sealed class ManifestValidationTests
         var result = await ManifestValidator.ValidateAsync(ManifestValidator.DaemonsetDirectory);
 
         Assert.True(result.ExitCode == 0, result.Output);
-        // The base (9 objects, the CA's 6, the gateway's 8 from daemonset/gateway) and the uninstall set (2) were
+        // The base (9 objects, the CA's 8, the gateway's 8 from daemonset/gateway) and the uninstall set (2) were
         // composed, and the example policies checked; daemonset/gateway is composed inside the base, not on its own.
-        Assert.Contains(".: 23, uninstall: 2; examples: 5", result.StandardOutput);
+        Assert.Contains(".: 25, uninstall: 2; examples: 5", result.StandardOutput);
     }
 
     public static TheoryData<string, string, string, string> BrokenManifests => new()
@@ -29,7 +29,7 @@ public sealed class ManifestValidationTests
         { "daemonset.yaml", "serviceAccountName: weft-agent", "serviceAccountName: weft-agnet", "serviceAccountName weft-agnet is not in the set" },
         { "daemonset.yaml", "key: trust-domain", "key: trustDomain", "ConfigMap weft-config has no key trustDomain" },
         { "daemonset.yaml", "kind: DaemonSet\n", "kind: DaemonSet\n  oops: [\n", "YAML:" },
-        { "daemonset.yaml", "        configMap:\n          name: weft-ca-root", "        secret:\n          secretName: weft-ca", "volume ca mounts Secret weft-ca: the DaemonSet must mount no private key" },
+        { "daemonset.yaml", "        configMap:\n          name: weft-ca-root-cert", "        secret:\n          secretName: weft-ca", "volume ca mounts Secret weft-ca: the DaemonSet must mount no private key" },
         { "daemonset.yaml", "        - --ca-token-file\n", "        - --ca-key\n", "container agent is given --ca-key: nodes must not hold the CA key" },
         { "daemonset.yaml", "              audience: weft-ca\n", "              audience: istio-ca\n", "the CA token's audience is istio-ca, but Deployment weft-ca checks --token-audience weft-ca" },
         { "daemonset.yaml", "        - /var/run/secrets/weft-ca/token\n", "        - /etc/weft/token\n", "--ca-token-file /etc/weft/token is not a projected serviceAccountToken in its volumes" },

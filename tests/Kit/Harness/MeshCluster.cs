@@ -14,6 +14,12 @@ internal enum MeshIdentity
 
     /// <summary>A <c>weft ca serve</c> process (on the first node) holds the key; agents hold only the trust bundle and their node certificate.</summary>
     CaService,
+
+    /// <summary>
+    /// As <see cref="CaService"/>, for a root rotation: the CA follows its files (every second) and publishes the trust
+    /// bundle (<c>--publish-dir</c>); agents trust that published <c>root-cert.pem</c> and follow <c>signing-root.pem</c>.
+    /// </summary>
+    CaServicePublishing,
 }
 
 /// <summary>
@@ -25,6 +31,7 @@ internal sealed class MeshCluster : IAsyncDisposable
     private readonly Dictionary<string, ManagedProcess> _agents = new();
     private readonly string _dir;
     private string[]? _agentArgs;
+    private bool _publishing;
 
     private MeshCluster(NetnsCluster cluster)
     {
@@ -94,8 +101,9 @@ internal sealed class MeshCluster : IAsyncDisposable
             }
 
             mesh.WriteInventory(inventory(cluster));
-            if (identity == MeshIdentity.CaService)
+            if (identity is MeshIdentity.CaService or MeshIdentity.CaServicePublishing)
             {
+                mesh._publishing = identity == MeshIdentity.CaServicePublishing;
                 await mesh.StartCaServiceAsync();
                 foreach (var node in cluster.Nodes)
                 {
@@ -131,7 +139,7 @@ internal sealed class MeshCluster : IAsyncDisposable
         var ca = Cluster.Nodes[0].StartWeft(
             ["ca", "serve", "--ca-cert", Ca.CertificatePath, "--ca-key", Ca.KeyPath, "--trust-bundle", Ca.TrustBundlePath,
             "--trust-domain", TrustDomain, "--inventory", InventoryPath, "--listen", $"{Cluster.Nodes[0].Address}:{CaPort}",
-            "--metrics", CaMetricsAddress, .. extraArgs]);
+            "--metrics", CaMetricsAddress, .. _publishing ? ["--publish-dir", PublishedBundleDirectory, "--reload-seconds", "1"] : Array.Empty<string>(), .. extraArgs]);
         CaService = ca;
         await WaitForStderrAsync(ca, line => line.Contains("ca: ready", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
         return ca;
@@ -179,7 +187,12 @@ internal sealed class MeshCluster : IAsyncDisposable
     /// <summary>The agent flags for a node that asks the CA service: its node credential and the trust bundle, no CA key.</summary>
     public string[] CaClientArgs((string Certificate, string Key) credential) =>
         ["--trust-domain", TrustDomain, "--ca-address", CaAddress, "--node-cert", credential.Certificate, "--node-key", credential.Key,
-        "--trust-bundle", Ca!.TrustBundlePath];
+        .. _publishing
+            ? new[] { "--trust-bundle", Path.Combine(PublishedBundleDirectory, "root-cert.pem"), "--ca-signing-root", Path.Combine(PublishedBundleDirectory, "signing-root.pem") }
+            : ["--trust-bundle", Ca!.TrustBundlePath]];
+
+    /// <summary>Where the CA publishes root-cert.pem and signing-root.pem (<see cref="MeshIdentity.CaServicePublishing"/>).</summary>
+    public string PublishedBundleDirectory => Path.Combine(_dir, "published");
 
     /// <summary>Replaces the inventory file atomically (rename), as a config management tool would.</summary>
     public void WriteInventory(string yaml)

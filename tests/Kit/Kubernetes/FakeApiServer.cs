@@ -39,6 +39,7 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
     private readonly List<StatusPatch> _statusPatches = [];
     private readonly Dictionary<string, TaskCompletionSource> _heldLists = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Queue<HttpStatusCode>> _failures = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, int> _writes = new(StringComparer.Ordinal);
     private Socket? _listener;
     private Task _acceptLoop = Task.CompletedTask;
     private long _resourceVersion = 100;
@@ -57,7 +58,7 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
         _listen = listen;
         foreach (var type in new[] { typeof(V1Pod), typeof(V1Namespace), typeof(V1Service), typeof(V1EndpointSlice), typeof(V1DaemonSet), typeof(V1Deployment),
                      typeof(Weft.Policy.V1Alpha1AuthorizationPolicy), typeof(Weft.Policy.V1Alpha1PeerAuthentication),
-                     typeof(V1Ingress), typeof(V1IngressClass), typeof(V1Secret),
+                     typeof(V1Ingress), typeof(V1IngressClass), typeof(V1Secret), typeof(V1ConfigMap),
                      typeof(Weft.Gateway.GatewayClassResource), typeof(Weft.Gateway.GatewayResource), typeof(Weft.Gateway.HttpRouteResource), typeof(Weft.Gateway.ReferenceGrantResource) })
         {
             var entity = type.GetCustomAttribute<KubernetesEntityAttribute>()!;
@@ -450,6 +451,20 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
         {
             await PatchStatusAsync(stream, head, statusPath.Groups[1].Value + "/" + statusPath.Groups[3].Value,
                 statusPath.Groups[2].Success ? statusPath.Groups[2].Value : null, statusPath.Groups[4].Value);
+            return;
+        }
+
+        if (ItemPath().Match(path) is { Success: true } item && method is "GET" or "PUT"
+            && _resources.TryGetValue(item.Groups[1].Value + "/" + item.Groups[3].Value, out var itemResource))
+        {
+            await ItemAsync(stream, head, method, itemResource, item.Groups[2].Value, item.Groups[4].Value);
+            return;
+        }
+
+        if (method == "POST" && NamespacedPath().Match(path) is { Success: true } created
+            && _resources.TryGetValue(created.Groups[1].Value + created.Groups[3].Value, out var createdResource))
+        {
+            await CreateAsync(stream, head, createdResource, created.Groups[2].Value);
             return;
         }
 
@@ -944,6 +959,83 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
         await RespondAsync(stream, HttpStatusCode.OK, answer);
     }
 
+    /// <summary>Writes made through the API (create and replace) so far, by resource plural.</summary>
+    public int Writes(string plural)
+    {
+        lock (_gate)
+        {
+            return _writes.GetValueOrDefault(plural);
+        }
+    }
+
+    /// <summary>GET of one object (404 when missing) or its replacement by PUT (409 when the body's resourceVersion is not the current one).</summary>
+    private async Task ItemAsync(NetworkStream stream, string head, string method, Resource resource, string ns, string name)
+    {
+        var body = method == "PUT" ? await ReadBodyAsync(stream, head) : null;
+        HttpStatusCode status;
+        string answer;
+        lock (_gate)
+        {
+            resource.Objects.TryGetValue($"{ns}/{name}", out var current);
+            if (current is null)
+            {
+                (status, answer) = (HttpStatusCode.NotFound, Status(404, "NotFound", $"{resource.Plural} \"{name}\" not found").ToJsonString());
+            }
+            else if (body is null)
+            {
+                (status, answer) = (HttpStatusCode.OK, current.ToJsonString());
+            }
+            else if (body["metadata"]?["resourceVersion"]?.GetValue<string>() is { } version && version != current["metadata"]!["resourceVersion"]!.GetValue<string>())
+            {
+                (status, answer) = (HttpStatusCode.Conflict, Status(409, "Conflict",
+                    $"Operation cannot be fulfilled on {resource.Plural} \"{name}\": the object has been modified; please apply your changes to the latest version and try again").ToJsonString());
+            }
+            else
+            {
+                Apply(resource, body);
+                _writes[resource.Plural] = _writes.GetValueOrDefault(resource.Plural) + 1;
+                (status, answer) = (HttpStatusCode.OK, resource.Objects[$"{ns}/{name}"].ToJsonString());
+            }
+        }
+
+        await RespondAsync(stream, status, answer);
+    }
+
+    /// <summary>POST to a namespaced collection: 201 with the object, or 409 AlreadyExists.</summary>
+    private async Task CreateAsync(NetworkStream stream, string head, Resource resource, string ns)
+    {
+        var body = await ReadBodyAsync(stream, head);
+        var name = body["metadata"]?["name"]?.GetValue<string>() ?? "";
+        HttpStatusCode status;
+        string answer;
+        lock (_gate)
+        {
+            if (resource.Objects.ContainsKey($"{ns}/{name}"))
+            {
+                (status, answer) = (HttpStatusCode.Conflict, Status(409, "AlreadyExists", $"{resource.Plural} \"{name}\" already exists").ToJsonString());
+            }
+            else
+            {
+                body["metadata"]!["namespace"] = ns;
+                Apply(resource, body);
+                _writes[resource.Plural] = _writes.GetValueOrDefault(resource.Plural) + 1;
+                (status, answer) = (HttpStatusCode.Created, resource.Objects[$"{ns}/{name}"].ToJsonString());
+            }
+        }
+
+        await RespondAsync(stream, status, answer);
+    }
+
+    private static async Task<JsonObject> ReadBodyAsync(NetworkStream stream, string head)
+    {
+        var headers = head.Split("\r\n").Skip(1).Select(l => l.Split(':', 2)).Where(p => p.Length == 2)
+            .ToDictionary(p => p[0].Trim(), p => p[1].Trim(), StringComparer.OrdinalIgnoreCase);
+        var length = headers.TryGetValue("Content-Length", out var text) ? int.Parse(text, CultureInfo.InvariantCulture) : 0;
+        var body = new byte[length];
+        await stream.ReadExactlyAsync(body);
+        return JsonNode.Parse(body)!.AsObject();
+    }
+
     /// <summary>RFC 7386: objects merge key by key, null removes, anything else replaces.</summary>
     private static JsonNode? MergePatch(JsonNode? target, JsonNode? patch)
     {
@@ -973,6 +1065,9 @@ internal sealed partial class FakeApiServer : IAsyncDisposable
 
     [GeneratedRegex("^/api/v1/namespaces/([^/]+)/pods/([^/]+)/portforward$")]
     private static partial Regex PortForwardPath();
+
+    [GeneratedRegex("^(/apis?/.+?)/namespaces/([^/]+)/([^/]+)/([^/]+)$")]
+    private static partial Regex ItemPath();
 
     [GeneratedRegex("^(/apis?/.+?)/namespaces/([^/]+)(/[^/]+)$")]
     private static partial Regex NamespacedPath();
