@@ -29,7 +29,8 @@ internal static class GatewayCommand
     private static readonly Option<string?> CaKey = new("--ca-key") { HelpName = "FILE", Description = "PEM private key of --ca-cert." };
     private static readonly Option<string?> TrustBundle = new("--trust-bundle") { HelpName = "FILE", Description = "PEM roots backends' certificates must chain to [default: --ca-cert]" };
     private static readonly Option<string?> CaChain = new("--ca-chain") { HelpName = "FILE", Description = "PEM intermediates between --ca-cert and the root." };
-    private static readonly Option<string?> CaAddress = new("--ca-address") { HelpName = "https://HOST:PORT", Description = "The CA service that issues the gateway's certificate (instead of --ca-cert/--ca-key); needs --node-cert, --node-key and --trust-bundle." };
+    private static readonly Option<string?> CaAddress = new("--ca-address") { HelpName = "https://HOST:PORT", Description = "The CA service that issues the gateway's certificate (instead of --ca-cert/--ca-key); needs --trust-bundle, and --ca-token-file (Kubernetes) or --node-cert/--node-key." };
+    private static readonly Option<string?> CaTokenFile = new("--ca-token-file") { HelpName = "FILE", Description = "Kubernetes mode: the gateway pod's projected service-account token (audience of `weft ca serve --token-audience`, which must list the account in --gateway-account), sent to --ca-address; re-read for every request." };
     private static readonly Option<string?> NodeCert = new("--node-cert") { HelpName = "FILE", Description = "PEM: the node credential for --ca-address (weft ca issue-node) of the node the gateway's pod runs on." };
     private static readonly Option<string?> NodeKey = new("--node-key") { HelpName = "FILE", Description = "PEM: the private key of --node-cert." };
     private static readonly Option<int> SvidLifetimeSeconds = new("--svid-lifetime-seconds") { HelpName = "N", Description = "Lifetime of the gateway's certificate; renewed at half life.", DefaultValueFactory = _ => (int)SvidIssuer.DefaultLifetime.TotalSeconds };
@@ -40,7 +41,7 @@ internal static class GatewayCommand
         var command = new Command("gateway", "Runs the ingress gateway: routes outside requests to Services by host and path, from Ingress (class weft) and Gateway API HTTPRoutes; no root, no eBPF (docs/gateway.md).")
         {
             Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, Admin, MaxConnections, AccessLog, Eject5xx, EjectionTime,
-            TrustDomain, MeshNamespace, MeshServiceAccount, CaCert, CaKey, TrustBundle, CaChain, CaAddress, NodeCert, NodeKey, SvidLifetimeSeconds, MaxTunnels,
+            TrustDomain, MeshNamespace, MeshServiceAccount, CaCert, CaKey, TrustBundle, CaChain, CaAddress, CaTokenFile, NodeCert, NodeKey, SvidLifetimeSeconds, MaxTunnels,
         };
         command.SetAction(async (cl, _) =>
         {
@@ -87,18 +88,13 @@ internal static class GatewayCommand
                 throw new UsageException($"--publish-service wants NAMESPACE/NAME, got '{publish}'");
             }
 
-            if (inventory is null && meshOptions is not null)
-            {
-                // Which backends are meshed comes from pods, which the Kubernetes mode does not watch yet.
-                throw new UsageException("mesh membership (--ca-cert or --ca-address) needs --inventory for now: the Kubernetes mode does not watch pods yet");
-            }
-
             using var file = inventory is null ? null : GatewayConfigSource.Start(inventory, metrics);
             using var cluster = inventory is not null ? null : GatewayKubernetesSource.Start(new Weft.Inventory.KubernetesApiOptions { Kubeconfig = cl.GetValue(Kubeconfig) }, metrics, new GatewayKubernetesOptions
             {
                 Status = new GatewayStatusOptions { Addresses = cl.GetValue(StatusAddress) ?? [], PublishService = publish },
+                MeshMembership = meshOptions is not null,
             });
-            using var mesh = meshOptions is null || file is null ? null : await GatewayMesh.StartAsync(meshOptions, () => file.Store.Current);
+            using var mesh = meshOptions is null ? null : await GatewayMesh.StartAsync(meshOptions, file is not null ? () => file.Store.Current : cluster!.Mesh!);
             if (mesh is not null)
             {
                 metrics.Mesh(mesh);
@@ -120,7 +116,7 @@ internal static class GatewayCommand
         });
         WeftCli.Examples(command, "weft gateway --inventory gateway.yaml", "weft gateway --inventory gateway.yaml --http 127.0.0.1:8080 --https off",
             "weft gateway --inventory gateway.yaml --ca-address https://weft-ca:15012 --node-cert node.crt --node-key node.key --trust-bundle bundle.crt",
-            "weft gateway --publish-service weft-system/weft-gateway", "weft gateway --kubeconfig ~/.kube/config --status-address 192.0.2.10");
+            "weft gateway --publish-service weft-system/weft-gateway --ca-address https://weft-ca.weft-system.svc:15012 --ca-token-file /var/run/secrets/weft-ca/token --trust-bundle /etc/weft/ca/bundle.crt", "weft gateway --kubeconfig ~/.kube/config --status-address 192.0.2.10");
         return command;
     }
 
@@ -131,7 +127,7 @@ internal static class GatewayCommand
         var maxTunnels = cl.GetValue(MaxTunnels) is >= 1 and var max ? max : throw new UsageException("--max-tunnels must be at least 1");
         var identity = AgentCommand.Identity(new AgentCommand.IdentityFlagValues(
             cl.GetRequiredValue(TrustDomain), cl.GetValue(CaCert), cl.GetValue(CaKey), cl.GetValue(TrustBundle), cl.GetValue(CaChain),
-            cl.GetValue(CaAddress), cl.GetValue(NodeCert), cl.GetValue(NodeKey), lifetime, TimeSpan.FromSeconds(10)));
+            cl.GetValue(CaAddress), cl.GetValue(NodeCert), cl.GetValue(NodeKey), lifetime, TimeSpan.FromSeconds(10), cl.GetValue(CaTokenFile)));
         if (identity is null)
         {
             return null;
