@@ -19,6 +19,7 @@ internal static class GatewayCommand
     private static readonly Option<string> AccessLog = new("--access-log") { HelpName = "stdout|FILE|off", Description = "One JSON line per request: method, host, path, status, duration, upstream, route, traceparent.", DefaultValueFactory = _ => "off" };
     private static readonly Option<int> Eject5xx = new("--eject-after-5xx") { HelpName = "N", Description = "An endpoint that answers N 5xx in a row is ejected for --ejection-time; 0: never for 5xx.", DefaultValueFactory = _ => 5 };
     private static readonly Option<int> EjectionTime = new("--ejection-time") { HelpName = "SECONDS", Description = "How long an ejected endpoint (connection failure or 5xx) gets no request.", DefaultValueFactory = _ => 30 };
+    private static readonly Option<string?> OtlpEndpoint = new("--otlp-endpoint") { HelpName = "URL", Description = "Export a span per request to this OTLP/HTTP (protobuf) collector, e.g. http://collector:4318 (POSTed to /v1/traces) [default: $OTEL_EXPORTER_OTLP_ENDPOINT, else no spans]" };
     private static readonly Option<string> Admin = new("--admin") { HelpName = "ADDR|off", Description = "/metrics, /routes and /healthz.", DefaultValueFactory = _ => "127.0.0.1:15080" };
 
     // The gateway's mesh identity: the same sources as an agent's (docs/gateway.md, "The gateway in the mesh").
@@ -40,7 +41,7 @@ internal static class GatewayCommand
     {
         var command = new Command("gateway", "Runs the ingress gateway: routes outside requests to Services by host and path, from Ingress (class weft) and Gateway API HTTPRoutes; no root, no eBPF (docs/gateway.md).")
         {
-            Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, Admin, MaxConnections, AccessLog, Eject5xx, EjectionTime,
+            Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, Admin, MaxConnections, AccessLog, OtlpEndpoint, Eject5xx, EjectionTime,
             TrustDomain, MeshNamespace, MeshServiceAccount, CaCert, CaKey, TrustBundle, CaChain, CaAddress, CaTokenFile, NodeCert, NodeKey, SvidLifetimeSeconds, MaxTunnels,
         };
         command.SetAction(async (cl, _) =>
@@ -54,6 +55,7 @@ internal static class GatewayCommand
                 AccessLog = cl.GetRequiredValue(AccessLog) is var log && log != "off" ? log : null,
                 Consecutive5xxToEject = cl.GetValue(Eject5xx),
                 EjectionTime = TimeSpan.FromSeconds(cl.GetValue(EjectionTime)),
+                Tracing = Tracing(cl.GetValue(OtlpEndpoint) ?? (Environment.GetEnvironmentVariable("OTEL_EXPORTER_OTLP_ENDPOINT") is { Length: > 0 } env ? env : null)),
             };
             if (options.Consecutive5xxToEject < 0 || options.EjectionTime <= TimeSpan.Zero)
             {
@@ -139,6 +141,19 @@ internal static class GatewayCommand
         {
             Tunnels = new Weft.Proxy.ProxyOptions { MaxTunnelsPerPod = maxTunnels },
         };
+    }
+
+    /// <summary>Spans to an OTLP/HTTP collector at <paramref name="endpoint"/> (the flag, else the standard environment variable), or none.</summary>
+    private static GatewayTracingOptions? Tracing(string? endpoint)
+    {
+        if (endpoint is null)
+        {
+            return null;
+        }
+
+        return Uri.TryCreate(endpoint, UriKind.Absolute, out var uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps) && string.IsNullOrEmpty(uri.Query)
+            ? new GatewayTracingOptions(uri)
+            : throw new UsageException($"--otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) wants an http:// or https:// URL of an OTLP/HTTP collector, got '{endpoint}'");
     }
 
     private static IPEndPoint? Endpoint(string name, string value)
