@@ -18,6 +18,7 @@ internal static class RefusalReason
     public const string IdentityMissing = "identity_missing";
     public const string IdentityInvalid = "identity_invalid";
     public const string IdentityForeignTrustDomain = "identity_foreign_trust_domain";
+    public const string IdentityNotCallersOwn = "identity_not_callers_own";
     public const string NoPodOnNode = "no_pod_on_node";
     public const string CsrTooLarge = "csr_too_large";
     public const string CsrInvalid = "csr_invalid";

@@ -12,6 +12,9 @@ internal sealed record CertificateDecision
 
     public SpiffeId? Identity { get; init; }
 
+    /// <summary>Set when the caller is a gateway: the one identity it may ask for, its own.</summary>
+    public SpiffeId? OnlyIdentity { get; init; }
+
     public PublicKey? SubjectKey { get; init; }
 
     /// <summary>A <see cref="RefusalReason"/> when refused, else null.</summary>
@@ -31,6 +34,7 @@ internal sealed record CertificateDecision
 /// <code>
 ///   caller ──ICaCallerAuthenticator (node certificate, or service-account token + TokenReview + its pod)──► node N
 ///   ImpersonatedIdentity ──SPIFFE ID spiffe://td/ns/NS/sa/SA in our trust domain──► identity
+///   a gateway caller ──the requested identity is its own──► (else refused)
 ///   pod index ──some pod of NS/SA scheduled on N──► allowed for N
 ///   CSR ──size, PKCS#10 signature verifies, exactly one subject alternative name: the URI of identity──► its public key
 /// </code>
@@ -60,11 +64,11 @@ internal sealed class CertificateRequestAuthorizer
     public async Task<CertificateDecision> AuthorizeAsync(CaCaller caller, string? requestedIdentity, string csrPem, CancellationToken cancellationToken)
     {
         var authenticated = await _callers.AuthenticateAsync(caller, cancellationToken).ConfigureAwait(false);
-        return authenticated.Allowed ? Authorize(authenticated.Node!, requestedIdentity, csrPem) : authenticated;
+        return authenticated.Allowed ? Authorize(authenticated.Node!, requestedIdentity, csrPem, authenticated.OnlyIdentity) : authenticated;
     }
 
-    /// <summary>The decision for a caller already authenticated as <paramref name="node"/>.</summary>
-    public CertificateDecision Authorize(NodeIdentity node, string? requestedIdentity, string csrPem)
+    /// <summary>The decision for a caller already authenticated as <paramref name="node"/> (a gateway: also as <paramref name="onlyIdentity"/>).</summary>
+    public CertificateDecision Authorize(NodeIdentity node, string? requestedIdentity, string csrPem, SpiffeId? onlyIdentity = null)
     {
         if (string.IsNullOrEmpty(requestedIdentity))
         {
@@ -77,6 +81,10 @@ internal sealed class CertificateRequestAuthorizer
         if (identity.TrustDomain != _trustDomain)
         {
             return Refuse(RefusalReason.IdentityForeignTrustDomain, $"requested identity {identity} is not in trust domain {_trustDomain}", node);
+        }
+        if (onlyIdentity is not null && identity != onlyIdentity)
+        {
+            return Refuse(RefusalReason.IdentityNotCallersOwn, $"the caller is the gateway {onlyIdentity} and may ask only for its own identity, not {identity}", node);
         }
         if (!_placements.HasPod(node.NodeName, identity.Namespace, identity.ServiceAccount))
         {

@@ -2,6 +2,7 @@ using System.Net;
 using k8s;
 using k8s.Autorest;
 using k8s.Models;
+using Weft.Identity;
 
 namespace Weft.Ca;
 
@@ -13,6 +14,12 @@ internal sealed record KubernetesCallerOptions
 
     /// <summary>Service accounts (<c>namespace/name</c>) whose pods are node agents; a token of any other is refused.</summary>
     public IReadOnlyList<string> NodeAccounts { get; init; } = ["weft-system/weft-agent"];
+
+    /// <summary>
+    /// Service accounts (<c>namespace/name</c>) whose pods are gateways: each may ask only for its own identity
+    /// (spiffe://TD/ns/NS/sa/NAME), never a workload's. None by default: the gateway's Deployment names its account.
+    /// </summary>
+    public IReadOnlyList<string> GatewayAccounts { get; init; } = [];
 
     /// <summary>Longest bearer token accepted; a projected token is about 1 KiB.</summary>
     public int MaxTokenBytes { get; init; } = 16 * 1024;
@@ -32,9 +39,9 @@ internal sealed record KubernetesCallerOptions
 /// (Istio's agents and ztunnel do the same), and the CA asks the API server who it is:
 /// <code>
 ///   bearer token ──TokenReview (authentication.k8s.io/v1, our audience)──► authenticated, audiences ∋ ours
-///     ──user system:serviceaccount:NS:SA──► a configured node account
+///     ──user system:serviceaccount:NS:SA──► a configured node account (or gateway account)
 ///     ──extra pod-name, pod-uid──► that pod in the pod watch, same name and namespace, scheduled, not finished
-///     ──its spec.nodeName──► node N
+///     ──its spec.nodeName──► node N (a gateway account: node N, for its own identity spiffe://TD/ns/NS/sa/SA only)
 /// </code>
 /// The node is the pod's, from the watch, never a claim of the caller. A TokenReview that cannot be made (API
 /// server unreachable, RBAC) is the CA's trouble, not the caller's: it fails as UNAVAILABLE so the client retries.
@@ -52,15 +59,22 @@ internal sealed class ServiceAccountTokenAuthenticator : ICaCallerAuthenticator
     private readonly HashSet<string> _nodeAccounts;
     private readonly TokenReviewCache _reviews;
     private readonly CaMetrics _metrics;
+    private readonly HashSet<string> _gatewayAccounts;
 
     public ServiceAccountTokenAuthenticator(IKubernetes client, KubernetesPodIndex pods, string trustDomain, KubernetesCallerOptions options, CaMetrics metrics)
     {
-        foreach (var account in options.NodeAccounts)
+        foreach (var account in options.NodeAccounts.Concat(options.GatewayAccounts))
         {
             if (account.Split('/') is not [{ Length: > 0 }, { Length: > 0 }])
             {
-                throw new ArgumentException($"node account '{account}' is not namespace/name", nameof(options));
+                throw new ArgumentException($"service account '{account}' is not namespace/name", nameof(options));
             }
+        }
+
+        // A node account may ask for any identity with a pod on its node: a gateway's narrower right would be moot.
+        if (options.GatewayAccounts.Intersect(options.NodeAccounts, StringComparer.Ordinal).FirstOrDefault() is { } both)
+        {
+            throw new ArgumentException($"service account '{both}' cannot be both a node account and a gateway account", nameof(options));
         }
 
         if (string.IsNullOrWhiteSpace(options.Audience))
@@ -75,12 +89,14 @@ internal sealed class ServiceAccountTokenAuthenticator : ICaCallerAuthenticator
         _nodeAccounts = new HashSet<string>(options.NodeAccounts, StringComparer.Ordinal);
         _metrics = metrics;
         _reviews = new TokenReviewCache(options.ReviewCacheEntries, options.ReviewCacheMaxAge, metrics);
+        _gatewayAccounts = new HashSet<string>(options.GatewayAccounts, StringComparer.Ordinal);
     }
 
     public bool AsksForClientCertificate => false;
 
     public string Description =>
-        $"nodes authenticated by projected service-account tokens (TokenReview, audience {_options.Audience}, node accounts {string.Join(", ", _options.NodeAccounts)})";
+        $"nodes authenticated by projected service-account tokens (TokenReview, audience {_options.Audience}, node accounts {string.Join(", ", _options.NodeAccounts)}"
+        + (_options.GatewayAccounts.Count == 0 ? ")" : $"; gateway accounts, each for its own identity only: {string.Join(", ", _options.GatewayAccounts)})");
 
     public async Task<CertificateDecision> AuthenticateAsync(CaCaller caller, CancellationToken cancellationToken)
     {
@@ -114,18 +130,20 @@ internal sealed class ServiceAccountTokenAuthenticator : ICaCallerAuthenticator
         var username = reviewed.Username;
         var account = username.StartsWith(ServiceAccountUserPrefix, StringComparison.Ordinal) && username[ServiceAccountUserPrefix.Length..].Split(':') is [{ Length: > 0 } ns, { Length: > 0 } name]
             ? $"{ns}/{name}" : null;
-        if (account is null || !_nodeAccounts.Contains(account))
+        var gateway = account is not null && _gatewayAccounts.Contains(account);
+        if (account is null || (!gateway && !_nodeAccounts.Contains(account)))
         {
-            return Refuse(RefusalReason.NotANodeAccount, $"the token is {CertificateRequestAuthorizer.Shorten(username)}'s, not a node account's ({string.Join(", ", _options.NodeAccounts)})");
+            return Refuse(RefusalReason.NotANodeAccount, $"the token is {CertificateRequestAuthorizer.Shorten(username)}'s, not a node account's ({string.Join(", ", _options.NodeAccounts)})"
+                + (_options.GatewayAccounts.Count == 0 ? "" : $" nor a gateway account's ({string.Join(", ", _options.GatewayAccounts)})"));
         }
 
         var (podName, podUid) = (reviewed.PodName, reviewed.PodUid);
         if (podName is null || podUid is null)
         {
-            return Refuse(RefusalReason.TokenNotBoundToPod, $"the token of {account} is not bound to one pod (no {PodNameExtra} / {PodUidExtra}): a projected token from the agent's pod is needed");
+            return Refuse(RefusalReason.TokenNotBoundToPod, $"the token of {account} is not bound to one pod (no {PodNameExtra} / {PodUidExtra}): a projected token from the {(gateway ? "gateway's" : "agent's")} pod is needed");
         }
 
-        // Only a node agent's pod-bound token is worth keeping; whether its pod still runs is checked below, every time.
+        // Only a node agent's or gateway's pod-bound token is worth keeping; whether its pod still runs is checked below, every time.
         if (fresh)
         {
             _reviews.Add(key, token, reviewed);
@@ -144,7 +162,10 @@ internal sealed class ServiceAccountTokenAuthenticator : ICaCallerAuthenticator
             return Refuse(RefusalReason.CallerPodNotOnNode, $"caller {who} is not running on a node (node '{pod.Node}', phase {pod.Phase ?? "unknown"})");
         }
 
-        return new CertificateDecision { Node = new NodeIdentity(_trustDomain, pod.Node!) };
+        var node = new NodeIdentity(_trustDomain, pod.Node!);
+        return gateway
+            ? new CertificateDecision { Node = node, OnlyIdentity = new SpiffeId(_trustDomain, pod.Namespace, pod.ServiceAccount) }
+            : new CertificateDecision { Node = node };
     }
 
     /// <summary>One TokenReview: the user it authenticates for our audience, or the refusal (transient when the review could not be made).</summary>

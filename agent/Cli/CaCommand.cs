@@ -93,6 +93,7 @@ internal static class CaCommand
         var kubeconfig = new Option<string?>("--kubeconfig") { HelpName = "FILE", Description = "Kubeconfig for --kubernetes." };
         var tokenAudience = new Option<string>("--token-audience") { HelpName = "AUD", Description = "Kubernetes mode: the audience callers' tokens must be for.", DefaultValueFactory = _ => "weft-ca" };
         var nodeAccount = new Option<string[]>("--node-account") { HelpName = "NS/NAME", Description = "Kubernetes mode: a service account whose pods are node agents (repeatable) [default: weft-system/weft-agent]", AllowMultipleArgumentsPerToken = false };
+        var gatewayAccount = new Option<string[]>("--gateway-account") { HelpName = "NS/NAME", Description = "Kubernetes mode: a service account whose pods are gateways (weft gateway); each may ask only for its own identity spiffe://TD/ns/NS/sa/NAME (repeatable) [default: none]", AllowMultipleArgumentsPerToken = false };
         var listen = new Option<string>("--listen") { HelpName = "ADDR", Description = "The CA's gRPC endpoint (TLS).", DefaultValueFactory = _ => "0.0.0.0:15012" };
         var metrics = new Option<string>("--metrics") { HelpName = "ADDR|off", Description = "Prometheus /metrics.", DefaultValueFactory = _ => "127.0.0.1:15014" };
         var maxLifetime = new Option<int>("--max-lifetime-hours") { HelpName = "N", Description = "The longest workload certificate the CA signs.", DefaultValueFactory = _ => 24 };
@@ -102,7 +103,7 @@ internal static class CaCommand
         var reloadSeconds = new Option<int>("--reload-seconds") { HelpName = "N", Description = "How often the CA's certificate, key, bundle and chain files are read for changes (a root rotation needs no restart).", DefaultValueFactory = _ => 5 };
         var command = new Command("serve", "Runs the CA service (Istio's IstioCertificateService over TLS): signs a node's CSR for a workload identity only when a pod of that service account is scheduled on that node (docs/ca.md).")
         {
-            CaCert, CaKey, TrustBundle, CaChain, inventory, kubernetes, kubeconfig, tokenAudience, nodeAccount, listen, metrics, TrustDomain, maxLifetime, serverNames,
+            CaCert, CaKey, TrustBundle, CaChain, inventory, kubernetes, kubeconfig, tokenAudience, nodeAccount, gatewayAccount, listen, metrics, TrustDomain, maxLifetime, serverNames,
             publishDir, publishConfigMap, reloadSeconds,
         };
         command.SetAction(async (cl, _) =>
@@ -135,18 +136,24 @@ internal static class CaCommand
             }
 
             var accounts = cl.GetValue(nodeAccount) is { Length: > 0 } given ? given : ["weft-system/weft-agent"];
-            foreach (var account in accounts)
+            var gateways = cl.GetValue(gatewayAccount) ?? [];
+            foreach (var (flag, account) in accounts.Select(a => ("--node-account", a)).Concat(gateways.Select(a => ("--gateway-account", a))))
             {
                 if (account.Split('/') is not [{ Length: > 0 }, { Length: > 0 }])
                 {
-                    throw new UsageException($"--node-account wants NAMESPACE/NAME, got '{account}'");
+                    throw new UsageException($"{flag} wants NAMESPACE/NAME, got '{account}'");
                 }
             }
 
-            var callers = new KubernetesCallerOptions { Audience = cl.GetRequiredValue(tokenAudience), NodeAccounts = accounts };
-            if (!inKubernetes && (cl.GetResult(tokenAudience) is { Implicit: false } || cl.GetValue(nodeAccount) is { Length: > 0 }))
+            if (gateways.Intersect(accounts, StringComparer.Ordinal).FirstOrDefault() is { } both)
             {
-                throw new UsageException("--token-audience and --node-account apply to --kubernetes only");
+                throw new UsageException($"{both} cannot be both a --node-account and a --gateway-account");
+            }
+
+            var callers = new KubernetesCallerOptions { Audience = cl.GetRequiredValue(tokenAudience), NodeAccounts = accounts, GatewayAccounts = gateways };
+            if (!inKubernetes && (cl.GetResult(tokenAudience) is { Implicit: false } || cl.GetValue(nodeAccount) is { Length: > 0 } || gateways.Length > 0))
+            {
+                throw new UsageException("--token-audience, --node-account and --gateway-account apply to --kubernetes only");
             }
 
             if (!inKubernetes && cl.GetResult(publishConfigMap) is { Implicit: false })
@@ -223,7 +230,7 @@ internal static class CaCommand
             }
         });
         WeftCli.Examples(command, "weft ca serve --ca-cert ca.crt --ca-key ca.key --inventory inventory.yaml --listen 0.0.0.0:15012",
-            "weft ca serve --ca-cert ca.crt --ca-key ca.key --kubernetes --token-audience weft-ca --node-account weft-system/weft-agent");
+            "weft ca serve --ca-cert ca.crt --ca-key ca.key --kubernetes --token-audience weft-ca --node-account weft-system/weft-agent --gateway-account weft-system/weft-gateway");
         return command;
     }
 

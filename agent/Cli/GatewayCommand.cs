@@ -19,6 +19,7 @@ internal static class GatewayCommand
     private static readonly Option<string> AccessLog = new("--access-log") { HelpName = "stdout|FILE|off", Description = "One JSON line per request: method, host, path, status, duration, upstream, route, traceparent.", DefaultValueFactory = _ => "off" };
     private static readonly Option<int> Eject5xx = new("--eject-after-5xx") { HelpName = "N", Description = "An endpoint that answers N 5xx in a row is ejected for --ejection-time; 0: never for 5xx.", DefaultValueFactory = _ => 5 };
     private static readonly Option<int> EjectionTime = new("--ejection-time") { HelpName = "SECONDS", Description = "How long an ejected endpoint (connection failure or 5xx) gets no request.", DefaultValueFactory = _ => 30 };
+    private static readonly Option<string?> OtlpEndpoint = new("--otlp-endpoint") { HelpName = "URL", Description = "Export a span per request to this OTLP/HTTP (protobuf) collector, e.g. http://collector:4318 (POSTed to /v1/traces) [default: $OTEL_EXPORTER_OTLP_ENDPOINT, else no spans]" };
     private static readonly Option<string> Admin = new("--admin") { HelpName = "ADDR|off", Description = "/metrics, /routes and /healthz.", DefaultValueFactory = _ => "127.0.0.1:15080" };
 
     // The gateway's mesh identity: the same sources as an agent's (docs/gateway.md, "The gateway in the mesh").
@@ -29,7 +30,8 @@ internal static class GatewayCommand
     private static readonly Option<string?> CaKey = new("--ca-key") { HelpName = "FILE", Description = "PEM private key of --ca-cert." };
     private static readonly Option<string?> TrustBundle = new("--trust-bundle") { HelpName = "FILE", Description = "PEM roots backends' certificates must chain to [default: --ca-cert]" };
     private static readonly Option<string?> CaChain = new("--ca-chain") { HelpName = "FILE", Description = "PEM intermediates between --ca-cert and the root." };
-    private static readonly Option<string?> CaAddress = new("--ca-address") { HelpName = "https://HOST:PORT", Description = "The CA service that issues the gateway's certificate (instead of --ca-cert/--ca-key); needs --node-cert, --node-key and --trust-bundle." };
+    private static readonly Option<string?> CaAddress = new("--ca-address") { HelpName = "https://HOST:PORT", Description = "The CA service that issues the gateway's certificate (instead of --ca-cert/--ca-key); needs --trust-bundle, and --ca-token-file (Kubernetes) or --node-cert/--node-key." };
+    private static readonly Option<string?> CaTokenFile = new("--ca-token-file") { HelpName = "FILE", Description = "Kubernetes mode: the gateway pod's projected service-account token (audience of `weft ca serve --token-audience`, which must list the account in --gateway-account), sent to --ca-address; re-read for every request." };
     private static readonly Option<string?> NodeCert = new("--node-cert") { HelpName = "FILE", Description = "PEM: the node credential for --ca-address (weft ca issue-node) of the node the gateway's pod runs on." };
     private static readonly Option<string?> NodeKey = new("--node-key") { HelpName = "FILE", Description = "PEM: the private key of --node-cert." };
     private static readonly Option<int> SvidLifetimeSeconds = new("--svid-lifetime-seconds") { HelpName = "N", Description = "Lifetime of the gateway's certificate; renewed at half life.", DefaultValueFactory = _ => (int)SvidIssuer.DefaultLifetime.TotalSeconds };
@@ -39,8 +41,8 @@ internal static class GatewayCommand
     {
         var command = new Command("gateway", "Runs the ingress gateway: routes outside requests to Services by host and path, from Ingress (class weft) and Gateway API HTTPRoutes; no root, no eBPF (docs/gateway.md).")
         {
-            Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, Admin, MaxConnections, AccessLog, Eject5xx, EjectionTime,
-            TrustDomain, MeshNamespace, MeshServiceAccount, CaCert, CaKey, TrustBundle, CaChain, CaAddress, NodeCert, NodeKey, SvidLifetimeSeconds, MaxTunnels,
+            Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, Admin, MaxConnections, AccessLog, OtlpEndpoint, Eject5xx, EjectionTime,
+            TrustDomain, MeshNamespace, MeshServiceAccount, CaCert, CaKey, TrustBundle, CaChain, CaAddress, CaTokenFile, NodeCert, NodeKey, SvidLifetimeSeconds, MaxTunnels,
         };
         command.SetAction(async (cl, _) =>
         {
@@ -53,6 +55,7 @@ internal static class GatewayCommand
                 AccessLog = cl.GetRequiredValue(AccessLog) is var log && log != "off" ? log : null,
                 Consecutive5xxToEject = cl.GetValue(Eject5xx),
                 EjectionTime = TimeSpan.FromSeconds(cl.GetValue(EjectionTime)),
+                Tracing = Tracing(cl.GetValue(OtlpEndpoint) ?? (Environment.GetEnvironmentVariable("OTEL_EXPORTER_OTLP_ENDPOINT") is { Length: > 0 } env ? env : null)),
             };
             if (options.Consecutive5xxToEject < 0 || options.EjectionTime <= TimeSpan.Zero)
             {
@@ -87,18 +90,13 @@ internal static class GatewayCommand
                 throw new UsageException($"--publish-service wants NAMESPACE/NAME, got '{publish}'");
             }
 
-            if (inventory is null && meshOptions is not null)
-            {
-                // Which backends are meshed comes from pods, which the Kubernetes mode does not watch yet.
-                throw new UsageException("mesh membership (--ca-cert or --ca-address) needs --inventory for now: the Kubernetes mode does not watch pods yet");
-            }
-
             using var file = inventory is null ? null : GatewayConfigSource.Start(inventory, metrics);
             using var cluster = inventory is not null ? null : GatewayKubernetesSource.Start(new Weft.Inventory.KubernetesApiOptions { Kubeconfig = cl.GetValue(Kubeconfig) }, metrics, new GatewayKubernetesOptions
             {
                 Status = new GatewayStatusOptions { Addresses = cl.GetValue(StatusAddress) ?? [], PublishService = publish },
+                MeshMembership = meshOptions is not null,
             });
-            using var mesh = meshOptions is null || file is null ? null : await GatewayMesh.StartAsync(meshOptions, () => file.Store.Current);
+            using var mesh = meshOptions is null ? null : await GatewayMesh.StartAsync(meshOptions, file is not null ? () => file.Store.Current : cluster!.Mesh!);
             if (mesh is not null)
             {
                 metrics.Mesh(mesh);
@@ -120,7 +118,7 @@ internal static class GatewayCommand
         });
         WeftCli.Examples(command, "weft gateway --inventory gateway.yaml", "weft gateway --inventory gateway.yaml --http 127.0.0.1:8080 --https off",
             "weft gateway --inventory gateway.yaml --ca-address https://weft-ca:15012 --node-cert node.crt --node-key node.key --trust-bundle bundle.crt",
-            "weft gateway --publish-service weft-system/weft-gateway", "weft gateway --kubeconfig ~/.kube/config --status-address 192.0.2.10");
+            "weft gateway --publish-service weft-system/weft-gateway --ca-address https://weft-ca.weft-system.svc:15012 --ca-token-file /var/run/secrets/weft-ca/token --trust-bundle /etc/weft/ca/bundle.crt", "weft gateway --kubeconfig ~/.kube/config --status-address 192.0.2.10");
         return command;
     }
 
@@ -131,7 +129,7 @@ internal static class GatewayCommand
         var maxTunnels = cl.GetValue(MaxTunnels) is >= 1 and var max ? max : throw new UsageException("--max-tunnels must be at least 1");
         var identity = AgentCommand.Identity(new AgentCommand.IdentityFlagValues(
             cl.GetRequiredValue(TrustDomain), cl.GetValue(CaCert), cl.GetValue(CaKey), cl.GetValue(TrustBundle), cl.GetValue(CaChain),
-            cl.GetValue(CaAddress), cl.GetValue(NodeCert), cl.GetValue(NodeKey), lifetime, TimeSpan.FromSeconds(10)));
+            cl.GetValue(CaAddress), cl.GetValue(NodeCert), cl.GetValue(NodeKey), lifetime, TimeSpan.FromSeconds(10), cl.GetValue(CaTokenFile)));
         if (identity is null)
         {
             return null;
@@ -143,6 +141,19 @@ internal static class GatewayCommand
         {
             Tunnels = new Weft.Proxy.ProxyOptions { MaxTunnelsPerPod = maxTunnels },
         };
+    }
+
+    /// <summary>Spans to an OTLP/HTTP collector at <paramref name="endpoint"/> (the flag, else the standard environment variable), or none.</summary>
+    private static GatewayTracingOptions? Tracing(string? endpoint)
+    {
+        if (endpoint is null)
+        {
+            return null;
+        }
+
+        return Uri.TryCreate(endpoint, UriKind.Absolute, out var uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps) && string.IsNullOrEmpty(uri.Query)
+            ? new GatewayTracingOptions(uri)
+            : throw new UsageException($"--otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) wants an http:// or https:// URL of an OTLP/HTTP collector, got '{endpoint}'");
     }
 
     private static IPEndPoint? Endpoint(string name, string value)

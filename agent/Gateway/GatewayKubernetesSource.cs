@@ -19,6 +19,9 @@ internal sealed record GatewayKubernetesOptions
 
     /// <inheritdoc cref="GatewayStatusOptions"/>
     public GatewayStatusOptions Status { get; init; } = new();
+
+    /// <summary>Also watch Pods (trimmed) to know which backends are meshed (<see cref="GatewayKubernetesSource.Mesh"/>); on when the gateway has a mesh identity.</summary>
+    public bool MeshMembership { get; init; }
 }
 
 /// <summary>
@@ -57,6 +60,7 @@ internal sealed class GatewayKubernetesSource : IDisposable
     private string? _lastError;
     private HashSet<string> _lastWarnings = [];
     private bool _disposed;
+    private readonly GatewayMeshMembership? _mesh;
 
     private GatewayKubernetesSource(IKubernetes client, bool ownsClient, GatewayMetrics metrics, GatewayKubernetesOptions options)
     {
@@ -91,7 +95,25 @@ internal sealed class GatewayKubernetesSource : IDisposable
         Add(Custom<GatewayResource>("v1", "gateways"));
         Add(Custom<HttpRouteResource>("v1", "httproutes"));
         Add(Custom<ReferenceGrantResource>("v1beta1", "referencegrants"));
+        if (options.MeshMembership)
+        {
+            // Pods only say which backends are meshed: their changes publish the membership, never recompile routes.
+            _mesh = new GatewayMeshMembership(TimeSpan.FromMilliseconds(10));
+            var pods = KubernetesCalls.Pods(client);
+            Add(new KubernetesResourceWatch<V1Pod, V1PodList>("pods", pods.List, pods.Watch, GatewayMeshMembership.Trim,
+                () =>
+                {
+                    _mesh.Changed();
+                    if (!Ready)
+                    {
+                        OnChanged(); // the first table waits for the pods' first list too
+                    }
+                }, _options.Watch, _mesh.Record));
+        }
     }
+
+    /// <summary>Which pods are meshed, from the pod and namespace watches; null unless <see cref="GatewayKubernetesOptions.MeshMembership"/>.</summary>
+    public Func<InventorySnapshot>? Mesh => _mesh is null ? null : () => _mesh.Current;
 
     /// <summary>The routes served now; read once per request.</summary>
     public RouteTable Current => Volatile.Read(ref _current);
@@ -146,6 +168,7 @@ internal sealed class GatewayKubernetesSource : IDisposable
 
         _debounce.Dispose();
         _loops.Dispose();
+        _mesh?.Dispose();
     }
 
     private void Add(IKubernetesResourceWatch watch) => _watches[watch.Kind] = watch;
@@ -163,6 +186,11 @@ internal sealed class GatewayKubernetesSource : IDisposable
     /// <summary>Called by a watch, in order, before it signals the change.</summary>
     private void Record(string kind, InventoryChange change)
     {
+        if (kind == "namespaces")
+        {
+            _mesh?.Record(change);
+        }
+
         var objects = _objects.GetOrAdd(kind, _ => new(StringComparer.Ordinal));
         if (change.Listed is { } listed)
         {
@@ -287,6 +315,8 @@ internal sealed class GatewayKubernetesSource : IDisposable
                 return; // the last kind's list triggers the first build
             }
 
+            // Before any table is served, so no request reaches a meshed backend before the gateway knows it is meshed.
+            _mesh?.Publish();
             var objects = _watches.Keys.SelectMany(Items).ToList();
             var report = new GatewayStatusReport();
             RouteTable table;

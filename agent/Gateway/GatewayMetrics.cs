@@ -25,6 +25,8 @@ internal sealed class GatewayMetrics
     private readonly Gauge _connections;
     private readonly Counter _connectionsRefused;
     private readonly Counter _accessLogDropped;
+    private readonly Counter _spansExported;
+    private readonly Counter _spansDropped;
 
     public GatewayMetrics(string workloadNamespace = "")
     {
@@ -39,6 +41,8 @@ internal sealed class GatewayMetrics
         });
         _ejections = factory.CreateCounter("weft_gateway_endpoint_ejections_total", "Endpoints taken out of rotation for a while (passive health), by reason: connect_failure or 5xx.", "reason");
         _accessLogDropped = factory.CreateCounter("weft_gateway_access_log_dropped_total", "Access log lines lost because the output could not keep up (the queue was full) or failed.");
+        _spansExported = factory.CreateCounter("weft_gateway_spans_exported_total", "Request spans the OTLP collector accepted (--otlp-endpoint).");
+        _spansDropped = factory.CreateCounter("weft_gateway_spans_dropped_total", "Request spans lost, by reason: queue_full (the collector could not keep up; never waited for) or export_failed.", "reason");
         _tlsRefused = factory.CreateCounter("weft_gateway_tls_handshakes_refused_total", "TLS handshakes refused because no certificate serves the name the client asked for.");
         _configStale = factory.CreateGauge("weft_gateway_config_stale", "1 while the inventory file as it is now cannot be loaded (the last good routes are served).");
         _connections = factory.CreateGauge("weft_gateway_client_connections", "Client connections the gateway holds now.");
@@ -66,6 +70,14 @@ internal sealed class GatewayMetrics
     public void Ejected(string reason) => _ejections.WithLabels(reason).Inc();
 
     public void AccessLogDropped() => _accessLogDropped.Inc();
+
+    public void SpansExported(int count) => _spansExported.Inc(count);
+
+    public void SpansDropped(string reason, int count) => _spansDropped.WithLabels(reason).Inc(count);
+
+    public double SpansDroppedCount(string reason) => _spansDropped.WithLabels(reason).Value;
+
+    public double SpansExportedCount => _spansExported.Value;
 
     public double EjectionCountFor(string reason) => _ejections.WithLabels(reason).Value;
 

@@ -63,6 +63,9 @@ internal sealed record GatewayOptions
     /// <summary>"stdout", a file path, or null for no access log.</summary>
     public string? AccessLog { get; init; }
 
+    /// <summary>Export a span per request over OTLP; null: no spans (the traceparent is still started and passed on).</summary>
+    public GatewayTracingOptions? Tracing { get; init; }
+
     /// <summary>A backend that does not accept the connection by then counts as down.</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(5);
 }
@@ -399,6 +402,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         private readonly EndpointHealth _health;
         private readonly HttpMessageInvoker _client;
         private readonly AccessLog? _accessLog;
+        private readonly GatewayTracing? _tracing;
         private readonly int _consecutive5xx;
         private readonly ForwarderRequestConfig _requestConfig = new()
         {
@@ -415,6 +419,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             _routes = routes;
             _metrics = metrics;
             _accessLog = accessLog;
+            _tracing = options.Tracing is { } tracing ? GatewayTracing.Start(tracing, metrics) : null;
             _health = new EndpointHealth(options.EjectionTime, options.Consecutive5xxToEject);
             _consecutive5xx = options.Consecutive5xxToEject;
 
@@ -447,6 +452,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         public async ValueTask DisposeAsync()
         {
             _client.Dispose();
+            _tracing?.Dispose();
             if (_accessLog is not null)
             {
                 await _accessLog.DisposeAsync().ConfigureAwait(false);
@@ -463,6 +469,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             var request = context.Request;
             var grpc = request.ContentType is { } contentType && contentType.StartsWith("application/grpc", StringComparison.OrdinalIgnoreCase) && HttpProtocol.IsHttp2(request.Protocol);
             var path = NormalizePath(request.Path.Value);
+            var span = _tracing is null ? null : GatewayTracing.StartSpan(request);
             try
             {
                 var host = RouteCompiler.NormalizeHost(request.Host.Host) ?? "";
@@ -504,7 +511,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                     config = grpc ? _grpcConfig : _streamConfig;
                 }
 
-                var transformer = new ForwardTransformer(route, path);
+                var transformer = new ForwardTransformer(route, path, span);
                 var error = await _forwarder.SendAsync(context, $"http://{endpoint}", _client, config, transformer).ConfigureAwait(false);
                 if (error == ForwarderError.None)
                 {
@@ -551,6 +558,10 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                     DateTime.UtcNow, request.Method, request.Host.Value ?? "", path, request.Protocol, context.Response.StatusCode, milliseconds,
                     endpoint?.ToString(), route?.Source, backend?.Name, request.Headers.TraceParent.ToString() is { Length: > 0 } trace ? trace : null,
                     context.Connection.RemoteIpAddress?.ToString(), flags));
+                if (span is not null)
+                {
+                    GatewayTracing.End(span, route, backend, endpoint?.ToString(), context.Response.StatusCode, flags);
+                }
             }
         }
 
@@ -622,7 +633,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
     /// Per request: the route's path rewrite and request header edits, the client's Host, X-Forwarded-For/-Proto/-Host,
     /// a traceparent continued (new span id) or started; on the way back, the response header edits.
     /// </summary>
-    private sealed partial class ForwardTransformer(Route route, string path) : HttpTransformer
+    private sealed partial class ForwardTransformer(Route route, string path, Activity? span) : HttpTransformer
     {
         public override async ValueTask TransformRequestAsync(HttpContext httpContext, HttpRequestMessage proxyRequest, string destinationPrefix, CancellationToken cancellationToken)
         {
@@ -633,7 +644,8 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             headers["X-Forwarded-For"] = forwardedFor.Count == 0 ? client : $"{string.Join(", ", forwardedFor.ToArray())}, {client}";
             headers["X-Forwarded-Proto"] = request.Scheme;
             headers["X-Forwarded-Host"] = request.Host.Value;
-            headers["traceparent"] = TraceParent(headers["traceparent"].ToString(), out var continued);
+            var continued = span?.HasRemoteParent ?? false;
+            headers["traceparent"] = span is not null ? GatewayTracing.TraceParent(span) : TraceParent(headers["traceparent"].ToString(), out continued);
             if (!continued)
             {
                 headers.Remove("tracestate");

@@ -40,11 +40,13 @@ public sealed class KubernetesCaTests : IAsyncLifetime
         _api.Apply(Pod("demo", "web-1", "web", "node1"));
         _api.Apply(Pod("data", "db-1", "db", "node1"));
         _api.Apply(Pod("demo", "api-1", "api", "node2"));
+        _api.Apply(Pod("weft-system", "weft-gateway-1", "weft-gateway", "node1"));
+        _api.Apply(Pod("edge", "other-gateway-1", "other-gateway", "node1"));
         _client = _api.Client();
         _pods = KubernetesPodIndex.Start(_client, new KubernetesInventoryOptions { NodeName = "", InitialBackoff = TimeSpan.FromMilliseconds(50) });
         await _pods.WaitForListAsync().WaitAsync(CaTestPki.Patience);
         _authority = CertificateAuthority.Load(SelfSignedRoot.Write(Path.Combine(_directory, "root"), TrustDomain));
-        _ca = await CaServer.StartAsync(_authority, _client, _pods, new KubernetesCallerOptions { MaxTokenBytes = 8 * 1024, ReviewCacheEntries = 0 },
+        _ca = await CaServer.StartAsync(_authority, _client, _pods, new KubernetesCallerOptions { MaxTokenBytes = 8 * 1024, ReviewCacheEntries = 0, GatewayAccounts = ["weft-system/weft-gateway"] },
             new CaServerOptions { TrustDomain = TrustDomain, Listen = new IPEndPoint(IPAddress.Loopback, 0) });
         _ca.Service.Logged += _log.Enqueue;
     }
@@ -294,6 +296,75 @@ public sealed class KubernetesCaTests : IAsyncLifetime
         await client.CreateAsync(id, CaTestPki.Csr(key, id));
         Assert.Equal(1, _ca.Metrics.IssuedCount);
     }
+
+    [Fact]
+    public async Task GatewayAccountToken_GetsItsOwnIdentity_ForTheNodeItsPodRunsOn()
+    {
+        using var client = Client(GatewayToken());
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var id = CaTestPki.Id("weft-system", "weft-gateway");
+
+        var response = await client.CreateAsync(id, CaTestPki.Csr(key, id));
+
+        using var leaf = X509Certificate2.CreateFromPem(response.CertChain[0]);
+        Assert.Equal([id], SpiffeVerifier.UriSans(leaf));
+        Assert.True(CaTestPki.ChainsTo(leaf, _authority.TrustBundle[0], server: false));
+        Assert.Contains(_log, line => line.StartsWith($"issued {id} to node node1", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task GatewayAccountToken_AskingForAWorkloadOnItsNode_IsRefused_AsNotItsOwn()
+    {
+        // web (demo) has a pod on node1, the gateway's node: a node account would get it, a gateway never does.
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var id = CaTestPki.Id("demo", "web");
+        await AssertRefusedAsync(RefusalReason.IdentityNotCallersOwn, GatewayToken(), id, CaTestPki.Csr(key, id),
+            "the caller is the gateway spiffe://cluster.local/ns/weft-system/sa/weft-gateway and may ask only for its own identity, not spiffe://cluster.local/ns/demo/sa/web");
+        var agent = CaTestPki.Id("weft-system", "weft-agent");
+        await AssertRefusedAsync(RefusalReason.IdentityNotCallersOwn, GatewayToken(), agent, CaTestPki.Csr(key, agent), "may ask only for its own identity");
+    }
+
+    [Fact]
+    public async Task GatewayAccountToken_NotBoundToAPod_IsRefused()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var id = CaTestPki.Id("weft-system", "weft-gateway");
+        var unbound = _api.ServiceAccountToken("weft-system", "weft-gateway", pod: null, audiences: ["weft-ca"]);
+        await AssertRefusedAsync(RefusalReason.TokenNotBoundToPod, unbound, id, CaTestPki.Csr(key, id), "a projected token from the gateway's pod is needed");
+    }
+
+    [Fact]
+    public async Task GatewayPodDeleted_ItsTokenIsRefused_FromThePodWatch()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var id = CaTestPki.Id("weft-system", "weft-gateway");
+        var token = GatewayToken();
+        _api.ChecksBoundPods = false;
+        Assert.True(_api.Delete<V1Pod>("weft-system", "weft-gateway-1"));
+        await CaTestPki.WaitUntilAsync(() => !_pods.HasPod("node1", "weft-system", "weft-gateway"));
+
+        await AssertRefusedAsync(RefusalReason.CallerPodMissing, token, id, CaTestPki.Csr(key, id), "caller weft-system/weft-gateway pod weft-system/weft-gateway-1");
+    }
+
+    [Fact]
+    public async Task TokenOfAGatewayNotConfiguredAsAGatewayAccount_IsRefused_EvenForItsOwnIdentity()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var id = CaTestPki.Id("edge", "other-gateway");
+        var token = _api.ServiceAccountToken("edge", "other-gateway", pod: "other-gateway-1", audiences: ["weft-ca"]);
+        await AssertRefusedAsync(RefusalReason.NotANodeAccount, token, id, CaTestPki.Csr(key, id),
+            "the token is system:serviceaccount:edge:other-gateway's, not a node account's (weft-system/weft-agent) nor a gateway account's (weft-system/weft-gateway)");
+    }
+
+    [Fact]
+    public void AnAccountConfiguredBothAsNodeAndGateway_IsRejected()
+    {
+        var error = Assert.Throws<ArgumentException>(() => new ServiceAccountTokenAuthenticator(_client, _pods, TrustDomain,
+            new KubernetesCallerOptions { GatewayAccounts = ["weft-system/weft-agent"] }));
+        Assert.Contains("cannot be both a node account and a gateway account", error.Message);
+    }
+
+    private string GatewayToken() => _api.ServiceAccountToken("weft-system", "weft-gateway", pod: "weft-gateway-1", audiences: ["weft-ca"]);
 
     private string AgentToken(string node) => _api.ServiceAccountToken("weft-system", "weft-agent", pod: $"weft-agent-{node}", audiences: ["weft-ca"]);
 

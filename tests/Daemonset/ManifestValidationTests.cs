@@ -49,6 +49,9 @@ public sealed class ManifestValidationTests
         { "gateway/deployment.yaml", "serviceAccountName: weft-gateway", "serviceAccountName: weft-gatewya", "serviceAccountName weft-gatewya is not in the set" },
         { "gateway/deployment.yaml", "runAsNonRoot: true", "runAsNonRoot: yes please", "runAsNonRoot must be boolean" },
         { "gateway/kustomization.yaml", "- classes.yaml", "- class.yaml", "resource 'class.yaml' does not exist" },
+        { "gateway/deployment.yaml", "              audience: weft-ca\n", "              audience: istio-ca\n", "container gateway: the CA token's audience is istio-ca, but Deployment weft-ca checks --token-audience weft-ca" },
+        { "gateway/deployment.yaml", "        - /var/run/secrets/weft-ca/token\n", "        - /etc/weft/token\n", "container gateway: --ca-token-file /etc/weft/token is not a projected serviceAccountToken in its volumes" },
+        { "ca.yaml", "        - --gateway-account\n        - weft-system/weft-gateway\n", "", "container gateway: its service account weft-system/weft-gateway is not a --gateway-account of Deployment weft-ca: the CA would refuse it" },
     };
 
     [Theory]

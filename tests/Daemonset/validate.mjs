@@ -334,6 +334,22 @@ function caTokenRules(where, container, podSpec, objects) {
   }
 }
 
+// A gateway that asks the CA with its token (--ca-token-file) gets a certificate only when the CA lists its pods'
+// service account in --gateway-account: otherwise every request is refused (not_a_node_account) in the cluster.
+function gatewayAccountRules(where, deployment, container, objects) {
+  const args = container.args ?? [];
+  if (args[0] !== "gateway" || argValue(args, "--ca-token-file") === undefined) return;
+  const account = `${deployment.metadata?.namespace}/${deployment.spec?.template?.spec?.serviceAccountName ?? "default"}`;
+  for (const ca of objects.filter((o) => o.kind === "Deployment")) {
+    const caArgs = ca.spec?.template?.spec?.containers?.flatMap((c) => c.args ?? []) ?? [];
+    if (!caArgs.includes("--kubernetes") || caArgs[0] !== "ca") continue;
+    const listed = caArgs.flatMap((a, i) => (a === "--gateway-account" ? [caArgs[i + 1]] : a.startsWith("--gateway-account=") ? [a.slice(18)] : []));
+    if (!listed.includes(account)) {
+      problem(where, `container ${container.name}: its service account ${account} is not a --gateway-account of Deployment ${ca.metadata?.name}: the CA would refuse it`);
+    }
+  }
+}
+
 function contractRules(setName, entries) {
   const objects = entries.map((e) => e.object);
   const namespaces = new Set(objects.filter((o) => o.kind === "Namespace").map((o) => o.metadata?.name));
@@ -394,6 +410,14 @@ function contractRules(setName, entries) {
         if (labels[k] !== v) problem(where, `selector ${k}=${v} does not match the pod template's labels`);
       }
       podSpecRules(where, object.spec?.template?.spec ?? {}, objects);
+    }
+    if (object.kind === "Deployment") {
+      const podSpec = object.spec?.template?.spec ?? {};
+      for (const c of podSpec.containers ?? []) {
+        if ((c.args ?? [])[0] !== "gateway") continue;
+        caTokenRules(where, c, podSpec, objects);
+        gatewayAccountRules(where, object, c, objects);
+      }
     }
   }
 }

@@ -169,10 +169,10 @@ public class GatewayMeshTests
         Assert.Contains("demo/no-gateway", refused.GetProperty("error").GetString());
     }
 
-    private static int Requests(ManagedProcess backend) => backend.StderrLines.Count(l => l.Contains("\"GET ", StringComparison.Ordinal));
+    internal static int Requests(ManagedProcess backend) => backend.StderrLines.Count(l => l.Contains("\"GET ", StringComparison.Ordinal));
 
     /// <summary>curl from the gateway pod's node: the status code and the body.</summary>
-    private static async Task<(string Code, string Body)> CurlAsync(ClusterPod gateway, string? host, string path, string? address = null)
+    internal static async Task<(string Code, string Body)> CurlAsync(ClusterPod gateway, string? host, string path, string? address = null)
     {
         var body = Path.Combine(Path.GetTempPath(), $"weft-gateway-curl-{Guid.NewGuid():N}");
         try
