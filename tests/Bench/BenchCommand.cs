@@ -176,7 +176,7 @@ internal static partial class BenchCommand
         // hostile pod (per source address L/16 of the descriptor limit, per identity L/8, per node L/2)
         // would refuse most of them, so the bench's agents allow what it holds.
         var inbound = (idleConnections + 1000).ToString(CultureInfo.InvariantCulture);
-        string[] agentArgs = [.. noAccessLog ? ["--no-access-log"] : Array.Empty<string>(),
+        string[] agentArgs = [.. noAccessLog ? ["--no-access-log"] : System.Array.Empty<string>(),
             "--max-inbound-per-address", inbound, "--max-inbound-per-identity", inbound, "--max-inbound-per-node", inbound];
 
         // the signal handlers above unwind the run through MeshCluster's disposal (agents, pins,
