@@ -360,7 +360,7 @@ public sealed class KubernetesCaTests : IAsyncLifetime
     public void AnAccountConfiguredBothAsNodeAndGateway_IsRejected()
     {
         var error = Assert.Throws<ArgumentException>(() => new ServiceAccountTokenAuthenticator(_client, _pods, TrustDomain,
-            new KubernetesCallerOptions { GatewayAccounts = ["weft-system/weft-agent"] }));
+            new KubernetesCallerOptions { GatewayAccounts = ["weft-system/weft-agent"] }, new CaMetrics()));
         Assert.Contains("cannot be both a node account and a gateway account", error.Message);
     }
 

@@ -34,7 +34,7 @@ internal static class CaFuzzWorld
     public static readonly ApiServer Api = new();
 
     /// <summary>The standalone CA: callers authenticated by node certificates.</summary>
-    public static readonly CertificateService Standalone = Service(new NodeCertificateAuthenticator(TrustDomain, Authority.TrustBundle, Authority.Intermediates), StandalonePlacements());
+    public static readonly CertificateService Standalone = Service(new NodeCertificateAuthenticator(TrustDomain, () => Authority), StandalonePlacements());
 
     /// <summary>The Kubernetes CA: callers authenticated by service-account tokens and the pod index.</summary>
     public static CertificateService Kubernetes => KubernetesWorld.Value;
@@ -117,7 +117,7 @@ internal static class CaFuzzWorld
             throw new TimeoutException("the in-memory pod list was not read");
         }
 
-        var callers = new ServiceAccountTokenAuthenticator(client, pods, TrustDomain, new KubernetesCallerOptions());
+        var callers = new ServiceAccountTokenAuthenticator(client, pods, TrustDomain, new KubernetesCallerOptions { ReviewCacheEntries = 0 }, new CaMetrics());
         return Service(callers, pods);
     }
 
