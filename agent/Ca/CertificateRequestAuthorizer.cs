@@ -102,8 +102,9 @@ internal sealed class CertificateRequestAuthorizer
             // Extensions are loaded only to be inspected; the certificate is built from the public key alone.
             csr = CertificateRequest.LoadSigningRequestPem(csrPem, HashAlgorithmName.SHA256, CertificateRequestLoadOptions.UnsafeLoadCertificateExtensions);
         }
-        catch (Exception e) when (e is CryptographicException or ArgumentException)
+        catch (Exception e) when (e is CryptographicException or ArgumentException or PlatformNotSupportedException)
         {
+            // PlatformNotSupportedException: a key on a curve OpenSSL does not know (found by fuzzing).
             return Refuse(RefusalReason.CsrInvalid, $"CSR is not a valid, self-signed PKCS#10 request: {e.Message}", node);
         }
         if (KeyProblem(csr.PublicKey) is { } keyProblem)

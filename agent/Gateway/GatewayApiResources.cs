@@ -44,8 +44,16 @@ internal abstract class GatewayApiObject<TSpec> : IKubernetesObject<V1ObjectMeta
     [JsonPropertyName("metadata")]
     public V1ObjectMeta Metadata { get; set; } = new();
 
+    // `spec: null` (or `spec: ~` in a file) means an empty spec, as the API server reads it; found by fuzzing
+    // (a Gateway with a null spec made the route compiler throw).
     [JsonPropertyName("spec")]
-    public TSpec Spec { get; set; } = new();
+    public TSpec Spec
+    {
+        get => _spec;
+        set => _spec = value ?? new();
+    }
+
+    private TSpec _spec = new();
 
     /// <summary>As the API server holds it (Kubernetes mode), to write only what changes; never read from a file.</summary>
     [JsonPropertyName("status")]
