@@ -63,13 +63,8 @@ internal sealed class NodeCertificateAuthenticator : ICaCallerAuthenticator
     internal CertificateDecision NodeOf(X509Certificate2 certificate)
     {
         var authority = _authority();
-        using (var chain = new X509Chain())
+        using (var chain = Weft.Identity.TrustBundle.ChainTo(authority.TrustBundle, authority.Intermediates))
         {
-            chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-            chain.ChainPolicy.CustomTrustStore.AddRange(authority.TrustBundle);
-            chain.ChainPolicy.ExtraStore.AddRange(authority.Intermediates);
-            chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-            chain.ChainPolicy.DisableCertificateDownloads = true;
             chain.ChainPolicy.VerificationTime = _time.GetUtcNow().UtcDateTime;
             chain.ChainPolicy.ApplicationPolicy.Add(new Oid(ClientAuthOid));
             if (!chain.Build(certificate))

@@ -75,12 +75,7 @@ internal sealed record CaSigner(CertificateAuthority Authority, X509Certificate2
             }
         }
 
-        using var chain = new X509Chain();
-        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        chain.ChainPolicy.CustomTrustStore.AddRange(authority.TrustBundle);
-        chain.ChainPolicy.ExtraStore.AddRange(authority.Intermediates);
-        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-        chain.ChainPolicy.DisableCertificateDownloads = true;
+        using var chain = Weft.Identity.TrustBundle.ChainTo(authority.TrustBundle, authority.Intermediates);
         if (chain.Build(authority.Signer))
         {
             var top = chain.ChainElements[^1].Certificate.Thumbprint;

@@ -253,12 +253,7 @@ internal sealed class CertificateAuthority
             throw new IdentityException($"{name} ({signer.Subject}) does not chain to a root in the trust bundle: it is a root itself ({signer.Thumbprint}); add it to the bundle first");
         }
 
-        using var chain = new X509Chain();
-        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        chain.ChainPolicy.CustomTrustStore.AddRange(roots);
-        chain.ChainPolicy.ExtraStore.AddRange(intermediates);
-        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-        chain.ChainPolicy.DisableCertificateDownloads = true;
+        using var chain = Weft.Identity.TrustBundle.ChainTo(roots, intermediates);
         chain.ChainPolicy.VerificationTime = now;
         if (!chain.Build(signer))
         {

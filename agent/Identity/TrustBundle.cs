@@ -48,14 +48,21 @@ internal sealed record TrustBundle(X509Certificate2Collection Roots, string Fing
     /// <summary>The thumbprint of the root in <paramref name="roots"/> that <paramref name="leaf"/> chains to, or null when none.</summary>
     public static string? RootOf(X509Certificate2 leaf, X509Certificate2Collection intermediates, X509Certificate2Collection roots)
     {
-        using var chain = new X509Chain();
+        using var chain = ChainTo(roots, intermediates);
+        chain.ChainPolicy.VerificationFlags = X509VerificationFlags.IgnoreWrongUsage;
+        return chain.Build(leaf) ? chain.ChainElements[^1].Certificate.Thumbprint : null;
+    }
+
+    /// <summary>A chain that trusts exactly <paramref name="roots"/>: no system store, no revocation check, no downloads.</summary>
+    public static X509Chain ChainTo(X509Certificate2Collection roots, X509Certificate2Collection intermediates)
+    {
+        var chain = new X509Chain();
         chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
         chain.ChainPolicy.CustomTrustStore.AddRange(roots);
         chain.ChainPolicy.ExtraStore.AddRange(intermediates);
         chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
         chain.ChainPolicy.DisableCertificateDownloads = true;
-        chain.ChainPolicy.VerificationFlags = X509VerificationFlags.IgnoreWrongUsage;
-        return chain.Build(leaf) ? chain.ChainElements[^1].Certificate.Thumbprint : null;
+        return chain;
     }
 
     /// <summary>
