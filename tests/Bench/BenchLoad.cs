@@ -16,13 +16,21 @@ namespace Weft.Bench;
 internal static partial class BenchCommand
 {
     public const string LoadUsage = """
-        weft-bench --suite load [--minutes 5] [--idle-connections 10000] [--rate 1000]
+        weft-bench --suite load [--minutes 5] [--idle-connections 10000] [--rate 1000] [--clients 8]
           Load (issue 13): a 2-node mTLS cluster holds --idle-connections open while new connections of
-          1 KiB each way arrive at --rate per second for --minutes. Prints failures, the achieved rate,
-          durations p50/p99/max, and each agent's RSS, descriptors and threads before, at peak and after.
+          1 KiB each way arrive at --rate per second for --minutes, spread over --clients client pods on
+          node1 to one server pod on node2. Prints failures, the achieved rate, durations p50/p99/max, and
+          each agent's RSS, descriptors and threads before, at peak and after.
         """;
 
     private const int LoadPort = 8080;
+
+    /// <summary>
+    /// Ports one client address can hold towards the server: the server's agent delivers each connection from the
+    /// client's address with a port bind() picks, from the odd half of the local port range (docs/capture.md), and a
+    /// port it closed stays taken for TIME_WAIT's 60 s. Held connections plus a minute of new ones must fit.
+    /// </summary>
+    private const int PortsPerClientAddress = 14_000;
 
     public static async Task<int> LoadAsync(CommandLine cl)
     {
@@ -30,15 +38,24 @@ internal static partial class BenchCommand
         var minutes = cl.Int("minutes", 5);
         var idle = cl.Int("idle-connections", 10_000);
         var rate = cl.Int("rate", 1000);
+        var clients = cl.Int("clients", 8);
         cl.RejectUnknown();
-        if (minutes < 1 || idle < 1 || rate < 1)
+        if (minutes < 1 || idle < 1 || rate < 1 || clients < 1 || clients > 64)
         {
-            throw new UsageException("--minutes, --idle-connections and --rate must be at least 1");
+            throw new UsageException("--minutes, --idle-connections and --rate must be at least 1, --clients 1 to 64");
         }
 
-        // each held connection costs each agent two descriptors, each in-flight new one two more
-        var limit = RaiseOpenFileLimit((ulong)idle * 2 + (ulong)rate * 2 + FdHeadroom);
-        if (limit < (ulong)idle * 2 + FdHeadroom)
+        if ((idle + (long)rate * 60) / clients > PortsPerClientAddress)
+        {
+            Log.Warn("bench", $"each client address would need {(idle + (long)rate * 60) / clients} ports at the server's agent (held plus a minute of TIME_WAIT), " +
+                $"more than the ~{PortsPerClientAddress} it has: expect refusals; give more --clients");
+        }
+
+        // every process holds at most all the held connections plus the new ones in flight: the hold processes, the
+        // server, each agent (one descriptor per connection: the other side is a stream in a shared tunnel)
+        var concurrency = Math.Max(64, rate / 2);
+        var limit = RaiseOpenFileLimit((ulong)idle + (ulong)concurrency * 2 + FdHeadroom);
+        if (limit < (ulong)idle + FdHeadroom)
         {
             Log.Error("bench", $"the open file limit is {limit} and cannot be raised to hold {idle} connections; give fewer with --idle-connections");
             return 1;
@@ -47,47 +64,74 @@ internal static partial class BenchCommand
         using var stop = new BenchInterrupt("stopping, cleaning up");
         NetnsCluster.CleanupStale();
 
-        Say($"load: {idle} idle connections held, {rate} new connections/s of 1 KiB each way for {minutes} min, through mTLS agents (load average before: {LoadAverage():0.00})");
+        Say($"load: {idle} idle connections held, {rate} new connections/s of 1 KiB each way for {minutes} min, from {clients} client pods through mTLS agents " +
+            $"(load average before: {LoadAverage():0.00})");
+        var clientNames = Enumerable.Range(1, clients).Select(i => $"client{i}").ToArray();
         var spec = new ClusterSpec(
-            new NodeSpec("node1", new PodSpec(Namespace, "client")),
+            new NodeSpec("node1", clientNames.Select(n => new PodSpec(Namespace, n)).ToArray()),
             new NodeSpec("node2", new PodSpec(Namespace, "server")))
         {
             TeardownOnExit = false,
         };
-        // One client pod holds every connection: the inbound limits that stop a hostile pod (derived from the
-        // descriptor limit: per peer identity L/8, per source address L/16, per node L/2) would refuse most of
-        // them, so this bench sets them to what it holds plus the new connections in flight.
+        // The client pods share one identity and one node: the inbound limits that stop a hostile pod (derived from the
+        // descriptor limit: per peer identity L/8, per source address L/16, per node L/2) would refuse most of them, so
+        // this bench sets them to what it holds plus the new connections in flight.
         var inbound = (idle + (rate * 10) + 1000).ToString(CultureInfo.InvariantCulture);
         await using var mesh = await MeshCluster.StartAsync(spec, c => c.InventoryYaml(new InventoryOptions()), mtls: true, "--no-access-log",
             "--max-inbound-per-identity", inbound, "--max-inbound-per-address", inbound, "--max-inbound-per-node", inbound);
-        var (client, server) = (mesh.Cluster.Pod(Namespace, "client"), mesh.Cluster.Pod(Namespace, "server"));
+        var pods = clientNames.Select(n => mesh.Cluster.Pod(Namespace, n)).ToArray();
+        var server = mesh.Cluster.Pod(Namespace, "server");
         var agents = new[] { mesh.Agent("node1").Pid, mesh.Agent("node2").Pid };
         await using var echo = MeshCluster.StartServer(server, "--port", LoadPort.ToString(CultureInfo.InvariantCulture), "--mode", "echo");
         await echo.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), TimeSpan.FromSeconds(30)).WaitAsync(stop.Token);
         await Task.Delay(Settle, stop.Token);
         var before = agents.Select(ProcStatus.Read).ToArray();
+        var target = $"{server.Address}:{LoadPort}";
+        static string Share(long total, int parts, int i) => (total / parts + (i < total % parts ? 1 : 0)).ToString(CultureInfo.InvariantCulture);
 
-        var (holdFile, holdArgs) = WeftExecutable.Command(["app", "hold", "--to", $"{server.Address}:{LoadPort}",
-            "--connections", idle.ToString(CultureInfo.InvariantCulture), "--concurrency", "200", "--exchange-bytes", "1"]);
-        await using var hold = client.StartProcess(holdFile, holdArgs, null);
-        using var opened = JsonDocument.Parse(await hold.WaitForStdoutLineAsync(l => l.Contains("\"open\"", StringComparison.Ordinal), TimeSpan.FromMinutes(5)).WaitAsync(stop.Token));
-        var open = opened.RootElement.GetProperty("open").GetInt32();
-        Console.WriteLine($"  {open}/{idle} idle connections open in {opened.RootElement.GetProperty("elapsed_ms").GetInt64()} ms" +
-            (open < idle ? $"; errors: {opened.RootElement.GetProperty("errors")}" : ""));
-        await Task.Delay(Settle, stop.Token);
-        var held = agents.Select(ProcStatus.Read).ToArray();
-
-        var total = (long)rate * minutes * 60;
-        var (sendFile, sendArgs) = WeftExecutable.Command(["app", "send", "--to", $"{server.Address}:{LoadPort}", "--bytes", "1024",
-            "--expect-reply-bytes", "1024", "--connections", total.ToString(CultureInfo.InvariantCulture), "--rate", rate.ToString(CultureInfo.InvariantCulture),
-            "--concurrency", Math.Max(64, rate / 2).ToString(CultureInfo.InvariantCulture), "--quiet", "1", "--timeout-ms", "30000"]);
-        var peak = held.ToArray();
-        var clock = Stopwatch.StartNew();
-        await using (var send = client.StartProcess(sendFile, sendArgs, null))
+        var holds = new List<ManagedProcess>();
+        var senders = new List<ManagedProcess>();
+        try
         {
-            while (!send.HasExited && !stop.IsCancellationRequested)
+            var holdClock = Stopwatch.StartNew();
+            for (var i = 0; i < clients; i++)
             {
-                await Task.WhenAny(send.WaitForExitAsync(TimeSpan.FromSeconds(10)), Task.Delay(TimeSpan.FromSeconds(10), stop.Token));
+                var (holdFile, holdArgs) = WeftExecutable.Command(["app", "hold", "--to", target,
+                    "--connections", Share(idle, clients, i), "--concurrency", "50", "--exchange-bytes", "1"]);
+                holds.Add(pods[i].StartProcess(holdFile, holdArgs, null));
+            }
+
+            var open = 0;
+            var holdErrors = new List<string>();
+            foreach (var hold in holds)
+            {
+                using var opened = JsonDocument.Parse(await hold.WaitForStdoutLineAsync(l => l.Contains("\"open\"", StringComparison.Ordinal), TimeSpan.FromMinutes(5)).WaitAsync(stop.Token));
+                open += opened.RootElement.GetProperty("open").GetInt32();
+                if (opened.RootElement.TryGetProperty("errors", out var errors) && errors.ValueKind == JsonValueKind.Object && errors.EnumerateObject().Any())
+                {
+                    holdErrors.Add(errors.ToString());
+                }
+            }
+
+            Console.WriteLine($"  {open}/{idle} idle connections open in {holdClock.ElapsedMilliseconds} ms" + (open < idle ? $"; errors: {string.Join(", ", holdErrors)}" : ""));
+            await Task.Delay(Settle, stop.Token);
+            var held = agents.Select(ProcStatus.Read).ToArray();
+
+            var total = (long)rate * minutes * 60;
+            var peak = held.ToArray();
+            var clock = Stopwatch.StartNew();
+            for (var i = 0; i < clients; i++)
+            {
+                var (sendFile, sendArgs) = WeftExecutable.Command(["app", "send", "--to", target, "--bytes", "1024",
+                    "--expect-reply-bytes", "1024", "--connections", Share(total, clients, i), "--rate", Share(rate, clients, i),
+                    "--concurrency", Math.Max(16, concurrency / clients).ToString(CultureInfo.InvariantCulture), "--quiet", "1", "--timeout-ms", "30000",
+                    "--progress-seconds", "10"]);
+                senders.Add(pods[i].StartProcess(sendFile, sendArgs, null));
+            }
+
+            while (senders.Any(s => !s.HasExited) && !stop.IsCancellationRequested)
+            {
+                await Task.WhenAny(Task.WhenAll(senders.Select(s => s.WaitForExitAsync(TimeSpan.FromSeconds(10)))), Task.Delay(TimeSpan.FromSeconds(10), stop.Token));
                 var now = agents.Select(ProcStatus.Read).ToArray();
                 for (var i = 0; i < peak.Length; i++)
                 {
@@ -96,31 +140,60 @@ internal static partial class BenchCommand
                         Math.Max(peak[i].Threads, now[i].Threads), Math.Max(peak[i].Fds, now[i].Fds));
                 }
 
-                Console.WriteLine($"  {clock.Elapsed:mm\\:ss} agents: {string.Join("; ", now.Select((s, i) => $"node{i + 1} RSS {Mib(s.RssKib)}, {s.Fds} fds, {s.Threads} threads"))}");
+                var progress = SenderProgress(senders);
+                Console.WriteLine($"  {clock.Elapsed:mm\\:ss} {progress.Ok} ok, {progress.Failed} failed, {progress.InFlight} in flight, {progress.Late} late; " +
+                    $"agents: {string.Join("; ", now.Select((s, i) => $"node{i + 1} RSS {Mib(s.RssKib)}, {s.Fds} fds, {s.Threads} threads"))}");
             }
 
             stop.Token.ThrowIfCancellationRequested();
-            var failedLines = send.StdoutLines.Where(l => !l.Contains("\"summary\"", StringComparison.Ordinal)).ToList();
-            using var summary = JsonDocument.Parse(send.StdoutLines.Last(l => l.Contains("\"summary\"", StringComparison.Ordinal)));
-            var s = summary.RootElement;
-            var ok = s.GetProperty("ok").GetInt64();
-            var failed = s.GetProperty("failed").GetInt64();
-            var seconds = s.GetProperty("elapsed_ms").GetInt64() / 1000.0;
+            long ok = 0, failed = 0, lateStarts = 0, p50 = 0, p99 = 0, max = 0, elapsedMs = 0;
+            var errorCounts = new SortedDictionary<string, long>(StringComparer.Ordinal);
+            var failedLines = new List<string>();
+            foreach (var send in senders)
+            {
+                failedLines.AddRange(send.StdoutLines.Where(l => l.Contains("\"error\"", StringComparison.Ordinal)
+                    && !l.Contains("\"summary\"", StringComparison.Ordinal) && !l.Contains("\"progress\"", StringComparison.Ordinal)));
+                using var summary = JsonDocument.Parse(send.StdoutLines.Last(l => l.Contains("\"summary\"", StringComparison.Ordinal)));
+                var s = summary.RootElement;
+                ok += s.GetProperty("ok").GetInt64();
+                failed += s.GetProperty("failed").GetInt64();
+                lateStarts += s.GetProperty("late_starts").GetInt64();
+                elapsedMs = Math.Max(elapsedMs, s.GetProperty("elapsed_ms").GetInt64());
+                // the senders' percentiles combined conservatively: the median of the medians, the worst p99 and max
+                p50 += s.GetProperty("duration_p50_us").GetInt64();
+                p99 = Math.Max(p99, s.GetProperty("duration_p99_us").GetInt64());
+                max = Math.Max(max, s.GetProperty("duration_max_us").GetInt64());
+                foreach (var e in s.GetProperty("errors").EnumerateObject())
+                {
+                    errorCounts[e.Name] = errorCounts.GetValueOrDefault(e.Name) + e.Value.GetInt64();
+                }
+            }
 
-            hold.StandardInput.Close();
-            await hold.WaitForExitAsync(TimeSpan.FromSeconds(60)).WaitAsync(stop.Token);
-            using var holdSummary = JsonDocument.Parse(hold.StdoutLines.Last(l => l.Contains("\"summary\"", StringComparison.Ordinal)));
-            var closedByPeer = holdSummary.RootElement.GetProperty("closed_by_peer").GetInt64();
+            p50 /= clients;
+            var seconds = elapsedMs / 1000.0;
+            long closedByPeer = 0;
+            foreach (var hold in holds)
+            {
+                hold.StandardInput.Close();
+            }
+
+            foreach (var hold in holds)
+            {
+                await hold.WaitForExitAsync(TimeSpan.FromSeconds(60)).WaitAsync(stop.Token);
+                using var holdSummary = JsonDocument.Parse(hold.StdoutLines.Last(l => l.Contains("\"summary\"", StringComparison.Ordinal)));
+                closedByPeer += holdSummary.RootElement.GetProperty("closed_by_peer").GetInt64();
+            }
+
             await Task.Delay(Settle, stop.Token);
             var after = agents.Select(ProcStatus.Read).ToArray();
 
             Console.WriteLine();
             Console.WriteLine($"| figure | value |");
             Console.WriteLine($"| --- | --- |");
-            Console.WriteLine($"| idle connections held | {open}/{idle}, closed by the mesh while held: {closedByPeer} |");
-            Console.WriteLine($"| new connections | {ok} ok, {failed} failed{(failed > 0 ? " " + s.GetProperty("errors") : "")}, of {total} |");
-            Console.WriteLine($"| achieved rate | {ok / seconds:0} /s over {seconds:0} s (asked {rate}/s; {s.GetProperty("late_starts").GetInt64()} started > 100 ms late) |");
-            Console.WriteLine($"| duration (connect, 1 KiB each way, close) | p50 {s.GetProperty("duration_p50_us").GetInt64() / 1000.0:0.0} ms, p99 {s.GetProperty("duration_p99_us").GetInt64() / 1000.0:0.0} ms, max {s.GetProperty("duration_max_us").GetInt64() / 1000.0:0.0} ms |");
+            Console.WriteLine($"| idle connections held | {open}/{idle} from {clients} client pods, closed by the mesh while held: {closedByPeer} |");
+            Console.WriteLine($"| new connections | {ok} ok, {failed} failed{(failed > 0 ? " " + JsonSerializer.Serialize(errorCounts) : "")}, of {total} |");
+            Console.WriteLine($"| achieved rate | {ok / seconds:0} /s over {seconds:0} s (asked {rate}/s; {lateStarts} started > 100 ms late) |");
+            Console.WriteLine($"| duration (connect, 1 KiB each way, close) | p50 {p50 / 1000.0:0.0} ms (mean of the senders' medians), p99 {p99 / 1000.0:0.0} ms (worst sender's), max {max / 1000.0:0.0} ms |");
             for (var i = 0; i < agents.Length; i++)
             {
                 var perConnection = (held[i].RssKib - before[i].RssKib) / (double)Math.Max(open, 1);
@@ -136,5 +209,35 @@ internal static partial class BenchCommand
             Console.WriteLine($"load average after: {LoadAverage():0.00}");
             return failed == 0 && open == idle && closedByPeer == 0 ? 0 : 1;
         }
+        finally
+        {
+            foreach (var process in senders.Concat(holds))
+            {
+                await process.DisposeAsync();
+            }
+        }
+    }
+
+    private readonly record struct LoadProgress(long Ok, long Failed, long InFlight, long Late);
+
+    /// <summary>The senders' latest progress lines added up.</summary>
+    private static LoadProgress SenderProgress(IEnumerable<ManagedProcess> senders)
+    {
+        var sum = default(LoadProgress);
+        foreach (var send in senders)
+        {
+            var line = send.StdoutLines.LastOrDefault(l => l.Contains("\"progress\"", StringComparison.Ordinal) || l.Contains("\"summary\"", StringComparison.Ordinal));
+            if (line is null)
+            {
+                continue;
+            }
+
+            using var json = JsonDocument.Parse(line);
+            var r = json.RootElement;
+            sum = new LoadProgress(sum.Ok + r.GetProperty("ok").GetInt64(), sum.Failed + r.GetProperty("failed").GetInt64(),
+                sum.InFlight + (r.TryGetProperty("in_flight", out var f) ? f.GetInt64() : 0), sum.Late + r.GetProperty("late_starts").GetInt64());
+        }
+
+        return sum;
     }
 }

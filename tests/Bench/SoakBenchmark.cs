@@ -721,10 +721,16 @@ internal sealed record SoakReport(TimeSpan Ran, long OkConnections, long BytesHa
     // The first samples show the runtime warming up (JIT, thread pool, first tunnels), not a trend.
     public IReadOnlyList<Sample> Settled => Samples.Where(s => s.At >= TimeSpan.FromSeconds(Math.Min(60, Ran.TotalSeconds / 4))).ToList();
 
-    /// <summary>Least-squares slope per hour of a figure over the settled samples.</summary>
-    public double SlopePerHour(Func<Sample, double> figure)
+    /// <summary>
+    /// The settled samples' second half: a figure that rises to a high-water mark and stays there has a slope over all
+    /// settled samples but none here, where growth without bound keeps its slope.
+    /// </summary>
+    public IReadOnlyList<Sample> SecondHalf => Settled.Skip(Settled.Count / 2).ToList();
+
+    /// <summary>Least-squares slope per hour of a figure over the settled samples, or over <paramref name="samples"/>.</summary>
+    public double SlopePerHour(Func<Sample, double> figure, IReadOnlyList<Sample>? samples = null)
     {
-        var points = Settled;
+        var points = samples ?? Settled;
         if (points.Count < 3)
         {
             return 0;
@@ -774,9 +780,10 @@ internal sealed record SoakReport(TimeSpan Ran, long OkConnections, long BytesHa
         {
             var (first, last) = (Samples[0], Samples[^1]);
             text.AppendLine($"  node1 agent (settled samples from {Settled.FirstOrDefault()?.At.TotalSeconds ?? 0:0} s, every 5 s):");
-            text.AppendLine($"    RSS     {first.RssKib / 1024.0,7:0.0} -> {last.RssKib / 1024.0,7:0.0} MiB, slope {SlopePerHour(s => s.RssKib / 1024.0),8:+0.0;-0.0} MiB/h");
-            text.AppendLine($"    fds     {first.Fds,7} -> {last.Fds,7},     slope {SlopePerHour(s => s.Fds),8:+0.0;-0.0} /h");
-            text.AppendLine($"    threads {first.Threads,7} -> {last.Threads,7},     slope {SlopePerHour(s => s.Threads),8:+0.0;-0.0} /h");
+            var second = SecondHalf;
+            text.AppendLine($"    RSS     {first.RssKib / 1024.0,7:0.0} -> {last.RssKib / 1024.0,7:0.0} MiB, slope {SlopePerHour(s => s.RssKib / 1024.0),8:+0.0;-0.0} MiB/h, second half {SlopePerHour(s => s.RssKib / 1024.0, second),8:+0.0;-0.0} MiB/h");
+            text.AppendLine($"    fds     {first.Fds,7} -> {last.Fds,7},     slope {SlopePerHour(s => s.Fds),8:+0.0;-0.0} /h,   second half {SlopePerHour(s => s.Fds, second),8:+0.0;-0.0} /h");
+            text.AppendLine($"    threads {first.Threads,7} -> {last.Threads,7},     slope {SlopePerHour(s => s.Threads),8:+0.0;-0.0} /h,   second half {SlopePerHour(s => s.Threads, second),8:+0.0;-0.0} /h");
         }
 
         text.AppendLine($"  left behind: {(LeftBehind.Count == 0 && TeardownError is null ? "nothing (pins, namespaces, cgroups all removed)" : string.Join("; ", LeftBehind.Append(TeardownError ?? "")))}");
@@ -798,6 +805,8 @@ internal sealed record SoakReport(TimeSpan Ran, long OkConnections, long BytesHa
         ["rss_mib_per_hour"] = Math.Round(SlopePerHour(s => s.RssKib / 1024.0), 2),
         ["fds_per_hour"] = Math.Round(SlopePerHour(s => s.Fds), 2),
         ["threads_per_hour"] = Math.Round(SlopePerHour(s => s.Threads), 2),
+        ["rss_mib_per_hour_second_half"] = Math.Round(SlopePerHour(s => s.RssKib / 1024.0, SecondHalf), 2),
+        ["fds_per_hour_second_half"] = Math.Round(SlopePerHour(s => s.Fds, SecondHalf), 2),
         ["samples"] = new JsonArray([.. Samples.Select(s => (JsonNode)new JsonObject
         {
             ["s"] = Math.Round(s.At.TotalSeconds, 1),

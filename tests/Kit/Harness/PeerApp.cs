@@ -11,7 +11,7 @@ namespace Weft.Harness;
 /// <code>
 /// weft-kit app serve --port P [--bind ADDR] [--mode hash|echo|reset] [--reply-bytes N]
 /// weft-kit app send  --to HOST:PORT --bytes N [--connections C] [--concurrency K] [--hold-ms MS]
-///                [--expect-reply-bytes M] [--timeout-ms T] [--rate R] [--quiet 1]
+///                [--expect-reply-bytes M] [--timeout-ms T] [--rate R] [--quiet 1] [--progress-seconds S]
 /// weft-kit app rr    --to HOST:PORT [--size 1024] [--count N] [--warmup W]
 /// weft-kit app rr    --to HOST:PORT --rate R [--connections C] [--seconds S] [--size 1024]
 /// weft-kit app hold  --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]
@@ -23,7 +23,7 @@ internal static class PeerApp
     public const string Usage = """
         usage: weft-kit app serve --port P [--bind ADDR] [--mode hash|echo|reset] [--reply-bytes N]
                weft-kit app send --to HOST:PORT --bytes N [--connections C] [--concurrency K] [--hold-ms MS]
-                             [--expect-reply-bytes M] [--timeout-ms T] [--rate R] [--quiet 1]
+                             [--expect-reply-bytes M] [--timeout-ms T] [--rate R] [--quiet 1] [--progress-seconds S]
                weft-kit app rr --to HOST:PORT [--size BYTES] [--count N] [--warmup W]
                weft-kit app rr --to HOST:PORT --rate R [--connections C] [--seconds S] [--size BYTES]
                weft-kit app hold --to HOST:PORT --connections N [--concurrency K] [--exchange-bytes B] [--stdin watch|ignore]

@@ -11,7 +11,8 @@ namespace Weft.Harness;
 /// while reading the reply, half-closes, reads to EOF. One line per connection, then a summary line.
 /// <c>--rate R</c> starts connection i no earlier than i/R seconds after the first (a steady arrival rate,
 /// K bounding how many are in flight); <c>--quiet 1</c> prints only failed connections and a summary with
-/// duration percentiles.
+/// duration percentiles, and with <c>--progress-seconds S</c> a progress line every S seconds (how many are done,
+/// failed and in flight), so a run that falls behind or stalls shows where.
 /// </summary>
 internal static class PeerSender
 {
@@ -26,6 +27,7 @@ internal static class PeerSender
         var timeout = TimeSpan.FromMilliseconds(args.Number("timeout-ms", 30_000));
         var rate = args.Number("rate", 0);
         var quiet = args.Number("quiet", 0) != 0;
+        var progressEvery = TimeSpan.FromSeconds(args.Number("progress-seconds", 0));
         var durations = quiet ? new long[connections] : null;
         var late = 0L;
 
@@ -34,6 +36,28 @@ internal static class PeerSender
         var failed = 0L;
         var errors = new System.Collections.Concurrent.ConcurrentDictionary<string, long>();
         var clock = Stopwatch.StartNew();
+        var started = 0L;
+        using var progressStop = new CancellationTokenSource();
+        var progress = progressEvery > TimeSpan.Zero
+            ? Task.Run(async () =>
+            {
+                using var timer = new PeriodicTimer(progressEvery);
+                while (await timer.WaitForNextTickAsync(progressStop.Token).ConfigureAwait(false))
+                {
+                    var (done, bad) = (Interlocked.Read(ref ok), Interlocked.Read(ref failed));
+                    emit(PeerApp.Line(new
+                    {
+                        progress = true,
+                        ok = done,
+                        failed = bad,
+                        in_flight = Interlocked.Read(ref started) - done - bad,
+                        late_starts = Interlocked.Read(ref late),
+                        elapsed_ms = clock.ElapsedMilliseconds,
+                        errors
+                    }));
+                }
+            }, CancellationToken.None)
+            : Task.CompletedTask;
         var workers = Enumerable.Range(0, (int)Math.Min(concurrency, Math.Max(connections, 1))).Select(_ => Task.Run(async () =>
         {
             long i;
@@ -53,6 +77,7 @@ internal static class PeerSender
                     }
                 }
 
+                Interlocked.Increment(ref started);
                 var result = await ConnectOnceAsync(i, target, bytes, hold, expectReply, timeout, cancellationToken).ConfigureAwait(false);
                 if (durations is not null)
                 {
@@ -82,6 +107,16 @@ internal static class PeerSender
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
             // stopped: the summary says how far it got
+        }
+
+        await progressStop.CancelAsync().ConfigureAwait(false);
+        try
+        {
+            await progress.ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // the progress lines end with the run
         }
 
         if (durations is not null)
