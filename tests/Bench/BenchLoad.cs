@@ -184,8 +184,17 @@ internal static partial class BenchCommand
                 closedByPeer += holdSummary.RootElement.GetProperty("closed_by_peer").GetInt64();
             }
 
+            // 10,000 closes take the agents a while on 2 cores: "after" is once their descriptors are back (at most a minute)
+            var released = Stopwatch.StartNew();
+            while (released.Elapsed < TimeSpan.FromMinutes(1)
+                && agents.Select(ProcStatus.Read).Zip(before).Any(p => p.First.Fds > p.Second.Fds + 100))
+            {
+                await Task.Delay(TimeSpan.FromSeconds(1), stop.Token);
+            }
+
             await Task.Delay(Settle, stop.Token);
             var after = agents.Select(ProcStatus.Read).ToArray();
+            Console.WriteLine($"  held connections released; descriptors back in {released.Elapsed.TotalSeconds:0} s");
 
             Console.WriteLine();
             Console.WriteLine($"| figure | value |");
