@@ -41,9 +41,15 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
         StreamId = streamId;
         SendFlow = new StreamOutputFlowControl(streamId, peerInitialWindow);
         ReceiveFlow = new InputFlowControl(settings.StreamWindow, settings.StreamWindow / 4);
-        // The read loop never waits on the inbound pipe: the stream window bounds what it can hold.
-        _inbound = new Pipe(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
+        // The read loop never waits on the inbound pipe: the stream window bounds what it can hold. A waiting
+        // reader resumes inline on the read loop; InboundReader hands it on to the thread pool unless the
+        // application asked to be resumed there (ResumeReadsOnReadLoop).
+        _inbound = new Pipe(new PipeOptions(readerScheduler: PipeScheduler.Inline, pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
+        // The send loop resumes inline on the writer's FlushAsync: the bytes become a DATA frame and reach
+        // the transport on the thread that wrote them, instead of a thread-pool hop per chunk (the cpu
+        // part's profile in docs/benchmark.md). The loop only waits on the write lock and the windows.
         _outbound = new Pipe(new PipeOptions(
+            readerScheduler: PipeScheduler.Inline,
             pauseWriterThreshold: settings.StreamSendBuffer,
             resumeWriterThreshold: settings.StreamSendBuffer / 2,
             useSynchronizationContext: false));
@@ -57,6 +63,14 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
 
     /// <summary>Bytes to the peer; Complete() half-closes (END_STREAM), Complete(exception) resets with CANCEL.</summary>
     public PipeWriter Output => _outbound.Writer;
+
+    /// <summary>
+    /// From now on a read of <see cref="Input"/> that waits for data resumes on the connection's read loop,
+    /// in the turn that parsed the DATA frame, instead of one thread-pool hop later. Only for a reader that
+    /// does a little non-blocking work per read (the proxy's relay: one send to a socket): every stream of
+    /// the connection waits while it runs, and it runs under the stream's inbound lock.
+    /// </summary>
+    internal void ResumeReadsOnReadLoop() => _input.ResumeOnReadLoop = true;
 
     /// <summary>
     /// Cancelled when the stream ends without a clean close both ways: a reset by either side, a GOAWAY
@@ -362,6 +376,12 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     private sealed class InboundReader(HboneStream stream, PipeReader inner) : PipeReader
     {
         private ReadOnlySequence<byte> _last;
+        private volatile bool _resumeOnReadLoop;
+
+        public bool ResumeOnReadLoop
+        {
+            set => _resumeOnReadLoop = value;
+        }
 
         public override bool TryRead(out ReadResult result)
         {
@@ -382,13 +402,23 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
                 _last = result.Buffer;
                 return new ValueTask<ReadResult>(result);
             }
-            return Remember(read);
+            return _resumeOnReadLoop ? Remember(read) : RememberOnThreadPool(read);
         }
 
         private async ValueTask<ReadResult> Remember(ValueTask<ReadResult> read)
         {
             ReadResult result = await read.ConfigureAwait(false);
             _last = result.Buffer;
+            return result;
+        }
+
+        private async ValueTask<ReadResult> RememberOnThreadPool(ValueTask<ReadResult> read)
+        {
+            ReadResult result = await read.ConfigureAwait(false);
+            _last = result.Buffer;
+            // The pipe resumed us on the read loop (or whichever thread completed it): an application that did
+            // not ask for that continues on the thread pool, as it would with the pipe's default scheduler.
+            await Task.Yield();
             return result;
         }
 

@@ -37,6 +37,9 @@ internal sealed class StreamRelay
         await Task.WhenAll(
             RelayPumps.SocketToPipeAsync(_socket, _stream.Output, _observer, fromA: _socketIsA, onReset: _resetStream),
             RelayPumps.PipeToSocketAsync(_stream.Input, _socket, onFailure: _resetStream, _observer, fromA: !_socketIsA)).ConfigureAwait(false);
+        // The pipe-to-socket loop may have ended on the tunnel's read loop (END_STREAM, reset): what follows
+        // (access log, flow table, closing) belongs on the thread pool, not on the connection's reader.
+        await Task.Yield();
     }
 
     public void Abort()
