@@ -102,9 +102,10 @@ internal sealed class CertificateRequestAuthorizer
             // Extensions are loaded only to be inspected; the certificate is built from the public key alone.
             csr = CertificateRequest.LoadSigningRequestPem(csrPem, HashAlgorithmName.SHA256, CertificateRequestLoadOptions.UnsafeLoadCertificateExtensions);
         }
-        catch (Exception e) when (e is CryptographicException or ArgumentException or PlatformNotSupportedException)
+        catch (Exception e) when (e is CryptographicException or ArgumentException or NotSupportedException)
         {
-            // PlatformNotSupportedException: a key on a curve OpenSSL does not know (found by fuzzing).
+            // NotSupportedException, found by fuzzing: a signature algorithm .NET does not know, and (as its subclass
+            // PlatformNotSupportedException) a key on a curve OpenSSL does not know.
             return Refuse(RefusalReason.CsrInvalid, $"CSR is not a valid, self-signed PKCS#10 request: {e.Message}", node);
         }
         if (KeyProblem(csr.PublicKey) is { } keyProblem)
