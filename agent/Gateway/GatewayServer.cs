@@ -54,6 +54,12 @@ internal sealed record GatewayOptions
     /// <summary>How long a slow body may start before the minimum rates apply.</summary>
     public TimeSpan MinDataRateGrace { get; init; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>
+    /// A response write the client does not take within this (it stopped reading) aborts the request, as nginx's
+    /// send_timeout (the same 60 s); the minimum response rate alone would let it hold for hours.
+    /// </summary>
+    public TimeSpan ResponseSendTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
     /// <summary>An idle keep-alive client connection is closed after this.</summary>
     public TimeSpan KeepAliveTimeout { get; init; } = TimeSpan.FromSeconds(120);
 
@@ -229,7 +235,8 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         builder.Services.AddHttpForwarder();
         var app = builder.Build();
         var accessLog = options.AccessLog is { } target ? AccessLog.Open(target, metrics) : null;
-        var handler = new RequestHandler(app.Services.GetRequiredService<IHttpForwarder>(), routes, metrics, options, accessLog, mesh);
+        var kestrelEnds = new KestrelConnectionEnds(app.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), metrics);
+        var handler = new RequestHandler(app.Services.GetRequiredService<IHttpForwarder>(), routes, metrics, options, accessLog, mesh, kestrelEnds);
         app.Run(handler.HandleAsync);
 
         WebApplication? admin = null;
@@ -404,6 +411,8 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         private readonly AccessLog? _accessLog;
         private readonly GatewayTracing? _tracing;
         private readonly int _consecutive5xx;
+        private readonly TimeSpan _sendTimeout;
+        private readonly KestrelConnectionEnds _kestrelEnds;
         private readonly ForwarderRequestConfig _requestConfig = new()
         {
             Version = HttpVersion.Version11,
@@ -413,8 +422,10 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         private readonly ForwarderRequestConfig _grpcConfig;
         private readonly ForwarderRequestConfig _streamConfig;
 
-        public RequestHandler(IHttpForwarder forwarder, Func<RouteTable> routes, GatewayMetrics metrics, GatewayOptions options, AccessLog? accessLog, GatewayMesh? mesh)
+        public RequestHandler(IHttpForwarder forwarder, Func<RouteTable> routes, GatewayMetrics metrics, GatewayOptions options, AccessLog? accessLog, GatewayMesh? mesh, KestrelConnectionEnds kestrelEnds)
         {
+            _kestrelEnds = kestrelEnds;
+            _sendTimeout = options.ResponseSendTimeout;
             _forwarder = forwarder;
             _routes = routes;
             _metrics = metrics;
@@ -453,6 +464,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         {
             _client.Dispose();
             _tracing?.Dispose();
+            _kestrelEnds.Dispose();
             if (_accessLog is not null)
             {
                 await _accessLog.DisposeAsync().ConfigureAwait(false);
@@ -511,6 +523,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                     config = grpc ? _grpcConfig : _streamConfig;
                 }
 
+                context.Response.Body = new ResponseSendTimeout(context.Response.Body, context, _sendTimeout, _metrics);
                 var transformer = new ForwardTransformer(route, path, span);
                 var error = await _forwarder.SendAsync(context, $"http://{endpoint}", _client, config, transformer).ConfigureAwait(false);
                 if (error == ForwarderError.None)
