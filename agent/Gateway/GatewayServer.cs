@@ -482,6 +482,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             var grpc = request.ContentType is { } contentType && contentType.StartsWith("application/grpc", StringComparison.OrdinalIgnoreCase) && HttpProtocol.IsHttp2(request.Protocol);
             var path = NormalizePath(request.Path.Value);
             var span = _tracing is null ? null : GatewayTracing.StartSpan(request);
+            ForwardTransformer? transformer = null;
             try
             {
                 var host = RouteCompiler.NormalizeHost(request.Host.Host) ?? "";
@@ -524,7 +525,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 }
 
                 context.Response.Body = new ResponseSendTimeout(context.Response.Body, context, _sendTimeout, _metrics);
-                var transformer = new ForwardTransformer(route, path, span);
+                transformer = new ForwardTransformer(route, path, span);
                 var error = await _forwarder.SendAsync(context, $"http://{endpoint}", _client, config, transformer).ConfigureAwait(false);
                 if (error == ForwarderError.None)
                 {
@@ -569,7 +570,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 _metrics.Request(backend, grpc ? "grpc" : "http", context.Response.StatusCode, flags, milliseconds);
                 _accessLog?.Write(new AccessLogEntry(
                     DateTime.UtcNow, request.Method, request.Host.Value ?? "", path, request.Protocol, context.Response.StatusCode, milliseconds,
-                    endpoint?.ToString(), route?.Source, backend?.Name, request.Headers.TraceParent.ToString() is { Length: > 0 } trace ? trace : null,
+                    endpoint?.ToString(), route?.Source, backend?.Name, transformer?.SentTraceParent ?? (request.Headers.TraceParent.ToString() is { Length: > 0 } trace ? trace : null),
                     context.Connection.RemoteIpAddress?.ToString(), flags));
                 if (span is not null)
                 {
@@ -648,29 +649,64 @@ internal sealed partial class GatewayServer : IAsyncDisposable
     /// </summary>
     private sealed partial class ForwardTransformer(Route route, string path, Activity? span) : HttpTransformer
     {
+        /// <summary>The traceparent the backend was sent (for the access log), once the request was transformed.</summary>
+        public string? SentTraceParent { get; private set; }
+
         public override async ValueTask TransformRequestAsync(HttpContext httpContext, HttpRequestMessage proxyRequest, string destinationPrefix, CancellationToken cancellationToken)
         {
             var request = httpContext.Request;
             var headers = request.Headers;
             var client = httpContext.Connection.RemoteIpAddress?.ToString() ?? "unknown";
             var forwardedFor = headers["X-Forwarded-For"];
-            headers["X-Forwarded-For"] = forwardedFor.Count == 0 ? client : $"{string.Join(", ", forwardedFor.ToArray())}, {client}";
-            headers["X-Forwarded-Proto"] = request.Scheme;
-            headers["X-Forwarded-Host"] = request.Host.Value;
+            var forwardedForValue = forwardedFor.Count == 0 ? client : $"{string.Join(", ", forwardedFor.ToArray())}, {client}";
             var continued = span?.HasRemoteParent ?? false;
-            headers["traceparent"] = span is not null ? GatewayTracing.TraceParent(span) : TraceParent(headers["traceparent"].ToString(), out continued);
-            if (!continued)
+            var traceParent = span is not null ? GatewayTracing.TraceParent(span) : TraceParent(headers.TraceParent.ToString(), out continued);
+            SentTraceParent = traceParent;
+            if (route.Action.RequestHeaders is { } modifier)
             {
-                headers.Remove("tracestate");
+                // The route's header edits see and may change the forwarded headers: they go through the client's headers first.
+                headers["X-Forwarded-For"] = forwardedForValue;
+                headers["X-Forwarded-Proto"] = request.Scheme;
+                headers["X-Forwarded-Host"] = request.Host.Value;
+                headers.TraceParent = traceParent;
+                if (!continued)
+                {
+                    headers.Remove("tracestate");
+                }
+
+                modifier.Apply(headers);
+                await base.TransformRequestAsync(httpContext, proxyRequest, destinationPrefix, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                // Written to the outgoing request only: X-Forwarded-* are names Kestrel has no slot for, and set on the
+                // client's headers they would give every client connection a dictionary it keeps while idle.
+                await base.TransformRequestAsync(httpContext, proxyRequest, destinationPrefix, cancellationToken).ConfigureAwait(false);
+                var outgoing = proxyRequest.Headers;
+                Replace(outgoing, "X-Forwarded-For", forwardedForValue);
+                Replace(outgoing, "X-Forwarded-Proto", request.Scheme);
+                Replace(outgoing, "X-Forwarded-Host", request.Host.Value);
+                Replace(outgoing, "traceparent", traceParent);
+                if (!continued)
+                {
+                    outgoing.Remove("tracestate");
+                }
             }
 
-            route.Action.RequestHeaders?.Apply(headers);
-            await base.TransformRequestAsync(httpContext, proxyRequest, destinationPrefix, cancellationToken).ConfigureAwait(false);
             var target = route.Action.Rewrite?.Path?.Apply(path, route.Path) ?? path;
             proxyRequest.RequestUri = RequestUtilities.MakeDestinationAddress(destinationPrefix, new PathString(target), request.QueryString);
 
             // The backend sees the host the client asked for (as behind any ingress), unless URLRewrite changes it.
             proxyRequest.Headers.Host = route.Action.Rewrite?.Hostname ?? request.Host.Value;
+        }
+
+        private static void Replace(System.Net.Http.Headers.HttpRequestHeaders headers, string name, string? value)
+        {
+            headers.Remove(name);
+            if (value is not null)
+            {
+                headers.TryAddWithoutValidation(name, value);
+            }
         }
 
         public override async ValueTask<bool> TransformResponseAsync(HttpContext httpContext, HttpResponseMessage? proxyResponse, CancellationToken cancellationToken)
