@@ -24,6 +24,7 @@ internal sealed class GatewayMetrics
     private readonly Gauge _routes;
     private readonly Gauge _connections;
     private readonly Counter _connectionsRefused;
+    private readonly Counter _clientsCut;
     private readonly Counter _accessLogDropped;
     private readonly Counter _spansExported;
     private readonly Counter _spansDropped;
@@ -47,6 +48,8 @@ internal sealed class GatewayMetrics
         _configStale = factory.CreateGauge("weft_gateway_config_stale", "1 while the inventory file as it is now cannot be loaded (the last good routes are served).");
         _connections = factory.CreateGauge("weft_gateway_client_connections", "Client connections the gateway holds now.");
         _connectionsRefused = factory.CreateCounter("weft_gateway_client_connections_refused_total", "Client connections closed on accept because the gateway held its maximum (--max-connections).");
+        _clientsCut = factory.CreateCounter("weft_gateway_client_disconnects_total",
+            "Client connections (for response_stalled over HTTP/2: streams) the gateway cut on a limit, by reason: response_stalled (a response write the client did not take within the send timeout), or Kestrel's reason (min_response_data_rate, min_request_body_data_rate, request_headers_timeout, keep_alive_timeout, ...).", "reason");
         _routes = factory.CreateGauge("weft_gateway_routes", "Routes the gateway serves now, by listener.", "listener");
     }
 
@@ -90,6 +93,11 @@ internal sealed class GatewayMetrics
     public double ConnectionsRefusedCount => _connectionsRefused.Value;
 
     public double ConnectionsOpen => _connections.Value;
+
+    /// <param name="reason">"response_stalled", or the error.type Kestrel gave a connection it ended.</param>
+    public void ClientCut(string reason) => _clientsCut.WithLabels(reason).Inc();
+
+    public double ClientCutCount(string reason) => _clientsCut.WithLabels(reason).Value;
 
     public void TlsRefused() => _tlsRefused.Inc();
 

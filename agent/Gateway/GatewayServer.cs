@@ -54,6 +54,12 @@ internal sealed record GatewayOptions
     /// <summary>How long a slow body may start before the minimum rates apply.</summary>
     public TimeSpan MinDataRateGrace { get; init; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>
+    /// A response write the client does not take within this (it stopped reading) aborts the request, as nginx's
+    /// send_timeout (the same 60 s); the minimum response rate alone would let it hold for hours.
+    /// </summary>
+    public TimeSpan ResponseSendTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
     /// <summary>An idle keep-alive client connection is closed after this.</summary>
     public TimeSpan KeepAliveTimeout { get; init; } = TimeSpan.FromSeconds(120);
 
@@ -229,7 +235,8 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         builder.Services.AddHttpForwarder();
         var app = builder.Build();
         var accessLog = options.AccessLog is { } target ? AccessLog.Open(target, metrics) : null;
-        var handler = new RequestHandler(app.Services.GetRequiredService<IHttpForwarder>(), routes, metrics, options, accessLog, mesh);
+        var kestrelEnds = new KestrelConnectionEnds(app.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), metrics);
+        var handler = new RequestHandler(app.Services.GetRequiredService<IHttpForwarder>(), routes, metrics, options, accessLog, mesh, kestrelEnds);
         app.Run(handler.HandleAsync);
 
         WebApplication? admin = null;
@@ -404,6 +411,8 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         private readonly AccessLog? _accessLog;
         private readonly GatewayTracing? _tracing;
         private readonly int _consecutive5xx;
+        private readonly TimeSpan _sendTimeout;
+        private readonly KestrelConnectionEnds _kestrelEnds;
         private readonly ForwarderRequestConfig _requestConfig = new()
         {
             Version = HttpVersion.Version11,
@@ -413,8 +422,10 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         private readonly ForwarderRequestConfig _grpcConfig;
         private readonly ForwarderRequestConfig _streamConfig;
 
-        public RequestHandler(IHttpForwarder forwarder, Func<RouteTable> routes, GatewayMetrics metrics, GatewayOptions options, AccessLog? accessLog, GatewayMesh? mesh)
+        public RequestHandler(IHttpForwarder forwarder, Func<RouteTable> routes, GatewayMetrics metrics, GatewayOptions options, AccessLog? accessLog, GatewayMesh? mesh, KestrelConnectionEnds kestrelEnds)
         {
+            _kestrelEnds = kestrelEnds;
+            _sendTimeout = options.ResponseSendTimeout;
             _forwarder = forwarder;
             _routes = routes;
             _metrics = metrics;
@@ -453,6 +464,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         {
             _client.Dispose();
             _tracing?.Dispose();
+            _kestrelEnds.Dispose();
             if (_accessLog is not null)
             {
                 await _accessLog.DisposeAsync().ConfigureAwait(false);
@@ -470,6 +482,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             var grpc = request.ContentType is { } contentType && contentType.StartsWith("application/grpc", StringComparison.OrdinalIgnoreCase) && HttpProtocol.IsHttp2(request.Protocol);
             var path = NormalizePath(request.Path.Value);
             var span = _tracing is null ? null : GatewayTracing.StartSpan(request);
+            ForwardTransformer? transformer = null;
             try
             {
                 var host = RouteCompiler.NormalizeHost(request.Host.Host) ?? "";
@@ -511,7 +524,8 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                     config = grpc ? _grpcConfig : _streamConfig;
                 }
 
-                var transformer = new ForwardTransformer(route, path, span);
+                context.Response.Body = new ResponseSendTimeout(context.Response.Body, context, _sendTimeout, _metrics);
+                transformer = new ForwardTransformer(route, path, span);
                 var error = await _forwarder.SendAsync(context, $"http://{endpoint}", _client, config, transformer).ConfigureAwait(false);
                 if (error == ForwarderError.None)
                 {
@@ -556,7 +570,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 _metrics.Request(backend, grpc ? "grpc" : "http", context.Response.StatusCode, flags, milliseconds);
                 _accessLog?.Write(new AccessLogEntry(
                     DateTime.UtcNow, request.Method, request.Host.Value ?? "", path, request.Protocol, context.Response.StatusCode, milliseconds,
-                    endpoint?.ToString(), route?.Source, backend?.Name, request.Headers.TraceParent.ToString() is { Length: > 0 } trace ? trace : null,
+                    endpoint?.ToString(), route?.Source, backend?.Name, transformer?.SentTraceParent ?? (request.Headers.TraceParent.ToString() is { Length: > 0 } trace ? trace : null),
                     context.Connection.RemoteIpAddress?.ToString(), flags));
                 if (span is not null)
                 {
@@ -635,29 +649,64 @@ internal sealed partial class GatewayServer : IAsyncDisposable
     /// </summary>
     private sealed partial class ForwardTransformer(Route route, string path, Activity? span) : HttpTransformer
     {
+        /// <summary>The traceparent the backend was sent (for the access log), once the request was transformed.</summary>
+        public string? SentTraceParent { get; private set; }
+
         public override async ValueTask TransformRequestAsync(HttpContext httpContext, HttpRequestMessage proxyRequest, string destinationPrefix, CancellationToken cancellationToken)
         {
             var request = httpContext.Request;
             var headers = request.Headers;
             var client = httpContext.Connection.RemoteIpAddress?.ToString() ?? "unknown";
             var forwardedFor = headers["X-Forwarded-For"];
-            headers["X-Forwarded-For"] = forwardedFor.Count == 0 ? client : $"{string.Join(", ", forwardedFor.ToArray())}, {client}";
-            headers["X-Forwarded-Proto"] = request.Scheme;
-            headers["X-Forwarded-Host"] = request.Host.Value;
+            var forwardedForValue = forwardedFor.Count == 0 ? client : $"{string.Join(", ", forwardedFor.ToArray())}, {client}";
             var continued = span?.HasRemoteParent ?? false;
-            headers["traceparent"] = span is not null ? GatewayTracing.TraceParent(span) : TraceParent(headers["traceparent"].ToString(), out continued);
-            if (!continued)
+            var traceParent = span is not null ? GatewayTracing.TraceParent(span) : TraceParent(headers.TraceParent.ToString(), out continued);
+            SentTraceParent = traceParent;
+            if (route.Action.RequestHeaders is { } modifier)
             {
-                headers.Remove("tracestate");
+                // The route's header edits see and may change the forwarded headers: they go through the client's headers first.
+                headers["X-Forwarded-For"] = forwardedForValue;
+                headers["X-Forwarded-Proto"] = request.Scheme;
+                headers["X-Forwarded-Host"] = request.Host.Value;
+                headers.TraceParent = traceParent;
+                if (!continued)
+                {
+                    headers.Remove("tracestate");
+                }
+
+                modifier.Apply(headers);
+                await base.TransformRequestAsync(httpContext, proxyRequest, destinationPrefix, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                // Written to the outgoing request only: X-Forwarded-* are names Kestrel has no slot for, and set on the
+                // client's headers they would give every client connection a dictionary it keeps while idle.
+                await base.TransformRequestAsync(httpContext, proxyRequest, destinationPrefix, cancellationToken).ConfigureAwait(false);
+                var outgoing = proxyRequest.Headers;
+                Replace(outgoing, "X-Forwarded-For", forwardedForValue);
+                Replace(outgoing, "X-Forwarded-Proto", request.Scheme);
+                Replace(outgoing, "X-Forwarded-Host", request.Host.Value);
+                Replace(outgoing, "traceparent", traceParent);
+                if (!continued)
+                {
+                    outgoing.Remove("tracestate");
+                }
             }
 
-            route.Action.RequestHeaders?.Apply(headers);
-            await base.TransformRequestAsync(httpContext, proxyRequest, destinationPrefix, cancellationToken).ConfigureAwait(false);
             var target = route.Action.Rewrite?.Path?.Apply(path, route.Path) ?? path;
             proxyRequest.RequestUri = RequestUtilities.MakeDestinationAddress(destinationPrefix, new PathString(target), request.QueryString);
 
             // The backend sees the host the client asked for (as behind any ingress), unless URLRewrite changes it.
             proxyRequest.Headers.Host = route.Action.Rewrite?.Hostname ?? request.Host.Value;
+        }
+
+        private static void Replace(System.Net.Http.Headers.HttpRequestHeaders headers, string name, string? value)
+        {
+            headers.Remove(name);
+            if (value is not null)
+            {
+                headers.TryAddWithoutValidation(name, value);
+            }
         }
 
         public override async ValueTask<bool> TransformResponseAsync(HttpContext httpContext, HttpResponseMessage? proxyResponse, CancellationToken cancellationToken)

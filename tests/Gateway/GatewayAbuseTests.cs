@@ -90,6 +90,7 @@ public class GatewayAbuseTests(ITestOutputHelper output)
         output.WriteLine($"closed after {closedAfter}: {answer}");
         Assert.True(closedAfter >= TimeSpan.FromSeconds(1.5), $"closed after {closedAfter}, before the 2 s timeout");
         Assert.True(answer.Length == 0 || answer.StartsWith("HTTP/1.1 408", StringComparison.Ordinal), answer);
+        await KestrelCountedAsync(gateway, "request_headers_timeout");
     }
 
     [Fact]
@@ -109,7 +110,68 @@ public class GatewayAbuseTests(ITestOutputHelper output)
         Assert.True(closedAfter >= TimeSpan.FromSeconds(1.5), $"closed after {closedAfter}, before the 2 s grace");
         Assert.True(answer.Length == 0 || answer.StartsWith("HTTP/1.1 4", StringComparison.Ordinal), answer);
         Assert.True(backend.Uploaded.Sum(part => part.Length) < 100_000, "the backend got the whole body");
+        await KestrelCountedAsync(gateway, "min_request_body_data_rate");
         Assert.Equal(HttpStatusCode.OK, await gateway.StatusAsync("x.example", "/"));
+    }
+
+    [Fact]
+    public async Task ClientThatStopsReadingALargeResponse_IsDisconnectedAfterTheSendTimeout_WhileOthersAreServed()
+    {
+        var sendTimeout = TimeSpan.FromSeconds(3);
+        var (gateway, backend) = await StartAsync(Impatient with { ResponseSendTimeout = sendTimeout });
+        await using var _ = gateway;
+        await using var __ = backend;
+
+        // A real socket with a small receive buffer asks for 256 MiB and never reads: the kernel buffers fill, then
+        // the gateway's writes wait on the client.
+        using var stalled = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveBufferSize = 4096 };
+        await stalled.ConnectAsync(IPAddress.Loopback, gateway.Server.HttpEndpoint!.Port);
+        var watch = Stopwatch.StartNew();
+        await stalled.SendAsync(Encoding.ASCII.GetBytes("GET /large HTTP/1.1\r\nHost: x.example\r\n\r\n"));
+
+        // Others are served while it stalls.
+        Assert.Equal(HttpStatusCode.OK, await gateway.StatusAsync("x.example", "/"));
+        while (gateway.Metrics.ClientCutCount("response_stalled") < 1 && watch.Elapsed < TimeSpan.FromSeconds(90))
+        {
+            await Task.Delay(100);
+        }
+
+        var cutAfter = watch.Elapsed;
+        output.WriteLine($"cut after {cutAfter} (send timeout {sendTimeout}); the backend wrote {backend.LargeBytesWritten} bytes; load {File.ReadAllText("/proc/loadavg").Trim()}");
+        Assert.True(gateway.Metrics.ClientCutCount("response_stalled") == 1, $"the gateway still holds a client that stopped reading after {cutAfter}");
+        Assert.True(cutAfter >= sendTimeout, $"cut after {cutAfter}, before the {sendTimeout} send timeout");
+
+        // The client, reading at last, gets what was buffered and then the end of the connection, never the whole body.
+        var received = 0L;
+        var buffer = new byte[64 * 1024];
+        using (var reading = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
+        {
+            try
+            {
+                int read;
+                while ((read = await stalled.ReceiveAsync(buffer, SocketFlags.None, reading.Token)) > 0)
+                {
+                    received += read;
+                }
+            }
+            catch (SocketException)
+            {
+                // reset: closed too
+            }
+        }
+
+        Assert.True(received < 256L * 1024 * 1024, $"the client got all {received} bytes");
+
+        // The backend's request was let go too (the gateway holds nothing for it), and the next client is served.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (backend.LargeAborted < 1 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(100);
+        }
+
+        Assert.Equal(1, backend.LargeAborted);
+        Assert.Equal(HttpStatusCode.OK, await gateway.StatusAsync("x.example", "/"));
+        Assert.Contains("weft_gateway_client_disconnects_total{reason=\"response_stalled\"} 1", await gateway.AdminAsync("/metrics"));
     }
 
     [Fact]
@@ -215,6 +277,18 @@ public class GatewayAbuseTests(ITestOutputHelper output)
 
             Directory.Delete(dir, recursive: true);
         }
+    }
+
+    /// <summary>The connection Kestrel cut shows in /metrics under Kestrel's reason (counted when the connection has ended).</summary>
+    private static async Task KestrelCountedAsync(GatewayLoopback gateway, string reason)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (gateway.Metrics.ClientCutCount(reason) < 1 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(100);
+        }
+
+        Assert.Contains($"weft_gateway_client_disconnects_total{{reason=\"{reason}\"}} 1", await gateway.AdminAsync("/metrics"));
     }
 
     private static Process Start(string file, IEnumerable<string> arguments, StringBuilder log)

@@ -348,6 +348,38 @@ public class GatewayConformanceTests
     }
 
     [Fact]
+    public async Task HTTPRouteNoBackendRefs()
+    {
+        // A rule whose backendRefs are left out and one whose list is empty both answer 500 (they are not
+        // dropped to a 404); the route is Accepted with ResolvedRefs True, since it refers to nothing unresolved.
+        var objects = GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}")
+            + """
+            ---
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: HTTPRoute
+            metadata: {name: omitted-backendrefs, namespace: gateway-conformance-infra}
+            spec:
+              parentRefs: [{name: same-namespace}]
+              rules:
+              - matches: [{path: {type: Exact, value: /omitted-no-forward}}]
+              - matches: [{path: {type: Exact, value: /empty-no-forward}}]
+                backendRefs: []
+              - matches: [{path: {type: PathPrefix, value: /}}]
+                backendRefs: [{name: infra-backend-v1, port: 80}]
+
+            """;
+        await using var cluster = await StartAsync(objects);
+
+        var route = await cluster.WaitForObjectAsync<HttpRouteResource>(Infra, "omitted-backendrefs", r => RouteParent(r, "same-namespace") is not null);
+        var conditions = RouteParent(route, "same-namespace")!["conditions"];
+        Assert.Equal("True/Accepted/1", Condition(conditions, "Accepted"));
+        Assert.Equal("True/ResolvedRefs/1", Condition(conditions, "ResolvedRefs"));
+        await cluster.AnswersAsync("example.com", "/forward", "infra-backend-v1");
+        await cluster.AnswersAsync("example.com", "/omitted-no-forward", "500");
+        await cluster.AnswersAsync("example.com", "/empty-no-forward", "500");
+    }
+
+    [Fact]
     public async Task HTTPRouteServiceTypes()
     {
         // Upstream fills manual Endpoints and EndpointSlices with the infra-backend-v1 pods. The gateway reads

@@ -28,6 +28,8 @@ internal sealed class TrafficBackend : IAsyncDisposable
     private int _held;
     private TaskCompletionSource _release = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private int _statusAnswers;
+    private long _largeBytesWritten;
+    private int _largeAborted;
 
     private TrafficBackend(WebApplication app, string name)
     {
@@ -47,6 +49,12 @@ internal sealed class TrafficBackend : IAsyncDisposable
     public int Held => Volatile.Read(ref _held);
 
     public int StatusAnswers => Volatile.Read(ref _statusAnswers);
+
+    /// <summary>Bytes of /large responses the backend got written (to the gateway).</summary>
+    public long LargeBytesWritten => Interlocked.Read(ref _largeBytesWritten);
+
+    /// <summary>/large responses whose request was aborted before the whole body was written (the gateway let go).</summary>
+    public int LargeAborted => Volatile.Read(ref _largeAborted);
 
     /// <summary>Parts of /upload bodies as they were read, each when it arrived.</summary>
     public System.Collections.Concurrent.ConcurrentQueue<string> Uploaded { get; } = new();
@@ -99,6 +107,24 @@ internal sealed class TrafficBackend : IAsyncDisposable
 
                 await context.Response.WriteAsync($"part {part}\n");
                 await context.Response.Body.FlushAsync();
+            }
+        });
+        app.Map("/large", async context =>
+        {
+            // 256 MiB in 64 KiB writes: far more than socket buffers and the gateway's buffers hold.
+            var chunk = new byte[64 * 1024];
+            context.Response.ContentLength = 4096L * chunk.Length;
+            try
+            {
+                for (var i = 0; i < 4096; i++)
+                {
+                    await context.Response.Body.WriteAsync(chunk, context.RequestAborted);
+                    Interlocked.Add(ref backend._largeBytesWritten, chunk.Length);
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or IOException)
+            {
+                Interlocked.Increment(ref backend._largeAborted);
             }
         });
         app.Map("/upload", async context =>
