@@ -89,7 +89,7 @@ internal sealed class GatewaySpec
     public string? GatewayClassName { get; set; }
 
     [JsonPropertyName("listeners")]
-    public List<GatewayListener>? Listeners { get; set; }
+    public List<GatewayListener>? Listeners { get; set => field = NullsDropped.From(value); }
 }
 
 internal sealed class GatewayListener
@@ -121,7 +121,7 @@ internal sealed class GatewayTlsConfig
     public string? Mode { get; set; }
 
     [JsonPropertyName("certificateRefs")]
-    public List<ObjectReference>? CertificateRefs { get; set; }
+    public List<ObjectReference>? CertificateRefs { get; set => field = NullsDropped.From(value); }
 }
 
 internal sealed class AllowedRoutes
@@ -131,7 +131,7 @@ internal sealed class AllowedRoutes
 
     /// <summary>Route kinds the listener admits; none given: every kind its protocol serves (HTTPRoute).</summary>
     [JsonPropertyName("kinds")]
-    public List<RouteGroupKind>? Kinds { get; set; }
+    public List<RouteGroupKind>? Kinds { get; set => field = NullsDropped.From(value); }
 }
 
 internal sealed class RouteGroupKind
@@ -189,25 +189,25 @@ internal sealed class HttpRouteResource : GatewayApiObject<HttpRouteSpec>
 internal sealed class HttpRouteSpec
 {
     [JsonPropertyName("parentRefs")]
-    public List<ObjectReference>? ParentRefs { get; set; }
+    public List<ObjectReference>? ParentRefs { get; set => field = NullsDropped.From(value); }
 
     [JsonPropertyName("hostnames")]
-    public List<string>? Hostnames { get; set; }
+    public List<string>? Hostnames { get; set => field = NullsDropped.From(value); }
 
     [JsonPropertyName("rules")]
-    public List<HttpRouteRule>? Rules { get; set; }
+    public List<HttpRouteRule>? Rules { get; set => field = NullsDropped.From(value); }
 }
 
 internal sealed class HttpRouteRule
 {
     [JsonPropertyName("matches")]
-    public List<HttpRouteMatch>? Matches { get; set; }
+    public List<HttpRouteMatch>? Matches { get; set => field = NullsDropped.From(value); }
 
     [JsonPropertyName("filters")]
-    public List<HttpRouteFilter>? Filters { get; set; }
+    public List<HttpRouteFilter>? Filters { get; set => field = NullsDropped.From(value); }
 
     [JsonPropertyName("backendRefs")]
-    public List<ObjectReference>? BackendRefs { get; set; }
+    public List<ObjectReference>? BackendRefs { get; set => field = NullsDropped.From(value); }
 }
 
 internal sealed class HttpRouteMatch
@@ -216,10 +216,10 @@ internal sealed class HttpRouteMatch
     public HttpPathMatch? Path { get; set; }
 
     [JsonPropertyName("headers")]
-    public List<HttpValueMatch>? Headers { get; set; }
+    public List<HttpValueMatch>? Headers { get; set => field = NullsDropped.From(value); }
 
     [JsonPropertyName("queryParams")]
-    public List<HttpValueMatch>? QueryParams { get; set; }
+    public List<HttpValueMatch>? QueryParams { get; set => field = NullsDropped.From(value); }
 
     [JsonPropertyName("method")]
     public string? Method { get; set; }
@@ -269,13 +269,13 @@ internal sealed class HttpRouteFilter
 internal sealed class HttpHeaderFilter
 {
     [JsonPropertyName("set")]
-    public List<HttpHeader>? Set { get; set; }
+    public List<HttpHeader>? Set { get; set => field = NullsDropped.From(value); }
 
     [JsonPropertyName("add")]
-    public List<HttpHeader>? Add { get; set; }
+    public List<HttpHeader>? Add { get; set => field = NullsDropped.From(value); }
 
     [JsonPropertyName("remove")]
-    public List<string>? Remove { get; set; }
+    public List<string>? Remove { get; set => field = NullsDropped.From(value); }
 }
 
 internal sealed class HttpHeader
@@ -336,8 +336,21 @@ internal sealed class ReferenceGrantResource : GatewayApiObject<ReferenceGrantSp
 internal sealed class ReferenceGrantSpec
 {
     [JsonPropertyName("from")]
-    public List<ObjectReference>? From { get; set; }
+    public List<ObjectReference>? From { get; set => field = NullsDropped.From(value); }
 
     [JsonPropertyName("to")]
-    public List<ObjectReference>? To { get; set; }
+    public List<ObjectReference>? To { get; set => field = NullsDropped.From(value); }
+}
+
+/// <summary>
+/// A list in a routing object may hold a null (<c>rules: [~]</c>, or an entry that is only a comment): it means nothing, and
+/// the compiler never sees it (found by fuzzing, docs/faults.md).
+/// </summary>
+internal static class NullsDropped
+{
+    public static List<T>? From<T>(List<T>? list)
+    {
+        list?.RemoveAll(static item => item is null);
+        return list;
+    }
 }

@@ -111,7 +111,7 @@ internal static class RouteCompiler
                 }
             }
 
-            foreach (var rule in ingress.Spec?.Rules ?? [])
+            foreach (var rule in (ingress.Spec?.Rules ?? []).OfType<V1IngressRule>())
             {
                 var host = NormalizeHost(rule.Host);
                 var pattern = host is null ? HostPattern.AnyHost
@@ -123,7 +123,7 @@ internal static class RouteCompiler
                     continue;
                 }
 
-                foreach (var path in rule.Http?.Paths ?? [])
+                foreach (var path in (rule.Http?.Paths ?? []).OfType<V1HTTPIngressPath>())
                 {
                     var value = string.IsNullOrEmpty(path.Path) ? "/" : path.Path;
                     if (value[0] != '/')
@@ -150,7 +150,7 @@ internal static class RouteCompiler
                 }
             }
 
-            foreach (var tls in ingress.Spec?.Tls ?? [])
+            foreach (var tls in (ingress.Spec?.Tls ?? []).OfType<V1IngressTLS>())
             {
                 if (string.IsNullOrEmpty(tls.SecretName))
                 {

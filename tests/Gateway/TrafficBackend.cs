@@ -118,6 +118,9 @@ internal sealed class TrafficBackend : IAsyncDisposable
             {
                 for (var i = 0; i < 4096; i++)
                 {
+                    // Kestrel discards writes to a connection the peer closed without waiting, so a write need not throw:
+                    // the abort is checked before each one.
+                    context.RequestAborted.ThrowIfCancellationRequested();
                     await context.Response.Body.WriteAsync(chunk, context.RequestAborted);
                     Interlocked.Add(ref backend._largeBytesWritten, chunk.Length);
                 }
