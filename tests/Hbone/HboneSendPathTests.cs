@@ -91,7 +91,7 @@ public class HboneSendPathTests
     }
 
     /// <summary>The client's real socket stream, counting what the connection hands it to send.</summary>
-    private sealed class WriteCountingStream(NetworkStream inner) : Stream
+    private sealed class WriteCountingStream(NetworkStream inner) : TransportWrapper(inner)
     {
         private long _bytesWritten;
         private int _readsPending;
@@ -103,16 +103,13 @@ public class HboneSendPathTests
 
         public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
         {
-            await inner.WriteAsync(buffer, cancellationToken);
+            await Inner.WriteAsync(buffer, cancellationToken);
             Interlocked.Add(ref _bytesWritten, buffer.Length);
         }
 
-        public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
-            WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
-
         public override void Write(byte[] buffer, int offset, int count)
         {
-            inner.Write(buffer, offset, count);
+            Inner.Write(buffer, offset, count);
             Interlocked.Add(ref _bytesWritten, count);
         }
 
@@ -121,48 +118,12 @@ public class HboneSendPathTests
             Interlocked.Increment(ref _readsPending);
             try
             {
-                return await inner.ReadAsync(buffer, cancellationToken);
+                return await Inner.ReadAsync(buffer, cancellationToken);
             }
             finally
             {
                 Interlocked.Decrement(ref _readsPending);
             }
-        }
-
-        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
-            ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
-
-        public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
-
-        public override Task FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
-
-        public override void Flush() => inner.Flush();
-
-        public override bool CanRead => true;
-
-        public override bool CanSeek => false;
-
-        public override bool CanWrite => true;
-
-        public override long Length => throw new NotSupportedException();
-
-        public override long Position
-        {
-            get => throw new NotSupportedException();
-            set => throw new NotSupportedException();
-        }
-
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-        public override void SetLength(long value) => throw new NotSupportedException();
-
-        protected override void Dispose(bool disposing)
-        {
-            if (disposing)
-            {
-                inner.Dispose();
-            }
-            base.Dispose(disposing);
         }
     }
 }

@@ -281,12 +281,10 @@ public class HboneTeardownTests(ITestOutputHelper output)
 }
 
 /// <summary>A transport whose reads stop delivering once silenced (what arrives is dropped), as if the peer had gone dark.</summary>
-internal sealed class SilenceableStream(NetworkStream inner) : Stream
+internal sealed class SilenceableStream(NetworkStream inner) : TransportWrapper(inner)
 {
     private readonly CancellationTokenSource _disposed = new();
     private volatile bool _silent;
-
-    public NetworkStream Inner => inner;
 
     public void Silence() => _silent = true;
 
@@ -294,7 +292,7 @@ internal sealed class SilenceableStream(NetworkStream inner) : Stream
     {
         if (!_silent)
         {
-            int read = await inner.ReadAsync(buffer, cancellationToken);
+            int read = await Inner.ReadAsync(buffer, cancellationToken);
             if (!_silent)
             {
                 return read;
@@ -305,47 +303,11 @@ internal sealed class SilenceableStream(NetworkStream inner) : Stream
         return 0;
     }
 
-    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
-        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
-
-    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default) =>
-        inner.WriteAsync(buffer, cancellationToken);
-
-    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
-        inner.WriteAsync(buffer, offset, count, cancellationToken);
-
-    public override Task FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
-
-    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-
-    public override void Write(byte[] buffer, int offset, int count) => inner.Write(buffer, offset, count);
-
-    public override void Flush() => inner.Flush();
-
-    public override bool CanRead => true;
-
-    public override bool CanWrite => true;
-
-    public override bool CanSeek => false;
-
-    public override long Length => throw new NotSupportedException();
-
-    public override long Position
-    {
-        get => throw new NotSupportedException();
-        set => throw new NotSupportedException();
-    }
-
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-    public override void SetLength(long value) => throw new NotSupportedException();
-
     protected override void Dispose(bool disposing)
     {
         if (disposing)
         {
             _disposed.Cancel();
-            inner.Dispose();
         }
         base.Dispose(disposing);
     }
