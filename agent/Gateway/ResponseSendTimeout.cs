@@ -25,6 +25,7 @@ internal sealed class ResponseSendTimeout(Stream inner, HttpContext context, Tim
 
     public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
+        ThrowIfClientGone();
         var write = inner.WriteAsync(buffer, cancellationToken);
         return write.IsCompletedSuccessfully ? default : WithinAsync(write.AsTask());
     }
@@ -34,8 +35,22 @@ internal sealed class ResponseSendTimeout(Stream inner, HttpContext context, Tim
 
     public override Task FlushAsync(CancellationToken cancellationToken)
     {
+        ThrowIfClientGone();
         var flush = inner.FlushAsync(cancellationToken);
         return flush.IsCompletedSuccessfully ? Task.CompletedTask : WithinAsync(flush).AsTask();
+    }
+
+    /// <summary>
+    /// Once the client's connection is aborted (this timeout, a Kestrel limit, the client's reset), Kestrel takes every
+    /// write at once and drops it: without this the forwarder would go on pulling the rest of the backend's response
+    /// into nothing at full speed, where failing the write makes it let go of the backend.
+    /// </summary>
+    private void ThrowIfClientGone()
+    {
+        if (context.RequestAborted.IsCancellationRequested)
+        {
+            throw new IOException("the client's connection was aborted: the rest of the response is not read from the backend");
+        }
     }
 
     private async ValueTask WithinAsync(Task pending)
