@@ -681,8 +681,10 @@ internal static class RouteCompiler
                     var leaf = X509Certificate2.CreateFromPem(certificate, privateKey);
                     context = SslStreamCertificateContext.Create(leaf, [.. chain.Skip(1)], offline: true);
                 }
-                catch (CryptographicException ex)
+                catch (Exception ex) when (ex is CryptographicException or NotSupportedException or ArgumentException)
                 {
+                    // NotSupportedException (its subclass PlatformNotSupportedException), found by fuzzing: a key on a
+                    // curve OpenSSL does not know. Only this Secret is unusable; every other route still compiles.
                     Warn($"{source}: TLS Secret {key} cannot be used: {ex.Message}");
                 }
             }
