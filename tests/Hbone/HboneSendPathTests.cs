@@ -12,72 +12,50 @@ public class HboneSendPathTests
     [Fact]
     public async Task OutputFlush_WithWindowOpen_HasPutTheDataFrameOnTheTransportWhenItReturns()
     {
-        var (clientSide, serverSide) = await SocketPairAsync();
-        var transport = new WriteCountingStream(clientSide);
-        using var stop = new CancellationTokenSource();
-        Task server = HboneServer.RunConnectionAsync(serverSide, EchoHandler, QuietSettings, stop.Token);
-        HboneClientConnection client = await HboneClientConnection.StartAsync(transport, QuietSettings, CancellationToken.None);
-        try
-        {
-            HboneStream stream = await client.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None).WaitAsync(Patience);
+        WriteCountingStream? transport = null;
+        await using var tunnel = await LoopbackTunnel.StartAsync(EchoHandler, clientTransport: socket => transport = new WriteCountingStream(socket));
+        HboneStream stream = await tunnel.ConnectAsync();
 
-            // One exchange first, so the stream's send loop has started and waits for the next bytes.
-            await stream.Output.WriteAsync(new byte[] { 1 });
-            Assert.Equal(new byte[] { 1 }, await ReadExactlyAsync(stream.Input, 1).WaitAsync(Patience));
-            await Task.Delay(200);
+        // One exchange first, so the stream's send loop has started and waits for the next bytes.
+        await stream.Output.WriteAsync(new byte[] { 1 });
+        Assert.Equal(new byte[] { 1 }, await ReadExactlyAsync(stream.Input, 1).WaitAsync(Patience));
+        await Task.Delay(200);
 
-            byte[] request = new byte[1024];
-            Random.Shared.NextBytes(request);
-            long before = transport.BytesWritten;
-            await stream.Output.WriteAsync(request);
-            long written = transport.BytesWritten - before;
+        byte[] request = new byte[1024];
+        Random.Shared.NextBytes(request);
+        long before = transport!.BytesWritten;
+        await stream.Output.WriteAsync(request);
+        long written = transport.BytesWritten - before;
 
-            // A 9-byte DATA header and the payload, written by the flush itself rather than later by another thread.
-            Assert.True(written >= request.Length + 9, $"{written} bytes reached the transport when the flush returned");
-            Assert.Equal(request, await ReadExactlyAsync(stream.Input, request.Length).WaitAsync(Patience));
-            await stream.Output.CompleteAsync();
-            Assert.Empty(await ReadToEndAsync(stream.Input).WaitAsync(Patience));
-            await stream.DisposeAsync();
-        }
-        finally
-        {
-            await client.DisposeAsync();
-            await server.WaitAsync(Patience);
-        }
+        // A 9-byte DATA header and the payload, written by the flush itself rather than later by another thread.
+        Assert.True(written >= request.Length + 9, $"{written} bytes reached the transport when the flush returned");
+        Assert.Equal(request, await ReadExactlyAsync(stream.Input, request.Length).WaitAsync(Patience));
+        await stream.Output.CompleteAsync();
+        Assert.Empty(await ReadToEndAsync(stream.Input).WaitAsync(Patience));
+        await stream.DisposeAsync();
     }
 
     [Fact]
     public async Task InputRead_ResumedOnReadLoop_RunsBeforeTheConnectionReadsTheTransportAgain()
     {
-        var (clientSide, serverSide) = await SocketPairAsync();
-        var transport = new WriteCountingStream(clientSide);
-        using var stop = new CancellationTokenSource();
-        Task server = HboneServer.RunConnectionAsync(serverSide, EchoHandler, QuietSettings, stop.Token);
-        HboneClientConnection client = await HboneClientConnection.StartAsync(transport, QuietSettings, CancellationToken.None);
-        try
-        {
-            HboneStream stream = await client.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None).WaitAsync(Patience);
-            stream.ResumeReadsOnReadLoop();
-            byte[] request = new byte[1024];
-            Random.Shared.NextBytes(request);
+        WriteCountingStream? transport = null;
+        await using var tunnel = await LoopbackTunnel.StartAsync(EchoHandler, clientTransport: socket => transport = new WriteCountingStream(socket));
+        HboneStream stream = await tunnel.ConnectAsync();
+        stream.ResumeReadsOnReadLoop();
+        byte[] request = new byte[1024];
+        Random.Shared.NextBytes(request);
 
-            // The reader resumes on the connection's read loop, in the same turn that parsed the DATA frame:
-            // no hand-off to another thread, so the loop has not gone back to the transport yet.
-            Task<(byte[] Bytes, bool TransportReadPending)> echoed = ReadOnceAsync(stream, transport);
-            await stream.Output.WriteAsync(request);
-            var (bytes, transportReadPending) = await echoed.WaitAsync(Patience);
+        // The reader resumes on the connection's read loop, in the same turn that parsed the DATA frame:
+        // no hand-off to another thread, so the loop has not gone back to the transport yet.
+        Task<(byte[] Bytes, bool TransportReadPending)> echoed = ReadOnceAsync(stream, transport!);
+        await stream.Output.WriteAsync(request);
+        var (bytes, transportReadPending) = await echoed.WaitAsync(Patience);
 
-            Assert.False(transportReadPending, "the connection was already waiting on the transport when the reader resumed");
-            Assert.Equal(request, bytes);
-            await stream.Output.CompleteAsync();
-            Assert.Empty(await ReadToEndAsync(stream.Input).WaitAsync(Patience));
-            await stream.DisposeAsync();
-        }
-        finally
-        {
-            await client.DisposeAsync();
-            await server.WaitAsync(Patience);
-        }
+        Assert.False(transportReadPending, "the connection was already waiting on the transport when the reader resumed");
+        Assert.Equal(request, bytes);
+        await stream.Output.CompleteAsync();
+        Assert.Empty(await ReadToEndAsync(stream.Input).WaitAsync(Patience));
+        await stream.DisposeAsync();
     }
 
     private static async Task<(byte[] Bytes, bool TransportReadPending)> ReadOnceAsync(HboneStream stream, WriteCountingStream transport)

@@ -103,12 +103,15 @@ internal sealed class LoopbackTunnel : IAsyncDisposable
     /// <summary>RunConnectionAsync: must end without throwing once the client is gone.</summary>
     public Task Server { get; }
 
-    public static async Task<LoopbackTunnel> StartAsync(Func<HboneRequest, Task> onConnect, HboneSettings? serverSettings = null, HboneSettings? clientSettings = null)
+    /// <param name="clientTransport">What the client reads and writes instead of its socket stream (a test's watcher over it).</param>
+    public static async Task<LoopbackTunnel> StartAsync(Func<HboneRequest, Task> onConnect, HboneSettings? serverSettings = null, HboneSettings? clientSettings = null,
+        Func<NetworkStream, Stream>? clientTransport = null)
     {
         var (clientStream, serverStream) = await HboneTestKit.SocketPairAsync();
         var stop = new CancellationTokenSource();
         Task server = HboneServer.RunConnectionAsync(serverStream, onConnect, serverSettings ?? HboneTestKit.QuietSettings, stop.Token);
-        HboneClientConnection client = await HboneClientConnection.StartAsync(clientStream, clientSettings ?? HboneTestKit.QuietSettings, CancellationToken.None);
+        HboneClientConnection client = await HboneClientConnection.StartAsync(
+            clientTransport?.Invoke(clientStream) ?? clientStream, clientSettings ?? HboneTestKit.QuietSettings, CancellationToken.None);
         return new LoopbackTunnel(client, server, stop);
     }
 
