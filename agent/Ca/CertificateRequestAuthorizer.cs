@@ -102,10 +102,8 @@ internal sealed class CertificateRequestAuthorizer
             // Extensions are loaded only to be inspected; the certificate is built from the public key alone.
             csr = CertificateRequest.LoadSigningRequestPem(csrPem, HashAlgorithmName.SHA256, CertificateRequestLoadOptions.UnsafeLoadCertificateExtensions);
         }
-        catch (Exception e) when (e is CryptographicException or ArgumentException or NotSupportedException)
+        catch (Exception e) when (UnreadableCrypto.Is(e))
         {
-            // NotSupportedException, found by fuzzing: a signature algorithm .NET does not know, and (as its subclass
-            // PlatformNotSupportedException) a key on a curve OpenSSL does not know.
             return Refuse(RefusalReason.CsrInvalid, $"CSR is not a valid, self-signed PKCS#10 request: {e.Message}", node);
         }
         if (KeyProblem(csr.PublicKey) is { } keyProblem)

@@ -6,6 +6,7 @@ using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using k8s;
 using k8s.Models;
+using Weft.Identity;
 using Weft.Inventory;
 
 namespace Weft.Gateway;
@@ -681,10 +682,9 @@ internal static class RouteCompiler
                     var leaf = X509Certificate2.CreateFromPem(certificate, privateKey);
                     context = SslStreamCertificateContext.Create(leaf, [.. chain.Skip(1)], offline: true);
                 }
-                catch (Exception ex) when (ex is CryptographicException or NotSupportedException or ArgumentException)
+                catch (Exception ex) when (UnreadableCrypto.Is(ex))
                 {
-                    // NotSupportedException (its subclass PlatformNotSupportedException), found by fuzzing: a key on a
-                    // curve OpenSSL does not know. Only this Secret is unusable; every other route still compiles.
+                    // Only this Secret is unusable; every other route still compiles.
                     Warn($"{source}: TLS Secret {key} cannot be used: {ex.Message}");
                 }
             }
