@@ -42,8 +42,9 @@ internal sealed class ResponseSendTimeout(Stream inner, HttpContext context, Tim
 
     /// <summary>
     /// Once the client's connection is aborted (this timeout, a Kestrel limit, the client's reset), Kestrel takes every
-    /// write at once and drops it: without this the forwarder would go on pulling the rest of the backend's response
-    /// into nothing at full speed, where failing the write makes it let go of the backend.
+    /// write at once and drops it. YARP also stops reading the backend when RequestAborted fires, but Kestrel cancels that
+    /// token from the thread pool, late on a loaded machine: failing the write makes the forwarder let go of the backend
+    /// at once instead of pulling its response into nothing until then.
     /// </summary>
     private void ThrowIfClientGone()
     {

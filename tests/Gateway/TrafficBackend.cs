@@ -50,10 +50,10 @@ internal sealed class TrafficBackend : IAsyncDisposable
 
     public int StatusAnswers => Volatile.Read(ref _statusAnswers);
 
-    /// <summary>Bytes of /large responses the backend got written (to the gateway).</summary>
+    /// <summary>Bytes of /large responses Kestrel took from the backend (once the gateway closed the connection, it takes and drops them).</summary>
     public long LargeBytesWritten => Interlocked.Read(ref _largeBytesWritten);
 
-    /// <summary>/large responses whose request was aborted before the whole body was written (the gateway let go).</summary>
+    /// <summary>/large responses whose connection the gateway closed (it let go of the backend) rather than read to the end and kept.</summary>
     public int LargeAborted => Volatile.Read(ref _largeAborted);
 
     /// <summary>Parts of /upload bodies as they were read, each when it arrived.</summary>
@@ -118,12 +118,15 @@ internal sealed class TrafficBackend : IAsyncDisposable
             {
                 for (var i = 0; i < 4096; i++)
                 {
-                    // Kestrel discards writes to a connection the peer closed without waiting, so a write need not throw:
-                    // the abort is checked before each one.
                     context.RequestAborted.ThrowIfCancellationRequested();
                     await context.Response.Body.WriteAsync(chunk, context.RequestAborted);
                     Interlocked.Add(ref backend._largeBytesWritten, chunk.Length);
                 }
+
+                // Once the peer closed the connection Kestrel takes every write at once and drops it, and it cancels
+                // RequestAborted from the thread pool, late on a loaded machine: the rest of the loop can run through
+                // before the token says so. A peer that read the whole body keeps the connection and never aborts.
+                await Task.Delay(TimeSpan.FromSeconds(10), context.RequestAborted);
             }
             catch (Exception e) when (e is OperationCanceledException or IOException)
             {
