@@ -97,6 +97,21 @@ default_timeout_ms=5000
 [[ " ca-csr ca-token gateway-routes " =~ " $target " ]] && default_timeout_ms=30000
 execs=()
 [[ -n "${WEFT_FUZZ_EXECS:-}" ]] && execs=(-E "$WEFT_FUZZ_EXECS")
+# afl-fuzz's own peak_rss_mb stays 0 here: it reads getrusage of reaped children, and the harness is one long-lived
+# process (SharpFuzz's persistent loop). So the harness's peak RSS (VmHWM) is sampled every 2 s while it runs.
+peak_file="$out/peak-rss-$target"
+echo 0 >"$peak_file"
+(
+  peak=0
+  while sleep 2; do
+    for pid in $(pgrep -f "^$build/weft-fuzz $target" || true); do
+      hwm=$(awk '/^VmHWM:/ { print int($2 / 1024) }' "/proc/$pid/status" 2>/dev/null || echo 0)
+      if [[ -n "$hwm" && "$hwm" -gt "$peak" ]]; then peak=$hwm; echo "$peak" >"$peak_file"; fi
+    done
+  done
+) &
+sampler=$!
+trap 'kill "$sampler" 2>/dev/null || true' EXIT
 afl-fuzz -i "$inputs" -o "$findings" -t "${WEFT_FUZZ_TIMEOUT_MS:-$default_timeout_ms}" -m none -V "$seconds" "${execs[@]}" \
   -- "$build/weft-fuzz" "$target" >"$out/afl-$target.log" 2>&1 || {
   echo "afl-fuzz failed; the end of its log ($out/afl-$target.log):" >&2
@@ -108,7 +123,7 @@ stats="$findings/default/fuzzer_stats"
 value() { awk -F' *: *' -v k="$1" '$1 == k { print $2 }' "$stats"; }
 crashes=$(value saved_crashes)
 hangs=$(value saved_hangs)
-echo "target $target: $(value execs_done) executions in $(value run_time)s ($(value execs_per_sec)/s), $(value corpus_count) paths ($(value corpus_found) new), $crashes crashes, $hangs hangs, peak RSS $(value peak_rss_mb) MB"
+echo "target $target: $(value execs_done) executions in $(value run_time)s ($(value execs_per_sec)/s), $(value corpus_count) paths ($(value corpus_found) new), $crashes crashes, $hangs hangs, harness peak RSS $(cat "$peak_file") MB (GC heap limit $((DOTNET_GCHeapHardLimit / 1048576)) MB)"
 for kind in crashes hangs; do
   # A few examples; they are usually one bug found many ways.
   find "$findings/default/$kind" -name 'id:*' 2>/dev/null | sort | head -5 | while read -r f; do
