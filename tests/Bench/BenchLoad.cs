@@ -119,6 +119,7 @@ internal static partial class BenchCommand
 
             var total = (long)rate * minutes * 60;
             var peak = held.ToArray();
+            var cpuBefore = LoadCpu.Read(agents, pods, server);
             var clock = Stopwatch.StartNew();
             for (var i = 0; i < clients; i++)
             {
@@ -146,6 +147,8 @@ internal static partial class BenchCommand
             }
 
             stop.Token.ThrowIfCancellationRequested();
+            var cpu = LoadCpu.Read(agents, pods, server) - cpuBefore;
+            var cpuWall = clock.Elapsed.TotalSeconds;
             long ok = 0, failed = 0, lateStarts = 0, p50 = 0, p99 = 0, max = 0, elapsedMs = 0;
             var errorCounts = new SortedDictionary<string, long>(StringComparer.Ordinal);
             var failedLines = new List<string>();
@@ -203,6 +206,10 @@ internal static partial class BenchCommand
             Console.WriteLine($"| new connections | {ok} ok, {failed} failed{(failed > 0 ? " " + JsonSerializer.Serialize(errorCounts) : "")}, of {total} |");
             Console.WriteLine($"| achieved rate | {ok / seconds:0} /s over {seconds:0} s (asked {rate}/s; {lateStarts} started > 100 ms late) |");
             Console.WriteLine($"| duration (connect, 1 KiB each way, close) | p50 {p50 / 1000.0:0.0} ms (mean of the senders' medians), p99 {p99 / 1000.0:0.0} ms (worst sender's), max {max / 1000.0:0.0} ms |");
+            string Vcpu(double seconds) => $"{seconds / cpuWall:0.00} vCPU";
+            Console.WriteLine($"| CPU while sending ({cpuWall:0} s, {Environment.ProcessorCount} CPUs) | node1 agent {Vcpu(cpu.Agent1)} ({cpu.Agent1 * 1000 / Math.Max(ok, 1):0.00} ms per connection), " +
+                $"node2 agent {Vcpu(cpu.Agent2)} ({cpu.Agent2 * 1000 / Math.Max(ok, 1):0.00} ms), client pods (senders and holders) {Vcpu(cpu.Clients)}, server pod {Vcpu(cpu.Server)}, " +
+                $"all {Vcpu(cpu.Agent1 + cpu.Agent2 + cpu.Clients + cpu.Server)} |");
             for (var i = 0; i < agents.Length; i++)
             {
                 var perConnection = (held[i].RssKib - before[i].RssKib) / (double)Math.Max(open, 1);
@@ -228,6 +235,15 @@ internal static partial class BenchCommand
     }
 
     private readonly record struct LoadProgress(long Ok, long Failed, long InFlight, long Late);
+
+    /// <summary>CPU seconds used so far by each agent, by the client pods' cgroups together and by the server pod's cgroup.</summary>
+    private readonly record struct LoadCpu(double Agent1, double Agent2, double Clients, double Server)
+    {
+        public static LoadCpu Read(int[] agents, ClusterPod[] clients, ClusterPod server) =>
+            new(ProcStatus.CpuSeconds(agents[0]), ProcStatus.CpuSeconds(agents[1]), clients.Sum(p => CgroupCpuSeconds(p.CgroupPath)), CgroupCpuSeconds(server.CgroupPath));
+
+        public static LoadCpu operator -(LoadCpu a, LoadCpu b) => new(a.Agent1 - b.Agent1, a.Agent2 - b.Agent2, a.Clients - b.Clients, a.Server - b.Server);
+    }
 
     /// <summary>The senders' latest progress lines added up.</summary>
     private static LoadProgress SenderProgress(IEnumerable<ManagedProcess> senders)

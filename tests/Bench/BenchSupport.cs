@@ -58,6 +58,20 @@ internal static partial class BenchCommand
         }
     }
 
+    /// <summary>CPU time every process that ever ran in a cgroup (v2) has used, from its cpu.stat.</summary>
+    private static double CgroupCpuSeconds(string cgroupPath)
+    {
+        foreach (var line in File.ReadLines(Path.Join(cgroupPath, "cpu.stat")))
+        {
+            if (line.StartsWith("usage_usec ", StringComparison.Ordinal))
+            {
+                return long.Parse(line.AsSpan("usage_usec ".Length), CultureInfo.InvariantCulture) / 1e6;
+            }
+        }
+
+        throw new InvalidDataException($"{cgroupPath}/cpu.stat has no usage_usec");
+    }
+
     // sysconf(_SC_CLK_TCK) is 100 on every Linux the agent targets (USER_HZ is fixed by the ABI)
     private const int ClockTicksPerSecond = 100;
 
