@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Collections.Concurrent;
 using System.IO.Pipelines;
 using Weft.Hbone.Internal;
 using Weft.Hbone.Internal.FlowControl;
@@ -35,6 +36,11 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     // Cancelled when the stream ends abnormally; whoever relays it closes its other side at once.
     private readonly CancellationTokenSource _aborted = new();
 
+    // Options are immutable: one instance for every stream (per send-buffer size) instead of two per stream, which an
+    // idle stream held (144 bytes of each held connection in the load suite's heap dump).
+    private static readonly PipeOptions InboundPipeOptions = new(readerScheduler: PipeScheduler.Inline, pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false);
+    private static readonly ConcurrentDictionary<int, PipeOptions> OutboundPipeOptions = new();
+
     internal HboneStream(Http2Connection connection, int streamId, int peerInitialWindow, HboneSettings settings)
     {
         _connection = connection;
@@ -44,15 +50,15 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
         // The read loop never waits on the inbound pipe: the stream window bounds what it can hold. A waiting
         // reader resumes inline on the read loop; InboundReader hands it on to the thread pool unless the
         // application asked to be resumed there (ResumeReadsOnReadLoop).
-        _inbound = new Pipe(new PipeOptions(readerScheduler: PipeScheduler.Inline, pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
+        _inbound = new Pipe(InboundPipeOptions);
         // The send loop resumes inline on the writer's FlushAsync: the bytes become a DATA frame and reach
         // the transport on the thread that wrote them, instead of a thread-pool hop per chunk (the cpu
         // part's profile in docs/benchmark.md). The loop only waits on the write lock and the windows.
-        _outbound = new Pipe(new PipeOptions(
+        _outbound = new Pipe(OutboundPipeOptions.GetOrAdd(settings.StreamSendBuffer, static size => new PipeOptions(
             readerScheduler: PipeScheduler.Inline,
-            pauseWriterThreshold: settings.StreamSendBuffer,
-            resumeWriterThreshold: settings.StreamSendBuffer / 2,
-            useSynchronizationContext: false));
+            pauseWriterThreshold: size,
+            resumeWriterThreshold: size / 2,
+            useSynchronizationContext: false)));
         _input = new InboundReader(this, _inbound.Reader);
     }
 
@@ -330,9 +336,7 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
 
     internal void Abort(Exception error)
     {
-        Response.TrySetException(error);
-        CompleteInbound(error);
-        AbortOutbound();
+        // Aborted first: a reader woken by the failed input (inline, on this thread) already sees the stream aborted.
         try
         {
             _aborted.Cancel();
@@ -342,6 +346,10 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
             // A consumer's callback failed; the stream is gone either way and the connection must carry on.
             Log.Debug("hbone", $"stream {StreamId}: abort callback failed: {e.InnerException?.Message}");
         }
+
+        Response.TrySetException(error);
+        CompleteInbound(error);
+        AbortOutbound();
     }
 
     private void OnConsumed(long count)
