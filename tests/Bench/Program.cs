@@ -11,6 +11,7 @@ const string usage = $"""
     {BenchCommand.LoadUsage}
     {CaBenchmark.Usage}
     {GatewayBenchmark.Usage}
+    {IdleBenchmark.Usage}
     """;
 
 if (args.Length > 0 && args[0] is "-h" or "--help" or "help")
