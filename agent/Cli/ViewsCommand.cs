@@ -1,5 +1,7 @@
+using System.Buffers;
 using System.CommandLine;
 using System.Globalization;
+using System.Text;
 using System.Text.Json;
 
 namespace Weft.Cli;
@@ -68,8 +70,23 @@ internal static class ViewsCommand
         }
     }
 
-    internal static string Json(IReadOnlyList<JsonElement> items) =>
-        JsonSerializer.Serialize(items, new JsonSerializerOptions { WriteIndented = true }) + "\n";
+    internal static string Json(IReadOnlyList<JsonElement> items)
+    {
+        // Written element by element: JsonSerializer would need reflection metadata, which a trimmed (NativeAOT) build lacks.
+        var buffer = new ArrayBufferWriter<byte>();
+        using (var writer = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
+        {
+            writer.WriteStartArray();
+            foreach (var item in items)
+            {
+                item.WriteTo(writer);
+            }
+
+            writer.WriteEndArray();
+        }
+
+        return Encoding.UTF8.GetString(buffer.WrittenSpan) + "\n";
+    }
 
     internal static string Table(string view, IReadOnlyList<JsonElement> items)
     {

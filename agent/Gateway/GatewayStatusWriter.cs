@@ -83,7 +83,8 @@ internal sealed class GatewayStatusWriter(IKubernetes client, GatewayStatusOptio
             {
                 var previous = current?.FirstOrDefault(p => p?["controllerName"]?.GetValue<string>() == GatewayApiKinds.ControllerName
                     && JsonNode.DeepEquals(p?["parentRef"], ParentRef(parent.ParentRef)))?["conditions"];
-                parents.Add(new JsonObject
+                // Added as a JsonNode: the generic Add<T> would wrap it through reflection, which a trimmed build lacks.
+                parents.Add((JsonNode)new JsonObject
                 {
                     ["parentRef"] = ParentRef(parent.ParentRef),
                     ["controllerName"] = GatewayApiKinds.ControllerName,
@@ -117,7 +118,7 @@ internal sealed class GatewayStatusWriter(IKubernetes client, GatewayStatusOptio
         foreach (var listener in listeners)
         {
             var previous = previousListeners?.FirstOrDefault(l => l?["name"]?.GetValue<string>() == listener.Name)?["conditions"];
-            listenerStatus.Add(new JsonObject
+            listenerStatus.Add((JsonNode)new JsonObject
             {
                 ["name"] = listener.Name,
                 ["supportedKinds"] = new JsonArray([.. listener.SupportedKinds.Select(k => (JsonNode)new JsonObject { ["group"] = GatewayApiKinds.Group, ["kind"] = k })]),
@@ -147,7 +148,7 @@ internal sealed class GatewayStatusWriter(IKubernetes client, GatewayStatusOptio
             var status = condition.Status ? "True" : "False";
             var before = (previous as JsonArray)?.FirstOrDefault(c => c?["type"]?.GetValue<string>() == condition.Type);
             var unchanged = before?["status"]?.GetValue<string>() == status && before?["reason"]?.GetValue<string>() == condition.Reason;
-            result.Add(new JsonObject
+            result.Add((JsonNode)new JsonObject
             {
                 ["type"] = condition.Type,
                 ["status"] = status,

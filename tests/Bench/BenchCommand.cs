@@ -103,9 +103,14 @@ internal static partial class BenchCommand
             return await GatewayBenchmark.RunAsync(cl);
         }
 
+        if (suite == "idle")
+        {
+            return await IdleBenchmark.RunAsync(cl);
+        }
+
         if (suite is not ("plaintext" or "tls" or "metrics" or "all"))
         {
-            throw new UsageException($"--suite takes plaintext, tls, metrics, all, scale, soak, load, ca or gateway (the suites once called issue2 and issue3 are plaintext and tls), got '{suite}'");
+            throw new UsageException($"--suite takes plaintext, tls, metrics, all, scale, soak, load, ca, gateway or idle (the suites once called issue2 and issue3 are plaintext and tls), got '{suite}'");
         }
 
         // tls measures four paths where plaintext measures two: shorter runs keep the default under ~4 minutes

@@ -11,6 +11,7 @@ const string usage = $"""
     {BenchCommand.LoadUsage}
     {CaBenchmark.Usage}
     {GatewayBenchmark.Usage}
+    {IdleBenchmark.Usage}
     """;
 
 // The bench only watches its children while they run, on the cores it measures: its thread-pool workers do not spin

@@ -6,12 +6,17 @@ namespace Weft.Harness;
 /// assemblies; the first argument says which: <c>app</c> and <c>demo</c> are the kit's, <c>bench</c> and
 /// <c>bench-metrics</c> the benchmark's, everything else the agent's. A program runs as its apphost when
 /// that is the current process, otherwise as <c>dotnet NAME.dll</c> from this build's output directory.
+/// <see cref="OverrideVariable"/> (<c>WEFT_EXECUTABLE</c>) names another <c>weft</c> executable to run instead,
+/// e.g. a NativeAOT publish, so the same tests run against it.
 /// </summary>
 internal static class WeftExecutable
 {
     public const string Agent = "weft";
     public const string Kit = "weft-kit";
     public const string Bench = "weft-bench";
+
+    /// <summary>The environment variable that names the <c>weft</c> executable to start instead of this build's weft.dll.</summary>
+    public const string OverrideVariable = "WEFT_EXECUTABLE";
 
     public static (string File, IReadOnlyList<string> Arguments) Command(IEnumerable<string> args)
     {
@@ -26,8 +31,18 @@ internal static class WeftExecutable
         return Command(program, rest);
     }
 
-    public static (string File, IReadOnlyList<string> Arguments) Command(string program, IReadOnlyList<string> args)
+    public static (string File, IReadOnlyList<string> Arguments) Command(string program, IReadOnlyList<string> args) =>
+        Command(program, args, Environment.GetEnvironmentVariable(OverrideVariable));
+
+    /// <summary>As above, with the override given rather than read from the environment (tests run in parallel in one process).</summary>
+    internal static (string File, IReadOnlyList<string> Arguments) Command(string program, IReadOnlyList<string> args, string? overridden)
     {
+        if (program == Agent && overridden is { Length: > 0 })
+        {
+            return File.Exists(overridden) ? (Path.GetFullPath(overridden), args.ToArray())
+                : throw new HarnessException($"{OverrideVariable}={overridden}: no such file (unset it to run this build's weft.dll)");
+        }
+
         var self = Environment.ProcessPath;
         if (self != null && Path.GetFileName(self) == program)
         {
