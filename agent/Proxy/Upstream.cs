@@ -35,11 +35,10 @@ internal static class Upstream
 
     /// <summary>
     /// Connects from inside the pod, with the connect timeout; a timeout surfaces as SocketError.TimedOut. With
-    /// <paramref name="transparentFrom"/>, from that (non-local) address, with a port of <paramref name="deliveryPorts"/>
-    /// (port 0 without): see <see cref="BindTransparent"/>.
+    /// <paramref name="transparentFrom"/>, from that (non-local) address: see <see cref="BindTransparent"/>.
     /// </summary>
     public static async Task<Socket> ConnectAsync(string netnsPath, IPEndPoint destination, ProxyOptions options,
-        CancellationToken cancellationToken = default, IPAddress? transparentFrom = null, DeliveryPorts? deliveryPorts = null)
+        CancellationToken cancellationToken = default, IPAddress? transparentFrom = null)
     {
         var socket = Create(netnsPath, destination.AddressFamily);
         try
@@ -47,7 +46,7 @@ internal static class Upstream
             IPEndPoint? delivery = null;
             if (transparentFrom is not null)
             {
-                BindTransparent(socket, transparentFrom, deliveryPorts ?? DeliveryPorts.Default);
+                BindTransparent(socket, transparentFrom);
                 delivery = (IPEndPoint)socket.LocalEndPoint!;
                 MarkDelivery(netnsPath, delivery, destination, add: true);
             }
@@ -105,13 +104,13 @@ internal static class Upstream
     private const int SoMark = 36;
 
     /// <summary>
-    /// Binds to the client's address, as IP_TRANSPARENT allows for an address that is not the pod's, and marks the
-    /// socket so the app's replies come back to it (<see cref="DeliveryReturnPath"/>). An odd port of the agent's
-    /// choosing, not the client's port: on the plaintext path the agent's accepted socket already holds the client's
-    /// exact 4-tuple in this namespace, and connect() picks even ports, so the delivering socket does not take the
+    /// Binds to the client's address, port 0, as IP_TRANSPARENT allows for an address that is not the pod's, and marks
+    /// the socket so the app's replies come back to it (<see cref="DeliveryReturnPath"/>). Port 0, not the client's
+    /// port: on the plaintext path the agent's accepted socket already holds the client's exact 4-tuple in this
+    /// namespace, and bind() picks odd ports where connect() picks even ones, so the delivering socket does not take the
     /// tuple of a client's later connection either (docs/capture.md).
     /// </summary>
-    private static void BindTransparent(Socket socket, IPAddress from, DeliveryPorts ports)
+    private static void BindTransparent(Socket socket, IPAddress from)
     {
         Span<byte> on = stackalloc byte[sizeof(int)];
         BitConverter.TryWriteBytes(on, 1);
@@ -127,6 +126,6 @@ internal static class Upstream
         Span<byte> mark = stackalloc byte[sizeof(uint)];
         BitConverter.TryWriteBytes(mark, DeliveryReturnPath.Mark);
         socket.SetRawSocketOption(SolSocket, SoMark, mark);
-        ports.Bind(socket, from);
+        socket.Bind(new IPEndPoint(from, 0));
     }
 }
