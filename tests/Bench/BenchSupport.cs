@@ -37,11 +37,8 @@ internal static partial class BenchCommand
     {
         public static ProcStatus Read(int pid)
         {
-            var fields = File.ReadAllLines($"/proc/{pid}/status")
-                .Select(l => l.Split(':', 2))
-                .Where(p => p.Length == 2)
-                .ToDictionary(p => p[0], p => p[1].Trim());
-            long Kib(string name) => long.Parse(fields[name].Split(' ')[0], CultureInfo.InvariantCulture);
+            var fields = ProcStatusFields.Read(pid);
+            long Kib(string name) => ProcStatusFields.Kib(fields, name);
             return new ProcStatus(fields["Name"], Kib("VmRSS"), Kib("RssAnon"), int.Parse(fields["Threads"], CultureInfo.InvariantCulture),
                 Directory.GetFiles($"/proc/{pid}/fd").Length);
         }
@@ -107,7 +104,7 @@ internal static partial class BenchCommand
     private static double LoadAverage() =>
         double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], CultureInfo.InvariantCulture);
 
-    private static double Median(IEnumerable<double> values)
+    internal static double Median(IEnumerable<double> values)
     {
         var sorted = values.Order().ToArray();
         return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
@@ -124,7 +121,7 @@ internal static partial class BenchCommand
 
     private static string Added(double ms) => ms.ToString("+0.000;-0.000", CultureInfo.InvariantCulture) + " ms";
 
-    private static string Mib(long kib) => $"{kib / 1024.0:0.0} MiB";
+    internal static string Mib(long kib) => string.Create(CultureInfo.InvariantCulture, $"{kib / 1024.0:0.0} MiB");
 
     private static string Tail(string text) => text.Length <= 2000 ? text : "..." + text[^2000..];
 
@@ -132,4 +129,18 @@ internal static partial class BenchCommand
 
     [GeneratedRegex(@"\x1b\[[0-9;]*m")]
     private static partial Regex AnsiEscape();
+}
+
+/// <summary>/proc/PID/status as field name to value, the value as the kernel writes it ("1234 kB", "21").</summary>
+internal static class ProcStatusFields
+{
+    public static Dictionary<string, string> Read(int pid) =>
+        File.ReadAllLines($"/proc/{pid}/status")
+            .Select(l => l.Split(':', 2))
+            .Where(p => p.Length == 2)
+            .ToDictionary(p => p[0], p => p[1].Trim());
+
+    /// <summary>A memory field ("VmRSS", "RssAnon"...) in KiB.</summary>
+    public static long Kib(IReadOnlyDictionary<string, string> fields, string name) =>
+        long.Parse(fields[name].Split(' ')[0], CultureInfo.InvariantCulture);
 }

@@ -69,7 +69,7 @@ internal static class IdleBenchmark
                         var sample = await MeasureAsync(mesh, node, client, file, TimeSpan.FromSeconds(settle));
                         samples[name].Add(sample);
                         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                            $"  round {round + 1} {name,-7} ready {sample.ReadySeconds:0.00} s, RSS {Mib(sample.RssKib)} (anon {Mib(sample.AnonKib)}, file {Mib(sample.FileKib)}, shmem {Mib(sample.ShmemKib)}), threads {sample.Threads}"));
+                            $"  round {round + 1} {name,-7} ready {sample.ReadySeconds:0.00} s, RSS {BenchCommand.Mib(sample.RssKib)} (anon {BenchCommand.Mib(sample.AnonKib)}, file {BenchCommand.Mib(sample.FileKib)}, shmem {BenchCommand.Mib(sample.ShmemKib)}), threads {sample.Threads}"));
                     }
                 }
 
@@ -79,12 +79,12 @@ internal static class IdleBenchmark
                 foreach (var (name, file) in builds)
                 {
                     var runs = samples[name];
-                    var rss = Median(runs.Select(s => (double)s.RssKib));
+                    var rss = BenchCommand.Median(runs.Select(s => (double)s.RssKib));
                     var shown = file ?? Path.Combine(AppContext.BaseDirectory, WeftExecutable.Agent + ".dll");
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"| {name} | {shown} | {new FileInfo(shown).Length / 1048576.0:0.0} MiB | {Median(runs.Select(s => s.ReadySeconds)):0.00} s | " +
-                        $"{rss / 1024:0.0} MiB | {Median(runs.Select(s => (double)s.AnonKib)) / 1024:0.0} MiB | " +
-                        $"{Median(runs.Select(s => (double)s.FileKib)) / 1024:0.0} MiB | {Median(runs.Select(s => (double)s.ShmemKib)) / 1024:0.0} MiB | {(rss / 1024 <= IdleRssTargetMib ? "met" : "missed")} |"));
+                        $"| {name} | {shown} | {new FileInfo(shown).Length / 1048576.0:0.0} MiB | {BenchCommand.Median(runs.Select(s => s.ReadySeconds)):0.00} s | " +
+                        $"{rss / 1024:0.0} MiB | {BenchCommand.Median(runs.Select(s => (double)s.AnonKib)) / 1024:0.0} MiB | " +
+                        $"{BenchCommand.Median(runs.Select(s => (double)s.FileKib)) / 1024:0.0} MiB | {BenchCommand.Median(runs.Select(s => (double)s.ShmemKib)) / 1024:0.0} MiB | {(rss / 1024 <= IdleRssTargetMib ? "met" : "missed")} |"));
                 }
 
                 return 0;
@@ -122,19 +122,8 @@ internal static class IdleBenchmark
         }
 
         await Task.Delay(settle);
-        var status = File.ReadAllLines($"/proc/{agent.Pid}/status")
-            .Select(l => l.Split(':', 2))
-            .Where(p => p.Length == 2)
-            .ToDictionary(p => p[0], p => p[1].Trim());
-        long Kib(string name) => long.Parse(status[name].Split(' ')[0], CultureInfo.InvariantCulture);
+        var status = ProcStatusFields.Read(agent.Pid);
+        long Kib(string name) => ProcStatusFields.Kib(status, name);
         return new Sample(ready, Kib("VmRSS"), Kib("RssAnon"), Kib("RssFile"), Kib("RssShmem"), int.Parse(status["Threads"], CultureInfo.InvariantCulture));
     }
-
-    private static double Median(IEnumerable<double> values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[(sorted.Length / 2) - 1] + sorted[sorted.Length / 2]) / 2;
-    }
-
-    private static string Mib(long kib) => string.Create(CultureInfo.InvariantCulture, $"{kib / 1024.0:0.0} MiB");
 }

@@ -706,9 +706,8 @@ internal sealed record Sample(TimeSpan At, long RssKib, int Fds, int Threads)
 {
     public static Sample Read(int pid, TimeSpan at)
     {
-        var fields = File.ReadAllLines($"/proc/{pid}/status").Select(l => l.Split(':', 2)).Where(p => p.Length == 2)
-            .ToDictionary(p => p[0], p => p[1].Trim());
-        return new Sample(at, long.Parse(fields["VmRSS"].Split(' ')[0], CultureInfo.InvariantCulture), Directory.GetFiles($"/proc/{pid}/fd").Length,
+        var fields = ProcStatusFields.Read(pid);
+        return new Sample(at, ProcStatusFields.Kib(fields, "VmRSS"), Directory.GetFiles($"/proc/{pid}/fd").Length,
             int.Parse(fields["Threads"], CultureInfo.InvariantCulture));
     }
 }
