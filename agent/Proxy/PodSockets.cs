@@ -54,15 +54,15 @@ internal sealed class NamespaceSockets : IPodSockets
 
     public static NamespaceSockets Instance { get; } = new();
 
-    // the namespaces whose return path is set up: delivery there keeps the client's address
-    private readonly ConcurrentDictionary<string, bool> _transparent = new(StringComparer.Ordinal);
+    // the namespaces whose return path is set up: delivery there keeps the client's address, from ports of its own
+    private readonly ConcurrentDictionary<string, DeliveryPorts> _transparent = new(StringComparer.Ordinal);
 
     public void Prepare(LocalPod pod)
     {
         NetNamespace.Run(pod.NetnsPath, () => MigrateRequestsOnClose(pod));
         if (DeliveryReturnPath.TryInstall(pod.NetnsPath, pod.Ipv6 is not null, out var error))
         {
-            _transparent[pod.NetnsPath] = true;
+            _transparent[pod.NetnsPath] = NetNamespace.Run(pod.NetnsPath, DeliveryPorts.ReadCurrentNamespace);
         }
         else
         {
@@ -128,8 +128,8 @@ internal sealed class NamespaceSockets : IPodSockets
         Upstream.ConnectAsync(pod.NetnsPath, destination, options, cancellationToken);
 
     public Task<Socket> DeliverAsync(LocalPod pod, IPAddress client, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default) =>
-        _transparent.ContainsKey(pod.NetnsPath) && CanDeliverFrom(pod, client, destination)
-            ? Upstream.ConnectAsync(pod.NetnsPath, destination, options, cancellationToken, transparentFrom: client)
+        _transparent.TryGetValue(pod.NetnsPath, out var ports) && CanDeliverFrom(pod, client, destination)
+            ? Upstream.ConnectAsync(pod.NetnsPath, destination, options, cancellationToken, transparentFrom: client, ports)
             : Upstream.ConnectAsync(pod.NetnsPath, destination, options, cancellationToken);
 
     /// <summary>

@@ -10,9 +10,9 @@ namespace Weft.Proxy;
 /// </summary>
 internal static class Upstream
 {
-    public static Socket Create(string netnsPath, AddressFamily family)
+    public static Socket Create(string netnsPath, AddressFamily family, bool delivery = false)
     {
-        var socket = NetNamespace.Run(netnsPath, () => new Socket(family, SocketType.Stream, ProtocolType.Tcp));
+        var socket = NetNamespace.Run(netnsPath, () => delivery ? new DeliverySocket(family) : new Socket(family, SocketType.Stream, ProtocolType.Tcp));
         try
         {
             AgentSockets.Claim(socket);
@@ -33,49 +33,62 @@ internal static class Upstream
         }
     }
 
+    // Transparent deliveries tried from a port of the agent's turn before the last one leaves the port to the kernel.
+    private const int DeliveryAttempts = 3;
+
     /// <summary>
     /// Connects from inside the pod, with the connect timeout; a timeout surfaces as SocketError.TimedOut. With
-    /// <paramref name="transparentFrom"/>, from that (non-local) address: see <see cref="BindTransparent"/>.
+    /// <paramref name="transparentFrom"/>, from that (non-local) address, with a port of <paramref name="deliveryPorts"/>:
+    /// see <see cref="BindTransparent"/>.
     /// </summary>
     public static async Task<Socket> ConnectAsync(string netnsPath, IPEndPoint destination, ProxyOptions options,
-        CancellationToken cancellationToken = default, IPAddress? transparentFrom = null)
+        CancellationToken cancellationToken = default, IPAddress? transparentFrom = null, DeliveryPorts? deliveryPorts = null)
     {
-        var socket = Create(netnsPath, destination.AddressFamily);
-        try
+        for (var attempt = 1; ; attempt++)
         {
-            IPEndPoint? delivery = null;
-            if (transparentFrom is not null)
-            {
-                BindTransparent(socket, transparentFrom);
-                delivery = (IPEndPoint)socket.LocalEndPoint!;
-                MarkDelivery(netnsPath, delivery, destination, add: true);
-            }
-
-            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            timeout.CancelAfter(options.ConnectTimeout);
+            var socket = Create(netnsPath, destination.AddressFamily, delivery: transparentFrom is not null);
             try
             {
-                await socket.ConnectAsync(destination, timeout.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-            {
-                throw new SocketException((int)SocketError.TimedOut);
-            }
-            finally
-            {
-                // the SYN has been looked up (or the connect failed): the entry has done its work
-                if (delivery is not null)
+                IPEndPoint? delivery = null;
+                if (transparentFrom is not null)
                 {
-                    MarkDelivery(netnsPath, delivery, destination, add: false);
+                    BindTransparent((DeliverySocket)socket, transparentFrom, deliveryPorts ?? DeliveryPorts.Default, kernelPicks: attempt == DeliveryAttempts);
+                    delivery = (IPEndPoint)socket.LocalEndPoint!;
+                    MarkDelivery(netnsPath, delivery, destination, add: true);
                 }
-            }
 
-            return socket;
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
+                using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                timeout.CancelAfter(options.ConnectTimeout);
+                try
+                {
+                    await socket.ConnectAsync(destination, timeout.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                {
+                    throw new SocketException((int)SocketError.TimedOut);
+                }
+                finally
+                {
+                    // the SYN has been looked up (or the connect failed): the entry has done its work
+                    if (delivery is not null)
+                    {
+                        MarkDelivery(netnsPath, delivery, destination, add: false);
+                    }
+                }
+
+                return socket;
+            }
+            catch (SocketException e) when (transparentFrom is not null && e.SocketErrorCode == SocketError.AddressNotAvailable && attempt < DeliveryAttempts)
+            {
+                // the 4-tuple is taken: the port's last connection to this destination still in TIME_WAIT (the agent
+                // closed first less than 60 s ago), or a socket not of this agent's turn holds it; no SYN left
+                socket.Dispose();
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
         }
     }
 
@@ -104,13 +117,13 @@ internal static class Upstream
     private const int SoMark = 36;
 
     /// <summary>
-    /// Binds to the client's address, port 0, as IP_TRANSPARENT allows for an address that is not the pod's, and marks
-    /// the socket so the app's replies come back to it (<see cref="DeliveryReturnPath"/>). Port 0, not the client's
-    /// port: on the plaintext path the agent's accepted socket already holds the client's exact 4-tuple in this
-    /// namespace, and bind() picks odd ports where connect() picks even ones, so the delivering socket does not take the
-    /// tuple of a client's later connection either (docs/capture.md).
+    /// Binds to the client's address, as IP_TRANSPARENT allows for an address that is not the pod's, and marks the
+    /// socket so the app's replies come back to it (<see cref="DeliveryReturnPath"/>). An odd port of the agent's
+    /// choosing, not the client's port: on the plaintext path the agent's accepted socket already holds the client's
+    /// exact 4-tuple in this namespace, and connect() picks even ports, so the delivering socket does not take the
+    /// tuple of a client's later connection either (docs/capture.md). With <paramref name="kernelPicks"/>, port 0.
     /// </summary>
-    private static void BindTransparent(Socket socket, IPAddress from)
+    private static void BindTransparent(DeliverySocket socket, IPAddress from, DeliveryPorts ports, bool kernelPicks)
     {
         Span<byte> on = stackalloc byte[sizeof(int)];
         BitConverter.TryWriteBytes(on, 1);
@@ -126,6 +139,6 @@ internal static class Upstream
         Span<byte> mark = stackalloc byte[sizeof(uint)];
         BitConverter.TryWriteBytes(mark, DeliveryReturnPath.Mark);
         socket.SetRawSocketOption(SolSocket, SoMark, mark);
-        socket.Bind(new IPEndPoint(from, 0));
+        ports.Bind(socket, from, kernelPicks);
     }
 }

@@ -27,7 +27,7 @@ internal static partial class BenchCommand
 
     /// <summary>
     /// Ports one client address can hold towards the server: the server's agent delivers each connection from the
-    /// client's address with a port bind() picks, from the odd half of the local port range (docs/capture.md), and a
+    /// client's address with a port it picks in turn from the odd half of the local port range (docs/capture.md), and a
     /// port it closed stays taken for TIME_WAIT's 60 s. Held connections plus a minute of new ones must fit.
     /// </summary>
     private const int PortsPerClientAddress = 14_000;

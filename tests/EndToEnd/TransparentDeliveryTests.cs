@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using Weft.Capture;
 using Weft.Harness;
@@ -80,6 +81,53 @@ public class TransparentDeliveryTests
         var inbound = await PodTrafficTests.WaitForFlowAsync(mesh.Agent("node2"), f => f.GetProperty("direction").GetString() == "inbound");
         Assert.Equal("mutual_tls", inbound.GetProperty("connection_security_policy").GetString());
     }
+
+    /// <summary>
+    /// The agent chooses each delivery's port from the odd half of the pod's local port range, in turn per client
+    /// address. b1 gets a range of 100 odd ports; 60 connections from a1 stay open while 120 new ones go through, so
+    /// the turn comes round over the held ports (whose 4-tuples a new connect would collide with) and over ports still
+    /// in TIME_WAIT (the delivering socket closes first here). Every connection succeeds and the server still sees a1.
+    /// </summary>
+    [PrivilegedFact]
+    public async Task NewConnectionsPastAWholeTurnOfThePodsPorts_WhileSomeAreHeld_NoneFails()
+    {
+        const int Held = 60;
+        const int New = 120;
+        await using var mesh = await MeshCluster.StartAsync(Spec(), c =>
+        {
+            // before the agent enrolls b1: it reads the range then
+            HostCommand.Run("ip", "netns", "exec", c.Pod("demo", "b1").NetnsName, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=40000 40199");
+            return Inventory(c);
+        });
+        var a1 = mesh.Cluster.Pod("demo", "a1");
+        var b1 = mesh.Cluster.Pod("demo", "b1");
+        await using var echo = MeshCluster.StartServer(b1, "--port", "9090", "--mode", "echo");
+        await echo.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), Long);
+
+        await using var hold = a1.StartWeft("app", "hold", "--to", $"{b1.Address}:9090", "--connections", $"{Held}",
+            "--exchange-bytes", "64", "--stdin", "ignore", "--timeout-ms", "10000");
+        var opened = JsonDocument.Parse(await hold.WaitForStdoutLineAsync(l => l.Contains("\"open\"", StringComparison.Ordinal), Long)).RootElement;
+        Assert.True(opened.GetProperty("open").GetInt32() == Held, opened.ToString());
+
+        var run = await MeshCluster.RunPeerAsync(a1, Long, "send", "--to", $"{b1.Address}:9090", "--bytes", "1024",
+            "--expect-reply-bytes", "1024", "--connections", $"{New}", "--concurrency", "4", "--timeout-ms", "10000");
+        Assert.True(run.ExitCode == 0 && run.Connections.Count == New, run.ToString());
+
+        // the server saw a1's address on every new connection, from ports of b1's range
+        await CaptureScopeTests.WaitUntilAsync(() => Remotes(echo).Count >= New);
+        var remotes = Remotes(echo);
+        Assert.All(remotes, r => Assert.StartsWith(a1.Address + ":", r));
+        Assert.All(remotes, r => Assert.InRange(int.Parse(r[(r.LastIndexOf(':') + 1)..], CultureInfo.InvariantCulture), 40000, 40199));
+
+        // and the held ones are all still open
+        hold.Stop();
+        Assert.Equal(0, await hold.WaitForExitAsync(Long));
+        var summary = JsonDocument.Parse(hold.StdoutLines.Last(l => l.Contains("\"summary\"", StringComparison.Ordinal))).RootElement;
+        Assert.True(summary.GetProperty("open").GetInt32() == Held && summary.GetProperty("closed_by_peer").GetInt32() == 0, summary.ToString());
+    }
+
+    private static List<string> Remotes(ManagedProcess serve) =>
+        [.. serve.StdoutLines.Where(l => l.Contains("\"remote\"", StringComparison.Ordinal)).Select(l => JsonDocument.Parse(l).RootElement.GetProperty("remote").GetString()!)];
 
     /// <summary>One echo exchange from <paramref name="client"/>: the bytes come back unchanged and the server names the client's address.</summary>
     private static async Task AssertEchoAndPeerAsync(ClusterPod client, ClusterPod server, ManagedProcess serve, string path)
