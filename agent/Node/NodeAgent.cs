@@ -501,6 +501,7 @@ internal sealed class NodeAgent : IAsyncDisposable
         TunnelsIdleClosed = _services?.Tunnels?.IdleClosed ?? 0,
         TunnelsEvicted = _services?.Tunnels?.Evicted ?? 0,
         TunnelsRefused = _services?.Tunnels?.Refused ?? 0,
+        SocketsReserved = Weft.Proxy.SocketReserve.Held,
     };
 
     /// <summary>Stops accepting, lets open connections finish within the grace period, keeps the pins.</summary>

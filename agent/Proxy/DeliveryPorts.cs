@@ -160,7 +160,7 @@ internal sealed class DeliveryPorts
     /// (the kernel's search) when <paramref name="kernelPicks"/> or no port of the turn binds; the port stays held
     /// until the socket is disposed.
     /// </summary>
-    public void Bind(DeliverySocket socket, IPAddress from, bool kernelPicks)
+    public void Bind(PodSocket socket, IPAddress from, bool kernelPicks)
     {
         if (_count > 0 && !kernelPicks)
         {
@@ -197,27 +197,5 @@ internal sealed class DeliveryPorts
         {
             socket.HoldsPortOf(this, from, chosen);
         }
-    }
-}
-
-/// <summary>A transparent delivery's socket: gives its port back to <see cref="DeliveryPorts"/> when disposed.</summary>
-internal sealed class DeliverySocket(AddressFamily family) : Socket(family, SocketType.Stream, ProtocolType.Tcp)
-{
-    private DeliveryPorts? _ports;
-    private IPAddress? _from;
-    private int _port;
-
-    internal void HoldsPortOf(DeliveryPorts ports, IPAddress from, int port)
-    {
-        _from = from;
-        _port = port;
-        Volatile.Write(ref _ports, ports);
-    }
-
-    protected override void Dispose(bool disposing)
-    {
-        base.Dispose(disposing);
-        // after the close: the port is free for the turn (TIME_WAIT aside, which the turn's order keeps it clear of)
-        Interlocked.Exchange(ref _ports, null)?.Return(_from!, _port);
     }
 }

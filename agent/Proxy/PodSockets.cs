@@ -74,6 +74,7 @@ internal sealed class NamespaceSockets : IPodSockets
     public void Release(LocalPod pod)
     {
         _transparent.TryRemove(pod.NetnsPath, out _);
+        SocketReserve.Release(pod.NetnsPath);
         DeliveryReturnPath.Remove(pod.NetnsPath);
     }
 

@@ -10,28 +10,8 @@ namespace Weft.Proxy;
 /// </summary>
 internal static class Upstream
 {
-    public static Socket Create(string netnsPath, AddressFamily family, bool delivery = false)
-    {
-        var socket = NetNamespace.Run(netnsPath, () => delivery ? new DeliverySocket(family) : new Socket(family, SocketType.Stream, ProtocolType.Tcp));
-        try
-        {
-            AgentSockets.Claim(socket);
-            socket.NoDelay = true;
-            return socket;
-        }
-        catch (CaptureException e)
-        {
-            socket.Dispose();
-            // unclaimed, its connect would be captured back into the agent: fail it like a connect
-            Log.Warn("proxy", $"{netnsPath}: {e.Message}");
-            throw new SocketException((int)(e.Errno == 12 ? SocketError.NoBufferSpaceAvailable : SocketError.SocketError));
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
-    }
+    /// <summary>A new TCP socket of the pod's namespace, claimed as the agent's (<see cref="SocketReserve"/>).</summary>
+    public static PodSocket Create(string netnsPath, AddressFamily family) => SocketReserve.Take(netnsPath, family);
 
     // Transparent deliveries tried from a port of the agent's turn before the last one leaves the port to the kernel.
     private const int DeliveryAttempts = 3;
@@ -46,13 +26,13 @@ internal static class Upstream
     {
         for (var attempt = 1; ; attempt++)
         {
-            var socket = Create(netnsPath, destination.AddressFamily, delivery: transparentFrom is not null);
+            var socket = Create(netnsPath, destination.AddressFamily);
             try
             {
                 IPEndPoint? delivery = null;
                 if (transparentFrom is not null)
                 {
-                    BindTransparent((DeliverySocket)socket, transparentFrom, deliveryPorts ?? DeliveryPorts.Default, kernelPicks: attempt == DeliveryAttempts);
+                    BindTransparent(socket, transparentFrom, deliveryPorts ?? DeliveryPorts.Default, kernelPicks: attempt == DeliveryAttempts);
                     delivery = (IPEndPoint)socket.LocalEndPoint!;
                     MarkDelivery(netnsPath, delivery, destination, add: true);
                 }
@@ -123,7 +103,7 @@ internal static class Upstream
     /// exact 4-tuple in this namespace, and connect() picks even ports, so the delivering socket does not take the
     /// tuple of a client's later connection either (docs/capture.md). With <paramref name="kernelPicks"/>, port 0.
     /// </summary>
-    private static void BindTransparent(DeliverySocket socket, IPAddress from, DeliveryPorts ports, bool kernelPicks)
+    private static void BindTransparent(PodSocket socket, IPAddress from, DeliveryPorts ports, bool kernelPicks)
     {
         Span<byte> on = stackalloc byte[sizeof(int)];
         BitConverter.TryWriteBytes(on, 1);

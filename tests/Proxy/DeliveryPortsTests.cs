@@ -98,7 +98,7 @@ public sealed class DeliveryPortsTests
         listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         listener.Listen(64);
         var ports = new DeliveryPorts(61100, 61131, null);
-        var open = new List<(DeliverySocket Client, Socket Server)>();
+        var open = new List<(PodSocket Client, Socket Server)>();
         try
         {
             for (var i = 0; i < 16; i++)
@@ -130,9 +130,9 @@ public sealed class DeliveryPortsTests
         Assert.Equal(0, ports.AddressesHolding);
     }
 
-    private static async Task<(DeliverySocket, Socket)> ConnectAsync(DeliveryPorts ports, Socket listener)
+    private static async Task<(PodSocket, Socket)> ConnectAsync(DeliveryPorts ports, Socket listener)
     {
-        var client = new DeliverySocket(AddressFamily.InterNetwork);
+        var client = new PodSocket(AddressFamily.InterNetwork);
         ports.Bind(client, IPAddress.Loopback, kernelPicks: false);
         await client.ConnectAsync(listener.LocalEndPoint!);
         return (client, await listener.AcceptAsync());
