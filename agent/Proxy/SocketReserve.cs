@@ -19,10 +19,13 @@ internal static class SocketReserve
 {
     public const int MaxBatch = 16;
     private static readonly TimeSpan Burst = TimeSpan.FromMilliseconds(100);
-    private static readonly TimeSpan IdleAfter = TimeSpan.FromSeconds(10);
+    // Unused this long, a namespace's sockets close (checked every second): well within the 5 s in which a node's
+    // descriptors must be back at their idle figure once a burst (or an attack) ends.
+    private static readonly TimeSpan IdleAfter = TimeSpan.FromSeconds(2);
+    private static readonly TimeSpan SweepEvery = TimeSpan.FromSeconds(1);
 
     private static readonly ConcurrentDictionary<(string NetnsPath, AddressFamily Family), Reserve> Reserves = new();
-    private static readonly Timer Sweeper = new(_ => Sweep(), null, IdleAfter, IdleAfter);
+    private static readonly Timer Sweeper = new(_ => Sweep(), null, SweepEvery, SweepEvery);
 
     /// <summary>Sockets made ahead and not yet taken, in every namespace (the weft_pod_sockets_reserved gauge).</summary>
     public static int Held

@@ -162,7 +162,7 @@ internal sealed class MeshMetrics : IFlowObserver
         _tunnelsIdleClosed = f.CreateCounter("weft_hbone_tunnels_idle_closed_total", "Outbound HBONE tunnels closed because they carried nothing for the idle timeout or their pod left.");
         _tunnelsEvicted = f.CreateCounter("weft_hbone_tunnels_evicted_total", "Idle outbound HBONE tunnels closed to make room for a new one of the same pod (--max-tunnels-per-pod).");
         _tunnelsRefused = f.CreateCounter("weft_hbone_tunnels_refused_total", "Outbound connections refused (UO) because their pod held --max-tunnels-per-pod tunnels and none was idle.");
-        _socketsReserved = f.CreateGauge("weft_pod_sockets_reserved", "TCP sockets made ahead in pods' network namespaces for busy pods' next connections, not yet used (at most 16 per pod and address family; closed after 10 s unused).");
+        _socketsReserved = f.CreateGauge("weft_pod_sockets_reserved", "TCP sockets made ahead in pods' network namespaces for busy pods' next connections, not yet used (at most 16 per pod and address family; closed after 2 s unused).");
         _accessLogDropped = f.CreateCounter("weft_access_log_dropped_total", "Access-log lines dropped because the log's reader fell 16,384 lines behind.");
         _caRequests = f.CreateCounter("weft_ca_requests_total", "Certificate requests this agent made to the CA service, by result (ok, failed).", ["result"]);
         _otherRoots = f.CreateGauge("weft_certificates_from_other_roots",
