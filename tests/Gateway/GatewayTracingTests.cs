@@ -89,6 +89,8 @@ public class GatewayTracingTests
         Assert.Equal(404, notFound.GetProperty("attributes").GetProperty("http.response.status_code").GetInt32());
         Assert.Equal(0, notFound.GetProperty("status").GetInt32());
 
+        // counted once the collector's answer is back, which can be after the receiver has decoded the spans
+        await Weft.Tests.Ca.CaTestPki.WaitUntilAsync(() => gateway.Metrics.SpansExportedCount >= 4);
         Assert.Contains("weft_gateway_spans_exported_total 4", await gateway.AdminAsync("/metrics"));
     }
 
