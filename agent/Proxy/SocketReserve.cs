@@ -94,28 +94,26 @@ internal static class SocketReserve
         }
     }
 
+    /// <summary>
+    /// Up to <paramref name="count"/> sockets; fewer when the process runs out of descriptors partway (the first
+    /// failure is thrown only when not even one was made), so a batch never fails a connection one socket would serve.
+    /// </summary>
     private static PodSocket[] Make(AddressFamily family, int count)
     {
         var made = new PodSocket[count];
-        var i = 0;
-        try
+        for (var i = 0; i < count; i++)
         {
-            for (; i < count; i++)
+            try
             {
                 made[i] = new PodSocket(family);
             }
-
-            return made;
-        }
-        catch
-        {
-            for (var j = 0; j < i; j++)
+            catch (SocketException) when (i > 0)
             {
-                made[j].Dispose();
+                return made[..i];
             }
-
-            throw;
         }
+
+        return made;
     }
 
     private static void Sweep()
