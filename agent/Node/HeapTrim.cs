@@ -8,8 +8,8 @@ namespace Weft.Node;
 /// goes idle allocates nothing, so no collection would run and the heap grown for thousands of connections
 /// (their buffers and records) would stay resident: after a flood, RSS would not come back. The native heap
 /// (OpenSSL's and the runtime's own allocations, in glibc's arenas) keeps its freed pages too until
-/// <c>malloc_trim</c> hands them back. Checked once a second; collects once per burst, when what is held fell
-/// to an eighth of its peak.
+/// <c>malloc_trim</c> hands them back. Checked once a second; collects when what is held fell to an eighth of its
+/// peak, and once more at the next check if it fell further.
 /// </summary>
 internal sealed partial class HeapTrim : IDisposable
 {
@@ -19,6 +19,7 @@ internal sealed partial class HeapTrim : IDisposable
     private readonly Func<int> _held;
     private readonly Timer _timer;
     private int _peak;
+    private int _followUpAt = -1;
 
     /// <param name="period">How often to check; <see cref="Timeout.InfiniteTimeSpan"/> leaves it to <see cref="Check"/> calls.</param>
     public HeapTrim(Func<int> held, TimeSpan period)
@@ -34,7 +35,22 @@ internal sealed partial class HeapTrim : IDisposable
         if (held > _peak)
         {
             _peak = held;
+            _followUpAt = -1;
             return false;
+        }
+
+        // The check after a trim trims once more if what is held fell further meanwhile: the last connections of a
+        // burst (a flood's tunnels and their streams) often end within the second after the first trim, and an idle
+        // agent allocates nothing that would collect them.
+        if (_followUpAt >= 0)
+        {
+            var at = _followUpAt;
+            _followUpAt = -1;
+            if (held < at)
+            {
+                Trim("connection burst over, the rest of it");
+                return true;
+            }
         }
 
         if (_peak < BurstThreshold || held > _peak / 8)
@@ -42,14 +58,22 @@ internal sealed partial class HeapTrim : IDisposable
             return false;
         }
 
-        var before = Environment.WorkingSet;
         _peak = held;
+        _followUpAt = held;
+        Trim("connection burst over");
+        return true;
+    }
+
+    private static void Trim(string why)
+    {
+        var before = Environment.WorkingSet;
         GCSettings.LargeObjectHeapCompactionMode = GCLargeObjectHeapCompactionMode.CompactOnce;
         GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
         GC.WaitForPendingFinalizers();
+        // what the finalizers let go of (sockets', TLS sessions' handles) is only collected by the next collection
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
         TrimNativeHeap();
-        Log.Info("agent", $"connection burst over: heap trimmed, working set {before >> 20} MiB to {Environment.WorkingSet >> 20} MiB");
-        return true;
+        Log.Info("agent", $"{why}: heap trimmed, working set {before >> 20} MiB to {Environment.WorkingSet >> 20} MiB");
     }
 
     /// <summary>Returns the free pages of every malloc arena to the kernel; a no-op where libc has no malloc_trim.</summary>

@@ -7,7 +7,7 @@ namespace Weft.Tests.Proxy;
 public class HeapTrimTests
 {
     [Fact]
-    public void AfterABurstFallsToAnEighthOfItsPeak_TheHeapIsTrimmedOnce()
+    public void AfterABurstFallsToAnEighthOfItsPeak_TheHeapIsTrimmed_AndOnceMoreIfTheRestEndsBeforeTheNextCheck()
     {
         var held = 0;
         using var trim = new HeapTrim(() => held, Timeout.InfiniteTimeSpan);
@@ -19,6 +19,22 @@ public class HeapTrimTests
         held = 400;
         Assert.True(trim.Check());
         held = 10;
+        Assert.True(trim.Check());
+        held = 0;
+        Assert.False(trim.Check());
+    }
+
+    [Fact]
+    public void AfterATrim_NothingMoreEnded_NoSecondTrim()
+    {
+        var held = 4000;
+        using var trim = new HeapTrim(() => held, Timeout.InfiniteTimeSpan);
+
+        Assert.False(trim.Check());
+        held = 400;
+        Assert.True(trim.Check());
+        Assert.False(trim.Check());
+        held = 0;
         Assert.False(trim.Check());
     }
 
