@@ -130,7 +130,7 @@ internal sealed class NamespaceSockets : IPodSockets
 
     public Task<Socket> DeliverAsync(LocalPod pod, IPAddress client, IPEndPoint destination, ProxyOptions options, CancellationToken cancellationToken = default) =>
         _transparent.TryGetValue(pod.NetnsPath, out var ports) && CanDeliverFrom(pod, client, destination)
-            ? Upstream.ConnectAsync(pod.NetnsPath, destination, options, cancellationToken, transparentFrom: client, ports)
+            ? Upstream.ConnectAsync(pod.NetnsPath, destination, options, cancellationToken, transparent: (client, ports))
             : Upstream.ConnectAsync(pod.NetnsPath, destination, options, cancellationToken);
 
     /// <summary>

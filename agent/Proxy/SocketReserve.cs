@@ -127,7 +127,7 @@ internal static class SocketReserve
     private sealed class Reserve
     {
         private readonly Stack<PodSocket> _sockets = new();
-        private long _lastMiss = Stopwatch.GetTimestamp() - (long)(Stopwatch.Frequency * Burst.TotalSeconds) - 1;
+        private long _lastMiss; // 0, long before any timestamp: the first miss makes one
         private long _lastTake = Stopwatch.GetTimestamp();
         private int _batch = 1;
         private bool _closed;

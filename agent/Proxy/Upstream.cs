@@ -10,29 +10,26 @@ namespace Weft.Proxy;
 /// </summary>
 internal static class Upstream
 {
-    /// <summary>A new TCP socket of the pod's namespace, claimed as the agent's (<see cref="SocketReserve"/>).</summary>
-    public static PodSocket Create(string netnsPath, AddressFamily family) => SocketReserve.Take(netnsPath, family);
-
     // Transparent deliveries tried from a port of the agent's turn before the last one leaves the port to the kernel.
     private const int DeliveryAttempts = 3;
 
     /// <summary>
-    /// Connects from inside the pod, with the connect timeout; a timeout surfaces as SocketError.TimedOut. With
-    /// <paramref name="transparentFrom"/>, from that (non-local) address, with a port of <paramref name="deliveryPorts"/>:
-    /// see <see cref="BindTransparent"/>.
+    /// Connects from inside the pod (a socket of <see cref="SocketReserve"/>), with the connect timeout; a timeout
+    /// surfaces as SocketError.TimedOut. With <paramref name="transparent"/>, from the client's (non-local) address, with a
+    /// port of the namespace's <see cref="DeliveryPorts"/>: see <see cref="BindTransparent"/>.
     /// </summary>
     public static async Task<Socket> ConnectAsync(string netnsPath, IPEndPoint destination, ProxyOptions options,
-        CancellationToken cancellationToken = default, IPAddress? transparentFrom = null, DeliveryPorts? deliveryPorts = null)
+        CancellationToken cancellationToken = default, (IPAddress Client, DeliveryPorts Ports)? transparent = null)
     {
         for (var attempt = 1; ; attempt++)
         {
-            var socket = Create(netnsPath, destination.AddressFamily);
+            var socket = SocketReserve.Take(netnsPath, destination.AddressFamily);
             try
             {
                 IPEndPoint? delivery = null;
-                if (transparentFrom is not null)
+                if (transparent is var (client, ports))
                 {
-                    BindTransparent(socket, transparentFrom, deliveryPorts ?? DeliveryPorts.Default, kernelPicks: attempt == DeliveryAttempts);
+                    BindTransparent(socket, client, ports, kernelPicks: attempt == DeliveryAttempts);
                     delivery = (IPEndPoint)socket.LocalEndPoint!;
                     MarkDelivery(netnsPath, delivery, destination, add: true);
                 }
@@ -58,7 +55,7 @@ internal static class Upstream
 
                 return socket;
             }
-            catch (SocketException e) when (transparentFrom is not null && e.SocketErrorCode == SocketError.AddressNotAvailable && attempt < DeliveryAttempts)
+            catch (SocketException e) when (transparent is not null && e.SocketErrorCode == SocketError.AddressNotAvailable && attempt < DeliveryAttempts)
             {
                 // the 4-tuple is taken: the port's last connection to this destination still in TIME_WAIT (the agent
                 // closed first less than 60 s ago), or a socket not of this agent's turn holds it; no SYN left
