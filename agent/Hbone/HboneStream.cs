@@ -22,15 +22,17 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
 {
     private readonly Http2Connection _connection;
     private readonly Pipe _inbound;
-    private readonly Pipe _outbound;
-    private readonly InboundReader _input;
+    private Pipe? _outbound;          // made on first use of Output (under _sendSync): a relay that sends directly needs none
+    private InboundReader? _input;    // made on first use of Input
     private readonly object _inboundSync = new();
     private bool _inboundCompleted;   // under _inboundSync
     private bool _inputAbandoned;     // under _inboundSync
     private long _buffered;           // delivered, not yet consumed; under _inboundSync
     private readonly object _sendSync = new();
     private Task? _sendLoop;          // under _sendSync
-    private bool _outboundAborted;    // under _sendSync
+    private bool _sendingStarted;     // under _sendSync: the 200 went out or came back
+    private bool _sendsDirectly;      // under _sendSync: SendAsync/EndOutputAsync instead of Output
+    private volatile bool _outboundAborted;  // set under _sendSync
     private volatile bool _resetSent;
     private int _disposed;
     // Cancelled when the stream ends abnormally; whoever relays it closes its other side at once.
@@ -51,24 +53,133 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
         // reader resumes inline on the read loop; InboundReader hands it on to the thread pool unless the
         // application asked to be resumed there (ResumeReadsOnReadLoop).
         _inbound = new Pipe(InboundPipeOptions);
-        // The send loop resumes inline on the writer's FlushAsync: the bytes become a DATA frame and reach
-        // the transport on the thread that wrote them, instead of a thread-pool hop per chunk (the cpu
-        // part's profile in docs/benchmark.md). The loop only waits on the write lock and the windows.
-        _outbound = new Pipe(OutboundPipeOptions.GetOrAdd(settings.StreamSendBuffer, static size => new PipeOptions(
-            readerScheduler: PipeScheduler.Inline,
-            pauseWriterThreshold: size,
-            resumeWriterThreshold: size / 2,
-            useSynchronizationContext: false)));
-        _input = new InboundReader(this, _inbound.Reader);
+        _sendBuffer = settings.StreamSendBuffer;
     }
+
+    private readonly int _sendBuffer;
 
     public int StreamId { get; }
 
     /// <summary>Bytes from the peer; completes on the peer's END_STREAM.</summary>
-    public PipeReader Input => _input;
+    public PipeReader Input
+    {
+        get
+        {
+            if (Volatile.Read(ref _input) is { } input)
+            {
+                return input;
+            }
+            var made = new InboundReader(this, _inbound.Reader);
+            return Interlocked.CompareExchange(ref _input, made, null) ?? made;
+        }
+    }
+
+    /// <summary>
+    /// The inbound pipe's own reader, for a relay that hands back what it consumed with <see cref="Consumed"/> and
+    /// ends with <see cref="CompleteRawInput"/>: no wrapper state per pending read. Use this or <see cref="Input"/>.
+    /// </summary>
+    internal PipeReader RawInput => _inbound.Reader;
+
+    /// <summary>The relay took <paramref name="count"/> bytes of <see cref="RawInput"/>: returns their window credit.</summary>
+    internal void Consumed(long count)
+    {
+        if (count > 0)
+        {
+            OnConsumed(count);
+        }
+    }
+
+    /// <summary>The relay is done reading <see cref="RawInput"/>: what is left unread is credited back.</summary>
+    internal void CompleteRawInput()
+    {
+        _inbound.Reader.Complete();
+        OnInputAbandoned();
+    }
 
     /// <summary>Bytes to the peer; Complete() half-closes (END_STREAM), Complete(exception) resets with CANCEL.</summary>
-    public PipeWriter Output => _outbound.Writer;
+    public PipeWriter Output => OutboundPipe().Writer;
+
+    private Pipe OutboundPipe()
+    {
+        lock (_sendSync)
+        {
+            if (_outbound is null)
+            {
+                if (_sendsDirectly)
+                {
+                    throw new InvalidOperationException($"stream {StreamId} sends directly, not through Output");
+                }
+                // The send loop resumes inline on the writer's FlushAsync: the bytes become a DATA frame and reach
+                // the transport on the thread that wrote them, instead of a thread-pool hop per chunk (the cpu
+                // part's profile in docs/benchmark.md). The loop only waits on the write lock and the windows.
+                _outbound = new Pipe(OutboundPipeOptions.GetOrAdd(_sendBuffer, static size => new PipeOptions(
+                    readerScheduler: PipeScheduler.Inline,
+                    pauseWriterThreshold: size,
+                    resumeWriterThreshold: size / 2,
+                    useSynchronizationContext: false)));
+                if (_outboundAborted)
+                {
+                    // Nobody will drain it: a writer gets completed-flush results rather than blocking.
+                    _outbound.Reader.Complete();
+                }
+                else if (_sendingStarted)
+                {
+                    _sendLoop = SendLoopAsync(_outbound.Reader);
+                }
+            }
+            return _outbound;
+        }
+    }
+
+    /// <summary>
+    /// From now on the application sends with <see cref="SendAsync"/> and ends with <see cref="EndOutputAsync"/>
+    /// instead of writing to <see cref="Output"/>: its bytes become DATA frames straight from its own buffer, and
+    /// the stream holds no outbound pipe and no send loop (the relay's socket buffer already holds what waits for
+    /// the peer's windows). Call before the first use of <see cref="Output"/>.
+    /// </summary>
+    internal void SendDirectly()
+    {
+        lock (_sendSync)
+        {
+            if (_outbound is not null)
+            {
+                throw new InvalidOperationException($"stream {StreamId} already sends through Output");
+            }
+            _sendsDirectly = true;
+        }
+    }
+
+    /// <summary>
+    /// Sends <paramref name="data"/> as DATA frames once the peer's windows allow; the buffer may be reused when
+    /// this returns. Throws <see cref="HboneException"/> when the stream or its connection is gone.
+    /// </summary>
+    internal async ValueTask SendAsync(ReadOnlyMemory<byte> data)
+    {
+        var buffer = new ReadOnlySequence<byte>(data);
+        while (!buffer.IsEmpty)
+        {
+            ThrowIfOutboundAborted();
+            int granted = await _connection.ReserveSendWindowAsync(this, buffer.Length).ConfigureAwait(false);
+            await _connection.WriteDataAsync(this, buffer.Slice(0, granted), endStream: false).ConfigureAwait(false);
+            buffer = buffer.Slice(granted);
+        }
+    }
+
+    /// <summary>Half-closes: END_STREAM after what <see cref="SendAsync"/> sent.</summary>
+    internal async ValueTask EndOutputAsync()
+    {
+        ThrowIfOutboundAborted();
+        await _connection.WriteDataAsync(this, ReadOnlySequence<byte>.Empty, endStream: true).ConfigureAwait(false);
+        _connection.OnLocalEnd(this);
+    }
+
+    private void ThrowIfOutboundAborted()
+    {
+        if (_outboundAborted)
+        {
+            throw ConnectionLoss ?? new HboneException($"stream {StreamId} ended");
+        }
+    }
 
     /// <summary>
     /// From now on a read of <see cref="Input"/> that waits for data resumes on the connection's read loop,
@@ -76,7 +187,7 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     /// does a little non-blocking work per read (the proxy's relay: one send to a socket): every stream of
     /// the connection waits while it runs, and it runs under the stream's inbound lock.
     /// </summary>
-    internal void ResumeReadsOnReadLoop() => _input.ResumeOnReadLoop = true;
+    internal void ResumeReadsOnReadLoop() => ((InboundReader)Input).ResumeOnReadLoop = true;
 
     /// <summary>
     /// Cancelled when the stream ends without a clean close both ways: a reset by either side, a GOAWAY
@@ -193,7 +304,16 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
         {
             return;
         }
-        await _outbound.Writer.CompleteAsync().ConfigureAwait(false);
+        bool direct;
+        lock (_sendSync)
+        {
+            direct = _sendsDirectly;
+        }
+        if (!direct)
+        {
+            // An application that never wrote still half-closes, as if it had completed Output.
+            await OutboundPipe().Writer.CompleteAsync().ConfigureAwait(false);
+        }
         Task? sendLoop;
         lock (_sendSync)
         {
@@ -207,7 +327,14 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
         {
             await sendLoop.ConfigureAwait(false);
         }
-        await _input.CompleteAsync().ConfigureAwait(false);
+        if (Volatile.Read(ref _input) is { } input)
+        {
+            await input.CompleteAsync().ConfigureAwait(false);
+        }
+        else
+        {
+            CompleteRawInput();
+        }
         _connection.ReleaseStream(this);
     }
 
@@ -218,24 +345,24 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     {
         lock (_sendSync)
         {
-            if (_sendLoop is null && !_outboundAborted)
+            _sendingStarted = true;
+            if (_outbound is not null && _sendLoop is null && !_outboundAborted)
             {
-                _sendLoop = SendLoopAsync();
+                _sendLoop = SendLoopAsync(_outbound.Reader);
             }
         }
     }
 
-    private async Task SendLoopAsync()
+    private async Task SendLoopAsync(PipeReader reader)
     {
         await Task.Yield();
-        PipeReader reader = _outbound.Reader;
         Exception? failure = null;
         try
         {
             while (true)
             {
                 ReadResult result = await reader.ReadAsync().ConfigureAwait(false);
-                if (result.IsCanceled || Volatile.Read(ref _outboundAborted))
+                if (result.IsCanceled || _outboundAborted)
                 {
                     break;
                 }
@@ -283,6 +410,11 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
         lock (_sendSync)
         {
             _outboundAborted = true;
+            if (_outbound is null)
+            {
+                // Made later, it starts completed; a direct sender sees the flag.
+                return;
+            }
             if (_sendLoop is null)
             {
                 // Nobody will drain it: release a writer blocked on backpressure.

@@ -1,6 +1,6 @@
 using System.Buffers;
-using System.IO.Pipelines;
 using System.Net.Sockets;
+using Weft.Hbone;
 
 namespace Weft.Proxy;
 
@@ -10,8 +10,8 @@ namespace Weft.Proxy;
 ///   client ──receive──► buffer ──send──► upstream socket     (SocketRelay: socket to socket)
 ///   client ◄──send───── buffer ◄─receive─ upstream socket
 ///
-///   client ──receive──► stream.Output ─► tunnel             (StreamRelay: the tunnel stream's pipes)
-///   client ◄──send───── stream.Input  ◄─ tunnel
+///   client ──receive──► buffer ──DATA frames──► tunnel       (StreamRelay: a tunnel stream)
+///   client ◄──send───── stream's inbound pipe ◄── tunnel
 /// </code>
 /// A FIN on one side becomes a shutdown(SHUT_WR) (or END_STREAM) on the other once everything before
 /// it was sent: half-close is carried across. A reset on one side becomes a reset on the other.
@@ -115,72 +115,75 @@ internal static class RelayPumps
     }
 
     /// <summary>
-    /// Receives from <paramref name="source"/> into <paramref name="writer"/> until end of stream
-    /// (completes the writer: the other side sees a half-close) or a reset (calls <paramref name="onReset"/>).
+    /// Receives from <paramref name="source"/> and sends it on <paramref name="stream"/> until end of stream
+    /// (END_STREAM: the other side sees a half-close) or a reset (calls <paramref name="onReset"/>). Waits for
+    /// data without a buffer; the bytes become DATA frames from the receive buffer itself.
     /// </summary>
-    public static async Task SocketToPipeAsync(Socket source, PipeWriter writer, IRelayObserver observer, bool fromA, Action onReset)
+    public static async Task SocketToStreamAsync(Socket source, HboneStream stream, IRelayObserver observer, bool fromA, Action onReset)
     {
-        Exception? error = null;
+        byte[]? buffer = null;
         try
         {
-            var drained = true;
             while (true)
             {
-                if (drained)
+                if (buffer is null)
                 {
                     // Wait for data without holding a buffer.
                     await source.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None).ConfigureAwait(false);
+                    buffer = ArrayPool<byte>.Shared.Rent(CopyBufferSize);
                 }
 
-                var memory = writer.GetMemory(SegmentSize);
-                var read = await source.ReceiveAsync(memory, SocketFlags.None).ConfigureAwait(false);
+                var read = await source.ReceiveAsync(buffer, SocketFlags.None).ConfigureAwait(false);
                 if (read == 0)
                 {
                     break;
                 }
 
-                drained = read < memory.Length;
-
-                writer.Advance(read);
                 observer.OnBytes(fromA, read);
-                var flush = await writer.FlushAsync().ConfigureAwait(false);
-                if (flush.IsCompleted || flush.IsCanceled)
+                await stream.SendAsync(buffer.AsMemory(0, read)).ConfigureAwait(false);
+                if (read < buffer.Length)
                 {
-                    break;
+                    // The source is drained for now: go idle without a buffer.
+                    ArrayPool<byte>.Shared.Return(buffer);
+                    buffer = null;
                 }
             }
+
+            await stream.EndOutputAsync().ConfigureAwait(false);
         }
-        catch (SocketException e)
+        catch (SocketException)
         {
             // The source reset or we aborted: the other side must see a reset too, not a clean end.
-            error = e;
             onReset();
         }
-        catch (ObjectDisposedException e)
+        catch (ObjectDisposedException)
         {
-            error = e;
+            // We closed the socket (abort): the stream must not look cleanly ended either.
+            onReset();
         }
-        catch (InvalidOperationException e)
+        catch (HboneException)
         {
-            // The writer's far side went away (a tunnel stream reset while we were writing).
-            error = e;
+            // The stream was reset or its tunnel lost: the relay's abort registration resets the socket.
             onReset();
         }
         finally
         {
-            await writer.CompleteAsync(error).ConfigureAwait(false);
+            if (buffer is not null)
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
         }
     }
 
     /// <summary>
-    /// Sends what <paramref name="reader"/> yields to <paramref name="destination"/>; a clean end becomes
-    /// shutdown(SHUT_WR), a failed reader or a failed send calls <paramref name="onFailure"/>.
+    /// Sends what <paramref name="stream"/> receives to <paramref name="destination"/>; its END_STREAM becomes
+    /// shutdown(SHUT_WR), a reset or a failed send calls <paramref name="onFailure"/>. What was sent is handed
+    /// back to the stream as window credit; <paramref name="observer"/> is told of it.
     /// </summary>
-    /// <paramref name="observer"/>, when given, is told of the bytes as they are sent (a tunnel stream's
-    /// side has no receive loop of ours to count them).
-    public static async Task PipeToSocketAsync(PipeReader reader, Socket destination, Action onFailure,
-        IRelayObserver? observer = null, bool fromA = false)
+    public static async Task StreamToSocketAsync(HboneStream stream, Socket destination, Action onFailure,
+        IRelayObserver observer, bool fromA)
     {
+        var reader = stream.RawInput;
         var clean = false;
         try
         {
@@ -194,12 +197,14 @@ internal static class RelayPumps
                     await destination.SendAsync(segment, SocketFlags.None).ConfigureAwait(false);
                 }
 
-                if (observer is not null && !buffer.IsEmpty)
+                var sent = buffer.Length;
+                if (sent > 0)
                 {
-                    observer.OnBytes(fromA, (int)buffer.Length);
+                    observer.OnBytes(fromA, (int)sent);
                 }
 
                 reader.AdvanceTo(buffer.End);
+                stream.Consumed(sent);
                 if (result.IsCompleted || result.IsCanceled)
                 {
                     clean = result.IsCompleted;
@@ -218,12 +223,12 @@ internal static class RelayPumps
         }
         catch (Exception)
         {
-            // The writing side completed with an error (it saw a reset): pass the reset on.
+            // The stream failed (it was reset): pass the reset on.
             Reset(destination);
         }
         finally
         {
-            await reader.CompleteAsync().ConfigureAwait(false);
+            stream.CompleteRawInput();
         }
 
         if (clean)

@@ -1,29 +1,32 @@
-using System.IO.Pipelines;
 using System.Net.Sockets;
+using Weft.Hbone;
 
 namespace Weft.Proxy;
 
 /// <summary>
-/// Relays between a plain socket and a tunnel stream (an HBONE CONNECT stream): the stream's own
-/// pipes carry the bytes, so no extra copy is made. End of stream maps to END_STREAM both ways and
-/// a reset on either side resets the other.
+/// Relays between a plain socket and a tunnel stream (an HBONE CONNECT stream). Toward the tunnel the
+/// socket's bytes become DATA frames straight from the receive buffer (no outbound pipe, no send loop);
+/// from the tunnel the stream's inbound pipe is read without a wrapper, its consumption handed back as
+/// window credit. End of stream maps to END_STREAM both ways and a reset on either side resets the other.
+/// An idle relay holds two pending socket reads' worth of state and the inbound pipe, no buffer.
 /// </summary>
 internal sealed class StreamRelay
 {
     private readonly Socket _socket;
-    private readonly IDuplexPipe _stream;
+    private readonly HboneStream _stream;
     private readonly Action _resetStream;
     private readonly IRelayObserver _observer;
     private readonly bool _socketIsA;
 
     /// <param name="socketIsA">True when the socket is the client side (its bytes count as sent).</param>
-    public StreamRelay(Socket socket, IDuplexPipe stream, Action resetStream, IRelayObserver observer, bool socketIsA)
+    public StreamRelay(Socket socket, HboneStream stream, Action resetStream, IRelayObserver observer, bool socketIsA)
     {
         _socket = socket;
         _stream = stream;
         _resetStream = resetStream;
         _observer = observer;
         _socketIsA = socketIsA;
+        stream.SendDirectly();
     }
 
     /// <summary>
@@ -35,8 +38,8 @@ internal sealed class StreamRelay
     {
         using CancellationTokenRegistration onAbort = streamAborted.UnsafeRegister(static socket => RelayPumps.Reset((Socket)socket!), _socket);
         await Task.WhenAll(
-            RelayPumps.SocketToPipeAsync(_socket, _stream.Output, _observer, fromA: _socketIsA, onReset: _resetStream),
-            RelayPumps.PipeToSocketAsync(_stream.Input, _socket, onFailure: _resetStream, _observer, fromA: !_socketIsA)).ConfigureAwait(false);
+            RelayPumps.SocketToStreamAsync(_socket, _stream, _observer, fromA: _socketIsA, onReset: _resetStream),
+            RelayPumps.StreamToSocketAsync(_stream, _socket, onFailure: _resetStream, _observer, fromA: !_socketIsA)).ConfigureAwait(false);
         // The pipe-to-socket loop may have ended on the tunnel's read loop (END_STREAM, reset): what follows
         // (access log, flow table, closing) belongs on the thread pool, not on the connection's reader.
         await Task.Yield();
