@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.IO.Pipelines;
 using Weft.Hbone.Internal;
 using Weft.Hbone.Internal.FlowControl;
@@ -12,6 +13,9 @@ namespace Weft.Hbone;
 ///   app ──Output──► outbound pipe ──send loop (peer's windows)──► DATA frames ──► peer
 ///   app ◄──Input─── inbound pipe ◄──connection read loop◄──────── DATA frames ◄── peer
 ///                        └─ bytes the app consumes → WINDOW_UPDATE
+///
+///   relay: socket ──SendAsync──────────────────────────────────► DATA frames ──► peer   (SendDirectly)
+///   relay: socket ◄──TryTake (read loop) / pipe + drain if full ◄ DATA frames ◄── peer   (DeliverTo)
 /// </code>
 /// <see cref="Output"/>.Complete() sends END_STREAM (half-close); <see cref="Input"/> completes when the
 /// peer sends END_STREAM, and fails with <see cref="HboneException"/> when the stream or connection is
@@ -21,13 +25,17 @@ namespace Weft.Hbone;
 internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
 {
     private readonly Http2Connection _connection;
-    private readonly Pipe _inbound;
+    private Pipe? _inbound;           // made on first need (under _inboundSync): a stream delivered to a sink has none while it keeps up
     private Pipe? _outbound;          // made on first use of Output (under _sendSync): a relay that sends directly needs none
     private InboundReader? _input;    // made on first use of Input
     private readonly object _inboundSync = new();
     private bool _inboundCompleted;   // under _inboundSync
     private bool _inputAbandoned;     // under _inboundSync
     private long _buffered;           // delivered, not yet consumed; under _inboundSync
+    private Exception? _inboundError;  // under _inboundSync: why the inbound side ended, null for END_STREAM
+    private IInboundSink? _sink;      // under _inboundSync
+    private bool _draining;           // under _inboundSync: the sink fell behind; the pipe holds what it has not taken
+    private bool _sinkDone;           // under _inboundSync: the sink was told End or Failed
     private readonly object _sendSync = new();
     private Task? _sendLoop;          // under _sendSync
     private bool _sendingStarted;     // under _sendSync: the 200 went out or came back
@@ -49,10 +57,6 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
         StreamId = streamId;
         SendFlow = new StreamOutputFlowControl(streamId, peerInitialWindow);
         ReceiveFlow = new InputFlowControl(settings.StreamWindow, settings.StreamWindow / 4);
-        // The read loop never waits on the inbound pipe: the stream window bounds what it can hold. A waiting
-        // reader resumes inline on the read loop; InboundReader hands it on to the thread pool unless the
-        // application asked to be resumed there (ResumeReadsOnReadLoop).
-        _inbound = new Pipe(InboundPipeOptions);
         _sendBuffer = settings.StreamSendBuffer;
     }
 
@@ -69,32 +73,77 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
             {
                 return input;
             }
-            var made = new InboundReader(this, _inbound.Reader);
+            PipeReader inner;
+            lock (_inboundSync)
+            {
+                if (_sink is not null)
+                {
+                    throw new InvalidOperationException($"stream {StreamId} is delivered to a sink, not read through Input");
+                }
+                inner = InboundPipe().Reader;
+            }
+            var made = new InboundReader(this, inner);
             return Interlocked.CompareExchange(ref _input, made, null) ?? made;
         }
     }
 
-    /// <summary>
-    /// The inbound pipe's own reader, for a relay that hands back what it consumed with <see cref="Consumed"/> and
-    /// ends with <see cref="CompleteRawInput"/>: no wrapper state per pending read. Use this or <see cref="Input"/>.
-    /// </summary>
-    internal PipeReader RawInput => _inbound.Reader;
-
-    /// <summary>The relay took <paramref name="count"/> bytes of <see cref="RawInput"/>: returns their window credit.</summary>
-    internal void Consumed(long count)
+    // The read loop never waits on the inbound pipe: the stream window bounds what it can hold. A waiting
+    // reader resumes inline on the read loop; InboundReader hands it on to the thread pool unless the
+    // application asked to be resumed there (ResumeReadsOnReadLoop).
+    private Pipe InboundPipe()
     {
-        if (count > 0)
+        Debug.Assert(Monitor.IsEntered(_inboundSync));
+        if (_inbound is null)
         {
-            OnConsumed(count);
+            _inbound = new Pipe(InboundPipeOptions);
+            if (_inboundCompleted)
+            {
+                _inbound.Writer.Complete(_inboundError);
+            }
+        }
+        return _inbound;
+    }
+
+    /// <summary>
+    /// From now on the peer's bytes go to <paramref name="sink"/>: on the connection's read loop, as each DATA frame
+    /// is parsed, with their window credit returned as soon as the sink takes them. What the sink cannot take at once
+    /// waits in a pipe made for the purpose, and a loop hands it over with <see cref="IInboundSink.TakeAsync"/>; once
+    /// it has caught up, bytes go straight to the sink again. So a stream whose consumer keeps up holds no pipe, no
+    /// pending read and no buffer. The sink hears <see cref="IInboundSink.End"/> after the last byte (END_STREAM, or
+    /// the reset or connection loss that ended the stream), or <see cref="IInboundSink.Failed"/> once it threw; one of
+    /// the two, once. Use this or <see cref="Input"/>, before either is used.
+    /// </summary>
+    internal void DeliverTo(IInboundSink sink)
+    {
+        bool end = false;
+        lock (_inboundSync)
+        {
+            if (_sink is not null || _input is not null)
+            {
+                throw new InvalidOperationException($"stream {StreamId} already has a reader");
+            }
+            _sink = sink;
+            if (_inputAbandoned)
+            {
+                end = true;
+            }
+            else if (_buffered > 0)
+            {
+                // Bytes came before the sink did: they go first, from the pipe.
+                _draining = true;
+                _ = DrainToSinkAsync(_inbound!.Reader, sink);
+            }
+            else if (_inboundCompleted)
+            {
+                end = true;
+            }
+        }
+        if (end)
+        {
+            EndSink();
         }
     }
 
-    /// <summary>The relay is done reading <see cref="RawInput"/>: what is left unread is credited back.</summary>
-    internal void CompleteRawInput()
-    {
-        _inbound.Reader.Complete();
-        OnInputAbandoned();
-    }
 
     /// <summary>Bytes to the peer; Complete() half-closes (END_STREAM), Complete(exception) resets with CANCEL.</summary>
     public PipeWriter Output => OutboundPipe().Writer;
@@ -333,7 +382,7 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
         }
         else
         {
-            CompleteRawInput();
+            OnInputAbandoned();
         }
         _connection.ReleaseStream(this);
     }
@@ -428,26 +477,165 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     /// <summary>Called by the read loop with a DATA payload. Returns the bytes to credit right away (discarded).</summary>
     internal int Deliver(in ReadOnlySequence<byte> data)
     {
+        int taken = 0;
+        Exception? failure = null;
         lock (_inboundSync)
         {
             if (_inboundCompleted || _inputAbandoned)
             {
                 return (int)data.Length;
             }
-            foreach (ReadOnlyMemory<byte> segment in data)
+            ReadOnlySequence<byte> rest = data;
+            bool drain = false;
+            if (_sink is not null && !_draining)
             {
-                _inbound.Writer.Write(segment.Span);
+                try
+                {
+                    foreach (ReadOnlyMemory<byte> segment in data)
+                    {
+                        int took = _sink.TryTake(segment.Span);
+                        taken += took;
+                        if (took < segment.Length)
+                        {
+                            break;
+                        }
+                    }
+                }
+                catch (Exception e)
+                {
+                    failure = e;
+                }
+                rest = data.Slice(taken);
+                drain = failure is null && !rest.IsEmpty;
+                _draining = drain;
             }
-            _buffered += data.Length;
-            // Never blocks: pauseWriterThreshold is 0.
-            _ = _inbound.Writer.FlushAsync();
-            return 0;
+            if (failure is null && !rest.IsEmpty)
+            {
+                Pipe pipe = InboundPipe();
+                foreach (ReadOnlyMemory<byte> segment in rest)
+                {
+                    pipe.Writer.Write(segment.Span);
+                }
+                _buffered += rest.Length;
+                // Never blocks: pauseWriterThreshold is 0.
+                _ = pipe.Writer.FlushAsync();
+                if (drain)
+                {
+                    _ = DrainToSinkAsync(pipe.Reader, _sink!);
+                }
+            }
         }
+        if (failure is not null)
+        {
+            // Nothing more reaches the sink; what came is credited back, as if it had been read.
+            FailSink(failure);
+            return (int)data.Length;
+        }
+        return taken;
+    }
+
+    /// <summary>Hands the pipe's bytes to the sink until it has caught up, then lets them go straight to it again.</summary>
+    private async Task DrainToSinkAsync(PipeReader reader, IInboundSink sink)
+    {
+        // Started under the inbound lock: go on after it is released.
+        await Task.Yield();
+        while (true)
+        {
+            ReadResult result;
+            try
+            {
+                result = await reader.ReadAsync().ConfigureAwait(false);
+            }
+            catch (Exception)
+            {
+                // The stream failed (reset, connection loss): what is left is of no use.
+                break;
+            }
+            if (result.IsCanceled)
+            {
+                // The input was abandoned (the sink failed, or the stream was disposed).
+                return;
+            }
+            ReadOnlySequence<byte> buffer = result.Buffer;
+            // Measured now: after AdvanceTo the pipe may reuse the buffer's segments.
+            long length = buffer.Length;
+            try
+            {
+                foreach (ReadOnlyMemory<byte> segment in buffer)
+                {
+                    await sink.TakeAsync(segment).ConfigureAwait(false);
+                }
+            }
+            catch (Exception e)
+            {
+                FailSink(e);
+                return;
+            }
+            reader.AdvanceTo(buffer.End);
+            if (length > 0)
+            {
+                OnConsumed(length);
+            }
+            lock (_inboundSync)
+            {
+                if (_inputAbandoned)
+                {
+                    return;
+                }
+                if (_buffered == 0 && !_inboundCompleted)
+                {
+                    _draining = false;
+                    return;
+                }
+                if (_buffered == 0 || result.IsCompleted)
+                {
+                    break;
+                }
+            }
+        }
+        EndSink();
+    }
+
+    /// <summary>Tells the sink the inbound side is over (after its last byte), once.</summary>
+    private void EndSink()
+    {
+        IInboundSink? sink;
+        Exception? error;
+        lock (_inboundSync)
+        {
+            if (_sinkDone || _sink is null)
+            {
+                return;
+            }
+            _sinkDone = true;
+            _inputAbandoned = true;
+            sink = _sink;
+            error = _inboundError;
+        }
+        sink.End(error);
+    }
+
+    /// <summary>The sink threw: nothing more goes to it, and what waits for it is credited back.</summary>
+    private void FailSink(Exception error)
+    {
+        IInboundSink? sink;
+        lock (_inboundSync)
+        {
+            if (_sinkDone || _sink is null)
+            {
+                return;
+            }
+            _sinkDone = true;
+            sink = _sink;
+        }
+        OnInputAbandoned();
+        sink.Failed(error);
     }
 
     /// <summary>Ends <see cref="Input"/>: normally on END_STREAM, with the error on reset or connection loss.</summary>
     internal void CompleteInbound(Exception? error)
     {
+        bool endSink;
         lock (_inboundSync)
         {
             if (_inboundCompleted)
@@ -455,7 +643,14 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
                 return;
             }
             _inboundCompleted = true;
-            _inbound.Writer.Complete(error);
+            _inboundError = error;
+            _inbound?.Writer.Complete(error);
+            // A sink that has caught up hears of it now; one that is behind, after its last byte.
+            endSink = _sink is not null && !_draining;
+        }
+        if (endSink)
+        {
+            EndSink();
         }
     }
 
@@ -505,6 +700,11 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
             _inputAbandoned = true;
             unread = _buffered;
             _buffered = 0;
+            if (_sink is not null)
+            {
+                // A drain loop waiting on the pipe stops.
+                _inbound?.Reader.CancelPendingRead();
+            }
         }
         if (unread > 0)
         {
@@ -583,4 +783,23 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
             stream.OnInputAbandoned();
         }
     }
+}
+
+/// <summary>
+/// Takes a tunnel stream's inbound bytes as they arrive (<see cref="HboneStream.DeliverTo"/>): the proxy's relay,
+/// which sends them to its socket.
+/// </summary>
+internal interface IInboundSink
+{
+    /// <summary>Takes what it can of <paramref name="data"/> without waiting; returns how many bytes. Runs on the connection's read loop, under the stream's lock.</summary>
+    int TryTake(ReadOnlySpan<byte> data);
+
+    /// <summary>Takes all of <paramref name="data"/>, waiting as long as it needs.</summary>
+    ValueTask TakeAsync(ReadOnlyMemory<byte> data);
+
+    /// <summary>No more bytes: <paramref name="error"/> is null for the peer's END_STREAM, else the reset or connection loss.</summary>
+    void End(Exception? error);
+
+    /// <summary><see cref="TryTake"/> or <see cref="TakeAsync"/> threw <paramref name="error"/>; nothing more comes.</summary>
+    void Failed(Exception error);
 }

@@ -46,8 +46,6 @@ internal sealed class ProxyConnection : IRelayObserver
     /// <summary>Relays between a socket and a tunnel stream; <paramref name="socketIsClient"/> says which side sends.</summary>
     public Task RelayAsync(Socket socket, Weft.Hbone.HboneStream stream, bool socketIsClient)
     {
-        // The relay's pipe-to-socket loop only sends: it runs on the tunnel's read loop, without a hop per chunk.
-        stream.ResumeReadsOnReadLoop();
         var relay = new StreamRelay(socket, stream, () => stream.Reset(), this, socketIsClient);
         _abort = relay.Abort;
         return relay.RunAsync(stream.Aborted);

@@ -11,7 +11,7 @@ namespace Weft.Proxy;
 ///   client ◄──send───── buffer ◄─receive─ upstream socket
 ///
 ///   client ──receive──► buffer ──DATA frames──► tunnel       (StreamRelay: a tunnel stream)
-///   client ◄──send───── stream's inbound pipe ◄── tunnel
+///   client ◄──send───────────────────────────── tunnel       (straight from the frame; a pipe only while the client lags)
 /// </code>
 /// A FIN on one side becomes a shutdown(SHUT_WR) (or END_STREAM) on the other once everything before
 /// it was sent: half-close is carried across. A reset on one side becomes a reset on the other.
@@ -171,77 +171,6 @@ internal static class RelayPumps
             if (buffer is not null)
             {
                 ArrayPool<byte>.Shared.Return(buffer);
-            }
-        }
-    }
-
-    /// <summary>
-    /// Sends what <paramref name="stream"/> receives to <paramref name="destination"/>; its END_STREAM becomes
-    /// shutdown(SHUT_WR), a reset or a failed send calls <paramref name="onFailure"/>. What was sent is handed
-    /// back to the stream as window credit; <paramref name="observer"/> is told of it.
-    /// </summary>
-    public static async Task StreamToSocketAsync(HboneStream stream, Socket destination, Action onFailure,
-        IRelayObserver observer, bool fromA)
-    {
-        var reader = stream.RawInput;
-        var clean = false;
-        try
-        {
-            while (true)
-            {
-                var result = await reader.ReadAsync().ConfigureAwait(false);
-                var buffer = result.Buffer;
-                foreach (var segment in buffer)
-                {
-                    // On a stream socket SendAsync completes only when every byte is queued.
-                    await destination.SendAsync(segment, SocketFlags.None).ConfigureAwait(false);
-                }
-
-                var sent = buffer.Length;
-                if (sent > 0)
-                {
-                    observer.OnBytes(fromA, (int)sent);
-                }
-
-                reader.AdvanceTo(buffer.End);
-                stream.Consumed(sent);
-                if (result.IsCompleted || result.IsCanceled)
-                {
-                    clean = result.IsCompleted;
-                    break;
-                }
-            }
-        }
-        catch (SocketException)
-        {
-            // The destination went away: reset it and tell the source side.
-            Reset(destination);
-            onFailure();
-        }
-        catch (ObjectDisposedException)
-        {
-        }
-        catch (Exception)
-        {
-            // The stream failed (it was reset): pass the reset on.
-            Reset(destination);
-        }
-        finally
-        {
-            stream.CompleteRawInput();
-        }
-
-        if (clean)
-        {
-            try
-            {
-                destination.Shutdown(SocketShutdown.Send);
-            }
-            catch (SocketException)
-            {
-            }
-            catch (ObjectDisposedException)
-            {
             }
         }
     }

@@ -253,6 +253,51 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task LargeEcho_WhileTheClientStopsReadingForASecond_ArrivesWhole_ThenEndsCleanly_CountedOnBothSides()
+    {
+        // The client sends 24 MiB and reads nothing for a second: the echo's replies back up into the tunnel on
+        // both nodes, so each relay's socket stops taking what the tunnel delivers and the rest waits for it
+        // (the stream's pipe and its drain), then goes straight to the socket again once it has caught up.
+        const int size = 24 * 1024 * 1024;
+        var payload = new byte[size];
+        new Random(7).NextBytes(payload);
+        using var client = await ConnectCapturedAsync(_client, Client, "127.0.0.1:8080");
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+
+        var send = Task.Run(async () =>
+        {
+            for (var offset = 0; offset < size; offset += 256 * 1024)
+            {
+                await client.SendAsync(payload.AsMemory(offset, Math.Min(256 * 1024, size - offset)), timeout.Token);
+            }
+
+            client.Shutdown(SocketShutdown.Send);
+        });
+        await Task.Delay(TimeSpan.FromSeconds(1));
+
+        using var received = new MemoryStream(size);
+        var buffer = new byte[64 * 1024];
+        int n;
+        while ((n = await client.ReceiveAsync(buffer, timeout.Token)) > 0)
+        {
+            received.Write(buffer, 0, n);
+        }
+
+        await send;
+        Assert.Equal(size, received.Length);
+        Assert.Equal(System.Security.Cryptography.SHA256.HashData(payload), System.Security.Cryptography.SHA256.HashData(received.ToArray()));
+
+        var outbound = await FinishedAsync(_clientFlows, 1);
+        var inbound = await FinishedAsync(_serverFlows, 1);
+        foreach (var flow in new[] { outbound[0], inbound[0] })
+        {
+            Assert.Equal("-", flow.ResponseFlags);
+            Assert.Equal(size, flow.BytesSent);
+            Assert.Equal(size, flow.BytesReceived);
+        }
+    }
+
+    [Fact]
     public async Task StreamStillDialingItsApp_WhenTheServerPodsProxyStops_IsDeliveredNotRefused()
     {
         // An agent being replaced stops its pod proxies and drains their tunnels; a CONNECT it took just before
