@@ -356,13 +356,14 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 foreach (var route in host.Routes)
                 {
                     text.Append(name).Append('\t').Append(host.Host).Append('\t').Append(route).Append('\t').Append(route.Source).Append('\t')
+                        .Append(route.Action.Timeouts?.ToString() ?? "-").Append('\t')
                         .Append(route.Action.Redirect is { } r ? $"redirect {r.StatusCode}" : string.Join(", ", route.Action.Backends)).Append('\n');
                 }
             }
 
             if (listener.DefaultRoute is { } fallback)
             {
-                text.Append(name).Append("\t(default)\t\t").Append(fallback.Source).Append('\t').Append(string.Join(", ", fallback.Action.Backends)).Append('\n');
+                text.Append(name).Append("\t(default)\t\t").Append(fallback.Source).Append("\t-\t").Append(string.Join(", ", fallback.Action.Backends)).Append('\n');
             }
         }
 

@@ -1,4 +1,7 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
 using k8s;
+using Weft.Cli;
 using Weft.Gateway;
 
 namespace Weft.Tests.Gateway;
@@ -7,7 +10,7 @@ namespace Weft.Tests.Gateway;
 /// HTTPRoute rule timeouts in the compiler: Gateway API's Duration format (GEP-2257, <c>^([0-9]{1,5}(h|m|s|ms)){1,4}$</c>),
 /// "0s" as no timeout, the API server's rule that backendRequest is at most request (a file can break it: the rule
 /// is dropped, the route's other rules served, and the route's status says so as Gateway API's "Drop Rule(s)"),
-/// and the field read from Kubernetes JSON.
+/// the field read from Kubernetes JSON, and how <c>weft routes</c> shows them.
 /// </summary>
 public class HttpRouteTimeoutsTests
 {
@@ -162,6 +165,30 @@ public class HttpRouteTimeoutsTests
         Assert.StartsWith("no rule can be served: Dropped Rule 0: ", parent.Accepted.Message, StringComparison.Ordinal);
         Assert.Contains("Dropped Rule 1: timeouts.backendRequest 501ms is longer than timeouts.request 500ms", parent.Accepted.Message, StringComparison.Ordinal);
         Assert.Null(parent.PartiallyInvalid); // never set on a route that is not accepted
+    }
+
+    [Fact]
+    public void WeftRoutes_AndTheAdminRoutes_ShowEachRulesTimeouts()
+    {
+        var (table, _) = Compile(Route(
+            Rule("/both", "{request: 1m30s, backendRequest: 500ms}")
+            + "\n" + Rule("/backend", "{backendRequest: 2s}")
+            + "\n" + Rule("/none", "{request: 0s}")));
+
+        using var json = JsonDocument.Parse(RouteTableJson.Serialize(table, null));
+        var text = RoutesCommand.Table(json.RootElement).Split('\n');
+
+        Assert.Matches(@"^LISTENER\s+HOST\s+PATH\s+MATCH\s+ROUTE\s+TIMEOUTS\s+BACKENDS$", text[0]);
+        Assert.Contains(text, l => Regex.IsMatch(l, @"^http\s+\*\s+Prefix /both\s+-\s+HTTPRoute gateway-conformance-infra/timeouts rule 0\s+request 1m30s, backend 500ms\s+gateway-conformance-infra/infra-backend-v1:80 \(1 endpoints\)$"));
+        Assert.Contains(text, l => Regex.IsMatch(l, @"^http\s+\*\s+Prefix /backend\s+-\s+HTTPRoute gateway-conformance-infra/timeouts rule 1\s+backend 2s\s+"));
+        Assert.Contains(text, l => Regex.IsMatch(l, @"^http\s+\*\s+Prefix /none\s+-\s+HTTPRoute gateway-conformance-infra/timeouts rule 2\s+-\s+"));
+        var both = json.RootElement.GetProperty("routes").EnumerateArray().First(r => r.GetProperty("path").GetString() == "/both").GetProperty("timeouts");
+        Assert.Equal("1m30s", both.GetProperty("request").GetString());
+        Assert.Equal("500ms", both.GetProperty("backendRequest").GetString());
+        var none = json.RootElement.GetProperty("routes").EnumerateArray().First(r => r.GetProperty("path").GetString() == "/none").GetProperty("timeouts");
+        Assert.Equal(JsonValueKind.Null, none.GetProperty("request").ValueKind);
+        Assert.Contains("\tHTTPRoute gateway-conformance-infra/timeouts rule 0\trequest 1m30s, backend 500ms\t", GatewayServer.Describe(table, null), StringComparison.Ordinal);
+        Assert.Contains("\tHTTPRoute gateway-conformance-infra/timeouts rule 2\t-\t", GatewayServer.Describe(table, null), StringComparison.Ordinal);
     }
 
     [Fact]
