@@ -10,7 +10,7 @@ namespace Weft.Tests.Gateway;
 /// HTTPRoute rule timeouts in the compiler: Gateway API's Duration format (GEP-2257, <c>^([0-9]{1,5}(h|m|s|ms)){1,4}$</c>),
 /// "0s" as no timeout, the API server's rule that backendRequest is at most request (a file can break it: the rule
 /// is dropped, the route's other rules served, and the route's status says so as Gateway API's "Drop Rule(s)"),
-/// the field read from Kubernetes JSON, and how <c>weft routes</c> shows them.
+/// the field read from Kubernetes JSON, how <c>weft routes</c> shows them, and which timeout a forward runs with.
 /// </summary>
 public class HttpRouteTimeoutsTests
 {
@@ -205,5 +205,46 @@ public class HttpRouteTimeoutsTests
         Assert.Equal(new RouteTimeouts(TimeSpan.FromSeconds(10), TimeSpan.FromMilliseconds(500)), RouteCompiler.CompileTimeouts(timeouts, out var invalid));
         Assert.Null(invalid);
         Assert.Contains("\"timeouts\":{\"request\":\"10s\",\"backendRequest\":\"500ms\"}", KubernetesJson.Serialize(route), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(10_000, 2_000, "backendRequest", 2_000)]
+    [InlineData(2_000, 2_000, "request", 2_000)]
+    [InlineData(1_000, null, "request", 1_000)]
+    [InlineData(null, 500, "backendRequest", 500)]
+    public void AForward_RunsWithTheShorterTimeout(int? request, int? backend, string which, int after)
+    {
+        using var deadline = new ForwardDeadline(new RouteTimeouts(
+            request is { } r ? TimeSpan.FromMilliseconds(r) : null, backend is { } b ? TimeSpan.FromMilliseconds(b) : null), CancellationToken.None);
+
+        Assert.Equal(which, deadline.Which);
+        Assert.Equal(TimeSpan.FromMilliseconds(after), deadline.After);
+        Assert.False(deadline.TimedOut);
+    }
+
+    [Fact]
+    public async Task AForward_TimesOut_OnlyWhileTheClientIsStillThere()
+    {
+        using var client = new CancellationTokenSource();
+        using (var deadline = new ForwardDeadline(new RouteTimeouts(TimeSpan.FromMilliseconds(50), null), client.Token))
+        {
+            await Task.Delay(Timeout.Infinite, deadline.Token).ContinueWith(_ => { }, TaskScheduler.Default);
+            Assert.True(deadline.TimedOut);
+        }
+
+        await client.CancelAsync(); // the client left first: the timer running out afterwards is no timeout
+        using (var deadline = new ForwardDeadline(new RouteTimeouts(TimeSpan.FromMilliseconds(50), null), client.Token))
+        {
+            await Task.Delay(Timeout.Infinite, deadline.Token).ContinueWith(_ => { }, TaskScheduler.Default);
+            Assert.False(deadline.TimedOut);
+        }
+
+        using (var deadline = new ForwardDeadline(new RouteTimeouts(TimeSpan.FromMilliseconds(50), null), CancellationToken.None))
+        {
+            deadline.Disarm(); // an accepted WebSocket upgrade
+            await Task.Delay(200);
+            Assert.False(deadline.TimedOut);
+            Assert.False(deadline.Token.IsCancellationRequested);
+        }
     }
 }
