@@ -67,7 +67,7 @@ internal static class RoutesCommand
         return 0;
     }
 
-    /// <summary>LISTENER HOST PATH MATCH ROUTE BACKENDS, then the config error and warnings.</summary>
+    /// <summary>LISTENER HOST PATH MATCH ROUTE TIMEOUTS BACKENDS, then the config error and warnings.</summary>
     internal static string Table(JsonElement table)
     {
         var rows = new List<IReadOnlyList<string>>();
@@ -100,11 +100,12 @@ internal static class RoutesCommand
                 $"{route.GetProperty("pathType").GetString()} {route.GetProperty("path").GetString()}",
                 conditions.Count == 0 ? "-" : string.Join(' ', conditions),
                 route.GetProperty("source").GetString()!,
+                Timeouts(route),
                 backends.Length == 0 ? "(none: 500)" : backends,
             ]);
         }
 
-        var text = ViewsTable.Render(["LISTENER", "HOST", "PATH", "MATCH", "ROUTE", "BACKENDS"], rows);
+        var text = ViewsTable.Render(["LISTENER", "HOST", "PATH", "MATCH", "ROUTE", "TIMEOUTS", "BACKENDS"], rows);
         if (table.GetProperty("configError").GetString() is { } error)
         {
             text = $"config error (serving the last good version): {error}\n" + text;
@@ -116,6 +117,28 @@ internal static class RoutesCommand
         }
 
         return text;
+    }
+
+    /// <summary>"request 10s, backend 2s", or "-" (also from a gateway that predates timeouts).</summary>
+    private static string Timeouts(JsonElement route)
+    {
+        if (!route.TryGetProperty("timeouts", out var timeouts) || timeouts.ValueKind != JsonValueKind.Object)
+        {
+            return "-";
+        }
+
+        var parts = new List<string>();
+        if (timeouts.TryGetProperty("request", out var request) && request.GetString() is { } r)
+        {
+            parts.Add($"request {r}");
+        }
+
+        if (timeouts.TryGetProperty("backendRequest", out var backend) && backend.GetString() is { } b)
+        {
+            parts.Add($"backend {b}");
+        }
+
+        return parts.Count == 0 ? "-" : string.Join(", ", parts);
     }
 
     private static string Backend(JsonElement backend)

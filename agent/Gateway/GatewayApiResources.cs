@@ -208,6 +208,21 @@ internal sealed class HttpRouteRule
 
     [JsonPropertyName("backendRefs")]
     public List<ObjectReference>? BackendRefs { get; set => field = NullsDropped.From(value); }
+
+    [JsonPropertyName("timeouts")]
+    public HttpRouteTimeouts? Timeouts { get; set; }
+}
+
+/// <summary>A rule's timeouts, Gateway API Durations ("500ms", "1m30s"; "0s": none); read by <see cref="GatewayDuration"/>.</summary>
+internal sealed class HttpRouteTimeouts
+{
+    /// <summary>How long the gateway may take to answer the client.</summary>
+    [JsonPropertyName("request")]
+    public string? Request { get; set; }
+
+    /// <summary>How long one request to the backend may take, from sending it to the whole response; at most <see cref="Request"/>.</summary>
+    [JsonPropertyName("backendRequest")]
+    public string? BackendRequest { get; set; }
 }
 
 internal sealed class HttpRouteMatch

@@ -356,13 +356,14 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 foreach (var route in host.Routes)
                 {
                     text.Append(name).Append('\t').Append(host.Host).Append('\t').Append(route).Append('\t').Append(route.Source).Append('\t')
+                        .Append(route.Action.Timeouts?.ToString() ?? "-").Append('\t')
                         .Append(route.Action.Redirect is { } r ? $"redirect {r.StatusCode}" : string.Join(", ", route.Action.Backends)).Append('\n');
                 }
             }
 
             if (listener.DefaultRoute is { } fallback)
             {
-                text.Append(name).Append("\t(default)\t\t").Append(fallback.Source).Append('\t').Append(string.Join(", ", fallback.Action.Backends)).Append('\n');
+                text.Append(name).Append("\t(default)\t\t").Append(fallback.Source).Append("\t-\t").Append(string.Join(", ", fallback.Action.Backends)).Append('\n');
             }
         }
 
@@ -525,9 +526,25 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 }
 
                 context.Response.Body = new ResponseSendTimeout(context.Response.Body, context, _sendTimeout, _metrics);
-                transformer = new ForwardTransformer(route, path, span);
-                var error = await _forwarder.SendAsync(context, $"http://{endpoint}", _client, config, transformer).ConfigureAwait(false);
-                if (error == ForwarderError.None)
+
+                // The rule's timeouts (HTTPRoute timeouts.request, timeouts.backendRequest): a timer only for routes that have them.
+                using var deadline = route.Action.Timeouts is { } timeouts ? new ForwardDeadline(timeouts, context.RequestAborted) : null;
+                transformer = new ForwardTransformer(route, path, span, deadline);
+                var error = await _forwarder.SendAsync(context, $"http://{endpoint}", _client, config, transformer, deadline?.Token ?? CancellationToken.None).ConfigureAwait(false);
+                if (error != ForwarderError.None && deadline is { TimedOut: true })
+                {
+                    // The forward was stopped, which let go of the backend (its connection or stream is closed). Nothing
+                    // sent yet: 504. A response already under way cannot become one: the forwarder cut it (HTTP/2: the
+                    // stream reset; HTTP/1.1: the connection aborted) so the client cannot take it for a whole one. An
+                    // upstream timeout either way (Envoy's UT); it ejects nothing.
+                    flags = "UT";
+                    if (!context.Response.HasStarted)
+                    {
+                        context.Response.Clear();
+                        context.Response.StatusCode = StatusCodes.Status504GatewayTimeout;
+                    }
+                }
+                else if (error == ForwarderError.None)
                 {
                     if (_health.Answered(endpoint, context.Response.StatusCode))
                     {
@@ -647,7 +664,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
     /// Per request: the route's path rewrite and request header edits, the client's Host, X-Forwarded-For/-Proto/-Host,
     /// a traceparent continued (new span id) or started; on the way back, the response header edits.
     /// </summary>
-    private sealed partial class ForwardTransformer(Route route, string path, Activity? span) : HttpTransformer
+    private sealed partial class ForwardTransformer(Route route, string path, Activity? span, ForwardDeadline? deadline) : HttpTransformer
     {
         /// <summary>The traceparent the backend was sent (for the access log), once the request was transformed.</summary>
         public string? SentTraceParent { get; private set; }
@@ -713,6 +730,14 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         {
             var result = await base.TransformResponseAsync(httpContext, proxyResponse, cancellationToken).ConfigureAwait(false);
             route.Action.ResponseHeaders?.Apply(httpContext.Response.Headers);
+
+            // An accepted upgrade (101, or 200 to an HTTP/2 CONNECT) is a WebSocket from here: the rule's timeouts bounded its handshake.
+            if (deadline is not null && proxyResponse is { } response
+                && (response.StatusCode == HttpStatusCode.SwitchingProtocols || (response.StatusCode == HttpStatusCode.OK && response.RequestMessage?.Method == HttpMethod.Connect)))
+            {
+                deadline.Disarm();
+            }
+
             return result;
         }
 

@@ -16,8 +16,11 @@ internal sealed class ListenerReport(string name)
     public List<ConditionReport> Conditions { get; } = [];
 }
 
-/// <summary>What the compiler found for one parentRef of an HTTPRoute that names a Gateway of our class.</summary>
-internal sealed record RouteParentReport(ObjectReference ParentRef, ConditionReport Accepted, ConditionReport ResolvedRefs);
+/// <summary>
+/// What the compiler found for one parentRef of an HTTPRoute that names a Gateway of our class; <paramref name="PartiallyInvalid"/>
+/// only when the route is accepted and some of its rules were dropped (Gateway API sets that condition only True).
+/// </summary>
+internal sealed record RouteParentReport(ObjectReference ParentRef, ConditionReport Accepted, ConditionReport ResolvedRefs, ConditionReport? PartiallyInvalid = null);
 
 /// <summary>
 /// What <see cref="RouteCompiler"/> decided about each object it serves, in the terms a Gateway API controller

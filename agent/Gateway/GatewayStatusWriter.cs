@@ -88,7 +88,7 @@ internal sealed class GatewayStatusWriter(IKubernetes client, GatewayStatusOptio
                 {
                     ["parentRef"] = ParentRef(parent.ParentRef),
                     ["controllerName"] = GatewayApiKinds.ControllerName,
-                    ["conditions"] = Conditions([parent.Accepted, parent.ResolvedRefs], route.Metadata, previous, now),
+                    ["conditions"] = Conditions(parent.PartiallyInvalid is { } partially ? [parent.Accepted, parent.ResolvedRefs, partially] : [parent.Accepted, parent.ResolvedRefs], route.Metadata, previous, now),
                 });
             }
 

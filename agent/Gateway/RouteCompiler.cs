@@ -44,6 +44,42 @@ internal static class RouteCompiler
     internal static string? NormalizeHost(string? host) =>
         string.IsNullOrEmpty(host) ? null : host.TrimEnd('.').ToLowerInvariant();
 
+    /// <summary>
+    /// A rule's timeouts: null when it has none ("0s" is none); <paramref name="invalid"/> says why they cannot be used:
+    /// a value that is not a Gateway API Duration, or a backendRequest longer than a request timeout that is not 0s
+    /// (the API server's CEL rule, which a file does not pass through).
+    /// </summary>
+    internal static RouteTimeouts? CompileTimeouts(HttpRouteTimeouts? given, out string? invalid)
+    {
+        invalid = null;
+        if (given is null)
+        {
+            return null;
+        }
+
+        TimeSpan request = TimeSpan.Zero, backend = TimeSpan.Zero;
+        if (given.Request is { } r && !GatewayDuration.TryParse(r, out request))
+        {
+            invalid = $"timeouts.request '{r}' is not a Gateway API duration (such as 10s, 500ms, 1m30s)";
+            return null;
+        }
+
+        if (given.BackendRequest is { } b && !GatewayDuration.TryParse(b, out backend))
+        {
+            invalid = $"timeouts.backendRequest '{b}' is not a Gateway API duration (such as 10s, 500ms, 1m30s)";
+            return null;
+        }
+
+        if (request > TimeSpan.Zero && backend > request)
+        {
+            invalid = $"timeouts.backendRequest {given.BackendRequest} is longer than timeouts.request {given.Request}";
+            return null;
+        }
+
+        return request == TimeSpan.Zero && backend == TimeSpan.Zero ? null
+            : new RouteTimeouts(request > TimeSpan.Zero ? request : null, backend > TimeSpan.Zero ? backend : null);
+    }
+
     private static string Key(V1ObjectMeta? meta) => $"{Namespace(meta)}/{meta?.Name}";
 
     private static string Namespace(V1ObjectMeta? meta) => string.IsNullOrEmpty(meta?.NamespaceProperty) ? "default" : meta.NamespaceProperty;
@@ -65,6 +101,9 @@ internal static class RouteCompiler
 
         // The first unresolved backendRef of the HTTPRoute being compiled (ResolvedRefs=False), or null.
         private ConditionReport? _unresolvedRef;
+
+        // The rules of the HTTPRoute being compiled that are dropped for an invalid value, and why.
+        private readonly List<(int Rule, string Reason)> _droppedRules = [];
 
         public void CompileIngresses()
         {
@@ -395,12 +434,13 @@ internal static class RouteCompiler
 
             // Backends are resolved even when nothing attaches, so ResolvedRefs is reported either way.
             _unresolvedRef = null;
+            _droppedRules.Clear();
             var rules = httpRoute.Spec.Rules ?? [];
-            var actions = rules.Select((rule, i) => RuleAction(rule, ns, $"{source} rule {i}")).ToList();
+            var actions = rules.Select((rule, i) => RuleAction(rule, ns, $"{source} rule {i}", i)).ToList();
             if (parents.Count > 0)
             {
                 var resolved = _unresolvedRef ?? new ConditionReport("ResolvedRefs", true, "ResolvedRefs", "all references resolved");
-                report.Routes[Key(httpRoute.Metadata)] = [.. parents.Select(p => new RouteParentReport(p.Parent, p.Accepted, resolved))];
+                report.Routes[Key(httpRoute.Metadata)] = [.. parents.Select(p => ParentReport(p.Parent, p.Accepted, resolved, rules.Count))];
             }
 
             if (attachments.Count == 0)
@@ -445,6 +485,25 @@ internal static class RouteCompiler
                     }
                 }
             }
+        }
+
+        /// <summary>
+        /// A parentRef's conditions once the route's rules are known. Gateway API's "Drop Rule(s)": an accepted route
+        /// with some invalid rules serves the others and says which it dropped in PartiallyInvalid (True,
+        /// UnsupportedValue, a message starting "Dropped Rule"); with every rule invalid it is not accepted
+        /// (UnsupportedValue). A parentRef not accepted for another reason keeps that reason.
+        /// </summary>
+        private RouteParentReport ParentReport(ObjectReference parent, ConditionReport accepted, ConditionReport resolved, int ruleCount)
+        {
+            if (!accepted.Status || _droppedRules.Count == 0)
+            {
+                return new RouteParentReport(parent, accepted, resolved);
+            }
+
+            var dropped = string.Join("; ", _droppedRules.Select(d => $"Dropped Rule {d.Rule}: {d.Reason}"));
+            return _droppedRules.Count == ruleCount
+                ? new RouteParentReport(parent, new ConditionReport("Accepted", false, "UnsupportedValue", $"no rule can be served: {dropped}"), resolved)
+                : new RouteParentReport(parent, accepted, resolved, new ConditionReport("PartiallyInvalid", true, "UnsupportedValue", dropped));
         }
 
         private Route? CompileMatch(HttpRouteMatch match, RouteAction action, string source)
@@ -492,8 +551,18 @@ internal static class RouteCompiler
                 });
         }
 
-        private RouteAction? RuleAction(HttpRouteRule rule, string ns, string source)
+        /// <summary>What a rule does; null when it is dropped for an invalid value (it is then not served, and said so).</summary>
+        private RouteAction? RuleAction(HttpRouteRule rule, string ns, string source, int ruleIndex)
         {
+            var timeouts = CompileTimeouts(rule.Timeouts, out var invalid);
+            if (invalid is not null)
+            {
+                // A file has no API server to reject it (CEL, the Duration pattern): the rule is dropped, the route's others are served.
+                Warn($"{source}: dropped, not served: {invalid}");
+                _droppedRules.Add((ruleIndex, invalid));
+                return null;
+            }
+
             HeaderModifier? requestHeaders = null, responseHeaders = null;
             RedirectAction? redirect = null;
             RewriteAction? rewrite = null;
@@ -525,7 +594,7 @@ internal static class RouteCompiler
                 backends.Add(GatewayBackend(reference, ns, source));
             }
 
-            return new RouteAction { Backends = backends.ToImmutable(), RequestHeaders = requestHeaders, ResponseHeaders = responseHeaders, Redirect = redirect, Rewrite = rewrite };
+            return new RouteAction { Backends = backends.ToImmutable(), RequestHeaders = requestHeaders, ResponseHeaders = responseHeaders, Redirect = redirect, Rewrite = rewrite, Timeouts = timeouts };
 
             static HeaderModifier Headers(HttpHeaderFilter f) => new(
                 [.. (f.Set ?? []).Where(h => !string.IsNullOrEmpty(h.Name)).Select(h => KeyValuePair.Create(h.Name!, h.Value ?? ""))],

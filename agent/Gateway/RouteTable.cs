@@ -101,6 +101,18 @@ internal sealed record RedirectAction(string? Scheme, string? Hostname, int? Por
 internal sealed record RewriteAction(string? Hostname, PathModifier? Path);
 
 /// <summary>
+/// An HTTPRoute rule's timeouts; null for none ("0s" or not given). <see cref="Request"/> bounds the whole answer to
+/// the client, <see cref="BackendRequest"/> one request to the backend from sending it to its whole response: both
+/// run from when the gateway starts forwarding, and with no retries the shorter one is the one that fires.
+/// </summary>
+internal sealed record RouteTimeouts(TimeSpan? Request, TimeSpan? BackendRequest)
+{
+    /// <summary>"request 10s, backend 2s": as <c>/routes</c> and <c>weft routes</c> show them.</summary>
+    public override string ToString() =>
+        string.Join(", ", new[] { Request is { } r ? $"request {GatewayDuration.Format(r)}" : null, BackendRequest is { } b ? $"backend {GatewayDuration.Format(b)}" : null }.OfType<string>());
+}
+
+/// <summary>
 /// Where a share of a rule's requests go: a Service port's ready endpoints, or nowhere with the reason (a
 /// reference that is invalid, not permitted, or to nothing), which the client sees as a 500.
 /// </summary>
@@ -155,6 +167,9 @@ internal sealed class RouteAction
     public RedirectAction? Redirect { get; init; }
 
     public RewriteAction? Rewrite { get; init; }
+
+    /// <summary>The rule's timeouts, or null when it has none (the common case: nothing is timed).</summary>
+    public RouteTimeouts? Timeouts { get; init; }
 
     /// <summary>A weighted random pick; null when there is no backend or every weight is 0 (the client gets a 500).</summary>
     public Backend? PickBackend()

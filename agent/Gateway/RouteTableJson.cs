@@ -70,6 +70,12 @@ internal static class RouteTableJson
 
         json.WriteEndArray();
         json.WriteString("source", route.Source);
+
+        // Gateway API Durations as a rule writes them ("500ms", "1m30s"); null: no timeout.
+        json.WriteStartObject("timeouts");
+        json.WriteString("request", route.Action.Timeouts?.Request is { } requestTimeout ? GatewayDuration.Format(requestTimeout) : null);
+        json.WriteString("backendRequest", route.Action.Timeouts?.BackendRequest is { } backendTimeout ? GatewayDuration.Format(backendTimeout) : null);
+        json.WriteEndObject();
         if (route.Action.Redirect is { } redirect)
         {
             json.WriteNumber("redirect", redirect.StatusCode);

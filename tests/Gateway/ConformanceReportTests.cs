@@ -63,6 +63,10 @@ public class ConformanceReportTests
     private static readonly (string Scenario, string Feature, string[] Tests)[] Extended =
     [
         ("HTTPRouteResponseHeaderModifier", "HTTPRouteResponseHeaderModification", ["HttpRouteConformanceTests.HTTPRouteResponseHeaderModifier"]),
+        ("HTTPRouteRequestTimeout", "HTTPRouteRequestTimeout", ["HttpRouteConformanceTests.HTTPRouteRequestTimeout", "GatewayTimeoutTests.ABackendThatHoldsItsAnswer_PastTheRequestTimeout_Gets504UT_InMetricsAndAccessLog_AndTheBackendSeesTheAbort"]),
+
+        // Upstream's feature for backendRequest is named HTTPRouteBackendTimeout (pkg/features), its test HTTPRouteBackendRequestTimeout.
+        ("HTTPRouteBackendRequestTimeout", "HTTPRouteBackendTimeout", ["HttpRouteConformanceTests.HTTPRouteBackendRequestTimeout"]),
         ("HTTPRouteRewriteHost", "HTTPRouteHostRewrite", ["HttpRouteConformanceTests.HTTPRouteRewritePath_AndRewriteHost"]),
         ("HTTPRouteRewritePath", "HTTPRoutePathRewrite", ["HttpRouteConformanceTests.HTTPRouteRewritePath_AndRewriteHost"]),
     ];

@@ -128,8 +128,8 @@ public class GatewayHealthAndLogTests
         Assert.Equal(0, code);
         var lines = table.Split('\n');
         Assert.StartsWith("LISTENER", lines[0], StringComparison.Ordinal);
-        Assert.Matches(@"^http\s+x\.example\s+Prefix /api\s+-\s+Ingress default/api\s+default/missing:80 \(0 endpoints\)$", lines[1]);
-        Assert.Matches(@"^http\s+x\.example\s+Prefix /\s+-\s+Ingress default/web\s+default/web:80 \(1 endpoints\)$", lines[2]);
+        Assert.Matches(@"^http\s+x\.example\s+Prefix /api\s+-\s+Ingress default/api\s+-\s+default/missing:80 \(0 endpoints\)$", lines[1]);
+        Assert.Matches(@"^http\s+x\.example\s+Prefix /\s+-\s+Ingress default/web\s+-\s+default/web:80 \(1 endpoints\)$", lines[2]);
         Assert.Contains("warning: Ingress default/api: Service default/missing not found", table);
         Assert.Equal(0, jsonCode);
         using var doc = JsonDocument.Parse(json);

@@ -288,6 +288,48 @@ public class GatewayKubernetesTests
     }
 
     [Fact]
+    public async Task HTTPRouteWithARuleWhoseBackendRequestExceedsItsRequestTimeout_DropsThatRule_PartiallyInvalid_UntilFixed()
+    {
+        // The API server refuses this by CEL; a CRD installed without its validation, or an older one, lets it in.
+        static string Timeouts(string badRule) => $$"""
+            ---
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: HTTPRoute
+            metadata: {name: timeouts, namespace: gateway-conformance-infra}
+            spec:
+              parentRefs: [{name: same-namespace}]
+              rules:
+              - matches: [{path: {type: PathPrefix, value: /timed} }]
+                backendRefs: [{name: infra-backend-v1, port: 80}]
+                timeouts: {request: 500ms}
+              - matches: [{path: {type: PathPrefix, value: /other} }]
+                backendRefs: [{name: infra-backend-v2, port: 80}]
+                timeouts: {{badRule}}
+
+            """;
+        await using var cluster = await StartAsync(Timeouts("{request: 1s, backendRequest: 2s}"));
+
+        var route = await cluster.WaitForObjectAsync<HttpRouteResource>(Infra, "timeouts", r =>
+            RouteParent(r, "same-namespace") is { } parent && Condition(parent["conditions"], "PartiallyInvalid") == "True/UnsupportedValue/1");
+        var conditions = RouteParent(route, "same-namespace")!["conditions"]!;
+        Assert.Equal("True/Accepted/1", Condition(conditions, "Accepted"));
+        Assert.Equal("True/ResolvedRefs/1", Condition(conditions, "ResolvedRefs"));
+        Assert.Equal("Dropped Rule 1: timeouts.backendRequest 2s is longer than timeouts.request 1s",
+            conditions.AsArray().Single(c => c!["type"]!.GetValue<string>() == "PartiallyInvalid")!["message"]!.GetValue<string>());
+
+        // The valid rule is served with its timeout (read from the API server's JSON); the dropped one is not served.
+        await cluster.AnswersAsync("example.com", "/timed", "infra-backend-v1");
+        Assert.Equal("504", await cluster.AnswerAsync("example.com", "/timed?delay=2s"));
+        Assert.Equal("404", await cluster.AnswerAsync("example.com", "/other"));
+
+        cluster.Apply(Timeouts("{request: 2s, backendRequest: 1s}"));
+        await cluster.AnswersAsync("example.com", "/other", "infra-backend-v2");
+        route = await cluster.WaitForObjectAsync<HttpRouteResource>(Infra, "timeouts", r =>
+            RouteParent(r, "same-namespace") is { } parent && Condition(parent["conditions"], "Accepted") == "True/Accepted/2");
+        Assert.Null(Condition(RouteParent(route, "same-namespace")!["conditions"], "PartiallyInvalid"));
+    }
+
+    [Fact]
     public async Task Status_IsWrittenOnlyWhenItChanges_OwnWritesAndUnrelatedEventsWriteNothing()
     {
         await using var cluster = await StartAsync(Route("quiet", Backend("infra-backend-v1")));

@@ -14,11 +14,15 @@ namespace Weft.Tests.Gateway;
 /// <summary>What an echo backend saw, as it answered it.</summary>
 internal sealed record Echo(string Backend, string Path, string Host, string Method, Dictionary<string, string> Headers);
 
-/// <summary>A real HTTP server on 127.0.0.1 that answers every request with what it received, as JSON.</summary>
-internal sealed class EchoBackend : IAsyncDisposable
+/// <summary>
+/// A real HTTP server on 127.0.0.1 that answers every request with what it received, as JSON. As the upstream
+/// conformance suite's echo server, <c>?delay=DURATION</c> (<c>1s</c>, <c>200ms</c>) waits that long before answering.
+/// </summary>
+internal sealed partial class EchoBackend : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private int _requests;
+    private int _delaysAborted;
 
     private EchoBackend(WebApplication app, string name)
     {
@@ -31,6 +35,9 @@ internal sealed class EchoBackend : IAsyncDisposable
     public int Port { get; private set; }
 
     public int Requests => Volatile.Read(ref _requests);
+
+    /// <summary>Delayed requests whose client (the gateway) went away before the answer: their connection or stream was closed.</summary>
+    public int DelaysAborted => Volatile.Read(ref _delaysAborted);
 
     public List<string> Paths { get; } = [];
 
@@ -50,6 +57,19 @@ internal sealed class EchoBackend : IAsyncDisposable
                 backend.Paths.Add(path);
             }
 
+            if (Delay(context.Request.Query["delay"].ToString()) is { } delay)
+            {
+                try
+                {
+                    await Task.Delay(delay, context.RequestAborted);
+                }
+                catch (OperationCanceledException)
+                {
+                    Interlocked.Increment(ref backend._delaysAborted);
+                    return;
+                }
+            }
+
             var echo = new Echo(name, path, context.Request.Host.Value ?? "", context.Request.Method,
                 context.Request.Headers.ToDictionary(h => h.Key.ToLowerInvariant(), h => h.Value.ToString()));
             context.Response.ContentType = "application/json";
@@ -65,6 +85,13 @@ internal sealed class EchoBackend : IAsyncDisposable
         await _app.StopAsync();
         await _app.DisposeAsync();
     }
+
+    private static TimeSpan? Delay(string text) => DelayPattern().Match(text) is { Success: true } m
+        ? TimeSpan.FromMilliseconds(int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) * (m.Groups[2].Value == "s" ? 1000 : 1))
+        : null;
+
+    [System.Text.RegularExpressions.GeneratedRegex("^([0-9]{1,6})(ms|s)$")]
+    private static partial System.Text.RegularExpressions.Regex DelayPattern();
 }
 
 /// <summary>
@@ -87,6 +114,9 @@ internal sealed class GatewayLoopback : IAsyncDisposable
     public GatewayConfigSource Config => _config!;
 
     public HttpClient Client { get; } = new(new SocketsHttpHandler { UseProxy = false, AllowAutoRedirect = false, PooledConnectionLifetime = TimeSpan.Zero });
+
+    /// <summary>A backend started here, by name (the conformance backends included).</summary>
+    public EchoBackend Backend(string name) => _backends.Single(b => b.Name == name);
 
     public async Task<EchoBackend> BackendAsync(string name)
     {

@@ -86,6 +86,7 @@ internal sealed class GatewayRoutesTarget : IFuzzTarget
         _ = route.Action.Rewrite?.Path?.Apply(path, route.Path);
         route.Action.RequestHeaders?.Apply(new HeaderDictionary { ["x-header-remove"] = "v", ["version"] = "one" });
         route.Action.ResponseHeaders?.Apply(new HeaderDictionary());
+        _ = route.Action.Timeouts?.ToString();
     }
 
     public IEnumerable<(string Name, byte[] Content)> Seeds()
@@ -231,6 +232,32 @@ internal sealed class GatewayRoutesTarget : IFuzzTarget
             {"apiVersion":"v1","kind":"Service","metadata":{"name":"svc","namespace":"default"},"spec":{"ports":[{"name":"http","port":80,"targetPort":8080}]}}
             ---
             {"apiVersion":"networking.k8s.io/v1","kind":"Ingress","metadata":{"name":"j","namespace":"default"},"spec":{"ingressClassName":"weft","rules":[{"host":"example.com","http":{"paths":[{"path":"/","pathType":"Prefix","backend":{"service":{"name":"svc","port":{"number":80}}}}]}}]}}
+            """));
+        yield return ("httproute-timeouts", Encoding.UTF8.GetBytes(backends + """
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: Gateway
+            metadata: {name: gw, namespace: infra}
+            spec:
+              gatewayClassName: weft
+              listeners: [{name: http, port: 80, protocol: HTTP}]
+            ---
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: HTTPRoute
+            metadata: {name: timeouts, namespace: infra}
+            spec:
+              parentRefs: [{name: gw}]
+              rules:
+              - matches: [{path: {type: PathPrefix, value: /match}}]
+                backendRefs: [{name: infra-backend-v1, port: 80}]
+                timeouts: {request: 10s, backendRequest: 1m30s}
+              - matches: [{path: {type: PathPrefix, value: /foo}}]
+                backendRefs: [{name: infra-backend-v1, port: 80}]
+                timeouts: {request: 500ms}
+              - matches: [{path: {type: PathPrefix, value: /v2}}]
+                backendRefs: [{name: infra-backend-v1, port: 80}]
+                timeouts: {request: 0s, backendRequest: 1h1m1s1ms}
+              - backendRefs: [{name: infra-backend-v1, port: 80}]
+                timeouts: {request: 1d}
             """));
         yield return ("httproute-bad-refs", Encoding.UTF8.GetBytes(backends + """
             apiVersion: gateway.networking.k8s.io/v1
