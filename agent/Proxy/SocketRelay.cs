@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Net.Sockets;
+using Tmds.Linux;
 using Weft.Hbone;
 
 namespace Weft.Proxy;
@@ -80,8 +81,15 @@ internal static class RelayPumps
 
                 observer.OnBytes(fromA, read);
 
-                // On a stream socket SendAsync completes only when every byte is queued.
-                await destination.SendAsync(buffer.AsMemory(0, read), SocketFlags.None).ConfigureAwait(false);
+                // Most sends find room in the socket buffer: they go out at once, and only the rest waits. A socket
+                // never sent to asynchronously holds no send state (.NET caches one per socket on first use).
+                var sent = SendNow(destination, buffer.AsSpan(0, read));
+                if (sent < read)
+                {
+                    // On a stream socket SendAsync completes only when every byte is queued.
+                    await destination.SendAsync(buffer.AsMemory(sent, read - sent), SocketFlags.None).ConfigureAwait(false);
+                }
+
                 if (read < buffer.Length)
                 {
                     // The source is drained for now: go idle without a buffer.
@@ -171,6 +179,55 @@ internal static class RelayPumps
             if (buffer is not null)
             {
                 ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+    }
+
+    /// <summary>
+    /// send(2) with MSG_DONTWAIT: queues what fits in <paramref name="socket"/>'s buffer now and returns how many
+    /// bytes that was (0 when it is full). Socket.Send on a non-blocking socket cannot do this: it returns 0 with
+    /// WouldBlock even when it queued part of the bytes. Throws <see cref="SocketException"/> when the peer is gone,
+    /// <see cref="ObjectDisposedException"/> when the socket was closed.
+    /// </summary>
+    public static unsafe int SendNow(Socket socket, ReadOnlySpan<byte> data)
+    {
+        var handle = socket.SafeHandle;
+        var added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            var fd = (int)handle.DangerousGetHandle();
+            fixed (byte* bytes = data)
+            {
+                while (true)
+                {
+                    var sent = (long)LibC.send(fd, bytes, data.Length, LibC.MSG_DONTWAIT | LibC.MSG_NOSIGNAL);
+                    if (sent >= 0)
+                    {
+                        return (int)sent;
+                    }
+
+                    var errno = LibC.errno;
+                    if (errno == LibC.EINTR)
+                    {
+                        continue;
+                    }
+
+                    if (errno == LibC.EAGAIN)
+                    {
+                        return 0;
+                    }
+
+                    throw new SocketException((int)(errno == LibC.ECONNRESET ? SocketError.ConnectionReset
+                        : errno == LibC.EPIPE ? SocketError.Shutdown : SocketError.SocketError));
+                }
+            }
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
             }
         }
     }

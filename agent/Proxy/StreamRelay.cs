@@ -1,5 +1,4 @@
 using System.Net.Sockets;
-using Tmds.Linux;
 using Weft.Hbone;
 
 namespace Weft.Proxy;
@@ -56,54 +55,15 @@ internal sealed class StreamRelay : IInboundSink
         RelayPumps.Reset(_socket);
     }
 
-    unsafe int IInboundSink.TryTake(ReadOnlySpan<byte> data)
+    int IInboundSink.TryTake(ReadOnlySpan<byte> data)
     {
-        // send(2) with MSG_DONTWAIT: Socket.Send on a non-blocking socket reports no partial count with
-        // EAGAIN, and the bytes it did queue would be sent twice.
-        var handle = _socket.SafeHandle;
-        var added = false;
-        try
+        var sent = RelayPumps.SendNow(_socket, data);
+        if (sent > 0)
         {
-            handle.DangerousAddRef(ref added);
-            var fd = (int)handle.DangerousGetHandle();
-            fixed (byte* bytes = data)
-            {
-                while (true)
-                {
-                    var sent = (long)LibC.send(fd, bytes, data.Length, LibC.MSG_DONTWAIT | LibC.MSG_NOSIGNAL);
-                    if (sent >= 0)
-                    {
-                        if (sent > 0)
-                        {
-                            _observer.OnBytes(!_socketIsA, (int)sent);
-                        }
-
-                        return (int)sent;
-                    }
-
-                    var errno = LibC.errno;
-                    if (errno == LibC.EINTR)
-                    {
-                        continue;
-                    }
-
-                    if (errno == LibC.EAGAIN)
-                    {
-                        return 0;
-                    }
-
-                    throw new SocketException((int)(errno == LibC.ECONNRESET ? SocketError.ConnectionReset
-                        : errno == LibC.EPIPE ? SocketError.Shutdown : SocketError.SocketError));
-                }
-            }
+            _observer.OnBytes(!_socketIsA, sent);
         }
-        finally
-        {
-            if (added)
-            {
-                handle.DangerousRelease();
-            }
-        }
+
+        return sent;
     }
 
     async ValueTask IInboundSink.TakeAsync(ReadOnlyMemory<byte> data)

@@ -93,6 +93,37 @@ public class SocketRelayTests
     }
 
     [Fact]
+    public async Task ServerThatStopsReadingForASecond_GetsEveryByteOnceInOrder_WhenItReadsAgain()
+    {
+        // 16 MiB against a server that reads nothing for a second: the relay's sends stop fitting in the socket
+        // buffer, queue what fits at once and wait for room for the rest.
+        var (client, server, relay, counter) = await StartAsync();
+        using (client)
+        using (server)
+        {
+            var request = RandomNumberGenerator.GetBytes(16 * 1024 * 1024 + 5);
+            var sendTask = Task.Run(async () =>
+            {
+                for (var offset = 0; offset < request.Length; offset += 100_000)
+                {
+                    await client.SendAsync(request.AsMemory(offset, Math.Min(100_000, request.Length - offset)), SocketFlags.None);
+                }
+
+                client.Shutdown(SocketShutdown.Send);
+            });
+            await Task.Delay(TimeSpan.FromSeconds(1));
+            Assert.False(sendTask.IsCompleted, "16 MiB fitted in the socket buffers: the test shows nothing");
+            var received = await ReadToEndAsync(server);
+            await sendTask;
+            Assert.Equal(SHA256.HashData(request), SHA256.HashData(received));
+            server.Shutdown(SocketShutdown.Send);
+            Assert.Empty(await ReadToEndAsync(client));
+            await relay.WaitAsync(TimeSpan.FromSeconds(10));
+            Assert.Equal(request.Length, counter.FromA);
+        }
+    }
+
+    [Fact]
     public async Task ServerReset_ReachesClientAsReset()
     {
         var (client, server, relay, _) = await StartAsync();
