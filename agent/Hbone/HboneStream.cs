@@ -233,7 +233,7 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     /// <summary>
     /// From now on a read of <see cref="Input"/> that waits for data resumes on the connection's read loop,
     /// in the turn that parsed the DATA frame, instead of one thread-pool hop later. Only for a reader that
-    /// does a little non-blocking work per read (the proxy's relay: one send to a socket): every stream of
+    /// does a little non-blocking work per read (say, one send to a socket): every stream of
     /// the connection waits while it runs, and it runs under the stream's inbound lock.
     /// </summary>
     internal void ResumeReadsOnReadLoop() => ((InboundReader)Input).ResumeOnReadLoop = true;

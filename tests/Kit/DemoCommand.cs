@@ -54,9 +54,11 @@ internal static class DemoCommand
             mesh = await MeshCluster.StartAsync(spec, c => c.InventoryYaml(new ServiceSpec(
                 "web", "demo", Vip, 80, 8080, c.Pod("demo", "web-b1"), c.Pod("demo", "web-b2"))) + DenyPolicy, mtls ? MeshIdentity.CaService : MeshIdentity.None, "--admin", "127.0.0.1:15000");
         }
-        catch (Exception e) when (interrupted.IsCancellationRequested)
+        catch (Exception e) when (interrupted.IsCancellationRequested || e is ObjectDisposedException)
         {
-            // a failed start has torn down what it made; its message says whether anything is left
+            // A failed start has torn down what it made; its message says whether anything is left. The cluster's
+            // own signal handler may run before ours and tear the cluster down under the start, which then fails
+            // with ObjectDisposedException before our token is set: nothing else disposes it while it starts.
             Say($"interrupted while building the cluster: {e.Message.Split('\n')[0]}");
             return 130;
         }
