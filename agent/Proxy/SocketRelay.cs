@@ -47,11 +47,9 @@ internal sealed class SocketRelay
     }
 }
 
-/// <summary>The loops every relay is made of: socket → socket, socket → pipe and pipe → socket.</summary>
+/// <summary>The loops every relay is made of: socket → socket and socket → tunnel stream, and the immediate send both use.</summary>
 internal static class RelayPumps
 {
-    public const int SegmentSize = 16 * 1024;
-
     /// <summary>Bulk transfers move this much per receive/send pair.</summary>
     public const int CopyBufferSize = 64 * 1024;
 
