@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Weft.Hbone;
 using Weft.Identity;
 using Weft.Inventory;
 using Weft.Proxy;
@@ -295,6 +296,49 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
             Assert.Equal(size, flow.BytesSent);
             Assert.Equal(size, flow.BytesReceived);
         }
+    }
+
+    [Fact]
+    public async Task AppThatNeverReads_TheAgentsHoldAtMostTheStreamWindowForIt_AndTheSenderStalls()
+    {
+        // A peer may push to a pod that reads nothing: the tunnel stream's bytes then wait in the agent only up to the
+        // stream window (credit goes back as the app's socket takes them), and the sender stalls instead.
+        using var app = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        app.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        app.Listen();
+        var accepted = app.AcceptAsync();
+        var echo = _serverSockets.Redirect;
+        _serverSockets.Redirect = destination => destination.Port == 8081 ? (IPEndPoint)app.LocalEndPoint! : echo(destination);
+
+        const int size = 64 * 1024 * 1024;
+        var payload = new byte[size];
+        using var client = await ConnectCapturedAsync(_client, Client, "127.0.0.1:8081");
+        using var stop = new CancellationTokenSource();
+        var send = Task.Run(async () =>
+        {
+            for (var offset = 0; offset < size; offset += 256 * 1024)
+            {
+                await client.SendAsync(payload.AsMemory(offset, 256 * 1024), stop.Token);
+            }
+        });
+        using var neverRead = await accepted;
+
+        // Wait until the bytes stop moving: the app's socket is full and the windows are spent.
+        long Read() => _clientFlows.Live().Sum(f => f.BytesSent);
+        long Delivered() => _serverFlows.Live().Sum(f => f.BytesSent);
+        long last = -1;
+        for (var i = 0; i < 100 && Read() != last; i++)
+        {
+            last = Read();
+            await Task.Delay(300);
+        }
+
+        Assert.False(send.IsCompleted, "64 MiB went into a connection whose app reads nothing");
+        Assert.True(Read() > 0 && Delivered() > 0, $"nothing moved: read {Read()}, delivered {Delivered()}");
+        var held = Read() - Delivered();
+        Assert.True(held <= new HboneSettings().StreamWindow + RelayPumps.CopyBufferSize,
+            $"the agents hold {held} bytes of one stream beyond what its app's socket took");
+        stop.Cancel();
     }
 
     [Fact]
