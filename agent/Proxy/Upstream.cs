@@ -38,7 +38,7 @@ internal static class Upstream
                 timeout.CancelAfter(options.ConnectTimeout);
                 try
                 {
-                    await socket.ConnectAsync(destination, timeout.Token).ConfigureAwait(false);
+                    await ConnectOnceAsync(socket, destination, timeout.Token).ConfigureAwait(false);
                 }
                 catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
                 {
@@ -66,6 +66,31 @@ internal static class Upstream
                 socket.Dispose();
                 throw;
             }
+        }
+    }
+
+    /// <summary>
+    /// Connects with event args of its own: <c>Socket.ConnectAsync(EndPoint, CancellationToken)</c> leaves its event
+    /// args (about 300 bytes) cached on the socket for the socket's life, and a relayed connection would carry them
+    /// while it sits idle. Throws <see cref="OperationCanceledException"/> when <paramref name="cancellationToken"/> ends it.
+    /// </summary>
+    private static async Task ConnectOnceAsync(Socket socket, EndPoint destination, CancellationToken cancellationToken)
+    {
+        using var args = new SocketAsyncEventArgs { RemoteEndPoint = destination };
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        args.Completed += (_, _) => done.TrySetResult();
+        if (socket.ConnectAsync(args))
+        {
+            using (cancellationToken.UnsafeRegister(static a => Socket.CancelConnectAsync((SocketAsyncEventArgs)a!), args))
+            {
+                await done.Task.ConfigureAwait(false);
+            }
+        }
+
+        if (args.SocketError != SocketError.Success)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            throw new SocketException((int)args.SocketError);
         }
     }
 
