@@ -43,8 +43,11 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     private volatile bool _outboundAborted;  // set under _sendSync
     private volatile bool _resetSent;
     private int _disposed;
-    // Cancelled when the stream ends abnormally; whoever relays it closes its other side at once.
-    private readonly CancellationTokenSource _aborted = new();
+    // Set when the stream ends abnormally; whoever relays it closes its other side at once. The token source is made
+    // only when someone asks for Aborted: a relay hears of it through its sink, without a registration (192 bytes of
+    // each held connection in the load suite's heap dump: the source, its registrations and the callback node).
+    private int _abortedFlag;
+    private CancellationTokenSource? _abortedSource;
 
     // Options are immutable: one instance for every stream (per send-buffer size) instead of two per stream, which an
     // idle stream held (144 bytes of each held connection in the load suite's heap dump).
@@ -137,6 +140,11 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
             {
                 end = true;
             }
+        }
+        if (Volatile.Read(ref _abortedFlag) == 1)
+        {
+            // Aborted before the sink came (Abort looks for a sink after setting the flag; it may have told it too).
+            sink.Aborted();
         }
         if (end)
         {
@@ -244,7 +252,37 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     /// A relay registers here to close its socket at once, even while it is blocked writing to that
     /// socket or waiting on it for bytes the dead tunnel can no longer carry.
     /// </summary>
-    public CancellationToken Aborted => _aborted.Token;
+    public CancellationToken Aborted
+    {
+        get
+        {
+            var source = Volatile.Read(ref _abortedSource);
+            if (source is null)
+            {
+                source = new CancellationTokenSource();
+                if (Interlocked.CompareExchange(ref _abortedSource, source, null) is { } made)
+                {
+                    source.Dispose();
+                    return made.Token;
+                }
+
+                // Abort sets the flag before it looks for a source: either it cancels this one or this sees the flag.
+                if (Volatile.Read(ref _abortedFlag) == 1)
+                {
+                    source.Cancel();
+                }
+            }
+
+            return source.Token;
+        }
+    }
+
+    /// <summary>
+    /// Lets go of the token source behind <see cref="Aborted"/> once whoever asked for it is done with it (a dial that
+    /// was bounded by it): a held stream need not keep it, its registrations and their nodes. An abort still reaches
+    /// the sink, and a later <see cref="Aborted"/> makes a new source.
+    /// </summary>
+    internal void ReleaseAbortedToken() => Interlocked.Exchange(ref _abortedSource, null);
 
     /// <summary>
     /// Why the stream's connection ended while the stream was still open (keepalive timeout, transport
@@ -664,15 +702,23 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     internal void Abort(Exception error)
     {
         // Aborted first: a reader woken by the failed input (inline, on this thread) already sees the stream aborted.
+        Interlocked.Exchange(ref _abortedFlag, 1);
         try
         {
-            _aborted.Cancel();
+            Volatile.Read(ref _abortedSource)?.Cancel();
         }
         catch (AggregateException e)
         {
             // A consumer's callback failed; the stream is gone either way and the connection must carry on.
             Log.Debug("hbone", $"stream {StreamId}: abort callback failed: {e.InnerException?.Message}");
         }
+
+        IInboundSink? sink;
+        lock (_inboundSync)
+        {
+            sink = _sink;
+        }
+        sink?.Aborted();
 
         Response.TrySetException(error);
         CompleteInbound(error);
@@ -802,4 +848,10 @@ internal interface IInboundSink
 
     /// <summary><see cref="TryTake"/> or <see cref="TakeAsync"/> threw <paramref name="error"/>; nothing more comes.</summary>
     void Failed(Exception error);
+
+    /// <summary>
+    /// The stream ended without a clean close both ways (a reset, a GOAWAY that refused it, its connection lost), told
+    /// at once, even while bytes still wait for the sink (<see cref="End"/> comes after them). May come twice; must not throw.
+    /// </summary>
+    void Aborted();
 }

@@ -34,21 +34,21 @@ internal sealed class ProxyConnection : IRelayObserver
         Volatile.Write(ref _lastActivity, Environment.TickCount64);
     }
 
-    private Action? _abort;
+    private IRelay? _relay;
 
     public Task RelayAsync(Socket client, Socket upstream)
     {
         var relay = new SocketRelay(client, upstream, this);
-        _abort = relay.Abort;
+        _relay = relay;
         return relay.RunAsync();
     }
 
     /// <summary>Relays between a socket and a tunnel stream; <paramref name="socketIsClient"/> says which side sends.</summary>
     public Task RelayAsync(Socket socket, Weft.Hbone.HboneStream stream, bool socketIsClient)
     {
-        var relay = new StreamRelay(socket, stream, () => stream.Reset(), this, socketIsClient);
-        _abort = relay.Abort;
-        return relay.RunAsync(stream.Aborted);
+        var relay = new StreamRelay(socket, stream, this, socketIsClient);
+        _relay = relay;
+        return relay.RunAsync();
     }
 
     /// <summary>
@@ -67,6 +67,13 @@ internal sealed class ProxyConnection : IRelayObserver
     public void Abort(string reason)
     {
         Flow.Error ??= reason;
-        _abort?.Invoke();
+        _relay?.Abort();
     }
+}
+
+/// <summary>A running relay, as its connection can end it.</summary>
+internal interface IRelay
+{
+    /// <summary>Ends both sides at once with a reset (idle timeout, agent shutdown, policy).</summary>
+    void Abort();
 }

@@ -21,7 +21,7 @@ namespace Weft.Proxy;
 /// docs/benchmark.md). Idle sockets hold no buffer: a direction waits with a zero-byte read and rents
 /// a buffer only once data is there.
 /// </summary>
-internal sealed class SocketRelay
+internal sealed class SocketRelay : IRelay
 {
     private readonly Socket _a;
     private readonly Socket _b;
@@ -121,67 +121,6 @@ internal static class RelayPumps
     }
 
     /// <summary>
-    /// Receives from <paramref name="source"/> and sends it on <paramref name="stream"/> until end of stream
-    /// (END_STREAM: the other side sees a half-close) or a reset (calls <paramref name="onReset"/>). Waits for
-    /// data without a buffer; the bytes become DATA frames from the receive buffer itself.
-    /// </summary>
-    public static async Task SocketToStreamAsync(Socket source, HboneStream stream, IRelayObserver observer, bool fromA, Action onReset)
-    {
-        byte[]? buffer = null;
-        try
-        {
-            while (true)
-            {
-                if (buffer is null)
-                {
-                    // Wait for data without holding a buffer.
-                    await source.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None).ConfigureAwait(false);
-                    buffer = ArrayPool<byte>.Shared.Rent(CopyBufferSize);
-                }
-
-                var read = await source.ReceiveAsync(buffer, SocketFlags.None).ConfigureAwait(false);
-                if (read == 0)
-                {
-                    break;
-                }
-
-                observer.OnBytes(fromA, read);
-                await stream.SendAsync(buffer.AsMemory(0, read)).ConfigureAwait(false);
-                if (read < buffer.Length)
-                {
-                    // The source is drained for now: go idle without a buffer.
-                    ArrayPool<byte>.Shared.Return(buffer);
-                    buffer = null;
-                }
-            }
-
-            await stream.EndOutputAsync().ConfigureAwait(false);
-        }
-        catch (SocketException)
-        {
-            // The source reset or we aborted: the other side must see a reset too, not a clean end.
-            onReset();
-        }
-        catch (ObjectDisposedException)
-        {
-            // We closed the socket (abort): the stream must not look cleanly ended either.
-            onReset();
-        }
-        catch (HboneException)
-        {
-            // The stream was reset or its tunnel lost: the relay's abort registration resets the socket.
-            onReset();
-        }
-        finally
-        {
-            if (buffer is not null)
-            {
-                ArrayPool<byte>.Shared.Return(buffer);
-            }
-        }
-    }
-
-    /// <summary>
     /// send(2) with MSG_DONTWAIT: queues what fits in <paramref name="socket"/>'s buffer now and returns how many
     /// bytes that was (0 when it is full). Socket.Send on a non-blocking socket cannot do this: it returns 0 with
     /// WouldBlock even when it queued part of the bytes. Throws <see cref="SocketException"/> when the peer is gone,
@@ -216,8 +155,7 @@ internal static class RelayPumps
                         return 0;
                     }
 
-                    throw new SocketException((int)(errno == LibC.ECONNRESET ? SocketError.ConnectionReset
-                        : errno == LibC.EPIPE ? SocketError.Shutdown : SocketError.SocketError));
+                    throw ErrorOf(errno);
                 }
             }
         }
@@ -229,6 +167,58 @@ internal static class RelayPumps
             }
         }
     }
+
+    /// <summary>
+    /// recv(2) with MSG_DONTWAIT: what <paramref name="socket"/> has now, into <paramref name="buffer"/>. Returns the
+    /// count, 0 at end of stream, -1 when nothing is there yet. Throws <see cref="SocketException"/> when the peer
+    /// reset, <see cref="ObjectDisposedException"/> when the socket was closed.
+    /// </summary>
+    public static unsafe int ReceiveNow(Socket socket, Span<byte> buffer)
+    {
+        var handle = socket.SafeHandle;
+        var added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            var fd = (int)handle.DangerousGetHandle();
+            fixed (byte* bytes = buffer)
+            {
+                while (true)
+                {
+                    var read = (long)LibC.recv(fd, bytes, buffer.Length, LibC.MSG_DONTWAIT);
+                    if (read >= 0)
+                    {
+                        return (int)read;
+                    }
+
+                    var errno = LibC.errno;
+                    if (errno == LibC.EINTR)
+                    {
+                        continue;
+                    }
+
+                    if (errno == LibC.EAGAIN)
+                    {
+                        return -1;
+                    }
+
+                    throw ErrorOf(errno);
+                }
+            }
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+
+    private static SocketException ErrorOf(int errno) =>
+        new((int)(errno == LibC.ECONNRESET ? SocketError.ConnectionReset
+            : errno == LibC.EPIPE ? SocketError.Shutdown
+            : errno == LibC.ETIMEDOUT ? SocketError.TimedOut : SocketError.SocketError));
 
     /// <summary>Closes with SO_LINGER 0, so the peer sees RST rather than FIN.</summary>
     public static void Reset(Socket socket)

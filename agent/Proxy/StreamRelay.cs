@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Net.Sockets;
 using Weft.Hbone;
 
@@ -9,50 +10,157 @@ namespace Weft.Proxy;
 /// From the tunnel each DATA frame's payload is sent to the socket as the connection's read loop parses
 /// it, without waiting (send(2) with MSG_DONTWAIT); only what the socket cannot take at once
 /// waits in the stream's pipe for an asynchronous send. End of stream maps to END_STREAM both ways and a
-/// reset on either side resets the other. An idle relay holds one pending zero-byte socket read and no
-/// buffer, pipe or send state.
+/// reset on either side resets the other.
+/// <para>
+/// An idle relay holds no buffer, pipe, send state or pending .NET receive: its socket waits in
+/// <see cref="ReadWatch"/>, and a readiness runs one burst (<see cref="PumpAsync"/>) that reads with recv(2)
+/// until the socket is empty, then re-arms. The relay is done when both directions are; nothing awaits it
+/// in between, so a held connection costs the relay object and its socket, not a chain of waiting tasks.
+/// </para>
 /// </summary>
-internal sealed class StreamRelay : IInboundSink
+internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
 {
+    // Toward the tunnel: waiting in the watch, reading a burst, or over (end of stream, reset or abort).
+    private const int Idle = 0, Pumping = 1, Ended = 2;
+
     private readonly Socket _socket;
     private readonly HboneStream _stream;
-    private readonly Action _resetStream;
     private readonly IRelayObserver _observer;
     private readonly bool _socketIsA;
-    private readonly TaskCompletionSource _inboundDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private int _outbound = Pumping;    // until RunAsync arms the watch
+    private int _directions = 2;        // still running; the relay is done at 0
+    private long _watch;
 
     /// <param name="socketIsA">True when the socket is the client side (its bytes count as sent).</param>
-    public StreamRelay(Socket socket, HboneStream stream, Action resetStream, IRelayObserver observer, bool socketIsA)
+    public StreamRelay(Socket socket, HboneStream stream, IRelayObserver observer, bool socketIsA)
     {
         _socket = socket;
         _stream = stream;
-        _resetStream = resetStream;
         _observer = observer;
         _socketIsA = socketIsA;
         stream.SendDirectly();
     }
 
     /// <summary>
-    /// Runs until both directions end. When the tunnel stream is aborted (reset, or its HBONE connection
-    /// lost) the socket is reset at once: the relay may be blocked on the socket (an app that does not
-    /// read, or one whose half of the stream is still open) and would otherwise hold it indefinitely.
+    /// Completes when both directions have ended (its continuations run on the thread pool, not on the tunnel's read
+    /// loop). When the tunnel stream is aborted (reset, or its HBONE connection lost: <see cref="IInboundSink.Aborted"/>)
+    /// the socket is reset at once: the relay may be blocked on the socket (an app that does not read, or one whose half
+    /// of the stream is still open) and would otherwise hold it indefinitely.
     /// </summary>
-    public async Task RunAsync(CancellationToken streamAborted)
+    public Task RunAsync()
     {
-        using CancellationTokenRegistration onAbort = streamAborted.UnsafeRegister(static socket => RelayPumps.Reset((Socket)socket!), _socket);
         _stream.DeliverTo(this);
-        await Task.WhenAll(
-            RelayPumps.SocketToStreamAsync(_socket, _stream, _observer, fromA: _socketIsA, onReset: _resetStream),
-            _inboundDone.Task).ConfigureAwait(false);
-        // Continuations of the inbound side run on the thread pool already; the access log, flow table and
-        // closing that follow belong there too, not on the connection's reader.
-        await Task.Yield();
+        _watch = ReadWatch.Shared.Register(this);
+        Volatile.Write(ref _outbound, Idle);
+        if (!ReadWatch.Shared.Arm(_socket, _watch, first: true))
+        {
+            // Closed already (an abort came first).
+            EndOutbound(Idle);
+        }
+
+        return _done.Task;
     }
 
     public void Abort()
     {
-        _resetStream();
+        _stream.Reset();
+        ResetSocket();
+    }
+
+    /// <summary>Resets the socket; a direction waiting on it ends now, one in a burst ends when the burst sees the close.</summary>
+    private void ResetSocket()
+    {
         RelayPumps.Reset(_socket);
+        EndOutbound(Idle);
+    }
+
+    /// <summary>Ends the direction toward the tunnel if it is in state <paramref name="from"/>; false when it was not.</summary>
+    private bool EndOutbound(int from)
+    {
+        if (Interlocked.CompareExchange(ref _outbound, Ended, from) != from)
+        {
+            return false;
+        }
+
+        ReadWatch.Shared.Remove(_socket, _watch);
+        DirectionDone();
+        return true;
+    }
+
+    private void DirectionDone()
+    {
+        if (Interlocked.Decrement(ref _directions) == 0)
+        {
+            _done.TrySetResult();
+        }
+    }
+
+    void IThreadPoolWorkItem.Execute()
+    {
+        if (Interlocked.CompareExchange(ref _outbound, Pumping, Idle) == Idle)
+        {
+            _ = PumpAsync();
+        }
+    }
+
+    /// <summary>One burst toward the tunnel: reads until the socket is empty (then re-arms), ends or fails.</summary>
+    private async Task PumpAsync()
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(RelayPumps.CopyBufferSize);
+        try
+        {
+            while (true)
+            {
+                var read = RelayPumps.ReceiveNow(_socket, buffer);
+                if (read < 0)
+                {
+                    GoIdle();
+                    return;
+                }
+
+                if (read == 0)
+                {
+                    await _stream.EndOutputAsync().ConfigureAwait(false);
+                    EndOutbound(Pumping);
+                    return;
+                }
+
+                _observer.OnBytes(_socketIsA, read);
+                await _stream.SendAsync(buffer.AsMemory(0, read)).ConfigureAwait(false);
+                if (read < buffer.Length)
+                {
+                    GoIdle();
+                    return;
+                }
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or HboneException)
+        {
+            // The socket reset or we closed it: the stream must not look cleanly ended. Or the stream was reset or
+            // its tunnel lost: the abort registration resets the socket.
+            _stream.Reset();
+            EndOutbound(Pumping);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>
+    /// Back to the watch once the socket looks empty (a short read says so without another recv: the watch is
+    /// level-triggered and fires at once if more is there). Idle before the re-arm, so a readiness right after it
+    /// finds the relay ready to run, and an abort in between finds it idle and ends it.
+    /// </summary>
+    private void GoIdle()
+    {
+        Volatile.Write(ref _outbound, Idle);
+        if (!ReadWatch.Shared.Arm(_socket, _watch) && EndOutbound(Idle))
+        {
+            // Closed between the read and the re-arm, before anyone ended the direction: ours to end, as a reset.
+            _stream.Reset();
+        }
     }
 
     int IInboundSink.TryTake(ReadOnlySpan<byte> data)
@@ -89,21 +197,23 @@ internal sealed class StreamRelay : IInboundSink
         else
         {
             // The stream was reset or its tunnel lost: the socket's peer must see a reset, not a clean end.
-            RelayPumps.Reset(_socket);
+            ResetSocket();
         }
 
-        _inboundDone.TrySetResult();
+        DirectionDone();
     }
+
+    void IInboundSink.Aborted() => ResetSocket();
 
     void IInboundSink.Failed(Exception error)
     {
         if (error is not ObjectDisposedException)
         {
             // The socket went away: reset it and the stream.
-            RelayPumps.Reset(_socket);
-            _resetStream();
+            _stream.Reset();
+            ResetSocket();
         }
 
-        _inboundDone.TrySetResult();
+        DirectionDone();
     }
 }

@@ -1,0 +1,159 @@
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Tmds.Linux;
+
+namespace Weft.Proxy;
+
+/// <summary>Run on the thread pool once a watched socket has bytes, an end or an error to read.</summary>
+internal interface IReadReady : IThreadPoolWorkItem;
+
+/// <summary>
+/// One epoll instance and one thread waiting on it: tells an idle relay when its socket has something to
+/// read. A relay that waits this way holds no pending .NET receive while idle. A pending
+/// <c>Socket.ReceiveAsync</c>, even a zero-byte one, keeps about 640 bytes per socket alive: the socket's
+/// cached event args, its queued receive operation, its callback and its async context (heap dumps in
+/// docs/benchmark.md). Here a registration costs one array slot; the relay's own object is the callback.
+/// <para>
+/// A registration fires once (EPOLLONESHOT, level-triggered): the relay reads until the socket is empty
+/// and then re-arms it, so bytes that arrive between its last read and the re-arm fire at once. Ids carry a
+/// generation, so an event that was already on its way when its registration was removed (and the slot
+/// reused) is dropped, not delivered to the next relay in that slot.
+/// </para>
+/// </summary>
+internal sealed unsafe class ReadWatch
+{
+    private static readonly Lazy<ReadWatch> Instance = new(() => new ReadWatch());
+
+    /// <summary>The agent's watcher; its thread starts with the first use.</summary>
+    public static ReadWatch Shared => Instance.Value;
+
+    private static readonly int WatchEvents = LibC.EPOLLIN | LibC.EPOLLRDHUP | LibC.EPOLLONESHOT;
+    private const int MaxEvents = 256;
+
+    private readonly int _epoll;
+    private readonly Lock _lock = new();
+    private IReadReady?[] _targets = new IReadReady?[1024];     // under _lock
+    private uint[] _generations = new uint[1024];                // under _lock
+    private readonly Stack<int> _free = new();                   // under _lock
+    private int _used;                                           // under _lock: slots ever handed out
+    private int _count;
+
+    private ReadWatch()
+    {
+        _epoll = LibC.epoll_create1(LibC.EPOLL_CLOEXEC);
+        if (_epoll < 0)
+        {
+            throw new SocketException((int)SocketError.SocketError, $"epoll_create1 failed: errno {LibC.errno}");
+        }
+
+        new Thread(Loop) { IsBackground = true, Name = "weft-readwatch" }.Start();
+    }
+
+    /// <summary>Registrations held now (one per idle or active relay direction that waits here).</summary>
+    public int Count => Volatile.Read(ref _count);
+
+    /// <summary>Reserves a registration for <paramref name="target"/>; the socket is watched from <see cref="Arm"/>.</summary>
+    public long Register(IReadReady target)
+    {
+        lock (_lock)
+        {
+            if (!_free.TryPop(out var slot))
+            {
+                slot = _used++;
+                if (slot == _targets.Length)
+                {
+                    Array.Resize(ref _targets, slot * 2);
+                    Array.Resize(ref _generations, slot * 2);
+                }
+            }
+
+            _targets[slot] = target;
+            _count++;
+            return ((long)_generations[slot] << 32) | (uint)slot;
+        }
+    }
+
+    /// <summary>
+    /// Watches <paramref name="socket"/> for one readiness (<paramref name="first"/>: the first time for this
+    /// registration). False when the socket is closed or no longer watched: nothing will fire.
+    /// </summary>
+    public bool Arm(Socket socket, long id, bool first = false) =>
+        Control(socket, first ? LibC.EPOLL_CTL_ADD : LibC.EPOLL_CTL_MOD, id);
+
+    /// <summary>Stops watching <paramref name="socket"/> and frees the registration; a readiness already on its way is dropped.</summary>
+    public void Remove(Socket socket, long id)
+    {
+        // A closed socket left the epoll set when it closed (the agent never duplicates a socket's descriptor).
+        Control(socket, LibC.EPOLL_CTL_DEL, id);
+        lock (_lock)
+        {
+            var slot = (int)(uint)id;
+            if (_generations[slot] != (uint)(id >> 32) || _targets[slot] is null)
+            {
+                return;
+            }
+
+            _targets[slot] = null;
+            _generations[slot]++;
+            _free.Push(slot);
+            _count--;
+        }
+    }
+
+    private bool Control(Socket socket, int op, long id)
+    {
+        var handle = socket.SafeHandle;
+        var added = false;
+        try
+        {
+            // Held while epoll_ctl runs, so the descriptor cannot be closed and reused for another socket meanwhile.
+            handle.DangerousAddRef(ref added);
+            var ev = new epoll_event { events = WatchEvents };
+            ev.data.u64 = (ulong)id;
+            return LibC.epoll_ctl(_epoll, op, (int)handle.DangerousGetHandle(), &ev) == 0;
+        }
+        catch (ObjectDisposedException)
+        {
+            return false;
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+
+    private void Loop()
+    {
+        var events = (epoll_event*)NativeMemory.Alloc(MaxEvents, (nuint)sizeof(epoll_event));
+        while (true)
+        {
+            var n = LibC.epoll_wait(_epoll, events, MaxEvents, -1);
+            if (n < 0)
+            {
+                if (LibC.errno != LibC.EINTR)
+                {
+                    Log.Error("proxy", $"epoll_wait failed: errno {LibC.errno}; idle relays will not wake");
+                    return;
+                }
+
+                continue;
+            }
+
+            lock (_lock)
+            {
+                for (var i = 0; i < n; i++)
+                {
+                    var id = (long)events[i].data.u64;
+                    var slot = (int)(uint)id;
+                    if (slot < _used && _generations[slot] == (uint)(id >> 32) && _targets[slot] is { } target)
+                    {
+                        ThreadPool.UnsafeQueueUserWorkItem(target, preferLocal: false);
+                    }
+                }
+            }
+        }
+    }
+}
