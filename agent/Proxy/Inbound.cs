@@ -30,7 +30,7 @@ internal sealed partial class PodProxy
         var snapshot = _services.Inventory.Current;
         var flow = new Flow(FlowDirection.Inbound, source, original)
         {
-            SourceWorkload = snapshot.TryGetWorkload(source.Address, out var from) ? $"{from!.Namespace}/{from.Name}" : null,
+            SourceWorkload = snapshot.TryGetWorkload(source.Address, out var from) ? FlowStrings.Workload(from!.Namespace, from.Name) : null,
             DestinationWorkload = Pod.Key,
             Destination = original,
         };
@@ -72,7 +72,7 @@ internal sealed partial class PodProxy
         var handshakeFlow = new Flow(FlowDirection.Inbound, new IPEndPoint(peerAddress, remote.Port), new IPEndPoint(Pod.Ipv4 ?? Pod.Ipv6!, HbonePool.TunnelPort))
         {
             DestinationWorkload = Pod.Key,
-            DestinationPrincipal = self.ToString(),
+            DestinationPrincipal = FlowStrings.Shared(self.ToString()),
             SecurityPolicy = "mutual_tls",
         };
 
@@ -144,10 +144,10 @@ internal sealed partial class PodProxy
         var target = IPEndPoint.TryParse(request.Authority, out var parsed) ? new IPEndPoint(Unmap(parsed.Address), parsed.Port) : null;
         var flow = new Flow(FlowDirection.Inbound, source, target ?? new IPEndPoint(IPAddress.None, 0))
         {
-            SourcePrincipal = peer.ToString(),
-            SourceWorkload = snapshot.TryGetWorkload(tunnelSource, out var from) ? $"{from!.Namespace}/{from.Name}" : null,
+            SourcePrincipal = FlowStrings.Shared(peer.ToString()),
+            SourceWorkload = snapshot.TryGetWorkload(tunnelSource, out var from) ? FlowStrings.Workload(from!.Namespace, from.Name) : null,
             DestinationWorkload = Pod.Key,
-            DestinationPrincipal = self.ToString(),
+            DestinationPrincipal = FlowStrings.Shared(self.ToString()),
             SecurityPolicy = "mutual_tls",
             TlsHandshakeTime = handshake,
             TraceParent = Header(request, "traceparent"),
@@ -195,6 +195,11 @@ internal sealed partial class PodProxy
                 flow.Record(ProxyError.OfConnectFailure(e, target));
                 await request.RejectAsync(503).ConfigureAwait(false);
                 return;
+            }
+            finally
+            {
+                // The relay hears of an abort from the stream itself; the dial's token has done its work.
+                request.Stream.ReleaseAbortedToken();
             }
 
             flow.ConnectTime = Stopwatch.GetElapsedTime(started);

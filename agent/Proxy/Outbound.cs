@@ -45,7 +45,7 @@ internal sealed partial class PodProxy
         if (plan.Destination is { } destination)
         {
             flow.Destination = destination;
-            flow.DestinationWorkload = plan.Target is { } target ? $"{target.Namespace}/{target.Name}" : null;
+            flow.DestinationWorkload = plan.Target is { } target ? FlowStrings.Workload(target.Namespace, target.Name) : null;
         }
 
         if (plan is DenyPlan deny)
@@ -91,8 +91,8 @@ internal sealed partial class PodProxy
 
     private static void RecordMutualTls(Flow flow, SpiffeId sourceId, SpiffeId destinationId)
     {
-        flow.SourcePrincipal = sourceId.ToString();
-        flow.DestinationPrincipal = destinationId.ToString();
+        flow.SourcePrincipal = FlowStrings.Shared(sourceId.ToString());
+        flow.DestinationPrincipal = FlowStrings.Shared(destinationId.ToString());
         flow.SecurityPolicy = "mutual_tls";
     }
 

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Weft.Telemetry;
 
 namespace Weft.Proxy;
 
@@ -212,7 +213,8 @@ internal sealed partial class PodProxy : IAsyncDisposable
 internal sealed record LocalPod(string Namespace, string Name, string ServiceAccount, string NetnsPath, ulong NetnsCookie,
     IPAddress? Ipv4, IPAddress? Ipv6, bool FailOpen)
 {
-    public string Key => $"{Namespace}/{Name}";
+    /// <summary><c>namespace/name</c>, the shared instance that flow records keep.</summary>
+    public string Key => FlowStrings.Workload(Namespace, Name);
 
     public IPAddress? AddressFor(AddressFamily family) => family == AddressFamily.InterNetworkV6 ? Ipv6 : Ipv4;
 }
