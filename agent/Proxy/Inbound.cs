@@ -163,59 +163,117 @@ internal sealed partial class PodProxy
 
         // Each admitted stream holds a connection to the app: counted per peer identity and node-wide,
         // however many tunnels carry them and whatever SETTINGS the peer chose to ignore.
-        using var admitted = _services.Admission.TryAdmitStream(peer.ToString(), out var refusal);
+        var admitted = _services.Admission.TryAdmitStream(peer.ToString(), out var refusal);
         if (admitted is null)
         {
             await RejectAsync(request, flow, 503, new ProxyError(ProxyErrorKind.Overflow, refusal!)).ConfigureAwait(false);
             return;
         }
 
-        if (!TryReserve())
-        {
-            _services.Admission.Refused(InboundRefusal.Pod, LimitReason);
-            await RejectAsync(request, flow, 503, LimitError).ConfigureAwait(false);
-            return;
-        }
-
-        var connection = new ProxyConnection(flow);
-        _services.Tracker.Add(connection);
+        var relaying = false;
         try
         {
-            Socket upstream;
-            var started = Stopwatch.GetTimestamp();
+            if (!TryReserve())
+            {
+                _services.Admission.Refused(InboundRefusal.Pod, LimitReason);
+                await RejectAsync(request, flow, 503, LimitError).ConfigureAwait(false);
+                return;
+            }
+
+            var connection = new ProxyConnection(flow);
+            _services.Tracker.Add(connection);
             try
             {
-                // A tunnel that ends while we dial takes the dial with it; stopping does not: a stream taken before
-                // the drain's GOAWAY is one the peer will not retry elsewhere, so it is carried (the connect has its
-                // own timeout, and the agent's drain deadline ends what is left).
-                upstream = await _services.Sockets.DeliverAsync(Pod, DeliverFrom(snapshot, source.Address, peer, tunnelSource), target, Options, request.Aborted).ConfigureAwait(false);
+                relaying = await ConnectAppAsync(connection, request, admitted, snapshot, source, target!, peer, tunnelSource).ConfigureAwait(false);
             }
-            catch (SocketException e)
+            catch (Exception e) when (e is HboneException or OperationCanceledException or IOException)
             {
-                flow.Record(ProxyError.OfConnectFailure(e, target));
-                await request.RejectAsync(503).ConfigureAwait(false);
-                return;
+                flow.Error ??= e.Message;
             }
             finally
             {
-                // The relay hears of an abort from the stream itself; the dial's token has done its work.
-                request.Stream.ReleaseAbortedToken();
-            }
-
-            flow.ConnectTime = Stopwatch.GetElapsedTime(started);
-            using (upstream)
-            {
-                var stream = await request.AcceptAsync().ConfigureAwait(false);
-                await using (stream)
+                // A relay finishes the connection itself when it ends (InboundTunnelEnd).
+                if (!relaying)
                 {
-                    await connection.RelayAsync(upstream, stream, socketIsClient: false).ConfigureAwait(false);
-                    connection.RecordTcpRtt(upstream);
-                    if (stream.ConnectionLoss is { } lost)
-                    {
-                        flow.Record(new ProxyError(ProxyErrorKind.DownstreamTermination, $"tunnel from {tunnelSource} lost: {lost.Message}"));
-                    }
+                    Release();
+                    _services.Tracker.Remove(connection);
                 }
             }
+        }
+        finally
+        {
+            if (!relaying)
+            {
+                admitted.Dispose();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Dials the app and, once it answers, accepts the CONNECT and starts relaying: true when the relay took the
+    /// connection over (<see cref="InboundTunnelEnd"/> finishes it and the request), false when the app could not be reached.
+    /// </summary>
+    private async Task<bool> ConnectAppAsync(ProxyConnection connection, HboneRequest request, InboundLease admitted, InventorySnapshot snapshot,
+        IPEndPoint source, IPEndPoint target, SpiffeId peer, IPAddress tunnelSource)
+    {
+        var flow = connection.Flow;
+        Socket upstream;
+        var started = Stopwatch.GetTimestamp();
+        try
+        {
+            // A tunnel that ends while we dial takes the dial with it; stopping does not: a stream taken before
+            // the drain's GOAWAY is one the peer will not retry elsewhere, so it is carried (the connect has its
+            // own timeout, and the agent's drain deadline ends what is left).
+            upstream = await _services.Sockets.DeliverAsync(Pod, DeliverFrom(snapshot, source.Address, peer, tunnelSource), target, Options, request.Aborted).ConfigureAwait(false);
+        }
+        catch (SocketException e)
+        {
+            flow.Record(ProxyError.OfConnectFailure(e, target));
+            await request.RejectAsync(503).ConfigureAwait(false);
+            return false;
+        }
+        finally
+        {
+            // The relay hears of an abort from the stream itself; the dial's token has done its work.
+            request.Stream.ReleaseAbortedToken();
+        }
+
+        flow.ConnectTime = Stopwatch.GetElapsedTime(started);
+        try
+        {
+            var stream = await request.AcceptAsync().ConfigureAwait(false);
+            // From here the relay runs on its own, and the request stays open until the relay finishes it: a held
+            // connection keeps no waiting method frames.
+            connection.StartRelay(upstream, stream, socketIsClient: false, new InboundTunnelEnd(this, request, admitted, tunnelSource));
+            request.Detach();
+            return true;
+        }
+        catch
+        {
+            upstream.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Finishes an inbound tunnelled connection once its relay has ended: what its CONNECT handler would do after awaiting it.</summary>
+    private sealed class InboundTunnelEnd(PodProxy proxy, HboneRequest request, InboundLease admitted, IPAddress tunnelSource) : IRelayEnd
+    {
+        public void RelayEnded(StreamRelay relay) => _ = proxy.FinishInboundTunnelAsync(relay, request, admitted, tunnelSource);
+    }
+
+    private async Task FinishInboundTunnelAsync(StreamRelay relay, HboneRequest request, InboundLease admitted, IPAddress tunnelSource)
+    {
+        var connection = (ProxyConnection)relay.Observer;
+        var flow = connection.Flow;
+        try
+        {
+            connection.RecordTcpRtt(relay.Socket);
+            if (relay.Stream.ConnectionLoss is { } lost)
+            {
+                flow.Record(new ProxyError(ProxyErrorKind.DownstreamTermination, $"tunnel from {tunnelSource} lost: {lost.Message}"));
+            }
+
+            await relay.Stream.DisposeAsync().ConfigureAwait(false);
         }
         catch (Exception e) when (e is HboneException or OperationCanceledException or IOException)
         {
@@ -223,9 +281,13 @@ internal sealed partial class PodProxy
         }
         finally
         {
+            relay.Socket.Dispose();
             Release();
             _services.Tracker.Remove(connection);
+            admitted.Dispose();
         }
+
+        await request.FinishAsync().ConfigureAwait(false);
     }
 
     /// <summary>

@@ -62,6 +62,7 @@ internal sealed partial class PodProxy
 
         var connection = new ProxyConnection(flow);
         _services.Tracker.Add(connection);
+        var relaying = false;
         try
         {
             switch (plan)
@@ -72,7 +73,7 @@ internal sealed partial class PodProxy
                     break;
                 case TunnelPlan tunnel:
                     RecordMutualTls(flow, tunnel.SourceId, tunnel.DestinationId);
-                    await TunnelAsync(connection, client, tunnel).ConfigureAwait(false);
+                    relaying = await TunnelAsync(connection, client, tunnel).ConfigureAwait(false);
                     break;
                 case PlaintextPlan:
                     await PlaintextAsync(connection, client, plan.Destination!).ConfigureAwait(false);
@@ -83,9 +84,13 @@ internal sealed partial class PodProxy
         }
         finally
         {
-            client.Dispose();
-            Release();
-            _services.Tracker.Remove(connection);
+            // A tunnel relay finishes the connection itself when it ends (OutboundTunnelEnd).
+            if (!relaying)
+            {
+                client.Dispose();
+                Release();
+                _services.Tracker.Remove(connection);
+            }
         }
     }
 
@@ -112,7 +117,11 @@ internal sealed partial class PodProxy
         }
     }
 
-    private async Task TunnelAsync(ProxyConnection connection, Socket client, TunnelPlan plan)
+    /// <summary>
+    /// Opens a stream to the destination in a pooled tunnel and starts relaying the client to it; true when the relay
+    /// took the connection over (it finishes it: <see cref="OutboundTunnelEnd"/>), false when the tunnel failed.
+    /// </summary>
+    private async Task<bool> TunnelAsync(ProxyConnection connection, Socket client, TunnelPlan plan)
     {
         var flow = connection.Flow;
         var destination = plan.Destination!;
@@ -134,19 +143,48 @@ internal sealed partial class PodProxy
         {
             flow.Record(error);
             RelayPumps.Reset(client);
-            return;
+            return false;
         }
 
         flow.ConnectTime = Stopwatch.GetElapsedTime(started);
         flow.TlsHandshakeTime = opened.Handshake;
-        await using (opened.Stream)
+        try
         {
-            await connection.RelayAsync(client, opened.Stream, socketIsClient: true).ConfigureAwait(false);
-            connection.RecordTcpRtt(client);
-            if (opened.Stream.ConnectionLoss is { } lost)
+            // From here the relay runs on its own: a held connection keeps no waiting method frames.
+            connection.StartRelay(client, opened.Stream, socketIsClient: true, _outboundTunnelEnd);
+            return true;
+        }
+        catch
+        {
+            await opened.Stream.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>Finishes an outbound tunnelled connection once its relay has ended: what the connection's handler would do after awaiting it.</summary>
+    private sealed class OutboundTunnelEnd(PodProxy proxy) : IRelayEnd
+    {
+        public void RelayEnded(StreamRelay relay) => _ = proxy.FinishOutboundTunnelAsync(relay);
+    }
+
+    private async Task FinishOutboundTunnelAsync(StreamRelay relay)
+    {
+        var connection = (ProxyConnection)relay.Observer;
+        try
+        {
+            connection.RecordTcpRtt(relay.Socket);
+            if (relay.Stream.ConnectionLoss is { } lost)
             {
-                flow.Record(new ProxyError(ProxyErrorKind.UpstreamTermination, $"tunnel to {plan.Address} lost: {lost.Message}"));
+                connection.Flow.Record(new ProxyError(ProxyErrorKind.UpstreamTermination, $"tunnel to {connection.Flow.Destination?.Address} lost: {lost.Message}"));
             }
+
+            await relay.Stream.DisposeAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            relay.Socket.Dispose();
+            Release();
+            _services.Tracker.Remove(connection);
         }
     }
 

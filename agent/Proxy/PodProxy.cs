@@ -23,10 +23,13 @@ internal sealed partial class PodProxy : IAsyncDisposable
     private readonly List<Task> _acceptLoops = [];
     private int _open;
 
+    private readonly OutboundTunnelEnd _outboundTunnelEnd;
+
     private PodProxy(LocalPod pod, ProxyServices services)
     {
         Pod = pod;
         _services = services;
+        _outboundTunnelEnd = new OutboundTunnelEnd(this);
     }
 
     public LocalPod Pod { get; }

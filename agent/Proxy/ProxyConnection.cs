@@ -43,12 +43,15 @@ internal sealed class ProxyConnection : IRelayObserver
         return relay.RunAsync();
     }
 
-    /// <summary>Relays between a socket and a tunnel stream; <paramref name="socketIsClient"/> says which side sends.</summary>
-    public Task RelayAsync(Socket socket, Weft.Hbone.HboneStream stream, bool socketIsClient)
+    /// <summary>
+    /// Starts relaying between a socket and a tunnel stream (<paramref name="socketIsClient"/> says which side sends);
+    /// <paramref name="end"/> finishes the connection when it is over. Nothing waits for it meanwhile.
+    /// </summary>
+    public void StartRelay(Socket socket, Weft.Hbone.HboneStream stream, bool socketIsClient, IRelayEnd end)
     {
         var relay = new StreamRelay(socket, stream, this, socketIsClient);
         _relay = relay;
-        return relay.RunAsync();
+        relay.Start(end);
     }
 
     /// <summary>

@@ -27,8 +27,8 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
     private readonly HboneStream _stream;
     private readonly IRelayObserver _observer;
     private readonly bool _socketIsA;
-    private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private int _outbound = Pumping;    // until RunAsync arms the watch
+    private IRelayEnd? _end;
+    private int _outbound = Pumping;    // until Start arms the watch
     private int _directions = 2;        // still running; the relay is done at 0
     private long _watch;
 
@@ -42,14 +42,22 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
         stream.SendDirectly();
     }
 
+    /// <summary>The socket side: the app's connection (outbound) or the one to the app (inbound).</summary>
+    public Socket Socket => _socket;
+
+    public HboneStream Stream => _stream;
+
+    public IRelayObserver Observer => _observer;
+
     /// <summary>
-    /// Completes when both directions have ended (its continuations run on the thread pool, not on the tunnel's read
-    /// loop). When the tunnel stream is aborted (reset, or its HBONE connection lost: <see cref="IInboundSink.Aborted"/>)
-    /// the socket is reset at once: the relay may be blocked on the socket (an app that does not read, or one whose half
-    /// of the stream is still open) and would otherwise hold it indefinitely.
+    /// Starts relaying; <paramref name="end"/> hears on the thread pool (not on the tunnel's read loop) once both
+    /// directions have ended. When the tunnel stream is aborted (reset, or its HBONE connection lost:
+    /// <see cref="IInboundSink.Aborted"/>) the socket is reset at once: the relay may be blocked on the socket (an app
+    /// that does not read, or one whose half of the stream is still open) and would otherwise hold it indefinitely.
     /// </summary>
-    public Task RunAsync()
+    public void Start(IRelayEnd end)
     {
+        _end = end;
         _stream.DeliverTo(this);
         _watch = ReadWatch.Shared.Register(this);
         Volatile.Write(ref _outbound, Idle);
@@ -58,8 +66,6 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
             // Closed already (an abort came first).
             EndOutbound(Idle);
         }
-
-        return _done.Task;
     }
 
     public void Abort()
@@ -92,7 +98,7 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
     {
         if (Interlocked.Decrement(ref _directions) == 0)
         {
-            _done.TrySetResult();
+            ThreadPool.UnsafeQueueUserWorkItem(static relay => relay._end!.RelayEnded(relay), this, preferLocal: false);
         }
     }
 
@@ -216,4 +222,10 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
 
         DirectionDone();
     }
+}
+
+/// <summary>Finishes a connection once its <see cref="StreamRelay"/> has ended both ways.</summary>
+internal interface IRelayEnd
+{
+    void RelayEnded(StreamRelay relay);
 }

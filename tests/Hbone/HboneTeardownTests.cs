@@ -203,15 +203,26 @@ public class HboneTeardownTests(ITestOutputHelper output)
     private static Task Relay(Socket socket, HboneStream stream, bool socketIsClient)
     {
         var connection = new ProxyConnection(new Flow(FlowDirection.Inbound, new IPEndPoint(IPAddress.Loopback, 1), new IPEndPoint(IPAddress.Loopback, 2)));
+        var end = new EndSignal();
+        connection.StartRelay(socket, stream, socketIsClient, end);
         return RelayAndDisposeAsync();
 
         async Task RelayAndDisposeAsync()
         {
             await using (stream)
             {
-                await connection.RelayAsync(socket, stream, socketIsClient);
+                await end.Ended;
             }
         }
+    }
+
+    private sealed class EndSignal : IRelayEnd
+    {
+        private readonly TaskCompletionSource _ended = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public Task Ended => _ended.Task;
+
+        public void RelayEnded(StreamRelay relay) => _ended.TrySetResult();
     }
 
     private static async Task EndTunnelAsync(string ending, HboneClientConnection client, SilenceableStream clientWire, NetworkStream serverTransport)

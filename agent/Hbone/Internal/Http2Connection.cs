@@ -297,6 +297,22 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         {
             Log.Debug(Component, $"CONNECT handler for {request.Authority} failed: {e.Message}");
         }
+        if (!request.Detached)
+        {
+            await FinishHandlerAsync(request).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// What follows a handler: a 500 when it left the CONNECT unanswered, the stream closed, the handler no longer
+    /// counted. Once per request: when its handler returns, or when a handler that detached says it is done.
+    /// </summary>
+    internal async Task FinishHandlerAsync(HboneRequest request)
+    {
+        if (!request.TryFinish())
+        {
+            return;
+        }
         try
         {
             if (!request.Responded)
