@@ -1,11 +1,13 @@
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 
 namespace Weft.Tests.Proxy;
 
 /// <summary>An app for the in-process proxy tests: echoes every connection on the listener, then half-closes.</summary>
 internal static class LoopbackEcho
 {
-    public static async Task ServeAsync(Socket listener)
+    /// <param name="open">Counts the connections it holds, when given.</param>
+    public static async Task ServeAsync(Socket listener, StrongBox<int>? open = null)
     {
         while (true)
         {
@@ -17,6 +19,11 @@ internal static class LoopbackEcho
             catch (Exception e) when (e is ObjectDisposedException or SocketException)
             {
                 return;
+            }
+
+            if (open is not null)
+            {
+                Interlocked.Increment(ref open.Value);
             }
 
             _ = Task.Run(async () =>
@@ -37,6 +44,11 @@ internal static class LoopbackEcho
                     catch (SocketException)
                     {
                     }
+                }
+
+                if (open is not null)
+                {
+                    Interlocked.Decrement(ref open.Value);
                 }
             });
         }
