@@ -25,6 +25,38 @@ internal static partial class BenchCommand
 
     private const int LoadPort = 8080;
 
+    /// <summary>Each client pod holds a few connections (as the held ones do: one byte echoed) and closes them.</summary>
+    private static async Task WarmUpAsync(IReadOnlyList<ClusterPod> pods, string target, CancellationToken stop)
+    {
+        var warm = new List<ManagedProcess>();
+        try
+        {
+            foreach (var pod in pods)
+            {
+                var (file, args) = WeftExecutable.Command(["app", "hold", "--to", target, "--connections", "10", "--concurrency", "10", "--exchange-bytes", "1"]);
+                warm.Add(pod.StartProcess(file, args, null));
+            }
+
+            foreach (var hold in warm)
+            {
+                await hold.WaitForStdoutLineAsync(l => l.Contains("\"open\"", StringComparison.Ordinal), TimeSpan.FromMinutes(1)).WaitAsync(stop);
+                hold.StandardInput.Close();
+            }
+
+            foreach (var hold in warm)
+            {
+                await hold.WaitForExitAsync(TimeSpan.FromSeconds(30)).WaitAsync(stop);
+            }
+        }
+        finally
+        {
+            foreach (var hold in warm)
+            {
+                await hold.DisposeAsync();
+            }
+        }
+    }
+
     /// <summary>
     /// Ports one client address can hold towards the server: the server's agent delivers each connection from the
     /// client's address with a port it picks in turn from the odd half of the local port range (docs/capture.md), and a
@@ -84,10 +116,23 @@ internal static partial class BenchCommand
         var agents = new[] { mesh.Agent("node1").Pid, mesh.Agent("node2").Pid };
         await using var echo = MeshCluster.StartServer(server, "--port", LoadPort.ToString(CultureInfo.InvariantCulture), "--mode", "echo");
         await echo.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), TimeSpan.FromSeconds(30)).WaitAsync(stop.Token);
-        await Task.Delay(Settle, stop.Token);
-        var before = agents.Select(ProcStatus.Read).ToArray();
         var target = $"{server.Address}:{LoadPort}";
         static string Share(long total, int parts, int i) => (total / parts + (i < total % parts ? 1 : 0)).ToString(CultureInfo.InvariantCulture);
+
+        // "before" is a warm agent's: a few connections from every client pod first, closed again, so code run once
+        // (the JIT, pages of the agent's libraries read in) is not counted as memory per held connection. Their tunnels
+        // stay open (TunnelIdleTimeout) and count in "before": one per client pod, of about 100 the held connections use.
+        var idleFds = agents.Select(ProcStatus.Read).ToArray();
+        await WarmUpAsync(pods, target, stop.Token);
+        var warmed = Stopwatch.StartNew();
+        while (warmed.Elapsed < TimeSpan.FromSeconds(30)
+            && agents.Select(ProcStatus.Read).Zip(idleFds).Any(p => p.First.Fds > p.Second.Fds + 20))
+        {
+            await Task.Delay(TimeSpan.FromMilliseconds(200), stop.Token);
+        }
+
+        await Task.Delay(Settle, stop.Token);
+        var before = agents.Select(ProcStatus.Read).ToArray();
 
         var holds = new List<ManagedProcess>();
         var senders = new List<ManagedProcess>();
