@@ -144,7 +144,7 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
         catch (Exception e) when (e is SocketException or ObjectDisposedException or HboneException)
         {
             // The socket reset or we closed it: the stream must not look cleanly ended. Or the stream was reset or
-            // its tunnel lost: the abort registration resets the socket.
+            // its tunnel lost: the stream's abort (IInboundSink.Aborted) resets the socket.
             _stream.Reset();
             EndOutbound(Pumping);
         }
