@@ -47,7 +47,7 @@ internal sealed class SocketRelay : IRelay
     }
 }
 
-/// <summary>The loops every relay is made of: socket → socket and socket → tunnel stream, and the immediate send both use.</summary>
+/// <summary>The socket-to-socket loop, and the immediate send and receive (send(2) and recv(2) without waiting) that every relay uses.</summary>
 internal static class RelayPumps
 {
     /// <summary>Bulk transfers move this much per receive/send pair.</summary>

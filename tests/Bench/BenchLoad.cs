@@ -25,6 +25,23 @@ internal static partial class BenchCommand
 
     private const int LoadPort = 8080;
 
+    /// <summary>
+    /// Waits (at most <paramref name="limit"/>) until each agent holds no more than <paramref name="slack"/> descriptors
+    /// over <paramref name="baseline"/>, then settles; returns how long the descriptors took.
+    /// </summary>
+    private static async Task<TimeSpan> DescriptorsBackAsync(int[] agents, ProcStatus[] baseline, int slack, TimeSpan limit, CancellationToken stop)
+    {
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < limit && agents.Select(ProcStatus.Read).Zip(baseline).Any(p => p.First.Fds > p.Second.Fds + slack))
+        {
+            await Task.Delay(TimeSpan.FromMilliseconds(200), stop);
+        }
+
+        var took = clock.Elapsed;
+        await Task.Delay(Settle, stop);
+        return took;
+    }
+
     /// <summary>Each client pod holds a few connections (as the held ones do: one byte echoed) and closes them.</summary>
     private static async Task WarmUpAsync(IReadOnlyList<ClusterPod> pods, string target, CancellationToken stop)
     {
@@ -124,14 +141,7 @@ internal static partial class BenchCommand
         // stay open (TunnelIdleTimeout) and count in "before": one per client pod, of about 100 the held connections use.
         var idleFds = agents.Select(ProcStatus.Read).ToArray();
         await WarmUpAsync(pods, target, stop.Token);
-        var warmed = Stopwatch.StartNew();
-        while (warmed.Elapsed < TimeSpan.FromSeconds(30)
-            && agents.Select(ProcStatus.Read).Zip(idleFds).Any(p => p.First.Fds > p.Second.Fds + 20))
-        {
-            await Task.Delay(TimeSpan.FromMilliseconds(200), stop.Token);
-        }
-
-        await Task.Delay(Settle, stop.Token);
+        await DescriptorsBackAsync(agents, idleFds, slack: 20, TimeSpan.FromSeconds(30), stop.Token);
         var before = agents.Select(ProcStatus.Read).ToArray();
 
         var holds = new List<ManagedProcess>();
@@ -233,16 +243,9 @@ internal static partial class BenchCommand
             }
 
             // 10,000 closes take the agents a while on 2 cores: "after" is once their descriptors are back (at most a minute)
-            var released = Stopwatch.StartNew();
-            while (released.Elapsed < TimeSpan.FromMinutes(1)
-                && agents.Select(ProcStatus.Read).Zip(before).Any(p => p.First.Fds > p.Second.Fds + 100))
-            {
-                await Task.Delay(TimeSpan.FromSeconds(1), stop.Token);
-            }
-
-            await Task.Delay(Settle, stop.Token);
+            var released = await DescriptorsBackAsync(agents, before, slack: 100, TimeSpan.FromMinutes(1), stop.Token);
             var after = agents.Select(ProcStatus.Read).ToArray();
-            Console.WriteLine($"  held connections released; descriptors back in {released.Elapsed.TotalSeconds:0} s");
+            Console.WriteLine($"  held connections released; descriptors back in {released.TotalSeconds:0} s");
 
             Console.WriteLine();
             Console.WriteLine($"| figure | value |");
