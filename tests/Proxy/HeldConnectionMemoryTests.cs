@@ -1,11 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
-using System.Runtime.CompilerServices;
-using Weft.Identity;
-using Weft.Inventory;
 using Weft.Proxy;
-using Weft.Telemetry;
-using Weft.Tests.Identity;
 using Weft.Tests.Scale;
 using Xunit.Abstractions;
 
@@ -19,7 +14,6 @@ namespace Weft.Tests.Proxy;
 [Collection(ScaleMemoryCollection.Name)]
 public sealed class HeldConnectionMemoryTests(ITestOutputHelper output) : IAsyncLifetime
 {
-    private const string Domain = "cluster.local";
     private const int Connections = 500;
 
     /// <summary>
@@ -31,29 +25,14 @@ public sealed class HeldConnectionMemoryTests(ITestOutputHelper output) : IAsync
     private static readonly LocalPod Client = new("demo", "a1", "client", "client-netns", NetnsCookie: 1, IPAddress.Parse("127.0.0.3"), null, FailOpen: false);
     private static readonly LocalPod Server = new("demo", "b1", "server", "server-netns", NetnsCookie: 3, IPAddress.Loopback, null, FailOpen: false);
 
-    private readonly TempDir _dir = new();
-    private readonly RecordedDestinations _destinations = new();
-    private readonly FlowTable _clientFlows = new();
-    private readonly FlowTable _serverFlows = new();
-    private IdentityManager _identity = null!;
-    private ConnectionTracker _clientTracker = null!;
-    private ConnectionTracker _serverTracker = null!;
+    private InProcessTunnelRig _rig = null!;
     private PodProxy _client = null!;
-    private PodProxy _server = null!;
-    private Socket _echo = null!;
-    private readonly StrongBox<int> _echoing = new();
 
     public Task InitializeAsync()
     {
-        _identity = IdentityManager.Start(new IdentityOptions(Domain, TestCa.Root("root").WriteTo(_dir.Path)) { WatchFiles = false, CheckInterval = TimeSpan.FromHours(1) });
-        _identity.SetAllowed([new SpiffeId(Domain, "demo", "client"), new SpiffeId(Domain, "demo", "server")]);
-        _echo = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        _echo.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        _echo.Listen(Connections);
-        _ = LoopbackEcho.ServeAsync(_echo, _echoing);
-
-        var inventory = new InventoryStore();
-        inventory.Publish(InventoryBuilder.Build(InventoryYaml.Load("""
+        // The inbound limits default to what a 1,024-descriptor agent allows one peer identity (128 streams).
+        var options = new ProxyOptions { ConnectTimeout = TimeSpan.FromSeconds(10), Inbound = new InboundLimits(4 * Connections, 4 * Connections, 4 * Connections) };
+        _rig = InProcessTunnelRig.Start([Client, Server], """
             apiVersion: v1
             kind: Namespace
             metadata: {name: demo, labels: {weft.dev/mesh: enabled}}
@@ -69,31 +48,12 @@ public sealed class HeldConnectionMemoryTests(ITestOutputHelper output) : IAsync
             metadata: {name: b1, namespace: demo}
             spec: {nodeName: node2, serviceAccountName: server}
             status: {podIP: 127.0.0.1, hostIP: 10.0.0.2}
-            """, "inventory.yaml")));
-
-        // The inbound limits default to what a 1,024-descriptor agent allows one peer identity (128 streams).
-        var options = new ProxyOptions { ConnectTimeout = TimeSpan.FromSeconds(10), Inbound = new InboundLimits(4 * Connections, 4 * Connections, 4 * Connections) };
-        var app = (IPEndPoint)_echo.LocalEndPoint!;
-        var serverSockets = new LoopbackPodSockets { Redirect = destination => destination.Port == 8080 ? app : destination };
-        _serverTracker = new ConnectionTracker(_serverFlows, options.IdleTimeout);
-        _server = PodProxy.Start(Server, new ProxyServices(new RecordedDestinations(), serverSockets, inventory, _serverTracker, options, _identity));
-        var tunnel = new IPEndPoint(IPAddress.IPv6Loopback, ((IPEndPoint)_server.TunnelListener!.LocalEndPoint!).Port);
-        var clientSockets = new LoopbackPodSockets { Redirect = destination => destination.Port == HbonePool.TunnelPort ? tunnel : destination };
-        _clientTracker = new ConnectionTracker(_clientFlows, options.IdleTimeout);
-        _client = PodProxy.Start(Client, new ProxyServices(_destinations, clientSockets, inventory, _clientTracker, options, _identity));
+            """, options, Server);
+        _client = _rig.StartClient(Client);
         return Task.CompletedTask;
     }
 
-    public async Task DisposeAsync()
-    {
-        await _client.DisposeAsync();
-        await _server.DisposeAsync();
-        _clientTracker.Dispose();
-        _serverTracker.Dispose();
-        _echo.Dispose();
-        _identity.Dispose();
-        _dir.Dispose();
-    }
+    public async Task DisposeAsync() => await _rig.DisposeAsync();
 
     [Fact]
     public async Task IdleTunnelledConnections_WaitInTheReadWatch_AndCostTheAgentsLittleHeap()
@@ -126,7 +86,7 @@ public sealed class HeldConnectionMemoryTests(ITestOutputHelper output) : IAsync
         var held = await HoldAsync(Connections, direct);
         if (!direct)
         {
-            await WaitForAsync(() => _serverTracker.Count == Connections, "the server's agent to hold every connection");
+            await WaitForAsync(() => _rig.ServerTracker.Count == Connections, "the server's agent to hold every connection");
         }
 
         var after = GC.GetTotalMemory(forceFullCollection: true);
@@ -140,7 +100,7 @@ public sealed class HeldConnectionMemoryTests(ITestOutputHelper output) : IAsync
         return ((after - before) / (double)Connections, registrations);
     }
 
-    private bool Closed() => _clientTracker.Count == 0 && _serverTracker.Count == 0 && Volatile.Read(ref _echoing.Value) == 0;
+    private bool Closed() => _rig.ClientTracker.Count == 0 && _rig.ServerTracker.Count == 0 && Volatile.Read(ref _rig.Echoing.Value) == 0;
 
     /// <summary>Opens connections to the echo server (through the client's agent, or directly), each echoing one byte.</summary>
     private async Task<List<Socket>> HoldAsync(int count, bool direct)
@@ -153,11 +113,11 @@ public sealed class HeldConnectionMemoryTests(ITestOutputHelper output) : IAsync
             socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
             if (direct)
             {
-                await socket.ConnectAsync(_echo.LocalEndPoint!);
+                await socket.ConnectAsync(_rig.Echo.LocalEndPoint!);
             }
             else
             {
-                _destinations.Record(Client.NetnsCookie, ((IPEndPoint)socket.LocalEndPoint!).Port, IPEndPoint.Parse("127.0.0.1:8080"));
+                _rig.Destinations.Record(Client.NetnsCookie, ((IPEndPoint)socket.LocalEndPoint!).Port, IPEndPoint.Parse("127.0.0.1:8080"));
                 await socket.ConnectAsync(_client.OutboundListener.LocalEndPoint!);
             }
 
@@ -168,7 +128,7 @@ public sealed class HeldConnectionMemoryTests(ITestOutputHelper output) : IAsync
             }
             catch (SocketException e)
             {
-                var why = string.Join("; ", _clientFlows.Recent().Concat(_serverFlows.Recent()).Where(f => f.Error is not null).Select(f => $"{f.Direction} {f.ResponseFlags} {f.Error}").Distinct().Take(3));
+                var why = string.Join("; ", _rig.ClientFlows.Recent().Concat(_rig.ServerFlows.Recent()).Where(f => f.Error is not null).Select(f => $"{f.Direction} {f.ResponseFlags} {f.Error}").Distinct().Take(3));
                 throw new InvalidOperationException($"connection {i + 1} of {count} ({(direct ? "direct" : "through the agents")}) failed: {e.Message}; flows: {why}", e);
             }
 

@@ -1,11 +1,9 @@
 using System.Net;
 using System.Net.Sockets;
 using Weft.Hbone;
-using Weft.Identity;
 using Weft.Inventory;
 using Weft.Proxy;
 using Weft.Telemetry;
-using Weft.Tests.Identity;
 
 namespace Weft.Tests.Proxy;
 
@@ -16,42 +14,27 @@ namespace Weft.Tests.Proxy;
 /// </summary>
 public sealed class InProcessTunnelTests : IAsyncLifetime
 {
-    private const string Domain = "cluster.local";
-
     private static readonly LocalPod Client = new("demo", "a1", "client", "client-netns", NetnsCookie: 1, IPAddress.Parse("127.0.0.3"), null, FailOpen: false);
     private static readonly LocalPod Other = new("demo", "a2", "other-client", "client-netns", NetnsCookie: 2, IPAddress.Parse("127.0.0.5"), null, FailOpen: false);
     private static readonly LocalPod Sibling = new("demo", "a3", "client", "sibling-netns", NetnsCookie: 4, IPAddress.Parse("127.0.0.6"), null, FailOpen: false);
     private static readonly LocalPod Server = new("demo", "b1", "server", "server-netns", NetnsCookie: 3, IPAddress.Loopback, null, FailOpen: false);
 
-    private readonly TempDir _dir = new();
-    private readonly FlowTable _clientFlows = new();
-    private readonly FlowTable _serverFlows = new();
-    private readonly RecordedDestinations _destinations = new();
-    private readonly LoopbackPodSockets _clientSockets = new();
-    private readonly LoopbackPodSockets _serverSockets = new();
-    private IdentityManager _identity = null!;
+    private InProcessTunnelRig _rig = null!;
+    private FlowTable _clientFlows = null!;
+    private FlowTable _serverFlows = null!;
+    private RecordedDestinations _destinations = null!;
+    private LoopbackPodSockets _clientSockets = null!;
+    private LoopbackPodSockets _serverSockets = null!;
     private InventoryStore _inventory = null!;
     private ConnectionTracker _clientTracker = null!;
-    private ConnectionTracker _serverTracker = null!;
     private PodProxy _client = null!;
     private PodProxy _other = null!;
-    private PodProxy _server = null!;
-    private Socket _echo = null!;
 
     public Task InitializeAsync()
     {
-        _identity = IdentityManager.Start(new IdentityOptions(Domain, TestCa.Root("root").WriteTo(_dir.Path)) { WatchFiles = false, CheckInterval = TimeSpan.FromHours(1) });
-        _identity.SetAllowed([Id(Client), Id(Other), Id(Sibling), Id(Server)]);
-
-        _echo = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        _echo.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        _echo.Listen();
-        _ = LoopbackEcho.ServeAsync(_echo);
-
         // b1 at 127.0.0.1 (its proxy serves CONNECTs naming 127.0.0.1); 127.0.0.2 is a second meshed pod
         // with the same identity, and 127.0.0.4 one with another identity; the client pods are a1 and a2.
-        var inventory = _inventory = new InventoryStore();
-        inventory.Publish(InventoryBuilder.Build(InventoryYaml.Load("""
+        _rig = InProcessTunnelRig.Start([Client, Other, Sibling, Server], """
             apiVersion: v1
             kind: Namespace
             metadata: {name: demo, labels: {weft.dev/mesh: enabled}}
@@ -91,35 +74,15 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
             metadata: {name: c1, namespace: demo}
             spec: {nodeName: node2, serviceAccountName: third}
             status: {podIP: 127.0.0.4, hostIP: 10.0.0.2}
-            """, "inventory.yaml")));
-
-        var options = new ProxyOptions { ConnectTimeout = TimeSpan.FromSeconds(10) };
-        _serverTracker = new ConnectionTracker(_serverFlows, options.IdleTimeout);
-        _server = PodProxy.Start(Server, new ProxyServices(new RecordedDestinations(), _serverSockets, inventory, _serverTracker, options, _identity));
-        var app = (IPEndPoint)_echo.LocalEndPoint!;
-        _serverSockets.Redirect = destination => destination.Port == 8080 ? app : destination;
-
-        // Every node's tunnel port is the server pod's tunnel listener here.
-        var tunnel = new IPEndPoint(IPAddress.IPv6Loopback, ((IPEndPoint)_server.TunnelListener!.LocalEndPoint!).Port);
-        _clientSockets.Redirect = destination => destination.Port == HbonePool.TunnelPort ? tunnel : destination;
-        _clientTracker = new ConnectionTracker(_clientFlows, options.IdleTimeout);
-        var clientServices = new ProxyServices(_destinations, _clientSockets, inventory, _clientTracker, options, _identity);
-        _client = PodProxy.Start(Client, clientServices);
-        _other = PodProxy.Start(Other, clientServices);
+            """, new ProxyOptions { ConnectTimeout = TimeSpan.FromSeconds(10) }, Server);
+        (_clientFlows, _serverFlows, _destinations) = (_rig.ClientFlows, _rig.ServerFlows, _rig.Destinations);
+        (_clientSockets, _serverSockets, _inventory, _clientTracker) = (_rig.ClientSockets, _rig.ServerSockets, _rig.Inventory, _rig.ClientTracker);
+        _client = _rig.StartClient(Client);
+        _other = _rig.StartClient(Other);
         return Task.CompletedTask;
     }
 
-    public async Task DisposeAsync()
-    {
-        await _client.DisposeAsync();
-        await _other.DisposeAsync();
-        await _server.DisposeAsync();
-        _clientTracker.Dispose();
-        _serverTracker.Dispose();
-        _echo.Dispose();
-        _identity.Dispose();
-        _dir.Dispose();
-    }
+    public async Task DisposeAsync() => await _rig.DisposeAsync();
 
     [Fact]
     public async Task MeshedDestination_IsReachedThroughAnMtlsTunnel_RecordedOnBothSidesWithTheirSpiffeIds()
@@ -356,7 +319,7 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
 
         var roundTrip = RoundTripAsync(_client, Client, "127.0.0.1:8080", "carried through the drain");
         await dialing.Task.WaitAsync(TimeSpan.FromSeconds(30));
-        await _server.DisposeAsync();
+        await _rig.Server.DisposeAsync();
         proceed.SetResult();
 
         Assert.Equal("carried through the drain", await roundTrip);
@@ -365,7 +328,7 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
     }
 
     private ProxyServices ClientServices(LoopbackPodSockets sockets, TimeSpan tunnelIdle) =>
-        new(_destinations, sockets, _inventory, _clientTracker, new ProxyOptions { ConnectTimeout = TimeSpan.FromSeconds(10), TunnelIdleTimeout = tunnelIdle }, _identity);
+        new(_destinations, sockets, _inventory, _clientTracker, new ProxyOptions { ConnectTimeout = TimeSpan.FromSeconds(10), TunnelIdleTimeout = tunnelIdle }, _rig.Identity);
 
     private LoopbackPodSockets Redirected(LoopbackPodSockets sockets)
     {
@@ -401,8 +364,6 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
 
         throw new TimeoutException($"waited 30 s for {what}");
     }
-
-    private static SpiffeId Id(LocalPod pod) => new(Domain, pod.Namespace, pod.ServiceAccount);
 
     private int TunnelDials() => TunnelDials(_clientSockets);
 
