@@ -364,7 +364,9 @@ public class HttpRouteConformanceTests
     public async Task HTTPRouteRequestTimeout()
     {
         // The upstream guide's route (request 500ms on /request-timeout, and "0s" turning it off); the echo
-        // backend answers ?delay=1s a second late, as the upstream echo server does.
+        // backend answers ?delay=1s a second late, as the upstream echo server does. The timed-out request asks for 5 s,
+        // so the backend hears of the abort before its delay ends even on a loaded machine (a CI run saw a 1 s delay
+        // finish first, so the abort was never counted).
         await using var gateway = await StartAsync(Route("request-timeout", $$"""
             - matches: [{path: {type: PathPrefix, value: /request-timeout} }]
               backendRefs: [{{Backend("infra-backend-v1")}}]
@@ -375,7 +377,7 @@ public class HttpRouteConformanceTests
             """));
         await WarmUpAsync(gateway, "/disable-request-timeout");
 
-        Assert.Equal(HttpStatusCode.GatewayTimeout, await gateway.StatusAsync("example.com", "/request-timeout?delay=1s"));
+        Assert.Equal(HttpStatusCode.GatewayTimeout, await gateway.StatusAsync("example.com", "/request-timeout?delay=5s"));
         Assert.Equal(HttpStatusCode.OK, await FastAsync(gateway, "/request-timeout"));
         Assert.Equal("infra-backend-v1", (await gateway.EchoAsync("example.com", "/disable-request-timeout?delay=1s")).Backend);
         await EventuallyAsync(() => gateway.Backend("infra-backend-v1").DelaysAborted == 1, "the backend did not see the timed-out request aborted");
@@ -394,7 +396,7 @@ public class HttpRouteConformanceTests
             """));
         await WarmUpAsync(gateway, "/disable-backend-timeout");
 
-        Assert.Equal(HttpStatusCode.GatewayTimeout, await gateway.StatusAsync("example.com", "/backend-timeout?delay=1s"));
+        Assert.Equal(HttpStatusCode.GatewayTimeout, await gateway.StatusAsync("example.com", "/backend-timeout?delay=5s"));
         Assert.Equal(HttpStatusCode.OK, await FastAsync(gateway, "/backend-timeout"));
         Assert.Equal("infra-backend-v1", (await gateway.EchoAsync("example.com", "/disable-backend-timeout?delay=1s")).Backend);
         await EventuallyAsync(() => gateway.Backend("infra-backend-v1").DelaysAborted == 1, "the backend did not see the timed-out request aborted");
