@@ -128,43 +128,9 @@ internal static class RelayPumps
     /// </summary>
     public static unsafe int SendNow(Socket socket, ReadOnlySpan<byte> data)
     {
-        var handle = socket.SafeHandle;
-        var added = false;
-        try
+        fixed (byte* bytes = data)
         {
-            handle.DangerousAddRef(ref added);
-            var fd = (int)handle.DangerousGetHandle();
-            fixed (byte* bytes = data)
-            {
-                while (true)
-                {
-                    var sent = (long)LibC.send(fd, bytes, data.Length, LibC.MSG_DONTWAIT | LibC.MSG_NOSIGNAL);
-                    if (sent >= 0)
-                    {
-                        return (int)sent;
-                    }
-
-                    var errno = LibC.errno;
-                    if (errno == LibC.EINTR)
-                    {
-                        continue;
-                    }
-
-                    if (errno == LibC.EAGAIN)
-                    {
-                        return 0;
-                    }
-
-                    throw ErrorOf(errno);
-                }
-            }
-        }
-        finally
-        {
-            if (added)
-            {
-                handle.DangerousRelease();
-            }
+            return Math.Max(0, Now(socket, bytes, data.Length, send: true));
         }
     }
 
@@ -175,35 +141,43 @@ internal static class RelayPumps
     /// </summary>
     public static unsafe int ReceiveNow(Socket socket, Span<byte> buffer)
     {
+        fixed (byte* bytes = buffer)
+        {
+            return Now(socket, bytes, buffer.Length, send: false);
+        }
+    }
+
+    /// <summary>send(2) or recv(2) without waiting, the descriptor held meanwhile: the count, or -1 when the socket would block.</summary>
+    private static unsafe int Now(Socket socket, byte* bytes, int length, bool send)
+    {
         var handle = socket.SafeHandle;
         var added = false;
         try
         {
             handle.DangerousAddRef(ref added);
             var fd = (int)handle.DangerousGetHandle();
-            fixed (byte* bytes = buffer)
+            while (true)
             {
-                while (true)
+                var count = send
+                    ? (long)LibC.send(fd, bytes, length, LibC.MSG_DONTWAIT | LibC.MSG_NOSIGNAL)
+                    : (long)LibC.recv(fd, bytes, length, LibC.MSG_DONTWAIT);
+                if (count >= 0)
                 {
-                    var read = (long)LibC.recv(fd, bytes, buffer.Length, LibC.MSG_DONTWAIT);
-                    if (read >= 0)
-                    {
-                        return (int)read;
-                    }
-
-                    var errno = LibC.errno;
-                    if (errno == LibC.EINTR)
-                    {
-                        continue;
-                    }
-
-                    if (errno == LibC.EAGAIN)
-                    {
-                        return -1;
-                    }
-
-                    throw ErrorOf(errno);
+                    return (int)count;
                 }
+
+                var errno = LibC.errno;
+                if (errno == LibC.EINTR)
+                {
+                    continue;
+                }
+
+                if (errno == LibC.EAGAIN)
+                {
+                    return -1;
+                }
+
+                throw ErrorOf(errno);
             }
         }
         finally
