@@ -14,6 +14,9 @@ internal static class FlowStrings
 
     private static readonly ConcurrentDictionary<string, string> Names = new(StringComparer.Ordinal);
 
+    /// <summary>Names held now; at most <see cref="Capacity"/>.</summary>
+    public static int Count => Names.Count;
+
     /// <summary>The shared instance equal to <paramref name="value"/> (or <paramref name="value"/> itself).</summary>
     public static string Shared(string value)
     {
