@@ -50,6 +50,55 @@ public class HeapTrimTests
     }
 
     [Fact]
+    public void ABurstThatStays_IsTrimmedOnceItSettles_AndAgainOnlyAfterGrowingByAnotherBurst()
+    {
+        var held = 0;
+        using var trim = new HeapTrim(() => held, Timeout.InfiniteTimeSpan);
+
+        held = 6000;
+        Assert.False(trim.Check());   // still growing
+        held = 10_000;
+        Assert.False(trim.Check());
+        Assert.False(trim.Check());   // one check without a change: not settled yet
+        Assert.True(trim.Check());    // settled at 10,000
+        Assert.False(trim.Check());
+        Assert.False(trim.Check());   // held there: no second trim
+
+        // connections coming and going around the level (within 1/64) do not make a new burst
+        held = 10_100;
+        Assert.False(trim.Check());
+        held = 9_950;
+        Assert.False(trim.Check());
+        Assert.False(trim.Check());
+
+        // another burst on top: trimmed again once it settles
+        held = 11_200;
+        Assert.False(trim.Check());
+        Assert.False(trim.Check());
+        Assert.True(trim.Check());
+    }
+
+    [Fact]
+    public void ALevelThatKeepsMoving_OrGrewByLessThanABurst_IsNotTrimmed()
+    {
+        var held = 0;
+        using var trim = new HeapTrim(() => held, Timeout.InfiniteTimeSpan);
+
+        held = HeapTrim.BurstThreshold - 1;
+        for (var i = 0; i < 5; i++)
+        {
+            Assert.False(trim.Check());
+        }
+
+        // swinging by more than 1/64 each second never settles
+        for (var i = 0; i < 6; i++)
+        {
+            held = i % 2 == 0 ? 5000 : 4800;
+            Assert.False(trim.Check());
+        }
+    }
+
+    [Fact]
     public unsafe void NativeHeapFreedInTheMiddleOfAnArena_GoesBackToTheKernelWhenTrimmed()
     {
         // 64 MiB of 4 KiB blocks, all freed but the last: the arena's top stays in use, so free() alone
