@@ -25,6 +25,10 @@ internal static partial class BenchCommand
 
     private const int LoadPort = 8080;
 
+    // After the Settle that follows the last held connection's opening: the agents' trim of a settled burst (two
+    // checks a second apart without a change, then a collection) is over well within this.
+    private static readonly TimeSpan HeldSettle = TimeSpan.FromSeconds(4);
+
     /// <summary>
     /// Waits (at most <paramref name="limit"/>) until each agent holds no more than <paramref name="slack"/> descriptors
     /// over <paramref name="baseline"/>, then settles; returns how long the descriptors took.
@@ -170,6 +174,10 @@ internal static partial class BenchCommand
 
             Console.WriteLine($"  {open}/{idle} idle connections open in {holdClock.ElapsedMilliseconds} ms" + (open < idle ? $"; errors: {string.Join(", ", holdErrors)}" : ""));
             await Task.Delay(Settle, stop.Token);
+            var justOpened = agents.Select(ProcStatus.Read).ToArray();
+            // "holding" is read once the agents have settled: an agent trims its heap once a burst of connections has
+            // stopped growing for two seconds (HeapTrim), as it would hours into holding them
+            await Task.Delay(HeldSettle, stop.Token);
             var held = agents.Select(ProcStatus.Read).ToArray();
 
             var total = (long)rate * minutes * 60;
@@ -261,8 +269,19 @@ internal static partial class BenchCommand
             for (var i = 0; i < agents.Length; i++)
             {
                 var perConnection = (held[i].RssKib - before[i].RssKib) / (double)Math.Max(open, 1);
-                Console.WriteLine($"| node{i + 1} agent RSS | before {Mib(before[i].RssKib)}, holding {Mib(held[i].RssKib)} ({perConnection:0.00} KiB per held connection), peak {Mib(peak[i].RssKib)}, after {Mib(after[i].RssKib)} |");
+                var perConnectionJustOpened = (justOpened[i].RssKib - before[i].RssKib) / (double)Math.Max(open, 1);
+                Console.WriteLine($"| node{i + 1} agent RSS | before {Mib(before[i].RssKib)}, holding {Mib(held[i].RssKib)} ({perConnection:0.00} KiB per held connection; " +
+                    $"{Mib(justOpened[i].RssKib)}, {perConnectionJustOpened:0.00} KiB, {Settle.TotalSeconds:0} s after the last opened), peak {Mib(peak[i].RssKib)}, after {Mib(after[i].RssKib)} |");
                 Console.WriteLine($"| node{i + 1} agent fds / threads | before {before[i].Fds} / {before[i].Threads}, peak {peak[i].Fds} / {peak[i].Threads}, after {after[i].Fds} / {after[i].Threads} |");
+            }
+
+            foreach (var node in new[] { "node1", "node2" })
+            {
+                // what the agents' heap trims cost and gave back (HeapTrim logs each)
+                foreach (var line in mesh.Agent(node).StderrLines.Concat(mesh.Agent(node).StdoutLines).Where(l => l.Contains("heap trimmed", StringComparison.Ordinal)))
+                {
+                    Console.WriteLine($"  {node}: {line}");
+                }
             }
 
             foreach (var line in failedLines.Take(5))
