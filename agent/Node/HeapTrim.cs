@@ -15,7 +15,8 @@ namespace Weft.Node;
 /// committed while they opened: 19–25 MB beside a 31–38 MB heap for 10,000 held connections, kept by a
 /// normal full collection (docs/benchmark.md). So once what is held has grown by <see cref="BurstThreshold"/>
 /// since the last trim (or the lowest point since) and has then barely moved for <see cref="SettledChecks"/>
-/// checks, it collects once too.
+/// checks, it collects once too; at most once per <see cref="SettledInterval"/>, so a pod that opens and holds
+/// bursts over and over adds at most that to the trims a burst that ends already costs.
 /// </para>
 /// </summary>
 internal sealed partial class HeapTrim : IDisposable
@@ -26,8 +27,13 @@ internal sealed partial class HeapTrim : IDisposable
     /// <summary>Checks in a row over which what is held barely moved, after a burst, before the heap is trimmed.</summary>
     public const int SettledChecks = 2;
 
+    /// <summary>The least time between two trims of a settled burst.</summary>
+    public static readonly TimeSpan SettledInterval = TimeSpan.FromSeconds(30);
+
     private readonly Func<int> _held;
+    private readonly Func<TimeSpan> _now;
     private readonly Timer _timer;
+    private TimeSpan? _lastSettledTrim;
     private int _peak;
     private int _followUpAt = -1;
     private int _previous;
@@ -35,9 +41,11 @@ internal sealed partial class HeapTrim : IDisposable
     private int _steady;  // checks in a row with what is held barely moved, above _floor + BurstThreshold
 
     /// <param name="period">How often to check; <see cref="Timeout.InfiniteTimeSpan"/> leaves it to <see cref="Check"/> calls.</param>
-    public HeapTrim(Func<int> held, TimeSpan period)
+    /// <param name="now">The clock (tests); the process's monotonic clock by default.</param>
+    public HeapTrim(Func<int> held, TimeSpan period, Func<TimeSpan>? now = null)
     {
         _held = held;
+        _now = now ?? (() => TimeSpan.FromMilliseconds(Environment.TickCount64));
         _timer = new Timer(_ => Check(), null, period, period);
     }
 
@@ -59,8 +67,9 @@ internal sealed partial class HeapTrim : IDisposable
         // "Barely moved": within 1/64 of what is held, so connections coming and going around a held level settle too.
         if (held - _floor >= BurstThreshold && Math.Abs(held - previous) <= held / 64)
         {
-            if (++_steady >= SettledChecks)
+            if (++_steady >= SettledChecks && (_lastSettledTrim is not { } last || _now() - last >= SettledInterval))
             {
+                _lastSettledTrim = _now();
                 Trimmed(held);
                 // what settled is held, not freed: nothing waits for a finalizer, one collection does
                 Trim($"connection burst settled at {held}", afterFinalizers: false);

@@ -53,7 +53,8 @@ public class HeapTrimTests
     public void ABurstThatStays_IsTrimmedOnceItSettles_AndAgainOnlyAfterGrowingByAnotherBurst()
     {
         var held = 0;
-        using var trim = new HeapTrim(() => held, Timeout.InfiniteTimeSpan);
+        var now = TimeSpan.Zero;
+        using var trim = new HeapTrim(() => held, Timeout.InfiniteTimeSpan, () => now);
 
         held = 6000;
         Assert.False(trim.Check());   // still growing
@@ -71,11 +72,40 @@ public class HeapTrimTests
         Assert.False(trim.Check());
         Assert.False(trim.Check());
 
-        // another burst on top: trimmed again once it settles
+        // another burst on top, a minute later: trimmed again once it settles
+        now += TimeSpan.FromMinutes(1);
         held = 11_200;
         Assert.False(trim.Check());
         Assert.False(trim.Check());
         Assert.True(trim.Check());
+    }
+
+    [Fact]
+    public void BurstsThatSettleOneAfterAnother_AreTrimmedAtMostOncePerInterval()
+    {
+        var held = 0;
+        var now = TimeSpan.Zero;
+        using var trim = new HeapTrim(() => held, Timeout.InfiniteTimeSpan, () => now);
+
+        held = 2000;
+        Assert.False(trim.Check());
+        Assert.False(trim.Check());
+        Assert.True(trim.Check());
+
+        // a second burst settles 10 s later: it waits for the interval, then is trimmed once
+        now += TimeSpan.FromSeconds(10);
+        held = 4000;
+        Assert.False(trim.Check());
+        for (var s = 0; s < 10; s++)
+        {
+            now += TimeSpan.FromSeconds(1);
+            Assert.False(trim.Check());
+        }
+
+        now = TimeSpan.FromSeconds(30);
+        Assert.True(trim.Check());
+        now += TimeSpan.FromSeconds(1);
+        Assert.False(trim.Check());
     }
 
     [Fact]
