@@ -67,9 +67,10 @@ internal sealed partial class HeapTrim : IDisposable
         // "Barely moved": within 1/64 of what is held, so connections coming and going around a held level settle too.
         if (held - _floor >= BurstThreshold && Math.Abs(held - previous) <= held / 64)
         {
-            if (++_steady >= SettledChecks && (_lastSettledTrim is not { } last || _now() - last >= SettledInterval))
+            var now = _now();
+            if (++_steady >= SettledChecks && (_lastSettledTrim is not { } last || now - last >= SettledInterval))
             {
-                _lastSettledTrim = _now();
+                _lastSettledTrim = now;
                 Trimmed(held);
                 // what settled is held, not freed: nothing waits for a finalizer, one collection does
                 Trim($"connection burst settled at {held}", afterFinalizers: false);
