@@ -181,8 +181,10 @@ internal sealed class NodeAgent : IAsyncDisposable
         var limits = _options.Proxy.Inbound is { } set
             ? new InboundLimits(Pick(set.PerPeerIdentity, derived.PerPeerIdentity), Pick(set.PerSourceAddress, derived.PerSourceAddress), Pick(set.PerNode, derived.PerNode))
             : derived;
+        SplicePipes.MaxInUse = SplicePipes.LimitFor(soft);
         Log.Info("agent", $"descriptor limit {soft} (hard {hard}); inbound limits: {limits.PerPeerIdentity} streams per peer identity, "
-            + $"{limits.PerSourceAddress} connections per source address, {limits.PerNode} per node ({soft - limits.PerNode} descriptors kept for outbound and the agent)");
+            + $"{limits.PerSourceAddress} connections per source address, {limits.PerNode} per node ({soft - limits.PerNode} descriptors kept for outbound and the agent); "
+            + $"at most {SplicePipes.MaxInUse} pipes for relays");
         var log = new RefusalLog(TimeSpan.FromSeconds(5));
         return new InboundAdmission(limits, (reason, detail) =>
         {
@@ -502,6 +504,7 @@ internal sealed class NodeAgent : IAsyncDisposable
         TunnelsEvicted = _services?.Tunnels?.Evicted ?? 0,
         TunnelsRefused = _services?.Tunnels?.Refused ?? 0,
         SocketsReserved = Weft.Proxy.SocketReserve.Held,
+        Spliced = (SplicePipes.SplicedBytes, SplicePipes.Unavailable),
     };
 
     /// <summary>Stops accepting, lets open connections finish within the grace period, keeps the pins.</summary>

@@ -21,7 +21,25 @@ namespace Weft.Proxy;
 /// </summary>
 internal sealed partial class PodProxy
 {
-    private async Task HandlePassthroughAsync(Socket client)
+    /// <summary>A plaintext connection for this pod; the relay, once started, finishes it and its admission.</summary>
+    private async Task HandlePassthroughAsync(Socket client, InboundLease admitted)
+    {
+        var relaying = false;
+        try
+        {
+            relaying = await PassthroughAsync(client, admitted).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (!relaying)
+            {
+                client.Dispose();
+                admitted.Dispose();
+            }
+        }
+    }
+
+    private async Task<bool> PassthroughAsync(Socket client, InboundLease admitted)
     {
         var remote = (IPEndPoint)client.RemoteEndPoint!;
         var local = (IPEndPoint)client.LocalEndPoint!;
@@ -37,27 +55,39 @@ internal sealed partial class PodProxy
         if (InboundDecision.Plaintext(snapshot, Pod, source, original, _services.SelfTarget) is { } refused)
         {
             Refuse(client, flow, refused);
-            return;
+            return false;
         }
 
         if (!TryReserve())
         {
             _services.Admission.Refused(InboundRefusal.Pod, LimitReason);
             Refuse(client, flow, LimitError);
-            return;
+            return false;
         }
 
         var connection = new ProxyConnection(flow);
         _services.Tracker.Add(connection);
+        var relaying = false;
         try
         {
-            await PlaintextAsync(connection, client, original, deliverFrom: source.Address).ConfigureAwait(false);
+            relaying = await PlaintextAsync(connection, client, original, new PlaintextEnd(this, admitted), deliverFrom: source.Address).ConfigureAwait(false);
+            return relaying;
         }
         finally
         {
-            client.Dispose();
-            Release();
-            _services.Tracker.Remove(connection);
+            if (!relaying)
+            {
+                Release();
+                _services.Tracker.Remove(connection);
+            }
+        }
+    }
+
+    private async Task HandleTunnelAsync(Socket socket, InboundLease admitted)
+    {
+        using (admitted)
+        {
+            await HandleTunnelAsync(socket).ConfigureAwait(false);
         }
     }
 
@@ -256,7 +286,7 @@ internal sealed partial class PodProxy
     }
 
     /// <summary>Finishes an inbound tunnelled connection once its relay has ended: what its CONNECT handler would do after awaiting it.</summary>
-    private sealed class InboundTunnelEnd(PodProxy proxy, HboneRequest request, InboundLease admitted, IPAddress tunnelSource) : IRelayEnd
+    private sealed class InboundTunnelEnd(PodProxy proxy, HboneRequest request, InboundLease admitted, IPAddress tunnelSource) : IRelayEnd<StreamRelay>
     {
         public void RelayEnded(StreamRelay relay) => _ = proxy.FinishInboundTunnelAsync(relay, request, admitted, tunnelSource);
     }

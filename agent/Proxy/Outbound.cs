@@ -69,14 +69,14 @@ internal sealed partial class PodProxy
             {
                 case DeliverLocalPlan<PodProxy> local:
                     RecordMutualTls(flow, local.SourceId, local.DestinationId);
-                    await local.Pod.DeliverLocalAsync(connection, client, local.SourceId, local.Destination!).ConfigureAwait(false);
+                    relaying = await local.Pod.DeliverLocalAsync(connection, client, local.SourceId, local.Destination!, _plaintextEnd).ConfigureAwait(false);
                     break;
                 case TunnelPlan tunnel:
                     RecordMutualTls(flow, tunnel.SourceId, tunnel.DestinationId);
                     relaying = await TunnelAsync(connection, client, tunnel).ConfigureAwait(false);
                     break;
                 case PlaintextPlan:
-                    await PlaintextAsync(connection, client, plan.Destination!).ConfigureAwait(false);
+                    relaying = await PlaintextAsync(connection, client, plan.Destination!, _plaintextEnd).ConfigureAwait(false);
                     break;
                 default:
                     throw new UnreachableException($"no way to carry out {plan}");
@@ -84,7 +84,7 @@ internal sealed partial class PodProxy
         }
         finally
         {
-            // A tunnel relay finishes the connection itself when it ends (OutboundTunnelEnd).
+            // A relay finishes the connection itself when it ends (OutboundTunnelEnd, PlaintextEnd).
             if (!relaying)
             {
                 client.Dispose();
@@ -101,19 +101,62 @@ internal sealed partial class PodProxy
         flow.SecurityPolicy = "mutual_tls";
     }
 
-    /// <summary>Relays to <paramref name="destination"/>; inbound, <paramref name="deliverFrom"/> is the client the app is shown.</summary>
-    private async Task PlaintextAsync(ProxyConnection connection, Socket client, IPEndPoint destination, IPAddress? deliverFrom = null)
+    /// <summary>
+    /// Connects to <paramref name="destination"/> and starts relaying the client to it (inbound, <paramref name="deliverFrom"/>
+    /// is the client the app is shown): true when the relay took the connection over (<paramref name="end"/> finishes it),
+    /// false when the destination could not be reached.
+    /// </summary>
+    private async Task<bool> PlaintextAsync(ProxyConnection connection, Socket client, IPEndPoint destination, IRelayEnd<SocketRelay> end,
+        IPAddress? deliverFrom = null)
     {
         var upstream = await ConnectAppAsync(connection.Flow, client, destination, deliverFrom).ConfigureAwait(false);
         if (upstream is null)
         {
-            return;
+            return false;
         }
 
-        using (upstream)
+        StartRelay(connection, client, upstream, end);
+        return true;
+    }
+
+    private static void StartRelay(ProxyConnection connection, Socket client, Socket upstream, IRelayEnd<SocketRelay> end)
+    {
+        try
         {
-            await connection.RelayAsync(client, upstream).ConfigureAwait(false);
-            connection.RecordTcpRtt(connection.Flow.Direction == FlowDirection.Outbound ? upstream : client);
+            // From here the relay runs on its own: a held connection keeps no waiting method frames.
+            connection.StartRelay(client, upstream, end);
+        }
+        catch
+        {
+            upstream.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Finishes a plaintext connection once its relay has ended: what the connection's handler would do after awaiting
+    /// it, and the end of the inbound connection's admission (<paramref name="admitted"/>) when it has one.
+    /// </summary>
+    private sealed class PlaintextEnd(PodProxy proxy, InboundLease? admitted = null) : IRelayEnd<SocketRelay>
+    {
+        public void RelayEnded(SocketRelay relay) => proxy.FinishPlaintext(relay, admitted);
+    }
+
+    private void FinishPlaintext(SocketRelay relay, InboundLease? admitted)
+    {
+        var connection = (ProxyConnection)relay.Observer;
+        try
+        {
+            // The far side's round trip: the upstream's outbound, the client's (another node or pod) inbound.
+            connection.RecordTcpRtt(connection.Flow.Direction == FlowDirection.Outbound ? relay.B : relay.A);
+        }
+        finally
+        {
+            relay.B.Dispose();
+            relay.A.Dispose();
+            Release();
+            _services.Tracker.Remove(connection);
+            admitted?.Dispose();
         }
     }
 
@@ -162,7 +205,7 @@ internal sealed partial class PodProxy
     }
 
     /// <summary>Finishes an outbound tunnelled connection once its relay has ended: what the connection's handler would do after awaiting it.</summary>
-    private sealed class OutboundTunnelEnd(PodProxy proxy) : IRelayEnd
+    private sealed class OutboundTunnelEnd(PodProxy proxy) : IRelayEnd<StreamRelay>
     {
         public void RelayEnded(StreamRelay relay) => _ = proxy.FinishOutboundTunnelAsync(relay);
     }
@@ -190,9 +233,12 @@ internal sealed partial class PodProxy
 
     /// <summary>
     /// The in-process short cut: a meshed pod on this node reaches another one without a tunnel, but its
-    /// destination still authorizes it as if it had come through one, and records its own inbound flow.
+    /// destination still authorizes it as if it had come through one, and records its own inbound flow. True when
+    /// the relay took the connection over: this side's part of it ends first (<see cref="LocalDeliveryEnd"/>), then
+    /// the source's <paramref name="end"/>.
     /// </summary>
-    private async Task DeliverLocalAsync(ProxyConnection connection, Socket client, SpiffeId sourceId, IPEndPoint destination)
+    private async Task<bool> DeliverLocalAsync(ProxyConnection connection, Socket client, SpiffeId sourceId, IPEndPoint destination,
+        IRelayEnd<SocketRelay> end)
     {
         var outbound = connection.Flow;
         var inbound = new Flow(FlowDirection.Inbound, outbound.Source, destination)
@@ -205,6 +251,7 @@ internal sealed partial class PodProxy
             Destination = destination,
         };
         _services.Tracker.Flows.Opened(inbound);
+        var relaying = false;
         try
         {
             if (InboundDecision.Authorize(_services.Inventory.Current, Pod, ConnectionAttributes.Mtls(sourceId.ToString(), outbound.Source.Address, destination.Port)) is { } denied)
@@ -212,7 +259,7 @@ internal sealed partial class PodProxy
                 inbound.Record(denied);
                 outbound.Record(denied);
                 RelayPumps.Reset(client);
-                return;
+                return false;
             }
 
             if (!TryReserve())
@@ -220,7 +267,7 @@ internal sealed partial class PodProxy
                 inbound.Record(LimitError);
                 outbound.Record(LimitError);
                 RelayPumps.Reset(client);
-                return;
+                return false;
             }
 
             try
@@ -229,24 +276,47 @@ internal sealed partial class PodProxy
                 if (upstream is null)
                 {
                     (inbound.ResponseFlags, inbound.Error) = (outbound.ResponseFlags, outbound.Error);
-                    return;
+                    return false;
                 }
 
                 connection.Mirror = inbound;
-                using (upstream)
-                {
-                    await connection.RelayAsync(client, upstream).ConfigureAwait(false);
-                    connection.RecordTcpRtt(upstream);
-                }
+                StartRelay(connection, client, upstream, new LocalDeliveryEnd(this, inbound, end));
+                relaying = true;
+                return true;
             }
             finally
             {
-                Release();
+                if (!relaying)
+                {
+                    Release();
+                }
             }
         }
         finally
         {
-            _services.Tracker.Flows.Closed(inbound);
+            if (!relaying)
+            {
+                _services.Tracker.Flows.Closed(inbound);
+            }
+        }
+    }
+
+    /// <summary>Ends the destination's part of an in-process short cut (its reservation and inbound record), then the source's.</summary>
+    private sealed class LocalDeliveryEnd(PodProxy destination, Flow inbound, IRelayEnd<SocketRelay> then) : IRelayEnd<SocketRelay>
+    {
+        public void RelayEnded(SocketRelay relay)
+        {
+            try
+            {
+                ((ProxyConnection)relay.Observer).RecordTcpRtt(relay.B);
+                relay.B.Dispose();
+                destination.Release();
+                destination._services.Tracker.Flows.Closed(inbound);
+            }
+            finally
+            {
+                then.RelayEnded(relay);
+            }
         }
     }
 

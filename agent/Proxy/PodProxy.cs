@@ -24,12 +24,14 @@ internal sealed partial class PodProxy : IAsyncDisposable
     private int _open;
 
     private readonly OutboundTunnelEnd _outboundTunnelEnd;
+    private readonly PlaintextEnd _plaintextEnd;
 
     private PodProxy(LocalPod pod, ProxyServices services)
     {
         Pod = pod;
         _services = services;
         _outboundTunnelEnd = new OutboundTunnelEnd(this);
+        _plaintextEnd = new PlaintextEnd(this);
     }
 
     public LocalPod Pod { get; }
@@ -77,10 +79,10 @@ internal sealed partial class PodProxy : IAsyncDisposable
             _acceptLoops.Add(AcceptLoopAsync(outbound6, HandleOutboundAsync));
         }
 
-        _acceptLoops.Add(AcceptLoopAsync(InboundListener, HandlePassthroughAsync, inbound: true));
+        _acceptLoops.Add(AcceptLoopAsync(InboundListener, handleInbound: HandlePassthroughAsync));
         if (tunnel is not null)
         {
-            _acceptLoops.Add(AcceptLoopAsync(tunnel, HandleTunnelAsync, inbound: true));
+            _acceptLoops.Add(AcceptLoopAsync(tunnel, handleInbound: HandleTunnelAsync));
         }
     }
 
@@ -91,7 +93,11 @@ internal sealed partial class PodProxy : IAsyncDisposable
         return socket;
     }
 
-    private async Task AcceptLoopAsync(Socket listener, Func<Socket, Task> handle, bool inbound = false)
+    /// <summary>
+    /// Accepts until stopped. Outbound connections go to <paramref name="handle"/>; inbound ones are admitted first
+    /// (per source, node-wide) and go to <paramref name="handleInbound"/>, which owns the admission from then on.
+    /// </summary>
+    private async Task AcceptLoopAsync(Socket listener, Func<Socket, Task>? handle = null, Func<Socket, InboundLease, Task>? handleInbound = null)
     {
         var backoff = MinAcceptBackoff;
         while (!_stop.IsCancellationRequested)
@@ -136,9 +142,9 @@ internal sealed partial class PodProxy : IAsyncDisposable
             // Relayed bytes go out as they come: Nagle would hold small writes back for the peer's
             // delayed ACK (40 ms on Linux), which a proxy in the middle must not add.
             client.NoDelay = true;
-            if (!inbound)
+            if (handleInbound is null)
             {
-                _ = handle(client);
+                _ = handle!(client);
                 continue;
             }
 
@@ -150,15 +156,7 @@ internal sealed partial class PodProxy : IAsyncDisposable
                 continue;
             }
 
-            _ = HandleAdmittedAsync(client, lease, handle);
-        }
-    }
-
-    private static async Task HandleAdmittedAsync(Socket client, InboundLease lease, Func<Socket, Task> handle)
-    {
-        using (lease)
-        {
-            await handle(client).ConfigureAwait(false);
+            _ = handleInbound(client, lease);
         }
     }
 

@@ -36,18 +36,22 @@ internal sealed class ProxyConnection : IRelayObserver
 
     private IRelay? _relay;
 
-    public Task RelayAsync(Socket client, Socket upstream)
+    /// <summary>
+    /// Starts relaying between the client and its upstream; <paramref name="end"/> finishes the connection when it is
+    /// over. Nothing waits for it meanwhile.
+    /// </summary>
+    public void StartRelay(Socket client, Socket upstream, IRelayEnd<SocketRelay> end)
     {
         var relay = new SocketRelay(client, upstream, this);
         _relay = relay;
-        return relay.RunAsync();
+        relay.Start(end);
     }
 
     /// <summary>
     /// Starts relaying between a socket and a tunnel stream (<paramref name="socketIsClient"/> says which side sends);
     /// <paramref name="end"/> finishes the connection when it is over. Nothing waits for it meanwhile.
     /// </summary>
-    public void StartRelay(Socket socket, Weft.Hbone.HboneStream stream, bool socketIsClient, IRelayEnd end)
+    public void StartRelay(Socket socket, Weft.Hbone.HboneStream stream, bool socketIsClient, IRelayEnd<StreamRelay> end)
     {
         var relay = new StreamRelay(socket, stream, this, socketIsClient);
         _relay = relay;

@@ -4,7 +4,7 @@ using Tmds.Linux;
 
 namespace Weft.Proxy;
 
-/// <summary>Run on the thread pool once a watched socket has bytes, an end or an error to read.</summary>
+/// <summary>Run on the thread pool once a watched socket has bytes, an end or an error to read (or, in <see cref="ReadWatch.Writable"/>, room to send).</summary>
 internal interface IReadReady : IThreadPoolWorkItem;
 
 /// <summary>
@@ -19,18 +19,26 @@ internal interface IReadReady : IThreadPoolWorkItem;
 /// generation, so an event that was already on its way when its registration was removed (and the slot
 /// reused) is dropped, not delivered to the next relay in that slot.
 /// </para>
+/// <para>
+/// A second instance, <see cref="Writable"/>, waits the same way for room to send: a splicing relay whose
+/// destination is full waits there with its bytes in a pipe, not in a thread or a pending .NET send.
+/// </para>
 /// </summary>
 internal sealed unsafe class ReadWatch
 {
-    private static readonly Lazy<ReadWatch> Instance = new(() => new ReadWatch());
+    private static readonly Lazy<ReadWatch> Instance = new(() => new ReadWatch(LibC.EPOLLIN | LibC.EPOLLRDHUP | LibC.EPOLLONESHOT, "weft-readwatch"));
+    private static readonly Lazy<ReadWatch> WritableInstance = new(() => new ReadWatch(LibC.EPOLLOUT | LibC.EPOLLONESHOT, "weft-writewatch"));
 
-    /// <summary>The agent's watcher; its thread starts with the first use.</summary>
+    /// <summary>The agent's watcher of bytes to read; its thread starts with the first use.</summary>
     public static ReadWatch Shared => Instance.Value;
 
-    private static readonly int WatchEvents = LibC.EPOLLIN | LibC.EPOLLRDHUP | LibC.EPOLLONESHOT;
+    /// <summary>The agent's watcher of room to send (EPOLLOUT; errors and hang-ups fire it too).</summary>
+    public static ReadWatch Writable => WritableInstance.Value;
+
     private const int MaxEvents = 256;
 
     private readonly int _epoll;
+    private readonly int _events;
     private readonly Lock _lock = new();
     private IReadReady?[] _targets = new IReadReady?[1024];     // under _lock
     private uint[] _generations = new uint[1024];                // under _lock
@@ -38,15 +46,16 @@ internal sealed unsafe class ReadWatch
     private int _used;                                           // under _lock: slots ever handed out
     private int _count;
 
-    private ReadWatch()
+    private ReadWatch(int events, string thread)
     {
+        _events = events;
         _epoll = LibC.epoll_create1(LibC.EPOLL_CLOEXEC);
         if (_epoll < 0)
         {
             throw new SocketException((int)SocketError.SocketError, $"epoll_create1 failed: errno {LibC.errno}");
         }
 
-        new Thread(Loop) { IsBackground = true, Name = "weft-readwatch" }.Start();
+        new Thread(Loop) { IsBackground = true, Name = thread }.Start();
     }
 
     /// <summary>Registrations held now (one per idle or active relay direction that waits here).</summary>
@@ -80,11 +89,14 @@ internal sealed unsafe class ReadWatch
     public bool Arm(Socket socket, long id, bool first = false) =>
         Control(socket, first ? LibC.EPOLL_CTL_ADD : LibC.EPOLL_CTL_MOD, id);
 
-    /// <summary>Stops watching <paramref name="socket"/> and frees the registration; a readiness already on its way is dropped.</summary>
-    public void Remove(Socket socket, long id)
+    /// <summary>
+    /// Frees the registration; a readiness already on its way is dropped. Only for a registration that cannot fire
+    /// again: disarmed (its one readiness fired and it was not armed since) or its socket closed (a reset). So no
+    /// epoll_ctl: a disarmed registration reports nothing, not even an error or hang-up, and a socket leaves the epoll
+    /// set when it closes (the agent never duplicates a socket's descriptor).
+    /// </summary>
+    public void Remove(long id)
     {
-        // A closed socket left the epoll set when it closed (the agent never duplicates a socket's descriptor).
-        Control(socket, LibC.EPOLL_CTL_DEL, id);
         lock (_lock)
         {
             var slot = (int)(uint)id;
@@ -108,7 +120,7 @@ internal sealed unsafe class ReadWatch
         {
             // Held while epoll_ctl runs, so the descriptor cannot be closed and reused for another socket meanwhile.
             handle.DangerousAddRef(ref added);
-            var ev = new epoll_event { events = WatchEvents };
+            var ev = new epoll_event { events = _events };
             ev.data.u64 = (ulong)id;
             return LibC.epoll_ctl(_epoll, op, (int)handle.DangerousGetHandle(), &ev) == 0;
         }

@@ -18,107 +18,335 @@ namespace Weft.Proxy;
 /// it was sent: half-close is carried across. A reset on one side becomes a reset on the other.
 /// Socket to socket needs no pipe: the kernel's socket buffers already decouple the two sides, and a
 /// pipe per direction cost more memory per idle connection than the 4 KiB budget allows (see
-/// docs/benchmark.md). Idle sockets hold no buffer: a direction waits with a zero-byte read and rents
-/// a buffer only once data is there.
+/// docs/benchmark.md).
+/// <para>
+/// An idle relay holds no buffer, send state or pending .NET receive: each socket waits in
+/// <see cref="ReadWatch"/>, and a readiness runs one burst that reads with recv(2) until the socket is empty
+/// (then re-arms), sending each chunk on at once with send(2); only what the other socket cannot take at once
+/// waits for an asynchronous send. Nothing awaits the relay: it tells its <see cref="IRelayEnd{TRelay}"/> once
+/// both directions are over.
+/// </para>
 /// </summary>
 internal sealed class SocketRelay : IRelay
 {
-    private readonly Socket _a;
-    private readonly Socket _b;
-    private readonly IRelayObserver _observer;
+    private readonly Direction _fromA;
+    private readonly Direction _fromB;
+    private IRelayEnd<SocketRelay>? _end;
+    private int _directions = 2;    // still running; the relay is done at 0
 
     public SocketRelay(Socket a, Socket b, IRelayObserver observer)
     {
-        _a = a;
-        _b = b;
-        _observer = observer;
+        A = a;
+        B = b;
+        Observer = observer;
+        _fromA = new Direction(this, a, b, fromA: true);
+        _fromB = new Direction(this, b, a, fromA: false);
     }
 
-    /// <summary>Runs until both directions finish; never throws for peer behaviour.</summary>
-    public Task RunAsync() => Task.WhenAll(
-        RelayPumps.SocketToSocketAsync(_a, _b, _observer, fromA: true),
-        RelayPumps.SocketToSocketAsync(_b, _a, _observer, fromA: false));
+    /// <summary>The client side: its bytes count as sent.</summary>
+    public Socket A { get; }
+
+    /// <summary>The upstream side.</summary>
+    public Socket B { get; }
+
+    public IRelayObserver Observer { get; }
+
+    /// <summary>Of the bytes relayed so far, those that went through a pipe by splice(2) (the rest were copied through a buffer).</summary>
+    public long SplicedBytes => _fromA.Spliced + _fromB.Spliced;
+
+    /// <summary>Starts relaying; <paramref name="end"/> hears on the thread pool once both directions have ended.</summary>
+    public void Start(IRelayEnd<SocketRelay> end)
+    {
+        _end = end;
+        // splice(2) waits on a blocking socket whatever its flags say; the relay never waits in a system call.
+        SplicePipes.MakeNonBlocking(A);
+        SplicePipes.MakeNonBlocking(B);
+        _fromA.Start();
+        _fromB.Start();
+    }
 
     /// <summary>Ends both sides at once with a reset (idle timeout, agent shutdown, policy).</summary>
-    public void Abort()
-    {
-        RelayPumps.Reset(_a);
-        RelayPumps.Reset(_b);
-    }
-}
-
-/// <summary>The socket-to-socket loop, and the immediate send and receive (send(2) and recv(2) without waiting) that every relay uses.</summary>
-internal static class RelayPumps
-{
-    /// <summary>Bulk transfers move this much per receive/send pair.</summary>
-    public const int CopyBufferSize = 64 * 1024;
+    public void Abort() => ResetBoth();
 
     /// <summary>
-    /// Receives from <paramref name="source"/> and sends to <paramref name="destination"/> until end of
-    /// stream (then shutdown(SHUT_WR) on the destination) or a reset (then both are reset).
+    /// Resets both sockets. A direction waiting in the watch ends now (a closed socket leaves the epoll set, so
+    /// nothing would wake it); one in a burst ends when the burst sees the close.
     /// </summary>
-    public static async Task SocketToSocketAsync(Socket source, Socket destination, IRelayObserver observer, bool fromA)
+    private void ResetBoth()
     {
-        byte[]? buffer = null;
-        try
+        RelayPumps.Reset(A);
+        RelayPumps.Reset(B);
+        _fromA.EndIfWaiting();
+        _fromB.EndIfWaiting();
+    }
+
+    private void DirectionDone()
+    {
+        if (Interlocked.Decrement(ref _directions) == 0)
         {
-            while (true)
+            ThreadPool.UnsafeQueueUserWorkItem(static relay => relay._end!.RelayEnded(relay), this, preferLocal: false);
+        }
+    }
+
+    /// <summary>
+    /// One direction. Its states: waiting in the read watch for the source (Idle), running a burst (Pumping), waiting
+    /// in the write watch for room in the destination with bytes in its pipe (Blocked), or over (Ended: end of stream,
+    /// reset or abort). Only the thread that moved it to Pumping touches its pipe until it leaves Pumping.
+    /// </summary>
+    private sealed class Direction(SocketRelay relay, Socket source, Socket destination, bool fromA) : IReadReady
+    {
+        public const int Idle = 0, Pumping = 1, Ended = 2, Blocked = 3;
+
+        /// <summary>A burst moves at most this much before it lets other relays run (the watch fires again at once).</summary>
+        private const int BurstBytes = 1024 * 1024;
+
+        private int _state = Pumping;   // until Start arms the watch
+        private long _watch;
+        private long _writeWatch = -1;  // registered in the write watch on the first full destination
+        private SplicePipe? _pipe;      // held during a burst, and while Blocked
+        private int _pending;           // bytes in the pipe not yet sent on
+        private long _spliced;
+
+        public long Spliced => Interlocked.Read(ref _spliced);
+
+        public void Start()
+        {
+            _watch = ReadWatch.Shared.Register(this);
+            Volatile.Write(ref _state, Idle);
+            if (!ReadWatch.Shared.Arm(source, _watch, first: true))
             {
-                if (buffer is null)
+                // Closed already: an abort, or the other direction's reset, came first. Ends this direction too.
+                relay.ResetBoth();
+            }
+        }
+
+        /// <summary>Ends the direction if it waits in a watch (after a reset closed its sockets nothing would wake it).</summary>
+        public void EndIfWaiting()
+        {
+            if (!End(Idle))
+            {
+                End(Blocked);
+            }
+        }
+
+        /// <summary>Ends the direction if it is in state <paramref name="from"/>; false when it was not.</summary>
+        public bool End(int from)
+        {
+            if (Interlocked.CompareExchange(ref _state, Ended, from) != from)
+            {
+                return false;
+            }
+
+            ReadWatch.Shared.Remove(_watch);
+            if (_writeWatch >= 0)
+            {
+                ReadWatch.Writable.Remove(_writeWatch);
+            }
+
+            if (_pipe is { } pipe)
+            {
+                _pipe = null;
+                SplicePipes.Return(pipe, empty: _pending == 0);
+            }
+
+            relay.DirectionDone();
+            return true;
+        }
+
+        void IThreadPoolWorkItem.Execute()
+        {
+            var state = Volatile.Read(ref _state);
+            if ((state == Idle || state == Blocked) && Interlocked.CompareExchange(ref _state, Pumping, state) == state)
+            {
+                if (_pipe is not null || (_pipe = SplicePipes.Rent()) is not null)
                 {
-                    // Wait for data without holding a buffer.
-                    await source.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None).ConfigureAwait(false);
-                    buffer = ArrayPool<byte>.Shared.Rent(CopyBufferSize);
+                    Splice();
                 }
-
-                var read = await source.ReceiveAsync(buffer, SocketFlags.None).ConfigureAwait(false);
-                if (read == 0)
+                else
                 {
-                    break;
-                }
-
-                observer.OnBytes(fromA, read);
-
-                // Most sends find room in the socket buffer: they go out at once, and only the rest waits. A socket
-                // never sent to asynchronously holds no send state (.NET caches one per socket on first use).
-                var sent = SendNow(destination, buffer.AsSpan(0, read));
-                if (sent < read)
-                {
-                    // On a stream socket SendAsync completes only when every byte is queued.
-                    await destination.SendAsync(buffer.AsMemory(sent, read - sent), SocketFlags.None).ConfigureAwait(false);
-                }
-
-                if (read < buffer.Length)
-                {
-                    // The source is drained for now: go idle without a buffer.
-                    ArrayPool<byte>.Shared.Return(buffer);
-                    buffer = null;
+                    _ = CopyAsync();
                 }
             }
         }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+
+        /// <summary>
+        /// One burst through the pipe: the source's pages into the pipe, the pipe into the destination, until the
+        /// source is empty (back to the read watch), the destination is full (to the write watch, the bytes kept in
+        /// the pipe), the stream ends, or it fails.
+        /// </summary>
+        private void Splice()
         {
-            // One side reset, or we aborted: both sides must see a reset, not a clean end.
-            Reset(source);
-            Reset(destination);
-            return;
+            var pipe = _pipe!;
+            try
+            {
+                for (var moved = 0; ;)
+                {
+                    if (_pending > 0)
+                    {
+                        var sent = SplicePipes.Splice(destination, fromSocket: false, pipe, _pending);
+                        if (sent < 0)
+                        {
+                            WaitForRoom();
+                            return;
+                        }
+
+                        _pending -= sent;
+                        Interlocked.Add(ref _spliced, sent);
+                        SplicePipes.Count(sent);
+                        continue;
+                    }
+
+                    if (moved >= BurstBytes)
+                    {
+                        GoIdle();
+                        return;
+                    }
+
+                    // The pipe is empty here, so -1 means the source is (not that the pipe is full).
+                    var read = SplicePipes.Splice(source, fromSocket: true, pipe, RelayPumps.CopyBufferSize);
+                    if (read < 0)
+                    {
+                        GoIdle();
+                        return;
+                    }
+
+                    if (read == 0)
+                    {
+                        SourceEnded();
+                        return;
+                    }
+
+                    relay.Observer.OnBytes(fromA, read);
+                    _pending = read;
+                    moved += read;
+                }
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                Failed();
+            }
         }
-        finally
+
+        /// <summary>
+        /// One burst through a buffer, when no pipe can be had (the agent is short of descriptors): reads until the
+        /// source is empty (then re-arms), ends or fails.
+        /// </summary>
+        private async Task CopyAsync()
         {
-            if (buffer is not null)
+            var buffer = ArrayPool<byte>.Shared.Rent(RelayPumps.CopyBufferSize);
+            try
+            {
+                while (true)
+                {
+                    var read = RelayPumps.ReceiveNow(source, buffer);
+                    if (read < 0)
+                    {
+                        GoIdle();
+                        return;
+                    }
+
+                    if (read == 0)
+                    {
+                        SourceEnded();
+                        return;
+                    }
+
+                    relay.Observer.OnBytes(fromA, read);
+
+                    // Most sends find room in the socket buffer: they go out at once, and only the rest waits. A socket
+                    // never sent to asynchronously holds no send state (.NET caches one per socket on first use).
+                    var sent = RelayPumps.SendNow(destination, buffer.AsSpan(0, read));
+                    if (sent < read)
+                    {
+                        // On a stream socket SendAsync completes only when every byte is queued.
+                        await destination.SendAsync(buffer.AsMemory(sent, read - sent), SocketFlags.None).ConfigureAwait(false);
+                    }
+
+                    if (read < buffer.Length)
+                    {
+                        GoIdle();
+                        return;
+                    }
+                }
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                Failed();
+            }
+            finally
             {
                 ArrayPool<byte>.Shared.Return(buffer);
             }
         }
 
-        try
+        /// <summary>Everything before the source's FIN was sent: half-close toward the other side.</summary>
+        private void SourceEnded()
         {
-            destination.Shutdown(SocketShutdown.Send);
+            try
+            {
+                destination.Shutdown(SocketShutdown.Send);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+            }
+
+            End(Pumping);
         }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+
+        /// <summary>
+        /// One side reset, or we aborted: both sides must see a reset, not a clean end. Reset before ending, so the
+        /// relay's end (which closes both sockets) cannot close them first without the reset.
+        /// </summary>
+        private void Failed()
         {
+            relay.ResetBoth();
+            End(Pumping);
+        }
+
+        /// <summary>
+        /// Back to the read watch once the source looks empty, with an empty pipe handed back. Idle before the re-arm,
+        /// so a readiness right after it finds the direction ready to run, and an abort in between finds it idle and
+        /// ends it. The watch is level-triggered: bytes that came after the last read fire it at once.
+        /// </summary>
+        private void GoIdle()
+        {
+            if (_pipe is { } pipe)
+            {
+                _pipe = null;
+                SplicePipes.Return(pipe, empty: true);
+            }
+
+            Volatile.Write(ref _state, Idle);
+            if (!ReadWatch.Shared.Arm(source, _watch))
+            {
+                // Closed between the read and the re-arm: a reset, which ends this direction unless someone already did.
+                relay.ResetBoth();
+            }
+        }
+
+        /// <summary>The destination is full: wait in the write watch, the unsent bytes in the pipe.</summary>
+        private void WaitForRoom()
+        {
+            var first = _writeWatch < 0;
+            if (first)
+            {
+                _writeWatch = ReadWatch.Writable.Register(this);
+            }
+
+            Volatile.Write(ref _state, Blocked);
+            if (!ReadWatch.Writable.Arm(destination, _writeWatch, first))
+            {
+                relay.ResetBoth();
+            }
         }
     }
+}
+
+/// <summary>The immediate send and receive (send(2) and recv(2) without waiting) that every relay uses, and the reset.</summary>
+internal static class RelayPumps
+{
+    /// <summary>Bulk transfers move this much per receive/send pair.</summary>
+    public const int CopyBufferSize = 64 * 1024;
 
     /// <summary>
     /// send(2) with MSG_DONTWAIT: queues what fits in <paramref name="socket"/>'s buffer now and returns how many
@@ -189,7 +417,7 @@ internal static class RelayPumps
         }
     }
 
-    private static SocketException ErrorOf(int errno) =>
+    internal static SocketException ErrorOf(int errno) =>
         new((int)(errno == LibC.ECONNRESET ? SocketError.ConnectionReset
             : errno == LibC.EPIPE ? SocketError.Shutdown
             : errno == LibC.ETIMEDOUT ? SocketError.TimedOut : SocketError.SocketError));

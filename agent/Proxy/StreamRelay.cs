@@ -27,7 +27,7 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
     private readonly HboneStream _stream;
     private readonly IRelayObserver _observer;
     private readonly bool _socketIsA;
-    private IRelayEnd? _end;
+    private IRelayEnd<StreamRelay>? _end;
     private int _outbound = Pumping;    // until Start arms the watch
     private int _directions = 2;        // still running; the relay is done at 0
     private long _watch;
@@ -55,7 +55,7 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
     /// <see cref="IInboundSink.Aborted"/>) the socket is reset at once: the relay may be blocked on the socket (an app
     /// that does not read, or one whose half of the stream is still open) and would otherwise hold it indefinitely.
     /// </summary>
-    public void Start(IRelayEnd end)
+    public void Start(IRelayEnd<StreamRelay> end)
     {
         _end = end;
         _stream.DeliverTo(this);
@@ -89,7 +89,7 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
             return false;
         }
 
-        ReadWatch.Shared.Remove(_socket, _watch);
+        ReadWatch.Shared.Remove(_watch);
         DirectionDone();
         return true;
     }
@@ -224,8 +224,8 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
     }
 }
 
-/// <summary>Finishes a connection once its <see cref="StreamRelay"/> has ended both ways.</summary>
-internal interface IRelayEnd
+/// <summary>Finishes a connection once its relay has ended both ways.</summary>
+internal interface IRelayEnd<in TRelay>
 {
-    void RelayEnded(StreamRelay relay);
+    void RelayEnded(TRelay relay);
 }

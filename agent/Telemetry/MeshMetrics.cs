@@ -49,6 +49,9 @@ internal sealed record AgentHealth
 
     /// <summary>TCP sockets made ahead in pods' namespaces, not yet used.</summary>
     public int SocketsReserved { get; init; }
+
+    /// <summary>Bytes plaintext relays moved with splice(2), and their bursts that found no pipe and copied instead.</summary>
+    public (long Bytes, long Unavailable) Spliced { get; init; }
 }
 
 /// <summary>
@@ -107,6 +110,8 @@ internal sealed class MeshMetrics : IFlowObserver
     private readonly Counter _tunnelsIdleClosed;
     private readonly Counter _tunnelsEvicted;
     private readonly Counter _tunnelsRefused;
+    private readonly Counter _splicedBytes;
+    private readonly Counter _spliceUnavailable;
     private readonly Gauge _socketsReserved;
     private readonly Counter _caRequests;
     private readonly Gauge _otherRoots;
@@ -168,6 +173,10 @@ internal sealed class MeshMetrics : IFlowObserver
         _otherRoots = f.CreateGauge("weft_certificates_from_other_roots",
             "Held workload certificates that do not chain to the CA's published signing root: renewals a root rotation still waits for on this node.");
         _certificateRenewals = f.CreateCounter("weft_certificate_renewals_total", "Held workload certificates replaced by a renewed one from the CA service.");
+        _splicedBytes = f.CreateCounter("weft_relay_spliced_bytes_total",
+            "Bytes plaintext relays moved from socket to socket with splice(2), through a kernel pipe, never copied into the agent.");
+        _spliceUnavailable = f.CreateCounter("weft_relay_splice_unavailable_total",
+            "Plaintext relay bursts that copied through a buffer because no pipe could be made (the agent was short of descriptors).");
         _descriptorLimit = f.CreateGauge("weft_descriptor_limit", "The agent's open-file limit (RLIMIT_NOFILE) after raising it to the hard limit.");
         Registry.AddBeforeCollectCallback(Collect);
         flows.Observer = this;
@@ -301,6 +310,8 @@ internal sealed class MeshMetrics : IFlowObserver
             _tunnelsIdleClosed.IncTo(health.TunnelsIdleClosed);
             _tunnelsEvicted.IncTo(health.TunnelsEvicted);
             _tunnelsRefused.IncTo(health.TunnelsRefused);
+            _splicedBytes.IncTo(health.Spliced.Bytes);
+            _spliceUnavailable.IncTo(health.Spliced.Unavailable);
             _socketsReserved.Set(health.SocketsReserved);
             _caRequests.WithLabels("ok").IncTo(health.CaService.Ok);
             _caRequests.WithLabels("failed").IncTo(health.CaService.Failed);

@@ -216,7 +216,7 @@ public class HboneTeardownTests(ITestOutputHelper output)
         }
     }
 
-    private sealed class EndSignal : IRelayEnd
+    private sealed class EndSignal : IRelayEnd<StreamRelay>
     {
         private readonly TaskCompletionSource _ended = new(TaskCreationOptions.RunContinuationsAsynchronously);
 

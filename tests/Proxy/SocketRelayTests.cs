@@ -8,7 +8,7 @@ namespace Weft.Tests.Proxy;
 /// <summary>The relay between two real loopback socket pairs: client ⇄ [relay] ⇄ server.</summary>
 public class SocketRelayTests
 {
-    private sealed class Counter : IRelayObserver
+    internal sealed class Counter : IRelayObserver
     {
         public long FromA;
         public long FromB;
@@ -26,7 +26,7 @@ public class SocketRelayTests
         }
     }
 
-    private static async Task<(Socket client, Socket server, Task relay, Counter counter)> StartAsync()
+    internal static async Task<(Socket client, Socket server, Task relay, Counter counter, Started started)> StartAsync()
     {
         using var front = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         using var back = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
@@ -41,16 +41,38 @@ public class SocketRelayTests
         await relayB.ConnectAsync(back.LocalEndPoint!);
         var server = await back.AcceptAsync();
         var counter = new Counter();
-        var relay = new SocketRelay(relayA, relayB, counter).RunAsync().ContinueWith(t =>
+        var ended = new EndSignal();
+        var socketRelay = new SocketRelay(relayA, relayB, counter);
+        socketRelay.Start(ended);
+        var relay = ended.Task.ContinueWith(_ =>
         {
             relayA.Dispose();
             relayB.Dispose();
-            return t;
-        }).Unwrap();
-        return (client, server, relay, counter);
+        }, TaskScheduler.Default);
+        return (client, server, relay, counter, new Started(socketRelay, ended));
     }
 
-    private static async Task<byte[]> ReadToEndAsync(Socket socket)
+    internal sealed record Started(SocketRelay Relay, EndSignal Ended);
+
+    /// <summary>What a connection's owner hears when the relay is over.</summary>
+    internal sealed class EndSignal : IRelayEnd<SocketRelay>
+    {
+        private readonly TaskCompletionSource _ended = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private int _count;
+
+        public Task Task => _ended.Task;
+
+        /// <summary>How many times the relay said it ended: a second time would finish a connection twice.</summary>
+        public int Count => Volatile.Read(ref _count);
+
+        public void RelayEnded(SocketRelay relay)
+        {
+            Interlocked.Increment(ref _count);
+            _ended.TrySetResult();
+        }
+    }
+
+    internal static async Task<byte[]> ReadToEndAsync(Socket socket)
     {
         var all = new MemoryStream();
         var buffer = new byte[65536];
@@ -66,7 +88,7 @@ public class SocketRelayTests
     [Fact]
     public async Task HalfClose_ClientShutsWrite_ServerReplyStillArrives()
     {
-        var (client, server, relay, counter) = await StartAsync();
+        var (client, server, relay, counter, started) = await StartAsync();
         using (client)
         using (server)
         {
@@ -89,15 +111,19 @@ public class SocketRelayTests
             await relay.WaitAsync(TimeSpan.FromSeconds(10));
             Assert.Equal(request.Length, counter.FromA);
             Assert.Equal(reply.Length, counter.FromB);
+
+            // Every byte went socket to socket through a pipe, none through the agent's memory.
+            Assert.Equal(request.Length + reply.Length, started.Relay.SplicedBytes);
+            Assert.Equal(1, started.Ended.Count);
         }
     }
 
     [Fact]
     public async Task ServerThatStopsReadingForASecond_GetsEveryByteOnceInOrder_WhenItReadsAgain()
     {
-        // 16 MiB against a server that reads nothing for a second: the relay's sends stop fitting in the socket
-        // buffer, queue what fits at once and wait for room for the rest.
-        var (client, server, relay, counter) = await StartAsync();
+        // 16 MiB against a server that reads nothing for a second: the relay's splices stop fitting in the socket
+        // buffer, move what fits at once and wait in the write watch for room for the rest.
+        var (client, server, relay, counter, started) = await StartAsync();
         using (client)
         using (server)
         {
@@ -120,13 +146,16 @@ public class SocketRelayTests
             Assert.Empty(await ReadToEndAsync(client));
             await relay.WaitAsync(TimeSpan.FromSeconds(10));
             Assert.Equal(request.Length, counter.FromA);
+
+            // The relay waited for room with its bytes in the pipe, and lost none of them.
+            Assert.Equal(request.Length, started.Relay.SplicedBytes);
         }
     }
 
     [Fact]
     public async Task ServerReset_ReachesClientAsReset()
     {
-        var (client, server, relay, _) = await StartAsync();
+        var (client, server, relay, _, _) = await StartAsync();
         using (client)
         {
             await client.SendAsync(new byte[] { 1, 2, 3 }, SocketFlags.None);
@@ -143,6 +172,124 @@ public class SocketRelayTests
             });
             Assert.Equal(SocketError.ConnectionReset, error.SocketErrorCode);
             await relay.WaitAsync(TimeSpan.FromSeconds(10));
+        }
+    }
+
+    [Fact]
+    public async Task ClientReset_ReachesServerAsReset()
+    {
+        var (client, server, relay, _, _) = await StartAsync();
+        using (server)
+        {
+            await client.SendAsync(new byte[] { 1, 2, 3 }, SocketFlags.None);
+            var buffer = new byte[3];
+            Assert.Equal(3, await server.ReceiveAsync(buffer, SocketFlags.None));
+            client.LingerState = new LingerOption(true, 0);
+            client.Close();
+            var error = await Assert.ThrowsAsync<SocketException>(async () =>
+            {
+                var b = new byte[16];
+                while (await server.ReceiveAsync(b, SocketFlags.None) > 0)
+                {
+                }
+            });
+            Assert.Equal(SocketError.ConnectionReset, error.SocketErrorCode);
+            await relay.WaitAsync(TimeSpan.FromSeconds(10));
+        }
+    }
+
+    [Fact]
+    public async Task IdleRelay_Abort_ResetsBothSides_AndEndsOnce()
+    {
+        var (client, server, relay, _, started) = await StartAsync();
+        using (client)
+        using (server)
+        {
+            // One exchange each way, then idle: both directions wait in the read watch.
+            await client.SendAsync(new byte[] { 7 }, SocketFlags.None);
+            var one = new byte[1];
+            Assert.Equal(1, await server.ReceiveAsync(one, SocketFlags.None));
+            await server.SendAsync(new byte[] { 8 }, SocketFlags.None);
+            Assert.Equal(1, await client.ReceiveAsync(one, SocketFlags.None));
+
+            started.Relay.Abort();
+            await relay.WaitAsync(TimeSpan.FromSeconds(10));
+            foreach (var side in new[] { client, server })
+            {
+                var error = await Assert.ThrowsAsync<SocketException>(async () => await side.ReceiveAsync(new byte[16], SocketFlags.None));
+                Assert.Equal(SocketError.ConnectionReset, error.SocketErrorCode);
+            }
+
+            // A second abort (the idle sweep and a shutdown drain can both reach one connection) ends nothing again.
+            started.Relay.Abort();
+            await Task.Delay(200);
+            Assert.Equal(1, started.Ended.Count);
+        }
+    }
+}
+
+/// <summary>Runs alone: it lowers the agent-wide limit on pipes that every splicing relay of the process shares.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class SplicePipeLimitCollection
+{
+    public const string Name = "splice pipe limit";
+}
+
+/// <summary>Relays whose destinations do not read hold pipes; past the limit the rest copy through a buffer.</summary>
+[Collection(SplicePipeLimitCollection.Name)]
+public class SplicePipeLimitTests
+{
+    [Fact]
+    public async Task RelaysPastThePipeLimit_CopyInstead_AndEveryByteArrivesInOrder()
+    {
+        const int Relays = 4, Limit = 2;
+        var before = (SplicePipes.MaxInUse, SplicePipes.Unavailable);
+        var relays = new List<(Socket Client, Socket Server, Task Relay, SocketRelayTests.Started Started)>();
+        SplicePipes.MaxInUse = SplicePipes.InUse + Limit;
+        try
+        {
+            for (var i = 0; i < Relays; i++)
+            {
+                var (client, server, relay, _, started) = await SocketRelayTests.StartAsync();
+                relays.Add((client, server, relay, started));
+            }
+
+            // 32 MiB each toward servers that read nothing for a second: every relay's destination fills, and a
+            // splicing relay waits for room holding its pipe.
+            var request = RandomNumberGenerator.GetBytes(32 * 1024 * 1024 + 11);
+            var sends = relays.Select(r => Task.Run(async () =>
+            {
+                await r.Client.SendAsync(request, SocketFlags.None);
+                r.Client.Shutdown(SocketShutdown.Send);
+            })).ToList();
+            await Task.Delay(TimeSpan.FromSeconds(1));
+            Assert.All(sends, s => Assert.False(s.IsCompleted, "32 MiB fitted in the socket buffers: the test shows nothing"));
+            Assert.InRange(SplicePipes.InUse, 0, SplicePipes.MaxInUse);
+            Assert.True(SplicePipes.Unavailable > before.Unavailable, "no burst found the pipes used up");
+
+            foreach (var (client, server, relay, started) in relays)
+            {
+                var received = await SocketRelayTests.ReadToEndAsync(server);
+                Assert.Equal(SHA256.HashData(request), SHA256.HashData(received));
+                server.Shutdown(SocketShutdown.Send);
+                Assert.Empty(await SocketRelayTests.ReadToEndAsync(client));
+                await relay.WaitAsync(TimeSpan.FromSeconds(10));
+            }
+
+            await Task.WhenAll(sends);
+
+            // Some bytes went through pipes and some through buffers: both paths carried this run.
+            var spliced = relays.Sum(r => r.Started.Relay.SplicedBytes);
+            Assert.InRange(spliced, 1, (long)Relays * request.Length - 1);
+        }
+        finally
+        {
+            SplicePipes.MaxInUse = before.MaxInUse;
+            foreach (var (client, server, _, _) in relays)
+            {
+                client.Dispose();
+                server.Dispose();
+            }
         }
     }
 }

@@ -1,0 +1,206 @@
+using System.Net.Sockets;
+using Tmds.Linux;
+
+namespace Weft.Proxy;
+
+/// <summary>
+/// A kernel pipe that a plaintext relay splices through: splice(2) moves a socket's received pages into the pipe and
+/// from the pipe into the other socket, so the bytes never cross into the agent's memory (no recv copy, no send copy).
+/// A relay holds one only while bytes are on their way: for one burst, or while the other socket is full.
+/// </summary>
+internal sealed class SplicePipe
+{
+    private SplicePipe(int read, int write)
+    {
+        Read = read;
+        Write = write;
+    }
+
+    /// <summary>The pipe's read end (splice from it into the destination socket).</summary>
+    public int Read { get; }
+
+    /// <summary>The pipe's write end (splice into it from the source socket).</summary>
+    public int Write { get; }
+
+    /// <summary>A new non-blocking, close-on-exec pipe; null when the agent is out of descriptors (or pipes).</summary>
+    public static unsafe SplicePipe? Create()
+    {
+        int* fds = stackalloc int[2];
+        if (LibC.pipe2(fds, LibC.O_NONBLOCK | LibC.O_CLOEXEC) != 0)
+        {
+            return null;
+        }
+
+        return new SplicePipe(fds[0], fds[1]);
+    }
+
+    public void Close()
+    {
+        LibC.close(Read);
+        LibC.close(Write);
+    }
+}
+
+/// <summary>
+/// The relays' pipes. Empty ones are kept for the next burst, so a busy relay does not make and close a pipe (two
+/// descriptors) per burst; past <see cref="MaxIdle"/> a returned pipe is closed, and one that still holds bytes (its
+/// relay was reset meanwhile) is closed too.
+/// <para>
+/// A relay whose destination does not read keeps its pipe, so peers decide how many pipes are held: at most
+/// <see cref="MaxInUse"/> (an eighth of the descriptor limit in pipes' two descriptors each, at most 4,096). Past it, and
+/// when the agent is out of descriptors, a burst copies through a buffer instead (<see cref="Unavailable"/>,
+/// <c>weft_relay_splice_unavailable_total</c>): slower, never refused.
+/// </para>
+/// </summary>
+internal static class SplicePipes
+{
+    /// <summary>Idle pipes kept at most (two descriptors each).</summary>
+    public const int MaxIdle = 64;
+
+    private static readonly Stack<SplicePipe> Idle = new();
+    private static readonly Lock Gate = new();
+    private static long _spliced;
+    private static long _unavailable;
+    private static int _inUse;
+
+    /// <summary>Pipes held by relays at most; the rest of the bursts copy. The agent sets it from its descriptor limit (<see cref="LimitFor"/>).</summary>
+    public static int MaxInUse { get; set; } = LimitFor(4096);
+
+    /// <summary>Pipes held by relays now (bursts under way, and relays waiting for room in a destination).</summary>
+    public static int InUse => Volatile.Read(ref _inUse);
+
+    /// <summary>The pipes a process with <paramref name="descriptors"/> may open lets relays hold: an eighth of them (two each), at most 4,096.</summary>
+    public static int LimitFor(long descriptors) => (int)Math.Clamp(descriptors / 16, 4, 4096);
+
+    /// <summary>Bytes relayed by splice(2) since the agent started (the rest went through a buffer).</summary>
+    public static long SplicedBytes => Interlocked.Read(ref _spliced);
+
+    /// <summary>Bursts that found no pipe to be had (out of descriptors) and copied through a buffer instead.</summary>
+    public static long Unavailable => Interlocked.Read(ref _unavailable);
+
+    internal static void Count(int bytes) => Interlocked.Add(ref _spliced, bytes);
+
+    /// <summary>An empty pipe, or null when none can be made now (the caller copies through a buffer instead).</summary>
+    public static SplicePipe? Rent()
+    {
+        if (Interlocked.Increment(ref _inUse) > MaxInUse)
+        {
+            Interlocked.Decrement(ref _inUse);
+            Interlocked.Increment(ref _unavailable);
+            return null;
+        }
+
+        lock (Gate)
+        {
+            if (Idle.TryPop(out var pipe))
+            {
+                return pipe;
+            }
+        }
+
+        var made = SplicePipe.Create();
+        if (made is null)
+        {
+            Interlocked.Decrement(ref _inUse);
+            Interlocked.Increment(ref _unavailable);
+        }
+
+        return made;
+    }
+
+    /// <summary>Takes back <paramref name="pipe"/>: kept when <paramref name="empty"/> and there is room, else closed.</summary>
+    public static void Return(SplicePipe pipe, bool empty)
+    {
+        Interlocked.Decrement(ref _inUse);
+        if (empty)
+        {
+            lock (Gate)
+            {
+                if (Idle.Count < MaxIdle)
+                {
+                    Idle.Push(pipe);
+                    return;
+                }
+            }
+        }
+
+        pipe.Close();
+    }
+
+    /// <summary>
+    /// Sets O_NONBLOCK on <paramref name="socket"/>'s descriptor when it is not set yet (a closed socket is left alone:
+    /// the relay's first read sees it). Not <c>Socket.Blocking = false</c>: that makes the socket's .NET async context
+    /// (152 bytes a socket) just to set the flag.
+    /// </summary>
+    public static void MakeNonBlocking(Socket socket)
+    {
+        var handle = socket.SafeHandle;
+        var added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            var fd = (int)handle.DangerousGetHandle();
+            var flags = LibC.fcntl(fd, LibC.F_GETFL, 0);
+            if (flags >= 0 && (flags & LibC.O_NONBLOCK) == 0)
+            {
+                LibC.fcntl(fd, LibC.F_SETFL, flags | LibC.O_NONBLOCK);
+            }
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+
+    /// <summary>
+    /// splice(2) without waiting, from <paramref name="from"/> to <paramref name="to"/> (one of them a pipe, the other a
+    /// socket, whose descriptor is held meanwhile). Returns the bytes moved, 0 at the source's end of stream, -1 when
+    /// the source is empty or the destination full. Throws <see cref="SocketException"/> when the socket's peer is gone,
+    /// <see cref="ObjectDisposedException"/> when the socket was closed.
+    /// </summary>
+    public static unsafe int Splice(Socket socket, bool fromSocket, SplicePipe pipe, int length)
+    {
+        var handle = socket.SafeHandle;
+        var added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            var fd = (int)handle.DangerousGetHandle();
+            var (from, to) = fromSocket ? (fd, pipe.Write) : (pipe.Read, fd);
+            while (true)
+            {
+                var moved = (long)LibC.splice(from, null, to, null, length, (uint)(LibC.SPLICE_F_MOVE | LibC.SPLICE_F_NONBLOCK));
+                if (moved >= 0)
+                {
+                    return (int)moved;
+                }
+
+                var errno = LibC.errno;
+                if (errno == LibC.EINTR)
+                {
+                    continue;
+                }
+
+                if (errno == LibC.EAGAIN)
+                {
+                    return -1;
+                }
+
+                throw RelayPumps.ErrorOf(errno);
+            }
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+}
