@@ -8,23 +8,21 @@ namespace Weft.Proxy;
 /// <summary>
 /// Copies bytes both ways between a client socket and its upstream until both directions end.
 /// <code>
-///   client ──receive──► buffer ──send──► upstream socket     (SocketRelay: socket to socket)
-///   client ◄──send───── buffer ◄─receive─ upstream socket
+///   client ──splice──► pipe ──splice──► upstream socket      (SocketRelay: socket to socket, in the kernel)
+///   client ◄─splice─── pipe ◄─splice─── upstream socket
 ///
 ///   client ──receive──► buffer ──DATA frames──► tunnel       (StreamRelay: a tunnel stream)
 ///   client ◄──send───────────────────────────── tunnel       (straight from the frame; a pipe only while the client lags)
 /// </code>
 /// A FIN on one side becomes a shutdown(SHUT_WR) (or END_STREAM) on the other once everything before
 /// it was sent: half-close is carried across. A reset on one side becomes a reset on the other.
-/// Socket to socket needs no pipe: the kernel's socket buffers already decouple the two sides, and a
-/// pipe per direction cost more memory per idle connection than the 4 KiB budget allows (see
-/// docs/benchmark.md).
 /// <para>
-/// An idle relay holds no buffer, send state or pending .NET receive: each socket waits in
-/// <see cref="ReadWatch"/>, and a readiness runs one burst that reads with recv(2) until the socket is empty
-/// (then re-arms), sending each chunk on at once with send(2); only what the other socket cannot take at once
-/// waits for an asynchronous send. Nothing awaits the relay: it tells its <see cref="IRelayEnd{TRelay}"/> once
-/// both directions are over.
+/// An idle relay holds no buffer, pipe, send state or pending .NET receive: each socket waits in
+/// <see cref="ReadWatch"/>, and a readiness runs one burst that splices the socket's bytes through a pooled
+/// kernel pipe into the other socket until the first is empty (then re-arms). A burst whose destination is full
+/// keeps its pipe and waits in <see cref="ReadWatch.Writable"/>. When no pipe can be had (<see cref="SplicePipes"/>)
+/// a burst copies through a pooled buffer with recv(2) and send(2) instead. Nothing awaits the relay: it tells its
+/// <see cref="IRelayEnd{TRelay}"/> once both directions are over.
 /// </para>
 /// </summary>
 internal sealed class SocketRelay : IRelay
@@ -203,7 +201,7 @@ internal sealed class SocketRelay : IRelay
                     }
 
                     // The pipe is empty here, so -1 means the source is (not that the pipe is full).
-                    var read = SplicePipes.Splice(source, fromSocket: true, pipe, RelayPumps.CopyBufferSize);
+                    var read = SplicePipes.Splice(source, fromSocket: true, pipe, SplicePipe.Capacity);
                     if (read < 0)
                     {
                         GoIdle();
