@@ -202,19 +202,11 @@ internal sealed class SocketRelay : IRelay
 
                     // The pipe is empty here, so -1 means the source is (not that the pipe is full).
                     var read = SplicePipes.Splice(source, fromSocket: true, pipe, SplicePipe.Capacity);
-                    if (read < 0)
+                    if (!Received(read))
                     {
-                        GoIdle();
                         return;
                     }
 
-                    if (read == 0)
-                    {
-                        SourceEnded();
-                        return;
-                    }
-
-                    relay.Observer.OnBytes(fromA, read);
                     _pending = read;
                     moved += read;
                 }
@@ -237,19 +229,10 @@ internal sealed class SocketRelay : IRelay
                 while (true)
                 {
                     var read = RelayPumps.ReceiveNow(source, buffer);
-                    if (read < 0)
+                    if (!Received(read))
                     {
-                        GoIdle();
                         return;
                     }
-
-                    if (read == 0)
-                    {
-                        SourceEnded();
-                        return;
-                    }
-
-                    relay.Observer.OnBytes(fromA, read);
 
                     // Most sends find room in the socket buffer: they go out at once, and only the rest waits. A socket
                     // never sent to asynchronously holds no send state (.NET caches one per socket on first use).
@@ -275,6 +258,28 @@ internal sealed class SocketRelay : IRelay
             {
                 ArrayPool<byte>.Shared.Return(buffer);
             }
+        }
+
+        /// <summary>
+        /// Takes a read of <paramref name="read"/> bytes from the source: counts them and returns true, or ends the burst
+        /// and returns false when the source is empty (back to the watch) or ended (half-closed on).
+        /// </summary>
+        private bool Received(int read)
+        {
+            if (read < 0)
+            {
+                GoIdle();
+                return false;
+            }
+
+            if (read == 0)
+            {
+                SourceEnded();
+                return false;
+            }
+
+            relay.Observer.OnBytes(fromA, read);
+            return true;
         }
 
         /// <summary>Everything before the source's FIN was sent: half-close toward the other side.</summary>
@@ -374,7 +379,22 @@ internal static class RelayPumps
     }
 
     /// <summary>send(2) or recv(2) without waiting, the descriptor held meanwhile: the count, or -1 when the socket would block.</summary>
-    private static unsafe int Now(Socket socket, byte* bytes, int length, bool send)
+    private static unsafe int Now(Socket socket, byte* bytes, int length, bool send) =>
+        Call(socket, ((nint)bytes, length), send ? &Send : &Receive);
+
+    private static unsafe long Send(int fd, (nint Bytes, int Length) data) =>
+        (long)LibC.send(fd, (void*)data.Bytes, data.Length, LibC.MSG_DONTWAIT | LibC.MSG_NOSIGNAL);
+
+    private static unsafe long Receive(int fd, (nint Bytes, int Length) data) =>
+        (long)LibC.recv(fd, (void*)data.Bytes, data.Length, LibC.MSG_DONTWAIT);
+
+    /// <summary>
+    /// Runs a non-blocking system call on <paramref name="socket"/>'s descriptor, held meanwhile so it cannot be closed
+    /// and reused under the call, and tried again when a signal interrupts it. Returns what it returned, or -1 when it
+    /// would block. Throws <see cref="SocketException"/> for any other error, <see cref="ObjectDisposedException"/> when the
+    /// socket was closed.
+    /// </summary>
+    internal static unsafe int Call<TState>(Socket socket, TState state, delegate*<int, TState, long> call)
     {
         var handle = socket.SafeHandle;
         var added = false;
@@ -384,9 +404,7 @@ internal static class RelayPumps
             var fd = (int)handle.DangerousGetHandle();
             while (true)
             {
-                var count = send
-                    ? (long)LibC.send(fd, bytes, length, LibC.MSG_DONTWAIT | LibC.MSG_NOSIGNAL)
-                    : (long)LibC.recv(fd, bytes, length, LibC.MSG_DONTWAIT);
+                var count = call(fd, state);
                 if (count >= 0)
                 {
                     return (int)count;
@@ -415,7 +433,7 @@ internal static class RelayPumps
         }
     }
 
-    internal static SocketException ErrorOf(int errno) =>
+    private static SocketException ErrorOf(int errno) =>
         new((int)(errno == LibC.ECONNRESET ? SocketError.ConnectionReset
             : errno == LibC.EPIPE ? SocketError.Shutdown
             : errno == LibC.ETIMEDOUT ? SocketError.TimedOut : SocketError.SocketError));

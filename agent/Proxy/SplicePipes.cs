@@ -52,7 +52,8 @@ internal sealed class SplicePipe
 /// relay was reset meanwhile) is closed too.
 /// <para>
 /// A relay whose destination does not read keeps its pipe, so peers decide how many pipes are held: at most
-/// <see cref="MaxInUse"/> (an eighth of the descriptor limit in pipes' two descriptors each, at most 4,096). Past it, and
+/// <see cref="MaxInUse"/> (an eighth of the descriptor limit in pipes' two descriptors each, at most 1,024: a full pipe
+/// holds <see cref="SplicePipe.Capacity"/> of kernel pages, so 256 MiB at most). Past it, and
 /// when the agent is out of descriptors, a burst copies through a buffer instead (<see cref="Unavailable"/>,
 /// <c>weft_relay_splice_unavailable_total</c>): slower, never refused.
 /// </para>
@@ -74,8 +75,8 @@ internal static class SplicePipes
     /// <summary>Pipes held by relays now (bursts under way, and relays waiting for room in a destination).</summary>
     public static int InUse => Volatile.Read(ref _inUse);
 
-    /// <summary>The pipes a process with <paramref name="descriptors"/> may open lets relays hold: an eighth of them (two each), at most 4,096.</summary>
-    public static int LimitFor(long descriptors) => (int)Math.Clamp(descriptors / 16, 4, 4096);
+    /// <summary>The pipes a process with <paramref name="descriptors"/> may open lets relays hold: an eighth of them (two each), at most 1,024.</summary>
+    public static int LimitFor(long descriptors) => (int)Math.Clamp(descriptors / 16, 4, 1024);
 
     /// <summary>Bytes relayed by splice(2) since the agent started (the rest went through a buffer).</summary>
     public static long SplicedBytes => Interlocked.Read(ref _spliced);
@@ -137,75 +138,36 @@ internal static class SplicePipes
     /// the relay's first read sees it). Not <c>Socket.Blocking = false</c>: that makes the socket's .NET async context
     /// (152 bytes a socket) just to set the flag.
     /// </summary>
-    public static void MakeNonBlocking(Socket socket)
+    public static unsafe void MakeNonBlocking(Socket socket)
     {
-        var handle = socket.SafeHandle;
-        var added = false;
         try
         {
-            handle.DangerousAddRef(ref added);
-            var fd = (int)handle.DangerousGetHandle();
-            var flags = LibC.fcntl(fd, LibC.F_GETFL, 0);
-            if (flags >= 0 && (flags & LibC.O_NONBLOCK) == 0)
-            {
-                LibC.fcntl(fd, LibC.F_SETFL, flags | LibC.O_NONBLOCK);
-            }
+            RelayPumps.Call(socket, 0, &SetNonBlocking);
         }
-        catch (ObjectDisposedException)
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
         }
-        finally
-        {
-            if (added)
-            {
-                handle.DangerousRelease();
-            }
-        }
+    }
+
+    private static long SetNonBlocking(int fd, int none)
+    {
+        var flags = LibC.fcntl(fd, LibC.F_GETFL, 0);
+        return flags < 0 || (flags & LibC.O_NONBLOCK) != 0 ? flags : LibC.fcntl(fd, LibC.F_SETFL, flags | LibC.O_NONBLOCK);
     }
 
     /// <summary>
-    /// splice(2) without waiting, from <paramref name="from"/> to <paramref name="to"/> (one of them a pipe, the other a
-    /// socket, whose descriptor is held meanwhile). Returns the bytes moved, 0 at the source's end of stream, -1 when
-    /// the source is empty or the destination full. Throws <see cref="SocketException"/> when the socket's peer is gone,
+    /// splice(2) without waiting, at most <paramref name="length"/> bytes from <paramref name="socket"/> into
+    /// <paramref name="pipe"/> (<paramref name="fromSocket"/>) or from the pipe into the socket, whose descriptor is held
+    /// meanwhile. Returns the bytes moved, 0 at the socket's end of stream, -1 when the source is empty or the
+    /// destination full. Throws <see cref="SocketException"/> when the socket's peer is gone,
     /// <see cref="ObjectDisposedException"/> when the socket was closed.
     /// </summary>
-    public static unsafe int Splice(Socket socket, bool fromSocket, SplicePipe pipe, int length)
-    {
-        var handle = socket.SafeHandle;
-        var added = false;
-        try
-        {
-            handle.DangerousAddRef(ref added);
-            var fd = (int)handle.DangerousGetHandle();
-            var (from, to) = fromSocket ? (fd, pipe.Write) : (pipe.Read, fd);
-            while (true)
-            {
-                var moved = (long)LibC.splice(from, null, to, null, length, (uint)(LibC.SPLICE_F_MOVE | LibC.SPLICE_F_NONBLOCK));
-                if (moved >= 0)
-                {
-                    return (int)moved;
-                }
+    public static unsafe int Splice(Socket socket, bool fromSocket, SplicePipe pipe, int length) =>
+        RelayPumps.Call(socket, (fromSocket ? pipe.Write : pipe.Read, length), fromSocket ? &FromSocket : &ToSocket);
 
-                var errno = LibC.errno;
-                if (errno == LibC.EINTR)
-                {
-                    continue;
-                }
+    private static unsafe long FromSocket(int fd, (int Pipe, int Length) to) =>
+        (long)LibC.splice(fd, null, to.Pipe, null, to.Length, (uint)(LibC.SPLICE_F_MOVE | LibC.SPLICE_F_NONBLOCK));
 
-                if (errno == LibC.EAGAIN)
-                {
-                    return -1;
-                }
-
-                throw RelayPumps.ErrorOf(errno);
-            }
-        }
-        finally
-        {
-            if (added)
-            {
-                handle.DangerousRelease();
-            }
-        }
-    }
+    private static unsafe long ToSocket(int fd, (int Pipe, int Length) from) =>
+        (long)LibC.splice(from.Pipe, null, fd, null, from.Length, (uint)(LibC.SPLICE_F_MOVE | LibC.SPLICE_F_NONBLOCK));
 }
