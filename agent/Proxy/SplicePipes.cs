@@ -81,7 +81,7 @@ internal static class SplicePipes
     /// <summary>Bytes relayed by splice(2) since the agent started (the rest went through a buffer).</summary>
     public static long SplicedBytes => Interlocked.Read(ref _spliced);
 
-    /// <summary>Bursts that found no pipe to be had (out of descriptors) and copied through a buffer instead.</summary>
+    /// <summary>Bursts that found no pipe to be had (the limit reached, or out of descriptors) and copied through a buffer instead.</summary>
     public static long Unavailable => Interlocked.Read(ref _unavailable);
 
     internal static void Count(int bytes) => Interlocked.Add(ref _spliced, bytes);
