@@ -234,8 +234,8 @@ internal sealed partial class PodProxy
     /// <summary>
     /// The in-process short cut: a meshed pod on this node reaches another one without a tunnel, but its
     /// destination still authorizes it as if it had come through one, and records its own inbound flow. True when
-    /// the relay took the connection over: this side's part of it ends first (<see cref="LocalDeliveryEnd"/>), then
-    /// the source's <paramref name="end"/>.
+    /// the relay took the connection over: the source's <paramref name="end"/> finishes it, then this side's part
+    /// (<see cref="LocalDeliveryEnd"/>).
     /// </summary>
     private async Task<bool> DeliverLocalAsync(ProxyConnection connection, Socket client, SpiffeId sourceId, IPEndPoint destination,
         IRelayEnd<SocketRelay> end)
@@ -301,21 +301,22 @@ internal sealed partial class PodProxy
         }
     }
 
-    /// <summary>Ends the destination's part of an in-process short cut (its reservation and inbound record), then the source's.</summary>
+    /// <summary>
+    /// Ends an in-process short cut: the source's part (<paramref name="then"/>: the round trip recorded on both flow
+    /// records, the sockets closed), then the destination's (its reservation and inbound record).
+    /// </summary>
     private sealed class LocalDeliveryEnd(PodProxy destination, Flow inbound, IRelayEnd<SocketRelay> then) : IRelayEnd<SocketRelay>
     {
         public void RelayEnded(SocketRelay relay)
         {
             try
             {
-                ((ProxyConnection)relay.Observer).RecordTcpRtt(relay.B);
-                relay.B.Dispose();
-                destination.Release();
-                destination._services.Tracker.Flows.Closed(inbound);
+                then.RelayEnded(relay);
             }
             finally
             {
-                then.RelayEnded(relay);
+                destination.Release();
+                destination._services.Tracker.Flows.Closed(inbound);
             }
         }
     }
