@@ -71,9 +71,8 @@ internal sealed partial class HeapTrim : IDisposable
             if (++_steady >= SettledChecks && (_lastSettledTrim is not { } last || now - last >= SettledInterval))
             {
                 _lastSettledTrim = now;
-                Trimmed(held);
                 // what settled is held, not freed: nothing waits for a finalizer, one collection does
-                Trim($"connection burst settled at {held}", afterFinalizers: false);
+                Trim(held, $"connection burst settled at {held}", afterFinalizers: false);
                 return true;
             }
         }
@@ -91,8 +90,7 @@ internal sealed partial class HeapTrim : IDisposable
             _followUpAt = -1;
             if (held < at)
             {
-                Trimmed(held);
-                Trim("connection burst over, the rest of it", afterFinalizers: true);
+                Trim(held, "connection burst over, the rest of it", afterFinalizers: true);
                 return true;
             }
         }
@@ -104,19 +102,15 @@ internal sealed partial class HeapTrim : IDisposable
 
         _peak = held;
         _followUpAt = held;
-        Trimmed(held);
-        Trim("connection burst over", afterFinalizers: true);
+        Trim(held, "connection burst over", afterFinalizers: true);
         return true;
     }
 
-    private void Trimmed(int held)
+    /// <summary>Collects and trims the native heap; a burst that settles next is measured from <paramref name="held"/>.</summary>
+    private void Trim(int held, string why, bool afterFinalizers)
     {
         _floor = held;
         _steady = 0;
-    }
-
-    private static void Trim(string why, bool afterFinalizers)
-    {
         var before = Environment.WorkingSet;
         var clock = System.Diagnostics.Stopwatch.StartNew();
         GCSettings.LargeObjectHeapCompactionMode = GCLargeObjectHeapCompactionMode.CompactOnce;

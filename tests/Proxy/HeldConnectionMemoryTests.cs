@@ -75,10 +75,7 @@ public sealed class HeldConnectionMemoryTests(ITestOutputHelper output) : IAsync
     [Fact]
     public async Task IdleTunnelledConnections_WaitInTheReadWatch_AndCostTheAgentsLittleHeap()
     {
-        await WarmAsync();
-        var (direct, _) = await MeasureAsync(through: null);
-        var watchedBefore = ReadWatch.Shared.Count;
-        var (meshed, watched) = await MeasureAsync(Meshed, () => ReadWatch.Shared.Count - watchedBefore);
+        var (meshed, direct, watched, watchedBefore) = await MeasureAgainstDirectAsync(Meshed);
         var agents = meshed - direct;
         output.WriteLine($"held through the agents {meshed:0} B per connection, directly {direct:0} B: the agents' share {agents:0} B " +
             $"(budget {BudgetBytes}); {watched} registrations in the read watch for {Connections} connections");
@@ -92,10 +89,7 @@ public sealed class HeldConnectionMemoryTests(ITestOutputHelper output) : IAsync
     [Fact]
     public async Task IdlePlaintextConnections_WaitInTheReadWatch_AndCostTheAgentLittleHeap()
     {
-        await WarmAsync();
-        var (direct, _) = await MeasureAsync(through: null);
-        var watchedBefore = ReadWatch.Shared.Count;
-        var (relayed, watched) = await MeasureAsync(Outside, () => ReadWatch.Shared.Count - watchedBefore);
+        var (relayed, direct, watched, watchedBefore) = await MeasureAgainstDirectAsync(Outside);
         var agent = relayed - direct;
         output.WriteLine($"held through the client's agent in plaintext {relayed:0} B per connection, directly {direct:0} B: the agent's share {agent:0} B " +
             $"(budget {PlaintextBudgetBytes}); {watched} registrations in the read watch for {Connections} connections");
@@ -105,6 +99,19 @@ public sealed class HeldConnectionMemoryTests(ITestOutputHelper output) : IAsync
         Assert.Equal(0, _rig.ServerTracker.Count);
         Assert.InRange(agent, 1, PlaintextBudgetBytes);
         await WaitForAsync(() => ReadWatch.Shared.Count == watchedBefore, "the closed relays to leave the read watch");
+    }
+
+    /// <summary>
+    /// Heap per connection held through the agents to <paramref name="through"/>, and made directly, both after the warm-up;
+    /// the read watch's registrations while the first are held, and how many it had before them.
+    /// </summary>
+    private async Task<(double Through, double Direct, int Watched, int WatchedBefore)> MeasureAgainstDirectAsync(IPEndPoint through)
+    {
+        await WarmAsync();
+        var (direct, _) = await MeasureAsync(through: null);
+        var watchedBefore = ReadWatch.Shared.Count;
+        var (held, watched) = await MeasureAsync(through, () => ReadWatch.Shared.Count - watchedBefore);
+        return (held, direct, watched, watchedBefore);
     }
 
     /// <summary>
