@@ -434,7 +434,7 @@ internal static partial class BenchCommand
             {
                 server.StartProcess("iperf3", "-s", "-p", IperfPort.ToString(CultureInfo.InvariantCulture));
                 server.StartProcess("sockperf", "sr", "--tcp", "-p", SockperfPort.ToString(CultureInfo.InvariantCulture));
-                MeshCluster.StartServer(server, "--port", PeerPort.ToString(CultureInfo.InvariantCulture), "--mode", "echo");
+                await MeshCluster.StartServerAsync(server, "--port", PeerPort.ToString(CultureInfo.InvariantCulture), "--mode", "echo");
             }
 
             foreach (var server in servers)

@@ -135,8 +135,7 @@ internal static partial class BenchCommand
         var pods = clientNames.Select(n => mesh.Cluster.Pod(Namespace, n)).ToArray();
         var server = mesh.Cluster.Pod(Namespace, "server");
         var agents = new[] { mesh.Agent("node1").Pid, mesh.Agent("node2").Pid };
-        await using var echo = MeshCluster.StartServer(server, "--port", LoadPort.ToString(CultureInfo.InvariantCulture), "--mode", "echo");
-        await echo.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), TimeSpan.FromSeconds(30)).WaitAsync(stop.Token);
+        await using var echo = await MeshCluster.StartServerAsync(server, "--port", LoadPort.ToString(CultureInfo.InvariantCulture), "--mode", "echo");
         var target = $"{server.Address}:{LoadPort}";
         static string Share(long total, int parts, int i) => (total / parts + (i < total % parts ? 1 : 0)).ToString(CultureInfo.InvariantCulture);
 

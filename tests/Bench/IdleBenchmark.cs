@@ -57,7 +57,7 @@ internal static class IdleBenchmark
                 new ServiceSpec("svc", Namespace, "10.96.0.20", ServicePort, PodPort, [.. c.Nodes[0].Pods.Skip(1)])), mtls: true);
             var node = mesh.Cluster.Node("node1");
             var client = node.Pods[0];
-            var servers = node.Pods.Skip(1).Select(p => MeshCluster.StartServer(p, "--port", PodPort.ToString(CultureInfo.InvariantCulture))).ToList();
+            var servers = (await Task.WhenAll(node.Pods.Skip(1).Select(p => MeshCluster.StartServerAsync(p, "--port", PodPort.ToString(CultureInfo.InvariantCulture))))).ToList();
             try
             {
                 var builds = compare is null ? new[] { ("jit", (string?)null) } : [("jit", null), ("compare", Path.GetFullPath(compare))];

@@ -255,9 +255,7 @@ internal static class SoakBenchmark
 
         private async Task<ManagedProcess> ServeAsync(ClusterPod pod, params string[] args)
         {
-            var server = MeshCluster.StartServer(pod, args);
-            await server.WaitForStdoutLineAsync(l => l.Contains("\"listening\"", StringComparison.Ordinal), Bounded);
-            return server;
+            return await MeshCluster.StartServerAsync(pod, args);
         }
 
         /// <summary>The changes, on a timetable scaled to the run: pod churn, policy flips, CA rotation, agent replacement.</summary>

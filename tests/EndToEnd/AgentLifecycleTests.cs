@@ -29,7 +29,7 @@ public class AgentLifecycleTests
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory);
         var client = mesh.Cluster.Pod("demo", "a1");
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "7");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "7");
         await Task.Delay(300);
         var first = await SendAsync(client, $"{server.Address}:8080");
         Assert.True(first.ExitCode == 0, first.ToString());
@@ -64,7 +64,7 @@ public class AgentLifecycleTests
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory);
         var client = mesh.Cluster.Pod("demo", "a1");
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "7");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "7");
         var node1 = mesh.Cluster.Node("node1");
         var agent = mesh.Agent("node1");
         Assert.Contains("fwmark", HostCommand.Ip("-n", client.NetnsName, "rule", "show"));
@@ -90,7 +90,7 @@ public class AgentLifecycleTests
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory);
         var client = mesh.Cluster.Pod("demo", "a1");
-        await using var serve = MeshCluster.StartServer(mesh.Cluster.Pod("demo", "b1"), "--port", "8080", "--reply-bytes", "7");
+        await using var serve = await MeshCluster.StartServerAsync(mesh.Cluster.Pod("demo", "b1"), "--port", "8080", "--reply-bytes", "7");
         await Task.Delay(300);
         var good = File.ReadAllText(mesh.InventoryPath);
 
@@ -121,7 +121,7 @@ public class AgentLifecycleTests
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory);
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--mode", "reset");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--mode", "reset");
         await Task.Delay(300);
 
         var run = await SendAsync(mesh.Cluster.Pod("demo", "a1"), $"{server.Address}:8080");

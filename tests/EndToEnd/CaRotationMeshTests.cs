@@ -32,7 +32,7 @@ public class CaRotationMeshTests
         var next = SelfSignedRoot.Write(Path.Combine(Path.GetDirectoryName(ca.CertificatePath)!, "..", "next-root"), MeshCluster.TrustDomain);
         using var newRoot = X509Certificate2.CreateFromPem(File.ReadAllText(next.CertificatePath));
         var (client, server) = (mesh.Cluster.Pod("demo", "a1"), mesh.Cluster.Pod("demo", "b1"));
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "4096");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "4096");
         var agents = new[] { mesh.Agent("node1"), mesh.Agent("node2") };
 
         // Traffic without pause: each send opens a new connection; a gap over the idle timeout makes it a new tunnel, a new handshake.

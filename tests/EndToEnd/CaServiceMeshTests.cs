@@ -36,7 +36,7 @@ public class CaServiceMeshTests
         }
 
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "4096");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "4096");
         await SendAsync(mesh.Cluster.Pod("demo", "a1"), server);
 
         var outbound = await PodTrafficTests.WaitForFlowAsync(mesh.Agent("node1"), f => f.GetProperty("direction").GetString() == "outbound");
@@ -62,7 +62,7 @@ public class CaServiceMeshTests
             "--svid-lifetime-seconds", "30", "--tunnel-idle-seconds", "1");
         var (node1, node2) = (mesh.Cluster.Node("node1"), mesh.Cluster.Node("node2"));
         var (client, server) = (mesh.Cluster.Pod("demo", "a1"), mesh.Cluster.Pod("demo", "b1"));
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "4096");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "4096");
         await SendAsync(client, server);
         var outage = Stopwatch.StartNew();
         await mesh.StopCaServiceAsync();
@@ -103,7 +103,7 @@ public class CaServiceMeshTests
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory, MeshIdentity.CaService, "--certificate-wait-seconds", "3");
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "4096");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "4096");
         await mesh.StopCaServiceAsync();
 
         // c1 (service account c, new to node1) arrives while the CA is down.

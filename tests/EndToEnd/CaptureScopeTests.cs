@@ -26,8 +26,8 @@ public class CaptureScopeTests
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c, "b1", "b2"));
         var client = mesh.Cluster.Pod("demo", "a1");
-        await using var b1 = MeshCluster.StartServer(mesh.Cluster.Pod("demo", "b1"), "--port", "8080", "--reply-bytes", "16");
-        await using var b2 = MeshCluster.StartServer(mesh.Cluster.Pod("demo", "b2"), "--port", "8080", "--reply-bytes", "16");
+        await using var b1 = await MeshCluster.StartServerAsync(mesh.Cluster.Pod("demo", "b1"), "--port", "8080", "--reply-bytes", "16");
+        await using var b2 = await MeshCluster.StartServerAsync(mesh.Cluster.Pod("demo", "b2"), "--port", "8080", "--reply-bytes", "16");
         await Task.Delay(300);
 
         var run = await MeshCluster.RunPeerAsync(client, Long, "send", "--to", "10.96.0.10:80", "--bytes", "100",
@@ -60,7 +60,7 @@ public class CaptureScopeTests
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c, "b1"));
         var stranger = mesh.Cluster.Pod("demo", "x1");
         var target = mesh.Cluster.Pod("demo", "x2");
-        await using var server = MeshCluster.StartServer(target, "--port", "8080", "--reply-bytes", "5");
+        await using var server = await MeshCluster.StartServerAsync(target, "--port", "8080", "--reply-bytes", "5");
         await Task.Delay(300);
 
         var fromPod = await MeshCluster.RunPeerAsync(stranger, Long, "send", "--to", $"{target.Address}:8080", "--bytes", "1000", "--expect-reply-bytes", "5");
@@ -82,7 +82,7 @@ public class CaptureScopeTests
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c, "b1"));
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "1024");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "1024");
         await Task.Delay(300);
 
         var run = await MeshCluster.RunPeerAsync(mesh.Cluster.Pod("demo", "a1"), Long, "send", "--to", $"{server.Address}:8080",

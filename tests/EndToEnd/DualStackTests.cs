@@ -36,7 +36,7 @@ public class DualStackTests
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
         var client = mesh.Cluster.Pod("demo", "a1");
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--bind", "::", "--port", "8080", "--reply-bytes", SixtyFourMiB.ToString());
+        await using var serve = await MeshCluster.StartServerAsync(server, "--bind", "::", "--port", "8080", "--reply-bytes", SixtyFourMiB.ToString());
         await Task.Delay(300);
 
         var run = await MeshCluster.RunPeerAsync(client, Long, "send", "--to", $"[{server.Address6}]:8080", "--bytes", SixtyFourMiB.ToString(),
@@ -64,8 +64,8 @@ public class DualStackTests
     public async Task Ipv6_ServiceVip_SpreadsOverEndpoints()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
-        await using var b1 = MeshCluster.StartServer(mesh.Cluster.Pod("demo", "b1"), "--bind", "::", "--port", "8080", "--reply-bytes", "16");
-        await using var b2 = MeshCluster.StartServer(mesh.Cluster.Pod("demo", "b2"), "--bind", "::", "--port", "8080", "--reply-bytes", "16");
+        await using var b1 = await MeshCluster.StartServerAsync(mesh.Cluster.Pod("demo", "b1"), "--bind", "::", "--port", "8080", "--reply-bytes", "16");
+        await using var b2 = await MeshCluster.StartServerAsync(mesh.Cluster.Pod("demo", "b2"), "--bind", "::", "--port", "8080", "--reply-bytes", "16");
         await Task.Delay(300);
 
         var run = await MeshCluster.RunPeerAsync(mesh.Cluster.Pod("demo", "a1"), Long, "send", "--to", $"[{Vip6}]:80", "--bytes", "100",
@@ -98,7 +98,7 @@ public class DualStackTests
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c, deny), mtls: true);
         var client = mesh.Cluster.Pod("demo", "a1");
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--bind", "::", "--port", "8080", "--reply-bytes", "10");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--bind", "::", "--port", "8080", "--reply-bytes", "10");
         await Task.Delay(300);
 
         var refused = await MeshCluster.RunPeerAsync(client, Long, "send", "--to", $"[{server.Address6}]:8080", "--bytes", "100",

@@ -29,7 +29,7 @@ public class MutualTlsTests
         const long bytes = 2L * 1024 * 1024;
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", bytes.ToString());
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", bytes.ToString());
         var pcap = Path.Combine(Path.GetTempPath(), $"weft-{mesh.Cluster.RunId}.pcap");
         var capture = await UnderlayCapture.StartAsync(mesh.Cluster.UnderlayNetnsName, pcap);
         try
@@ -88,7 +88,7 @@ public class MutualTlsTests
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
         var server = mesh.Cluster.Pod("demo", "a2");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "1000");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "1000");
         await Task.Delay(300);
 
         var run = await MeshCluster.RunPeerAsync(mesh.Cluster.Pod("demo", "a1"), Long, "send", "--to", $"{server.Address}:8080",
@@ -119,7 +119,7 @@ public class MutualTlsTests
             """;
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c, deny), mtls: true);
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "10");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "10");
         await Task.Delay(300);
 
         var run = await MeshCluster.RunPeerAsync(mesh.Cluster.Pod("demo", "a1"), Long, "send", "--to", "10.96.0.10:80",
@@ -148,7 +148,7 @@ public class MutualTlsTests
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
         var server = mesh.Cluster.Pod("demo", "b1");
         var stranger = mesh.Cluster.Pod("demo", "x1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "10");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "10");
         await Task.Delay(300);
 
         var permitted = await MeshCluster.RunPeerAsync(stranger, Long, "send", "--to", $"{server.Address}:8080", "--bytes", "100", "--expect-reply-bytes", "10");
@@ -176,7 +176,7 @@ public class MutualTlsTests
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "10");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "10");
 
         // node2's agent is replaced by one whose CA the mesh does not trust.
         var node2 = mesh.Cluster.Node("node2");
@@ -205,8 +205,8 @@ public class MutualTlsTests
         const long bytes = 256L * 1024 * 1024;
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", bytes.ToString());
-        await using var many = MeshCluster.StartServer(server, "--port", "9090", "--reply-bytes", "512");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", bytes.ToString());
+        await using var many = await MeshCluster.StartServerAsync(server, "--port", "9090", "--reply-bytes", "512");
         await Task.Delay(300);
         var client = mesh.Cluster.Pod("demo", "a1");
 
@@ -242,7 +242,7 @@ public class MutualTlsTests
         var server = mesh.Cluster.Pod("demo", "b1");
         var (a1, a2) = (mesh.Cluster.Pod("demo", "a1"), mesh.Cluster.Pod("demo", "a2"));
         Assert.Equal(a1.ServiceAccount, a2.ServiceAccount);
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "64");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "64");
         await Task.Delay(300);
 
         async Task SendAsync(ClusterPod from)

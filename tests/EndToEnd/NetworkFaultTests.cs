@@ -35,10 +35,8 @@ public class NetworkFaultTests(ITestOutputHelper output)
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory, mtls: true);
         var (client, server) = (mesh.Cluster.Pod("demo", "a1"), mesh.Cluster.Pod("demo", "b1"));
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", Transfer.ToString());
-        await using var echo = MeshCluster.StartServer(server, "--port", "8081", "--mode", "echo");
-        await serve.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
-        await echo.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", Transfer.ToString());
+        await using var echo = await MeshCluster.StartServerAsync(server, "--port", "8081", "--mode", "echo");
         foreach (var node in mesh.Cluster.Nodes)
         {
             UnderlayFaults.Loss(node, percent: 2);
@@ -61,10 +59,8 @@ public class NetworkFaultTests(ITestOutputHelper output)
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), Inventory, mtls: true);
         var (client, server) = (mesh.Cluster.Pod("demo", "a1"), mesh.Cluster.Pod("demo", "b1"));
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", Transfer.ToString());
-        await using var echo = MeshCluster.StartServer(server, "--port", "8081", "--mode", "echo");
-        await serve.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
-        await echo.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", Transfer.ToString());
+        await using var echo = await MeshCluster.StartServerAsync(server, "--port", "8081", "--mode", "echo");
         var delays = new List<(ClusterNode Node, ManagedProcess Delay)>();
         foreach (var node in mesh.Cluster.Nodes)
         {
@@ -96,8 +92,7 @@ public class NetworkFaultTests(ITestOutputHelper output)
             "--tunnel-keepalive-seconds", Keepalive.ToString(), "--tunnel-keepalive-timeout-seconds", KeepaliveTimeout.ToString());
         var (client, server) = (mesh.Cluster.Pod("demo", "a1"), mesh.Cluster.Pod("demo", "b1"));
         var node2 = mesh.Cluster.Node("node2");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "0");
-        await serve.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "0");
 
         // A transfer far larger than the machine moves in the time it runs, with a timeout far beyond the bound.
         const int senderTimeoutMs = 180_000;
@@ -145,8 +140,7 @@ public class NetworkFaultTests(ITestOutputHelper output)
         Assert.True(inboundEnded < bound, $"the server's side noticed the dead tunnel only {inboundEnded.TotalSeconds:0.0} s after the cut (bound {bound.TotalSeconds} s)");
 
         // Back on the network: new connections get a fresh tunnel (a new TLS handshake) and carry bytes intact.
-        await using var replying = MeshCluster.StartServer(server, "--port", "8081", "--reply-bytes", "1048576");
-        await replying.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
+        await using var replying = await MeshCluster.StartServerAsync(server, "--port", "8081", "--reply-bytes", "1048576");
         var flowsBefore = MeshCluster.Flows(mesh.Agent("node1")).Count;
         PeerRun? after = null;
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);

@@ -124,8 +124,8 @@ public class ObservabilityTests
                 """);
             await using var prometheus = node1.StartProcess("prometheus", $"--config.file={dir}/prometheus.yml", $"--storage.tsdb.path={dir}/data",
                 $"--web.listen-address=127.0.0.1:{PrometheusPort}");
-            await using var quiet = MeshCluster.StartServer(server, "--port", "8080");
-            await using var replying = MeshCluster.StartServer(server, "--port", "9090", "--reply-bytes", replied.ToString(CultureInfo.InvariantCulture));
+            await using var quiet = await MeshCluster.StartServerAsync(server, "--port", "8080");
+            await using var replying = await MeshCluster.StartServerAsync(server, "--port", "9090", "--reply-bytes", replied.ToString(CultureInfo.InvariantCulture));
             await WaitForPrometheusAsync(node1, prometheus);
             Assert.Equal(2, await WaitForValueAsync(node1, "count(up{job=\"weft-agent\"} == 1)", 2, TimeSpan.FromSeconds(60)));
 
@@ -179,7 +179,7 @@ public class ObservabilityTests
         await using var mesh = await StartAsync();
         var node1 = mesh.Cluster.Nodes[0];
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080");
         await using var follow = node1.StartWeft("flows", "--follow", "-o", "json", "--from-pod", "demo/a1");
         await Task.Delay(2000); // the CLI process starts and polls
         Assert.False(follow.HasExited, follow.Stderr);

@@ -35,7 +35,7 @@ public class PodTrafficTests
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c));
         var client = mesh.Cluster.Pod("demo", "a1");
         var server = mesh.Cluster.Pod("demo", serverName);
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", SixtyFourMiB.ToString());
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", SixtyFourMiB.ToString());
         await Task.Delay(300);
 
         var run = await MeshCluster.RunPeerAsync(client, Long, "send", "--to", $"{server.Address}:8080", "--bytes", SixtyFourMiB.ToString(),

@@ -49,10 +49,8 @@ public class RolloutTests(ITestOutputHelper output)
         var node1 = mesh.Cluster.Node("node1");
         var client = mesh.Cluster.Pod("demo", "a1");
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "7");
-        await using var echo = MeshCluster.StartServer(server, "--port", "9090", "--mode", "echo");
-        await serve.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), Bounded);
-        await echo.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), Bounded);
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "7");
+        await using var echo = await MeshCluster.StartServerAsync(server, "--port", "9090", "--mode", "echo");
 
         // 50 long-lived connections, each proven end to end with an echo, all through the old agent.
         await using var hold = client.StartWeft("app", "hold", "--to", $"{server.Address}:9090", "--connections", $"{HeldConnections}",
@@ -116,8 +114,7 @@ public class RolloutTests(ITestOutputHelper output)
         var node1 = mesh.Cluster.Node("node1");
         var client = mesh.Cluster.Pod("demo", "a1");
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "7");
-        await serve.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), Bounded);
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "7");
         await using var load = StartLoad(client);
         await Task.Delay(1000);
 

@@ -63,8 +63,8 @@ public class ScaleInventoryTests
         await CaptureScopeTests.WaitUntilAsync(() => Applied(node1) > applied.Item1 && Applied(node2) > applied.Item2, Generous);
         await CaptureScopeTests.WaitUntilAsync(() => node2.StderrLines.Any(l => l.Contains("2 local pod(s) enrolled", StringComparison.Ordinal)), Generous);
 
-        await using var b1 = MeshCluster.StartServer(mesh.Cluster.Pod("demo", "b1"), "--port", "8080", "--reply-bytes", "16");
-        await using var b9 = MeshCluster.StartServer(added, "--port", "8080", "--reply-bytes", "16");
+        await using var b1 = await MeshCluster.StartServerAsync(mesh.Cluster.Pod("demo", "b1"), "--port", "8080", "--reply-bytes", "16");
+        await using var b9 = await MeshCluster.StartServerAsync(added, "--port", "8080", "--reply-bytes", "16");
         await Task.Delay(300);
         var run = await MeshCluster.RunPeerAsync(mesh.Cluster.Pod("demo", "a1"), TimeSpan.FromMinutes(2), "send", "--to", "10.96.0.10:80",
             "--bytes", "100", "--connections", "5", "--expect-reply-bytes", "16");

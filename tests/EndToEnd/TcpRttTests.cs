@@ -23,7 +23,7 @@ public class TcpRttTests
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => c.InventoryYaml(new InventoryOptions()), mtls, "--metrics", ":15020");
         var client = mesh.Cluster.Pod("demo", "a1");
         var server = mesh.Cluster.Pod("demo", "b1");
-        await using var serve = MeshCluster.StartServer(server, "--port", "8080", "--reply-bytes", "65536");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--reply-bytes", "65536");
         await Task.Delay(300);
 
         var run = await MeshCluster.RunPeerAsync(client, Long, "send", "--to", $"{server.Address}:8080", "--bytes", "65536", "--expect-reply-bytes", "65536");

@@ -36,8 +36,8 @@ public class TransparentDeliveryTests
         var a2 = mesh.Cluster.Pod("demo", "a2");
         var b1 = mesh.Cluster.Pod("demo", "b1");
         var x1 = mesh.Cluster.Pod("demo", "x1");
-        await using var serveA2 = MeshCluster.StartServer(a2, "--port", "8080", "--mode", "echo");
-        await using var serveB1 = MeshCluster.StartServer(b1, "--port", "8080", "--mode", "echo");
+        await using var serveA2 = await MeshCluster.StartServerAsync(a2, "--port", "8080", "--mode", "echo");
+        await using var serveB1 = await MeshCluster.StartServerAsync(b1, "--port", "8080", "--mode", "echo");
         await Task.Delay(300);
 
         await AssertEchoAndPeerAsync(a1, a2, serveA2, "same-node");
@@ -72,8 +72,8 @@ public class TransparentDeliveryTests
         var a1 = mesh.Cluster.Pod("demo", "a1");
         var a2 = mesh.Cluster.Pod("demo", "a2");
         var b1 = mesh.Cluster.Pod("demo", "b1");
-        await using var serveA2 = MeshCluster.StartServer(a2, "--port", "8080", "--mode", "echo");
-        await using var serveB1 = MeshCluster.StartServer(b1, "--port", "8080", "--mode", "echo");
+        await using var serveA2 = await MeshCluster.StartServerAsync(a2, "--port", "8080", "--mode", "echo");
+        await using var serveB1 = await MeshCluster.StartServerAsync(b1, "--port", "8080", "--mode", "echo");
         await Task.Delay(300);
 
         await AssertEchoAndPeerAsync(a1, b1, serveB1, "cross-node mTLS");
@@ -101,8 +101,7 @@ public class TransparentDeliveryTests
         });
         var a1 = mesh.Cluster.Pod("demo", "a1");
         var b1 = mesh.Cluster.Pod("demo", "b1");
-        await using var echo = MeshCluster.StartServer(b1, "--port", "9090", "--mode", "echo");
-        await echo.WaitForStdoutLineAsync(l => l.Contains("listening", StringComparison.Ordinal), Long);
+        await using var echo = await MeshCluster.StartServerAsync(b1, "--port", "9090", "--mode", "echo");
 
         await using var hold = a1.StartWeft("app", "hold", "--to", $"{b1.Address}:9090", "--connections", $"{Held}",
             "--exchange-bytes", "64", "--stdin", "ignore", "--timeout-ms", "10000");

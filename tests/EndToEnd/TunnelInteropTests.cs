@@ -155,9 +155,7 @@ internal static class TunnelPeer
     /// <summary>Starts <c>weft app serve --mode echo</c> in the pod and waits until it listens.</summary>
     public static async Task<ManagedProcess> StartEchoServerAsync(ClusterPod pod, int port = 8080)
     {
-        var server = MeshCluster.StartServer(pod, "--port", port.ToString(), "--mode", "echo");
-        await server.WaitForStdoutLineAsync(l => l.Contains("\"listening\"", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
-        return server;
+        return await MeshCluster.StartServerAsync(pod, "--port", port.ToString(), "--mode", "echo");
     }
 
     /// <summary>Connections the app served (one JSON line each, besides its "listening" line).</summary>

@@ -37,9 +37,7 @@ public class TunnelPoolLimitTests(ITestOutputHelper output)
         {
             foreach (var name in new[] { "b1", "b2", "b3", "b4" })
             {
-                var server = MeshCluster.StartServer(mesh.Cluster.Pod("demo", name), "--port", "8080", "--mode", "echo");
-                servers.Add(server);
-                await server.WaitForStdoutLineAsync(l => l.Contains("\"listening\"", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
+                servers.Add(await MeshCluster.StartServerAsync(mesh.Cluster.Pod("demo", name), "--port", "8080", "--mode", "echo"));
             }
 
             // Five peers one after the other: b3, b4 and b1 again each find two idle tunnels and evict the idlest.

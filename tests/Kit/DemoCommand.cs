@@ -124,10 +124,9 @@ internal static class DemoCommand
 
         foreach (var name in new[] { "web-a", "web-b1", "web-b2" })
         {
-            MeshCluster.StartServer(cluster.Pod("demo", name), "--bind", "::", "--port", "8080", "--reply-bytes", "65536");
+            await MeshCluster.StartServerAsync(cluster.Pod("demo", name), "--bind", "::", "--port", "8080", "--reply-bytes", "65536");
         }
 
-        await Task.Delay(500, interrupted);
         var client = cluster.Pod("demo", "client");
         var ok = true;
         ok &= await TrafficAsync(Print, "same node:  client -> web-a", client, $"{cluster.Pod("demo", "web-a").Address}:8080", 1);

@@ -251,9 +251,23 @@ internal sealed class MeshCluster : IAsyncDisposable
         return new PeerRun(exit, lines.Where(l => !l.TryGetProperty("summary", out _)).ToList(), process.Stderr);
     }
 
-    public static ManagedProcess StartServer(ClusterPod pod, params string[] args)
+    /// <summary>
+    /// Starts <c>weft app serve</c> in the pod and returns once it listens. A client started before that would race
+    /// the server's start-up and see a refusal (through the mesh, a reset) that no agent caused.
+    /// </summary>
+    public static async Task<ManagedProcess> StartServerAsync(ClusterPod pod, params string[] args)
     {
-        return pod.StartWeft(["app", "serve", .. args]);
+        var server = pod.StartWeft(["app", "serve", .. args]);
+        try
+        {
+            await server.WaitForStdoutLineAsync(l => l.Contains("\"listening\"", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
+            return server;
+        }
+        catch
+        {
+            await server.DisposeAsync();
+            throw;
+        }
     }
 
     /// <summary>
