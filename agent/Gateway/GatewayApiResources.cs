@@ -279,6 +279,10 @@ internal sealed class HttpRouteFilter
 
     [JsonPropertyName("urlRewrite")]
     public HttpUrlRewriteFilter? UrlRewrite { get; set; }
+
+    /// <summary>A custom filter (group, kind, name); the gateway has none, so it never resolves.</summary>
+    [JsonPropertyName("extensionRef")]
+    public ObjectReference? ExtensionRef { get; set; }
 }
 
 internal sealed class HttpHeaderFilter

@@ -1,9 +1,11 @@
+using System.Collections.Frozen;
 using System.Collections.Immutable;
 using System.Net.Security;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
+using System.Text.RegularExpressions;
 using k8s;
 using k8s.Models;
 using Weft.Identity;
@@ -22,7 +24,7 @@ namespace Weft.Gateway;
 ///   Ingress tls / Gateway HTTPS listeners ─► Secrets ─► certificates by SNI ──────────┘
 /// </code>
 /// </summary>
-internal static class RouteCompiler
+internal static partial class RouteCompiler
 {
     /// <summary>The ingressClassName served even without an IngressClass object of that name.</summary>
     public const string BuiltInIngressClass = "weft";
@@ -102,8 +104,8 @@ internal static class RouteCompiler
         // The first unresolved backendRef of the HTTPRoute being compiled (ResolvedRefs=False), or null.
         private ConditionReport? _unresolvedRef;
 
-        // The rules of the HTTPRoute being compiled that are dropped for an invalid value, and why.
-        private readonly List<(int Rule, string Reason)> _droppedRules = [];
+        // The rules of the HTTPRoute being compiled that are dropped for an invalid value: why, and the condition reason.
+        private readonly List<(int Rule, string Reason, string Condition)> _droppedRules = [];
 
         public void CompileIngresses()
         {
@@ -436,7 +438,7 @@ internal static class RouteCompiler
             _unresolvedRef = null;
             _droppedRules.Clear();
             var rules = httpRoute.Spec.Rules ?? [];
-            var actions = rules.Select((rule, i) => RuleAction(rule, ns, $"{source} rule {i}", i)).ToList();
+            var compiledRules = rules.Select((rule, i) => CompileRule(rule, ns, $"{source} rule {i}", i)).ToList();
             if (parents.Count > 0)
             {
                 var resolved = _unresolvedRef ?? new ConditionReport("ResolvedRefs", true, "ResolvedRefs", "all references resolved");
@@ -451,20 +453,14 @@ internal static class RouteCompiler
 
             for (var ruleIndex = 0; ruleIndex < rules.Count; ruleIndex++)
             {
-                var rule = rules[ruleIndex];
-                var ruleSource = $"{source} rule {ruleIndex}";
-                if (actions[ruleIndex] is not { } action)
+                if (compiledRules[ruleIndex] is not { } routes)
                 {
                     continue;
                 }
 
-                var matches = rule.Matches is { Count: > 0 } given ? given : [new HttpRouteMatch()];
-                for (var matchIndex = 0; matchIndex < matches.Count; matchIndex++)
+                for (var matchIndex = 0; matchIndex < routes.Count; matchIndex++)
                 {
-                    if (CompileMatch(matches[matchIndex], action, ruleSource) is not { } compiled)
-                    {
-                        continue;
-                    }
+                    var compiled = routes[matchIndex];
 
                     // Gateway API precedence: Exact path, longest prefix, method, most headers, most query
                     // parameters, then the oldest route, then rule and match order.
@@ -491,7 +487,7 @@ internal static class RouteCompiler
         /// A parentRef's conditions once the route's rules are known. Gateway API's "Drop Rule(s)": an accepted route
         /// with some invalid rules serves the others and says which it dropped in PartiallyInvalid (True,
         /// UnsupportedValue, a message starting "Dropped Rule"); with every rule invalid it is not accepted
-        /// (UnsupportedValue). A parentRef not accepted for another reason keeps that reason.
+        /// (the first dropped rule's reason: UnsupportedValue, or IncompatibleFilters). A parentRef not accepted for another reason keeps that reason.
         /// </summary>
         private RouteParentReport ParentReport(ObjectReference parent, ConditionReport accepted, ConditionReport resolved, int ruleCount)
         {
@@ -502,11 +498,47 @@ internal static class RouteCompiler
 
             var dropped = string.Join("; ", _droppedRules.Select(d => $"Dropped Rule {d.Rule}: {d.Reason}"));
             return _droppedRules.Count == ruleCount
-                ? new RouteParentReport(parent, new ConditionReport("Accepted", false, "UnsupportedValue", $"no rule can be served: {dropped}"), resolved)
+                ? new RouteParentReport(parent, new ConditionReport("Accepted", false, _droppedRules[0].Condition, $"no rule can be served: {dropped}"), resolved)
                 : new RouteParentReport(parent, accepted, resolved, new ConditionReport("PartiallyInvalid", true, "UnsupportedValue", dropped));
         }
 
-        private Route? CompileMatch(HttpRouteMatch match, RouteAction action, string source)
+        /// <summary>
+        /// A rule's routes, one per match in order; null when the rule is dropped for a value the gateway cannot serve
+        /// (Gateway API's "Drop Rule(s)": the API server's schema and CEL rules would have refused most of them, a file
+        /// does not pass through it, and an enum may gain values the gateway does not know). The rule is then not
+        /// served at all, not even its valid matches, and the route's status says why.
+        /// </summary>
+        private List<Route>? CompileRule(HttpRouteRule rule, string ns, string source, int ruleIndex)
+        {
+            List<Route> routes;
+            try
+            {
+                var timeouts = CompileTimeouts(rule.Timeouts, out var invalidTimeouts);
+                if (invalidTimeouts is not null)
+                {
+                    throw new InvalidRuleException(invalidTimeouts);
+                }
+
+                var filters = CompileFilters(rule.Filters ?? []);
+                var matches = rule.Matches is { Count: > 0 } given ? given : [new HttpRouteMatch()];
+                var compiledMatches = matches.Select(CompileMatch).ToList();
+
+                // Only now, so that a dropped rule's backendRefs do not count for ResolvedRefs.
+                var action = RuleAction(rule, ns, source, filters, timeouts);
+                routes = [.. compiledMatches.Select(m => new Route { Source = source, Path = m.Path, Method = m.Method, Headers = m.Headers, Query = m.Query, Action = action })];
+            }
+            catch (InvalidRuleException ex)
+            {
+                var reason = ex.Reason;
+                Warn($"{source}: dropped, not served: {ex.Message}");
+                _droppedRules.Add((ruleIndex, ex.Message, reason));
+                return null;
+            }
+
+            return routes;
+        }
+
+        private static (PathMatch Path, string? Method, ImmutableArray<ValueMatch> Headers, ImmutableArray<ValueMatch> Query) CompileMatch(HttpRouteMatch match)
         {
             var pathType = match.Path?.Type ?? "PathPrefix";
             var value = match.Path?.Value ?? "/";
@@ -518,74 +550,152 @@ internal static class RouteCompiler
                     "Exact" => new PathMatch(PathMatchKind.Exact, value),
                     "PathPrefix" => new PathMatch(PathMatchKind.Prefix, value),
                     "RegularExpression" => new PathMatch(PathMatchKind.RegularExpression, value),
-                    _ => throw new ArgumentException($"path type {pathType} is unknown"),
-                };
-                if (pathType != "RegularExpression" && (value.Length == 0 || value[0] != '/'))
-                {
-                    throw new ArgumentException($"path '{value}' must start with '/'");
-                }
-
-                return new Route
-                {
-                    Source = source,
-                    Path = path,
-                    Method = match.Method,
-                    Headers = [.. (match.Headers ?? []).Select(h => Value(h, "header"))],
-                    Query = [.. (match.QueryParams ?? []).Select(q => Value(q, "query parameter"))],
-                    Action = action,
+                    _ => throw new InvalidRuleException($"path match type '{pathType}' is not supported (Exact, PathPrefix, RegularExpression are)"),
                 };
             }
-            catch (ArgumentException ex)
+            catch (RegexParseException ex)
             {
-                Warn($"{source}: a match skipped: {ex.Message}");
-                return null;
+                throw new InvalidRuleException($"path '{value}' is not a regular expression .NET reads: {ex.Message}");
             }
 
-            static ValueMatch Value(HttpValueMatch match, string what) =>
-                string.IsNullOrEmpty(match.Name) ? throw new ArgumentException($"a {what} match without a name")
-                : new ValueMatch(match.Name, match.Value ?? "", (match.Type ?? "Exact") switch
+            if (pathType != "RegularExpression" && (value.Length == 0 || value[0] != '/'))
+            {
+                throw new InvalidRuleException($"path '{value}' must start with '/'");
+            }
+
+            if (match.Method is { } method && !HttpMethods.Contains(method))
+            {
+                throw new InvalidRuleException($"method '{method}' is not supported (GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH are)");
+            }
+
+            return (path, match.Method, [.. (match.Headers ?? []).Select(h => Value(h, "header"))], [.. (match.QueryParams ?? []).Select(q => Value(q, "query parameter"))]);
+
+            static ValueMatch Value(HttpValueMatch match, string what)
+            {
+                CheckHeaderName(match.Name, $"{what} match");
+                try
                 {
-                    "Exact" => false,
-                    "RegularExpression" => true,
-                    var other => throw new ArgumentException($"{what} match type {other} is unknown"),
-                });
+                    return new ValueMatch(match.Name!, match.Value ?? "", (match.Type ?? "Exact") switch
+                    {
+                        "Exact" => false,
+                        "RegularExpression" => true,
+                        var other => throw new InvalidRuleException($"{what} match type '{other}' is not supported (Exact, RegularExpression are)"),
+                    });
+                }
+                catch (RegexParseException ex)
+                {
+                    throw new InvalidRuleException($"{what} {match.Name}: '{match.Value}' is not a regular expression .NET reads: {ex.Message}");
+                }
+            }
         }
 
-        /// <summary>What a rule does; null when it is dropped for an invalid value (it is then not served, and said so).</summary>
-        private RouteAction? RuleAction(HttpRouteRule rule, string ns, string source, int ruleIndex)
-        {
-            var timeouts = CompileTimeouts(rule.Timeouts, out var invalid);
-            if (invalid is not null)
-            {
-                // A file has no API server to reject it (CEL, the Duration pattern): the rule is dropped, the route's others are served.
-                Warn($"{source}: dropped, not served: {invalid}");
-                _droppedRules.Add((ruleIndex, invalid));
-                return null;
-            }
+        /// <param name="Extension">An ExtensionRef filter, which the gateway cannot resolve: the rule then answers 500.</param>
+        private sealed record RuleFilters(HeaderModifier? RequestHeaders, HeaderModifier? ResponseHeaders, RedirectAction? Redirect, RewriteAction? Rewrite, ObjectReference? Extension);
 
+        /// <summary>A rule's filters; an <see cref="InvalidRuleException"/> for one the gateway cannot apply as written.</summary>
+        private static RuleFilters CompileFilters(List<HttpRouteFilter> filters)
+        {
             HeaderModifier? requestHeaders = null, responseHeaders = null;
             RedirectAction? redirect = null;
             RewriteAction? rewrite = null;
-            foreach (var filter in rule.Filters ?? [])
+            ObjectReference? extension = null;
+            var seen = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var filter in filters)
             {
+                if (filter.Type is { } type && type != "ExtensionRef" && !seen.Add(type))
+                {
+                    throw new InvalidRuleException($"filter {type} is given more than once");
+                }
+
                 switch (filter.Type)
                 {
                     case "RequestHeaderModifier" when filter.RequestHeaderModifier is { } modifier:
-                        requestHeaders = Headers(modifier);
+                        requestHeaders = Headers(modifier, "requestHeaderModifier");
                         break;
                     case "ResponseHeaderModifier" when filter.ResponseHeaderModifier is { } modifier:
-                        responseHeaders = Headers(modifier);
+                        responseHeaders = Headers(modifier, "responseHeaderModifier");
                         break;
                     case "RequestRedirect" when filter.RequestRedirect is { } r:
-                        redirect = new RedirectAction(r.Scheme, NormalizeHost(r.Hostname), r.Port, PathModifierOf(r.Path), r.StatusCode ?? 302);
+                        if (r.Scheme is not (null or "http" or "https"))
+                        {
+                            throw new InvalidRuleException($"requestRedirect.scheme '{r.Scheme}' is not supported (http, https are)");
+                        }
+
+                        if (r.Port is < 1 or > 65535)
+                        {
+                            throw new InvalidRuleException($"requestRedirect.port {r.Port} is not a port (1-65535)");
+                        }
+
+                        if (r.StatusCode is { } code && !RedirectStatusCodes.Contains(code))
+                        {
+                            throw new InvalidRuleException($"requestRedirect.statusCode {code} is not supported (301, 302, 303, 307, 308 are)");
+                        }
+
+                        redirect = new RedirectAction(r.Scheme, NormalizeHost(r.Hostname), r.Port, PathModifierOf(r.Path, "requestRedirect"), r.StatusCode ?? 302);
                         break;
                     case "URLRewrite" when filter.UrlRewrite is { } r:
-                        rewrite = new RewriteAction(NormalizeHost(r.Hostname), PathModifierOf(r.Path));
+                        rewrite = new RewriteAction(NormalizeHost(r.Hostname), PathModifierOf(r.Path, "urlRewrite"));
                         break;
+                    case "ExtensionRef" when filter.ExtensionRef is { } reference:
+                        extension ??= reference;
+                        break;
+                    case "RequestHeaderModifier" or "ResponseHeaderModifier" or "RequestRedirect" or "URLRewrite" or "ExtensionRef":
+                        throw new InvalidRuleException($"filter {filter.Type} has no {char.ToLowerInvariant(filter.Type[0])}{filter.Type[1..]} field");
                     default:
-                        Warn($"{source}: filter {filter.Type} is not supported and was ignored");
-                        break;
+                        // Gateway API: an unknown filter type makes the route not Accepted, UnsupportedValue; so is one the gateway does not implement.
+                        throw new InvalidRuleException($"filter {filter.Type ?? "(no type)"} is not supported (RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect, URLRewrite are)");
                 }
+            }
+
+            if (redirect is not null && rewrite is not null)
+            {
+                throw new InvalidRuleException("filters RequestRedirect and URLRewrite cannot be used together", "IncompatibleFilters");
+            }
+
+            return new RuleFilters(requestHeaders, responseHeaders, redirect, rewrite, extension);
+
+            static HeaderModifier Headers(HttpHeaderFilter f, string field)
+            {
+                foreach (var name in (f.Set ?? []).Select(h => h.Name).Concat((f.Add ?? []).Select(h => h.Name)).Concat(f.Remove ?? []))
+                {
+                    CheckHeaderName(name, field);
+                }
+
+                return new HeaderModifier(
+                    [.. (f.Set ?? []).Select(h => KeyValuePair.Create(h.Name!, h.Value ?? ""))],
+                    [.. (f.Add ?? []).Select(h => KeyValuePair.Create(h.Name!, h.Value ?? ""))],
+                    [.. f.Remove ?? []]);
+            }
+
+            static PathModifier? PathModifierOf(HttpPathModifier? p, string field) => p?.Type switch
+            {
+                null => null,
+                "ReplaceFullPath" => new PathModifier(PathModifierKind.ReplaceFullPath, p.ReplaceFullPath ?? "/"),
+                "ReplacePrefixMatch" => new PathModifier(PathModifierKind.ReplacePrefixMatch, p.ReplacePrefixMatch ?? "/"),
+                var other => throw new InvalidRuleException($"{field}.path.type '{other}' is not supported (ReplaceFullPath, ReplacePrefixMatch are)"),
+            };
+        }
+
+        /// <summary>Gateway API's HTTPHeaderName (the CRD's pattern and length); an <see cref="InvalidRuleException"/> otherwise.</summary>
+        private static void CheckHeaderName(string? name, string where)
+        {
+            if (string.IsNullOrEmpty(name) || name.Length > 256 || !HeaderName().IsMatch(name))
+            {
+                throw new InvalidRuleException($"{where}: '{name}' is not a valid name (Gateway API's HTTPHeaderName: a token of RFC 7230, at most 256 characters)");
+            }
+        }
+
+        /// <summary>What a rule does, once its values are known to be valid.</summary>
+        private RouteAction RuleAction(HttpRouteRule rule, string ns, string source, RuleFilters filters, RouteTimeouts? timeouts)
+        {
+            if (filters.Extension is { } extension)
+            {
+                // Gateway API: a custom filter that cannot be resolved is not skipped; the requests it would have processed get an error.
+                var name = $"{extension.Group}/{extension.Kind} {extension.Name}";
+                var message = $"extensionRef filter {name} cannot be resolved (the gateway has no custom filters)";
+                _unresolvedRef ??= new ConditionReport("ResolvedRefs", false, "InvalidKind", message);
+                Warn($"{source}: answers 500: {message}");
+                return new RouteAction { Backends = [new Backend { Name = $"(filter {name})", Invalid = $"InvalidKind: {message}" }], Timeouts = timeouts };
             }
 
             var backends = ImmutableArray.CreateBuilder<Backend>();
@@ -594,18 +704,14 @@ internal static class RouteCompiler
                 backends.Add(GatewayBackend(reference, ns, source));
             }
 
-            return new RouteAction { Backends = backends.ToImmutable(), RequestHeaders = requestHeaders, ResponseHeaders = responseHeaders, Redirect = redirect, Rewrite = rewrite, Timeouts = timeouts };
-
-            static HeaderModifier Headers(HttpHeaderFilter f) => new(
-                [.. (f.Set ?? []).Where(h => !string.IsNullOrEmpty(h.Name)).Select(h => KeyValuePair.Create(h.Name!, h.Value ?? ""))],
-                [.. (f.Add ?? []).Where(h => !string.IsNullOrEmpty(h.Name)).Select(h => KeyValuePair.Create(h.Name!, h.Value ?? ""))],
-                [.. (f.Remove ?? []).Where(h => !string.IsNullOrEmpty(h))]);
-
-            static PathModifier? PathModifierOf(HttpPathModifier? p) => p?.Type switch
+            return new RouteAction
             {
-                "ReplaceFullPath" => new PathModifier(PathModifierKind.ReplaceFullPath, p.ReplaceFullPath ?? "/"),
-                "ReplacePrefixMatch" => new PathModifier(PathModifierKind.ReplacePrefixMatch, p.ReplacePrefixMatch ?? "/"),
-                _ => null,
+                Backends = backends.ToImmutable(),
+                RequestHeaders = filters.RequestHeaders,
+                ResponseHeaders = filters.ResponseHeaders,
+                Redirect = filters.Redirect,
+                Rewrite = filters.Rewrite,
+                Timeouts = timeouts,
             };
         }
 
@@ -799,6 +905,22 @@ internal static class RouteCompiler
             static IEnumerable<Route> Sorted(List<(Route Route, IComparable[] Order)>? routes) =>
                 (routes ?? []).OrderBy(r => r.Order, OrderComparer.Instance).Select(r => r.Route);
         }
+    }
+
+    /// <summary>HTTPRouteMatch.method's enum.</summary>
+    private static readonly FrozenSet<string> HttpMethods = FrozenSet.Create(StringComparer.Ordinal, "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH");
+
+    /// <summary>HTTPRequestRedirectFilter.statusCode's enum (301 and 302 are core; the others upstream added later).</summary>
+    private static readonly FrozenSet<int> RedirectStatusCodes = FrozenSet.Create(301, 302, 303, 307, 308);
+
+    /// <summary>Gateway API's HTTPHeaderName pattern (an RFC 7230 token), as the CRD has it.</summary>
+    [GeneratedRegex("^[A-Za-z0-9!#$%&'*+\\-.^_`|~]+$")]
+    private static partial Regex HeaderName();
+
+    /// <summary>A value of an HTTPRoute rule that cannot be served: the rule is dropped; <see cref="Reason"/> is the condition's reason.</summary>
+    private sealed class InvalidRuleException(string message, string reason = "UnsupportedValue") : Exception(message)
+    {
+        public string Reason { get; } = reason;
     }
 
     private sealed class OrderComparer : IComparer<IComparable[]>

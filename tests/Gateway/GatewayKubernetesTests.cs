@@ -330,6 +330,43 @@ public class GatewayKubernetesTests
     }
 
     [Fact]
+    public async Task HTTPRouteWithAnInvalidValue_DropsThatRule_PartiallyInvalidIsWritten_AndAllInvalid_AcceptedFalse()
+    {
+        // What the API server's schema would refuse (an enum value, a regex .NET cannot read); a CRD without it lets it in.
+        static string Rules(string second) => $$"""
+            ---
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: HTTPRoute
+            metadata: {name: invalid, namespace: gateway-conformance-infra}
+            spec:
+              parentRefs: [{name: same-namespace}]
+              rules:
+            {{GatewayYaml.Indent(second, 2)}}
+
+            """;
+        const string Good = "- matches: [{path: {type: PathPrefix, value: /good} }]\n  backendRefs: [{name: infra-backend-v1, port: 80}]";
+        const string BadRegex = "- matches: [{path: {type: PathPrefix, value: /bad} }, {path: {type: RegularExpression, value: \"/bad/([\"} }]\n  backendRefs: [{name: infra-backend-v2, port: 80}]";
+        const string Incompatible = "- filters: [{type: RequestRedirect, requestRedirect: {hostname: example.org}}, {type: URLRewrite, urlRewrite: {hostname: example.net}}]";
+        await using var cluster = await StartAsync(Rules(Good + "\n" + BadRegex));
+
+        var route = await cluster.WaitForObjectAsync<HttpRouteResource>(Infra, "invalid", r =>
+            RouteParent(r, "same-namespace") is { } parent && Condition(parent["conditions"], "PartiallyInvalid") == "True/UnsupportedValue/1");
+        var conditions = RouteParent(route, "same-namespace")!["conditions"]!;
+        Assert.Equal("True/Accepted/1", Condition(conditions, "Accepted"));
+        Assert.StartsWith("Dropped Rule 1: path '/bad/([' is not a regular expression .NET reads: ",
+            conditions.AsArray().Single(c => c!["type"]!.GetValue<string>() == "PartiallyInvalid")!["message"]!.GetValue<string>(), StringComparison.Ordinal);
+        await cluster.AnswersAsync("example.com", "/good", "infra-backend-v1");
+        Assert.Equal("404", await cluster.AnswerAsync("example.com", "/bad"));
+
+        // No valid rule left: not accepted, with the reason of the first dropped rule; nothing of it is served.
+        cluster.Apply(Rules(Incompatible));
+        route = await cluster.WaitForObjectAsync<HttpRouteResource>(Infra, "invalid", r =>
+            RouteParent(r, "same-namespace") is { } parent && Condition(parent["conditions"], "Accepted") == "False/IncompatibleFilters/2");
+        Assert.Null(Condition(RouteParent(route, "same-namespace")!["conditions"], "PartiallyInvalid"));
+        Assert.Equal("404", await cluster.AnswerAsync("example.com", "/good"));
+    }
+
+    [Fact]
     public async Task Status_IsWrittenOnlyWhenItChanges_OwnWritesAndUnrelatedEventsWriteNothing()
     {
         await using var cluster = await StartAsync(Route("quiet", Backend("infra-backend-v1")));
