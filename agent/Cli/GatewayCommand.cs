@@ -15,6 +15,7 @@ internal static class GatewayCommand
     private static readonly Option<string> PublishService = new("--publish-service") { HelpName = "NS/NAME", Description = "Kubernetes mode: publish this Service's load balancer addresses (or external IPs) in status, unless --status-address is given." };
     private static readonly Option<string> Http = new("--http") { HelpName = "ADDR|off", Description = "Plain HTTP/1.1 listener.", DefaultValueFactory = _ => "0.0.0.0:8080" };
     private static readonly Option<string> Https = new("--https") { HelpName = "ADDR|off", Description = "TLS listener: certificate by SNI, HTTP/2 or HTTP/1.1 by ALPN.", DefaultValueFactory = _ => "0.0.0.0:8443" };
+    private static readonly Option<string[]> GatewayHttp = new("--gateway-http") { HelpName = "NS/NAME=ADDR", Description = "Also serve Gateway NS/NAME's HTTP listeners alone on ADDR (ADDRESS:PORT), so each Gateway can have an address of its own (repeatable); --http keeps serving every Gateway together.", AllowMultipleArgumentsPerToken = false };
     private static readonly Option<int> MaxConnections = new("--max-connections") { HelpName = "N", Description = "Client connections held at once; further ones are closed on accept.", DefaultValueFactory = _ => 10_000 };
     private static readonly Option<string> AccessLog = new("--access-log") { HelpName = "stdout|FILE|off", Description = "One JSON line per request: method, host, path, status, duration, upstream, route, traceparent.", DefaultValueFactory = _ => "off" };
     private static readonly Option<int> Eject5xx = new("--eject-after-5xx") { HelpName = "N", Description = "An endpoint that answers N 5xx in a row is ejected for --ejection-time; 0: never for 5xx.", DefaultValueFactory = _ => 5 };
@@ -41,7 +42,7 @@ internal static class GatewayCommand
     {
         var command = new Command("gateway", "Runs the ingress gateway: routes outside requests to Services by host and path, from Ingress (class weft) and Gateway API HTTPRoutes; no root, no eBPF (docs/gateway.md).")
         {
-            Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, Admin, MaxConnections, AccessLog, OtlpEndpoint, Eject5xx, EjectionTime,
+            Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, GatewayHttp, Admin, MaxConnections, AccessLog, OtlpEndpoint, Eject5xx, EjectionTime,
             TrustDomain, MeshNamespace, MeshServiceAccount, CaCert, CaKey, TrustBundle, CaChain, CaAddress, CaTokenFile, NodeCert, NodeKey, SvidLifetimeSeconds, MaxTunnels,
         };
         command.SetAction(async (cl, _) =>
@@ -50,6 +51,7 @@ internal static class GatewayCommand
             {
                 Http = Endpoint(Http.Name, cl.GetRequiredValue(Http)),
                 Https = Endpoint(Https.Name, cl.GetRequiredValue(Https)),
+                GatewayHttp = GatewayEndpoints(cl.GetValue(GatewayHttp) ?? []),
                 Admin = Endpoint(Admin.Name, cl.GetRequiredValue(Admin)),
                 MaxConnections = cl.GetValue(MaxConnections),
                 AccessLog = cl.GetRequiredValue(AccessLog) is var log && log != "off" ? log : null,
@@ -154,6 +156,27 @@ internal static class GatewayCommand
         return Uri.TryCreate(endpoint, UriKind.Absolute, out var uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps) && string.IsNullOrEmpty(uri.Query)
             ? new GatewayTracingOptions(uri)
             : throw new UsageException($"--otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) wants an http:// or https:// URL of an OTLP/HTTP collector, got '{endpoint}'");
+    }
+
+    /// <summary>--gateway-http NS/NAME=ADDRESS:PORT, each Gateway once.</summary>
+    private static Dictionary<string, IPEndPoint> GatewayEndpoints(string[] values)
+    {
+        var endpoints = new Dictionary<string, IPEndPoint>(StringComparer.Ordinal);
+        foreach (var value in values)
+        {
+            if (value.Split('=', 2) is not [var gateway, var address] || gateway.Split('/') is not [{ Length: > 0 }, { Length: > 0 }]
+                || Endpoint(GatewayHttp.Name, address) is not { } endpoint)
+            {
+                throw new UsageException($"{GatewayHttp.Name} wants NAMESPACE/NAME=ADDRESS:PORT, got '{value}'");
+            }
+
+            if (!endpoints.TryAdd(gateway, endpoint))
+            {
+                throw new UsageException($"{GatewayHttp.Name} names Gateway {gateway} twice");
+            }
+        }
+
+        return endpoints;
     }
 
     private static IPEndPoint? Endpoint(string name, string value)

@@ -70,7 +70,7 @@ internal sealed class GatewayConfigSource : IDisposable
         }
 
         _lastWarnings = warnings;
-        table = new RouteTable { Http = table.Http, Https = table.Https, Certificates = table.Certificates, Warnings = table.Warnings, Version = Interlocked.Increment(ref _version) };
+        table = new RouteTable { Http = table.Http, Https = table.Https, GatewayHttp = table.GatewayHttp, Certificates = table.Certificates, Warnings = table.Warnings, Version = Interlocked.Increment(ref _version) };
         Volatile.Write(ref _current, table);
         _metrics.RoutesServed(table);
         Log.Info("gateway", $"routes version {table.Version}: {table.Http.Hosts.Sum(h => h.Routes.Length)} http, {table.Https.Hosts.Sum(h => h.Routes.Length)} https, {table.Certificates.Count} certificates"

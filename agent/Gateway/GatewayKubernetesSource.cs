@@ -340,7 +340,7 @@ internal sealed class GatewayKubernetesSource : IDisposable
             }
 
             _lastWarnings = warnings;
-            table = new RouteTable { Http = table.Http, Https = table.Https, Certificates = table.Certificates, Warnings = table.Warnings, Version = ++_version };
+            table = new RouteTable { Http = table.Http, Https = table.Https, GatewayHttp = table.GatewayHttp, Certificates = table.Certificates, Warnings = table.Warnings, Version = ++_version };
             Volatile.Write(ref _current, table);
             Volatile.Write(ref _lastError, null);
             _metrics.RoutesServed(table);

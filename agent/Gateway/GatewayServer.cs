@@ -7,6 +7,7 @@ using System.Security.Authentication;
 using System.Text;
 using System.Text.RegularExpressions;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
@@ -26,6 +27,13 @@ internal sealed record GatewayOptions
 
     /// <summary>TLS listener (HTTP/1.1 and HTTP/2 by ALPN, certificate by SNI), or null for none.</summary>
     public IPEndPoint? Https { get; init; }
+
+    /// <summary>
+    /// Plain HTTP/1.1 listeners of one Gateway each ("namespace/name" to its address): what arrives there is routed with
+    /// that Gateway's HTTP listeners' routes only, so two Gateways can answer the same host and path differently. Every
+    /// Gateway is still served on <see cref="Http"/> too, all together, as without this.
+    /// </summary>
+    public IReadOnlyDictionary<string, IPEndPoint> GatewayHttp { get; init; } = new Dictionary<string, IPEndPoint>();
 
     /// <summary>Plain /metrics, /routes, /healthz, or null for none.</summary>
     public IPEndPoint? Admin { get; init; }
@@ -150,8 +158,9 @@ internal sealed partial class GatewayServer : IAsyncDisposable
     private readonly WebApplication? _admin;
     private readonly IAsyncDisposable _handler;
 
-    private GatewayServer(WebApplication app, WebApplication? admin, IAsyncDisposable handler, IPEndPoint? http, IPEndPoint? https, IPEndPoint? adminEndpoint)
+    private GatewayServer(WebApplication app, WebApplication? admin, IAsyncDisposable handler, IPEndPoint? http, IPEndPoint? https, IPEndPoint? adminEndpoint, IReadOnlyDictionary<string, IPEndPoint> gatewayHttp)
     {
+        GatewayHttpEndpoints = gatewayHttp;
         _app = app;
         _admin = admin;
         _handler = handler;
@@ -163,7 +172,13 @@ internal sealed partial class GatewayServer : IAsyncDisposable
     /// <summary>The bound addresses (port 0 in the options: the port the kernel chose).</summary>
     public IPEndPoint? HttpEndpoint { get; }
 
+    /// <summary>The connection item that names the Gateway a connection to one of <see cref="GatewayOptions.GatewayHttp"/> came to.</summary>
+    private const string GatewayItem = "weft.gateway";
+
     public IPEndPoint? HttpsEndpoint { get; }
+
+    /// <summary>Where each Gateway of <see cref="GatewayOptions.GatewayHttp"/> is served (the port the kernel picked for port 0).</summary>
+    public IReadOnlyDictionary<string, IPEndPoint> GatewayHttpEndpoints { get; }
 
     public IPEndPoint? AdminEndpoint { get; }
 
@@ -174,6 +189,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         CancellationToken cancellationToken = default, GatewayMesh? mesh = null)
     {
         ListenOptions? httpListen = null, httpsListen = null, adminListen = null;
+        var gatewayListens = new Dictionary<string, ListenOptions>(StringComparer.Ordinal);
         var connections = new ConnectionLimiter(options.MaxConnections, metrics);
         var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions());
         builder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
@@ -197,6 +213,23 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                     httpListen = listen;
                     listen.Protocols = HttpProtocols.Http1;
                     listen.Use(connections.Limit);
+                });
+            }
+
+            foreach (var (gateway, endpoint) in options.GatewayHttp)
+            {
+                kestrel.Listen(endpoint, listen =>
+                {
+                    gatewayListens[gateway] = listen;
+                    listen.Protocols = HttpProtocols.Http1;
+                    listen.Use(connections.Limit);
+
+                    // The request handler reads which Gateway the connection came to from its items.
+                    listen.Use(next => connection =>
+                    {
+                        connection.Items[GatewayItem] = gateway;
+                        return next(connection);
+                    });
                 });
             }
 
@@ -277,10 +310,12 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             throw;
         }
 
-        var server = new GatewayServer(app, admin, handler, httpListen?.IPEndPoint, httpsListen?.IPEndPoint, adminListen?.IPEndPoint);
+        var server = new GatewayServer(app, admin, handler, httpListen?.IPEndPoint, httpsListen?.IPEndPoint, adminListen?.IPEndPoint,
+            gatewayListens.ToDictionary(l => l.Key, l => l.Value.IPEndPoint!, StringComparer.Ordinal));
         Log.Info("gateway", "serving"
             + (server.HttpEndpoint is { } h ? $" http://{h}" : "")
             + (server.HttpsEndpoint is { } s ? $" https://{s}" : "")
+            + string.Concat(server.GatewayHttpEndpoints.Select(g => $", Gateway {g.Key} on http://{g.Value}"))
             + (server.AdminEndpoint is { } a ? $", metrics on http://{a}/metrics" : ""));
         return server;
     }
@@ -487,7 +522,12 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             try
             {
                 var host = RouteCompiler.NormalizeHost(request.Host.Host) ?? "";
-                route = (request.IsHttps ? _routes().Https : _routes().Http).Match(host, request, path);
+                var table = _routes();
+                var listener = request.IsHttps ? table.Https
+                    : context.Features.Get<IConnectionItemsFeature>()?.Items.TryGetValue(GatewayItem, out var gateway) == true
+                        ? table.GatewayHttp.GetValueOrDefault((string)gateway!) ?? ListenerRoutes.Empty
+                        : table.Http;
+                route = listener.Match(host, request, path);
                 if (route is null)
                 {
                     flags = "NR";

@@ -97,6 +97,9 @@ internal static partial class RouteCompiler
         private readonly Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>> _gatewayHttp = [];
         private readonly Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>> _gatewayHttps = [];
         private readonly Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>> _ingress = [];
+
+        // Each Gateway's own HTTP routes ("namespace/name"), for a Gateway served on an address of its own.
+        private readonly Dictionary<string, Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>>> _perGatewayHttp = new(StringComparer.Ordinal);
         private readonly List<(HostPattern Pattern, SslStreamCertificateContext Certificate)> _certificates = [];
         private readonly Dictionary<string, SslStreamCertificateContext?> _secrets = new(StringComparer.Ordinal);
         private Route? _defaultRoute;
@@ -264,6 +267,7 @@ internal static partial class RouteCompiler
             foreach (var gateway in gateways.Values)
             {
                 CompileListeners(gateway);
+                _perGatewayHttp[Key(gateway.Metadata)] = [];
             }
 
             var ordinal = 0;
@@ -380,8 +384,8 @@ internal static partial class RouteCompiler
             var source = $"HTTPRoute {Key(httpRoute.Metadata)}";
             var routeHosts = httpRoute.Spec.Hostnames?.Select(NormalizeHost).OfType<string>().ToList() ?? [];
 
-            // Listener (by protocol) and the hostnames a route serves on it.
-            var attachments = new List<(bool Https, string? Hostname)>();
+            // Gateway ("namespace/name"), listener (by protocol) and the hostnames a route serves on it.
+            var attachments = new List<(string Gateway, bool Https, string? Hostname)>();
             var parents = new List<(ObjectReference Parent, ConditionReport Accepted)>();
             foreach (var parent in httpRoute.Spec.ParentRefs ?? [])
             {
@@ -424,7 +428,7 @@ internal static partial class RouteCompiler
                     foreach (var hostname in hostnames)
                     {
                         attached = true;
-                        attachments.Add((listener.Protocol == "HTTPS", hostname));
+                        attachments.Add(($"{gatewayNs}/{parent.Name}", listener.Protocol == "HTTPS", hostname));
                     }
                 }
 
@@ -475,9 +479,15 @@ internal static partial class RouteCompiler
                         ruleIndex,
                         matchIndex,
                     ];
-                    foreach (var (https, hostname) in attachments.Distinct())
+                    // Every Gateway's listeners together (--http, --https), and each Gateway's HTTP listeners on its own.
+                    foreach (var (https, hostname) in attachments.Select(a => (a.Https, a.Hostname)).Distinct())
                     {
                         Bucket(https ? _gatewayHttps : _gatewayHttp, GatewayHostPattern(hostname)).Add((compiled, order));
+                    }
+
+                    foreach (var (gateway, _, hostname) in attachments.Where(a => !a.Https).Distinct())
+                    {
+                        Bucket(_perGatewayHttp[gateway], GatewayHostPattern(hostname)).Add((compiled, order));
                     }
                 }
             }
@@ -890,6 +900,7 @@ internal static partial class RouteCompiler
             {
                 Http = new ListenerRoutes(Hosts(_gatewayHttp), _defaultRoute),
                 Https = new ListenerRoutes(Hosts(_gatewayHttps), _defaultRoute),
+                GatewayHttp = _perGatewayHttp.ToImmutableDictionary(g => g.Key, g => new ListenerRoutes(g.Value.Select(h => new VirtualHost(h.Key, [.. Sorted(h.Value)])), null), StringComparer.Ordinal),
                 Certificates = new CertificateSet(_certificates, null),
                 Warnings = [.. _warnings.Distinct(StringComparer.Ordinal)],
             };

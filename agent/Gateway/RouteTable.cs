@@ -397,6 +397,12 @@ internal sealed class RouteTable
 
     public required ListenerRoutes Https { get; init; }
 
+    /// <summary>
+    /// Each Gateway's HTTP listeners alone, by "namespace/name" (no Ingress, no other Gateway): what an address given to
+    /// that Gateway serves (<see cref="GatewayOptions.GatewayHttp"/>); <see cref="Http"/> serves every Gateway together.
+    /// </summary>
+    public ImmutableDictionary<string, ListenerRoutes> GatewayHttp { get; init; } = ImmutableDictionary<string, ListenerRoutes>.Empty;
+
     public required CertificateSet Certificates { get; init; }
 
     /// <summary>Objects, or parts of them, that were left out, and why.</summary>

@@ -33,6 +33,7 @@ public class ConformanceReportTests
         ("HTTPRouteListenerHostnameMatching", ["HttpRouteConformanceTests.HTTPRouteListenerHostnameMatching", "GatewayKubernetesTests.HTTPRouteListenerHostnameMatching_EachRouteIsAcceptedOnItsListener_AndListenersCountThem"]),
         ("HTTPRouteMatching", ["HttpRouteConformanceTests.HTTPRouteMatching"]),
         ("HTTPRouteMatchingAcrossRoutes", ["HttpRouteConformanceTests.HTTPRouteMatchingAcrossRoutes"]),
+        ("HTTPRouteMultipleGateways", ["HttpRouteConformanceTests.HTTPRouteMultipleGateways"]),
         ("HTTPRouteObservedGenerationBump", ["GatewayKubernetesTests.HTTPRouteObservedGenerationBump_StatusFollowsTheNewGeneration_AndKeepsItsTransitionTime"]),
         ("HTTPRoutePathMatchOrder", ["HttpRouteConformanceTests.HTTPRoutePathMatchOrder"]),
         ("HTTPRouteRedirectHostAndStatus", ["HttpRouteConformanceTests.HTTPRouteRedirectHostAndStatus"]),

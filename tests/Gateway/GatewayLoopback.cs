@@ -179,26 +179,30 @@ internal sealed class GatewayLoopback : IAsyncDisposable
 
     public Uri Http(string pathAndQuery = "/") => new($"http://127.0.0.1:{Server.HttpEndpoint!.Port}{pathAndQuery}");
 
-    public async Task<HttpResponseMessage> GetAsync(string host, string pathAndQuery, Action<HttpRequestMessage>? configure = null, HttpMethod? method = null)
+    /// <summary>The address of a Gateway given one of its own (<see cref="GatewayOptions.GatewayHttp"/>, "namespace/name").</summary>
+    public Uri GatewayHttp(string gateway, string pathAndQuery = "/") => new($"http://127.0.0.1:{Server.GatewayHttpEndpoints[gateway].Port}{pathAndQuery}");
+
+    /// <param name="gateway">Send it to this Gateway's own address ("namespace/name"), not to the shared HTTP listener.</param>
+    public async Task<HttpResponseMessage> GetAsync(string host, string pathAndQuery, Action<HttpRequestMessage>? configure = null, HttpMethod? method = null, string? gateway = null)
     {
-        using var request = new HttpRequestMessage(method ?? HttpMethod.Get, Http(pathAndQuery));
+        using var request = new HttpRequestMessage(method ?? HttpMethod.Get, gateway is null ? Http(pathAndQuery) : GatewayHttp(gateway, pathAndQuery));
         request.Headers.Host = host;
         configure?.Invoke(request);
         return await Client.SendAsync(request);
     }
 
     /// <summary>The backend that answered and what it saw; fails unless the status is 200.</summary>
-    public async Task<Echo> EchoAsync(string host, string pathAndQuery, Action<HttpRequestMessage>? configure = null, HttpMethod? method = null)
+    public async Task<Echo> EchoAsync(string host, string pathAndQuery, Action<HttpRequestMessage>? configure = null, HttpMethod? method = null, string? gateway = null)
     {
-        using var response = await GetAsync(host, pathAndQuery, configure, method);
+        using var response = await GetAsync(host, pathAndQuery, configure, method, gateway);
         var body = await response.Content.ReadAsStringAsync();
         Assert.True(response.StatusCode == HttpStatusCode.OK, $"{host}{pathAndQuery}: {(int)response.StatusCode} {body}");
         return JsonSerializer.Deserialize<Echo>(body)!;
     }
 
-    public async Task<HttpStatusCode> StatusAsync(string host, string pathAndQuery, Action<HttpRequestMessage>? configure = null)
+    public async Task<HttpStatusCode> StatusAsync(string host, string pathAndQuery, Action<HttpRequestMessage>? configure = null, string? gateway = null)
     {
-        using var response = await GetAsync(host, pathAndQuery, configure);
+        using var response = await GetAsync(host, pathAndQuery, configure, gateway: gateway);
         return response.StatusCode;
     }
 

@@ -241,6 +241,63 @@ public class HttpRouteConformanceTests
     }
 
     [Fact]
+    public async Task HTTPRouteMultipleGateways()
+    {
+        // The upstream base Gateways: same-namespace admits routes of its namespace, all-namespaces of every namespace;
+        // both have one HTTP listener on port 80 and no hostname. Each gets an address of its own (--gateway-http).
+        var allNamespaces = """
+            ---
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: Gateway
+            metadata: {name: all-namespaces, namespace: gateway-conformance-infra}
+            spec:
+              gatewayClassName: weft
+              listeners: [{name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}]
+
+            """;
+        var routes = Route("multiple-gateways-shared-route", $"- matches: [{{path: {{type: PathPrefix, value: /shared}}}}]\n  backendRefs: [{Backend("infra-backend-v1")}]",
+                parent: "{name: same-namespace}, {name: all-namespaces}")
+            + Route("same-namespace-dedicated-route", $"- matches: [{{path: {{type: PathPrefix, value: /}}}}]\n  backendRefs: [{Backend("infra-backend-v2")}]",
+                parent: "{name: same-namespace}")
+            + Route("all-namespaces-dedicated-route", $"- matches: [{{path: {{type: PathPrefix, value: /}}}}]\n  backendRefs: [{Backend("infra-backend-v3")}]",
+                parent: "{name: all-namespaces}");
+        var gateways = GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}}") + allNamespaces;
+        await using var gateway = new GatewayLoopback();
+        var yaml = await gateway.ConformanceBackendsAsync() + gateways + routes;
+        await gateway.StartAsync(yaml, new Weft.Gateway.GatewayOptions
+        {
+            GatewayHttp = new Dictionary<string, IPEndPoint>
+            {
+                [$"{Infra}/same-namespace"] = new(IPAddress.Loopback, 0),
+                [$"{Infra}/all-namespaces"] = new(IPAddress.Loopback, 0),
+            },
+        });
+
+        // GatewayAndHTTPRoutesMustBeAccepted, per Gateway: its two routes accepted with resolved refs, and attached.
+        var (objects, inventory) = GatewayYaml.Load(yaml);
+        var report = new Weft.Gateway.GatewayStatusReport();
+        Weft.Gateway.RouteCompiler.Compile(objects, inventory, report);
+        foreach (var (gatewayName, dedicated) in new[] { ("same-namespace", "same-namespace-dedicated-route"), ("all-namespaces", "all-namespaces-dedicated-route") })
+        {
+            foreach (var route in new[] { "multiple-gateways-shared-route", dedicated })
+            {
+                var parent = Assert.Single(report.Routes[$"{Infra}/{route}"], p => p.ParentRef.Name == gatewayName);
+                Assert.True(parent.Accepted.Status && parent.ResolvedRefs.Status, $"{route} on {gatewayName}: {parent.Accepted} {parent.ResolvedRefs}");
+            }
+
+            Assert.Equal(2, Assert.Single(report.Gateways[$"{Infra}/{gatewayName}"]).AttachedRoutes);
+        }
+
+        // Gateway same-namespace: the shared route, and its own dedicated route for /.
+        Assert.Equal("infra-backend-v1", (await gateway.EchoAsync("example.com", "/shared", gateway: $"{Infra}/same-namespace")).Backend);
+        Assert.Equal("infra-backend-v2", (await gateway.EchoAsync("example.com", "/", gateway: $"{Infra}/same-namespace")).Backend);
+
+        // Gateway all-namespaces: the same shared route, and the other dedicated route for the same /.
+        Assert.Equal("infra-backend-v1", (await gateway.EchoAsync("example.com", "/shared", gateway: $"{Infra}/all-namespaces")).Backend);
+        Assert.Equal("infra-backend-v3", (await gateway.EchoAsync("example.com", "/", gateway: $"{Infra}/all-namespaces")).Backend);
+    }
+
+    [Fact]
     public async Task HTTPRouteHTTPSListener()
     {
         var (certificate, secret) = GatewayLoopback.TlsSecret(Infra, "tls-validity-checks-certificate", "example.org");
