@@ -8,7 +8,15 @@ namespace Weft.Proxy;
 internal interface IReadReady : IThreadPoolWorkItem;
 
 /// <summary>
-/// One epoll instance and one thread waiting on it: tells an idle relay when its socket has something to
+/// A readiness whose work is a short burst of non-blocking system calls that never waits: run on the watch's own
+/// thread, in the turn that saw the event, instead of one thread-pool hop later. Work that may await or block
+/// (a TLS write, a lock another thread holds for long) must stay an <see cref="IReadReady"/>: every other socket
+/// of the watch waits while it runs.
+/// </summary>
+internal interface IRunOnWatch : IReadReady;
+
+/// <summary>
+/// One epoll instance and the threads waiting on it: tells an idle relay when its socket has something to
 /// read. A relay that waits this way holds no pending .NET receive while idle. A pending
 /// <c>Socket.ReceiveAsync</c>, even a zero-byte one, keeps about 640 bytes per socket alive: the socket's
 /// cached event args, its queued receive operation, its callback and its async context (heap dumps in
@@ -23,19 +31,27 @@ internal interface IReadReady : IThreadPoolWorkItem;
 /// A second instance, <see cref="Writable"/>, waits the same way for room to send: a splicing relay whose
 /// destination is full waits there with its bytes in a pipe, not in a thread or a pending .NET send.
 /// </para>
+/// <para>
+/// An <see cref="IRunOnWatch"/> target runs on the watch thread that took its event: a plaintext burst is a few
+/// splices, and the hop to the thread pool cost more than the burst (docs/benchmark.md, "A burst on the watch's
+/// thread"). <see cref="Shared"/> has one thread per core, up to four, all waiting on the one epoll set (each
+/// event wakes one of them), and each takes at most <see cref="MaxEvents"/> events a turn, so bursts spread over
+/// the cores as they did on the thread pool instead of queueing behind one thread.
+/// </para>
 /// </summary>
 internal sealed unsafe class ReadWatch
 {
-    private static readonly Lazy<ReadWatch> Instance = new(() => new ReadWatch(LibC.EPOLLIN | LibC.EPOLLRDHUP | LibC.EPOLLONESHOT, "weft-readwatch"));
-    private static readonly Lazy<ReadWatch> WritableInstance = new(() => new ReadWatch(LibC.EPOLLOUT | LibC.EPOLLONESHOT, "weft-writewatch"));
+    private static readonly Lazy<ReadWatch> Instance = new(() => new ReadWatch(LibC.EPOLLIN | LibC.EPOLLRDHUP | LibC.EPOLLONESHOT, "weft-readwatch", Math.Clamp(Environment.ProcessorCount, 1, 4)));
+    private static readonly Lazy<ReadWatch> WritableInstance = new(() => new ReadWatch(LibC.EPOLLOUT | LibC.EPOLLONESHOT, "weft-writewatch", 1));
 
-    /// <summary>The agent's watcher of bytes to read; its thread starts with the first use.</summary>
+    /// <summary>The agent's watcher of bytes to read; its threads start with the first use.</summary>
     public static ReadWatch Shared => Instance.Value;
 
     /// <summary>The agent's watcher of room to send (EPOLLOUT; errors and hang-ups fire it too).</summary>
     public static ReadWatch Writable => WritableInstance.Value;
 
-    private const int MaxEvents = 256;
+    /// <summary>Events one thread takes a turn: few enough that the others share a busy moment's bursts.</summary>
+    private const int MaxEvents = 16;
 
     private readonly int _epoll;
     private readonly int _events;
@@ -46,7 +62,7 @@ internal sealed unsafe class ReadWatch
     private int _used;                                           // under _lock: slots ever handed out
     private int _count;
 
-    private ReadWatch(int events, string thread)
+    private ReadWatch(int events, string thread, int threads)
     {
         _events = events;
         _epoll = LibC.epoll_create1(LibC.EPOLL_CLOEXEC);
@@ -55,7 +71,10 @@ internal sealed unsafe class ReadWatch
             throw new SocketException((int)SocketError.SocketError, $"epoll_create1 failed: errno {LibC.errno}");
         }
 
-        new Thread(Loop) { IsBackground = true, Name = thread }.Start();
+        for (var i = 0; i < threads; i++)
+        {
+            new Thread(Loop) { IsBackground = true, Name = thread }.Start();
+        }
     }
 
     /// <summary>Registrations held now (one per idle or active relay direction that waits here).</summary>
@@ -140,6 +159,7 @@ internal sealed unsafe class ReadWatch
     private void Loop()
     {
         var events = (epoll_event*)NativeMemory.Alloc(MaxEvents, (nuint)sizeof(epoll_event));
+        var ready = new IReadReady?[MaxEvents];
         while (true)
         {
             var n = LibC.epoll_wait(_epoll, events, MaxEvents, -1);
@@ -154,6 +174,7 @@ internal sealed unsafe class ReadWatch
                 continue;
             }
 
+            var inline = 0;
             lock (_lock)
             {
                 for (var i = 0; i < n; i++)
@@ -162,8 +183,29 @@ internal sealed unsafe class ReadWatch
                     var slot = (int)(uint)id;
                     if (slot < _used && _generations[slot] == (uint)(id >> 32) && _targets[slot] is { } target)
                     {
-                        ThreadPool.UnsafeQueueUserWorkItem(target, preferLocal: false);
+                        if (target is IRunOnWatch)
+                        {
+                            ready[inline++] = target;
+                        }
+                        else
+                        {
+                            ThreadPool.UnsafeQueueUserWorkItem(target, preferLocal: false);
+                        }
                     }
+                }
+            }
+
+            for (var i = 0; i < inline; i++)
+            {
+                var target = ready[i]!;
+                ready[i] = null;
+                try
+                {
+                    target.Execute();
+                }
+                catch (Exception e)
+                {
+                    Log.Error("proxy", $"a relay's burst failed on the watch thread: {e}");
                 }
             }
         }

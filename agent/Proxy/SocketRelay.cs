@@ -91,7 +91,7 @@ internal sealed class SocketRelay : IRelay
     /// in the write watch for room in the destination with bytes in its pipe (Blocked), or over (Ended: end of stream,
     /// reset or abort). Only the thread that moved it to Pumping touches its pipe until it leaves Pumping.
     /// </summary>
-    private sealed class Direction(SocketRelay relay, Socket source, Socket destination, bool fromA) : IReadReady
+    private sealed class Direction(SocketRelay relay, Socket source, Socket destination, bool fromA) : IRunOnWatch
     {
         public const int Idle = 0, Pumping = 1, Ended = 2, Blocked = 3;
 

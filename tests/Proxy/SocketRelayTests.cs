@@ -13,8 +13,12 @@ public class SocketRelayTests
         public long FromA;
         public long FromB;
 
+        /// <summary>Names of the threads the relay's bursts ran on.</summary>
+        public readonly System.Collections.Concurrent.ConcurrentDictionary<string, bool> Threads = new();
+
         public void OnBytes(bool fromA, int count)
         {
+            Threads.TryAdd(Thread.CurrentThread.Name ?? "(unnamed)", true);
             if (fromA)
             {
                 Interlocked.Add(ref FromA, count);
@@ -23,6 +27,13 @@ public class SocketRelayTests
             {
                 Interlocked.Add(ref FromB, count);
             }
+        }
+
+        /// <summary>Every burst ran on a watch thread, in the turn that saw the socket ready, none a thread-pool hop later.</summary>
+        public void AssertBurstsRanOnTheWatch()
+        {
+            Assert.NotEmpty(Threads);
+            Assert.All(Threads.Keys, name => Assert.True(name is "weft-readwatch" or "weft-writewatch", $"a burst ran on '{name}'"));
         }
     }
 
@@ -115,6 +126,8 @@ public class SocketRelayTests
             // Every byte went socket to socket through a pipe, none through the agent's memory.
             Assert.Equal(request.Length + reply.Length, started.Relay.SplicedBytes);
             Assert.Equal(1, started.Ended.Count);
+
+            counter.AssertBurstsRanOnTheWatch();
         }
     }
 
@@ -149,6 +162,7 @@ public class SocketRelayTests
 
             // The relay waited for room with its bytes in the pipe, and lost none of them.
             Assert.Equal(request.Length, started.Relay.SplicedBytes);
+            counter.AssertBurstsRanOnTheWatch();
         }
     }
 
