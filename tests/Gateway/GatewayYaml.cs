@@ -54,6 +54,19 @@ internal static class GatewayYaml
 
         """;
 
+    /// <summary>An HTTPRoute attached to Gateway <paramref name="parent"/> with the given rules (YAML list items, unindented).</summary>
+    public static string HttpRoute(string name, string rules, string ns = "gateway-conformance-infra", string parent = "same-namespace") => $$"""
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: {{name}}, namespace: {{ns}}}
+        spec:
+          parentRefs: [{name: {{parent}}}]
+          rules:
+        {{Indent(rules, 2)}}
+
+        """;
+
     public static string Indent(string text, int spaces) =>
         string.Join('\n', text.Trim('\n').Split('\n').Select(line => new string(' ', spaces) + line));
 

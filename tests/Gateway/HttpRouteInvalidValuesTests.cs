@@ -22,17 +22,7 @@ public class HttpRouteInvalidValuesTests
 
     private static string Route(string rules) =>
         GatewayYaml.Service(Infra, "infra-backend-v1", 8080) + GatewayYaml.Service(Infra, "infra-backend-v2", 8081)
-        + GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}") + $$"""
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: invalid, namespace: {{Infra}}}
-        spec:
-          parentRefs: [{name: same-namespace}]
-          rules:
-        {{GatewayYaml.Indent(rules, 2)}}
-
-        """;
+        + GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}") + GatewayYaml.HttpRoute("invalid", rules);
 
     /// <summary>A rule whose first match, PathPrefix /bad, is valid: the invalid value elsewhere in the rule drops it whole.</summary>
     private static string Bad(string match = "", string filters = "[]") => $$"""
@@ -166,23 +156,15 @@ public class HttpRouteInvalidValuesTests
     {
         await using var gateway = new GatewayLoopback();
         var backends = await gateway.ConformanceBackendsAsync();
-        await gateway.StartAsync(backends + GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}") + $$"""
-            ---
-            apiVersion: gateway.networking.k8s.io/v1
-            kind: HTTPRoute
-            metadata: {name: invalid, namespace: {{Infra}}}
-            spec:
-              parentRefs: [{name: same-namespace}]
-              rules:
-              - matches: [{path: {type: PathPrefix, value: /good} }]
-                backendRefs: [{name: infra-backend-v1, port: 80}]
-              - matches: [{path: {type: PathPrefix, value: /bad} }, {path: {type: RegularExpression, value: "/bad/(["} }]
-                backendRefs: [{name: infra-backend-v2, port: 80}]
-              - matches: [{path: {type: PathPrefix, value: /ext} }]
-                filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Auth, name: strict} }]
-                backendRefs: [{name: infra-backend-v3, port: 80}]
-
-            """);
+        await gateway.StartAsync(backends + GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}") + GatewayYaml.HttpRoute("invalid", """
+            - matches: [{path: {type: PathPrefix, value: /good} }]
+              backendRefs: [{name: infra-backend-v1, port: 80}]
+            - matches: [{path: {type: PathPrefix, value: /bad} }, {path: {type: RegularExpression, value: "/bad/(["} }]
+              backendRefs: [{name: infra-backend-v2, port: 80}]
+            - matches: [{path: {type: PathPrefix, value: /ext} }]
+              filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Auth, name: strict} }]
+              backendRefs: [{name: infra-backend-v3, port: 80}]
+            """));
 
         Assert.Equal("infra-backend-v1", (await gateway.EchoAsync("example.com", "/good")).Backend);
         Assert.Equal(HttpStatusCode.NotFound, await gateway.StatusAsync("example.com", "/bad"));

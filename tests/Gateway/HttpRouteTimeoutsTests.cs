@@ -16,17 +16,8 @@ public class HttpRouteTimeoutsTests
 {
     private const string Infra = "gateway-conformance-infra";
 
-    private static string Route(string rules) => GatewayYaml.Service(Infra, "infra-backend-v1", 8080) + GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}") + $$"""
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: timeouts, namespace: {{Infra}}}
-        spec:
-          parentRefs: [{name: same-namespace}]
-          rules:
-        {{GatewayYaml.Indent(rules, 2)}}
-
-        """;
+    private static string Route(string rules) =>
+        GatewayYaml.Service(Infra, "infra-backend-v1", 8080) + GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}") + GatewayYaml.HttpRoute("timeouts", rules);
 
     private static string Rule(string path, string timeouts) => $$"""
         - matches: [{path: {type: PathPrefix, value: {{path}}} }]
