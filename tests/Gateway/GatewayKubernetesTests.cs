@@ -291,22 +291,14 @@ public class GatewayKubernetesTests
     public async Task HTTPRouteWithARuleWhoseBackendRequestExceedsItsRequestTimeout_DropsThatRule_PartiallyInvalid_UntilFixed()
     {
         // The API server refuses this by CEL; a CRD installed without its validation, or an older one, lets it in.
-        static string Timeouts(string badRule) => $$"""
-            ---
-            apiVersion: gateway.networking.k8s.io/v1
-            kind: HTTPRoute
-            metadata: {name: timeouts, namespace: gateway-conformance-infra}
-            spec:
-              parentRefs: [{name: same-namespace}]
-              rules:
-              - matches: [{path: {type: PathPrefix, value: /timed} }]
-                backendRefs: [{name: infra-backend-v1, port: 80}]
-                timeouts: {request: 500ms}
-              - matches: [{path: {type: PathPrefix, value: /other} }]
-                backendRefs: [{name: infra-backend-v2, port: 80}]
-                timeouts: {{badRule}}
-
-            """;
+        static string Timeouts(string badRule) => GatewayYaml.HttpRoute("timeouts", $$"""
+            - matches: [{path: {type: PathPrefix, value: /timed} }]
+              backendRefs: [{name: infra-backend-v1, port: 80}]
+              timeouts: {request: 500ms}
+            - matches: [{path: {type: PathPrefix, value: /other} }]
+              backendRefs: [{name: infra-backend-v2, port: 80}]
+              timeouts: {{badRule}}
+            """);
         await using var cluster = await StartAsync(Timeouts("{request: 1s, backendRequest: 2s}"));
 
         var route = await cluster.WaitForObjectAsync<HttpRouteResource>(Infra, "timeouts", r =>
@@ -333,17 +325,7 @@ public class GatewayKubernetesTests
     public async Task HTTPRouteWithAnInvalidValue_DropsThatRule_PartiallyInvalidIsWritten_AndAllInvalid_AcceptedFalse()
     {
         // What the API server's schema would refuse (an enum value, a regex .NET cannot read); a CRD without it lets it in.
-        static string Rules(string second) => $$"""
-            ---
-            apiVersion: gateway.networking.k8s.io/v1
-            kind: HTTPRoute
-            metadata: {name: invalid, namespace: gateway-conformance-infra}
-            spec:
-              parentRefs: [{name: same-namespace}]
-              rules:
-            {{GatewayYaml.Indent(second, 2)}}
-
-            """;
+        static string Rules(string rules) => GatewayYaml.HttpRoute("invalid", rules);
         const string Good = "- matches: [{path: {type: PathPrefix, value: /good} }]\n  backendRefs: [{name: infra-backend-v1, port: 80}]";
         const string BadRegex = "- matches: [{path: {type: PathPrefix, value: /bad} }, {path: {type: RegularExpression, value: \"/bad/([\"} }]\n  backendRefs: [{name: infra-backend-v2, port: 80}]";
         const string Incompatible = "- filters: [{type: RequestRedirect, requestRedirect: {hostname: example.org}}, {type: URLRewrite, urlRewrite: {hostname: example.net}}]";
