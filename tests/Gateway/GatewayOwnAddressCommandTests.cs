@@ -29,7 +29,7 @@ public class GatewayOwnAddressCommandTests
         var inventory = Path.Combine(dir, "gateway.yaml");
         await File.WriteAllTextAsync(inventory, yaml);
 
-        var ports = FreePorts(7);
+        var ports = GatewayCommandTests.FreePorts(7);
         var (http, https, admin, httpA, httpB, httpsA, httpsB) = (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6]);
         var (file, arguments) = WeftExecutable.Command(["gateway", "--inventory", inventory,
             "--http", $"127.0.0.1:{http}", "--https", $"127.0.0.1:{https}", "--admin", $"127.0.0.1:{admin}",
@@ -116,21 +116,6 @@ public class GatewayOwnAddressCommandTests
 
         Assert.Equal(2, gateway.ExitCode);
         Assert.Contains($"--gateway-http {Infra}/a 127.0.0.1:{port} overlaps --http 127.0.0.1:{port}", error);
-    }
-
-    /// <summary>Distinct free loopback ports: all held open at once while picked, so the kernel cannot hand out one twice.</summary>
-    private static int[] FreePorts(int count)
-    {
-        var listeners = Enumerable.Range(0, count).Select(_ => new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0)).ToList();
-        try
-        {
-            listeners.ForEach(l => l.Start());
-            return [.. listeners.Select(l => ((System.Net.IPEndPoint)l.LocalEndpoint).Port)];
-        }
-        finally
-        {
-            listeners.ForEach(l => l.Stop());
-        }
     }
 
     /// <summary>"STATUS BACKEND" (200 and the echo backend's name), or the status alone; "000" when no HTTP answer came (e.g. TLS refused).</summary>
