@@ -64,6 +64,10 @@ public class GatewayOwnAddressCommandTests
             Assert.Equal("200 v1", await CurlAsync($"https://a.example:{httpsA}/b", "--resolve", $"a.example:{httpsA}:127.0.0.1"));
             Assert.Equal("200 v2", await CurlAsync($"https://b.example:{httpsB}/b", "--resolve", $"b.example:{httpsB}:127.0.0.1"));
             Assert.Equal("000", await CurlAsync($"https://b.example:{httpsA}/b", "--resolve", $"b.example:{httpsA}:127.0.0.1")); // no certificate: refused
+
+            // a's name at the handshake, b's as the HTTP/2 :authority: still a's routes only (a's / has no host b.example).
+            Assert.Equal("404", await CurlAsync($"https://a.example:{httpsA}/b", "--http2", "-H", "Host: b.example", "--resolve", $"a.example:{httpsA}:127.0.0.1"));
+            Assert.Equal("200 v2", await CurlAsync($"https://a.example:{https}/b", "--http2", "-H", "Host: b.example", "--resolve", $"a.example:{https}:127.0.0.1"));
             Assert.Equal(certA.Thumbprint, (await GatewayOwnAddressTests.HandshakeAsync(httpsA, "a.example"))?.Thumbprint);
             Assert.Equal(certB.Thumbprint, (await GatewayOwnAddressTests.HandshakeAsync(httpsB, "b.example"))?.Thumbprint);
 
