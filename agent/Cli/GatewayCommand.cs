@@ -16,6 +16,9 @@ internal static class GatewayCommand
     private static readonly Option<string> Http = new("--http") { HelpName = "ADDR|off", Description = "Plain HTTP/1.1 listener.", DefaultValueFactory = _ => "0.0.0.0:8080" };
     private static readonly Option<string> Https = new("--https") { HelpName = "ADDR|off", Description = "TLS listener: certificate by SNI, HTTP/2 or HTTP/1.1 by ALPN.", DefaultValueFactory = _ => "0.0.0.0:8443" };
     private static readonly Option<string[]> GatewayHttp = new("--gateway-http") { HelpName = "NS/NAME=ADDR", Description = "Also serve Gateway NS/NAME's HTTP listeners alone on ADDR (ADDRESS:PORT), so each Gateway can have an address of its own (repeatable); --http keeps serving every Gateway together.", AllowMultipleArgumentsPerToken = false };
+    private static readonly Option<string[]> GatewayHttps = new("--gateway-https") { HelpName = "NS/NAME=ADDR", Description = "Also serve Gateway NS/NAME's HTTPS listeners alone on ADDR (ADDRESS:PORT), with its certificates only, by SNI (repeatable); --https keeps serving every Gateway together.", AllowMultipleArgumentsPerToken = false };
+    private static readonly Option<string[]> GatewayStatusAddress = new("--gateway-status-address") { HelpName = "NS/NAME=IP|HOST", Description = "Kubernetes mode: the address written to status.addresses of Gateway NS/NAME, which has an address of its own (repeatable) [default: the IP of its --gateway-http/--gateway-https ADDR unless 0.0.0.0 or ::, else the shared address]", AllowMultipleArgumentsPerToken = false };
+    private static readonly Option<string[]> GatewayPublishService = new("--gateway-publish-service") { HelpName = "NS/NAME=SVCNS/SVC", Description = "Kubernetes mode: publish Service SVCNS/SVC's load balancer addresses (or external IPs) in status.addresses of Gateway NS/NAME, which has an address of its own (repeatable), unless --gateway-status-address names it.", AllowMultipleArgumentsPerToken = false };
     private static readonly Option<int> MaxConnections = new("--max-connections") { HelpName = "N", Description = "Client connections held at once; further ones are closed on accept.", DefaultValueFactory = _ => 10_000 };
     private static readonly Option<string> AccessLog = new("--access-log") { HelpName = "stdout|FILE|off", Description = "One JSON line per request: method, host, path, status, duration, upstream, route, traceparent.", DefaultValueFactory = _ => "off" };
     private static readonly Option<int> Eject5xx = new("--eject-after-5xx") { HelpName = "N", Description = "An endpoint that answers N 5xx in a row is ejected for --ejection-time; 0: never for 5xx.", DefaultValueFactory = _ => 5 };
@@ -42,7 +45,7 @@ internal static class GatewayCommand
     {
         var command = new Command("gateway", "Runs the ingress gateway: routes outside requests to Services by host and path, from Ingress (class weft) and Gateway API HTTPRoutes; no root, no eBPF (docs/gateway.md).")
         {
-            Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, GatewayHttp, Admin, MaxConnections, AccessLog, OtlpEndpoint, Eject5xx, EjectionTime,
+            Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, GatewayHttp, GatewayHttps, GatewayStatusAddress, GatewayPublishService, Admin, MaxConnections, AccessLog, OtlpEndpoint, Eject5xx, EjectionTime,
             TrustDomain, MeshNamespace, MeshServiceAccount, CaCert, CaKey, TrustBundle, CaChain, CaAddress, CaTokenFile, NodeCert, NodeKey, SvidLifetimeSeconds, MaxTunnels,
         };
         command.SetAction(async (cl, _) =>
@@ -51,7 +54,8 @@ internal static class GatewayCommand
             {
                 Http = Endpoint(Http.Name, cl.GetRequiredValue(Http)),
                 Https = Endpoint(Https.Name, cl.GetRequiredValue(Https)),
-                GatewayHttp = GatewayEndpoints(cl.GetValue(GatewayHttp) ?? []),
+                GatewayHttp = GatewayEndpoints(GatewayHttp.Name, cl.GetValue(GatewayHttp) ?? []),
+                GatewayHttps = GatewayEndpoints(GatewayHttps.Name, cl.GetValue(GatewayHttps) ?? []),
                 Admin = Endpoint(Admin.Name, cl.GetRequiredValue(Admin)),
                 MaxConnections = cl.GetValue(MaxConnections),
                 AccessLog = cl.GetRequiredValue(AccessLog) is var log && log != "off" ? log : null,
@@ -74,6 +78,8 @@ internal static class GatewayCommand
                 throw new UsageException("--http and --https cannot both be off");
             }
 
+            DistinctAddresses(options);
+
             var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
             using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
@@ -82,9 +88,11 @@ internal static class GatewayCommand
             var metrics = new GatewayMetrics(Environment.GetEnvironmentVariable("POD_NAMESPACE") ?? "");
             var inventory = cl.GetValue(Inventory);
             var publish = cl.GetValue(PublishService);
-            if (inventory is not null && (cl.GetValue(Kubeconfig) is not null || publish is not null || cl.GetValue(StatusAddress) is { Length: > 0 }))
+            var gatewayStatus = GatewayStatus(options, cl.GetValue(GatewayStatusAddress) ?? [], cl.GetValue(GatewayPublishService) ?? []);
+            if (inventory is not null && (cl.GetValue(Kubeconfig) is not null || publish is not null || cl.GetValue(StatusAddress) is { Length: > 0 }
+                || cl.GetValue(GatewayStatusAddress) is { Length: > 0 } || cl.GetValue(GatewayPublishService) is { Length: > 0 }))
             {
-                throw new UsageException("--inventory is the standalone mode; --kubeconfig, --status-address and --publish-service are for the Kubernetes mode");
+                throw new UsageException("--inventory is the standalone mode; --kubeconfig, --status-address, --publish-service, --gateway-status-address and --gateway-publish-service are for the Kubernetes mode");
             }
 
             if (publish is not null && publish.Split('/') is not [{ Length: > 0 }, { Length: > 0 }])
@@ -92,11 +100,22 @@ internal static class GatewayCommand
                 throw new UsageException($"--publish-service wants NAMESPACE/NAME, got '{publish}'");
             }
 
-            using var file = inventory is null ? null : GatewayConfigSource.Start(inventory, metrics);
+            var ownAddresses = options.GatewayHttp.Keys.Union(options.GatewayHttps.Keys, StringComparer.Ordinal).ToList();
+            if (inventory is null)
+            {
+                foreach (var gateway in ownAddresses.Where(g => !gatewayStatus.ContainsKey(g)))
+                {
+                    Log.Warn("gateway", $"Gateway {gateway} is served on an address of its own that names no IP (0.0.0.0 or ::): its status.addresses are the shared ones; "
+                        + $"say where it is reached with --gateway-status-address {gateway}=IP or --gateway-publish-service {gateway}=NS/SERVICE");
+                }
+            }
+
+            using var file = inventory is null ? null : GatewayConfigSource.Start(inventory, metrics, ownAddresses: ownAddresses);
             using var cluster = inventory is not null ? null : GatewayKubernetesSource.Start(new Weft.Inventory.KubernetesApiOptions { Kubeconfig = cl.GetValue(Kubeconfig) }, metrics, new GatewayKubernetesOptions
             {
-                Status = new GatewayStatusOptions { Addresses = cl.GetValue(StatusAddress) ?? [], PublishService = publish },
+                Status = new GatewayStatusOptions { Addresses = cl.GetValue(StatusAddress) ?? [], PublishService = publish, Gateways = gatewayStatus },
                 MeshMembership = meshOptions is not null,
+                OwnAddresses = ownAddresses,
             });
             using var mesh = meshOptions is null ? null : await GatewayMesh.StartAsync(meshOptions, file is not null ? () => file.Store.Current : cluster!.Mesh!);
             if (mesh is not null)
@@ -158,25 +177,119 @@ internal static class GatewayCommand
             : throw new UsageException($"--otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) wants an http:// or https:// URL of an OTLP/HTTP collector, got '{endpoint}'");
     }
 
-    /// <summary>--gateway-http NS/NAME=ADDRESS:PORT, each Gateway once.</summary>
-    private static Dictionary<string, IPEndPoint> GatewayEndpoints(string[] values)
+    /// <summary>--gateway-http or --gateway-https NS/NAME=ADDRESS:PORT, each Gateway once.</summary>
+    private static Dictionary<string, IPEndPoint> GatewayEndpoints(string flag, string[] values)
     {
         var endpoints = new Dictionary<string, IPEndPoint>(StringComparer.Ordinal);
         foreach (var value in values)
         {
-            if (value.Split('=', 2) is not [var gateway, var address] || gateway.Split('/') is not [{ Length: > 0 }, { Length: > 0 }]
-                || Endpoint(GatewayHttp.Name, address) is not { } endpoint)
+            if (GatewayValue(value) is not var (gateway, address) || address == "off" || Endpoint(flag, address) is not { } endpoint)
             {
-                throw new UsageException($"{GatewayHttp.Name} wants NAMESPACE/NAME=ADDRESS:PORT, got '{value}'");
+                throw new UsageException($"{flag} wants NAMESPACE/NAME=ADDRESS:PORT, got '{value}'");
             }
 
             if (!endpoints.TryAdd(gateway, endpoint))
             {
-                throw new UsageException($"{GatewayHttp.Name} names Gateway {gateway} twice");
+                throw new UsageException($"{flag} names Gateway {gateway} twice");
             }
         }
 
         return endpoints;
+    }
+
+    /// <summary>"NS/NAME=VALUE" as ("NS/NAME", "VALUE"), or null.</summary>
+    private static (string Gateway, string Value)? GatewayValue(string value) =>
+        value.Split('=', 2) is [var gateway, { Length: > 0 } rest] && gateway.Split('/') is [{ Length: > 0 }, { Length: > 0 }] ? (gateway, rest) : null;
+
+    /// <summary>
+    /// Each address serves one thing: the same ADDRESS:PORT twice (or a port on 0.0.0.0 or :: and the same port on an
+    /// address) among --http, --https, --admin, --gateway-http and --gateway-https is refused before anything is bound.
+    /// </summary>
+    private static void DistinctAddresses(GatewayOptions options)
+    {
+        var named = new List<(string Flag, IPEndPoint Endpoint)>();
+        foreach (var (flag, endpoint) in new[] { ("--http", options.Http), ("--https", options.Https), ("--admin", options.Admin) })
+        {
+            if (endpoint is not null)
+            {
+                named.Add((flag, endpoint));
+            }
+        }
+
+        named.AddRange(options.GatewayHttp.Select(g => ($"{GatewayHttp.Name} {g.Key}", g.Value)));
+        named.AddRange(options.GatewayHttps.Select(g => ($"{GatewayHttps.Name} {g.Key}", g.Value)));
+        for (var i = 0; i < named.Count; i++)
+        {
+            for (var j = 0; j < i; j++)
+            {
+                var (a, b) = (named[j].Endpoint, named[i].Endpoint);
+                if (a.Port != 0 && a.Port == b.Port && (a.Address.Equals(b.Address) || Unspecified(a.Address) || Unspecified(b.Address)))
+                {
+                    throw new UsageException($"{named[i].Flag} {b} overlaps {named[j].Flag} {a}: each address serves one thing; give it another port");
+                }
+            }
+        }
+    }
+
+    private static bool Unspecified(IPAddress address) => address.Equals(IPAddress.Any) || address.Equals(IPAddress.IPv6Any);
+
+    /// <summary>
+    /// Where each Gateway with an address of its own says it is, in Kubernetes status: --gateway-status-address, else
+    /// --gateway-publish-service, else the IPs its own addresses are bound to, unless those are 0.0.0.0 or :: (then it is
+    /// left out, and gets the shared address).
+    /// </summary>
+    internal static Dictionary<string, GatewayStatusOptions> GatewayStatus(GatewayOptions options, string[] statusAddresses, string[] publishServices)
+    {
+        var own = options.GatewayHttp.Keys.Union(options.GatewayHttps.Keys, StringComparer.Ordinal).ToHashSet(StringComparer.Ordinal);
+        var addresses = new Dictionary<string, List<string>>(StringComparer.Ordinal);
+        foreach (var value in statusAddresses)
+        {
+            var (gateway, address) = GatewayValue(value) ?? throw new UsageException($"{GatewayStatusAddress.Name} wants NAMESPACE/NAME=IP|HOST, got '{value}'");
+            (addresses.TryGetValue(gateway, out var list) ? list : addresses[gateway] = []).Add(address);
+        }
+
+        var services = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var value in publishServices)
+        {
+            if (GatewayValue(value) is not var (gateway, service) || service.Split('/') is not [{ Length: > 0 }, { Length: > 0 }])
+            {
+                throw new UsageException($"{GatewayPublishService.Name} wants NAMESPACE/NAME=SERVICENAMESPACE/SERVICENAME, got '{value}'");
+            }
+
+            if (!services.TryAdd(gateway, service))
+            {
+                throw new UsageException($"{GatewayPublishService.Name} names Gateway {gateway} twice");
+            }
+        }
+
+        foreach (var (flag, gateway) in addresses.Keys.Select(g => (GatewayStatusAddress.Name, g)).Concat(services.Keys.Select(g => (GatewayPublishService.Name, g))))
+        {
+            if (!own.Contains(gateway))
+            {
+                throw new UsageException($"{flag} names Gateway {gateway}, which has no address of its own (--gateway-http or --gateway-https): it is served on the shared address, whose status is --status-address or --publish-service");
+            }
+        }
+
+        var status = new Dictionary<string, GatewayStatusOptions>(StringComparer.Ordinal);
+        foreach (var gateway in own)
+        {
+            var bound = new[] { options.GatewayHttp.GetValueOrDefault(gateway), options.GatewayHttps.GetValueOrDefault(gateway) }
+                .OfType<IPEndPoint>().Where(e => !Unspecified(e.Address)).Select(e => e.Address.ToString()).Distinct().ToList();
+            if (addresses.TryGetValue(gateway, out var given))
+            {
+                status[gateway] = new GatewayStatusOptions { Addresses = given };
+            }
+            else if (services.TryGetValue(gateway, out var service))
+            {
+                status[gateway] = new GatewayStatusOptions { PublishService = service };
+            }
+            else if (bound.Count > 0)
+            {
+                status[gateway] = new GatewayStatusOptions { Addresses = bound };
+            }
+        }
+
+        return status;
     }
 
     private static IPEndPoint? Endpoint(string name, string value)

@@ -67,11 +67,45 @@ internal static class RoutesCommand
         return 0;
     }
 
-    /// <summary>LISTENER HOST PATH MATCH ROUTE TIMEOUTS BACKENDS, then the config error and warnings.</summary>
+    /// <summary>
+    /// LISTENER HOST PATH MATCH ROUTE TIMEOUTS BACKENDS for --http and --https, then one such table per Gateway served on
+    /// an address of its own (--gateway-http, --gateway-https) with the routes that address serves, then the config error
+    /// and warnings.
+    /// </summary>
     internal static string Table(JsonElement table)
     {
+        var text = Routes(table.GetProperty("routes"));
+
+        // A gateway that predates per-Gateway addresses has no "gateways".
+        if (table.TryGetProperty("gateways", out var gateways))
+        {
+            foreach (var gateway in gateways.EnumerateArray())
+            {
+                var addresses = string.Join(", ", new[] { ("http", gateway.GetProperty("http")), ("https", gateway.GetProperty("https")) }
+                    .Where(a => a.Item2.ValueKind == JsonValueKind.String).Select(a => $"{a.Item1}://{a.Item2.GetString()}"));
+                text += $"\nGateway {gateway.GetProperty("gateway").GetString()} on {addresses}"
+                    + (gateway.GetProperty("known").GetBoolean() ? "" : " (no such Gateway of class weft: 404)") + ":\n"
+                    + Routes(gateway.GetProperty("routes"));
+            }
+        }
+
+        if (table.GetProperty("configError").GetString() is { } error)
+        {
+            text = $"config error (serving the last good version): {error}\n" + text;
+        }
+
+        foreach (var warning in table.GetProperty("warnings").EnumerateArray())
+        {
+            text += $"warning: {warning.GetString()}\n";
+        }
+
+        return text;
+    }
+
+    private static string Routes(JsonElement routes)
+    {
         var rows = new List<IReadOnlyList<string>>();
-        foreach (var route in table.GetProperty("routes").EnumerateArray())
+        foreach (var route in routes.EnumerateArray())
         {
             var conditions = new List<string>();
             if (route.GetProperty("method").GetString() is { } method)
@@ -105,18 +139,7 @@ internal static class RoutesCommand
             ]);
         }
 
-        var text = ViewsTable.Render(["LISTENER", "HOST", "PATH", "MATCH", "ROUTE", "TIMEOUTS", "BACKENDS"], rows);
-        if (table.GetProperty("configError").GetString() is { } error)
-        {
-            text = $"config error (serving the last good version): {error}\n" + text;
-        }
-
-        foreach (var warning in table.GetProperty("warnings").EnumerateArray())
-        {
-            text += $"warning: {warning.GetString()}\n";
-        }
-
-        return text;
+        return ViewsTable.Render(["LISTENER", "HOST", "PATH", "MATCH", "ROUTE", "TIMEOUTS", "BACKENDS"], rows);
     }
 
     /// <summary>"request 10s, backend 2s", or "-" (also from a gateway that predates timeouts).</summary>

@@ -15,10 +15,12 @@ internal sealed class GatewayConfigSource : IDisposable
     private RouteTable _current = RouteTable.Empty;
     private long _version;
     private HashSet<string> _lastWarnings = [];
+    private readonly IReadOnlyCollection<string> _ownAddresses;
 
-    private GatewayConfigSource(string path, GatewayMetrics metrics, TimeSpan? pollInterval)
+    private GatewayConfigSource(string path, GatewayMetrics metrics, TimeSpan? pollInterval, IReadOnlyCollection<string>? ownAddresses)
     {
         _metrics = metrics;
+        _ownAddresses = ownAddresses ?? [];
         var options = new FileInventorySourceOptions
         {
             ExtraKinds = GatewayApiKinds.All,
@@ -44,7 +46,9 @@ internal sealed class GatewayConfigSource : IDisposable
     public event Action<RouteTable>? Changed;
 
     /// <summary>Loads the file (throws <see cref="InventoryLoadException"/> when it cannot be used) and watches it.</summary>
-    public static GatewayConfigSource Start(string path, GatewayMetrics metrics, TimeSpan? pollInterval = null) => new(path, metrics, pollInterval);
+    /// <param name="ownAddresses">The Gateways ("namespace/name") served on addresses of their own: one the file lacks is warned about.</param>
+    public static GatewayConfigSource Start(string path, GatewayMetrics metrics, TimeSpan? pollInterval = null, IReadOnlyCollection<string>? ownAddresses = null) =>
+        new(path, metrics, pollInterval, ownAddresses);
 
     /// <summary>Reads the file now; true when it is valid.</summary>
     public bool Reload() => _file.Reload();
@@ -63,6 +67,7 @@ internal sealed class GatewayConfigSource : IDisposable
             throw new InventoryLoadException(_file?.Path ?? "inventory", null, null, $"compiling the routes failed: {ex.Message}", ex);
         }
 
+        table = table.Versioned(Interlocked.Increment(ref _version), [.. table.Warnings, .. table.UnknownGateways(_ownAddresses)]);
         var warnings = table.Warnings.ToHashSet(StringComparer.Ordinal);
         foreach (var warning in table.Warnings.Where(w => !_lastWarnings.Contains(w)))
         {
@@ -70,7 +75,6 @@ internal sealed class GatewayConfigSource : IDisposable
         }
 
         _lastWarnings = warnings;
-        table = new RouteTable { Http = table.Http, Https = table.Https, GatewayHttp = table.GatewayHttp, Certificates = table.Certificates, Warnings = table.Warnings, Version = Interlocked.Increment(ref _version) };
         Volatile.Write(ref _current, table);
         _metrics.RoutesServed(table);
         Log.Info("gateway", $"routes version {table.Version}: {table.Http.Hosts.Sum(h => h.Routes.Length)} http, {table.Https.Hosts.Sum(h => h.Routes.Length)} https, {table.Certificates.Count} certificates"

@@ -20,6 +20,9 @@ internal sealed record GatewayKubernetesOptions
     /// <inheritdoc cref="GatewayStatusOptions"/>
     public GatewayStatusOptions Status { get; init; } = new();
 
+    /// <summary>The Gateways ("namespace/name") served on addresses of their own: one that is not (yet) a Gateway of our class is warned about.</summary>
+    public IReadOnlyCollection<string> OwnAddresses { get; init; } = [];
+
     /// <summary>Also watch Pods (trimmed) to know which backends are meshed (<see cref="GatewayKubernetesSource.Mesh"/>); on when the gateway has a mesh identity.</summary>
     public bool MeshMembership { get; init; }
 }
@@ -333,6 +336,7 @@ internal sealed class GatewayKubernetesSource : IDisposable
                 return;
             }
 
+            table = table.Versioned(++_version, [.. table.Warnings, .. table.UnknownGateways(_options.OwnAddresses)]);
             var warnings = table.Warnings.ToHashSet(StringComparer.Ordinal);
             foreach (var warning in table.Warnings.Where(w => !_lastWarnings.Contains(w)))
             {
@@ -340,7 +344,6 @@ internal sealed class GatewayKubernetesSource : IDisposable
             }
 
             _lastWarnings = warnings;
-            table = new RouteTable { Http = table.Http, Https = table.Https, GatewayHttp = table.GatewayHttp, Certificates = table.Certificates, Warnings = table.Warnings, Version = ++_version };
             Volatile.Write(ref _current, table);
             Volatile.Write(ref _lastError, null);
             _metrics.RoutesServed(table);

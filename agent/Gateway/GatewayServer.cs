@@ -35,6 +35,13 @@ internal sealed record GatewayOptions
     /// </summary>
     public IReadOnlyDictionary<string, IPEndPoint> GatewayHttp { get; init; } = new Dictionary<string, IPEndPoint>();
 
+    /// <summary>
+    /// TLS listeners of one Gateway each, as <see cref="GatewayHttp"/> for its HTTPS listeners: the certificate is chosen
+    /// by SNI among that Gateway's certificates only, and requests are routed with its HTTPS listeners' routes only.
+    /// Every Gateway is still served on <see cref="Https"/> too.
+    /// </summary>
+    public IReadOnlyDictionary<string, IPEndPoint> GatewayHttps { get; init; } = new Dictionary<string, IPEndPoint>();
+
     /// <summary>Plain /metrics, /routes, /healthz, or null for none.</summary>
     public IPEndPoint? Admin { get; init; }
 
@@ -158,9 +165,11 @@ internal sealed partial class GatewayServer : IAsyncDisposable
     private readonly WebApplication? _admin;
     private readonly IAsyncDisposable _handler;
 
-    private GatewayServer(WebApplication app, WebApplication? admin, IAsyncDisposable handler, IPEndPoint? http, IPEndPoint? https, IPEndPoint? adminEndpoint, IReadOnlyDictionary<string, IPEndPoint> gatewayHttp)
+    private GatewayServer(WebApplication app, WebApplication? admin, IAsyncDisposable handler, IPEndPoint? http, IPEndPoint? https, IPEndPoint? adminEndpoint,
+        IReadOnlyDictionary<string, IPEndPoint> gatewayHttp, IReadOnlyDictionary<string, IPEndPoint> gatewayHttps)
     {
         GatewayHttpEndpoints = gatewayHttp;
+        GatewayHttpsEndpoints = gatewayHttps;
         _app = app;
         _admin = admin;
         _handler = handler;
@@ -172,13 +181,16 @@ internal sealed partial class GatewayServer : IAsyncDisposable
     /// <summary>The bound addresses (port 0 in the options: the port the kernel chose).</summary>
     public IPEndPoint? HttpEndpoint { get; }
 
-    /// <summary>The connection item that names the Gateway a connection to one of <see cref="GatewayOptions.GatewayHttp"/> came to.</summary>
+    /// <summary>The connection item that names the Gateway a connection to one of <see cref="GatewayOptions.GatewayHttp"/> or <see cref="GatewayOptions.GatewayHttps"/> came to.</summary>
     private const string GatewayItem = "weft.gateway";
 
     public IPEndPoint? HttpsEndpoint { get; }
 
     /// <summary>Where each Gateway of <see cref="GatewayOptions.GatewayHttp"/> is served (the port the kernel picked for port 0).</summary>
     public IReadOnlyDictionary<string, IPEndPoint> GatewayHttpEndpoints { get; }
+
+    /// <summary>Where each Gateway of <see cref="GatewayOptions.GatewayHttps"/> is served.</summary>
+    public IReadOnlyDictionary<string, IPEndPoint> GatewayHttpsEndpoints { get; }
 
     public IPEndPoint? AdminEndpoint { get; }
 
@@ -190,6 +202,8 @@ internal sealed partial class GatewayServer : IAsyncDisposable
     {
         ListenOptions? httpListen = null, httpsListen = null, adminListen = null;
         var gatewayListens = new Dictionary<string, ListenOptions>(StringComparer.Ordinal);
+        var gatewayTlsListens = new Dictionary<string, ListenOptions>(StringComparer.Ordinal);
+        IReadOnlyList<GatewayAddress> ownAddresses = [];
         var connections = new ConnectionLimiter(options.MaxConnections, metrics);
         var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions());
         builder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
@@ -225,11 +239,19 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                     listen.Use(connections.Limit);
 
                     // The request handler reads which Gateway the connection came to from its items.
-                    listen.Use(next => connection =>
-                    {
-                        connection.Items[GatewayItem] = gateway;
-                        return next(connection);
-                    });
+                    listen.Use(Tag(gateway));
+                });
+            }
+
+            foreach (var (gateway, endpoint) in options.GatewayHttps)
+            {
+                kestrel.Listen(endpoint, listen =>
+                {
+                    gatewayTlsListens[gateway] = listen;
+                    listen.Protocols = HttpProtocols.Http1AndHttp2;
+                    listen.Use(connections.Limit);
+                    listen.Use(Tag(gateway));
+                    listen.UseHttps(Tls(() => routes().GatewayCertificates.GetValueOrDefault(gateway) ?? CertificateSet.Empty));
                 });
             }
 
@@ -242,29 +264,37 @@ internal sealed partial class GatewayServer : IAsyncDisposable
 
                     // Before TLS: a connection that never finishes its handshake counts too.
                     listen.Use(connections.Limit);
-                    listen.UseHttps(new TlsHandshakeCallbackOptions
-                    {
-                        OnConnection = context =>
-                        {
-                            // The table at handshake time: a rotated Secret serves the next handshake.
-                            var certificate = routes().Certificates.Select(context.ClientHelloInfo.ServerName);
-                            if (certificate is null)
-                            {
-                                metrics.TlsRefused();
-                                throw new AuthenticationException($"no certificate for server name '{context.ClientHelloInfo.ServerName}'");
-                            }
-
-                            return ValueTask.FromResult(new SslServerAuthenticationOptions
-                            {
-                                ServerCertificateContext = certificate,
-                                ApplicationProtocols = [SslApplicationProtocol.Http2, SslApplicationProtocol.Http11],
-                                EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
-                            });
-                        },
-                    });
+                    listen.UseHttps(Tls(() => routes().Certificates));
                 });
             }
         });
+
+        // A certificate by SNI from the certificates of the table at handshake time: a rotated Secret serves the next handshake.
+        TlsHandshakeCallbackOptions Tls(Func<CertificateSet> certificates) => new()
+        {
+            OnConnection = context =>
+            {
+                var certificate = certificates().Select(context.ClientHelloInfo.ServerName);
+                if (certificate is null)
+                {
+                    metrics.TlsRefused();
+                    throw new AuthenticationException($"no certificate for server name '{context.ClientHelloInfo.ServerName}'");
+                }
+
+                return ValueTask.FromResult(new SslServerAuthenticationOptions
+                {
+                    ServerCertificateContext = certificate,
+                    ApplicationProtocols = [SslApplicationProtocol.Http2, SslApplicationProtocol.Http11],
+                    EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
+                });
+            },
+        };
+
+        static Func<Microsoft.AspNetCore.Connections.ConnectionDelegate, Microsoft.AspNetCore.Connections.ConnectionDelegate> Tag(string gateway) => next => connection =>
+        {
+            connection.Items[GatewayItem] = gateway;
+            return next(connection);
+        };
         builder.Services.AddHttpForwarder();
         var app = builder.Build();
         var accessLog = options.AccessLog is { } target ? AccessLog.Open(target, metrics) : null;
@@ -287,12 +317,15 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 });
             });
             admin = adminBuilder.Build();
-            admin.Run(context => ServeAdminAsync(context, routes, metrics, configError));
+            admin.Run(context => ServeAdminAsync(context, routes, metrics, configError, ownAddresses));
         }
 
         try
         {
             await app.StartAsync(cancellationToken).ConfigureAwait(false);
+            ownAddresses = GatewayAddress.Of(
+                gatewayListens.ToDictionary(l => l.Key, l => l.Value.IPEndPoint!, StringComparer.Ordinal),
+                gatewayTlsListens.ToDictionary(l => l.Key, l => l.Value.IPEndPoint!, StringComparer.Ordinal));
             if (admin is not null)
             {
                 await admin.StartAsync(cancellationToken).ConfigureAwait(false);
@@ -311,11 +344,13 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         }
 
         var server = new GatewayServer(app, admin, handler, httpListen?.IPEndPoint, httpsListen?.IPEndPoint, adminListen?.IPEndPoint,
-            gatewayListens.ToDictionary(l => l.Key, l => l.Value.IPEndPoint!, StringComparer.Ordinal));
+            gatewayListens.ToDictionary(l => l.Key, l => l.Value.IPEndPoint!, StringComparer.Ordinal),
+            gatewayTlsListens.ToDictionary(l => l.Key, l => l.Value.IPEndPoint!, StringComparer.Ordinal));
         Log.Info("gateway", "serving"
             + (server.HttpEndpoint is { } h ? $" http://{h}" : "")
             + (server.HttpsEndpoint is { } s ? $" https://{s}" : "")
-            + string.Concat(server.GatewayHttpEndpoints.Select(g => $", Gateway {g.Key} on http://{g.Value}"))
+            + string.Concat(ownAddresses.Select(g => $", Gateway {g.Gateway} on"
+                + (g.Http is { } gh ? $" http://{gh}" : "") + (g.Https is { } gs ? $" https://{gs}" : "")))
             + (server.AdminEndpoint is { } a ? $", metrics on http://{a}/metrics" : ""));
         return server;
     }
@@ -347,7 +382,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
     [GeneratedRegex("/{2,}")]
     private static partial Regex RepeatedSlashes();
 
-    private static async Task ServeAdminAsync(HttpContext context, Func<RouteTable> routes, GatewayMetrics metrics, Func<string?>? configError)
+    private static async Task ServeAdminAsync(HttpContext context, Func<RouteTable> routes, GatewayMetrics metrics, Func<string?>? configError, IReadOnlyList<GatewayAddress> ownAddresses)
     {
         var error = configError?.Invoke();
         switch (context.Request.Path.Value)
@@ -359,11 +394,11 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 break;
             case "/routes" when context.Request.Query["format"] == "json":
                 context.Response.ContentType = "application/json";
-                await context.Response.Body.WriteAsync(RouteTableJson.Serialize(routes(), error)).ConfigureAwait(false);
+                await context.Response.Body.WriteAsync(RouteTableJson.Serialize(routes(), error, ownAddresses)).ConfigureAwait(false);
                 break;
             case "/routes":
                 context.Response.ContentType = "text/plain; charset=utf-8";
-                await context.Response.WriteAsync(Describe(routes(), error)).ConfigureAwait(false);
+                await context.Response.WriteAsync(Describe(routes(), error, ownAddresses)).ConfigureAwait(false);
                 break;
             case "/healthz":
                 await context.Response.WriteAsync("ok\n").ConfigureAwait(false);
@@ -374,8 +409,8 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         }
     }
 
-    /// <summary>Which route serves which host and path, in the order they are tried.</summary>
-    internal static string Describe(RouteTable table, string? configError)
+    /// <summary>Which route serves which host and path, in the order they are tried; then what each Gateway's own address serves.</summary>
+    internal static string Describe(RouteTable table, string? configError, IReadOnlyList<GatewayAddress>? ownAddresses = null)
     {
         var text = new StringBuilder();
         text.Append("version ").Append(table.Version).Append('\n');
@@ -384,8 +419,30 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             text.Append("config error (serving the last good version): ").Append(configError).Append('\n');
         }
 
-        foreach (var (name, listener) in new[] { ("http", table.Http), ("https", table.Https) })
+        DescribeRoutes(text, table.Http, table.Https);
+        foreach (var own in ownAddresses ?? [])
         {
+            text.Append("gateway ").Append(own.Gateway).Append(" on").Append(own.Http is { } h ? $" http://{h}" : "").Append(own.Https is { } s ? $" https://{s}" : "").Append('\n');
+            DescribeRoutes(text, own.Http is null ? null : table.GatewayHttp.GetValueOrDefault(own.Gateway), own.Https is null ? null : table.GatewayHttps.GetValueOrDefault(own.Gateway));
+        }
+
+        foreach (var warning in table.Warnings)
+        {
+            text.Append("warning: ").Append(warning).Append('\n');
+        }
+
+        return text.ToString();
+    }
+
+    private static void DescribeRoutes(StringBuilder text, ListenerRoutes? http, ListenerRoutes? https)
+    {
+        foreach (var (name, listener) in new[] { ("http", http), ("https", https) })
+        {
+            if (listener is null)
+            {
+                continue;
+            }
+
             foreach (var host in listener.Hosts)
             {
                 foreach (var route in host.Routes)
@@ -401,13 +458,6 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 text.Append(name).Append("\t(default)\t\t").Append(fallback.Source).Append("\t-\t").Append(string.Join(", ", fallback.Action.Backends)).Append('\n');
             }
         }
-
-        foreach (var warning in table.Warnings)
-        {
-            text.Append("warning: ").Append(warning).Append('\n');
-        }
-
-        return text.ToString();
     }
 
     /// <summary>Holds client connections to <see cref="GatewayOptions.MaxConnections"/>; one past it is closed at once and counted.</summary>
@@ -523,10 +573,9 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             {
                 var host = RouteCompiler.NormalizeHost(request.Host.Host) ?? "";
                 var table = _routes();
-                var listener = request.IsHttps ? table.Https
-                    : context.Features.Get<IConnectionItemsFeature>()?.Items.TryGetValue(GatewayItem, out var gateway) == true
-                        ? table.GatewayHttp.GetValueOrDefault((string)gateway!) ?? ListenerRoutes.Empty
-                        : table.Http;
+                var listener = context.Features.Get<IConnectionItemsFeature>()?.Items.TryGetValue(GatewayItem, out var gateway) == true
+                    ? (request.IsHttps ? table.GatewayHttps : table.GatewayHttp).GetValueOrDefault((string)gateway!) ?? ListenerRoutes.Empty
+                    : request.IsHttps ? table.Https : table.Http;
                 route = listener.Match(host, request, path);
                 if (route is null)
                 {
@@ -795,4 +844,11 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         [GeneratedRegex("^00-(?<trace>[0-9a-f]{32})-(?<parent>[0-9a-f]{16})-(?<flags>[0-9a-f]{2})$")]
         private static partial Regex ValidTraceParent();
     }
+}
+
+/// <summary>A Gateway ("namespace/name") served on addresses of its own, as bound (the port the kernel picked for port 0).</summary>
+internal sealed record GatewayAddress(string Gateway, IPEndPoint? Http, IPEndPoint? Https)
+{
+    public static IReadOnlyList<GatewayAddress> Of(IReadOnlyDictionary<string, IPEndPoint> http, IReadOnlyDictionary<string, IPEndPoint> https) =>
+        [.. http.Keys.Union(https.Keys).Order(StringComparer.Ordinal).Select(g => new GatewayAddress(g, http.GetValueOrDefault(g), https.GetValueOrDefault(g)))];
 }

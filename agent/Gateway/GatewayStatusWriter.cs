@@ -14,6 +14,13 @@ internal sealed record GatewayStatusOptions
 
     /// <summary>"namespace/name" of the gateway's own Service, whose load balancer addresses (or external IPs) are published.</summary>
     public string? PublishService { get; init; }
+
+    /// <summary>
+    /// The Gateways ("namespace/name") that say they are somewhere else: those served on addresses of their own
+    /// (--gateway-http, --gateway-https), each with its own addresses or Service. A Gateway not here gets the shared
+    /// <see cref="Addresses"/> or <see cref="PublishService"/>; nesting beyond one level is not read.
+    /// </summary>
+    public IReadOnlyDictionary<string, GatewayStatusOptions> Gateways { get; init; } = new Dictionary<string, GatewayStatusOptions>();
 }
 
 /// <summary>
@@ -38,7 +45,7 @@ internal sealed class GatewayStatusWriter(IKubernetes client, GatewayStatusOptio
     public async Task<bool> WriteAsync(IReadOnlyList<IKubernetesObject> objects, GatewayStatusReport report, CancellationToken cancellationToken)
     {
         var now = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture);
-        var addresses = Addresses(objects);
+        var addresses = Addresses(options, objects);
         var ok = true;
         foreach (var gatewayClass in objects.OfType<GatewayClassResource>().Where(c => report.AcceptedClasses.Contains(c.Metadata.Name)))
         {
@@ -58,7 +65,9 @@ internal sealed class GatewayStatusWriter(IKubernetes client, GatewayStatusOptio
                 continue;
             }
 
-            ok &= await PatchAsync("Gateway", gateway.Metadata, gateway.Status, GatewayStatus(gateway, listeners, addresses, now),
+            // A Gateway on an address of its own says so, and only that (none known yet: not Programmed, as for the shared one).
+            var own = options.Gateways.GetValueOrDefault(key);
+            ok &= await PatchAsync("Gateway", gateway.Metadata, gateway.Status, GatewayStatus(gateway, listeners, own is null ? addresses : Addresses(own, objects), own is not null, now),
                 body => client.CustomObjects.PatchNamespacedCustomObjectStatusAsync(body, GatewayApiKinds.Group, "v1", Namespace(gateway.Metadata), "gateways", gateway.Metadata.Name, cancellationToken: cancellationToken), cancellationToken).ConfigureAwait(false);
         }
 
@@ -111,7 +120,7 @@ internal sealed class GatewayStatusWriter(IKubernetes client, GatewayStatusOptio
         return ok;
     }
 
-    private static JsonObject GatewayStatus(GatewayResource gateway, List<ListenerReport> listeners, IReadOnlyList<string> addresses, string now)
+    private static JsonObject GatewayStatus(GatewayResource gateway, List<ListenerReport> listeners, IReadOnlyList<string> addresses, bool ownAddress, string now)
     {
         var previousListeners = gateway.Status?["listeners"] as JsonArray;
         var listenerStatus = new JsonArray();
@@ -128,7 +137,9 @@ internal sealed class GatewayStatusWriter(IKubernetes client, GatewayStatusOptio
         }
 
         var anyProgrammed = listeners.Any(l => l.Conditions.Any(c => c.Type == "Programmed" && c.Status));
-        var programmed = addresses.Count == 0 ? new ConditionReport("Programmed", false, "AddressNotAssigned", "no address known yet (--status-address or the --publish-service Service's load balancer)")
+        var programmed = addresses.Count == 0 ? new ConditionReport("Programmed", false, "AddressNotAssigned", ownAddress
+                ? "no address of its own known yet (--gateway-status-address or the --gateway-publish-service Service's load balancer)"
+                : "no address known yet (--status-address or the --publish-service Service's load balancer)")
             : anyProgrammed ? new ConditionReport("Programmed", true, "Programmed", "serving")
             : new ConditionReport("Programmed", false, "Invalid", "no listener is served");
         return new JsonObject
@@ -267,7 +278,7 @@ internal sealed class GatewayStatusWriter(IKubernetes client, GatewayStatusOptio
     }
 
     /// <summary>The flag's addresses, else the published Service's load balancer addresses, else its external IPs.</summary>
-    private IReadOnlyList<string> Addresses(IReadOnlyList<IKubernetesObject> objects)
+    private static IReadOnlyList<string> Addresses(GatewayStatusOptions options, IReadOnlyList<IKubernetesObject> objects)
     {
         if (options.Addresses.Count > 0)
         {

@@ -98,8 +98,10 @@ internal static partial class RouteCompiler
         private readonly Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>> _gatewayHttps = [];
         private readonly Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>> _ingress = [];
 
-        // Each Gateway's own HTTP routes ("namespace/name"), for a Gateway served on an address of its own.
+        // Each Gateway's own HTTP and HTTPS routes and certificates ("namespace/name"), for a Gateway served on addresses of its own.
         private readonly Dictionary<string, Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>>> _perGatewayHttp = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>>> _perGatewayHttps = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, List<(HostPattern Pattern, SslStreamCertificateContext Certificate)>> _perGatewayCertificates = new(StringComparer.Ordinal);
         private readonly List<(HostPattern Pattern, SslStreamCertificateContext Certificate)> _certificates = [];
         private readonly Dictionary<string, SslStreamCertificateContext?> _secrets = new(StringComparer.Ordinal);
         private Route? _defaultRoute;
@@ -266,8 +268,10 @@ internal static partial class RouteCompiler
                 .ToDictionary(g => Key(g.Metadata), StringComparer.Ordinal);
             foreach (var gateway in gateways.Values)
             {
-                CompileListeners(gateway);
                 _perGatewayHttp[Key(gateway.Metadata)] = [];
+                _perGatewayHttps[Key(gateway.Metadata)] = [];
+                _perGatewayCertificates[Key(gateway.Metadata)] = [];
+                CompileListeners(gateway);
             }
 
             var ordinal = 0;
@@ -287,7 +291,7 @@ internal static partial class RouteCompiler
                 var source = $"Gateway {Key(gateway.Metadata)} listener {listener.Name}";
                 var status = new ListenerReport(listener.Name ?? "");
                 listeners.Add(status);
-                var (accepted, resolved) = CompileListener(listener, ns, source, status);
+                var (accepted, resolved) = CompileListener(listener, ns, source, status, _perGatewayCertificates[Key(gateway.Metadata)]);
                 status.Conditions.Add(accepted);
                 status.Conditions.Add(resolved);
 
@@ -300,7 +304,8 @@ internal static partial class RouteCompiler
         }
 
         /// <summary>The listener's certificates into the table; its Accepted and ResolvedRefs conditions (upstream reasons).</summary>
-        private (ConditionReport Accepted, ConditionReport ResolvedRefs) CompileListener(GatewayListener listener, string ns, string source, ListenerReport status)
+        private (ConditionReport Accepted, ConditionReport ResolvedRefs) CompileListener(GatewayListener listener, string ns, string source, ListenerReport status,
+            List<(HostPattern Pattern, SslStreamCertificateContext Certificate)> gatewayCertificates)
         {
             var resolved = new ConditionReport("ResolvedRefs", true, "ResolvedRefs", "all references resolved");
             if (listener.Protocol is not ("HTTP" or "HTTPS"))
@@ -352,6 +357,7 @@ internal static partial class RouteCompiler
                 if (Certificate(refNs, reference.Name, source) is { } certificate)
                 {
                     _certificates.Add((GatewayHostPattern(NormalizeHost(listener.Hostname)), certificate));
+                    gatewayCertificates.Add((GatewayHostPattern(NormalizeHost(listener.Hostname)), certificate));
                 }
                 else
                 {
@@ -479,15 +485,15 @@ internal static partial class RouteCompiler
                         ruleIndex,
                         matchIndex,
                     ];
-                    // Every Gateway's listeners together (--http, --https), and each Gateway's HTTP listeners on its own.
+                    // Every Gateway's listeners together (--http, --https), and each Gateway's listeners on its own.
                     foreach (var (https, hostname) in attachments.Select(a => (a.Https, a.Hostname)).Distinct())
                     {
                         Bucket(https ? _gatewayHttps : _gatewayHttp, GatewayHostPattern(hostname)).Add((compiled, order));
                     }
 
-                    foreach (var (gateway, _, hostname) in attachments.Where(a => !a.Https).Distinct())
+                    foreach (var (gateway, https, hostname) in attachments.Distinct())
                     {
-                        Bucket(_perGatewayHttp[gateway], GatewayHostPattern(hostname)).Add((compiled, order));
+                        Bucket((https ? _perGatewayHttps : _perGatewayHttp)[gateway], GatewayHostPattern(hostname)).Add((compiled, order));
                     }
                 }
             }
@@ -900,7 +906,9 @@ internal static partial class RouteCompiler
             {
                 Http = new ListenerRoutes(Hosts(_gatewayHttp), _defaultRoute),
                 Https = new ListenerRoutes(Hosts(_gatewayHttps), _defaultRoute),
-                GatewayHttp = _perGatewayHttp.ToImmutableDictionary(g => g.Key, g => new ListenerRoutes(g.Value.Select(h => new VirtualHost(h.Key, [.. Sorted(h.Value)])), null), StringComparer.Ordinal),
+                GatewayHttp = PerGateway(_perGatewayHttp),
+                GatewayHttps = PerGateway(_perGatewayHttps),
+                GatewayCertificates = _perGatewayCertificates.ToImmutableDictionary(g => g.Key, g => new CertificateSet(g.Value, null), StringComparer.Ordinal),
                 Certificates = new CertificateSet(_certificates, null),
                 Warnings = [.. _warnings.Distinct(StringComparer.Ordinal)],
             };
@@ -912,6 +920,9 @@ internal static partial class RouteCompiler
                     .. Sorted(gateway.GetValueOrDefault(pattern)),
                     .. Sorted(_ingress.GetValueOrDefault(pattern)),
                 ]));
+
+            static ImmutableDictionary<string, ListenerRoutes> PerGateway(Dictionary<string, Dictionary<HostPattern, List<(Route Route, IComparable[] Order)>>> perGateway) =>
+                perGateway.ToImmutableDictionary(g => g.Key, g => new ListenerRoutes(g.Value.Select(h => new VirtualHost(h.Key, [.. Sorted(h.Value)])), null), StringComparer.Ordinal);
 
             static IEnumerable<Route> Sorted(List<(Route Route, IComparable[] Order)>? routes) =>
                 (routes ?? []).OrderBy(r => r.Order, OrderComparer.Instance).Select(r => r.Route);

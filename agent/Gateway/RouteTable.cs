@@ -400,8 +400,15 @@ internal sealed class RouteTable
     /// <summary>
     /// Each Gateway's HTTP listeners alone, by "namespace/name" (no Ingress, no other Gateway): what an address given to
     /// that Gateway serves (<see cref="GatewayOptions.GatewayHttp"/>); <see cref="Http"/> serves every Gateway together.
+    /// Every Gateway of our class has an entry, empty when no route is attached.
     /// </summary>
     public ImmutableDictionary<string, ListenerRoutes> GatewayHttp { get; init; } = ImmutableDictionary<string, ListenerRoutes>.Empty;
+
+    /// <summary>Each Gateway's HTTPS listeners alone, as <see cref="GatewayHttp"/> (<see cref="GatewayOptions.GatewayHttps"/>).</summary>
+    public ImmutableDictionary<string, ListenerRoutes> GatewayHttps { get; init; } = ImmutableDictionary<string, ListenerRoutes>.Empty;
+
+    /// <summary>Each Gateway's HTTPS listeners' certificates alone (no Ingress tls, no other Gateway's), chosen by SNI on its own address.</summary>
+    public ImmutableDictionary<string, CertificateSet> GatewayCertificates { get; init; } = ImmutableDictionary<string, CertificateSet>.Empty;
 
     public required CertificateSet Certificates { get; init; }
 
@@ -409,4 +416,26 @@ internal sealed class RouteTable
     public ImmutableArray<string> Warnings { get; init; } = [];
 
     public long Version { get; init; }
+
+    /// <summary>This table as served: numbered, with <paramref name="warnings"/>.</summary>
+    public RouteTable Versioned(long version, ImmutableArray<string> warnings) => new()
+    {
+        Http = Http,
+        Https = Https,
+        GatewayHttp = GatewayHttp,
+        GatewayHttps = GatewayHttps,
+        GatewayCertificates = GatewayCertificates,
+        Certificates = Certificates,
+        Warnings = warnings,
+        Version = version,
+    };
+
+    /// <summary>
+    /// Warnings for the Gateways given an address of their own (<see cref="GatewayOptions.GatewayHttp"/>,
+    /// <see cref="GatewayOptions.GatewayHttps"/>, "namespace/name") that are not Gateways of our class here: until one
+    /// is, its address answers 404 (HTTP) or refuses the handshake (HTTPS).
+    /// </summary>
+    public IEnumerable<string> UnknownGateways(IEnumerable<string> withAddresses) =>
+        withAddresses.Distinct(StringComparer.Ordinal).Where(g => !GatewayHttp.ContainsKey(g)).Order(StringComparer.Ordinal)
+            .Select(g => $"Gateway {g} has an address of its own (--gateway-http/--gateway-https) but is not a Gateway of a GatewayClass of weft.dev/gateway: its address answers 404 (HTTP) and refuses TLS handshakes until it is");
 }

@@ -8,7 +8,8 @@ namespace Weft.Gateway;
 /// </summary>
 internal static class RouteTableJson
 {
-    public static byte[] Serialize(RouteTable table, string? configError)
+    /// <param name="ownAddresses">The Gateways served on addresses of their own: each is listed under "gateways" with its address and its routes.</param>
+    public static byte[] Serialize(RouteTable table, string? configError, IReadOnlyList<GatewayAddress>? ownAddresses = null)
     {
         using var stream = new MemoryStream();
         using (var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
@@ -17,20 +18,22 @@ internal static class RouteTableJson
             json.WriteNumber("version", table.Version);
             json.WriteString("configError", configError);
             json.WriteStartArray("routes");
-            foreach (var (name, listener) in new[] { ("http", table.Http), ("https", table.Https) })
-            {
-                foreach (var host in listener.Hosts)
-                {
-                    foreach (var route in host.Routes)
-                    {
-                        Write(json, name, host.Host.Value, route);
-                    }
-                }
+            WriteRoutes(json, table.Http, table.Https);
+            json.WriteEndArray();
 
-                if (listener.DefaultRoute is { } fallback)
-                {
-                    Write(json, name, "(default)", fallback);
-                }
+            // What each Gateway's own address serves: its listeners' routes only (the routes above are --http and --https).
+            json.WriteStartArray("gateways");
+            foreach (var own in ownAddresses ?? [])
+            {
+                json.WriteStartObject();
+                json.WriteString("gateway", own.Gateway);
+                json.WriteString("http", own.Http?.ToString());
+                json.WriteString("https", own.Https?.ToString());
+                json.WriteBoolean("known", table.GatewayHttp.ContainsKey(own.Gateway));
+                json.WriteStartArray("routes");
+                WriteRoutes(json, own.Http is null ? null : table.GatewayHttp.GetValueOrDefault(own.Gateway), own.Https is null ? null : table.GatewayHttps.GetValueOrDefault(own.Gateway));
+                json.WriteEndArray();
+                json.WriteEndObject();
             }
 
             json.WriteEndArray();
@@ -45,6 +48,25 @@ internal static class RouteTableJson
         }
 
         return stream.ToArray();
+    }
+
+    private static void WriteRoutes(Utf8JsonWriter json, ListenerRoutes? http, ListenerRoutes? https)
+    {
+        foreach (var (name, listener) in new[] { ("http", http), ("https", https) })
+        {
+            foreach (var host in listener?.Hosts ?? [])
+            {
+                foreach (var route in host.Routes)
+                {
+                    Write(json, name, host.Host.Value, route);
+                }
+            }
+
+            if (listener?.DefaultRoute is { } fallback)
+            {
+                Write(json, name, "(default)", fallback);
+            }
+        }
     }
 
     private static void Write(Utf8JsonWriter json, string listener, string host, Route route)

@@ -130,6 +130,13 @@ public class CliUsageTests
     [InlineData(new[] { "agent", "--inventory", "x.yaml", "--max-inbound-per-node", "-1" }, "--max-inbound-per-node wants 0 (derive it) or more, got -1", null)]
     [InlineData(new[] { "gateway", "--inventory", "x.yaml", "--ca-key", "k.pem" }, "--ca-key needs --ca-cert", null)]
     [InlineData(new[] { "gateway", "--inventory", "x.yaml", "--ca-cert", "c.pem", "--max-tunnels", "0" }, "--max-tunnels must be at least 1", null)]
+    [InlineData(new[] { "gateway", "--inventory", "x.yaml", "--gateway-http", "web=127.0.0.1:9001" }, "--gateway-http wants NAMESPACE/NAME=ADDRESS:PORT, got 'web=127.0.0.1:9001'", null)]
+    [InlineData(new[] { "gateway", "--inventory", "x.yaml", "--gateway-https", "demo/web=off" }, "--gateway-https wants NAMESPACE/NAME=ADDRESS:PORT, got 'demo/web=off'", null)]
+    [InlineData(new[] { "gateway", "--inventory", "x.yaml", "--gateway-http", "demo/a=127.0.0.1:9001", "--gateway-https", "demo/b=127.0.0.1:9001" }, "--gateway-https demo/b 127.0.0.1:9001 overlaps --gateway-http demo/a 127.0.0.1:9001", null)]
+    [InlineData(new[] { "gateway", "--inventory", "x.yaml", "--gateway-http", "demo/a=127.0.0.1:8080" }, "--gateway-http demo/a 127.0.0.1:8080 overlaps --http 0.0.0.0:8080", null)]
+    [InlineData(new[] { "gateway", "--inventory", "x.yaml", "--https", "127.0.0.1:9443", "--gateway-https", "demo/a=127.0.0.1:9443" }, "--gateway-https demo/a 127.0.0.1:9443 overlaps --https 127.0.0.1:9443", null)]
+    [InlineData(new[] { "gateway", "--gateway-http", "demo/a=0.0.0.0:9001", "--gateway-status-address", "demo/b=192.0.2.1" }, "--gateway-status-address names Gateway demo/b, which has no address of its own", null)]
+    [InlineData(new[] { "gateway", "--inventory", "x.yaml", "--gateway-http", "demo/a=127.0.0.1:9001", "--gateway-publish-service", "demo/a=weft-system/a" }, "--inventory is the standalone mode", null)]
     public async Task BadValue_IsNamed_AndExits2(string[] args, string named, string? offered)
     {
         var (exit, _, error) = await RunAsync(args);

@@ -77,6 +77,74 @@ public class GatewayKubernetesCommandTests
     }
 
     [Fact]
+    public async Task WeftGatewayWithKubeconfig_AGatewayOnAnAddressOfItsOwn_ReportsTheBoundIpInStatus_TheOtherTheSharedOne()
+    {
+        await using var backend = await EchoBackend.StartAsync("v1");
+        await using var api = FakeApiServer.Start();
+        var dir = Directory.CreateTempSubdirectory("weft-gateway-kube-own-").FullName;
+        var kubeconfig = api.WriteKubeconfig(Path.Combine(dir, "kubeconfig"));
+        foreach (var obj in Weft.Inventory.InventoryYaml.Load(GatewayYaml.Service("default", "v1", backend.Port)
+            + GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}", ns: "default", name: "own")
+            + GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}", ns: "default", name: "shared") + """
+            ---
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: HTTPRoute
+            metadata: {name: web, namespace: default}
+            spec:
+              parentRefs: [{name: own}]
+              rules: [{backendRefs: [{name: v1, port: 80}]}]
+
+            """, "test.yaml", GatewayApiKinds.All))
+        {
+            typeof(FakeApiServer).GetMethods().Single(m => m.Name == nameof(FakeApiServer.Apply) && m.IsGenericMethodDefinition)
+                .MakeGenericMethod(obj.GetType()).Invoke(api, [obj]);
+        }
+
+        var ports = GatewayCommandTests.FreePorts(3);
+        var (httpPort, ownPort, adminPort) = (ports[0], ports[1], ports[2]);
+        var (file, arguments) = WeftExecutable.Command(["gateway", "--kubeconfig", kubeconfig, "--status-address", "192.0.2.44",
+            "--http", $"127.0.0.1:{httpPort}", "--https", "off", "--admin", $"127.0.0.1:{adminPort}", "--gateway-http", $"default/own=127.0.0.1:{ownPort}"]);
+        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var gateway = Process.Start(start)!;
+        var log = new System.Text.StringBuilder();
+        gateway.OutputDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
+        gateway.ErrorDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
+        gateway.BeginOutputReadLine();
+        gateway.BeginErrorReadLine();
+        try
+        {
+            // Bound to 127.0.0.1: that is where Gateway own is reached, and what its status says.
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+            string? Address(string name) => api.Get<GatewayResource>("default", name)?["status"]?["addresses"]?.ToJsonString();
+            while (Address("own") != """[{"type":"IPAddress","value":"127.0.0.1"}]""" || Address("shared") != """[{"type":"IPAddress","value":"192.0.2.44"}]""")
+            {
+                Assert.True(DateTime.UtcNow < deadline && !gateway.HasExited, $"status.addresses: own {Address("own")}, shared {Address("shared")}; gateway output:\n{log}");
+                await Task.Delay(100);
+            }
+
+            Assert.Contains("\"Backend\":\"v1\"", await GatewayCommandTests.CurlUntilAsync(ownPort, "\"v1\"", gateway, log));
+            Assert.Equal(0, Tmds.Linux.LibC.kill(gateway.Id, Tmds.Linux.LibC.SIGTERM));
+            using var exited = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            await gateway.WaitForExitAsync(exited.Token);
+            Assert.Equal(0, gateway.ExitCode);
+        }
+        finally
+        {
+            if (!gateway.HasExited)
+            {
+                gateway.Kill();
+            }
+
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task WeftGateway_InventoryWithKubernetesFlags_IsAUsageError()
     {
         var (file, arguments) = WeftExecutable.Command(["gateway", "--inventory", "/nonexistent.yaml", "--kubeconfig", "/nonexistent", "--http", "127.0.0.1:0", "--https", "off", "--admin", "off"]);

@@ -144,6 +144,65 @@ public class GatewayKubernetesTests
     }
 
     [Fact]
+    public async Task GatewaysWithAddressesOfTheirOwn_ReportThemInStatusAddresses_TheOthersTheSharedOne()
+    {
+        // same-namespace: its own address given (as --gateway-status-address, or the IP its --gateway-http is bound to);
+        // published: its own Service's load balancer (--gateway-publish-service); shared: no address of its own.
+        var gateways = GatewayYaml.Gateway(HttpListener, name: "published") + GatewayYaml.Gateway(HttpListener, name: "shared");
+        var status = new GatewayStatusOptions
+        {
+            Addresses = ["192.0.2.10"],
+            Gateways = new Dictionary<string, GatewayStatusOptions>
+            {
+                [$"{Infra}/same-namespace"] = new() { Addresses = ["127.0.0.1"] },
+                [$"{Infra}/published"] = new() { PublishService = "weft-system/published-lb" },
+            },
+        };
+        var server = new GatewayOptions
+        {
+            GatewayHttp = new Dictionary<string, System.Net.IPEndPoint>
+            {
+                [$"{Infra}/same-namespace"] = new(System.Net.IPAddress.Loopback, 0),
+                [$"{Infra}/published"] = new(System.Net.IPAddress.Loopback, 0),
+            },
+        };
+        var cluster = new GatewayOnFakeCluster();
+        await using var _ = cluster;
+        await cluster.ConformanceBackendsAsync();
+        cluster.Apply(GatewayYaml.Gateway(HttpListener) + gateways + GatewayOwnAddressTests.Route("own", "same-namespace", "infra-backend-v2"));
+        await cluster.StartAsync(status, server);
+
+        var own = await cluster.WaitForObjectAsync<GatewayResource>(Infra, "same-namespace", g => Condition(g["status"]?["conditions"], "Programmed") == "True/Programmed/1");
+        Assert.Equal("""[{"type":"IPAddress","value":"127.0.0.1"}]""", own["status"]!["addresses"]!.ToJsonString());
+        var shared = await cluster.WaitForObjectAsync<GatewayResource>(Infra, "shared", g => Condition(g["status"]?["conditions"], "Programmed") == "True/Programmed/1");
+        Assert.Equal("""[{"type":"IPAddress","value":"192.0.2.10"}]""", shared["status"]!["addresses"]!.ToJsonString());
+
+        // Its own Service has no load balancer address yet: no address, not Programmed (not the shared address).
+        var published = await cluster.WaitForObjectAsync<GatewayResource>(Infra, "published", g => g["status"]?["conditions"] is not null);
+        Assert.Equal("False/AddressNotAssigned/1", Condition(published["status"]!["conditions"], "Programmed"));
+        Assert.Equal("[]", published["status"]!["addresses"]!.ToJsonString());
+
+        cluster.Api.Apply(new V1Service
+        {
+            Metadata = new V1ObjectMeta { Name = "published-lb", NamespaceProperty = "weft-system" },
+            Spec = new V1ServiceSpec { Type = "LoadBalancer", Ports = [new V1ServicePort { Name = "http", Port = 80 }] },
+            Status = new V1ServiceStatus { LoadBalancer = new V1LoadBalancerStatus { Ingress = [new V1LoadBalancerIngress { Hostname = "published.example.net" }] } },
+        });
+        published = await cluster.WaitForObjectAsync<GatewayResource>(Infra, "published", g => Condition(g["status"]?["conditions"], "Programmed") == "True/Programmed/1");
+        Assert.Equal("""[{"type":"Hostname","value":"published.example.net"}]""", published["status"]!["addresses"]!.ToJsonString());
+
+        // The address in status is where the Gateway's own route is answered: its routes alone.
+        using var request = new HttpRequestMessage(HttpMethod.Get, $"http://127.0.0.1:{cluster.Server.GatewayHttpEndpoints[$"{Infra}/same-namespace"].Port}/");
+        request.Headers.Host = "example.com";
+        using var response = await cluster.Client.SendAsync(request);
+        Assert.Contains("infra-backend-v2", await response.Content.ReadAsStringAsync());
+        using var other = new HttpRequestMessage(HttpMethod.Get, $"http://127.0.0.1:{cluster.Server.GatewayHttpEndpoints[$"{Infra}/published"].Port}/");
+        other.Headers.Host = "example.com";
+        using var otherResponse = await cluster.Client.SendAsync(other);
+        Assert.Equal(System.Net.HttpStatusCode.NotFound, otherResponse.StatusCode);
+    }
+
+    [Fact]
     public async Task GatewayInvalidTLSConfiguration_ListenerResolvedRefsIsFalse_InvalidCertificateRef()
     {
         var listeners = "- {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{kind: Secret, name: does-not-exist}]}}";

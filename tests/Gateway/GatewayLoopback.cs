@@ -148,8 +148,8 @@ internal sealed class GatewayLoopback : IAsyncDisposable
     public async Task StartAsync(string yaml, GatewayOptions? options = null, GatewayMesh? mesh = null)
     {
         await File.WriteAllTextAsync(InventoryPath, yaml);
-        _config = GatewayConfigSource.Start(InventoryPath, Metrics, TimeSpan.FromMilliseconds(200));
         options ??= new GatewayOptions();
+        _config = GatewayConfigSource.Start(InventoryPath, Metrics, TimeSpan.FromMilliseconds(200), [.. options.GatewayHttp.Keys.Union(options.GatewayHttps.Keys)]);
         _server = await GatewayServer.StartAsync(options with
         {
             Http = new IPEndPoint(IPAddress.Loopback, 0),

@@ -60,16 +60,18 @@ internal sealed class GatewayOnFakeCluster : IAsyncDisposable
         }
     }
 
-    public async Task StartAsync(GatewayStatusOptions? status = null)
+    /// <param name="server">Options of the server besides its loopback --http, --https and --admin (e.g. Gateways' own addresses).</param>
+    public async Task StartAsync(GatewayStatusOptions? status = null, GatewayOptions? server = null)
     {
         _source = GatewayKubernetesSource.Start(Api.Client(), Metrics, new GatewayKubernetesOptions
         {
             Watch = new KubernetesInventoryOptions { NodeName = "gateway", InitialBackoff = TimeSpan.FromMilliseconds(50), MaxBackoff = TimeSpan.FromMilliseconds(500) },
             Debounce = TimeSpan.FromMilliseconds(20),
             Status = status ?? new GatewayStatusOptions { Addresses = ["192.0.2.10"] },
+            OwnAddresses = server is null ? [] : [.. server.GatewayHttp.Keys.Union(server.GatewayHttps.Keys)],
         });
         await _source.WaitForReadyAsync().WaitAsync(TimeSpan.FromSeconds(30));
-        _server = await GatewayServer.StartAsync(new GatewayOptions
+        _server = await GatewayServer.StartAsync((server ?? new GatewayOptions()) with
         {
             Http = new IPEndPoint(IPAddress.Loopback, 0),
             Https = new IPEndPoint(IPAddress.Loopback, 0),
