@@ -1,6 +1,4 @@
-using System.Collections.Concurrent;
-using System.Collections.Frozen;
-using System.Reflection;
+using System.Text.Json;
 using System.Text.RegularExpressions;
 using k8s;
 using k8s.Models;
@@ -11,36 +9,25 @@ using YamlDotNet.Core.Events;
 namespace Weft.Inventory;
 
 /// <summary>
-/// Reads a stream of Kubernetes objects with KubernetesClient's own YAML support, one document at a time,
-/// and turns every way that can fail into an <see cref="InventoryLoadException"/> with the line and column of
-/// the cause. One pass with YamlDotNet's plain parser (which has no event limit) finds each document's
-/// extent, apiVersion and kind, and checks what KubernetesYaml would report badly (an unknown kind or a
-/// document without apiVersion as a bare KeyNotFoundException, an empty document as a
-/// NullReferenceException); then only that document's text goes to KubernetesYaml. Loading the whole file in
-/// one KubernetesYaml call would buffer every event of the file and refuse more than 100,000 of them, about
-/// 3,000 pods.
+/// Reads a stream of Kubernetes objects, one YAML document at a time, and turns every way that can fail into an
+/// <see cref="InventoryLoadException"/> with the line and column of the cause. One pass with YamlDotNet's plain parser
+/// (which has no event limit) checks each document's syntax and nesting and finds its apiVersion and kind, holding
+/// only that document's events; <see cref="TypedYamlJson"/> then turns them into JSON typed by the model's JSON
+/// metadata and reads it with KubernetesClient's JSON options. No reflection over model types: the kinds come from
+/// <see cref="KubernetesKinds"/>, a table, and the models' JSON metadata is source-generated, so a NativeAOT build
+/// reads files the same way (KubernetesYaml cannot run there: its static constructor needs metadata tokens).
 /// Bounds, so that a hostile file cannot exhaust the agent: the file's size (the caller's,
 /// <see cref="FileInventorySourceOptions.MaxFileBytes"/>), <see cref="MaxNesting"/> levels of nesting
-/// (deeper would risk the deserializer's stack), and KubernetesYaml's own limit of 100,000 YAML events per
-/// object (a pod is about 100).
+/// (deeper would risk the reader's stack), and <see cref="TypedYamlJson.MaxNodes"/> nodes per object, counting what
+/// aliases repeat (a pod has about 50).
 /// </summary>
 internal static partial class InventoryYaml
 {
     /// <summary>Mappings and sequences inside one another; a Kubernetes object needs about 10.</summary>
-    public const int MaxNesting = 64;
+    public const int MaxNesting = TypedYamlJson.MaxNesting;
 
-    // "apiVersion/kind" (group included in apiVersion) to model type for every model KubernetesClient knows:
-    // the same set LoadAllFromString uses when given no type map.
-    private static readonly FrozenDictionary<string, Type> KnownKinds = typeof(V1Pod).Assembly.GetTypes()
-        .Select(t => (Type: t, Attribute: t.GetCustomAttribute<KubernetesEntityAttribute>()))
-        .Where(t => t.Attribute is not null)
-        .Select(t => (Key: string.IsNullOrEmpty(t.Attribute!.Group) ? $"{t.Attribute.ApiVersion}/{t.Attribute.Kind}" : $"{t.Attribute.Group}/{t.Attribute.ApiVersion}/{t.Attribute.Kind}", t.Type))
-        .DistinctBy(t => t.Key)
-        .ToFrozenDictionary(t => t.Key, t => t.Type, StringComparer.Ordinal);
-
-    private static readonly MethodInfo DeserializeOne = typeof(KubernetesYaml).GetMethod(nameof(KubernetesYaml.Deserialize), [typeof(string), typeof(bool)])!;
-
-    private static readonly ConcurrentDictionary<Type, Func<string, object?>> Deserializers = new();
+    // KubernetesClient's JSON options: its source-generated model metadata, with Weft's own kinds first in the chain.
+    private static readonly JsonSerializerOptions JsonOptions = KubernetesJsonOptions();
 
     /// <summary>Every object of the stream, in order; see <see cref="Read"/>.</summary>
     public static List<IKubernetesObject> Load(string content, string path, IDictionary<string, Type>? extraKinds = null) =>
@@ -62,53 +49,59 @@ internal static partial class InventoryYaml
         }
 
         var documents = new DocumentReader(content, path, kinds);
+        var json = new TypedYamlJson(JsonOptions);
         while (documents.Next() is { } document)
         {
-            if (Deserialize(content, path, document) is IKubernetesObject kubernetesObject)
+            if (Deserialize(json, path, document) is IKubernetesObject kubernetesObject)
             {
                 yield return kubernetesObject;
             }
         }
     }
 
-    private static object? Deserialize(string content, string path, Document document)
+    /// <summary>KubernetesClient keeps its options internal; configuring them hands them out (nothing is changed here).</summary>
+    private static JsonSerializerOptions KubernetesJsonOptions()
     {
-        // The text from the start of the document's first line: columns stay true, lines shift by a constant.
-        var text = content.Substring(document.Start, document.End - document.Start);
-        var lineOffset = document.FirstLine - 1;
+        JsonSerializerOptions? options = null;
+        KubernetesJson.AddJsonOptions(o => options = o);
+        return options!;
+    }
+
+    private static object? Deserialize(TypedYamlJson json, string path, Document document)
+    {
+        var where = $"in the {document.Kind} starting at line {document.Line}: ";
         try
         {
-            return Deserializers.GetOrAdd(document.Type, DeserializerFor)(text);
+            return json.Read(document.Events, document.Type);
         }
-        catch (YamlException yaml)
+        catch (YamlValueException ex)
         {
-            // Wrong field types surface as "Exception during deserialization" around the real reason.
-            var where = $"in the {document.Kind} starting at line {document.Line}: ";
-            throw new InventoryLoadException(path, Line(yaml.Start) + lineOffset, Column(yaml.Start), where + Describe(yaml), yaml);
+            throw new InventoryLoadException(path, Line(ex.Start), Column(ex.Start), where + Clean(ex.Message), ex);
+        }
+        catch (YamlException ex)
+        {
+            // YamlDotNet's merge of "<<" keys refuses a pattern it does not know this way.
+            throw new InventoryLoadException(path, Line(ex.Start), Column(ex.Start), where + ex.Message, ex);
         }
         catch (Exception ex)
         {
-            throw new InventoryLoadException(path, document.Line, 1, $"cannot read the {document.Kind} starting at line {document.Line}: {ex.Message}", ex);
+            // A converter's refusal that the JSON reader could not place (a malformed quantity, say): the document is all there is.
+            throw new InventoryLoadException(path, document.Line, document.Column,
+                $"cannot read the {document.Kind} starting at line {document.Line}: {Clean(TypedYamlJson.Describe(ex))}", ex);
         }
     }
 
-    private static Func<string, object?> DeserializerFor(Type type)
-    {
-        // KubernetesYaml keeps its configured deserializer private; its generic Deserialize<T> is the way in.
-        var typed = DeserializeOne.MakeGenericMethod(type).CreateDelegate<Func<string, bool, object?>>();
-        return yaml => typed(yaml, false);
-    }
-
-    /// <summary>One YAML document: its text in the file (from the start of its first line), where its object starts, and its kind.</summary>
-    private readonly record struct Document(int Start, int End, int FirstLine, int Line, string Kind, Type Type);
+    /// <summary>One YAML document: its events from its object's mapping start to that mapping's end, where it starts, and its kind.</summary>
+    private sealed record Document(List<ParsingEvent> Events, int Line, int Column, string Kind, Type Type);
 
     /// <summary>
     /// Walks the parser events of the whole stream once, checking each document's syntax, nesting and kind, and
-    /// stops after each document to hand its extent out.
+    /// stops after each document to hand its events out.
     /// </summary>
     private sealed class DocumentReader(string content, string path, IReadOnlyDictionary<string, Type> extraKinds)
     {
         private readonly Scanner _scanner = new(new StringReader(content));
+        private readonly List<ParsingEvent> _events = [];
         private Parser? _parser;
 
         public Document? Next()
@@ -188,48 +181,43 @@ internal static partial class InventoryYaml
                         "expected a Kubernetes object (a mapping with apiVersion and kind), found a list or alias");
                 }
 
-                var (kind, type) = CheckKind(parser, mapping);
-                var documentEnd = parser.Consume<DocumentEnd>();
-                var startIndex = (int)Math.Min(documentStart.Start.Index, mapping.Start.Index);
-                var lineStart = startIndex == 0 ? 0 : content.LastIndexOf('\n', startIndex - 1) + 1;
-                var firstLine = Line(documentStart.Start.Index <= mapping.Start.Index ? documentStart.Start : mapping.Start);
-                return new Document(lineStart, (int)documentEnd.End.Index, firstLine, Line(mapping.Start), kind, type);
+                _events.Clear();
+                _events.Add(mapping);
+                var (kind, type) = ReadObject(parser, mapping);
+                parser.Consume<DocumentEnd>();
+                return new Document(_events, Line(mapping.Start), Column(mapping.Start), kind, type);
             }
 
             parser.Consume<StreamEnd>();
             return null;
         }
 
-        /// <summary>Reads the top-level keys of one document (the mapping start already consumed) up to its end; returns the kind and its model type.</summary>
-        private (string Kind, Type Type) CheckKind(IParser parser, MappingStart mapping)
+        /// <summary>
+        /// Reads one document's object (its mapping start already consumed and held) up to its end, holding its events,
+        /// and finds its apiVersion and kind among the top-level keys; returns the kind and its model type.
+        /// </summary>
+        private (string Kind, Type Type) ReadObject(IParser parser, MappingStart mapping)
         {
             Scalar? apiVersion = null;
             Scalar? kind = null;
-            while (!parser.TryConsume<MappingEnd>(out _))
+            MappingEnd end;
+            while (!parser.TryConsume(out end!))
             {
-                var key = parser.TryConsume<Scalar>(out var keyScalar) ? keyScalar.Value : null;
-                if (keyScalar is null)
+                var keyScalar = parser.Current as Scalar;
+                ReadNode(parser); // the key; a complex one is not ours to judge
+                var value = parser.Current as Scalar;
+                ReadNode(parser);
+                if (keyScalar?.Value == "apiVersion" && value is not null)
                 {
-                    SkipNode(parser); // a complex key: not ours to judge
+                    apiVersion = value;
                 }
-
-                if (key is "apiVersion" or "kind" && parser.TryConsume<Scalar>(out var value))
+                else if (keyScalar?.Value == "kind" && value is not null)
                 {
-                    if (key == "apiVersion")
-                    {
-                        apiVersion = value;
-                    }
-                    else
-                    {
-                        kind = value;
-                    }
-                }
-                else
-                {
-                    SkipNode(parser);
+                    kind = value;
                 }
             }
 
+            _events.Add(end);
             if (apiVersion is null || kind is null || apiVersion.Value.Length == 0 || kind.Value.Length == 0)
             {
                 throw new InventoryLoadException(path, Line(mapping.Start), Column(mapping.Start),
@@ -237,7 +225,7 @@ internal static partial class InventoryYaml
             }
 
             var typeKey = $"{apiVersion.Value}/{kind.Value}";
-            if (!extraKinds.TryGetValue(typeKey, out var type) && !KnownKinds.TryGetValue(typeKey, out type))
+            if (!extraKinds.TryGetValue(typeKey, out var type) && !KubernetesKinds.All.TryGetValue(typeKey, out type))
             {
                 throw new InventoryLoadException(path, Line(kind.Start), Column(kind.Start),
                     $"unknown kind '{kind.Value}' in apiVersion '{apiVersion.Value}': KubernetesClient has no type for it");
@@ -246,8 +234,8 @@ internal static partial class InventoryYaml
             return (kind.Value, type);
         }
 
-        /// <summary>Skips one node and everything inside it, refusing nesting deeper than <see cref="MaxNesting"/> (the document's own mapping is level 1).</summary>
-        private void SkipNode(IParser parser)
+        /// <summary>Reads one node and everything inside it into the document's events, refusing nesting deeper than <see cref="MaxNesting"/> (the document's own mapping is level 1).</summary>
+        private void ReadNode(IParser parser)
         {
             var level = 0;
             do
@@ -260,29 +248,17 @@ internal static partial class InventoryYaml
                         $"nested more than {MaxNesting} levels deep; a Kubernetes object needs far fewer");
                 }
 
+                _events.Add(current);
                 parser.MoveNext();
             }
             while (level > 0);
         }
     }
 
-    private static string Describe(YamlException ex)
-    {
-        // YamlDotNet wraps conversion failures; the innermost message says what was wrong with the value.
-        Exception innermost = ex;
-        while (innermost.InnerException is { } inner)
-        {
-            innermost = inner;
-        }
+    private static string Describe(YamlException ex) => Clean(ex.Message);
 
-        if (innermost == ex)
-        {
-            return ex.Message;
-        }
-
-        var reason = AssemblyQualification().Replace(innermost.Message, "");
-        return "a value of the wrong type: " + NamespacePrefix().Replace(reason, "");
-    }
+    /// <summary>A message without assembly qualifications and namespaces in the type names it quotes.</summary>
+    private static string Clean(string message) => NamespacePrefix().Replace(AssemblyQualification().Replace(message, ""), "");
 
     // Type names in conversion errors carry ", KubernetesClient, Version=..., PublicKeyToken=..." noise.
     [GeneratedRegex(@", [\w.]+, Version=[^\]]*")]
