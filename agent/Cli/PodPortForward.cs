@@ -126,7 +126,7 @@ internal sealed class PodPortForward : IAsyncDisposable
         KubernetesClientConfiguration config;
         try
         {
-            config = KubernetesClientConfiguration.BuildConfigFromConfigFile(path);
+            config = Weft.Inventory.KubeconfigFile.BuildConfig(path);
         }
         catch (Exception e) when (e is k8s.Exceptions.KubeConfigException or IOException or ArgumentException or InvalidOperationException or YamlDotNet.Core.YamlException)
         {

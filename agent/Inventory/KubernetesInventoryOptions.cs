@@ -12,12 +12,15 @@ internal sealed record KubernetesApiOptions
     /// <summary>Where kubelet's kubepods cgroups are, for the node agent to find local pods' namespaces; null: the cgroup v2 mount.</summary>
     public string? PodCgroupRoot { get; init; }
 
-    /// <summary>The client for these settings: a kubeconfig file, in-cluster service account, or the default kubeconfig.</summary>
+    /// <summary>
+    /// The client for these settings: a kubeconfig file, in-cluster service account, or the default kubeconfig. Kubeconfig
+    /// files are read by <see cref="KubeconfigFile"/>, not KubernetesClient's YAML, which a NativeAOT build cannot run.
+    /// </summary>
     public IKubernetes CreateClient()
     {
-        var config = Kubeconfig is not null ? KubernetesClientConfiguration.BuildConfigFromConfigFile(Kubeconfig)
+        var config = Kubeconfig is not null ? KubeconfigFile.BuildConfig(Kubeconfig)
             : KubernetesClientConfiguration.IsInCluster() ? KubernetesClientConfiguration.InClusterConfig()
-            : KubernetesClientConfiguration.BuildDefaultConfig();
+            : KubeconfigFile.BuildDefaultConfig();
         return new k8s.Kubernetes(config);
     }
 }
