@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Collections.Concurrent;
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.Json.Serialization.Metadata;
@@ -34,8 +35,9 @@ internal sealed class YamlValueException(Mark start, string message, Exception? 
 /// go through YamlDotNet's <see cref="MergingParser"/>, as KubernetesYaml does); what they repeat counts towards
 /// <see cref="MaxNodes"/> and <see cref="MaxNesting"/>, so a chain of aliases cannot blow up.
 /// A value that does not fit its target (a word for a port, a list for a label) is a <see cref="YamlValueException"/>
-/// at that value; what only the JSON reader finds (a malformed timestamp, say) is mapped back from its byte position
-/// to the YAML value that produced those bytes, where it can be.
+/// at that value; so is a single value its type's converter refuses (a malformed timestamp or quantity), each such
+/// scalar being read alone first; what only the JSON reader finds is mapped back from its byte position to the YAML
+/// value that produced those bytes, where it can be.
 /// </summary>
 internal sealed class TypedYamlJson
 {
@@ -45,11 +47,15 @@ internal sealed class TypedYamlJson
     /// <summary>Mappings and sequences inside one another, aliases' content included; a Kubernetes object needs about 10.</summary>
     public const int MaxNesting = 64;
 
+    // YamlDotNet's scalar rules, as KubernetesYaml's deserializer applies them; no type inspector: enums never reach it.
     private static readonly ScalarNodeDeserializer Scalars = new(
         attemptUnknownTypeDeserialization: true, new NullTypeConverter(), null!, YamlFormatter.Default, NullNamingConvention.Instance);
 
     private readonly JsonSerializerOptions _options;
-    private readonly ConcurrentDictionary<Type, Shape> _shapes = new();
+    // Shapes depend only on the options' metadata: shared by every reader of the same options, built as types are met.
+    private static readonly ConditionalWeakTable<JsonSerializerOptions, ConcurrentDictionary<Type, Shape>> ShapesByOptions = new();
+
+    private readonly ConcurrentDictionary<Type, Shape> _shapes;
     private readonly ArrayBufferWriter<byte> _buffer = new();
     private readonly Utf8JsonWriter _writer;
     private readonly List<(long Offset, Mark Start)> _positions = [];
@@ -63,6 +69,7 @@ internal sealed class TypedYamlJson
     public TypedYamlJson(JsonSerializerOptions options)
     {
         _options = options;
+        _shapes = ShapesByOptions.GetValue(options, static _ => new ConcurrentDictionary<Type, Shape>());
         _writer = new Utf8JsonWriter(_buffer, new JsonWriterOptions { MaxDepth = MaxNesting + 1 });
         _checkWriter = new Utf8JsonWriter(_checkBuffer);
     }
@@ -419,7 +426,10 @@ internal sealed class TypedYamlJson
     /// <summary>Where there is no type to go by (inside a value a converter reads as a whole): scalars typed by their look.</summary>
     private Shape AnyShape => ShapeOf(typeof(object));
 
-    private Shape ShapeOf(Type type) => _shapes.GetOrAdd(type, static (t, self) => new Shape(self, t), this);
+    private Shape ShapeOf(Type type) => ShapeOf(_shapes, _options, type);
+
+    private static Shape ShapeOf(ConcurrentDictionary<Type, Shape> shapes, JsonSerializerOptions options, Type type) =>
+        shapes.GetOrAdd(type, static (t, state) => new Shape(state.Shapes, state.Options, t), (Shapes: shapes, Options: options));
 
     private enum ShapeKind
     {
@@ -451,18 +461,20 @@ internal sealed class TypedYamlJson
     /// <summary>How YAML maps onto one type, from its JSON metadata; nested types are looked up as they are needed.</summary>
     private sealed class Shape
     {
-        private readonly TypedYamlJson _owner;
+        private readonly ConcurrentDictionary<Type, Shape> _shapes;
+        private readonly JsonSerializerOptions _options;
         private readonly Type? _elementType;
         private readonly IList<JsonPropertyInfo>? _jsonProperties;
         private Dictionary<string, Type>? _properties;
         private Shape? _element;
 
-        public Shape(TypedYamlJson owner, Type type)
+        public Shape(ConcurrentDictionary<Type, Shape> shapes, JsonSerializerOptions options, Type type)
         {
-            _owner = owner;
+            _shapes = shapes;
+            _options = options;
             var underlying = Nullable.GetUnderlyingType(type) ?? type;
             Type = underlying;
-            var info = owner._options.GetTypeInfo(type);
+            var info = options.GetTypeInfo(type);
             switch (info.Kind)
             {
                 case JsonTypeInfoKind.Object:
@@ -508,13 +520,13 @@ internal sealed class TypedYamlJson
         /// <summary>What a YAML value must be to fit, for error messages: "a list", "a number".</summary>
         public string Description { get; }
 
-        public Shape Element => _element ??= _owner.ShapeOf(_elementType!);
+        public Shape Element => _element ??= ShapeOf(_shapes, _options, _elementType!);
 
         public bool TryGetProperty(string name, out Shape shape)
         {
             if (Properties.TryGetValue(name, out var type))
             {
-                shape = _owner.ShapeOf(type);
+                shape = ShapeOf(_shapes, _options, type);
                 return true;
             }
 
