@@ -499,6 +499,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         private readonly int _consecutive5xx;
         private readonly TimeSpan _sendTimeout;
         private readonly KestrelConnectionEnds _kestrelEnds;
+        private readonly bool _ownAddresses;
         private readonly ForwarderRequestConfig _requestConfig = new()
         {
             Version = HttpVersion.Version11,
@@ -511,6 +512,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         public RequestHandler(IHttpForwarder forwarder, Func<RouteTable> routes, GatewayMetrics metrics, GatewayOptions options, AccessLog? accessLog, GatewayMesh? mesh, KestrelConnectionEnds kestrelEnds)
         {
             _kestrelEnds = kestrelEnds;
+            _ownAddresses = options.GatewayHttp.Count + options.GatewayHttps.Count > 0;
             _sendTimeout = options.ResponseSendTimeout;
             _forwarder = forwarder;
             _routes = routes;
@@ -573,7 +575,9 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             {
                 var host = RouteCompiler.NormalizeHost(request.Host.Host) ?? "";
                 var table = _routes();
-                var listener = context.Features.Get<IConnectionItemsFeature>()?.Items.TryGetValue(GatewayItem, out var gateway) == true
+                // Only when some Gateway has an address of its own: Kestrel makes a connection's items on first use (about
+                // 100 bytes a connection, kept while it is open).
+                var listener = _ownAddresses && context.Features.Get<IConnectionItemsFeature>()?.Items.TryGetValue(GatewayItem, out var gateway) == true
                     ? (request.IsHttps ? table.GatewayHttps : table.GatewayHttp).GetValueOrDefault((string)gateway!) ?? ListenerRoutes.Empty
                     : request.IsHttps ? table.Https : table.Http;
                 route = listener.Match(host, request, path);
