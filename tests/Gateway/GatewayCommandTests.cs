@@ -32,44 +32,24 @@ public class GatewayCommandTests
             """;
         await File.WriteAllTextAsync(inventory, Yaml("v1"));
 
-        var (file, arguments) = WeftExecutable.Command(["gateway", "--inventory", inventory, "--http", $"127.0.0.1:{httpPort}", "--https", "off", "--admin", $"127.0.0.1:{adminPort}"]);
-        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var gateway = Process.Start(start)!;
-        var log = new System.Text.StringBuilder();
-        gateway.OutputDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
-        gateway.ErrorDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
-        gateway.BeginOutputReadLine();
-        gateway.BeginErrorReadLine();
+        await using var gateway = ManagedProcess.StartWeft("gateway", "--inventory", inventory, "--http", $"127.0.0.1:{httpPort}", "--https", "off", "--admin", $"127.0.0.1:{adminPort}");
         try
         {
-            Assert.Contains("\"Backend\":\"v1\"", await CurlUntilAsync(httpPort, "\"v1\"", gateway, log));
+            Assert.Contains("\"Backend\":\"v1\"", await CurlUntilAsync(httpPort, "\"v1\"", gateway));
 
             await File.WriteAllTextAsync(inventory, Yaml("v2"));
-            Assert.Contains("\"Backend\":\"v2\"", await CurlUntilAsync(httpPort, "\"v2\"", gateway, log));
+            Assert.Contains("\"Backend\":\"v2\"", await CurlUntilAsync(httpPort, "\"v2\"", gateway));
 
-            Assert.Equal(0, Tmds.Linux.LibC.kill(gateway.Id, Tmds.Linux.LibC.SIGTERM));
-            using var exited = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-            await gateway.WaitForExitAsync(exited.Token);
-            Assert.Equal(0, gateway.ExitCode);
+            Assert.Equal(0, await gateway.StopAsync(TimeSpan.FromSeconds(60)));
         }
         finally
         {
-            if (!gateway.HasExited)
-            {
-                gateway.Kill();
-            }
-
             Directory.Delete(dir, recursive: true);
         }
     }
 
     /// <summary>curl until the answer holds <paramref name="expected"/> (the process starts, the file reloads); fails after a generous minute.</summary>
-    internal static async Task<string> CurlUntilAsync(int port, string expected, Process gateway, System.Text.StringBuilder log)
+    internal static async Task<string> CurlUntilAsync(int port, string expected, ManagedProcess gateway)
     {
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
         var last = "";
@@ -86,10 +66,7 @@ public class GatewayCommandTests
             await Task.Delay(200);
         }
 
-        lock (log)
-        {
-            throw new Xunit.Sdk.XunitException($"no answer with {expected} (last: '{last}'); gateway output:\n{log}");
-        }
+        throw new Xunit.Sdk.XunitException($"no answer with {expected} (last: '{last}'); gateway output:\n{gateway.Output}");
     }
 
     /// <summary>Distinct free loopback ports: all held open at once while picked, so the kernel cannot hand out one twice.</summary>

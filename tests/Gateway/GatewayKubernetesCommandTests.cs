@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Weft.Gateway;
 using Weft.Harness;
 using Weft.Tests.Inventory.Kubernetes;
@@ -35,43 +34,23 @@ public class GatewayKubernetesCommandTests
         }
 
         var (httpPort, adminPort) = (GatewayCommandTests.FreePort(), GatewayCommandTests.FreePort());
-        var (file, arguments) = WeftExecutable.Command(["gateway", "--kubeconfig", kubeconfig, "--status-address", "192.0.2.44",
-            "--http", $"127.0.0.1:{httpPort}", "--https", "off", "--admin", $"127.0.0.1:{adminPort}"]);
-        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var gateway = Process.Start(start)!;
-        var log = new System.Text.StringBuilder();
-        gateway.OutputDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
-        gateway.ErrorDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
-        gateway.BeginOutputReadLine();
-        gateway.BeginErrorReadLine();
+        await using var gateway = ManagedProcess.StartWeft("gateway", "--kubeconfig", kubeconfig, "--status-address", "192.0.2.44",
+            "--http", $"127.0.0.1:{httpPort}", "--https", "off", "--admin", $"127.0.0.1:{adminPort}");
         try
         {
-            Assert.Contains("\"Backend\":\"v1\"", await GatewayCommandTests.CurlUntilAsync(httpPort, "\"v1\"", gateway, log));
+            Assert.Contains("\"Backend\":\"v1\"", await GatewayCommandTests.CurlUntilAsync(httpPort, "\"v1\"", gateway));
 
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
             while (api.Get<k8s.Models.V1Ingress>("default", "web")?["status"]?["loadBalancer"]?["ingress"]?[0]?["ip"]?.GetValue<string>() != "192.0.2.44")
             {
-                Assert.True(DateTime.UtcNow < deadline, $"the Ingress status was not written; gateway output:\n{log}");
+                Assert.True(DateTime.UtcNow < deadline, $"the Ingress status was not written; gateway output:\n{gateway.Output}");
                 await Task.Delay(100);
             }
 
-            Assert.Equal(0, Tmds.Linux.LibC.kill(gateway.Id, Tmds.Linux.LibC.SIGTERM));
-            using var exited = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-            await gateway.WaitForExitAsync(exited.Token);
-            Assert.Equal(0, gateway.ExitCode);
+            Assert.Equal(0, await gateway.StopAsync(TimeSpan.FromSeconds(60)));
         }
         finally
         {
-            if (!gateway.HasExited)
-            {
-                gateway.Kill();
-            }
-
             Directory.Delete(dir, recursive: true);
         }
     }
@@ -102,20 +81,8 @@ public class GatewayKubernetesCommandTests
 
         var ports = GatewayCommandTests.FreePorts(3);
         var (httpPort, ownPort, adminPort) = (ports[0], ports[1], ports[2]);
-        var (file, arguments) = WeftExecutable.Command(["gateway", "--kubeconfig", kubeconfig, "--status-address", "192.0.2.44",
-            "--http", $"127.0.0.1:{httpPort}", "--https", "off", "--admin", $"127.0.0.1:{adminPort}", "--gateway-http", $"default/own=127.0.0.1:{ownPort}"]);
-        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var gateway = Process.Start(start)!;
-        var log = new System.Text.StringBuilder();
-        gateway.OutputDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
-        gateway.ErrorDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
-        gateway.BeginOutputReadLine();
-        gateway.BeginErrorReadLine();
+        await using var gateway = ManagedProcess.StartWeft("gateway", "--kubeconfig", kubeconfig, "--status-address", "192.0.2.44",
+            "--http", $"127.0.0.1:{httpPort}", "--https", "off", "--admin", $"127.0.0.1:{adminPort}", "--gateway-http", $"default/own=127.0.0.1:{ownPort}");
         try
         {
             // Bound to 127.0.0.1: that is where Gateway own is reached, and what its status says.
@@ -123,23 +90,15 @@ public class GatewayKubernetesCommandTests
             string? Address(string name) => api.Get<GatewayResource>("default", name)?["status"]?["addresses"]?.ToJsonString();
             while (Address("own") != """[{"type":"IPAddress","value":"127.0.0.1"}]""" || Address("shared") != """[{"type":"IPAddress","value":"192.0.2.44"}]""")
             {
-                Assert.True(DateTime.UtcNow < deadline && !gateway.HasExited, $"status.addresses: own {Address("own")}, shared {Address("shared")}; gateway output:\n{log}");
+                Assert.True(DateTime.UtcNow < deadline && !gateway.HasExited, $"status.addresses: own {Address("own")}, shared {Address("shared")}; gateway output:\n{gateway.Output}");
                 await Task.Delay(100);
             }
 
-            Assert.Contains("\"Backend\":\"v1\"", await GatewayCommandTests.CurlUntilAsync(ownPort, "\"v1\"", gateway, log));
-            Assert.Equal(0, Tmds.Linux.LibC.kill(gateway.Id, Tmds.Linux.LibC.SIGTERM));
-            using var exited = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-            await gateway.WaitForExitAsync(exited.Token);
-            Assert.Equal(0, gateway.ExitCode);
+            Assert.Contains("\"Backend\":\"v1\"", await GatewayCommandTests.CurlUntilAsync(ownPort, "\"v1\"", gateway));
+            Assert.Equal(0, await gateway.StopAsync(TimeSpan.FromSeconds(60)));
         }
         finally
         {
-            if (!gateway.HasExited)
-            {
-                gateway.Kill();
-            }
-
             Directory.Delete(dir, recursive: true);
         }
     }
@@ -147,19 +106,9 @@ public class GatewayKubernetesCommandTests
     [Fact]
     public async Task WeftGateway_InventoryWithKubernetesFlags_IsAUsageError()
     {
-        var (file, arguments) = WeftExecutable.Command(["gateway", "--inventory", "/nonexistent.yaml", "--kubeconfig", "/nonexistent", "--http", "127.0.0.1:0", "--https", "off", "--admin", "off"]);
-        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
+        await using var gateway = ManagedProcess.StartWeft("gateway", "--inventory", "/nonexistent.yaml", "--kubeconfig", "/nonexistent", "--http", "127.0.0.1:0", "--https", "off", "--admin", "off");
 
-        using var gateway = Process.Start(start)!;
-        var error = await gateway.StandardError.ReadToEndAsync();
-        await gateway.StandardOutput.ReadToEndAsync();
-        await gateway.WaitForExitAsync();
-
-        Assert.NotEqual(0, gateway.ExitCode);
-        Assert.Contains("--inventory is the standalone mode", error);
+        Assert.NotEqual(0, await gateway.WaitForExitAsync(TimeSpan.FromSeconds(60)));
+        Assert.Contains("--inventory is the standalone mode", gateway.Stderr);
     }
 }

@@ -31,25 +31,13 @@ public class GatewayOwnAddressCommandTests
 
         var ports = GatewayCommandTests.FreePorts(7);
         var (http, https, admin, httpA, httpB, httpsA, httpsB) = (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6]);
-        var (file, arguments) = WeftExecutable.Command(["gateway", "--inventory", inventory,
+        await using var gateway = ManagedProcess.StartWeft("gateway", "--inventory", inventory,
             "--http", $"127.0.0.1:{http}", "--https", $"127.0.0.1:{https}", "--admin", $"127.0.0.1:{admin}",
             "--gateway-http", $"{Infra}/a=127.0.0.1:{httpA}", "--gateway-http", $"{Infra}/b=127.0.0.1:{httpB}",
-            "--gateway-https", $"{Infra}/a=127.0.0.1:{httpsA}", "--gateway-https", $"{Infra}/b=127.0.0.1:{httpsB}"]);
-        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var gateway = Process.Start(start)!;
-        var log = new System.Text.StringBuilder();
-        gateway.OutputDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
-        gateway.ErrorDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
-        gateway.BeginOutputReadLine();
-        gateway.BeginErrorReadLine();
+            "--gateway-https", $"{Infra}/a=127.0.0.1:{httpsA}", "--gateway-https", $"{Infra}/b=127.0.0.1:{httpsB}");
         try
         {
-            await CurlUntilAsync(gateway, log, $"http://127.0.0.1:{http}/", "200 v1");
+            await CurlUntilAsync(gateway, $"http://127.0.0.1:{http}/", "200 v1");
 
             // The same request, /b, answered differently: a's address has only a's routes, b's only b's.
             Assert.Equal("200 v1", await CurlAsync($"http://127.0.0.1:{httpA}/b"));
@@ -85,18 +73,10 @@ public class GatewayOwnAddressCommandTests
             Assert.Contains($"HTTPRoute {Infra}/route-b", ofB);
             Assert.DoesNotContain($"HTTPRoute {Infra}/route-a", ofB);
 
-            Assert.Equal(0, Tmds.Linux.LibC.kill(gateway.Id, Tmds.Linux.LibC.SIGTERM));
-            using var exited = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-            await gateway.WaitForExitAsync(exited.Token);
-            Assert.Equal(0, gateway.ExitCode);
+            Assert.Equal(0, await gateway.StopAsync(TimeSpan.FromSeconds(60)));
         }
         finally
         {
-            if (!gateway.HasExited)
-            {
-                gateway.Kill();
-            }
-
             Directory.Delete(dir, recursive: true);
         }
     }
@@ -105,21 +85,11 @@ public class GatewayOwnAddressCommandTests
     public async Task WeftGateway_AGatewayNamedTwiceOrAnAddressGivenTwice_IsRefusedBeforeServing()
     {
         var port = GatewayCommandTests.FreePort();
-        var (file, arguments) = WeftExecutable.Command(["gateway", "--inventory", "/nonexistent.yaml", "--http", $"127.0.0.1:{port}", "--https", "off", "--admin", "off",
-            "--gateway-http", $"{Infra}/a=127.0.0.1:{port}"]);
-        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
+        await using var gateway = ManagedProcess.StartWeft("gateway", "--inventory", "/nonexistent.yaml", "--http", $"127.0.0.1:{port}", "--https", "off", "--admin", "off",
+            "--gateway-http", $"{Infra}/a=127.0.0.1:{port}");
 
-        using var gateway = Process.Start(start)!;
-        var error = await gateway.StandardError.ReadToEndAsync();
-        await gateway.StandardOutput.ReadToEndAsync();
-        await gateway.WaitForExitAsync();
-
-        Assert.Equal(2, gateway.ExitCode);
-        Assert.Contains($"--gateway-http {Infra}/a 127.0.0.1:{port} overlaps --http 127.0.0.1:{port}", error);
+        Assert.Equal(2, await gateway.WaitForExitAsync(TimeSpan.FromSeconds(60)));
+        Assert.Contains($"--gateway-http {Infra}/a 127.0.0.1:{port} overlaps --http 127.0.0.1:{port}", gateway.Stderr);
     }
 
     /// <summary>"STATUS BACKEND" (200 and the echo backend's name), or the status alone; "000" when no HTTP answer came (e.g. TLS refused).</summary>
@@ -147,7 +117,7 @@ public class GatewayOwnAddressCommandTests
         return output;
     }
 
-    private static async Task CurlUntilAsync(Process gateway, System.Text.StringBuilder log, string url, string expected)
+    private static async Task CurlUntilAsync(ManagedProcess gateway, string url, string expected)
     {
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
         var last = "";
@@ -162,9 +132,6 @@ public class GatewayOwnAddressCommandTests
             await Task.Delay(200);
         }
 
-        lock (log)
-        {
-            throw new Xunit.Sdk.XunitException($"{url} never answered {expected} (last: '{last}'); gateway output:\n{log}");
-        }
+        throw new Xunit.Sdk.XunitException($"{url} never answered {expected} (last: '{last}'); gateway output:\n{gateway.Output}");
     }
 }

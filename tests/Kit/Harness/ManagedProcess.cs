@@ -38,6 +38,32 @@ internal sealed class ManagedProcess : IAsyncDisposable
         _process.BeginErrorReadLine();
     }
 
+    /// <summary>
+    /// This build's <c>weft</c> (or <c>WEFT_EXECUTABLE</c>) as a plain child of the current process, in its network
+    /// namespace and cgroup: for commands that need neither root nor a node, such as <c>weft gateway</c> on loopback.
+    /// </summary>
+    public static ManagedProcess StartWeft(params string[] args)
+    {
+        var (file, arguments) = WeftExecutable.Command(args);
+        var info = new ProcessStartInfo(file);
+        foreach (var argument in arguments)
+        {
+            info.ArgumentList.Add(argument);
+        }
+
+        return new ManagedProcess(info, $"weft {args.FirstOrDefault()}");
+    }
+
+    /// <summary>SIGTERM, then the exit code within <paramref name="timeout"/> (a clean shutdown exits 0).</summary>
+    public Task<int> StopAsync(TimeSpan timeout)
+    {
+        Stop();
+        return WaitForExitAsync(timeout);
+    }
+
+    /// <summary>Everything it printed so far, stdout then stderr, for a failure message.</summary>
+    public string Output => $"{Stdout}\n{Stderr}";
+
     public int Pid { get; }
 
     /// <summary>What was started and where, for messages.</summary>
