@@ -389,7 +389,7 @@ internal sealed class CertificateSet
 }
 
 /// <summary>Everything the gateway serves, compiled from one version of the objects; replaced whole on a change.</summary>
-internal sealed class RouteTable
+internal sealed record RouteTable
 {
     public static readonly RouteTable Empty = new() { Http = ListenerRoutes.Empty, Https = ListenerRoutes.Empty, Certificates = CertificateSet.Empty };
 
@@ -418,17 +418,7 @@ internal sealed class RouteTable
     public long Version { get; init; }
 
     /// <summary>This table as served: numbered, with <paramref name="warnings"/>.</summary>
-    public RouteTable Versioned(long version, ImmutableArray<string> warnings) => new()
-    {
-        Http = Http,
-        Https = Https,
-        GatewayHttp = GatewayHttp,
-        GatewayHttps = GatewayHttps,
-        GatewayCertificates = GatewayCertificates,
-        Certificates = Certificates,
-        Warnings = warnings,
-        Version = version,
-    };
+    public RouteTable Versioned(long version, ImmutableArray<string> warnings) => this with { Version = version, Warnings = warnings };
 
     /// <summary>
     /// Warnings for the Gateways given an address of their own (<see cref="GatewayOptions.GatewayHttp"/>,
