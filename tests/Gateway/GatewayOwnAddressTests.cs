@@ -128,6 +128,55 @@ public class GatewayOwnAddressTests
     }
 
     [Fact]
+    public async Task GatewaysOwnAddresses_ShareTheConnectionLimit_OnePastItIsClosedOnAccept_BeforeItsTlsHandshake()
+    {
+        var (yaml, certA, _, _) = TwoHttpsGateways();
+        yaml += GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}", name: "c") + Route("route-c", "c", "infra-backend-v3");
+        await using var gateway = new GatewayLoopback();
+        await gateway.StartAsync(await gateway.ConformanceBackendsAsync() + yaml, new GatewayOptions
+        {
+            MaxConnections = 2,
+            GatewayHttp = new Dictionary<string, IPEndPoint> { [$"{Infra}/c"] = new(IPAddress.Loopback, 0) },
+            GatewayHttps = new Dictionary<string, IPEndPoint> { [$"{Infra}/a"] = new(IPAddress.Loopback, 0) },
+        });
+        var (httpC, httpsA, shared) = (gateway.Server.GatewayHttpEndpoints[$"{Infra}/c"].Port, gateway.Server.GatewayHttpsEndpoints[$"{Infra}/a"].Port, gateway.Server.HttpEndpoint!.Port);
+
+        // One held on the shared address, one on Gateway c's own: the limit is reached across addresses.
+        using var held = new System.Net.Sockets.TcpClient();
+        await held.ConnectAsync(IPAddress.Loopback, shared);
+        var own = new System.Net.Sockets.TcpClient();
+        await own.ConnectAsync(IPAddress.Loopback, httpC);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (gateway.Metrics.ConnectionsOpen < 2)
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"{gateway.Metrics.ConnectionsOpen} connections open");
+            await Task.Delay(20);
+        }
+
+        // A third, on Gateway a's own TLS address, is closed before the handshake (no certificate served) and counted.
+        Assert.Null(await HandshakeAsync(httpsA, "a.example"));
+        Assert.Equal(1, gateway.Metrics.ConnectionsRefusedCount);
+
+        // Gateway c's held connection still works; once it closes, a's address takes a new one.
+        await own.GetStream().WriteAsync("GET / HTTP/1.1\r\nHost: c.example\r\nConnection: close\r\n\r\n"u8.ToArray());
+        using (var reader = new StreamReader(own.GetStream(), System.Text.Encoding.ASCII))
+        {
+            Assert.StartsWith("HTTP/1.1 200", await reader.ReadLineAsync() ?? "", StringComparison.Ordinal);
+        }
+
+        own.Dispose();
+        deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (gateway.Metrics.ConnectionsOpen > 1)
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"{gateway.Metrics.ConnectionsOpen} connections open after one closed");
+            await Task.Delay(20);
+        }
+
+        Assert.Equal(certA.Thumbprint, (await HandshakeAsync(httpsA, "a.example"))?.Thumbprint);
+        Assert.Contains("weft_gateway_client_connections_refused_total 1", await gateway.AdminAsync("/metrics"));
+    }
+
+    [Fact]
     public async Task Routes_ShowWhatEachGatewaysOwnAddressServes_AndWarnAboutAGatewayThatIsNotThere()
     {
         var (yaml, _, _, _) = TwoHttpsGateways();
