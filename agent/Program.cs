@@ -10,7 +10,21 @@ if (args is ["agent", ..])
     AppContext.SetData("System.Threading.ThreadPool.UnfairSemaphoreSpinLimit", 0);
 }
 
+// The gateway's socket completions run on the runtime's socket threads (one per core) instead of being queued to the
+// thread pool: `weft-bench --suite gateway` measured 0.65-0.78 of nginx's requests/s with it, 0.52-0.62 without
+// (docs/benchmark.md, "The gateway's socket completions"). Nothing may then block on a socket's path: the Kubernetes
+// client's answers are read ahead (ReadAnswerAhead). The runtime reads the variable once, at the first socket, so it is
+// set before anything runs; a value the user gave is kept.
+if (args is ["gateway", ..] && Environment.GetEnvironmentVariable(Program.InlineCompletions) is null)
+{
+    Environment.SetEnvironmentVariable(Program.InlineCompletions, "1");
+}
+
 return await WeftCli.RunAsync(args, Console.Out, Console.Error);
 
 // The ASP.NET Core framework reference (the CA service) brings a source generator that would make Program public.
-internal partial class Program;
+internal partial class Program
+{
+    /// <summary>The runtime's switch that runs socket completions on its socket event threads.</summary>
+    internal const string InlineCompletions = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
+}

@@ -111,7 +111,7 @@ internal static class GatewayCommand
             }
 
             using var file = inventory is null ? null : GatewayConfigSource.Start(inventory, metrics, ownAddresses: ownAddresses);
-            using var cluster = inventory is not null ? null : GatewayKubernetesSource.Start(new Weft.Inventory.KubernetesApiOptions { Kubeconfig = cl.GetValue(Kubeconfig) }, metrics, new GatewayKubernetesOptions
+            using var cluster = inventory is not null ? null : GatewayKubernetesSource.Start(new Weft.Inventory.KubernetesApiOptions { Kubeconfig = cl.GetValue(Kubeconfig), ReadAnswersAhead = true }, metrics, new GatewayKubernetesOptions
             {
                 Status = new GatewayStatusOptions { Addresses = cl.GetValue(StatusAddress) ?? [], PublishService = publish, Gateways = gatewayStatus },
                 MeshMembership = meshOptions is not null,

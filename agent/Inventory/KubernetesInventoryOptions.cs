@@ -21,7 +21,67 @@ internal sealed record KubernetesApiOptions
         var config = Kubeconfig is not null ? KubeconfigFile.BuildConfig(Kubeconfig)
             : KubernetesClientConfiguration.IsInCluster() ? KubernetesClientConfiguration.InClusterConfig()
             : KubeconfigFile.BuildDefaultConfig();
-        return new k8s.Kubernetes(config);
+        return ReadAnswersAhead ? new k8s.Kubernetes(config, new ReadAnswerAhead()) : new k8s.Kubernetes(config);
+    }
+
+    /// <summary>
+    /// Read every answer but a watch's into memory before the client sees it (<see cref="ReadAnswerAhead"/>): for a
+    /// process whose socket completions run inline on the runtime's socket threads (the gateway).
+    /// </summary>
+    public bool ReadAnswersAhead { get; init; }
+}
+
+/// <summary>
+/// KubernetesClient deserializes an answer that is not a watch with a synchronous <see cref="Stream.Read(Span{byte})"/>,
+/// called from the continuation of the request. When socket completions run inline on the runtime's socket event threads
+/// (DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS, as the gateway sets it), that continuation runs on such a thread, and the
+/// read waits for bytes that only the same thread can deliver: every socket on that thread stalls for good. This reads the
+/// whole answer asynchronously first, so the client's read comes from memory. A watch streams for minutes and is read
+/// line by line with ReadLineAsync, so it is passed on as it is.
+/// </summary>
+internal sealed class ReadAnswerAhead : DelegatingHandler
+{
+    protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+    {
+        var response = await base.SendAsync(request, cancellationToken).ConfigureAwait(false);
+        if (!IsWatch(request.RequestUri))
+        {
+            try
+            {
+                await response.Content.LoadIntoBufferAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch
+            {
+                response.Dispose();
+                throw;
+            }
+        }
+
+        return response;
+    }
+
+    /// <summary>The API's watch requests: <c>watch=true</c> (or <c>1</c>) in the query, or the legacy <c>/watch/</c> paths.</summary>
+    internal static bool IsWatch(Uri? uri)
+    {
+        if (uri is null)
+        {
+            return false;
+        }
+
+        if (uri.AbsolutePath.Contains("/watch/", StringComparison.Ordinal))
+        {
+            return true;
+        }
+
+        foreach (var part in uri.Query.TrimStart('?').Split('&'))
+        {
+            if (part.Equals("watch=true", StringComparison.OrdinalIgnoreCase) || part == "watch=1")
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 }
 

@@ -48,6 +48,62 @@ public class GatewayCommandTests
         }
     }
 
+    /// <summary>
+    /// `weft gateway` runs socket completions on the runtime's socket threads, one per core, instead of queueing them to the
+    /// thread pool (docs/benchmark.md, "The gateway's socket completions"); a value the user gives
+    /// DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS wins. The runtime names those threads ".NET Sockets" and makes one per
+    /// core only when completions run inline (else one per 30 cores, 8 or 12 on ARM).
+    /// </summary>
+    [Theory]
+    [InlineData(null)]
+    [InlineData("0")]
+    public async Task WeftGateway_RunsSocketCompletionsOnOneSocketThreadPerCore_UnlessTheUserSaysOtherwise(string? userValue)
+    {
+        var dir = Directory.CreateTempSubdirectory("weft-gateway-inline-").FullName;
+        var inventory = Path.Combine(dir, "gateway.yaml");
+        await File.WriteAllTextAsync(inventory, "apiVersion: v1\nkind: Namespace\nmetadata: {name: default}\n");
+        var port = FreePort();
+        var environment = userValue is null ? new Dictionary<string, string>() : new Dictionary<string, string> { ["DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS"] = userValue };
+        await using var gateway = ManagedProcess.StartWeft(environment, "gateway", "--inventory", inventory, "--http", $"127.0.0.1:{port}", "--https", "off", "--admin", "off");
+        try
+        {
+            // Answered (404: no route) once the listener and the socket engine are up.
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+            using var client = new HttpClient(new SocketsHttpHandler { UseProxy = false });
+            while (true)
+            {
+                Assert.True(DateTime.UtcNow < deadline && !gateway.HasExited, $"the gateway did not answer; output:\n{gateway.Output}");
+                try
+                {
+                    using var response = await client.GetAsync($"http://127.0.0.1:{port}/");
+                    Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
+                    break;
+                }
+                catch (HttpRequestException)
+                {
+                    await Task.Delay(100);
+                }
+            }
+
+            var socketThreads = Directory.GetDirectories($"/proc/{gateway.Pid}/task")
+                .Count(task => File.ReadAllText(Path.Join(task, "comm")).Trim() == ".NET Sockets");
+            if (userValue is null)
+            {
+                Assert.Equal(Environment.ProcessorCount, socketThreads);
+            }
+            else
+            {
+                Assert.InRange(socketThreads, 1, Math.Max(1, Environment.ProcessorCount - 1));
+            }
+
+            Assert.Equal(0, await gateway.StopAsync(TimeSpan.FromSeconds(60)));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     /// <summary>curl until the answer holds <paramref name="expected"/> (the process starts, the file reloads); fails after a generous minute.</summary>
     internal static async Task<string> CurlUntilAsync(int port, string expected, ManagedProcess gateway)
     {

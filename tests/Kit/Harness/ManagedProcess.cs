@@ -42,13 +42,21 @@ internal sealed class ManagedProcess : IAsyncDisposable
     /// This build's <c>weft</c> (or <c>WEFT_EXECUTABLE</c>) as a plain child of the current process, in its network
     /// namespace and cgroup: for commands that need neither root nor a node, such as <c>weft gateway</c> on loopback.
     /// </summary>
-    public static ManagedProcess StartWeft(params string[] args)
+    public static ManagedProcess StartWeft(params string[] args) => StartWeft(new Dictionary<string, string>(), args);
+
+    /// <summary>As <see cref="StartWeft(string[])"/>, with these variables added to the environment it inherits.</summary>
+    public static ManagedProcess StartWeft(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         var (file, arguments) = WeftExecutable.Command(args);
         var info = new ProcessStartInfo(file);
         foreach (var argument in arguments)
         {
             info.ArgumentList.Add(argument);
+        }
+
+        foreach (var (name, value) in environment)
+        {
+            info.Environment[name] = value;
         }
 
         return new ManagedProcess(info, $"weft {args.FirstOrDefault()}");
