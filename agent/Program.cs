@@ -11,10 +11,10 @@ if (args is ["agent", ..])
 }
 
 // The gateway's socket completions run on the runtime's socket threads (one per core) instead of being queued to the
-// thread pool: `weft-bench --suite gateway` measured 0.65-0.78 of nginx's requests/s with it, 0.52-0.62 without
-// (docs/benchmark.md, "The gateway's socket completions"). Nothing may then block on a socket's path: the Kubernetes
-// client's answers are read ahead (ReadAnswerAhead). The runtime reads the variable once, at the first socket, so it is
-// set before anything runs; a value the user gave is kept.
+// thread pool: `weft-bench --suite gateway` measured 0.62-0.71 of nginx's requests/s with it, 0.54-0.63 without
+// (means of five runs; docs/benchmark.md, "The gateway's socket completions"). Nothing may then block on a socket's
+// path: the Kubernetes client's answers are read ahead (ReadAnswerAhead). The runtime reads the variable once, at the
+// first socket, so it is set before anything runs; a value the user gave is kept.
 if (args is ["gateway", ..] && Environment.GetEnvironmentVariable(Program.InlineCompletions) is null)
 {
     Environment.SetEnvironmentVariable(Program.InlineCompletions, "1");
