@@ -144,7 +144,7 @@ public class GatewayOwnAddressTests
         // One held on the shared address, one on Gateway c's own: the limit is reached across addresses.
         using var held = new System.Net.Sockets.TcpClient();
         await held.ConnectAsync(IPAddress.Loopback, shared);
-        var own = new System.Net.Sockets.TcpClient();
+        using var own = new System.Net.Sockets.TcpClient();
         await own.ConnectAsync(IPAddress.Loopback, httpC);
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
         while (gateway.Metrics.ConnectionsOpen < 2)
