@@ -181,7 +181,11 @@ public sealed class TokenReviewCacheTests : IAsyncLifetime
         Replace(_files.KeyPath, File.ReadAllText(next.KeyPath), _files.CertificatePath, File.ReadAllText(next.CertificatePath));
         await CaTestPki.WaitUntilAsync(() => Published() is ([_, _], var signing) && signing == newRoot.Thumbprint);
         Assert.Equal(3, _api.Writes("configmaps"));
+
+        // The publication is counted when the API server's answer is back, a moment after the write is visible.
+        await CaTestPki.WaitUntilAsync(() => _ca.Metrics.Publications(ok: true) >= 3);
         Assert.Equal(3, _ca.Metrics.Publications(ok: true));
+        Assert.Equal(3, _api.Writes("configmaps"));
     }
 
     private (List<string> Roots, string? Signing) Published()
