@@ -21,7 +21,7 @@ internal sealed record KubernetesApiOptions
         var config = Kubeconfig is not null ? KubeconfigFile.BuildConfig(Kubeconfig)
             : KubernetesClientConfiguration.IsInCluster() ? KubernetesClientConfiguration.InClusterConfig()
             : KubeconfigFile.BuildDefaultConfig();
-        return ReadAnswersAhead ? new k8s.Kubernetes(config, new ReadAnswerAhead()) : new k8s.Kubernetes(config);
+        return ReadAnswersAhead ? new k8s.Kubernetes(config, new ReadAnswerAhead(MaxAnswerBytes)) : new k8s.Kubernetes(config);
     }
 
     /// <summary>
@@ -29,6 +29,13 @@ internal sealed record KubernetesApiOptions
     /// process whose socket completions run inline on the runtime's socket threads (the gateway).
     /// </summary>
     public bool ReadAnswersAhead { get; init; }
+
+    /// <summary>
+    /// With <see cref="ReadAnswersAhead"/>, the most one answer may hold in memory (default 256 MiB). Lists come in pages of
+    /// <see cref="KubernetesInventoryOptions.ListPageSize"/> objects, and the API server refuses objects over about 1.5 MiB, so
+    /// only a misbehaving server or proxy reaches it; that request fails with an error that says so, and is retried.
+    /// </summary>
+    public long MaxAnswerBytes { get; init; } = 256L << 20;
 }
 
 /// <summary>
@@ -39,7 +46,7 @@ internal sealed record KubernetesApiOptions
 /// whole answer asynchronously first, so the client's read comes from memory. A watch streams for minutes and is read
 /// line by line with ReadLineAsync, so it is passed on as it is.
 /// </summary>
-internal sealed class ReadAnswerAhead : DelegatingHandler
+internal sealed class ReadAnswerAhead(long maxAnswerBytes) : DelegatingHandler
 {
     protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
     {
@@ -48,7 +55,19 @@ internal sealed class ReadAnswerAhead : DelegatingHandler
         {
             try
             {
-                await response.Content.LoadIntoBufferAsync(cancellationToken).ConfigureAwait(false);
+                if (response.Content.Headers.ContentLength > maxAnswerBytes)
+                {
+                    throw TooLarge(request, $"{response.Content.Headers.ContentLength} bytes, more than", null);
+                }
+
+                await response.Content.LoadIntoBufferAsync(maxAnswerBytes, cancellationToken).ConfigureAwait(false);
+            }
+            catch (HttpRequestException e) when (e.InnerException is null && response.Content.Headers.ContentLength is null && !cancellationToken.IsCancellationRequested)
+            {
+                // HttpContent's own "more bytes than the configured maximum buffer size" (a chunked answer); a network
+                // error during the read comes wrapped, with the IOException inside.
+                response.Dispose();
+                throw TooLarge(request, "more than", e);
             }
             catch
             {
@@ -59,6 +78,10 @@ internal sealed class ReadAnswerAhead : DelegatingHandler
 
         return response;
     }
+
+    private HttpRequestException TooLarge(HttpRequestMessage request, string size, Exception? inner) => new(
+        $"the Kubernetes API server's answer to {request.Method} {request.RequestUri?.AbsolutePath} holds {size} the {maxAnswerBytes} bytes " +
+        "an answer may hold in memory here; it was not read", inner);
 
     /// <summary>The API's watch requests: <c>watch=true</c> (or <c>1</c>) in the query, or the legacy <c>/watch/</c> paths.</summary>
     internal static bool IsWatch(Uri? uri)

@@ -1,3 +1,6 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
 using k8s;
 using k8s.Models;
 using Weft.Inventory;
@@ -7,7 +10,8 @@ namespace Weft.Tests.Inventory.Kubernetes;
 /// <summary>
 /// The gateway's Kubernetes client reads every answer but a watch's into memory before KubernetesClient sees it
 /// (<see cref="ReadAnswerAhead"/>), against the wire-level fake API server: a list is still answered, and a
-/// watch still streams (an event arrives while the watch is open, not when it ends).
+/// watch still streams (an event arrives while the watch is open, not when it ends); an answer larger than the cap is
+/// not read, and the error names the request and the cap.
 /// </summary>
 public class ReadAnswerAheadTests
 {
@@ -49,5 +53,70 @@ public class ReadAnswerAheadTests
         {
             Directory.Delete(dir, recursive: true);
         }
+    }
+
+    [Fact]
+    public async Task AListLargerThanTheCap_FailsWithAnErrorThatNamesIt_WhileASmallerOneIsAnswered()
+    {
+        await using var api = FakeApiServer.Start();
+        var dir = Directory.CreateTempSubdirectory("weft-read-ahead-").FullName;
+        try
+        {
+            var kubeconfig = api.WriteKubeconfig(Path.Combine(dir, "kubeconfig"));
+            api.Apply(KubernetesObjects.Namespace("first", meshEnabled: true));
+            using var client = new KubernetesApiOptions { Kubeconfig = kubeconfig, ReadAnswersAhead = true, MaxAnswerBytes = 4096 }.CreateClient();
+            Assert.Single((await client.CoreV1.ListNamespaceAsync()).Items);
+
+            for (var i = 0; i < 40; i++)
+            {
+                api.Apply(KubernetesObjects.Namespace($"team-{i:00}-with-a-long-enough-name", meshEnabled: true));
+            }
+
+            var e = await Assert.ThrowsAsync<HttpRequestException>(() => client.CoreV1.ListNamespaceAsync());
+            Assert.Contains("GET /api/v1/namespaces holds", e.Message);
+            Assert.Contains("more than the 4096 bytes", e.Message);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task AChunkedAnswerIsCutAtTheCap_NotReadToItsEnd()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        var served = ServeChunkedAsync(listener, chunks: 1024, chunkBytes: 16384);
+        using var invoker = new HttpMessageInvoker(new ReadAnswerAhead(8192) { InnerHandler = new SocketsHttpHandler() });
+        using var request = new HttpRequestMessage(HttpMethod.Get, $"http://127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}/api/v1/secrets?limit=500");
+
+        var e = await Assert.ThrowsAsync<HttpRequestException>(() => invoker.SendAsync(request, CancellationToken.None));
+        Assert.Equal("the Kubernetes API server's answer to GET /api/v1/secrets holds more than the 8192 bytes an answer may hold in memory here; it was not read", e.Message);
+        Assert.True(await served < 1024, "the whole 16 MiB answer was sent: the client kept reading past the cap");
+    }
+
+    /// <summary>Answers one request with a chunked body, one chunk at a time; returns how many chunks were written before the client left.</summary>
+    private static async Task<int> ServeChunkedAsync(TcpListener listener, int chunks, int chunkBytes)
+    {
+        using var peer = await listener.AcceptTcpClientAsync();
+        var stream = peer.GetStream();
+        var head = new byte[4096];
+        _ = await stream.ReadAsync(head);
+        await stream.WriteAsync("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"u8.ToArray());
+        var chunk = Encoding.ASCII.GetBytes($"{chunkBytes:x}\r\n{new string(' ', chunkBytes)}\r\n");
+        for (var i = 0; i < chunks; i++)
+        {
+            try
+            {
+                await stream.WriteAsync(chunk);
+            }
+            catch (IOException)
+            {
+                return i;
+            }
+        }
+
+        return chunks;
     }
 }
