@@ -287,7 +287,7 @@ internal sealed class HbonePool : IDisposable
         // Before connecting: a pod whose first certificate is still being issued waits here (bounded), holding no socket.
         var svid = await _identity.GetAsync(sourceId, cancellationToken).ConfigureAwait(false);
         var socket = await _sockets.ConnectAsync(source, new IPEndPoint(address, TunnelPort), _options, cancellationToken).ConfigureAwait(false);
-        var ssl = new SslStream(new NetworkStream(socket, ownsSocket: true), leaveInnerStreamOpen: false);
+        var ssl = new SslStream(new TunnelSocketStream(socket), leaveInnerStreamOpen: false);
         try
         {
             string? refusal = null;

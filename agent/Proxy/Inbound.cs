@@ -114,7 +114,7 @@ internal sealed partial class PodProxy
             return;
         }
 
-        var ssl = new SslStream(new NetworkStream(socket, ownsSocket: true), leaveInnerStreamOpen: false);
+        var ssl = new SslStream(new TunnelSocketStream(socket), leaveInnerStreamOpen: false);
         SpiffeId? peer = null;
         string? refusal = null;
         var started = Stopwatch.GetTimestamp();

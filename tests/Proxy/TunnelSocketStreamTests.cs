@@ -1,0 +1,154 @@
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using Weft.Proxy;
+
+namespace Weft.Tests.Proxy;
+
+/// <summary>
+/// The stream under a tunnel's SslStream, on a real loopback socket pair: records that arrived together are read out
+/// of one receive, an idle or drained stream holds no buffer, and TLS runs over it unchanged.
+/// </summary>
+public class TunnelSocketStreamTests
+{
+    private const int Record = 16 * 1024;
+
+    [Fact]
+    public async Task ThreeRecordsWaitingInTheSocket_AreReadOutOfOneReceive_AndTheBufferGoesBackWhenEmpty()
+    {
+        var (stream, peer) = await PairAsync();
+        using (peer)
+        await using (stream)
+        {
+            var sent = RandomNumberGenerator.GetBytes(3 * Record);
+            await peer.SendAsync(sent);
+            await WaitUntilAsync(() => stream.Socket.Available == sent.Length);
+
+            var read = new byte[sent.Length];
+            for (var i = 0; i < 3; i++)
+            {
+                Assert.Equal(Record, await stream.ReadAsync(read.AsMemory(i * Record, Record)));
+                Assert.Equal(i < 2, stream.HoldsReadBuffer);
+            }
+
+            Assert.Equal(sent, read);
+            Assert.Equal(1, stream.Receives);
+        }
+    }
+
+    [Fact]
+    public async Task AZeroByteRead_WaitsForData_WithoutHoldingABuffer()
+    {
+        var (stream, peer) = await PairAsync();
+        using (peer)
+        await using (stream)
+        {
+            var waiting = stream.ReadAsync(Memory<byte>.Empty).AsTask();
+            await Task.Delay(100);
+            Assert.False(waiting.IsCompleted);
+            Assert.False(stream.HoldsReadBuffer);
+
+            await peer.SendAsync(new byte[] { 7 });
+            Assert.Equal(0, await waiting.WaitAsync(TimeSpan.FromSeconds(10)));
+            var one = new byte[Record];
+            Assert.Equal(1, await stream.ReadAsync(one));
+            Assert.Equal(7, one[0]);
+            Assert.False(stream.HoldsReadBuffer);
+
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(0, await stream.ReadAsync(one).AsTask().WaitAsync(TimeSpan.FromSeconds(10)));
+            Assert.False(stream.HoldsReadBuffer);
+        }
+    }
+
+    [Fact]
+    public async Task TlsOverIt_ReadsThreeWaitingRecordsOutOfOneReceive_AndCarriesAMebibyteEachWay()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=tunnel-test", key, HashAlgorithmName.SHA256);
+        using var ephemeral = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-1), DateTimeOffset.UtcNow.AddHours(1));
+        using var certificate = X509CertificateLoader.LoadPkcs12(ephemeral.Export(X509ContentType.Pkcs12), null);
+
+        var (clientTransport, serverSocket) = await PairAsync();
+        var serverTransport = new TunnelSocketStream(serverSocket);
+        await using var client = new SslStream(clientTransport, leaveInnerStreamOpen: false, (_, _, _, _) => true);
+        await using var server = new SslStream(serverTransport, leaveInnerStreamOpen: false);
+        await Task.WhenAll(
+            client.AuthenticateAsClientAsync(new SslClientAuthenticationOptions { TargetHost = "tunnel-test", EnabledSslProtocols = System.Security.Authentication.SslProtocols.Tls13 }),
+            server.AuthenticateAsServerAsync(new SslServerAuthenticationOptions { ServerCertificate = certificate }));
+
+        // Three full records (16 KiB each, plus 22 bytes of TLS 1.3 header, type and tag) waiting in the socket.
+        var receivedBefore = serverTransport.Receives;
+        var three = RandomNumberGenerator.GetBytes(3 * Record);
+        await client.WriteAsync(three);
+        await client.FlushAsync();
+        await WaitUntilAsync(() => serverTransport.Socket.Available == 3 * (Record + 22));
+        var threeRead = new byte[three.Length];
+        await server.ReadExactlyAsync(threeRead);
+        Assert.Equal(three, threeRead);
+        Assert.Equal(1, serverTransport.Receives - receivedBefore);
+
+        var up = RandomNumberGenerator.GetBytes(1 << 20);
+        var down = RandomNumberGenerator.GetBytes(1 << 20);
+        var received = await Task.WhenAll(ExchangeAsync(client, up, down.Length), ExchangeAsync(server, down, up.Length)).WaitAsync(TimeSpan.FromSeconds(30));
+
+        Assert.Equal(down, received[0]);
+        Assert.Equal(up, received[1]);
+        Assert.False(clientTransport.HoldsReadBuffer);
+        Assert.False(serverTransport.HoldsReadBuffer);
+    }
+
+    /// <summary>Writes <paramref name="send"/> in 40 KiB pieces, each flushed, while reading <paramref name="expect"/> bytes.</summary>
+    private static async Task<byte[]> ExchangeAsync(SslStream tls, byte[] send, int expect)
+    {
+        var writing = Task.Run(async () =>
+        {
+            for (var offset = 0; offset < send.Length; offset += 40 * 1024)
+            {
+                await tls.WriteAsync(send.AsMemory(offset, Math.Min(40 * 1024, send.Length - offset)));
+                await tls.FlushAsync();
+            }
+        });
+        var received = new byte[expect];
+        await tls.ReadExactlyAsync(received);
+        await writing;
+        return received;
+    }
+
+    private static async Task<(TunnelSocketStream Stream, Socket Peer)> PairAsync()
+    {
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen();
+        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        await socket.ConnectAsync(listener.LocalEndPoint!);
+        return (new TunnelSocketStream(socket), await listener.AcceptAsync());
+    }
+
+    private static async Task<byte[]> ReceiveAsync(Socket socket, int count)
+    {
+        var buffer = new byte[count];
+        var got = 0;
+        using var patience = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        while (got < count)
+        {
+            var n = await socket.ReceiveAsync(buffer.AsMemory(got), SocketFlags.None, patience.Token);
+            Assert.NotEqual(0, n);
+            got += n;
+        }
+
+        return buffer;
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "timed out");
+            await Task.Delay(10);
+        }
+    }
+}
