@@ -5,10 +5,11 @@ namespace Weft.Proxy;
 
 /// <summary>
 /// A tunnel's socket under its <see cref="System.Net.Security.SslStream"/>, which reads one TLS record (at most
-/// 16 KiB and its header) at a time: a read takes what the socket holds, up to <see cref="ReadAheadBytes"/>, into a
-/// pooled buffer that the next record reads are served from, so records that arrived together cost one receive. The
-/// buffer goes back to the pool as soon as it is empty, so an idle tunnel holds none: a zero-byte read (how the
-/// HTTP/2 reader waits) waits on the socket without one. Writes go straight to the socket (SslStream writes a
+/// 16 KiB and its header) at a time: when the socket holds more than the read asks for, the read takes it, up to
+/// <see cref="ReadAheadBytes"/>, into a pooled buffer that the next record reads are served from, so records that
+/// arrived together cost one receive. The buffer goes back to the pool as soon as it is empty, and is never held
+/// while waiting: a read that must wait does so in the caller's buffer, and a zero-byte read (how the HTTP/2
+/// reader waits) in none. Writes go straight to the socket (SslStream writes a
 /// record at a time; gathering a flush's records into one send measured no better).
 /// </summary>
 internal sealed class TunnelSocketStream(Socket socket) : Stream
@@ -38,6 +39,19 @@ internal sealed class TunnelSocketStream(Socket socket) : Stream
 
     public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
+        try
+        {
+            return await ReadCoreAsync(buffer, cancellationToken).ConfigureAwait(false);
+        }
+        catch (SocketException e)
+        {
+            // As NetworkStream reports it: the caller (SslStream, then the HTTP/2 reader) sees an IOException.
+            throw new IOException($"reading the tunnel's socket failed: {e.Message}", e);
+        }
+    }
+
+    private async ValueTask<int> ReadCoreAsync(Memory<byte> buffer, CancellationToken cancellationToken)
+    {
         if (_inEnd == _inStart)
         {
             if (buffer.Length == 0)
@@ -45,7 +59,9 @@ internal sealed class TunnelSocketStream(Socket socket) : Stream
                 return await socket.ReceiveAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false);
             }
 
-            if (buffer.Length >= ReadAheadBytes)
+            // Only bytes already waiting are read ahead: a read that has to wait (a handshake's, a stalled peer's)
+            // waits in the caller's buffer, as on a NetworkStream, so a peer that sends nothing holds no pooled buffer.
+            if (buffer.Length >= ReadAheadBytes || socket.Available <= buffer.Length)
             {
                 var direct = await socket.ReceiveAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false);
                 Receives += direct > 0 ? 1 : 0;
@@ -89,10 +105,17 @@ internal sealed class TunnelSocketStream(Socket socket) : Stream
 
     public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
-        while (!buffer.IsEmpty)
+        try
         {
-            var sent = await socket.SendAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false);
-            buffer = buffer[sent..];
+            while (!buffer.IsEmpty)
+            {
+                var sent = await socket.SendAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false);
+                buffer = buffer[sent..];
+            }
+        }
+        catch (SocketException e)
+        {
+            throw new IOException($"writing to the tunnel's socket failed: {e.Message}", e);
         }
     }
 

@@ -64,6 +64,40 @@ public class TunnelSocketStreamTests
     }
 
     [Fact]
+    public async Task AReadThatMustWait_WaitsInTheCallersBuffer_NotAPooledOne()
+    {
+        var (stream, peer) = await PairAsync();
+        using (peer)
+        await using (stream)
+        {
+            var into = new byte[Record];
+            var waiting = stream.ReadAsync(into).AsTask();
+            await Task.Delay(100);
+            Assert.False(waiting.IsCompleted);
+            Assert.False(stream.HoldsReadBuffer);
+
+            await peer.SendAsync(new byte[] { 1, 2, 3 });
+            Assert.Equal(3, await waiting.WaitAsync(TimeSpan.FromSeconds(10)));
+            Assert.Equal([1, 2, 3], into[..3]);
+            Assert.False(stream.HoldsReadBuffer);
+        }
+    }
+
+    [Fact]
+    public async Task APeersReset_IsAnIOException_AsNetworkStreamReportsIt()
+    {
+        var (stream, peer) = await PairAsync();
+        await using (stream)
+        {
+            peer.LingerState = new LingerOption(true, 0);
+            peer.Close();
+
+            var e = await Assert.ThrowsAsync<IOException>(async () => _ = await stream.ReadAsync(new byte[Record]));
+            Assert.Equal(SocketError.ConnectionReset, Assert.IsType<SocketException>(e.InnerException).SocketErrorCode);
+        }
+    }
+
+    [Fact]
     public async Task TlsOverIt_ReadsThreeWaitingRecordsOutOfOneReceive_AndCarriesAMebibyteEachWay()
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);

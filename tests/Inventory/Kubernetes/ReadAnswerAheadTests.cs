@@ -25,16 +25,8 @@ public class ReadAnswerAheadTests
     public void AWatchIsToldByItsQueryOrItsLegacyPath(string uri, bool watch) => Assert.Equal(watch, ReadAnswerAhead.IsWatch(new Uri(uri)));
 
     [Fact]
-    public async Task AListIsAnswered_AndAWatchStillStreamsItsEventsAsTheyHappen()
-    {
-        await using var api = FakeApiServer.Start();
-        var dir = Directory.CreateTempSubdirectory("weft-read-ahead-").FullName;
-        try
+    public Task AListIsAnswered_AndAWatchStillStreamsItsEventsAsTheyHappen() => WithClientAsync(maxAnswerBytes: null, async (api, client) =>
         {
-            var kubeconfig = api.WriteKubeconfig(Path.Combine(dir, "kubeconfig"));
-            api.Apply(KubernetesObjects.Namespace("first", meshEnabled: true));
-            using var client = new KubernetesApiOptions { Kubeconfig = kubeconfig, ReadAnswersAhead = true }.CreateClient();
-
             var list = await client.CoreV1.ListNamespaceAsync();
             Assert.Equal(["first"], list.Items.Select(n => n.Metadata.Name));
 
@@ -48,23 +40,11 @@ public class ReadAnswerAheadTests
             Assert.True(await next, "the watch ended without an event");
             Assert.Equal((WatchEventType.Added, "second"), (events.Current.Type, events.Current.Item.Metadata.Name));
             await events.DisposeAsync();
-        }
-        finally
-        {
-            Directory.Delete(dir, recursive: true);
-        }
-    }
+        });
 
     [Fact]
-    public async Task AListLargerThanTheCap_FailsWithAnErrorThatNamesIt_WhileASmallerOneIsAnswered()
-    {
-        await using var api = FakeApiServer.Start();
-        var dir = Directory.CreateTempSubdirectory("weft-read-ahead-").FullName;
-        try
+    public Task AListLargerThanTheCap_FailsWithAnErrorThatNamesIt_WhileASmallerOneIsAnswered() => WithClientAsync(maxAnswerBytes: 4096, async (api, client) =>
         {
-            var kubeconfig = api.WriteKubeconfig(Path.Combine(dir, "kubeconfig"));
-            api.Apply(KubernetesObjects.Namespace("first", meshEnabled: true));
-            using var client = new KubernetesApiOptions { Kubeconfig = kubeconfig, ReadAnswersAhead = true, MaxAnswerBytes = 4096 }.CreateClient();
             Assert.Single((await client.CoreV1.ListNamespaceAsync()).Items);
 
             for (var i = 0; i < 40; i++)
@@ -75,12 +55,7 @@ public class ReadAnswerAheadTests
             var e = await Assert.ThrowsAsync<HttpRequestException>(() => client.CoreV1.ListNamespaceAsync());
             Assert.Contains("GET /api/v1/namespaces holds", e.Message);
             Assert.Contains("more than the 4096 bytes", e.Message);
-        }
-        finally
-        {
-            Directory.Delete(dir, recursive: true);
-        }
-    }
+        });
 
     [Fact]
     public async Task AChunkedAnswerIsCutAtTheCap_NotReadToItsEnd()
@@ -94,6 +69,25 @@ public class ReadAnswerAheadTests
         var e = await Assert.ThrowsAsync<HttpRequestException>(() => invoker.SendAsync(request, CancellationToken.None));
         Assert.Equal("the Kubernetes API server's answer to GET /api/v1/secrets holds more than the 8192 bytes an answer may hold in memory here; it was not read", e.Message);
         Assert.True(await served < 1024, "the whole 16 MiB answer was sent: the client kept reading past the cap");
+    }
+
+    /// <summary>The fake API server with one namespace, "first", and a client that reads answers ahead.</summary>
+    private static async Task WithClientAsync(long? maxAnswerBytes, Func<FakeApiServer, IKubernetes, Task> body)
+    {
+        await using var api = FakeApiServer.Start();
+        var dir = Directory.CreateTempSubdirectory("weft-read-ahead-").FullName;
+        try
+        {
+            var kubeconfig = api.WriteKubeconfig(Path.Combine(dir, "kubeconfig"));
+            api.Apply(KubernetesObjects.Namespace("first", meshEnabled: true));
+            var options = new KubernetesApiOptions { Kubeconfig = kubeconfig, ReadAnswersAhead = true };
+            using var client = (maxAnswerBytes is { } cap ? options with { MaxAnswerBytes = cap } : options).CreateClient();
+            await body(api, client);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     /// <summary>Answers one request with a chunked body, one chunk at a time; returns how many chunks were written before the client left.</summary>
