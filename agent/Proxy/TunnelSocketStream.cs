@@ -9,8 +9,8 @@ namespace Weft.Proxy;
 /// <see cref="ReadAheadBytes"/>, into a pooled buffer that the next record reads are served from, so records that
 /// arrived together cost one receive. The buffer goes back to the pool as soon as it is empty, and is never held
 /// while waiting: a read that must wait does so in the caller's buffer, and a zero-byte read (how the HTTP/2
-/// reader waits) in none. Writes go straight to the socket (SslStream writes a
-/// record at a time; gathering a flush's records into one send measured no better).
+/// reader waits) in none. Writes go straight to the socket (SslStream writes a record at a time; gathering a
+/// flush's records into one send measured no better).
 /// </summary>
 internal sealed class TunnelSocketStream(Socket socket) : Stream
 {
