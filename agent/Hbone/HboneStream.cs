@@ -226,9 +226,26 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     internal async ValueTask EndOutputAsync()
     {
         ThrowIfOutboundAborted();
+        await SendEndStreamAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>END_STREAM, then the stream's local side is over.</summary>
+    private async ValueTask SendEndStreamAsync()
+    {
+        // Set first: once the frame is out the peer may finish the stream and close the connection (a drained
+        // tunnel) before this method goes on to record the end, and that close is not a loss for this stream.
+        _sendingEndStream = true;
         await _connection.WriteDataAsync(this, ReadOnlySequence<byte>.Empty, endStream: true).ConfigureAwait(false);
         _connection.OnLocalEnd(this);
     }
+
+    private volatile bool _sendingEndStream;
+
+    /// <summary>
+    /// The peer ended its side and our END_STREAM is being written: when the peer then closes the connection cleanly,
+    /// the stream finished (a peer closes only once its streams are done), even if this side has not recorded it yet.
+    /// </summary>
+    internal bool FinishingWithOurEndStream => _sendingEndStream && IsRemoteEnded;
 
     private void ThrowIfOutboundAborted()
     {
@@ -463,8 +480,7 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
                 reader.AdvanceTo(buffer.End);
                 if (result.IsCompleted)
                 {
-                    await _connection.WriteDataAsync(this, ReadOnlySequence<byte>.Empty, endStream: true).ConfigureAwait(false);
-                    _connection.OnLocalEnd(this);
+                    await SendEndStreamAsync().ConfigureAwait(false);
                     break;
                 }
             }

@@ -738,6 +738,12 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         _writer.CompleteControl();
         foreach (HboneStream stream in streams)
         {
+            if (failure is null && stream.FinishingWithOurEndStream)
+            {
+                // Done both ways, bar recording our END_STREAM, which the peer read before closing: not a loss, and
+                // resetting its socket now could throw away bytes its app has not read yet.
+                continue;
+            }
             stream.AbortWithConnection(streamError);
         }
         try
