@@ -287,7 +287,8 @@ internal sealed class HbonePool : IDisposable
         // Before connecting: a pod whose first certificate is still being issued waits here (bounded), holding no socket.
         var svid = await _identity.GetAsync(sourceId, cancellationToken).ConfigureAwait(false);
         var socket = await _sockets.ConnectAsync(source, new IPEndPoint(address, TunnelPort), _options, cancellationToken).ConfigureAwait(false);
-        var ssl = new SslStream(new TunnelSocketStream(socket), leaveInnerStreamOpen: false);
+        var transport = new TunnelSocketStream(socket);
+        var ssl = new SslStream(transport, leaveInnerStreamOpen: false);
         try
         {
             string? refusal = null;
@@ -301,6 +302,8 @@ internal sealed class HbonePool : IDisposable
                 {
                     throw new AuthenticationException("server did not negotiate ALPN h2");
                 }
+
+                transport.ReadOnWatch();
             }
             catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
             {

@@ -114,7 +114,8 @@ internal sealed partial class PodProxy
             return;
         }
 
-        var ssl = new SslStream(new TunnelSocketStream(socket), leaveInnerStreamOpen: false);
+        var transport = new TunnelSocketStream(socket);
+        var ssl = new SslStream(transport, leaveInnerStreamOpen: false);
         SpiffeId? peer = null;
         string? refusal = null;
         var started = Stopwatch.GetTimestamp();
@@ -129,6 +130,8 @@ internal sealed partial class PodProxy
             {
                 throw new AuthenticationException("peer did not negotiate ALPN h2");
             }
+
+            transport.ReadOnWatch();
         }
         catch (Exception e)
         {

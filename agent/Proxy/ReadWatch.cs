@@ -50,6 +50,12 @@ internal sealed unsafe class ReadWatch
     /// <summary>The agent's watcher of room to send (EPOLLOUT; errors and hang-ups fire it too).</summary>
     public static ReadWatch Writable => WritableInstance.Value;
 
+    [ThreadStatic]
+    private static bool _onWatchThread;
+
+    /// <summary>True on a watch's own thread (where an <see cref="IRunOnWatch"/> target runs).</summary>
+    public static bool OnWatchThread => _onWatchThread;
+
     /// <summary>Events one thread takes a turn: few enough that the others share a busy moment's bursts.</summary>
     private const int MaxEvents = 16;
 
@@ -158,6 +164,7 @@ internal sealed unsafe class ReadWatch
 
     private void Loop()
     {
+        _onWatchThread = true;
         var events = (epoll_event*)NativeMemory.Alloc(MaxEvents, (nuint)sizeof(epoll_event));
         var ready = new IReadReady?[MaxEvents];
         while (true)

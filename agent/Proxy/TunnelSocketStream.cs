@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Net.Sockets;
+using System.Threading.Tasks.Sources;
 
 namespace Weft.Proxy;
 
@@ -11,21 +12,53 @@ namespace Weft.Proxy;
 /// while waiting: a read that must wait does so in the caller's buffer, and a zero-byte read (how the HTTP/2
 /// reader waits) in none. Writes go straight to the socket (SslStream writes a record at a time; gathering a
 /// flush's records into one send measured no better).
+/// <para>
+/// A read waits for bytes in <see cref="ReadWatch.Shared"/> (recv(2) without waiting, then one readiness), not in a
+/// pending .NET receive: the socket engine would wake its thread and then a thread-pool worker for every record that
+/// arrives. Until <see cref="ReadOnWatch"/> (the handshake: certificate checks are not for the watch's threads) the
+/// reader goes on on the thread pool; after it, on the watch thread that saw the bytes, so the HTTP/2 reader decrypts,
+/// parses and hands each DATA frame to its socket without a hop. The HTTP/2 read loop never blocks (every wait in
+/// it is an await). One readiness runs the reader for at most <see cref="WatchTurnBytes"/>; past that it goes on on
+/// the thread pool, so a busy tunnel does not keep a watch thread from the agent's other sockets.
+/// </para>
 /// </summary>
-internal sealed class TunnelSocketStream(Socket socket) : Stream
+internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = TunnelSocketStream.WatchTurnBytes) : Stream, IRunOnWatch, IValueTaskSource
 {
     public const int ReadAheadBytes = 64 * 1024;
+
+    /// <summary>What the reader may read in one turn of a watch thread before it moves to the thread pool (tests give less).</summary>
+    public const int WatchTurnBytes = 256 * 1024;
 
     private byte[]? _in;
     private int _inStart;
     private int _inEnd;
+
+    // The one wait for readiness at a time (SslStream reads one at a time): 1 from arming until woken.
+    private ManualResetValueTaskSourceCore<bool> _wait;
+    private int _waiting;
+    private const long NotWatched = -1;  // ReadWatch ids are a generation and a slot, both from 0: never -1
+    private long _watch = NotWatched;    // the registration in ReadWatch.Shared, from the first wait until disposed
+    private bool _armed;                 // the socket was added to the watch's epoll set
+    private volatile bool _onWatch;      // after the handshake: a readiness runs the reader on the watch thread
+    private volatile bool _disposed;
+    private CancellationTokenRegistration _cancel;
+    private int _turnBytes;              // read since the last readiness, while on a watch thread
 
     public Socket Socket => socket;
 
     /// <summary>Receives that brought bytes (zero-byte waits not counted).</summary>
     internal long Receives { get; private set; }
 
+    /// <summary>Readinesses after which the reader ran on the watch's thread.</summary>
+    internal long WatchTurns { get; private set; }
+
     internal bool HoldsReadBuffer => _in is not null;
+
+    /// <summary>Holds a registration in the read watch (from its first wait until disposed).</summary>
+    internal bool Watched => Interlocked.Read(ref _watch) != NotWatched;
+
+    /// <summary>From now on a readiness runs the reader on the watch thread that saw it (call after the handshake).</summary>
+    public void ReadOnWatch() => _onWatch = true;
 
     public override bool CanRead => true;
 
@@ -52,46 +85,154 @@ internal sealed class TunnelSocketStream(Socket socket) : Stream
 
     private async ValueTask<int> ReadCoreAsync(Memory<byte> buffer, CancellationToken cancellationToken)
     {
-        if (_inEnd == _inStart)
+        if (_turnBytes >= watchTurnBytes && ReadWatch.OnWatchThread)
+        {
+            // This readiness has run the reader long enough: the rest of the burst goes on on the thread pool.
+            _turnBytes = 0;
+            await Task.Yield();
+        }
+
+        while (_inEnd == _inStart)
         {
             if (buffer.Length == 0)
             {
-                return await socket.ReceiveAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false);
-            }
+                // The HTTP/2 reader's wait: bytes (or the end) are there, or will be after one readiness.
+                if (socket.Available == 0)
+                {
+                    await WaitReadableAsync(cancellationToken).ConfigureAwait(false);
+                }
 
-            // Only bytes already waiting are read ahead: a read that has to wait (a handshake's, a stalled peer's)
-            // waits in the caller's buffer, as on a NetworkStream, so a peer that sends nothing holds no pooled buffer.
-            if (buffer.Length >= ReadAheadBytes || socket.Available <= buffer.Length)
-            {
-                var direct = await socket.ReceiveAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false);
-                Receives += direct > 0 ? 1 : 0;
-                return direct;
-            }
-
-            _in ??= ArrayPool<byte>.Shared.Rent(ReadAheadBytes);
-            int received;
-            try
-            {
-                received = await socket.ReceiveAsync(_in.AsMemory(0, ReadAheadBytes), SocketFlags.None, cancellationToken).ConfigureAwait(false);
-            }
-            catch
-            {
-                ReturnIn();
-                throw;
-            }
-
-            if (received == 0)
-            {
-                ReturnIn();
                 return 0;
             }
 
-            (_inStart, _inEnd) = (0, received);
-            Receives++;
+            // Only bytes already waiting are read ahead: a read that has to wait (a handshake's, a stalled peer's)
+            // waits holding no buffer, so a peer that sends nothing holds no pooled buffer.
+            int received;
+            if (buffer.Length < ReadAheadBytes && socket.Available > buffer.Length)
+            {
+                _in ??= ArrayPool<byte>.Shared.Rent(ReadAheadBytes);
+                received = RelayPumps.ReceiveNow(socket, _in.AsSpan(0, ReadAheadBytes));
+                if (received > 0)
+                {
+                    (_inStart, _inEnd) = (0, received);
+                    Receives++;
+                    break;
+                }
+
+                ReturnIn();
+            }
+            else
+            {
+                received = RelayPumps.ReceiveNow(socket, buffer.Span);
+                if (received > 0)
+                {
+                    Receives++;
+                    Count(received);
+                }
+            }
+
+            if (received >= 0)
+            {
+                return received;
+            }
+
+            await WaitReadableAsync(cancellationToken).ConfigureAwait(false);
         }
 
-        return Serve(buffer.Span);
+        var served = Serve(buffer.Span);
+        Count(served);
+        return served;
     }
+
+    private void Count(int bytes)
+    {
+        if (ReadWatch.OnWatchThread)
+        {
+            _turnBytes += bytes;
+        }
+    }
+
+    /// <summary>Completes when the socket has bytes, its end or an error to read; throws when cancelled or disposed.</summary>
+    private ValueTask WaitReadableAsync(CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _wait.Reset();
+        _turnBytes = 0;
+        var version = _wait.Version;
+        Volatile.Write(ref _waiting, 1);
+        if (cancellationToken.CanBeCanceled)
+        {
+            _cancel = cancellationToken.UnsafeRegister(static (state, token) => ((TunnelSocketStream)state!).Wake(new OperationCanceledException(token)), this);
+        }
+
+        if (_watch == NotWatched)
+        {
+            Interlocked.Exchange(ref _watch, ReadWatch.Shared.Register(this));
+        }
+
+        var armed = ReadWatch.Shared.Arm(socket, _watch, first: !_armed);
+        _armed = true;
+        if (!armed || _disposed)
+        {
+            Wake(new ObjectDisposedException(nameof(TunnelSocketStream), "the tunnel's socket was closed"));
+            if (_disposed && Interlocked.Exchange(ref _watch, NotWatched) is var watch and not NotWatched)
+            {
+                // Disposed while this wait was being set up: its registration is this reader's to free.
+                ReadWatch.Shared.Remove(watch);
+            }
+        }
+
+        return new ValueTask(this, version);
+    }
+
+    /// <summary>The readiness, on the watch thread.</summary>
+    void IThreadPoolWorkItem.Execute()
+    {
+        if (_onWatch)
+        {
+            Wake(null);
+        }
+        else
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(static stream => stream.Wake(null), this, preferLocal: false);
+        }
+    }
+
+    /// <summary>Ends the wait once: with the readiness on this thread, or with <paramref name="error"/> on the thread pool.</summary>
+    private void Wake(Exception? error)
+    {
+        if (Interlocked.Exchange(ref _waiting, 0) != 1)
+        {
+            return;
+        }
+
+        _cancel.Unregister();
+        if (error is null)
+        {
+            if (ReadWatch.OnWatchThread)
+            {
+                WatchTurns++;
+            }
+
+            // The reader goes on here, on the watch thread when after the handshake.
+            _wait.SetResult(true);
+        }
+        else
+        {
+            // Off the thread that cancelled or disposed: it may hold locks the reader's unwinding takes.
+            ThreadPool.UnsafeQueueUserWorkItem(static state => state.Stream.Fail(state.Error), (Stream: this, Error: error), preferLocal: false);
+        }
+    }
+
+    private void Fail(Exception error) => _wait.SetException(error);
+
+    void IValueTaskSource.GetResult(short token) => _wait.GetResult(token);
+
+    ValueTaskSourceStatus IValueTaskSource.GetStatus(short token) => _wait.GetStatus(token);
+
+    void IValueTaskSource.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+        _wait.OnCompleted(continuation, state, token, flags);
 
     public override int Read(Span<byte> buffer)
     {
@@ -152,8 +293,14 @@ internal sealed class TunnelSocketStream(Socket socket) : Stream
         if (disposing)
         {
             // A read may still be under way on another thread: its buffer is left to it (or to the GC), never given
-            // back to the pool under it.
+            // back to the pool under it. A closed socket leaves the epoll set, so its wait is ended here.
+            _disposed = true;
             socket.Dispose();
+            Wake(new ObjectDisposedException(nameof(TunnelSocketStream), "the tunnel's socket was closed"));
+            if (Interlocked.Exchange(ref _watch, NotWatched) is var watch and not NotWatched)
+            {
+                ReadWatch.Shared.Remove(watch);
+            }
         }
 
         base.Dispose(disposing);

@@ -98,6 +98,126 @@ public class TunnelSocketStreamTests
     }
 
     [Fact]
+    public async Task AWaitingRead_GoesOnOnThePoolDuringTheHandshake_AndOnTheWatchThreadAfterIt()
+    {
+        var (stream, peer) = await PairAsync();
+        using (peer)
+        await using (stream)
+        {
+            var buffer = new byte[Record];
+            var handshaking = ReadWhereAsync(stream, buffer);
+            await Task.Delay(50);
+            await peer.SendAsync(new byte[] { 1 });
+            Assert.Equal((1, false), await handshaking.WaitAsync(TimeSpan.FromSeconds(10)));
+            Assert.Equal(0, stream.WatchTurns);
+
+            stream.ReadOnWatch();
+            var afterwards = ReadWhereAsync(stream, buffer);
+            await Task.Delay(50);
+            await peer.SendAsync(new byte[] { 2, 3 });
+            Assert.Equal((2, true), await afterwards.WaitAsync(TimeSpan.FromSeconds(10)));
+            Assert.Equal(1, stream.WatchTurns);
+            Assert.Equal([2, 3], buffer[..2]);
+        }
+
+        static async Task<(int Count, bool OnWatch)> ReadWhereAsync(TunnelSocketStream stream, byte[] into)
+        {
+            var count = await stream.ReadAsync(into).ConfigureAwait(false);
+            return (count, ReadWatch.OnWatchThread);
+        }
+    }
+
+    [Fact]
+    public async Task AReaderWithMoreWaiting_LeavesTheWatchThreadAfterOneTurnsWorth_AndLosesNothing()
+    {
+        // A small turn, so that what is sent fits in the socket's receive queue on any machine.
+        const int turn = 2 * Record;
+        var (stream, peer) = await PairAsync(receiveBuffer: 1 << 20, watchTurnBytes: turn);
+        using (peer)
+        await using (stream)
+        {
+            stream.ReadOnWatch();
+            var sent = RandomNumberGenerator.GetBytes(8 * Record);
+            var reading = ReadAllAsync(stream, sent.Length);
+            await Task.Delay(50);
+            await peer.SendAsync(sent);
+
+            var (received, onWatch) = await reading.WaitAsync(TimeSpan.FromSeconds(10));
+            Assert.Equal(sent, received);
+            // The first turn read on the watch thread until it had read a turn's worth, then the reader went on on
+            // the pool without waiting again.
+            Assert.Equal(turn, onWatch);
+            Assert.Equal(1, stream.WatchTurns);
+        }
+
+        async Task<(byte[] Received, int OnWatch)> ReadAllAsync(TunnelSocketStream stream, int length)
+        {
+            var received = new byte[length];
+            Assert.Equal(0, await stream.ReadAsync(Memory<byte>.Empty).ConfigureAwait(false));
+            // On the watch thread now: let every byte arrive, so the turn cannot end for want of bytes.
+            Assert.True(ReadWatch.OnWatchThread);
+            var deadline = DateTime.UtcNow.AddSeconds(10);
+            while (stream.Socket.Available < length && DateTime.UtcNow < deadline)
+            {
+                Thread.Sleep(5);
+            }
+
+            Assert.Equal(length, stream.Socket.Available);
+            var got = 0;
+            var onWatch = -1;
+            while (got < length)
+            {
+                got += await stream.ReadAsync(received.AsMemory(got, Math.Min(Record, length - got))).ConfigureAwait(false);
+                if (onWatch < 0 && !ReadWatch.OnWatchThread)
+                {
+                    onWatch = got - Record;
+                }
+            }
+
+            return (received, onWatch);
+        }
+    }
+
+    [Fact]
+    public async Task DisposingTheStream_EndsAWaitingRead_AndFreesItsWatchRegistration()
+    {
+        var (stream, peer) = await PairAsync();
+        using (peer)
+        {
+            stream.ReadOnWatch();
+            var waiting = stream.ReadAsync(new byte[Record]).AsTask();
+            await Task.Delay(50);
+            Assert.True(stream.Watched);
+
+            await stream.DisposeAsync();
+            await Assert.ThrowsAsync<ObjectDisposedException>(() => waiting.WaitAsync(TimeSpan.FromSeconds(10)));
+            Assert.False(stream.Watched);
+            await Assert.ThrowsAsync<ObjectDisposedException>(async () => _ = await stream.ReadAsync(new byte[Record]));
+        }
+    }
+
+    [Fact]
+    public async Task CancellingAWaitingRead_EndsIt_AndTheNextReadGetsTheBytes()
+    {
+        var (stream, peer) = await PairAsync();
+        using (peer)
+        await using (stream)
+        {
+            stream.ReadOnWatch();
+            using var cancel = new CancellationTokenSource();
+            var waiting = stream.ReadAsync(new byte[Record], cancel.Token).AsTask();
+            await Task.Delay(50);
+            await cancel.CancelAsync();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => waiting.WaitAsync(TimeSpan.FromSeconds(10)));
+
+            await peer.SendAsync(new byte[] { 9 });
+            var one = new byte[Record];
+            Assert.Equal(1, await stream.ReadAsync(one).AsTask().WaitAsync(TimeSpan.FromSeconds(10)));
+            Assert.Equal(9, one[0]);
+        }
+    }
+
+    [Fact]
     public async Task TlsOverIt_ReadsThreeWaitingRecordsOutOfOneReceive_AndCarriesAMebibyteEachWay()
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
@@ -112,6 +232,8 @@ public class TunnelSocketStreamTests
         await Task.WhenAll(
             client.AuthenticateAsClientAsync(new SslClientAuthenticationOptions { TargetHost = "tunnel-test", EnabledSslProtocols = System.Security.Authentication.SslProtocols.Tls13 }),
             server.AuthenticateAsServerAsync(new SslServerAuthenticationOptions { ServerCertificate = certificate }));
+        clientTransport.ReadOnWatch();
+        serverTransport.ReadOnWatch();
 
         // Three full records (16 KiB each, plus 22 bytes of TLS 1.3 header, type and tag) waiting in the socket.
         var receivedBefore = serverTransport.Receives;
@@ -132,6 +254,20 @@ public class TunnelSocketStreamTests
         Assert.Equal(up, received[1]);
         Assert.False(clientTransport.HoldsReadBuffer);
         Assert.False(serverTransport.HoldsReadBuffer);
+
+        // A read that waits for a record goes on on the watch thread, each way.
+        foreach (var (reader, readerTransport, writer) in new[] { (server, serverTransport, client), (client, clientTransport, server) })
+        {
+            var turns = readerTransport.WatchTurns;
+            var one = new byte[16];
+            var waiting = reader.ReadAsync(one).AsTask();
+            await Task.Delay(50);
+            await writer.WriteAsync(new byte[] { 42 });
+            await writer.FlushAsync();
+            Assert.Equal(1, await waiting.WaitAsync(TimeSpan.FromSeconds(10)));
+            Assert.Equal(42, one[0]);
+            Assert.True(readerTransport.WatchTurns > turns, "the reader went on on the watch thread after the handshake");
+        }
     }
 
     /// <summary>Writes <paramref name="send"/> in 40 KiB pieces, each flushed, while reading <paramref name="expect"/> bytes.</summary>
@@ -151,14 +287,20 @@ public class TunnelSocketStreamTests
         return received;
     }
 
-    private static async Task<(TunnelSocketStream Stream, Socket Peer)> PairAsync()
+    private static async Task<(TunnelSocketStream Stream, Socket Peer)> PairAsync(int receiveBuffer = 0, int watchTurnBytes = TunnelSocketStream.WatchTurnBytes)
     {
         using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         listener.Listen();
         var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        if (receiveBuffer > 0)
+        {
+            // Set before connecting, so the window it advertises lets the whole transfer in at once.
+            socket.ReceiveBufferSize = receiveBuffer;
+        }
+
         await socket.ConnectAsync(listener.LocalEndPoint!);
-        return (new TunnelSocketStream(socket), await listener.AcceptAsync());
+        return (new TunnelSocketStream(socket, watchTurnBytes), await listener.AcceptAsync());
     }
 
     private static async Task<byte[]> ReceiveAsync(Socket socket, int count)
