@@ -9,9 +9,9 @@ namespace Weft.Proxy;
 /// 16 KiB and its header) at a time: when the socket holds more than the read asks for, the read takes it, up to
 /// <see cref="ReadAheadBytes"/>, into a pooled buffer that the next record reads are served from, so records that
 /// arrived together cost one receive. The buffer goes back to the pool as soon as it is empty, and is never held
-/// while waiting: a read that must wait does so in the caller's buffer, and a zero-byte read (how the HTTP/2
-/// reader waits) in none. Writes go straight to the socket (SslStream writes a record at a time; gathering a
-/// flush's records into one send measured no better).
+/// while waiting: a read that must wait, a zero-byte one (how the HTTP/2 reader waits) included, waits for readiness
+/// holding no buffer. Writes go straight to the socket (SslStream writes a record at a time; gathering a flush's
+/// records into one send measured no better).
 /// <para>
 /// A read waits for bytes in <see cref="ReadWatch.Shared"/> (recv(2) without waiting, then one readiness), not in a
 /// pending .NET receive: the socket engine would wake its thread and then a thread-pool worker for every record that
