@@ -38,7 +38,6 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
     private int _waiting;
     private const long NotWatched = -1;  // ReadWatch ids are a generation and a slot, both from 0: never -1
     private long _watch = NotWatched;    // the registration in ReadWatch.Shared, from the first wait until disposed
-    private bool _armed;                 // the socket was added to the watch's epoll set
     private volatile bool _onWatch;      // after the handshake: a readiness runs the reader on the watch thread
     private volatile bool _disposed;
     private CancellationTokenRegistration _cancel;
@@ -166,13 +165,14 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
             _cancel = cancellationToken.UnsafeRegister(static (state, token) => ((TunnelSocketStream)state!).Wake(new OperationCanceledException(token)), this);
         }
 
-        if (_watch == NotWatched)
+        // The first wait registers, and adds the socket to the watch's epoll set; later ones re-arm it.
+        var first = _watch == NotWatched;
+        if (first)
         {
             Interlocked.Exchange(ref _watch, ReadWatch.Shared.Register(this));
         }
 
-        var armed = ReadWatch.Shared.Arm(socket, _watch, first: !_armed);
-        _armed = true;
+        var armed = ReadWatch.Shared.Arm(socket, _watch, first);
         if (!armed || _disposed)
         {
             Wake(new ObjectDisposedException(nameof(TunnelSocketStream), "the tunnel's socket was closed"));
