@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.Net.Sockets;
 using System.Threading.Tasks.Sources;
 
@@ -18,16 +19,26 @@ namespace Weft.Proxy;
 /// arrives. Until <see cref="ReadOnWatch"/> (the handshake: certificate checks are not for the watch's threads) the
 /// reader goes on on the thread pool; after it, on the watch thread that saw the bytes, so the HTTP/2 reader decrypts,
 /// parses and hands each DATA frame to its socket without a hop. The HTTP/2 read loop never blocks (every wait in
-/// it is an await). One readiness runs the reader for at most <see cref="WatchTurnBytes"/>; past that it goes on on
-/// the thread pool, so a busy tunnel does not keep a watch thread from the agent's other sockets.
+/// it is an await). One readiness runs the reader for at most <see cref="WatchTurnBytes"/> or, counted at each read,
+/// <see cref="WatchTurnTime"/> (a peer's tiny records make much work of few bytes: each is a DATA frame and a send);
+/// past that it goes on on the thread pool, so a busy tunnel does not keep a watch thread from the agent's other sockets.
 /// </para>
 /// </summary>
-internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = TunnelSocketStream.WatchTurnBytes) : Stream, IRunOnWatch, IValueTaskSource
+internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = TunnelSocketStream.WatchTurnBytes, TimeSpan? watchTurnTime = null)
+    : Stream, IRunOnWatch, IValueTaskSource
 {
     public const int ReadAheadBytes = 64 * 1024;
 
     /// <summary>What the reader may read in one turn of a watch thread before it moves to the thread pool (tests give less).</summary>
     public const int WatchTurnBytes = 256 * 1024;
+
+    /// <summary>
+    /// How long one turn may last, checked before each read. 256 KiB of full records take about 0.3 ms here; the same
+    /// bytes as one-byte records are some 12,000 DATA frames and sends, tens of milliseconds.
+    /// </summary>
+    public static readonly TimeSpan WatchTurnTime = TimeSpan.FromMilliseconds(1);
+
+    private readonly long _turnTicks = (long)((watchTurnTime ?? WatchTurnTime).TotalSeconds * Stopwatch.Frequency);
 
     private byte[]? _in;
     private int _inStart;
@@ -42,6 +53,7 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
     private volatile bool _disposed;
     private CancellationTokenRegistration _cancel;
     private int _turnBytes;              // read since the last readiness, while on a watch thread
+    private long _turnStart;             // when the last readiness ran the reader on a watch thread
 
     public Socket Socket => socket;
 
@@ -84,7 +96,7 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
 
     private async ValueTask<int> ReadCoreAsync(Memory<byte> buffer, CancellationToken cancellationToken)
     {
-        if (_turnBytes >= watchTurnBytes && ReadWatch.OnWatchThread)
+        if (ReadWatch.OnWatchThread && (_turnBytes >= watchTurnBytes || Stopwatch.GetTimestamp() - _turnStart >= _turnTicks))
         {
             // This readiness has run the reader long enough: the rest of the burst goes on on the thread pool.
             _turnBytes = 0;
@@ -213,6 +225,7 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
             if (ReadWatch.OnWatchThread)
             {
                 WatchTurns++;
+                _turnStart = Stopwatch.GetTimestamp();
             }
 
             // The reader goes on here, on the watch thread when after the handshake.

@@ -130,9 +130,10 @@ public class TunnelSocketStreamTests
     [Fact]
     public async Task AReaderWithMoreWaiting_LeavesTheWatchThreadAfterOneTurnsWorth_AndLosesNothing()
     {
-        // A small turn, so that what is sent fits in the socket's receive queue on any machine.
+        // A small turn, so that what is sent fits in the socket's receive queue on any machine, and time enough that only
+        // its bytes end it.
         const int turn = 2 * Record;
-        var (stream, peer) = await PairAsync(receiveBuffer: 1 << 20, watchTurnBytes: turn);
+        var (stream, peer) = await PairAsync(receiveBuffer: 1 << 20, watchTurnBytes: turn, watchTurnTime: TimeSpan.FromMinutes(1));
         using (peer)
         await using (stream)
         {
@@ -175,6 +176,35 @@ public class TunnelSocketStreamTests
             }
 
             return (received, onWatch);
+        }
+    }
+
+    [Fact]
+    public async Task AReaderThatTakesLong_LeavesTheWatchThreadAfterOneTurnsTime_WhateverTheBytes()
+    {
+        // Few bytes, much work (a peer's tiny records): the turn's time ends it, not its bytes.
+        var (stream, peer) = await PairAsync(watchTurnTime: TimeSpan.FromMilliseconds(1));
+        using (peer)
+        await using (stream)
+        {
+            stream.ReadOnWatch();
+            var reading = ReadSlowlyAsync(stream);
+            await Task.Delay(50);
+            await peer.SendAsync(new byte[] { 1, 2, 3 });
+
+            Assert.Equal((true, false), await reading.WaitAsync(TimeSpan.FromSeconds(10)));
+            Assert.Equal(1, stream.WatchTurns);
+        }
+
+        static async Task<(bool FirstOnWatch, bool SecondOnWatch)> ReadSlowlyAsync(TunnelSocketStream stream)
+        {
+            var one = new byte[1];
+            Assert.Equal(1, await stream.ReadAsync(one).ConfigureAwait(false));
+            var first = ReadWatch.OnWatchThread;
+            // The work a turn's first byte brought: longer than the turn may last.
+            Thread.Sleep(20);
+            Assert.Equal(1, await stream.ReadAsync(one).ConfigureAwait(false));
+            return (first, ReadWatch.OnWatchThread);
         }
     }
 
@@ -266,7 +296,7 @@ public class TunnelSocketStreamTests
             await writer.FlushAsync();
             Assert.Equal(1, await waiting.WaitAsync(TimeSpan.FromSeconds(10)));
             Assert.Equal(42, one[0]);
-            Assert.True(readerTransport.WatchTurns > turns, "the reader went on on the watch thread after the handshake");
+            Assert.True(readerTransport.WatchTurns > turns, $"the reader went on on the watch thread after the handshake ({turns} turns before, {readerTransport.WatchTurns} after)");
         }
     }
 
@@ -287,7 +317,8 @@ public class TunnelSocketStreamTests
         return received;
     }
 
-    private static async Task<(TunnelSocketStream Stream, Socket Peer)> PairAsync(int receiveBuffer = 0, int watchTurnBytes = TunnelSocketStream.WatchTurnBytes)
+    private static async Task<(TunnelSocketStream Stream, Socket Peer)> PairAsync(int receiveBuffer = 0, int watchTurnBytes = TunnelSocketStream.WatchTurnBytes,
+        TimeSpan? watchTurnTime = null)
     {
         using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
@@ -300,7 +331,7 @@ public class TunnelSocketStreamTests
         }
 
         await socket.ConnectAsync(listener.LocalEndPoint!);
-        return (new TunnelSocketStream(socket, watchTurnBytes), await listener.AcceptAsync());
+        return (new TunnelSocketStream(socket, watchTurnBytes, watchTurnTime), await listener.AcceptAsync());
     }
 
     private static async Task<byte[]> ReceiveAsync(Socket socket, int count)
