@@ -83,6 +83,9 @@ internal sealed unsafe class ReadWatch
         }
     }
 
+    /// <summary>The epoll instance's descriptor (tests look its watched sockets up in /proc/self/fdinfo).</summary>
+    internal int Descriptor => _epoll;
+
     /// <summary>Registrations held now (one per idle or active relay direction that waits here).</summary>
     public int Count => Volatile.Read(ref _count);
 
@@ -135,6 +138,16 @@ internal sealed unsafe class ReadWatch
             _free.Push(slot);
             _count--;
         }
+    }
+
+    /// <summary>
+    /// Takes <paramref name="socket"/> out of the epoll set, armed or not, and frees the registration: for a socket that
+    /// waited here once and goes on open (a relay may add it later as its own).
+    /// </summary>
+    public void Leave(Socket socket, long id)
+    {
+        Control(socket, LibC.EPOLL_CTL_DEL, id);
+        Remove(id);
     }
 
     private bool Control(Socket socket, int op, long id)

@@ -11,8 +11,9 @@ namespace Weft.Proxy;
 /// <see cref="ReadAheadBytes"/>, into a pooled buffer that the next record reads are served from, so records that
 /// arrived together cost one receive. The buffer goes back to the pool as soon as it is empty, and is never held
 /// while waiting: a read that must wait, a zero-byte one (how the HTTP/2 reader waits) included, waits for readiness
-/// holding no buffer. Writes go straight to the socket (SslStream writes a record at a time; gathering a flush's
-/// records into one send measured no better).
+/// holding no buffer. Writes go straight to the socket with send(2) without waiting (SslStream writes a record at a
+/// time; gathering a flush's records into one send measured no better), and only a full socket makes a write wait, in
+/// <see cref="ReadWatch.Writable"/> (<see cref="WritableWait"/>): the socket never enters .NET's socket engine.
 /// <para>
 /// A read waits for bytes in <see cref="ReadWatch.Shared"/> (recv(2) without waiting, then one readiness), not in a
 /// pending .NET receive: the socket engine would wake its thread and then a thread-pool worker for every record that
@@ -52,6 +53,7 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
     private volatile bool _onWatch;      // after the handshake: a readiness runs the reader on the watch thread
     private volatile bool _disposed;
     private CancellationTokenRegistration _cancel;
+    private readonly WritableWait _room = new(socket);  // a writer's wait for room to send (registered when first used)
     private int _turnBytes;              // read since the last readiness, while on a watch thread
     private long _turnStart;             // when the last readiness ran the reader on a watch thread
 
@@ -257,15 +259,45 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
         return Serve(buffer);
     }
 
-    public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        // What fits goes now, on the writer's thread; only a full socket makes the write wait.
+        while (!buffer.IsEmpty)
+        {
+            var sent = SendNow(buffer.Span);
+            if (sent == 0)
+            {
+                return WriteWhenRoomAsync(buffer, cancellationToken);
+            }
+
+            buffer = buffer[sent..];
+        }
+
+        return default;
+    }
+
+    private async ValueTask WriteWhenRoomAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken)
+    {
+        while (!buffer.IsEmpty)
+        {
+            try
+            {
+                await _room.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (ObjectDisposedException e)
+            {
+                throw new IOException("writing to the tunnel's socket failed: it was closed", e);
+            }
+
+            buffer = buffer[SendNow(buffer.Span)..];
+        }
+    }
+
+    private int SendNow(ReadOnlySpan<byte> bytes)
     {
         try
         {
-            while (!buffer.IsEmpty)
-            {
-                var sent = await socket.SendAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false);
-                buffer = buffer[sent..];
-            }
+            return RelayPumps.SendNow(socket, bytes);
         }
         catch (SocketException e)
         {
@@ -309,6 +341,7 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
             // back to the pool under it. A closed socket leaves the epoll set, so its wait is ended here.
             _disposed = true;
             socket.Dispose();
+            _room.Dispose();
             Wake(new ObjectDisposedException(nameof(TunnelSocketStream), "the tunnel's socket was closed"));
             if (Interlocked.Exchange(ref _watch, NotWatched) is var watch and not NotWatched)
             {

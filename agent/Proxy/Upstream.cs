@@ -70,28 +70,67 @@ internal static class Upstream
     }
 
     /// <summary>
-    /// Connects with event args of its own: <c>Socket.ConnectAsync(EndPoint, CancellationToken)</c> leaves its event
-    /// args (about 300 bytes) cached on the socket for the socket's life, and a relayed connection would carry them
-    /// while it sits idle. Throws <see cref="OperationCanceledException"/> when <paramref name="cancellationToken"/> ends it.
+    /// A non-blocking connect whose wait for the handshake is a one-time wait in <see cref="ReadWatch.Writable"/>, not a
+    /// <c>Socket.ConnectAsync</c>: that would leave the socket in .NET's socket engine's epoll set (edge-triggered, in and
+    /// out) for its whole life, and the engine's thread would wake for every segment the connection receives while
+    /// the agent reads it through <see cref="ReadWatch.Shared"/> (docs/benchmark.md). It also leaves no event args cached
+    /// on the socket. Throws <see cref="OperationCanceledException"/> when <paramref name="cancellationToken"/> ends it.
     /// </summary>
-    private static async Task ConnectOnceAsync(Socket socket, EndPoint destination, CancellationToken cancellationToken)
+    internal static async Task ConnectOnceAsync(Socket socket, EndPoint destination, CancellationToken cancellationToken)
     {
-        using var args = new SocketAsyncEventArgs { RemoteEndPoint = destination };
-        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        args.Completed += (_, _) => done.TrySetResult();
-        if (socket.ConnectAsync(args))
+        socket.Blocking = false;
+        try
         {
-            using (cancellationToken.UnsafeRegister(static a => Socket.CancelConnectAsync((SocketAsyncEventArgs)a!), args))
+            socket.Connect(destination);
+        }
+        catch (SocketException e) when (e.SocketErrorCode is SocketError.InProgress or SocketError.WouldBlock)
+        {
+            await HandshakeAsync(socket, cancellationToken).ConfigureAwait(false);
+            var error = (SocketError)(int)socket.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.Error)!;
+            if (error != SocketError.Success)
             {
-                await done.Task.ConfigureAwait(false);
+                throw new SocketException((int)error);
             }
         }
 
-        if (args.SocketError != SocketError.Success)
+        // Blocking calls block again as they did after ConnectAsync (.NET keeps the descriptor non-blocking and waits
+        // for them itself), and reading Connected is what records the finished connect in the Socket (a poll(2)).
+        socket.Blocking = true;
+        if (!socket.Connected)
         {
-            cancellationToken.ThrowIfCancellationRequested();
-            throw new SocketException((int)args.SocketError);
+            throw new SocketException((int)SocketError.ConnectionReset);
         }
+    }
+
+    /// <summary>Waits once for the connect's end (room to send, an error or a hang-up) in the writable watch, which the socket then leaves.</summary>
+    private static async Task HandshakeAsync(Socket socket, CancellationToken cancellationToken)
+    {
+        var ended = new ConnectEnd();
+        var id = ReadWatch.Writable.Register(ended);
+        try
+        {
+            if (!ReadWatch.Writable.Arm(socket, id, first: true))
+            {
+                throw new ObjectDisposedException(nameof(Socket), "the socket was closed before its connect ended");
+            }
+
+            using (cancellationToken.UnsafeRegister(static (ended, token) => ((ConnectEnd)ended!).Done.TrySetCanceled(token), ended))
+            {
+                await ended.Done.Task.ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            ReadWatch.Writable.Leave(socket, id);
+        }
+    }
+
+    /// <summary>A connect's wait in the writable watch: its continuation runs on the thread pool, not the watch's thread.</summary>
+    private sealed class ConnectEnd : IRunOnWatch
+    {
+        public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public void Execute() => Done.TrySetResult();
     }
 
     private static void MarkDelivery(string netnsPath, IPEndPoint from, IPEndPoint to, bool add)
