@@ -8,10 +8,11 @@ namespace Weft.Proxy;
 internal interface IReadReady : IThreadPoolWorkItem;
 
 /// <summary>
-/// A readiness whose work is a short burst of non-blocking system calls that never waits: run on the watch's own
-/// thread, in the turn that saw the event, instead of one thread-pool hop later. Work that may await or block
-/// (a TLS write, a lock another thread holds for long) must stay an <see cref="IReadReady"/>: every other socket
-/// of the watch waits while it runs.
+/// A readiness whose work is a short burst that never blocks the thread: run on the watch's own thread, in the turn
+/// that saw the event, instead of one thread-pool hop later. An await that has to wait is fine (the work goes on
+/// wherever it completes, and the watch thread returns to its loop); a blocking call, a lock another thread holds for
+/// long, or a burst without a bound is not: every other socket of the watch waits while it runs. Such work must stay
+/// an <see cref="IReadReady"/>.
 /// </summary>
 internal interface IRunOnWatch : IReadReady;
 

@@ -18,10 +18,16 @@ namespace Weft.Proxy;
 /// in between, so a held connection costs the relay object and its socket, not a chain of waiting tasks.
 /// </para>
 /// </summary>
-internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
+internal sealed class StreamRelay : IInboundSink, IRunOnWatch, IRelay
 {
     // Toward the tunnel: waiting in the watch, reading a burst, or over (end of stream, reset or abort).
     private const int Idle = 0, Pumping = 1, Ended = 2;
+
+    /// <summary>
+    /// What a burst on a watch's thread moves toward the tunnel before it re-arms and lets the watch's other sockets run
+    /// (the level-triggered watch fires again at once while bytes remain).
+    /// </summary>
+    private const int WatchTurnBytes = 256 * 1024;
 
     private readonly Socket _socket;
     private readonly HboneStream _stream;
@@ -48,6 +54,14 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
     public HboneStream Stream => _stream;
 
     public IRelayObserver Observer => _observer;
+
+    /// <summary>Bursts toward the tunnel, and how many of them started on a watch's thread (tests).</summary>
+    internal int Bursts { get; private set; }
+
+    internal int BurstsOnWatch { get; private set; }
+
+    /// <summary>The most one burst moved toward the tunnel on a watch's thread (tests).</summary>
+    internal int LongestTurnOnWatch { get; private set; }
 
     /// <summary>
     /// Starts relaying; <paramref name="end"/> hears on the thread pool (not on the tunnel's read loop) once both
@@ -110,10 +124,22 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
         }
     }
 
-    /// <summary>One burst toward the tunnel: reads until the socket is empty (then re-arms), ends or fails.</summary>
+    /// <summary>
+    /// One burst toward the tunnel: reads until the socket is empty (then re-arms), ends or fails. It starts on the watch
+    /// thread that saw the bytes: a receive, the DATA frame, its TLS record and a send that never waits (the tunnel's
+    /// socket is non-blocking, <see cref="TunnelSocketStream"/>). What must wait (the stream's flow-control window, the
+    /// connection's write turn, room in the tunnel's socket) is an await, and the burst goes on on the thread pool.
+    /// </summary>
     private async Task PumpAsync()
     {
         var buffer = ArrayPool<byte>.Shared.Rent(RelayPumps.CopyBufferSize);
+        var turn = 0;
+        Bursts++;
+        if (ReadWatch.OnWatchThread)
+        {
+            BurstsOnWatch++;
+        }
+
         try
         {
             while (true)
@@ -133,8 +159,15 @@ internal sealed class StreamRelay : IInboundSink, IReadReady, IRelay
                 }
 
                 _observer.OnBytes(_socketIsA, read);
+                var onWatch = ReadWatch.OnWatchThread;
+                if (onWatch)
+                {
+                    turn += read;
+                    LongestTurnOnWatch = Math.Max(LongestTurnOnWatch, turn);
+                }
+
                 await _stream.SendAsync(buffer.AsMemory(0, read)).ConfigureAwait(false);
-                if (read < buffer.Length)
+                if (read < buffer.Length || (turn >= WatchTurnBytes && ReadWatch.OnWatchThread))
                 {
                     GoIdle();
                     return;

@@ -1,0 +1,71 @@
+using System.Net;
+using System.Security.Cryptography;
+using Weft.Hbone;
+using Weft.Proxy;
+using Weft.Telemetry;
+using Weft.Tests.Hbone;
+using static Weft.Tests.Hbone.HboneTestKit;
+
+namespace Weft.Tests.Proxy;
+
+/// <summary>
+/// A relay's bursts toward the tunnel run on the read watch's thread that saw the app's bytes (no thread-pool hop per
+/// request), and one burst there moves a bounded amount before it lets the watch's other sockets run. A real HBONE
+/// tunnel over loopback, relayed as the proxy relays it.
+/// </summary>
+public sealed class StreamRelayWatchTests
+{
+    [Fact]
+    public async Task RequestsAndAFlood_GoThroughWhole_EachBurstStartingOnTheWatchThread_AndNoTurnThereUnbounded()
+    {
+        var received = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var tunnel = await LoopbackTunnel.StartAsync(async request =>
+        {
+            var stream = await request.AcceptAsync();
+            await using (stream)
+            {
+                received.TrySetResult(await ReadToEndAsync(stream.Input));
+            }
+        });
+
+        var tunnelStream = await tunnel.ConnectAsync();
+        var (pod, proxySide) = await SocketPairAsync();
+        using (pod)
+        using (proxySide)
+        {
+            var connection = new ProxyConnection(new Flow(FlowDirection.Outbound, new IPEndPoint(IPAddress.Loopback, 1), new IPEndPoint(IPAddress.Loopback, 2)));
+            var end = new EndOfRelay();
+            connection.StartRelay(proxySide.Socket, tunnelStream, socketIsClient: true, end);
+
+            // Ten small requests, each after the last has surely gone (each is a burst of its own), then a flood.
+            var sent = new MemoryStream();
+            for (var i = 0; i < 10; i++)
+            {
+                var request = RandomNumberGenerator.GetBytes(1024);
+                await pod.WriteAsync(request);
+                sent.Write(request);
+                await Task.Delay(20);
+            }
+
+            var flood = RandomNumberGenerator.GetBytes(8 << 20);
+            await pod.WriteAsync(flood);
+            sent.Write(flood);
+            pod.Socket.Shutdown(System.Net.Sockets.SocketShutdown.Send);
+
+            Assert.Equal(sent.ToArray(), await received.Task.WaitAsync(Patience));
+            var relay = await end.Relay.WaitAsync(Patience);
+            Assert.True(relay.Bursts >= 11, $"{relay.Bursts} bursts");
+            Assert.Equal(relay.Bursts, relay.BurstsOnWatch);
+            Assert.InRange(relay.LongestTurnOnWatch, 1024, (256 * 1024) + RelayPumps.CopyBufferSize);
+        }
+    }
+
+    private sealed class EndOfRelay : IRelayEnd<StreamRelay>
+    {
+        private readonly TaskCompletionSource<StreamRelay> _relay = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public Task<StreamRelay> Relay => _relay.Task;
+
+        public void RelayEnded(StreamRelay relay) => _relay.TrySetResult(relay);
+    }
+}
