@@ -159,8 +159,7 @@ internal sealed class StreamRelay : IInboundSink, IRunOnWatch, IRelay
                 }
 
                 _observer.OnBytes(_socketIsA, read);
-                var onWatch = ReadWatch.OnWatchThread;
-                if (onWatch)
+                if (ReadWatch.OnWatchThread)
                 {
                     turn += read;
                     LongestTurnOnWatch = Math.Max(LongestTurnOnWatch, turn);

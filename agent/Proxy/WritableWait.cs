@@ -20,16 +20,12 @@ internal sealed class WritableWait(Socket socket) : IRunOnWatch, IValueTaskSourc
     private volatile bool _disposed;
     private CancellationTokenRegistration _cancel;
 
-    /// <summary>Times a writer had to wait for room.</summary>
-    internal long Waits { get; private set; }
-
     /// <summary>Completes when the socket has room to send, an error or a hang-up; throws when cancelled or disposed.</summary>
     public ValueTask WaitAsync(CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
         ObjectDisposedException.ThrowIf(_disposed, this);
         _core.Reset();
-        Waits++;
         var version = _core.Version;
         Volatile.Write(ref _waiting, 1);
         if (cancellationToken.CanBeCanceled)
