@@ -29,7 +29,7 @@ internal static partial class BenchCommand
 {
     public const string Usage = """
         weft-bench [--suite plaintext|tls|metrics|all|scale|soak|load|ca] [--seconds T] [--repeat R] [--only PARTS] [--json FILE]
-                   [--rate-connections N] [--setup-connections N] [--idle-connections N] [--no-access-log]
+                   [--rate-connections N] [--setup-connections N] [--idle-connections N] [--warmup W] [--no-access-log]
           Cross-node pod-to-pod traffic in 2-node clusters of network namespaces with real agents:
           direct, through plaintext agents, and (tls, all) through agents with mTLS HBONE tunnels and
           through an nginx pair doing TLS 1.3 between the nodes. iperf3 throughput (1 and 8 streams),
@@ -47,6 +47,7 @@ internal static partial class BenchCommand
           Each measurement runs R times (default 2) per path, alternating the order of the paths
           (forward, backward, ...); the table shows medians. T defaults to 4 s (plaintext: 5 s); N to
           1000 new connections (plaintext: 3000), 100 one-at-a-time connections, 10000 idle connections.
+          --warmup   seconds of untimed load per path before the cpu part's timed runs (default W = 1)
           --no-access-log starts the agents without their per-connection log line (the path checks
           and the cold-tunnel handshake count need it).
           Needs iperf3, sockperf and, for the nginx peer, nginx with its stream module (agent/bench.sh
@@ -120,6 +121,7 @@ internal static partial class BenchCommand
         var idleConnections = cl.Int("idle-connections", 10_000);
         var rateConnections = cl.Int("rate-connections", suite == "plaintext" ? 3000 : 1000);
         var setupConnections = cl.Int("setup-connections", 100);
+        var warmup = cl.Int("warmup", 1);
         var jsonPath = cl.Get("json");
         var noAccessLog = cl.Flag("no-access-log");
         var defaultParts = suite switch
@@ -136,9 +138,9 @@ internal static partial class BenchCommand
         }
 
         cl.RejectUnknown();
-        if (seconds < 1 || repeat < 1 || idleConnections < 1 || rateConnections < 1 || setupConnections < 1)
+        if (seconds < 1 || repeat < 1 || warmup < 1 || idleConnections < 1 || rateConnections < 1 || setupConnections < 1)
         {
-            throw new UsageException("--seconds, --repeat and the connection counts must be at least 1");
+            throw new UsageException("--seconds, --repeat, --warmup and the connection counts must be at least 1");
         }
 
         var tls = suite is "tls" or "all";
@@ -236,7 +238,7 @@ internal static partial class BenchCommand
                 stop.Token.ThrowIfCancellationRequested();
             }
 
-            await using var bench = new Bench(plain, mtls, metricsOff, suite, seconds, repeat, !noAccessLog, stop.Token);
+            await using var bench = new Bench(plain, mtls, metricsOff, suite, seconds, repeat, warmup, !noAccessLog, stop.Token);
             try
             {
                 var report = await bench.RunAsync(idleConnections, rateConnections, setupConnections, only);
@@ -337,7 +339,7 @@ internal static partial class BenchCommand
 
     private sealed record TargetLine(string Issue, string What, string Figure, bool Pass);
 
-    private sealed partial class Bench(MeshCluster plain, MeshCluster? mtls, MeshCluster? metricsOff, string suite, int seconds, int repeat, bool accessLog, CancellationToken stop)
+    private sealed partial class Bench(MeshCluster plain, MeshCluster? mtls, MeshCluster? metricsOff, string suite, int seconds, int repeat, int warmup, bool accessLog, CancellationToken stop)
         : IAsyncDisposable
     {
         private readonly NetnsCluster _cluster = plain.Cluster;
@@ -752,17 +754,17 @@ internal static partial class BenchCommand
             var runSeconds = Math.Max(5, seconds * 2);
             var relayed = _paths.Where(p => !p.IsDirect).ToList();
             Say($"cpu: {FixedRatePerSecond} round trips/s of 1 KiB over {FixedRateConnections} kept-alive connections, {runSeconds} s, " +
-                $"weft-kit app rr --rate; the relays' CPU from /proc, {Runs} (after a 1 s untimed run per path)");
+                $"weft-kit app rr --rate; the relays' CPU from /proc, {Runs} (after a {warmup} s untimed run per path)");
             foreach (var path in relayed)
             {
-                await FixedRateRunAsync(path, 1);
+                await FixedRateRunAsync(path, warmup);
             }
 
             var cpu = new Dictionary<BenchPath, double>();
             var runs = await AlternatingAsync(relayed, path => FixedRateRunAsync(path, runSeconds), cpu);
             var cells = new Dictionary<string, string>();
             var p99Cells = new Dictionary<string, string>();
-            var result = new JsonObject { ["rate_per_s"] = FixedRatePerSecond, ["connections"] = FixedRateConnections, ["seconds"] = runSeconds };
+            var result = new JsonObject { ["rate_per_s"] = FixedRatePerSecond, ["connections"] = FixedRateConnections, ["seconds"] = runSeconds, ["warmup_s"] = warmup };
             foreach (var (path, samples) in runs)
             {
                 var elapsed = samples.Sum(r => r.Seconds);
