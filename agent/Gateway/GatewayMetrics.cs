@@ -28,6 +28,7 @@ internal sealed class GatewayMetrics
     private readonly Counter _accessLogDropped;
     private readonly Counter _spansExported;
     private readonly Counter _spansDropped;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<SeriesKey, RequestSeries> _series = new();
 
     public GatewayMetrics(string workloadNamespace = "")
     {
@@ -59,15 +60,35 @@ internal sealed class GatewayMetrics
 
     public void Request(Backend? backend, string protocol, int statusCode, string responseFlags, double milliseconds)
     {
+        // A request finds its two series by one dictionary lookup on values it already holds; prometheus-net's
+        // WithLabels would build and hash a nine-value label set twice per request.
+        var key = new SeriesKey(backend?.ServiceHost ?? "unknown", backend?.ServiceName ?? "unknown", backend?.ServiceNamespace ?? "unknown",
+            protocol, statusCode, responseFlags);
+        if (!_series.TryGetValue(key, out var series))
+        {
+            series = _series.GetOrAdd(key, NewSeries);
+        }
+
+        series.Requests.Inc();
+        series.Duration.Observe(milliseconds);
+    }
+
+    private RequestSeries NewSeries(SeriesKey key)
+    {
         string[] labels =
         [
             "source", "weft-gateway", WorkloadNamespace,
-            backend?.ServiceHost ?? "unknown", backend?.ServiceName ?? "unknown", backend?.ServiceNamespace ?? "unknown",
-            protocol, statusCode.ToString(System.Globalization.CultureInfo.InvariantCulture), responseFlags,
+            key.ServiceHost, key.ServiceName, key.ServiceNamespace,
+            key.Protocol, key.StatusCode.ToString(System.Globalization.CultureInfo.InvariantCulture), key.ResponseFlags,
         ];
-        _requests.WithLabels(labels).Inc();
-        _duration.WithLabels(labels).Observe(milliseconds);
+        return new RequestSeries(_requests.WithLabels(labels), _duration.WithLabels(labels));
     }
+
+    // The values of a request's series that vary: all come from the route table, the protocol and the status code,
+    // so there are as many keys as series (which prometheus-net keeps for the process's life anyway).
+    private readonly record struct SeriesKey(string ServiceHost, string ServiceName, string ServiceNamespace, string Protocol, int StatusCode, string ResponseFlags);
+
+    private sealed record RequestSeries(Counter.Child Requests, Histogram.Child Duration);
 
     /// <param name="reason">"connect_failure" or "5xx".</param>
     public void Ejected(string reason) => _ejections.WithLabels(reason).Inc();

@@ -602,7 +602,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                     return;
                 }
 
-                endpoint = backend.NextEndpoint(_health.IsEjected);
+                endpoint = backend.NextEndpoint(_health.IsEjected, out var destination);
                 if (endpoint is null)
                 {
                     flags = "UH";
@@ -623,7 +623,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 // The rule's timeouts (HTTPRoute timeouts.request, timeouts.backendRequest): a timer only for routes that have them.
                 using var deadline = route.Action.Timeouts is { } timeouts ? new ForwardDeadline(timeouts, context.RequestAborted) : null;
                 transformer = new ForwardTransformer(route, path, span, deadline);
-                var error = await _forwarder.SendAsync(context, $"http://{endpoint}", _client, config, transformer, deadline?.Token ?? CancellationToken.None).ConfigureAwait(false);
+                var error = await _forwarder.SendAsync(context, destination!, _client, config, transformer, deadline?.Token ?? CancellationToken.None).ConfigureAwait(false);
                 if (error != ForwarderError.None && deadline is { TimedOut: true })
                 {
                     // The forward was stopped, which let go of the backend (its connection or stream is closed). Nothing

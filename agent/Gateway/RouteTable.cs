@@ -119,6 +119,7 @@ internal sealed record RouteTimeouts(TimeSpan? Request, TimeSpan? BackendRequest
 internal sealed class Backend
 {
     private int _next;
+    private string?[]? _destinations;
 
     public required string Name { get; init; }
 
@@ -137,19 +138,32 @@ internal sealed class Backend
     public ImmutableArray<IPEndPoint> Endpoints { get; init; } = [];
 
     /// <summary>Round robin over the endpoints, skipping those <paramref name="isEjected"/> names; null when none is left.</summary>
-    public IPEndPoint? NextEndpoint(Func<IPEndPoint, bool> isEjected)
+    public IPEndPoint? NextEndpoint(Func<IPEndPoint, bool> isEjected) => NextEndpoint(isEjected, out _);
+
+    /// <summary>As above; <paramref name="destination"/> is the endpoint's "http://ADDRESS:PORT" for the forwarder, made once per endpoint.</summary>
+    public IPEndPoint? NextEndpoint(Func<IPEndPoint, bool> isEjected, out string? destination)
     {
         var endpoints = Endpoints;
         for (var i = 0; i < endpoints.Length; i++)
         {
-            var candidate = endpoints[(int)((uint)Interlocked.Increment(ref _next) % (uint)endpoints.Length)];
+            var index = (int)((uint)Interlocked.Increment(ref _next) % (uint)endpoints.Length);
+            var candidate = endpoints[index];
             if (!isEjected(candidate))
             {
+                destination = Destination(index);
                 return candidate;
             }
         }
 
+        destination = null;
         return null;
+    }
+
+    private string Destination(int index)
+    {
+        // Two requests racing here may each make the array or the string; either result is the same text.
+        var destinations = _destinations ??= new string?[Endpoints.Length];
+        return destinations[index] ??= "http://" + Endpoints[index];
     }
 
     public override string ToString() => Invalid is null ? $"{Name} ({Endpoints.Length} endpoints)" : $"{Name} (invalid: {Invalid})";
