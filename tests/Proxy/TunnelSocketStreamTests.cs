@@ -64,6 +64,24 @@ public class TunnelSocketStreamTests
     }
 
     [Fact]
+    public async Task AZeroByteRead_WithBytesAlreadyWaiting_EndsAtOnce()
+    {
+        var (stream, peer) = await PairAsync();
+        using (peer)
+        await using (stream)
+        {
+            // Bytes that came before the wait end it at once, without waiting for more.
+            await peer.SendAsync(new byte[] { 1, 2 });
+            await WaitUntilAsync(() => stream.Socket.Available == 2);
+            Assert.Equal(0, await stream.ReadAsync(Memory<byte>.Empty).AsTask().WaitAsync(TimeSpan.FromSeconds(10)));
+            var two = new byte[Record];
+            Assert.Equal(2, await stream.ReadAsync(two));
+            Assert.Equal([1, 2], two[..2]);
+            Assert.False(stream.HoldsReadBuffer);
+        }
+    }
+
+    [Fact]
     public async Task AReadThatMustWait_WaitsInTheCallersBuffer_NotAPooledOne()
     {
         var (stream, peer) = await PairAsync();
