@@ -137,10 +137,10 @@ internal sealed class Backend
 
     public ImmutableArray<IPEndPoint> Endpoints { get; init; } = [];
 
-    /// <summary>Round robin over the endpoints, skipping those <paramref name="isEjected"/> names; null when none is left.</summary>
-    public IPEndPoint? NextEndpoint(Func<IPEndPoint, bool> isEjected) => NextEndpoint(isEjected, out _);
-
-    /// <summary>As above; <paramref name="destination"/> is the endpoint's "http://ADDRESS:PORT" for the forwarder, made once per endpoint.</summary>
+    /// <summary>
+    /// Round robin over the endpoints, skipping those <paramref name="isEjected"/> names; null when none is left.
+    /// <paramref name="destination"/> is the endpoint's "http://ADDRESS:PORT" for the forwarder, made once per endpoint.
+    /// </summary>
     public IPEndPoint? NextEndpoint(Func<IPEndPoint, bool> isEjected, out string? destination)
     {
         var endpoints = Endpoints;

@@ -81,7 +81,7 @@ internal sealed class GatewayRoutesTarget : IFuzzTarget
         }
 
         var backend = route.Action.PickBackend();
-        _ = backend?.NextEndpoint(_ => false);
+        _ = backend?.NextEndpoint(_ => false, out _);
         _ = route.Action.Redirect?.Path?.Apply(path, route.Path);
         _ = route.Action.Rewrite?.Path?.Apply(path, route.Path);
         route.Action.RequestHeaders?.Apply(new HeaderDictionary { ["x-header-remove"] = "v", ["version"] = "one" });
