@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 
@@ -30,7 +31,16 @@ internal enum TlsPeerRole
 ///         and for a TLS role: an extended key usage, when present, holding clientAuth (client) or serverAuth (server)
 /// </code>
 /// docs/identity.md says which rule comes from which spec, and what is accepted when an extension is absent.
-/// Immutable; the identity manager swaps in a new one when the trust bundle changes.
+/// Immutable but for a bounded cache of what it accepted; the identity manager swaps in a new one (with an empty cache)
+/// when the trust bundle changes.
+/// <para>
+/// The cache: a tunnel handshake checks the peer's SVID, and the same SVID comes back with every tunnel the same peer
+/// dials until it is renewed. An accepted leaf, with the intermediates presented beside it and the role, is remembered
+/// by a SHA-256 of their bytes for at most <see cref="RememberFor"/> and never past the earliest expiry (nor before the
+/// latest start) of the chain that was built for it; the same bytes inside that window are accepted without building
+/// the chain again. Refusals are not remembered. At most <see cref="RememberedLimit"/> entries: past it the cache starts
+/// over. Only certificates that chained to the trust bundle get in, so a peer cannot fill it with junk.
+/// </para>
 /// </summary>
 internal sealed class SpiffeVerifier
 {
@@ -38,8 +48,16 @@ internal sealed class SpiffeVerifier
     private const string ServerAuthOid = "1.3.6.1.5.5.7.3.1";
     private const string ClientAuthOid = "1.3.6.1.5.5.7.3.2";
 
+    /// <summary>How long an accepted certificate's verdict is reused at most (see the class remarks).</summary>
+    public static readonly TimeSpan RememberFor = TimeSpan.FromMinutes(10);
+
+    /// <summary>How many accepted certificates are remembered before the cache starts over.</summary>
+    public const int RememberedLimit = 1024;
+
     private readonly HashSet<string> _trustDomains;
     private readonly TimeProvider _time;
+    private readonly ConcurrentDictionary<VerifiedKey, Accepted> _accepted = new();
+    private long _reused;
 
     public SpiffeVerifier(string trustDomain, X509Certificate2Collection trustBundle, IEnumerable<string>? otherTrustDomains = null, TimeProvider? time = null)
     {
@@ -60,6 +78,12 @@ internal sealed class SpiffeVerifier
     /// <summary>Our trust domain and any others whose identities we accept (their roots must be in the bundle).</summary>
     public IReadOnlySet<string> TrustDomains => _trustDomains;
 
+    /// <summary>Accepted certificates remembered now (at most <see cref="RememberedLimit"/>).</summary>
+    public int Remembered => _accepted.Count;
+
+    /// <summary>Verifications answered from what was remembered, without building the chain again.</summary>
+    public long Reused => Interlocked.Read(ref _reused);
+
     /// <summary>
     /// Checks <paramref name="leaf"/> as an X.509-SVID; with a <paramref name="role"/>, also that its extended key
     /// usage allows that end of a TLS handshake (without one, as a bare SVID, for callers outside TLS).
@@ -71,7 +95,14 @@ internal sealed class SpiffeVerifier
             return SpiffeVerification.Refused("no certificate presented");
         }
         var now = _time.GetUtcNow();
-        if (CheckChain(leaf, presentedIntermediates, now) is { } chainError)
+        var key = VerifiedKey.Of(leaf, presentedIntermediates, role);
+        if (_accepted.TryGetValue(key, out var known) && now >= known.From && now <= known.Until)
+        {
+            Interlocked.Increment(ref _reused);
+            return new SpiffeVerification(known.Id, null);
+        }
+
+        if (CheckChain(leaf, presentedIntermediates, now, out var chainFrom, out var chainUntil) is { } chainError)
         {
             return SpiffeVerification.Refused(chainError);
         }
@@ -108,7 +139,55 @@ internal sealed class SpiffeVerifier
         {
             return SpiffeVerification.Refused($"malformed certificate extension: {e.Message}");
         }
+
+        Remember(key, new Accepted(id, chainFrom, Min(chainUntil, now + RememberFor)));
         return new SpiffeVerification(id, null);
+    }
+
+    private void Remember(VerifiedKey key, Accepted accepted)
+    {
+        if (_accepted.Count >= RememberedLimit)
+        {
+            _accepted.Clear();
+        }
+
+        _accepted[key] = accepted;
+    }
+
+    private static DateTimeOffset Min(DateTimeOffset a, DateTimeOffset b) => a < b ? a : b;
+
+    /// <summary>An accepted certificate's identity and the window in which every certificate of its chain is valid.</summary>
+    private sealed record Accepted(SpiffeId Id, DateTimeOffset From, DateTimeOffset Until);
+
+    /// <summary>SHA-256 over the role, the leaf's bytes and each presented intermediate's bytes, each with its length.</summary>
+    private readonly record struct VerifiedKey(UInt128 High, UInt128 Low)
+    {
+        public static VerifiedKey Of(X509Certificate2 leaf, IEnumerable<X509Certificate2>? intermediates, TlsPeerRole? role)
+        {
+            using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            Span<byte> prefix = stackalloc byte[4];
+            prefix[0] = role switch { TlsPeerRole.Client => 1, TlsPeerRole.Server => 2, _ => 0 };
+            hash.AppendData(prefix[..1]);
+            Append(hash, leaf, prefix);
+            foreach (var intermediate in intermediates ?? [])
+            {
+                Append(hash, intermediate, prefix);
+            }
+
+            Span<byte> digest = stackalloc byte[32];
+            hash.GetHashAndReset(digest);
+            return new VerifiedKey(
+                System.Buffers.Binary.BinaryPrimitives.ReadUInt128LittleEndian(digest),
+                System.Buffers.Binary.BinaryPrimitives.ReadUInt128LittleEndian(digest[16..]));
+        }
+
+        private static void Append(IncrementalHash hash, X509Certificate2 certificate, Span<byte> prefix)
+        {
+            var bytes = certificate.RawDataMemory.Span;
+            System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(prefix, bytes.Length);
+            hash.AppendData(prefix);
+            hash.AppendData(bytes);
+        }
     }
 
     /// <summary>
@@ -165,8 +244,15 @@ internal sealed class SpiffeVerifier
         _ => oid ?? "?",
     };
 
-    private string? CheckChain(X509Certificate2 leaf, IEnumerable<X509Certificate2>? intermediates, DateTimeOffset now)
+    /// <summary>
+    /// Null when <paramref name="leaf"/> chains to the trust bundle at <paramref name="now"/>, with the window in which every
+    /// certificate of the chain built is valid; otherwise why not.
+    /// </summary>
+    private string? CheckChain(X509Certificate2 leaf, IEnumerable<X509Certificate2>? intermediates, DateTimeOffset now,
+        out DateTimeOffset validFrom, out DateTimeOffset validUntil)
     {
+        validFrom = DateTimeOffset.MinValue;
+        validUntil = DateTimeOffset.MaxValue;
         var leafNotBefore = leaf.NotBefore.ToUniversalTime();
         var leafNotAfter = leaf.NotAfter.ToUniversalTime();
         if (now.UtcDateTime > leafNotAfter)
@@ -194,6 +280,14 @@ internal sealed class SpiffeVerifier
         }
         if (chain.Build(leaf))
         {
+            foreach (var element in chain.ChainElements)
+            {
+                var from = new DateTimeOffset(element.Certificate.NotBefore.ToUniversalTime(), TimeSpan.Zero);
+                var until = new DateTimeOffset(element.Certificate.NotAfter.ToUniversalTime(), TimeSpan.Zero);
+                validFrom = from > validFrom ? from : validFrom;
+                validUntil = until < validUntil ? until : validUntil;
+            }
+
             return null;
         }
         var flags = chain.ChainStatus.Aggregate(X509ChainStatusFlags.NoError, (all, s) => all | s.Status);

@@ -87,4 +87,77 @@ public class SpiffeVerifierTests
     {
         Assert.Equal("no certificate presented", Trusting(_rootA).Verify(null).Reason);
     }
+
+    [Fact]
+    public void AnAcceptedSvid_ComingBack_IsAnsweredWithoutAnotherChain_ForTheSameRoleOnly()
+    {
+        var verifier = Trusting(_rootA);
+        var svid = new SvidIssuer().Issue(_rootA.Intermediate("middle").Authority(), Id);
+
+        Assert.Equal(Id, verifier.Verify(svid.Certificate, svid.Intermediates, TlsPeerRole.Client).Id);
+        Assert.Equal(0, verifier.Reused);
+        Assert.Equal(Id, verifier.Verify(svid.Certificate, svid.Intermediates, TlsPeerRole.Client).Id);
+        Assert.Equal(1, verifier.Reused);
+
+        // The same leaf without its intermediate is other bytes: checked afresh, and refused.
+        Assert.StartsWith("unknown CA", verifier.Verify(svid.Certificate, null, TlsPeerRole.Client).Reason);
+
+        // A leaf accepted as a client is checked afresh as a server: its EKU allows only clientAuth.
+        var clientOnly = _rootA.Leaf([Id.ToString()], extendedUsage: [TestCa.ClientAuth]);
+        Assert.True(verifier.Verify(clientOnly, null, TlsPeerRole.Client).Verified);
+        Assert.True(verifier.Verify(clientOnly, null, TlsPeerRole.Client).Verified);
+        Assert.Contains("lacks serverAuth", verifier.Verify(clientOnly, null, TlsPeerRole.Server).Reason);
+        Assert.Equal(2, verifier.Reused);
+    }
+
+    [Fact]
+    public void ARememberedSvid_IsRefusedOnceItExpires()
+    {
+        var clock = new ManualClock();
+        var verifier = new SpiffeVerifier("cluster.local", [_rootA.Certificate], time: clock);
+        var leaf = _rootA.Leaf([Id.ToString()], notBefore: clock.GetUtcNow().AddMinutes(-1), notAfter: clock.GetUtcNow().AddMinutes(2));
+
+        Assert.True(verifier.Verify(leaf).Verified);
+        Assert.True(verifier.Verify(leaf).Verified);
+        Assert.Equal(1, verifier.Reused);
+
+        clock.Advance(TimeSpan.FromMinutes(3));
+        Assert.StartsWith("certificate expired", verifier.Verify(leaf).Reason);
+    }
+
+    [Fact]
+    public void ARememberedVerdict_IsReusedForTenMinutesAtMost()
+    {
+        var clock = new ManualClock();
+        var verifier = new SpiffeVerifier("cluster.local", [_rootA.Certificate], time: clock);
+        var svid = new SvidIssuer(time: clock).Issue(_rootA.Authority(), Id);
+
+        Assert.True(verifier.Verify(svid.Certificate).Verified);
+        clock.Advance(SpiffeVerifier.RememberFor - TimeSpan.FromSeconds(1));
+        Assert.True(verifier.Verify(svid.Certificate).Verified);
+        Assert.Equal(1, verifier.Reused);
+        clock.Advance(TimeSpan.FromSeconds(2));
+        Assert.True(verifier.Verify(svid.Certificate).Verified);
+        Assert.Equal(1, verifier.Reused);
+    }
+
+    [Fact]
+    public void RefusalsAreNotRemembered_AndTheCacheStaysWithinItsLimit()
+    {
+        var verifier = Trusting(_rootA);
+        var rogue = TestCa.Root("rogue").Leaf([Id.ToString()]);
+        Assert.False(verifier.Verify(rogue).Verified);
+        Assert.Equal(0, verifier.Remembered);
+
+        var ca = _rootA.Authority();
+        var issuer = new SvidIssuer();
+        for (var i = 0; i <= SpiffeVerifier.RememberedLimit; i++)
+        {
+            Assert.True(verifier.Verify(issuer.Issue(ca, Id).Certificate).Verified);
+            Assert.InRange(verifier.Remembered, 1, SpiffeVerifier.RememberedLimit);
+        }
+
+        // Past the limit the cache started over with the last one.
+        Assert.Equal(1, verifier.Remembered);
+    }
 }
