@@ -34,6 +34,7 @@ internal sealed class StreamRelay : IInboundSink, IRunOnWatch, IRelay
     private readonly IRelayObserver _observer;
     private readonly bool _socketIsA;
     private IRelayEnd<StreamRelay>? _end;
+    private WritableWait? _room;        // from the tunnel: a wait for room in a full socket, made the first time it fills
     private int _outbound = Pumping;    // until Start arms the watch
     private int _directions = 2;        // still running; the relay is done at 0
     private long _watch;
@@ -92,6 +93,7 @@ internal sealed class StreamRelay : IInboundSink, IRunOnWatch, IRelay
     private void ResetSocket()
     {
         RelayPumps.Reset(_socket);
+        Volatile.Read(ref _room)?.Dispose();
         EndOutbound(Idle);
     }
 
@@ -112,6 +114,8 @@ internal sealed class StreamRelay : IInboundSink, IRunOnWatch, IRelay
     {
         if (Interlocked.Decrement(ref _directions) == 0)
         {
+            // Nothing sends to the socket any more: free its place in the writable watch before its owner closes it.
+            Volatile.Read(ref _room)?.Dispose();
             ThreadPool.UnsafeQueueUserWorkItem(static relay => relay._end!.RelayEnded(relay), this, preferLocal: false);
         }
     }
@@ -212,11 +216,33 @@ internal sealed class StreamRelay : IInboundSink, IRunOnWatch, IRelay
         return sent;
     }
 
+    /// <summary>
+    /// What the socket could not take at once: send(2) without waiting, and when it is full a wait in
+    /// <see cref="ReadWatch.Writable"/>, not <c>Socket.SendAsync</c>, which would put the socket in .NET's socket engine
+    /// for the rest of its life (its thread then wakes for every segment the app sends, though the watch reads them).
+    /// </summary>
     async ValueTask IInboundSink.TakeAsync(ReadOnlyMemory<byte> data)
     {
-        // On a stream socket SendAsync completes only when every byte is queued.
-        await _socket.SendAsync(data, SocketFlags.None).ConfigureAwait(false);
-        _observer.OnBytes(!_socketIsA, data.Length);
+        while (true)
+        {
+            var sent = RelayPumps.SendNow(_socket, data.Span);
+            if (sent > 0)
+            {
+                _observer.OnBytes(!_socketIsA, sent);
+                data = data[sent..];
+                if (data.IsEmpty)
+                {
+                    return;
+                }
+
+                continue;
+            }
+
+            // Set before the wait arms, so a reset that closes the socket after the arm finds it and ends the wait (one
+            // that closed it before makes the arm fail).
+            var room = Volatile.Read(ref _room) ?? Interlocked.CompareExchange(ref _room, new WritableWait(_socket), null) ?? _room!;
+            await room.WaitAsync(CancellationToken.None).ConfigureAwait(false);
+        }
     }
 
     void IInboundSink.End(Exception? error)

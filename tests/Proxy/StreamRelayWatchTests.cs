@@ -13,8 +13,58 @@ namespace Weft.Tests.Proxy;
 /// request), and one burst there moves a bounded amount before it lets the watch's other sockets run. A real HBONE
 /// tunnel over loopback, relayed as the proxy relays it.
 /// </summary>
+[Collection(WatchCountCollection.Name)]
 public sealed class StreamRelayWatchTests
 {
+    [Fact]
+    public async Task AnAppThatStopsReading_GetsEveryByteFromTheTunnelOnceItReadsAgain_TheRelayWaitingInTheWritableWatchNotTheSocketEngine()
+    {
+        // 16 MiB from the tunnel's far end, far more than the socket pair's buffers: the relay's non-blocking sends fill
+        // the app's socket, the rest waits in the stream's pipe, and the relay waits for room.
+        var sent = RandomNumberGenerator.GetBytes(16 << 20);
+        await using var tunnel = await LoopbackTunnel.StartAsync(async request =>
+        {
+            var stream = await request.AcceptAsync();
+            await using (stream)
+            {
+                await stream.Output.WriteAsync(sent);
+                await stream.Output.CompleteAsync();
+            }
+        });
+
+        var registrations = ReadWatch.Writable.Count;
+        var tunnelStream = await tunnel.ConnectAsync();
+        var (pod, proxySide) = await SocketPairAsync();
+        using (pod)
+        using (proxySide)
+        {
+            var connection = new ProxyConnection(new Flow(FlowDirection.Outbound, new IPEndPoint(IPAddress.Loopback, 1), new IPEndPoint(IPAddress.Loopback, 2)));
+            var end = new EndOfRelay();
+            connection.StartRelay(proxySide.Socket, tunnelStream, socketIsClient: true, end);
+
+            await Task.Delay(300);
+            Assert.Equal(registrations + 1, ReadWatch.Writable.Count);
+            Assert.Equal(new[] { ReadWatch.Shared.Descriptor, ReadWatch.Writable.Descriptor }.Order(), EpollSets.Holding(proxySide.Socket).Order());
+
+            var received = new MemoryStream();
+            var buffer = new byte[64 * 1024];
+            using var patience = new CancellationTokenSource(Patience);
+            int read;
+            while ((read = await pod.ReadAsync(buffer, patience.Token)) > 0)
+            {
+                received.Write(buffer, 0, read);
+            }
+
+            Assert.Equal(sent, received.ToArray());
+            pod.Socket.Shutdown(System.Net.Sockets.SocketShutdown.Send);
+            await end.Relay.WaitAsync(Patience);
+
+            // No .NET socket engine took the socket on the way, and the wait's registration went with the relay.
+            Assert.DoesNotContain(EpollSets.Holding(proxySide.Socket), epoll => epoll != ReadWatch.Shared.Descriptor && epoll != ReadWatch.Writable.Descriptor);
+            Assert.Equal(registrations, ReadWatch.Writable.Count);
+        }
+    }
+
     [Fact]
     public async Task RequestsAndAFlood_GoThroughWhole_EachBurstStartingOnTheWatchThread_AndNoTurnThereUnbounded()
     {
