@@ -223,18 +223,13 @@ internal sealed class StreamRelay : IInboundSink, IRunOnWatch, IRelay
     /// </summary>
     async ValueTask IInboundSink.TakeAsync(ReadOnlyMemory<byte> data)
     {
-        while (true)
+        while (!data.IsEmpty)
         {
             var sent = RelayPumps.SendNow(_socket, data.Span);
             if (sent > 0)
             {
                 _observer.OnBytes(!_socketIsA, sent);
                 data = data[sent..];
-                if (data.IsEmpty)
-                {
-                    return;
-                }
-
                 continue;
             }
 

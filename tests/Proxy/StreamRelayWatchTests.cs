@@ -29,19 +29,18 @@ public sealed class StreamRelayWatchTests
             {
                 await stream.Output.WriteAsync(sent);
                 await stream.Output.CompleteAsync();
+
+                // Until the app's end of stream: disposing a stream whose peer still sends resets it, and the relay
+                // would pass the reset on to the app's socket with bytes not yet read.
+                await ReadToEndAsync(stream.Input);
             }
         });
 
         var registrations = ReadWatch.Writable.Count;
-        var tunnelStream = await tunnel.ConnectAsync();
-        var (pod, proxySide) = await SocketPairAsync();
+        var (pod, proxySide, end) = await RelayAsync(tunnel);
         using (pod)
         using (proxySide)
         {
-            var connection = new ProxyConnection(new Flow(FlowDirection.Outbound, new IPEndPoint(IPAddress.Loopback, 1), new IPEndPoint(IPAddress.Loopback, 2)));
-            var end = new EndOfRelay();
-            connection.StartRelay(proxySide.Socket, tunnelStream, socketIsClient: true, end);
-
             await Task.Delay(300);
             Assert.Equal(registrations + 1, ReadWatch.Writable.Count);
             Assert.Equal(new[] { ReadWatch.Shared.Descriptor, ReadWatch.Writable.Descriptor }.Order(), EpollSets.Holding(proxySide.Socket).Order());
@@ -78,15 +77,10 @@ public sealed class StreamRelayWatchTests
             }
         });
 
-        var tunnelStream = await tunnel.ConnectAsync();
-        var (pod, proxySide) = await SocketPairAsync();
+        var (pod, proxySide, end) = await RelayAsync(tunnel);
         using (pod)
         using (proxySide)
         {
-            var connection = new ProxyConnection(new Flow(FlowDirection.Outbound, new IPEndPoint(IPAddress.Loopback, 1), new IPEndPoint(IPAddress.Loopback, 2)));
-            var end = new EndOfRelay();
-            connection.StartRelay(proxySide.Socket, tunnelStream, socketIsClient: true, end);
-
             // Ten small requests, each after the last has surely gone (each is a burst of its own), then a flood.
             var sent = new MemoryStream();
             for (var i = 0; i < 10; i++)
@@ -108,6 +102,17 @@ public sealed class StreamRelayWatchTests
             Assert.Equal(relay.Bursts, relay.BurstsOnWatch);
             Assert.InRange(relay.LongestTurnOnWatch, 1024, (256 * 1024) + RelayPumps.CopyBufferSize);
         }
+    }
+
+    /// <summary>A stream of <paramref name="tunnel"/> relayed, as the proxy relays it, to the proxy's end of a socket pair whose other end plays the app.</summary>
+    private static async Task<(System.Net.Sockets.NetworkStream Pod, System.Net.Sockets.NetworkStream ProxySide, EndOfRelay End)> RelayAsync(LoopbackTunnel tunnel)
+    {
+        var tunnelStream = await tunnel.ConnectAsync();
+        var (pod, proxySide) = await SocketPairAsync();
+        var connection = new ProxyConnection(new Flow(FlowDirection.Outbound, new IPEndPoint(IPAddress.Loopback, 1), new IPEndPoint(IPAddress.Loopback, 2)));
+        var end = new EndOfRelay();
+        connection.StartRelay(proxySide.Socket, tunnelStream, socketIsClient: true, end);
+        return (pod, proxySide, end);
     }
 
     private sealed class EndOfRelay : IRelayEnd<StreamRelay>
