@@ -41,7 +41,15 @@ public sealed class StreamRelayWatchTests
         using (pod)
         using (proxySide)
         {
-            await Task.Delay(300);
+            // The relay fills the app's socket and then waits for room: its wait's registration shows it.
+            using (var filling = new CancellationTokenSource(Patience))
+            {
+                while (ReadWatch.Writable.Count == registrations && !filling.IsCancellationRequested)
+                {
+                    await Task.Delay(20);
+                }
+            }
+
             Assert.Equal(registrations + 1, ReadWatch.Writable.Count);
             Assert.Equal(new[] { ReadWatch.Shared.Descriptor, ReadWatch.Writable.Descriptor }.Order(), EpollSets.Holding(proxySide.Socket).Order());
 
