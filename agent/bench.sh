@@ -9,4 +9,6 @@ cd "$(dirname "$0")/.."
 source tests/deps.sh
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 dotnet build tests/Bench/Weft.Bench.csproj -c Release -nologo -v quiet
+# the agents run the image's build of the agent (NativeAOT); WEFT_AGENT_EXECUTABLE= runs this build's weft.dll instead
+source tests/agent-aot.sh
 exec tests/Bench/bin/Release/net10.0/weft-bench "$@"

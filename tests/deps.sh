@@ -7,6 +7,8 @@ need=()
 have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_cmd clang || need+=(clang)
 have_cmd llc || need+=(llvm)
+# the NativeAOT publish of the agent (tests/run.sh, daemonset/Dockerfile) links with clang and zlib
+[ -f /usr/include/zlib.h ] || need+=(zlib1g-dev)
 have_cmd ip || need+=(iproute2)
 have_cmd bpftool || need+=(bpftool)
 have_cmd tcpdump || need+=(tcpdump)

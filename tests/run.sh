@@ -3,6 +3,7 @@
 # end-to-end). Needs root. CI=true makes a privileged test that cannot run fail instead of skip.
 #   bash tests/run.sh [all|unit|kernel|e2e] [dotnet test options]
 # unit needs no root (and installs nothing); kernel and e2e need root; all (the default) runs the three.
+# kernel, e2e and all first publish the agent as the image ships it (NativeAOT) and start their agents from it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 group=all
@@ -27,6 +28,9 @@ if [ "$group" = all ] || [ "$group" = unit ]; then
   # the style in .editorconfig (file-scoped namespaces, braces, sorted usings, _camelCase private fields)
   dotnet format Agent.sln --verify-no-changes --severity warn --no-restore -v quiet \
     || { echo "weft: code style differs from .editorconfig: run 'dotnet format Agent.sln --severity warn'" >&2; exit 1; }
+fi
+if [ "$group" != unit ]; then
+  source tests/agent-aot.sh
 fi
 results=$(mktemp -d)
 set +e

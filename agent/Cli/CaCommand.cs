@@ -23,8 +23,13 @@ internal static class CaCommand
     {
         var ca = new Command("ca", "The mesh's certificate authority: a root for trying the mesh, node certificates, and the CA service that signs workload certificates for nodes.")
         {
-            CreateInit(), CreateIssueNode(), CreateServe(),
+            CreateInit(), CreateIssueNode(),
         };
+        if (BuildFeatures.Edge)
+        {
+            ca.Add(CreateServe());
+        }
+
         WeftCli.Examples(ca, "weft ca init --dir /etc/weft/ca", "weft ca serve --ca-cert ca.crt --ca-key ca.key --inventory inventory.yaml");
         return ca;
     }

@@ -43,7 +43,11 @@ internal static partial class WeftCli
         }
 
         root.Add(CaCommand.Create());
-        root.Add(GatewayCommand.Create());
+        if (BuildFeatures.Edge)
+        {
+            root.Add(GatewayCommand.Create());
+        }
+
         root.Add(RoutesCommand.Create());
         root.Add(CheckCommand.Create());
         root.Add(VersionCommand.Create());

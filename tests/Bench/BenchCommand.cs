@@ -395,6 +395,8 @@ internal static partial class BenchCommand
                 Console.WriteLine($"  note: the machine is busy before the run (load average {loadBefore:0.0} on {Environment.ProcessorCount} CPUs): expect noisy figures");
             }
 
+            Console.WriteLine($"  agents: {WeftExecutable.Command(WeftExecutable.Agent, ["agent"]).File}");
+
             foreach (var pod in _cluster.Pods.Concat(mtls?.Cluster.Pods ?? []).Concat(metricsOff?.Cluster.Pods ?? []))
             {
                 var where = mtls != null && pod.Node.NetnsPath.Contains(mtls.Cluster.RunId, StringComparison.Ordinal) ? "mTLS cluster"

@@ -49,7 +49,9 @@ internal static class IdleBenchmark
 
         // "this build" is the kit's weft.dll whatever the caller's environment says; the compared file is set per start
         var inherited = Environment.GetEnvironmentVariable(WeftExecutable.OverrideVariable);
+        var inheritedAgent = Environment.GetEnvironmentVariable(WeftExecutable.AgentVariable);
         Environment.SetEnvironmentVariable(WeftExecutable.OverrideVariable, null);
+        Environment.SetEnvironmentVariable(WeftExecutable.AgentVariable, null);
         try
         {
             var pods = Enumerable.Range(1, podCount).Select(i => new PodSpec(Namespace, $"p{i}")).ToArray();
@@ -100,6 +102,7 @@ internal static class IdleBenchmark
         finally
         {
             Environment.SetEnvironmentVariable(WeftExecutable.OverrideVariable, inherited);
+            Environment.SetEnvironmentVariable(WeftExecutable.AgentVariable, inheritedAgent);
         }
     }
 
@@ -109,11 +112,11 @@ internal static class IdleBenchmark
         var previous = mesh.Agent(node.Name);
         previous.Stop();
         await previous.WaitForExitAsync(TimeSpan.FromSeconds(30));
-        Environment.SetEnvironmentVariable(WeftExecutable.OverrideVariable, file);
+        Environment.SetEnvironmentVariable(WeftExecutable.AgentVariable, file);
         var started = Stopwatch.StartNew();
         var agent = await mesh.StartAgentAsync(node);
         var ready = started.Elapsed.TotalSeconds;
-        Environment.SetEnvironmentVariable(WeftExecutable.OverrideVariable, null);
+        Environment.SetEnvironmentVariable(WeftExecutable.AgentVariable, null);
 
         var run = await MeshCluster.RunPeerAsync(client, TimeSpan.FromMinutes(1), "send", "--to", $"10.96.0.20:{ServicePort}", "--bytes", "4096", "--timeout-ms", "10000");
         if (run.ExitCode != 0)

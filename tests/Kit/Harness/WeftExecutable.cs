@@ -7,7 +7,10 @@ namespace Weft.Harness;
 /// <c>bench-metrics</c> the benchmark's, everything else the agent's. A program runs as its apphost when
 /// that is the current process, otherwise as <c>dotnet NAME.dll</c> from this build's output directory.
 /// <see cref="OverrideVariable"/> (<c>WEFT_EXECUTABLE</c>) names another <c>weft</c> executable to run instead,
-/// e.g. a NativeAOT publish, so the same tests run against it.
+/// e.g. a NativeAOT publish, so the same tests run against it; <see cref="AgentVariable"/> (<c>WEFT_AGENT_EXECUTABLE</c>)
+/// names the executable that runs <c>weft agent</c> alone, as the DaemonSet image's <c>weft-agent</c> does (a NativeAOT
+/// publish without the gateway and the CA service: <c>tests/run.sh</c> builds one and runs the kernel and end-to-end
+/// groups' agents with it).
 /// </summary>
 internal static class WeftExecutable
 {
@@ -17,6 +20,9 @@ internal static class WeftExecutable
 
     /// <summary>The environment variable that names the <c>weft</c> executable to start instead of this build's weft.dll.</summary>
     public const string OverrideVariable = "WEFT_EXECUTABLE";
+
+    /// <summary>The environment variable that names the executable that runs <c>weft agent</c>, ahead of <see cref="OverrideVariable"/>.</summary>
+    public const string AgentVariable = "WEFT_AGENT_EXECUTABLE";
 
     public static (string File, IReadOnlyList<string> Arguments) Command(IEnumerable<string> args)
     {
@@ -32,15 +38,19 @@ internal static class WeftExecutable
     }
 
     public static (string File, IReadOnlyList<string> Arguments) Command(string program, IReadOnlyList<string> args) =>
-        Command(program, args, Environment.GetEnvironmentVariable(OverrideVariable));
+        Command(program, args, Environment.GetEnvironmentVariable(OverrideVariable), Environment.GetEnvironmentVariable(AgentVariable));
 
-    /// <summary>As above, with the override given rather than read from the environment (tests run in parallel in one process).</summary>
-    internal static (string File, IReadOnlyList<string> Arguments) Command(string program, IReadOnlyList<string> args, string? overridden)
+    /// <summary>As above, with the overrides given rather than read from the environment (tests run in parallel in one process).</summary>
+    internal static (string File, IReadOnlyList<string> Arguments) Command(string program, IReadOnlyList<string> args, string? overridden, string? agentOverridden = null)
     {
-        if (program == Agent && overridden is { Length: > 0 })
+        var (file, variable) = program != Agent ? (null, null)
+            : args is ["agent", ..] && agentOverridden is { Length: > 0 } ? (agentOverridden, AgentVariable)
+            : overridden is { Length: > 0 } ? (overridden, OverrideVariable)
+            : (null, null);
+        if (file is not null)
         {
-            return File.Exists(overridden) ? (Path.GetFullPath(overridden), args.ToArray())
-                : throw new HarnessException($"{OverrideVariable}={overridden}: no such file (unset it to run this build's weft.dll)");
+            return File.Exists(file) ? (Path.GetFullPath(file), args.ToArray())
+                : throw new HarnessException($"{variable}={file}: no such file (unset it to run this build's weft.dll)");
         }
 
         var self = Environment.ProcessPath;

@@ -1,0 +1,19 @@
+using System.Diagnostics.CodeAnalysis;
+
+namespace Weft.Cli;
+
+/// <summary>
+/// What this build of <c>weft</c> carries. The node agent's image is published twice from the same sources: the full
+/// binary (every command) and <c>weft-agent</c>, published with <c>-p:WeftEdge=false</c>, which leaves out the two
+/// commands that run on ASP.NET Core (<c>weft gateway</c> and <c>weft ca serve</c>): under NativeAOT their code, and
+/// the runtime data that describes it, is then not in the binary at all, which is most of an idle agent's memory
+/// after the heap (docs/benchmark.md, "NativeAOT").
+/// </summary>
+internal static class BuildFeatures
+{
+    private const string EdgeSwitch = "Weft.Edge.IsSupported";
+
+    /// <summary>Whether <c>weft gateway</c> and <c>weft ca serve</c> are in this build.</summary>
+    [FeatureSwitchDefinition(EdgeSwitch)]
+    internal static bool Edge => !AppContext.TryGetSwitch(EdgeSwitch, out var on) || on;
+}
