@@ -1,3 +1,5 @@
+using Weft.Harness;
+
 namespace Weft.Tests;
 
 /// <summary>
@@ -57,6 +59,26 @@ public sealed class PrivilegedTheoryAttribute : TheoryAttribute
         if (Privileged.SkipReason is { } reason)
         {
             Skip = reason;
+        }
+    }
+}
+
+/// <summary>
+/// A fact about the shipped agent binary, which only the kernel and end-to-end groups' run publishes: skipped with the
+/// reason as an ordinary user or when <c>WEFT_AGENT_EXECUTABLE</c> is not set (a plain <c>dotnet test</c>), never
+/// skipped in CI, where <c>tests/run.sh</c> always sets it.
+/// </summary>
+public sealed class AgentBinaryFactAttribute : FactAttribute
+{
+    public AgentBinaryFactAttribute()
+    {
+        if (Privileged.SkipReason is { } reason)
+        {
+            Skip = reason;
+        }
+        else if (!Privileged.InCi && Environment.GetEnvironmentVariable(WeftExecutable.AgentVariable) is not { Length: > 0 })
+        {
+            Skip = $"{WeftExecutable.AgentVariable} is not set: run through tests/run.sh (kernel, e2e or all), which publishes the NativeAOT agent";
         }
     }
 }

@@ -65,18 +65,3 @@ public sealed class ShippedAgentBinaryTests
         return (stdout + stderr.Result, process.ExitCode);
     }
 }
-
-/// <summary>
-/// A fact about the shipped agent binary: skipped with the reason when <c>WEFT_AGENT_EXECUTABLE</c> is not set (a plain
-/// <c>dotnet test</c>), never skipped in CI, where <c>tests/run.sh</c> always sets it.
-/// </summary>
-public sealed class AgentBinaryFactAttribute : FactAttribute
-{
-    public AgentBinaryFactAttribute()
-    {
-        if (!Privileged.InCi && Environment.GetEnvironmentVariable(WeftExecutable.AgentVariable) is not { Length: > 0 })
-        {
-            Skip = $"{WeftExecutable.AgentVariable} is not set: run through tests/run.sh (kernel, e2e or all), which publishes the NativeAOT agent";
-        }
-    }
-}
