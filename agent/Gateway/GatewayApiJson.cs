@@ -25,5 +25,12 @@ internal sealed partial class GatewayApiJson : JsonSerializerContext
 {
     // KubernetesClient's options become read-only at their first use, so this runs when the assembly loads, before any.
     [ModuleInitializer]
-    internal static void Register() => KubernetesJson.AddJsonOptions(options => options.TypeInfoResolverChain.Insert(0, Default));
+    internal static void Register()
+    {
+        // weft-agent has no gateway: leaving the context unregistered leaves it out of that binary.
+        if (BuildFeatures.Edge)
+        {
+            KubernetesJson.AddJsonOptions(options => options.TypeInfoResolverChain.Insert(0, Default));
+        }
+    }
 }

@@ -52,12 +52,27 @@ internal static partial class InventoryYaml
         var json = new TypedYamlJson(JsonOptions);
         while (documents.Next() is { } document)
         {
+            if (!Readable(document.Type, kinds))
+            {
+                // Syntax, nesting and kind were checked; the object would be ignored after reading anyway.
+                Log.Debug("inventory", $"{path}: skipped the {document.Kind} starting at line {document.Line}: this build reads only the kinds Weft uses");
+                continue;
+            }
+
             if (Deserialize(json, path, document) is IKubernetesObject kubernetesObject)
             {
                 yield return kubernetesObject;
             }
         }
     }
+
+    /// <summary>
+    /// Whether this build can read objects of <paramref name="type"/>: every kind, except in <c>weft-agent</c>
+    /// (<see cref="BuildFeatures.KubernetesModels"/>), which reads Weft's own kinds and the caller's
+    /// (<paramref name="kinds"/>) and the Kubernetes kinds <see cref="KubernetesModelJson"/> describes.
+    /// </summary>
+    private static bool Readable(Type type, Dictionary<string, Type> kinds) =>
+        BuildFeatures.KubernetesModels || kinds.ContainsValue(type) || KubernetesModelJson.Describes(type);
 
     /// <summary>KubernetesClient keeps its options internal; configuring them hands them out (nothing is changed here).</summary>
     private static JsonSerializerOptions KubernetesJsonOptions()
