@@ -31,32 +31,31 @@ public sealed class HeldConnectionMemoryTests(ITestOutputHelper output)
     /// </summary>
     private const int PlaintextBudgetBytes = 2_400;
 
+    // Each connection's two relays (the client's agent and the server's) wait in the watch, none in a .NET receive.
     [Fact]
-    public async Task IdleTunnelledConnections_WaitInTheReadWatch_AndCostTheAgentsLittleHeap()
+    public Task IdleTunnelledConnections_WaitInTheReadWatch_AndCostTheAgentsLittleHeap() =>
+        AssertHeldAsync(HeldConnectionMemory.Meshed, "through the agents", BudgetBytes, serverHeld: HeldConnectionMemory.Connections);
+
+    // Each relay waits in the watch with both its sockets (the app's and the upstream), none in a .NET receive; no tunnel.
+    [Fact]
+    public Task IdlePlaintextConnections_WaitInTheReadWatch_AndCostTheAgentLittleHeap() =>
+        AssertHeldAsync(HeldConnectionMemory.Outside, "through the client's agent in plaintext", PlaintextBudgetBytes, serverHeld: 0);
+
+    /// <summary>
+    /// Holds the connections to <paramref name="destination"/> in a child process: the agents' heap per connection is
+    /// within <paramref name="budget"/>, the read watch has two registrations per connection while they are held and
+    /// none left after they close, and the server's agent held <paramref name="serverHeld"/> of them.
+    /// </summary>
+    private async Task AssertHeldAsync(string destination, string how, int budget, int serverHeld)
     {
-        var held = await MeasureInChildAsync(HeldConnectionMemory.Meshed);
+        var held = await MeasureInChildAsync(destination);
         var agents = held.Through - held.Direct;
-        output.WriteLine($"held through the agents {held.Through:0} B per connection, directly {held.Direct:0} B: the agents' share {agents:0} B " +
-            $"(budget {BudgetBytes}); {held.Watched} registrations in the read watch for {HeldConnectionMemory.Connections} connections");
+        output.WriteLine($"held {how} {held.Through:0} B per connection, directly {held.Direct:0} B: the agents' share {agents:0} B " +
+            $"(budget {budget}); {held.Watched} registrations in the read watch for {HeldConnectionMemory.Connections} connections");
 
-        // Each connection's two relays (the client's agent and the server's) wait in the watch, none in a .NET receive.
         Assert.Equal(2 * HeldConnectionMemory.Connections, held.Watched);
-        Assert.InRange(agents, 1, BudgetBytes);
-        Assert.Equal(0, held.LeftInWatch);
-    }
-
-    [Fact]
-    public async Task IdlePlaintextConnections_WaitInTheReadWatch_AndCostTheAgentLittleHeap()
-    {
-        var held = await MeasureInChildAsync(HeldConnectionMemory.Outside);
-        var agent = held.Through - held.Direct;
-        output.WriteLine($"held through the client's agent in plaintext {held.Through:0} B per connection, directly {held.Direct:0} B: the agent's share {agent:0} B " +
-            $"(budget {PlaintextBudgetBytes}); {held.Watched} registrations in the read watch for {HeldConnectionMemory.Connections} connections");
-
-        // Each relay waits in the watch with both its sockets (the app's and the upstream), none in a .NET receive; no tunnel.
-        Assert.Equal(2 * HeldConnectionMemory.Connections, held.Watched);
-        Assert.Equal(0, held.ServerHeld);
-        Assert.InRange(agent, 1, PlaintextBudgetBytes);
+        Assert.Equal(serverHeld, held.ServerHeld);
+        Assert.InRange(agents, 1, budget);
         Assert.Equal(0, held.LeftInWatch);
     }
 

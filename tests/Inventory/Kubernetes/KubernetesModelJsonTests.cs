@@ -19,14 +19,7 @@ public sealed partial class KubernetesModelJsonTests
     [Fact]
     public void EveryKindWeftWatches_HasItsEventEnvelopeInTheGeneratedMetadata()
     {
-        var kinds = new SortedSet<string>(StringComparer.Ordinal);
-        foreach (var file in AgentSources())
-        {
-            foreach (Match call in WatchCall().Matches(File.ReadAllText(file)))
-            {
-                kinds.Add(call.Groups["kind"].Value);
-            }
-        }
+        var kinds = KindsCalled(WatchCall());
 
         // namespaces, pods, services, endpoint slices (agent, CA, gateway); ingresses, ingress classes, secrets and custom objects (gateway, policies)
         Assert.True(kinds.Count >= 8, $"the scan found only: {string.Join(", ", kinds)}");
@@ -70,14 +63,7 @@ public sealed partial class KubernetesModelJsonTests
     [Fact]
     public void EveryKindWeftLists_HasItsListInTheGeneratedMetadata()
     {
-        var kinds = new SortedSet<string>(StringComparer.Ordinal);
-        foreach (var file in AgentSources())
-        {
-            foreach (Match call in ListCall().Matches(File.ReadAllText(file)))
-            {
-                kinds.Add(call.Groups["kind"].Value);
-            }
-        }
+        var kinds = KindsCalled(ListCall());
 
         // namespaces, pods, services, endpoint slices, daemon sets, deployments, ingresses, ingress classes, secrets
         Assert.True(kinds.Count >= 9, $"the scan found only: {string.Join(", ", kinds)}");
@@ -101,9 +87,13 @@ public sealed partial class KubernetesModelJsonTests
         Assert.False(KubernetesModelJson.Describes(typeof(V1ConfigMap)));
     }
 
-    private static IEnumerable<string> AgentSources() =>
-        Directory.EnumerateFiles(Path.Combine(ManifestValidator.RepositoryRoot, "agent"), "*.cs", SearchOption.AllDirectories)
-            .Where(f => !f.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}", StringComparison.Ordinal));
+    /// <summary>The kinds named by the calls <paramref name="call"/> matches in the agent's sources (its "kind" group).</summary>
+    private static SortedSet<string> KindsCalled(Regex call) =>
+        new(Directory.EnumerateFiles(Path.Combine(ManifestValidator.RepositoryRoot, "agent"), "*.cs", SearchOption.AllDirectories)
+                .Where(f => !f.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}", StringComparison.Ordinal))
+                .SelectMany(f => call.Matches(File.ReadAllText(f)))
+                .Select(m => m.Groups["kind"].Value),
+            StringComparer.Ordinal);
 
     [GeneratedRegex(@"\.WatchList(?<kind>[A-Za-z]+?)(ForAllNamespaces)?Async\(")]
     private static partial Regex WatchCall();
