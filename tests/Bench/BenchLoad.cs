@@ -270,7 +270,8 @@ internal static partial class BenchCommand
                 var perConnection = (held[i].RssKib - before[i].RssKib) / (double)Math.Max(open, 1);
                 var perConnectionJustOpened = (justOpened[i].RssKib - before[i].RssKib) / (double)Math.Max(open, 1);
                 Console.WriteLine($"| node{i + 1} agent RSS | before {Mib(before[i].RssKib)}, holding {Mib(held[i].RssKib)} ({perConnection:0.00} KiB per held connection; " +
-                    $"{Mib(justOpened[i].RssKib)}, {perConnectionJustOpened:0.00} KiB, {Settle.TotalSeconds:0} s after the last opened), peak {Mib(peak[i].RssKib)}, after {Mib(after[i].RssKib)} |");
+                    $"{Mib(justOpened[i].RssKib)}, {perConnectionJustOpened:0.00} KiB, {Settle.TotalSeconds:0} s after the last opened), peak {Mib(peak[i].RssKib)}, after {Mib(after[i].RssKib)} " +
+                    $"(anonymous {Mib(before[i].RssAnonKib)} before, {Mib(after[i].RssAnonKib)} after) |");
                 Console.WriteLine($"| node{i + 1} agent fds / threads | before {before[i].Fds} / {before[i].Threads}, peak {peak[i].Fds} / {peak[i].Threads}, after {after[i].Fds} / {after[i].Threads} |");
             }
 
