@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
@@ -64,14 +63,8 @@ public sealed class HeldConnectionMemoryTests(ITestOutputHelper output)
     /// <summary>Runs the measurement to <paramref name="destination"/> in a child process and reads its result line.</summary>
     private async Task<HeldConnectionMemory.Result> MeasureInChildAsync(string destination)
     {
-        var (file, arguments) = WeftExecutable.Command("Weft.Tests", [HeldConnectionMemory.Command, destination]);
-        var info = new ProcessStartInfo(file);
-        foreach (var argument in arguments)
-        {
-            info.ArgumentList.Add(argument);
-        }
-
-        await using var child = new ManagedProcess(info, $"{HeldConnectionMemory.Command} {destination}");
+        await using var child = ManagedProcess.Start(WeftExecutable.Command("Weft.Tests", [HeldConnectionMemory.Command, destination]),
+            $"{HeldConnectionMemory.Command} {destination}");
         var exit = await child.WaitForExitAsync(TimeSpan.FromMinutes(3));
         foreach (var line in child.StdoutLines.Concat(child.StderrLines))
         {

@@ -45,21 +45,28 @@ internal sealed class ManagedProcess : IAsyncDisposable
     public static ManagedProcess StartWeft(params string[] args) => StartWeft(new Dictionary<string, string>(), args);
 
     /// <summary>As <see cref="StartWeft(string[])"/>, with these variables added to the environment it inherits.</summary>
-    public static ManagedProcess StartWeft(IReadOnlyDictionary<string, string> environment, params string[] args)
+    public static ManagedProcess StartWeft(IReadOnlyDictionary<string, string> environment, params string[] args) =>
+        Start(WeftExecutable.Command(args), $"weft {args.FirstOrDefault()}", environment);
+
+    /// <summary>
+    /// A command of <see cref="WeftExecutable.Command(IEnumerable{string})"/>'s making (any program of this build) as a
+    /// plain child of the current process, with <paramref name="environment"/> added to what it inherits.
+    /// </summary>
+    public static ManagedProcess Start((string File, IReadOnlyList<string> Arguments) command, string description,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
-        var (file, arguments) = WeftExecutable.Command(args);
-        var info = new ProcessStartInfo(file);
-        foreach (var argument in arguments)
+        var info = new ProcessStartInfo(command.File);
+        foreach (var argument in command.Arguments)
         {
             info.ArgumentList.Add(argument);
         }
 
-        foreach (var (name, value) in environment)
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
         {
             info.Environment[name] = value;
         }
 
-        return new ManagedProcess(info, $"weft {args.FirstOrDefault()}");
+        return new ManagedProcess(info, description);
     }
 
     /// <summary>SIGTERM, then the exit code within <paramref name="timeout"/> (a clean shutdown exits 0).</summary>
