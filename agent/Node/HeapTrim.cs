@@ -31,6 +31,7 @@ internal sealed partial class HeapTrim : IDisposable
     public static readonly TimeSpan SettledInterval = TimeSpan.FromSeconds(30);
 
     private readonly Func<int> _held;
+    private readonly DataBuffers _buffers;
     private readonly Func<TimeSpan> _now;
     private readonly Timer _timer;
     private TimeSpan? _lastSettledTrim;
@@ -42,9 +43,11 @@ internal sealed partial class HeapTrim : IDisposable
 
     /// <param name="period">How often to check; <see cref="Timeout.InfiniteTimeSpan"/> leaves it to <see cref="Check"/> calls.</param>
     /// <param name="now">The clock (tests); the process's monotonic clock by default.</param>
-    public HeapTrim(Func<int> held, TimeSpan period, Func<TimeSpan>? now = null)
+    /// <param name="buffers">The data buffers a trim lets go of (tests); <see cref="DataBuffers.Default"/> by default.</param>
+    public HeapTrim(Func<int> held, TimeSpan period, Func<TimeSpan>? now = null, DataBuffers? buffers = null)
     {
         _held = held;
+        _buffers = buffers ?? DataBuffers.Default;
         _now = now ?? (() => TimeSpan.FromMilliseconds(Environment.TickCount64));
         _timer = new Timer(_ => Check(), null, period, period);
     }
@@ -106,13 +109,18 @@ internal sealed partial class HeapTrim : IDisposable
         return true;
     }
 
-    /// <summary>Collects and trims the native heap; a burst that settles next is measured from <paramref name="held"/>.</summary>
+    /// <summary>
+    /// Lets the idle data buffers go, collects and trims the native heap; a burst that settles next is measured from
+    /// <paramref name="held"/>.
+    /// </summary>
     private void Trim(int held, string why, bool afterFinalizers)
     {
         _floor = held;
         _steady = 0;
         var before = Environment.WorkingSet;
         var clock = System.Diagnostics.Stopwatch.StartNew();
+        // a burst fills the pool (every connection's first bytes took a buffer at once); the next bursts refill it
+        var buffers = _buffers.Trim();
         GCSettings.LargeObjectHeapCompactionMode = GCLargeObjectHeapCompactionMode.CompactOnce;
         GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
         if (afterFinalizers)
@@ -123,7 +131,7 @@ internal sealed partial class HeapTrim : IDisposable
         }
 
         TrimNativeHeap();
-        Log.Info("agent", $"{why}: heap trimmed in {clock.ElapsedMilliseconds} ms, working set {before >> 20} MiB to {Environment.WorkingSet >> 20} MiB");
+        Log.Info("agent", $"{why}: heap trimmed in {clock.ElapsedMilliseconds} ms ({buffers} idle data buffers let go), working set {before >> 20} MiB to {Environment.WorkingSet >> 20} MiB");
     }
 
     /// <summary>Returns the free pages of every malloc arena to the kernel; a no-op where libc has no malloc_trim.</summary>

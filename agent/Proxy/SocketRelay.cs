@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Net.Sockets;
 using Tmds.Linux;
 using Weft.Hbone;
@@ -223,7 +222,7 @@ internal sealed class SocketRelay : IRelay
         /// </summary>
         private async Task CopyAsync()
         {
-            var buffer = ArrayPool<byte>.Shared.Rent(RelayPumps.CopyBufferSize);
+            var buffer = DataBuffers.Default.Rent();
             try
             {
                 while (true)
@@ -256,7 +255,7 @@ internal sealed class SocketRelay : IRelay
             }
             finally
             {
-                ArrayPool<byte>.Shared.Return(buffer);
+                DataBuffers.Default.Return(buffer);
             }
         }
 
@@ -349,7 +348,7 @@ internal sealed class SocketRelay : IRelay
 internal static class RelayPumps
 {
     /// <summary>Bulk transfers move this much per receive/send pair.</summary>
-    public const int CopyBufferSize = 64 * 1024;
+    public const int CopyBufferSize = DataBuffers.Size;
 
     /// <summary>
     /// send(2) with MSG_DONTWAIT: queues what fits in <paramref name="socket"/>'s buffer now and returns how many

@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Net.Sockets;
 using Weft.Hbone;
 
@@ -136,7 +135,7 @@ internal sealed class StreamRelay : IInboundSink, IRunOnWatch, IRelay
     /// </summary>
     private async Task PumpAsync()
     {
-        var buffer = ArrayPool<byte>.Shared.Rent(RelayPumps.CopyBufferSize);
+        var buffer = DataBuffers.Default.Rent();
         var turn = 0;
         Bursts++;
         if (ReadWatch.OnWatchThread)
@@ -186,7 +185,7 @@ internal sealed class StreamRelay : IInboundSink, IRunOnWatch, IRelay
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            DataBuffers.Default.Return(buffer);
         }
     }
 

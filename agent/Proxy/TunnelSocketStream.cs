@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Diagnostics;
 using System.Net.Sockets;
 using System.Threading.Tasks.Sources;
@@ -28,7 +27,7 @@ namespace Weft.Proxy;
 internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = TunnelSocketStream.WatchTurnBytes, TimeSpan? watchTurnTime = null)
     : Stream, IRunOnWatch, IValueTaskSource
 {
-    public const int ReadAheadBytes = 64 * 1024;
+    public const int ReadAheadBytes = DataBuffers.Size;
 
     /// <summary>What the reader may read in one turn of a watch thread before it moves to the thread pool (tests give less).</summary>
     public const int WatchTurnBytes = 256 * 1024;
@@ -123,7 +122,7 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
             int received;
             if (buffer.Length < ReadAheadBytes && socket.Available > buffer.Length)
             {
-                _in ??= ArrayPool<byte>.Shared.Rent(ReadAheadBytes);
+                _in ??= DataBuffers.Default.Rent();
                 received = RelayPumps.ReceiveNow(socket, _in.AsSpan(0, ReadAheadBytes));
                 if (received > 0)
                 {
@@ -372,7 +371,7 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
         {
             _in = null;
             (_inStart, _inEnd) = (0, 0);
-            ArrayPool<byte>.Shared.Return(held);
+            DataBuffers.Default.Return(held);
         }
     }
 }

@@ -25,6 +25,23 @@ public class HeapTrimTests
     }
 
     [Fact]
+    public void ATrim_LetsTheIdleDataBuffersGo()
+    {
+        var held = 4000;
+        var buffers = new DataBuffers(maxIdle: 8);
+        var (a, b) = (buffers.Rent(), buffers.Rent());
+        buffers.Return(a);
+        buffers.Return(b);
+        using var trim = new HeapTrim(() => held, Timeout.InfiniteTimeSpan, buffers: buffers);
+
+        Assert.False(trim.Check());
+        Assert.Equal(2, buffers.Idle);
+        held = 400;
+        Assert.True(trim.Check());
+        Assert.Equal(0, buffers.Idle);
+    }
+
+    [Fact]
     public void AfterATrim_NothingMoreEnded_NoSecondTrim()
     {
         var held = 4000;
