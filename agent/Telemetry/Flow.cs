@@ -18,6 +18,7 @@ internal sealed class Flow
     private static long _nextId;
     private long _bytesSent;
     private long _bytesReceived;
+    private MeshMetrics.FlowMeter? _meter;
 
     public Flow(FlowDirection direction, IPEndPoint source, IPEndPoint originalDestination)
         : this(direction, source, originalDestination, DateTimeOffset.UtcNow)
@@ -99,8 +100,15 @@ internal sealed class Flow
 
     internal void FinishAt(DateTimeOffset end) => End = end;
 
-    /// <summary>What the metrics already counted of this flow.</summary>
-    internal MeshMetrics.FlowMeter Meter { get; } = new();
+    /// <summary>
+    /// What the metrics already counted of this flow: made when they first count it (never with the metrics off),
+    /// and once they counted its close, the shared <see cref="MeshMetrics.FlowMeter.Finished"/>, so the 4,096
+    /// finished flows <c>weft flows</c> keeps hold no meter (and no metric series) of their own.
+    /// </summary>
+    internal MeshMetrics.FlowMeter Meter => Volatile.Read(ref _meter) ?? Interlocked.CompareExchange(ref _meter, new(), null) ?? _meter!;
+
+    /// <summary>The metrics counted this flow's close: its meter goes.</summary>
+    internal void MeterFinished() => Volatile.Write(ref _meter, MeshMetrics.FlowMeter.Finished);
 
     /// <summary>
     /// The outcome in one word, for filtering: forwarded (flags "-", or closed idle after forwarding),

@@ -239,6 +239,9 @@ internal sealed class MeshMetrics : IFlowObserver
                 _tcpRtt.WithLabels(reporter).Observe(rtt.TotalSeconds);
             }
         }
+
+        // A scrape that took the meter before this still finds it closed.
+        flow.MeterFinished();
     }
 
     /// <summary>Renders the exposition text, as a scrape would get it.</summary>
@@ -497,6 +500,9 @@ internal sealed class MeshMetrics : IFlowObserver
     /// <summary>What the metrics already took from one flow; lives on the flow, guarded by its own lock.</summary>
     internal sealed class FlowMeter
     {
+        /// <summary>The meter of every flow whose close was counted: closed, counting nothing more.</summary>
+        public static readonly FlowMeter Finished = new() { Closed = true };
+
         private Series? _series;
         private string? _sourceWorkload, _destinationWorkload, _service, _sourcePrincipal, _destinationPrincipal, _policy, _flags;
         private long _directoryVersion;

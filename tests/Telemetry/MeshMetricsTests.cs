@@ -45,6 +45,28 @@ public class MeshMetricsTests
     }
 
     [Fact]
+    public async Task AFinishedFlow_KeepsNoMeterOfItsOwn_AndASecondCloseCountsNothing()
+    {
+        var (table, metrics) = NewMetrics();
+        var flow = Outbound();
+        table.Opened(flow);
+        flow.AddSent(100);
+        var live = flow.Meter;
+        Assert.NotSame(MeshMetrics.FlowMeter.Finished, live);
+
+        table.Closed(flow);
+        Assert.Same(MeshMetrics.FlowMeter.Finished, flow.Meter);
+        Assert.True(live.Closed);   // a scrape that took the meter before the close skips the flow
+        flow.AddSent(50);
+        metrics.Closed(flow);
+
+        var text = await metrics.RenderAsync();
+        Assert.Equal(100, Sample(text, BytesFromClient, ("source_workload", "a1")));
+        Assert.Equal(1, Sample(text, "istio_tcp_connections_closed_total", ("source_workload", "a1")));
+        Assert.Same(flow, Assert.Single(table.Recent()));
+    }
+
+    [Fact]
     public async Task Labels_AreIstios_WithWorkloadNamesPrincipalsAndService_NeverAddresses()
     {
         var (table, metrics) = NewMetrics();
