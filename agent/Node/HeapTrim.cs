@@ -27,11 +27,17 @@ internal sealed partial class HeapTrim : IDisposable
     /// <summary>Checks in a row over which what is held barely moved, after a burst, before the heap is trimmed.</summary>
     public const int SettledChecks = 2;
 
-    /// <summary>The least time between two trims of a settled burst.</summary>
+    /// <summary>The least time between two trims of a settled burst, and between two trims for closed tunnels.</summary>
     public static readonly TimeSpan SettledInterval = TimeSpan.FromSeconds(30);
 
+    /// <summary>Tunnels that must have closed (and at least half of those open at the peak) before they alone trim.</summary>
+    public const int TunnelBurstThreshold = 16;
+
     private readonly Func<int> _held;
+    private readonly Func<int> _tunnels;
     private readonly DataBuffers _buffers;
+    private TimeSpan? _lastTunnelTrim;
+    private int _tunnelPeak;
     private readonly Func<TimeSpan> _now;
     private readonly Timer _timer;
     private TimeSpan? _lastSettledTrim;
@@ -44,9 +50,11 @@ internal sealed partial class HeapTrim : IDisposable
     /// <param name="period">How often to check; <see cref="Timeout.InfiniteTimeSpan"/> leaves it to <see cref="Check"/> calls.</param>
     /// <param name="now">The clock (tests); the process's monotonic clock by default.</param>
     /// <param name="buffers">The data buffers a trim lets go of (tests); <see cref="DataBuffers.Default"/> by default.</param>
-    public HeapTrim(Func<int> held, TimeSpan period, Func<TimeSpan>? now = null, DataBuffers? buffers = null)
+    /// <param name="tunnels">HBONE tunnels open now, either way; none by default.</param>
+    public HeapTrim(Func<int> held, TimeSpan period, Func<TimeSpan>? now = null, DataBuffers? buffers = null, Func<int>? tunnels = null)
     {
         _held = held;
+        _tunnels = tunnels ?? (() => 0);
         _buffers = buffers ?? DataBuffers.Default;
         _now = now ?? (() => TimeSpan.FromMilliseconds(Environment.TickCount64));
         _timer = new Timer(_ => Check(), null, period, period);
@@ -55,6 +63,8 @@ internal sealed partial class HeapTrim : IDisposable
     /// <summary>True when this check collected.</summary>
     internal bool Check()
     {
+        var tunnels = _tunnels();
+        _tunnelPeak = Math.Max(_tunnelPeak, tunnels);
         var held = _held();
         var previous = _previous;
         _previous = held;
@@ -100,12 +110,34 @@ internal sealed partial class HeapTrim : IDisposable
 
         if (_peak < BurstThreshold || held > _peak / 8)
         {
-            return false;
+            return TunnelsClosed(held, tunnels);
         }
 
         _peak = held;
         _followUpAt = held;
         Trim(held, "connection burst over", afterFinalizers: true);
+        return true;
+    }
+
+    /// <summary>
+    /// Tunnels a burst opened, closed once idle (minutes after its connections ended, when the trim for those has run):
+    /// their TLS state (OpenSSL's, in glibc's arenas) and buffers stay resident until something collects and trims.
+    /// </summary>
+    private bool TunnelsClosed(int held, int tunnels)
+    {
+        if (_tunnelPeak - tunnels < TunnelBurstThreshold || tunnels > _tunnelPeak / 2)
+        {
+            return false;
+        }
+
+        var now = _now();
+        if (_lastTunnelTrim is { } last && now - last < SettledInterval)
+        {
+            return false;
+        }
+
+        _lastTunnelTrim = now;
+        Trim(held, $"{_tunnelPeak - tunnels} tunnels closed", afterFinalizers: true);
         return true;
     }
 
@@ -117,6 +149,7 @@ internal sealed partial class HeapTrim : IDisposable
     {
         _floor = held;
         _steady = 0;
+        _tunnelPeak = _tunnels();
         var before = Environment.WorkingSet;
         var clock = System.Diagnostics.Stopwatch.StartNew();
         // a burst fills the pool (every connection's first bytes took a buffer at once); the next bursts refill it

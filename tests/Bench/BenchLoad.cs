@@ -16,11 +16,12 @@ namespace Weft.Bench;
 internal static partial class BenchCommand
 {
     public const string LoadUsage = """
-        weft-bench --suite load [--minutes 5] [--idle-connections 10000] [--rate 1000] [--clients 8]
+        weft-bench --suite load [--minutes 5] [--idle-connections 10000] [--rate 1000] [--clients 8] [--tunnel-idle-seconds 20]
           Load (issue 13): a 2-node mTLS cluster holds --idle-connections open while new connections of
           1 KiB each way arrive at --rate per second for --minutes, spread over --clients client pods on
           node1 to one server pod on node2. Prints failures, the achieved rate, durations p50/p99/max, and
-          each agent's RSS, descriptors and threads before, at peak and after.
+          each agent's RSS, descriptors and threads before, at peak, after, and once the tunnels the run
+          opened have closed (the agents are given --tunnel-idle-seconds, 300 by their own default).
         """;
 
     private const int LoadPort = 8080;
@@ -92,10 +93,11 @@ internal static partial class BenchCommand
         var idle = cl.Int("idle-connections", 10_000);
         var rate = cl.Int("rate", 1000);
         var clients = cl.Int("clients", 8);
+        var tunnelIdle = cl.Int("tunnel-idle-seconds", 20);
         cl.RejectUnknown();
-        if (minutes < 1 || idle < 1 || rate < 1 || clients < 1 || clients > 64)
+        if (minutes < 1 || idle < 1 || rate < 1 || clients < 1 || clients > 64 || tunnelIdle < 1)
         {
-            throw new UsageException("--minutes, --idle-connections and --rate must be at least 1, --clients 1 to 64");
+            throw new UsageException("--minutes, --idle-connections, --rate and --tunnel-idle-seconds must be at least 1, --clients 1 to 64");
         }
 
         if ((idle + (long)rate * 60) / clients > PortsPerClientAddress)
@@ -131,7 +133,8 @@ internal static partial class BenchCommand
         // this bench sets them to what it holds plus the new connections in flight.
         var inbound = (idle + (rate * 10) + 1000).ToString(CultureInfo.InvariantCulture);
         await using var mesh = await MeshCluster.StartAsync(spec, c => c.InventoryYaml(new InventoryOptions()), mtls: true, "--no-access-log",
-            "--max-inbound-per-identity", inbound, "--max-inbound-per-address", inbound, "--max-inbound-per-node", inbound);
+            "--max-inbound-per-identity", inbound, "--max-inbound-per-address", inbound, "--max-inbound-per-node", inbound,
+            "--tunnel-idle-seconds", tunnelIdle.ToString(CultureInfo.InvariantCulture));
         var pods = clientNames.Select(n => mesh.Cluster.Pod(Namespace, n)).ToArray();
         var server = mesh.Cluster.Pod(Namespace, "server");
         var agents = new[] { mesh.Agent("node1").Pid, mesh.Agent("node2").Pid };
@@ -254,6 +257,13 @@ internal static partial class BenchCommand
             var after = agents.Select(ProcStatus.Read).ToArray();
             Console.WriteLine($"  held connections released; descriptors back in {released.TotalSeconds:0} s");
 
+            // The tunnels the burst opened close once idle for --tunnel-idle-seconds: their descriptors back to what the
+            // agents held before the warm-up, and a second for the agents' trim (HeapTrim checks once a second).
+            var tunnelsClosed = await DescriptorsBackAsync(agents, idleFds, slack: 4, TimeSpan.FromSeconds(tunnelIdle + 60), stop.Token);
+            await Task.Delay(TimeSpan.FromSeconds(1), stop.Token);
+            var afterTunnels = agents.Select(ProcStatus.Read).ToArray();
+            Console.WriteLine($"  tunnels closed {tunnelsClosed.TotalSeconds:0} s later");
+
             Console.WriteLine();
             Console.WriteLine($"| figure | value |");
             Console.WriteLine($"| --- | --- |");
@@ -271,8 +281,9 @@ internal static partial class BenchCommand
                 var perConnectionJustOpened = (justOpened[i].RssKib - before[i].RssKib) / (double)Math.Max(open, 1);
                 Console.WriteLine($"| node{i + 1} agent RSS | before {Mib(before[i].RssKib)}, holding {Mib(held[i].RssKib)} ({perConnection:0.00} KiB per held connection; " +
                     $"{Mib(justOpened[i].RssKib)}, {perConnectionJustOpened:0.00} KiB, {Settle.TotalSeconds:0} s after the last opened), peak {Mib(peak[i].RssKib)}, after {Mib(after[i].RssKib)} " +
-                    $"(anonymous {Mib(before[i].RssAnonKib)} before, {Mib(after[i].RssAnonKib)} after) |");
-                Console.WriteLine($"| node{i + 1} agent fds / threads | before {before[i].Fds} / {before[i].Threads}, peak {peak[i].Fds} / {peak[i].Threads}, after {after[i].Fds} / {after[i].Threads} |");
+                    $"(anonymous {Mib(before[i].RssAnonKib)} before, {Mib(after[i].RssAnonKib)} after), once the tunnels closed {Mib(afterTunnels[i].RssKib)} " +
+                    $"({(double)afterTunnels[i].RssKib / before[i].RssKib:0.00} × before; anonymous {Mib(afterTunnels[i].RssAnonKib)}) |");
+                Console.WriteLine($"| node{i + 1} agent fds / threads | before {before[i].Fds} / {before[i].Threads}, peak {peak[i].Fds} / {peak[i].Threads}, after {after[i].Fds} / {after[i].Threads}, once the tunnels closed {afterTunnels[i].Fds} / {afterTunnels[i].Threads} |");
             }
 
             foreach (var node in new[] { "node1", "node2" })

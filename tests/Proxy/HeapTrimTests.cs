@@ -42,6 +42,36 @@ public class HeapTrimTests
     }
 
     [Fact]
+    public void TunnelsABurstLeftOpen_TrimWhenMostOfThemClose_AtMostOnceInTheInterval()
+    {
+        var (held, tunnels) = (0, 0);
+        var now = TimeSpan.Zero;
+        using var trim = new HeapTrim(() => held, Timeout.InfiniteTimeSpan, () => now, tunnels: () => tunnels);
+
+        tunnels = 48;
+        Assert.False(trim.Check());
+        tunnels = 30;                   // fewer than half have closed
+        Assert.False(trim.Check());
+        tunnels = 8;
+        Assert.True(trim.Check());
+        Assert.False(trim.Check());     // measured again from what is open after the trim
+
+        tunnels = 40;
+        Assert.False(trim.Check());
+        now += TimeSpan.FromSeconds(10);
+        tunnels = 4;
+        Assert.False(trim.Check());     // within the interval since the last one
+        now += HeapTrim.SettledInterval;
+        Assert.True(trim.Check());
+
+        tunnels = 20;
+        Assert.False(trim.Check());
+        now += HeapTrim.SettledInterval;
+        tunnels = 10;                   // fewer than the threshold closed
+        Assert.False(trim.Check());
+    }
+
+    [Fact]
     public void AfterATrim_NothingMoreEnded_NoSecondTrim()
     {
         var held = 4000;
