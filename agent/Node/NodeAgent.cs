@@ -94,9 +94,9 @@ internal sealed class NodeAgent : IAsyncDisposable
         _admission = StartAdmission();
         var admission = _admission;
         // Inbound connections and streams being admitted, or proxied connections either way: whichever is larger.
-        // Tunnels: the outbound pool's and the accepted ones (those count with inbound plaintext connections).
+        // Tunnels: the outbound pool's and those other nodes' agents opened to this node's pods.
         _heapTrim = new HeapTrim(() => Math.Max(admission.NodeCount, Flows.LiveCount), TimeSpan.FromSeconds(1),
-            tunnels: () => (_services?.Tunnels?.OpenTunnels ?? 0) + admission.AddressTotal);
+            tunnels: () => (_services?.Tunnels?.OpenTunnels ?? 0) + (_services?.AcceptedTunnels ?? 0));
         var cgroup = _options.CgroupPath ?? CgroupMount.FindV2();
         _store = new InventoryStore();
 

@@ -87,7 +87,7 @@ internal sealed partial class PodProxy
     {
         using (admitted)
         {
-            await HandleTunnelAsync(socket).ConfigureAwait(false);
+            await _services.CountTunnelAsync(() => HandleTunnelAsync(socket)).ConfigureAwait(false);
         }
     }
 

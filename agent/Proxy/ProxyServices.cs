@@ -49,6 +49,25 @@ internal sealed class ProxyServices
 
     public HbonePool? Tunnels { get; }
 
+    private int _acceptedTunnels;
+
+    /// <summary>Tunnels other nodes' agents opened to this node's pods, open now (handshakes included).</summary>
+    public int AcceptedTunnels => Volatile.Read(ref _acceptedTunnels);
+
+    /// <summary>Counts an accepted tunnel while <paramref name="handle"/> runs.</summary>
+    public async Task CountTunnelAsync(Func<Task> handle)
+    {
+        Interlocked.Increment(ref _acceptedTunnels);
+        try
+        {
+            await handle().ConfigureAwait(false);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _acceptedTunnels);
+        }
+    }
+
     /// <summary>Which destinations are the agent itself: never connected to.</summary>
     public SelfTarget SelfTarget { get; }
 
