@@ -36,11 +36,11 @@ internal sealed partial class HeapTrim : IDisposable
     private readonly Func<int> _held;
     private readonly Func<int> _tunnels;
     private readonly DataBuffers _buffers;
-    private TimeSpan? _lastTunnelTrim;
-    private int _tunnelPeak;
     private readonly Func<TimeSpan> _now;
     private readonly Timer _timer;
     private TimeSpan? _lastSettledTrim;
+    private TimeSpan? _lastTunnelTrim;
+    private int _tunnelPeak;  // the most tunnels open since the last trim
     private int _peak;
     private int _followUpAt = -1;
     private int _previous;
@@ -81,11 +81,11 @@ internal sealed partial class HeapTrim : IDisposable
         if (held - _floor >= BurstThreshold && Math.Abs(held - previous) <= held / 64)
         {
             var now = _now();
-            if (++_steady >= SettledChecks && (_lastSettledTrim is not { } last || now - last >= SettledInterval))
+            if (++_steady >= SettledChecks && IntervalPassed(_lastSettledTrim, now))
             {
                 _lastSettledTrim = now;
                 // what settled is held, not freed: nothing waits for a finalizer, one collection does
-                Trim(held, $"connection burst settled at {held}", afterFinalizers: false);
+                Trim(held, tunnels, $"connection burst settled at {held}", afterFinalizers: false);
                 return true;
             }
         }
@@ -103,7 +103,7 @@ internal sealed partial class HeapTrim : IDisposable
             _followUpAt = -1;
             if (held < at)
             {
-                Trim(held, "connection burst over, the rest of it", afterFinalizers: true);
+                Trim(held, tunnels, "connection burst over, the rest of it", afterFinalizers: true);
                 return true;
             }
         }
@@ -115,7 +115,7 @@ internal sealed partial class HeapTrim : IDisposable
 
         _peak = held;
         _followUpAt = held;
-        Trim(held, "connection burst over", afterFinalizers: true);
+        Trim(held, tunnels, "connection burst over", afterFinalizers: true);
         return true;
     }
 
@@ -131,25 +131,27 @@ internal sealed partial class HeapTrim : IDisposable
         }
 
         var now = _now();
-        if (_lastTunnelTrim is { } last && now - last < SettledInterval)
+        if (!IntervalPassed(_lastTunnelTrim, now))
         {
             return false;
         }
 
         _lastTunnelTrim = now;
-        Trim(held, $"{_tunnelPeak - tunnels} tunnels closed", afterFinalizers: true);
+        Trim(held, tunnels, $"{_tunnelPeak - tunnels} tunnels closed", afterFinalizers: true);
         return true;
     }
 
+    private static bool IntervalPassed(TimeSpan? last, TimeSpan now) => last is not { } at || now - at >= SettledInterval;
+
     /// <summary>
     /// Lets the idle data buffers go, collects and trims the native heap; a burst that settles next is measured from
-    /// <paramref name="held"/>.
+    /// <paramref name="held"/>, tunnels that close next from <paramref name="tunnels"/>.
     /// </summary>
-    private void Trim(int held, string why, bool afterFinalizers)
+    private void Trim(int held, int tunnels, string why, bool afterFinalizers)
     {
         _floor = held;
         _steady = 0;
-        _tunnelPeak = _tunnels();
+        _tunnelPeak = tunnels;
         var before = Environment.WorkingSet;
         var clock = System.Diagnostics.Stopwatch.StartNew();
         // a burst fills the pool (every connection's first bytes took a buffer at once); the next bursts refill it
