@@ -8,10 +8,26 @@ namespace Weft.Hbone.Internal;
 /// The write side of a connection: one lock over the transport's PipeWriter, taken in turn by stream send
 /// loops (DATA), stream openers and responders (HEADERS), and the control loop that drains queued ACKs,
 /// RST_STREAMs and WINDOW_UPDATEs. The read loop only queues, so it never waits for a write.
+/// <para>
+/// A stream's DATA that finds the lock taken is handed to the writer holding it, up to <see cref="MaxHandedChunks"/>
+/// buffers per connection: its frames are copied aside, the call returns at once, and the holder writes them after
+/// its own and before it gives the lock up. Many streams on one tunnel then share a flush instead of waking each
+/// other in turn for every frame (docs/benchmark.md, "One tunnel, eight streams"). A stream's frames keep their
+/// order: the holder drains everything handed before the lock can pass to anyone else.
+/// </para>
 /// </summary>
 internal sealed class Http2FrameWriter
 {
     private const int MaxPendingPeerTriggeredFrames = 1024;
+
+    /// <summary>At most this many <see cref="DataBuffers"/> buffers of frames wait for the holder, per connection.</summary>
+    internal const int MaxHandedChunks = 4;
+
+    /// <summary>
+    /// A turn flushes what others handed it at most this many times; then it takes no more and passes the lock on,
+    /// so a writer is not kept flushing other streams' bytes while its own stream waits.
+    /// </summary>
+    internal const int MaxHandedRounds = 4;
 
     private readonly PipeWriter _output;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
@@ -20,6 +36,19 @@ internal sealed class Http2FrameWriter
     private readonly Action<Exception?> _abortConnection;
     private int _pendingPeerFrames;
     private int _peerMaxFrameSize = FrameHeader.MinMaxFrameSize;
+
+    // Frames handed to the lock's holder; everything below is guarded by _handSync.
+    private readonly Lock _handSync = new();
+    private readonly ChunkWriter _chunkWriter = new();
+    private List<HandedFrames> _handed = [];
+    private List<byte[]> _handChunks = [];
+    private int _handChunkUsed;
+
+    // The holder's spares, swapped with the two lists above to write what was handed outside _handSync.
+    private List<HandedFrames> _writing = [];
+    private List<byte[]> _writingChunks = [];
+    private bool _held;
+    private long _handedWrites;
 
     /// <param name="aborted">Cancelled when the connection ends; a writer waiting for the lock gives up.</param>
     /// <param name="abortConnection">Ends the connection when the transport fails under a write.</param>
@@ -63,17 +92,163 @@ internal sealed class Http2FrameWriter
         await _output.FlushAsync(ct).ConfigureAwait(false);
     }
 
+    /// <summary>DATA writes that found the lock taken and were handed to its holder instead of waiting.</summary>
+    public long HandedWrites => Interlocked.Read(ref _handedWrites);
+
     private async ValueTask<bool> AcquireAsync()
     {
         try
         {
             await _writeLock.WaitAsync(_aborted).ConfigureAwait(false);
-            return true;
         }
         catch (OperationCanceledException)
         {
             return false;
         }
+        BeginTurn();
+        return true;
+    }
+
+    /// <summary>The lock was just taken: from now on others may hand their DATA to this turn.</summary>
+    private void BeginTurn()
+    {
+        lock (_handSync)
+        {
+            _held = true;
+        }
+    }
+
+    /// <summary>
+    /// Ends a turn: writes and flushes what was handed meanwhile until nothing is left, then gives the lock up.
+    /// When the transport fails, what was handed is dropped with the connection.
+    /// </summary>
+    private async ValueTask EndTurnAsync()
+    {
+        try
+        {
+            int rounds = 0;
+            while (true)
+            {
+                lock (_handSync)
+                {
+                    if (_handed.Count == 0)
+                    {
+                        _held = false;
+                        break;
+                    }
+                    if (++rounds == MaxHandedRounds)
+                    {
+                        // The last round: what is handed now is written, and whoever comes next waits for the lock.
+                        _held = false;
+                    }
+                }
+                WriteHanded();
+                await FlushLockedAsync().ConfigureAwait(false);
+            }
+        }
+        catch (HboneException)
+        {
+            // FlushLockedAsync already failed the connection.
+            DropHanded();
+        }
+        catch
+        {
+            DropHanded();
+            throw;
+        }
+        finally
+        {
+            _writeLock.Release();
+        }
+    }
+
+    /// <summary>
+    /// Copies DATA frames for <paramref name="stream"/> aside for the writer holding the lock. False when nobody
+    /// holds it, the frames do not fit what may wait, or the connection is over: the caller takes its own turn.
+    /// </summary>
+    private bool TryHand(HboneStream stream, in ReadOnlySequence<byte> data)
+    {
+        int maxFrame = PeerMaxFrameSize;
+        long frames = Math.Max(1, (data.Length + maxFrame - 1) / maxFrame);
+        long size = data.Length + frames * FrameHeader.Size;
+        if (size > DataBuffers.Size || _aborted.IsCancellationRequested)
+        {
+            return false;
+        }
+        lock (_handSync)
+        {
+            if (!_held)
+            {
+                return false;
+            }
+            if (_handChunks.Count == 0 || _handChunkUsed + size > DataBuffers.Size)
+            {
+                if (_handChunks.Count == MaxHandedChunks)
+                {
+                    return false;
+                }
+                _handChunks.Add(DataBuffers.Default.Rent());
+                _handChunkUsed = 0;
+            }
+            byte[] chunk = _handChunks[^1];
+            ChunkWriter output = _chunkWriter.Reset(chunk, _handChunkUsed);
+            ReadOnlySequence<byte> rest = data;
+            while (rest.Length > maxFrame)
+            {
+                FrameWriter.WriteData(output, stream.StreamId, rest.Slice(0, maxFrame), endStream: false);
+                rest = rest.Slice(maxFrame);
+            }
+            FrameWriter.WriteData(output, stream.StreamId, rest, endStream: false);
+            _handed.Add(new HandedFrames(stream, chunk, _handChunkUsed, (int)size));
+            _handChunkUsed += (int)size;
+        }
+        Interlocked.Increment(ref _handedWrites);
+        return true;
+    }
+
+    /// <summary>Under the lock: what was handed goes into the transport's writer, except frames of streams reset since.</summary>
+    private void WriteHanded()
+    {
+        lock (_handSync)
+        {
+            if (_handed.Count == 0)
+            {
+                return;
+            }
+            (_handed, _writing) = (_writing, _handed);
+            (_handChunks, _writingChunks) = (_writingChunks, _handChunks);
+            _handChunkUsed = 0;
+        }
+        foreach (HandedFrames frames in _writing)
+        {
+            // A RST_STREAM already queued means nothing more may follow on this stream.
+            if (!frames.Stream.ResetSent)
+            {
+                _output.Write(frames.Chunk.AsSpan(frames.Offset, frames.Length));
+            }
+        }
+        _writing.Clear();
+        ReturnChunks(_writingChunks);
+    }
+
+    private void DropHanded()
+    {
+        lock (_handSync)
+        {
+            _handed.Clear();
+            ReturnChunks(_handChunks);
+            _handChunkUsed = 0;
+            _held = false;
+        }
+    }
+
+    private static void ReturnChunks(List<byte[]> chunks)
+    {
+        foreach (byte[] chunk in chunks)
+        {
+            DataBuffers.Default.Return(chunk);
+        }
+        chunks.Clear();
     }
 
     private async ValueTask FlushLockedAsync()
@@ -91,15 +266,42 @@ internal sealed class Http2FrameWriter
     }
 
     /// <summary>DATA of one stream, split at the peer's frame size; nothing goes out once the stream's RST_STREAM is queued.</summary>
+    /// <remarks>
+    /// DATA without END_STREAM may be handed to the writer holding the lock (see the class): the call then returns
+    /// before the frames reach the transport, as a socket's send returns before the bytes leave. END_STREAM always
+    /// takes its own turn, so a stream is only reported ended once its last frame is out.
+    /// </remarks>
     public async ValueTask WriteDataAsync(HboneStream stream, ReadOnlySequence<byte> data, bool endStream)
     {
-        if (!await AcquireAsync().ConfigureAwait(false))
+        // A RST_STREAM already queued means nothing more may follow on this stream.
+        if (stream.ResetSent)
         {
-            throw new HboneException("connection closed");
+            throw new HboneException($"stream {stream.StreamId} reset");
+        }
+        if (!endStream && !_writeLock.Wait(0))
+        {
+            if (TryHand(stream, data))
+            {
+                return;
+            }
+            if (!await AcquireAsync().ConfigureAwait(false))
+            {
+                throw new HboneException("connection closed");
+            }
+        }
+        else if (endStream)
+        {
+            if (!await AcquireAsync().ConfigureAwait(false))
+            {
+                throw new HboneException("connection closed");
+            }
+        }
+        else
+        {
+            BeginTurn();
         }
         try
         {
-            // A RST_STREAM already queued means nothing more may follow on this stream.
             if (stream.ResetSent)
             {
                 throw new HboneException($"stream {stream.StreamId} reset");
@@ -111,11 +313,12 @@ internal sealed class Http2FrameWriter
                 data = data.Slice(maxFrame);
             }
             FrameWriter.WriteData(_output, stream.StreamId, data, endStream);
+            WriteHanded();
             await FlushLockedAsync().ConfigureAwait(false);
         }
         finally
         {
-            _writeLock.Release();
+            await EndTurnAsync().ConfigureAwait(false);
         }
     }
 
@@ -126,16 +329,18 @@ internal sealed class Http2FrameWriter
     public async Task<HboneStream> WriteRequestHeadersAsync(Func<HboneStream> open, ReadOnlyMemory<byte> block, CancellationToken ct)
     {
         await _writeLock.WaitAsync(ct).ConfigureAwait(false);
+        BeginTurn();
         try
         {
             HboneStream stream = open();
             FrameWriter.WriteHeaderBlock(_output, stream.StreamId, block.Span, endStream: false, PeerMaxFrameSize);
+            WriteHanded();
             await FlushLockedAsync().ConfigureAwait(false);
             return stream;
         }
         finally
         {
-            _writeLock.Release();
+            await EndTurnAsync().ConfigureAwait(false);
         }
     }
 
@@ -154,11 +359,12 @@ internal sealed class Http2FrameWriter
             }
             check();
             FrameWriter.WriteHeaderBlock(_output, stream.StreamId, block.Span, endStream, PeerMaxFrameSize);
+            WriteHanded();
             await FlushLockedAsync().ConfigureAwait(false);
         }
         finally
         {
-            _writeLock.Release();
+            await EndTurnAsync().ConfigureAwait(false);
         }
     }
 
@@ -169,6 +375,8 @@ internal sealed class Http2FrameWriter
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeoutSource.Token, _aborted);
         try
         {
+            // No turn is begun here: nothing may be handed to a GOAWAY, whose flush gives up on a peer that does not
+            // read, and nothing waits from a turn before (a turn drains what it was handed before it ends).
             await _writeLock.WaitAsync(linked.Token).ConfigureAwait(false);
             try
             {
@@ -241,11 +449,12 @@ internal sealed class Http2FrameWriter
                             Interlocked.Decrement(ref _pendingPeerFrames);
                         }
                     }
+                    WriteHanded();
                     await FlushLockedAsync().ConfigureAwait(false);
                 }
                 finally
                 {
-                    _writeLock.Release();
+                    await EndTurnAsync().ConfigureAwait(false);
                 }
             }
         }
@@ -280,4 +489,27 @@ internal sealed class Http2FrameWriter
     }
 
     private readonly record struct ControlFrame(ControlKind Kind, int StreamId, long Value, bool PeerTriggered = false);
+
+    /// <summary>One stream's DATA frames, already encoded, in a handed chunk.</summary>
+    private readonly record struct HandedFrames(HboneStream Stream, byte[] Chunk, int Offset, int Length);
+
+    /// <summary>Writes frames into a chunk at an offset; <see cref="TryHand"/> has checked they fit.</summary>
+    private sealed class ChunkWriter : IBufferWriter<byte>
+    {
+        private byte[] _chunk = [];
+        private int _position;
+
+        public ChunkWriter Reset(byte[] chunk, int offset)
+        {
+            _chunk = chunk;
+            _position = offset;
+            return this;
+        }
+
+        public void Advance(int count) => _position += count;
+
+        public Memory<byte> GetMemory(int sizeHint = 0) => _chunk.AsMemory(_position);
+
+        public Span<byte> GetSpan(int sizeHint = 0) => _chunk.AsSpan(_position);
+    }
 }
