@@ -19,6 +19,36 @@ internal sealed class HboneCounters
     /// <summary>CONNECT streams refused with RST_STREAM(REFUSED_STREAM) because their connection was at its concurrent-stream limit.</summary>
     public long RefusedStreams => Interlocked.Read(ref _refusedStreams);
 
+    /// <summary>
+    /// Buffers of DATA handed to a flushing writer that may be out at once over every connection using these counters:
+    /// what a process holds when many tunnels' peers stop reading (each connection holds at most
+    /// <see cref="Internal.Http2FrameWriter.MaxHandedChunks"/>). 256 buffers of 64 KiB, 16 MiB.
+    /// </summary>
+    public int MaxHandedChunks { get; init; } = 256;
+
+    private int _handedChunks;
+    private long _handedWrites;
+
+    /// <summary>Buffers of handed DATA out now.</summary>
+    public int HandedChunks => Volatile.Read(ref _handedChunks);
+
+    /// <summary>DATA writes that found their connection's write lock taken and were handed to the writer holding it.</summary>
+    public long HandedWrites => Interlocked.Read(ref _handedWrites);
+
+    internal bool TryTakeHandedChunk()
+    {
+        if (Interlocked.Increment(ref _handedChunks) <= MaxHandedChunks)
+        {
+            return true;
+        }
+        Interlocked.Decrement(ref _handedChunks);
+        return false;
+    }
+
+    internal void ReturnHandedChunks(int count) => Interlocked.Add(ref _handedChunks, -count);
+
+    internal void WriteHanded() => Interlocked.Increment(ref _handedWrites);
+
     internal void StreamRefused(int limit)
     {
         Interlocked.Increment(ref _refusedStreams);

@@ -101,6 +101,7 @@ internal sealed class MeshMetrics : IFlowObserver
     private readonly Gauge _pinned;
     private readonly Counter _enrollFailures;
     private readonly Counter _refusedStreams;
+    private readonly Counter _handedWrites;
     private readonly Counter _inboundRefused;
     private readonly Gauge _inboundOpen;
     private readonly Gauge _inboundLimit;
@@ -155,6 +156,8 @@ internal sealed class MeshMetrics : IFlowObserver
         _enrollFailures = f.CreateCounter("weft_pod_enroll_failures_total", "Pods the agent failed to enroll (capture attach, listeners).");
         _refusedStreams = f.CreateCounter("weft_hbone_streams_refused_total",
             "Inbound HBONE CONNECT streams refused with REFUSED_STREAM: their connection was at its concurrent-stream limit.");
+        _handedWrites = f.CreateCounter("weft_hbone_writes_handed_total",
+            "DATA writes that found their tunnel's write lock taken and were handed to the writer holding it instead of waiting.");
         _inboundRefused = f.CreateCounter("weft_inbound_refused_total", "Inbound connections and CONNECT streams refused by a limit.", ["reason"]);
         foreach (var reason in InboundRefusalReasons)
         {
@@ -267,6 +270,7 @@ internal sealed class MeshMetrics : IFlowObserver
     private void Collect()
     {
         _refusedStreams.IncTo(Weft.Hbone.HboneCounters.Process.RefusedStreams);
+        _handedWrites.IncTo(Weft.Hbone.HboneCounters.Process.HandedWrites);
         _accessLogDropped.IncTo(_flows.AccessLogDropped);
         int outbound = 0, inbound = 0;
         var inUse = new HashSet<Series>(ReferenceEqualityComparer.Instance);

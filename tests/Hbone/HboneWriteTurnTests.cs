@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Net.Sockets;
+using Weft;
 using Weft.Hbone;
 using Weft.Hbone.Internal;
 using static Weft.Tests.Hbone.HboneTestKit;
@@ -23,7 +24,7 @@ public class HboneWriteTurnTests
         b.SendDirectly();
         byte[] first = RandomBytes(1000);
         byte[] second = RandomBytes(20_000);
-        byte[] third = RandomBytes(40_000);
+        byte[] third = RandomBytes(DataBuffers.Size); // a relay's full read: more than one buffer once framed
 
         // A's flush stops in the transport, holding the connection's write lock.
         Task stuck = transport!.HoldWrites();
@@ -86,6 +87,62 @@ public class HboneWriteTurnTests
         Assert.Equal(sent.ToArray(), await ReadExactlyAsync(b.Input, sent.Count).WaitAsync(Patience));
         await a.DisposeAsync();
         await b.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task TheProcessBudgetOfHandedBuffers_BoundsItOverEveryConnection_AndComesBackAfterTheFlush()
+    {
+        // A budget of two buffers for the whole process (the agent's is 256): fewer than one connection may hold.
+        var counters = new HboneCounters { MaxHandedChunks = 2 };
+        var settings = new HboneSettings { KeepaliveInterval = Timeout.InfiniteTimeSpan, Counters = counters };
+        GatedStream? transport = null;
+        await using var tunnel = await LoopbackTunnel.StartAsync(EchoHandler, clientSettings: settings, clientTransport: socket => transport = new GatedStream(socket));
+        HboneStream a = await tunnel.ConnectAsync();
+        HboneStream b = await tunnel.ConnectAsync();
+        a.SendDirectly();
+        b.SendDirectly();
+
+        Task stuck = transport!.HoldWrites();
+        ValueTask sendA = a.SendAsync(RandomBytes(100));
+        await stuck.WaitAsync(Patience);
+        var sent = new List<byte>();
+        for (int i = 0; i < 2; i++)
+        {
+            byte[] chunk = RandomBytes(60_000);
+            await b.SendAsync(chunk).AsTask().WaitAsync(Patience);
+            sent.AddRange(chunk);
+        }
+        byte[] past = RandomBytes(60_000);
+        ValueTask sendPast = b.SendAsync(past);
+        sent.AddRange(past);
+
+        await Task.Delay(300);
+        Assert.False(sendPast.IsCompleted, "a write past the process's budget returned while the transport was closed");
+        Assert.Equal(2, counters.HandedChunks);
+        Assert.Equal(2, counters.HandedWrites);
+
+        transport.Open();
+        await sendA;
+        await sendPast.AsTask().WaitAsync(Patience);
+        Assert.Equal(sent.ToArray(), await ReadExactlyAsync(b.Input, sent.Count).WaitAsync(Patience));
+        Assert.Equal(0, counters.HandedChunks);
+        await a.DisposeAsync();
+        await b.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task HandedWrites_CountedByTheAgent_ShowInMetrics()
+    {
+        var (_, metrics) = Weft.Tests.Telemetry.MeshMetricsTests.NewMetrics();
+        HboneCounters.Process.WriteHanded();
+        long counted = HboneCounters.Process.HandedWrites;
+
+        string scrape = await metrics.RenderAsync();
+
+        // Other tests in this process may hand writes too: the exported total is at least ours.
+        string line = scrape.Split('\n').Single(l => l.StartsWith("weft_hbone_writes_handed_total ", StringComparison.Ordinal));
+        double exported = double.Parse(line[(line.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(exported >= counted, $"exported {exported}, counted {counted}");
     }
 
     [Fact]

@@ -58,7 +58,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         _onConnect = onConnect;
         _streams = new Http2StreamTable(isClient);
         _reader = new Http2FrameReader(PipeReader.Create(transport, new StreamPipeReaderOptions(pool: DataBuffers.Default, bufferSize: DataBuffers.Size, minimumReadSize: 4096, leaveOpen: true, useZeroByteReads: true)), settings, isClient, this);
-        _writer = new Http2FrameWriter(PipeWriter.Create(transport, new StreamPipeWriterOptions(pool: DataBuffers.Default, minimumBufferSize: DataBuffers.Size, leaveOpen: true)), _abort.Token, Abort);
+        _writer = new Http2FrameWriter(PipeWriter.Create(transport, new StreamPipeWriterOptions(pool: DataBuffers.Default, minimumBufferSize: DataBuffers.Size, leaveOpen: true)), _abort.Token, Abort, settings.Counters);
         _keepalive = new Keepalive(settings.KeepaliveInterval, settings.KeepaliveTimeout, _writer.EnqueuePing, Abort);
         _receiveFlow = new InputFlowControl(settings.ConnectionWindow, Math.Min(settings.ConnectionWindow / 8, settings.StreamWindow / 4));
     }

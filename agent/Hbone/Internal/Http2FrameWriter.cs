@@ -10,7 +10,7 @@ namespace Weft.Hbone.Internal;
 /// RST_STREAMs and WINDOW_UPDATEs. The read loop only queues, so it never waits for a write.
 /// <para>
 /// A stream's DATA that finds the lock taken is handed to the writer holding it, up to <see cref="MaxHandedChunks"/>
-/// buffers per connection: its frames are copied aside, the call returns at once, and the holder writes them after
+/// buffers (1 MiB) per connection: its frames are copied aside, the call returns at once, and the holder writes them after
 /// its own and before it gives the lock up. Many streams on one tunnel then share a flush instead of waking each
 /// other in turn for every frame (docs/benchmark.md, "One tunnel, eight streams"). A stream's frames keep their
 /// order: the holder drains everything handed before the lock can pass to anyone else.
@@ -21,15 +21,16 @@ internal sealed class Http2FrameWriter
     private const int MaxPendingPeerTriggeredFrames = 1024;
 
     /// <summary>At most this many <see cref="DataBuffers"/> buffers of frames wait for the holder, per connection.</summary>
-    internal const int MaxHandedChunks = 4;
+    internal const int MaxHandedChunks = 16;
 
     /// <summary>
     /// A turn flushes what others handed it at most this many times; then it takes no more and passes the lock on,
     /// so a writer is not kept flushing other streams' bytes while its own stream waits.
     /// </summary>
-    internal const int MaxHandedRounds = 4;
+    internal const int MaxHandedRounds = 8;
 
     private readonly PipeWriter _output;
+    private readonly HboneCounters _counters;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
     private readonly Channel<ControlFrame> _control = Channel.CreateUnbounded<ControlFrame>(new UnboundedChannelOptions { SingleReader = true });
     private readonly CancellationToken _aborted;
@@ -52,8 +53,10 @@ internal sealed class Http2FrameWriter
 
     /// <param name="aborted">Cancelled when the connection ends; a writer waiting for the lock gives up.</param>
     /// <param name="abortConnection">Ends the connection when the transport fails under a write.</param>
-    public Http2FrameWriter(PipeWriter output, CancellationToken aborted, Action<Exception?> abortConnection)
+    /// <param name="counters">Where handed writes are counted, and the process's budget of handed buffers.</param>
+    public Http2FrameWriter(PipeWriter output, CancellationToken aborted, Action<Exception?> abortConnection, HboneCounters? counters = null)
     {
+        _counters = counters ?? HboneCounters.Process;
         _output = output;
         _aborted = aborted;
         _abortConnection = abortConnection;
@@ -168,42 +171,76 @@ internal sealed class Http2FrameWriter
     /// </summary>
     private bool TryHand(HboneStream stream, in ReadOnlySequence<byte> data)
     {
-        int maxFrame = PeerMaxFrameSize;
-        long frames = Math.Max(1, (data.Length + maxFrame - 1) / maxFrame);
-        long size = data.Length + frames * FrameHeader.Size;
-        if (size > DataBuffers.Size || _aborted.IsCancellationRequested)
+        if (_aborted.IsCancellationRequested)
         {
             return false;
         }
+        // A frame never spans two buffers, so none is larger than one buffer holds.
+        int frameSize = Math.Min(PeerMaxFrameSize, DataBuffers.Size - FrameHeader.Size);
         lock (_handSync)
         {
-            if (!_held)
+            if (!_held || Fits(data.Length, frameSize) is not { } newChunks)
             {
                 return false;
             }
-            if (_handChunks.Count == 0 || _handChunkUsed + size > DataBuffers.Size)
+            for (int taken = 0; taken < newChunks; taken++)
             {
-                if (_handChunks.Count == MaxHandedChunks)
+                if (!_counters.TryTakeHandedChunk())
                 {
+                    _counters.ReturnHandedChunks(taken);
                     return false;
                 }
-                _handChunks.Add(DataBuffers.Default.Rent());
-                _handChunkUsed = 0;
             }
-            byte[] chunk = _handChunks[^1];
-            ChunkWriter output = _chunkWriter.Reset(chunk, _handChunkUsed);
             ReadOnlySequence<byte> rest = data;
-            while (rest.Length > maxFrame)
+            do
             {
-                FrameWriter.WriteData(output, stream.StreamId, rest.Slice(0, maxFrame), endStream: false);
-                rest = rest.Slice(maxFrame);
+                ReadOnlySequence<byte> payload = rest.Slice(0, Math.Min(rest.Length, frameSize));
+                int size = (int)payload.Length + FrameHeader.Size;
+                if (_handChunks.Count == 0 || _handChunkUsed + size > DataBuffers.Size)
+                {
+                    _handChunks.Add(DataBuffers.Default.Rent());
+                    _handChunkUsed = 0;
+                }
+                byte[] chunk = _handChunks[^1];
+                FrameWriter.WriteData(_chunkWriter.Reset(chunk, _handChunkUsed), stream.StreamId, payload, endStream: false);
+                _handed.Add(new HandedFrames(stream, chunk, _handChunkUsed, size));
+                _handChunkUsed += size;
+                rest = rest.Slice(payload.Length);
             }
-            FrameWriter.WriteData(output, stream.StreamId, rest, endStream: false);
-            _handed.Add(new HandedFrames(stream, chunk, _handChunkUsed, (int)size));
-            _handChunkUsed += (int)size;
+            while (!rest.IsEmpty);
         }
         Interlocked.Increment(ref _handedWrites);
+        _counters.WriteHanded();
         return true;
+    }
+
+    /// <summary>
+    /// Under _handSync: how many more buffers <paramref name="length"/> bytes in frames of at most
+    /// <paramref name="frameSize"/> need, or null when that is more than the connection may rent.
+    /// </summary>
+    private int? Fits(long length, int frameSize)
+    {
+        int already = _handChunks.Count;
+        int chunks = _handChunks.Count;
+        int used = chunks == 0 ? DataBuffers.Size : _handChunkUsed;
+        do
+        {
+            int payload = (int)Math.Min(length, frameSize);
+            int size = payload + FrameHeader.Size;
+            if (used + size > DataBuffers.Size)
+            {
+                if (chunks == MaxHandedChunks)
+                {
+                    return null;
+                }
+                chunks++;
+                used = 0;
+            }
+            used += size;
+            length -= payload;
+        }
+        while (length > 0);
+        return chunks - already;
     }
 
     /// <summary>Under the lock: what was handed goes into the transport's writer, except frames of streams reset since.</summary>
@@ -242,8 +279,9 @@ internal sealed class Http2FrameWriter
         }
     }
 
-    private static void ReturnChunks(List<byte[]> chunks)
+    private void ReturnChunks(List<byte[]> chunks)
     {
+        _counters.ReturnHandedChunks(chunks.Count);
         foreach (byte[] chunk in chunks)
         {
             DataBuffers.Default.Return(chunk);
