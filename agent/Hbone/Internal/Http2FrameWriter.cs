@@ -38,17 +38,17 @@ internal sealed class Http2FrameWriter
     private int _pendingPeerFrames;
     private int _peerMaxFrameSize = FrameHeader.MinMaxFrameSize;
 
-    // Frames handed to the lock's holder; everything below is guarded by _handSync.
+    // Frames handed to the lock's holder, and whether a holder takes them; guarded by _handSync.
     private readonly Lock _handSync = new();
     private readonly ChunkWriter _chunkWriter = new();
     private List<HandedFrames> _handed = [];
     private List<byte[]> _handChunks = [];
     private int _handChunkUsed;
+    private bool _held;
 
     // The holder's spares, swapped with the two lists above to write what was handed outside _handSync.
     private List<HandedFrames> _writing = [];
     private List<byte[]> _writingChunks = [];
-    private bool _held;
     private long _handedWrites;
 
     /// <param name="aborted">Cancelled when the connection ends; a writer waiting for the lock gives up.</param>
@@ -528,7 +528,7 @@ internal sealed class Http2FrameWriter
 
     private readonly record struct ControlFrame(ControlKind Kind, int StreamId, long Value, bool PeerTriggered = false);
 
-    /// <summary>One stream's DATA frames, already encoded, in a handed chunk.</summary>
+    /// <summary>A DATA frame of a stream, encoded, in a handed chunk.</summary>
     private readonly record struct HandedFrames(HboneStream Stream, byte[] Chunk, int Offset, int Length);
 
     /// <summary>Writes frames into a chunk at an offset; <see cref="TryHand"/> has checked they fit.</summary>
