@@ -16,77 +16,38 @@ public class HboneWriteTurnTests
     [Fact]
     public async Task DataOfAnotherStream_WhileAFlushWaitsOnTheTransport_ReturnsAtOnceAndArrivesInOrder()
     {
-        GatedStream? transport = null;
-        await using var tunnel = await LoopbackTunnel.StartAsync(EchoHandler, clientTransport: socket => transport = new GatedStream(socket));
-        HboneStream a = await tunnel.ConnectAsync();
-        HboneStream b = await tunnel.ConnectAsync();
-        a.SendDirectly();
-        b.SendDirectly();
         byte[] first = RandomBytes(1000);
         byte[] second = RandomBytes(20_000);
         byte[] third = RandomBytes(DataBuffers.Size); // a relay's full read: more than one buffer once framed
-
-        // A's flush stops in the transport, holding the connection's write lock.
-        Task stuck = transport!.HoldWrites();
-        ValueTask sendA = a.SendAsync(first);
-        await stuck.WaitAsync(Patience);
+        await using Held held = await HoldAFlushAsync(first);
 
         // B's writes complete while A's flush still waits: handed over, not queued behind the lock.
-        await b.SendAsync(second).AsTask().WaitAsync(Patience);
-        await b.SendAsync(third).AsTask().WaitAsync(Patience);
-        Assert.False(sendA.IsCompleted, "A's write returned while its flush could not reach the transport");
-        Assert.Equal(2, tunnel.Client.HandedWrites);
+        await held.B.SendAsync(second).AsTask().WaitAsync(Patience);
+        await held.B.SendAsync(third).AsTask().WaitAsync(Patience);
+        Assert.False(held.SendA.IsCompleted, "A's write returned while its flush could not reach the transport");
+        Assert.Equal(2, held.Tunnel.Client.HandedWrites);
 
-        transport.Open();
-        await sendA;
-        Assert.Equal(first, await ReadExactlyAsync(a.Input, first.Length).WaitAsync(Patience));
-        Assert.Equal(second.Concat(third).ToArray(), await ReadExactlyAsync(b.Input, second.Length + third.Length).WaitAsync(Patience));
+        await held.OpenAsync();
+        Assert.Equal(first, await ReadExactlyAsync(held.A.Input, first.Length).WaitAsync(Patience));
+        Assert.Equal(second.Concat(third).ToArray(), await ReadExactlyAsync(held.B.Input, second.Length + third.Length).WaitAsync(Patience));
 
         // The stream goes on as any other: its end arrives after everything it sent.
-        await b.EndOutputAsync();
-        Assert.Empty(await ReadToEndAsync(b.Input).WaitAsync(Patience));
-        await a.DisposeAsync();
-        await b.DisposeAsync();
+        await held.B.EndOutputAsync();
+        Assert.Empty(await ReadToEndAsync(held.B.Input).WaitAsync(Patience));
     }
 
     [Fact]
     public async Task WhatWaitsForTheFlushingWriter_IsBounded_AndAWritePastTheBoundWaitsItsTurn()
     {
-        GatedStream? transport = null;
-        await using var tunnel = await LoopbackTunnel.StartAsync(EchoHandler, clientTransport: socket => transport = new GatedStream(socket));
-        HboneStream a = await tunnel.ConnectAsync();
-        HboneStream b = await tunnel.ConnectAsync();
-        a.SendDirectly();
-        b.SendDirectly();
+        await using Held held = await HoldAFlushAsync(RandomBytes(100));
 
-        Task stuck = transport!.HoldWrites();
-        ValueTask sendA = a.SendAsync(RandomBytes(100));
-        await stuck.WaitAsync(Patience);
+        var (sent, past) = await HandUntilOneWaitsAsync(held.B, Http2FrameWriter.MaxHandedChunks);
+        Assert.Equal(Http2FrameWriter.MaxHandedChunks, held.Tunnel.Client.HandedWrites);
 
-        // Each write of 60,000 bytes fills most of one buffer: as many as the bound allows are handed over.
-        var sent = new List<byte>();
-        for (int i = 0; i < Http2FrameWriter.MaxHandedChunks; i++)
-        {
-            byte[] chunk = RandomBytes(60_000);
-            await b.SendAsync(chunk).AsTask().WaitAsync(Patience);
-            sent.AddRange(chunk);
-        }
-        byte[] past = RandomBytes(60_000);
-        ValueTask sendPast = b.SendAsync(past);
-        sent.AddRange(past);
-
-        // The next one cannot be handed over, so it waits for the lock, which A's flush holds until the transport opens.
-        await Task.Delay(300);
-        Assert.False(sendPast.IsCompleted, "a write past the bound returned while the transport was closed");
-        Assert.Equal(Http2FrameWriter.MaxHandedChunks, tunnel.Client.HandedWrites);
-
-        transport.Open();
-        await sendA;
-        await sendPast.AsTask().WaitAsync(Patience);
-        Assert.Equal(100, (await ReadExactlyAsync(a.Input, 100).WaitAsync(Patience)).Length);
-        Assert.Equal(sent.ToArray(), await ReadExactlyAsync(b.Input, sent.Count).WaitAsync(Patience));
-        await a.DisposeAsync();
-        await b.DisposeAsync();
+        await held.OpenAsync();
+        await past.WaitAsync(Patience);
+        Assert.Equal(100, (await ReadExactlyAsync(held.A.Input, 100).WaitAsync(Patience)).Length);
+        Assert.Equal(sent, await ReadExactlyAsync(held.B.Input, sent.Length).WaitAsync(Patience));
     }
 
     [Fact]
@@ -94,40 +55,17 @@ public class HboneWriteTurnTests
     {
         // A budget of two buffers for the whole process (the agent's is 256): fewer than one connection may hold.
         var counters = new HboneCounters { MaxHandedChunks = 2 };
-        var settings = new HboneSettings { KeepaliveInterval = Timeout.InfiniteTimeSpan, Counters = counters };
-        GatedStream? transport = null;
-        await using var tunnel = await LoopbackTunnel.StartAsync(EchoHandler, clientSettings: settings, clientTransport: socket => transport = new GatedStream(socket));
-        HboneStream a = await tunnel.ConnectAsync();
-        HboneStream b = await tunnel.ConnectAsync();
-        a.SendDirectly();
-        b.SendDirectly();
+        await using Held held = await HoldAFlushAsync(RandomBytes(100),
+            new HboneSettings { KeepaliveInterval = Timeout.InfiniteTimeSpan, Counters = counters });
 
-        Task stuck = transport!.HoldWrites();
-        ValueTask sendA = a.SendAsync(RandomBytes(100));
-        await stuck.WaitAsync(Patience);
-        var sent = new List<byte>();
-        for (int i = 0; i < 2; i++)
-        {
-            byte[] chunk = RandomBytes(60_000);
-            await b.SendAsync(chunk).AsTask().WaitAsync(Patience);
-            sent.AddRange(chunk);
-        }
-        byte[] past = RandomBytes(60_000);
-        ValueTask sendPast = b.SendAsync(past);
-        sent.AddRange(past);
-
-        await Task.Delay(300);
-        Assert.False(sendPast.IsCompleted, "a write past the process's budget returned while the transport was closed");
+        var (sent, past) = await HandUntilOneWaitsAsync(held.B, 2);
         Assert.Equal(2, counters.HandedChunks);
         Assert.Equal(2, counters.HandedWrites);
 
-        transport.Open();
-        await sendA;
-        await sendPast.AsTask().WaitAsync(Patience);
-        Assert.Equal(sent.ToArray(), await ReadExactlyAsync(b.Input, sent.Count).WaitAsync(Patience));
+        await held.OpenAsync();
+        await past.WaitAsync(Patience);
+        Assert.Equal(sent, await ReadExactlyAsync(held.B.Input, sent.Length).WaitAsync(Patience));
         Assert.Equal(0, counters.HandedChunks);
-        await a.DisposeAsync();
-        await b.DisposeAsync();
     }
 
     [Fact]
@@ -148,32 +86,79 @@ public class HboneWriteTurnTests
     [Fact]
     public async Task AStreamResetWhileItsDataWaits_SendsNoneOfIt_AndTheOtherStreamsGoOn()
     {
+        byte[] first = RandomBytes(5000);
+        await using Held held = await HoldAFlushAsync(first);
+        await held.B.SendAsync(RandomBytes(5000)).AsTask().WaitAsync(Patience);
+        Assert.Equal(1, held.Tunnel.Client.HandedWrites);
+
+        // B is given up (RST_STREAM queued) before the frames handed for it could be written.
+        await held.B.DisposeAsync().AsTask().WaitAsync(Patience);
+        await held.OpenAsync();
+        Assert.Equal(first, await ReadExactlyAsync(held.A.Input, first.Length).WaitAsync(Patience));
+
+        // What the client put on the wire: B's RST_STREAM, and not one DATA frame of B.
+        int b = held.B.StreamId;
+        await WaitUntilAsync(() => Frames(held.Transport.Written()).Any(f => f.StreamId == b && f.Type == FrameType.RstStream));
+        var ofB = Frames(held.Transport.Written()).Where(f => f.StreamId == b).Select(f => f.Type).ToList();
+        Assert.DoesNotContain(FrameType.Data, ofB);
+        Assert.Contains(FrameType.RstStream, ofB);
+    }
+
+    /// <summary>
+    /// Two streams on one tunnel that send straight from their callers' buffers, and A's first write held in the
+    /// transport: its flush keeps the connection's write lock until <see cref="Held.OpenAsync"/>.
+    /// </summary>
+    private static async Task<Held> HoldAFlushAsync(byte[] first, HboneSettings? settings = null)
+    {
         GatedStream? transport = null;
-        await using var tunnel = await LoopbackTunnel.StartAsync(EchoHandler, clientTransport: socket => transport = new GatedStream(socket));
+        LoopbackTunnel tunnel = await LoopbackTunnel.StartAsync(EchoHandler, clientSettings: settings, clientTransport: socket => transport = new GatedStream(socket));
         HboneStream a = await tunnel.ConnectAsync();
         HboneStream b = await tunnel.ConnectAsync();
         a.SendDirectly();
         b.SendDirectly();
-
         Task stuck = transport!.HoldWrites();
-        byte[] first = RandomBytes(5000);
-        ValueTask sendA = a.SendAsync(first);
+        Task sendA = a.SendAsync(first).AsTask();
         await stuck.WaitAsync(Patience);
-        await b.SendAsync(RandomBytes(5000)).AsTask().WaitAsync(Patience);
-        Assert.Equal(1, tunnel.Client.HandedWrites);
+        return new Held(tunnel, transport, a, b, sendA);
+    }
 
-        // B is given up (RST_STREAM queued) before the frames handed for it could be written.
-        await b.DisposeAsync().AsTask().WaitAsync(Patience);
-        transport.Open();
-        await sendA;
-        Assert.Equal(first, await ReadExactlyAsync(a.Input, first.Length).WaitAsync(Patience));
-        await a.DisposeAsync();
+    /// <summary>
+    /// Writes of 60,000 bytes, each filling most of one buffer once framed: <paramref name="handed"/> return at once,
+    /// the next cannot be handed over and waits for the lock, which the held flush keeps.
+    /// </summary>
+    private static async Task<(byte[] Sent, Task Past)> HandUntilOneWaitsAsync(HboneStream stream, int handed)
+    {
+        var sent = new List<byte>();
+        for (int i = 0; i < handed; i++)
+        {
+            byte[] chunk = RandomBytes(60_000);
+            await stream.SendAsync(chunk).AsTask().WaitAsync(Patience);
+            sent.AddRange(chunk);
+        }
+        byte[] past = RandomBytes(60_000);
+        Task sendPast = stream.SendAsync(past).AsTask();
+        sent.AddRange(past);
+        await Task.Delay(300);
+        Assert.False(sendPast.IsCompleted, "a write past the bound returned while the transport was held");
+        return (sent.ToArray(), sendPast);
+    }
 
-        // What the client put on the wire: B's RST_STREAM, and not one DATA frame of B.
-        await WaitUntilAsync(() => Frames(transport.Written()).Any(f => f.StreamId == b.StreamId && f.Type == FrameType.RstStream));
-        var ofB = Frames(transport.Written()).Where(f => f.StreamId == b.StreamId).Select(f => f.Type).ToList();
-        Assert.DoesNotContain(FrameType.Data, ofB);
-        Assert.Contains(FrameType.RstStream, ofB);
+    private sealed record Held(LoopbackTunnel Tunnel, GatedStream Transport, HboneStream A, HboneStream B, Task SendA) : IAsyncDisposable
+    {
+        /// <summary>Lets the transport's writes through; A's write completes.</summary>
+        public async Task OpenAsync()
+        {
+            Transport.Open();
+            await SendA.WaitAsync(Patience);
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            Transport.Open();
+            await A.DisposeAsync();
+            await B.DisposeAsync();
+            await Tunnel.DisposeAsync();
+        }
     }
 
     private static byte[] RandomBytes(int count)
