@@ -1,7 +1,8 @@
 namespace Weft.Hbone;
 
 /// <summary>
-/// What the HBONE server refused to hold for its peers, for /metrics. Thread-safe; one instance is
+/// What the HBONE server refused to hold for its peers and what writers handed each other, for /metrics, and the
+/// budget of buffers those hand-overs may hold (<see cref="MaxHandedChunks"/>). Thread-safe; one instance is
 /// shared by every connection that uses the same <see cref="HboneSettings"/> (the process-wide
 /// <see cref="Process"/> unless a caller passes its own).
 /// </summary>
