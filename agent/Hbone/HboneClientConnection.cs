@@ -45,9 +45,6 @@ internal sealed class HboneClientConnection : IAsyncDisposable
     /// <summary>Streams open (or awaiting their response) on this connection.</summary>
     public int ActiveStreams => _connection.ActiveStreams;
 
-    /// <summary>DATA writes of this tunnel's streams that found another writer flushing and were handed to it.</summary>
-    internal long HandedWrites => _connection.HandedWrites;
-
     /// <summary>
     /// False when min(our MaxConcurrentStreams, the peer's SETTINGS_MAX_CONCURRENT_STREAMS) streams are
     /// open, after a GOAWAY, or once the connection has failed or closed.

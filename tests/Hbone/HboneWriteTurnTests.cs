@@ -25,7 +25,7 @@ public class HboneWriteTurnTests
         await held.B.SendAsync(second).AsTask().WaitAsync(Patience);
         await held.B.SendAsync(third).AsTask().WaitAsync(Patience);
         Assert.False(held.SendA.IsCompleted, "A's write returned while its flush could not reach the transport");
-        Assert.Equal(2, held.Tunnel.Client.HandedWrites);
+        Assert.Equal(2, held.Counters.HandedWrites);
 
         await held.OpenAsync();
         Assert.Equal(first, await ReadExactlyAsync(held.A.Input, first.Length).WaitAsync(Patience));
@@ -42,7 +42,7 @@ public class HboneWriteTurnTests
         await using Held held = await HoldAFlushAsync(RandomBytes(100));
 
         var (sent, past) = await HandUntilOneWaitsAsync(held.B, Http2FrameWriter.MaxHandedChunks);
-        Assert.Equal(Http2FrameWriter.MaxHandedChunks, held.Tunnel.Client.HandedWrites);
+        Assert.Equal(Http2FrameWriter.MaxHandedChunks, held.Counters.HandedWrites);
 
         await held.OpenAsync();
         await past.WaitAsync(Patience);
@@ -55,8 +55,7 @@ public class HboneWriteTurnTests
     {
         // A budget of two buffers for the whole process (the agent's is 256): fewer than one connection may hold.
         var counters = new HboneCounters { MaxHandedChunks = 2 };
-        await using Held held = await HoldAFlushAsync(RandomBytes(100),
-            new HboneSettings { KeepaliveInterval = Timeout.InfiniteTimeSpan, Counters = counters });
+        await using Held held = await HoldAFlushAsync(RandomBytes(100), counters);
 
         var (sent, past) = await HandUntilOneWaitsAsync(held.B, 2);
         Assert.Equal(2, counters.HandedChunks);
@@ -89,7 +88,7 @@ public class HboneWriteTurnTests
         byte[] first = RandomBytes(5000);
         await using Held held = await HoldAFlushAsync(first);
         await held.B.SendAsync(RandomBytes(5000)).AsTask().WaitAsync(Patience);
-        Assert.Equal(1, held.Tunnel.Client.HandedWrites);
+        Assert.Equal(1, held.Counters.HandedWrites);
 
         // B is given up (RST_STREAM queued) before the frames handed for it could be written.
         await held.B.DisposeAsync().AsTask().WaitAsync(Patience);
@@ -108,9 +107,12 @@ public class HboneWriteTurnTests
     /// Two streams on one tunnel that send straight from their callers' buffers, and A's first write held in the
     /// transport: its flush keeps the connection's write lock until <see cref="Held.OpenAsync"/>.
     /// </summary>
-    private static async Task<Held> HoldAFlushAsync(byte[] first, HboneSettings? settings = null)
+    /// <param name="counters">The client's counters and budget of handed buffers; the test's own by default.</param>
+    private static async Task<Held> HoldAFlushAsync(byte[] first, HboneCounters? counters = null)
     {
+        counters ??= new HboneCounters();
         GatedStream? transport = null;
+        var settings = new HboneSettings { KeepaliveInterval = Timeout.InfiniteTimeSpan, Counters = counters };
         LoopbackTunnel tunnel = await LoopbackTunnel.StartAsync(EchoHandler, clientSettings: settings, clientTransport: socket => transport = new GatedStream(socket));
         HboneStream a = await tunnel.ConnectAsync();
         HboneStream b = await tunnel.ConnectAsync();
@@ -119,7 +121,7 @@ public class HboneWriteTurnTests
         Task stuck = transport!.HoldWrites();
         Task sendA = a.SendAsync(first).AsTask();
         await stuck.WaitAsync(Patience);
-        return new Held(tunnel, transport, a, b, sendA);
+        return new Held(tunnel, counters, transport, a, b, sendA);
     }
 
     /// <summary>
@@ -143,7 +145,7 @@ public class HboneWriteTurnTests
         return (sent.ToArray(), sendPast);
     }
 
-    private sealed record Held(LoopbackTunnel Tunnel, GatedStream Transport, HboneStream A, HboneStream B, Task SendA) : IAsyncDisposable
+    private sealed record Held(LoopbackTunnel Tunnel, HboneCounters Counters, GatedStream Transport, HboneStream A, HboneStream B, Task SendA) : IAsyncDisposable
     {
         /// <summary>Lets the transport's writes through; A's write completes.</summary>
         public async Task OpenAsync()

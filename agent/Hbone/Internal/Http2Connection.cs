@@ -65,9 +65,6 @@ internal sealed class Http2Connection : IHttp2FrameHandler
 
     public Task Completion => _completion.Task;
 
-    /// <summary>DATA writes handed to the writer holding the write lock instead of waiting for it (<see cref="Http2FrameWriter"/>).</summary>
-    public long HandedWrites => _writer.HandedWrites;
-
     public int ActiveStreams
     {
         get { lock (_sync) { return _streams.Count; } }

@@ -49,14 +49,13 @@ internal sealed class Http2FrameWriter
     // The holder's spares, swapped with the two lists above to write what was handed outside _handSync.
     private List<HandedFrames> _writing = [];
     private List<byte[]> _writingChunks = [];
-    private long _handedWrites;
 
     /// <param name="aborted">Cancelled when the connection ends; a writer waiting for the lock gives up.</param>
     /// <param name="abortConnection">Ends the connection when the transport fails under a write.</param>
     /// <param name="counters">Where handed writes are counted, and the process's budget of handed buffers.</param>
-    public Http2FrameWriter(PipeWriter output, CancellationToken aborted, Action<Exception?> abortConnection, HboneCounters? counters = null)
+    public Http2FrameWriter(PipeWriter output, CancellationToken aborted, Action<Exception?> abortConnection, HboneCounters counters)
     {
-        _counters = counters ?? HboneCounters.Process;
+        _counters = counters;
         _output = output;
         _aborted = aborted;
         _abortConnection = abortConnection;
@@ -94,9 +93,6 @@ internal sealed class Http2FrameWriter
         }
         await _output.FlushAsync(ct).ConfigureAwait(false);
     }
-
-    /// <summary>DATA writes that found the lock taken and were handed to its holder instead of waiting.</summary>
-    public long HandedWrites => Interlocked.Read(ref _handedWrites);
 
     private async ValueTask<bool> AcquireAsync()
     {
@@ -209,7 +205,6 @@ internal sealed class Http2FrameWriter
             }
             while (!rest.IsEmpty);
         }
-        Interlocked.Increment(ref _handedWrites);
         _counters.WriteHanded();
         return true;
     }
@@ -316,19 +311,12 @@ internal sealed class Http2FrameWriter
         {
             throw new HboneException($"stream {stream.StreamId} reset");
         }
-        if (!endStream && !_writeLock.Wait(0))
+        if (endStream || !_writeLock.Wait(0))
         {
-            if (TryHand(stream, data))
+            if (!endStream && TryHand(stream, data))
             {
                 return;
             }
-            if (!await AcquireAsync().ConfigureAwait(false))
-            {
-                throw new HboneException("connection closed");
-            }
-        }
-        else if (endStream)
-        {
             if (!await AcquireAsync().ConfigureAwait(false))
             {
                 throw new HboneException("connection closed");
