@@ -10,8 +10,13 @@ internal static partial class BenchCommand
     /// <summary>One way of opening connections one at a time: a path, and whether its tunnel is destroyed before each connection.</summary>
     private sealed record SetupVariant(string Key, string Label, BenchPath Path, bool ColdTunnel);
 
-    /// <summary>A run's connections, their times, and the tunnel handshakes node1's agent recorded meanwhile (with their durations).</summary>
-    private sealed record SetupRun(long Ok, long Failed, double[] Micros, int Handshakes, double[] HandshakeMs);
+    /// <summary>
+    /// A run's connections, their times, and what the agents recorded meanwhile: node1's tunnel handshakes (with their
+    /// durations), the time node1's agent waited for each connection's way through (a tunnel stream's 200, or a
+    /// connect), and the time node2's agent took to connect to the server app.
+    /// </summary>
+    private sealed record SetupRun(long Ok, long Failed, double[] Micros, int Handshakes, double[] HandshakeMs, double[] OutboundConnectMs,
+        double[] InboundConnectMs);
 
     /// <summary>
     /// The client loop, in bash so that no process starts between the two clock reads: connect, send 64
@@ -77,6 +82,16 @@ internal static partial class BenchCommand
                 Console.WriteLine($"  {variant.Label,-18} {rate,6:0} conn/s ({ratio:P0} of direct); per connection p50 {p50:0} us, p99 {p99:0} us; " +
                     $"{ok} ok, {failed} failed" + (variant.Path.Key == "mtls" && accessLog ? $"; {handshakes} new tunnels on node1" +
                     (handshakeMs.Length > 0 ? $", tunnel dial (TCP, TLS, HTTP/2) p50 {Percentile(handshakeMs, 0.5):0.00} ms, p99 {Percentile(handshakeMs, 0.99):0.00} ms (agent's record)" : "") : ""));
+                var outboundMs = samples.SelectMany(s => s.OutboundConnectMs).Order().ToArray();
+                var inboundMs = samples.SelectMany(s => s.InboundConnectMs).Order().ToArray();
+                if (outboundMs.Length > 0 && inboundMs.Length > 0)
+                {
+                    // Where a connection's time goes in the agents: node1 waits for its way through (for a tunnel, the
+                    // stream's 200, which includes node2's connect to the app), node2 connects to the app.
+                    Console.WriteLine($"  {"",-18} node1's wait for the way through p50 {Percentile(outboundMs, 0.5):0.000} ms, " +
+                        $"node2's connect to the app p50 {Percentile(inboundMs, 0.5):0.000} ms (agents' records)");
+                }
+
                 var cell = variant.Key == "direct" ? $"{rate:0}" : $"{rate:0} ({ratio:P0})";
                 (variant.ColdTunnel ? cold : pooled)[variant.Path.Key] = cell;
                 result[variant.Key] = new JsonObject
@@ -91,6 +106,8 @@ internal static partial class BenchCommand
                     ["tunnel_handshakes"] = variant.Path.Key == "mtls" && accessLog ? handshakes : null,
                     ["tunnel_handshake_ms_p50"] = handshakeMs.Length > 0 ? Round(Percentile(handshakeMs, 0.5), 3) : null,
                     ["tunnel_handshake_ms_p99"] = handshakeMs.Length > 0 ? Round(Percentile(handshakeMs, 0.99), 3) : null,
+                    ["node1_connect_ms_p50"] = outboundMs.Length > 0 ? Round(Percentile(outboundMs, 0.5), 3) : null,
+                    ["node2_connect_ms_p50"] = inboundMs.Length > 0 ? Round(Percentile(inboundMs, 0.5), 3) : null,
                 };
                 if (failed > 0)
                 {
@@ -110,6 +127,12 @@ internal static partial class BenchCommand
             _rows.Add(new TableRow("new conn/s, one at a time (mTLS: cold tunnel each)", cold));
             return result;
         }
+
+        /// <summary>The <c>connect_ms</c> of the flow records of one direction, sorted.</summary>
+        private static double[] ConnectMs(IEnumerable<string> lines, string direction) =>
+            lines.Where(l => l.Contains($"\"direction\":\"{direction}\"", StringComparison.Ordinal))
+                .Select(l => JsonNode.Parse(l)?["connect_ms"]?.GetValue<double>())
+                .OfType<double>().Order().ToArray();
 
         /// <summary>Connections per second one at a time: the reciprocal of the mean time per connection.</summary>
         private static double Rate(IEnumerable<SetupRun> runs)
@@ -135,10 +158,13 @@ internal static partial class BenchCommand
             var micros = (lines.FirstOrDefault(l => l.StartsWith("us", StringComparison.Ordinal)) ?? "us").Split(' ', StringSplitOptions.RemoveEmptyEntries)
                 .Skip(1).Select(t => double.Parse(t, CultureInfo.InvariantCulture)).ToArray();
             await CheckPathAsync(path, before, $"the connect loop over the {path.Label} path");
-            var handshakes = path.Cluster.Agent("node1").StdoutLines.Where(l => l.StartsWith('{')).Skip(before.Node1Flows).Where(IsOutboundHandshake)
+            var node1 = path.Cluster.Agent("node1").StdoutLines.Where(l => l.StartsWith('{')).Skip(before.Node1Flows).ToList();
+            var handshakes = node1.Where(IsOutboundHandshake)
                 .Select(l => JsonNode.Parse(l)?["tls_handshake_ms"]?.GetValue<double>() ?? 0).ToArray();
             return new SetupRun(long.Parse(counts[1], CultureInfo.InvariantCulture), long.Parse(counts[3], CultureInfo.InvariantCulture), micros,
-                handshakes.Length, handshakes);
+                handshakes.Length, handshakes,
+                ConnectMs(node1, "outbound"),
+                ConnectMs(path.Cluster.Agent("node2").StdoutLines.Where(l => l.StartsWith('{')).Skip(before.Node2Flows), "inbound"));
         }
     }
 }
