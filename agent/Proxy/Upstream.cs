@@ -85,7 +85,14 @@ internal static class Upstream
         }
         catch (SocketException e) when (e.SocketErrorCode is SocketError.InProgress or SocketError.WouldBlock)
         {
-            await HandshakeAsync(socket, cancellationToken).ConfigureAwait(false);
+            // A connect to an app in the same namespace (every inbound delivery) goes over loopback and has usually
+            // ended by the time connect(2) returns: then a poll(2) that does not wait spares the watch's wake-up and
+            // the thread-pool hop after it.
+            if (!socket.Poll(0, SelectMode.SelectWrite))
+            {
+                await HandshakeAsync(socket, cancellationToken).ConfigureAwait(false);
+            }
+
             var error = (SocketError)(int)socket.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.Error)!;
             if (error != SocketError.Success)
             {
