@@ -121,6 +121,13 @@ internal sealed class MeshCluster : IAsyncDisposable
 
             return mesh;
         }
+        catch (Exception e) when (cluster.IsTornDown && e is not ObjectDisposedException)
+        {
+            // The cluster's own signal handler tore it down under the start: a process it stopped (the CA service, an
+            // agent) made the wait fail first. Said as what it is, as a start on a torn-down cluster fails elsewhere.
+            await mesh.DisposeAsync();
+            throw new ObjectDisposedException($"cluster {cluster.RunId} was torn down while it started: {e.Message.Split('\n')[0]}", e);
+        }
         catch
         {
             await mesh.DisposeAsync();

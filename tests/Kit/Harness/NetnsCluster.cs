@@ -75,6 +75,18 @@ internal sealed partial class NetnsCluster : IAsyncDisposable
     /// <summary>Six random lowercase hex characters; every name of this run carries it.</summary>
     public string RunId { get; }
 
+    /// <summary>True once the teardown has begun (disposal, or the cluster's own signal handler), before it stops any process.</summary>
+    public bool IsTornDown
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _tornDown;
+            }
+        }
+    }
+
     /// <summary>"weft" + RunId: the start of every network namespace name of this run.</summary>
     public string NetnsPrefix => "weft" + RunId;
 
