@@ -123,7 +123,7 @@ internal sealed class BenchNginxPeer : IAsyncDisposable
             error_log {{_dir}}/{{name}}-error.log warn;
             events { worker_connections 16384; }
             stream {
-                log_format tls '$ssl_protocol $ssl_client_verify $remote_addr $bytes_received $bytes_sent';
+                log_format tls '$ssl_protocol $ssl_client_verify $remote_addr $bytes_received $bytes_sent $ssl_session_reused';
                 access_log off;
             {{servers}}
             }

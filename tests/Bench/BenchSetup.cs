@@ -13,10 +13,11 @@ internal static partial class BenchCommand
     /// <summary>
     /// A run's connections, their times, and what the agents recorded meanwhile: node1's tunnel handshakes (with their
     /// durations), the time node1's agent waited for each connection's way through (a tunnel stream's 200, or a
-    /// connect), and the time node2's agent took to connect to the server app.
+    /// connect), the time node2's agent took to connect to the server app, and for the nginx pair how many TLS sessions node2's
+    /// nginx saw resumed.
     /// </summary>
     private sealed record SetupRun(long Ok, long Failed, double[] Micros, int Handshakes, double[] HandshakeMs, double[] OutboundConnectMs,
-        double[] InboundConnectMs);
+        double[] InboundConnectMs, int? PeerResumed);
 
     /// <summary>
     /// The client loop, in bash so that no process starts between the two clock reads: connect, send 64
@@ -82,6 +83,13 @@ internal static partial class BenchCommand
                 Console.WriteLine($"  {variant.Label,-18} {rate,6:0} conn/s ({ratio:P0} of direct); per connection p50 {p50:0} us, p99 {p99:0} us; " +
                     $"{ok} ok, {failed} failed" + (variant.Path.Key == "mtls" && accessLog ? $"; {handshakes} new tunnels on node1" +
                     (handshakeMs.Length > 0 ? $", tunnel dial (TCP, TLS, HTTP/2) p50 {Percentile(handshakeMs, 0.5):0.00} ms, p99 {Percentile(handshakeMs, 0.99):0.00} ms (agent's record)" : "") : ""));
+                if (samples.Any(s => s.PeerResumed is not null))
+                {
+                    // nginx reuses the TLS session to its upstream by default (proxy_ssl_session_reuse on): a resumed
+                    // handshake skips both certificates' signatures and checks.
+                    Console.WriteLine($"  {"",-18} node2's nginx: {samples.Sum(s => s.PeerResumed ?? 0)} of {ok} TLS sessions resumed");
+                }
+
                 var outboundMs = samples.SelectMany(s => s.OutboundConnectMs).Order().ToArray();
                 var inboundMs = samples.SelectMany(s => s.InboundConnectMs).Order().ToArray();
                 if (outboundMs.Length > 0 && inboundMs.Length > 0)
@@ -108,6 +116,7 @@ internal static partial class BenchCommand
                     ["tunnel_handshake_ms_p99"] = handshakeMs.Length > 0 ? Round(Percentile(handshakeMs, 0.99), 3) : null,
                     ["node1_connect_ms_p50"] = outboundMs.Length > 0 ? Round(Percentile(outboundMs, 0.5), 3) : null,
                     ["node2_connect_ms_p50"] = inboundMs.Length > 0 ? Round(Percentile(inboundMs, 0.5), 3) : null,
+                    ["peer_sessions_resumed"] = samples.Any(s => s.PeerResumed is not null) ? samples.Sum(s => s.PeerResumed ?? 0) : null,
                 };
                 if (failed > 0)
                 {
@@ -158,13 +167,15 @@ internal static partial class BenchCommand
             var micros = (lines.FirstOrDefault(l => l.StartsWith("us", StringComparison.Ordinal)) ?? "us").Split(' ', StringSplitOptions.RemoveEmptyEntries)
                 .Skip(1).Select(t => double.Parse(t, CultureInfo.InvariantCulture)).ToArray();
             await CheckPathAsync(path, before, $"the connect loop over the {path.Label} path");
+            var resumed = path.Peer?.BackLog().Skip(before.PeerLines).Count(l => l.EndsWith(" r", StringComparison.Ordinal));
             var node1 = path.Cluster.Agent("node1").StdoutLines.Where(l => l.StartsWith('{')).Skip(before.Node1Flows).ToList();
             var handshakes = node1.Where(IsOutboundHandshake)
                 .Select(l => JsonNode.Parse(l)?["tls_handshake_ms"]?.GetValue<double>() ?? 0).ToArray();
             return new SetupRun(long.Parse(counts[1], CultureInfo.InvariantCulture), long.Parse(counts[3], CultureInfo.InvariantCulture), micros,
                 handshakes.Length, handshakes,
                 ConnectMs(node1, "outbound"),
-                ConnectMs(path.Cluster.Agent("node2").StdoutLines.Where(l => l.StartsWith('{')).Skip(before.Node2Flows), "inbound"));
+                ConnectMs(path.Cluster.Agent("node2").StdoutLines.Where(l => l.StartsWith('{')).Skip(before.Node2Flows), "inbound"),
+                resumed);
         }
     }
 }
