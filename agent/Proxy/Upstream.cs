@@ -70,8 +70,8 @@ internal static class Upstream
     }
 
     /// <summary>
-    /// A non-blocking connect whose wait for the handshake is a one-time wait in <see cref="ReadWatch.Writable"/>, not a
-    /// <c>Socket.ConnectAsync</c>: that would leave the socket in .NET's socket engine's epoll set (edge-triggered, in and
+    /// A non-blocking connect whose wait for the handshake, when it has not ended already, is a one-time wait in
+    /// <see cref="ReadWatch.Writable"/>, not a <c>Socket.ConnectAsync</c>: that would leave the socket in .NET's socket engine's epoll set (edge-triggered, in and
     /// out) for its whole life, and the engine's thread would wake for every segment the connection receives while
     /// the agent reads it through <see cref="ReadWatch.Shared"/> (docs/benchmark.md). It also leaves no event args cached
     /// on the socket. Throws <see cref="OperationCanceledException"/> when <paramref name="cancellationToken"/> ends it.
@@ -86,8 +86,8 @@ internal static class Upstream
         catch (SocketException e) when (e.SocketErrorCode is SocketError.InProgress or SocketError.WouldBlock)
         {
             // A connect to an app in the same namespace (every inbound delivery) goes over loopback and has usually
-            // ended by the time connect(2) returns: then a poll(2) that does not wait spares the watch's wake-up and
-            // the thread-pool hop after it.
+            // ended by the time connect(2) returns, as has one through veths to another node on the same machine: then
+            // a poll(2) that does not wait spares the watch's wake-up and the thread-pool hop after it.
             if (!socket.Poll(0, SelectMode.SelectWrite))
             {
                 await HandshakeAsync(socket, cancellationToken).ConfigureAwait(false);

@@ -55,9 +55,9 @@ public sealed class EngineFreeSocketTests
     {
         // An inbound delivery connects to an app in the pod's own namespace, over loopback: the kernel has answered
         // the SYN before connect(2) returns, so there is no wait in the watch and no hop to the thread pool after it.
-        using var listener = Listener();
         // (When softirqs pile up the kernel defers them to ksoftirqd, and a connect can return before its handshake:
         // then it waits in the watch as before, so on a loaded machine only most of them, not all, end at once.)
+        using var listener = Listener();
         var endpoint = (IPEndPoint)listener.LocalEndPoint!;
         var atOnce = 0;
         for (var i = 0; i < 20; i++)
