@@ -60,21 +60,43 @@ internal sealed class HboneClientConnection : IAsyncDisposable
     /// <see cref="HboneException"/> with <see cref="HboneException.StatusCode"/> for any other final status,
     /// with <see cref="HboneException.ErrorCode"/> on RST_STREAM or GOAWAY (IsRetryable when the server
     /// never processed it).
+    /// <para>
+    /// <paramref name="firstData"/>, the client's first bytes, goes out with the request rather than after the answer, so
+    /// that a new connection's first round trip crosses the tunnel once. The server holds them until it has decided
+    /// (a refusal discards them, the destination never sees them). A stream that is never processed (IsRetryable) did not
+    /// deliver them either, and may be opened again with the same bytes. When the windows could not take them all at
+    /// once, the rest follows the answer.
+    /// </para>
     /// </summary>
-    public async Task<HboneStream> ConnectAsync(string authority, IEnumerable<KeyValuePair<string, string>> headers, CancellationToken ct)
+    public async Task<HboneStream> ConnectAsync(string authority, IEnumerable<KeyValuePair<string, string>> headers, CancellationToken ct,
+        ReadOnlyMemory<byte> firstData = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(authority);
-        HboneStream stream = await _connection.OpenStreamAsync(authority, headers ?? [], ct).ConfigureAwait(false);
+        (HboneStream stream, int firstSent) = await _connection.OpenStreamAsync(authority, headers ?? [], firstData, ct).ConfigureAwait(false);
         try
         {
             await stream.Response.Task.WaitAsync(ct).ConfigureAwait(false);
-            return stream;
         }
         catch (OperationCanceledException)
         {
             stream.Reset((uint)Http2ErrorCode.Cancel);
             throw;
         }
+
+        if (firstSent < firstData.Length)
+        {
+            try
+            {
+                // Like any send of the stream's, this waits for window only as long as the stream lives.
+                await stream.SendAsync(firstData[firstSent..]).ConfigureAwait(false);
+            }
+            catch
+            {
+                stream.Reset((uint)Http2ErrorCode.Cancel);
+                throw;
+            }
+        }
+        return stream;
     }
 
     /// <summary>GOAWAY(NO_ERROR) within the close timeout, then every stream fails and the transport closes.</summary>

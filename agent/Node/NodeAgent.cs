@@ -505,6 +505,8 @@ internal sealed class NodeAgent : IAsyncDisposable
         TunnelsIdleClosed = _services?.Tunnels?.IdleClosed ?? 0,
         TunnelsEvicted = _services?.Tunnels?.Evicted ?? 0,
         TunnelsRefused = _services?.Tunnels?.Refused ?? 0,
+        FirstBytesCarried = _services?.Tunnels?.FirstBytesBudget.Carried ?? 0,
+        FirstBytesBudgetSpent = _services?.Tunnels?.FirstBytesBudget.Spent ?? 0,
         SocketsReserved = Weft.Proxy.SocketReserve.Held,
         Spliced = (SplicePipes.SplicedBytes, SplicePipes.Unavailable),
     };

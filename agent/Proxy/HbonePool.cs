@@ -48,6 +48,7 @@ internal sealed class HbonePool : IDisposable
         _options = options;
         _sockets = sockets;
         _settings = options.Tunnel();
+        FirstBytesBudget = new FirstBytesBudget(options.MaxFirstBytesHeld);
         var period = TimeSpan.FromTicks(Math.Clamp(options.TunnelIdleTimeout.Ticks / 4, TimeSpan.FromMilliseconds(50).Ticks, TimeSpan.FromSeconds(30).Ticks));
         _sweep = new Timer(_ => Sweep(), null, period, period);
     }
@@ -85,8 +86,16 @@ internal sealed class HbonePool : IDisposable
     /// <summary>Connections refused because their pod held its limit of tunnels and none was idle.</summary>
     public long Refused => Interlocked.Read(ref _refused);
 
+    /// <summary>The buffers new outbound connections hold their first bytes in while their streams open.</summary>
+    public FirstBytesBudget FirstBytesBudget { get; }
+
+    /// <summary>
+    /// Opens a stream in a pooled tunnel, dialling one when none has room; <paramref name="first"/>, when given, is read
+    /// once the tunnel is at hand (as late as can be, so that as much as possible of what the client sends at once is
+    /// there) and goes with the request, again with a retry.
+    /// </summary>
     public async Task<Opened> OpenStreamAsync(LocalPod source, SpiffeId sourceId, SpiffeId destinationId, IPAddress address,
-        string authority, IEnumerable<KeyValuePair<string, string>> headers, CancellationToken cancellationToken)
+        string authority, IEnumerable<KeyValuePair<string, string>> headers, CancellationToken cancellationToken, FirstBytes? first = null)
     {
         var key = new Key(source.Key, source.NetnsCookie, destinationId, address);
         for (var attempt = 0; ; attempt++)
@@ -116,7 +125,12 @@ internal sealed class HbonePool : IDisposable
 
             try
             {
-                var stream = await pooled.Tunnel.ConnectAsync(authority, headers, cancellationToken).ConfigureAwait(false);
+                var firstData = first?.Read() ?? default;
+                var stream = await pooled.Tunnel.ConnectAsync(authority, headers, cancellationToken, firstData).ConfigureAwait(false);
+                if (!firstData.IsEmpty)
+                {
+                    FirstBytesBudget.StreamCarried();
+                }
                 return new Opened(stream, handshake);
             }
             catch (HboneException e) when (e.IsRetryable && attempt < MaxAttempts)

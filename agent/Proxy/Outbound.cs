@@ -176,11 +176,17 @@ internal sealed partial class PodProxy
         ];
         HbonePool.Opened opened;
         var started = Stopwatch.GetTimestamp();
+        using var first = new FirstBytes(client, _services.Tunnels!.FirstBytesBudget);
         try
         {
             using var timeout = new CancellationTokenSource(Options.ConnectTimeout * 2);
-            opened = await _services.Tunnels!.OpenStreamAsync(Pod, plan.SourceId, plan.DestinationId, plan.Address,
-                plan.Authority, headers, timeout.Token).ConfigureAwait(false);
+            opened = await _services.Tunnels.OpenStreamAsync(Pod, plan.SourceId, plan.DestinationId, plan.Address,
+                plan.Authority, headers, timeout.Token, first).ConfigureAwait(false);
+        }
+        catch (SocketException) when (first.ClientFailed)
+        {
+            // The client reset its connection before its stream opened: there is nothing to carry.
+            return false;
         }
         catch (Exception e) when (ProxyError.OfTunnelFailure(e, destination) is { } error)
         {
@@ -189,6 +195,12 @@ internal sealed partial class PodProxy
             return false;
         }
 
+        // The first bytes went with the request: they count as the client's, like every byte the relay moves after them.
+        var carried = first.Length;
+        if (carried > 0)
+        {
+            connection.OnBytes(fromA: true, carried);
+        }
         flow.ConnectTime = Stopwatch.GetElapsedTime(started);
         flow.TlsHandshakeTime = opened.Handshake;
         try

@@ -33,6 +33,12 @@ internal sealed record ProxyOptions
     /// </summary>
     public int MaxTunnelsPerPod { get; init; } = 256;
 
+    /// <summary>
+    /// New outbound connections that may hold their first bytes at once while their tunnel streams open, so that the
+    /// bytes go with the request (<see cref="FirstBytes"/>); past it a connection's bytes wait for the stream's answer.
+    /// </summary>
+    public int MaxFirstBytesHeld { get; init; } = FirstBytesBudget.DefaultMax;
+
     /// <summary>Open connections per pod, inbound and outbound together (a handshake in progress counts); more are refused.</summary>
     public int MaxConnectionsPerPod { get; init; } = 65_536;
 

@@ -47,6 +47,12 @@ internal sealed record AgentHealth
     /// <summary>Outbound connections refused because their pod held its limit of tunnels, none idle.</summary>
     public long TunnelsRefused { get; init; }
 
+    /// <summary>Outbound tunnel streams whose CONNECT request carried the client's first bytes.</summary>
+    public long FirstBytesCarried { get; init; }
+
+    /// <summary>New outbound tunnel streams whose client's first bytes waited for the answer: every buffer for them was held.</summary>
+    public long FirstBytesBudgetSpent { get; init; }
+
     /// <summary>TCP sockets made ahead in pods' namespaces, not yet used.</summary>
     public int SocketsReserved { get; init; }
 
@@ -111,6 +117,8 @@ internal sealed class MeshMetrics : IFlowObserver
     private readonly Counter _tunnelsIdleClosed;
     private readonly Counter _tunnelsEvicted;
     private readonly Counter _tunnelsRefused;
+    private readonly Counter _firstBytesCarried;
+    private readonly Counter _firstBytesBudgetSpent;
     private readonly Counter _splicedBytes;
     private readonly Counter _spliceUnavailable;
     private readonly Gauge _socketsReserved;
@@ -170,6 +178,8 @@ internal sealed class MeshMetrics : IFlowObserver
         _tunnelsIdleClosed = f.CreateCounter("weft_hbone_tunnels_idle_closed_total", "Outbound HBONE tunnels closed because they carried nothing for the idle timeout or their pod left.");
         _tunnelsEvicted = f.CreateCounter("weft_hbone_tunnels_evicted_total", "Idle outbound HBONE tunnels closed to make room for a new one of the same pod (--max-tunnels-per-pod).");
         _tunnelsRefused = f.CreateCounter("weft_hbone_tunnels_refused_total", "Outbound connections refused (UO) because their pod held --max-tunnels-per-pod tunnels and none was idle.");
+        _firstBytesCarried = f.CreateCounter("weft_hbone_streams_first_bytes_total", "Outbound HBONE streams whose CONNECT request carried the client's first bytes (what it had sent when the stream opened, up to 4 KiB), so its first round trip crossed the tunnel once.");
+        _firstBytesBudgetSpent = f.CreateCounter("weft_hbone_first_bytes_budget_spent_total", "New outbound HBONE streams whose client's first bytes waited for the stream's answer because 1,024 connections already held theirs.");
         _socketsReserved = f.CreateGauge("weft_pod_sockets_reserved", "TCP sockets made ahead in pods' network namespaces for busy pods' next connections, not yet used (at most 16 per pod and address family; closed after 2 s unused).");
         _accessLogDropped = f.CreateCounter("weft_access_log_dropped_total", "Access-log lines dropped because the log's reader fell 16,384 lines behind.");
         _caRequests = f.CreateCounter("weft_ca_requests_total", "Certificate requests this agent made to the CA service, by result (ok, failed).", ["result"]);
@@ -317,6 +327,8 @@ internal sealed class MeshMetrics : IFlowObserver
             _tunnelsIdleClosed.IncTo(health.TunnelsIdleClosed);
             _tunnelsEvicted.IncTo(health.TunnelsEvicted);
             _tunnelsRefused.IncTo(health.TunnelsRefused);
+            _firstBytesCarried.IncTo(health.FirstBytesCarried);
+            _firstBytesBudgetSpent.IncTo(health.FirstBytesBudgetSpent);
             _splicedBytes.IncTo(health.Spliced.Bytes);
             _spliceUnavailable.IncTo(health.Spliced.Unavailable);
             _socketsReserved.Set(health.SocketsReserved);

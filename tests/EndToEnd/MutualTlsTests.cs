@@ -84,6 +84,32 @@ public class MutualTlsTests
     }
 
     [PrivilegedFact]
+    public async Task NewConnection_ClientsFirstBytesGoWithTheTunnelRequest_AndArriveOnceBothWays()
+    {
+        const long bytes = 100_000;
+        await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true, "--metrics", ":15020");
+        var server = mesh.Cluster.Pod("demo", "b1");
+        await using var serve = await MeshCluster.StartServerAsync(server, "--port", "8080", "--mode", "echo");
+
+        // The client sends as soon as it is connected; its first connection waits for a tunnel's dial, so its first
+        // bytes are in the agent's socket when the stream opens, and go with the CONNECT.
+        var run = await MeshCluster.RunPeerAsync(mesh.Cluster.Pod("demo", "a1"), Long, "send", "--to", $"{server.Address}:8080",
+            "--bytes", bytes.ToString(), "--expect-reply-bytes", bytes.ToString());
+
+        Assert.True(run.ExitCode == 0, run.ToString());
+        Assert.Equal(Pattern.Sha256(bytes), run.Connections[0].GetProperty("received_sha256").GetString());
+        var metrics = await TunnelPoolLimitTests.MetricsAsync(mesh.Cluster.Pod("demo", "a1").Node);
+        Assert.Equal(1, TunnelPoolLimitTests.Value(metrics, "weft_hbone_streams_first_bytes_total"));
+        Assert.Equal(0, TunnelPoolLimitTests.Value(metrics, "weft_hbone_first_bytes_budget_spent_total"));
+        var outbound = await PodTrafficTests.WaitForFlowAsync(mesh.Agent("node1"), f => f.GetProperty("direction").GetString() == "outbound");
+        Assert.Equal(bytes, outbound.GetProperty("bytes_sent").GetInt64());
+        Assert.Equal(bytes, outbound.GetProperty("bytes_received").GetInt64());
+        var inbound = await PodTrafficTests.WaitForFlowAsync(mesh.Agent("node2"), f => f.GetProperty("direction").GetString() == "inbound");
+        Assert.Equal(bytes, inbound.GetProperty("bytes_sent").GetInt64());
+        Assert.Equal(bytes, inbound.GetProperty("bytes_received").GetInt64());
+    }
+
+    [PrivilegedFact]
     public async Task SameNode_ShortCut_IsAuthorizedAndRecordedOnBothSides()
     {
         await using var mesh = await MeshCluster.StartAsync(Spec(), c => Inventory(c), mtls: true);

@@ -114,14 +114,14 @@ public class TunnelPoolLimitTests(ITestOutputHelper output)
     private static Task WaitForOutboundFlowsAsync(ManagedProcess agent, int count) =>
         CaptureScopeTests.WaitUntilAsync(() => MeshCluster.Flows(agent).Count(f => f.GetProperty("direction").GetString() == "outbound") >= count, seconds: 30);
 
-    private static async Task<string> MetricsAsync(ClusterNode node)
+    internal static async Task<string> MetricsAsync(ClusterNode node)
     {
         await using var curl = node.StartProcess("curl", "-sS", "--max-time", "10", "http://127.0.0.1:15020/metrics");
         Assert.Equal(0, await curl.WaitForExitAsync(TimeSpan.FromSeconds(30)));
         return curl.Stdout;
     }
 
-    private static double Value(string exposition, string name)
+    internal static double Value(string exposition, string name)
     {
         var match = Regex.Match(exposition, $"^{Regex.Escape(name)} (\\S+)$", RegexOptions.Multiline);
         Assert.True(match.Success, $"no {name} in /metrics:\n{exposition}");

@@ -79,6 +79,26 @@ public class HboneInteropTests
     }
 
     [Fact]
+    public async Task OurClient_FirstDataRightBehindTheRequest_PythonH2EchoServerEchoesItOnceInOrder()
+    {
+        var (peer, client) = await ConnectToPythonServerAsync("echo");
+        await using (peer)
+        await using (client)
+        {
+            byte[] first = RandomNumberGenerator.GetBytes(3000);
+            HboneStream stream = await client.ConnectAsync("10.244.2.7:8080", [], CancellationToken.None, first).WaitAsync(Patience);
+            Task<byte[]> echoed = ReadToEndAsync(stream.Input);
+            byte[] rest = RandomNumberGenerator.GetBytes(5000);
+            await stream.Output.WriteAsync(rest);
+            await stream.Output.CompleteAsync();
+
+            byte[] expected = [.. first, .. rest];
+            Assert.Equal(expected, await echoed.WaitAsync(Patience));
+            await stream.DisposeAsync();
+        }
+    }
+
+    [Fact]
     public async Task OurClient_PythonH2ServerAnswers403_SurfacesTheStatus()
     {
         var (peer, client) = await ConnectToPythonServerAsync("reject403");

@@ -102,6 +102,55 @@ public sealed class InProcessTunnelTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ClientsFirstBytes_GoWithTheStreamsRequest_AndEveryByteArrivesOnceInOrder()
+    {
+        // The client sends at once and the tunnel's dial takes far longer than its bytes take to arrive: its first
+        // 4 KiB are read before the stream opens and go with the CONNECT, the rest through the relay after the answer.
+        var message = Letters(10_000);
+        Assert.Equal(message, await RoundTripAsync(_client, Client, "127.0.0.1:8080", message));
+
+        var budget = _rig.ClientServices.Tunnels!.FirstBytesBudget;
+        Assert.Equal(1, budget.Carried);
+        Assert.Equal(0, budget.Spent);
+        Assert.Equal(0, budget.Held);
+        var outbound = await FinishedAsync(_clientFlows, 1);
+        Assert.Equal((10_000, 10_000), (outbound[0].BytesSent, outbound[0].BytesReceived));
+        var inbound = await FinishedAsync(_serverFlows, 1);
+        Assert.Equal((10_000, 10_000), (inbound[0].BytesSent, inbound[0].BytesReceived));
+    }
+
+    [Fact]
+    public async Task FirstBytesBudgetSpent_TheBytesFollowTheAnswer_AndNothingIsLost()
+    {
+        var sockets = Redirected(new LoopbackPodSockets());
+        var services = new ProxyServices(_destinations, sockets, _inventory, _clientTracker,
+            new ProxyOptions { ConnectTimeout = TimeSpan.FromSeconds(10), MaxFirstBytesHeld = 0 }, _rig.Identity);
+        await using var client = PodProxy.Start(Client, services);
+        var message = Letters(10_000);
+
+        Assert.Equal(message, await RoundTripAsync(client, Client, "127.0.0.1:8080", message));
+
+        Assert.Equal(0, services.Tunnels!.FirstBytesBudget.Carried);
+        Assert.Equal(1, services.Tunnels.FirstBytesBudget.Spent);
+        Assert.Equal(10_000, (await FinishedAsync(_clientFlows, 1))[0].BytesSent);
+    }
+
+    [Fact]
+    public async Task ClientThatSendsNothingAtFirst_GetsItsStreamOpenedWithoutWaiting()
+    {
+        // Nothing sent yet (a protocol where the server speaks first): the stream opens at once, and later bytes follow as ever.
+        using var client = await ConnectCapturedAsync(_client, Client, "127.0.0.1:8080");
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        await WaitAsync(() => _clientFlows.Live().Any(f => f.ConnectTime is not null), "the stream to open");
+        await client.SendAsync("late"u8.ToArray(), timeout.Token);
+        Assert.Equal("late", await ReceiveAsync(client, 4, timeout.Token));
+
+        Assert.Equal(0, _rig.ClientServices.Tunnels!.FirstBytesBudget.Carried);
+    }
+
+    private static string Letters(int count) => new(Enumerable.Range(0, count).Select(i => (char)('a' + (i % 26))).ToArray());
+
+    [Fact]
     public async Task SecondConnection_SameSourceDestinationAndAddress_ReusesTheTunnel()
     {
         await RoundTripAsync(_client, Client, "127.0.0.1:8080", "one");

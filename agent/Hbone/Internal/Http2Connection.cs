@@ -633,8 +633,12 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     public ValueTask WriteDataAsync(HboneStream stream, ReadOnlySequence<byte> data, bool endStream) =>
         _writer.WriteDataAsync(stream, data, endStream);
 
-    /// <summary>Client: allocates the next stream id and sends the CONNECT request in one step, so ids go out in order.</summary>
-    public async Task<HboneStream> OpenStreamAsync(string authority, IEnumerable<KeyValuePair<string, string>> headers, CancellationToken ct)
+    /// <summary>
+    /// Client: allocates the next stream id and sends the CONNECT request in one step, so ids go out in order, with as
+    /// much of <paramref name="firstData"/> as the peer's windows allow now right behind it (<c>FirstSent</c> bytes).
+    /// </summary>
+    public async Task<(HboneStream Stream, int FirstSent)> OpenStreamAsync(string authority, IEnumerable<KeyValuePair<string, string>> headers,
+        ReadOnlyMemory<byte> firstData, CancellationToken ct)
     {
         var fields = new List<KeyValuePair<string, string>> { new(":method", "CONNECT"), new(":authority", authority) };
         foreach (var field in headers)
@@ -649,19 +653,24 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         var block = new ArrayBufferWriter<byte>(256);
         HpackEncoder.Encode(fields, block);
 
-        return await _writer.WriteRequestHeadersAsync(() =>
+        int firstSent = 0;
+        HboneStream opened = await _writer.WriteRequestHeadersAsync(() =>
         {
+            HboneStream stream;
             lock (_sync)
             {
                 if (!CanOpenStreamLocked())
                 {
                     throw new HboneException(_closed || _goAwayReceived ? "connection is closing" : "connection has no free stream", errorCode: Http2ErrorCode.RefusedStream) { IsRetryable = true };
                 }
-                var stream = new HboneStream(this, _streams.TakeStreamId(), _peerInitialWindow, _settings);
+                stream = new HboneStream(this, _streams.TakeStreamId(), _peerInitialWindow, _settings);
                 _streams.Add(stream);
-                return stream;
             }
-        }, block.WrittenMemory, ct).ConfigureAwait(false);
+            // Only what the windows allow now goes with the headers; the opener sends the rest once the stream is answered.
+            firstSent = firstData.IsEmpty ? 0 : _sendFlow.TryReserveNow(stream.SendFlow, firstData.Length, MaxDataPerTurn);
+            return (stream, firstSent);
+        }, block.WrittenMemory, firstData, ct).ConfigureAwait(false);
+        return (opened, firstSent);
     }
 
     /// <summary>Server: sends the response HEADERS for a CONNECT.</summary>

@@ -350,16 +350,25 @@ internal sealed class Http2FrameWriter
 
     /// <summary>
     /// Opens a stream and writes its request headers under one turn of the lock, so stream ids go out in
-    /// the order they are allocated. <paramref name="open"/> runs under the lock and may throw to refuse.
+    /// the order they are allocated. <paramref name="open"/> runs under the lock and may throw to refuse; it gives
+    /// the new stream and how many bytes of <paramref name="firstData"/> the peer's windows took for it, which go
+    /// out as DATA right behind the headers, in the same flush.
     /// </summary>
-    public async Task<HboneStream> WriteRequestHeadersAsync(Func<HboneStream> open, ReadOnlyMemory<byte> block, CancellationToken ct)
+    public async Task<HboneStream> WriteRequestHeadersAsync(Func<(HboneStream Stream, int FirstData)> open, ReadOnlyMemory<byte> block,
+        ReadOnlyMemory<byte> firstData, CancellationToken ct)
     {
         await _writeLock.WaitAsync(ct).ConfigureAwait(false);
         BeginTurn();
         try
         {
-            HboneStream stream = open();
-            FrameWriter.WriteHeaderBlock(_output, stream.StreamId, block.Span, endStream: false, PeerMaxFrameSize);
+            (HboneStream stream, int first) = open();
+            int maxFrame = PeerMaxFrameSize;
+            FrameWriter.WriteHeaderBlock(_output, stream.StreamId, block.Span, endStream: false, maxFrame);
+            for (int at = 0; at < first; at += maxFrame)
+            {
+                var payload = new ReadOnlySequence<byte>(firstData.Slice(at, Math.Min(maxFrame, first - at)));
+                FrameWriter.WriteData(_output, stream.StreamId, payload, endStream: false);
+            }
             WriteHanded();
             await FlushLockedAsync().ConfigureAwait(false);
             return stream;

@@ -29,12 +29,10 @@ internal sealed class ConnectionOutputFlowControl(int initialWindow)
                 {
                     throw new HboneException($"stream {stream.StreamId} closed");
                 }
-                long granted = Math.Min(Math.Min(wanted, maxPerTurn), Math.Min(stream.Window, _window));
+                int granted = TakeLocked(stream, wanted, maxPerTurn);
                 if (granted > 0)
                 {
-                    stream.Window -= granted;
-                    _window -= granted;
-                    return (int)granted;
+                    return granted;
                 }
                 waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 stream.Waiter = waiter;
@@ -46,6 +44,27 @@ internal sealed class ConnectionOutputFlowControl(int initialWindow)
             }
             await waiter.Task.ConfigureAwait(false);
         }
+    }
+
+    /// <summary>What both windows allow now, up to <paramref name="wanted"/> (at most <paramref name="maxPerTurn"/>), taken; 0 when nothing, without waiting.</summary>
+    public int TryReserveNow(StreamOutputFlowControl stream, long wanted, int maxPerTurn)
+    {
+        lock (_sync)
+        {
+            return stream.Completed is null && _aborted is null ? TakeLocked(stream, wanted, maxPerTurn) : 0;
+        }
+    }
+
+    private int TakeLocked(StreamOutputFlowControl stream, long wanted, int maxPerTurn)
+    {
+        long granted = Math.Min(Math.Min(wanted, maxPerTurn), Math.Min(stream.Window, _window));
+        if (granted <= 0)
+        {
+            return 0;
+        }
+        stream.Window -= granted;
+        _window -= granted;
+        return (int)granted;
     }
 
     /// <summary>A connection WINDOW_UPDATE: 0 is a PROTOCOL_ERROR, past 2^31-1 a FLOW_CONTROL_ERROR (connection errors).</summary>

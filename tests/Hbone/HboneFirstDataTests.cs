@@ -1,0 +1,90 @@
+using System.Security.Cryptography;
+using Weft.Hbone;
+using static Weft.Tests.Hbone.HboneTestKit;
+
+namespace Weft.Tests.Hbone;
+
+/// <summary>
+/// A CONNECT that carries the client's first bytes: they go out right behind the request, so the server has them before
+/// it answers (one crossing for a new connection's first round trip, not two), and arrive exactly once, in order.
+/// </summary>
+public class HboneFirstDataTests
+{
+    private static readonly TimeSpan Short = TimeSpan.FromSeconds(5);
+
+    [Fact]
+    public async Task FirstData_IsAtTheServerBeforeItAnswers_AndArrivesOnce()
+    {
+        byte[] first = RandomNumberGenerator.GetBytes(3000);
+        var beforeAnswer = new TaskCompletionSource<byte[]>();
+        await using var tunnel = await LoopbackTunnel.StartAsync(async request =>
+        {
+            // Without the bytes already here this read would wait for ever: the client sends nothing else until answered.
+            byte[] early;
+            try
+            {
+                early = await ReadExactlyAsync(request.Stream.Input, first.Length).WaitAsync(Short);
+            }
+            catch (TimeoutException)
+            {
+                beforeAnswer.TrySetResult([]);
+                await request.RejectAsync(504);
+                return;
+            }
+            beforeAnswer.TrySetResult(early);
+            HboneStream stream = await request.AcceptAsync();
+            await stream.Output.WriteAsync(early);
+            await EchoAsync(stream);
+        });
+
+        HboneStream client = await tunnel.Client.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None, first).WaitAsync(Patience);
+        Assert.Equal(first, await beforeAnswer.Task.WaitAsync(Patience));
+        await WriteAsync(client.Output, "and after");
+        await client.Output.CompleteAsync();
+
+        byte[] expected = [.. first, .. "and after"u8.ToArray()];
+        Assert.Equal(expected, await ReadToEndAsync(client.Input).WaitAsync(Patience));
+        await client.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task FirstData_PastTheStreamWindow_WhatDidNotFitFollowsTheAnswer()
+    {
+        // The server's stream window is the protocol's default, 65,535 bytes: the rest of 200,000 waits for the answer.
+        byte[] first = RandomNumberGenerator.GetBytes(200_000);
+        var server = new HboneSettings { KeepaliveInterval = Timeout.InfiniteTimeSpan, StreamWindow = HboneSettings.DefaultWindowSize };
+        var beforeAnswer = new TaskCompletionSource<long>();
+        await using var tunnel = await LoopbackTunnel.StartAsync(async request =>
+        {
+            var read = await request.Stream.Input.ReadAtLeastAsync(HboneSettings.DefaultWindowSize).AsTask().WaitAsync(Patience);
+            beforeAnswer.TrySetResult(read.Buffer.Length);
+            request.Stream.Input.AdvanceTo(read.Buffer.Start); // left for the echo
+            HboneStream stream = await request.AcceptAsync();
+            await EchoAsync(stream);
+        }, server);
+
+        HboneStream client = await tunnel.Client.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None, first).WaitAsync(Patience);
+        Assert.Equal((long)HboneSettings.DefaultWindowSize, await beforeAnswer.Task.WaitAsync(Patience));
+        await client.Output.CompleteAsync();
+
+        Assert.Equal(first, await ReadToEndAsync(client.Input).WaitAsync(Patience));
+        await client.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task FirstData_OfARejectedStream_IsDiscarded_AndTheTunnelCarriesTheNextStream()
+    {
+        var calls = 0;
+        await using var tunnel = await LoopbackTunnel.StartAsync(request =>
+            Interlocked.Increment(ref calls) == 1 ? request.RejectAsync(403) : EchoHandler(request));
+
+        var error = await Assert.ThrowsAsync<HboneException>(() =>
+            tunnel.Client.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None, "never delivered"u8.ToArray()).WaitAsync(Patience));
+        Assert.Equal(403, error.StatusCode);
+
+        HboneStream next = await tunnel.Client.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None, "next"u8.ToArray()).WaitAsync(Patience);
+        await next.Output.CompleteAsync();
+        Assert.Equal("next"u8.ToArray(), await ReadToEndAsync(next.Input).WaitAsync(Patience));
+        await next.DisposeAsync();
+    }
+}
