@@ -62,17 +62,31 @@ internal sealed class HboneClientConnection : IAsyncDisposable
     /// never processed it).
     /// <para>
     /// <paramref name="firstData"/>, the client's first bytes, goes out with the request rather than after the answer, so
-    /// that a new connection's first round trip crosses the tunnel once. The server holds them until it has decided
-    /// (a refusal discards them, the destination never sees them). A stream that is never processed (IsRetryable) did not
-    /// deliver them either, and may be opened again with the same bytes. When the windows could not take them all at
-    /// once, the rest follows the answer.
+    /// that a new connection's first round trip crosses the tunnel once. When there were none yet, <paramref name="lateData"/>
+    /// is asked for them while the answer is awaited (cancelled once it comes), and what it gives before then is sent at
+    /// once. The server holds such bytes until it has decided (a refusal discards them, the destination never sees them). A
+    /// stream that is never processed (IsRetryable) did not deliver them either, and may be opened again with the same
+    /// bytes. What the windows could not take at once follows the answer.
     /// </para>
     /// </summary>
     public async Task<HboneStream> ConnectAsync(string authority, IEnumerable<KeyValuePair<string, string>> headers, CancellationToken ct,
-        ReadOnlyMemory<byte> firstData = default)
+        ReadOnlyMemory<byte> firstData = default, Func<CancellationToken, Task<ReadOnlyMemory<byte>>>? lateData = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(authority);
         (HboneStream stream, int firstSent) = await _connection.OpenStreamAsync(authority, headers ?? [], firstData, ct).ConfigureAwait(false);
+        if (firstData.IsEmpty && lateData is not null)
+        {
+            try
+            {
+                (firstData, firstSent) = await SendLateDataAsync(stream, lateData, ct).ConfigureAwait(false);
+            }
+            catch
+            {
+                stream.Reset((uint)Http2ErrorCode.Cancel);
+                throw;
+            }
+        }
+
         try
         {
             await stream.Response.Task.WaitAsync(ct).ConfigureAwait(false);
@@ -97,6 +111,42 @@ internal sealed class HboneClientConnection : IAsyncDisposable
             }
         }
         return stream;
+    }
+
+    /// <summary>
+    /// Waits for the answer or the client's first bytes, whichever comes first; bytes that come first are sent now. Gives
+    /// the bytes and how many of them went out (none when the answer came first: the caller sends them after it).
+    /// </summary>
+    private static async Task<(ReadOnlyMemory<byte> Data, int Sent)> SendLateDataAsync(HboneStream stream,
+        Func<CancellationToken, Task<ReadOnlyMemory<byte>>> lateData, CancellationToken ct)
+    {
+        Task<ReadOnlyMemory<byte>> late;
+        using (var answered = CancellationTokenSource.CreateLinkedTokenSource(ct))
+        {
+            late = lateData(answered.Token);
+            if (await Task.WhenAny(stream.Response.Task, late).ConfigureAwait(false) != late)
+            {
+                answered.Cancel();
+            }
+            // Completes at once once cancelled, with the bytes if they won the race with the cancellation.
+            await late.ConfigureAwait(false);
+        }
+
+        ReadOnlyMemory<byte> data = late.Result;
+        if (data.IsEmpty || stream.Response.Task.IsCompleted)
+        {
+            return (data, 0);
+        }
+        try
+        {
+            await stream.SendAsync(data).ConfigureAwait(false);
+            return (data, data.Length);
+        }
+        catch (HboneException)
+        {
+            // The stream ended under the send: its answer tells why (a refusal there is retried with the same bytes).
+            return (data, data.Length);
+        }
     }
 
     /// <summary>GOAWAY(NO_ERROR) within the close timeout, then every stream fails and the transport closes.</summary>

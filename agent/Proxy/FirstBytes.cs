@@ -4,19 +4,29 @@ using System.Net.Sockets;
 namespace Weft.Proxy;
 
 /// <summary>
-/// A client's first bytes, read from its socket just before its tunnel stream opens so that they go out with the CONNECT
-/// request instead of after its answer (<see cref="Hbone.HboneClientConnection.ConnectAsync"/>): a new connection's first
-/// round trip then crosses the tunnel once, not twice. Only what the client has already sent is taken, by a recv(2) that
-/// never waits, so a client that waits for its server to speak first is not held up. At most <see cref="Size"/> bytes;
-/// what follows them, and everything when the budget is spent, goes through the relay once the stream is answered.
+/// A client's first bytes, sent on its tunnel stream before the stream's answer (<see cref="Hbone.HboneClientConnection.ConnectAsync"/>),
+/// so that a new connection's first round trip crosses the tunnel once, not twice: what the client has sent when the
+/// stream opens is read by a recv(2) that never waits and goes with the CONNECT request; when it has sent nothing yet (the
+/// agent usually opens the stream before a client's first write), its socket waits in the read watch until the answer
+/// comes, and bytes that come first go out at once. A client whose server speaks first is never held up. At most
+/// <see cref="Size"/> bytes; what follows them, and everything when the budget is spent, goes through the relay once the
+/// stream is answered.
 /// </summary>
-internal sealed class FirstBytes(Socket client, FirstBytesBudget budget) : IDisposable
+internal sealed class FirstBytes(Socket client, FirstBytesBudget budget) : IRunOnWatch, IDisposable
 {
     /// <summary>The most taken ahead of the answer: a request's headers, or a TLS ClientHello with a post-quantum key share.</summary>
     public const int Size = 4096;
 
+    // The wait of LaterAsync: not started, the socket armed in the read watch, or over (read, cancelled or closed).
+    private const int NotWaiting = 0, Watching = 1, Over = 2;
+
     private byte[]? _buffer;
     private int _length = -1;   // -1 until read
+    private bool _budgetSpent;  // no buffer was free: the bytes wait for the answer
+    private int _late;
+    private long _watch;
+    private TaskCompletionSource<ReadOnlyMemory<byte>>? _lateBytes;
+    private CancellationTokenRegistration _stopWatching;
 
     /// <summary>How many bytes <see cref="Read"/> took from the client (0 before it ran).</summary>
     public int Length => Math.Max(_length, 0);
@@ -34,7 +44,8 @@ internal sealed class FirstBytes(Socket client, FirstBytesBudget budget) : IDisp
         if (_length < 0)
         {
             _length = 0;
-            if (budget.TryTake())
+            _budgetSpent = !budget.TryTake();
+            if (!_budgetSpent)
             {
                 _buffer = ArrayPool<byte>.Shared.Rent(Size);
                 try
@@ -54,10 +65,76 @@ internal sealed class FirstBytes(Socket client, FirstBytesBudget budget) : IDisp
                 }
             }
         }
-        return _buffer is null ? default : _buffer.AsMemory(0, _length);
+        return Current;
     }
 
-    public void Dispose() => Release();
+    /// <summary>
+    /// For a client that had sent nothing when its stream opened: completes with its first bytes as soon as they come
+    /// (read on the watch thread that sees them, at most <see cref="Size"/>), or empty once <paramref name="cancellationToken"/>
+    /// is cancelled (the stream's answer came first: the bytes then go through the relay) or the client closed. Either
+    /// way the socket has left the read watch when the task completes, so a relay may add it as its own. Once.
+    /// </summary>
+    public Task<ReadOnlyMemory<byte>> LaterAsync(CancellationToken cancellationToken)
+    {
+        if (_length > 0 || ClientFailed || _budgetSpent || _late != NotWaiting)
+        {
+            return Task.FromResult(Current);
+        }
+
+        _lateBytes = new TaskCompletionSource<ReadOnlyMemory<byte>>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _watch = ReadWatch.Shared.Register(this);
+        Volatile.Write(ref _late, Watching);
+        if (!ReadWatch.Shared.Arm(client, _watch, first: true) && Interlocked.CompareExchange(ref _late, Over, Watching) == Watching)
+        {
+            // Closed already: nothing of it is watched.
+            ReadWatch.Shared.Remove(_watch);
+            _lateBytes.TrySetResult(default);
+        }
+
+        _stopWatching = cancellationToken.UnsafeRegister(static state => ((FirstBytes)state!).StopWatching(), this);
+        return _lateBytes.Task;
+    }
+
+    /// <summary>The client's bytes came (or its end, or an error): read them here, on the watch's thread.</summary>
+    void IThreadPoolWorkItem.Execute()
+    {
+        if (Interlocked.CompareExchange(ref _late, Over, Watching) != Watching)
+        {
+            return;
+        }
+
+        ReadWatch.Shared.Leave(client, _watch);
+        _length = -1;
+        try
+        {
+            Read();
+        }
+        catch (SocketException)
+        {
+            // ClientFailed says so; the opener resets the stream.
+        }
+        _lateBytes!.TrySetResult(Current);
+    }
+
+    private void StopWatching()
+    {
+        if (Interlocked.CompareExchange(ref _late, Over, Watching) != Watching)
+        {
+            return;
+        }
+
+        ReadWatch.Shared.Leave(client, _watch);
+        _lateBytes!.TrySetResult(default);
+    }
+
+    private ReadOnlyMemory<byte> Current => _buffer is null ? default : _buffer.AsMemory(0, Math.Max(_length, 0));
+
+    public void Dispose()
+    {
+        _stopWatching.Dispose();
+        StopWatching();
+        Release();
+    }
 
     private void Release()
     {

@@ -91,8 +91,8 @@ internal sealed class HbonePool : IDisposable
 
     /// <summary>
     /// Opens a stream in a pooled tunnel, dialling one when none has room; <paramref name="first"/>, when given, is read
-    /// once the tunnel is at hand (as late as can be, so that as much as possible of what the client sends at once is
-    /// there) and goes with the request, again with a retry.
+    /// once the tunnel is at hand and goes with the request (again with a retry), or, when the client had sent nothing
+    /// yet, as soon as it comes before the answer.
     /// </summary>
     public async Task<Opened> OpenStreamAsync(LocalPod source, SpiffeId sourceId, SpiffeId destinationId, IPAddress address,
         string authority, IEnumerable<KeyValuePair<string, string>> headers, CancellationToken cancellationToken, FirstBytes? first = null)
@@ -125,9 +125,9 @@ internal sealed class HbonePool : IDisposable
 
             try
             {
-                var firstData = first?.Read() ?? default;
-                var stream = await pooled.Tunnel.ConnectAsync(authority, headers, cancellationToken, firstData).ConfigureAwait(false);
-                if (!firstData.IsEmpty)
+                var stream = await pooled.Tunnel.ConnectAsync(authority, headers, cancellationToken, first?.Read() ?? default, first is null ? null : first.LaterAsync)
+                    .ConfigureAwait(false);
+                if (first?.Length > 0)
                 {
                     FirstBytesBudget.StreamCarried();
                 }

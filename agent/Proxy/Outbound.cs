@@ -195,6 +195,14 @@ internal sealed partial class PodProxy
             return false;
         }
 
+        if (first.ClientFailed)
+        {
+            // The client reset its connection while its stream opened.
+            opened.Stream.Reset();
+            await opened.Stream.DisposeAsync().ConfigureAwait(false);
+            return false;
+        }
+
         // The first bytes went with the request: they count as the client's, like every byte the relay moves after them.
         var carried = first.Length;
         if (carried > 0)

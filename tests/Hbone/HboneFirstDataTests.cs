@@ -72,6 +72,62 @@ public class HboneFirstDataTests
     }
 
     [Fact]
+    public async Task LateData_ThatComesBeforeTheAnswer_IsSentAtOnce_AndIsAtTheServerBeforeItAnswers()
+    {
+        var beforeAnswer = new TaskCompletionSource<bool>();
+        await using var tunnel = await LoopbackTunnel.StartAsync(async request =>
+        {
+            byte[] early;
+            try
+            {
+                early = await ReadExactlyAsync(request.Stream.Input, 5).WaitAsync(Short);
+            }
+            catch (TimeoutException)
+            {
+                beforeAnswer.TrySetResult(false);
+                await request.RejectAsync(504);
+                return;
+            }
+            beforeAnswer.TrySetResult(true);
+            HboneStream stream = await request.AcceptAsync();
+            await stream.Output.WriteAsync(early);
+            await EchoAsync(stream);
+        });
+
+        // Nothing when the stream opens; the client's bytes come 100 ms later, long before any answer would.
+        HboneStream client = await tunnel.Client.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None, default, async _ =>
+        {
+            await Task.Delay(100);
+            return "late!"u8.ToArray();
+        }).WaitAsync(Patience);
+        Assert.True(await beforeAnswer.Task.WaitAsync(Patience), "the late bytes were not at the server before it answered");
+        await client.Output.CompleteAsync();
+
+        Assert.Equal("late!"u8.ToArray(), await ReadToEndAsync(client.Input).WaitAsync(Patience));
+        await client.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task LateData_WhenTheAnswerComesFirst_TheWaitIsCancelled_AndNothingIsSentForIt()
+    {
+        await using var tunnel = await LoopbackTunnel.StartAsync(EchoHandler);
+        var cancelled = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        HboneStream client = await tunnel.Client.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None, default, async ct =>
+        {
+            await Task.Delay(Timeout.Infinite, ct).ContinueWith(_ => { }, TaskScheduler.Default);
+            cancelled.TrySetResult(ct.IsCancellationRequested);
+            return ReadOnlyMemory<byte>.Empty;
+        }).WaitAsync(Patience);
+
+        Assert.True(await cancelled.Task.WaitAsync(Patience));
+        await WriteAsync(client.Output, "after the answer");
+        await client.Output.CompleteAsync();
+        Assert.Equal("after the answer"u8.ToArray(), await ReadToEndAsync(client.Input).WaitAsync(Patience));
+        await client.DisposeAsync();
+    }
+
+    [Fact]
     public async Task FirstData_OfARejectedStream_IsDiscarded_AndTheTunnelCarriesTheNextStream()
     {
         var calls = 0;

@@ -76,6 +76,75 @@ public sealed class FirstBytesTests
     }
 
     [Fact]
+    public async Task NothingAtFirst_LaterAsync_GivesTheBytesAsTheyCome_AndTheSocketHasLeftTheWatch()
+    {
+        var (client, accepted) = await PairAsync();
+        using (client)
+        using (accepted)
+        {
+            var budget = new FirstBytesBudget(4);
+            using var first = new FirstBytes(accepted, budget);
+            Assert.True(first.Read().IsEmpty);
+
+            var later = first.LaterAsync(CancellationToken.None);
+            await Task.Delay(50);
+            Assert.False(later.IsCompleted);
+            client.Send("hello"u8);
+
+            Assert.Equal("hello"u8.ToArray(), (await later.WaitAsync(Patience)).ToArray());
+            Assert.Equal("hello"u8.ToArray(), first.Read().ToArray()); // a retry sends the same
+            Assert.Equal((5, 1), (first.Length, budget.Held));
+            AssertARelayMayWatchIt(accepted);
+        }
+    }
+
+    [Fact]
+    public async Task LaterAsync_Cancelled_GivesNothing_AndLeavesTheBytesAndTheSocketToTheRelay()
+    {
+        var (client, accepted) = await PairAsync();
+        using (client)
+        using (accepted)
+        {
+            var budget = new FirstBytesBudget(4);
+            using var first = new FirstBytes(accepted, budget);
+            Assert.True(first.Read().IsEmpty);
+            using var answered = new CancellationTokenSource();
+
+            var later = first.LaterAsync(answered.Token);
+            answered.Cancel();
+
+            Assert.True((await later.WaitAsync(Patience)).IsEmpty);
+            client.Send("for the relay"u8);
+            await ArrivedAsync(accepted, 13);
+            await Task.Delay(50);
+            Assert.Equal((0, 0), (first.Length, budget.Held));
+            AssertARelayMayWatchIt(accepted);
+        }
+    }
+
+    /// <summary>The socket is out of the read watch's epoll set: a relay's first arm (EPOLL_CTL_ADD) takes it.</summary>
+    private static void AssertARelayMayWatchIt(Socket socket)
+    {
+        var relay = new NoWork();
+        var id = ReadWatch.Shared.Register(relay);
+        try
+        {
+            Assert.True(ReadWatch.Shared.Arm(socket, id, first: true), "the socket is still in the read watch");
+        }
+        finally
+        {
+            ReadWatch.Shared.Leave(socket, id);
+        }
+    }
+
+    private sealed class NoWork : IReadReady
+    {
+        public void Execute()
+        {
+        }
+    }
+
+    [Fact]
     public async Task PastTheBudget_TheBytesStayInTheSocket_Counted_AndAReturnedBufferServesTheNext()
     {
         var budget = new FirstBytesBudget(2);
