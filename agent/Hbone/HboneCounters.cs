@@ -36,15 +36,7 @@ internal sealed class HboneCounters
     /// <summary>DATA writes that found their connection's write lock taken and were handed to the writer holding it.</summary>
     public long HandedWrites => Interlocked.Read(ref _handedWrites);
 
-    internal bool TryTakeHandedChunk()
-    {
-        if (Interlocked.Increment(ref _handedChunks) <= MaxHandedChunks)
-        {
-            return true;
-        }
-        Interlocked.Decrement(ref _handedChunks);
-        return false;
-    }
+    internal bool TryTakeHandedChunk() => Limit.TryTake(ref _handedChunks, MaxHandedChunks);
 
     internal void ReturnHandedChunks(int count) => Interlocked.Add(ref _handedChunks, -count);
 

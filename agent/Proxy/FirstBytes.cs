@@ -172,11 +172,10 @@ internal sealed class FirstBytesBudget(int max)
 
     public bool TryTake()
     {
-        if (Interlocked.Increment(ref _held) <= max)
+        if (Limit.TryTake(ref _held, max))
         {
             return true;
         }
-        Interlocked.Decrement(ref _held);
         Interlocked.Increment(ref _spent);
         return false;
     }

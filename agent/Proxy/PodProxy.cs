@@ -164,16 +164,7 @@ internal sealed partial class PodProxy : IAsyncDisposable
     private static readonly TimeSpan MaxAcceptBackoff = TimeSpan.FromSeconds(1);
 
     /// <summary>Counts a connection against the pod's limit; false (and the caller refuses) when full.</summary>
-    private bool TryReserve()
-    {
-        if (Interlocked.Increment(ref _open) <= Options.MaxConnectionsPerPod)
-        {
-            return true;
-        }
-
-        Interlocked.Decrement(ref _open);
-        return false;
-    }
+    private bool TryReserve() => Limit.TryTake(ref _open, Options.MaxConnectionsPerPod);
 
     private void Release() => Interlocked.Decrement(ref _open);
 
