@@ -119,6 +119,7 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     internal void DeliverTo(IInboundSink sink)
     {
         bool end = false;
+        PipeReader? drain = null;
         lock (_inboundSync)
         {
             if (_sink is not null || _input is not null)
@@ -132,14 +133,19 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
             }
             else if (_buffered > 0)
             {
-                // Bytes came before the sink did: they go first, from the pipe.
+                // Bytes came before the sink did (a client's first bytes come with its request): they go first, from the
+                // pipe, on this thread, which is not the read loop's.
                 _draining = true;
-                _ = DrainToSinkAsync(_inbound!.Reader, sink);
+                drain = _inbound!.Reader;
             }
             else if (_inboundCompleted)
             {
                 end = true;
             }
+        }
+        if (drain is not null)
+        {
+            _ = DrainToSinkAsync(drain, sink, onThisThread: true);
         }
         if (Volatile.Read(ref _abortedFlag) == 1)
         {
@@ -575,7 +581,7 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
                 _ = pipe.Writer.FlushAsync();
                 if (drain)
                 {
-                    _ = DrainToSinkAsync(pipe.Reader, _sink!);
+                    _ = DrainToSinkAsync(pipe.Reader, _sink!, onThisThread: false);
                 }
             }
         }
@@ -588,11 +594,17 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
         return taken;
     }
 
-    /// <summary>Hands the pipe's bytes to the sink until it has caught up, then lets them go straight to it again.</summary>
-    private async Task DrainToSinkAsync(PipeReader reader, IInboundSink sink)
+    /// <summary>
+    /// Hands the pipe's bytes to the sink until it has caught up, then lets them go straight to it again. Unless
+    /// <paramref name="onThisThread"/>, it goes on on the thread pool at once: it was started under the inbound lock, on
+    /// the read loop, which must not wait for a sink.
+    /// </summary>
+    private async Task DrainToSinkAsync(PipeReader reader, IInboundSink sink, bool onThisThread)
     {
-        // Started under the inbound lock: go on after it is released.
-        await Task.Yield();
+        if (!onThisThread)
+        {
+            await Task.Yield();
+        }
         while (true)
         {
             ReadResult result;
