@@ -17,25 +17,7 @@ public class HboneFirstDataTests
     {
         byte[] first = RandomNumberGenerator.GetBytes(3000);
         var beforeAnswer = new TaskCompletionSource<byte[]>();
-        await using var tunnel = await LoopbackTunnel.StartAsync(async request =>
-        {
-            // Without the bytes already here this read would wait for ever: the client sends nothing else until answered.
-            byte[] early;
-            try
-            {
-                early = await ReadExactlyAsync(request.Stream.Input, first.Length).WaitAsync(Short);
-            }
-            catch (TimeoutException)
-            {
-                beforeAnswer.TrySetResult([]);
-                await request.RejectAsync(504);
-                return;
-            }
-            beforeAnswer.TrySetResult(early);
-            HboneStream stream = await request.AcceptAsync();
-            await stream.Output.WriteAsync(early);
-            await EchoAsync(stream);
-        });
+        await using var tunnel = await LoopbackTunnel.StartAsync(EchoAfterReading(first.Length, beforeAnswer));
 
         HboneStream client = await tunnel.Client.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None, first).WaitAsync(Patience);
         Assert.Equal(first, await beforeAnswer.Task.WaitAsync(Patience));
@@ -74,25 +56,8 @@ public class HboneFirstDataTests
     [Fact]
     public async Task LateData_ThatComesBeforeTheAnswer_IsSentAtOnce_AndIsAtTheServerBeforeItAnswers()
     {
-        var beforeAnswer = new TaskCompletionSource<bool>();
-        await using var tunnel = await LoopbackTunnel.StartAsync(async request =>
-        {
-            byte[] early;
-            try
-            {
-                early = await ReadExactlyAsync(request.Stream.Input, 5).WaitAsync(Short);
-            }
-            catch (TimeoutException)
-            {
-                beforeAnswer.TrySetResult(false);
-                await request.RejectAsync(504);
-                return;
-            }
-            beforeAnswer.TrySetResult(true);
-            HboneStream stream = await request.AcceptAsync();
-            await stream.Output.WriteAsync(early);
-            await EchoAsync(stream);
-        });
+        var beforeAnswer = new TaskCompletionSource<byte[]>();
+        await using var tunnel = await LoopbackTunnel.StartAsync(EchoAfterReading(5, beforeAnswer));
 
         // Nothing when the stream opens; the client's bytes come 100 ms later, long before any answer would.
         HboneStream client = await tunnel.Client.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None, default, async _ =>
@@ -100,7 +65,7 @@ public class HboneFirstDataTests
             await Task.Delay(100);
             return "late!"u8.ToArray();
         }).WaitAsync(Patience);
-        Assert.True(await beforeAnswer.Task.WaitAsync(Patience), "the late bytes were not at the server before it answered");
+        Assert.Equal("late!"u8.ToArray(), await beforeAnswer.Task.WaitAsync(Patience));
         await client.Output.CompleteAsync();
 
         Assert.Equal("late!"u8.ToArray(), await ReadToEndAsync(client.Input).WaitAsync(Patience));
@@ -143,4 +108,27 @@ public class HboneFirstDataTests
         Assert.Equal("next"u8.ToArray(), await ReadToEndAsync(next.Input).WaitAsync(Patience));
         await next.DisposeAsync();
     }
+
+    /// <summary>
+    /// A server that reads <paramref name="count"/> bytes before it answers (none came within 5 s: a 504, and an empty
+    /// <paramref name="beforeAnswer"/>; the client sends nothing else until answered), then echoes them and the rest.
+    /// </summary>
+    private static Func<HboneRequest, Task> EchoAfterReading(int count, TaskCompletionSource<byte[]> beforeAnswer) => async request =>
+    {
+        byte[] early;
+        try
+        {
+            early = await ReadExactlyAsync(request.Stream.Input, count).WaitAsync(Short);
+        }
+        catch (TimeoutException)
+        {
+            beforeAnswer.TrySetResult([]);
+            await request.RejectAsync(504);
+            return;
+        }
+        beforeAnswer.TrySetResult(early);
+        HboneStream stream = await request.AcceptAsync();
+        await stream.Output.WriteAsync(early);
+        await EchoAsync(stream);
+    };
 }
