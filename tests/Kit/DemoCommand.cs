@@ -74,7 +74,11 @@ internal static class DemoCommand
         var outcome = new DemoOutcome();
         var show = ShowAsync(mesh, keep, outcome, interrupted.Token);
         await Task.WhenAny(show, Task.Delay(Timeout.Infinite, interrupted.Token));
-        if (show.IsFaulted && !interrupted.IsCancellationRequested)
+
+        // The cluster's own signal handler may run before ours and tear the cluster down under the traffic, which then
+        // fails (ObjectDisposedException) before our token is set: an interrupt too, not a failure of the demo.
+        var wasInterrupted = interrupted.IsCancellationRequested || cluster.IsTornDown;
+        if (show.IsFaulted && !wasInterrupted)
         {
             await mesh.DisposeAsync();
             await show;
@@ -83,7 +87,7 @@ internal static class DemoCommand
         // after an interrupt, whatever the demo was doing fails as its processes go: that is expected
         _ = show.ContinueWith(t => t.Exception, TaskScheduler.Default);
         var code = outcome.TrafficDone ? (outcome.Ok ? 0 : 1) : 130;
-        Say((interrupted.IsCancellationRequested ? "interrupted; " : "") + (!outcome.TrafficDone ? "" : outcome.Ok
+        Say((wasInterrupted ? "interrupted; " : "") + (!outcome.TrafficDone ? "" : outcome.Ok
             ? "all traffic arrived intact; " : "some traffic failed (see above); ") + $"tearing down cluster {cluster.RunId}");
         try
         {
