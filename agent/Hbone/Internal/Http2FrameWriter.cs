@@ -332,13 +332,7 @@ internal sealed class Http2FrameWriter
             {
                 throw new HboneException($"stream {stream.StreamId} reset");
             }
-            int maxFrame = PeerMaxFrameSize;
-            while (data.Length > maxFrame)
-            {
-                FrameWriter.WriteData(_output, stream.StreamId, data.Slice(0, maxFrame), endStream: false);
-                data = data.Slice(maxFrame);
-            }
-            FrameWriter.WriteData(_output, stream.StreamId, data, endStream);
+            WriteDataFrames(stream.StreamId, data, endStream, PeerMaxFrameSize);
             WriteHanded();
             await FlushLockedAsync().ConfigureAwait(false);
         }
@@ -346,6 +340,17 @@ internal sealed class Http2FrameWriter
         {
             await EndTurnAsync().ConfigureAwait(false);
         }
+    }
+
+    /// <summary>Under the lock: <paramref name="data"/> as DATA frames of at most <paramref name="maxFrame"/> bytes, the last one with END_STREAM when asked (one empty frame for no data).</summary>
+    private void WriteDataFrames(int streamId, ReadOnlySequence<byte> data, bool endStream, int maxFrame)
+    {
+        while (data.Length > maxFrame)
+        {
+            FrameWriter.WriteData(_output, streamId, data.Slice(0, maxFrame), endStream: false);
+            data = data.Slice(maxFrame);
+        }
+        FrameWriter.WriteData(_output, streamId, data, endStream);
     }
 
     /// <summary>
@@ -364,10 +369,9 @@ internal sealed class Http2FrameWriter
             (HboneStream stream, int first) = open();
             int maxFrame = PeerMaxFrameSize;
             FrameWriter.WriteHeaderBlock(_output, stream.StreamId, block.Span, endStream: false, maxFrame);
-            for (int at = 0; at < first; at += maxFrame)
+            if (first > 0)
             {
-                var payload = new ReadOnlySequence<byte>(firstData.Slice(at, Math.Min(maxFrame, first - at)));
-                FrameWriter.WriteData(_output, stream.StreamId, payload, endStream: false);
+                WriteDataFrames(stream.StreamId, new ReadOnlySequence<byte>(firstData[..first]), endStream: false, maxFrame);
             }
             WriteHanded();
             await FlushLockedAsync().ConfigureAwait(false);
