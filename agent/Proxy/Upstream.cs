@@ -74,7 +74,8 @@ internal static class Upstream
     /// <see cref="ReadWatch.Writable"/>, not a <c>Socket.ConnectAsync</c>: that would leave the socket in .NET's socket
     /// engine's epoll set (edge-triggered, in and out) for its whole life, and the engine's thread would wake for every
     /// segment the connection receives while the agent reads it through <see cref="ReadWatch.Shared"/>
-    /// (docs/benchmark.md). It also leaves no event args cached on the socket. Throws <see cref="OperationCanceledException"/> when <paramref name="cancellationToken"/> ends it.
+    /// (docs/benchmark.md). It also leaves no event args cached on the socket. Throws <see cref="OperationCanceledException"/>
+    /// when <paramref name="cancellationToken"/> ends it.
     /// </summary>
     internal static async Task ConnectOnceAsync(Socket socket, EndPoint destination, CancellationToken cancellationToken)
     {
