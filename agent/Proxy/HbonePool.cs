@@ -127,10 +127,6 @@ internal sealed class HbonePool : IDisposable
             {
                 var stream = await pooled.Tunnel.ConnectAsync(authority, headers, cancellationToken, first?.Read() ?? default, first is null ? null : first.LaterAsync)
                     .ConfigureAwait(false);
-                if (first?.Length > 0)
-                {
-                    FirstBytesBudget.StreamCarried();
-                }
                 return new Opened(stream, handshake);
             }
             catch (HboneException e) when (e.IsRetryable && attempt < MaxAttempts)

@@ -208,6 +208,7 @@ internal sealed partial class PodProxy
         if (carried > 0)
         {
             connection.OnBytes(fromA: true, carried);
+            _services.Tunnels.FirstBytesBudget.StreamCarried();
         }
         flow.ConnectTime = Stopwatch.GetElapsedTime(started);
         flow.TlsHandshakeTime = opened.Handshake;
