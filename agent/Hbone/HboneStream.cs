@@ -67,6 +67,9 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
 
     public int StreamId { get; }
 
+    /// <summary>The stream of the HBONE connection this stream is carried on (its TLS stream).</summary>
+    public Stream Transport => _connection.Transport;
+
     /// <summary>Bytes from the peer; completes on the peer's END_STREAM.</summary>
     public PipeReader Input
     {

@@ -298,7 +298,7 @@ internal sealed class HbonePool : IDisposable
         var svid = await _identity.GetAsync(sourceId, cancellationToken).ConfigureAwait(false);
         var socket = await _sockets.ConnectAsync(source, new IPEndPoint(address, TunnelPort), _options, cancellationToken).ConfigureAwait(false);
         var transport = new TunnelSocketStream(socket);
-        var ssl = new SslStream(transport, leaveInnerStreamOpen: false);
+        var ssl = new TunnelTlsStream(transport);
         try
         {
             string? refusal = null;

@@ -115,7 +115,7 @@ internal sealed partial class PodProxy
         }
 
         var transport = new TunnelSocketStream(socket);
-        var ssl = new SslStream(transport, leaveInnerStreamOpen: false);
+        var ssl = new TunnelTlsStream(transport);
         SpiffeId? peer = null;
         string? refusal = null;
         var started = Stopwatch.GetTimestamp();

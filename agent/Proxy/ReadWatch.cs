@@ -35,14 +35,18 @@ internal interface IRunOnWatch : IReadReady;
 /// <para>
 /// An <see cref="IRunOnWatch"/> target runs on the watch thread that took its event: a plaintext burst is a few
 /// splices, and the hop to the thread pool cost more than the burst (docs/benchmark.md, "A burst on the watch's
-/// thread"). <see cref="Shared"/> has one thread per core, up to four, all waiting on the one epoll set (each
-/// event wakes one of them), and each takes at most <see cref="MaxEvents"/> events a turn, so bursts spread over
-/// the cores as they did on the thread pool instead of queueing behind one thread.
+/// thread"). <see cref="Shared"/> has one shard per core, up to four: an epoll set and the one thread that waits on
+/// it. A registration belongs to one shard, and sockets whose events follow one another go to the same one: both
+/// sockets of a plaintext relay, and a tunnel's socket with the sockets of the streams it carries. The request a
+/// thread sends on then comes back as a readiness of its own shard, which it finds on its next wait without
+/// sleeping, where threads sharing one epoll set would wake another thread, often on the other core, for it
+/// (docs/benchmark.md, "One thread per shard"). Unrelated connections spread over the shards, so busy moments
+/// still use every core.
 /// </para>
 /// </summary>
 internal sealed unsafe class ReadWatch
 {
-    private static readonly Lazy<ReadWatch> Instance = new(() => new ReadWatch(LibC.EPOLLIN | LibC.EPOLLRDHUP | LibC.EPOLLONESHOT, "weft-readwatch", Math.Clamp(Environment.ProcessorCount, 1, 4)));
+    private static readonly Lazy<ReadWatch> Instance = new(() => new ReadWatch(LibC.EPOLLIN | LibC.EPOLLRDHUP | LibC.EPOLLONESHOT, "weft-readwatch", Math.Clamp(Environment.ProcessorCount, 1, MaxShards)));
     private static readonly Lazy<ReadWatch> WritableInstance = new(() => new ReadWatch(LibC.EPOLLOUT | LibC.EPOLLONESHOT, "weft-writewatch", 1));
 
     /// <summary>The agent's watcher of bytes to read; its threads start with the first use.</summary>
@@ -57,10 +61,16 @@ internal sealed unsafe class ReadWatch
     /// <summary>True on a watch's own thread (where an <see cref="IRunOnWatch"/> target runs).</summary>
     public static bool OnWatchThread => _onWatchThread;
 
-    /// <summary>Events one thread takes a turn: few enough that the others share a busy moment's bursts.</summary>
+    /// <summary>Events one thread takes a turn.</summary>
     private const int MaxEvents = 16;
 
-    private readonly int _epoll;
+    /// <summary>An id: its generation (high 32 bits), its shard (<see cref="ShardBits"/>) and its slot (the rest).</summary>
+    private const int ShardBits = 2, SlotBits = 32 - ShardBits;
+    private const int MaxShards = 1 << ShardBits;
+    private const uint SlotMask = (1u << SlotBits) - 1;
+
+    private readonly int[] _epolls;
+    private int _nextShard;
     private readonly int _events;
     private readonly Lock _lock = new();
     private IReadReady?[] _targets = new IReadReady?[1024];     // under _lock
@@ -69,34 +79,53 @@ internal sealed unsafe class ReadWatch
     private int _used;                                           // under _lock: slots ever handed out
     private int _count;
 
-    private ReadWatch(int events, string thread, int threads)
+    private ReadWatch(int events, string thread, int shards)
     {
         _events = events;
-        _epoll = LibC.epoll_create1(LibC.EPOLL_CLOEXEC);
-        if (_epoll < 0)
+        _epolls = new int[shards];
+        for (var i = 0; i < shards; i++)
         {
-            throw new SocketException((int)SocketError.SocketError, $"epoll_create1 failed: errno {LibC.errno}");
-        }
+            _epolls[i] = LibC.epoll_create1(LibC.EPOLL_CLOEXEC);
+            if (_epolls[i] < 0)
+            {
+                throw new SocketException((int)SocketError.SocketError, $"epoll_create1 failed: errno {LibC.errno}");
+            }
 
-        for (var i = 0; i < threads; i++)
-        {
-            new Thread(Loop) { IsBackground = true, Name = thread }.Start();
+            var shard = i;
+            new Thread(() => Loop(shard)) { IsBackground = true, Name = thread }.Start();
         }
     }
 
-    /// <summary>The epoll instance's descriptor (tests look its watched sockets up in /proc/self/fdinfo).</summary>
-    internal int Descriptor => _epoll;
+    /// <summary>The shards' epoll descriptors (tests look their watched sockets up in /proc/self/fdinfo).</summary>
+    internal IReadOnlyList<int> Descriptors => _epolls;
+
+    /// <summary>A shard for a socket that has no related one here yet: the shards in turn.</summary>
+    public int NextShard() => (int)((uint)Interlocked.Increment(ref _nextShard) % (uint)_epolls.Length);
 
     /// <summary>Registrations held now (one per idle or active relay direction that waits here).</summary>
     public int Count => Volatile.Read(ref _count);
 
-    /// <summary>Reserves a registration for <paramref name="target"/>; the socket is watched from <see cref="Arm"/>.</summary>
-    public long Register(IReadReady target)
+    /// <summary>
+    /// Reserves a registration for <paramref name="target"/> in <paramref name="shard"/> (one of
+    /// <see cref="NextShard"/>'s, or that of a related registration: <see cref="ShardOf"/>; out of range, the next one);
+    /// the socket is watched from <see cref="Arm"/>.
+    /// </summary>
+    public long Register(IReadReady target, int shard = -1)
     {
+        if ((uint)shard >= (uint)_epolls.Length)
+        {
+            shard = NextShard();
+        }
+
         lock (_lock)
         {
             if (!_free.TryPop(out var slot))
             {
+                if (_used == SlotMask)
+                {
+                    throw new InvalidOperationException("the read watch has no registration left");
+                }
+
                 slot = _used++;
                 if (slot == _targets.Length)
                 {
@@ -107,9 +136,12 @@ internal sealed unsafe class ReadWatch
 
             _targets[slot] = target;
             _count++;
-            return ((long)_generations[slot] << 32) | (uint)slot;
+            return ((long)_generations[slot] << 32) | ((uint)shard << SlotBits) | (uint)slot;
         }
     }
+
+    /// <summary>The shard of registration <paramref name="id"/>.</summary>
+    public static int ShardOf(long id) => (int)((uint)id >> SlotBits);
 
     /// <summary>
     /// Watches <paramref name="socket"/> for one readiness (<paramref name="first"/>: the first time for this
@@ -128,7 +160,7 @@ internal sealed unsafe class ReadWatch
     {
         lock (_lock)
         {
-            var slot = (int)(uint)id;
+            var slot = (int)((uint)id & SlotMask);
             if (_generations[slot] != (uint)(id >> 32) || _targets[slot] is null)
             {
                 return;
@@ -161,7 +193,7 @@ internal sealed unsafe class ReadWatch
             handle.DangerousAddRef(ref added);
             var ev = new epoll_event { events = _events };
             ev.data.u64 = (ulong)id;
-            return LibC.epoll_ctl(_epoll, op, (int)handle.DangerousGetHandle(), &ev) == 0;
+            return LibC.epoll_ctl(_epolls[ShardOf(id)], op, (int)handle.DangerousGetHandle(), &ev) == 0;
         }
         catch (ObjectDisposedException)
         {
@@ -176,14 +208,15 @@ internal sealed unsafe class ReadWatch
         }
     }
 
-    private void Loop()
+    private void Loop(int shard)
     {
+        var epoll = _epolls[shard];
         _onWatchThread = true;
         var events = (epoll_event*)NativeMemory.Alloc(MaxEvents, (nuint)sizeof(epoll_event));
         var ready = new IReadReady?[MaxEvents];
         while (true)
         {
-            var n = LibC.epoll_wait(_epoll, events, MaxEvents, -1);
+            var n = LibC.epoll_wait(epoll, events, MaxEvents, -1);
             if (n < 0)
             {
                 if (LibC.errno != LibC.EINTR)
@@ -201,7 +234,7 @@ internal sealed unsafe class ReadWatch
                 for (var i = 0; i < n; i++)
                 {
                     var id = (long)events[i].data.u64;
-                    var slot = (int)(uint)id;
+                    var slot = (int)((uint)id & SlotMask);
                     if (slot < _used && _generations[slot] == (uint)(id >> 32) && _targets[slot] is { } target)
                     {
                         if (target is IRunOnWatch)

@@ -58,8 +58,10 @@ internal sealed class SocketRelay : IRelay
         // splice(2) waits on a blocking socket whatever its flags say; the relay never waits in a system call.
         SplicePipes.MakeNonBlocking(A);
         SplicePipes.MakeNonBlocking(B);
-        _fromA.Start();
-        _fromB.Start();
+        // One shard for both: the request one direction sends comes back as the other's readiness.
+        var shard = ReadWatch.Shared.NextShard();
+        _fromA.Start(shard);
+        _fromB.Start(shard);
     }
 
     /// <summary>Ends both sides at once with a reset (idle timeout, agent shutdown, policy).</summary>
@@ -106,9 +108,9 @@ internal sealed class SocketRelay : IRelay
 
         public long Spliced => Interlocked.Read(ref _spliced);
 
-        public void Start()
+        public void Start(int shard)
         {
-            _watch = ReadWatch.Shared.Register(this);
+            _watch = ReadWatch.Shared.Register(this, shard);
             Volatile.Write(ref _state, Idle);
             if (!ReadWatch.Shared.Arm(source, _watch, first: true))
             {

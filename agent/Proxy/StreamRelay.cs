@@ -73,7 +73,8 @@ internal sealed class StreamRelay : IInboundSink, IRunOnWatch, IRelay
     {
         _end = end;
         _stream.DeliverTo(this);
-        _watch = ReadWatch.Shared.Register(this);
+        // The tunnel's shard: what this socket sends comes back as the tunnel's readiness, and the other way round.
+        _watch = ReadWatch.Shared.Register(this, TunnelSocketStream.ShardUnder(_stream.Transport));
         Volatile.Write(ref _outbound, Idle);
         if (!ReadWatch.Shared.Arm(_socket, _watch, first: true))
         {

@@ -47,8 +47,9 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
     // The one wait for readiness at a time (SslStream reads one at a time): 1 from arming until woken.
     private ManualResetValueTaskSourceCore<bool> _wait;
     private int _waiting;
-    private const long NotWatched = -1;  // ReadWatch ids are a generation and a slot, both from 0: never -1
+    private const long NotWatched = -1;  // ReadWatch ids are a generation, a shard and a slot below the last: never -1
     private long _watch = NotWatched;    // the registration in ReadWatch.Shared, from the first wait until disposed
+    private readonly int _shard = ReadWatch.Shared.NextShard();
     private volatile bool _onWatch;      // after the handshake: a readiness runs the reader on the watch thread
     private volatile bool _disposed;
     private CancellationTokenRegistration _cancel;
@@ -57,6 +58,17 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
     private long _turnStart;             // when the last readiness ran the reader on a watch thread
 
     public Socket Socket => socket;
+
+    /// <summary>The read watch's shard that waits for this socket: the streams it carries wait for their sockets there too.</summary>
+    public int Shard => _shard;
+
+    /// <summary>The shard of the tunnel under <paramref name="transport"/> (an HBONE connection's stream), or -1 (any).</summary>
+    public static int ShardUnder(Stream transport) => transport switch
+    {
+        TunnelSocketStream tunnel => tunnel.Shard,
+        TunnelTlsStream tls => tls.Tunnel.Shard,
+        _ => -1,
+    };
 
     /// <summary>Receives that brought bytes (zero-byte waits not counted).</summary>
     internal long Receives { get; private set; }
@@ -182,7 +194,7 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
         var first = _watch == NotWatched;
         if (first)
         {
-            Interlocked.Exchange(ref _watch, ReadWatch.Shared.Register(this));
+            Interlocked.Exchange(ref _watch, ReadWatch.Shared.Register(this, _shard));
         }
 
         var armed = ReadWatch.Shared.Arm(socket, _watch, first);
@@ -374,4 +386,10 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
             DataBuffers.Default.Return(held);
         }
     }
+}
+
+/// <summary>A tunnel's TLS stream, which names the socket stream under it: the streams the tunnel carries wait in its shard.</summary>
+internal sealed class TunnelTlsStream(TunnelSocketStream tunnel) : System.Net.Security.SslStream(tunnel, leaveInnerStreamOpen: false)
+{
+    public TunnelSocketStream Tunnel => tunnel;
 }

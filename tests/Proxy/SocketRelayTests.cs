@@ -16,9 +16,13 @@ public class SocketRelayTests
         /// <summary>Names of the threads the relay's bursts ran on.</summary>
         public readonly System.Collections.Concurrent.ConcurrentDictionary<string, bool> Threads = new();
 
+        /// <summary>Ids of the threads the relay's bursts ran on.</summary>
+        public readonly System.Collections.Concurrent.ConcurrentDictionary<int, bool> ThreadIds = new();
+
         public void OnBytes(bool fromA, int count)
         {
             Threads.TryAdd(Thread.CurrentThread.Name ?? "(unnamed)", true);
+            ThreadIds.TryAdd(Environment.CurrentManagedThreadId, true);
             if (fromA)
             {
                 Interlocked.Add(ref FromA, count);

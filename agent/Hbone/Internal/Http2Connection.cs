@@ -49,6 +49,9 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     private readonly ConnectionOutputFlowControl _sendFlow = new(HboneSettings.DefaultWindowSize);
     private readonly InputFlowControl _receiveFlow;
 
+    /// <summary>What the connection's frames are read from and written to (the tunnel's TLS stream).</summary>
+    public Stream Transport => _transport;
+
     public Http2Connection(Stream transport, HboneSettings settings, bool isClient, Func<HboneRequest, Task>? onConnect)
     {
         settings.Validate();
