@@ -37,11 +37,11 @@ internal interface IRunOnWatch : IReadReady;
 /// splices, and the hop to the thread pool cost more than the burst (docs/benchmark.md, "A burst on the watch's
 /// thread"). <see cref="Shared"/> has one shard per core, up to four: an epoll set and the one thread that waits on
 /// it. A registration belongs to one shard, and sockets whose events follow one another go to the same one: both
-/// sockets of a plaintext relay, and a tunnel's socket with the sockets of the streams it carries. The request a
-/// thread sends on then comes back as a readiness of its own shard, which it finds on its next wait without
-/// sleeping, where threads sharing one epoll set would wake another thread, often on the other core, for it
-/// (docs/benchmark.md, "One thread per shard"). Unrelated connections spread over the shards, so busy moments
-/// still use every core.
+/// sockets of a plaintext relay, and a tunnel's socket with the sockets of the streams it carries. The answer to a
+/// request a thread sent on then comes back as a readiness of its own shard, taken by the same thread, where threads
+/// sharing one epoll set took it on another thread about as often as not, with more context switches per round trip
+/// and a slower one (docs/benchmark.md, "One thread per shard"). Unrelated connections spread over the shards, so
+/// busy moments still use every core.
 /// </para>
 /// </summary>
 internal sealed unsafe class ReadWatch
