@@ -7,6 +7,7 @@ using Weft.Hbone;
 using Weft.Hbone.Internal;
 using Weft.Proxy;
 using Weft.Telemetry;
+using Weft.Tests.Proxy;
 using Xunit.Abstractions;
 using static Weft.Tests.Hbone.HboneTestKit;
 
@@ -203,7 +204,7 @@ public class HboneTeardownTests(ITestOutputHelper output)
     private static Task Relay(Socket socket, HboneStream stream, bool socketIsClient)
     {
         var connection = new ProxyConnection(new Flow(FlowDirection.Inbound, new IPEndPoint(IPAddress.Loopback, 1), new IPEndPoint(IPAddress.Loopback, 2)));
-        var end = new EndSignal();
+        var end = new StreamRelayWatchTests.EndOfRelay();
         connection.StartRelay(socket, stream, socketIsClient, end);
         return RelayAndDisposeAsync();
 
@@ -211,18 +212,9 @@ public class HboneTeardownTests(ITestOutputHelper output)
         {
             await using (stream)
             {
-                await end.Ended;
+                await end.Relay;
             }
         }
-    }
-
-    private sealed class EndSignal : IRelayEnd<StreamRelay>
-    {
-        private readonly TaskCompletionSource _ended = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        public Task Ended => _ended.Task;
-
-        public void RelayEnded(StreamRelay relay) => _ended.TrySetResult();
     }
 
     private static async Task EndTunnelAsync(string ending, HboneClientConnection client, SilenceableStream clientWire, NetworkStream serverTransport)

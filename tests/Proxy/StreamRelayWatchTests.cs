@@ -126,7 +126,8 @@ public sealed class StreamRelayWatchTests
         return (pod, proxySide, end);
     }
 
-    private sealed class EndOfRelay : IRelayEnd<StreamRelay>
+    /// <summary>What a relay's owner hears when it is over: the relay, once both directions have ended.</summary>
+    internal sealed class EndOfRelay : IRelayEnd<StreamRelay>
     {
         private readonly TaskCompletionSource<StreamRelay> _relay = new(TaskCreationOptions.RunContinuationsAsynchronously);
 

@@ -57,7 +57,7 @@ public sealed class WatchShardTests
     public async Task ATunnelStreamsSocket_WaitsInItsTunnelsShard_AndItsRoundTripsRunOnOneThread_WhileTunnelsSpreadOverTheShards()
     {
         var tunnels = new List<(LoopbackTunnel Tunnel, TunnelSocketStream Transport)>();
-        var relays = new List<(NetworkStream Pod, NetworkStream ProxySide, SocketRelayTests.Counter Counter)>();
+        var relays = new List<(NetworkStream Pod, NetworkStream ProxySide)>();
         try
         {
             var shards = new HashSet<int>();
@@ -76,8 +76,8 @@ public sealed class WatchShardTests
                 var stream = await tunnel.ConnectAsync();
                 var (pod, proxySide) = await SocketPairAsync();
                 var counter = new SocketRelayTests.Counter();
-                relays.Add((pod, proxySide, counter));
-                new StreamRelay(proxySide.Socket, stream, counter, socketIsA: true).Start(new NoEnd());
+                relays.Add((pod, proxySide));
+                new StreamRelay(proxySide.Socket, stream, counter, socketIsA: true).Start(new StreamRelayWatchTests.EndOfRelay());
 
                 await PingPongAsync(pod.Socket, echo: null);
                 var shard = ShardHolding(proxySide.Socket);
@@ -94,7 +94,7 @@ public sealed class WatchShardTests
         }
         finally
         {
-            foreach (var (pod, proxySide, _) in relays)
+            foreach (var (pod, proxySide) in relays)
             {
                 pod.Dispose();
                 proxySide.Dispose();
@@ -158,13 +158,6 @@ public sealed class WatchShardTests
             }
 
             read += n;
-        }
-    }
-
-    private sealed class NoEnd : IRelayEnd<StreamRelay>
-    {
-        public void RelayEnded(StreamRelay relay)
-        {
         }
     }
 }
