@@ -42,6 +42,16 @@ internal sealed class HboneCounters
 
     internal void WriteHanded() => Interlocked.Increment(ref _handedWrites);
 
+    private long _joinedFrames;
+
+    /// <summary>
+    /// Inbound DATA frames whose payload reached the stream's consumer joined to the frame before it (read together, same
+    /// stream): a send to the app's socket saved each.
+    /// </summary>
+    public long JoinedFrames => Interlocked.Read(ref _joinedFrames);
+
+    internal void FrameJoined() => Interlocked.Increment(ref _joinedFrames);
+
     internal void StreamRefused(int limit)
     {
         Interlocked.Increment(ref _refusedStreams);

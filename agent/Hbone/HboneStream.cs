@@ -537,6 +537,12 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
         _outbound.Reader.CancelPendingRead();
     }
 
+    /// <summary>
+    /// A sink takes the peer's bytes as they come (<see cref="DeliverTo"/>, and it has not fallen behind): what the read
+    /// loop joins for it goes out in one piece. Read without the lock: a stale answer costs only a join missed or made.
+    /// </summary>
+    internal bool TakesDirectly => Volatile.Read(ref _sink) is not null && !Volatile.Read(ref _draining);
+
     /// <summary>Called by the read loop with a DATA payload. Returns the bytes to credit right away (discarded).</summary>
     internal int Deliver(in ReadOnlySequence<byte> data)
     {

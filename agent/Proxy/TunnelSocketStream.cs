@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net.Sockets;
 using System.Threading.Tasks.Sources;
+using Weft.Hbone;
 
 namespace Weft.Proxy;
 
@@ -25,7 +26,7 @@ namespace Weft.Proxy;
 /// </para>
 /// </summary>
 internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = TunnelSocketStream.WatchTurnBytes, TimeSpan? watchTurnTime = null)
-    : Stream, IRunOnWatch, IValueTaskSource
+    : Stream, IRunOnWatch, IValueTaskSource, IReadAheadTransport
 {
     public const int ReadAheadBytes = DataBuffers.Size;
 
@@ -56,6 +57,7 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
     private readonly WritableWait _room = new(socket);  // a writer's wait for room to send (registered when first used)
     private int _turnBytes;              // read since the last readiness, while on a watch thread
     private long _turnStart;             // when the last readiness ran the reader on a watch thread
+    private Action? _beforeWait;         // the HTTP/2 reader's: hands over the DATA it joined before the reader waits
 
     public Socket Socket => socket;
 
@@ -77,6 +79,13 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
     internal long WatchTurns { get; private set; }
 
     internal bool HoldsReadBuffer => _in is not null;
+
+    public bool HasReadAhead => _inEnd != _inStart;
+
+    public Action? BeforeWait
+    {
+        set => _beforeWait = value;
+    }
 
     /// <summary>Holds a registration in the read watch (from its first wait until disposed).</summary>
     internal bool Watched => Interlocked.Read(ref _watch) != NotWatched;
@@ -113,6 +122,7 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
         {
             // This readiness has run the reader long enough: the rest of the burst goes on on the thread pool.
             _turnBytes = 0;
+            _beforeWait?.Invoke();
             await Task.Yield();
         }
 
@@ -123,6 +133,7 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
                 // The HTTP/2 reader's wait: bytes (or the end) are there, or will be after one readiness.
                 if (socket.Available == 0)
                 {
+                    _beforeWait?.Invoke();
                     await WaitReadableAsync(cancellationToken).ConfigureAwait(false);
                 }
 
@@ -160,6 +171,7 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
                 return received;
             }
 
+            _beforeWait?.Invoke();
             await WaitReadableAsync(cancellationToken).ConfigureAwait(false);
         }
 
@@ -389,7 +401,15 @@ internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = Tun
 }
 
 /// <summary>A tunnel's TLS stream, which names the socket stream under it: the streams the tunnel carries wait in its shard.</summary>
-internal sealed class TunnelTlsStream(TunnelSocketStream tunnel) : System.Net.Security.SslStream(tunnel, leaveInnerStreamOpen: false)
+internal sealed class TunnelTlsStream(TunnelSocketStream tunnel) : System.Net.Security.SslStream(tunnel, leaveInnerStreamOpen: false), IReadAheadTransport
 {
     public TunnelSocketStream Tunnel => tunnel;
+
+    /// <summary>Records read ahead by the socket stream (what SslStream itself holds is not seen: the reader then joins less).</summary>
+    public bool HasReadAhead => tunnel.HasReadAhead;
+
+    public Action? BeforeWait
+    {
+        set => tunnel.BeforeWait = value;
+    }
 }

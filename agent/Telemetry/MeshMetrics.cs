@@ -108,6 +108,7 @@ internal sealed class MeshMetrics : IFlowObserver
     private readonly Counter _enrollFailures;
     private readonly Counter _refusedStreams;
     private readonly Counter _handedWrites;
+    private readonly Counter _joinedFrames;
     private readonly Counter _inboundRefused;
     private readonly Gauge _inboundOpen;
     private readonly Gauge _inboundLimit;
@@ -166,6 +167,8 @@ internal sealed class MeshMetrics : IFlowObserver
             "Inbound HBONE CONNECT streams refused with REFUSED_STREAM: their connection was at its concurrent-stream limit.");
         _handedWrites = f.CreateCounter("weft_hbone_writes_handed_total",
             "DATA writes that found their tunnel's write lock taken and were handed to the writer holding it instead of waiting.");
+        _joinedFrames = f.CreateCounter("weft_hbone_data_frames_joined_total",
+            "Inbound DATA frames read together with the stream's frame before them and handed to its socket with it in one send.");
         _inboundRefused = f.CreateCounter("weft_inbound_refused_total", "Inbound connections and CONNECT streams refused by a limit.", ["reason"]);
         foreach (var reason in InboundRefusalReasons)
         {
@@ -281,6 +284,7 @@ internal sealed class MeshMetrics : IFlowObserver
     {
         _refusedStreams.IncTo(Weft.Hbone.HboneCounters.Process.RefusedStreams);
         _handedWrites.IncTo(Weft.Hbone.HboneCounters.Process.HandedWrites);
+        _joinedFrames.IncTo(Weft.Hbone.HboneCounters.Process.JoinedFrames);
         _accessLogDropped.IncTo(_flows.AccessLogDropped);
         int outbound = 0, inbound = 0;
         var inUse = new HashSet<Series>(ReferenceEqualityComparer.Instance);

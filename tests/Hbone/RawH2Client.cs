@@ -27,11 +27,13 @@ internal sealed class RawH2Client : IAsyncDisposable
     /// <summary>RunConnectionAsync: must end by itself and never throw for bad input.</summary>
     public Task Server { get; }
 
-    public static async Task<RawH2Client> StartAsync(Func<HboneRequest, Task>? onConnect = null, HboneSettings? settings = null)
+    /// <param name="serverTransport">What the server reads and writes instead of its socket stream (a test's wrapper over it).</param>
+    public static async Task<RawH2Client> StartAsync(Func<HboneRequest, Task>? onConnect = null, HboneSettings? settings = null,
+        Func<NetworkStream, Stream>? serverTransport = null)
     {
         var (client, server) = await HboneTestKit.SocketPairAsync();
         var stop = new CancellationTokenSource();
-        Task run = HboneServer.RunConnectionAsync(server, onConnect ?? HboneTestKit.EchoHandler, settings ?? HboneTestKit.QuietSettings, stop.Token);
+        Task run = HboneServer.RunConnectionAsync(serverTransport?.Invoke(server) ?? server, onConnect ?? HboneTestKit.EchoHandler, settings ?? HboneTestKit.QuietSettings, stop.Token);
         return new RawH2Client(client, run, stop);
     }
 

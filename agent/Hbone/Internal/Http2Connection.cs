@@ -49,6 +49,14 @@ internal sealed class Http2Connection : IHttp2FrameHandler
     private readonly ConnectionOutputFlowControl _sendFlow = new(HboneSettings.DefaultWindowSize);
     private readonly InputFlowControl _receiveFlow;
 
+    // The read loop's only: one stream's consecutive DATA payloads, joined while more bytes are already read, so that
+    // its consumer takes them in one piece (one send to the app's socket rather than one per TLS record). Handed over
+    // before any other frame, before the reader waits, and when the loop ends; so never held while the peer is awaited.
+    private readonly IReadAheadTransport? _readAhead;
+    private byte[]? _joined;
+    private int _joinedLength;
+    private HboneStream? _joinedStream;
+
     /// <summary>What the connection's frames are read from and written to (the tunnel's TLS stream).</summary>
     public Stream Transport => _transport;
 
@@ -64,6 +72,11 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         _writer = new Http2FrameWriter(PipeWriter.Create(transport, new StreamPipeWriterOptions(pool: DataBuffers.Default, minimumBufferSize: DataBuffers.Size, leaveOpen: true)), _abort.Token, Abort, settings.Counters);
         _keepalive = new Keepalive(settings.KeepaliveInterval, settings.KeepaliveTimeout, _writer.EnqueuePing, Abort);
         _receiveFlow = new InputFlowControl(settings.ConnectionWindow, Math.Min(settings.ConnectionWindow / 8, settings.StreamWindow / 4));
+        _readAhead = transport as IReadAheadTransport;
+        if (_readAhead is not null)
+        {
+            _readAhead.BeforeWait = HandOverJoined;
+        }
     }
 
     public Task Completion => _completion.Task;
@@ -141,6 +154,8 @@ internal sealed class Http2Connection : IHttp2FrameHandler
                 }
             }
         }
+        // What came before the end goes before the streams hear of it.
+        HandOverJoined();
         if (goAway is { } code)
         {
             await SendGoAwayAndCloseAsync(code, failure).ConfigureAwait(false);
@@ -168,7 +183,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
         }
     }
 
-    void IHttp2FrameHandler.OnData(int streamId, int frameLength, in ReadOnlySequence<byte> data, bool endStream)
+    void IHttp2FrameHandler.OnData(int streamId, int frameLength, in ReadOnlySequence<byte> data, bool endStream, bool moreFollows)
     {
         // The whole frame counts against both windows, padding included.
         if (!_receiveFlow.TryReceive(frameLength))
@@ -203,14 +218,94 @@ internal sealed class Http2Connection : IHttp2FrameHandler
             throw new Http2StreamException(streamId, Http2ErrorCode.ProtocolError, "DATA before the response");
         }
         int overhead = frameLength - (int)data.Length;
-        int discarded = data.IsEmpty ? 0 : stream.Deliver(data);
+        int discarded = data.IsEmpty ? 0 : DeliverOrJoin(stream, data, moreFollows, endStream);
         if (overhead + discarded > 0)
         {
             OnConsumed(stream, overhead + discarded);
         }
         if (endStream)
         {
+            // An empty END_STREAM: what is joined for the stream goes before its end.
+            HandOverJoined();
             OnRemoteEnd(stream);
+        }
+    }
+
+    void IHttp2FrameHandler.HandOverData(bool endOfRead)
+    {
+        if (!endOfRead || _readAhead is not { HasReadAhead: true })
+        {
+            HandOverJoined();
+        }
+    }
+
+    /// <summary>
+    /// Gives a DATA payload to its stream now, or joins it to the payloads held for that stream while more bytes are
+    /// already read (<paramref name="moreFollows"/>, or the transport's read-ahead) and the stream's consumer takes
+    /// bytes directly. The last payload that fits is handed over with those held before it, so a run of frames is one
+    /// piece; a stream's last payload (<paramref name="endStream"/>) is handed over at once, as its end follows. Returns
+    /// the bytes to credit now, as <see cref="HboneStream.Deliver"/> does; joined ones are credited when handed over.
+    /// </summary>
+    private int DeliverOrJoin(HboneStream stream, in ReadOnlySequence<byte> data, bool moreFollows, bool endStream)
+    {
+        if (_joinedStream is not null && _joinedStream != stream)
+        {
+            HandOverJoined();
+        }
+        bool more = !endStream && (moreFollows || _readAhead is { HasReadAhead: true });
+        if (_joinedStream is not null)
+        {
+            if (_joinedLength + data.Length <= DataBuffers.Size)
+            {
+                Join(data);
+                _settings.Counters.FrameJoined();
+                if (!more)
+                {
+                    HandOverJoined();
+                }
+                return 0;
+            }
+            HandOverJoined();
+        }
+        if (more && data.Length < DataBuffers.Size && stream.TakesDirectly)
+        {
+            _joinedStream = stream;
+            Join(data);
+            return 0;
+        }
+        return stream.Deliver(data);
+    }
+
+    private void Join(in ReadOnlySequence<byte> data)
+    {
+        _joined ??= DataBuffers.Default.Rent();
+        data.CopyTo(_joined.AsSpan(_joinedLength));
+        _joinedLength += (int)data.Length;
+    }
+
+    /// <summary>Hands what is joined to its stream and gives the buffer back; on the read loop's thread only.</summary>
+    private void HandOverJoined()
+    {
+        if (_joinedStream is not { } stream)
+        {
+            return;
+        }
+        byte[] joined = _joined!;
+        int length = _joinedLength;
+        (_joined, _joinedLength, _joinedStream) = (null, 0, null);
+        int credit;
+        try
+        {
+            // Whatever the stream's consumer does not take at once it copies into its own pipe.
+            credit = stream.Deliver(new ReadOnlySequence<byte>(joined, 0, length));
+        }
+        finally
+        {
+            DataBuffers.Default.Return(joined);
+        }
+        if (credit > 0)
+        {
+            OnConsumed(stream, credit);
         }
     }
 

@@ -56,6 +56,7 @@ internal sealed class Http2FrameReader
                 {
                     _input.AdvanceTo(buffer.Start, buffer.End);
                 }
+                _handler.HandOverData(endOfRead: true);
                 if (result.IsCompleted)
                 {
                     if (!buffer.IsEmpty)
@@ -118,7 +119,7 @@ internal sealed class Http2FrameReader
             ReadOnlySequence<byte> payload = buffer.Slice(FrameHeader.Size, header.Length);
             try
             {
-                ProcessFrame(header, payload);
+                ProcessFrame(header, payload, moreFollows: buffer.Length > FrameHeader.Size + header.Length);
             }
             catch (Http2StreamException e)
             {
@@ -128,8 +129,13 @@ internal sealed class Http2FrameReader
         }
     }
 
-    private void ProcessFrame(FrameHeader header, ReadOnlySequence<byte> payload)
+    private void ProcessFrame(FrameHeader header, ReadOnlySequence<byte> payload, bool moreFollows)
     {
+        if (header.Type != FrameType.Data)
+        {
+            _handler.HandOverData(endOfRead: false);
+        }
+
         if (_headerBlock is not null && (header.Type != FrameType.Continuation || header.StreamId != _headerStreamId))
         {
             throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"{header.Type} frame inside a header block");
@@ -140,7 +146,7 @@ internal sealed class Http2FrameReader
         }
         switch (header.Type)
         {
-            case FrameType.Data: OnData(header, payload); break;
+            case FrameType.Data: OnData(header, payload, moreFollows); break;
             case FrameType.Headers: OnHeaders(header, payload); break;
             case FrameType.Continuation: OnContinuation(header, payload); break;
             case FrameType.Priority: OnPriority(header); break;
@@ -166,7 +172,7 @@ internal sealed class Http2FrameReader
         return BinaryPrimitives.ReadUInt32BigEndian(bytes);
     }
 
-    private void OnData(FrameHeader header, ReadOnlySequence<byte> payload)
+    private void OnData(FrameHeader header, ReadOnlySequence<byte> payload, bool moreFollows)
     {
         if (header.StreamId == 0)
         {
@@ -185,7 +191,7 @@ internal sealed class Http2FrameReader
             }
             payload = payload.Slice(1, header.Length - 1 - padding);
         }
-        _handler.OnData(header.StreamId, header.Length, payload, header.HasFlag(FrameFlags.EndStream));
+        _handler.OnData(header.StreamId, header.Length, payload, header.HasFlag(FrameFlags.EndStream), moreFollows);
     }
 
     private void OnHeaders(FrameHeader header, ReadOnlySequence<byte> payload)

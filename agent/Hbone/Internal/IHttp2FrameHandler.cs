@@ -8,8 +8,17 @@ namespace Weft.Hbone.Internal;
 /// </summary>
 internal interface IHttp2FrameHandler
 {
-    /// <summary>DATA: <paramref name="frameLength"/> counts against the windows, padding included; <paramref name="data"/> is without padding.</summary>
-    void OnData(int streamId, int frameLength, in System.Buffers.ReadOnlySequence<byte> data, bool endStream);
+    /// <summary>
+    /// DATA: <paramref name="frameLength"/> counts against the windows, padding included; <paramref name="data"/> is without
+    /// padding, and valid only during the call. <paramref name="moreFollows"/>: the bytes of further frames were read with it.
+    /// </summary>
+    void OnData(int streamId, int frameLength, in System.Buffers.ReadOnlySequence<byte> data, bool endStream, bool moreFollows);
+
+    /// <summary>
+    /// DATA held back to be joined with the next frames goes to its stream: before any frame other than DATA, and when a
+    /// read's frames are done (<paramref name="endOfRead"/>), unless the transport has more read ahead.
+    /// </summary>
+    void HandOverData(bool endOfRead);
 
     /// <summary>A complete header block (HEADERS plus CONTINUATIONs), decoded; the list is reused for the next block.</summary>
     void OnHeaders(int streamId, bool endStream, List<KeyValuePair<string, string>> fields);
