@@ -14,7 +14,7 @@ internal sealed class ForwardDeadline : IDisposable
 
     private readonly CancellationTokenSource _source = new();
     private readonly CancellationToken _client;
-    private readonly CancellationTokenRegistration _expiry;
+    private readonly ITimer? _expiry;
     private volatile bool _timedOut;
 
     /// <param name="client">The client's request (HttpContext.RequestAborted): a client gone before the timeout ran out is no timeout.</param>
@@ -30,8 +30,7 @@ internal sealed class ForwardDeadline : IDisposable
         };
         if (After > TimeSpan.Zero && After <= Longest)
         {
-            _expiry = _source.Token.UnsafeRegister(static state => ((ForwardDeadline)state!).OnExpired(), this);
-            _source.CancelAfter(After);
+            _expiry = TimeProvider.System.CreateTimer(static state => ((ForwardDeadline)state!).Expire(), this, After, Timeout.InfiniteTimeSpan);
         }
     }
 
@@ -50,23 +49,33 @@ internal sealed class ForwardDeadline : IDisposable
     /// </summary>
     public bool TimedOut => _timedOut;
 
-    private void OnExpired() => _timedOut = !_client.IsCancellationRequested;
+    /// <summary>
+    /// Decides whether this is a timeout before the token is cancelled. A callback registered on the token would run after
+    /// the forwarder's own (a token runs the last registered first), and the forwarder may give up and the request be
+    /// answered before it had run: a timeout then read as a broken backend (502 instead of 504).
+    /// </summary>
+    private void Expire()
+    {
+        _timedOut = !_client.IsCancellationRequested;
+        try
+        {
+            _source.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // The forward ended as the timer ran out.
+        }
+    }
 
     /// <summary>
     /// The backend accepted an upgrade (a WebSocket): from here the connection is two byte streams, bounded by the stream
     /// idle timeout, not by the rule's timeouts, which bounded the handshake (as YARP does with ASP.NET Core's request timeout).
     /// </summary>
-    public void Disarm()
-    {
-        if (!_source.IsCancellationRequested)
-        {
-            _source.CancelAfter(Timeout.InfiniteTimeSpan);
-        }
-    }
+    public void Disarm() => _expiry?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
 
     public void Dispose()
     {
-        _expiry.Dispose();
+        _expiry?.Dispose();
         _source.Dispose();
     }
 }

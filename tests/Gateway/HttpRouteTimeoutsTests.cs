@@ -214,6 +214,18 @@ public class HttpRouteTimeoutsTests
     }
 
     [Fact]
+    public async Task ATimeout_IsKnownAsOneBeforeTheForwarderHearsOfIt()
+    {
+        using var deadline = new ForwardDeadline(new RouteTimeouts(TimeSpan.FromMilliseconds(50), null), CancellationToken.None);
+        var seen = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        // As the forwarder does: it registers on the token after the deadline was made, so its callback runs first.
+        using var forwarder = deadline.Token.Register(() => seen.TrySetResult(deadline.TimedOut));
+
+        Assert.True(await seen.Task.WaitAsync(TimeSpan.FromSeconds(30)), "the forwarder gave up before the deadline said it was a timeout: 502, not 504");
+    }
+
+    [Fact]
     public async Task AForward_TimesOut_OnlyWhileTheClientIsStillThere()
     {
         using var client = new CancellationTokenSource();
