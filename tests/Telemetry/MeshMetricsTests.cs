@@ -15,6 +15,23 @@ public class MeshMetricsTests
         return (table, new MeshMetrics(table, () => snapshot, processMetrics: false));
     }
 
+    /// <summary>
+    /// A process-wide HBONE counter, counted once more by <paramref name="count"/>, shows in a scrape as at least what it
+    /// counted: other tests in this process may count too.
+    /// </summary>
+    internal static async Task AssertProcessCounterExportedAsync(string metric, Action count, Func<long> counted)
+    {
+        var (_, metrics) = NewMetrics();
+        count();
+        long total = counted();
+
+        string scrape = await metrics.RenderAsync();
+
+        string line = scrape.Split('\n').Single(l => l.StartsWith(metric + " ", StringComparison.Ordinal));
+        double exported = double.Parse(line[(line.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(exported >= total, $"{metric}: exported {exported}, counted {total}");
+    }
+
     [Fact]
     public async Task Bytes_ShowInTheNextScrapeWhileTheConnectionIsOpen_AndAreCountedOnceInTotal()
     {
