@@ -216,6 +216,12 @@ internal sealed class HboneStream : IDuplexPipe, IAsyncDisposable
     }
 
     /// <summary>
+    /// What a direct sender best hands <see cref="SendAsync"/> at most at a time: four DATA frames, which with their
+    /// headers are four full TLS records (64 KiB of plaintext) in a tunnel.
+    /// </summary>
+    internal const int RecordAlignedSend = 4 * Internal.FrameHeader.RecordSizedData;
+
+    /// <summary>
     /// Sends <paramref name="data"/> as DATA frames once the peer's windows allow; the buffer may be reused when
     /// this returns. Throws <see cref="HboneException"/> when the stream or its connection is gone.
     /// </summary>

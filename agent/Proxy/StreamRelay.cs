@@ -148,7 +148,8 @@ internal sealed class StreamRelay : IInboundSink, IRunOnWatch, IRelay
         {
             while (true)
             {
-                var read = RelayPumps.ReceiveNow(_socket, buffer);
+                // At most four record-sized DATA frames' worth: a full read is four whole TLS records in the tunnel.
+                var read = RelayPumps.ReceiveNow(_socket, buffer.AsSpan(0, HboneStream.RecordAlignedSend));
                 if (read < 0)
                 {
                     GoIdle();
@@ -170,7 +171,7 @@ internal sealed class StreamRelay : IInboundSink, IRunOnWatch, IRelay
                 }
 
                 await _stream.SendAsync(buffer.AsMemory(0, read)).ConfigureAwait(false);
-                if (read < buffer.Length || (turn >= WatchTurnBytes && ReadWatch.OnWatchThread))
+                if (read < HboneStream.RecordAlignedSend || (turn >= WatchTurnBytes && ReadWatch.OnWatchThread))
                 {
                     GoIdle();
                     return;

@@ -113,30 +113,8 @@ public sealed class HboneJoinedDataTests
     [Fact]
     public async Task ATunnelsRecordsReadAhead_ReachTheAppsSocketInFewerSendsThanRecords_ByteForByte()
     {
-        using X509Certificate2 certificate = ThrowawayCertificate();
-        var (clientTcp, serverTcp) = await SocketPairAsync();
-        var serverTls = new SslStream(serverTcp, leaveInnerStreamOpen: false);
-        // The agent's own layers under the client: the tunnel's socket stream, reading ahead, and its TLS stream.
-        var tunnel = new TunnelSocketStream(clientTcp.Socket, watchTurnTime: TimeSpan.FromMinutes(1));
-        var clientTls = new TunnelTlsStream(tunnel);
-        Task serverHandshake = serverTls.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
-        {
-            ServerCertificate = certificate,
-            EnabledSslProtocols = SslProtocols.Tls13,
-            ApplicationProtocols = [SslApplicationProtocol.Http2],
-        });
-        await clientTls.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
-        {
-            TargetHost = "",
-            EnabledSslProtocols = SslProtocols.Tls13,
-            ApplicationProtocols = [SslApplicationProtocol.Http2],
-            RemoteCertificateValidationCallback = (_, presented, _, _) => presented is not null && presented.GetCertHashString() == certificate.GetCertHashString(),
-        });
-        await serverHandshake.WaitAsync(Patience);
-        tunnel.ReadOnWatch();
-
+        var (clientTls, serverTls) = await TlsTunnelAsync();
         byte[] answer = RandomNumberGenerator.GetBytes(Answer);
-        var asked = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var stop = new CancellationTokenSource();
         Task server = HboneServer.RunConnectionAsync(serverTls, async request =>
         {
@@ -189,12 +167,160 @@ public sealed class HboneJoinedDataTests
         }
     }
 
+    [Fact]
+    public async Task ARelaysFullReads_CrossTheTunnelAsWholeTlsRecords_NoneLeftWithAFewBytes()
+    {
+        RecordCounter? records = null;
+        var (clientTls, serverTls) = await TlsTunnelAsync(socket => records = new RecordCounter(socket));
+        var uploaded = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var stop = new CancellationTokenSource();
+        Task server = HboneServer.RunConnectionAsync(serverTls, async request =>
+        {
+            var stream = await request.AcceptAsync();
+            uploaded.SetResult(await ReadToEndAsync(stream.Input));
+            await stream.Output.CompleteAsync();
+        }, QuietSettings, stop.Token);
+
+        byte[] upload = RandomNumberGenerator.GetBytes(1024 * 1024);
+        (NetworkStream Pod, NetworkStream ProxySide)? pair = null;
+        try
+        {
+            await using (var connection = await HboneClientConnection.StartAsync(clientTls, QuietSettings, CancellationToken.None))
+            {
+                var stream = await connection.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None).WaitAsync(Patience);
+                pair = await SocketPairAsync();
+                var (pod, proxySide) = pair.Value;
+
+                // The app writes faster than the relay reads, so the relay's reads are full ones.
+                Task written = pod.WriteAsync(upload).AsTask();
+                await Task.Delay(100);
+                int before = records!.Small;
+                var ended = new StreamRelayWatchTests.EndOfRelay();
+                new StreamRelay(proxySide.Socket, stream, new SendCounter(), socketIsA: true).Start(ended);
+                await written.WaitAsync(Patience);
+                pod.Socket.Shutdown(SocketShutdown.Send);
+
+                Assert.Equal(upload, await uploaded.Task.WaitAsync(Patience));
+                // A DATA frame and its header fill a record: 64 KiB records for 1 MiB, and no record of a few bytes
+                // after each 64 KiB read (a frame header's worth that did not fit), as there was with 16 KiB frames.
+                Assert.True(records.Full >= 48, $"{records.Full} full records for 1 MiB ({records.Sizes})");
+                Assert.True(records.Small - before <= 3, $"{records.Small - before} records under 1 KiB while 1 MiB went through ({records.Sizes})");
+                Assert.Equal(0, await pod.ReadAsync(new byte[1]).AsTask().WaitAsync(Patience));
+                await ended.Relay.WaitAsync(Patience);
+            }
+        }
+        finally
+        {
+            pair?.Pod.Dispose();
+            pair?.ProxySide.Dispose();
+            await server.WaitAsync(Patience);
+        }
+    }
+
+    /// <summary>
+    /// A TLS 1.3 pair over loopback: the client as the agent has it (a <see cref="TunnelSocketStream"/> reading ahead, under
+    /// a <see cref="TunnelTlsStream"/>, its reader on the read watch once the handshake is done), the server a plain SslStream
+    /// over <paramref name="serverTransport"/> (the socket stream itself when null).
+    /// </summary>
+    private static async Task<(TunnelTlsStream Client, SslStream Server)> TlsTunnelAsync(Func<NetworkStream, Stream>? serverTransport = null)
+    {
+        using X509Certificate2 certificate = ThrowawayCertificate();
+        var (clientTcp, serverTcp) = await SocketPairAsync();
+        var serverTls = new SslStream(serverTransport?.Invoke(serverTcp) ?? serverTcp, leaveInnerStreamOpen: false);
+        var tunnel = new TunnelSocketStream(clientTcp.Socket, watchTurnTime: TimeSpan.FromMinutes(1));
+        var clientTls = new TunnelTlsStream(tunnel);
+        Task serverHandshake = serverTls.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
+        {
+            ServerCertificate = certificate,
+            EnabledSslProtocols = SslProtocols.Tls13,
+            ApplicationProtocols = [SslApplicationProtocol.Http2],
+        });
+        await clientTls.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+        {
+            TargetHost = "",
+            EnabledSslProtocols = SslProtocols.Tls13,
+            ApplicationProtocols = [SslApplicationProtocol.Http2],
+            RemoteCertificateValidationCallback = (_, presented, _, _) => presented is not null && presented.GetCertHashString() == certificate.GetCertHashString(),
+        });
+        await serverHandshake.WaitAsync(Patience);
+        tunnel.ReadOnWatch();
+        return (clientTls, serverTls);
+    }
+
     private static X509Certificate2 ThrowawayCertificate()
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest("CN=weft-hbone-test", key, HashAlgorithmName.SHA256);
         using X509Certificate2 ephemeral = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
         return X509CertificateLoader.LoadPkcs12(ephemeral.Export(X509ContentType.Pkcs12), null);
+    }
+
+    /// <summary>The TLS records a server reads, told apart by their 5-byte headers as the bytes go by.</summary>
+    private sealed class RecordCounter(NetworkStream inner) : TransportWrapper(inner)
+    {
+        // A full record: 16 KiB of plaintext, its content type byte and a 16-byte tag.
+        private const int FullRecord = 16_384 + 1 + 16;
+        private readonly byte[] _header = new byte[5];
+        private readonly List<int> _sizes = [];
+        private int _headerHave;
+        private int _bodyLeft;
+
+        public int Full
+        {
+            get { lock (_sizes) { return _sizes.Count(size => size == FullRecord); } }
+        }
+
+        public int Small
+        {
+            get { lock (_sizes) { return _sizes.Count(size => size < 1024); } }
+        }
+
+        public string Sizes
+        {
+            get { lock (_sizes) { return string.Join(", ", _sizes); } }
+        }
+
+        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            int read = await Inner.ReadAsync(buffer, cancellationToken);
+            Count(buffer.Span[..read]);
+            return read;
+        }
+
+        public override int Read(byte[] buffer, int offset, int count)
+        {
+            int read = Inner.Read(buffer, offset, count);
+            Count(buffer.AsSpan(offset, read));
+            return read;
+        }
+
+        private void Count(ReadOnlySpan<byte> bytes)
+        {
+            while (!bytes.IsEmpty)
+            {
+                if (_bodyLeft > 0)
+                {
+                    int skip = Math.Min(_bodyLeft, bytes.Length);
+                    _bodyLeft -= skip;
+                    bytes = bytes[skip..];
+                    continue;
+                }
+
+                int take = Math.Min(5 - _headerHave, bytes.Length);
+                bytes[..take].CopyTo(_header.AsSpan(_headerHave));
+                _headerHave += take;
+                bytes = bytes[take..];
+                if (_headerHave == 5)
+                {
+                    _headerHave = 0;
+                    _bodyLeft = (_header[3] << 8) | _header[4];
+                    lock (_sizes)
+                    {
+                        _sizes.Add(_bodyLeft);
+                    }
+                }
+            }
+        }
     }
 
     /// <summary>A transport that always claims bytes are read ahead, and calls back before every read (any read may wait).</summary>

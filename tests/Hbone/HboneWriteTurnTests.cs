@@ -18,7 +18,7 @@ public class HboneWriteTurnTests
     {
         byte[] first = RandomBytes(1000);
         byte[] second = RandomBytes(20_000);
-        byte[] third = RandomBytes(DataBuffers.Size); // a relay's full read: more than one buffer once framed
+        byte[] third = RandomBytes(HboneStream.RecordAlignedSend); // a relay's full read: four frames, a buffer of their own
         await using Held held = await HoldAFlushAsync(first);
 
         // B's writes complete while A's flush still waits: handed over, not queued behind the lock.

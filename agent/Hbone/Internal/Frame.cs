@@ -44,6 +44,12 @@ internal readonly record struct FrameHeader(int Length, FrameType Type, byte Fla
     public const int MaxMaxFrameSize = 16_777_215;
     public const int MaxWindow = int.MaxValue;
 
+    /// <summary>
+    /// The most DATA payload we put in one frame: with its header it fills one TLS record (16 KiB of plaintext) exactly,
+    /// so a tunnel's 64 KiB of DATA is four records, not four and a fifth of 36 bytes (a send, a record and a read more).
+    /// </summary>
+    public const int RecordSizedData = 16_384 - Size;
+
     public static ReadOnlySpan<byte> ClientPreface => "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8;
 
     public bool HasFlag(byte flag) => (Flags & flag) != 0;

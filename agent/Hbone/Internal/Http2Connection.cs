@@ -22,7 +22,7 @@ internal sealed class Http2Connection : IHttp2FrameHandler
 {
     private const string Component = "hbone";
     // Largest chunk one stream writes per turn of the write lock, so streams interleave fairly.
-    private const int MaxDataPerTurn = 64 * 1024;
+    private const int MaxDataPerTurn = HboneStream.RecordAlignedSend;
 
     private readonly Stream _transport;
     private readonly HboneSettings _settings;

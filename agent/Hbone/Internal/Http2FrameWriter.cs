@@ -62,6 +62,9 @@ internal sealed class Http2FrameWriter
     }
 
     /// <summary>The peer's SETTINGS_MAX_FRAME_SIZE: no frame we write is larger.</summary>
+    /// <summary>The payload of our DATA frames: a TLS record's worth with the header (the peer allows at least that).</summary>
+    private int DataFrameSize => Math.Min(PeerMaxFrameSize, FrameHeader.RecordSizedData);
+
     public int PeerMaxFrameSize
     {
         get => Volatile.Read(ref _peerMaxFrameSize);
@@ -171,8 +174,8 @@ internal sealed class Http2FrameWriter
         {
             return false;
         }
-        // A frame never spans two buffers, so none is larger than one buffer holds.
-        int frameSize = Math.Min(PeerMaxFrameSize, DataBuffers.Size - FrameHeader.Size);
+        // A frame never spans two buffers; four record-sized frames fill one.
+        int frameSize = DataFrameSize;
         lock (_handSync)
         {
             if (!_held || Fits(data.Length, frameSize) is not { } newChunks)
@@ -332,7 +335,7 @@ internal sealed class Http2FrameWriter
             {
                 throw new HboneException($"stream {stream.StreamId} reset");
             }
-            WriteDataFrames(stream.StreamId, data, endStream, PeerMaxFrameSize);
+            WriteDataFrames(stream.StreamId, data, endStream, DataFrameSize);
             WriteHanded();
             await FlushLockedAsync().ConfigureAwait(false);
         }
@@ -367,11 +370,10 @@ internal sealed class Http2FrameWriter
         try
         {
             (HboneStream stream, int first) = open();
-            int maxFrame = PeerMaxFrameSize;
-            FrameWriter.WriteHeaderBlock(_output, stream.StreamId, block.Span, endStream: false, maxFrame);
+            FrameWriter.WriteHeaderBlock(_output, stream.StreamId, block.Span, endStream: false, PeerMaxFrameSize);
             if (first > 0)
             {
-                WriteDataFrames(stream.StreamId, new ReadOnlySequence<byte>(firstData[..first]), endStream: false, maxFrame);
+                WriteDataFrames(stream.StreamId, new ReadOnlySequence<byte>(firstData[..first]), endStream: false, DataFrameSize);
             }
             WriteHanded();
             await FlushLockedAsync().ConfigureAwait(false);
