@@ -24,6 +24,11 @@ namespace Weft.Proxy;
 /// <see cref="WatchTurnTime"/> (a peer's tiny records make much work of few bytes: each is a DATA frame and a send);
 /// past that it goes on on the thread pool, so a busy tunnel does not keep a watch thread from the agent's other sockets.
 /// </para>
+/// <para>
+/// It tells the HTTP/2 reader when records are read ahead, so that a stream's DATA frames in them go to the stream's
+/// socket together, and calls the reader back before a read waits or a turn moves to the thread pool, so that nothing
+/// joined is held meanwhile (<see cref="IReadAheadTransport"/>).
+/// </para>
 /// </summary>
 internal sealed class TunnelSocketStream(Socket socket, int watchTurnBytes = TunnelSocketStream.WatchTurnBytes, TimeSpan? watchTurnTime = null)
     : Stream, IRunOnWatch, IValueTaskSource, IReadAheadTransport

@@ -61,10 +61,10 @@ internal sealed class Http2FrameWriter
         _abortConnection = abortConnection;
     }
 
-    /// <summary>The peer's SETTINGS_MAX_FRAME_SIZE: no frame we write is larger.</summary>
     /// <summary>The payload of our DATA frames: a TLS record's worth with the header (the peer allows at least that).</summary>
     private int DataFrameSize => Math.Min(PeerMaxFrameSize, FrameHeader.RecordSizedData);
 
+    /// <summary>The peer's SETTINGS_MAX_FRAME_SIZE: no frame we write is larger.</summary>
     public int PeerMaxFrameSize
     {
         get => Volatile.Read(ref _peerMaxFrameSize);
