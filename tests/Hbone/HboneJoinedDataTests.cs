@@ -113,10 +113,8 @@ public sealed class HboneJoinedDataTests
     [Fact]
     public async Task ATunnelsRecordsReadAhead_ReachTheAppsSocketInFewerSendsThanRecords_ByteForByte()
     {
-        var (clientTls, serverTls) = await TlsTunnelAsync();
         byte[] answer = RandomNumberGenerator.GetBytes(Answer);
-        using var stop = new CancellationTokenSource();
-        Task server = HboneServer.RunConnectionAsync(serverTls, async request =>
+        await RelayOverTlsAsync(async request =>
         {
             var stream = await request.AcceptAsync();
             // The whole answer at once: 16 records of 16 KiB, written back to back. The stream's end only comes after
@@ -125,95 +123,86 @@ public sealed class HboneJoinedDataTests
             await stream.Output.WriteAsync(answer);
             await ReadToEndAsync(stream.Input);
             await stream.Output.CompleteAsync();
-        }, QuietSettings, stop.Token);
-
-        var counters = new HboneCounters();
-        (NetworkStream Pod, NetworkStream ProxySide)? pair = null;
-        try
+        }, async (pod, startRelay, sends, counters) =>
         {
-            await using (var connection = await HboneClientConnection.StartAsync(clientTls, QuietSettings with { Counters = counters }, CancellationToken.None))
+            startRelay();
+            pod.Socket.Send([1]);
+            byte[] received = new byte[Answer];
+            int got = 0;
+            while (got < Answer)
             {
-                var stream = await connection.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None).WaitAsync(Patience);
-                pair = await SocketPairAsync();
-                var (pod, proxySide) = pair.Value;
-                var sends = new SendCounter();
-                var ended = new StreamRelayWatchTests.EndOfRelay();
-                new StreamRelay(proxySide.Socket, stream, sends, socketIsA: true).Start(ended);
-
-                pod.Socket.Send([1]);
-                byte[] received = new byte[Answer];
-                int got = 0;
-                while (got < Answer)
-                {
-                    int n = await pod.ReadAsync(received.AsMemory(got)).AsTask().WaitAsync(Patience);
-                    Assert.True(n > 0, $"the app's socket ended after {got} of {Answer} bytes");
-                    got += n;
-                }
-
-                Assert.Equal(answer, received);
-                // Without joining each record is a send of its own (16 or more); read ahead, they go in at most 64 KiB.
-                Assert.True(sends.Sends <= 10, $"{sends.Sends} sends to the app's socket for {Answer / 16384} records ({sends.Sizes})");
-                Assert.True(counters.JoinedFrames >= 6, $"{counters.JoinedFrames} frames joined");
-                pod.Socket.Shutdown(SocketShutdown.Send);
-                Assert.Equal(0, await pod.ReadAsync(new byte[1]).AsTask().WaitAsync(Patience));
-                await ended.Relay.WaitAsync(Patience);
+                int n = await pod.ReadAsync(received.AsMemory(got)).AsTask().WaitAsync(Patience);
+                Assert.True(n > 0, $"the app's socket ended after {got} of {Answer} bytes");
+                got += n;
             }
-        }
-        finally
-        {
-            pair?.Pod.Dispose();
-            pair?.ProxySide.Dispose();
-            await server.WaitAsync(Patience);
-        }
+
+            Assert.Equal(answer, received);
+            // Without joining each record is a send of its own (16 or more); read ahead, they go in at most 64 KiB.
+            Assert.True(sends.Sends <= 10, $"{sends.Sends} sends to the app's socket for {Answer / 16384} records ({sends.Sizes})");
+            Assert.True(counters.JoinedFrames >= 6, $"{counters.JoinedFrames} frames joined");
+            pod.Socket.Shutdown(SocketShutdown.Send);
+        });
     }
 
     [Fact]
     public async Task ARelaysFullReads_CrossTheTunnelAsWholeTlsRecords_NoneLeftWithAFewBytes()
     {
         RecordCounter? records = null;
-        var (clientTls, serverTls) = await TlsTunnelAsync(socket => records = new RecordCounter(socket));
         var uploaded = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
-        using var stop = new CancellationTokenSource();
-        Task server = HboneServer.RunConnectionAsync(serverTls, async request =>
+        byte[] upload = RandomNumberGenerator.GetBytes(1024 * 1024);
+        await RelayOverTlsAsync(async request =>
         {
             var stream = await request.AcceptAsync();
             uploaded.SetResult(await ReadToEndAsync(stream.Input));
             await stream.Output.CompleteAsync();
-        }, QuietSettings, stop.Token);
+        }, async (pod, startRelay, _, _) =>
+        {
+            // The app writes faster than the relay reads, so the relay's reads are full ones.
+            Task written = pod.WriteAsync(upload).AsTask();
+            await Task.Delay(100);
+            int before = records!.Small;
+            startRelay();
+            await written.WaitAsync(Patience);
+            pod.Socket.Shutdown(SocketShutdown.Send);
 
-        byte[] upload = RandomNumberGenerator.GetBytes(1024 * 1024);
+            Assert.Equal(upload, await uploaded.Task.WaitAsync(Patience));
+            // A DATA frame and its header fill a record: 64 KiB records for 1 MiB, and no record of a few bytes
+            // after each 64 KiB read (a frame header's worth that did not fit), as there was with 16 KiB frames.
+            Assert.True(records.Full >= 48, $"{records.Full} full records for 1 MiB ({records.Sizes})");
+            Assert.True(records.Small - before <= 3, $"{records.Small - before} records under 1 KiB while 1 MiB went through ({records.Sizes})");
+        }, serverTransport: socket => records = new RecordCounter(socket));
+    }
+
+    /// <summary>
+    /// An HBONE stream over <see cref="TlsTunnelAsync"/> served by <paramref name="server"/>, and an app's socket relayed to
+    /// it as the proxy relays one. <paramref name="app"/> gets the app's end, the relay's start, its sends and the
+    /// connection's counters, and must half-close the app's end; then the app must see the stream's end and the relay end.
+    /// </summary>
+    private static async Task RelayOverTlsAsync(Func<HboneRequest, Task> server, Func<NetworkStream, Action, SendCounter, HboneCounters, Task> app,
+        Func<NetworkStream, Stream>? serverTransport = null)
+    {
+        var (clientTls, serverTls) = await TlsTunnelAsync(serverTransport);
+        using var stop = new CancellationTokenSource();
+        Task serving = HboneServer.RunConnectionAsync(serverTls, server, QuietSettings, stop.Token);
+        var counters = new HboneCounters();
         (NetworkStream Pod, NetworkStream ProxySide)? pair = null;
         try
         {
-            await using (var connection = await HboneClientConnection.StartAsync(clientTls, QuietSettings, CancellationToken.None))
-            {
-                var stream = await connection.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None).WaitAsync(Patience);
-                pair = await SocketPairAsync();
-                var (pod, proxySide) = pair.Value;
-
-                // The app writes faster than the relay reads, so the relay's reads are full ones.
-                Task written = pod.WriteAsync(upload).AsTask();
-                await Task.Delay(100);
-                int before = records!.Small;
-                var ended = new StreamRelayWatchTests.EndOfRelay();
-                new StreamRelay(proxySide.Socket, stream, new SendCounter(), socketIsA: true).Start(ended);
-                await written.WaitAsync(Patience);
-                pod.Socket.Shutdown(SocketShutdown.Send);
-
-                Assert.Equal(upload, await uploaded.Task.WaitAsync(Patience));
-                // A DATA frame and its header fill a record: 64 KiB records for 1 MiB, and no record of a few bytes
-                // after each 64 KiB read (a frame header's worth that did not fit), as there was with 16 KiB frames.
-                Assert.True(records.Full >= 48, $"{records.Full} full records for 1 MiB ({records.Sizes})");
-                Assert.True(records.Small - before <= 3, $"{records.Small - before} records under 1 KiB while 1 MiB went through ({records.Sizes})");
-                Assert.Equal(0, await pod.ReadAsync(new byte[1]).AsTask().WaitAsync(Patience));
-                await ended.Relay.WaitAsync(Patience);
-            }
+            await using var connection = await HboneClientConnection.StartAsync(clientTls, QuietSettings with { Counters = counters }, CancellationToken.None);
+            var stream = await connection.ConnectAsync("10.0.0.1:8080", [], CancellationToken.None).WaitAsync(Patience);
+            pair = await SocketPairAsync();
+            var (pod, proxySide) = pair.Value;
+            var sends = new SendCounter();
+            var ended = new StreamRelayWatchTests.EndOfRelay();
+            await app(pod, () => new StreamRelay(proxySide.Socket, stream, sends, socketIsA: true).Start(ended), sends, counters);
+            Assert.Equal(0, await pod.ReadAsync(new byte[1]).AsTask().WaitAsync(Patience));
+            await ended.Relay.WaitAsync(Patience);
         }
         finally
         {
             pair?.Pod.Dispose();
             pair?.ProxySide.Dispose();
-            await server.WaitAsync(Patience);
+            await serving.WaitAsync(Patience);
         }
     }
 
