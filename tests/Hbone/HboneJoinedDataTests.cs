@@ -213,7 +213,7 @@ public sealed class HboneJoinedDataTests
     /// </summary>
     private static async Task<(TunnelTlsStream Client, SslStream Server)> TlsTunnelAsync(Func<NetworkStream, Stream>? serverTransport = null)
     {
-        using X509Certificate2 certificate = ThrowawayCertificate();
+        using X509Certificate2 certificate = HboneTlsTests.ThrowawayCertificate();
         var (clientTcp, serverTcp) = await SocketPairAsync();
         var serverTls = new SslStream(serverTransport?.Invoke(serverTcp) ?? serverTcp, leaveInnerStreamOpen: false);
         var tunnel = new TunnelSocketStream(clientTcp.Socket, watchTurnTime: TimeSpan.FromMinutes(1));
@@ -234,14 +234,6 @@ public sealed class HboneJoinedDataTests
         await serverHandshake.WaitAsync(Patience);
         tunnel.ReadOnWatch();
         return (clientTls, serverTls);
-    }
-
-    private static X509Certificate2 ThrowawayCertificate()
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=weft-hbone-test", key, HashAlgorithmName.SHA256);
-        using X509Certificate2 ephemeral = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
-        return X509CertificateLoader.LoadPkcs12(ephemeral.Export(X509ContentType.Pkcs12), null);
     }
 
     /// <summary>The TLS records a server reads, told apart by their 5-byte headers as the bytes go by.</summary>

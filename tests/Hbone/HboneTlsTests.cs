@@ -10,7 +10,8 @@ namespace Weft.Tests.Hbone;
 /// <summary>HBONE over what the proxy will hand it: an SslStream after TLS 1.3 with ALPN h2 and no SNI.</summary>
 public class HboneTlsTests
 {
-    private static X509Certificate2 ThrowawayCertificate()
+    /// <summary>A self-signed P-256 server certificate for an hour, with a key OpenSSL-backed SslStream can use.</summary>
+    internal static X509Certificate2 ThrowawayCertificate()
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest("CN=weft-hbone-test", key, HashAlgorithmName.SHA256);

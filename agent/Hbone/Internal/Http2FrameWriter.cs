@@ -61,8 +61,11 @@ internal sealed class Http2FrameWriter
         _abortConnection = abortConnection;
     }
 
-    /// <summary>The payload of our DATA frames: a TLS record's worth with the header (the peer allows at least that).</summary>
-    private int DataFrameSize => Math.Min(PeerMaxFrameSize, FrameHeader.RecordSizedData);
+    /// <summary>
+    /// The payload of our DATA frames: a TLS record's worth with the header. Within any peer's limit: SETTINGS_MAX_FRAME_SIZE
+    /// is at least 16,384 (a smaller value is a connection error when read).
+    /// </summary>
+    private const int DataFrameSize = FrameHeader.RecordSizedData;
 
     /// <summary>The peer's SETTINGS_MAX_FRAME_SIZE: no frame we write is larger.</summary>
     public int PeerMaxFrameSize
