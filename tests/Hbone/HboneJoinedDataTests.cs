@@ -79,6 +79,43 @@ public sealed class HboneJoinedDataTests
     }
 
     [Fact]
+    public async Task ManySmallFramesReadTogether_AreHandedOverEachTimeTheBufferWouldOverflow_NeverMoreThan64KiBAtOnce()
+    {
+        var sink = new RecordingSink();
+        var accepted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var client = await RawH2Client.StartAsync(async request =>
+        {
+            var stream = await request.AcceptAsync();
+            stream.DeliverTo(sink);
+            accepted.SetResult();
+            await sink.Over.Task;
+        });
+        await client.SendPrefaceAndSettingsAsync();
+        await client.SendFrameAsync(FrameType.Headers, FrameFlags.EndHeaders, 1, RawH2Client.ConnectBlock());
+        await accepted.Task.WaitAsync(Patience);
+
+        // 100 frames of 1,000 bytes in one write: the reader has them all in hand, but holds at most one buffer's worth.
+        byte[] payload = Encoding.ASCII.GetBytes(new string('p', 1000));
+        var burst = new List<byte>();
+        for (int i = 0; i < 100; i++)
+        {
+            burst.AddRange(RawH2Client.Frame(FrameType.Data, i == 99 ? FrameFlags.EndStream : (byte)0, 1, payload));
+        }
+
+        await client.SendAsync(burst.ToArray());
+        await sink.Over.Task.WaitAsync(Patience);
+
+        // Joined (far fewer pieces than frames), yet no piece over the 65,536-byte buffer: a read ends a piece too, so
+        // where the pieces break depends on how the socket's bytes came in, not how large they are.
+        var events = sink.Events;
+        Assert.Equal("end", events[^1]);
+        int[] pieces = [.. events.SkipLast(1).Select(e => e.Length - "take ".Length)];
+        Assert.Equal(100_000, pieces.Sum());
+        Assert.All(pieces, piece => Assert.InRange(piece, 1, DataBuffers.Size));
+        Assert.InRange(pieces.Length, 2, 10);
+    }
+
+    [Fact]
     public Task JoinedFrames_CountedByTheAgent_ShowInMetrics() =>
         Weft.Tests.Telemetry.MeshMetricsTests.AssertProcessCounterExportedAsync(
             "weft_hbone_data_frames_joined_total", HboneCounters.Process.FrameJoined, () => HboneCounters.Process.JoinedFrames);
