@@ -34,7 +34,7 @@ internal static partial class BenchCommand
     /// Waits (at most <paramref name="limit"/>) until each agent holds no more than <paramref name="slack"/> descriptors
     /// over <paramref name="baseline"/>, then settles; returns how long the descriptors took.
     /// </summary>
-    private static async Task<TimeSpan> DescriptorsBackAsync(int[] agents, ProcStatus[] baseline, int slack, TimeSpan limit, CancellationToken stop)
+    internal static async Task<TimeSpan> DescriptorsBackAsync(int[] agents, ProcStatus[] baseline, int slack, TimeSpan limit, CancellationToken stop)
     {
         var clock = Stopwatch.StartNew();
         while (clock.Elapsed < limit && agents.Select(ProcStatus.Read).Zip(baseline).Any(p => p.First.Fds > p.Second.Fds + slack))
@@ -48,7 +48,7 @@ internal static partial class BenchCommand
     }
 
     /// <summary>Each client pod holds a few connections (as the held ones do: one byte echoed) and closes them.</summary>
-    private static async Task WarmUpAsync(IReadOnlyList<ClusterPod> pods, string target, CancellationToken stop)
+    internal static async Task WarmUpAsync(IReadOnlyList<ClusterPod> pods, string target, CancellationToken stop)
     {
         var warm = new List<ManagedProcess>();
         try

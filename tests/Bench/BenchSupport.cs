@@ -33,7 +33,7 @@ internal static partial class BenchCommand
     }
 
     /// <summary>What /proc says about a process: memory as the kernel counts it, descriptors, threads, CPU.</summary>
-    private sealed record ProcStatus(string Command, long RssKib, long RssAnonKib, int Threads, int Fds)
+    internal sealed record ProcStatus(string Command, long RssKib, long RssAnonKib, int Threads, int Fds)
     {
         public static ProcStatus Read(int pid)
         {
@@ -76,7 +76,7 @@ internal static partial class BenchCommand
     private const ulong FdHeadroom = 400;
 
     /// <summary>Raises this process's open-file limit (children inherit it) towards <paramref name="wanted"/>; returns the limit now in force.</summary>
-    private static ulong RaiseOpenFileLimit(ulong wanted)
+    internal static ulong RaiseOpenFileLimit(ulong wanted)
     {
         if (DescriptorLimit.Get() is not { } limit)
         {
