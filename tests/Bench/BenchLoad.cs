@@ -47,6 +47,40 @@ internal static partial class BenchCommand
         return took;
     }
 
+    /// <summary>Part <paramref name="i"/> of <paramref name="total"/> shared over <paramref name="parts"/>, as a command-line value.</summary>
+    private static string Share(long total, int parts, int i) => (total / parts + (i < total % parts ? 1 : 0)).ToString(CultureInfo.InvariantCulture);
+
+    /// <summary>
+    /// Opens <paramref name="total"/> connections to <paramref name="target"/> shared over <paramref name="pods"/>
+    /// (<c>weft-kit app hold</c>: one byte echoed on each, then held until the holder's standard input closes). The holders go
+    /// into <paramref name="holds"/>, which the caller stops and disposes; returns how many opened and what errors the
+    /// holders reported (each holder's count of open connections waited for at most <paramref name="openWithin"/>).
+    /// </summary>
+    internal static async Task<(int Open, List<string> Errors)> HoldAsync(List<ManagedProcess> holds, IReadOnlyList<ClusterPod> pods, string target, long total, TimeSpan openWithin, CancellationToken stop)
+    {
+        var first = holds.Count;
+        for (var i = 0; i < pods.Count; i++)
+        {
+            var (file, args) = WeftExecutable.Command(["app", "hold", "--to", target,
+                "--connections", Share(total, pods.Count, i), "--concurrency", "50", "--exchange-bytes", "1"]);
+            holds.Add(pods[i].StartProcess(file, args, null));
+        }
+
+        var open = 0;
+        var errors = new List<string>();
+        foreach (var hold in holds.Skip(first))
+        {
+            using var opened = JsonDocument.Parse(await hold.WaitForStdoutLineAsync(l => l.Contains("\"open\"", StringComparison.Ordinal), openWithin).WaitAsync(stop));
+            open += opened.RootElement.GetProperty("open").GetInt32();
+            if (opened.RootElement.TryGetProperty("errors", out var reported) && reported.ValueKind == JsonValueKind.Object && reported.EnumerateObject().Any())
+            {
+                errors.Add(reported.ToString());
+            }
+        }
+
+        return (open, errors);
+    }
+
     /// <summary>Each client pod holds a few connections (as the held ones do: one byte echoed) and closes them.</summary>
     internal static async Task WarmUpAsync(IReadOnlyList<ClusterPod> pods, string target, CancellationToken stop)
     {
@@ -140,7 +174,6 @@ internal static partial class BenchCommand
         var agents = new[] { mesh.Agent("node1").Pid, mesh.Agent("node2").Pid };
         await using var echo = await MeshCluster.StartServerAsync(server, "--port", LoadPort.ToString(CultureInfo.InvariantCulture), "--mode", "echo");
         var target = $"{server.Address}:{LoadPort}";
-        static string Share(long total, int parts, int i) => (total / parts + (i < total % parts ? 1 : 0)).ToString(CultureInfo.InvariantCulture);
 
         // "before" is a warm agent's: a few connections from every client pod first, closed again, so code run once
         // (the JIT, pages of the agent's libraries read in) is not counted as memory per held connection. Their tunnels
@@ -155,24 +188,7 @@ internal static partial class BenchCommand
         try
         {
             var holdClock = Stopwatch.StartNew();
-            for (var i = 0; i < clients; i++)
-            {
-                var (holdFile, holdArgs) = WeftExecutable.Command(["app", "hold", "--to", target,
-                    "--connections", Share(idle, clients, i), "--concurrency", "50", "--exchange-bytes", "1"]);
-                holds.Add(pods[i].StartProcess(holdFile, holdArgs, null));
-            }
-
-            var open = 0;
-            var holdErrors = new List<string>();
-            foreach (var hold in holds)
-            {
-                using var opened = JsonDocument.Parse(await hold.WaitForStdoutLineAsync(l => l.Contains("\"open\"", StringComparison.Ordinal), TimeSpan.FromMinutes(5)).WaitAsync(stop.Token));
-                open += opened.RootElement.GetProperty("open").GetInt32();
-                if (opened.RootElement.TryGetProperty("errors", out var errors) && errors.ValueKind == JsonValueKind.Object && errors.EnumerateObject().Any())
-                {
-                    holdErrors.Add(errors.ToString());
-                }
-            }
+            var (open, holdErrors) = await HoldAsync(holds, pods, target, idle, TimeSpan.FromMinutes(5), stop.Token);
 
             Console.WriteLine($"  {open}/{idle} idle connections open in {holdClock.ElapsedMilliseconds} ms" + (open < idle ? $"; errors: {string.Join(", ", holdErrors)}" : ""));
             await Task.Delay(Settle, stop.Token);

@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Text.Json;
 using Weft.Bench;
 using Weft.Harness;
 using Xunit.Abstractions;
@@ -61,22 +60,8 @@ public class BurstMemoryTests(ITestOutputHelper output)
         var holds = new List<ManagedProcess>();
         try
         {
-            foreach (var pod in pods)
-            {
-                var (file, args) = WeftExecutable.Command(["app", "hold", "--to", target,
-                    "--connections", (Held / Clients).ToString(CultureInfo.InvariantCulture), "--concurrency", "50", "--exchange-bytes", "1"]);
-                holds.Add(pod.StartProcess(file, args, null));
-            }
-
-            var open = 0;
-            foreach (var hold in holds)
-            {
-                using var opened = JsonDocument.Parse(await hold.WaitForStdoutLineAsync(l => l.Contains("\"open\"", StringComparison.Ordinal), TimeSpan.FromMinutes(3)));
-                output.WriteLine(opened.RootElement.ToString());
-                open += opened.RootElement.GetProperty("open").GetInt32();
-            }
-
-            Assert.Equal(Held, open);
+            var (open, errors) = await BenchCommand.HoldAsync(holds, pods, target, Held, TimeSpan.FromMinutes(3), CancellationToken.None);
+            Assert.True(open == Held, $"{open} of {Held} connections opened; the holders' errors: {string.Join(", ", errors)}");
 
             // Settled: an agent trims its heap once a burst has stopped growing (HeapTrim), as it would while holding it for hours.
             await Task.Delay(TimeSpan.FromSeconds(6));

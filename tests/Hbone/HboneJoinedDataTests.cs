@@ -82,17 +82,7 @@ public sealed class HboneJoinedDataTests
     public async Task ManySmallFramesReadTogether_AreHandedOverEachTimeTheBufferWouldOverflow_NeverMoreThan64KiBAtOnce()
     {
         var sink = new RecordingSink();
-        var accepted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        await using var client = await RawH2Client.StartAsync(async request =>
-        {
-            var stream = await request.AcceptAsync();
-            stream.DeliverTo(sink);
-            accepted.SetResult();
-            await sink.Over.Task;
-        });
-        await client.SendPrefaceAndSettingsAsync();
-        await client.SendFrameAsync(FrameType.Headers, FrameFlags.EndHeaders, 1, RawH2Client.ConnectBlock());
-        await accepted.Task.WaitAsync(Patience);
+        await using var client = await OpenStreamIntoAsync(sink);
 
         // 100 frames of 1,000 bytes in one write: the reader has them all in hand, but holds at most one buffer's worth.
         byte[] payload = Encoding.ASCII.GetBytes(new string('p', 1000));
@@ -124,17 +114,7 @@ public sealed class HboneJoinedDataTests
     public async Task JoinedData_IsHandedOverBeforeTheReaderWaits_EvenWhenTheTransportSaysMoreIsReadAhead()
     {
         var sink = new RecordingSink();
-        var accepted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        await using var client = await RawH2Client.StartAsync(async request =>
-        {
-            var stream = await request.AcceptAsync();
-            stream.DeliverTo(sink);
-            accepted.SetResult();
-            await sink.Over.Task;
-        }, serverTransport: socket => new AlwaysReadAhead(socket));
-        await client.SendPrefaceAndSettingsAsync();
-        await client.SendFrameAsync(FrameType.Headers, FrameFlags.EndHeaders, 1, RawH2Client.ConnectBlock());
-        await accepted.Task.WaitAsync(Patience);
+        await using var client = await OpenStreamIntoAsync(sink, socket => new AlwaysReadAhead(socket));
 
         // Joined, as the transport claims more is coming; nothing comes, so the reader's next read waits, and the
         // transport's call before it hands the two payloads over.
@@ -361,6 +341,31 @@ public sealed class HboneJoinedDataTests
     }
 
     /// <summary>What a stream's consumer was handed, in order.</summary>
+    /// <summary>A connection whose stream 1 is accepted and delivers into <paramref name="sink"/> until it is over.</summary>
+    private static async Task<RawH2Client> OpenStreamIntoAsync(RecordingSink sink, Func<NetworkStream, Stream>? serverTransport = null)
+    {
+        var accepted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var client = await RawH2Client.StartAsync(async request =>
+        {
+            var stream = await request.AcceptAsync();
+            stream.DeliverTo(sink);
+            accepted.SetResult();
+            await sink.Over.Task;
+        }, serverTransport: serverTransport);
+        try
+        {
+            await client.SendPrefaceAndSettingsAsync();
+            await client.SendFrameAsync(FrameType.Headers, FrameFlags.EndHeaders, 1, RawH2Client.ConnectBlock());
+            await accepted.Task.WaitAsync(Patience);
+            return client;
+        }
+        catch
+        {
+            await client.DisposeAsync();
+            throw;
+        }
+    }
+
     private sealed class RecordingSink : IInboundSink
     {
         private readonly List<string> _events = [];

@@ -178,10 +178,9 @@ internal sealed class Http2FrameWriter
             return false;
         }
         // A frame never spans two buffers; four record-sized frames fill one.
-        int frameSize = DataFrameSize;
         lock (_handSync)
         {
-            if (!_held || Fits(data.Length, frameSize) is not { } newChunks)
+            if (!_held || Fits(data.Length) is not { } newChunks)
             {
                 return false;
             }
@@ -196,7 +195,7 @@ internal sealed class Http2FrameWriter
             ReadOnlySequence<byte> rest = data;
             do
             {
-                ReadOnlySequence<byte> payload = rest.Slice(0, Math.Min(rest.Length, frameSize));
+                ReadOnlySequence<byte> payload = rest.Slice(0, Math.Min(rest.Length, DataFrameSize));
                 int size = (int)payload.Length + FrameHeader.Size;
                 if (_handChunks.Count == 0 || _handChunkUsed + size > DataBuffers.Size)
                 {
@@ -217,16 +216,16 @@ internal sealed class Http2FrameWriter
 
     /// <summary>
     /// Under _handSync: how many more buffers <paramref name="length"/> bytes in frames of at most
-    /// <paramref name="frameSize"/> need, or null when that is more than the connection may rent.
+    /// <see cref="DataFrameSize"/> need, or null when that is more than the connection may rent.
     /// </summary>
-    private int? Fits(long length, int frameSize)
+    private int? Fits(long length)
     {
         int already = _handChunks.Count;
         int chunks = _handChunks.Count;
         int used = chunks == 0 ? DataBuffers.Size : _handChunkUsed;
         do
         {
-            int payload = (int)Math.Min(length, frameSize);
+            int payload = (int)Math.Min(length, DataFrameSize);
             int size = payload + FrameHeader.Size;
             if (used + size > DataBuffers.Size)
             {
