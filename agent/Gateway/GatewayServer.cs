@@ -509,6 +509,13 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         private readonly ForwarderRequestConfig _grpcConfig;
         private readonly ForwarderRequestConfig _streamConfig;
 
+        // A Service port that says h2c gets every request but an upgrade over HTTP/2 with prior knowledge.
+        private readonly ForwarderRequestConfig _h2cConfig = new()
+        {
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        };
+
         public RequestHandler(IHttpForwarder forwarder, Func<RouteTable> routes, GatewayMetrics metrics, GatewayOptions options, AccessLog? accessLog, GatewayMesh? mesh, KestrelConnectionEnds kestrelEnds)
         {
             _kestrelEnds = kestrelEnds;
@@ -539,6 +546,10 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 AutomaticDecompression = DecompressionMethods.None,
                 UseCookies = false,
                 ConnectTimeout = options.ConnectTimeout,
+
+                // HTTP/2 to a backend (gRPC, h2c ports): past the server's stream limit on one connection, open another
+                // rather than queue a request behind streams that may stay open for as long as their application wants.
+                EnableMultipleHttp2Connections = true,
 
                 // The gateway writes traceparent itself (TraceContext): the handler must not add its own.
                 ActivityHeadersPropagator = DistributedContextPropagator.CreateNoOutputPropagator(),
@@ -610,7 +621,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                     return;
                 }
 
-                var config = _requestConfig;
+                var config = backend.H2c ? _h2cConfig : _requestConfig;
                 if (grpc || context.Features.Get<IHttpExtendedConnectFeature>()?.IsExtendedConnect == true || context.Features.Get<IHttpUpgradeFeature>()?.IsUpgradableRequest == true)
                 {
                     // A stream may idle for as long as its application wants: the minimum body rate is for uploads.

@@ -256,6 +256,7 @@ internal static partial class RouteCompiler
             ServiceNamespace = service.Namespace,
             ServiceHost = $"{service.Name}.{service.Namespace}.svc.cluster.local",
             Weight = weight,
+            H2c = port?.IsH2c ?? false,
             Endpoints = port is null ? [] : [.. ServiceResolution.ReadyEndpoints(service, port, AddressFamily.InterNetwork), .. ServiceResolution.ReadyEndpoints(service, port, AddressFamily.InterNetworkV6)],
         };
 

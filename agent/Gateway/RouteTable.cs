@@ -137,6 +137,9 @@ internal sealed class Backend
 
     public ImmutableArray<IPEndPoint> Endpoints { get; init; } = [];
 
+    /// <summary>The Service port says HTTP/2 in cleartext (<see cref="Weft.Inventory.ServicePort.IsH2c"/>): requests go to it over HTTP/2 with prior knowledge.</summary>
+    public bool H2c { get; init; }
+
     /// <summary>
     /// Round robin over the endpoints, skipping those <paramref name="isEjected"/> names; null when none is left.
     /// <paramref name="destination"/> is the endpoint's "http://ADDRESS:PORT" for the forwarder, made once per endpoint.
@@ -166,7 +169,7 @@ internal sealed class Backend
         return destinations[index] ??= "http://" + Endpoints[index];
     }
 
-    public override string ToString() => Invalid is null ? $"{Name} ({Endpoints.Length} endpoints)" : $"{Name} (invalid: {Invalid})";
+    public override string ToString() => Invalid is null ? $"{Name} ({Endpoints.Length} endpoints{(H2c ? ", h2c" : "")})" : $"{Name} (invalid: {Invalid})";
 }
 
 /// <summary>What a matched rule does: answer itself (redirect, fixed status) or forward to a weighted pick of its backends.</summary>

@@ -110,6 +110,7 @@ internal static class RouteTableJson
             json.WriteString("name", backend.Name);
             json.WriteNumber("weight", backend.Weight);
             json.WriteString("invalid", backend.Invalid);
+            json.WriteBoolean("h2c", backend.H2c);
             json.WriteStartArray("endpoints");
             foreach (var endpoint in backend.Endpoints)
             {

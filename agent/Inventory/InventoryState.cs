@@ -865,7 +865,8 @@ internal sealed class InventoryState
                 port.Port,
                 targetNumber,
                 targetName,
-                InventoryBuilder.Protocol(port.Protocol)));
+                InventoryBuilder.Protocol(port.Protocol),
+                string.IsNullOrEmpty(port.AppProtocol) ? null : _pool.String(port.AppProtocol)));
         }
 
         return new ServiceEntry(ordinal, key, new Service

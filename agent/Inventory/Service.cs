@@ -24,8 +24,16 @@ internal sealed record Service
 /// <summary>
 /// One service port. The target port is either a number or the name of a container port; with a name,
 /// only the EndpointSlice ports (which carry the resolved number) say where traffic goes.
+/// <paramref name="AppProtocol"/> is the port's spec.appProtocol (as "kubernetes.io/h2c"), or null.
 /// </summary>
-internal sealed record ServicePort(string? Name, int Port, int? TargetPortNumber, string? TargetPortName, string Protocol);
+internal sealed record ServicePort(string? Name, int Port, int? TargetPortNumber, string? TargetPortName, string Protocol, string? AppProtocol = null)
+{
+    /// <summary>
+    /// The port speaks HTTP/2 with prior knowledge in cleartext: Kubernetes' standard application protocol
+    /// <c>kubernetes.io/h2c</c> (Gateway API's backend protocol, GEP-1911), or Istio's <c>http2</c> and <c>grpc</c>.
+    /// </summary>
+    public bool IsH2c => AppProtocol is "kubernetes.io/h2c" or "h2c" or "http2" or "grpc";
+}
 
 /// <summary>
 /// One endpoint address from an EndpointSlice, with that slice's ports. Conditions follow Kubernetes:

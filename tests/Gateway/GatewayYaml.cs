@@ -8,13 +8,16 @@ namespace Weft.Tests.Gateway;
 internal static class GatewayYaml
 {
     /// <summary>A Service (port 80) in <paramref name="ns"/> with one ready 127.0.0.1 endpoint per given port (a slice each).</summary>
-    public static string Service(string ns, string name, params int[] endpointPorts) =>
+    public static string Service(string ns, string name, params int[] endpointPorts) => AppService(ns, name, null, endpointPorts);
+
+    /// <summary>As <see cref="Service"/>, with the port's appProtocol (as "kubernetes.io/h2c") when not null.</summary>
+    public static string AppService(string ns, string name, string? appProtocol, params int[] endpointPorts) =>
         $$"""
         ---
         apiVersion: v1
         kind: Service
         metadata: {name: {{name}}, namespace: {{ns}}}
-        spec: {ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]}
+        spec: {ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP{{(appProtocol is null ? "" : $", appProtocol: {appProtocol}")}}}]}
 
         """ + string.Concat(endpointPorts.Select((port, i) => $$"""
         ---

@@ -14,7 +14,7 @@ namespace Weft.Tests.Gateway;
 /// <summary>
 /// A real backend on 127.0.0.1 for long-lived traffic: WebSocket echo (/ws), a response streamed in parts the
 /// test releases (/stream), a request body read as it arrives (/upload), requests held until released (/hold),
-/// a fixed status (/status/N), and on a second, HTTP/2-only port, a gRPC service (unary and server-streaming).
+/// a fixed status (/status/N), the protocol it was asked in (/protocol), and on a second, HTTP/2-only port, a gRPC service (unary and server-streaming).
 /// </summary>
 internal sealed class TrafficBackend : IAsyncDisposable
 {
@@ -152,6 +152,7 @@ internal sealed class TrafficBackend : IAsyncDisposable
             context.Response.StatusCode = code;
             return context.Response.WriteAsync(name);
         });
+        app.Map("/protocol", context => context.Response.WriteAsync($"{name} {context.Request.Protocol}"));
         app.MapFallback(context => context.Response.WriteAsync(name));
         await app.StartAsync();
         backend.Port = http!.IPEndPoint!.Port;
@@ -186,8 +187,11 @@ internal sealed class TrafficBackend : IAsyncDisposable
                 return;
             }
 
-            var reply = Encoding.UTF8.GetBytes($"{Name}: {Encoding.UTF8.GetString(buffer, 0, received.Count)}");
-            await socket.SendAsync(reply, WebSocketMessageType.Text, endOfMessage: true, context.RequestAborted);
+            // Binary frames come back as they are; text comes back with the backend's name before it.
+            var reply = received.MessageType == WebSocketMessageType.Binary
+                ? buffer.AsMemory(0, received.Count)
+                : Encoding.UTF8.GetBytes($"{Name}: {Encoding.UTF8.GetString(buffer, 0, received.Count)}");
+            await socket.SendAsync(reply, received.MessageType, endOfMessage: true, context.RequestAborted);
         }
     }
 
