@@ -20,6 +20,7 @@ internal static class GatewayCommand
     private static readonly Option<string[]> GatewayStatusAddress = new("--gateway-status-address") { HelpName = "NS/NAME=IP|HOST", Description = "Kubernetes mode: the address written to status.addresses of Gateway NS/NAME, which has an address of its own (repeatable) [default: the IP of its --gateway-http/--gateway-https ADDR unless 0.0.0.0 or ::, else the shared address]", AllowMultipleArgumentsPerToken = false };
     private static readonly Option<string[]> GatewayPublishService = new("--gateway-publish-service") { HelpName = "NS/NAME=SVCNS/SVC", Description = "Kubernetes mode: publish Service SVCNS/SVC's load balancer addresses (or external IPs) in status.addresses of Gateway NS/NAME, which has an address of its own (repeatable), unless --gateway-status-address names it.", AllowMultipleArgumentsPerToken = false };
     private static readonly Option<int> MaxConnections = new("--max-connections") { HelpName = "N", Description = "Client connections held at once; further ones are closed on accept.", DefaultValueFactory = _ => 10_000 };
+    private static readonly Option<int> MaxRequests = new("--max-requests") { HelpName = "N", Description = "Requests forwarded at once, WebSockets and gRPC streams included (each may hold a backend connection); further ones get 503 (UO).", DefaultValueFactory = _ => new GatewayOptions().MaxRequestsInFlight };
     private static readonly Option<string> AccessLog = new("--access-log") { HelpName = "stdout|FILE|off", Description = "One JSON line per request: method, host, path, status, duration, upstream, route, traceparent.", DefaultValueFactory = _ => "off" };
     private static readonly Option<int> Eject5xx = new("--eject-after-5xx") { HelpName = "N", Description = "An endpoint that answers N 5xx in a row is ejected for --ejection-time; 0: never for 5xx.", DefaultValueFactory = _ => 5 };
     private static readonly Option<int> EjectionTime = new("--ejection-time") { HelpName = "SECONDS", Description = "How long an ejected endpoint (connection failure or 5xx) gets no request.", DefaultValueFactory = _ => 30 };
@@ -45,7 +46,7 @@ internal static class GatewayCommand
     {
         var command = new Command("gateway", "Runs the ingress gateway: routes outside requests to Services by host and path, from Ingress (class weft) and Gateway API HTTPRoutes; no root, no eBPF (docs/gateway.md).")
         {
-            Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, GatewayHttp, GatewayHttps, GatewayStatusAddress, GatewayPublishService, Admin, MaxConnections, AccessLog, OtlpEndpoint, Eject5xx, EjectionTime,
+            Inventory, Kubeconfig, StatusAddress, PublishService, Http, Https, GatewayHttp, GatewayHttps, GatewayStatusAddress, GatewayPublishService, Admin, MaxConnections, MaxRequests, AccessLog, OtlpEndpoint, Eject5xx, EjectionTime,
             TrustDomain, MeshNamespace, MeshServiceAccount, CaCert, CaKey, TrustBundle, CaChain, CaAddress, CaTokenFile, NodeCert, NodeKey, SvidLifetimeSeconds, MaxTunnels,
         };
         command.SetAction(async (cl, _) =>
@@ -58,6 +59,7 @@ internal static class GatewayCommand
                 GatewayHttps = GatewayEndpoints(GatewayHttps.Name, cl.GetValue(GatewayHttps) ?? []),
                 Admin = Endpoint(Admin.Name, cl.GetRequiredValue(Admin)),
                 MaxConnections = cl.GetValue(MaxConnections),
+                MaxRequestsInFlight = cl.GetValue(MaxRequests),
                 AccessLog = cl.GetRequiredValue(AccessLog) is var log && log != "off" ? log : null,
                 Consecutive5xxToEject = cl.GetValue(Eject5xx),
                 EjectionTime = TimeSpan.FromSeconds(cl.GetValue(EjectionTime)),
@@ -68,9 +70,9 @@ internal static class GatewayCommand
                 throw new UsageException("--eject-after-5xx must be 0 or more and --ejection-time at least 1");
             }
 
-            if (options.MaxConnections < 1)
+            if (options.MaxConnections < 1 || options.MaxRequestsInFlight < 1)
             {
-                throw new UsageException("--max-connections must be at least 1");
+                throw new UsageException("--max-connections and --max-requests must be at least 1");
             }
 
             if (options.Http is null && options.Https is null)

@@ -24,6 +24,7 @@ internal sealed class GatewayMetrics
     private readonly Gauge _routes;
     private readonly Gauge _connections;
     private readonly Counter _connectionsRefused;
+    private readonly Counter _requestsRefused;
     private readonly Counter _clientsCut;
     private readonly Counter _accessLogDropped;
     private readonly Counter _spansExported;
@@ -49,6 +50,7 @@ internal sealed class GatewayMetrics
         _configStale = factory.CreateGauge("weft_gateway_config_stale", "1 while the inventory file as it is now cannot be loaded (the last good routes are served).");
         _connections = factory.CreateGauge("weft_gateway_client_connections", "Client connections the gateway holds now.");
         _connectionsRefused = factory.CreateCounter("weft_gateway_client_connections_refused_total", "Client connections closed on accept because the gateway held its maximum (--max-connections).");
+        _requestsRefused = factory.CreateCounter("weft_gateway_requests_refused_total", "Requests answered 503 (UO) because the gateway was forwarding its maximum at once (--max-requests).");
         _clientsCut = factory.CreateCounter("weft_gateway_client_disconnects_total",
             "Client connections (for response_stalled over HTTP/2: streams) the gateway cut on a limit, by reason: response_stalled (a response write the client did not take within the send timeout), or Kestrel's reason (min_response_data_rate, min_request_body_data_rate, request_headers_timeout, keep_alive_timeout, ...).", "reason");
         _routes = factory.CreateGauge("weft_gateway_routes", "Routes the gateway serves now, by listener.", "listener");
@@ -110,6 +112,8 @@ internal sealed class GatewayMetrics
     public void ConnectionClosed() => _connections.Dec();
 
     public void ConnectionRefused() => _connectionsRefused.Inc();
+
+    public void RequestRefused() => _requestsRefused.Inc();
 
     public double ConnectionsRefusedCount => _connectionsRefused.Value;
 

@@ -48,6 +48,13 @@ internal sealed record GatewayOptions
     /// <summary>Client connections held at once (both listeners); further ones are closed as they are accepted, and counted.</summary>
     public int MaxConnections { get; init; } = 10_000;
 
+    /// <summary>
+    /// Requests being forwarded at once, WebSockets and gRPC streams included: each may hold a connection to a backend
+    /// (and a descriptor) for as long as it lasts, and an HTTP/2 client opens up to 100 per connection. Past it a
+    /// request gets 503 (UO) at once and is counted, as Envoy's circuit breaker answers.
+    /// </summary>
+    public int MaxRequestsInFlight { get; init; } = 10_000;
+
     /// <summary>All request headers of one request together; past it the client gets 431.</summary>
     public int MaxRequestHeadersBytes { get; init; } = 32 * 1024;
 
@@ -500,6 +507,8 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         private readonly TimeSpan _sendTimeout;
         private readonly KestrelConnectionEnds _kestrelEnds;
         private readonly bool _ownAddresses;
+        private readonly int _maxInFlight;
+        private int _inFlight;
         private readonly ForwarderRequestConfig _requestConfig = new()
         {
             Version = HttpVersion.Version11,
@@ -521,6 +530,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             _kestrelEnds = kestrelEnds;
             _ownAddresses = options.GatewayHttp.Count + options.GatewayHttps.Count > 0;
             _sendTimeout = options.ResponseSendTimeout;
+            _maxInFlight = options.MaxRequestsInFlight;
             _forwarder = forwarder;
             _routes = routes;
             _metrics = metrics;
@@ -582,6 +592,7 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             var path = NormalizePath(request.Path.Value);
             var span = _tracing is null ? null : GatewayTracing.StartSpan(request);
             ForwardTransformer? transformer = null;
+            var forwarding = false;
             try
             {
                 var host = RouteCompiler.NormalizeHost(request.Host.Host) ?? "";
@@ -617,6 +628,16 @@ internal sealed partial class GatewayServer : IAsyncDisposable
                 if (endpoint is null)
                 {
                     flags = "UH";
+                    context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+                    return;
+                }
+
+                forwarding = Interlocked.Increment(ref _inFlight) <= _maxInFlight;
+                if (!forwarding)
+                {
+                    Interlocked.Decrement(ref _inFlight);
+                    _metrics.RequestRefused();
+                    flags = "UO";
                     context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
                     return;
                 }
@@ -687,6 +708,11 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             }
             finally
             {
+                if (forwarding)
+                {
+                    Interlocked.Decrement(ref _inFlight);
+                }
+
                 var milliseconds = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
                 _metrics.Request(backend, grpc ? "grpc" : "http", context.Response.StatusCode, flags, milliseconds);
                 _accessLog?.Write(new AccessLogEntry(

@@ -77,6 +77,45 @@ public class GatewayAbuseTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task RequestsPastMaxRequests_Get503UO_AtOnce_AndTheBackendNeverSeesThem_WhileTheHeldOnesAreAnswered()
+    {
+        var (gateway, backend) = await StartAsync(new GatewayOptions { MaxRequestsInFlight = 20 });
+        await using var _ = gateway;
+        await using var __ = backend;
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        using var client = new HttpClient(new SocketsHttpHandler { UseProxy = false, MaxConnectionsPerServer = 100 });
+
+        // 20 requests the backend holds: each holds a backend connection, as a slow backend or a quiet WebSocket would.
+        var held = Enumerable.Range(0, 20).Select(_ => client.GetAsync(gateway.Http("/hold"), timeout.Token)).ToList();
+        while (backend.Held < held.Count)
+        {
+            await Task.Delay(50, timeout.Token);
+        }
+
+        // Past the limit: 503 at once, flagged UO, counted; the backend is not asked.
+        for (var i = 0; i < 5; i++)
+        {
+            using var refused = await client.GetAsync(gateway.Http("/hold"), timeout.Token);
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+        }
+
+        Assert.Equal(20, backend.Held);
+        var metrics = await gateway.AdminAsync("/metrics");
+        Assert.Contains("weft_gateway_requests_refused_total 5", metrics);
+        Assert.Matches(@"istio_requests_total\{[^}]*response_code=""503""[^}]*response_flags=""UO""[^}]*\} 5", metrics);
+
+        // The held ones are answered, and once they are, requests go through again.
+        backend.Release();
+        foreach (var response in await Task.WhenAll(held))
+        {
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            response.Dispose();
+        }
+
+        Assert.Equal("traffic held", await client.GetStringAsync(gateway.Http("/hold"), timeout.Token));
+    }
+
+    [Fact]
     public async Task SlowlorisOnTheRequestHead_IsDisconnectedAfterTheHeadersTimeout_WhileOthersAreServed()
     {
         var (gateway, backend) = await StartAsync(Impatient);
