@@ -58,12 +58,7 @@ internal sealed class FakeAgent : IAgentView, IDisposable
 
     public IReadOnlyList<CertificateEntry> Certificates => NodeAgentView.CertificatesOf(_identity);
 
-    public static int FreePort()
-    {
-        using var probe = new TcpListener(IPAddress.Loopback, 0);
-        probe.Start();
-        return ((IPEndPoint)probe.LocalEndpoint).Port;
-    }
+    public static int FreePort() => Harness.LoopbackPorts.Free();
 
     public void Dispose()
     {

@@ -313,12 +313,7 @@ public partial class GatewayEdgeTests
         }
     }
 
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
+    private static int FreePort() => Harness.LoopbackPorts.Free();
 
     /// <summary>Writes bytes as they are (no client library to tidy them) and reads until the gateway closes or goes quiet.</summary>
     private static async Task<string> RawAsync(GatewayLoopback gateway, string request)

@@ -139,10 +139,7 @@ public class GatewayHealthAndLogTests
     [Fact]
     public async Task WeftRoutes_WithNoGatewayThere_SaysSoAndExits1()
     {
-        using var listener = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        var port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
+        var port = Harness.LoopbackPorts.Free();
 
         var (code, stdout, stderr) = await RunAsync("routes", "--admin", $"127.0.0.1:{port}");
 

@@ -131,12 +131,7 @@ public class GatewayTracingTests
     [Fact]
     public async Task CollectorDown_EveryRequestIsServed_AndTheLostExportsAreCounted()
     {
-        int port;
-        using (var probe = new TcpListener(IPAddress.Loopback, 0))
-        {
-            probe.Start();
-            port = ((IPEndPoint)probe.LocalEndpoint).Port;
-        }
+        var port = Harness.LoopbackPorts.Free();
 
         await using var gateway = new GatewayLoopback();
         var backend = await gateway.BackendAsync("web");
