@@ -71,16 +71,7 @@ public class GatewayBackendProtocolTests
     {
         await using var backend = await TrafficBackend.StartAsync("traffic");
         await using var gateway = new GatewayLoopback();
-        await gateway.StartAsync(GatewayYaml.AppService("default", "h2", "kubernetes.io/h2c", backend.GrpcPort) + """
-            ---
-            apiVersion: networking.k8s.io/v1
-            kind: Ingress
-            metadata: {name: h2, namespace: default}
-            spec:
-              ingressClassName: weft
-              defaultBackend: {service: {name: h2, port: {number: 80} } }
-
-            """);
+        await gateway.StartAsync(GatewayYaml.AppService("default", "h2", "kubernetes.io/h2c", backend.GrpcPort) + GatewayYaml.DefaultBackendIngress("h2"));
         using var timeout = new CancellationTokenSource(Patience);
         using var client = new HttpClient(new SocketsHttpHandler { UseProxy = false, MaxConnectionsPerServer = 400 });
 
@@ -140,16 +131,7 @@ public class BackendProtocolCompilerTests
     [InlineData(null, false)]
     public void TheServicePortsAppProtocol_DecidesIfTheBackendIsH2c(string? appProtocol, bool h2c)
     {
-        var table = GatewayYaml.Compile(GatewayYaml.AppService("default", "svc", appProtocol, 8080) + """
-            ---
-            apiVersion: networking.k8s.io/v1
-            kind: Ingress
-            metadata: {name: ing, namespace: default}
-            spec:
-              ingressClassName: weft
-              defaultBackend: {service: {name: svc, port: {number: 80} } }
-
-            """);
+        var table = GatewayYaml.Compile(GatewayYaml.AppService("default", "svc", appProtocol, 8080) + GatewayYaml.DefaultBackendIngress("svc"));
 
         var backend = GatewayYaml.Match(table, "any.example", "/")!.Action.Backends.Single();
         Assert.Equal("svc", backend.ServiceName);

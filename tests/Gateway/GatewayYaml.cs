@@ -30,6 +30,18 @@ internal static class GatewayYaml
 
         """));
 
+    /// <summary>An Ingress of class weft in "default" that sends every request to Service <paramref name="service"/>, port 80.</summary>
+    public static string DefaultBackendIngress(string service) => $$"""
+        ---
+        apiVersion: networking.k8s.io/v1
+        kind: Ingress
+        metadata: {name: {{service}}, namespace: default}
+        spec:
+          ingressClassName: weft
+          defaultBackend: {service: {name: {{service}}, port: {number: 80} } }
+
+        """;
+
     /// <summary>A Namespace with labels.</summary>
     public static string Namespace(string name, string labels = "{}") => $$"""
         ---
