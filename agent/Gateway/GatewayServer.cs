@@ -22,14 +22,14 @@ namespace Weft.Gateway;
 /// <summary>Addresses and limits of <see cref="GatewayServer"/>.</summary>
 internal sealed record GatewayOptions
 {
-    /// <summary>Plain HTTP/1.1 listener, or null for none.</summary>
+    /// <summary>Plain listener (HTTP/1.1, and h2c: <see cref="H2cPriorKnowledge"/>), or null for none.</summary>
     public IPEndPoint? Http { get; init; }
 
     /// <summary>TLS listener (HTTP/1.1 and HTTP/2 by ALPN, certificate by SNI), or null for none.</summary>
     public IPEndPoint? Https { get; init; }
 
     /// <summary>
-    /// Plain HTTP/1.1 listeners of one Gateway each ("namespace/name" to its address): what arrives there is routed with
+    /// Plain listeners of one Gateway each ("namespace/name" to its address): what arrives there is routed with
     /// that Gateway's HTTP listeners' routes only, so two Gateways can answer the same host and path differently. Every
     /// Gateway is still served on <see cref="Http"/> too, all together, as without this.
     /// </summary>
@@ -212,6 +212,37 @@ internal sealed partial class GatewayServer : IAsyncDisposable
         var gatewayTlsListens = new Dictionary<string, ListenOptions>(StringComparer.Ordinal);
         IReadOnlyList<GatewayAddress> ownAddresses = [];
         var connections = new ConnectionLimiter(options.MaxConnections, metrics);
+
+        // h2c on a plain listener goes through an HTTP/2-only twin's pipeline (H2cPriorKnowledge says why).
+        void PlainListener(KestrelServerOptions kestrel, IPEndPoint endpoint, Action<ListenOptions> bound, string? gateway)
+        {
+            var h2c = new H2cPriorKnowledge(options.KeepAliveTimeout, options.RequestHeadersTimeout, metrics);
+            kestrel.Listen(endpoint, listen =>
+            {
+                bound(listen);
+                listen.Protocols = HttpProtocols.Http1;
+                listen.Use(connections.Limit);
+                if (gateway is not null)
+                {
+                    // The request handler reads which Gateway the connection came to from its items.
+                    listen.Use(Tag(gateway));
+                }
+
+                listen.Use(h2c.Sniff);
+            });
+            kestrel.Listen(IPAddress.Loopback, 0, twin =>
+            {
+                twin.Protocols = HttpProtocols.Http2;
+                twin.Use(connections.Limit);
+                if (gateway is not null)
+                {
+                    twin.Use(Tag(gateway));
+                }
+
+                twin.Use(h2c.Capture);
+            });
+        }
+
         var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions());
         builder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
         {
@@ -229,25 +260,12 @@ internal sealed partial class GatewayServer : IAsyncDisposable
             kestrel.Limits.MaxRequestBodySize = null;
             if (options.Http is { } http)
             {
-                kestrel.Listen(http, listen =>
-                {
-                    httpListen = listen;
-                    listen.Protocols = HttpProtocols.Http1;
-                    listen.Use(connections.Limit);
-                });
+                PlainListener(kestrel, http, listen => httpListen = listen, null);
             }
 
             foreach (var (gateway, endpoint) in options.GatewayHttp)
             {
-                kestrel.Listen(endpoint, listen =>
-                {
-                    gatewayListens[gateway] = listen;
-                    listen.Protocols = HttpProtocols.Http1;
-                    listen.Use(connections.Limit);
-
-                    // The request handler reads which Gateway the connection came to from its items.
-                    listen.Use(Tag(gateway));
-                });
+                PlainListener(kestrel, endpoint, listen => gatewayListens[gateway] = listen, gateway);
             }
 
             foreach (var (gateway, endpoint) in options.GatewayHttps)

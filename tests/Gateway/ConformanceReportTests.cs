@@ -68,6 +68,7 @@ public class ConformanceReportTests
 
         // Upstream's feature for backendRequest is named HTTPRouteBackendTimeout (pkg/features), its test HTTPRouteBackendRequestTimeout.
         ("HTTPRouteBackendRequestTimeout", "HTTPRouteBackendTimeout", ["HttpRouteConformanceTests.HTTPRouteBackendRequestTimeout"]),
+        ("HTTPRouteBackendProtocolH2C", "HTTPRouteBackendProtocolH2C", ["GatewayBackendProtocolTests.HTTPRouteBackendProtocolH2C"]),
         ("HTTPRouteBackendProtocolWebSocket", "HTTPRouteBackendProtocolWebSocket", ["GatewayBackendProtocolTests.HTTPRouteBackendProtocolWebSocket"]),
         ("HTTPRouteRewriteHost", "HTTPRouteHostRewrite", ["HttpRouteConformanceTests.HTTPRouteRewritePath_AndRewriteHost"]),
         ("HTTPRouteRewritePath", "HTTPRoutePathRewrite", ["HttpRouteConformanceTests.HTTPRouteRewritePath_AndRewriteHost"]),

@@ -77,6 +77,40 @@ public class GatewayAbuseTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task OnThePlainListener_ASilentConnection_AndAPrefaceThatStalls_AreClosedByTheirTimeouts_WhileOthersAreServed()
+    {
+        // Before a connection is HTTP/1.1 or h2c the gateway waits for its first bytes: the keep-alive timeout, then the
+        // request headers timeout once an HTTP/2 preface has begun (Kestrel's own timers start after that).
+        var (gateway, backend) = await StartAsync(Impatient with { KeepAliveTimeout = TimeSpan.FromSeconds(2) });
+        await using var _ = gateway;
+        await using var __ = backend;
+        var port = gateway.Server.HttpEndpoint!.Port;
+
+        async Task<TimeSpan> ClosedAfterAsync(string sent)
+        {
+            using var tcp = new TcpClient();
+            await tcp.ConnectAsync(IPAddress.Loopback, port);
+            var watch = Stopwatch.StartNew();
+            await tcp.GetStream().WriteAsync(Encoding.ASCII.GetBytes(sent));
+            using var patience = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            var read = await tcp.GetStream().ReadAsync(new byte[64], patience.Token);
+            Assert.Equal(0, read);
+            return watch.Elapsed;
+        }
+
+        var silent = ClosedAfterAsync("");
+        var stalled = ClosedAfterAsync("PRI * HTTP/2.0\r\n");
+        using var client = new HttpClient(new SocketsHttpHandler { UseProxy = false });
+        Assert.Equal("traffic", await client.GetStringAsync(gateway.Http("/")));
+
+        Assert.InRange(await silent, TimeSpan.FromSeconds(1.5), TimeSpan.FromSeconds(20));
+        Assert.InRange(await stalled, TimeSpan.FromSeconds(1.5), TimeSpan.FromSeconds(20));
+        var metrics = await gateway.AdminAsync("/metrics");
+        Assert.Contains("weft_gateway_client_disconnects_total{reason=\"keep_alive_timeout\"} 1", metrics);
+        Assert.Contains("weft_gateway_client_disconnects_total{reason=\"request_headers_timeout\"} 1", metrics);
+    }
+
+    [Fact]
     public async Task RequestsPastMaxRequests_Get503UO_AtOnce_AndTheBackendNeverSeesThem_WhileTheHeldOnesAreAnswered()
     {
         var (gateway, backend) = await StartAsync(new GatewayOptions { MaxRequestsInFlight = 20 });

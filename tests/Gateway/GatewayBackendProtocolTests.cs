@@ -91,6 +91,33 @@ public class GatewayBackendProtocolTests
         Assert.All(answers, answer => Assert.Equal("traffic held", answer));
     }
 
+    /// <summary>gateway-api conformance/tests/httproute-backend-protocol-h2c.go, with the suite's names: an h2c request to the Gateway reaches an h2c backend.</summary>
+    [Fact]
+    public async Task HTTPRouteBackendProtocolH2C()
+    {
+        await using var backend = await TrafficBackend.StartAsync("infra-backend-v1");
+        await using var gateway = new GatewayLoopback();
+        await gateway.StartAsync(GatewayYaml.Namespace("gateway-conformance-infra")
+            + GatewayYaml.AppService("gateway-conformance-infra", "infra-backend-v1", "kubernetes.io/h2c", backend.GrpcPort)
+            + GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}")
+            + GatewayYaml.HttpRoute("backend-protocol-h2c", "- backendRefs: [{name: infra-backend-v1, port: 80}]"));
+        using var timeout = new CancellationTokenSource(Patience);
+        using var client = new HttpClient(new SocketsHttpHandler { UseProxy = false });
+
+        foreach (var (path, expected) in new[] { ("/", "infra-backend-v1"), ("/protocol", "infra-backend-v1 HTTP/2") })
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Get, gateway.Http(path))
+            {
+                Version = HttpVersion.Version20,
+                VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+            };
+            using var response = await client.SendAsync(request, timeout.Token);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            Assert.Equal(HttpVersion.Version20, response.Version);
+            Assert.Equal(expected, await response.Content.ReadAsStringAsync(timeout.Token));
+        }
+    }
+
     /// <summary>gateway-api conformance/tests/httproute-backend-protocol-websocket.go, with the suite's names.</summary>
     [Fact]
     public async Task HTTPRouteBackendProtocolWebSocket()

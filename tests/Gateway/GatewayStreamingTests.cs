@@ -100,6 +100,27 @@ public class GatewayStreamingTests
     }
 
     [Fact]
+    public async Task Grpc_OverThePlainListener_InH2cWithPriorKnowledge_BesideHttp11OnTheSamePort()
+    {
+        var (gateway, backend) = await StartAsync();
+        await using var _ = gateway;
+        await using var __ = backend;
+
+        // Grpc.Net.Client speaks HTTP/2 with prior knowledge to an http:// address.
+        using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{gateway.Server.HttpEndpoint!.Port}");
+        var invoker = channel.CreateCallInvoker();
+        using var unary = invoker.AsyncUnaryCall(TrafficBackend.Say, null, new CallOptions(deadline: DateTime.UtcNow + Patience), "gateway");
+        Assert.Equal("hello gateway via http", await unary.ResponseAsync);
+        Assert.Equal("said", unary.GetTrailers().GetValue("x-echo-trailer"));
+
+        // HTTP/1.1 on the same port, a request line starting as the preface does ("P") included.
+        using var http11 = new HttpClient(new SocketsHttpHandler { UseProxy = false });
+        using var put = await http11.PutAsync(gateway.Http("/protocol"), new StringContent("x"));
+        Assert.Equal("traffic HTTP/1.1", await put.Content.ReadAsStringAsync());
+        Assert.Matches(@"istio_requests_total\{[^}]*destination_service_name=""grpc""[^}]*request_protocol=""grpc""[^}]*response_code=""200""[^}]*\} 1", await gateway.AdminAsync("/metrics"));
+    }
+
+    [Fact]
     public async Task Grpc_UnaryAndServerStreaming_PassThroughOverHttp2_WithTrailers()
     {
         var (gateway, backend) = await StartAsync();
