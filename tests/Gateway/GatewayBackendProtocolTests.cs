@@ -91,16 +91,23 @@ public class GatewayBackendProtocolTests
         Assert.All(answers, answer => Assert.Equal("traffic held", answer));
     }
 
+    /// <summary>The upstream backend-protocol manifests: Gateway same-namespace with an HTTP listener, and HTTPRoute <paramref name="route"/> to infra-backend-v1, whose port has <paramref name="appProtocol"/> and ends at <paramref name="port"/>.</summary>
+    private static async Task<GatewayLoopback> ConformanceAsync(string route, string appProtocol, int port)
+    {
+        var gateway = new GatewayLoopback();
+        await gateway.StartAsync(GatewayYaml.Namespace("gateway-conformance-infra")
+            + GatewayYaml.AppService("gateway-conformance-infra", "infra-backend-v1", appProtocol, port)
+            + GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}")
+            + GatewayYaml.HttpRoute(route, "- backendRefs: [{name: infra-backend-v1, port: 80}]"));
+        return gateway;
+    }
+
     /// <summary>gateway-api conformance/tests/httproute-backend-protocol-h2c.go, with the suite's names: an h2c request to the Gateway reaches an h2c backend.</summary>
     [Fact]
     public async Task HTTPRouteBackendProtocolH2C()
     {
         await using var backend = await TrafficBackend.StartAsync("infra-backend-v1");
-        await using var gateway = new GatewayLoopback();
-        await gateway.StartAsync(GatewayYaml.Namespace("gateway-conformance-infra")
-            + GatewayYaml.AppService("gateway-conformance-infra", "infra-backend-v1", "kubernetes.io/h2c", backend.GrpcPort)
-            + GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}")
-            + GatewayYaml.HttpRoute("backend-protocol-h2c", "- backendRefs: [{name: infra-backend-v1, port: 80}]"));
+        await using var gateway = await ConformanceAsync("backend-protocol-h2c", "kubernetes.io/h2c", backend.GrpcPort);
         using var timeout = new CancellationTokenSource(Patience);
         using var client = new HttpClient(new SocketsHttpHandler { UseProxy = false });
 
@@ -123,11 +130,7 @@ public class GatewayBackendProtocolTests
     public async Task HTTPRouteBackendProtocolWebSocket()
     {
         await using var backend = await TrafficBackend.StartAsync("infra-backend-v1");
-        await using var gateway = new GatewayLoopback();
-        await gateway.StartAsync(GatewayYaml.Namespace("gateway-conformance-infra")
-            + GatewayYaml.AppService("gateway-conformance-infra", "infra-backend-v1", "kubernetes.io/ws", backend.Port)
-            + GatewayYaml.Gateway("- {name: http, port: 80, protocol: HTTP}")
-            + GatewayYaml.HttpRoute("backend-protocol-ws", "- backendRefs: [{name: infra-backend-v1, port: 80}]"));
+        await using var gateway = await ConformanceAsync("backend-protocol-ws", "kubernetes.io/ws", backend.Port);
         using var timeout = new CancellationTokenSource(Patience);
 
         using var socket = new ClientWebSocket();
