@@ -340,7 +340,6 @@ public sealed class HboneJoinedDataTests
         }
     }
 
-    /// <summary>What a stream's consumer was handed, in order.</summary>
     /// <summary>A connection whose stream 1 is accepted and delivers into <paramref name="sink"/> until it is over.</summary>
     private static async Task<RawH2Client> OpenStreamIntoAsync(RecordingSink sink, Func<NetworkStream, Stream>? serverTransport = null)
     {
@@ -366,6 +365,7 @@ public sealed class HboneJoinedDataTests
         }
     }
 
+    /// <summary>What a stream's consumer was handed, in order.</summary>
     private sealed class RecordingSink : IInboundSink
     {
         private readonly List<string> _events = [];
